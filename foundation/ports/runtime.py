@@ -1,0 +1,94 @@
+"""The Runtime port: time, concurrency and randomness for agent code.
+
+Agent code is ``async def`` and gets everything that depends on *when* or *by
+chance* from a ``Runtime``: the clock, sleeping, spawning and cancelling tasks,
+queues, events, timeouts and one seeded random source. Two adapters implement it:
+asyncio (``foundation.adapters.asyncio_runtime``) and a SimPy environment
+(``sim.adapters.runtime``). Because agents never call ``asyncio.sleep``,
+``time.time`` or ``random`` themselves, a simulated run is a pure function of
+(scenario, seed).
+
+This module must not know which adapter is in use. It names the cancellation
+exception once (``Cancelled``) so agents can catch it without importing asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Coroutine
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+
+# Both runtimes raise this inside a task that is cancelled; asyncio's own class is
+# reused so that library code awaited by real adapters behaves as it expects.
+Cancelled = asyncio.CancelledError
+
+
+class Task(Protocol[T]):
+    """A spawned coroutine. Awaiting ``join()`` returns its result or raises its error."""
+
+    @property
+    def name(self) -> str: ...
+
+    def cancel(self) -> None:
+        """Ask the task to stop: ``Cancelled`` is raised inside it at its current await."""
+
+    def done(self) -> bool: ...
+
+    async def join(self) -> T:
+        """Wait for the task; re-raise its exception (``Cancelled`` if it was cancelled)."""
+
+
+class Queue(Protocol[T]):
+    """An unbounded FIFO queue between tasks of one runtime."""
+
+    def put_nowait(self, item: T) -> None: ...
+
+    async def get(self) -> T: ...
+
+    def get_nowait(self) -> T:
+        """Return the next item; raise ``IndexError`` when the queue is empty."""
+
+    def qsize(self) -> int: ...
+
+
+class Event(Protocol):
+    """A one-shot flag tasks can wait on."""
+
+    def set(self) -> None: ...
+
+    def is_set(self) -> bool: ...
+
+    async def wait(self) -> None: ...
+
+
+class Runtime(Protocol):
+    """Clock, tasks, queues, timeouts and the run's one random source."""
+
+    @property
+    def name(self) -> str:
+        """``"asyncio"`` or ``"sim"``: for logs and reports, never for branching agent logic."""
+
+    @property
+    def random(self) -> random.Random:
+        """The run's seeded random source. Agents draw all randomness from it."""
+
+    def now(self) -> float:
+        """Seconds on this runtime's monotonic clock (virtual seconds in simulation)."""
+
+    async def sleep(self, seconds: float) -> None: ...
+
+    def spawn(self, coro: Coroutine[Any, Any, T], *, name: str) -> Task[T]:
+        """Run ``coro`` concurrently as a task named ``name`` (names appear in traces)."""
+
+    def queue(self) -> Queue[Any]: ...
+
+    def event(self) -> Event: ...
+
+    async def wait_for(self, awaitable: Awaitable[T], timeout: float) -> T:
+        """Await ``awaitable``; after ``timeout`` seconds cancel it and raise ``TimeoutError``."""
+
+    def trace(self, what: str, /, **fields: object) -> None:
+        """Record one event of the run (the sim runtime hashes these into the trace)."""

@@ -1,0 +1,451 @@
+"""The sim Store adapter: an in-memory MVCC store with etcd v3 semantics, and faulty clients.
+
+``MemoryStore`` is the server: one revision counter, a sorted key index, the
+history of events since the last compaction (for watches that start in the past),
+leases that expire on the runtime's clock. ``MemoryStore.client(name)`` returns a
+``SimStoreClient``, the object agents get as their ``Store``; each client has its
+own latency, slowness, deadline and partition switch, so one node can lose etcd
+while the others keep it. Faults raise the same typed errors as the etcd adapter.
+
+Invariants (checked by tests/conformance against real etcd too): revision +1 per
+write transaction; a txn is atomic (it runs between two awaits, so nothing
+interleaves); watch events arrive in revision order with their revision; a watch
+from a compacted revision raises ``CompactedError``; an expired lease deletes its
+keys in one revision. A request that times out may still have been applied, as
+with a real server: callers must not assume otherwise.
+
+It must not know any agent or scenario; it uses only the Runtime port for time.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from sortedcontainers import SortedDict
+
+from foundation.ports.runtime import Cancelled, Runtime, Task
+from foundation.ports.store import (
+    CompactedError,
+    Compare,
+    DeleteOp,
+    DeleteResult,
+    GetOp,
+    KeyValue,
+    Lease,
+    LeaseNotFound,
+    OpResult,
+    PutOp,
+    PutResult,
+    RangeResult,
+    StoreError,
+    StoreUnavailable,
+    TxnOp,
+    TxnResult,
+    WatchEvent,
+)
+
+T = TypeVar("T")
+
+_COMPARE_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+    "<": lambda a, b: a < b,
+    ">": lambda a, b: a > b,
+}
+_TARGET_FIELD = {"version": "version", "create": "create_revision", "mod": "mod_revision", "lease": "lease"}
+
+
+@dataclass
+class _LeaseState:
+    id: int
+    ttl: int
+    deadline: float
+    keys: dict[str, None] = field(default_factory=dict)  # ordered set: deterministic deletion order
+
+
+class _Watcher:
+    """Server side of one watch: matching events go into the client's queue."""
+
+    __slots__ = ("client", "closed", "prefix", "queue")
+
+    def __init__(self, client: SimStoreClient, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.queue = client._runtime.queue()
+        self.closed = False
+
+
+class MemoryStore:
+    """The simulated etcd server."""
+
+    def __init__(self, runtime: Runtime, *, name: str = "etcd", trace: bool = True) -> None:
+        self._runtime = runtime
+        self.name = name
+        self._trace = trace
+        self._revision = 1  # etcd's revision on an empty store; the first write makes it 2
+        self._compact_revision = 0
+        self._keys: SortedDict[str, KeyValue] = SortedDict()
+        self._history: list[WatchEvent] = []
+        self._history_revs: list[int] = []  # parallel to _history, for bisect
+        self._watchers: list[_Watcher] = []
+        self._leases: dict[int, _LeaseState] = {}
+        self._lease_heap: list[tuple[float, int]] = []
+        self._next_lease_id = 0x1000
+        self._reaper: Task | None = None
+        self._reaper_wakes_at = float("inf")
+        self.available = True
+        self.writes = 0  # write transactions committed, for reports
+
+    # ------------------------------------------------------------------ clients
+    def client(self, name: str, *, latency: float = 0.0, jitter: float = 0.0, timeout: float = 5.0) -> SimStoreClient:
+        return SimStoreClient(self, name, latency=latency, jitter=jitter, timeout=timeout)
+
+    def set_available(self, available: bool) -> None:
+        """Take the whole server down (every client times out) or bring it back."""
+        self.available = available
+        if not available:
+            self._break_watches(lambda w: True, "server down")
+
+    def _break_watches(self, which: Callable[[_Watcher], bool], reason: str) -> None:
+        for watcher in [w for w in self._watchers if which(w)]:
+            watcher.queue.put_nowait(StoreUnavailable(watcher.client.endpoint, reason))
+            self._unwatch(watcher)
+
+    # ------------------------------------------------------------------ reads
+    @property
+    def revision(self) -> int:
+        return self._revision
+
+    def history(self) -> tuple[WatchEvent, ...]:
+        """Every event since the last compaction, in revision order (for reports and checks)."""
+        return tuple(self._history)
+
+    def _range(self, key: str, prefix: bool, limit: int = 0) -> RangeResult:
+        if not prefix:
+            kv = self._keys.get(key)
+            return RangeResult((kv,) if kv else (), self._revision)
+        kvs = []
+        for k in self._keys.irange(minimum=key):
+            if not k.startswith(key):
+                break
+            kvs.append(self._keys[k])
+            if limit and len(kvs) >= limit:
+                break
+        return RangeResult(tuple(kvs), self._revision)
+
+    # ------------------------------------------------------------------ writes
+    def _compare(self, c: Compare) -> bool:
+        kv = self._keys.get(c.key)
+        if c.target == "value":
+            return kv is not None and _COMPARE_OPS[c.op](kv.value, c.operand)
+        actual = getattr(kv, _TARGET_FIELD[c.target]) if kv is not None else 0
+        return _COMPARE_OPS[c.op](actual, c.operand)
+
+    def _check_ops(self, ops: list[TxnOp]) -> None:
+        puts = [op.key for op in ops if isinstance(op, PutOp)]
+        if len(set(puts)) != len(puts):
+            raise StoreError("etcdserver: duplicate key given in txn request")
+        for op in ops:
+            if isinstance(op, DeleteOp) and any(
+                (k.startswith(op.key) if op.prefix else k == op.key) for k in puts
+            ):
+                raise StoreError("etcdserver: duplicate key given in txn request")
+            if isinstance(op, PutOp) and op.lease and op.lease not in self._leases:
+                raise LeaseNotFound(op.lease)
+
+    def txn(self, compares: list[Compare], success: list[TxnOp], failure: list[TxnOp]) -> TxnResult:
+        """Apply a transaction atomically: all at this instant of virtual time."""
+        succeeded = all(self._compare(c) for c in compares)
+        ops = success if succeeded else failure
+        self._check_ops(ops)
+        rev = self._revision + 1
+        wrote = False
+        events: list[WatchEvent] = []
+        results: list[OpResult] = []
+        for op in ops:
+            if isinstance(op, GetOp):
+                results.append(self._range(op.key, op.prefix))
+            elif isinstance(op, PutOp):
+                prev = self._keys.get(op.key)
+                kv = KeyValue(
+                    op.key,
+                    op.value,
+                    create_revision=prev.create_revision if prev else rev,
+                    mod_revision=rev,
+                    version=prev.version + 1 if prev else 1,
+                    lease=op.lease,
+                )
+                self._keys[op.key] = kv
+                if prev and prev.lease and prev.lease != op.lease:
+                    self._leases[prev.lease].keys.pop(op.key, None)
+                if op.lease:
+                    self._leases[op.lease].keys[op.key] = None
+                events.append(WatchEvent("put", kv, rev))
+                results.append(PutResult(rev, prev))
+                wrote = True
+            else:
+                removed = self._range(op.key, op.prefix).kvs
+                for prev in removed:
+                    del self._keys[prev.key]
+                    if prev.lease and prev.lease in self._leases:
+                        self._leases[prev.lease].keys.pop(prev.key, None)
+                    events.append(WatchEvent("delete", KeyValue(prev.key, b"", 0, rev, 0), rev))
+                results.append(DeleteResult(len(removed), rev if removed else self._revision, tuple(removed)))
+                wrote = wrote or bool(removed)
+        if wrote:
+            self._commit(rev, events)
+        else:
+            # Nothing written: results must carry the unchanged revision, as etcd's header does.
+            results = [_at_revision(r, self._revision) for r in results]
+        return TxnResult(succeeded, self._revision, tuple(results))
+
+    def _commit(self, rev: int, events: list[WatchEvent]) -> None:
+        self._revision = rev
+        self.writes += 1
+        for event in events:
+            self._history.append(event)
+            self._history_revs.append(rev)
+            if self._trace:
+                self._runtime.trace(
+                    f"store-{event.type}", rev=rev, key=event.kv.key, value_crc=zlib.crc32(event.kv.value)
+                )
+            for watcher in self._watchers:
+                if event.kv.key.startswith(watcher.prefix):
+                    watcher.queue.put_nowait(event)
+
+    # ------------------------------------------------------------------ watches
+    def _watch(self, client: SimStoreClient, prefix: str, start_revision: int) -> _Watcher:
+        if start_revision and start_revision < self._compact_revision:
+            raise CompactedError(start_revision, self._compact_revision)
+        watcher = _Watcher(client, prefix)
+        if start_revision and start_revision <= self._revision:
+            for i in range(bisect.bisect_left(self._history_revs, start_revision), len(self._history)):
+                event = self._history[i]
+                if event.kv.key.startswith(prefix):
+                    watcher.queue.put_nowait(event)
+        self._watchers.append(watcher)
+        return watcher
+
+    def _unwatch(self, watcher: _Watcher) -> None:
+        if not watcher.closed:
+            watcher.closed = True
+            self._watchers.remove(watcher)
+
+    def compact(self, revision: int) -> None:
+        if revision <= self._compact_revision:
+            raise CompactedError(revision, self._compact_revision)
+        if revision > self._revision:
+            raise StoreError(f"mvcc: required revision {revision} is a future revision (current {self._revision})")
+        cut = bisect.bisect_left(self._history_revs, revision)
+        del self._history[:cut]
+        del self._history_revs[:cut]
+        self._compact_revision = revision
+
+    # ------------------------------------------------------------------ leases
+    def grant(self, ttl: int) -> Lease:
+        if ttl <= 0:
+            raise StoreError(f"lease TTL must be positive, got {ttl}")
+        self._next_lease_id += 1
+        lease = _LeaseState(self._next_lease_id, ttl, self._runtime.now() + ttl)
+        self._leases[lease.id] = lease
+        self._schedule_expiry(lease)
+        return Lease(lease.id, ttl)
+
+    def keepalive(self, lease_id: int) -> int:
+        lease = self._leases.get(lease_id)
+        if lease is None:
+            raise LeaseNotFound(lease_id)
+        lease.deadline = self._runtime.now() + lease.ttl
+        heapq.heappush(self._lease_heap, (lease.deadline, lease.id))
+        return lease.ttl
+
+    def revoke(self, lease_id: int) -> None:
+        lease = self._leases.pop(lease_id, None)
+        if lease is None:
+            raise LeaseNotFound(lease_id)
+        if lease.keys:
+            self.txn([], [DeleteOp(k) for k in lease.keys], [])
+
+    def _schedule_expiry(self, lease: _LeaseState) -> None:
+        heapq.heappush(self._lease_heap, (lease.deadline, lease.id))
+        if lease.deadline < self._reaper_wakes_at:
+            if self._reaper is not None:
+                self._reaper.cancel()
+            self._reaper = self._runtime.spawn(self._reap(), name=f"{self.name}/lease-reaper")
+
+    async def _reap(self) -> None:
+        """Expire leases when their deadline passes; one task for all leases."""
+        try:
+            while self._lease_heap:
+                deadline, lease_id = self._lease_heap[0]
+                lease = self._leases.get(lease_id)
+                if lease is None or lease.deadline != deadline:  # stale heap entry
+                    heapq.heappop(self._lease_heap)
+                    continue
+                now = self._runtime.now()
+                if deadline > now:
+                    self._reaper_wakes_at = deadline
+                    await self._runtime.sleep(deadline - now)
+                    continue
+                heapq.heappop(self._lease_heap)
+                if self._trace:
+                    self._runtime.trace("lease-expired", lease=lease_id, keys=len(lease.keys))
+                self.revoke(lease_id)
+        except Cancelled:
+            return
+        finally:
+            self._reaper_wakes_at = float("inf")
+        self._reaper = None
+
+
+def _at_revision(result: OpResult, revision: int) -> OpResult:
+    if isinstance(result, RangeResult):
+        return RangeResult(result.kvs, revision)
+    return result
+
+
+class _SimWatch:
+    """Client side of a watch: pulls events, applies the client's delivery latency."""
+
+    def __init__(self, client: SimStoreClient, prefix: str, start_revision: int) -> None:
+        self._client = client
+        self._watcher: _Watcher | None = None
+        self._error: BaseException | None = None
+        try:
+            self._watcher = client._server._watch(client, prefix, start_revision)
+        except CompactedError as exc:
+            self._error = exc  # raised by the first __anext__, as the etcd adapter does
+        if self._watcher is not None and client._cut_off():
+            client._server._break_watches(lambda w: w is self._watcher, client._cut_off_reason())
+
+    def __aiter__(self) -> _SimWatch:
+        return self
+
+    async def __anext__(self) -> WatchEvent:
+        if self._error is not None:
+            raise self._error
+        if self._watcher is None:
+            raise StopAsyncIteration
+        item = await self._watcher.queue.get()
+        if isinstance(item, BaseException):
+            self._watcher = None
+            self._error = item
+            raise item
+        delay = self._client._one_way_delay()
+        if delay:
+            await self._client._runtime.sleep(delay)
+        return item
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._client._server._unwatch(self._watcher)
+            self._watcher = None
+
+    async def __aenter__(self) -> _SimWatch:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class SimStoreClient:
+    """One agent's connection to the simulated etcd, with its own faults."""
+
+    def __init__(self, server: MemoryStore, name: str, *, latency: float, jitter: float, timeout: float) -> None:
+        self._server = server
+        self._runtime = server._runtime
+        self.name = name
+        self.latency = latency  # round-trip seconds
+        self.jitter = jitter  # extra round-trip seconds, uniform in [0, jitter)
+        self.timeout = timeout  # the client's deadline per request
+        self.slowness = 1.0  # multiplies the round trip: a slow disk or a loaded server
+        self.partitioned = False
+
+    @property
+    def endpoint(self) -> str:
+        return f"sim:{self._server.name}/{self.name}"
+
+    # ---- faults
+    def partition(self, cut_off: bool = True) -> None:
+        """Cut this client off from the server (its watches break) or heal it."""
+        self.partitioned = cut_off
+        if cut_off:
+            self._server._break_watches(lambda w: w.client is self, "network partition")
+
+    def _cut_off(self) -> bool:
+        return self.partitioned or not self._server.available
+
+    def _cut_off_reason(self) -> str:
+        return "network partition" if self.partitioned else "server down"
+
+    def _one_way_delay(self) -> float:
+        if not self.latency and not self.jitter:
+            return 0.0
+        extra = self._runtime.random.random() * self.jitter if self.jitter else 0.0
+        return (self.latency + extra) * self.slowness / 2
+
+    async def _call(self, apply: Callable[[], T]) -> T:
+        """One request: travel there, apply atomically, travel back, within the deadline."""
+        if self._cut_off():
+            await self._runtime.sleep(self.timeout)
+            raise StoreUnavailable(self.endpoint, f"no answer within {self.timeout} s ({self._cut_off_reason()})")
+        there, back = self._one_way_delay(), self._one_way_delay()
+        if there >= self.timeout:
+            await self._runtime.sleep(self.timeout)
+            raise StoreUnavailable(self.endpoint, f"deadline of {self.timeout} s exceeded")
+        if there:
+            await self._runtime.sleep(there)
+        if self._cut_off():  # the partition began while the request was in flight
+            await self._runtime.sleep(self.timeout - there)
+            raise StoreUnavailable(self.endpoint, f"no answer within {self.timeout} s ({self._cut_off_reason()})")
+        result = apply()
+        if there + back >= self.timeout:  # applied, but the answer comes too late: as ambiguous as in life
+            await self._runtime.sleep(self.timeout - there)
+            raise StoreUnavailable(self.endpoint, f"deadline of {self.timeout} s exceeded")
+        if back:
+            await self._runtime.sleep(back)
+        return result
+
+    # ---- the Store port
+    async def get(self, key: str) -> KeyValue | None:
+        return (await self._call(lambda: self._server._range(key, False))).first()
+
+    async def range(self, prefix: str, *, limit: int = 0) -> RangeResult:
+        return await self._call(lambda: self._server._range(prefix, True, limit))
+
+    async def put(self, key: str, value: bytes, *, lease: int = 0) -> PutResult:
+        result = await self._call(lambda: self._server.txn([], [PutOp(key, value, lease)], []))
+        return result.responses[0]  # type: ignore[return-value]
+
+    async def delete(self, key: str, *, prefix: bool = False) -> DeleteResult:
+        result = await self._call(lambda: self._server.txn([], [DeleteOp(key, prefix)], []))
+        return result.responses[0]  # type: ignore[return-value]
+
+    async def txn(self, compares: list[Compare], success: list[TxnOp], failure: list[TxnOp] | None = None) -> TxnResult:
+        return await self._call(lambda: self._server.txn(compares, success, failure or []))
+
+    def watch(self, prefix: str, *, start_revision: int = 0) -> _SimWatch:
+        return _SimWatch(self, prefix, start_revision)
+
+    async def grant(self, ttl: int) -> Lease:
+        return await self._call(lambda: self._server.grant(ttl))
+
+    async def keepalive(self, lease_id: int) -> int:
+        return await self._call(lambda: self._server.keepalive(lease_id))
+
+    async def revoke(self, lease_id: int) -> None:
+        await self._call(lambda: self._server.revoke(lease_id))
+
+    async def compact(self, revision: int) -> None:
+        await self._call(lambda: self._server.compact(revision))
+
+    async def revision(self) -> int:
+        return await self._call(lambda: self._server.revision)
+
+    async def close(self) -> None:
+        self._server._break_watches(lambda w: w.client is self, "client closed")

@@ -1,0 +1,127 @@
+"""Shared fixtures: the Store under test, behind one harness for both runtimes.
+
+A conformance test is ``async def body(h)`` where ``h`` is a ``StoreHarness``;
+``store_harness.run(body)`` runs it on the sim runtime with the in-memory store, or
+on asyncio with a real etcd started for the session. Each test gets its own key
+prefix so tests never see each other's keys on the shared etcd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from support.etcd_server import running_etcd  # noqa: E402
+
+from foundation.adapters.asyncio_runtime import AsyncioRuntime  # noqa: E402
+try:
+    from foundation.adapters.etcd_store import EtcdStore  # noqa: E402
+except ImportError:  # TEMP
+    EtcdStore = None
+from sim.adapters.runtime import SimRuntime  # noqa: E402
+from sim.adapters.store import MemoryStore  # noqa: E402
+
+_test_ids = itertools.count()
+
+
+@dataclass
+class StoreHarness:
+    """What a conformance test body gets: a store, a runtime, a prefix and fault switches."""
+
+    kind: str
+    store: object
+    runtime: object
+    prefix: str
+    cut_off: Callable[[], Awaitable[None]]
+    heal: Callable[[], Awaitable[None]]
+    timeout: float
+    new_client: Callable[[str], Awaitable[object]]
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+
+@pytest.fixture(scope="session")
+def etcd_server():
+    with running_etcd() as server:
+        yield server
+
+
+class _SimRunner:
+    kind = "sim"
+    timeout = 2.0
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def run(self, body: Callable[[StoreHarness], Awaitable[None]]) -> None:
+        runtime = SimRuntime(seed=1)
+        server = MemoryStore(runtime)
+        client = server.client("test", timeout=self.timeout)
+
+        async def cut_off() -> None:
+            client.partition(True)
+
+        async def heal() -> None:
+            client.partition(False)
+
+        async def new_client(name: str) -> object:
+            return server.client(name, timeout=self.timeout)
+
+        harness = StoreHarness("sim", client, runtime, self.prefix, cut_off, heal, self.timeout, new_client)
+        runtime.run_until_complete(body(harness), limit=3600)
+
+
+class _EtcdRunner:
+    kind = "etcd"
+    timeout = 2.0
+
+    def __init__(self, server, prefix: str) -> None:
+        self.server = server
+        self.prefix = prefix
+
+    def run(self, body: Callable[[StoreHarness], Awaitable[None]]) -> None:
+        server = self.server
+
+        async def main() -> None:
+            store = await EtcdStore.connect(server.endpoint, timeout=self.timeout)
+            extra: list[EtcdStore] = []
+
+            async def cut_off() -> None:
+                server.pause()
+
+            async def heal() -> None:
+                server.resume()
+
+            async def new_client(name: str) -> object:
+                client = await EtcdStore.connect(server.endpoint, timeout=self.timeout)
+                extra.append(client)
+                return client
+
+            harness = StoreHarness("etcd", store, AsyncioRuntime(seed=1), self.prefix, cut_off, heal, self.timeout,
+                                   new_client)
+            try:
+                await asyncio.wait_for(body(harness), 120)
+            finally:
+                server.resume()
+                for client in [store, *extra]:
+                    await client.close()
+
+        asyncio.run(main())
+
+
+@pytest.fixture(params=["sim", "etcd"])
+def store_harness(request):
+    prefix = f"/conformance/{os.getpid()}-{next(_test_ids)}/"
+    if request.param == "sim":
+        return _SimRunner(prefix)
+    return _EtcdRunner(request.getfixturevalue("etcd_server"), prefix)
