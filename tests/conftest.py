@@ -11,24 +11,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from support.etcd_server import running_etcd  # noqa: E402
-
-from foundation.adapters.asyncio_runtime import AsyncioRuntime  # noqa: E402
-try:
-    from foundation.adapters.etcd_store import EtcdStore  # noqa: E402
-except ImportError:  # TEMP
-    EtcdStore = None
-from sim.adapters.runtime import SimRuntime  # noqa: E402
-from sim.adapters.store import MemoryStore  # noqa: E402
+from foundation.adapters.asyncio_runtime import AsyncioRuntime
+from foundation.adapters.etcd_store import EtcdStore
+from sim.adapters.runtime import SimRuntime
+from sim.adapters.store import MemoryStore
+from tests.support.etcd_server import running_etcd
 
 _test_ids = itertools.count()
 
@@ -93,7 +85,7 @@ class _EtcdRunner:
         server = self.server
 
         async def main() -> None:
-            store = await EtcdStore.connect(server.endpoint, timeout=self.timeout)
+            store = await EtcdStore.open(server.endpoint, timeout=self.timeout)
             extra: list[EtcdStore] = []
 
             async def cut_off() -> None:
@@ -103,7 +95,7 @@ class _EtcdRunner:
                 server.resume()
 
             async def new_client(name: str) -> object:
-                client = await EtcdStore.connect(server.endpoint, timeout=self.timeout)
+                client = await EtcdStore.open(server.endpoint, timeout=self.timeout)
                 extra.append(client)
                 return client
 

@@ -7,8 +7,8 @@ This package must not know which adapter is behind a port.
 
 from foundation.ports.runtime import Cancelled, Event, Queue, Runtime, Task
 from foundation.ports.store import (
-    Compare,
     CompactedError,
+    Compare,
     DeleteOp,
     DeleteResult,
     GetOp,

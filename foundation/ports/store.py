@@ -221,7 +221,12 @@ class Store(Protocol):
     ) -> TxnResult: ...
 
     def watch(self, prefix: str, *, start_revision: int = 0) -> Watch:
-        """Watch keys under ``prefix`` from ``start_revision`` (0: from now on)."""
+        """Watch keys under ``prefix`` from ``start_revision``.
+
+        With ``start_revision`` 0 the watch starts "now", which for a real etcd means
+        when the stream opens: on ``async with`` entry or the first ``__anext__``.
+        Code that must not miss a write passes an explicit revision instead.
+        """
 
     async def grant(self, ttl: int) -> Lease: ...
 

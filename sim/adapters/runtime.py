@@ -20,6 +20,7 @@ It must not know any agent, store or scenario.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 from collections import deque
@@ -245,10 +246,8 @@ class SimRuntime:
         if not inner._process.is_alive:
             return await inner.join()
         inner.cancel()
-        try:
+        with contextlib.suppress(Cancelled):
             await inner.join()
-        except Cancelled:
-            pass
         raise TimeoutError(f"timed out after {timeout} s")
 
     def trace(self, what: str, /, **fields: object) -> None:
@@ -267,7 +266,8 @@ class SimRuntime:
     def run_until_complete(self, coro: Coroutine[Any, Any, Any], *, limit: float | None = None) -> Any:
         """Run ``coro`` as the main task; return its result or raise its error."""
         main = self.spawn(coro, name="main")
-        self.env.run(until=main._process if limit is None else self.env.any_of([main._process, self.env.timeout(limit)]))
+        until = main._process if limit is None else self.env.any_of([main._process, self.env.timeout(limit)])
+        self.env.run(until=until)
         if main._process.is_alive:
             raise TimeoutError(f"main task still running after {limit} virtual seconds")
         main._observed = True
@@ -280,4 +280,6 @@ class SimRuntime:
         unjoined = [t for t in self._failed if not t._observed]
         if unjoined:
             first = unjoined[0]
-            raise TaskFailed(f"{len(unjoined)} task(s) failed unobserved; first: {first.name}: {first.error!r}") from first.error
+            raise TaskFailed(
+                f"{len(unjoined)} task(s) failed unobserved; first: {first.name}: {first.error!r}"
+            ) from first.error

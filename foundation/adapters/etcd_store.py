@@ -1,0 +1,440 @@
+"""The real Store adapter: an etcd v3 server over gRPC.
+
+aetcd's ``Client`` owns the gRPC channel (creation, closing); every request goes
+through its raw stubs and the etcdrpc protobufs it ships, because its high-level
+calls drop what the port promises: the response header's revision, the previous
+key-values of a put or delete, and the ``compact_revision`` of a cancelled watch.
+
+Invariants:
+
+* Every unary request carries a deadline of ``timeout`` seconds, and so does the
+  creation of a watch: a dead, refusing or hung etcd surfaces as
+  ``StoreUnavailable`` naming the endpoint within about ``timeout``, never as a
+  hang or a raw gRPC error. An open watch has no deadline (it may rightly be idle
+  for hours); HTTP/2 keepalive pings find a dead peer under it instead.
+* etcd's own answers are passed through, not re-implemented: revisions, compare
+  semantics (a value compare on a missing key is false, other targets compare it
+  as 0), minimum lease TTLs and the revision a watch delete event carries all
+  come from the server.
+* Errors are typed: "lease not found" -> ``LeaseNotFound``, compacted history ->
+  ``CompactedError`` with the revision history now starts at, everything else
+  -> ``StoreError`` carrying etcd's message.
+
+It must not know who uses it or what the keys mean: no key schema, no retries
+(callers decide whether an unavailable store is worth waiting for), no caching.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import aetcd
+import grpc
+from aetcd import rpc
+
+from foundation.ports.store import (
+    CompactedError,
+    Compare,
+    DeleteOp,
+    DeleteResult,
+    GetOp,
+    KeyValue,
+    Lease,
+    LeaseNotFound,
+    OpResult,
+    PutOp,
+    PutResult,
+    RangeResult,
+    StoreError,
+    StoreUnavailable,
+    TxnOp,
+    TxnResult,
+    WatchEvent,
+    prefix_range_end,
+)
+
+T = TypeVar("T")
+
+# Port compare target -> (etcd enum, the Compare protobuf field holding the operand).
+_TARGETS = {
+    "value": (rpc.Compare.VALUE, "value"),
+    "version": (rpc.Compare.VERSION, "version"),
+    "create": (rpc.Compare.CREATE, "create_revision"),
+    "mod": (rpc.Compare.MOD, "mod_revision"),
+    "lease": (rpc.Compare.LEASE, "lease"),
+}
+_OPS = {"==": rpc.Compare.EQUAL, "!=": rpc.Compare.NOT_EQUAL, "<": rpc.Compare.LESS, ">": rpc.Compare.GREATER}
+
+# Codes meaning "the server did not answer", as opposed to "it answered no".
+_UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+def _channel_options(timeout: float) -> dict[str, int]:
+    return {
+        # Ping under open streams so a watch on a dead or hung etcd fails instead of
+        # idling forever. Not faster than every 10 s: etcd answers pings closer than
+        # --grpc-keepalive-min-time (5 s by default) with GOAWAY "too_many_pings".
+        "grpc.keepalive_time_ms": 10_000,
+        "grpc.keepalive_timeout_ms": max(1000, int(timeout * 1000)),
+        "grpc.http2.max_pings_without_data": 0,  # an idle watch sends no data; keep pinging
+        # A keepalive waits behind any ping already in flight (gRPC's flow-control
+        # probes ping too), and an unanswered ping otherwise times out after 60 s.
+        "grpc.http2.ping_timeout_ms": max(1000, int(timeout * 1000)),
+        # After etcd comes back, reconnect within about two seconds instead of after
+        # gRPC's default backoff of up to two minutes. "min_reconnect_backoff" is also
+        # how long one connection attempt may take (gRPC's default: 20 s).
+        "grpc.initial_reconnect_backoff_ms": 200,
+        "grpc.min_reconnect_backoff_ms": 1000,
+        "grpc.max_reconnect_backoff_ms": 2000,
+    }
+
+
+# --------------------------------------------------------------------------- conversions
+
+
+def _key(key: str) -> bytes:
+    # surrogateescape round-trips keys some other etcd client wrote as non-UTF-8 bytes.
+    return key.encode("utf-8", "surrogateescape")
+
+
+def _span(prefix: str) -> tuple[bytes, bytes]:
+    """``(key, range_end)`` selecting every key under ``prefix``."""
+    # etcd rejects an empty key; "\0" up to range_end "\0" is its spelling of "all keys".
+    return _key(prefix) or b"\0", prefix_range_end(prefix)
+
+
+def _kv(pb: Any) -> KeyValue:
+    return KeyValue(
+        key=pb.key.decode("utf-8", "surrogateescape"),
+        value=pb.value,
+        create_revision=pb.create_revision,
+        mod_revision=pb.mod_revision,
+        version=pb.version,
+        lease=pb.lease,
+    )
+
+
+def _compare(c: Compare) -> Any:
+    target, field = _TARGETS[c.target]
+    return rpc.Compare(key=_key(c.key), target=target, result=_OPS[c.op], **{field: c.operand})
+
+
+def _range_request(key: str, *, prefix: bool, limit: int = 0) -> Any:
+    # sort_order NONE still yields keys in key order (etcd reads its B-tree index in
+    # order) and, unlike an explicit sort, lets etcd stop at `limit`.
+    start, end = _span(key) if prefix else (_key(key), b"")
+    return rpc.RangeRequest(key=start, range_end=end, limit=limit)
+
+
+def _delete_request(key: str, *, prefix: bool) -> Any:
+    start, end = _span(key) if prefix else (_key(key), b"")
+    return rpc.DeleteRangeRequest(key=start, range_end=end, prev_kv=True)
+
+
+def _request_op(op: TxnOp) -> Any:
+    if isinstance(op, PutOp):
+        return rpc.RequestOp(request_put=rpc.PutRequest(key=_key(op.key), value=op.value, lease=op.lease, prev_kv=True))
+    if isinstance(op, DeleteOp):
+        return rpc.RequestOp(request_delete_range=_delete_request(op.key, prefix=op.prefix))
+    if isinstance(op, GetOp):
+        return rpc.RequestOp(request_range=_range_request(op.key, prefix=op.prefix))
+    raise TypeError(f"not a transaction operation: {op!r}")
+
+
+def _op_result(resp: Any, revision: int) -> OpResult:
+    # Every result of a transaction is stamped with the transaction's revision, the one
+    # its writes got. etcd's inner headers differ op by op (a read before the first
+    # write shows the revision before the transaction), which no caller should need.
+    kind = resp.WhichOneof("response")
+    if kind == "response_put":
+        put = resp.response_put
+        return PutResult(revision, _kv(put.prev_kv) if put.HasField("prev_kv") else None)
+    if kind == "response_delete_range":
+        dele = resp.response_delete_range
+        return DeleteResult(dele.deleted, revision, tuple(_kv(kv) for kv in dele.prev_kvs))
+    if kind == "response_range":
+        return RangeResult(tuple(_kv(kv) for kv in resp.response_range.kvs), revision)
+    raise StoreError(f"etcd sent an unexpected transaction response {kind!r}")
+
+
+# --------------------------------------------------------------------------- the adapter
+
+
+class EtcdStore:
+    """The Store port on a real etcd v3 server.
+
+    ``store = await EtcdStore.open("127.0.0.1:2379")`` or
+    ``async with EtcdStore(endpoint) as store:``; both check that etcd answers.
+    """
+
+    def __init__(self, endpoint: str = "127.0.0.1:2379", *, timeout: float = 5.0) -> None:
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self._endpoint = endpoint
+        self.timeout = timeout
+        host, _, port = endpoint.removeprefix("http://").rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"etcd endpoint must look like host:port, got {endpoint!r}")
+        self._client = aetcd.Client(host=host, port=int(port), timeout=timeout, options=_channel_options(timeout))
+        self._closed = False
+
+    @classmethod
+    async def open(cls, endpoint: str = "127.0.0.1:2379", *, timeout: float = 5.0) -> EtcdStore:
+        store = cls(endpoint, timeout=timeout)
+        await store.connect()
+        return store
+
+    @property
+    def endpoint(self) -> str:
+        return self._endpoint
+
+    async def connect(self) -> EtcdStore:
+        """Open the channel and make one request, so an unreachable etcd fails here."""
+        if self._closed:
+            raise StoreError(f"store for {self._endpoint} is closed")
+        try:
+            await self._client.connect()  # creates the channel and stubs; no I/O yet
+        except aetcd.ClientError as exc:
+            raise StoreUnavailable(self._endpoint, str(exc)) from None
+        try:
+            await self.revision()
+        except StoreError:
+            await self._client.close()
+            raise
+        return self
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._client.close()
+
+    async def __aenter__(self) -> EtcdStore:
+        return await self.connect()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def _live(self) -> aetcd.Client:
+        if self._closed:
+            raise StoreError(f"store for {self._endpoint} is closed")
+        if self._client.channel is None:
+            raise StoreError(f"store for {self._endpoint} is not connected: await connect() first")
+        return self._client
+
+    def _error(self, exc: grpc.aio.AioRpcError, *, lease_id: int | None = None) -> StoreError:
+        code, details = exc.code(), exc.details() or ""
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return StoreUnavailable(self._endpoint, f"no answer within {self.timeout:g}s")
+        if code in _UNREACHABLE:
+            return StoreUnavailable(self._endpoint, details or code.name)
+        if lease_id is not None and code == grpc.StatusCode.NOT_FOUND:
+            return LeaseNotFound(lease_id)
+        return StoreError(f"etcd at {self._endpoint} refused the request: {details} ({code.name})")
+
+    async def _call(self, method: Callable[..., Awaitable[T]], request: Any, *, lease_id: int | None = None) -> T:
+        """One unary RPC with the deadline, gRPC errors turned into the port's."""
+        try:
+            return await method(request, timeout=self.timeout, metadata=self._client.metadata)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, lease_id=lease_id) from None
+
+    # ------------------------------------------------------------------ key-value
+
+    async def get(self, key: str) -> KeyValue | None:
+        resp = await self._call(self._live.kvstub.Range, _range_request(key, prefix=False))
+        return _kv(resp.kvs[0]) if resp.kvs else None
+
+    async def range(self, prefix: str, *, limit: int = 0) -> RangeResult:
+        resp = await self._call(self._live.kvstub.Range, _range_request(prefix, prefix=True, limit=limit))
+        return RangeResult(tuple(_kv(kv) for kv in resp.kvs), resp.header.revision)
+
+    async def put(self, key: str, value: bytes, *, lease: int = 0) -> PutResult:
+        request = rpc.PutRequest(key=_key(key), value=value, lease=lease, prev_kv=True)
+        # A put with an unknown lease is refused with NOT_FOUND "requested lease not found".
+        resp = await self._call(self._live.kvstub.Put, request, lease_id=lease or None)
+        return PutResult(resp.header.revision, _kv(resp.prev_kv) if resp.HasField("prev_kv") else None)
+
+    async def delete(self, key: str, *, prefix: bool = False) -> DeleteResult:
+        resp = await self._call(self._live.kvstub.DeleteRange, _delete_request(key, prefix=prefix))
+        return DeleteResult(resp.deleted, resp.header.revision, tuple(_kv(kv) for kv in resp.prev_kvs))
+
+    async def txn(
+        self,
+        compares: list[Compare],
+        success: list[TxnOp],
+        failure: list[TxnOp] | None = None,
+    ) -> TxnResult:
+        request = rpc.TxnRequest(
+            compare=[_compare(c) for c in compares],
+            success=[_request_op(op) for op in success],
+            failure=[_request_op(op) for op in failure or ()],
+        )
+        # A put inside the txn may name an unknown lease; report the first one named.
+        leases = [op.lease for op in (*success, *(failure or ())) if isinstance(op, PutOp) and op.lease]
+        resp = await self._call(self._live.kvstub.Txn, request, lease_id=leases[0] if leases else None)
+        revision = resp.header.revision
+        return TxnResult(resp.succeeded, revision, tuple(_op_result(r, revision) for r in resp.responses))
+
+    async def revision(self) -> int:
+        # The cheapest request that returns a header: count one key, fetch nothing.
+        resp = await self._call(self._live.kvstub.Range, rpc.RangeRequest(key=b"\0", count_only=True))
+        return resp.header.revision
+
+    async def compact(self, revision: int) -> None:
+        try:
+            await self._call(self._live.kvstub.Compact, rpc.CompactionRequest(revision=revision, physical=False))
+        except StoreError as exc:
+            if "compacted" not in str(exc) or isinstance(exc, StoreUnavailable):
+                raise
+            raise CompactedError(revision, await self._compact_revision()) from None
+
+    async def _compact_revision(self) -> int:
+        # etcd's "required revision has been compacted" does not say where history now
+        # starts; a watch from revision 1 is answered with exactly that number.
+        probe = _EtcdWatch(self, "\0", 1)
+        try:
+            await asyncio.wait_for(anext(probe), self.timeout)
+        except CompactedError as exc:
+            return exc.compact_revision
+        except TimeoutError:
+            pass
+        finally:
+            await probe.close()
+        raise StoreError(f"etcd at {self._endpoint} reported a compaction but did not say its revision")
+
+    # ------------------------------------------------------------------ watch
+
+    def watch(self, prefix: str, *, start_revision: int = 0) -> _EtcdWatch:
+        return _EtcdWatch(self, prefix, start_revision)
+
+    # ------------------------------------------------------------------ leases
+
+    async def grant(self, ttl: int) -> Lease:
+        resp = await self._call(self._live.leasestub.LeaseGrant, rpc.LeaseGrantRequest(TTL=ttl))
+        if resp.error:
+            raise StoreError(f"etcd at {self._endpoint} refused a lease of {ttl}s: {resp.error}")
+        return Lease(resp.ID, resp.TTL)  # etcd raises a too-small TTL to its minimum
+
+    async def keepalive(self, lease_id: int) -> int:
+        # Keepalive is a bidirectional stream in etcd; one request, one answer, hang up.
+        call = self._live.leasestub.LeaseKeepAlive(timeout=self.timeout, metadata=self._client.metadata)
+        try:
+            await call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
+            resp = await call.read()
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, lease_id=lease_id) from None
+        finally:
+            call.cancel()
+        if resp is grpc.aio.EOF:
+            raise StoreUnavailable(self._endpoint, "etcd closed the keepalive stream without answering")
+        if resp.TTL <= 0:  # etcd's way of saying the lease is gone
+            raise LeaseNotFound(lease_id)
+        return resp.TTL
+
+    async def revoke(self, lease_id: int) -> None:
+        await self._call(self._live.leasestub.LeaseRevoke, rpc.LeaseRevokeRequest(ID=lease_id), lease_id=lease_id)
+
+
+class _EtcdWatch:
+    """One etcd watch stream, as the port's ``Watch``.
+
+    The stream opens on ``async with`` entry or on the first ``__anext__``, and
+    ``start_revision=0`` means "from when it opened": to miss nothing, enter it
+    before making the changes it should see, or pass an explicit revision.
+    """
+
+    def __init__(self, store: EtcdStore, prefix: str, start_revision: int) -> None:
+        self._store = store
+        self._prefix = prefix
+        self._next_revision = start_revision  # what we need next, should etcd say it is compacted
+        self._call: Any = None
+        self._events: deque[WatchEvent] = deque()
+        self._closed = False
+
+    def __aiter__(self) -> _EtcdWatch:
+        return self
+
+    async def __aenter__(self) -> _EtcdWatch:
+        if self._call is None and not self._closed:
+            await self._open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        self._events.clear()  # a closed watch yields nothing more, not even what it buffered
+        if self._call is not None:
+            self._call.cancel()  # etcd drops the watcher when its stream goes away
+
+    async def __anext__(self) -> WatchEvent:
+        while not self._events:
+            if self._closed:
+                raise StopAsyncIteration
+            if self._call is None:
+                await self._open()
+                continue
+            try:
+                resp = await self._read()
+            except asyncio.CancelledError:
+                # close() from another task cancels the call under our read: that is the
+                # end of the iteration, not a cancellation of this task.
+                task = asyncio.current_task()
+                if self._closed and task is not None and not task.cancelling():
+                    raise StopAsyncIteration from None
+                raise
+            for ev in resp.events:
+                kind = "delete" if ev.type == rpc.Event.DELETE else "put"
+                self._events.append(WatchEvent(kind, _kv(ev.kv), ev.kv.mod_revision))
+        event = self._events.popleft()
+        self._next_revision = event.revision + 1
+        return event
+
+    async def _open(self) -> None:
+        store = self._store
+        key, range_end = _span(self._prefix)
+        create = rpc.WatchCreateRequest(key=key, range_end=range_end, start_revision=self._next_revision)
+        # No deadline on the call itself: the stream lives as long as the watch.
+        self._call = rpc.WatchStub(store._live.channel).Watch(metadata=store._client.metadata)
+        try:
+            async with asyncio.timeout(store.timeout):
+                await self._call.write(rpc.WatchRequest(create_request=create))
+                while not (await self._read()).created:
+                    pass
+        except TimeoutError:
+            await self.close()
+            raise StoreUnavailable(store.endpoint, f"watch not created within {store.timeout:g}s") from None
+        except grpc.aio.AioRpcError as exc:  # from write(); _read() converts its own
+            await self.close()
+            raise store._error(exc) from None
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _read(self) -> Any:
+        """The next response of the stream; etcd's refusals raised as the port's errors."""
+        store = self._store
+        try:
+            resp = await self._call.read()
+        except grpc.aio.AioRpcError as exc:
+            await self.close()
+            raise store._error(exc) from None
+        if resp is grpc.aio.EOF:
+            await self.close()
+            raise StoreUnavailable(store.endpoint, "etcd ended the watch stream")
+        if resp.compact_revision:
+            # Sent when the start revision is compacted, and to a watcher so slow that
+            # the history it still needs was compacted under it; etcd then cancels it.
+            await self.close()
+            raise CompactedError(self._next_revision, resp.compact_revision)
+        if resp.canceled:
+            await self.close()
+            raise StoreError(f"etcd at {store.endpoint} cancelled the watch on {self._prefix!r}: {resp.cancel_reason}")
+        return resp

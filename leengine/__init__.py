@@ -1,0 +1,1 @@
+"""Entry points: the leengine CLI and daemons. Only these choose adapters."""

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The tests: install what is missing, lint, check the layering, run every tier.
+# etcd is started by the test fixtures on a free loopback port with a temporary data dir.
+# Extra arguments go to pytest (e.g. tests/unit -x).
+source "$(dirname "$0")/scripts/setup.sh"
+apt_install "${TEST_PACKAGES[@]}"
+ensure_venv
+cd "$ROOT"
+echo "test: ruff"; "$VENV/bin/ruff" check .
+echo "test: import-linter"; "$VENV/bin/lint-imports" --no-cache
+echo "test: pytest"; "$VENV/bin/pytest" "$@"

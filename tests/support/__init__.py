@@ -1,0 +1,1 @@
+"""Helpers shared by the test tiers: throwaway real services (etcd, ...) and their controls."""

@@ -1,0 +1,243 @@
+"""A throwaway single-member etcd server on loopback, for tests of the real Store adapter.
+
+``running_etcd()`` starts Debian's etcd (``etcd-server``) on two free loopback ports
+with a fresh data directory, waits until ``/health`` answers, yields an
+``EtcdServer`` handle and, on exit, stops the process and removes every file it made.
+
+Invariants:
+
+* The server listens on 127.0.0.1 only; tests never touch a shared or remote etcd.
+* A missing binary is an error, never a skip: a suite that silently skips its real
+  backend proves nothing. Install it with ``apt-get install etcd-server`` or point
+  ``LEENGINE_ETCD_BIN`` at a binary.
+* ``pause()``/``resume()`` (SIGSTOP/SIGCONT) make etcd hang with its sockets open,
+  the way a wedged or overloaded server looks to a client; ``stop()``/``start()``
+  make it refuse connections, the way a dead one does. ``start()`` reuses the same
+  ports and data, so the store keeps its keys and revisions across a restart.
+
+This module knows nothing about the Store port or any client library: it only runs
+a process and speaks HTTP to its health endpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+START_TIMEOUT = 15.0  # seconds for etcd to answer /health before we give up
+STOP_TIMEOUT = 5.0  # seconds for a graceful SIGTERM before SIGKILL
+
+
+def find_etcd() -> str:
+    """The etcd binary to run: ``$LEENGINE_ETCD_BIN`` or ``etcd`` on PATH."""
+    explicit = os.environ.get("LEENGINE_ETCD_BIN")
+    if explicit:
+        if not os.access(explicit, os.X_OK):
+            raise RuntimeError(f"LEENGINE_ETCD_BIN={explicit} is not an executable file")
+        return explicit
+    found = shutil.which("etcd")
+    if found is None:
+        raise RuntimeError(
+            "etcd binary not found: install Debian's etcd-server package "
+            "(apt-get install etcd-server) or set LEENGINE_ETCD_BIN to an etcd binary"
+        )
+    return found
+
+
+def _free_port() -> int:
+    # The kernel picks an unused port; it can in principle be taken again before etcd
+    # binds it, so start() retries with fresh ports when etcd exits at once.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _scratch_root() -> str | None:
+    # tmpfs makes etcd's fsyncs nearly free (etcd 3.4 has no --unsafe-no-fsync flag).
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+
+
+class EtcdServer:
+    """One etcd process: its endpoint, pid and controls. Use ``running_etcd()`` to get one."""
+
+    def __init__(self, binary: str, workdir: Path, *, fast_raft: bool = True) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.data_dir = workdir / "data"
+        self.log_path = workdir / "etcd.log"
+        self.fast_raft = fast_raft
+        self.client_port = 0
+        self.peer_port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._paused = False
+
+    # ------------------------------------------------------------------ facts
+
+    @property
+    def endpoint(self) -> str:
+        """``host:port`` of the client API, as the Store adapter takes it."""
+        return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise RuntimeError("etcd is not running")
+        return self._proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no etcd log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _command(self) -> list[str]:
+        client = f"http://127.0.0.1:{self.client_port}"
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        cmd = [
+            self.binary,
+            "--name=default",
+            f"--data-dir={self.data_dir}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=default={peer}",
+            "--initial-cluster-state=new",
+            "--logger=zap",
+            "--log-outputs=stderr",
+            "--log-level=warn",
+        ]
+        if self.fast_raft:
+            # A lone member still waits one election timeout before it leads; 10/100 ms
+            # makes startup fast and lowers etcd's minimum lease TTL (1.5 x election
+            # timeout, rounded up to whole seconds) from 2 s to 1 s.
+            cmd += ["--heartbeat-interval=10", "--election-timeout=100"]
+        return cmd
+
+    def start(self) -> None:
+        """Start (or restart) etcd and wait until it is healthy."""
+        if self.running:
+            return
+        fresh = self.client_port == 0
+        attempts = 3 if fresh else 1  # a restart must keep its ports: clients know them
+        for attempt in range(attempts):
+            if fresh:
+                self.client_port, self.peer_port = _free_port(), _free_port()
+                shutil.rmtree(self.data_dir, ignore_errors=True)  # a failed attempt's member has other URLs
+            with self.log_path.open("ab") as log:
+                self._proc = subprocess.Popen(
+                    self._command(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    start_new_session=True,  # a Ctrl-C to pytest must not reach etcd first
+                )
+            self._paused = False
+            try:
+                self._wait_healthy()
+                return
+            except RuntimeError:
+                exited_early = self._proc.poll() is not None
+                self._terminate()
+                if not (fresh and exited_early) or attempt == attempts - 1:
+                    raise
+
+    def _wait_healthy(self) -> None:
+        url = f"http://{self.endpoint}/health"
+        deadline = time.monotonic() + START_TIMEOUT
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                raise RuntimeError(
+                    f"etcd exited with code {self._proc.returncode} while starting on {self.endpoint};"
+                    f" log tail:\n{self.log_tail()}"
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=1.0) as resp:
+                    body = resp.read()
+                if b'"true"' in body:
+                    return
+                last = body.decode(errors="replace")
+            except (urllib.error.URLError, OSError) as exc:
+                last = str(exc)
+            time.sleep(0.05)
+        raise RuntimeError(
+            f"etcd on {self.endpoint} not healthy after {START_TIMEOUT:.0f}s ({last}); log tail:\n{self.log_tail()}"
+        )
+
+    def stop(self) -> None:
+        """Terminate etcd; clients now get "connection refused". ``start()`` brings it back."""
+        self._terminate()
+
+    def _terminate(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        if self._paused:
+            proc.send_signal(signal.SIGCONT)  # a stopped process would not act on SIGTERM
+            self._paused = False
+        proc.terminate()
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def pause(self) -> None:
+        """SIGSTOP etcd: connections stay open but nothing answers (a hung server)."""
+        if not self.running:
+            raise RuntimeError("etcd is not running")
+        os.kill(self.pid, signal.SIGSTOP)
+        self._paused = True
+
+    def resume(self) -> None:
+        """SIGCONT etcd after ``pause()``."""
+        if self.running and self._paused:
+            os.kill(self.pid, signal.SIGCONT)
+        self._paused = False
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """``with server.paused():`` etcd hangs inside the block and resumes after it."""
+        self.pause()
+        try:
+            yield
+        finally:
+            self.resume()
+
+
+@contextlib.contextmanager
+def running_etcd(*, fast_raft: bool = True) -> Iterator[EtcdServer]:
+    """Run a fresh etcd on loopback for the duration of the block.
+
+    ``fast_raft=False`` keeps etcd's default raft timing (100 ms heartbeat, 1 s
+    election timeout), e.g. to observe its default minimum lease TTL of 2 s.
+    """
+    binary = find_etcd()
+    workdir = Path(tempfile.mkdtemp(prefix="leengine-etcd-", dir=_scratch_root()))
+    server = EtcdServer(binary, workdir, fast_raft=fast_raft)
+    try:
+        server.start()
+        yield server
+    finally:
+        server._terminate()
+        shutil.rmtree(workdir, ignore_errors=True)
