@@ -114,7 +114,7 @@ def _with_store(endpoint: str, timeout: float, action: Callable[[Any], Awaitable
 
     try:
         return asyncio.run(main())
-    except StoreError as exc:
+    except (StoreError, ValueError) as exc:
         fail(str(exc))
 
 
@@ -154,7 +154,16 @@ def store_ls(prefix: str, endpoint: EndpointOpt = "127.0.0.1:2379", timeout: Tim
 
 
 def main() -> None:
-    app()
+    try:
+        status = app(standalone_mode=False)
+    except Exception as exc:
+        # Click's usage errors (bad option, missing argument) carry exit_code and
+        # format_message(); shown as one line like every other error of this CLI.
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            print(f"leengine: error: {exc.format_message()}", file=sys.stderr)
+            sys.exit(exc.exit_code)
+        raise
+    sys.exit(status if isinstance(status, int) else 0)
 
 
 if __name__ == "__main__":

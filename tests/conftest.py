@@ -18,9 +18,9 @@ import pytest
 
 from foundation.adapters.asyncio_runtime import AsyncioRuntime
 from foundation.adapters.etcd_store import EtcdStore
+from leengine.etcd_server import running_etcd
 from sim.adapters.runtime import SimRuntime
 from sim.adapters.store import MemoryStore
-from tests.support.etcd_server import running_etcd
 
 _test_ids = itertools.count()
 

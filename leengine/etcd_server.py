@@ -1,4 +1,4 @@
-"""A throwaway single-member etcd server on loopback, for tests of the real Store adapter.
+"""A throwaway single-member etcd server on loopback, for tests, benchmarks and the one-machine lab.
 
 ``running_etcd()`` starts Debian's etcd (``etcd-server``) on two free loopback ports
 with a fresh data directory, waits until ``/health`` answers, yields an

@@ -1,1 +1,0 @@
-"""Helpers shared by the test tiers: throwaway real services (etcd, ...) and their controls."""
