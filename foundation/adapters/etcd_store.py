@@ -136,7 +136,8 @@ def _delete_request(key: str, *, prefix: bool) -> Any:
 
 def _request_op(op: TxnOp) -> Any:
     if isinstance(op, PutOp):
-        return rpc.RequestOp(request_put=rpc.PutRequest(key=_key(op.key), value=op.value, lease=op.lease, prev_kv=True))
+        request = rpc.PutRequest(key=_key(op.key), value=op.value, lease=op.lease, prev_kv=op.prev_kv)
+        return rpc.RequestOp(request_put=request)
     if isinstance(op, DeleteOp):
         return rpc.RequestOp(request_delete_range=_delete_request(op.key, prefix=op.prefix))
     if isinstance(op, GetOp):
@@ -254,8 +255,8 @@ class EtcdStore:
         resp = await self._call(self._live.kvstub.Range, _range_request(prefix, prefix=True, limit=limit))
         return RangeResult(tuple(_kv(kv) for kv in resp.kvs), resp.header.revision)
 
-    async def put(self, key: str, value: bytes, *, lease: int = 0) -> PutResult:
-        request = rpc.PutRequest(key=_key(key), value=value, lease=lease, prev_kv=True)
+    async def put(self, key: str, value: bytes, *, lease: int = 0, prev_kv: bool = False) -> PutResult:
+        request = rpc.PutRequest(key=_key(key), value=value, lease=lease, prev_kv=prev_kv)
         # A put with an unknown lease is refused with NOT_FOUND "requested lease not found".
         resp = await self._call(self._live.kvstub.Put, request, lease_id=lease or None)
         return PutResult(resp.header.revision, _kv(resp.prev_kv) if resp.HasField("prev_kv") else None)

@@ -148,6 +148,7 @@ class PutOp:
     key: str
     value: bytes
     lease: int = 0
+    prev_kv: bool = False  # return the previous key-value in PutResult.prev (costs a little)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +210,8 @@ class Store(Protocol):
     async def range(self, prefix: str, *, limit: int = 0) -> RangeResult:
         """All keys starting with ``prefix``, sorted; ``limit`` 0 means no limit."""
 
-    async def put(self, key: str, value: bytes, *, lease: int = 0) -> PutResult: ...
+    async def put(self, key: str, value: bytes, *, lease: int = 0, prev_kv: bool = False) -> PutResult:
+        """Write ``key``; with ``prev_kv`` the result carries the value it replaced."""
 
     async def delete(self, key: str, *, prefix: bool = False) -> DeleteResult: ...
 

@@ -186,7 +186,7 @@ class MemoryStore:
                 if op.lease:
                     self._leases[op.lease].keys[op.key] = None
                 events.append(WatchEvent("put", kv, rev))
-                results.append(PutResult(rev, prev))
+                results.append(PutResult(rev, prev if op.prev_kv else None))
                 wrote = True
             else:
                 removed = self._range(op.key, op.prefix).kvs
@@ -418,8 +418,8 @@ class SimStoreClient:
     async def range(self, prefix: str, *, limit: int = 0) -> RangeResult:
         return await self._call(lambda: self._server._range(prefix, True, limit))
 
-    async def put(self, key: str, value: bytes, *, lease: int = 0) -> PutResult:
-        result = await self._call(lambda: self._server.txn([], [PutOp(key, value, lease)], []))
+    async def put(self, key: str, value: bytes, *, lease: int = 0, prev_kv: bool = False) -> PutResult:
+        result = await self._call(lambda: self._server.txn([], [PutOp(key, value, lease, prev_kv)], []))
         return result.responses[0]  # type: ignore[return-value]
 
     async def delete(self, key: str, *, prefix: bool = False) -> DeleteResult:

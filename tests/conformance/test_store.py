@@ -66,11 +66,13 @@ def test_key_metadata_versions_and_recreation(store_harness):
     async def body(h):
         s, k = h.store, h.key("k")
         first = await s.put(k, b"v1")
-        second = await s.put(k, b"v2")
+        second = await s.put(k, b"v2", prev_kv=True)
         kv = await s.get(k)
         assert (kv.value, kv.version, kv.create_revision, kv.mod_revision) == (b"v2", 2, first.revision,
                                                                                  second.revision)
         assert second.prev is not None and second.prev.value == b"v1"
+        assert (await s.put(k, b"v2b")).prev is None  # only when asked, as in etcd
+        await s.put(k, b"v2")
         await s.delete(k)
         assert await s.get(k) is None
         again = await s.put(k, b"v3")
