@@ -1,0 +1,107 @@
+"""The Dataplane port: one node's pod network plumbing.
+
+For each pod interface the dataplane makes a veth pair: the pod end is moved into
+the pod's network namespace and named ``ifname`` (``eth0``), gets the address,
+the default route via the pool's gateway and the MTU, and optionally announces
+itself with a gratuitous ARP; the host end is an **access port** of the node's
+OVS bridge tagged with the pool's VLAN, and the port records the container ID,
+netns and interface in its OVSDB ``external_ids`` so that CHECK, GC and a
+restarted agent can find it again.
+
+Invariants every adapter keeps:
+* ``attach`` is all or nothing: if a step fails, what it already made is removed
+  before the error is raised (``DataplaneError`` with the step that failed).
+* ``detach`` is idempotent: a port, veth or netns already gone is success.
+* ``check`` reports every difference from the expected attachment; it changes
+  nothing.
+* The host-side interface name is derived from (container ID, ifname) only, so a
+  retried ADD or a DEL after an agent restart finds the same interface.
+
+It must not know about IPAM, pools in etcd or the CNI wire format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class DataplaneError(Exception):
+    """A dataplane step failed; ``step`` names it (e.g. "create veth", "add OVS port")."""
+
+    def __init__(self, step: str, reason: str) -> None:
+        super().__init__(f"{step}: {reason}")
+        self.step = step
+        self.reason = reason
+
+
+class NetnsNotFound(DataplaneError):
+    def __init__(self, netns: str) -> None:
+        super().__init__("open netns", f"network namespace {netns} does not exist")
+        self.netns = netns
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """What one pod interface should look like."""
+
+    container_id: str
+    netns: str  # path, e.g. /var/run/netns/pod-1 or /proc/1234/ns/net
+    ifname: str  # inside the pod, e.g. eth0
+    bridge: str  # the node's OVS bridge
+    vlan: int  # access tag of the host-side port, 1..4094
+    address: str  # CIDR notation, e.g. 10.20.0.17/22
+    gateway: str  # default route, e.g. 10.20.0.1
+    mtu: int = 1500
+    gratuitous_arp: bool = False
+
+    @property
+    def host_ifname(self) -> str:
+        return host_ifname(self.container_id, self.ifname)
+
+
+@dataclass(frozen=True, slots=True)
+class AttachedInterface:
+    """What ``attach`` made: enough for a CNI result's ``interfaces`` list."""
+
+    host_ifname: str
+    host_mac: str
+    pod_ifname: str
+    pod_mac: str
+    netns: str
+
+
+@dataclass(frozen=True, slots=True)
+class PortRecord:
+    """An OVS port this node's agent made, as found on the bridge (for GC and restarts)."""
+
+    host_ifname: str
+    bridge: str
+    vlan: int | None
+    container_id: str
+    ifname: str
+    netns: str
+
+
+class Dataplane(Protocol):
+    async def attach(self, attachment: Attachment) -> AttachedInterface: ...
+
+    async def detach(self, container_id: str, ifname: str, netns: str | None) -> None:
+        """Remove the port and the veth pair; succeed if they are already gone."""
+
+    async def check(self, attachment: Attachment) -> list[str]:
+        """Differences from ``attachment`` (address, route, port, VLAN tag, MTU); empty when all is well."""
+
+    async def ports(self, bridge: str) -> list[PortRecord]:
+        """Every port on ``bridge`` that carries our external_ids."""
+
+
+def host_ifname(container_id: str, ifname: str) -> str:
+    """A stable host-side name of at most 15 bytes (the kernel's IFNAMSIZ - 1).
+
+    "le" + 11 hex digits of SHA-256(container ID / ifname): collisions among the
+    pods of one node are negligible (2^44 space) and the name survives restarts.
+    """
+    digest = hashlib.sha256(f"{container_id}/{ifname}".encode()).hexdigest()
+    return f"le{digest[:11]}"
