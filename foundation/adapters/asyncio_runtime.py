@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import random
+import time
 from collections.abc import Awaitable, Coroutine
 from typing import Any, TypeVar
 
@@ -58,6 +59,9 @@ class AsyncioRuntime:
 
     def now(self) -> float:
         return asyncio.get_running_loop().time()
+
+    def wall_time(self) -> float:
+        return time.time()
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)

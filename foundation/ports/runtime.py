@@ -78,6 +78,12 @@ class Runtime(Protocol):
     def now(self) -> float:
         """Seconds on this runtime's monotonic clock (virtual seconds in simulation)."""
 
+    def wall_time(self) -> float:
+        """Seconds since the Unix epoch, for records other hosts read (a release time in etcd).
+
+        In simulation: a fixed epoch plus virtual time, so it is deterministic too.
+        """
+
     async def sleep(self, seconds: float) -> None: ...
 
     def spawn(self, coro: Coroutine[Any, Any, T], *, name: str) -> Task[T]:

@@ -32,6 +32,10 @@ from simpy.events import Event as SimEvent
 
 from foundation.ports.runtime import Cancelled
 
+# Wall-clock time at virtual time 0 (2026-01-01T00:00:00Z): fixed, so records stamped
+# with wall_time() are the same in every replay.
+SIM_EPOCH = 1_767_225_600.0
+
 
 class TaskFailed(RuntimeError):
     """A simulated task raised and no other task joined it."""
@@ -221,6 +225,9 @@ class SimRuntime:
     # ---- the port
     def now(self) -> float:
         return self.env.now
+
+    def wall_time(self) -> float:
+        return SIM_EPOCH + self.env.now
 
     async def sleep(self, seconds: float) -> None:
         await _Yield(self.env.timeout(seconds))

@@ -1,0 +1,312 @@
+"""What cnictl does, as pure logic over the Store, Cluster and Runtime ports.
+
+* ``add_pool``: a new pool, refused when its CIDR overlaps an existing pool.
+  Concurrent adds cannot both pass the overlap check: each commits only if the
+  pool epoch key is unchanged since it read the pools.
+* ``pool_usage``: capacity, allocated addresses and claimed blocks per pool and per node.
+* ``check_leaks``: allocated addresses whose pod the Cluster no longer has (or
+  has with another UID, another address or on another node). A leak is first a
+  *suspect*; seen again at least ``grace`` seconds later for the same handle, it
+  becomes *certain*. Suspects are kept under ``/ipam/leaks/`` so that checks run
+  by cron, minutes apart, build on each other.
+* ``release_address`` / ``release_certain``: free addresses, each by a CAS on the
+  block that also checks the address still belongs to the handle the check saw,
+  so an address reused meanwhile is never freed.
+* ``gc``: delete empty blocks of nodes that left the Cluster and records that
+  point at nothing.
+
+It must not know about the CLI, etcd or Kubernetes client libraries.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+
+from cni.pools import (
+    BLOCKS,
+    HANDLES,
+    LEAKS,
+    POOLS,
+    Block,
+    Handle,
+    Pool,
+    PoolConfigError,
+    block_key,
+    handle_key,
+    parse_address,
+)
+from foundation.ports import Compare, DeleteOp, PutOp, Runtime, Store
+from foundation.ports.cluster import Cluster, PodInfo
+
+POOL_EPOCH = "/ipam/pool-epoch"
+
+
+class AdminError(Exception):
+    """An operator's request that cannot be carried out; the message says why."""
+
+
+# ------------------------------------------------------------------ pools
+
+
+async def add_pool(store: Store, pool: Pool) -> int:
+    """Create ``pool``; return the revision. ``PoolConfigError`` on a clash."""
+    for _ in range(16):
+        epoch = await store.get(POOL_EPOCH)
+        existing = await store.range(POOLS)
+        for kv in existing.kvs:
+            other = Pool.from_bytes(kv.value)
+            if other.name == pool.name:
+                raise PoolConfigError("pool name", f"pool {pool.name} already exists ({other.cidr})")
+            if other.overlaps(pool):
+                raise PoolConfigError("cidr", f"{pool.cidr} overlaps pool {other.name} ({other.cidr})")
+            if other.vlan == pool.vlan:
+                # One VLAN per pool keeps each pool its own broadcast domain, as the platform wants.
+                raise PoolConfigError("vlan", f"VLAN {pool.vlan} is already used by pool {other.name}")
+        result = await store.txn(
+            [Compare.mod_is(POOL_EPOCH, epoch.mod_revision if epoch else 0), Compare.missing(pool.key)],
+            [PutOp(pool.key, pool.to_bytes()), PutOp(POOL_EPOCH, pool.name.encode())],
+        )
+        if result.succeeded:
+            return result.revision
+    raise AdminError("pools kept changing while adding; try again")
+
+
+async def list_pools(store: Store) -> list[Pool]:
+    return [Pool.from_bytes(kv.value) for kv in (await store.range(POOLS)).kvs]
+
+
+@dataclass
+class NodeUsage:
+    blocks: int = 0
+    allocated: int = 0
+
+
+@dataclass
+class PoolUsage:
+    pool: Pool
+    capacity: int
+    allocated: int = 0
+    blocks_claimed: int = 0
+    nodes: dict[str, NodeUsage] = field(default_factory=dict)
+
+    @property
+    def blocks_total(self) -> int:
+        return len(self.pool.blocks())
+
+    @property
+    def utilisation(self) -> float:
+        return self.allocated / self.capacity if self.capacity else 1.0
+
+    def as_dict(self) -> dict:
+        return {"pool": self.pool.name, "cidr": str(self.pool.cidr), "vlan": self.pool.vlan,
+                "gateway": str(self.pool.gateway), "block_size": self.pool.block_size,
+                "capacity": self.capacity, "allocated": self.allocated, "utilisation": round(self.utilisation, 4),
+                "blocks_claimed": self.blocks_claimed, "blocks_total": self.blocks_total,
+                "nodes": {n: {"blocks": u.blocks, "allocated": u.allocated} for n, u in sorted(self.nodes.items())}}
+
+
+async def pool_usage(store: Store) -> list[PoolUsage]:
+    pools = await list_pools(store)
+    usage = {p.name: PoolUsage(p, p.capacity()) for p in pools}
+    for kv in (await store.range(BLOCKS)).kvs:
+        block = Block.from_bytes(kv.value)
+        entry = usage.get(block.pool)
+        if entry is None:
+            continue
+        node = entry.nodes.setdefault(block.node, NodeUsage())
+        node.blocks += 1
+        node.allocated += len(block.allocations)
+        entry.blocks_claimed += 1
+        entry.allocated += len(block.allocations)
+    return list(usage.values())
+
+
+# ------------------------------------------------------------------ leaks
+
+
+@dataclass(frozen=True)
+class Leak:
+    address: str
+    pool: str
+    node: str  # the node whose block holds it
+    handle: str
+    pod: str
+    reason: str
+    first_seen: float
+    certain: bool
+
+    def as_dict(self) -> dict:
+        return {"address": self.address, "pool": self.pool, "node": self.node, "handle": self.handle,
+                "pod": self.pod, "reason": self.reason, "first_seen": self.first_seen,
+                "state": "certain" if self.certain else "suspect"}
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    checked: int  # allocations looked at
+    leaks: tuple[Leak, ...]
+    at: float
+
+    @property
+    def certain(self) -> tuple[Leak, ...]:
+        return tuple(leak for leak in self.leaks if leak.certain)
+
+
+def _why_leaked(handle: Handle | None, address: IPv4Address, pods: dict[tuple[str, str], PodInfo]) -> str | None:
+    """Why this allocation has no live pod, or None when it does."""
+    if handle is None:
+        return None  # allocated after we read the handles: block and handle change together, so it is new
+    if not handle.pod.name:
+        return None  # not given to a Kubernetes pod (no K8S_POD_NAME): not ours to judge
+    pod = pods.get((handle.pod.namespace, handle.pod.name))
+    if pod is None:
+        return f"pod {handle.pod} no longer exists"
+    if handle.pod.uid and pod.uid and pod.uid != handle.pod.uid:
+        return f"pod {handle.pod} was recreated (uid {pod.uid})"
+    if pod.ip and pod.ip != str(address):
+        return f"pod {handle.pod} now has address {pod.ip}"
+    if pod.node and pod.node != handle.node:
+        return f"pod {handle.pod} now runs on {pod.node}"
+    return None
+
+
+def _leak_key(address: str) -> str:
+    return f"{LEAKS}{address}"
+
+
+async def check_leaks(store: Store, cluster: Cluster, runtime: Runtime, *, grace: float) -> CheckReport:
+    """Find leaked addresses; a leak seen again ``grace`` seconds later is certain."""
+    # Handles, then blocks, then pods: an allocation made between two reads is skipped (its
+    # handle is missing) rather than misjudged, and the pod list is the freshest of the three.
+    handles = {kv.key.removeprefix(HANDLES): Handle.from_bytes(kv.value) for kv in (await store.range(HANDLES)).kvs}
+    blocks = (await store.range(BLOCKS)).kvs
+    previous = {kv.key.removeprefix(LEAKS): json.loads(kv.value) for kv in (await store.range(LEAKS)).kvs}
+    pods = {(p.namespace, p.name): p for p in await cluster.list_pods()}
+    now = runtime.wall_time()
+    leaks, checked = [], 0
+    for kv in blocks:
+        block = Block.from_bytes(kv.value)
+        for offset, handle_name in sorted(block.allocations.items()):
+            checked += 1
+            address = block.address(offset)
+            handle = handles.get(handle_name)
+            reason = _why_leaked(handle, address, pods)
+            if reason is None:
+                continue
+            seen = previous.get(str(address))
+            first_seen = seen["first_seen"] if seen and seen.get("handle") == handle_name else now
+            leaks.append(Leak(str(address), block.pool, block.node, handle_name,
+                              str(handle.pod) if handle else "-", reason, first_seen, now - first_seen >= grace))
+    # Record what we saw for the next check; forget suspects that are no longer leaked.
+    current = {leak.address for leak in leaks}
+    ops: list = [DeleteOp(_leak_key(a)) for a in previous if a not in current]
+    for leak in leaks:
+        record = {"handle": leak.handle, "first_seen": leak.first_seen, "certain": leak.certain, "pool": leak.pool}
+        ops.append(PutOp(_leak_key(leak.address), json.dumps(record, sort_keys=True).encode()))
+    for start in range(0, len(ops), 64):  # etcd limits operations per transaction (128 by default)
+        await store.txn([], ops[start : start + 64])
+    return CheckReport(checked, tuple(leaks), now)
+
+
+# ------------------------------------------------------------------ release
+
+
+@dataclass(frozen=True)
+class Released:
+    address: str
+    handle: str
+    pool: str
+
+
+async def _pool_of(store: Store, address: IPv4Address) -> Pool:
+    for pool in await list_pools(store):
+        if address in pool.cidr:
+            return pool
+    raise AdminError(f"address {address} is outside every pool")
+
+
+async def release_address(store: Store, runtime: Runtime, text: str, *, expect_handle: str | None = None) -> Released:
+    """Free one allocated address by CAS; with ``expect_handle``, only if that handle still holds it."""
+    address = parse_address(text)
+    pool = await _pool_of(store, address)
+    key = block_key(pool.name, pool.block_of(address))
+    for _ in range(16):
+        kv = await store.get(key)
+        block = Block.from_bytes(kv.value) if kv else None
+        offset = int(address) - int(pool.block_of(address).network_address)
+        holder = block.allocations.get(offset) if block else None
+        if holder is None:
+            await store.delete(_leak_key(str(address)))
+            raise AdminError(f"address {address} is not allocated")
+        if expect_handle is not None and holder != expect_handle:
+            raise AdminError(f"address {address} now belongs to {holder}, not {expect_handle}: not released")
+        assert block is not None and kv is not None
+        allocations = {o: h for o, h in block.allocations.items() if o != offset}
+        updated = Block(block.pool, block.cidr, block.node, allocations,
+                        {**block.released, offset: runtime.wall_time()})
+        result = await store.txn(
+            [Compare.mod_is(key, kv.mod_revision)],
+            [PutOp(key, updated.to_bytes()), DeleteOp(handle_key(holder)), DeleteOp(_leak_key(str(address)))],
+        )
+        if result.succeeded:
+            return Released(str(address), holder, pool.name)
+    raise AdminError(f"block {key} kept changing; try again")
+
+
+async def release_certain(store: Store, runtime: Runtime) -> tuple[list[Released], list[str]]:
+    """Release every leak the last check marked certain. Returns (released, skipped with reasons)."""
+    released, skipped = [], []
+    for kv in (await store.range(LEAKS)).kvs:
+        record = json.loads(kv.value)
+        address = kv.key.removeprefix(LEAKS)
+        if not record.get("certain"):
+            continue
+        try:
+            released.append(await release_address(store, runtime, address, expect_handle=record["handle"]))
+        except AdminError as exc:
+            skipped.append(str(exc))
+    return released, skipped
+
+
+# ------------------------------------------------------------------ gc
+
+
+@dataclass
+class GcReport:
+    blocks_freed: list[str] = field(default_factory=list)
+    stray_handles: list[str] = field(default_factory=list)
+    stale_leak_records: list[str] = field(default_factory=list)
+
+
+async def gc(store: Store, cluster: Cluster) -> GcReport:
+    """Free empty blocks of departed nodes, stray handle records and leak records of free addresses."""
+    report = GcReport()
+    nodes = set(await cluster.list_nodes())
+    # Handles before blocks: a handle created after this read is not looked at, and one
+    # released meanwhile fails its CAS below. (Blocks first could delete a new live handle.)
+    handles = (await store.range(HANDLES)).kvs
+    blocks = {kv.key: kv for kv in (await store.range(BLOCKS)).kvs}
+    allocated: dict[str, str] = {}  # handle -> address
+    for key, kv in blocks.items():
+        block = Block.from_bytes(kv.value)
+        for offset, handle in block.allocations.items():
+            allocated[handle] = str(block.address(offset))
+        if block.node not in nodes and not block.allocations:
+            result = await store.txn([Compare.mod_is(key, kv.mod_revision)], [DeleteOp(key)])
+            if result.succeeded:
+                report.blocks_freed.append(key)
+    for kv in handles:
+        handle = kv.key.removeprefix(HANDLES)
+        if handle not in allocated:
+            result = await store.txn([Compare.mod_is(kv.key, kv.mod_revision)], [DeleteOp(kv.key)])
+            if result.succeeded:
+                report.stray_handles.append(handle)
+    addresses = set(allocated.values())
+    for kv in (await store.range(LEAKS)).kvs:
+        if kv.key.removeprefix(LEAKS) not in addresses:
+            await store.txn([Compare.mod_is(kv.key, kv.mod_revision)], [DeleteOp(kv.key)])
+            report.stale_leak_records.append(kv.key.removeprefix(LEAKS))
+    return report
+

@@ -1,0 +1,269 @@
+"""IP pools and blocks: the records IPAM keeps in the Store, their validation and their keys.
+
+A **pool** is one IPv4 subnet of a Cell with its own VLAN and gateway (e.g. a /22,
+1,024 addresses). It is cut into **blocks** of ``block_size`` contiguous addresses
+(16 by default); a node claims whole blocks and allocates pod addresses from them.
+Addresses that are never handed out: the pool's network and broadcast addresses,
+its gateway and the pool's ``exclude`` list.
+
+Keys (see docs/keys.md)::
+
+    /ipam/pools/{pool}                  Pool record (JSON)
+    /ipam/blocks/{pool}/{a.b.c.d}-{len} Block record: owner node, allocations, recent releases
+    /ipam/handles/{containerID}/{if}    Handle record: which address (container, interface) holds
+    /ipam/leaks/{a.b.c.d}               a suspected leak seen by cnictl check
+
+Every name that becomes part of a key is validated here first, so no user string
+can step outside its prefix. This module is pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+POOLS = "/ipam/pools/"
+BLOCKS = "/ipam/blocks/"
+HANDLES = "/ipam/handles/"
+LEAKS = "/ipam/leaks/"
+
+POOL_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+NODE_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")  # a Kubernetes node name (DNS subdomain)
+CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}$")  # what libcni accepts
+IFNAME = re.compile(r"^[^/:\s]{1,15}$")
+DEFAULT_BLOCK_SIZE = 16
+
+
+class PoolConfigError(ValueError):
+    """A pool definition is invalid; ``field`` names the offending field."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+
+
+def _dumps(data: dict[str, Any]) -> bytes:
+    # Sorted keys and no spaces: the same record always has the same bytes (stable traces, CAS on value).
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+
+def check_name(kind: str, value: str, pattern: re.Pattern[str]) -> str:
+    if not isinstance(value, str) or not pattern.match(value) or value in (".", ".."):
+        raise PoolConfigError(kind, f"invalid {kind} {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Pool:
+    name: str
+    cidr: IPv4Network
+    vlan: int
+    gateway: IPv4Address
+    exclude: frozenset[IPv4Address] = frozenset()
+    block_size: int = DEFAULT_BLOCK_SIZE
+
+    @staticmethod
+    def parse(name: str, cidr: str, vlan: int, gateway: str | None = None, exclude: list[str] | tuple = (),
+              block_size: int = DEFAULT_BLOCK_SIZE) -> Pool:
+        """Validate user input into a Pool; ``PoolConfigError`` names the first bad field."""
+        check_name("pool name", name, POOL_NAME)
+        try:
+            network = IPv4Network(cidr, strict=True)
+        except ValueError as exc:
+            raise PoolConfigError("cidr", f"{cidr!r} is not an IPv4 network in CIDR notation ({exc})") from None
+        if network.prefixlen > 30:
+            raise PoolConfigError("cidr", f"{cidr} is too small for pods (at most /30)")
+        if isinstance(vlan, bool) or not isinstance(vlan, int) or not 1 <= vlan <= 4094:
+            raise PoolConfigError("vlan", f"VLAN must be an integer in 1..4094, got {vlan!r}")
+        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 4 \
+                or block_size & (block_size - 1):
+            raise PoolConfigError("block_size", f"block size must be a power of two >= 4, got {block_size!r}")
+        if block_size > network.num_addresses:
+            raise PoolConfigError(
+                "block_size", f"block size {block_size} is larger than the pool ({network.num_addresses} addresses)")
+        try:
+            gw = IPv4Address(gateway) if gateway else next(network.hosts())
+        except ValueError:
+            raise PoolConfigError("gateway", f"{gateway!r} is not an IPv4 address") from None
+        if gw not in network or gw in (network.network_address, network.broadcast_address):
+            raise PoolConfigError("gateway", f"gateway {gw} is not a host address of {network}")
+        excluded = set()
+        for item in exclude:
+            try:
+                address = IPv4Address(item)
+            except ValueError:
+                raise PoolConfigError("exclude", f"{item!r} is not an IPv4 address") from None
+            if address not in network:
+                raise PoolConfigError("exclude", f"{address} is outside {network}")
+            excluded.add(address)
+        return Pool(name, network, vlan, gw, frozenset(excluded), block_size)
+
+    # ---- geometry
+    @property
+    def block_prefixlen(self) -> int:
+        return 32 - (self.block_size.bit_length() - 1)
+
+    def blocks(self) -> list[IPv4Network]:
+        return list(self.cidr.subnets(new_prefix=self.block_prefixlen))
+
+    def block_of(self, address: IPv4Address) -> IPv4Network:
+        return IPv4Network((int(address) & ~(self.block_size - 1), self.block_prefixlen))
+
+    def reserved(self) -> frozenset[IPv4Address]:
+        """Addresses of the pool never handed to a pod."""
+        return self.exclude | {self.cidr.network_address, self.cidr.broadcast_address, self.gateway}
+
+    def usable_in_block(self, block: IPv4Network) -> list[int]:
+        """Offsets within ``block`` that may be allocated, ascending."""
+        reserved = self.reserved()
+        base = int(block.network_address)
+        return [i for i in range(self.block_size) if IPv4Address(base + i) not in reserved]
+
+    def capacity(self) -> int:
+        return self.cidr.num_addresses - len(self.reserved())
+
+    def overlaps(self, other: Pool) -> bool:
+        return self.cidr.overlaps(other.cidr)
+
+    # ---- records
+    @property
+    def key(self) -> str:
+        return f"{POOLS}{self.name}"
+
+    def to_bytes(self) -> bytes:
+        return _dumps({"name": self.name, "cidr": str(self.cidr), "vlan": self.vlan, "gateway": str(self.gateway),
+                       "exclude": sorted(str(a) for a in self.exclude), "block_size": self.block_size})
+
+    @staticmethod
+    def from_bytes(raw: bytes) -> Pool:
+        data = json.loads(raw)
+        return Pool.parse(data["name"], data["cidr"], data["vlan"], data["gateway"], data.get("exclude", []),
+                          data.get("block_size", DEFAULT_BLOCK_SIZE))
+
+
+def block_key(pool: str, block: IPv4Network) -> str:
+    return f"{BLOCKS}{pool}/{block.network_address}-{block.prefixlen}"
+
+
+def parse_block_key(key: str) -> tuple[str, IPv4Network]:
+    pool, _, cidr = key.removeprefix(BLOCKS).partition("/")
+    address, _, length = cidr.partition("-")
+    return pool, IPv4Network(f"{address}/{length}")
+
+
+@dataclass
+class Block:
+    """A node's block: which offsets are allocated to which handle, which were released when."""
+
+    pool: str
+    cidr: IPv4Network
+    node: str
+    allocations: dict[int, str] = field(default_factory=dict)  # offset -> handle id "containerID/ifname"
+    released: dict[int, float] = field(default_factory=dict)  # offset -> wall time of release
+
+    @property
+    def key(self) -> str:
+        return block_key(self.pool, self.cidr)
+
+    def address(self, offset: int) -> IPv4Address:
+        return self.cidr.network_address + offset
+
+    def offset(self, address: IPv4Address) -> int:
+        return int(address) - int(self.cidr.network_address)
+
+    def free_offset(self, usable: list[int], now: float, cooldown: float) -> int | None:
+        """The lowest usable offset neither allocated nor released less than ``cooldown`` ago."""
+        for offset in usable:
+            if offset in self.allocations:
+                continue
+            released_at = self.released.get(offset)
+            if released_at is not None and now - released_at < cooldown:
+                continue
+            return offset
+        return None
+
+    def forget_old_releases(self, now: float, cooldown: float) -> None:
+        self.released = {o: t for o, t in self.released.items() if now - t < cooldown}
+
+    def to_bytes(self) -> bytes:
+        return _dumps({"pool": self.pool, "cidr": str(self.cidr), "node": self.node,
+                       "allocations": {str(o): h for o, h in sorted(self.allocations.items())},
+                       "released": {str(o): t for o, t in sorted(self.released.items())}})
+
+    @staticmethod
+    def from_bytes(raw: bytes) -> Block:
+        data = json.loads(raw)
+        return Block(data["pool"], IPv4Network(data["cidr"]), data["node"],
+                     {int(o): h for o, h in data.get("allocations", {}).items()},
+                     {int(o): float(t) for o, t in data.get("released", {}).items()})
+
+
+def handle_id(container_id: str, ifname: str) -> str:
+    return f"{container_id}/{ifname}"
+
+
+def handle_key(handle: str) -> str:
+    return f"{HANDLES}{handle}"
+
+
+@dataclass(frozen=True)
+class PodRef:
+    """Which pod an address was given to, from CNI_ARGS (kubelet passes these)."""
+
+    namespace: str = ""
+    name: str = ""
+    uid: str = ""
+
+    @staticmethod
+    def from_cni_args(args: dict[str, str]) -> PodRef:
+        return PodRef(args.get("K8S_POD_NAMESPACE", ""), args.get("K8S_POD_NAME", ""), args.get("K8S_POD_UID", ""))
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}" if self.name else "-"
+
+
+@dataclass(frozen=True)
+class Handle:
+    """The record of one (container, interface)'s address."""
+
+    container_id: str
+    ifname: str
+    address: IPv4Address
+    pool: str
+    node: str
+    pod: PodRef
+    network: str = ""
+    allocated_at: float = 0.0
+
+    @property
+    def id(self) -> str:
+        return handle_id(self.container_id, self.ifname)
+
+    @property
+    def key(self) -> str:
+        return handle_key(self.id)
+
+    def to_bytes(self) -> bytes:
+        return _dumps({"container_id": self.container_id, "ifname": self.ifname, "address": str(self.address),
+                       "pool": self.pool, "node": self.node, "network": self.network,
+                       "pod": {"namespace": self.pod.namespace, "name": self.pod.name, "uid": self.pod.uid},
+                       "allocated_at": self.allocated_at})
+
+    @staticmethod
+    def from_bytes(raw: bytes) -> Handle:
+        data = json.loads(raw)
+        pod = data.get("pod") or {}
+        return Handle(data["container_id"], data["ifname"], IPv4Address(data["address"]), data["pool"], data["node"],
+                      PodRef(pod.get("namespace", ""), pod.get("name", ""), pod.get("uid", "")),
+                      data.get("network", ""), float(data.get("allocated_at", 0.0)))
+
+
+def parse_address(text: str) -> IPv4Address:
+    try:
+        return ipaddress.IPv4Address(text)
+    except ValueError:
+        raise PoolConfigError("address", f"{text!r} is not an IPv4 address") from None

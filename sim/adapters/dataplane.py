@@ -1,0 +1,93 @@
+"""The sim Dataplane adapter: one node's veths and OVS ports as records, with injectable failures.
+
+It keeps what a real node would have (the port on the bridge with its VLAN tag
+and external_ids, the pod interface with its address, route and MTU) so CHECK and
+GC see the same picture they would see for real, and it keeps the port's
+promises: attach is all or nothing, detach is idempotent. Failures: a netns that
+does not exist, a step that fails on the next attach, a node whose runtime died
+(every interface gone at once). It must not know IPAM or CNI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from foundation.ports.dataplane import (
+    AttachedInterface,
+    Attachment,
+    DataplaneError,
+    NetnsNotFound,
+    PortRecord,
+    host_ifname,
+)
+
+STEPS = ("open netns", "create veth", "add OVS port", "configure pod interface")
+
+
+@dataclass
+class _Plumbed:
+    attachment: Attachment
+    mac: str
+
+
+class SimDataplane:
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.netns: set[str] = set()  # namespaces that exist on this node
+        self.interfaces: dict[tuple[str, str], _Plumbed] = {}  # (container, ifname) -> what attach made
+        self.bridges: set[str] = {"br-int"}
+        self.fail_next: str | None = None  # a step from STEPS: the next attach fails there
+        self.attaches = 0
+        self.detaches = 0
+
+    # ---- what the world does to the node
+    def add_netns(self, path: str) -> None:
+        self.netns.add(path)
+
+    def remove_netns(self, path: str) -> None:
+        self.netns.discard(path)
+        for key in [k for k, p in self.interfaces.items() if p.attachment.netns == path]:
+            del self.interfaces[key]  # the pod end died with its namespace; the host end goes with it (veth)
+
+    def crash(self) -> None:
+        """The host or its container runtime died: every namespace and interface is gone."""
+        self.netns.clear()
+        self.interfaces.clear()
+
+    # ---- the port
+    def _step(self, step: str) -> None:
+        if self.fail_next == step:
+            self.fail_next = None
+            raise DataplaneError(step, "injected failure")
+
+    async def attach(self, attachment: Attachment) -> AttachedInterface:
+        self._step("open netns")
+        if attachment.netns not in self.netns:
+            raise NetnsNotFound(attachment.netns)
+        self._step("create veth")
+        if attachment.bridge not in self.bridges:
+            raise DataplaneError("add OVS port", f"bridge {attachment.bridge} does not exist")
+        self._step("add OVS port")
+        self._step("configure pod interface")  # nothing is recorded before every step passed: all or nothing
+        self.attaches += 1
+        mac = "0a:58:" + ":".join(f"{b:02x}" for b in bytes.fromhex(attachment.host_ifname[2:10]))
+        self.interfaces[(attachment.container_id, attachment.ifname)] = _Plumbed(attachment, mac)
+        return AttachedInterface(attachment.host_ifname, "02:" + mac[3:], attachment.ifname, mac, attachment.netns)
+
+    async def detach(self, container_id: str, ifname: str, netns: str | None) -> None:
+        self.detaches += 1
+        self.interfaces.pop((container_id, ifname), None)
+
+    async def check(self, attachment: Attachment) -> list[str]:
+        plumbed = self.interfaces.get((attachment.container_id, attachment.ifname))
+        if plumbed is None:
+            return [f"port {host_ifname(attachment.container_id, attachment.ifname)} is not on any bridge"]
+        have, problems = plumbed.attachment, []
+        for name in ("bridge", "vlan", "address", "gateway", "mtu", "netns"):
+            if getattr(have, name) != getattr(attachment, name):
+                problems.append(f"{name} is {getattr(have, name)}, expected {getattr(attachment, name)}")
+        return problems
+
+    async def ports(self, bridge: str) -> list[PortRecord]:
+        return [PortRecord(p.attachment.host_ifname, bridge, p.attachment.vlan, cid, ifname, p.attachment.netns)
+                for (cid, ifname), p in self.interfaces.items() if p.attachment.bridge == bridge]
