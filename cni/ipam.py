@@ -78,6 +78,7 @@ class Allocation:
     pool: Pool
     block: IPv4Network
     handle: str
+    existing: bool = False  # the handle already had this address (a repeated ADD)
 
     @property
     def cidr(self) -> str:
@@ -173,7 +174,7 @@ class Ipam:
             if repeat is not None:
                 self.stats.fast_repeats += 1
                 cached, offset = repeat
-                return self._allocation(cached.block, offset, handle)
+                return replace(self._allocation(cached.block, offset, handle), existing=True)
             # The record to write; address and pool are filled in by whichever block has room.
             template = Handle(container_id, ifname, IPv4Address(0), "", self.node, pod, network,
                               self.runtime.wall_time())
@@ -265,7 +266,7 @@ class Ipam:
         if existing_handle is not None:  # a repeated ADD whose allocation we did not have cached
             known = Handle.from_bytes(existing_handle.value)
             owner_pool = self._pools.get(known.pool) or pool
-            return Allocation(known.address, owner_pool, owner_pool.block_of(known.address), handle)
+            return Allocation(known.address, owner_pool, owner_pool.block_of(known.address), handle, existing=True)
         return None
 
     def _remember(self, key: str, kv) -> None:
@@ -289,6 +290,18 @@ class Ipam:
     def _allocation(self, block: Block, offset: int, handle: str) -> Allocation:
         pool = self._pools[block.pool]
         return Allocation(block.address(offset), pool, block.cidr, handle)
+
+    async def lookup(self, container_id: str, ifname: str) -> Allocation | None:
+        """The address (container, interface) holds, or None."""
+        handle = handle_id(container_id, ifname)
+        found = self._find_cached(handle)
+        if found is not None:
+            return self._allocation(found[0].block, found[1], handle)
+        located = await self._locate(handle)
+        if located is None or isinstance(located, _Stray):
+            return None
+        block, _, offset = located
+        return self._allocation(block, offset, handle)
 
     # ------------------------------------------------------------------ release
     async def release(self, container_id: str, ifname: str) -> Allocation | None:

@@ -48,7 +48,7 @@ def test_first_add_claims_a_block_and_takes_its_first_usable_address():
 
 
 def test_common_case_is_one_transaction_and_a_repeated_add_gets_the_same_address():
-    rt, server, make = world()
+    rt, _server, make = world()
     ipam = make("node-1")
 
     async def main():
@@ -198,7 +198,7 @@ def test_bad_pool_definitions_name_the_field(kwargs, field):
 
 
 def test_overlapping_pools_and_reused_vlans_are_refused():
-    rt, server, make = world()
+    rt, server, _make = world()
     admin = server.client("cnictl2")
 
     async def main():

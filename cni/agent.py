@@ -1,0 +1,175 @@
+"""The per-node CNI agent: what ADD, DEL, CHECK, GC and STATUS do, over the IPAM and Dataplane.
+
+ADD: allocate (one Store transaction in the common case), then plumb the veth
+and OVS port tagged with the pool's VLAN; if plumbing fails, release the address
+before reporting the error, so a failed ADD leaves nothing behind. A repeated ADD
+gets the same address and has its interface rebuilt.
+DEL: unplumb first, then release, so an address is never handed out while a veth
+still carries it; both steps succeed when there is nothing left to remove, which
+makes DEL idempotent (the runtime may call it many times, or after a failed ADD).
+CHECK: the handle still holds the address of ``prevResult`` and the dataplane
+matches it. GC: release and unplumb every attachment of this network that the
+runtime no longer lists. STATUS: ready when the Store answers and a pool exists.
+
+Errors carry the CNI spec's codes (``cni.request``): an unreachable etcd is 11
+"try again later", so the runtime retries. It must not know sockets, etcd,
+netlink or OVS: it sees them only as the Store and Dataplane ports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cni.ipam import Allocation, Ipam, PoolExhausted, TooMuchContention, UnknownPool
+from cni.pools import Handle, PodRef, handle_key
+from cni.request import (
+    CHECK_FAILED,
+    DATAPLANE_FAILURE,
+    INVALID_CONFIG,
+    INVALID_ENV,
+    PLUGIN_NOT_AVAILABLE,
+    POOL_EXHAUSTED,
+    TRY_AGAIN_LATER,
+    CniError,
+    CniRequest,
+)
+from foundation.ports import Runtime, StoreError, StoreUnavailable
+from foundation.ports.dataplane import Attachment, Dataplane, DataplaneError, NetnsNotFound
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """What the node agent knows about its node; the network config may override bridge and MTU."""
+
+    node: str
+    bridge: str = "br-int"
+    mtu: int = 1500
+
+
+class CniAgent:
+    def __init__(self, ipam: Ipam, dataplane: Dataplane, runtime: Runtime, config: NodeConfig) -> None:
+        self.ipam = ipam
+        self.dataplane = dataplane
+        self.runtime = runtime
+        self.config = config
+
+    async def start(self) -> None:
+        """Load the pools and this node's blocks (raises ``StoreUnavailable`` if etcd is down)."""
+        await self.ipam.load()
+
+    # ------------------------------------------------------------------ helpers
+    def _attachment(self, request: CniRequest, allocation: Allocation) -> Attachment:
+        net = request.network
+        return Attachment(
+            container_id=request.container_id,
+            netns=request.netns,
+            ifname=request.ifname,
+            bridge=net.get("bridge", self.config.bridge),
+            vlan=allocation.pool.vlan,
+            address=allocation.cidr,
+            gateway=str(allocation.pool.gateway),
+            mtu=int(net.get("mtu", self.config.mtu)),
+            gratuitous_arp=bool(net.get("gratuitousArp", False)),
+        )
+
+    async def _store_call(self, what: str, coro: Any) -> Any:
+        """Await an IPAM call, turning its failures into CNI errors."""
+        try:
+            return await coro
+        except StoreUnavailable as exc:
+            raise CniError(TRY_AGAIN_LATER, f"etcd unavailable while {what}", str(exc)) from exc
+        except TooMuchContention as exc:
+            raise CniError(TRY_AGAIN_LATER, f"too much contention while {what}", str(exc)) from exc
+        except PoolExhausted as exc:
+            raise CniError(POOL_EXHAUSTED, "no free address", str(exc)) from exc
+        except UnknownPool as exc:
+            raise CniError(INVALID_CONFIG, "network config names an unknown pool", str(exc)) from exc
+        except StoreError as exc:
+            raise CniError(TRY_AGAIN_LATER, f"etcd refused a request while {what}", str(exc)) from exc
+
+    # ------------------------------------------------------------------ commands
+    async def add(self, request: CniRequest) -> dict[str, Any]:
+        allocation: Allocation = await self._store_call("allocating", self.ipam.allocate(
+            request.container_id, request.ifname, pools=request.network.get("pools", ()),
+            pod=PodRef.from_cni_args(request.args), network=request.network_name))
+        attachment = self._attachment(request, allocation)
+        self.runtime.trace("cni-add", container=request.container_id, address=allocation.cidr,
+                           vlan=attachment.vlan, repeat=allocation.existing)
+        try:
+            if allocation.existing:
+                # A repeated ADD: rebuild the interface rather than trust whatever is there.
+                await self.dataplane.detach(request.container_id, request.ifname, request.netns)
+            interface = await self.dataplane.attach(attachment)
+        except (DataplaneError, StoreError) as exc:
+            await self._undo_allocation(request)
+            if isinstance(exc, NetnsNotFound):
+                raise CniError(INVALID_ENV, "CNI_NETNS does not exist", str(exc)) from exc
+            raise CniError(DATAPLANE_FAILURE, "could not plumb the pod interface", str(exc)) from exc
+        gateway = str(allocation.pool.gateway)
+        return {
+            "interfaces": [
+                {"name": interface.host_ifname, "mac": interface.host_mac},
+                {"name": interface.pod_ifname, "mac": interface.pod_mac, "sandbox": interface.netns},
+            ],
+            "ips": [{"address": allocation.cidr, "gateway": gateway, "interface": 1}],
+            "routes": [{"dst": "0.0.0.0/0", "gw": gateway}],
+            "dns": {},
+        }
+
+    async def _undo_allocation(self, request: CniRequest) -> None:
+        try:
+            await self.ipam.release(request.container_id, request.ifname)
+        except (StoreError, TooMuchContention) as exc:
+            # The runtime calls DEL after a failed ADD, and cnictl check finds what DEL misses.
+            self.runtime.trace("cni-add-undo-failed", container=request.container_id, error=str(exc))
+
+    async def delete(self, request: CniRequest) -> None:
+        try:
+            await self.dataplane.detach(request.container_id, request.ifname, request.netns or None)
+        except DataplaneError as exc:
+            raise CniError(DATAPLANE_FAILURE, "could not remove the pod interface", str(exc)) from exc
+        released = await self._store_call("releasing", self.ipam.release(request.container_id, request.ifname))
+        self.runtime.trace("cni-del", container=request.container_id,
+                           address=released.cidr if released else None)
+
+    async def check(self, request: CniRequest) -> None:
+        if not request.prev_result:
+            raise CniError(INVALID_CONFIG, "CHECK needs prevResult", "the runtime passes the result of ADD")
+        allocation = await self._store_call("checking", self.ipam.lookup(request.container_id, request.ifname))
+        if allocation is None:
+            raise CniError(CHECK_FAILED, "no address is allocated to this container",
+                           f"{request.container_id}/{request.ifname}")
+        expected = [ip.get("address") for ip in request.prev_result.get("ips", [])]
+        if allocation.cidr not in expected:
+            raise CniError(CHECK_FAILED, "allocated address differs from prevResult",
+                           f"etcd has {allocation.cidr}, prevResult has {', '.join(map(str, expected)) or 'none'}")
+        problems = await self.dataplane.check(self._attachment(request, allocation))
+        if problems:
+            raise CniError(CHECK_FAILED, "pod interface differs from what ADD made", "; ".join(problems))
+
+    async def gc(self, request: CniRequest) -> None:
+        keep = set(request.valid_attachments)
+        for handle, _address in sorted(self.ipam.owned_handles().items()):
+            container_id, _, ifname = handle.rpartition("/")
+            if (container_id, ifname) in keep:
+                continue
+            record = await self._store_call("collecting", self.ipam.store.get(handle_key(handle)))
+            if record is None or Handle.from_bytes(record.value).network != request.network_name:
+                continue  # another network's attachment: not ours to collect
+            await self.delete(CniRequest("DEL", request.cni_version, request.network, container_id, "", ifname))
+        # Ports whose address is gone already (a DEL that released but crashed before unplumbing).
+        held = self.ipam.owned_handles()
+        for port in await self.dataplane.ports(request.network.get("bridge", self.config.bridge)):
+            if (port.container_id, port.ifname) not in keep and f"{port.container_id}/{port.ifname}" not in held:
+                await self.dataplane.detach(port.container_id, port.ifname, None)
+
+    async def status(self, request: CniRequest) -> None:
+        try:
+            pools = await self.ipam.refresh_pools()
+        except StoreError as exc:
+            raise CniError(PLUGIN_NOT_AVAILABLE, "etcd unavailable", str(exc)) from exc
+        wanted = request.network.get("pools") or list(pools)
+        if not any(name in pools for name in wanted):
+            raise CniError(PLUGIN_NOT_AVAILABLE, "no IP pool available to this network",
+                           f"wanted {', '.join(wanted) or 'any pool'}; defined: {', '.join(pools) or 'none'}")
