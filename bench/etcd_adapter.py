@@ -3,8 +3,8 @@
 Both talk to the same throwaway etcd (started here on loopback, data on tmpfs),
 each over its own connection, in interleaved rounds. "bare" is aetcd's own API
 (``client.put``, ``client.get`` + ``client.transaction``); "adapter" is
-``EtcdStore`` (``put``, ``get`` + ``txn`` with a mod_revision compare), which also
-asks etcd for the previous key-value and converts every answer to the port's types.
+``EtcdStore`` (``put``, ``get`` + ``txn`` with a mod_revision compare), which sets a
+deadline on every call and converts every answer to the port's types.
 Overhead = 1 - adapter rate / bare rate.
 
 Run: .venv/bin/python -m bench.etcd_adapter [--rounds 5] [--ops 2000]

@@ -62,10 +62,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+SHM_NEEDED = 256 * 1024 * 1024  # etcd pre-allocates 64 MB WAL files; leave room for a few
+
+
 def _scratch_root() -> str | None:
-    # tmpfs makes etcd's fsyncs nearly free (etcd 3.4 has no --unsafe-no-fsync flag).
+    # tmpfs makes etcd's fsyncs nearly free (etcd 3.4 has no --unsafe-no-fsync flag);
+    # a small /dev/shm (Docker's default is 64 MB) would make etcd fail, so use /tmp then.
     shm = "/dev/shm"
-    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+    if not (os.path.isdir(shm) and os.access(shm, os.W_OK)):
+        return None
+    stats = os.statvfs(shm)
+    return shm if stats.f_bavail * stats.f_frsize >= SHM_NEEDED else None
 
 
 class EtcdServer:

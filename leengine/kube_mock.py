@@ -68,7 +68,7 @@ class KubeApiMock:
         mock = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:  # the name http.server dispatches GET to
                 status, body = mock._answer(self.path.split("?", 1)[0])
                 raw = json.dumps(body).encode()
                 self.send_response(status)

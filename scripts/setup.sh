@@ -46,7 +46,11 @@ ensure_venv() {
   py="$(pick_python)"
   echo "setup: creating virtualenv $VENV with $py"
   [ -x "$VENV/bin/python" ] || "$py" -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[dev]" 2>&1 | grep -v '^WARNING: Location' || true
-  "$VENV/bin/python" -c 'import foundation, sim, aetcd, simpy' # fail loudly if the install did not take
+  # pipefail makes a failed pip fail this step; grep only drops this machine's index warnings.
+  "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[dev]" 2>&1 | { grep -v '^WARNING: Location' || true; }
+  "$VENV/bin/python" -c 'import foundation, sim, aetcd, simpy, pytest' # fail loudly if the install did not take
+  for tool in ruff lint-imports pytest leengine; do
+    [ -x "$VENV/bin/$tool" ] || { echo "setup: $tool missing from $VENV after install" >&2; return 1; }
+  done
   echo "$want" > "$stamp"
 }

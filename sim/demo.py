@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from foundation.logic.claims import LeasedMembership, claim, release
-from foundation.ports import Runtime, Store, StoreUnavailable
+from foundation.ports import LeaseNotFound, Runtime, Store, StoreUnavailable
 from sim.adapters.runtime import SimRuntime
 from sim.adapters.store import MemoryStore, SimStoreClient
 
@@ -124,6 +124,10 @@ async def claiming_node(name: str, store: Store, runtime: Runtime, slots: int, t
                         stats.conflicts += 1
             except StoreUnavailable:
                 stats.unavailable_errors += 1
+            except LeaseNotFound:
+                # The lease expired before our keepalive noticed (a partition just shorter
+                # than the keepalive's patience): treat it as lost, rejoin next round.
+                membership.lost.set()
     finally:
         keeper.cancel()
 

@@ -37,6 +37,7 @@ class StoreHarness:
     heal: Callable[[], Awaitable[None]]
     timeout: float
     new_client: Callable[[str], Awaitable[object]]
+    outage: Callable[[bool], Awaitable[None]]  # outage(True): the server is down for everyone; False: back
 
     def key(self, name: str) -> str:
         return f"{self.prefix}{name}"
@@ -69,7 +70,10 @@ class _SimRunner:
         async def new_client(name: str) -> object:
             return server.client(name, timeout=self.timeout)
 
-        harness = StoreHarness("sim", client, runtime, self.prefix, cut_off, heal, self.timeout, new_client)
+        async def outage(down: bool) -> None:
+            server.set_available(not down)
+
+        harness = StoreHarness("sim", client, runtime, self.prefix, cut_off, heal, self.timeout, new_client, outage)
         runtime.run_until_complete(body(harness), limit=3600)
 
 
@@ -99,12 +103,16 @@ class _EtcdRunner:
                 extra.append(client)
                 return client
 
+            async def outage(down: bool) -> None:
+                await asyncio.to_thread(server.stop if down else server.start)
+
             harness = StoreHarness("etcd", store, AsyncioRuntime(seed=1), self.prefix, cut_off, heal, self.timeout,
-                                   new_client)
+                                   new_client, outage)
             try:
                 await asyncio.wait_for(body(harness), 120)
             finally:
                 server.resume()
+                server.start()  # no-op when running
                 for client in [store, *extra]:
                     await client.close()
 

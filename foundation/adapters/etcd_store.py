@@ -177,8 +177,8 @@ class EtcdStore:
         self._endpoint = endpoint
         self.timeout = timeout
         host, _, port = endpoint.removeprefix("http://").rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"etcd endpoint must look like host:port, got {endpoint!r}")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"etcd endpoint must look like host:port (port 1-65535), got {endpoint!r}")
         self._client = aetcd.Client(host=host, port=int(port), timeout=timeout, options=_channel_options(timeout))
         self._closed = False
 

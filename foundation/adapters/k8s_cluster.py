@@ -54,7 +54,8 @@ class KubeCluster:
         result = []
         for pod in pods.items:
             status = pod.status
-            ready = any(c.type == "Ready" and c.status == "True" for c in (status.conditions or [])) if status else False
+            conditions = (status.conditions or []) if status else []
+            ready = any(c.type == "Ready" and c.status == "True" for c in conditions)
             result.append(PodInfo(
                 namespace=pod.metadata.namespace, name=pod.metadata.name, uid=pod.metadata.uid or "",
                 node=(pod.spec.node_name or "") if pod.spec else "",

@@ -76,7 +76,8 @@ class Trace:
 
 
 class SimTask:
-    __slots__ = ("_cancel_pending", "_coro", "_observed", "_process", "_runtime", "_started", "error", "name", "result")
+    __slots__ = ("_cancel_requested", "_coro", "_observed", "_process", "_runtime", "_started", "error", "name",
+                 "result")
 
     def __init__(self, runtime: SimRuntime, coro: Coroutine[Any, Any, Any], name: str) -> None:
         self._runtime = runtime
@@ -85,7 +86,8 @@ class SimTask:
         self.result: Any = None
         self.error: BaseException | None = None
         self._started = False
-        self._cancel_pending = False
+        # A cancel asked for and not yet delivered: more cancel() calls add nothing (as in asyncio).
+        self._cancel_requested = False
         self._observed = False
         self._process = runtime.env.process(self._drive())
 
@@ -93,8 +95,7 @@ class SimTask:
         runtime, coro = self._runtime, self._coro
         self._started = True
         send_value: Any = None
-        to_throw: BaseException | None = Cancelled() if self._cancel_pending else None
-        self._cancel_pending = False
+        to_throw: BaseException | None = self._deliver_cancel() if self._cancel_requested else None
         while True:
             runtime.current = self
             try:
@@ -102,7 +103,7 @@ class SimTask:
             except StopIteration as stop:
                 self.result = stop.value
                 return
-            except BaseException as exc:  # the task's outcome, kept for join()
+            except (Exception, Cancelled) as exc:  # the task's outcome, kept for join()
                 self.error = exc
                 if not isinstance(exc, Cancelled):
                     runtime._task_failed(self)
@@ -110,25 +111,27 @@ class SimTask:
             finally:
                 runtime.current = None
             to_throw = None
-            if self._cancel_pending:  # the task cancelled itself: deliver at this await
-                self._cancel_pending = False
-                to_throw = Cancelled()
+            if self._cancel_requested:  # the task cancelled itself: deliver at this await
+                to_throw = self._deliver_cancel()
                 continue
             try:
                 send_value = yield event
             except simpy.Interrupt:
-                to_throw = Cancelled()
+                to_throw = self._deliver_cancel()
             except Exception as exc:  # the awaited SimPy event failed
                 to_throw = exc
 
+    def _deliver_cancel(self) -> Cancelled:
+        self._cancel_requested = False
+        return Cancelled()
+
     def cancel(self) -> None:
-        if self.done():
+        if self.done() or self._cancel_requested:
             return
-        if not self._started or self._runtime.current is self:
-            self._cancel_pending = True
-            return
-        self._cancel_pending = False
-        self._process.interrupt("cancel")
+        self._cancel_requested = True
+        if self._started and self._runtime.current is not self:
+            self._process.interrupt("cancel")
+        # else: not started yet, or cancelling itself: the driver delivers it at the next await
 
     def done(self) -> bool:
         return not self._process.is_alive
@@ -248,13 +251,18 @@ class SimRuntime:
         try:
             await _Yield(self.env.any_of([inner._process, timer]))
         except Cancelled:
-            inner.cancel()
+            inner.cancel()  # we are cancelled: so is the work we wait for, and we wait for its cleanup
+            with contextlib.suppress(Cancelled):
+                await inner.join()
             raise
         if not inner._process.is_alive:
             return await inner.join()
         inner.cancel()
-        with contextlib.suppress(Cancelled):
+        try:
             await inner.join()
+        except Cancelled as exc:
+            if exc is not inner.error:  # we were cancelled ourselves while the inner work cleaned up
+                raise
         raise TimeoutError(f"timed out after {timeout} s")
 
     def trace(self, what: str, /, **fields: object) -> None:

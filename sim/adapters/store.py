@@ -69,15 +69,25 @@ class _LeaseState:
 
 
 class _Watcher:
-    """Server side of one watch: matching events go into the client's queue."""
+    """Server side of one watch: matching events go into the client's queue.
 
-    __slots__ = ("client", "closed", "prefix", "queue")
+    Queue items are (event, time it reaches the client): delivery latency is stamped
+    when the event is committed, so a burst arrives together instead of piling up.
+    """
 
-    def __init__(self, client: SimStoreClient, prefix: str) -> None:
+    __slots__ = ("client", "closed", "min_revision", "prefix", "queue")
+
+    def __init__(self, client: SimStoreClient, prefix: str, min_revision: int) -> None:
         self.client = client
         self.prefix = prefix
+        self.min_revision = min_revision  # etcd sends nothing older than the start revision
         self.queue = client._runtime.queue()
         self.closed = False
+
+    def offer(self, event: WatchEvent) -> None:
+        if event.revision >= self.min_revision and event.kv.key.startswith(self.prefix):
+            runtime = self.client._runtime
+            self.queue.put_nowait((event, runtime.now() + self.client._one_way_delay()))
 
 
 class MemoryStore:
@@ -110,6 +120,13 @@ class MemoryStore:
         self.available = available
         if not available:
             self._break_watches(lambda w: True, "server down")
+        else:
+            # A restarted etcd gives every lease a full TTL again: clients could not keep
+            # them alive while it was down, and it must not punish them for that.
+            now = self._runtime.now()
+            for lease in self._leases.values():
+                lease.deadline = now + lease.ttl
+                heapq.heappush(self._lease_heap, (lease.deadline, lease.id))
 
     def _break_watches(self, which: Callable[[_Watcher], bool], reason: str) -> None:
         for watcher in [w for w in self._watchers if which(w)]:
@@ -160,9 +177,11 @@ class MemoryStore:
 
     def txn(self, compares: list[Compare], success: list[TxnOp], failure: list[TxnOp]) -> TxnResult:
         """Apply a transaction atomically: all at this instant of virtual time."""
+        # etcd refuses a request with a duplicate key in either branch, before evaluating it.
+        self._check_ops(success)
+        self._check_ops(failure)
         succeeded = all(self._compare(c) for c in compares)
         ops = success if succeeded else failure
-        self._check_ops(ops)
         rev = self._revision + 1
         wrote = False
         events: list[WatchEvent] = []
@@ -199,10 +218,8 @@ class MemoryStore:
                 wrote = wrote or bool(removed)
         if wrote:
             self._commit(rev, events)
-        else:
-            # Nothing written: results must carry the unchanged revision, as etcd's header does.
-            results = [_at_revision(r, self._revision) for r in results]
-        return TxnResult(succeeded, self._revision, tuple(results))
+        # Every result carries the transaction's revision, as the etcd adapter stamps them.
+        return TxnResult(succeeded, self._revision, tuple(_at_revision(r, self._revision) for r in results))
 
     def _commit(self, rev: int, events: list[WatchEvent]) -> None:
         self._revision = rev
@@ -215,19 +232,16 @@ class MemoryStore:
                     f"store-{event.type}", rev=rev, key=event.kv.key, value_crc=zlib.crc32(event.kv.value)
                 )
             for watcher in self._watchers:
-                if event.kv.key.startswith(watcher.prefix):
-                    watcher.queue.put_nowait(event)
+                watcher.offer(event)
 
     # ------------------------------------------------------------------ watches
     def _watch(self, client: SimStoreClient, prefix: str, start_revision: int) -> _Watcher:
         if start_revision and start_revision < self._compact_revision:
             raise CompactedError(start_revision, self._compact_revision)
-        watcher = _Watcher(client, prefix)
+        watcher = _Watcher(client, prefix, start_revision or self._revision + 1)
         if start_revision and start_revision <= self._revision:
             for i in range(bisect.bisect_left(self._history_revs, start_revision), len(self._history)):
-                event = self._history[i]
-                if event.kv.key.startswith(prefix):
-                    watcher.queue.put_nowait(event)
+                watcher.offer(self._history[i])
         self._watchers.append(watcher)
         return watcher
 
@@ -235,6 +249,7 @@ class MemoryStore:
         if not watcher.closed:
             watcher.closed = True
             self._watchers.remove(watcher)
+            watcher.queue.put_nowait(_CLOSED)  # wakes a reader blocked in __anext__: its iteration ends
 
     def compact(self, revision: int) -> None:
         if revision <= self._compact_revision:
@@ -269,7 +284,7 @@ class MemoryStore:
         if lease is None:
             raise LeaseNotFound(lease_id)
         if lease.keys:
-            self.txn([], [DeleteOp(k) for k in lease.keys], [])
+            self.txn([], [DeleteOp(k) for k in sorted(lease.keys)], [])  # etcd deletes them in key order
 
     def _schedule_expiry(self, lease: _LeaseState) -> None:
         heapq.heappush(self._lease_heap, (lease.deadline, lease.id))
@@ -288,6 +303,10 @@ class MemoryStore:
                     heapq.heappop(self._lease_heap)
                     continue
                 now = self._runtime.now()
+                if not self.available:  # a server that is down expires nothing; see set_available
+                    self._reaper_wakes_at = now + 1.0
+                    await self._runtime.sleep(1.0)
+                    continue
                 if deadline > now:
                     self._reaper_wakes_at = deadline
                     await self._runtime.sleep(deadline - now)
@@ -303,10 +322,15 @@ class MemoryStore:
         self._reaper = None
 
 
+_CLOSED = object()  # queue marker: the watch was closed
+
+
 def _at_revision(result: OpResult, revision: int) -> OpResult:
     if isinstance(result, RangeResult):
         return RangeResult(result.kvs, revision)
-    return result
+    if isinstance(result, DeleteResult):
+        return DeleteResult(result.deleted, revision, result.prev)
+    return PutResult(revision, result.prev)
 
 
 class _SimWatch:
@@ -332,14 +356,18 @@ class _SimWatch:
         if self._watcher is None:
             raise StopAsyncIteration
         item = await self._watcher.queue.get()
+        if item is _CLOSED:
+            self._watcher = None
+            raise StopAsyncIteration
         if isinstance(item, BaseException):
             self._watcher = None
             self._error = item
             raise item
-        delay = self._client._one_way_delay()
-        if delay:
-            await self._client._runtime.sleep(delay)
-        return item
+        event, arrives = item
+        runtime = self._client._runtime
+        if arrives > runtime.now():
+            await runtime.sleep(arrives - runtime.now())
+        return event
 
     async def close(self) -> None:
         if self._watcher is not None:
@@ -365,6 +393,7 @@ class SimStoreClient:
         self.timeout = timeout  # the client's deadline per request
         self.slowness = 1.0  # multiplies the round trip: a slow disk or a loaded server
         self.partitioned = False
+        self.closed = False
 
     @property
     def endpoint(self) -> str:
@@ -391,6 +420,8 @@ class SimStoreClient:
 
     async def _call(self, apply: Callable[[], T]) -> T:
         """One request: travel there, apply atomically, travel back, within the deadline."""
+        if self.closed:
+            raise StoreError(f"store for {self.endpoint} is closed")
         if self._cut_off():
             await self._runtime.sleep(self.timeout)
             raise StoreUnavailable(self.endpoint, f"no answer within {self.timeout} s ({self._cut_off_reason()})")
@@ -448,4 +479,6 @@ class SimStoreClient:
         return await self._call(lambda: self._server.revision)
 
     async def close(self) -> None:
-        self._server._break_watches(lambda w: w.client is self, "client closed")
+        self.closed = True
+        for watcher in [w for w in self._server._watchers if w.client is self]:
+            self._server._unwatch(watcher)

@@ -252,8 +252,8 @@ def test_lease_expiry_deletes_keys_and_emits_delete_events(store_harness):
         s, rt = h.store, h.runtime
         lease = await s.grant(2)
         assert lease.ttl >= 2
-        await s.put(h.key("a"), b"1", lease=lease.id)
         await s.put(h.key("b"), b"2", lease=lease.id)
+        await s.put(h.key("a"), b"1", lease=lease.id)
         await s.put(h.key("plain"), b"stays")
         assert (await s.get(h.key("a"))).lease == lease.id
         after = await s.revision()
@@ -263,7 +263,7 @@ def test_lease_expiry_deletes_keys_and_emits_delete_events(store_harness):
             waited = rt.now() - started
         assert waited >= lease.ttl - 1.0  # not before the TTL ...
         assert [e.type for e in events] == ["delete", "delete"]
-        assert sorted(e.kv.key for e in events) == [h.key("a"), h.key("b")]
+        assert [e.kv.key for e in events] == [h.key("a"), h.key("b")]  # etcd deletes a lease's keys in key order
         assert events[0].revision == events[1].revision  # ... and all of its keys in one revision
         assert await s.get(h.key("a")) is None and (await s.get(h.key("plain"))).value == b"stays"
         with pytest.raises(LeaseNotFound):
@@ -324,3 +324,81 @@ def test_unreachable_store_raises_typed_error_naming_endpoint_in_bounded_time(st
         assert (await s.get(h.key("after"))).value == b"2"
 
     store_harness.run(body)
+
+
+def test_watch_from_a_future_revision_skips_what_comes_before_it(store_harness):
+    async def body(h):
+        s = h.store
+        now = await s.revision()
+        async with s.watch(h.prefix, start_revision=now + 3) as watch:
+            for i in range(4):
+                await s.put(h.key(f"k{i}"), b"x")
+            events = await _next_events(watch, 2, h.runtime)
+        assert [e.revision for e in events] == [now + 3, now + 4]
+
+    store_harness.run(body)
+
+
+def test_closing_a_watch_from_another_task_ends_the_readers_iteration(store_harness):
+    async def body(h):
+        s, rt = h.store, h.runtime
+        watch = s.watch(h.prefix)
+        await watch.__aenter__()
+
+        async def reader():
+            async for _ in watch:
+                pass
+            return "ended"
+
+        task = rt.spawn(reader(), name="reader")
+        await rt.sleep(0.2)
+        await watch.close()
+        assert await rt.wait_for(task.join(), 5) == "ended"
+
+    store_harness.run(body)
+
+
+def test_every_result_of_a_txn_carries_its_revision(store_harness):
+    async def body(h):
+        s = h.store
+        result = await s.txn([], [PutOp(h.key("a"), b"1"), GetOp(h.key("a")), DeleteOp(h.key("nothing"))])
+        assert [r.revision for r in result.responses] == [result.revision] * 3
+        assert result.responses[1].kvs[0].value == b"1"  # a read sees the txn's own earlier write
+
+    store_harness.run(body)
+
+
+def test_duplicate_keys_in_the_branch_not_taken_are_refused_too(store_harness):
+    async def body(h):
+        before = await h.store.revision()
+        with pytest.raises(StoreError):
+            await h.store.txn([], [PutOp(h.key("ok"), b"1")], [PutOp(h.key("d"), b"1"), PutOp(h.key("d"), b"2")])
+        assert await h.store.get(h.key("ok")) is None and await h.store.revision() == before
+
+    store_harness.run(body)
+
+
+def test_a_server_outage_does_not_expire_leases_it_gives_them_a_full_ttl(store_harness):
+    async def body(h):
+        s, rt = h.store, h.runtime
+        lease = await s.grant(3)
+        await s.put(h.key("member"), b"up", lease=lease.id)
+        await h.outage(True)
+        await rt.sleep(6)  # twice the TTL with nobody able to keep the lease alive
+        await h.outage(False)
+        kv = None
+        for _ in range(40):  # the client reconnects within a few seconds
+            try:
+                kv = await s.get(h.key("member"))
+                break
+            except StoreUnavailable:
+                await rt.sleep(0.25)
+        assert kv is not None and kv.value == b"up"
+        await rt.wait_for(_until_gone(s, h.key("member"), rt), lease.ttl + 10)  # not kept alive: now it expires
+
+    store_harness.run(body)
+
+
+async def _until_gone(store, key, runtime):
+    while await store.get(key) is not None:
+        await runtime.sleep(0.25)

@@ -1,0 +1,146 @@
+"""The same bodies on both runtimes: cancellation, timeouts, queues and events behave alike.
+
+Durations are short real seconds so that the asyncio runtime runs them quickly;
+the sim runtime runs them on its virtual clock. Assertions are about order and
+outcome, never about exact wall time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from foundation.adapters.asyncio_runtime import AsyncioRuntime
+from foundation.ports import Cancelled
+from sim.adapters.runtime import SimRuntime
+
+
+@pytest.fixture(params=["sim", "asyncio"])
+def run(request):
+    def runner(body):
+        if request.param == "sim":
+            rt = SimRuntime(seed=1)
+            return rt.run_until_complete(body(rt), limit=100)
+        return asyncio.run(asyncio.wait_for(body(AsyncioRuntime(seed=1)), 20))
+
+    return runner
+
+
+def test_two_cancels_deliver_one_cancelled_and_cleanup_completes(run):
+    async def body(rt):
+        log = []
+
+        async def victim():
+            try:
+                await rt.sleep(10)
+            except Cancelled:
+                log.append("cancelled")
+                await rt.sleep(0.01)  # cleanup that awaits must not be cancelled again
+                log.append("cleaned up")
+                return "swallowed"
+
+        task = rt.spawn(victim(), name="victim")
+        await rt.sleep(0.001)
+        task.cancel()
+        task.cancel()
+        return log, await task.join()
+
+    assert run(body) == (["cancelled", "cleaned up"], "swallowed")
+
+
+def test_cancelling_the_waiter_of_wait_for_propagates_even_during_inner_cleanup(run):
+    async def body(rt):
+        async def slow_to_die():
+            try:
+                await rt.sleep(10)
+            except Cancelled:
+                await rt.sleep(0.5)
+                raise
+
+        async def outer():
+            try:
+                await rt.wait_for(slow_to_die(), 0.1)
+            except TimeoutError:
+                return "timeout"
+
+        task = rt.spawn(outer(), name="outer")
+        await rt.sleep(0.3)  # the timeout fired; wait_for is waiting for the inner cleanup
+        task.cancel()
+        try:
+            return await task.join()
+        except Cancelled:
+            return "cancelled"
+
+    assert run(body) == "cancelled"
+
+
+def test_wait_for_returns_the_result_or_raises_timeout_after_cancelling(run):
+    async def body(rt):
+        state = []
+
+        async def quick():
+            await rt.sleep(0.01)
+            return 42
+
+        async def slow():
+            try:
+                await rt.sleep(10)
+            except Cancelled:
+                state.append("inner cancelled")
+                raise
+
+        result = await rt.wait_for(quick(), 1)
+        with pytest.raises(TimeoutError):
+            await rt.wait_for(slow(), 0.05)
+        return result, state
+
+    assert run(body) == (42, ["inner cancelled"])
+
+
+def test_queue_fifo_and_cancelled_getter_keeps_no_item(run):
+    async def body(rt):
+        q = rt.queue()
+        doomed = rt.spawn(q.get(), name="doomed")
+        await rt.sleep(0.01)
+        doomed.cancel()
+        with pytest.raises(Cancelled):
+            await doomed.join()
+        for item in ("a", "b", "c"):
+            q.put_nowait(item)
+        got = [await q.get(), q.get_nowait(), await q.get()]
+        with pytest.raises(IndexError):
+            q.get_nowait()
+        return got
+
+    assert run(body) == ["a", "b", "c"]
+
+
+def test_event_wakes_every_waiter_once_set(run):
+    async def body(rt):
+        flag = rt.event()
+        woken = []
+
+        async def waiter(i):
+            await flag.wait()
+            woken.append(i)
+
+        tasks = [rt.spawn(waiter(i), name=f"w{i}") for i in range(3)]
+        await rt.sleep(0.01)
+        assert woken == [] and not flag.is_set()
+        flag.set()
+        for task in tasks:
+            await task.join()
+        return sorted(woken)
+
+    assert run(body) == [0, 1, 2]
+
+
+def test_clock_moves_forward_with_sleep(run):
+    async def body(rt):
+        start, wall = rt.now(), rt.wall_time()
+        await rt.sleep(0.05)
+        return rt.now() - start, rt.wall_time() - wall
+
+    elapsed, wall_elapsed = run(body)
+    assert elapsed >= 0.05 and wall_elapsed >= 0.04
