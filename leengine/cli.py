@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from foundation.ports import StoreError
+from leengine.typer_main import run_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="LeEngine testbed: node agents, control service and a SimPy model of the platform.")
@@ -154,16 +155,7 @@ def store_ls(prefix: str, endpoint: EndpointOpt = "127.0.0.1:2379", timeout: Tim
 
 
 def main() -> None:
-    try:
-        status = app(standalone_mode=False)
-    except Exception as exc:
-        # Click's usage errors (bad option, missing argument) carry exit_code and
-        # format_message(); shown as one line like every other error of this CLI.
-        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
-            print(f"leengine: error: {exc.format_message()}", file=sys.stderr)
-            sys.exit(exc.exit_code)
-        raise
-    sys.exit(status if isinstance(status, int) else 0)
+    run_app(app, "leengine")
 
 
 if __name__ == "__main__":

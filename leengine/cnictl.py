@@ -1,0 +1,229 @@
+"""``cnictl``: the operator's tool for IP pools and leaked addresses (modelled on ``calicoctl ipam``).
+
+    cnictl pool add cell1-a --cidr 10.20.0.0/22 --vlan 100 [--gateway 10.20.0.1] [--exclude IP]... [--block-size 16]
+    cnictl pool list [--json]            utilisation per pool
+    cnictl pool show NAME [--json]       utilisation per node of one pool
+    cnictl check [--grace 60] [--wait] [--json] [--exit-code]
+    cnictl release ADDRESS... | --certain
+    cnictl gc
+
+The logic lives in ``cni/admin.py`` (pure, over ports, also used by the sim); this
+module only picks the adapters: etcd (``--etcd`` / ``$LEENGINE_ETCD``) and the
+Kubernetes API (``--kube-api URL`` or ``--kubeconfig`` / ``$KUBECONFIG``). Every
+error is one line on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cni import admin
+from cni.pools import Pool, PoolConfigError
+from foundation.ports import StoreError
+from foundation.ports.cluster import ClusterUnavailable
+from leengine.typer_main import run_app
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Manage LeEngine IP pools and find leaked addresses.")
+pool_app = typer.Typer(no_args_is_help=True, help="IP pools: add, list, show.")
+app.add_typer(pool_app, name="pool")
+console = Console()
+EXIT_LEAKS = 3
+
+
+class Settings:
+    etcd = "127.0.0.1:2379"
+    timeout = 5.0
+    kube_api: str | None = None
+    kubeconfig: str | None = None
+
+
+settings = Settings()
+
+
+@app.callback()
+def configure(
+    etcd: Annotated[str, typer.Option(envvar="LEENGINE_ETCD", help="etcd endpoint host:port")] = settings.etcd,
+    kube_api: Annotated[str | None, typer.Option(help="Kubernetes API URL (no auth), e.g. a lab mock")] = None,
+    kubeconfig: Annotated[str | None, typer.Option(envvar="KUBECONFIG", help="kubeconfig file")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for etcd / the API server")] = 5.0,
+) -> None:
+    settings.etcd, settings.kube_api, settings.kubeconfig, settings.timeout = etcd, kube_api, kubeconfig, timeout
+
+
+def fail(message: str) -> None:
+    print(f"cnictl: error: {message}", file=sys.stderr)
+    raise typer.Exit(1)
+
+
+def run(action: Callable[..., Awaitable[Any]], *, cluster: bool = False) -> Any:
+    """Open the adapters, run ``action(store, runtime[, cluster])``, close; errors become one line."""
+    from foundation.adapters.asyncio_runtime import AsyncioRuntime
+    from foundation.adapters.etcd_store import EtcdStore
+
+    async def main() -> Any:
+        store = await EtcdStore.open(settings.etcd, timeout=settings.timeout)
+        try:
+            if not cluster:
+                return await action(store, AsyncioRuntime())
+            return await action(store, AsyncioRuntime(), _cluster())
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(main())
+    except (StoreError, PoolConfigError, admin.AdminError, ClusterUnavailable, ValueError) as exc:
+        fail(str(exc))
+
+
+def _cluster() -> Any:
+    from foundation.adapters.k8s_cluster import KubeCluster
+
+    if settings.kube_api:
+        return KubeCluster(host=settings.kube_api, timeout=settings.timeout)
+    if settings.kubeconfig:
+        return KubeCluster(kubeconfig=settings.kubeconfig, timeout=settings.timeout)
+    fail("check and gc need the Kubernetes API: give --kube-api URL or --kubeconfig FILE")
+    return None
+
+
+# ------------------------------------------------------------------ pools
+
+
+@pool_app.command("add")
+def pool_add(
+    name: str,
+    cidr: Annotated[str, typer.Option(help="IPv4 subnet, e.g. 10.20.0.0/22")],
+    vlan: Annotated[int, typer.Option(help="VLAN tag of the pool's ports, 1-4094")],
+    gateway: Annotated[str | None, typer.Option(help="default: the first host address")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(help="an address never to hand out (repeatable)")] = None,
+    block_size: Annotated[int, typer.Option(help="addresses per node block, a power of two")] = 16,
+) -> None:
+    """Add a pool (refused if it overlaps another or reuses its VLAN)."""
+    try:
+        pool = Pool.parse(name, cidr, vlan, gateway, exclude or [], block_size)
+    except PoolConfigError as exc:
+        fail(str(exc))
+    revision = run(lambda store, rt: admin.add_pool(store, pool))
+    print(f"pool {pool.name} added: {pool.cidr} vlan {pool.vlan} gateway {pool.gateway}, "
+          f"{len(pool.blocks())} blocks of {pool.block_size} (revision {revision})")
+
+
+@pool_app.command("list")
+def pool_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Utilisation of every pool."""
+    usage = run(lambda store, rt: admin.pool_usage(store))
+    if as_json:
+        print(json.dumps([u.as_dict() for u in usage], indent=2))
+        return
+    table = Table(title="IP pools")
+    for column in ("pool", "cidr", "vlan", "gateway", "allocated", "capacity", "used", "blocks", "nodes"):
+        table.add_column(column, justify="left" if column in ("pool", "cidr", "gateway") else "right")
+    for u in usage:
+        table.add_row(u.pool.name, str(u.pool.cidr), str(u.pool.vlan), str(u.pool.gateway), str(u.allocated),
+                      str(u.capacity), f"{u.utilisation:.1%}", f"{u.blocks_claimed}/{u.blocks_total}",
+                      str(len(u.nodes)))
+    console.print(table)
+
+
+@pool_app.command("show")
+def pool_show(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Utilisation of one pool, per node."""
+    usage = {u.pool.name: u for u in run(lambda store, rt: admin.pool_usage(store))}
+    if name not in usage:
+        fail(f"pool {name!r} does not exist (pools: {', '.join(sorted(usage)) or 'none'})")
+    u = usage[name]
+    if as_json:
+        print(json.dumps(u.as_dict(), indent=2))
+        return
+    table = Table(title=f"pool {name}: {u.pool.cidr} vlan {u.pool.vlan}, {u.allocated}/{u.capacity} allocated")
+    for column in ("node", "blocks", "allocated"):
+        table.add_column(column, justify="left" if column == "node" else "right")
+    for node, n in sorted(u.nodes.items()):
+        table.add_row(node, str(n.blocks), str(n.allocated))
+    console.print(table)
+
+
+# ------------------------------------------------------------------ leaks
+
+
+@app.command()
+def check(
+    grace: Annotated[float, typer.Option(help="seconds a leak must persist before it is certain")] = 60.0,
+    wait: Annotated[bool, typer.Option(help="check, wait the grace period, check again")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    exit_code: Annotated[bool, typer.Option(help=f"exit {EXIT_LEAKS} when certain leaks exist")] = False,
+) -> None:
+    """List addresses allocated in etcd whose pod the Kubernetes API no longer has."""
+
+    async def action(store: Any, runtime: Any, cluster: Any) -> admin.CheckReport:
+        report = await admin.check_leaks(store, cluster, runtime, grace=grace)
+        if wait and report.leaks and not all(leak.certain for leak in report.leaks):
+            await runtime.sleep(grace)
+            report = await admin.check_leaks(store, cluster, runtime, grace=grace)
+        return report
+
+    report = run(action, cluster=True)
+    if as_json:
+        print(json.dumps({"checked": report.checked, "leaks": [leak.as_dict() for leak in report.leaks]}, indent=2))
+    else:
+        table = Table(title=f"{len(report.leaks)} leaked of {report.checked} allocated "
+                            f"({len(report.certain)} certain)")
+        for column in ("address", "pool", "node", "container", "pod", "reason", "state"):
+            table.add_column(column)
+        for leak in report.leaks:
+            table.add_row(leak.address, leak.pool, leak.node, leak.handle, leak.pod, leak.reason,
+                          "certain" if leak.certain else "suspect")
+        console.print(table)
+    if exit_code and report.certain:
+        raise typer.Exit(EXIT_LEAKS)
+
+
+@app.command()
+def release(
+    addresses: Annotated[list[str] | None, typer.Argument(help="addresses to free")] = None,
+    certain: Annotated[bool, typer.Option(help="free every leak the last check marked certain")] = False,
+) -> None:
+    """Free addresses, each by compare-and-swap (an address reused meanwhile is never freed)."""
+    if bool(addresses) == certain:
+        fail("give either addresses or --certain")
+
+    async def action(store: Any, runtime: Any) -> tuple[list[admin.Released], list[str]]:
+        if certain:
+            return await admin.release_certain(store, runtime)
+        released = []
+        for address in addresses or []:
+            released.append(await admin.release_address(store, runtime, address))
+        return released, []
+
+    released, skipped = run(action)
+    for r in released:
+        print(f"released {r.address} (pool {r.pool}, was {r.handle})")
+    for reason in skipped:
+        print(f"skipped: {reason}")
+
+
+@app.command()
+def gc() -> None:
+    """Free empty blocks of nodes that left the cluster, and records that point at nothing."""
+    report = run(lambda store, rt, cluster: admin.gc(store, cluster), cluster=True)
+    print(f"blocks freed: {len(report.blocks_freed)}, stray handles removed: {len(report.stray_handles)}, "
+          f"stale leak records removed: {len(report.stale_leak_records)}")
+    for key in report.blocks_freed:
+        print(f"  freed {key}")
+
+
+def main() -> None:
+    run_app(app, "cnictl")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""cnictl against a real etcd and the Kubernetes API mock: pools, leak check with grace, CAS release, gc, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cni.ipam import Ipam
+from cni.pools import PodRef
+from foundation.adapters.asyncio_runtime import AsyncioRuntime
+from foundation.adapters.etcd_store import EtcdStore
+from leengine.kube_mock import KubeApiMock
+
+
+@pytest.fixture
+def etcd(etcd_server):
+    """The session's etcd with an empty /ipam/ before and after the test."""
+
+    async def wipe():
+        store = await EtcdStore.open(etcd_server.endpoint)
+        await store.delete("/ipam/", prefix=True)
+        await store.close()
+
+    asyncio.run(wipe())
+    yield etcd_server.endpoint
+    asyncio.run(wipe())
+
+
+@pytest.fixture
+def kube():
+    with KubeApiMock() as mock:
+        yield mock
+
+
+def cnictl(etcd, *args, kube=None):
+    cmd = [sys.executable, "-m", "leengine.cnictl", "--etcd", etcd]
+    if kube is not None:
+        cmd += ["--kube-api", kube.url]
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+def allocate(etcd, node, pods, *, cooldown=60.0):
+    """Run the real IPAM of ``node`` for (container, pod name) pairs; return {pod name: address}."""
+
+    async def main():
+        store = await EtcdStore.open(etcd)
+        ipam = Ipam(store, AsyncioRuntime(), node, cooldown=cooldown)
+        await ipam.load()
+        out = {}
+        for container, pod in pods:
+            out[pod] = str((await ipam.allocate(container, "eth0", pod=PodRef("shop", pod))).address)
+        await store.close()
+        return out
+
+    return asyncio.run(main())
+
+
+def test_pool_add_list_show_and_bad_pools(etcd):
+    ok = cnictl(etcd, "pool", "add", "cell1-a", "--cidr", "10.20.0.0/22", "--vlan", "100")
+    assert ok.returncode == 0, ok.stderr
+    assert "64 blocks of 16" in ok.stdout
+    for args, message in [
+        (["pool", "add", "b", "--cidr", "10.20.2.0/24", "--vlan", "101"], "overlaps pool cell1-a"),
+        (["pool", "add", "b", "--cidr", "10.21.0.0/24", "--vlan", "4095"], "vlan: VLAN must be an integer in 1..4094"),
+        (["pool", "add", "b", "--cidr", "10.21.0.0/24", "--vlan", "7", "--block-size", "24"], "power of two"),
+        (["pool", "add", "b", "--cidr", "10.21.0.0/28", "--vlan", "7", "--block-size", "32"], "larger than the pool"),
+        (["pool", "show", "nope"], "pool 'nope' does not exist"),
+    ]:
+        bad = cnictl(etcd, *args)
+        assert bad.returncode == 1 and message in bad.stderr and len(bad.stderr.splitlines()) == 1, bad.stderr
+    allocate(etcd, "node-1", [("c1", "web-1"), ("c2", "web-2")])
+    usage = json.loads(cnictl(etcd, "pool", "list", "--json").stdout)
+    assert [(u["pool"], u["vlan"], u["allocated"], u["capacity"], u["blocks_claimed"]) for u in usage] == [
+        ("cell1-a", 100, 2, 1021, 1)]
+    shown = json.loads(cnictl(etcd, "pool", "show", "cell1-a", "--json").stdout)
+    assert shown["nodes"] == {"node-1": {"blocks": 1, "allocated": 2}}
+
+
+def test_leak_is_suspect_then_certain_then_released_by_cas(etcd, kube):
+    assert cnictl(etcd, "pool", "add", "cell1-a", "--cidr", "10.20.0.0/22", "--vlan", "100").returncode == 0
+    kube.add_node("node-1")
+    addresses = allocate(etcd, "node-1", [("c1", "web-1"), ("c2", "web-2"), ("c3", "web-3")])
+    for pod in ("web-1", "web-2", "web-3"):
+        kube.put_pod("shop", pod, node="node-1", ip=addresses[pod])
+    clean = json.loads(cnictl(etcd, "check", "--json", kube=kube).stdout)
+    assert clean == {"checked": 3, "leaks": []}
+
+    kube.remove_pod("shop", "web-2")  # the host crashed: no DEL ever came for web-2
+    kube.put_pod("shop", "web-3", node="node-1", ip="10.20.9.9")  # web-3's sandbox was recreated elsewhere
+    first = json.loads(cnictl(etcd, "check", "--json", "--grace", "1", kube=kube).stdout)
+    assert sorted((leak["address"], leak["state"]) for leak in first["leaks"]) == sorted(
+        [(addresses["web-2"], "suspect"), (addresses["web-3"], "suspect")])
+    reasons = {leak["address"]: leak["reason"] for leak in first["leaks"]}
+    assert "no longer exists" in reasons[addresses["web-2"]] and "now has address" in reasons[addresses["web-3"]]
+    assert cnictl(etcd, "release", "--certain").stdout == ""  # nothing is certain yet
+    time.sleep(1.1)
+    second = cnictl(etcd, "check", "--json", "--grace", "1", "--exit-code", kube=kube)
+    assert second.returncode == 3
+    assert {leak["state"] for leak in json.loads(second.stdout)["leaks"]} == {"certain"}
+    released = cnictl(etcd, "release", "--certain")
+    assert released.returncode == 0
+    assert sorted(released.stdout.split()[1::6]) == sorted([addresses["web-2"], addresses["web-3"]])
+    after = json.loads(cnictl(etcd, "check", "--json", kube=kube).stdout)
+    assert after == {"checked": 1, "leaks": []}  # web-1 is untouched
+
+
+def test_release_never_frees_an_address_reused_since_the_check(etcd, kube):
+    cnictl(etcd, "pool", "add", "cell1-a", "--cidr", "10.20.0.0/22", "--vlan", "100")
+    kube.add_node("node-1")
+    addresses = allocate(etcd, "node-1", [("old", "gone")], cooldown=0)
+    assert cnictl(etcd, "check", "--grace", "0", kube=kube).returncode == 0  # 'gone' has no pod: certain at once
+
+    async def reuse():  # meanwhile the agent releases it and hands the address to a new pod
+        store = await EtcdStore.open(etcd)
+        ipam = Ipam(store, AsyncioRuntime(), "node-1", cooldown=0)
+        await ipam.load()
+        await ipam.release("old", "eth0")
+        address = str((await ipam.allocate("new", "eth0", pod=PodRef("shop", "fresh"))).address)
+        await store.close()
+        return address
+
+    assert asyncio.run(reuse()) == addresses["gone"]
+    kube.put_pod("shop", "fresh", node="node-1", ip=addresses["gone"])
+    result = cnictl(etcd, "release", "--certain")
+    assert result.returncode == 0
+    assert "now belongs to new/eth0, not old/eth0: not released" in result.stdout
+    assert json.loads(cnictl(etcd, "check", "--json", kube=kube).stdout) == {"checked": 1, "leaks": []}
+
+
+def test_release_by_address_and_its_errors(etcd):
+    cnictl(etcd, "pool", "add", "cell1-a", "--cidr", "10.20.0.0/22", "--vlan", "100")
+    addresses = allocate(etcd, "node-1", [("c1", "web-1")])
+    ok = cnictl(etcd, "release", addresses["web-1"])
+    assert ok.returncode == 0 and f"released {addresses['web-1']}" in ok.stdout
+    for args, message in [
+        (["release", "192.168.1.1"], "address 192.168.1.1 is outside every pool"),
+        (["release", addresses["web-1"]], "is not allocated"),
+        (["release", "not-an-ip"], "is not an IPv4 address"),
+        (["release"], "give either addresses or --certain"),
+    ]:
+        bad = cnictl(etcd, *args)
+        assert bad.returncode == 1 and message in bad.stderr and len(bad.stderr.splitlines()) == 1, bad.stderr
+
+
+def test_gc_frees_empty_blocks_of_departed_nodes_only(etcd, kube):
+    cnictl(etcd, "pool", "add", "cell1-a", "--cidr", "10.20.0.0/22", "--vlan", "100")
+    kube.add_node("node-1")
+    allocate(etcd, "node-1", [("c1", "web-1")])
+    departed = allocate(etcd, "node-gone", [("c2", "web-2")])
+    cnictl(etcd, "release", departed["web-2"])  # its block is now empty and its node has left
+    result = cnictl(etcd, "gc", kube=kube)
+    assert result.returncode == 0 and "blocks freed: 1" in result.stdout
+    usage = json.loads(cnictl(etcd, "pool", "show", "cell1-a", "--json").stdout)
+    assert list(usage["nodes"]) == ["node-1"]
+
+
+def test_check_without_a_kubernetes_api_is_a_clear_error(etcd):
+    missing = cnictl(etcd, "check")
+    assert missing.returncode == 1 and "give --kube-api URL or --kubeconfig FILE" in missing.stderr
+    dead = subprocess.run([sys.executable, "-m", "leengine.cnictl", "--etcd", etcd, "--kube-api",
+                           "http://127.0.0.1:9", "--timeout", "2", "check"], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert dead.returncode == 1 and "Kubernetes API at http://127.0.0.1:9 unavailable" in dead.stderr
