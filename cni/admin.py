@@ -93,7 +93,7 @@ class PoolUsage:
 
     @property
     def blocks_total(self) -> int:
-        return len(self.pool.blocks())
+        return self.pool.block_count
 
     @property
     def utilisation(self) -> float:

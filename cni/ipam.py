@@ -179,9 +179,9 @@ class Ipam:
             template = Handle(container_id, ifname, IPv4Address(0), "", self.node, pod, network,
                               self.runtime.wall_time())
             refreshed = False
-            for _ in range(self.max_attempts):
+            for attempt in range(self.max_attempts):
                 try:
-                    result = await self._allocate_once(candidates, handle, template)
+                    result = await self._allocate_once(candidates, handle, template, guess=attempt == 0)
                 except PoolExhausted:
                     # A pool added since we last looked is worth one more try (when none was named).
                     if pools or refreshed:
@@ -195,8 +195,14 @@ class Ipam:
                     return result
             raise TooMuchContention(f"gave up allocating for {handle} after {self.max_attempts} conflicting attempts")
 
-    async def _allocate_once(self, candidates: list[Pool], handle: str, template: Handle) -> Allocation | None:
-        """One attempt: None when a race was lost (caches refreshed, try again)."""
+    async def _allocate_once(self, candidates: list[Pool], handle: str, template: Handle,
+                             guess: bool) -> Allocation | None:
+        """One attempt: None when a race was lost (caches refreshed, try again).
+
+        With ``guess``, a node whose blocks are full first tries to claim the block after
+        its last one without reading which blocks are taken: in a pool with room that is
+        right almost always, and makes a claim one transaction instead of a range + one.
+        """
         now = self.runtime.wall_time()
         names = {pool.name for pool in candidates}
         for cached in self._blocks.values():
@@ -206,6 +212,13 @@ class Ipam:
             offset = cached.block.free_offset(pool.usable_in_block(cached.block.cidr), now, self.cooldown)
             if offset is not None:
                 return await self._commit(cached.block, cached.mod_revision, offset, handle, template)
+        if guess:
+            pool = candidates[0] if candidates else None
+            cidr = self._next_block_guess(pool) if pool else None
+            if pool is not None and cidr is not None:
+                self.stats.blocks_claimed += 1
+                return await self._commit(Block(pool.name, cidr, self.node), 0,
+                                          pool.usable_in_block(cidr)[0], handle, template)
         for pool in candidates:
             claimed = await self.store.range(f"{BLOCKS}{pool.name}/")
             taken = {kv.key: kv for kv in claimed.kvs}
@@ -231,10 +244,20 @@ class Ipam:
                         return await self._commit(block, kv.mod_revision, offset, handle, template)
         raise PoolExhausted([pool.name for pool in candidates])
 
+    def _next_block_guess(self, pool: Pool) -> IPv4Network | None:
+        """The block after this node's last block of ``pool`` (or at its start offset), if usable."""
+        ours = [c.block.cidr for c in self._blocks.values() if c.block.pool == pool.name]
+        first = int(pool.cidr.network_address)
+        index = ((int(ours[-1].network_address) - first) // pool.block_size + 1) if ours else self._start
+        cidr = pool.block_at(index % pool.block_count)
+        if block_key(pool.name, cidr) in self._blocks or not pool.usable_in_block(cidr):
+            return None
+        return cidr
+
     def _unclaimed_block(self, pool: Pool, taken: dict[str, object]) -> tuple[Block, int] | None:
-        blocks = pool.blocks()
-        for i in range(len(blocks)):
-            cidr = blocks[(self._start + i) % len(blocks)]
+        count = pool.block_count
+        for i in range(count):
+            cidr = pool.block_at((self._start + i) % count)
             if block_key(pool.name, cidr) in taken:
                 continue
             usable = pool.usable_in_block(cidr)

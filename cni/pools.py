@@ -23,6 +23,7 @@ import ipaddress
 import json
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
@@ -107,8 +108,16 @@ class Pool:
     def block_prefixlen(self) -> int:
         return 32 - (self.block_size.bit_length() - 1)
 
+    @property
+    def block_count(self) -> int:
+        return self.cidr.num_addresses // self.block_size
+
+    def block_at(self, index: int) -> IPv4Network:
+        # Arithmetic, not ipaddress.subnets(): a /16 has 4,096 blocks and this is on the ADD path.
+        return IPv4Network((int(self.cidr.network_address) + index * self.block_size, self.block_prefixlen))
+
     def blocks(self) -> list[IPv4Network]:
-        return list(self.cidr.subnets(new_prefix=self.block_prefixlen))
+        return [self.block_at(i) for i in range(self.block_count)]
 
     def block_of(self, address: IPv4Address) -> IPv4Network:
         return IPv4Network((int(address) & ~(self.block_size - 1), self.block_prefixlen))
@@ -117,11 +126,14 @@ class Pool:
         """Addresses of the pool never handed to a pod."""
         return self.exclude | {self.cidr.network_address, self.cidr.broadcast_address, self.gateway}
 
+    @cached_property
+    def _reserved_ints(self) -> frozenset[int]:
+        return frozenset(int(a) for a in self.reserved())
+
     def usable_in_block(self, block: IPv4Network) -> list[int]:
         """Offsets within ``block`` that may be allocated, ascending."""
-        reserved = self.reserved()
         base = int(block.network_address)
-        return [i for i in range(self.block_size) if IPv4Address(base + i) not in reserved]
+        return [i for i in range(self.block_size) if base + i not in self._reserved_ints]
 
     def capacity(self) -> int:
         return self.cidr.num_addresses - len(self.reserved())
