@@ -216,7 +216,6 @@ class Ipam:
             pool = candidates[0] if candidates else None
             cidr = self._next_block_guess(pool) if pool else None
             if pool is not None and cidr is not None:
-                self.stats.blocks_claimed += 1
                 return await self._commit(Block(pool.name, cidr, self.node), 0,
                                           pool.usable_in_block(cidr)[0], handle, template)
         for pool in candidates:
@@ -233,7 +232,6 @@ class Ipam:
             fresh = self._unclaimed_block(pool, taken)
             if fresh is not None:
                 block, offset = fresh
-                self.stats.blocks_claimed += 1
                 return await self._commit(block, 0, offset, handle, template)
             if self.borrow:
                 for kv in claimed.kvs:
@@ -282,6 +280,7 @@ class Ipam:
         if result.succeeded:
             if updated.node == self.node:
                 self._blocks[block.key] = _Cached(updated, result.revision)
+            self.stats.blocks_claimed += mod_revision == 0
             return Allocation(block.address(offset), pool, block.cidr, handle)
         self.stats.conflicts += 1
         current_block, existing_handle = result.responses[0].first(), result.responses[1].first()
