@@ -6,6 +6,7 @@ source "$(dirname "$0")/scripts/setup.sh"
 apt_install "${TEST_PACKAGES[@]}"
 ensure_venv
 cd "$ROOT"
+echo "test: build cnitool"; "$ROOT/scripts/build-cnitool.sh"
 echo "test: ruff"; "$VENV/bin/ruff" check .
 echo "test: import-linter"; "$VENV/bin/lint-imports" --no-cache
 echo "test: pytest"; "$VENV/bin/pytest" "$@"

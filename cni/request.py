@@ -1,6 +1,6 @@
 """A CNI invocation as the node agent sees it, the spec's error codes, and the handler interface.
 
-The thin plugin (``cni/plugin.py``) forwards the runtime's environment and stdin
+The thin plugin (``leengine/cni_plugin.py``) forwards the runtime's environment and stdin
 verbatim; the agent's request parser (``cni/spec.py``) turns them into one
 ``CniRequest`` or a ``CniError``; a ``CniHandler`` (``cni/agent.py``) acts on it.
 Errors carry the CNI spec's codes (SPEC.md, "Error"), so the runtime can tell

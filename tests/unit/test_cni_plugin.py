@@ -1,0 +1,558 @@
+"""The real ``leengine-cni`` executable against no agent, a broken agent and a test agent; the agent server.
+
+The plugin is run as the runtime runs it: a subprocess with CNI_* variables and the
+configuration on stdin; the tests assert its exit code and the JSON on stdout.
+The agent is ``leengine.cni_agent_server.Server`` on its own event loop in a
+thread, with a small recording handler written here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cni import request as codes
+from cni.request import CniError, CniRequest
+from leengine import cni_plugin
+from leengine.cni_agent_server import AgentAlreadyRunning, Server, serve
+
+PLUGIN = str(Path(sys.executable).parent / "leengine-cni")
+CONF = {"cniVersion": "1.0.0", "name": "lenet", "type": "leengine-cni", "pools": ["web-a"]}
+ENV = {"CNI_CONTAINERID": "c0ffee01", "CNI_NETNS": "/var/run/netns/pod1", "CNI_IFNAME": "eth0",
+       "CNI_PATH": "/opt/cni/bin"}
+
+
+# --- helpers (also used by tests/integration/test_libcni.py) --------------------------------------------------------
+
+
+class RecordingHandler:
+    """Records every request; ADD answers a fixed, plausible result built from the request.
+
+    Container ``full`` fails with our pool-exhausted code, ``boom`` raises a plain
+    exception (a handler bug), ``slow`` takes ``slow_seconds``.
+    """
+
+    def __init__(self, slow_seconds: float = 1.0) -> None:
+        self.requests: list[CniRequest] = []
+        self.slow_seconds = slow_seconds
+        self.status_error: CniError | None = None
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    async def _enter(self, request: CniRequest) -> None:
+        self.requests.append(request)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if request.container_id == "slow":
+                await asyncio.sleep(self.slow_seconds)
+            elif request.container_id == "full":
+                raise CniError(codes.POOL_EXHAUSTED, "no free address", "pool web-a is full")
+            elif request.container_id == "boom":
+                raise RuntimeError("handler bug")
+        finally:
+            self.in_flight -= 1
+
+    def result(self, request: CniRequest) -> dict[str, Any]:
+        return {
+            "interfaces": [{"name": f"vh{request.container_id[:8]}", "mac": "0a:58:0a:01:00:01", "mtu": 1450},
+                           {"name": request.ifname, "mac": "0a:58:0a:01:00:05", "sandbox": request.netns}],
+            "ips": [{"address": "10.1.0.5/24", "gateway": "10.1.0.1", "interface": 1}],
+            "routes": [{"dst": "0.0.0.0/0", "gw": "10.1.0.1"}],
+            "dns": {"nameservers": ["10.1.0.2"]},
+        }
+
+    async def add(self, request: CniRequest) -> dict[str, Any]:
+        await self._enter(request)
+        return self.result(request)
+
+    async def delete(self, request: CniRequest) -> None:
+        await self._enter(request)
+
+    async def check(self, request: CniRequest) -> None:
+        await self._enter(request)
+
+    async def gc(self, request: CniRequest) -> None:
+        await self._enter(request)
+
+    async def status(self, request: CniRequest) -> None:
+        await self._enter(request)
+        if self.status_error:
+            raise self.status_error
+
+
+class AgentThread:
+    """A ``Server`` on its own event loop in a background thread."""
+
+    def __init__(self, path: str, handler: Any, **kwargs: Any) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.server = Server(path, handler, **kwargs)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> AgentThread:
+        self.thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+        except BaseException:
+            self._stop_loop()
+            raise
+        return self
+
+    def close(self, grace: float | None = None):
+        return asyncio.run_coroutine_threadsafe(self.server.close(grace), self.loop)
+
+    def __exit__(self, *exc: object) -> None:
+        self.close().result(30)
+        self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def sock_dir():
+    # Short, private path: sun_path holds 107 bytes and pytest's tmp_path can be longer.
+    path = tempfile.mkdtemp(prefix="lecni-", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def agent(sock_dir):
+    handler = RecordingHandler()
+    with AgentThread(os.path.join(sock_dir, "cni.sock"), handler) as running:
+        running.handler = handler
+        running.path = running.server.socket_path
+        yield running
+
+
+def run_plugin(command: str, conf: dict | str | bytes | None = None, *, socket_path: str | None = None,
+               timeout: float | None = None, **env_changes: str | None) -> tuple[int, dict | None, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CNI_", "LEENGINE_CNI_"))}
+    env.update(ENV)
+    env["CNI_COMMAND"] = command
+    for key, value in env_changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    if socket_path is not None:
+        env["LEENGINE_CNI_SOCKET"] = socket_path
+    if timeout is not None:
+        env["LEENGINE_CNI_TIMEOUT"] = str(timeout)
+    if conf is None:
+        conf = CONF
+    stdin = conf if isinstance(conf, bytes) else (conf if isinstance(conf, str) else json.dumps(conf)).encode()
+    run = subprocess.run([PLUGIN], input=stdin, env=env, capture_output=True, timeout=60, check=False)
+    out = run.stdout.decode()
+    return run.returncode, (json.loads(out) if out.strip() else None), run.stderr.decode()
+
+
+@contextlib.contextmanager
+def raw_listener(path: str, on_connection):
+    """A bare unix socket server that treats each connection with ``on_connection(conn, stopping)``: broken agents."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(8)
+    listener.settimeout(0.05)
+    stopping = threading.Event()
+
+    def loop():
+        while not stopping.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                on_connection(conn, stopping)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stopping.set()
+        thread.join(5)
+        listener.close()
+
+
+def read_line(conn: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+# --- (a) no agent ----------------------------------------------------------------------------------------------------
+
+
+def test_plugin_codes_match_the_request_module():
+    assert cni_plugin.SUPPORTED_VERSIONS == codes.SUPPORTED_VERSIONS
+    assert (cni_plugin.INVALID_ENV, cni_plugin.IO_FAILURE, cni_plugin.DECODE_FAILURE, cni_plugin.TRY_AGAIN_LATER,
+            cni_plugin.PLUGIN_NOT_AVAILABLE) == (codes.INVALID_ENV, codes.IO_FAILURE, codes.DECODE_FAILURE,
+                                                 codes.TRY_AGAIN_LATER, codes.PLUGIN_NOT_AVAILABLE)
+
+
+@pytest.mark.parametrize("command", ["ADD", "DEL", "CHECK", "GC"])
+def test_no_agent_means_try_again_later(sock_dir, command):
+    missing = os.path.join(sock_dir, "absent.sock")
+    code, out, err = run_plugin(command, socket_path=missing)
+    assert code == 1
+    assert out["code"] == codes.TRY_AGAIN_LATER and out["cniVersion"] == "1.0.0"
+    assert missing in out["details"] and out["msg"]
+    assert "not available" in err
+
+
+def test_no_agent_status_means_plugin_not_available(sock_dir):
+    code, out, _ = run_plugin("STATUS", {**CONF, "cniVersion": "1.1.0"}, socket_path=os.path.join(sock_dir, "x.sock"))
+    assert code == 1 and out["code"] == codes.PLUGIN_NOT_AVAILABLE and out["cniVersion"] == "1.1.0"
+
+
+def test_socket_from_config_then_default(sock_dir):
+    from_conf = os.path.join(sock_dir, "from-conf.sock")
+    _, out, _ = run_plugin("ADD", {**CONF, "agentSocket": from_conf})
+    assert from_conf in out["details"]
+    # The environment wins over the configuration.
+    _, out, _ = run_plugin("ADD", {**CONF, "agentSocket": from_conf}, socket_path=os.path.join(sock_dir, "env.sock"))
+    assert "env.sock" in out["details"]
+    _, out, _ = run_plugin("DEL", "not json at all")
+    assert out["code"] == codes.TRY_AGAIN_LATER and "/run/leengine/cni.sock" in out["details"]
+
+
+def test_stale_socket_nobody_listening_means_try_again_later(sock_dir):
+    path = os.path.join(sock_dir, "stale.sock")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(path)
+    s.close()  # the file stays, nobody listens: connect is refused
+    code, out, _ = run_plugin("ADD", socket_path=path)
+    assert code == 1 and out["code"] == codes.TRY_AGAIN_LATER and "refused" in out["details"].lower()
+
+
+def test_agent_that_hangs_up_without_answering_means_try_again_later(sock_dir):
+    path = os.path.join(sock_dir, "rude.sock")
+    with raw_listener(path, lambda conn, _: read_line(conn)):
+        code, out, _ = run_plugin("ADD", socket_path=path)
+    assert code == 1 and out["code"] == codes.TRY_AGAIN_LATER and "without answering" in out["details"]
+
+
+def test_agent_too_slow_means_try_again_later_within_the_deadline(sock_dir):
+    path = os.path.join(sock_dir, "slow.sock")
+    with raw_listener(path, lambda conn, stopping: (read_line(conn), stopping.wait(3))):
+        started = time.monotonic()
+        code, out, _ = run_plugin("ADD", socket_path=path, timeout=0.5)
+        elapsed = time.monotonic() - started
+    assert code == 1 and out["code"] == codes.TRY_AGAIN_LATER and "no answer within 0.5s" in out["details"]
+    assert elapsed < 2.5
+
+
+def test_timeout_from_config(sock_dir):
+    path = os.path.join(sock_dir, "slow.sock")
+    with raw_listener(path, lambda conn, stopping: (read_line(conn), stopping.wait(3))):
+        _, out, _ = run_plugin("DEL", {**CONF, "agentTimeout": 0.3}, socket_path=path)
+    assert out["code"] == codes.TRY_AGAIN_LATER and "0.3s" in out["details"]
+
+
+def test_agent_answering_garbage_is_an_io_failure(sock_dir):
+    path = os.path.join(sock_dir, "garbage.sock")
+    with raw_listener(path, lambda conn, _: (read_line(conn), conn.sendall(b"HTTP/1.1 400 Bad Request\n"))):
+        code, out, _ = run_plugin("ADD", socket_path=path)
+    assert code == 1 and out["code"] == codes.IO_FAILURE
+
+
+def test_plugin_sends_one_line_with_only_cni_variables_and_stdin_verbatim(sock_dir):
+    path = os.path.join(sock_dir, "spy.sock")
+    seen: list[bytes] = []
+
+    def answer(conn, _):
+        seen.append(read_line(conn))
+        conn.sendall(json.dumps({"exit": 0, "stdout": ""}).encode() + b"\n")
+
+    stdin = '{"cniVersion":"1.0.0",  "name":"lenet","type":"leengine-cni", "x": "é"}'
+    with raw_listener(path, answer):
+        code, out, _ = run_plugin("DEL", stdin, socket_path=path, CNI_ARGS="A=1", HOME_SECRET="nope")
+    assert code == 0 and out is None
+    assert len(seen) == 1 and seen[0].endswith(b"\n") and seen[0].count(b"\n") == 1
+    request = json.loads(seen[0])
+    assert request["stdin"] == stdin
+    assert request["env"] == {**ENV, "CNI_COMMAND": "DEL", "CNI_ARGS": "A=1"}
+
+
+def test_exit_code_and_stdout_are_passed_through(sock_dir):
+    path = os.path.join(sock_dir, "echo.sock")
+    with raw_listener(path, lambda conn, _: (read_line(conn),
+                                             conn.sendall(b'{"exit": 3, "stdout": "{\\"code\\": 123}"}\n'))):
+        code, out, _ = run_plugin("CHECK", socket_path=path)
+    assert code == 3 and out == {"code": 123}
+
+
+def test_invalid_utf8_stdin_is_a_decode_failure(sock_dir):
+    code, out, _ = run_plugin("ADD", b'{"cniVersion": "1.0.0", "name": "\xff"}', socket_path=sock_dir + "/x.sock")
+    assert code == 1 and out["code"] == codes.DECODE_FAILURE
+
+
+@pytest.mark.parametrize("command", [None, "", "INIT"])
+def test_missing_or_unknown_command_is_answered_locally(sock_dir, command):
+    code, out, _ = run_plugin("ADD", CNI_COMMAND=command, socket_path=sock_dir + "/x.sock")
+    assert code == 1 and out["code"] == codes.INVALID_ENV and "CNI_COMMAND" in out["msg"] + out["details"]
+
+
+@pytest.mark.parametrize(("stdin", "version"), [
+    ('{"cniVersion": "1.0.0"}', "1.0.0"), ('{"cniVersion": "1.1.0"}', "1.1.0"), ("", "1.1.0"), ("{}", "1.1.0"),
+])
+def test_version_needs_no_agent(stdin, version):
+    code, out, _ = run_plugin("VERSION", stdin, socket_path="/nonexistent/cni.sock")
+    assert code == 0
+    assert out == {"cniVersion": version, "supportedVersions": ["1.0.0", "1.1.0"]}
+
+
+def test_version_with_garbage_stdin_is_a_decode_failure():
+    code, out, _ = run_plugin("VERSION", "{nope")
+    assert code == 1 and out["code"] == codes.DECODE_FAILURE
+
+
+# --- (b) against the test agent ------------------------------------------------------------------------------------
+
+
+def test_add_prints_the_result_as_the_runtime_expects(agent):
+    code, out, _ = run_plugin("ADD", socket_path=agent.path, CNI_ARGS="K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0")
+    assert code == 0
+    assert out["cniVersion"] == "1.0.0"
+    assert out["ips"] == [{"address": "10.1.0.5/24", "gateway": "10.1.0.1", "interface": 1}]
+    assert out["interfaces"][1] == {"name": "eth0", "mac": "0a:58:0a:01:00:05", "sandbox": "/var/run/netns/pod1"}
+    assert "mtu" not in out["interfaces"][0]  # a 1.1.0 field, dropped from a 1.0.0 result
+    (req,) = agent.handler.requests
+    assert (req.command, req.container_id, req.ifname, req.netns) == ("ADD", "c0ffee01", "eth0", "/var/run/netns/pod1")
+    assert req.args == {"K8S_POD_NAMESPACE": "shop", "K8S_POD_NAME": "web-0"} and req.network == CONF
+
+
+def test_add_in_1_1_keeps_1_1_fields(agent):
+    _, out, _ = run_plugin("ADD", {**CONF, "cniVersion": "1.1.0"}, socket_path=agent.path)
+    assert out["cniVersion"] == "1.1.0" and out["interfaces"][0]["mtu"] == 1450
+
+
+def test_handler_cni_error_is_passed_through(agent):
+    code, out, _ = run_plugin("ADD", socket_path=agent.path, CNI_CONTAINERID="full")
+    assert code == 1
+    assert out == {"cniVersion": "1.0.0", "code": codes.POOL_EXHAUSTED, "msg": "no free address",
+                   "details": "pool web-a is full"}
+
+
+def test_handler_bug_is_an_io_failure_and_the_agent_keeps_serving(agent):
+    code, out, _ = run_plugin("ADD", socket_path=agent.path, CNI_CONTAINERID="boom")
+    assert code == 1 and out["code"] == codes.IO_FAILURE and "RuntimeError: handler bug" in out["details"]
+    code, out, _ = run_plugin("ADD", socket_path=agent.path, CNI_CONTAINERID="next")
+    assert code == 0 and out["ips"][0]["address"] == "10.1.0.5/24"
+
+
+@pytest.mark.parametrize(("conf", "env", "expected"), [
+    ({**CONF, "mtu": "big"}, {}, codes.INVALID_CONFIG),
+    ({**CONF, "cniVersion": "0.4.0"}, {}, codes.INCOMPATIBLE_VERSION),
+    ("{broken", {}, codes.DECODE_FAILURE),
+    (CONF, {"CNI_IFNAME": "much-too-long-ifname"}, codes.INVALID_ENV),
+    (CONF, {"CNI_NETNS": None}, codes.INVALID_ENV),
+])
+def test_bad_invocations_are_refused_by_the_agent_before_the_handler(agent, conf, env, expected):
+    code, out, _ = run_plugin("ADD", conf, socket_path=agent.path, **env)
+    assert code == 1 and out["code"] == expected
+    assert agent.handler.requests == []
+
+
+def test_del_check_gc_status_succeed_with_empty_stdout(agent):
+    prev = {"cniVersion": "1.0.0", "ips": [{"address": "10.1.0.5/24"}]}
+    assert run_plugin("CHECK", {**CONF, "prevResult": prev}, socket_path=agent.path)[:2] == (0, None)
+    assert run_plugin("DEL", socket_path=agent.path, CNI_NETNS=None)[:2] == (0, None)
+    assert run_plugin("DEL", socket_path=agent.path, CNI_NETNS=None)[:2] == (0, None)
+    keep = [{"containerID": "c0ffee01", "ifname": "eth0"}]
+    gc_conf = {**CONF, "cniVersion": "1.1.0", "cni.dev/valid-attachments": keep}
+    assert run_plugin("GC", gc_conf, socket_path=agent.path, CNI_CONTAINERID=None, CNI_IFNAME=None,
+                      CNI_NETNS=None)[:2] == (0, None)
+    assert run_plugin("STATUS", {**CONF, "cniVersion": "1.1.0"}, socket_path=agent.path)[:2] == (0, None)
+    check, del1, del2, gc, status = agent.handler.requests
+    assert check.prev_result == prev
+    assert del1.command == del2.command == "DEL" and del1.netns == ""
+    assert gc.valid_attachments == (("c0ffee01", "eth0"),)
+    assert status.command == "STATUS"
+
+
+def test_status_error_from_the_handler(agent):
+    agent.handler.status_error = CniError(codes.PLUGIN_NOT_AVAILABLE, "etcd unreachable", "10.0.0.1:2379")
+    code, out, _ = run_plugin("STATUS", {**CONF, "cniVersion": "1.1.0"}, socket_path=agent.path)
+    assert code == 1 and out["code"] == codes.PLUGIN_NOT_AVAILABLE and out["msg"] == "etcd unreachable"
+
+
+def test_one_log_line_per_request(agent, caplog):
+    with caplog.at_level(logging.INFO, logger="leengine.cni_agent"):
+        run_plugin("ADD", socket_path=agent.path)
+        run_plugin("ADD", socket_path=agent.path, CNI_CONTAINERID="full")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("cni ")]
+    assert len(lines) == 2
+    assert lines[0].startswith("cni ADD container=c0ffee01 ifname=eth0 ok ") and lines[0].endswith("ms")
+    assert lines[1].startswith("cni ADD container=full ifname=eth0 error 100 ")
+
+
+# --- (c) the server's own guarantees ------------------------------------------------------------------------------
+
+
+def test_socket_is_0600_in_a_0700_dir_it_created(sock_dir):
+    path = os.path.join(sock_dir, "run", "leengine", "cni.sock")
+    with AgentThread(path, RecordingHandler()):
+        assert stat.S_ISSOCK(os.stat(path).st_mode)
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+        assert os.listdir(os.path.dirname(path)) == ["cni.sock"]  # no temporary name left behind
+    assert not os.path.exists(path)  # removed on close
+
+
+def test_stale_socket_is_replaced(sock_dir):
+    path = os.path.join(sock_dir, "cni.sock")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(path)
+    s.close()
+    with AgentThread(path, RecordingHandler()):
+        assert run_plugin("ADD", socket_path=path)[0] == 0
+
+
+def test_live_socket_is_never_stolen(agent):
+    with pytest.raises(AgentAlreadyRunning), AgentThread(agent.path, RecordingHandler()):
+        pass
+    assert run_plugin("ADD", socket_path=agent.path)[0] == 0  # the first agent still answers
+
+
+def test_a_path_that_is_not_a_socket_is_left_alone(sock_dir):
+    path = os.path.join(sock_dir, "cni.sock")
+    Path(path).write_text("precious")
+    with pytest.raises(FileExistsError), AgentThread(path, RecordingHandler()):
+        pass
+    assert Path(path).read_text() == "precious"
+
+
+def raw_exchange(path: str, payload: bytes, wait: float = 0.0) -> dict:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(path)
+        s.sendall(payload)
+        time.sleep(wait)
+        return json.loads(read_line(s))
+
+
+def test_oversized_request_is_refused(sock_dir):
+    path = os.path.join(sock_dir, "cni.sock")
+    with AgentThread(path, RecordingHandler(), max_request_bytes=1024):
+        answer = raw_exchange(path, b'{"env": {}, "stdin": "' + b"x" * 4000 + b'"}\n')
+    assert answer["exit"] == 1 and json.loads(answer["stdout"])["code"] == codes.IO_FAILURE
+
+
+def test_request_that_never_completes_is_refused_after_the_read_timeout(sock_dir):
+    path = os.path.join(sock_dir, "cni.sock")
+    with AgentThread(path, RecordingHandler(), read_timeout=0.2):
+        answer = raw_exchange(path, b'{"env": {"CNI_COMMAND": "ADD"}')  # no newline, ever
+    error = json.loads(answer["stdout"])
+    assert error["code"] == codes.IO_FAILURE and "in time" in error["msg"]
+
+
+@pytest.mark.parametrize("payload", [b"hello\n", b'{"env": [], "stdin": ""}\n', b'{"env": {"A": 1}, "stdin": ""}\n',
+                                     b'{"stdin": ""}\n'])
+def test_malformed_envelope_is_refused(agent, payload):
+    answer = raw_exchange(agent.path, payload)
+    assert answer["exit"] == 1 and json.loads(answer["stdout"])["code"] == codes.IO_FAILURE
+    assert agent.handler.requests == []
+
+
+def test_concurrency_is_bounded(sock_dir):
+    path = os.path.join(sock_dir, "cni.sock")
+    handler = RecordingHandler(slow_seconds=0.3)
+    with AgentThread(path, handler, max_concurrency=2), ThreadPoolExecutor(6) as pool:
+        runs = list(pool.map(lambda i: run_plugin("ADD", socket_path=path, CNI_CONTAINERID="slow",
+                                                  CNI_IFNAME=f"eth{i}"), range(6)))
+    assert [code for code, _, _ in runs] == [0] * 6
+    assert handler.max_in_flight == 2 and len(handler.requests) == 6
+
+
+def test_graceful_close_finishes_requests_in_flight_and_refuses_new_ones(sock_dir):
+    path = os.path.join(sock_dir, "cni.sock")
+    handler = RecordingHandler(slow_seconds=1.0)
+    with AgentThread(path, handler) as running, ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(run_plugin, "ADD", socket_path=path, CNI_CONTAINERID="slow")
+        deadline = time.monotonic() + 10
+        while not handler.requests and time.monotonic() < deadline:
+            time.sleep(0.02)
+        closing = running.close()
+        time.sleep(0.2)
+        late = run_plugin("ADD", socket_path=path)  # after close began: nobody accepts it
+        code, out, _ = in_flight.result(30)
+        closing.result(30)
+    assert code == 0 and out["ips"][0]["address"] == "10.1.0.5/24"
+    assert late[0] == 1 and late[1]["code"] == codes.TRY_AGAIN_LATER
+    assert not os.path.exists(path)
+
+
+def test_serve_runs_until_stopped(sock_dir):
+    path = os.path.join(sock_dir, "cni.sock")
+
+    async def main():
+        stop = asyncio.Event()
+        task = asyncio.create_task(serve(path, RecordingHandler(), stop=stop))
+        for _ in range(200):
+            if os.path.exists(path):
+                break
+            await asyncio.sleep(0.01)
+        code, out, _ = await asyncio.to_thread(run_plugin, "ADD", socket_path=path)
+        stop.set()
+        await task
+        return code, out
+
+    code, out = asyncio.run(main())
+    assert code == 0 and out["ips"]
+    assert not os.path.exists(path)
+
+
+def test_serve_stops_on_sigterm(sock_dir):
+    # In a child process, as the daemon runs: SIGTERM ⇒ clean exit, socket removed.
+    path = os.path.join(sock_dir, "cni.sock")
+    script = (
+        "import asyncio, sys\n"
+        "from leengine.cni_agent_server import serve\n"
+        "class H:\n"
+        "    async def add(self, r): return {'ips': []}\n"
+        "    async def delete(self, r): pass\n"
+        "    async def check(self, r): pass\n"
+        "    async def gc(self, r): pass\n"
+        "    async def status(self, r): pass\n"
+        f"asyncio.run(serve({path!r}, H()))\n"
+        "print('clean exit')\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert run_plugin("STATUS", {**CONF, "cniVersion": "1.1.0"}, socket_path=path)[0] == 0
+        child.terminate()
+        out, err = child.communicate(timeout=20)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0, err.decode()
+    assert out.decode().strip() == "clean exit"
+    assert not os.path.exists(path)
