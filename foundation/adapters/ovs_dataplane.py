@@ -1,0 +1,835 @@
+"""The real Dataplane: veth pairs through netlink (pyroute2), OVS access ports through OVSDB (``ovs`` IDL).
+
+``OvsDataplane(db, timeout)`` implements ``foundation.ports.dataplane.Dataplane`` on one
+node. ``attach`` makes a veth pair whose host end is ``host_ifname(container, ifname)``
+and whose pod end is created directly inside the pod's network namespace (a path:
+``/var/run/netns/X`` or ``/proc/PID/ns/net``) as ``ifname``, sets MTU, address, link
+up and the default route, adds the host end to the node's bridge as an access port
+(``tag`` = the pool's VLAN) and optionally sends a gratuitous ARP from the pod.
+
+The OVS Port row carries these ``external_ids`` so that CHECK, GC and a restarted
+agent can find what we made (``ports()`` lists them):
+
+* ``leengine/container-id`` — the container ID given to ``attach``;
+* ``leengine/ifname``       — the interface name inside the pod (``eth0``);
+* ``leengine/netns``        — the pod's netns path as given to ``attach``.
+
+Invariants (beyond the port's):
+
+* Every blocking call (netlink, OVSDB, setns) runs on this adapter's one worker
+  thread, so the event loop is never blocked and no two operations interleave
+  (neither pyroute2's sync sockets nor the OVS IDL are thread-safe). A cancelled
+  ``await`` does not stop a started operation: it still completes or undoes itself
+  on the worker, so a cancellation never leaves half an attachment behind.
+* Namespaces are entered with ``setns(2)`` on the worker thread only long enough to
+  open a socket there; a socket keeps the namespace it was made in. No fork (which
+  pyroute2's ``IPRoute(netns=…)`` does) and no subprocess per pod.
+* Writes to OVSDB bump ``next_cfg`` and wait until ovs-vswitchd reports it in
+  ``cur_cfg`` (what ``ovs-vsctl`` does without ``--no-wait``): when ``attach``
+  returns, the port forwards; when ``detach`` returns, vswitchd has let go of it.
+* On a ``netdev`` (userspace) bridge, TX checksum offload is switched off on the pod
+  end: the kernel hands veth frames to vswitchd's packet socket with the TCP/UDP
+  checksum still unfilled (CHECKSUM_PARTIAL), vswitchd forwards the bytes as they
+  are, and the receiving pod drops them as corrupt. Ping works without this; TCP
+  does not.
+* Every failure is a ``DataplaneError`` naming its step; a missing netns is
+  ``NetnsNotFound``. ``attach`` removes only what it made itself.
+
+It must not know about IPAM, pools, etcd or the CNI wire format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import errno
+import fcntl
+import ipaddress
+import logging
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import ovs.db.idl
+import ovs.jsonrpc
+import ovs.poller
+import ovs.stream
+from pyroute2 import IPRoute
+from pyroute2.netlink import NETLINK_ROUTE
+from pyroute2.netlink.exceptions import NetlinkError
+
+from foundation.ports.dataplane import (
+    AttachedInterface,
+    Attachment,
+    DataplaneError,
+    NetnsNotFound,
+    PortRecord,
+    host_ifname,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DB = "unix:/var/run/openvswitch/db.sock"
+EXT_CONTAINER_ID = "leengine/container-id"
+EXT_IFNAME = "leengine/ifname"
+EXT_NETNS = "leengine/netns"
+
+T = TypeVar("T")
+
+_CLONE_NEWNET = 0x40000000
+_SIOCETHTOOL = 0x8946
+_ETHTOOL_GTXCSUM = 0x16
+_ETHTOOL_STXCSUM = 0x17
+_ETH_P_ARP = 0x0806
+_libc = ctypes.CDLL(None, use_errno=True)
+
+# Only the columns we read or write are replicated: the IDL then ignores vswitchd's
+# frequent statistics updates to other columns.
+_COLUMNS = {
+    "Open_vSwitch": ["bridges", "next_cfg", "cur_cfg"],
+    "Bridge": ["name", "ports", "datapath_type"],
+    "Port": ["name", "interfaces", "tag", "trunks", "external_ids"],
+    "Interface": ["name", "type", "options", "ofport", "error"],
+}
+
+
+# --------------------------------------------------------------------------- netns and sockets
+
+
+class _NetnsLeak(DataplaneError):
+    """The worker thread could not return to its own netns: it must not be used again."""
+
+
+def _open_netns(path: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
+        raise NetnsNotFound(path) from None
+    except OSError as exc:
+        raise DataplaneError("open netns", f"{path}: {exc.strerror}") from exc
+
+
+def _setns(fd: int) -> int:
+    return 0 if _libc.setns(fd, _CLONE_NEWNET) == 0 else ctypes.get_errno()
+
+
+def _socket_in_netns(ns_fd: int, path: str, family: int, type_: int, proto: int = 0) -> socket.socket:
+    """A socket living in the netns ``ns_fd``, made by this thread's brief visit there.
+
+    setns(2) with CLONE_NEWNET moves only the calling thread; the socket keeps that
+    namespace for life, so the thread can go home at once and later work on the
+    socket touches the pod's namespace only.
+    """
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        err = _setns(ns_fd)
+        if err:
+            if err == errno.EINVAL:  # a file that is not (or no longer) a netns: e.g. a stale bind-mount point
+                raise NetnsNotFound(path)
+            raise DataplaneError("enter netns", f"{path}: {os.strerror(err)}")
+        try:
+            return socket.socket(family, type_, proto)
+        finally:
+            err = _setns(home)
+            if err:
+                raise _NetnsLeak("enter netns", f"cannot return to the host netns: {os.strerror(err)}")
+    finally:
+        os.close(home)
+
+
+def _netns_iproute(ns_fd: int, path: str) -> IPRoute:
+    sock = _socket_in_netns(ns_fd, path, socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
+    return IPRoute(fileno=sock.detach())
+
+
+def _ethtool_value(sock: socket.socket, ifname: str, cmd: int, value: int = 0) -> int:
+    """One ``struct ethtool_value`` ioctl on ``ifname`` in the socket's netns (like ``ethtool -k/-K``)."""
+    buf = ctypes.create_string_buffer(struct.pack("II", cmd, value))
+    ifreq = struct.pack("16sP", ifname.encode(), ctypes.addressof(buf)).ljust(40, b"\0")  # sizeof(struct ifreq)
+    fcntl.ioctl(sock.fileno(), _SIOCETHTOOL, ifreq)
+    return struct.unpack("II", buf.raw[:8])[1]
+
+
+def _garp_frame(mac: str, address: ipaddress.IPv4Address) -> bytes:
+    """A gratuitous ARP request (sender = target = our address), as ``arping -U`` sends it."""
+    hw = bytes.fromhex(mac.replace(":", ""))
+    ip = address.packed
+    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + hw + ip + b"\xff" * 6 + ip
+    return (b"\xff" * 6 + hw + struct.pack("!H", _ETH_P_ARP) + arp).ljust(60, b"\0")
+
+
+def _nl_missing(exc: NetlinkError) -> bool:
+    return exc.code in (errno.ENODEV, errno.ENOENT)
+
+
+def _link(ipr: IPRoute, ifname: str) -> Any | None:
+    found = ipr.link_lookup(ifname=ifname)
+    return ipr.get_links(found[0])[0] if found else None
+
+
+# --------------------------------------------------------------------------- OVSDB
+
+
+class _Ovsdb:
+    """A blocking OVSDB client on the ``ovs`` IDL; used from the adapter's worker thread only."""
+
+    def __init__(self, remote: str, timeout: float) -> None:
+        self.remote = remote
+        self.timeout = timeout
+        self.idl: ovs.db.idl.Idl | None = None
+
+    # ------------------------------------------------------------ connection
+
+    def _deadline_passed(self, deadline: float, step: str, what: str) -> None:
+        if time.monotonic() >= deadline:
+            raise DataplaneError(step, f"{what} within {self.timeout:g}s (OVSDB {self.remote})")
+
+    def _block(self, deadline: float, *waiters: Any) -> None:
+        poller = ovs.poller.Poller()
+        for waiter in waiters:
+            waiter.wait(poller)
+        poller.timer_wait(max(1, int((deadline - time.monotonic()) * 1000)))
+        poller.block()
+
+    def _fetch_schema(self, step: str) -> Any:
+        # Ask the server for its schema rather than reading a file: the server's
+        # version is the one that matters, and the client needs no OVS install.
+        deadline = time.monotonic() + self.timeout
+        err, stream = ovs.stream.Stream.open_block(ovs.stream.Stream.open(self.remote), int(self.timeout * 1000))
+        if err:
+            raise DataplaneError(step, f"cannot connect to OVSDB {self.remote}: {os.strerror(err)}")
+        rpc = ovs.jsonrpc.Connection(stream)
+        try:
+            request = ovs.jsonrpc.Message.create_request("get_schema", ["Open_vSwitch"])
+            err = rpc.send(request)
+            while not err:
+                err, msg = rpc.recv()
+                if err == errno.EAGAIN:
+                    self._deadline_passed(deadline, step, "no schema from OVSDB")
+                    rpc.run()
+                    poller = ovs.poller.Poller()
+                    rpc.wait(poller)
+                    rpc.recv_wait(poller)
+                    poller.timer_wait(max(1, int((deadline - time.monotonic()) * 1000)))
+                    poller.block()
+                    err = 0
+                    continue
+                if msg is not None and msg.id == request.id:
+                    if msg.type != ovs.jsonrpc.Message.T_REPLY:
+                        raise DataplaneError(step, f"OVSDB {self.remote} refused get_schema: {msg.error}")
+                    return msg.result
+            raise DataplaneError(step, f"OVSDB {self.remote}: {os.strerror(err)}")
+        finally:
+            rpc.close()
+
+    def _connected(self, step: str) -> ovs.db.idl.Idl:
+        if self.idl is None:
+            helper = ovs.db.idl.SchemaHelper(schema_json=self._fetch_schema(step))
+            for table, columns in _COLUMNS.items():
+                helper.register_columns(table, columns)
+            # probe_interval=0: the IDL is polled only while an operation runs, so its own
+            # keepalive probes would go unanswered between operations and drop the session.
+            self.idl = ovs.db.idl.Idl(self.remote, helper, probe_interval=0)
+        idl = self.idl
+        deadline = time.monotonic() + self.timeout
+        while True:
+            idl.run()
+            if idl.state == idl.IDL_S_MONITORING:
+                return idl
+            self._deadline_passed(deadline, step, "no OVSDB connection")
+            self._block(deadline, idl)
+
+    def close(self) -> None:
+        if self.idl is not None:
+            self.idl.close()
+            self.idl = None
+
+    # ------------------------------------------------------------ transactions
+
+    def transact(self, step: str, build: Callable[[ovs.db.idl.Transaction], T], *, wait_cfg: bool = True) -> T:
+        """Build and commit one transaction, retrying on TRY_AGAIN; optionally wait for vswitchd to apply it.
+
+        ``build`` may raise ``DataplaneError`` to give up (nothing is sent then).
+        A timeout while the commit is in flight is ambiguous: the server may still
+        apply it, as with any remote write.
+        """
+        deadline = time.monotonic() + self.timeout
+        while True:
+            idl = self._connected(step)
+            seqno = idl.change_seqno
+            txn = ovs.db.idl.Transaction(idl)
+            try:
+                result = build(txn)
+                if wait_cfg:
+                    self.root(step).increment("next_cfg")
+            except BaseException:
+                txn.abort()
+                raise
+            status = txn.commit()
+            while status == ovs.db.idl.Transaction.INCOMPLETE:
+                self._deadline_passed(deadline, step, "OVSDB did not answer the transaction")
+                idl.run()
+                self._block(deadline, idl, txn)
+                status = txn.commit()
+            if status == ovs.db.idl.Transaction.SUCCESS:
+                if wait_cfg:
+                    self._wait_cfg(step, txn.get_increment_new_value(), deadline)
+                return result
+            if status == ovs.db.idl.Transaction.UNCHANGED:
+                return result
+            if status != ovs.db.idl.Transaction.TRY_AGAIN:
+                detail = txn.get_error() if status == ovs.db.idl.Transaction.ERROR else status
+                raise DataplaneError(step, f"OVSDB transaction failed: {detail}")
+            # Someone changed what we verified, or the session dropped: wait for news, rebuild.
+            while idl.change_seqno == seqno:
+                self._deadline_passed(deadline, step, "OVSDB transaction kept conflicting")
+                idl.run()
+                self._block(deadline, idl)
+
+    def _wait_cfg(self, step: str, target: int, deadline: float) -> None:
+        idl = self.idl
+        assert idl is not None
+        while True:
+            idl.run()
+            root = self.root(step)
+            if root.cur_cfg >= target:
+                return
+            if time.monotonic() >= deadline:
+                raise DataplaneError(step, f"ovs-vswitchd did not apply the change within {self.timeout:g}s"
+                                           f" (is ovs-vswitchd running against {self.remote}?)")
+            self._block(deadline, idl)
+
+    def wait_until(self, step: str, done: Callable[[], bool], what: str) -> None:
+        """Follow the replica until ``done()`` holds; ``what`` says what did not happen in time."""
+        idl = self._connected(step)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            idl.run()
+            if done():
+                return
+            self._deadline_passed(deadline, step, what)
+            self._block(deadline, idl)
+
+    def sync(self, step: str) -> ovs.db.idl.Idl:
+        """Connect and make the replica at least as new as the server was when we asked.
+
+        A transaction with a lone comment is a round trip on our session; the server
+        answers it after every update it queued for us before, so once the answer is
+        in, changes other clients committed earlier (an ``ovs-vsctl set``) are visible.
+        """
+        def barrier(txn: ovs.db.idl.Transaction) -> None:
+            txn.add_op({"op": "comment", "comment": "leengine: sync"})
+
+        self.transact(step, barrier, wait_cfg=False)
+        assert self.idl is not None
+        return self.idl
+
+    # ------------------------------------------------------------ lookups (replica must be fresh)
+
+    def root(self, step: str) -> Any:
+        assert self.idl is not None
+        for row in self.idl.tables["Open_vSwitch"].rows.values():
+            return row
+        raise DataplaneError(step, f"OVSDB {self.remote} has no Open_vSwitch row (run `ovs-vsctl init`)")
+
+    def bridge(self, name: str) -> Any | None:
+        assert self.idl is not None
+        return next((b for b in self.idl.tables["Bridge"].rows.values() if b.name == name), None)
+
+    def port(self, name: str) -> Any | None:
+        assert self.idl is not None
+        return next((p for p in self.idl.tables["Port"].rows.values() if p.name == name), None)
+
+    def bridge_of(self, port: Any) -> Any | None:
+        assert self.idl is not None
+        return next((b for b in self.idl.tables["Bridge"].rows.values() if port in b.ports), None)
+
+
+# --------------------------------------------------------------------------- the adapter
+
+
+class OvsDataplane:
+    """The Dataplane port on a real node: pyroute2 for netlink, the OVS IDL for OVSDB.
+
+    ``db`` is the OVSDB endpoint (``unix:/var/run/openvswitch/db.sock``, ``tcp:…``);
+    ``timeout`` bounds each wait for OVSDB and ovs-vswitchd, in seconds. Use it as
+    ``async with OvsDataplane(db) as dp:`` or call ``close()``.
+    """
+
+    def __init__(self, db: str = DEFAULT_DB, timeout: float = 5.0) -> None:
+        self.db = db
+        self.timeout = timeout
+        self._ovsdb = _Ovsdb(db, timeout)
+        self._executor = self._new_executor()
+        self._host_ipr: IPRoute | None = None
+        self._host_ipr_thread: int | None = None
+
+    # ------------------------------------------------------------ plumbing
+
+    @staticmethod
+    def _new_executor() -> ThreadPoolExecutor:
+        # One worker, not asyncio.to_thread's shared pool: one thread serialises every
+        # operation of this adapter (the libraries are not thread-safe) and keeps the
+        # host-namespace netlink socket on the thread that made it, as pyroute2 wants.
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="ovs-dataplane")
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        except _NetnsLeak:
+            # The worker is stuck in a pod's namespace: retire it (it exits after this
+            # job) and let the next operation start from a fresh thread in the host netns.
+            self._executor.shutdown(wait=False)
+            self._executor = self._new_executor()
+            self._host_ipr = None
+            raise
+
+    def _host(self) -> IPRoute:
+        if self._host_ipr is None or self._host_ipr_thread != threading.get_ident():
+            self._host_ipr = IPRoute()
+            self._host_ipr_thread = threading.get_ident()
+        return self._host_ipr
+
+    async def close(self) -> None:
+        def shut() -> None:
+            self._ovsdb.close()
+            if self._host_ipr is not None:
+                self._host_ipr.close()
+                self._host_ipr = None
+
+        with contextlib.suppress(RuntimeError):  # executor already shut down
+            await self._call(shut)
+        self._executor.shutdown(wait=True)
+
+    async def __aenter__(self) -> OvsDataplane:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------ the port
+
+    async def attach(self, attachment: Attachment) -> AttachedInterface:
+        return await self._call(self._attach, attachment)
+
+    async def detach(self, container_id: str, ifname: str, netns: str | None) -> None:
+        await self._call(self._detach, container_id, ifname, netns)
+
+    async def check(self, attachment: Attachment) -> list[str]:
+        return await self._call(self._check, attachment)
+
+    async def ports(self, bridge: str) -> list[PortRecord]:
+        return await self._call(self._ports, bridge)
+
+    # ------------------------------------------------------------ lab helpers (not part of the port)
+
+    async def ensure_bridge(self, name: str, datapath_type: str = "netdev") -> None:
+        """Create bridge ``name`` (with its internal port, as ``ovs-vsctl add-br`` does) unless it exists."""
+        await self._call(self._ensure_bridge, name, datapath_type)
+
+    async def delete_bridge(self, name: str) -> None:
+        """Remove bridge ``name`` and all its ports; nothing to do if it is gone."""
+        await self._call(self._delete_bridge, name)
+
+    async def connect_bridges(self, a: str, b: str) -> tuple[str, str]:
+        """Join two bridges by a pair of patch ports that trunk every VLAN (no tag, no trunks list).
+
+        Returns the two port names (``patch-A-B`` on A, ``patch-B-A`` on B); idempotent.
+        """
+        return await self._call(self._connect_bridges, a, b)
+
+    # ------------------------------------------------------------ attach
+
+    def _attach(self, att: Attachment) -> AttachedInterface:
+        host = att.host_ifname
+        try:
+            iface = ipaddress.ip_interface(att.address)
+            gateway = ipaddress.ip_address(att.gateway)
+        except ValueError as exc:
+            raise DataplaneError("parse attachment", str(exc)) from exc
+        if not 1 <= att.vlan <= 4094:
+            raise DataplaneError("parse attachment", f"VLAN {att.vlan} is outside 1..4094")
+
+        self._ovsdb.sync("connect OVSDB")
+        bridge = self._ovsdb.bridge(att.bridge)
+        userspace = bridge is not None and bridge.datapath_type == "netdev"
+        ns_fd = _open_netns(att.netns)
+        undo: list[tuple[str, Callable[[], None]]] = []
+        try:
+            ns_ipr = _netns_iproute(ns_fd, att.netns)  # before any change: proves the netns is real
+            try:
+                return self._attach_steps(att, host, iface, gateway, userspace, ns_fd, ns_ipr, undo)
+            finally:
+                ns_ipr.close()
+        except DataplaneError as exc:
+            self._undo(undo, exc)
+            raise
+        except Exception as exc:  # a bug or an unexpected library error: still all or nothing
+            error = DataplaneError("attach", f"unexpected {type(exc).__name__}: {exc}")
+            self._undo(undo, error)
+            raise error from exc
+        finally:
+            os.close(ns_fd)
+
+    def _attach_steps(self, att: Attachment, host: str, iface: Any, gateway: Any, userspace: bool,
+                      ns_fd: int, ns_ipr: IPRoute, undo: list[tuple[str, Callable[[], None]]]) -> AttachedInterface:
+        ipr = self._host()
+
+        with _step("create veth"):
+            if ipr.link_lookup(ifname=host):
+                raise DataplaneError("create veth", f"host interface {host} already exists"
+                                     f" (is {att.container_id}/{att.ifname} attached already? DEL it first)")
+            if ns_ipr.link_lookup(ifname=att.ifname):
+                raise DataplaneError("create veth", f"interface {att.ifname} already exists in {att.netns}")
+            # The pod end is born in the pod's netns under its final name: moving a device
+            # between namespaces afterwards costs an RCU grace period (~20 ms here), this ~1 ms.
+            ipr.link("add", ifname=host, kind="veth", mtu=att.mtu,
+                     peer={"ifname": att.ifname, "net_ns_fd": ns_fd, "mtu": att.mtu})
+            undo.append(("delete veth", lambda: self._delete_host_veth(host)))
+            found = ns_ipr.link_lookup(ifname=att.ifname)
+            if not found:
+                raise DataplaneError("create veth", f"{att.ifname} did not appear in {att.netns}")
+            index = found[0]
+
+        if userspace:
+            with _step("disable TX checksum offload"), _socket_in_netns(ns_fd, att.netns, socket.AF_INET,
+                                                                        socket.SOCK_DGRAM) as s:
+                _ethtool_value(s, att.ifname, _ETHTOOL_STXCSUM, 0)
+
+        with _step("add address"):
+            ns_ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+        with _step("set pod link up"):
+            ns_ipr.link("set", index=index, state="up")
+        with _step("add default route"):
+            default = "0.0.0.0/0" if gateway.version == 4 else "::/0"
+            ns_ipr.route("add", dst=default, gateway=str(gateway), oif=index)
+        with _step("set host link up"):
+            ipr.link("set", ifname=host, state="up")
+
+        # Registered before the add: a commit can succeed and the wait for vswitchd after
+        # it time out, and then the row is there to remove (only if it carries our ID).
+        undo.append(("delete OVS port", lambda: self._delete_port(host, att.container_id)))
+        self._add_port(att, host)
+
+        pod_link = ns_ipr.get_links(index)[0]
+        pod_mac = pod_link.get("IFLA_ADDRESS")
+        if att.gratuitous_arp and iface.version == 4:
+            # A raw frame from a packet socket made in the pod's netns, not `arping -U`
+            # through nsenter: no fork/exec of a helper per pod (the agent is long-lived
+            # and ADD latency counts) and no extra package; ARP is IPv4 only, so an IPv6
+            # address gets none (unsolicited neighbour advertisements are not done here).
+            with _step("gratuitous ARP"), _socket_in_netns(ns_fd, att.netns, socket.AF_PACKET,
+                                                           socket.SOCK_RAW) as raw:
+                raw.bind((att.ifname, 0))
+                raw.send(_garp_frame(pod_mac, iface.ip))
+        host_link = _link(ipr, host)
+        return AttachedInterface(
+            host_ifname=host,
+            host_mac=host_link.get("IFLA_ADDRESS") if host_link is not None else "",
+            pod_ifname=att.ifname,
+            pod_mac=pod_mac,
+            netns=att.netns,
+        )
+
+    def _add_port(self, att: Attachment, host: str) -> None:
+        ovsdb = self._ovsdb
+
+        def build(txn: ovs.db.idl.Transaction) -> None:
+            bridge = ovsdb.bridge(att.bridge)
+            if bridge is None:
+                raise DataplaneError("add OVS port", f"bridge {att.bridge} does not exist")
+            stale = ovsdb.port(host)
+            if stale is not None:
+                # Our veth was created a moment ago, so a port of that name is a leftover
+                # (OVSDB outlives veths across a node reboot); replace it if it is ours.
+                if stale.external_ids.get(EXT_CONTAINER_ID) != att.container_id:
+                    raise DataplaneError("add OVS port", f"a port named {host} exists and is not ours")
+                owner = ovsdb.bridge_of(stale)
+                if owner is not None:
+                    owner.delvalue("ports", stale)
+            interface = txn.insert(ovsdb.idl.tables["Interface"])
+            interface.name = host
+            port = txn.insert(ovsdb.idl.tables["Port"])
+            port.name = host
+            port.interfaces = [interface]
+            port.tag = att.vlan
+            port.external_ids = {EXT_CONTAINER_ID: att.container_id, EXT_IFNAME: att.ifname, EXT_NETNS: att.netns}
+            bridge.addvalue("ports", port)
+
+        ovsdb.transact("add OVS port", build)
+
+        def interface() -> Any | None:
+            port = ovsdb.port(host)
+            return port.interfaces[0] if port is not None and port.interfaces else None
+
+        def settled() -> bool:
+            # vswitchd writes ofport (or error) in its status updates; do not assume they
+            # land in the same commit as cur_cfg.
+            row = interface()
+            return row is None or bool(row.error) or row.ofport not in ([], [0])
+
+        ovsdb.wait_until("add OVS port", settled, f"ovs-vswitchd gave {host} no OpenFlow port")
+        row = interface()
+        if row is None:
+            raise DataplaneError("add OVS port", f"port {host} vanished right after it was added")
+        if row.error or row.ofport == [-1]:
+            # vswitchd took the row but could not open the device: the port would never forward.
+            raise DataplaneError("add OVS port", f"ovs-vswitchd could not add {host}: "
+                                                 f"{''.join(row.error) or 'no OpenFlow port number'}")
+
+    def _undo(self, undo: list[tuple[str, Callable[[], None]]], exc: DataplaneError) -> None:
+        for what, action in reversed(undo):
+            try:
+                action()
+            except Exception as undo_exc:  # report, keep undoing the rest
+                log.error("attach undo: %s failed: %s", what, undo_exc)
+                exc.add_note(f"undo: {what} failed: {undo_exc}")
+
+    # ------------------------------------------------------------ detach
+
+    def _detach(self, container_id: str, ifname: str, netns: str | None) -> None:
+        host = host_ifname(container_id, ifname)
+        self._delete_port(host, container_id)  # first, so vswitchd never polls a vanished device
+        if netns is not None:
+            self._delete_pod_end(netns, ifname)
+        self._delete_host_veth(host)
+
+    def _delete_port(self, host: str, container_id: str) -> None:
+        """Remove port ``host`` if it is there and carries ``container_id``: never someone else's."""
+        ovsdb = self._ovsdb
+        ovsdb.sync("delete OVS port")
+
+        def build(txn: ovs.db.idl.Transaction) -> bool:
+            port = ovsdb.port(host)
+            if port is None or port.external_ids.get(EXT_CONTAINER_ID) != container_id:
+                return False
+            owner = ovsdb.bridge_of(port)
+            if owner is not None:
+                owner.delvalue("ports", port)  # Port and Interface rows are garbage-collected with it
+            else:
+                port.delete()
+            return True
+
+        ovsdb.transact("delete OVS port", build)
+
+    def _delete_pod_end(self, netns: str, ifname: str) -> None:
+        try:
+            ns_fd = _open_netns(netns)
+        except NetnsNotFound:
+            return  # the pod's netns is gone, and its end of the veth with it
+        try:
+            try:
+                ns_ipr = _netns_iproute(ns_fd, netns)
+            except NetnsNotFound:
+                return
+            try:
+                with _step("delete pod interface", missing_ok=True):
+                    link = _link(ns_ipr, ifname)
+                    # Only a veth: whatever else is called ifname there was not made by us.
+                    if link is not None and link.get(("IFLA_LINKINFO", "IFLA_INFO_KIND")) == "veth":
+                        ns_ipr.link("del", index=link["index"])
+            finally:
+                ns_ipr.close()
+        finally:
+            os.close(ns_fd)
+
+    def _delete_host_veth(self, host: str) -> None:
+        ipr = self._host()
+        with _step("delete veth", missing_ok=True):
+            found = ipr.link_lookup(ifname=host)
+            if found:
+                ipr.link("del", index=found[0])  # takes the pod end with it, wherever it is
+
+    # ------------------------------------------------------------ check and ports
+
+    def _check(self, att: Attachment) -> list[str]:
+        host = att.host_ifname
+        diffs: list[str] = []
+        ovsdb = self._ovsdb
+        ovsdb.sync("connect OVSDB")
+        port = ovsdb.port(host)
+        bridge = ovsdb.bridge(att.bridge)
+        if bridge is None:
+            diffs.append(f"bridge {att.bridge} does not exist")
+        if port is None:
+            diffs.append(f"OVS port {host} missing from bridge {att.bridge}")
+        else:
+            owner = ovsdb.bridge_of(port)
+            if owner is None or owner.name != att.bridge:
+                diffs.append(f"OVS port {host} is on bridge {owner.name if owner else '(none)'}, "
+                             f"expected {att.bridge}")
+            tag = port.tag[0] if port.tag else None
+            if tag != att.vlan:
+                diffs.append(f"OVS port {host} has VLAN tag {tag if tag is not None else 'none'}, expected {att.vlan}")
+            if port.trunks:
+                diffs.append(f"OVS port {host} trunks VLANs {sorted(port.trunks)}, expected an access port")
+            expected = {EXT_CONTAINER_ID: att.container_id, EXT_IFNAME: att.ifname, EXT_NETNS: att.netns}
+            for key, value in expected.items():
+                got = port.external_ids.get(key)
+                if got != value:
+                    diffs.append(f"OVS port {host} external_ids:{key} is {got!r}, expected {value!r}")
+            for interface in port.interfaces:
+                if interface.error:
+                    diffs.append(f"OVS interface {interface.name} error: {''.join(interface.error)}")
+
+        host_link = _link(self._host(), host)
+        if host_link is None:
+            diffs.append(f"host interface {host} missing")
+        else:
+            if host_link.get("IFLA_MTU") != att.mtu:
+                diffs.append(f"host interface {host} has MTU {host_link.get('IFLA_MTU')}, expected {att.mtu}")
+            if not host_link["flags"] & 1:  # IFF_UP
+                diffs.append(f"host interface {host} is down")
+
+        try:
+            ns_fd = _open_netns(att.netns)
+        except NetnsNotFound:
+            diffs.append(f"network namespace {att.netns} does not exist")
+            return diffs
+        try:
+            ns_ipr = _netns_iproute(ns_fd, att.netns)
+            try:
+                diffs += self._check_pod(att, ns_fd, ns_ipr, userspace=bridge is not None
+                                         and bridge.datapath_type == "netdev")
+            finally:
+                ns_ipr.close()
+        except NetnsNotFound:
+            diffs.append(f"network namespace {att.netns} does not exist")
+        finally:
+            os.close(ns_fd)
+        return diffs
+
+    def _check_pod(self, att: Attachment, ns_fd: int, ns_ipr: IPRoute, *, userspace: bool) -> list[str]:
+        where = f"{att.ifname} in {att.netns}"
+        link = _link(ns_ipr, att.ifname)
+        if link is None:
+            return [f"interface {where} missing"]
+        diffs: list[str] = []
+        if link.get("IFLA_MTU") != att.mtu:
+            diffs.append(f"interface {where} has MTU {link.get('IFLA_MTU')}, expected {att.mtu}")
+        if not link["flags"] & 1:  # IFF_UP
+            diffs.append(f"interface {where} is down")
+        index = link["index"]
+        want = ipaddress.ip_interface(att.address)
+        have = [ipaddress.ip_interface(f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}")
+                for a in ns_ipr.get_addr(index=index)]
+        if want not in have:
+            others = ", ".join(str(a) for a in have if a.version == want.version) or "none"
+            diffs.append(f"address {want} missing on {where} (has {others})")
+        gateway = ipaddress.ip_address(att.gateway)
+        family = socket.AF_INET if gateway.version == 4 else socket.AF_INET6
+        gateways = sorted(str(r.get("RTA_GATEWAY")) for r in ns_ipr.get_default_routes(family=family)
+                          if r.get("RTA_OIF") == index)
+        if str(gateway) not in gateways:
+            diffs.append(f"default route via {gateway} missing in {att.netns}"
+                         + (f" (has via {', '.join(gateways)})" if gateways else ""))
+        if userspace:
+            with _socket_in_netns(ns_fd, att.netns, socket.AF_INET, socket.SOCK_DGRAM) as s:
+                if _ethtool_value(s, att.ifname, _ETHTOOL_GTXCSUM):
+                    diffs.append(f"TX checksum offload is on for {where}: TCP breaks on a userspace (netdev) bridge")
+        return diffs
+
+    def _ports(self, bridge_name: str) -> list[PortRecord]:
+        ovsdb = self._ovsdb
+        ovsdb.sync("list OVS ports")
+        bridge = ovsdb.bridge(bridge_name)
+        if bridge is None:
+            return []
+        records = [
+            PortRecord(
+                host_ifname=port.name,
+                bridge=bridge_name,
+                vlan=port.tag[0] if port.tag else None,
+                container_id=port.external_ids[EXT_CONTAINER_ID],
+                ifname=port.external_ids.get(EXT_IFNAME, ""),
+                netns=port.external_ids.get(EXT_NETNS, ""),
+            )
+            for port in bridge.ports
+            if EXT_CONTAINER_ID in port.external_ids
+        ]
+        return sorted(records, key=lambda r: r.host_ifname)  # deterministic order for GC and tests
+
+    # ------------------------------------------------------------ bridges (lab)
+
+    def _ensure_bridge(self, name: str, datapath_type: str) -> None:
+        ovsdb = self._ovsdb
+        ovsdb.sync("ensure bridge")
+
+        def build(txn: ovs.db.idl.Transaction) -> None:
+            existing = ovsdb.bridge(name)
+            if existing is not None:
+                if existing.datapath_type != datapath_type:
+                    existing.datapath_type = datapath_type
+                return
+            interface = txn.insert(ovsdb.idl.tables["Interface"])
+            interface.name = name
+            interface.type = "internal"
+            port = txn.insert(ovsdb.idl.tables["Port"])
+            port.name = name
+            port.interfaces = [interface]
+            bridge = txn.insert(ovsdb.idl.tables["Bridge"])
+            bridge.name = name
+            bridge.datapath_type = datapath_type
+            bridge.ports = [port]
+            ovsdb.root("ensure bridge").addvalue("bridges", bridge)
+
+        ovsdb.transact("ensure bridge", build)
+
+    def _delete_bridge(self, name: str) -> None:
+        ovsdb = self._ovsdb
+        ovsdb.sync("delete bridge")
+
+        def build(txn: ovs.db.idl.Transaction) -> None:
+            bridge = ovsdb.bridge(name)
+            if bridge is not None:
+                ovsdb.root("delete bridge").delvalue("bridges", bridge)
+
+        ovsdb.transact("delete bridge", build)
+
+    def _connect_bridges(self, a: str, b: str) -> tuple[str, str]:
+        ovsdb = self._ovsdb
+        ovsdb.sync("connect bridges")
+        name_a, name_b = f"patch-{a}-{b}", f"patch-{b}-{a}"
+
+        def build(txn: ovs.db.idl.Transaction) -> None:
+            for bridge_name, port_name, peer_name in ((a, name_a, name_b), (b, name_b, name_a)):
+                bridge = ovsdb.bridge(bridge_name)
+                if bridge is None:
+                    raise DataplaneError("connect bridges", f"bridge {bridge_name} does not exist")
+                if ovsdb.port(port_name) is not None:
+                    continue
+                interface = txn.insert(ovsdb.idl.tables["Interface"])
+                interface.name = port_name
+                interface.type = "patch"
+                interface.options = {"peer": peer_name}
+                port = txn.insert(ovsdb.idl.tables["Port"])
+                port.name = port_name
+                port.interfaces = [interface]  # no tag and no trunks: a trunk of every VLAN
+                bridge.addvalue("ports", port)
+
+        ovsdb.transact("connect bridges", build)
+        return name_a, name_b
+
+
+@contextlib.contextmanager
+def _step(step: str, *, missing_ok: bool = False) -> Iterator[None]:
+    """Turn a netlink or OS error inside the block into ``DataplaneError(step, …)``."""
+    try:
+        yield
+    except DataplaneError:
+        raise
+    except NetlinkError as exc:
+        if missing_ok and _nl_missing(exc):
+            return
+        raise DataplaneError(step, f"netlink: {os.strerror(exc.code) if exc.code else exc}") from exc
+    except OSError as exc:
+        if missing_ok and exc.errno in (errno.ENODEV, errno.ENOENT):
+            return
+        raise DataplaneError(step, exc.strerror or str(exc)) from exc
