@@ -617,7 +617,10 @@ class OvsDataplane:
                 port.delete()
             return True
 
-        ovsdb.transact("delete OVS port", build)
+        # No wait for ovs-vswitchd here (unlike adds): the row is gone from OVSDB, so nothing
+        # will forward to the port again, and waiting cost ~12 ms of every DEL (33 -> 20 ms).
+        # vswitchd drops the interface when it next reconfigures, vanished device or not.
+        ovsdb.transact("delete OVS port", build, wait_cfg=False)
 
     def _delete_pod_end(self, netns: str, ifname: str) -> None:
         try:

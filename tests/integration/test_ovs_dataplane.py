@@ -456,9 +456,9 @@ def test_hung_vswitchd_times_out_and_attach_leaves_no_port_row(lab):
         os.kill(vswitchd, signal.SIGCONT)
     assert elapsed < 6
     assert err.value.step == "add OVS port" and "ovs-vswitchd did not apply" in err.value.reason
-    # The undo removed the row (its own wait for vswitchd timed out too, and says so).
+    # The undo removed the row: deleting a port does not wait for vswitchd, so it works while it hangs.
     assert att.host_ifname not in lab.port_names(NODE0)
-    assert any("undo: delete OVS port failed" in note for note in getattr(err.value, "__notes__", []))
+    assert not any("undo" in note and "failed" in note for note in getattr(err.value, "__notes__", []))
     assert not link_exists(att.host_ifname) and not link_exists("eth0", pod)
     run(lab.dp.attach(att))  # vswitchd is back: the same attach now works
     assert run(lab.dp.check(att)) == []
