@@ -4,9 +4,11 @@ ADD: allocate (one Store transaction in the common case), then plumb the veth
 and OVS port tagged with the pool's VLAN; if plumbing fails, release the address
 before reporting the error, so a failed ADD leaves nothing behind. A repeated ADD
 gets the same address and has its interface rebuilt.
-DEL: unplumb first, then release, so an address is never handed out while a veth
-still carries it; both steps succeed when there is nothing left to remove, which
-makes DEL idempotent (the runtime may call it many times, or after a failed ADD).
+DEL: unplumb and release; with a cool-down the two overlap (the address cannot be
+handed out again before the cool-down ends anyway), without one unplumbing comes
+first, so an address is never handed out while a veth still carries it. Both steps
+succeed when there is nothing left to remove, which makes DEL idempotent (the
+runtime may call it many times, or after a failed ADD).
 CHECK: the handle still holds the address of ``prevResult`` and the dataplane
 matches it. GC: release and unplumb every attachment of this network that the
 runtime no longer lists. STATUS: ready when the Store answers and a pool exists.
@@ -125,13 +127,27 @@ class CniAgent:
             self.runtime.trace("cni-add-undo-failed", container=request.container_id, error=str(exc))
 
     async def delete(self, request: CniRequest) -> None:
+        if self.ipam.cooldown > 0:
+            # A released address cools down before anyone gets it again, so the release may
+            # overlap the unplumbing (the kernel's veth deletion is most of a DEL's time).
+            detaching = self.runtime.spawn(self._detach(request), name=f"detach {request.container_id}")
+            try:
+                released = await self._store_call("releasing",
+                                                  self.ipam.release(request.container_id, request.ifname))
+            finally:
+                await detaching.join()
+        else:
+            await self._detach(request)  # no cool-down: never free an address still plumbed
+            released = await self._store_call("releasing",
+                                              self.ipam.release(request.container_id, request.ifname))
+        self.runtime.trace("cni-del", container=request.container_id,
+                           address=released.cidr if released else None)
+
+    async def _detach(self, request: CniRequest) -> None:
         try:
             await self.dataplane.detach(request.container_id, request.ifname, request.netns or None)
         except DataplaneError as exc:
             raise CniError(DATAPLANE_FAILURE, "could not remove the pod interface", str(exc)) from exc
-        released = await self._store_call("releasing", self.ipam.release(request.container_id, request.ifname))
-        self.runtime.trace("cni-del", container=request.container_id,
-                           address=released.cidr if released else None)
 
     async def check(self, request: CniRequest) -> None:
         if not request.prev_result:

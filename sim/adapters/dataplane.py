@@ -21,7 +21,7 @@ from foundation.ports.dataplane import (
     host_ifname,
 )
 
-STEPS = ("open netns", "create veth", "add OVS port", "configure pod interface")
+STEPS = ("open netns", "create veth", "add OVS port", "configure pod interface", "delete veth")
 
 
 @dataclass
@@ -75,6 +75,7 @@ class SimDataplane:
         return AttachedInterface(attachment.host_ifname, "02:" + mac[3:], attachment.ifname, mac, attachment.netns)
 
     async def detach(self, container_id: str, ifname: str, netns: str | None) -> None:
+        self._step("delete veth")
         self.detaches += 1
         self.interfaces.pop((container_id, ifname), None)
 

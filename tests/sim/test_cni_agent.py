@@ -151,3 +151,14 @@ def test_exhaustion_is_code_100(node):
     with pytest.raises(CniError) as err:
         node.run(node.agent.add(request("ADD", container="c2", netns="/var/run/netns/p2", network=net)))
     assert err.value.code == 100 and "tiny" in err.value.details
+
+
+def test_a_del_whose_unplumbing_fails_reports_it_and_a_retried_del_finishes(node):
+    node.run(node.agent.add(request("ADD")))
+    node.dataplane.fail_next = "delete veth"
+    with pytest.raises(CniError) as err:
+        node.run(node.agent.delete(request("DEL")))
+    assert err.value.code == 101 and "delete veth" in err.value.details
+    assert list(node.dataplane.interfaces) == [("c1", "eth0")]  # still plumbed: the runtime will retry
+    node.run(node.agent.delete(request("DEL")))
+    assert node.handles() == [] and node.dataplane.interfaces == {}
