@@ -1,8 +1,9 @@
 """The ``leengine`` command: the entry point that picks adapters and runs agents.
 
 Subcommands:
-  leengine demo          the spine's simulated demo (no services needed)
-  leengine store ...     inspect a real etcd through the Store port (status, get, put, ls)
+  leengine demo              the spine's simulated demo (no services needed)
+  leengine store ...         inspect a real etcd through the Store port (status, get, put, ls)
+  leengine install-cni DIR   install the leengine-cni plugin into a CNI bin directory (e.g. /opt/cni/bin)
 
 Every error a user can cause or meet (bad option, etcd unreachable) ends as one
 readable line on stderr and a non-zero exit status, never a traceback.
@@ -98,6 +99,23 @@ def _print_demo_summary(report: Any, wall: float) -> None:
         table.add_row(name, f"{value:,}" if isinstance(value, int) else str(value))
     console.print(table)
     console.print(f"trace_sha256 {report.trace_sha256}")
+
+
+# ------------------------------------------------------------------ install-cni
+
+
+@app.command("install-cni")
+def install_cni(
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="the runtime's CNI bin dir, e.g. /opt/cni/bin")],
+) -> None:
+    """Install the leengine-cni plugin (a standalone copy run as `python -IS`) into DIR, atomically."""
+    from leengine.cni_install import InstallError, install_plugin
+
+    try:
+        target = install_plugin(directory)
+    except (InstallError, OSError) as exc:
+        fail(str(exc))
+    print(f"installed {target} (#!{sys.executable} -IS)")
 
 
 # ------------------------------------------------------------------ store

@@ -1,11 +1,13 @@
-"""The node CNI agent's unix-socket server: one line of JSON in from ``leengine-cni``, one line out.
+"""The node CNI agent's unix-socket server: one line of JSON in from ``leengine-cni``, exit code and stdout out.
 
 Each connection carries one invocation (see ``leengine/cni_plugin.py`` for the
 wire format): the server reads the request line (at most ``max_request_bytes``,
 within ``read_timeout``), parses it with ``cni/spec.py``, calls the ``CniHandler``
-method for the command and answers ``{"exit": 0, "stdout": <result>}`` or
-``{"exit": 1, "stdout": <the spec's error object>}``. VERSION is answered here too,
-though the plugin normally answers it without asking.
+method for the command, writes the answer and closes the connection. The answer is
+the exit code in ASCII decimal, a newline, then the plugin's stdout verbatim in
+UTF-8 (``0\\n<result>`` or ``1\\n<the spec's error object>``): the end of the
+connection ends it, so the plugin needs no JSON decoder. VERSION is answered here
+too, though the plugin normally answers it without asking.
 
 Error policy: a ``CniError`` from the handler goes to the runtime as it is (the
 handler chooses 11 or 102 for an unavailable store, 100 for an empty pool...).
@@ -168,8 +170,8 @@ class Server:
         self.requests_served += 1
         outcome = "ok" if answer["exit"] == 0 else f"error {_code(answer)}"
         try:
-            writer.write(json.dumps(answer, separators=(",", ":")).encode() + b"\n")
-            await writer.drain()
+            writer.write(_frame(answer))
+            await writer.drain()  # then _on_connection closes: the end of the connection ends the answer
         except (ConnectionError, BrokenPipeError):
             outcome += " (plugin gone before the answer)"
         self._log(command, container_id, ifname, outcome, started)
@@ -226,6 +228,11 @@ def _decode_envelope(line: bytes) -> tuple[dict[str, str], str, dict[str, Any] |
         return {}, "", _error_answer(err, SUPPORTED_VERSIONS[-1])
     # Only the CNI_* variables belong to the protocol; anything else is the plugin's environment.
     return {k: v for k, v in env.items() if k.startswith("CNI_")}, stdin, None
+
+
+def _frame(answer: dict[str, Any]) -> bytes:
+    """The wire form: exit code, newline, stdout (UTF-8) until the connection closes."""
+    return b"%d\n" % answer["exit"] + answer["stdout"].encode("utf-8")
 
 
 def _error_answer(err: CniError, cni_version: str) -> dict[str, Any]:

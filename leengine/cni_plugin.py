@@ -5,10 +5,20 @@ hold no state: it answers VERSION itself and forwards everything else, verbatim,
 over a unix socket to the long-lived per-node agent (``leengine/cni_agent_server.py``),
 which holds the etcd, OVS and netlink handles and does the parsing and the work.
 
-Protocol (one request, one answer, each one line of JSON)::
+Installed by ``leengine install-cni DIR`` as a standalone copy of this file with
+the shebang ``#!<venv python> -IS`` (no ``site``, no editable-install hook: start-up
+is the interpreter's own ~6 ms); ``.venv/bin/leengine-cni`` runs the same ``main()``.
+
+Protocol (one request, one answer per connection)::
 
     plugin → agent   {"env": {only the CNI_* variables}, "stdin": "<network configuration, as text>"}\\n
-    agent → plugin   {"exit": <int>, "stdout": "<what the plugin prints>"}\\n
+    agent → plugin   <exit code, ASCII decimal>\\n<what the plugin prints, UTF-8, verbatim>   then the agent closes
+
+The request is one line of JSON (ASCII-only: built with ``_json.encode_basestring_ascii``);
+the answer needs no JSON decoder: everything after the first newline, up to the
+end of the connection, is the plugin's stdout. An answer without that newline,
+with a code that is not a decimal integer, or whose text is not UTF-8 is garbage:
+error 5.
 
 Socket: ``$LEENGINE_CNI_SOCKET``, else the configuration's ``agentSocket``, else
 ``/run/leengine/cni.sock``. Answer deadline: ``$LEENGINE_CNI_TIMEOUT``, else the
@@ -22,19 +32,24 @@ reported success without reaching it would make the runtime forget the pod and
 leak its address until ``cnictl check``. An error makes the runtime retry the
 DEL, which is idempotent on the agent's side.
 
-Invariants: imports only the standard library's smallest modules (no ``cni``
-package, no dataclasses): start-up time is paid on every pod start. It must not
-know the handler, etcd, OVS or the request's fields beyond ``cniVersion`` and
-``agentSocket``/``agentTimeout``: validation is the agent's job (``cni/spec.py``).
+Invariants: start-up time is paid on every pod start, so the forwarding path
+(ADD/DEL/CHECK/GC/STATUS, socket from the default or the environment) imports only
+``os``, ``sys``, ``time``, ``_socket`` and ``_json`` (C modules; ``socket`` pulls in
+``enum`` and ``selectors``, ``json`` pulls in ``re``); so does VERSION with the
+stdin libcni sends (``{"cniVersion": "X"}``). ``json`` is imported lazily: for an
+error object the plugin prints itself, to read ``agentSocket``/``agentTimeout``
+when the configuration text may name them, and for any other VERSION stdin. No
+``cni`` package, no third-party module: the installed copy runs with ``-IS``.
+It must not know the handler, etcd, OVS or the request's fields beyond
+``cniVersion`` and ``agentSocket``/``agentTimeout``: validation is the agent's job
+(``cni/spec.py``). A test runs the installed copy under ``-X importtime``.
 """
 
-from __future__ import annotations
-
-import json
+import _socket
 import os
-import socket
 import sys
 import time
+from _json import encode_basestring_ascii as _quote
 
 SUPPORTED_VERSIONS = ("1.0.0", "1.1.0")  # == cni.request.SUPPORTED_VERSIONS (a test keeps them equal)
 DEFAULT_SOCKET = "/run/leengine/cni.sock"
@@ -62,50 +77,48 @@ def main() -> int:
         stdin = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return _fail(DECODE_FAILURE, "stdin is not valid UTF-8", str(exc), SUPPORTED_VERSIONS[-1])
-    conf = _loads(stdin)
-    version = conf.get("cniVersion") if isinstance(conf.get("cniVersion"), str) and conf["cniVersion"] else None
-    err_version = version or SUPPORTED_VERSIONS[-1]
 
     if command not in COMMANDS:
         what = "missing" if not command else f"unknown: {command!r}"
-        return _fail(INVALID_ENV, f"CNI_COMMAND {what}", "CNI_COMMAND", err_version)
+        return _fail(INVALID_ENV, f"CNI_COMMAND {what}", "CNI_COMMAND", _error_version(stdin))
     if command == "VERSION":
-        if stdin.strip() and conf is _NOT_JSON:
-            return _fail(DECODE_FAILURE, "failed to decode the VERSION request", "stdin is not a JSON object",
-                         err_version)
-        _out(json.dumps({"cniVersion": version or SUPPORTED_VERSIONS[-1],
-                         "supportedVersions": list(SUPPORTED_VERSIONS)}))
-        return 0
+        return _answer_version(stdin)
 
+    # Parse the configuration only if it may name agentSocket/agentTimeout (a key may also be spelt with \u escapes).
+    conf = _loads(stdin) if "agentSocket" in stdin or "agentTimeout" in stdin or "\\u" in stdin else {}
     path = os.environ.get("LEENGINE_CNI_SOCKET") or _str(conf.get("agentSocket")) or DEFAULT_SOCKET
     timeout = _timeout(os.environ.get("LEENGINE_CNI_TIMEOUT"), conf.get("agentTimeout"))
-    env = {k: v for k, v in os.environ.items() if k.startswith("CNI_")}
-    request = json.dumps({"env": env, "stdin": stdin}, separators=(",", ":")).encode() + b"\n"
+    env = ",".join(_quote(k) + ":" + _quote(v) for k, v in os.environ.items() if k.startswith("CNI_"))
+    request = ('{"env":{' + env + '},"stdin":' + _quote(stdin) + "}\n").encode("ascii")
     try:
         answer = _exchange(path, request, timeout)
     except _Unreachable as exc:
         if command == "STATUS":
-            return _fail(PLUGIN_NOT_AVAILABLE, "the leengine CNI agent is not available", str(exc), err_version)
+            return _fail(PLUGIN_NOT_AVAILABLE, "the leengine CNI agent is not available", str(exc),
+                         _error_version(stdin))
         return _fail(TRY_AGAIN_LATER, "the leengine CNI agent is not available; try again later", str(exc),
-                     err_version)
+                     _error_version(stdin))
     except OSError as exc:  # e.g. permission denied on the socket: retrying will not help
-        return _fail(IO_FAILURE, "cannot talk to the leengine CNI agent", f"{path}: {exc}", err_version)
+        return _fail(IO_FAILURE, "cannot talk to the leengine CNI agent", f"{path}: {exc}", _error_version(stdin))
 
+    head, newline, out = answer.partition(b"\n")
+    digits = head[1:] if head.startswith(b"-") else head
     try:
-        reply = json.loads(answer)
-        code, out = reply["exit"], reply["stdout"]
-        if not isinstance(code, int) or isinstance(code, bool) or not isinstance(out, str):
-            raise TypeError
-    except (ValueError, KeyError, TypeError):
-        return _fail(IO_FAILURE, "the leengine CNI agent answered garbage", repr(answer[:200]), err_version)
+        if not newline or not digits.isdigit() or len(digits) > 9 or len(answer) > MAX_ANSWER:
+            raise ValueError
+        code = int(head)
+        out.decode("utf-8")  # printed as it came, but only if it is text
+    except ValueError:  # UnicodeDecodeError included
+        return _fail(IO_FAILURE, "the leengine CNI agent answered garbage", repr(answer[:200]), _error_version(stdin))
     if out:
         _out(out)
     return code if 0 <= code <= 255 else 1
 
 
 def _exchange(path: str, request: bytes, timeout: float) -> bytes:
+    """The agent's whole answer: every byte until it closes the connection (at most a little over MAX_ANSWER)."""
     deadline = time.monotonic() + timeout
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.settimeout(min(CONNECT_TIMEOUT, timeout))
         try:
@@ -126,7 +139,7 @@ def _exchange(path: str, request: bytes, timeout: float) -> bytes:
                     break
                 chunks.append(chunk)
                 size += len(chunk)
-                if chunk.endswith(b"\n") or size > MAX_ANSWER:
+                if size > MAX_ANSWER:
                     break
         except TimeoutError:
             raise _Unreachable(f"{path}: no answer within {timeout:g}s") from None
@@ -143,11 +156,62 @@ _NOT_JSON: dict = {}  # sentinel: stdin did not parse as a JSON object
 
 
 def _loads(text: str) -> dict:
+    import json  # lazily: json imports re, ~4 ms the forwarding path does not pay
+
     try:
         value = json.loads(text)
     except ValueError:
         return _NOT_JSON
     return value if isinstance(value, dict) else _NOT_JSON
+
+
+def _cni_version(conf: dict) -> str | None:
+    version = conf.get("cniVersion")
+    return version if isinstance(version, str) and version else None
+
+
+def _error_version(stdin: str) -> str:
+    """The cniVersion for an error object the plugin prints itself: the configuration's, else the newest."""
+    return _cni_version(_loads(stdin)) or SUPPORTED_VERSIONS[-1]
+
+
+def _answer_version(stdin: str) -> int:
+    version = _simple_version(stdin)
+    if version is None:  # not the shape libcni sends: parse it properly
+        conf = _loads(stdin)
+        if stdin.strip() and conf is _NOT_JSON:
+            return _fail(DECODE_FAILURE, "failed to decode the VERSION request", "stdin is not a JSON object",
+                         SUPPORTED_VERSIONS[-1])
+        version = _cni_version(conf)
+    # What json.dumps would print, without importing json.
+    supported = ", ".join(_quote(v) for v in SUPPORTED_VERSIONS)
+    _out(('{"cniVersion": ' + _quote(version or SUPPORTED_VERSIONS[-1]) + ', "supportedVersions": [' + supported
+          + "]}").encode("ascii"))
+    return 0
+
+
+_WS = " \t\n\r"  # JSON's whitespace, exactly
+
+
+def _simple_version(stdin: str) -> str | None:
+    """The cniVersion of an empty stdin, ``{}`` or ``{"cniVersion": "X"}`` (what libcni sends with VERSION),
+    "" if none, without importing json; None for any other text: the caller parses it with json."""
+    text = stdin.strip(_WS)
+    if not text:
+        return ""
+    if text[0] != "{" or text[-1] != "}":
+        return None
+    inner = text[1:-1].strip(_WS)
+    if not inner:
+        return ""
+    key, _colon, value = inner.partition(":")
+    value = value.strip(_WS)
+    if key.rstrip(_WS) != '"cniVersion"' or len(value) < 2 or value[0] != '"' or value[-1] != '"':
+        return None
+    version = value[1:-1]
+    # Plain printable ASCII only: anything with quotes, escapes or control characters goes to json.
+    plain = version.isascii() and version.isprintable() and '"' not in version and "\\" not in version
+    return version if plain else None
 
 
 def _str(value: object) -> str:
@@ -168,15 +232,18 @@ def _timeout(env_value: str | None, conf_value: object) -> float:
 
 
 def _fail(code: int, msg: str, details: str, cni_version: str) -> int:
+    import json
+
     # The runtime (libcni) parses the error object from stdout; stderr is for humans.
-    _out(json.dumps({"cniVersion": cni_version, "code": code, "msg": msg, "details": details}))
+    _out(json.dumps({"cniVersion": cni_version, "code": code, "msg": msg, "details": details}).encode())
     sys.stderr.write(f"leengine-cni: {msg}: {details}\n")
     return 1
 
 
-def _out(text: str) -> None:
-    sys.stdout.write(text if text.endswith("\n") else text + "\n")
-    sys.stdout.flush()
+def _out(data: bytes) -> None:
+    # Bytes, not text: the agent's UTF-8 reaches the runtime unchanged whatever the locale.
+    sys.stdout.buffer.write(data if data.endswith(b"\n") else data + b"\n")
+    sys.stdout.buffer.flush()
 
 
 if __name__ == "__main__":

@@ -15,13 +15,11 @@ Needs root; without it the tests fail with the reason, they never skip.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,11 +28,11 @@ from typing import Any
 import pytest
 
 from cni.request import POOL_EXHAUSTED, TRY_AGAIN_LATER, CniRequest
+from leengine.cni_install import install_plugin
 from tests.unit.test_cni_plugin import AgentThread, RecordingHandler
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE_PLUGINS = "/usr/lib/cni"
-PLUGIN = Path(sys.executable).parent / "leengine-cni"
 _names = itertools.count()
 
 
@@ -196,8 +194,7 @@ def chained(cnitool, netns, workdir):
         host, pod = netns("host"), netns("pod")
         bindir = workdir / "bin"
         bindir.mkdir(exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            (bindir / "leengine-cni").symlink_to(PLUGIN)
+        install_plugin(bindir)  # what `leengine install-cni` writes: libcni execs it through its shebang
         sock = str(workdir / "cni.sock")
         plugins: list[dict[str, Any]] = [
             {"type": "leengine-cni", "agentSocket": sock, "pools": ["web-a"], "bridge": "br-pods"},

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -48,6 +51,7 @@ def test_demo_writes_the_trace_it_hashes(tmp_path):
         (["demo", "--duration", "-5"], "duration must not be negative"),
         (["demo", "--bogus"], "No such option: --bogus"),
         (["store", "get", "/k", "--endpoint", "nonsense"], "etcd endpoint must look like host:port"),
+        (["install-cni", "/nonexistent/cni/bin"], "/nonexistent/cni/bin does not exist"),
     ],
 )
 def test_bad_input_is_one_line_naming_the_problem(args, message):
@@ -57,3 +61,38 @@ def test_bad_input_is_one_line_naming_the_problem(args, message):
     assert message in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
     assert "Traceback" not in run.stderr
+
+
+def test_install_cni_writes_the_plugin_atomically_and_replaces_an_old_one(tmp_path):
+    from leengine import cni_plugin
+
+    target = tmp_path / "leengine-cni"
+    target.write_text("#!/bin/sh\nexit 1\n")
+    old_inode = target.stat().st_ino
+    run = leengine("install-cni", str(tmp_path))
+    assert run.returncode == 0, run.stderr
+    assert str(target) in run.stdout
+    assert os.listdir(tmp_path) == ["leengine-cni"]  # no temporary file left behind
+    assert target.stat().st_ino != old_inode  # renamed into place, not rewritten in place
+    assert stat.S_IMODE(target.stat().st_mode) == 0o755
+    assert target.read_bytes() == f"#!{sys.executable} -IS\n".encode() + Path(cni_plugin.__file__).read_bytes()
+    version = subprocess.run([str(target)], input=b'{"cniVersion":"1.0.0"}', env={"CNI_COMMAND": "VERSION"},
+                             capture_output=True, timeout=60, check=False)
+    assert version.returncode == 0 and json.loads(version.stdout)["cniVersion"] == "1.0.0"
+
+
+def test_install_cni_refuses_a_file_in_one_line(tmp_path):
+    (tmp_path / "bin").write_text("not a directory")
+    run = leengine("install-cni", str(tmp_path / "bin"))
+    assert run.returncode == 1
+    assert run.stderr.splitlines() == [f"leengine: error: {tmp_path / 'bin'} is not a directory; give the "
+                                       "runtime's existing CNI bin directory"]
+
+
+def test_install_refuses_an_interpreter_a_shebang_cannot_name(tmp_path):
+    from leengine.cni_install import InstallError, install_plugin
+
+    for python in ("/opt/my python/bin/python3", "python3", "/" + "p" * 130):
+        with pytest.raises(InstallError, match="shebang"):
+            install_plugin(tmp_path, python=python)
+    assert os.listdir(tmp_path) == []

@@ -1,7 +1,9 @@
 """The real ``leengine-cni`` executable against no agent, a broken agent and a test agent; the agent server.
 
-The plugin is run as the runtime runs it: a subprocess with CNI_* variables and the
-configuration on stdin; the tests assert its exit code and the JSON on stdout.
+The plugin is run as the runtime runs it: the copy ``leengine install-cni`` writes into a
+(temporary) CNI bin directory, exec-ed through its ``#!python -IS`` shebang with CNI_*
+variables and the configuration on stdin; the tests assert its exit code and the JSON
+on stdout. One test runs the venv's console script ``leengine-cni`` too.
 The agent is ``leengine.cni_agent_server.Server`` on its own event loop in a
 thread, with a small recording handler written here.
 """
@@ -9,6 +11,7 @@ thread, with a small recording handler written here.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import json
 import logging
@@ -31,14 +34,29 @@ from cni import request as codes
 from cni.request import CniError, CniRequest
 from leengine import cni_plugin
 from leengine.cni_agent_server import AgentAlreadyRunning, Server, serve
+from leengine.cni_install import install_plugin
 
-PLUGIN = str(Path(sys.executable).parent / "leengine-cni")
+CONSOLE_SCRIPT = str(Path(sys.executable).parent / "leengine-cni")
 CONF = {"cniVersion": "1.0.0", "name": "lenet", "type": "leengine-cni", "pools": ["web-a"]}
 ENV = {"CNI_CONTAINERID": "c0ffee01", "CNI_NETNS": "/var/run/netns/pod1", "CNI_IFNAME": "eth0",
        "CNI_PATH": "/opt/cni/bin"}
 
 
 # --- helpers (also used by tests/integration/test_libcni.py) --------------------------------------------------------
+
+_installed: list[str] = []
+_install_lock = threading.Lock()
+
+
+def installed_plugin() -> str:
+    """The plugin as operators install it (``install_plugin``, i.e. ``leengine install-cni``), once per session."""
+    with _install_lock:
+        if not _installed:
+            directory = tempfile.mkdtemp(prefix="lecni-bin-", dir="/tmp")
+            atexit.register(shutil.rmtree, directory, True)
+            _installed.append(str(install_plugin(directory)))
+        return _installed[0]
+
 
 
 class RecordingHandler:
@@ -144,8 +162,7 @@ def agent(sock_dir):
         yield running
 
 
-def run_plugin(command: str, conf: dict | str | bytes | None = None, *, socket_path: str | None = None,
-               timeout: float | None = None, **env_changes: str | None) -> tuple[int, dict | None, str]:
+def plugin_env(command: str, **env_changes: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CNI_", "LEENGINE_CNI_"))}
     env.update(ENV)
     env["CNI_COMMAND"] = command
@@ -154,6 +171,13 @@ def run_plugin(command: str, conf: dict | str | bytes | None = None, *, socket_p
             env.pop(key, None)
         else:
             env[key] = value
+    return env
+
+
+def run_plugin(command: str, conf: dict | str | bytes | None = None, *, socket_path: str | None = None,
+               timeout: float | None = None, plugin: str | None = None,
+               **env_changes: str | None) -> tuple[int, dict | None, str]:
+    env = plugin_env(command, **env_changes)
     if socket_path is not None:
         env["LEENGINE_CNI_SOCKET"] = socket_path
     if timeout is not None:
@@ -161,7 +185,8 @@ def run_plugin(command: str, conf: dict | str | bytes | None = None, *, socket_p
     if conf is None:
         conf = CONF
     stdin = conf if isinstance(conf, bytes) else (conf if isinstance(conf, str) else json.dumps(conf)).encode()
-    run = subprocess.run([PLUGIN], input=stdin, env=env, capture_output=True, timeout=60, check=False)
+    run = subprocess.run([plugin or installed_plugin()], input=stdin, env=env, capture_output=True, timeout=60,
+                         check=False)
     out = run.stdout.decode()
     return run.returncode, (json.loads(out) if out.strip() else None), run.stderr.decode()
 
@@ -202,6 +227,14 @@ def read_line(conn: socket.socket) -> bytes:
             break
         data += chunk
     return data
+
+
+def read_all(conn: socket.socket) -> bytes:
+    """Everything until the peer closes: an agent's answer is its exit code, "\\n", then stdout until the end."""
+    chunks = []
+    while chunk := conn.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 # --- (a) no agent ----------------------------------------------------------------------------------------------------
@@ -273,11 +306,18 @@ def test_timeout_from_config(sock_dir):
     assert out["code"] == codes.TRY_AGAIN_LATER and "0.3s" in out["details"]
 
 
-def test_agent_answering_garbage_is_an_io_failure(sock_dir):
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 400 Bad Request\n",
+    b"0",  # no newline: the code never ended
+    b'{"exit": 0, "stdout": ""}\n',  # the old JSON framing
+    b"x\n{}", b"\n{}", b" 0\n{}", b"+0\n{}", b"0 \n{}", b"1_0\n{}", b"\xd9\xa0\n{}", b"12345678901\n{}",
+    b'0\n{"msg": "\xff"}',  # stdout not UTF-8
+])
+def test_agent_answering_garbage_is_an_io_failure(sock_dir, answer):
     path = os.path.join(sock_dir, "garbage.sock")
-    with raw_listener(path, lambda conn, _: (read_line(conn), conn.sendall(b"HTTP/1.1 400 Bad Request\n"))):
+    with raw_listener(path, lambda conn, _: (read_line(conn), conn.sendall(answer))):
         code, out, _ = run_plugin("ADD", socket_path=path)
-    assert code == 1 and out["code"] == codes.IO_FAILURE
+    assert code == 1 and out["code"] == codes.IO_FAILURE and out["msg"] == "the leengine CNI agent answered garbage"
 
 
 def test_plugin_sends_one_line_with_only_cni_variables_and_stdin_verbatim(sock_dir):
@@ -286,24 +326,45 @@ def test_plugin_sends_one_line_with_only_cni_variables_and_stdin_verbatim(sock_d
 
     def answer(conn, _):
         seen.append(read_line(conn))
-        conn.sendall(json.dumps({"exit": 0, "stdout": ""}).encode() + b"\n")
+        conn.sendall(b"0\n")
 
-    stdin = '{"cniVersion":"1.0.0",  "name":"lenet","type":"leengine-cni", "x": "é"}'
+    # Everything JSON must escape, and more: quotes, backslashes, controls, DEL, U+2028, non-BMP, non-ASCII.
+    stdin = ('{"cniVersion":"1.0.0",  "name":"lenet","type":"leengine-cni", "x": "é\\"\\\\ \\n\\u0001",\n'
+             '\t"y": "\x7f\u2028😀"}')
     with raw_listener(path, answer):
-        code, out, _ = run_plugin("DEL", stdin, socket_path=path, CNI_ARGS="A=1", HOME_SECRET="nope")
+        code, out, _ = run_plugin("DEL", stdin, socket_path=path, CNI_ARGS='A="1";B=\\é\t\x01😀', HOME_SECRET="nope")
     assert code == 0 and out is None
-    assert len(seen) == 1 and seen[0].endswith(b"\n") and seen[0].count(b"\n") == 1
+    assert len(seen) == 1 and seen[0].endswith(b"\n") and seen[0].count(b"\n") == 1 and seen[0].isascii()
     request = json.loads(seen[0])
     assert request["stdin"] == stdin
-    assert request["env"] == {**ENV, "CNI_COMMAND": "DEL", "CNI_ARGS": "A=1"}
+    assert request["env"] == {**ENV, "CNI_COMMAND": "DEL", "CNI_ARGS": 'A="1";B=\\é\t\x01😀'}
+    assert seen[0] == json.dumps(request, separators=(",", ":")).encode() + b"\n"  # what json.dumps would send
 
 
-def test_exit_code_and_stdout_are_passed_through(sock_dir):
+@pytest.mark.parametrize(("answer", "code", "stdout"), [
+    (b'3\n{"code": 123}', 3, b'{"code": 123}\n'),  # a newline is added when missing
+    (b'0\n{"msg": "caf\xc3\xa9"}\n', 0, b'{"msg": "caf\xc3\xa9"}\n'),  # UTF-8 passed as it came
+    (b"0\n", 0, b""),
+    (b"300\n{}", 1, b"{}\n"),  # not an exit status: failure
+    (b"-1\n{}", 1, b"{}\n"),
+])
+def test_exit_code_and_stdout_are_passed_through(sock_dir, answer, code, stdout):
     path = os.path.join(sock_dir, "echo.sock")
-    with raw_listener(path, lambda conn, _: (read_line(conn),
-                                             conn.sendall(b'{"exit": 3, "stdout": "{\\"code\\": 123}"}\n'))):
-        code, out, _ = run_plugin("CHECK", socket_path=path)
-    assert code == 3 and out == {"code": 123}
+    with raw_listener(path, lambda conn, _: (read_line(conn), conn.sendall(answer))):
+        env = {**plugin_env("CHECK"), "LEENGINE_CNI_SOCKET": path, "LANG": "C", "LC_ALL": "C"}
+        run = subprocess.run([installed_plugin()], input=json.dumps(CONF).encode(), env=env, capture_output=True,
+                             timeout=60, check=False)
+    assert (run.returncode, run.stdout) == (code, stdout)
+
+
+def test_a_large_answer_arrives_whole(sock_dir):
+    path = os.path.join(sock_dir, "big.sock")
+    big = {"cniVersion": "1.0.0", "dns": {"search": [f"d{i}.example.org" for i in range(20000)]}}
+    body = json.dumps(big).encode()
+    assert len(body) > 300_000
+    with raw_listener(path, lambda conn, _: (read_line(conn), conn.sendall(b"0\n" + body))):
+        code, out, _ = run_plugin("ADD", socket_path=path)
+    assert code == 0 and out == big
 
 
 def test_invalid_utf8_stdin_is_a_decode_failure(sock_dir):
@@ -319,6 +380,9 @@ def test_missing_or_unknown_command_is_answered_locally(sock_dir, command):
 
 @pytest.mark.parametrize(("stdin", "version"), [
     ('{"cniVersion": "1.0.0"}', "1.0.0"), ('{"cniVersion": "1.1.0"}', "1.1.0"), ("", "1.1.0"), ("{}", "1.1.0"),
+    ('{"cniVersion":"1.0.0"}', "1.0.0"), (' {\n "cniVersion"\t:  "1.0.0" }\r\n', "1.0.0"), (" { } ", "1.1.0"),
+    ('{"cniVersion": "1.0.\\u0030"}', "1.0.0"), ('{"cniVersion": "1.0.0", "name": "n"}', "1.0.0"),
+    ('{"cniVersion": ""}', "1.1.0"), ('{"cniVersion": 1}', "1.1.0"), ('{"name": "n"}', "1.1.0"), ("\u00a0", "1.1.0"),
 ])
 def test_version_needs_no_agent(stdin, version):
     code, out, _ = run_plugin("VERSION", stdin, socket_path="/nonexistent/cni.sock")
@@ -326,9 +390,74 @@ def test_version_needs_no_agent(stdin, version):
     assert out == {"cniVersion": version, "supportedVersions": ["1.0.0", "1.1.0"]}
 
 
-def test_version_with_garbage_stdin_is_a_decode_failure():
-    code, out, _ = run_plugin("VERSION", "{nope")
+@pytest.mark.parametrize("stdin", ["{nope", "[]", '"1.0.0"', '{"cniVersion": "1.0.0"} x', '{"cniVersion": "1.0.0"}}',
+                                   '{"cniVersion": "1.0.0",}', '{"cniVersion" "1.0.0"}', "\ufeff{}"])
+def test_version_with_garbage_stdin_is_a_decode_failure(stdin):
+    code, out, _ = run_plugin("VERSION", stdin)
     assert code == 1 and out["code"] == codes.DECODE_FAILURE
+
+
+@pytest.mark.parametrize("stdin", [
+    "", " \t\r\n", "{}", "{ }", '{"cniVersion":"1.0.0"}', ' { "cniVersion" : "1.1.0" } ', '{"cniVersion": ""}',
+    '{"cniVersion": "a b"}', '{"cniVersion": "1.0.0", "x": "y"}', '{"cniVersion": "1.0\\"0"}', '{"cniVersion": "é"}',
+    '{"cniVersion": "\x01"}', '{"cniVersion": 1}', '{"cniVersion": "1", }', '{"x": "1"}', "{nope}", '{"cniVersion"}',
+    '{"cniVersion": "1.0.0"', '"cniVersion": "1.0.0"}', '{"cniVersion":"1.0.0"}\u00a0', '{"cniVersion": "1"}}',
+])
+def test_version_shortcut_agrees_with_json(stdin):
+    # VERSION reads libcni's {"cniVersion": "X"} without json; anything else it must leave to json (None).
+    fast = cni_plugin._simple_version(stdin)
+    if fast is not None:
+        try:
+            conf = json.loads(stdin) if stdin.strip(" \t\r\n") else {}
+        except ValueError:
+            pytest.fail(f"the shortcut accepted what json refuses: {stdin!r}")
+        assert conf == ({"cniVersion": fast} if fast or "cniVersion" in conf else {})
+
+
+def test_installed_copy_is_the_module_behind_an_isolated_shebang():
+    data = Path(installed_plugin()).read_bytes()
+    shebang, _, source = data.partition(b"\n")
+    assert shebang == f"#!{sys.executable} -IS".encode()  # one option word: Linux passes it as one argument
+    assert source == Path(cni_plugin.__file__).read_bytes()
+    assert stat.S_IMODE(os.stat(installed_plugin()).st_mode) == 0o755
+
+
+@pytest.mark.parametrize(("command", "stdin"), [("ADD", CONF), ("DEL", CONF), ("CHECK", CONF),
+                                                ("VERSION", '{"cniVersion":"1.0.0"}')])
+def test_installed_copy_forwards_without_importing_json_or_socket(sock_dir, command, stdin):
+    path = os.path.join(sock_dir, "fast.sock")
+    reply = b'0\n{"cniVersion": "1.0.0", "ips": []}' if command == "ADD" else b"0\n"
+
+    def imported(argv: list[str], **kwargs: Any) -> tuple[subprocess.CompletedProcess, set[str]]:
+        run = subprocess.run([sys.executable, "-IS", "-X", "importtime", *argv], capture_output=True, timeout=60,
+                             check=False, **kwargs)
+        lines = run.stderr.decode().splitlines()
+        return run, {line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import time:")} - {
+            "imported package"}
+
+    with raw_listener(path, lambda conn, _: (read_line(conn), conn.sendall(reply))):
+        env = {**plugin_env(command), "LEENGINE_CNI_SOCKET": path}
+        body = stdin if isinstance(stdin, str) else json.dumps(stdin)
+        run, modules = imported([installed_plugin()], input=body.encode(), env=env)
+    assert run.returncode == 0, run.stderr.decode()[-2000:]
+    if command == "VERSION":
+        assert json.loads(run.stdout)["supportedVersions"] == ["1.0.0", "1.1.0"]
+    else:
+        assert run.stdout == reply.partition(b"\n")[2] + (b"\n" if command == "ADD" else b"")
+    _, startup = imported(["-c", "pass"])
+    assert "os" not in startup  # else the check below would not see what os costs
+    assert not modules & {"json", "socket", "re", "enum", "selectors", "__future__"}
+    assert modules - startup <= {"os", "stat", "_stat", "posixpath", "genericpath", "_collections_abc", "_socket",
+                                 "_json"}
+
+
+def test_console_script_still_works(agent):
+    code, out, _ = run_plugin("VERSION", '{"cniVersion": "1.0.0"}', plugin=CONSOLE_SCRIPT)
+    assert code == 0 and out["supportedVersions"] == ["1.0.0", "1.1.0"]
+    code, out, _ = run_plugin("ADD", socket_path=agent.path, plugin=CONSOLE_SCRIPT)
+    assert code == 0 and out["ips"][0]["address"] == "10.1.0.5/24"
+    code, out, _ = run_plugin("DEL", socket_path=agent.path + ".absent", plugin=CONSOLE_SCRIPT)
+    assert code == 1 and out["code"] == codes.TRY_AGAIN_LATER
 
 
 # --- (b) against the test agent ------------------------------------------------------------------------------------
@@ -447,35 +576,51 @@ def test_a_path_that_is_not_a_socket_is_left_alone(sock_dir):
     assert Path(path).read_text() == "precious"
 
 
-def raw_exchange(path: str, payload: bytes, wait: float = 0.0) -> dict:
+def raw_exchange(path: str, payload: bytes, wait: float = 0.0) -> tuple[int, str]:
+    """(exit code, stdout) as the agent answers ``payload``: the code, "\\n", stdout until the agent closes."""
     with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(10)
+        s.settimeout(10)  # an agent that did not close after its answer fails here
         s.connect(path)
         s.sendall(payload)
         time.sleep(wait)
-        return json.loads(read_line(s))
+        answer = read_all(s)
+    head, newline, out = answer.partition(b"\n")
+    assert newline and head.isdigit(), answer
+    return int(head), out.decode("utf-8")
+
+
+def test_server_answers_exit_code_newline_then_stdout_and_closes(agent):
+    request = {"env": {**ENV, "CNI_COMMAND": "ADD"}, "stdin": json.dumps(CONF)}
+    code, out = raw_exchange(agent.path, json.dumps(request).encode() + b"\n")
+    assert code == 0 and json.loads(out)["ips"] == [{"address": "10.1.0.5/24", "gateway": "10.1.0.1", "interface": 1}]
+    request["env"]["CNI_COMMAND"] = "DEL"
+    assert raw_exchange(agent.path, json.dumps(request).encode() + b"\n") == (0, "")
+    request["env"]["CNI_CONTAINERID"] = "full"
+    request["env"]["CNI_COMMAND"] = "ADD"
+    code, out = raw_exchange(agent.path, json.dumps(request).encode() + b"\n")
+    assert code == 1 and json.loads(out)["code"] == codes.POOL_EXHAUSTED
 
 
 def test_oversized_request_is_refused(sock_dir):
     path = os.path.join(sock_dir, "cni.sock")
     with AgentThread(path, RecordingHandler(), max_request_bytes=1024):
-        answer = raw_exchange(path, b'{"env": {}, "stdin": "' + b"x" * 4000 + b'"}\n')
-    assert answer["exit"] == 1 and json.loads(answer["stdout"])["code"] == codes.IO_FAILURE
+        code, out = raw_exchange(path, b'{"env": {}, "stdin": "' + b"x" * 4000 + b'"}\n')
+    assert code == 1 and json.loads(out)["code"] == codes.IO_FAILURE
 
 
 def test_request_that_never_completes_is_refused_after_the_read_timeout(sock_dir):
     path = os.path.join(sock_dir, "cni.sock")
     with AgentThread(path, RecordingHandler(), read_timeout=0.2):
-        answer = raw_exchange(path, b'{"env": {"CNI_COMMAND": "ADD"}')  # no newline, ever
-    error = json.loads(answer["stdout"])
-    assert error["code"] == codes.IO_FAILURE and "in time" in error["msg"]
+        code, out = raw_exchange(path, b'{"env": {"CNI_COMMAND": "ADD"}')  # no newline, ever
+    error = json.loads(out)
+    assert code == 1 and error["code"] == codes.IO_FAILURE and "in time" in error["msg"]
 
 
 @pytest.mark.parametrize("payload", [b"hello\n", b'{"env": [], "stdin": ""}\n', b'{"env": {"A": 1}, "stdin": ""}\n',
                                      b'{"stdin": ""}\n'])
 def test_malformed_envelope_is_refused(agent, payload):
-    answer = raw_exchange(agent.path, payload)
-    assert answer["exit"] == 1 and json.loads(answer["stdout"])["code"] == codes.IO_FAILURE
+    code, out = raw_exchange(agent.path, payload)
+    assert code == 1 and json.loads(out)["code"] == codes.IO_FAILURE
     assert agent.handler.requests == []
 
 
