@@ -29,6 +29,7 @@ from cni.pools import BLOCKS, HANDLES, Block
 from foundation.adapters.etcd_store import EtcdStore
 from foundation.adapters.ovs_dataplane import OvsDataplane
 from foundation.ports.dataplane import host_ifname
+from leengine.cni_install import install_plugin
 from leengine.kube_mock import KubeApiMock
 
 TOKEN = f"{(os.getpid() + 7) % 0x10000:04x}"
@@ -92,6 +93,8 @@ class Lab:
         self.agents = {node: Agent(node, etcd_server.endpoint, ovs_server.db, workdir) for node in NODES}
         self.netns: list[str] = []
         self.kube = KubeApiMock()
+        (workdir / "bin").mkdir()
+        self.plugin = install_plugin(workdir / "bin")  # what an operator installs into the runtime's CNI dir
 
     def pod(self) -> str:
         name = f"le{TOKEN}p{next(_ids)}"
@@ -105,14 +108,15 @@ class Lab:
             timeout: float = 30) -> subprocess.CompletedProcess:
         """Execute the plugin exactly as a container runtime does: CNI_* environment + config on stdin."""
         conf = {"cniVersion": version, "name": "leengine", "type": "leengine-cni", "bridge": NODES[node],
-                "pools": list(pools), "agentSocket": self.agents[node].socket}
+                "pools": list(pools)}
         if prev_result is not None:
             conf["prevResult"] = prev_result
         env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container, "CNI_IFNAME": "eth0",
+               "LEENGINE_CNI_SOCKET": self.agents[node].socket,  # one agent per node; the runtime's env says which
                "CNI_PATH": "/usr/lib/cni", "CNI_ARGS": f"K8S_POD_NAMESPACE=shop;K8S_POD_NAME={pod_name or container}"}
         if netns is not None:
             env["CNI_NETNS"] = f"/var/run/netns/{netns}" if not netns.startswith("/") else netns
-        return subprocess.run([str(BIN / "leengine-cni")], input=json.dumps(conf), env=env, capture_output=True,
+        return subprocess.run([str(self.plugin)], input=json.dumps(conf), env=env, capture_output=True,
                               text=True, timeout=timeout, check=False)
 
     def add(self, node: str, container: str, netns: str, **kw) -> dict:
@@ -252,7 +256,7 @@ def test_bad_invocations_get_spec_codes_and_leave_nothing(lab):
     assert missing.returncode == 1 and json.loads(missing.stdout)["code"] == 4
     unknown_pool = lab.cni("ADD", "node-1", "ghost", lab.pod(), pools=("green",))
     assert json.loads(unknown_pool.stdout)["code"] == 7 and "green" in unknown_pool.stdout
-    no_env = subprocess.run([str(BIN / "leengine-cni")], input="{}", env={"CNI_COMMAND": "ADD"},
+    no_env = subprocess.run([str(lab.plugin)], input="{}", env={"CNI_COMMAND": "ADD"},
                             capture_output=True, text=True, timeout=30, check=False)
     assert no_env.returncode == 1 and json.loads(no_env.stdout)["code"] in (4, 11)
     assert lab.handles() == {} and lab.port_tag("ghost") is None
