@@ -31,7 +31,7 @@ the Store and Runtime ports.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 
@@ -45,9 +45,10 @@ from cni.pools import (
     block_key,
     handle_id,
     handle_key,
+    parse_block_key,
 )
 from foundation.logic.mutex import Mutex
-from foundation.ports import Compare, DeleteOp, GetOp, PutOp, Runtime, Store
+from foundation.ports import Compare, DeleteOp, GetOp, PutOp, Runtime, Store, StoreUnavailable
 
 NO_POD = PodRef()
 
@@ -93,6 +94,25 @@ class IpamStats:
     blocks_claimed: int = 0
     borrowed: int = 0
     fast_repeats: int = 0
+    batched: int = 0  # allocations committed together with others
+
+
+@dataclass(eq=False)
+class _Request:
+    """One ADD waiting for its address; whoever serves its batch fills in the outcome."""
+
+    container_id: str
+    ifname: str
+    pools: tuple[str, ...]
+    pod: PodRef
+    network: str
+    result: Allocation | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+    @property
+    def handle(self) -> str:
+        return handle_id(self.container_id, self.ifname)
 
 
 @dataclass(frozen=True)
@@ -116,12 +136,17 @@ class Ipam:
     cooldown: float = 60.0
     borrow: bool = True
     max_attempts: int = 32
+    max_batch: int = 32  # etcd allows 128 operations per transaction: 32 handles + their blocks fit
     stats: IpamStats = field(default_factory=IpamStats)
 
     def __post_init__(self) -> None:
         self._pools: dict[str, Pool] = {}
         self._blocks: dict[str, _Cached] = {}  # our blocks by key, in claim order
         self._lock = Mutex(self.runtime)
+        self._waiting: list[_Request] = []
+        # Blocks seen claimed by other nodes: a guess skips them. Only a hint; a stale entry
+        # (the block was freed by gc) merely costs a guess, the range read still finds it.
+        self._foreign: set[str] = set()
         # Where this node starts looking for a free block: spread nodes over the pool so
         # that fifty nodes claiming at once do not all race for the first free block.
         self._start = zlib.crc32(self.node.encode())
@@ -164,36 +189,168 @@ class Ipam:
     # ------------------------------------------------------------------ allocate
     async def allocate(self, container_id: str, ifname: str, *, pools: Sequence[str] = (), pod: PodRef = NO_POD,
                        network: str = "") -> Allocation:
-        """The address of (container, interface): the one it already has, or a new one."""
-        handle = handle_id(container_id, ifname)
-        async with self._lock:
-            if not self._pools or any(name not in self._pools for name in pools):
-                await self.refresh_pools()
-            candidates = self._candidates(pools)
-            repeat = self._find_cached(handle)
-            if repeat is not None:
-                self.stats.fast_repeats += 1
-                cached, offset = repeat
-                return replace(self._allocation(cached.block, offset, handle), existing=True)
-            # The record to write; address and pool are filled in by whichever block has room.
-            template = Handle(container_id, ifname, IPv4Address(0), "", self.node, pod, network,
-                              self.runtime.wall_time())
-            refreshed = False
-            for attempt in range(self.max_attempts):
-                try:
-                    result = await self._allocate_once(candidates, handle, template, guess=attempt == 0)
-                except PoolExhausted:
-                    # A pool added since we last looked is worth one more try (when none was named).
-                    if pools or refreshed:
-                        raise
-                    refreshed, before = True, set(self._pools)
-                    if set(await self.refresh_pools()) == before:
-                        raise
-                    candidates = self._candidates(pools)
+        """The address of (container, interface): the one it already has, or a new one.
+
+        Requests of one node are served one batch at a time: whoever holds the lock takes
+        every request waiting (up to ``max_batch``) and commits them together when its
+        blocks have room, so a burst of pods costs one transaction per batch, not per pod.
+        """
+        request = _Request(container_id, ifname, tuple(pools), pod, network)
+        self._waiting.append(request)
+        try:
+            while not request.done:
+                async with self._lock:
+                    if request.done:
+                        break
+                    batch = self._waiting[: self.max_batch]
+                    del self._waiting[: len(batch)]
+                    if not batch:  # with the lock held, an unserved request must be waiting: never spin
+                        raise RuntimeError(f"IPAM lost the request of {request.handle}")
+                    await self._serve(batch)
+        finally:
+            if request in self._waiting:  # we were cancelled before anyone served us
+                self._waiting.remove(request)
+        if request.error is not None:
+            raise request.error
+        assert request.result is not None
+        return request.result
+
+    async def _serve(self, batch: list[_Request]) -> None:
+        try:
+            for attempt in range(4):
+                pending = [r for r in batch if not r.done]
+                if len(pending) < 2:
+                    break
+                outcome = await self._commit_batch(pending)
+                if outcome == "done":
+                    break
+                if outcome == "conflict" and attempt > 0:
+                    # Guessing keeps hitting other nodes' blocks: read which blocks are taken.
+                    await self._learn_claimed(pending[0].pools)
+            for request in batch:
+                if request.done:
                     continue
-                if result is not None:
-                    return result
-            raise TooMuchContention(f"gave up allocating for {handle} after {self.max_attempts} conflicting attempts")
+                try:
+                    request.result = await self._allocate_single(request)
+                except IpamError as exc:
+                    request.error = exc
+                except StoreUnavailable as exc:
+                    # etcd is out of reach: every request of the batch would wait its deadline in turn.
+                    for other in batch:
+                        if not other.done:
+                            other.error, other.done = exc, True
+                    return
+                request.done = True
+        finally:
+            # Cancelled half way (our own caller gave up): the others go back to the head of the queue.
+            self._waiting[:0] = [r for r in batch if not r.done]
+
+    async def _learn_claimed(self, wanted: Sequence[str]) -> None:
+        for pool in self._candidates(wanted):
+            for kv in (await self.store.range(f"{BLOCKS}{pool.name}/")).kvs:
+                self._remember(kv.key, kv)
+
+    async def _commit_batch(self, batch: list[_Request]) -> str:
+        """Allocate as many of ``batch`` as fit in one transaction.
+
+        Returns "conflict" (a race was lost; the blocks involved were re-read), "partial"
+        (some were allocated, room ran out) or "done" (all allocated, or batching does not
+        apply: mixed networks, repeated ADDs, fewer than two fit).
+        """
+        if len({r.pools for r in batch}) != 1 or any(self._find_cached(r.handle) for r in batch):
+            return "done"  # mixed networks or repeated ADDs: the one-by-one path handles them
+        try:
+            pools = self._candidates(batch[0].pools)
+        except UnknownPool:
+            return "done"
+        names = {pool.name for pool in pools}
+        now = self.runtime.wall_time()
+        touched: dict[str, tuple[int, Block]] = {}  # block key -> (mod_revision to compare, new content)
+        planned: list[tuple[_Request, Block, int]] = []
+
+        def fill(block: Block, mod_revision: int) -> None:
+            usable = self._pools[block.pool].usable_in_block(block.cidr)
+            updated = None
+            while len(planned) < len(batch):
+                current = updated or block
+                offset = current.free_offset(usable, now, self.cooldown)
+                if offset is None:
+                    break
+                request = batch[len(planned)]
+                updated = Block(current.pool, current.cidr, current.node,
+                                {**current.allocations, offset: request.handle}, current.released)
+                planned.append((request, updated, offset))
+            if updated is not None:
+                updated.forget_old_releases(now, self.cooldown)
+                touched[block.key] = (mod_revision, updated)
+
+        for cached in list(self._blocks.values()):
+            if cached.block.pool in names:
+                fill(cached.block, cached.mod_revision)
+        # Not enough room: claim the next blocks in the same transaction (compare: they do not exist).
+        while len(planned) < len(batch) and pools:
+            cidr = self._next_block_guess(pools[0], also_taken=touched)
+            if cidr is None:
+                break
+            fill(Block(pools[0].name, cidr, self.node), 0)
+        if len(planned) < 2:
+            return "done"
+        records = [Handle(r.container_id, r.ifname, block.address(offset), block.pool, self.node, r.pod, r.network,
+                          now) for r, block, offset in planned]
+        self.stats.transactions += 1
+        result = await self.store.txn(
+            [Compare.mod_is(key, mod_revision) for key, (mod_revision, _) in touched.items()]
+            + [Compare.missing(h.key) for h in records],
+            [PutOp(key, updated.to_bytes()) for key, (_, updated) in touched.items()]
+            + [PutOp(h.key, h.to_bytes()) for h in records],
+            [GetOp(key) for key in touched],
+        )
+        if not result.succeeded:
+            # Another node claimed a block we guessed, or wrote one we borrow from: learn the
+            # blocks' current state and plan again. (A handle that exists means a repeated ADD;
+            # the one-by-one path recognises it after three tries.)
+            self.stats.conflicts += 1
+            for key, response in zip(touched, result.responses, strict=True):
+                self._remember(key, response.first())
+            return "conflict"
+        for key, (mod_revision, updated) in touched.items():
+            self._blocks[key] = _Cached(updated, result.revision)
+            self.stats.blocks_claimed += mod_revision == 0
+        self.stats.batched += len(planned)
+        for request, block, offset in planned:
+            request.result = self._allocation(block, offset, request.handle)
+            request.done = True
+        return "partial" if len(planned) < len(batch) else "done"
+
+    async def _allocate_single(self, request: _Request) -> Allocation:
+        pools, handle = request.pools, request.handle
+        if not self._pools or any(name not in self._pools for name in pools):
+            await self.refresh_pools()
+        candidates = self._candidates(pools)
+        repeat = self._find_cached(handle)
+        if repeat is not None:
+            self.stats.fast_repeats += 1
+            cached, offset = repeat
+            return replace(self._allocation(cached.block, offset, handle), existing=True)
+        # The record to write; address and pool are filled in by whichever block has room.
+        template = Handle(request.container_id, request.ifname, IPv4Address(0), "", self.node, request.pod,
+                          request.network, self.runtime.wall_time())
+        refreshed = False
+        for attempt in range(self.max_attempts):
+            try:
+                result = await self._allocate_once(candidates, handle, template, guess=attempt == 0)
+            except PoolExhausted:
+                # A pool added since we last looked is worth one more try (when none was named).
+                if pools or refreshed:
+                    raise
+                refreshed, before = True, set(self._pools)
+                if set(await self.refresh_pools()) == before:
+                    raise
+                candidates = self._candidates(pools)
+                continue
+            if result is not None:
+                return result
+        raise TooMuchContention(f"gave up allocating for {handle} after {self.max_attempts} conflicting attempts")
 
     async def _allocate_once(self, candidates: list[Pool], handle: str, template: Handle,
                              guess: bool) -> Allocation | None:
@@ -222,9 +379,11 @@ class Ipam:
             claimed = await self.store.range(f"{BLOCKS}{pool.name}/")
             taken = {kv.key: kv for kv in claimed.kvs}
             adopted = False
-            for key, kv in taken.items():  # ours but unknown to us: a restart raced a claim
+            for key, kv in taken.items():
                 block = Block.from_bytes(kv.value)
-                if block.node == self.node and key not in self._blocks:
+                if block.node != self.node:
+                    self._foreign.add(key)
+                elif key not in self._blocks:  # ours but unknown to us: a restart raced a claim
                     self._blocks[key] = _Cached(block, kv.mod_revision)
                     adopted = True
             if adopted:
@@ -242,15 +401,24 @@ class Ipam:
                         return await self._commit(block, kv.mod_revision, offset, handle, template)
         raise PoolExhausted([pool.name for pool in candidates])
 
-    def _next_block_guess(self, pool: Pool) -> IPv4Network | None:
-        """The block after this node's last block of ``pool`` (or at its start offset), if usable."""
+    def _next_block_guess(self, pool: Pool, also_taken: Collection[str] = ()) -> IPv4Network | None:
+        """The block after this node's last block of ``pool`` (or at its start offset), if usable.
+
+        ``also_taken``: keys of blocks this node is about to claim (a batch claims several).
+        """
         ours = [c.block.cidr for c in self._blocks.values() if c.block.pool == pool.name]
+        ours += [parse_block_key(key)[1] for key in also_taken if parse_block_key(key)[0] == pool.name
+                 and key not in self._blocks]
         first = int(pool.cidr.network_address)
         index = ((int(ours[-1].network_address) - first) // pool.block_size + 1) if ours else self._start
-        cidr = pool.block_at(index % pool.block_count)
-        if block_key(pool.name, cidr) in self._blocks or not pool.usable_in_block(cidr):
-            return None
-        return cidr
+        for step in range(min(pool.block_count, 64)):  # skip blocks we know other nodes hold
+            cidr = pool.block_at((index + step) % pool.block_count)
+            key = block_key(pool.name, cidr)
+            if key in self._blocks or key in also_taken:
+                return None  # wrapped around to our own blocks: the pool is (nearly) full, read it
+            if key not in self._foreign and pool.usable_in_block(cidr):
+                return cidr
+        return None
 
     def _unclaimed_block(self, pool: Pool, taken: dict[str, object]) -> tuple[Block, int] | None:
         count = pool.block_count
@@ -301,6 +469,7 @@ class Ipam:
             self._blocks[key] = _Cached(block, kv.mod_revision)
         else:
             self._blocks.pop(key, None)
+            self._foreign.add(key)
 
     def _find_cached(self, handle: str) -> tuple[_Cached, int] | None:
         for cached in self._blocks.values():

@@ -218,3 +218,43 @@ def test_block_geometry():
     assert len(POOL.blocks()) == 64
     assert POOL.capacity() == 1024 - 3
     assert POOL.usable_in_block(IPv4Network("10.20.0.0/28")) == list(range(2, 16))
+
+
+def test_a_burst_on_one_node_is_committed_in_batches():
+    rt, server, make = world(latency=0.002)
+    ipam = make("node-1")
+
+    async def main():
+        await ipam.load()
+        tasks = [rt.spawn(ipam.allocate(f"c{i}", "eth0"), name=f"add-{i}") for i in range(40)]
+        return [await t.join() for t in tasks]
+
+    allocations = rt.run_until_complete(main())
+    assert len({a.address for a in allocations}) == 40
+    assert ipam.stats.transactions <= 4  # 40 pods, 3 blocks: a handful of transactions, not 40
+    assert ipam.stats.batched >= 35
+    handles = {Handle.from_bytes(kv.value).id: Handle.from_bytes(kv.value).address
+               for kv in server._range(HANDLES, True).kvs}
+    assert handles == {f"c{i}/eth0": a.address for i, a in enumerate(allocations)}
+
+
+def test_cancelling_the_request_that_serves_a_batch_loses_no_other_request():
+    rt, server, make = world(latency=0.002)
+    ipam = make("node-1")
+
+    async def main():
+        await ipam.load()
+        await ipam.allocate("warm", "eth0")  # the node has a block: the next batch is one transaction
+        tasks = [rt.spawn(ipam.allocate(f"c{i}", "eth0"), name=f"add-{i}") for i in range(10)]
+        # c0 takes the lock alone (2 ms round trip); meanwhile c1..c9 queue up, and c1 serves
+        # them as one batch from t=2 ms. At 2.5 ms that batch's transaction is in flight.
+        await rt.sleep(0.0025)
+        assert len(ipam._waiting) == 0 and ipam._lock.locked()
+        tasks[1].cancel()
+        results = [await tasks[0].join()]
+        for task in tasks[2:]:
+            results.append(await task.join())
+        return results
+
+    results = rt.run_until_complete(main())
+    assert len({a.address for a in results}) == 9
