@@ -340,12 +340,13 @@ class _SimWatch:
         self._client = client
         self._watcher: _Watcher | None = None
         self._error: BaseException | None = None
+        if client._cut_off():  # a watch that cannot reach the server delivers nothing, not even history
+            self._error = StoreUnavailable(client.endpoint, f"watch not created ({client._cut_off_reason()})")
+            return
         try:
             self._watcher = client._server._watch(client, prefix, start_revision)
         except CompactedError as exc:
             self._error = exc  # raised by the first __anext__, as the etcd adapter does
-        if self._watcher is not None and client._cut_off():
-            client._server._break_watches(lambda w: w is self._watcher, client._cut_off_reason())
 
     def __aiter__(self) -> _SimWatch:
         return self

@@ -239,7 +239,7 @@ def test_a_burst_on_one_node_is_committed_in_batches():
 
 
 def test_cancelling_the_request_that_serves_a_batch_loses_no_other_request():
-    rt, server, make = world(latency=0.002)
+    rt, _server, make = world(latency=0.002)
     ipam = make("node-1")
 
     async def main():

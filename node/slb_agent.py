@@ -1,0 +1,328 @@
+"""The SLB agent: one per Nginx host, keeps the host's Nginx equal to its group's domains in the Store.
+
+It watches ``/slb/{group}/domains/`` and sorts each change by ``changed_config``:
+
+* **upstreams only** → ``proxy.set_upstreams`` at once, in place, no reload;
+* **anything else** (new or removed domain, locations, headers, settings) → queued.
+  Queued changes are applied as one batch when no change has come for ``debounce``
+  seconds, or ``max_wait`` seconds after the first one, whichever is sooner: one
+  ``nginx -t`` of the batch and one reload. If the batch fails its test, each
+  domain is tested alone; the bad ones are set aside (their last good config stays
+  in force, their status carries the error), the others are applied. A domain set
+  aside still gets upstream changes in place on its last good config.
+
+After each step it writes its status per domain (revision in force, revision wanted,
+error) under ``/slb/{group}/status/{host}/``, and saves its state through the Proxy
+(domains in force and the Store revision they correspond to). A restarted agent
+serves from that state at once and resumes its watch just after the saved revision;
+if that revision was compacted away it resyncs from a full read. While etcd is out
+of reach the agent retries and Nginx keeps serving what it has.
+
+Invariants: one reload at a time (a single loop does every apply); the saved
+revision never runs ahead of what is in force, so a restart replays, never skips.
+It must not know nginx, etcd or asyncio: only the Store, Proxy and Runtime ports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from foundation.logic.slb_domain import Domain, DomainError, DomainStatus, changed_config, domains_prefix, status_key
+from foundation.ports import (
+    Cancelled,
+    CompactedError,
+    DeleteOp,
+    PutOp,
+    Runtime,
+    Store,
+    StoreError,
+    WatchEvent,
+)
+from foundation.ports.proxy import Proxy, ProxyError, SavedState
+
+
+@dataclass(frozen=True)
+class SlbAgentConfig:
+    group: str
+    host: str
+    debounce: float = 0.05  # quiet time that closes a batch of config changes
+    max_wait: float = 0.5  # a batch never waits longer than this after its first change
+    retry: float = 1.0  # back-off after etcd errors
+    save_every: float = 1.0  # in-place upstream changes are saved at most this often
+
+
+@dataclass
+class SlbAgentStats:
+    in_place: int = 0
+    reloads: int = 0
+    batches: int = 0
+    rejected: int = 0
+    resyncs: int = 0
+    store_errors: int = 0
+
+
+@dataclass
+class _Desired:
+    domain: Domain | DomainError | None  # None: removed; DomainError: the record is invalid
+    revision: int
+
+
+@dataclass
+class _WatchFailed:
+    error: BaseException
+
+
+@dataclass
+class SlbAgent:
+    store: Store
+    proxy: Proxy
+    runtime: Runtime
+    config: SlbAgentConfig
+    stats: SlbAgentStats = field(default_factory=SlbAgentStats)
+
+    def __post_init__(self) -> None:
+        self.live: dict[str, Domain] = {}  # domains in force on this host
+        self.live_revision: dict[str, int] = {}  # mod_revision of each domain in force
+        self.set_aside: dict[str, _Desired] = {}  # latest version that failed its test
+        self.errors: dict[str, str] = {}  # why it failed
+        self.revision = 0  # every event up to here is in force or set aside
+        self._pending: dict[str, _Desired] = {}
+        self._first_pending_at: float | None = None
+        self._statuses: dict[str, DomainStatus | None] = {}  # to write at the end of this step
+        self._last_save = float("-inf")
+        self.applied = self.runtime.event()  # set after the first complete sync (for tests and drains)
+
+    @property
+    def prefix(self) -> str:
+        return domains_prefix(self.config.group)
+
+    # ------------------------------------------------------------------ main loop
+    async def run(self) -> None:
+        saved = await self.proxy.load_state()
+        self.live = dict(saved.domains)
+        self.revision = saved.revision
+        self.live_revision = {name: saved.revision for name in self.live}
+        while True:
+            try:
+                if self.revision == 0:
+                    await self.resync()
+                await self._follow()
+            except CompactedError:
+                await self._guard(self.resync())
+            except StoreError as exc:
+                self.stats.store_errors += 1
+                self.runtime.trace("slb-store-error", host=self.config.host, error=type(exc).__name__)
+                await self.runtime.sleep(self.config.retry)
+
+    async def _guard(self, step) -> None:
+        try:
+            await step
+        except StoreError as exc:
+            self.stats.store_errors += 1
+            self.runtime.trace("slb-store-error", host=self.config.host, error=type(exc).__name__)
+            await self.runtime.sleep(self.config.retry)
+
+    async def resync(self) -> None:
+        """Read every domain and converge on it (first start, or history compacted away)."""
+        self.stats.resyncs += 1
+        found = await self.store.range(self.prefix)
+        seen: dict[str, _Desired] = {}
+        for kv in found.kvs:
+            seen[kv.key.removeprefix(self.prefix)] = _Desired(self._decode(kv.key, kv.value), kv.mod_revision)
+        for name in self.live:
+            seen.setdefault(name, _Desired(None, found.revision))
+        self._pending.clear()
+        for name, desired in seen.items():
+            await self._consider(name, desired)
+        await self._flush()
+        self.revision = found.revision
+        await self._finish_step(force_save=True)
+        self.applied.set()
+
+    async def _follow(self) -> None:
+        events = self.runtime.queue()
+        async with self.store.watch(self.prefix, start_revision=self.revision + 1) as watch:
+            pump = self.runtime.spawn(self._pump(watch, events), name=f"slb-watch/{self.config.host}")
+            try:
+                self.applied.set()
+                while True:
+                    item = await self._next(events)
+                    if item is None:  # the batch's time is up
+                        await self._flush()
+                        await self._finish_step()
+                        continue
+                    batch = [item]
+                    while events.qsize():
+                        batch.append(events.get_nowait())
+                    for one in batch:
+                        if isinstance(one, _WatchFailed):
+                            await self._flush()  # apply what we have before starting over
+                            await self._finish_step(force_save=True)
+                            raise one.error
+                        await self._on_event(one)
+                    if self._due():
+                        await self._flush()
+                    await self._finish_step()
+            finally:
+                pump.cancel()
+
+    async def _pump(self, watch, events) -> None:
+        try:
+            async for event in watch:
+                events.put_nowait(event)
+        except Cancelled:
+            raise
+        except Exception as exc:  # surfaced to the main loop, which applies what it has and reconnects
+            events.put_nowait(_WatchFailed(exc))
+
+    async def _next(self, events) -> WatchEvent | _WatchFailed | None:
+        if self._first_pending_at is None:
+            return await events.get()
+        try:
+            return await self.runtime.wait_for(events.get(), self._time_left())
+        except TimeoutError:
+            return None
+
+    def _time_left(self) -> float:
+        assert self._first_pending_at is not None
+        waited = self.runtime.now() - self._first_pending_at
+        return max(0.0, min(self.config.debounce, self.config.max_wait - waited))
+
+    def _due(self) -> bool:
+        return self._first_pending_at is not None and self._time_left() <= 0
+
+    # ------------------------------------------------------------------ one change
+    def _decode(self, key: str, value: bytes) -> Domain | DomainError | None:
+        try:
+            domain = Domain.from_bytes(value)
+        except (DomainError, ValueError, KeyError, TypeError) as exc:
+            return DomainError("record", f"{key} holds an invalid domain record: {exc}")
+        if domain.key != key:
+            return DomainError("record", f"{key} holds domain {domain.name} of group {domain.group}")
+        return domain
+
+    async def _on_event(self, event: WatchEvent) -> None:
+        name = event.kv.key.removeprefix(self.prefix)
+        domain = None if event.type == "delete" else self._decode(event.kv.key, event.kv.value)
+        await self._consider(name, _Desired(domain, event.revision))
+        self.revision = event.revision
+
+    async def _consider(self, name: str, desired: _Desired) -> None:
+        new = desired.domain
+        if isinstance(new, DomainError):
+            self._reject(name, desired, str(new))
+            return
+        if name in self._pending:
+            self._pending[name] = desired  # the queued change, newer: still one reload
+            return
+        live = self.live.get(name)
+        rejected = self.set_aside.get(name)
+        if rejected is not None and isinstance(rejected.domain, Domain) and new is not None \
+                and not changed_config(rejected.domain, new):
+            # Still the config that failed, with other upstreams: serve them on the last good config.
+            self.set_aside[name] = desired
+            if live is not None:
+                await self._in_place(name, desired, still_failing=True)
+            return
+        if live is not None and new is not None and not changed_config(live, new):
+            self._forget_failure(name)
+            await self._in_place(name, desired, still_failing=False)
+            return
+        if live is None and new is None:  # removal of a domain that was never in force here
+            self._forget_failure(name)
+            self._statuses[name] = None
+            return
+        if self._first_pending_at is None:
+            self._first_pending_at = self.runtime.now()
+        self._pending[name] = desired
+
+    async def _in_place(self, name: str, desired: _Desired, *, still_failing: bool) -> None:
+        assert desired.domain is not None
+        live = self.live[name]
+        if live.upstreams != desired.domain.upstreams:
+            await self.proxy.set_upstreams(name, desired.domain.upstreams)
+            self.stats.in_place += 1
+            self.runtime.trace("slb-upstreams", host=self.config.host, domain=name,
+                               servers=len(desired.domain.upstreams))
+        self.live[name] = live.with_upstreams(desired.domain.upstreams)
+        if not still_failing:
+            self.live_revision[name] = desired.revision
+        self._statuses[name] = DomainStatus(self.live_revision.get(name, 0), self.errors.get(name, ""),
+                                            desired.revision, self.runtime.wall_time())
+
+    def _reject(self, name: str, desired: _Desired, error: str) -> None:
+        self.stats.rejected += 1
+        self.set_aside[name] = desired
+        self.errors[name] = error
+        self._pending.pop(name, None)
+        self.runtime.trace("slb-rejected", host=self.config.host, domain=name, revision=desired.revision)
+        self._statuses[name] = DomainStatus(self.live_revision.get(name, 0), error, desired.revision,
+                                            self.runtime.wall_time())
+
+    def _forget_failure(self, name: str) -> None:
+        self.set_aside.pop(name, None)
+        self.errors.pop(name, None)
+
+    # ------------------------------------------------------------------ a batch
+    async def _flush(self) -> None:
+        if not self._pending:
+            return
+        batch, self._pending, self._first_pending_at = self._pending, {}, None
+        changes = {name: d.domain for name, d in batch.items()}
+        self.stats.batches += 1
+        error = await self.proxy.test(changes)
+        bad: dict[str, str] = {}
+        if error is not None:
+            if len(changes) == 1:
+                bad = {next(iter(changes)): error}
+            else:
+                for name, domain in changes.items():  # find who broke it; the others still apply
+                    alone = await self.proxy.test({name: domain})
+                    if alone is not None:
+                        bad[name] = alone
+        good = {name: domain for name, domain in changes.items() if name not in bad}
+        if good:
+            try:
+                outcome = await self.proxy.apply(good)
+            except ProxyError as exc:
+                bad.update({name: f"reload failed: {exc}" for name in good})
+                good = {}
+            else:
+                self.stats.reloads += 1
+                self.runtime.trace("slb-reload", host=self.config.host, domains=len(good),
+                                   generation=outcome.generation)
+        for name, message in bad.items():
+            self._reject(name, batch[name], message)
+        for name, domain in good.items():
+            self._forget_failure(name)
+            if domain is None:
+                self.live.pop(name, None)
+                self.live_revision.pop(name, None)
+                self._statuses[name] = None
+            else:
+                self.live[name] = domain
+                self.live_revision[name] = batch[name].revision
+                self._statuses[name] = DomainStatus(batch[name].revision, "", batch[name].revision,
+                                                    self.runtime.wall_time())
+        self._last_save = float("-inf")  # a reload always saves
+
+    async def _finish_step(self, *, force_save: bool = False) -> None:
+        """Write statuses and, when due, the saved state; never ahead of what is in force."""
+        if self._statuses:
+            statuses, self._statuses = self._statuses, {}
+            await self._write_statuses(statuses.items())
+        now = self.runtime.now()
+        if force_save or now - self._last_save >= self.config.save_every:
+            pending_from = min((d.revision for d in self._pending.values()), default=None)
+            revision = self.revision if pending_from is None else pending_from - 1
+            await self.proxy.save_state(SavedState(revision, dict(self.live)))
+            self._last_save = now
+
+    async def _write_statuses(self, statuses: Iterable[tuple[str, DomainStatus | None]]) -> None:
+        ops = []
+        for name, status in statuses:
+            key = status_key(self.config.group, self.config.host, name)
+            ops.append(DeleteOp(key) if status is None else PutOp(key, status.to_bytes()))
+        for start in range(0, len(ops), 64):
+            await self.store.txn([], ops[start : start + 64])

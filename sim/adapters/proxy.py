@@ -1,0 +1,135 @@
+"""The sim Proxy adapter: an Nginx host as a cost model, with the port's promises kept.
+
+What it models (defaults measured on this machine with the real adapter, see
+bench/nginx_reload_curve.py and docs/slb.md):
+* ``set_upstreams`` takes ``upstream_seconds`` and never reloads;
+* ``test`` takes ``test_base + test_per_domain * domains``;
+* ``apply`` takes the test plus ``reload_base + reload_per_domain * domains``; the
+  previous worker generation keeps serving the connections it has for ``linger``
+  seconds (old workers finish in-flight requests), which is what a reload costs
+  keep-alive clients;
+* a domain is refused by ``test`` when ``rejects(domain)`` returns an error text
+  (the scenario decides what its Nginx refuses, e.g. a port another process holds;
+  by default nothing: records reaching the agent are already validated).
+State survives "agent restarts" in ``saved`` as files on a real host would.
+It must not know the agent or the Store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from foundation.logic.slb_domain import Domain, Upstream
+from foundation.ports.proxy import ProxyError, ReloadOutcome, SavedState
+from foundation.ports.runtime import Runtime
+
+
+def _accepts_everything(domain: Domain) -> str | None:
+    return None  # validated records pass nginx -t; a scenario injects what its Nginx refuses
+
+
+@dataclass
+class Generation:
+    number: int
+    started: float
+    retired: float | None = None  # when a newer generation took over; it then lingers
+
+
+@dataclass
+class SimProxy:
+    runtime: Runtime
+    host: str
+    upstream_seconds: float = 0.002
+    test_base: float = 0.010
+    test_per_domain: float = 0.00002
+    reload_base: float = 0.030
+    reload_per_domain: float = 0.00004
+    linger: float = 1.0
+    rejects: Callable[[Domain], str | None] = _accepts_everything
+    live: dict[str, Domain] = field(default_factory=dict)
+    upstreams: dict[str, tuple[Upstream, ...]] = field(default_factory=dict)
+    generations: list[Generation] = field(default_factory=list)
+    saved: SavedState = field(default_factory=SavedState)
+    reload_count: int = 0
+    upstream_changes: int = 0
+    fail_next_reload: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.generations:
+            self.generations.append(Generation(0, self.runtime.now()))
+
+    @property
+    def generation(self) -> int:
+        return self.generations[-1].number
+
+    def serving(self, domain: str) -> tuple[Upstream, ...]:
+        """What a request for ``domain`` would be sent to right now (empty: 502)."""
+        return self.upstreams.get(domain, ()) if domain in self.live else ()
+
+    def lingering(self) -> int:
+        """Old worker generations still finishing requests at this instant."""
+        now = self.runtime.now()
+        return sum(1 for g in self.generations[:-1] if g.retired is not None and now - g.retired < self.linger)
+
+    # ---- the port
+    async def set_upstreams(self, domain: str, servers: tuple[Upstream, ...]) -> None:
+        await self.runtime.sleep(self.upstream_seconds)
+        if domain not in self.live:
+            raise ProxyError(f"domain {domain} is not configured on {self.host}")
+        self.upstreams[domain] = tuple(servers)
+        self.upstream_changes += 1
+
+    def _result(self, changes: Mapping[str, Domain | None]) -> dict[str, Domain]:
+        result = dict(self.live)
+        for name, domain in changes.items():
+            if domain is None:
+                result.pop(name, None)
+            else:
+                result[name] = domain
+        return result
+
+    async def test(self, changes: Mapping[str, Domain | None]) -> str | None:
+        config = self._result(changes)
+        await self.runtime.sleep(self.test_base + self.test_per_domain * len(config))
+        for domain in changes.values():
+            if domain is not None and (error := self.rejects(domain)):
+                return f"{domain.name}: {error}"
+        return None
+
+    async def apply(self, changes: Mapping[str, Domain | None]) -> ReloadOutcome:
+        started = self.runtime.now()
+        error = await self.test(changes)
+        if error is not None:
+            raise ProxyError(error)
+        config = self._result(changes)
+        await self.runtime.sleep(self.reload_base + self.reload_per_domain * len(config))
+        if self.fail_next_reload:
+            self.fail_next_reload = False
+            raise ProxyError("new workers did not confirm the generation; previous configuration restored")
+        now = self.runtime.now()
+        self.generations[-1].retired = now
+        self.generations.append(Generation(self.generation + 1, now))
+        del self.generations[:-8]  # keep the recent ones: enough for lingering
+        self.live = config
+        for name, domain in changes.items():
+            if domain is None:
+                self.upstreams.pop(name, None)
+            else:
+                self.upstreams[name] = domain.upstreams
+        self.reload_count += 1
+        return ReloadOutcome(self.generation, now - started, len(config))
+
+    async def load_state(self) -> SavedState:
+        return self.saved
+
+    async def save_state(self, state: SavedState) -> None:
+        self.saved = SavedState(state.revision, dict(state.domains))
+
+    async def reloads(self) -> int:
+        return self.reload_count
+
+    def restart(self) -> None:
+        """The host rebooted (Nginx restarted): it serves its saved files again."""
+        self.live = dict(self.saved.domains)
+        self.upstreams = {name: d.upstreams for name, d in self.live.items()}

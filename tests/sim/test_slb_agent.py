@@ -1,0 +1,234 @@
+"""The SLB agent on sim adapters: in-place upstreams, batched reloads, bad domains set aside, restarts, outages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from foundation.logic.slb_domain import Domain, DomainStatus, Upstream, domain_key, status_prefix
+from node.slb_agent import SlbAgent, SlbAgentConfig
+from sim.adapters.proxy import SimProxy
+from sim.adapters.runtime import SimRuntime
+from sim.adapters.store import MemoryStore
+
+GROUP = "public"
+
+
+def domain(name: str, *servers: str, **extra) -> Domain:
+    return Domain.parse({"name": name, "group": GROUP, "owner": "shop", "upstreams": list(servers), **extra})
+
+
+class World:
+    def __init__(self) -> None:
+        self.rt = SimRuntime(seed=1)
+        self.server = MemoryStore(self.rt)
+        self.admin = self.server.client("slb-core", latency=0.001)
+        self.agent_store = self.server.client("nginx-1", latency=0.001)
+        self.proxy = SimProxy(self.rt, "nginx-1")
+        self.agent: SlbAgent | None = None
+        self.task = None
+
+    def start_agent(self, **config) -> SlbAgent:
+        self.agent = SlbAgent(self.agent_store, self.proxy, self.rt, SlbAgentConfig(GROUP, "nginx-1", **config))
+        self.task = self.rt.spawn(self.agent.run(), name="slb-agent")
+        return self.agent
+
+    def stop_agent(self) -> None:
+        self.task.cancel()
+
+    def run(self, coro):
+        return self.rt.run_until_complete(coro, limit=3600)
+
+    async def put(self, d: Domain) -> int:
+        return (await self.admin.put(d.key, d.to_bytes())).revision
+
+    def statuses(self) -> dict[str, DomainStatus]:
+        prefix = f"{status_prefix(GROUP)}nginx-1/"
+        return {kv.key.removeprefix(prefix): DomainStatus.from_bytes(kv.value)
+                for kv in self.server._range(prefix, True).kvs}
+
+
+@pytest.fixture
+def world():
+    return World()
+
+
+def test_startup_applies_every_domain_with_one_reload_and_reports_status(world):
+    async def main():
+        revs = [await world.put(domain(f"app{i}.example.com", f"10.0.0.{i}:8080")) for i in range(10)]
+        world.start_agent()
+        await world.rt.sleep(1)
+        return revs
+
+    revs = world.run(main())
+    assert world.proxy.reload_count == 1 and set(world.proxy.live) == {f"app{i}.example.com" for i in range(10)}
+    assert world.proxy.serving("app3.example.com") == (Upstream("10.0.0.3", 8080),)
+    statuses = world.statuses()
+    assert statuses["app3.example.com"].revision == revs[3] and statuses["app3.example.com"].error == ""
+
+
+def test_upstream_only_changes_are_applied_in_place_without_any_reload(world):
+    async def main():
+        await world.put(domain("shop.example.com", "10.0.0.1:80"))
+        world.start_agent()
+        await world.rt.sleep(1)
+        base = domain("shop.example.com")
+        last = 0
+        for i in range(1000):
+            last = await world.put(base.with_upstreams((Upstream(f"10.0.{i // 250}.{i % 250}", 80),)))
+            await world.rt.sleep(0.01)
+        await world.rt.sleep(1)
+        return last
+
+    last = world.run(main())
+    assert world.proxy.reload_count == 1  # the start-up one only
+    assert world.proxy.serving("shop.example.com") == (Upstream("10.0.3.249", 80),)
+    assert world.agent.stats.in_place == 1000
+    assert world.statuses()["shop.example.com"].revision == last
+
+
+def test_a_burst_of_config_changes_is_one_reload(world):
+    async def main():
+        world.start_agent(debounce=0.05, max_wait=0.5)
+        await world.rt.sleep(1)
+        for i in range(20):
+            await world.put(domain(f"new{i}.example.com", "10.0.0.1:80"))
+        await world.rt.sleep(2)
+
+    world.run(main())
+    assert world.proxy.reload_count == 1  # nothing to load at start; one reload for the whole burst
+    assert len(world.proxy.live) == 20
+
+
+def test_max_wait_bounds_the_batch_under_a_steady_stream(world):
+    async def main():
+        world.start_agent(debounce=0.05, max_wait=0.3)
+        await world.rt.sleep(1)
+        for i in range(50):  # a change every 20 ms: the debounce alone would never fire
+            await world.put(domain(f"s{i}.example.com", "10.0.0.1:80"))
+            await world.rt.sleep(0.02)
+        await world.rt.sleep(1)
+
+    world.run(main())
+    reloads = world.proxy.reload_count
+    assert 3 <= reloads <= 6  # ~1 s of changes in batches of at most 0.3 s (+ reload time)
+    assert len(world.proxy.live) == 50
+
+
+def test_a_bad_domain_is_set_aside_the_others_apply_and_it_still_gets_upstreams(world):
+    # This Nginx cannot listen on 8443 (another process holds it): nginx -t of such a domain fails.
+    world.proxy.rejects = lambda d: 'bind() to 0.0.0.0:8443 failed (98: Address in use)' if d.listen == 8443 else None
+
+    async def main():
+        good = domain("bad.example.com", "10.0.0.1:80")
+        await world.put(good)
+        world.start_agent()
+        await world.rt.sleep(1)
+        bad_rev = await world.put(domain("bad.example.com", "10.0.0.1:80", listen=8443))
+        for i in range(4):
+            await world.put(domain(f"ok{i}.example.com", "10.0.0.2:80"))
+        await world.rt.sleep(2)
+        status = world.statuses()["bad.example.com"]
+        assert "8443" in status.error and status.wanted_revision == bad_rev
+        upstream_rev = await world.put(domain("bad.example.com", "10.0.0.9:80", listen=8443))
+        await world.rt.sleep(1)
+        return good, upstream_rev
+
+    _good, upstream_rev = world.run(main())
+    assert {f"ok{i}.example.com" for i in range(4)} <= set(world.proxy.live)
+    assert world.proxy.live["bad.example.com"].listen == 80  # last good config still in force
+    assert world.proxy.serving("bad.example.com") == (Upstream("10.0.0.9", 80),)  # new upstreams anyway
+    status = world.statuses()["bad.example.com"]
+    assert status.error and status.wanted_revision == upstream_rev
+
+
+def test_an_undecodable_record_is_reported_not_applied(world):
+    async def main():
+        world.start_agent()
+        await world.rt.sleep(1)
+        await world.admin.put(domain_key(GROUP, "junk.example.com"), b"{not json")
+        await world.admin.put(domain_key(GROUP, "evil.example.com"), json.dumps(
+            {"name": "evil.example.com", "group": GROUP, "owner": "x",
+             "locations": [{"path": "/", "set_headers": {"X": "a; return 200"}}]}).encode())
+        await world.rt.sleep(1)
+
+    world.run(main())
+    statuses = world.statuses()
+    assert "invalid domain record" in statuses["junk.example.com"].error
+    assert "set_headers" in statuses["evil.example.com"].error
+    assert "evil.example.com" not in world.proxy.live and world.proxy.reload_count == 0
+
+
+def test_a_failed_reload_keeps_the_last_good_config_and_reports_it(world):
+    async def main():
+        await world.put(domain("a.example.com", "10.0.0.1:80"))
+        world.start_agent()
+        await world.rt.sleep(1)
+        world.proxy.fail_next_reload = True
+        await world.put(domain("a.example.com", "10.0.0.1:80", listen=8080))
+        await world.rt.sleep(1)
+
+    world.run(main())
+    assert world.proxy.live["a.example.com"].listen == 80
+    assert "reload failed" in world.statuses()["a.example.com"].error
+
+
+def test_restart_serves_saved_state_and_resumes_from_its_revision(world):
+    async def main():
+        await world.put(domain("a.example.com", "10.0.0.1:80"))
+        world.start_agent()
+        await world.rt.sleep(1)
+        world.stop_agent()
+        await world.rt.sleep(0.1)
+        # While the agent is down: an upstream change and a new domain.
+        await world.put(domain("a.example.com", "10.0.0.2:80"))
+        await world.put(domain("b.example.com", "10.0.0.3:80"))
+        world.proxy.restart()  # even Nginx restarted: it serves the saved files at once
+        assert world.proxy.serving("a.example.com") == (Upstream("10.0.0.1", 80),)
+        agent = world.start_agent()
+        await world.rt.sleep(1)
+        return agent
+
+    agent = world.run(main())
+    assert agent.stats.resyncs == 0  # resumed the watch from the saved revision: no full read
+    assert world.proxy.serving("a.example.com") == (Upstream("10.0.0.2", 80),)
+    assert "b.example.com" in world.proxy.live
+
+
+def test_restart_after_compaction_resyncs(world):
+    async def main():
+        await world.put(domain("a.example.com", "10.0.0.1:80"))
+        await world.put(domain("gone.example.com", "10.0.0.1:80"))
+        world.start_agent()
+        await world.rt.sleep(1)
+        world.stop_agent()
+        await world.admin.delete(domain_key(GROUP, "gone.example.com"))
+        rev = await world.put(domain("a.example.com", "10.0.0.5:80"))
+        await world.admin.compact(rev)
+        agent = world.start_agent()
+        await world.rt.sleep(1)
+        return agent
+
+    agent = world.run(main())
+    assert agent.stats.resyncs == 1
+    assert set(world.proxy.live) == {"a.example.com"}
+    assert world.proxy.serving("a.example.com") == (Upstream("10.0.0.5", 80),)
+    assert "gone.example.com" not in world.statuses()
+
+
+def test_etcd_out_of_reach_nginx_keeps_serving_and_catches_up_after(world):
+    async def main():
+        await world.put(domain("a.example.com", "10.0.0.1:80"))
+        world.start_agent(retry=0.5)
+        await world.rt.sleep(1)
+        world.agent_store.partition(True)
+        await world.put(domain("a.example.com", "10.0.0.2:80"))
+        await world.rt.sleep(10)
+        assert world.proxy.serving("a.example.com") == (Upstream("10.0.0.1", 80),)  # still serving the old
+        world.agent_store.partition(False)
+        await world.rt.sleep(3)
+
+    world.run(main())
+    assert world.proxy.serving("a.example.com") == (Upstream("10.0.0.2", 80),)
+    assert world.agent.stats.store_errors >= 1
