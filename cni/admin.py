@@ -130,7 +130,7 @@ async def pool_usage(store: Store) -> list[PoolUsage]:
 class Leak:
     address: str
     pool: str
-    node: str  # the node whose block holds it
+    node: str  # the node the address was given on (not necessarily the owner of its block)
     handle: str
     pod: str
     reason: str
@@ -165,7 +165,8 @@ def _why_leaked(handle: Handle | None, address: IPv4Address, pods: dict[tuple[st
         return f"pod {handle.pod} no longer exists"
     if handle.pod.uid and pod.uid and pod.uid != handle.pod.uid:
         return f"pod {handle.pod} was recreated (uid {pod.uid})"
-    if pod.ip and pod.ip != str(address):
+    if handle.ifname == "eth0" and pod.ip and pod.ip != str(address):
+        # The API shows the primary interface's address only: other interfaces cannot be judged by it.
         return f"pod {handle.pod} now has address {pod.ip}"
     if pod.node and pod.node != handle.node:
         return f"pod {handle.pod} now runs on {pod.node}"
@@ -184,6 +185,11 @@ async def check_leaks(store: Store, cluster: Cluster, runtime: Runtime, *, grace
     blocks = (await store.range(BLOCKS)).kvs
     previous = {kv.key.removeprefix(LEAKS): json.loads(kv.value) for kv in (await store.range(LEAKS)).kvs}
     pods = {(p.namespace, p.name): p for p in await cluster.list_pods()}
+    if not pods and handles:
+        # An API server that answers with no pods at all is far likelier broken (or the wrong
+        # cluster) than a Cell whose every pod died: refuse to accuse every allocation.
+        raise AdminError(f"the Kubernetes API at {cluster.endpoint} lists no pods while {len(handles)} addresses "
+                         f"are allocated: refusing to judge (wrong --kube-api or kubeconfig?)")
     now = runtime.wall_time()
     leaks, checked = [], 0
     for kv in blocks:
@@ -197,7 +203,7 @@ async def check_leaks(store: Store, cluster: Cluster, runtime: Runtime, *, grace
                 continue
             seen = previous.get(str(address))
             first_seen = seen["first_seen"] if seen and seen.get("handle") == handle_name else now
-            leaks.append(Leak(str(address), block.pool, block.node, handle_name,
+            leaks.append(Leak(str(address), block.pool, handle.node if handle else block.node, handle_name,
                               str(handle.pod) if handle else "-", reason, first_seen, now - first_seen >= grace))
     # Record what we saw for the next check; forget suspects that are no longer leaked.
     current = {leak.address for leak in leaks}
@@ -280,9 +286,15 @@ class GcReport:
     stale_leak_records: list[str] = field(default_factory=list)
 
 
-async def gc(store: Store, cluster: Cluster) -> GcReport:
-    """Free empty blocks of departed nodes, stray handle records and leak records of free addresses."""
+async def gc(store: Store, cluster: Cluster, runtime: Runtime, *, cooldown: float) -> GcReport:
+    """Free empty blocks of departed nodes, stray handle records and leak records of free addresses.
+
+    A block whose addresses were released less than ``cooldown`` seconds ago is kept:
+    deleting it would forget the release times, and the next claimer would hand those
+    addresses out at once.
+    """
     report = GcReport()
+    now = runtime.wall_time()
     nodes = set(await cluster.list_nodes())
     # Handles before blocks: a handle created after this read is not looked at, and one
     # released meanwhile fails its CAS below. (Blocks first could delete a new live handle.)
@@ -293,7 +305,8 @@ async def gc(store: Store, cluster: Cluster) -> GcReport:
         block = Block.from_bytes(kv.value)
         for offset, handle in block.allocations.items():
             allocated[handle] = str(block.address(offset))
-        if block.node not in nodes and not block.allocations:
+        cooling = any(now - released_at < cooldown for released_at in block.released.values())
+        if block.node not in nodes and not block.allocations and not cooling:
             result = await store.txn([Compare.mod_is(key, kv.mod_revision)], [DeleteOp(key)])
             if result.succeeded:
                 report.blocks_freed.append(key)
@@ -306,7 +319,8 @@ async def gc(store: Store, cluster: Cluster) -> GcReport:
     addresses = set(allocated.values())
     for kv in (await store.range(LEAKS)).kvs:
         if kv.key.removeprefix(LEAKS) not in addresses:
-            await store.txn([Compare.mod_is(kv.key, kv.mod_revision)], [DeleteOp(kv.key)])
-            report.stale_leak_records.append(kv.key.removeprefix(LEAKS))
+            result = await store.txn([Compare.mod_is(kv.key, kv.mod_revision)], [DeleteOp(kv.key)])
+            if result.succeeded:
+                report.stale_leak_records.append(kv.key.removeprefix(LEAKS))
     return report
 

@@ -20,11 +20,12 @@ netlink or OVS: it sees them only as the Store and Dataplane ports.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
 from cni.ipam import Allocation, Ipam, PoolExhausted, TooMuchContention, UnknownPool
-from cni.pools import Handle, PodRef, handle_key
+from cni.pools import HANDLES, Handle, PodRef
 from cni.request import (
     CHECK_FAILED,
     DATAPLANE_FAILURE,
@@ -36,6 +37,7 @@ from cni.request import (
     CniError,
     CniRequest,
 )
+from foundation.logic.mutex import Mutex
 from foundation.ports import Runtime, StoreError, StoreUnavailable
 from foundation.ports.dataplane import Attachment, Dataplane, DataplaneError, NetnsNotFound
 
@@ -55,6 +57,26 @@ class CniAgent:
         self.dataplane = dataplane
         self.runtime = runtime
         self.config = config
+        # One command at a time per (container, interface): a runtime that timed out on a slow
+        # ADD sends DEL while the ADD still runs here; the DEL must see what the ADD did.
+        self._busy: dict[tuple[str, str], tuple[Mutex, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, request: CniRequest):
+        key = (request.container_id, request.ifname)
+        mutex, users = self._busy.get(key, (None, 0))
+        if mutex is None:
+            mutex = Mutex(self.runtime)
+        self._busy[key] = (mutex, users + 1)
+        try:
+            async with mutex:
+                yield
+        finally:
+            mutex, users = self._busy[key]
+            if users == 1:
+                del self._busy[key]
+            else:
+                self._busy[key] = (mutex, users - 1)
 
     async def start(self) -> None:
         """Load the pools and this node's blocks (raises ``StoreUnavailable`` if etcd is down)."""
@@ -92,6 +114,10 @@ class CniAgent:
 
     # ------------------------------------------------------------------ commands
     async def add(self, request: CniRequest) -> dict[str, Any]:
+        async with self._exclusive(request):
+            return await self._add(request)
+
+    async def _add(self, request: CniRequest) -> dict[str, Any]:
         allocation: Allocation = await self._store_call("allocating", self.ipam.allocate(
             request.container_id, request.ifname, pools=request.network.get("pools", ()),
             pod=PodRef.from_cni_args(request.args), network=request.network_name))
@@ -127,6 +153,10 @@ class CniAgent:
             self.runtime.trace("cni-add-undo-failed", container=request.container_id, error=str(exc))
 
     async def delete(self, request: CniRequest) -> None:
+        async with self._exclusive(request):
+            await self._delete(request)
+
+    async def _delete(self, request: CniRequest) -> None:
         if self.ipam.cooldown > 0:
             # A released address cools down before anyone gets it again, so the release may
             # overlap the unplumbing (the kernel's veth deletion is most of a DEL's time).
@@ -165,19 +195,25 @@ class CniAgent:
             raise CniError(CHECK_FAILED, "pod interface differs from what ADD made", "; ".join(problems))
 
     async def gc(self, request: CniRequest) -> None:
+        """Collect this node's attachments of this network that the runtime no longer lists.
+
+        Selection is by the handle records (node and network), not by whose block holds the
+        address: a block of ours may lend addresses to other nodes' pods, and our pods may
+        hold addresses borrowed from other nodes' blocks.
+        """
         keep = set(request.valid_attachments)
-        for handle, _address in sorted(self.ipam.owned_handles().items()):
-            container_id, _, ifname = handle.rpartition("/")
-            if (container_id, ifname) in keep:
-                continue
-            record = await self._store_call("collecting", self.ipam.store.get(handle_key(handle)))
-            if record is None or Handle.from_bytes(record.value).network != request.network_name:
-                continue  # another network's attachment: not ours to collect
-            await self.delete(CniRequest("DEL", request.cni_version, request.network, container_id, "", ifname))
-        # Ports whose address is gone already (a DEL that released but crashed before unplumbing).
-        held = self.ipam.owned_handles()
+        records = await self._store_call("collecting", self.ipam.store.range(HANDLES))
+        ours = [Handle.from_bytes(kv.value) for kv in records.kvs]
+        ours = [h for h in ours if h.node == self.config.node]
+        for handle in ours:
+            if handle.network == request.network_name and (handle.container_id, handle.ifname) not in keep:
+                await self.delete(CniRequest("DEL", request.cni_version, request.network, handle.container_id, "",
+                                             handle.ifname))
+        # Ports no allocation of this node explains (a DEL that released, then crashed before
+        # unplumbing): ours by their external_ids, and not any network's live attachment here.
+        held = {(h.container_id, h.ifname) for h in ours}
         for port in await self.dataplane.ports(request.network.get("bridge", self.config.bridge)):
-            if (port.container_id, port.ifname) not in keep and f"{port.container_id}/{port.ifname}" not in held:
+            if (port.container_id, port.ifname) not in keep and (port.container_id, port.ifname) not in held:
                 await self.dataplane.detach(port.container_id, port.ifname, None)
 
     async def status(self, request: CniRequest) -> None:

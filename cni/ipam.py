@@ -48,7 +48,7 @@ from cni.pools import (
     parse_block_key,
 )
 from foundation.logic.mutex import Mutex
-from foundation.ports import Compare, DeleteOp, GetOp, PutOp, Runtime, Store, StoreUnavailable
+from foundation.ports import Compare, DeleteOp, GetOp, PutOp, Runtime, Store, StoreError, StoreUnavailable
 
 NO_POD = PodRef()
 
@@ -109,6 +109,7 @@ class _Request:
     result: Allocation | None = None
     error: BaseException | None = None
     done: bool = False
+    cancelled: bool = False  # the caller gave up: serve no more
 
     @property
     def handle(self) -> str:
@@ -208,42 +209,47 @@ class Ipam:
                         raise RuntimeError(f"IPAM lost the request of {request.handle}")
                     await self._serve(batch)
         finally:
-            if request in self._waiting:  # we were cancelled before anyone served us
-                self._waiting.remove(request)
+            if not request.done:  # our caller gave up: nobody is to allocate for us any more
+                request.cancelled = True
+                if request in self._waiting:
+                    self._waiting.remove(request)
         if request.error is not None:
             raise request.error
         assert request.result is not None
         return request.result
 
     async def _serve(self, batch: list[_Request]) -> None:
+        """Serve every live request of ``batch``; each gets its own result or error, never another's."""
+
+        def live() -> list[_Request]:
+            return [r for r in batch if not r.done and not r.cancelled]
+
         try:
-            for attempt in range(4):
-                pending = [r for r in batch if not r.done]
-                if len(pending) < 2:
-                    break
-                outcome = await self._commit_batch(pending)
-                if outcome == "done":
-                    break
-                if outcome == "conflict" and attempt > 0:
-                    # Guessing keeps hitting other nodes' blocks: read which blocks are taken.
-                    await self._learn_claimed(pending[0].pools)
-            for request in batch:
-                if request.done:
-                    continue
-                try:
-                    request.result = await self._allocate_single(request)
-                except IpamError as exc:
-                    request.error = exc
-                except StoreUnavailable as exc:
-                    # etcd is out of reach: every request of the batch would wait its deadline in turn.
-                    for other in batch:
-                        if not other.done:
-                            other.error, other.done = exc, True
-                    return
-                request.done = True
+            try:
+                for attempt in range(4):
+                    pending = live()
+                    if len(pending) < 2:
+                        break
+                    outcome = await self._commit_batch(pending)
+                    if outcome == "done":
+                        break
+                    if outcome == "conflict" and attempt > 0:
+                        # Guessing keeps hitting other nodes' blocks: read which blocks are taken.
+                        await self._learn_claimed(pending[0].pools)
+                for request in live():
+                    try:
+                        request.result = await self._allocate_single(request)
+                    except (IpamError, StoreError) as exc:
+                        if isinstance(exc, StoreUnavailable):
+                            raise  # etcd is out of reach: the others would each wait a deadline in turn
+                        request.error = exc
+                    request.done = True
+            except StoreUnavailable as exc:
+                for request in live():
+                    request.error, request.done = exc, True
         finally:
-            # Cancelled half way (our own caller gave up): the others go back to the head of the queue.
-            self._waiting[:0] = [r for r in batch if not r.done]
+            # Cancelled half way (our own caller gave up): the live others go back to the head of the queue.
+            self._waiting[:0] = live()
 
     async def _learn_claimed(self, wanted: Sequence[str]) -> None:
         for pool in self._candidates(wanted):
@@ -257,7 +263,8 @@ class Ipam:
         (some were allocated, room ran out) or "done" (all allocated, or batching does not
         apply: mixed networks, repeated ADDs, fewer than two fit).
         """
-        if len({r.pools for r in batch}) != 1 or any(self._find_cached(r.handle) for r in batch):
+        if len({r.pools for r in batch}) != 1 or len({r.handle for r in batch}) != len(batch) \
+                or any(self._find_cached(r.handle) for r in batch):
             return "done"  # mixed networks or repeated ADDs: the one-by-one path handles them
         try:
             pools = self._candidates(batch[0].pools)
@@ -483,11 +490,8 @@ class Ipam:
         return Allocation(block.address(offset), pool, block.cidr, handle)
 
     async def lookup(self, container_id: str, ifname: str) -> Allocation | None:
-        """The address (container, interface) holds, or None."""
+        """The address (container, interface) holds according to the Store (not our cache), or None."""
         handle = handle_id(container_id, ifname)
-        found = self._find_cached(handle)
-        if found is not None:
-            return self._allocation(found[0].block, found[1], handle)
         located = await self._locate(handle)
         if located is None or isinstance(located, _Stray):
             return None

@@ -13,8 +13,9 @@ Keys (see docs/keys.md)::
     /ipam/handles/{containerID}/{if}    Handle record: which address (container, interface) holds
     /ipam/leaks/{a.b.c.d}               a suspected leak seen by cnictl check
 
-Every name that becomes part of a key is validated here first, so no user string
-can step outside its prefix. This module is pure: no I/O, no clock.
+Every name that becomes part of a key is validated before: pool and node names here,
+container IDs and interface names by the CNI request parser (``cni/spec.py``), so no
+user string can step outside its prefix. This module is pure: no I/O, no clock.
 """
 
 from __future__ import annotations
@@ -34,8 +35,6 @@ LEAKS = "/ipam/leaks/"
 
 POOL_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 NODE_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")  # a Kubernetes node name (DNS subdomain)
-CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}$")  # what libcni accepts
-IFNAME = re.compile(r"^[^/:\s]{1,15}$")
 DEFAULT_BLOCK_SIZE = 16
 
 
@@ -53,7 +52,7 @@ def _dumps(data: dict[str, Any]) -> bytes:
 
 
 def check_name(kind: str, value: str, pattern: re.Pattern[str]) -> str:
-    if not isinstance(value, str) or not pattern.match(value) or value in (".", ".."):
+    if not isinstance(value, str) or not pattern.fullmatch(value) or value in (".", ".."):
         raise PoolConfigError(kind, f"invalid {kind} {value!r}")
     return value
 

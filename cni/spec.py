@@ -48,7 +48,7 @@ _NETNS_REQUIRED = frozenset({"ADD", "CHECK"})  # DEL may come after the netns is
 _MIN_VERSION = {"GC": "1.1.0", "STATUS": "1.1.0"}
 
 # Container IDs and network names: the spec's wording, as libcni's utils enforce it.
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}")  # bounded: it becomes an etcd key segment
 _IFNAME_MAX = 15  # IFNAMSIZ - 1: the kernel's limit
 _BRIDGE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,15}")
 _POOL_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")  # also the etcd key segment /ipam/pools/{pool}

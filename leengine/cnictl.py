@@ -212,9 +212,12 @@ def release(
 
 
 @app.command()
-def gc() -> None:
+def gc(
+    cooldown: Annotated[float, typer.Option(help="keep blocks with releases younger than this (seconds): "
+                                                  "the agents' --cooldown plus a margin for clock skew")] = 90.0,
+) -> None:
     """Free empty blocks of nodes that left the cluster, and records that point at nothing."""
-    report = run(lambda store, rt, cluster: admin.gc(store, cluster), cluster=True)
+    report = run(lambda store, rt, cluster: admin.gc(store, cluster, rt, cooldown=cooldown), cluster=True)
     print(f"blocks freed: {len(report.blocks_freed)}, stray handles removed: {len(report.stray_handles)}, "
           f"stale leak records removed: {len(report.stale_leak_records)}")
     for key in report.blocks_freed:

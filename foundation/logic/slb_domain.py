@@ -56,14 +56,14 @@ class DomainError(ValueError):
 
 
 def check(field_name: str, value: Any, pattern: re.Pattern[str], what: str) -> str:
-    if not isinstance(value, str) or not pattern.match(value):
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         raise DomainError(field_name, f"{value!r} is not {what}")
     return value
 
 
 def check_domain_name(name: Any) -> str:
     check("name", name, HOST_NAME, "a DNS name (lower case letters, digits, '-' and '.')")
-    if any(not _LABEL.match(label) for label in name.split(".")):
+    if any(not _LABEL.fullmatch(label) for label in name.split(".")):
         raise DomainError("name", f"{name!r} is not a DNS name (each label 1-63 characters, no leading '-')")
     return name
 

@@ -256,9 +256,11 @@ def test_bad_invocations_get_spec_codes_and_leave_nothing(lab):
     assert missing.returncode == 1 and json.loads(missing.stdout)["code"] == 4
     unknown_pool = lab.cni("ADD", "node-1", "ghost", lab.pod(), pools=("green",))
     assert json.loads(unknown_pool.stdout)["code"] == 7 and "green" in unknown_pool.stdout
-    no_env = subprocess.run([str(lab.plugin)], input="{}", env={"CNI_COMMAND": "ADD"},
+    no_env = subprocess.run([str(lab.plugin)], input=json.dumps({"cniVersion": "1.0.0", "name": "leengine"}),
+                            env={"CNI_COMMAND": "ADD", "LEENGINE_CNI_SOCKET": lab.agents["node-1"].socket},
                             capture_output=True, text=True, timeout=30, check=False)
-    assert no_env.returncode == 1 and json.loads(no_env.stdout)["code"] in (4, 11)
+    assert no_env.returncode == 1 and json.loads(no_env.stdout)["code"] == 4  # the agent names what is missing
+    assert "CNI_CONTAINERID" in no_env.stdout
     assert lab.handles() == {} and lab.port_tag("ghost") is None
     assert sh("ip", "link", "show", "dev", host_ifname("ghost", "eth0"), check=False).returncode != 0
 

@@ -113,6 +113,7 @@ def test_release_never_frees_an_address_reused_since_the_check(etcd, kube):
     cnictl(etcd, "pool", "add", "cell1-a", "--cidr", "10.20.0.0/22", "--vlan", "100")
     kube.add_node("node-1")
     addresses = allocate(etcd, "node-1", [("old", "gone")], cooldown=0)
+    kube.put_pod("kube-system", "dns", node="node-1", ip="10.99.0.2")  # the Cell has other pods
     assert cnictl(etcd, "check", "--grace", "0", kube=kube).returncode == 0  # 'gone' has no pod: certain at once
 
     async def reuse():  # meanwhile the agent releases it and hands the address to a new pod
@@ -153,7 +154,9 @@ def test_gc_frees_empty_blocks_of_departed_nodes_only(etcd, kube):
     allocate(etcd, "node-1", [("c1", "web-1")])
     departed = allocate(etcd, "node-gone", [("c2", "web-2")])
     cnictl(etcd, "release", departed["web-2"])  # its block is now empty and its node has left
-    result = cnictl(etcd, "gc", kube=kube)
+    cooling = cnictl(etcd, "gc", kube=kube)  # ... but the address released in it is cooling down
+    assert cooling.returncode == 0 and "blocks freed: 0" in cooling.stdout
+    result = cnictl(etcd, "gc", "--cooldown", "0", kube=kube)
     assert result.returncode == 0 and "blocks freed: 1" in result.stdout
     usage = json.loads(cnictl(etcd, "pool", "show", "cell1-a", "--json").stdout)
     assert list(usage["nodes"]) == ["node-1"]
@@ -166,3 +169,13 @@ def test_check_without_a_kubernetes_api_is_a_clear_error(etcd):
                            "http://127.0.0.1:9", "--timeout", "2", "check"], capture_output=True, text=True,
                           timeout=60, check=False)
     assert dead.returncode == 1 and "Kubernetes API at http://127.0.0.1:9 unavailable" in dead.stderr
+
+
+def test_check_refuses_to_judge_against_an_api_that_lists_no_pods(etcd, kube):
+    cnictl(etcd, "pool", "add", "cell1-a", "--cidr", "10.20.0.0/22", "--vlan", "100")
+    allocate(etcd, "node-1", [("c1", "web-1")])
+    refused = cnictl(etcd, "check", kube=kube)  # wrong cluster or broken API: zero pods
+    assert refused.returncode == 1 and "lists no pods while 1 addresses are allocated" in refused.stderr
+    leaks = subprocess.run([sys.executable, "-m", "leengine.cli", "store", "ls", "/ipam/leaks/", "--endpoint", etcd],
+                           capture_output=True, text=True, timeout=60, check=True)
+    assert leaks.stdout == ""  # nothing recorded either

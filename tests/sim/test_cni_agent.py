@@ -162,3 +162,67 @@ def test_a_del_whose_unplumbing_fails_reports_it_and_a_retried_del_finishes(node
     assert list(node.dataplane.interfaces) == [("c1", "eth0")]  # still plumbed: the runtime will retry
     node.run(node.agent.delete(request("DEL")))
     assert node.handles() == [] and node.dataplane.interfaces == {}
+
+
+def test_a_del_overtaking_a_slow_add_waits_for_it_and_leaves_nothing():
+    rt = SimRuntime(seed=1)
+    server = MemoryStore(rt)
+    rt.run_until_complete(add_pool(server.client("cnictl"), POOL))
+    dataplane = SimDataplane("node-1")
+    dataplane.add_netns("/var/run/netns/p1")
+    slow = server.client("node-1", latency=0.5, timeout=5)  # etcd is slow today
+    agent = CniAgent(Ipam(slow, rt, "node-1"), dataplane, rt, NodeConfig("node-1"))
+    rt.run_until_complete(agent.start())
+
+    async def main():
+        add = rt.spawn(agent.add(request("ADD")), name="add")
+        await rt.sleep(0.1)  # the runtime gave up on the ADD and sends DEL while it still runs
+        await agent.delete(request("DEL"))
+        return await add.join()
+
+    rt.run_until_complete(main())
+    assert not server._range(HANDLES, True).kvs and dataplane.interfaces == {}
+
+
+def test_check_reads_the_store_not_the_agents_memory(node):
+    from cni.admin import release_address
+
+    result = node.run(node.agent.add(request("ADD")))
+    node.run(release_address(node.server.client("cnictl"), node.rt, result["ips"][0]["address"].split("/")[0]))
+    with pytest.raises(CniError) as err:
+        node.run(node.agent.check(request("CHECK", prev_result=result)))
+    assert err.value.code == 103 and "no address" in err.value.msg
+
+
+def test_gc_collects_by_node_not_by_block_owner():
+    # node-b borrows from node-a's block; node-a's GC must not touch node-b's pod,
+    # and node-b's GC must collect its borrowed address when its pod is gone.
+    tiny = Pool.parse("tiny", "10.30.0.0/28", vlan=200, gateway="10.30.0.1", block_size=4)
+    rt = SimRuntime(seed=1)
+    server = MemoryStore(rt)
+    rt.run_until_complete(add_pool(server.client("cnictl"), tiny))
+    net = {**NET, "pools": ["tiny"]}
+    agents = {}
+    for name in ("node-a", "node-b"):
+        dataplane = SimDataplane(name)
+        for i in range(13):
+            dataplane.add_netns(f"/ns/{i}")
+        agents[name] = CniAgent(Ipam(server.client(name, latency=0.001), rt, name), dataplane, rt, NodeConfig(name))
+        rt.run_until_complete(agents[name].start())
+    a, b = agents["node-a"], agents["node-b"]
+
+    def req(command, container="", netns="", **kw):
+        return CniRequest(command, "1.1.0", net, container, netns, "eth0" if container else "", **kw)
+
+    async def main():
+        for i in range(11):  # node-a claims every block of the pool
+            await a.add(req("ADD", f"a{i}", f"/ns/{i}"))
+        await b.add(req("ADD", "b0", "/ns/0"))
+        assert b.ipam.stats.borrowed == 1
+        await a.gc(req("GC", valid_attachments=tuple((f"a{i}", "eth0") for i in range(11))))
+        assert "/ipam/handles/b0/eth0" in [kv.key for kv in server._range(HANDLES, True).kvs]
+        await b.gc(req("GC", valid_attachments=()))  # node-b's pod is gone
+
+    rt.run_until_complete(main())
+    held = sorted(kv.key for kv in server._range(HANDLES, True).kvs)
+    assert held == sorted(f"/ipam/handles/a{i}/eth0" for i in range(11))
