@@ -41,15 +41,20 @@ ensure_venv() {
   local stamp="$VENV/.installed-from"
   local want
   want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
-  if [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then return 0; fi
+  if [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+    PYTHON="$VENV/bin/python" "$ROOT/scripts/build-protos.sh"  # skips itself when up to date
+    return 0
+  fi
   local py
   py="$(pick_python)"
   echo "setup: creating virtualenv $VENV with $py"
   [ -x "$VENV/bin/python" ] || "$py" -m venv "$VENV"
   # pipefail makes a failed pip fail this step; grep only drops this machine's index warnings.
   "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[dev]" 2>&1 | { grep -v '^WARNING: Location' || true; }
-  "$VENV/bin/python" -c 'import foundation, sim, aetcd, simpy, pytest' # fail loudly if the install did not take
-  for tool in ruff lint-imports pytest leengine; do
+  PYTHON="$VENV/bin/python" "$ROOT/scripts/build-protos.sh"  # gRPC code is generated, never committed
+  # fail loudly if the install did not take
+  "$VENV/bin/python" -c 'import foundation, sim, aetcd, simpy, pytest, control.generated.leengine.control.v1.slb_pb2_grpc'
+  for tool in ruff lint-imports pytest leengine leengine-control; do
     [ -x "$VENV/bin/$tool" ] || { echo "setup: $tool missing from $VENV after install" >&2; return 1; }
   done
   echo "$want" > "$stamp"

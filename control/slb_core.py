@@ -1,0 +1,438 @@
+"""slb-core: Nginx groups and their domains in the Store, with who may change what.
+
+Keys (docs/slb.md, "Key schema"):
+
+* ``/slb/{group}/meta``: the group (JSON: name, description, created_by, created_at).
+  Its mod_revision also moves when a domain is *created* in the group (the meta is
+  rewritten unchanged in the same transaction): that is what makes "delete a group
+  only when it has no domains" atomic, since a txn can compare one key, not a prefix.
+* ``/control/slb/groups/{group}``: an empty index key per group, so ListGroups does
+  not have to read every domain under ``/slb/``.
+* ``/slb/{group}/domains/{domain}``: a ``slb_domain.Domain`` as JSON; its
+  mod_revision is the domain's revision. Domain names are unique per group (the key).
+* ``/slb/{group}/status/{host}/{domain}``: written by each Nginx host's SLB agent,
+  only read here.
+
+Who may change what (principals come from ``control.auth``; reads are open to all):
+
+* ``admin``: everything: create and delete groups, create, replace and delete any
+  domain with any owner and any ``settings``, set upstreams.
+* ``discovery``: SetUpstreams on any domain; nothing else is written.
+* ``user``: creates domains in existing groups with ``owner`` = itself (an empty
+  owner means the caller); replaces, deletes and sets upstreams of domains it owns
+  only; never touches ``settings``: a new domain must have none, a replacement must
+  carry the existing settings unchanged. It cannot give a domain to someone else.
+* Anything else is PermissionDenied; so is an unknown role.
+
+Order of checks: role, then the arguments (InvalidArgument names the field), then
+the stored state (NotFound, PermissionDenied on someone else's domain or settings,
+AlreadyExists, Conflict, FailedPrecondition). Every write is one compare-and-swap
+transaction whose compares cover everything the checks read, so no check can be
+outdated by the time the write lands: creating a domain compares the group meta's
+mod_revision and the domain key's absence; replacing or deleting compares the
+domain's mod_revision (the caller's ``expected_revision`` when given, else the one
+just read, with a retry on a lost race); SetUpstreams is a read-modify-CAS loop that
+changes nothing but the upstreams. On any error nothing is written.
+
+Pure service logic over the Store and Runtime ports: it must not know gRPC, etcd or
+the token file; errors are typed (``SlbError`` subclasses) and the server maps them
+to status codes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from control.auth import Principal
+from foundation.logic.slb_domain import (
+    SLB,
+    Domain,
+    DomainError,
+    DomainStatus,
+    Upstream,
+    check_domain_name,
+    check_group,
+    domain_key,
+    domains_prefix,
+    status_prefix,
+)
+from foundation.ports import Compare, DeleteOp, GetOp, KeyValue, PutOp, RangeResult, Runtime, Store
+
+GROUP_INDEX = "/control/slb/groups/"
+MAX_DESCRIPTION = 256
+READ_CHUNK = 64  # keys per read transaction (etcd refuses more than 128 operations in one txn)
+
+
+def meta_key(group: str) -> str:
+    return f"{SLB}{group}/meta"
+
+
+def group_index_key(group: str) -> str:
+    return f"{GROUP_INDEX}{group}"
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class SlbError(Exception):
+    """Base of the typed errors of slb-core; the message says what to do."""
+
+
+class NotFound(SlbError):
+    def __init__(self, kind: str, name: str) -> None:
+        super().__init__(f"{kind} {name} does not exist")
+        self.kind = kind
+        self.name = name
+
+
+class AlreadyExists(SlbError):
+    def __init__(self, kind: str, name: str, revision: int) -> None:
+        super().__init__(f"{kind} {name} already exists (revision {revision})")
+        self.kind = kind
+        self.name = name
+        self.revision = revision
+
+
+class PermissionDenied(SlbError):
+    pass
+
+
+class InvalidArgument(SlbError):
+    """A request field is invalid; ``field`` names it (e.g. ``locations.set_headers``)."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(message if message.startswith(f"{field_name}:") else f"{field_name}: {message}")
+        self.field = field_name
+
+    @staticmethod
+    def of(error: DomainError, rename: dict[str, str] | None = None) -> InvalidArgument:
+        field_name = (rename or {}).get(error.field, error.field)
+        return InvalidArgument(field_name, str(error).removeprefix(f"{error.field}: "))
+
+
+class Conflict(SlbError):
+    """The record is not at the revision the caller expected (or kept changing): read it again."""
+
+    def __init__(self, message: str, *, expected: int | None = None, actual: int | None = None) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.actual = actual
+
+
+class FailedPrecondition(SlbError):
+    pass
+
+
+class CorruptRecord(SlbError):
+    """A stored record does not decode: written by something other than slb-core."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"the record at {key} is unreadable: {reason}")
+        self.key = key
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    description: str
+    created_by: str
+    created_at: float
+    revision: int  # mod_revision of the meta key
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"name": self.name, "description": self.description, "created_by": self.created_by,
+                           "created_at": self.created_at}, sort_keys=True, separators=(",", ":")).encode()
+
+    @staticmethod
+    def from_kv(kv: KeyValue) -> Group:
+        try:
+            data = json.loads(kv.value)
+            return Group(str(data["name"]), str(data.get("description", "")), str(data.get("created_by", "")),
+                         float(data.get("created_at", 0.0)), kv.mod_revision)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise CorruptRecord(kv.key, repr(exc)) from None
+
+
+@dataclass(frozen=True)
+class StoredDomain:
+    domain: Domain
+    revision: int  # mod_revision of the domain key
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    host: str
+    applied_revision: int
+    wanted_revision: int
+    error: str
+    at: float
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    revision: int  # the domain's current revision; 0 when it was deleted and hosts still report it
+    hosts: tuple[HostStatus, ...]
+
+
+def _decode_domain(kv: KeyValue) -> Domain:
+    try:
+        return Domain.from_bytes(kv.value)
+    except (ValueError, TypeError) as exc:  # DomainError and JSONDecodeError are ValueErrors
+        raise CorruptRecord(kv.key, str(exc)) from None
+
+
+def _names(group: Any, name: Any, *, name_field: str = "name") -> tuple[str, str]:
+    try:
+        return check_group(group), check_domain_name(name)
+    except DomainError as exc:
+        raise InvalidArgument.of(exc, {"name": name_field}) from None
+
+
+def _group_name(group: Any, field_name: str = "group") -> str:
+    try:
+        return check_group(group)
+    except DomainError as exc:
+        raise InvalidArgument.of(exc, {"group": field_name}) from None
+
+
+def _check_expected(expected_revision: int | None) -> None:
+    if expected_revision is not None and (isinstance(expected_revision, bool) or expected_revision < 0):
+        raise InvalidArgument("expected_revision", f"{expected_revision!r} is not a revision (0 = must not exist)")
+
+
+# --------------------------------------------------------------------------- the service
+
+
+class SlbCore:
+    """The slb-core API over a Store. Every method takes the calling ``Principal`` first."""
+
+    def __init__(self, store: Store, runtime: Runtime, *, max_attempts: int = 16) -> None:
+        self.store = store
+        self.runtime = runtime
+        self.max_attempts = max_attempts
+
+    # ------------------------------------------------------------------ groups
+
+    async def create_group(self, who: Principal, name: Any, description: Any = "") -> Group:
+        _require(who, "admin", action="create groups")
+        name = _group_name(name, "name")
+        if not isinstance(description, str) or len(description) > MAX_DESCRIPTION or not description.isprintable():
+            raise InvalidArgument("description", f"must be at most {MAX_DESCRIPTION} printable characters")
+        group = Group(name, description, who.name, self.runtime.wall_time(), 0)
+        key = meta_key(name)
+        result = await self.store.txn([Compare.missing(key)],
+                                      [PutOp(key, group.to_bytes()), PutOp(group_index_key(name), b"")],
+                                      [GetOp(key)])
+        if not result.succeeded:
+            existing = result.responses[0].first() if isinstance(result.responses[0], RangeResult) else None
+            raise AlreadyExists("group", name, existing.mod_revision if existing else 0)
+        self.runtime.trace("slb.group.create", group=name, by=who.name, revision=result.revision)
+        return Group(name, description, who.name, group.created_at, result.revision)
+
+    async def list_groups(self, who: Principal) -> list[Group]:
+        names = [kv.key.removeprefix(GROUP_INDEX) for kv in (await self.store.range(GROUP_INDEX)).kvs]
+        groups: list[Group] = []
+        for start in range(0, len(names), READ_CHUNK):
+            chunk = names[start:start + READ_CHUNK]
+            result = await self.store.txn([], [GetOp(meta_key(n)) for n in chunk])
+            for response in result.responses:
+                kv = response.first() if isinstance(response, RangeResult) else None
+                if kv is not None:  # deleted since the index was read
+                    groups.append(Group.from_kv(kv))
+        return groups
+
+    async def get_group(self, who: Principal, name: Any) -> Group:
+        name = _group_name(name, "name")
+        kv = await self.store.get(meta_key(name))
+        if kv is None:
+            raise NotFound("group", name)
+        return Group.from_kv(kv)
+
+    async def delete_group(self, who: Principal, name: Any) -> int:
+        """Delete an empty group (its meta, its index key and any status its hosts left)."""
+        _require(who, "admin", action="delete groups")
+        name = _group_name(name, "name")
+        key = meta_key(name)
+        for _ in range(self.max_attempts):
+            meta = await self.store.get(key)
+            if meta is None:
+                raise NotFound("group", name)
+            # A domain created after the meta was read moved the meta's mod_revision: the txn fails.
+            domains = await self.store.range(domains_prefix(name), limit=1)
+            if domains.kvs:
+                first = domains.kvs[0].key.removeprefix(domains_prefix(name))
+                raise FailedPrecondition(f"group {name} still has domains (e.g. {first}): delete them first")
+            result = await self.store.txn([Compare.mod_is(key, meta.mod_revision)],
+                                          [DeleteOp(f"{SLB}{name}/", prefix=True), DeleteOp(group_index_key(name))])
+            if result.succeeded:
+                self.runtime.trace("slb.group.delete", group=name, by=who.name, revision=result.revision)
+                return result.revision
+        raise Conflict(f"group {name} kept changing while deleting it; try again")
+
+    # ------------------------------------------------------------------ domains
+
+    async def put_domain(self, who: Principal, data: dict[str, Any], *,
+                         expected_revision: int | None = None) -> StoredDomain:
+        """Create or replace a domain. ``expected_revision``: 0 = create only, N = replace revision N only."""
+        _require(who, "admin", "user", action="create or change domains (discovery sets upstreams only)")
+        _check_expected(expected_revision)
+        if not isinstance(data, dict):
+            raise InvalidArgument("domain", "must be an object")
+        data = dict(data)
+        if not data.get("owner"):
+            data["owner"] = who.name
+        try:
+            domain = Domain.parse(data)
+        except DomainError as exc:
+            raise InvalidArgument.of(exc) from None
+        if who.role == "user" and domain.owner != who.name:
+            raise PermissionDenied(f"{who.name} may create and change only its own domains (owner {who.name}), "
+                                   f"not owner {domain.owner}")
+        key, meta = domain.key, meta_key(domain.group)
+        value = domain.to_bytes()
+        for _ in range(self.max_attempts):
+            read = await self.store.txn([], [GetOp(meta), GetOp(key)])
+            meta_kv, current = (r.first() if isinstance(r, RangeResult) else None for r in read.responses)
+            if meta_kv is None:
+                raise NotFound("group", domain.group)
+            if current is None:
+                if expected_revision:
+                    raise Conflict(f"domain {domain.name} does not exist (deleted?); expected revision "
+                                   f"{expected_revision}", expected=expected_revision, actual=0)
+                if who.role == "user" and domain.settings:
+                    raise PermissionDenied(f"settings are admin-only: {who.name} may not set "
+                                           f"{', '.join(k for k, _ in domain.settings)}")
+                result = await self.store.txn([Compare.mod_is(meta, meta_kv.mod_revision), Compare.missing(key)],
+                                              [PutOp(key, value), PutOp(meta, meta_kv.value)])
+            else:
+                if expected_revision == 0:
+                    raise AlreadyExists("domain", f"{domain.group}/{domain.name}", current.mod_revision)
+                if expected_revision is not None and expected_revision != current.mod_revision:
+                    raise Conflict(f"domain {domain.name} is at revision {current.mod_revision}, not "
+                                   f"{expected_revision}: read it again", expected=expected_revision,
+                                   actual=current.mod_revision)
+                if who.role == "user":
+                    old = _decode_domain(current)
+                    _own(who, old)
+                    if domain.settings != old.settings:
+                        raise PermissionDenied(f"settings are admin-only: {who.name} must send the domain's "
+                                               f"settings unchanged ({dict(old.settings)})")
+                if current.value == value:  # nothing changes: no write, no new revision
+                    return StoredDomain(domain, current.mod_revision)
+                result = await self.store.txn([Compare.mod_is(key, current.mod_revision)], [PutOp(key, value)])
+            if result.succeeded:
+                self.runtime.trace("slb.domain.put", key=key, by=who.name, revision=result.revision)
+                return StoredDomain(domain, result.revision)
+            # Lost a race: read again; the checks above decide whether it is the caller's conflict.
+        raise Conflict(f"domain {domain.name} kept changing while writing it; try again")
+
+    async def get_domain(self, who: Principal, group: Any, name: Any) -> StoredDomain:
+        group, name = _names(group, name)
+        kv = await self.store.get(domain_key(group, name))
+        if kv is None:
+            raise NotFound("domain", f"{group}/{name}")
+        return StoredDomain(_decode_domain(kv), kv.mod_revision)
+
+    async def list_domains(self, who: Principal, group: Any) -> tuple[list[StoredDomain], int]:
+        """The group's domains sorted by name, and the store revision they were read at."""
+        group = _group_name(group)
+        read = await self.store.txn([], [GetOp(meta_key(group)), GetOp(domains_prefix(group), prefix=True)])
+        meta, domains = read.responses
+        if not isinstance(meta, RangeResult) or meta.first() is None:
+            raise NotFound("group", group)
+        kvs = domains.kvs if isinstance(domains, RangeResult) else ()
+        return [StoredDomain(_decode_domain(kv), kv.mod_revision) for kv in kvs], read.revision
+
+    async def delete_domain(self, who: Principal, group: Any, name: Any, *,
+                            expected_revision: int | None = None) -> int:
+        _require(who, "admin", "user", action="delete domains")
+        group, name = _names(group, name)
+        _check_expected(expected_revision)
+        key = domain_key(group, name)
+        for _ in range(self.max_attempts):
+            current = await self.store.get(key)
+            if current is None:
+                raise NotFound("domain", f"{group}/{name}")
+            if expected_revision is not None and expected_revision != current.mod_revision:
+                raise Conflict(f"domain {name} is at revision {current.mod_revision}, not {expected_revision}",
+                               expected=expected_revision, actual=current.mod_revision)
+            if who.role == "user":
+                _own(who, _decode_domain(current))
+            result = await self.store.txn([Compare.mod_is(key, current.mod_revision)], [DeleteOp(key)])
+            if result.succeeded:
+                self.runtime.trace("slb.domain.delete", key=key, by=who.name, revision=result.revision)
+                return result.revision
+        raise Conflict(f"domain {name} kept changing while deleting it; try again")
+
+    async def set_upstreams(self, who: Principal, group: Any, name: Any, servers: Any) -> int:
+        """Replace the domain's upstream servers and nothing else; return the domain's revision after it."""
+        _require(who, "admin", "discovery", "user", action="set upstreams")
+        group, name = _names(group, name, name_field="domain")
+        if not isinstance(servers, list | tuple):
+            raise InvalidArgument("servers", "must be a list of IPv4:port")
+        try:
+            upstreams = tuple(Upstream.parse(s) for s in servers)
+        except DomainError as exc:
+            raise InvalidArgument.of(exc, {"upstreams": "servers"}) from None
+        key = domain_key(group, name)
+        for _ in range(self.max_attempts):
+            current = await self.store.get(key)
+            if current is None:
+                raise NotFound("domain", f"{group}/{name}")
+            old = _decode_domain(current)
+            if who.role == "user":
+                _own(who, old)
+            new = old.with_upstreams(upstreams)
+            try:
+                Domain.parse(new.to_json())  # the record's own limits (e.g. at most 4096 servers)
+            except DomainError as exc:
+                raise InvalidArgument.of(exc, {"upstreams": "servers"}) from None
+            if new == old:
+                return current.mod_revision  # already so: no write, agents see nothing
+            result = await self.store.txn([Compare.mod_is(key, current.mod_revision)], [PutOp(key, new.to_bytes())])
+            if result.succeeded:
+                self.runtime.trace("slb.upstreams.set", key=key, by=who.name, servers=len(new.upstreams),
+                                   revision=result.revision)
+                return result.revision
+        raise Conflict(f"domain {name} kept changing while setting its upstreams; try again")
+
+    # ------------------------------------------------------------------ status
+
+    async def get_status(self, who: Principal, group: Any, name: Any) -> StatusReport:
+        """What each Nginx host of the group reports for the domain, sorted by host."""
+        group, name = _names(group, name, name_field="domain")
+        prefix = status_prefix(group)
+        read = await self.store.txn([], [GetOp(domain_key(group, name)), GetOp(prefix, prefix=True)])
+        domain, statuses = (r if isinstance(r, RangeResult) else RangeResult((), 0) for r in read.responses)
+        current = domain.first()
+        hosts = []
+        for kv in statuses.kvs:
+            host, _, domain_name = kv.key.removeprefix(prefix).partition("/")
+            if domain_name != name:
+                continue
+            try:
+                status = DomainStatus.from_bytes(kv.value)
+            except (ValueError, TypeError, KeyError) as exc:
+                hosts.append(HostStatus(host, 0, 0, f"unreadable status record: {exc!r}", 0.0))
+                continue
+            hosts.append(HostStatus(host, status.revision, status.wanted_revision, status.error, status.at))
+        if current is None and not hosts:
+            raise NotFound("domain", f"{group}/{name}")
+        return StatusReport(current.mod_revision if current else 0, tuple(sorted(hosts, key=lambda h: h.host)))
+
+
+def _require(who: Principal, *roles: str, action: str) -> None:
+    if who.role not in roles:
+        raise PermissionDenied(f"{who.name} (role {who.role}) may not {action}; that needs role "
+                               f"{' or '.join(roles)}")
+
+
+def _own(who: Principal, domain: Domain) -> None:
+    if domain.owner != who.name:
+        raise PermissionDenied(f"domain {domain.name} belongs to {domain.owner}; {who.name} may change only "
+                               "its own domains")

@@ -1,0 +1,347 @@
+"""``leengine-control``: the control service's gRPC server (slb-core for now).
+
+    leengine-control --tokens /etc/leengine/tokens [--listen 127.0.0.1:50051] [--etcd 127.0.0.1:2379]
+
+It wires the real adapters (etcd Store, asyncio Runtime) to the service logic
+(``control/slb_core.py``) and serves ``leengine.control.v1.SlbCore``
+(control/protos/leengine/control/v1/slb.proto) on a ``grpc.aio`` server, together
+with ``grpc.health.v1.Health`` (SERVING once it listens) and server reflection.
+
+* Authentication: every SlbCore call needs metadata ``authorization: Bearer <token>``;
+  a missing, malformed or unknown token is UNAUTHENTICATED. Health and reflection are
+  open (probes and tools carry no token). Tokens come from ``--tokens FILE``: lines
+  ``token name role`` (``control/auth.py``), refused when the file is readable or
+  writable by others.
+* Errors: each typed error of ``slb_core`` becomes one status code (``STATUS``);
+  INVALID_ARGUMENT's details start with the field and the field is also sent as
+  trailing metadata ``leengine-field``; an unreachable etcd is UNAVAILABLE.
+* Tests embed it with ``await start(store, tokens)`` → a ``ControlServer`` holding the
+  bound port; ``await server.stop()``. ``listen`` port 0 picks a free port.
+
+Tokens are bearer secrets: without TLS they cross the network in clear, so listen on
+loopback (the default) or put a TLS-terminating proxy in front; the server warns
+when it listens elsewhere. Bad options are one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import signal
+import stat
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import grpc
+import typer
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from control import slb_core
+from control.auth import Principal, TokenTable, TokenTableError
+from foundation.ports import Runtime, Store, StoreError, StoreUnavailable
+from leengine.typer_main import run_app
+
+try:
+    from control.generated.leengine.control.v1 import slb_pb2, slb_pb2_grpc
+except ImportError as exc:  # pragma: no cover - a set-up error, reported plainly
+    raise ImportError(f"the generated gRPC code is missing ({exc}): run scripts/build-protos.sh") from exc
+
+log = logging.getLogger("leengine.control")
+T = TypeVar("T")
+SERVICE = slb_pb2.DESCRIPTOR.services_by_name["SlbCore"].full_name
+FIELD_METADATA = "leengine-field"
+DEFAULT_LISTEN = "127.0.0.1:50051"
+
+# Typed errors of the service logic → gRPC status codes (most specific first).
+STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+    (slb_core.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (slb_core.NotFound, grpc.StatusCode.NOT_FOUND),
+    (slb_core.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (slb_core.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (slb_core.Conflict, grpc.StatusCode.ABORTED),
+    (slb_core.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (slb_core.CorruptRecord, grpc.StatusCode.INTERNAL),
+    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (StoreError, grpc.StatusCode.INTERNAL),
+)
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+class TokensFileError(ValueError):
+    """The tokens file cannot be used; the message says how to fix it."""
+
+
+def load_tokens(path: str | os.PathLike[str]) -> TokenTable:
+    """Read and validate the tokens file; refuse one that others may read or write."""
+    path = Path(path)
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise TokensFileError(f"tokens file {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise TokensFileError(f"tokens file {path} is not a regular file")
+    if info.st_mode & (stat.S_IROTH | stat.S_IWOTH):
+        raise TokensFileError(f"tokens file {path} is accessible by every user (mode {stat.S_IMODE(info.st_mode):04o})"
+                              f": the tokens are secrets; run chmod 600 {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TokensFileError(f"tokens file {path}: {exc}") from None
+    try:
+        return TokenTable.parse(text, source=str(path))
+    except TokenTableError as exc:
+        raise TokensFileError(str(exc)) from None
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def location_to_dict(loc: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {"path": loc.path or "/", "set_headers": dict(loc.set_headers)}
+    if loc.read_timeout:
+        data["read_timeout"] = loc.read_timeout
+    return data
+
+
+def domain_to_dict(msg: Any) -> dict[str, Any]:
+    """A Domain message as ``slb_domain.Domain.parse`` takes it (proto3 zero values mean the defaults)."""
+    data: dict[str, Any] = {"name": msg.name, "group": msg.group, "owner": msg.owner,
+                            "settings": dict(msg.settings), "upstreams": list(msg.upstreams)}
+    if msg.listen:
+        data["listen"] = msg.listen
+    if msg.locations:
+        data["locations"] = [location_to_dict(loc) for loc in msg.locations]
+    return data
+
+
+def domain_to_proto(stored: slb_core.StoredDomain) -> Any:
+    d = stored.domain
+    return slb_pb2.Domain(
+        name=d.name, group=d.group, owner=d.owner, listen=d.listen,
+        locations=[slb_pb2.Location(path=loc.path, read_timeout=loc.read_timeout, set_headers=dict(loc.set_headers))
+                   for loc in d.locations],
+        settings=dict(d.settings), upstreams=[str(u) for u in d.upstreams], revision=stored.revision)
+
+
+def group_to_proto(group: slb_core.Group) -> Any:
+    return slb_pb2.Group(name=group.name, description=group.description, created_by=group.created_by,
+                         created_at=group.created_at, revision=group.revision)
+
+
+# --------------------------------------------------------------------------- the servicer
+
+
+class SlbCoreService(slb_pb2_grpc.SlbCoreServicer):
+    """Authenticates each call, runs it on ``SlbCore`` and maps the typed errors to status codes."""
+
+    def __init__(self, core: slb_core.SlbCore, tokens: TokenTable) -> None:
+        self.core = core
+        self.tokens = tokens
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
+        values = [v for k, v in (context.invocation_metadata() or ()) if k == "authorization"]
+        if len(values) != 1 or not isinstance(values[0], str):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "missing credentials: send metadata 'authorization: Bearer <token>'")
+        scheme, _, token = values[0].strip().partition(" ")
+        principal = self.tokens.lookup(token.strip()) if scheme.lower() == "bearer" else None
+        if principal is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown token (expected 'Bearer <token>')")
+        return principal  # type: ignore[return-value]
+
+    async def _call(self, context: grpc.aio.ServicerContext, method: str,
+                    action: Callable[[Principal], Awaitable[T]]) -> T:
+        who = await self._authenticate(context)
+        try:
+            return await action(who)
+        except (slb_core.SlbError, StoreError) as exc:
+            code = next(code for kind, code in STATUS if isinstance(exc, kind))
+            trailing: tuple[tuple[str, str], ...] = ()
+            if isinstance(exc, slb_core.InvalidArgument):
+                trailing = ((FIELD_METADATA, exc.field),)
+            level = logging.WARNING if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE) else logging.INFO
+            log.log(level, "%s by %s: %s %s", method, who.name, code.name, exc)
+            await context.abort(code, str(exc), trailing_metadata=trailing)
+            raise  # not reached: abort raises
+
+    async def CreateGroup(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return group_to_proto(await self._call(
+            context, "CreateGroup", lambda who: self.core.create_group(who, request.name, request.description)))
+
+    async def ListGroups(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        groups = await self._call(context, "ListGroups", self.core.list_groups)
+        return slb_pb2.ListGroupsResponse(groups=[group_to_proto(g) for g in groups])
+
+    async def DeleteGroup(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        revision = await self._call(context, "DeleteGroup", lambda who: self.core.delete_group(who, request.name))
+        return slb_pb2.DeleteGroupResponse(revision=revision)
+
+    async def PutDomain(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        expected = request.expected_revision if request.HasField("expected_revision") else None
+        stored = await self._call(context, "PutDomain", lambda who: self.core.put_domain(
+            who, domain_to_dict(request.domain), expected_revision=expected))
+        return domain_to_proto(stored)
+
+    async def GetDomain(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return domain_to_proto(await self._call(
+            context, "GetDomain", lambda who: self.core.get_domain(who, request.group, request.name)))
+
+    async def ListDomains(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        domains, revision = await self._call(context, "ListDomains",
+                                             lambda who: self.core.list_domains(who, request.group))
+        return slb_pb2.ListDomainsResponse(domains=[domain_to_proto(d) for d in domains], revision=revision)
+
+    async def DeleteDomain(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        expected = request.expected_revision if request.HasField("expected_revision") else None
+        revision = await self._call(context, "DeleteDomain", lambda who: self.core.delete_domain(
+            who, request.group, request.name, expected_revision=expected))
+        return slb_pb2.DeleteDomainResponse(revision=revision)
+
+    async def SetUpstreams(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        revision = await self._call(context, "SetUpstreams", lambda who: self.core.set_upstreams(
+            who, request.group, request.domain, list(request.servers)))
+        return slb_pb2.SetUpstreamsResponse(revision=revision)
+
+    async def GetStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        report = await self._call(context, "GetStatus",
+                                  lambda who: self.core.get_status(who, request.group, request.domain))
+        return slb_pb2.GetStatusResponse(revision=report.revision, hosts=[
+            slb_pb2.HostStatus(host=h.host, applied_revision=h.applied_revision, wanted_revision=h.wanted_revision,
+                               error=h.error, at=h.at) for h in report.hosts])
+
+
+# --------------------------------------------------------------------------- the server
+
+
+@dataclass
+class ControlServer:
+    """A running control server: ``port`` is the bound port; ``stop()`` ends it."""
+
+    server: grpc.aio.Server
+    port: int
+    health: Any  # grpc_health's aio HealthServicer
+
+    async def stop(self, grace: float | None = 1.0) -> None:
+        await self.health.enter_graceful_shutdown()  # probes see NOT_SERVING while calls drain
+        await self.server.stop(grace)
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()
+
+
+def check_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"--listen must look like host:port (port 0-65535), got {listen!r}")
+    return host, int(port)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def start(store: Store, tokens: TokenTable, *, listen: str = "127.0.0.1:0",
+                runtime: Runtime | None = None) -> ControlServer:
+    """Serve slb-core on ``listen`` over ``store`` (which the caller owns and closes)."""
+    from foundation.adapters.asyncio_runtime import AsyncioRuntime
+
+    host, _ = check_listen(listen)
+    if not _is_loopback(host):
+        log.warning("listening on %s without TLS: bearer tokens cross the network in clear", listen)
+    server = grpc.aio.server()
+    slb_pb2_grpc.add_SlbCoreServicer_to_server(
+        SlbCoreService(slb_core.SlbCore(store, runtime or AsyncioRuntime()), tokens), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen on {listen}: {exc}") from None
+    if port == 0:
+        raise OSError(f"cannot listen on {listen} (address in use or not local?)")
+    await server.start()
+    for name in ("", SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving %s on %s:%d (%d principals)", SERVICE, host, port, len(tokens))
+    return ControlServer(server, port, health_servicer)
+
+
+async def serve(*, listen: str, etcd: str, tokens: TokenTable, etcd_timeout: float = 5.0,
+                stop: asyncio.Event | None = None) -> None:
+    """Open etcd (retrying while it is down), serve until SIGINT/SIGTERM or ``stop``, shut down cleanly."""
+    from foundation.adapters.etcd_store import EtcdStore
+
+    while True:
+        try:
+            store = await EtcdStore.open(etcd, timeout=etcd_timeout)
+            break
+        except StoreUnavailable as exc:
+            log.warning("waiting for etcd: %s", exc)
+            await asyncio.sleep(2)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        server = await start(store, tokens, listen=listen)
+        try:
+            await stop.wait()
+        finally:
+            await server.stop()
+    finally:
+        await store.close()
+
+
+# --------------------------------------------------------------------------- the command
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command()
+def main(
+    tokens: Annotated[Path, typer.Option(help="tokens file: lines 'token name role' (admin|discovery|user), mode 600")],
+    listen: Annotated[str, typer.Option(help="host:port to serve gRPC on")] = DEFAULT_LISTEN,
+    etcd: Annotated[str, typer.Option(envvar="LEENGINE_ETCD", help="etcd endpoint host:port")] = "127.0.0.1:2379",
+    etcd_timeout: Annotated[float, typer.Option(help="deadline of each etcd request, seconds")] = 5.0,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+) -> None:
+    """Serve the control service's gRPC API (slb-core) over etcd."""
+    try:
+        check_listen(listen)
+        if etcd_timeout <= 0:
+            raise ValueError("--etcd-timeout must be positive")
+        table = load_tokens(tokens)
+    except ValueError as exc:
+        print(f"leengine-control: error: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        asyncio.run(serve(listen=listen, etcd=etcd, tokens=table, etcd_timeout=etcd_timeout))
+    except OSError as exc:
+        print(f"leengine-control: error: {exc}", file=sys.stderr)
+        raise typer.Exit(1) from None
+
+
+def entry() -> None:
+    run_app(app, "leengine-control")
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,312 @@
+"""The control service over the wire: real etcd, the real gRPC server on loopback, a real client.
+
+Every status code a client can meet is reached through the network, and each refused
+call is checked to have written nothing (the etcd revision and every key unchanged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from control.auth import TokenTable
+from control.generated.leengine.control.v1 import slb_pb2 as pb
+from control.generated.leengine.control.v1 import slb_pb2_grpc
+from foundation.adapters.etcd_store import EtcdStore
+from foundation.logic.slb_domain import DomainStatus, domain_key, status_key
+from foundation.ports import StoreUnavailable
+from leengine.control_server import FIELD_METADATA, SERVICE, start
+
+pytestmark = pytest.mark.etcd
+
+TOKENS = {"ops": "admin-0123456789abcdef", "discovery": "disc-0123456789abcdef", "alice": "alice-0123456789abcdef",
+          "bob": "bob-0123456789abcdef0"}
+TABLE = TokenTable.from_entries([(TOKENS["ops"], "ops", "admin"), (TOKENS["discovery"], "discovery", "discovery"),
+                                 (TOKENS["alice"], "alice", "user"), (TOKENS["bob"], "bob", "user")])
+_groups = itertools.count()
+
+
+def auth(name: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {TOKENS[name]}"),)
+
+
+@dataclass
+class Service:
+    stub: slb_pb2_grpc.SlbCoreStub
+    channel: grpc.aio.Channel
+    store: EtcdStore
+    group: str  # a group name no other test uses
+
+    async def snapshot(self) -> tuple[int, tuple]:
+        everything = await self.store.range("/")
+        return everything.revision, everything.kvs
+
+    async def refused(self, code: grpc.StatusCode, call: Awaitable) -> grpc.aio.AioRpcError:
+        """Await ``call``, expect ``code``, and check that etcd did not change at all."""
+        before = await self.snapshot()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == code, caught.value.details()
+        assert await self.snapshot() == before, f"{code.name} must write nothing"
+        return caught.value
+
+    def domain(self, name: str = "shop.example.com", **fields) -> pb.Domain:
+        fields.setdefault("locations", [pb.Location(path="/", set_headers={"X-Env": "prod"})])
+        return pb.Domain(name=name, group=self.group, **fields)
+
+
+def run(etcd_server, body: Callable[[Service], Awaitable[None]]) -> None:
+    async def main() -> None:
+        store = await EtcdStore.open(etcd_server.endpoint, timeout=2.0)
+        server = await start(store, TABLE)
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+        try:
+            await body(Service(slb_pb2_grpc.SlbCoreStub(channel), channel, store, f"g{os.getpid()}-{next(_groups)}"))
+        finally:
+            await channel.close()
+            await server.stop(0)
+            await store.close()
+
+    asyncio.run(asyncio.wait_for(main(), 90))
+
+
+def test_full_flow_create_group_put_domain_set_upstreams_read_back(etcd_server):
+    async def body(s: Service) -> None:
+        group = await s.stub.CreateGroup(pb.CreateGroupRequest(name=s.group, description="public"),
+                                         metadata=auth("ops"))
+        assert (group.name, group.created_by, group.revision > 0) == (s.group, "ops", True)
+        put = await s.stub.PutDomain(pb.PutDomainRequest(domain=s.domain(listen=8080), expected_revision=0),
+                                     metadata=auth("alice"))
+        assert put.owner == "alice" and put.revision > group.revision
+        revision = (await s.stub.SetUpstreams(pb.SetUpstreamsRequest(
+            group=s.group, domain="shop.example.com", servers=["10.1.0.3:8080", "10.1.0.2:8080"]),
+            metadata=auth("discovery"))).revision
+        assert revision > put.revision
+
+        got = await s.stub.GetDomain(pb.GetDomainRequest(group=s.group, name="shop.example.com"), metadata=auth("bob"))
+        assert got.revision == revision
+        assert list(got.upstreams) == ["10.1.0.2:8080", "10.1.0.3:8080"]
+        assert (got.owner, got.listen, got.locations[0].path, dict(got.locations[0].set_headers),
+                got.locations[0].read_timeout) == ("alice", 8080, "/", {"X-Env": "prod"}, 60)
+        kv = await s.store.get(domain_key(s.group, "shop.example.com"))
+        assert kv is not None and kv.mod_revision == revision  # the revision is etcd's mod_revision
+
+        listed = await s.stub.ListDomains(pb.ListDomainsRequest(group=s.group), metadata=auth("discovery"))
+        assert [d.name for d in listed.domains] == ["shop.example.com"] and listed.revision >= revision
+        groups = await s.stub.ListGroups(pb.ListGroupsRequest(), metadata=auth("alice"))
+        assert s.group in [g.name for g in groups.groups]
+
+        # An Nginx host's agent reports what it applied; GetStatus shows it next to the wanted revision.
+        await s.store.put(status_key(s.group, "nginx-1", "shop.example.com"),
+                          DomainStatus(put.revision, "", revision, 1.5).to_bytes())
+        status = await s.stub.GetStatus(pb.GetStatusRequest(group=s.group, domain="shop.example.com"),
+                                        metadata=auth("alice"))
+        assert status.revision == revision
+        assert [(h.host, h.applied_revision, h.wanted_revision, h.error) for h in status.hosts] == [
+            ("nginx-1", put.revision, revision, "")]
+
+        await s.stub.DeleteDomain(pb.DeleteDomainRequest(group=s.group, name="shop.example.com",
+                                                         expected_revision=revision), metadata=auth("alice"))
+        deleted = await s.stub.DeleteGroup(pb.DeleteGroupRequest(name=s.group), metadata=auth("ops"))
+        assert deleted.revision > revision
+        assert (await s.store.range(f"/slb/{s.group}/")).kvs == ()
+
+    run(etcd_server, body)
+
+
+def test_every_error_code_reaches_the_client_and_nothing_is_written(etcd_server):
+    async def body(s: Service) -> None:
+        stub, code = s.stub, grpc.StatusCode
+        await stub.CreateGroup(pb.CreateGroupRequest(name=s.group), metadata=auth("ops"))
+        current = await stub.PutDomain(pb.PutDomainRequest(domain=s.domain()), metadata=auth("alice"))
+
+        # UNAUTHENTICATED: no token, an unknown token, another scheme.
+        for metadata in ((), (("authorization", "Bearer not-a-known-token-at-all"),),
+                         (("authorization", f"Basic {TOKENS['ops']}"),)):
+            err = await s.refused(code.UNAUTHENTICATED, stub.CreateGroup(
+                pb.CreateGroupRequest(name=f"{s.group}-x"), metadata=metadata))
+            assert "Bearer" in err.details()
+
+        # PERMISSION_DENIED: a user making groups, discovery writing domains, a user setting
+        # admin-only settings, a user touching another's domain.
+        await s.refused(code.PERMISSION_DENIED, stub.CreateGroup(pb.CreateGroupRequest(name=f"{s.group}-x"),
+                                                                 metadata=auth("alice")))
+        await s.refused(code.PERMISSION_DENIED, stub.PutDomain(pb.PutDomainRequest(domain=s.domain("d.example.com")),
+                                                               metadata=auth("discovery")))
+        err = await s.refused(code.PERMISSION_DENIED, stub.PutDomain(pb.PutDomainRequest(
+            domain=s.domain(settings={"client_max_body_size": "10m"})), metadata=auth("alice")))
+        assert "settings" in err.details()
+        err = await s.refused(code.PERMISSION_DENIED, stub.DeleteDomain(
+            pb.DeleteDomainRequest(group=s.group, name="shop.example.com"), metadata=auth("bob")))
+        assert "alice" in err.details()
+
+        # INVALID_ARGUMENT names the field, in the details and as trailing metadata.
+        for domain, field in (
+            (s.domain(locations=[pb.Location(path="/", set_headers={"X-A": "a;b"})]), "locations.set_headers"),
+            (s.domain(locations=[pb.Location(path="/", set_headers={"X-A": 'say "hi"'})]), "locations.set_headers"),
+            (s.domain(locations=[pb.Location(path="/", set_headers={"X-A": "$host"})]), "locations.set_headers"),
+            (s.domain("Bad_Name.example.com"), "name"),
+            (s.domain(settings={"worker_processes": "4"}), "settings"),
+        ):
+            err = await s.refused(code.INVALID_ARGUMENT, stub.PutDomain(pb.PutDomainRequest(domain=domain),
+                                                                        metadata=auth("ops")))
+            assert err.details().startswith(f"{field}: ")
+            assert (FIELD_METADATA, field) in tuple(err.trailing_metadata())
+        err = await s.refused(code.INVALID_ARGUMENT, stub.SetUpstreams(pb.SetUpstreamsRequest(
+            group=s.group, domain="shop.example.com", servers=["10.0.0.1"]), metadata=auth("discovery")))
+        assert err.details().startswith("servers: ")
+
+        # NOT_FOUND
+        await s.refused(code.NOT_FOUND, stub.GetDomain(pb.GetDomainRequest(group=s.group, name="no.example.com"),
+                                                       metadata=auth("bob")))
+        await s.refused(code.NOT_FOUND, stub.PutDomain(pb.PutDomainRequest(
+            domain=pb.Domain(name="a.example.com", group=f"{s.group}-missing")), metadata=auth("ops")))
+
+        # ALREADY_EXISTS
+        await s.refused(code.ALREADY_EXISTS, stub.CreateGroup(pb.CreateGroupRequest(name=s.group),
+                                                              metadata=auth("ops")))
+        await s.refused(code.ALREADY_EXISTS, stub.PutDomain(pb.PutDomainRequest(domain=s.domain(), expected_revision=0),
+                                                            metadata=auth("alice")))
+
+        # ABORTED: a stale revision.
+        newer = await stub.PutDomain(pb.PutDomainRequest(domain=s.domain(listen=81),
+                                                         expected_revision=current.revision), metadata=auth("alice"))
+        err = await s.refused(code.ABORTED, stub.PutDomain(pb.PutDomainRequest(
+            domain=s.domain(listen=82), expected_revision=current.revision), metadata=auth("alice")))
+        assert str(newer.revision) in err.details()
+
+        # FAILED_PRECONDITION: the group still has a domain.
+        await s.refused(code.FAILED_PRECONDITION, stub.DeleteGroup(pb.DeleteGroupRequest(name=s.group),
+                                                                   metadata=auth("ops")))
+
+    run(etcd_server, body)
+
+
+def test_etcd_down_is_unavailable_and_the_service_recovers(etcd_server):
+    async def body(s: Service) -> None:
+        await s.stub.CreateGroup(pb.CreateGroupRequest(name=s.group), metadata=auth("ops"))
+        before = await s.snapshot()
+        await asyncio.to_thread(etcd_server.stop)
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await s.stub.PutDomain(pb.PutDomainRequest(domain=s.domain()), metadata=auth("alice"), timeout=30)
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert etcd_server.endpoint in caught.value.details()
+        finally:
+            await asyncio.to_thread(etcd_server.start)
+        for _ in range(100):  # the etcd channel reconnects on its own, after a back-off
+            try:
+                after = await s.snapshot()
+                break
+            except StoreUnavailable:
+                await asyncio.sleep(0.2)
+        assert after == before
+        for _ in range(50):
+            try:
+                put = await s.stub.PutDomain(pb.PutDomainRequest(domain=s.domain()), metadata=auth("alice"))
+                break
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE
+                await asyncio.sleep(0.2)
+        assert put.revision == (await s.store.get(domain_key(s.group, "shop.example.com"))).mod_revision
+
+    run(etcd_server, body)
+
+
+def test_health_is_serving_and_reflection_lists_the_service(etcd_server):
+    async def body(s: Service) -> None:
+        health = health_pb2_grpc.HealthStub(s.channel)
+        for service in ("", SERVICE):  # no token needed: probes carry none
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+        reflect = reflection_pb2_grpc.ServerReflectionStub(s.channel)
+        requests = [reflection_pb2.ServerReflectionRequest(list_services=""),
+                    reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE)]
+        replies = [reply async for reply in reflect.ServerReflectionInfo(iter(requests))]
+        names = {svc.name for svc in replies[0].list_services_response.service}
+        assert {"leengine.control.v1.SlbCore", "grpc.health.v1.Health"} <= names
+        from google.protobuf import descriptor_pb2
+
+        raw = replies[1].file_descriptor_response.file_descriptor_proto[0]
+        proto = descriptor_pb2.FileDescriptorProto.FromString(raw)
+        assert proto.name == "leengine/control/v1/slb.proto"
+        assert [m.name for m in proto.service[0].method] == [
+            "CreateGroup", "ListGroups", "DeleteGroup", "PutDomain", "GetDomain", "ListDomains", "DeleteDomain",
+            "SetUpstreams", "GetStatus"]
+
+    run(etcd_server, body)
+
+
+# ------------------------------------------------------------------ the console script
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _command() -> list[str]:
+    script = Path(sys.executable).parent / "leengine-control"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "leengine.control_server"]
+
+
+def test_console_script_refuses_a_world_readable_tokens_file(tmp_path, etcd_server):
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{TOKENS['ops']} ops admin\n")
+    tokens.chmod(0o644)
+    done = subprocess.run([*_command(), "--tokens", str(tokens), "--etcd", etcd_server.endpoint],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (f"leengine-control: error: tokens file {tokens} is accessible by every user "
+                                   f"(mode 0644): the tokens are secrets; run chmod 600 {tokens}")
+
+
+def test_console_script_serves_until_sigterm(tmp_path, etcd_server):
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{TOKENS['ops']} ops admin\n")
+    tokens.chmod(0o600)
+    port = _free_port()
+    proc = subprocess.Popen([*_command(), "--tokens", str(tokens), "--etcd", etcd_server.endpoint,
+                             "--listen", f"127.0.0.1:{port}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+    async def client() -> list[str]:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+                    break
+                except grpc.aio.AioRpcError:
+                    assert proc.poll() is None and time.monotonic() < deadline, "leengine-control did not come up"
+                    await asyncio.sleep(0.1)
+            groups = await slb_pb2_grpc.SlbCoreStub(channel).ListGroups(pb.ListGroupsRequest(), metadata=auth("ops"))
+            return [g.name for g in groups.groups]
+
+    try:
+        assert isinstance(asyncio.run(client()), list)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, output
+    assert f"serving leengine.control.v1.SlbCore on 127.0.0.1:{port} (1 principals)" in output

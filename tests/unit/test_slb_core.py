@@ -1,0 +1,432 @@
+"""slb-core's rules on the sim Store: groups, domains, who may change what, CAS, upstreams, status."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from control.auth import Principal
+from control.slb_core import (
+    GROUP_INDEX,
+    AlreadyExists,
+    Conflict,
+    CorruptRecord,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    SlbCore,
+    meta_key,
+)
+from foundation.logic.slb_domain import Domain, DomainStatus, domain_key, status_key
+from foundation.ports import PutOp, StoreUnavailable
+from sim.adapters.runtime import SimRuntime
+from sim.adapters.store import MemoryStore
+
+ADMIN = Principal("ops", "admin")
+DISCOVERY = Principal("discovery", "discovery")
+ALICE = Principal("alice", "user")
+BOB = Principal("bob", "user")
+
+
+class World:
+    """One sim runtime, one in-memory etcd, slb-core on a client of it."""
+
+    def __init__(self, latency: float = 0.001) -> None:
+        self.rt = SimRuntime(seed=1)
+        self.server = MemoryStore(self.rt)
+        self.core = SlbCore(self.server.client("control", latency=latency), self.rt)
+
+    def run(self, coro):
+        return self.rt.run_until_complete(coro)
+
+    def contents(self) -> dict[str, tuple[bytes, int]]:
+        return {kv.key: (kv.value, kv.mod_revision) for kv in self.server._range("/", True).kvs}
+
+    def snapshot(self):
+        return self.server.revision, self.contents()
+
+    def stored(self, group: str, name: str) -> Domain:
+        return Domain.from_bytes(self.contents()[domain_key(group, name)][0])
+
+    def fails(self, error: type[Exception], coro) -> Exception:
+        """Run ``coro``, expect ``error``, and check that nothing at all was written."""
+        before = self.snapshot()
+        with pytest.raises(error) as caught:
+            self.run(coro)
+        assert self.snapshot() == before, "a refused call must write nothing"
+        return caught.value
+
+
+def web(**fields) -> dict:
+    data = {"name": "shop.example.com", "group": "web", "locations": [{"path": "/"}]}
+    data.update(fields)
+    return data
+
+
+@pytest.fixture
+def w() -> World:
+    world = World()
+    world.run(world.core.create_group(ADMIN, "web", "public sites"))
+    return world
+
+
+# ------------------------------------------------------------------ groups
+
+
+def test_create_group_writes_meta_and_index_once():
+    world = World()
+    called_at = world.rt.wall_time()
+    group = world.run(world.core.create_group(ADMIN, "web", "public sites"))
+    keys = world.contents()
+    meta = json.loads(keys[meta_key("web")][0])
+    assert meta == {"name": "web", "description": "public sites", "created_by": "ops", "created_at": called_at}
+    assert keys[f"{GROUP_INDEX}web"] == (b"", group.revision)
+    assert group.revision == keys[meta_key("web")][1] == world.server.revision
+    err = world.fails(AlreadyExists, world.core.create_group(ADMIN, "web", "again"))
+    assert err.revision == group.revision
+
+
+@pytest.mark.parametrize("who", [ALICE, DISCOVERY])
+def test_only_admins_create_and_delete_groups(w, who):
+    err = w.fails(PermissionDenied, w.core.create_group(who, "internal"))
+    assert who.name in str(err) and "admin" in str(err)
+    w.fails(PermissionDenied, w.core.delete_group(who, "web"))
+
+
+@pytest.mark.parametrize(("name", "description", "field"), [
+    ("Web", "", "name"), ("-web", "", "name"), ("a" * 64, "", "name"), ("web/x", "", "name"),
+    ("ok", "x" * 257, "description"), ("ok", "line\nbreak", "description"),
+])
+def test_bad_group_fields_are_invalid_arguments_naming_the_field(name, description, field):
+    world = World()
+    err = world.fails(InvalidArgument, world.core.create_group(ADMIN, name, description))
+    assert err.field == field and str(err).startswith(f"{field}: ")
+
+
+def test_list_groups_is_sorted_and_reads_every_meta(w):
+    for name in ("internal", "api"):
+        w.run(w.core.create_group(ADMIN, name))
+    groups = w.run(w.core.list_groups(ALICE))
+    assert [g.name for g in groups] == ["api", "internal", "web"]
+    assert groups[2].description == "public sites" and groups[2].created_by == "ops"
+    assert w.run(w.core.get_group(BOB, "web")).revision == groups[2].revision
+
+
+def test_delete_group_refuses_while_it_has_domains_then_removes_everything_of_it(w):
+    w.run(w.core.create_group(ADMIN, "web2"))  # a prefix neighbour that must survive
+    w.run(w.core.put_domain(ALICE, web()))
+    w.run(w.server.client("agent").put(status_key("web", "nginx-1", "shop.example.com"), DomainStatus(3).to_bytes()))
+    err = w.fails(FailedPrecondition, w.core.delete_group(ADMIN, "web"))
+    assert "shop.example.com" in str(err)
+    w.run(w.core.delete_domain(ALICE, "web", "shop.example.com"))
+    revision = w.run(w.core.delete_group(ADMIN, "web"))
+    assert revision == w.server.revision
+    assert [k for k in w.contents() if "/web/" in k or k.endswith("/web")] == []  # meta, index, leftover status
+    assert meta_key("web2") in w.contents()
+    w.fails(NotFound, w.core.delete_group(ADMIN, "web"))
+    w.fails(NotFound, w.core.put_domain(ADMIN, web()))
+
+
+@pytest.mark.parametrize("offset", [i * 0.001 for i in range(12)])
+def test_a_domain_created_while_its_group_is_deleted_is_never_orphaned(offset):
+    """delete_group reads meta, then domains, then CASes the meta; a create in between moves the meta."""
+    world = World()
+    world.run(world.core.create_group(ADMIN, "web"))
+    deleter = SlbCore(world.server.client("deleter", latency=0.004), world.rt)
+    creator = SlbCore(world.server.client("creator", latency=0.001), world.rt)
+    outcome = {}
+
+    async def delete():
+        try:
+            outcome["delete"] = await deleter.delete_group(ADMIN, "web")
+        except (FailedPrecondition, NotFound) as exc:
+            outcome["delete"] = type(exc).__name__
+
+    async def create():
+        await world.rt.sleep(offset)
+        try:
+            outcome["create"] = (await creator.put_domain(ALICE, web())).revision
+        except NotFound:
+            outcome["create"] = "NotFound"
+
+    async def both():
+        tasks = [world.rt.spawn(delete(), name="delete"), world.rt.spawn(create(), name="create")]
+        for task in tasks:
+            await task.join()
+
+    world.run(both())
+    keys = world.contents()
+    domain_there, group_there = domain_key("web", "shop.example.com") in keys, meta_key("web") in keys
+    assert domain_there <= group_there, f"orphaned domain: {outcome}"
+    assert (outcome["delete"] == "FailedPrecondition") == domain_there
+    assert (outcome["create"] == "NotFound") == (not domain_there)
+
+
+# ------------------------------------------------------------------ domains: validation
+
+
+@pytest.mark.parametrize(("fields", "field"), [
+    ({"name": "Shop.Example.com"}, "name"),
+    ({"name": "shop_example.com"}, "name"),
+    ({"name": "-shop.example.com"}, "name"),
+    ({"name": "shop.example.com;"}, "name"),
+    ({"group": "Web"}, "group"),
+    ({"listen": 0}, "listen"),
+    ({"listen": 70000}, "listen"),
+    ({"locations": [{"path": "/", "set_headers": {"X-A": "a;b"}}]}, "locations.set_headers"),
+    ({"locations": [{"path": "/", "set_headers": {"X-A": 'a"b'}}]}, "locations.set_headers"),
+    ({"locations": [{"path": "/", "set_headers": {"X-A": "$host"}}]}, "locations.set_headers"),
+    ({"locations": [{"path": "/", "set_headers": {"X A": "b"}}]}, "locations.set_headers"),
+    ({"locations": [{"path": "/", "set_headers": {"X-A": "ok\n"}}]}, "locations.set_headers"),
+    ({"name": "shop.example.com\n"}, "name"),
+    ({"locations": [{"path": "/a b"}]}, "locations.path"),
+    ({"locations": [{"path": "/", "read_timeout": 0}]}, "locations.read_timeout"),
+    ({"locations": [{"path": "/"}, {"path": "/"}]}, "locations"),
+    ({"settings": {"worker_processes": "4"}}, "settings"),
+    ({"settings": {"client_max_body_size": "1g;"}}, "settings.client_max_body_size"),
+    ({"upstreams": ["10.0.0.1"]}, "upstreams"),
+    ({"upstreams": ["10.0.0.1:0"]}, "upstreams"),
+    ({"owner": "Not An Owner"}, "owner"),
+    ({"extra": 1}, "domain"),
+])
+def test_invalid_domains_are_refused_naming_the_field(w, fields, field):
+    err = w.fails(InvalidArgument, w.core.put_domain(ADMIN, web(**fields)))
+    assert err.field == field, str(err)
+    assert str(err).startswith(f"{field}: ")
+
+
+def test_reads_validate_names_too(w):
+    assert w.fails(InvalidArgument, w.core.get_domain(ALICE, "web", "x;y")).field == "name"
+    assert w.fails(InvalidArgument, w.core.list_domains(ALICE, "WEB")).field == "group"
+    assert w.fails(InvalidArgument, w.core.get_status(ALICE, "web", "../x")).field == "domain"
+    assert w.fails(InvalidArgument, w.core.set_upstreams(DISCOVERY, "web", "a b", [])).field == "domain"
+    assert w.fails(InvalidArgument, w.core.put_domain(ADMIN, web(), expected_revision=-1)).field == "expected_revision"
+
+
+# ------------------------------------------------------------------ domains: create, read, replace
+
+
+def test_admin_creates_a_domain_atomically_with_the_group_meta(w):
+    meta_before = w.contents()[meta_key("web")]
+    stored = w.run(w.core.put_domain(ADMIN, web(owner="alice", settings={"client_max_body_size": "10m"})))
+    keys = w.contents()
+    assert keys[domain_key("web", "shop.example.com")] == (stored.domain.to_bytes(), stored.revision)
+    assert keys[meta_key("web")] == (meta_before[0], stored.revision)  # same value, moved in the same txn
+    assert stored.domain.owner == "alice" and stored.domain.settings == (("client_max_body_size", "10m"),)
+    got = w.run(w.core.get_domain(DISCOVERY, "web", "shop.example.com"))
+    assert got == stored
+    listed, revision = w.run(w.core.list_domains(BOB, "web"))
+    assert listed == [stored] and revision == w.server.revision
+
+
+def test_an_empty_owner_means_the_caller(w):
+    assert w.run(w.core.put_domain(ADMIN, web())).domain.owner == "ops"
+    assert w.run(w.core.put_domain(ALICE, web(name="a.example.com", owner=""))).domain.owner == "alice"
+
+
+def test_missing_things_are_not_found(w):
+    w.fails(NotFound, w.core.put_domain(ADMIN, web(group="nope")))
+    w.fails(NotFound, w.core.get_domain(ALICE, "web", "nope.example.com"))
+    w.fails(NotFound, w.core.list_domains(ALICE, "nope"))
+    w.fails(NotFound, w.core.delete_domain(ADMIN, "web", "nope.example.com"))
+    w.fails(NotFound, w.core.set_upstreams(DISCOVERY, "web", "nope.example.com", ["10.0.0.1:80"]))
+    w.fails(NotFound, w.core.get_status(ALICE, "web", "nope.example.com"))
+    w.fails(NotFound, w.core.get_group(ALICE, "nope"))
+
+
+def test_domain_names_are_unique_per_group_not_globally(w):
+    w.run(w.core.create_group(ADMIN, "internal"))
+    a = w.run(w.core.put_domain(ALICE, web(), expected_revision=0))
+    b = w.run(w.core.put_domain(BOB, web(group="internal"), expected_revision=0))
+    assert (a.domain.owner, b.domain.owner) == ("alice", "bob")
+    err = w.fails(AlreadyExists, w.core.put_domain(BOB, web(), expected_revision=0))
+    assert err.revision == a.revision
+
+
+def test_replacing_with_the_same_record_writes_nothing(w):
+    stored = w.run(w.core.put_domain(ALICE, web()))
+    before = w.snapshot()
+    again = w.run(w.core.put_domain(ALICE, web(owner="alice")))
+    assert again.revision == stored.revision and w.snapshot() == before
+
+
+# ------------------------------------------------------------------ who may change what
+
+
+def test_discovery_writes_nothing_but_upstreams(w):
+    w.run(w.core.put_domain(ALICE, web()))
+    w.fails(PermissionDenied, w.core.put_domain(DISCOVERY, web(name="d.example.com")))
+    w.fails(PermissionDenied, w.core.delete_domain(DISCOVERY, "web", "shop.example.com"))
+    revision = w.run(w.core.set_upstreams(DISCOVERY, "web", "shop.example.com", ["10.0.0.1:80"]))
+    assert revision == w.server.revision
+
+
+def test_a_user_creates_domains_only_for_itself_and_without_settings(w):
+    err = w.fails(PermissionDenied, w.core.put_domain(ALICE, web(owner="bob")))
+    assert "alice" in str(err) and "bob" in str(err)
+    err = w.fails(PermissionDenied, w.core.put_domain(ALICE, web(settings={"client_max_body_size": "10m"})))
+    assert "client_max_body_size" in str(err) and "admin" in str(err)
+
+
+def test_a_user_changes_only_its_own_domains(w):
+    w.run(w.core.put_domain(ALICE, web()))
+    w.fails(PermissionDenied, w.core.put_domain(BOB, web(listen=8080)))  # owner '' = bob ≠ stored owner alice
+    w.fails(PermissionDenied, w.core.put_domain(BOB, web(owner="alice", listen=8080)))  # not bob's to write as alice
+    w.fails(PermissionDenied, w.core.delete_domain(BOB, "web", "shop.example.com"))
+    w.fails(PermissionDenied, w.core.set_upstreams(BOB, "web", "shop.example.com", ["10.0.0.1:80"]))
+    w.fails(PermissionDenied, w.core.put_domain(ALICE, web(owner="bob")))  # cannot give it away either
+    assert w.run(w.core.put_domain(ALICE, web(listen=8080))).domain.listen == 8080
+    assert w.run(w.core.set_upstreams(ALICE, "web", "shop.example.com", ["10.0.0.9:80"])) == w.server.revision
+    # An admin may take it over or give it to anyone.
+    assert w.run(w.core.put_domain(ADMIN, web(owner="bob", listen=8080,
+                                             upstreams=["10.0.0.9:80"]))).domain.owner == "bob"
+    w.fails(PermissionDenied, w.core.delete_domain(ALICE, "web", "shop.example.com"))
+    w.run(w.core.delete_domain(BOB, "web", "shop.example.com"))
+    assert domain_key("web", "shop.example.com") not in w.contents()
+
+
+def test_a_user_update_must_carry_the_admin_settings_unchanged(w):
+    settings = {"client_max_body_size": "10m", "keepalive_timeout": "30s"}
+    w.run(w.core.put_domain(ADMIN, web(owner="alice", settings=settings)))
+    for changed in ({}, {"client_max_body_size": "10m"}, {**settings, "client_max_body_size": "1m"},
+                    {**settings, "proxy_http_version": "1.1"}):
+        err = w.fails(PermissionDenied, w.core.put_domain(ALICE, web(listen=8080, settings=changed)))
+        assert "settings" in str(err)
+    stored = w.run(w.core.put_domain(ALICE, web(listen=8080, settings=settings)))
+    assert stored.domain.listen == 8080 and dict(stored.domain.settings) == settings
+    assert w.run(w.core.put_domain(ADMIN, web(owner="alice", settings={}))).domain.settings == ()
+
+
+# ------------------------------------------------------------------ optimistic concurrency
+
+
+def test_expected_revision_guards_replace_and_delete(w):
+    first = w.run(w.core.put_domain(ALICE, web(), expected_revision=0))
+    second = w.run(w.core.put_domain(ALICE, web(listen=81), expected_revision=first.revision))
+    assert second.revision > first.revision
+    err = w.fails(Conflict, w.core.put_domain(ALICE, web(listen=82), expected_revision=first.revision))
+    assert (err.expected, err.actual) == (first.revision, second.revision)
+    err = w.fails(Conflict, w.core.delete_domain(ALICE, "web", "shop.example.com", expected_revision=first.revision))
+    assert err.actual == second.revision
+    w.run(w.core.delete_domain(ALICE, "web", "shop.example.com", expected_revision=second.revision))
+    err = w.fails(Conflict, w.core.put_domain(ALICE, web(), expected_revision=second.revision))  # gone meanwhile
+    assert err.actual == 0
+
+
+def test_two_writers_with_the_same_expected_revision_one_wins(w):
+    base = w.run(w.core.put_domain(ALICE, web()))
+    results = {}
+
+    async def writer(name: str, listen: int):
+        core = SlbCore(w.server.client(name, latency=0.002), w.rt)
+        try:
+            results[name] = (await core.put_domain(ALICE, web(listen=listen), expected_revision=base.revision)).revision
+        except Conflict as exc:
+            results[name] = exc
+
+    async def both():
+        tasks = [w.rt.spawn(writer("one", 81), name="one"), w.rt.spawn(writer("two", 82), name="two")]
+        for task in tasks:
+            await task.join()
+
+    w.run(both())
+    winners = [r for r in results.values() if isinstance(r, int)]
+    assert len(winners) == 1 and sum(isinstance(r, Conflict) for r in results.values()) == 1
+    assert w.contents()[domain_key("web", "shop.example.com")][1] == winners[0]
+
+
+# ------------------------------------------------------------------ upstreams
+
+
+def test_set_upstreams_changes_only_the_upstreams(w):
+    original = w.run(w.core.put_domain(ADMIN, web(
+        owner="alice", listen=8080, settings={"proxy_http_version": "1.1"},
+        locations=[{"path": "/", "read_timeout": 5, "set_headers": {"X-Env": "prod"}}, {"path": "/api"}],
+        upstreams=["10.0.0.1:80"])))
+    revision = w.run(w.core.set_upstreams(DISCOVERY, "web", "shop.example.com",
+                                          ["10.0.0.3:80", "10.0.0.2:80", "10.0.0.3:80"]))
+    stored = w.stored("web", "shop.example.com")
+    assert [str(u) for u in stored.upstreams] == ["10.0.0.2:80", "10.0.0.3:80"]  # sorted, no duplicates
+    assert stored.with_upstreams(()) == original.domain.with_upstreams(())
+    assert revision == w.contents()[domain_key("web", "shop.example.com")][1] > original.revision
+    before = w.snapshot()  # the same servers again: nothing is written, the same revision returns
+    assert w.run(w.core.set_upstreams(DISCOVERY, "web", "shop.example.com", ["10.0.0.2:80", "10.0.0.3:80"])) == revision
+    assert w.snapshot() == before
+    assert w.run(w.core.set_upstreams(DISCOVERY, "web", "shop.example.com", [])) > revision
+    assert w.stored("web", "shop.example.com").upstreams == ()
+
+
+@pytest.mark.parametrize("servers", [["10.0.0.1"], ["host:80"], ["10.0.0.1:99999"], "10.0.0.1:80",
+                                     [f"10.0.{i // 256}.{i % 256}:80" for i in range(4097)]])
+def test_bad_upstreams_name_the_servers_field(w, servers):
+    w.run(w.core.put_domain(ALICE, web()))
+    err = w.fails(InvalidArgument, w.core.set_upstreams(DISCOVERY, "web", "shop.example.com", servers))
+    assert err.field == "servers"
+
+
+def test_set_upstreams_racing_a_user_update_loses_neither(w):
+    """Read-modify-CAS: when the user's replace lands between the read and the write, discovery reads again."""
+    w.run(w.core.put_domain(ALICE, web()))
+    discovery = SlbCore(w.server.client("discovery", latency=0.010), w.rt)
+    user = SlbCore(w.server.client("alice", latency=0.001), w.rt)
+    before = w.server.revision
+
+    async def both():
+        up = w.rt.spawn(discovery.set_upstreams(DISCOVERY, "web", "shop.example.com", ["10.0.0.7:80"]), name="disc")
+        await w.rt.sleep(0.006)  # discovery's read has happened, its CAS has not
+        await user.put_domain(ALICE, web(listen=8080))
+        return await up.join()
+
+    revision = w.run(both())
+    stored = w.stored("web", "shop.example.com")
+    assert stored.listen == 8080 and [str(u) for u in stored.upstreams] == ["10.0.0.7:80"]
+    assert revision == w.server.revision == before + 2  # the user's write, then discovery's retried write
+
+
+# ------------------------------------------------------------------ status
+
+
+def test_status_lists_each_host_for_one_domain(w):
+    stored = w.run(w.core.put_domain(ALICE, web()))
+    w.run(w.core.put_domain(ALICE, web(name="other.example.com")))
+    agent = w.server.client("agents")
+
+    async def report():
+        await agent.put(status_key("web", "nginx-2", "shop.example.com"),
+                        DomainStatus(stored.revision - 1, "nginx -t failed: x", stored.revision, 12.5).to_bytes())
+        await agent.put(status_key("web", "nginx-1", "shop.example.com"),
+                        DomainStatus(stored.revision, "", stored.revision, 12.0).to_bytes())
+        await agent.put(status_key("web", "nginx-1", "other.example.com"), DomainStatus(1).to_bytes())
+        await agent.put(status_key("web", "nginx-3", "shop.example.com"), b"{not json")
+
+    w.run(report())
+    status = w.run(w.core.get_status(DISCOVERY, "web", "shop.example.com"))
+    assert status.revision == stored.revision
+    assert [(h.host, h.applied_revision, h.wanted_revision, h.error, h.at) for h in status.hosts[:2]] == [
+        ("nginx-1", stored.revision, stored.revision, "", 12.0),
+        ("nginx-2", stored.revision - 1, stored.revision, "nginx -t failed: x", 12.5)]
+    assert status.hosts[2].host == "nginx-3" and "unreadable" in status.hosts[2].error
+    w.run(w.core.delete_domain(ALICE, "web", "shop.example.com"))
+    after = w.run(w.core.get_status(ALICE, "web", "shop.example.com"))
+    assert after.revision == 0 and len(after.hosts) == 3  # deleted; the hosts still report it
+
+
+# ------------------------------------------------------------------ store trouble
+
+
+def test_a_record_written_by_someone_else_that_does_not_parse_is_a_corrupt_record(w):
+    key = domain_key("web", "bad.example.com")
+    w.run(w.server.client("other").txn([], [PutOp(key, b'{"name": "bad.example.com"}')]))
+    err = w.fails(CorruptRecord, w.core.get_domain(ALICE, "web", "bad.example.com"))
+    assert err.key == key
+    w.fails(CorruptRecord, w.core.put_domain(ALICE, web(name="bad.example.com")))  # cannot prove ownership
+    assert w.run(w.core.put_domain(ADMIN, web(name="bad.example.com"))).domain.owner == "ops"  # admins may repair
+
+
+def test_an_unreachable_store_is_store_unavailable_and_nothing_is_written(w):
+    w.server.set_available(False)
+    for call in (w.core.put_domain(ADMIN, web()), w.core.create_group(ADMIN, "api"),
+                 w.core.set_upstreams(DISCOVERY, "web", "shop.example.com", []), w.core.list_groups(ALICE)):
+        w.fails(StoreUnavailable, call)
