@@ -1,8 +1,10 @@
 """The Cluster port: one Cell's Kubernetes API, as much of it as the agents read.
 
-Today: list pods (namespace, name, UID, node, pod IP, phase, readiness) and list
-nodes, which is what ``cnictl check`` and ``gc`` need to tell a live allocation
-from a leaked one. The load-balancing issue adds endpoints and watches.
+Pods (namespace, name, UID, node, pod IP, phase, readiness) and nodes, which is what
+``cnictl check`` and ``gc`` need to tell a live allocation from a leaked one; and the
+**endpoints** of each Service (ready and not-ready addresses), listed and watched,
+which is what discovery feeds the load balancers from. In LeEngine an app is a
+namespace with one Service; its versions are replication controllers under it.
 Real adapter: the official ``kubernetes`` client against an API server; sim
 adapter: the simulated cell. It must not know which one is behind it.
 """
@@ -33,9 +35,41 @@ class PodInfo:
     ready: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    """A Service's endpoints: pods that pass their readiness probe, and those that do not yet."""
+
+    namespace: str
+    service: str
+    ready: tuple[str, ...] = ()  # pod IPs, sorted
+    not_ready: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointsEvent:
+    type: str  # "ADDED", "MODIFIED", "DELETED" (as the Kubernetes watch says)
+    endpoints: Endpoints
+
+
+class EndpointsWatch(Protocol):
+    """Events after the listing's version, in order; ``close()`` ends it."""
+
+    def __aiter__(self) -> EndpointsWatch: ...
+
+    async def __anext__(self) -> EndpointsEvent: ...
+
+    async def close(self) -> None: ...
+
+
 class Cluster(Protocol):
     @property
     def endpoint(self) -> str: ...
+
+    async def list_endpoints(self) -> tuple[list[Endpoints], str]:
+        """Every Service's endpoints, and the resource version to watch from."""
+
+    def watch_endpoints(self, resource_version: str) -> EndpointsWatch:
+        """Changes of endpoints after ``resource_version``."""
 
     async def list_pods(self) -> list[PodInfo]:
         """Every pod of the Cell, all namespaces."""

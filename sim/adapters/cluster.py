@@ -7,14 +7,49 @@ the API server off. It must not know any agent.
 
 from __future__ import annotations
 
-from foundation.ports.cluster import ClusterUnavailable, PodInfo
+from foundation.ports.cluster import ClusterUnavailable, Endpoints, EndpointsEvent, PodInfo
+from foundation.ports.runtime import Runtime
+
+
+class _SimEndpointsWatch:
+    def __init__(self, cluster: SimCluster, after: int) -> None:
+        self._cluster = cluster
+        self._queue = cluster.runtime.queue()
+        self._closed = False
+        for version, event in cluster._history:
+            if version > after:
+                self._queue.put_nowait(event)
+        cluster._watches.append(self)
+
+    def __aiter__(self) -> _SimEndpointsWatch:
+        return self
+
+    async def __anext__(self) -> EndpointsEvent:
+        item = await self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        if item is None:
+            raise StopAsyncIteration
+        return item
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if self in self._cluster._watches:  # a cut-off already dropped it
+                self._cluster._watches.remove(self)
+            self._queue.put_nowait(None)
 
 
 class SimCluster:
-    def __init__(self, name: str = "cell") -> None:
+    def __init__(self, name: str = "cell", runtime: Runtime | None = None) -> None:
         self.name = name
+        self.runtime = runtime  # needed for watches only
         self.pods: dict[tuple[str, str], PodInfo] = {}
         self.nodes: dict[str, None] = {}  # ordered set
+        self.endpoints: dict[tuple[str, str], Endpoints] = {}
+        self.version = 0
+        self._history: list[tuple[int, EndpointsEvent]] = []
+        self._watches: list[_SimEndpointsWatch] = []
         self.available = True
 
     @property
@@ -44,3 +79,41 @@ class SimCluster:
     async def list_nodes(self) -> list[str]:
         self._check()
         return list(self.nodes)
+
+    # ---- endpoints
+    def set_endpoints(self, endpoints: Endpoints) -> None:
+        key = (endpoints.namespace, endpoints.service)
+        kind = "MODIFIED" if key in self.endpoints else "ADDED"
+        self.endpoints[key] = endpoints
+        self._publish(EndpointsEvent(kind, endpoints))
+
+    def delete_endpoints(self, namespace: str, service: str) -> None:
+        gone = self.endpoints.pop((namespace, service), None)
+        if gone is not None:
+            self._publish(EndpointsEvent("DELETED", gone))
+
+    def _publish(self, event: EndpointsEvent) -> None:
+        self.version += 1
+        self._history.append((self.version, event))
+        del self._history[:-1000]  # the API server's watch cache is bounded too
+        for watch in self._watches:
+            watch._queue.put_nowait(event)
+
+    def cut_off(self) -> None:
+        """The API server goes away: every watch breaks, every call fails until ``available`` again."""
+        self.available = False
+        for watch in list(self._watches):
+            watch._queue.put_nowait(ClusterUnavailable(self.endpoint, "API server down"))
+            self._watches.remove(watch)
+
+    async def list_endpoints(self) -> tuple[list[Endpoints], str]:
+        self._check()
+        return list(self.endpoints.values()), str(self.version)
+
+    def watch_endpoints(self, resource_version: str) -> _SimEndpointsWatch:
+        assert self.runtime is not None, "SimCluster needs a runtime for watches"
+        watch = _SimEndpointsWatch(self, int(resource_version or 0))
+        if not self.available:
+            self._watches.remove(watch)
+            watch._queue.put_nowait(ClusterUnavailable(self.endpoint, "API server down"))
+        return watch

@@ -1,0 +1,188 @@
+"""Discovery: the ready pods of every app, across all its Cells, become its domains' upstream servers.
+
+An app is a namespace with one Service in each Cell it runs in. A **binding** says
+which domain of which Nginx group serves it and on which port. Discovery lists and
+then watches the endpoints of every Cell (the Cluster port), keeps the **ready**
+addresses per (Cell, app), and whenever the union over Cells changes, calls
+slb-core's ``set_upstreams`` with the result (as the ``discovery`` principal). A pod
+joins only once its readiness probe passes: not-ready addresses are never pushed.
+
+**Drain** (scale-down without failed requests): before a pod is deleted, ``drain``
+removes its address from every domain of its app, waits until every Nginx host of
+the group reports the new revision applied (their status records), and only then
+returns, so the caller may delete the pod. A Cell whose API server is out of reach
+keeps its last known addresses (its pods are probably still serving) while discovery
+retries; an app whose last ready address disappears is pushed as an empty list.
+
+It must not know Kubernetes clients, etcd or gRPC: only the Cluster, Store (through
+slb-core's logic) and Runtime ports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from control.auth import Principal
+from control.slb_core import NotFound, SlbCore, SlbError
+from foundation.ports import Cancelled, Runtime, StoreError
+from foundation.ports.cluster import Cluster, ClusterUnavailable
+
+DISCOVERY = Principal("discovery", "discovery")
+
+
+@dataclass(frozen=True)
+class Binding:
+    namespace: str  # the app
+    service: str
+    port: int
+    group: str
+    domain: str
+
+
+@dataclass
+class DiscoveryStats:
+    pushes: int = 0
+    drains: int = 0
+    cluster_errors: int = 0
+    push_errors: int = 0
+
+
+@dataclass
+class Discovery:
+    cells: dict[str, Cluster]
+    slb: SlbCore
+    runtime: Runtime
+    bindings: list[Binding]
+    retry: float = 1.0
+    stats: DiscoveryStats = field(default_factory=DiscoveryStats)
+
+    def __post_init__(self) -> None:
+        self._ready: dict[tuple[str, str, str], tuple[str, ...]] = {}  # (cell, namespace, service) -> IPs
+        self._draining: set[tuple[str, str]] = set()  # (namespace, ip) on their way out
+        self._pushed: dict[tuple[str, str], tuple[str, ...]] = {}  # (group, domain) -> servers pushed
+        self._listed: set[str] = set()  # Cells listed at least once
+        self.synced = self.runtime.event()  # every Cell listed once
+
+    # ------------------------------------------------------------------ following the Cells
+    async def run(self) -> None:
+        tasks = [self.runtime.spawn(self._follow(cell, cluster), name=f"discovery/{cell}")
+                 for cell, cluster in sorted(self.cells.items())]
+        try:
+            for task in tasks:
+                await task.join()
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def _follow(self, cell: str, cluster: Cluster) -> None:
+        while True:
+            try:
+                listing, version = await cluster.list_endpoints()
+                seen = {(cell, e.namespace, e.service) for e in listing}
+                for key in [k for k in self._ready if k[0] == cell and k not in seen]:
+                    del self._ready[key]  # services deleted while we were not watching
+                for endpoints in listing:
+                    self._ready[(cell, endpoints.namespace, endpoints.service)] = endpoints.ready
+                self._listed.add(cell)
+                await self._push_all()
+                if len(self._listed) == len(self.cells):
+                    self.synced.set()
+                watch = cluster.watch_endpoints(version)
+                try:
+                    async for event in watch:
+                        key = (cell, event.endpoints.namespace, event.endpoints.service)
+                        if event.type == "DELETED":
+                            self._ready.pop(key, None)
+                        else:
+                            self._ready[key] = event.endpoints.ready
+                        await self._push_app(event.endpoints.namespace, event.endpoints.service)
+                finally:
+                    await watch.close()
+            except Cancelled:
+                raise
+            except ClusterUnavailable:
+                # Keep what we knew of this Cell: its pods are probably still serving.
+                self.stats.cluster_errors += 1
+                await self.runtime.sleep(self.retry)
+
+    # ------------------------------------------------------------------ pushing
+    def servers(self, binding: Binding) -> tuple[str, ...]:
+        """The upstream servers a binding should have now: ready, not draining, every Cell."""
+        ips = {ip for (cell, ns, svc), ready in self._ready.items()
+               if ns == binding.namespace and svc == binding.service for ip in ready}
+        ips -= {ip for ns, ip in self._draining if ns == binding.namespace}
+        return tuple(f"{ip}:{binding.port}" for ip in sorted(ips, key=_ip_order))
+
+    async def _push_all(self) -> None:
+        for binding in self.bindings:
+            await self._push(binding)
+
+    async def _push_app(self, namespace: str, service: str) -> None:
+        for binding in self.bindings:
+            if binding.namespace == namespace and binding.service == service:
+                await self._push(binding)
+
+    async def _push(self, binding: Binding) -> int | None:
+        servers = self.servers(binding)
+        target = (binding.group, binding.domain)
+        if self._pushed.get(target) == servers:
+            return None
+        try:
+            revision = await self.slb.set_upstreams(DISCOVERY, binding.group, binding.domain, list(servers))
+        except (SlbError, StoreError) as exc:
+            # The domain may not exist yet, or etcd is away: the next change or resync pushes again.
+            self.stats.push_errors += 1
+            self.runtime.trace("discovery-push-failed", domain=binding.domain, error=type(exc).__name__)
+            self._pushed.pop(target, None)
+            return None
+        self._pushed[target] = servers
+        self.stats.pushes += 1
+        self.runtime.trace("discovery-push", domain=binding.domain, servers=len(servers), revision=revision)
+        return revision
+
+    # ------------------------------------------------------------------ drain
+    async def drain(self, namespace: str, ip: str, *, timeout: float = 30.0, poll: float = 0.05) -> bool:
+        """Take ``ip`` out of its app's upstreams and wait until every Nginx host applied that.
+
+        True when all hosts confirmed within ``timeout``; False otherwise (the caller decides
+        whether to delete the pod anyway). The address stays excluded until ``forget``.
+        """
+        self.stats.drains += 1
+        self._draining.add((namespace, ip))
+        waits = []
+        for binding in self.bindings:
+            if binding.namespace != namespace:
+                continue
+            revision = await self._push(binding)
+            if revision is None:  # nothing to change (already out) or the push failed
+                revision = await self._current_revision(binding)
+            if revision:
+                waits.append((binding, revision))
+        deadline = self.runtime.now() + timeout
+        for binding, revision in waits:
+            while not await self._applied_everywhere(binding, revision):
+                if self.runtime.now() >= deadline:
+                    return False
+                await self.runtime.sleep(poll)
+        return True
+
+    def forget(self, namespace: str, ip: str) -> None:
+        """The drained pod is gone: stop excluding its address (a new pod may get it later)."""
+        self._draining.discard((namespace, ip))
+
+    async def _current_revision(self, binding: Binding) -> int:
+        try:
+            return (await self.slb.get_domain(DISCOVERY, binding.group, binding.domain)).revision
+        except (NotFound, StoreError):
+            return 0
+
+    async def _applied_everywhere(self, binding: Binding, revision: int) -> bool:
+        try:
+            report = await self.slb.get_status(DISCOVERY, binding.group, binding.domain)
+        except (SlbError, StoreError):
+            return False
+        return bool(report.hosts) and all(h.applied_revision >= revision for h in report.hosts)
+
+
+def _ip_order(ip: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in ip.split("."))
