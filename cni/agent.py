@@ -6,7 +6,8 @@ before reporting the error, so a failed ADD leaves nothing behind. A repeated AD
 gets the same address and has its interface rebuilt.
 DEL: unplumb and release; with a cool-down the two overlap (the address cannot be
 handed out again before the cool-down ends anyway), without one unplumbing comes
-first, so an address is never handed out while a veth still carries it. Both steps
+first, so an address is never handed out while a port on the bridge still carries
+it (the veth itself may linger a moment after, off the bridge). Both steps
 succeed when there is nothing left to remove, which makes DEL idempotent (the
 runtime may call it many times, or after a failed ADD).
 CHECK: the handle still holds the address of ``prevResult`` and the dataplane
@@ -159,7 +160,7 @@ class CniAgent:
     async def _delete(self, request: CniRequest) -> None:
         if self.ipam.cooldown > 0:
             # A released address cools down before anyone gets it again, so the release may
-            # overlap the unplumbing (the kernel's veth deletion is most of a DEL's time).
+            # overlap the unplumbing (an OVSDB round trip; the veth is deleted in the background).
             detaching = self.runtime.spawn(self._detach(request), name=f"detach {request.container_id}")
             try:
                 released = await self._store_call("releasing",

@@ -12,6 +12,16 @@ Invariants every adapter keeps:
 * ``attach`` is all or nothing: if a step fails, what it already made is removed
   before the error is raised (``DataplaneError`` with the step that failed).
 * ``detach`` is idempotent: a port, veth or netns already gone is success.
+* When ``detach`` returns the port is off the bridge: its OVSDB row is gone, so
+  nothing is forwarded to it any more. The veth pair may outlive the call for a
+  moment (an adapter may leave its deletion, which is slow in the kernel, to the
+  background; it is gone "shortly", or at once). Until then it is nobody's:
+  ``check`` reports it missing, ``ports`` does not list it, and an ``attach`` that
+  needs one of its names (the same container and ifname, or the same ifname in the
+  same netns) waits for the deletion rather than fail with "already exists".
+  ``close()`` finishes pending deletions, waiting at most the adapter's timeout. A
+  background deletion that fails is logged (and may be retried), never raised from
+  a later call. If the pod's netns is deleted meanwhile, its veth goes with it.
 * ``check`` reports every difference from the expected attachment; it changes
   nothing.
 * The host-side interface name is derived from (container ID, ifname) only, so a
@@ -88,7 +98,10 @@ class Dataplane(Protocol):
     async def attach(self, attachment: Attachment) -> AttachedInterface: ...
 
     async def detach(self, container_id: str, ifname: str, netns: str | None) -> None:
-        """Remove the port and the veth pair; succeed if they are already gone."""
+        """Take the port off the bridge and delete the veth pair (maybe in the background); succeed if gone.
+
+        ``netns`` may be None (a GC that does not know it): the pair is found by its host end.
+        """
 
     async def check(self, attachment: Attachment) -> list[str]:
         """Differences from ``attachment`` (address, route, port, VLAN tag, MTU); empty when all is well."""

@@ -293,7 +293,10 @@ def test_agent_killed_mid_adds_no_duplicate_and_every_leftover_found_by_cnictl_c
     threads = [threading.Thread(target=add, args=(i,)) for i in range(16)]
     for t in threads:
         t.start()
-    time.sleep(0.15)
+    deadline = time.monotonic() + 30
+    while len(results) < 4:  # a few ADDs answered, most still queued in the agent: not a fixed sleep,
+        assert time.monotonic() < deadline  # which a faster ADD path outran (16 ADDs took < 150 ms)
+        time.sleep(0.001)
     lab.agents["node-1"].kill9()  # in the middle of the burst
     for t in threads:
         t.join(60)
