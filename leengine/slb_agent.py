@@ -1,0 +1,113 @@
+"""``leengine-slb-agent``: the daemon on every Nginx host (one command to start it).
+
+    leengine-slb-agent --group public --host nginx-1 --etcd 10.0.0.10:2379 \\
+        --prefix /var/lib/leengine/nginx [--admin-port 9145] [--listen-address 0.0.0.0] \\
+        [--debounce 0.05] [--max-wait 0.5]
+
+It wires the real adapters (etcd Store, a private Nginx under ``--prefix`` with the
+lua module, asyncio Runtime) to the agent logic (``node/slb_agent.py``). Nginx is
+started in its own session and outlives the agent: a killed agent leaves Nginx
+serving; a restarted one adopts the running Nginx, serves from the saved state at
+once and resumes its watch from the saved revision. SIGTERM stops the agent and
+leaves Nginx running unless ``--stop-nginx`` is given.
+Bad options are one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from foundation.logic.slb_domain import GROUP_NAME, HOST_NAME
+from foundation.ports import StoreError
+from leengine.typer_main import run_app
+from node.slb_agent import SlbAgent, SlbAgentConfig
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+log = logging.getLogger("leengine.slb_agent")
+
+
+async def run_agent(config: SlbAgentConfig, *, etcd: str, prefix: Path, admin_port: int, listen_address: str,
+                    etcd_timeout: float, stop_nginx: bool, stop: asyncio.Event | None = None) -> None:
+    from foundation.adapters.asyncio_runtime import AsyncioRuntime
+    from foundation.adapters.etcd_store import EtcdStore
+    from foundation.adapters.nginx_proxy import NginxProxy
+
+    proxy = NginxProxy(prefix, admin_port=admin_port, listen_address=listen_address)
+    await proxy.start()  # serves the saved files at once, etcd or not
+    log.info("nginx on %s serving %d domains (generation %d)", prefix, len(proxy.live_domains()), proxy.generation)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    store = EtcdStore(etcd, timeout=etcd_timeout)  # connects lazily: the agent retries while etcd is away
+    try:
+        while not stop.is_set():
+            try:
+                await store.connect()
+                break
+            except StoreError as exc:
+                log.warning("waiting for etcd: %s", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 2)
+        if stop.is_set():
+            return
+        agent = SlbAgent(store, proxy, AsyncioRuntime(), config)
+        task = asyncio.create_task(agent.run(), name="slb-agent")
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        task.cancel()
+        stopper.cancel()
+        with_errors = [t for t in (task,) if t.done() and not t.cancelled() and t.exception()]
+        if with_errors:
+            raise with_errors[0].exception()
+    finally:
+        await store.close()
+        if stop_nginx:
+            await proxy.stop()
+
+
+@app.command()
+def main(
+    group: Annotated[str, typer.Option(help="the Nginx group (cluster) this host serves")],
+    host: Annotated[str, typer.Option(help="this Nginx host's name, as it reports its status")],
+    prefix: Annotated[Path, typer.Option(help="directory of this host's private Nginx (conf, domains, state)")],
+    etcd: Annotated[str, typer.Option(envvar="LEENGINE_ETCD", help="etcd endpoint host:port")] = "127.0.0.1:2379",
+    admin_port: Annotated[int, typer.Option(help="loopback port of the lua admin endpoint")] = 9145,
+    listen_address: Annotated[str, typer.Option(help="address the domains listen on")] = "0.0.0.0",
+    debounce: Annotated[float, typer.Option(help="quiet seconds that close a batch of config changes")] = 0.05,
+    max_wait: Annotated[float, typer.Option(help="longest a batch waits after its first change")] = 0.5,
+    etcd_timeout: Annotated[float, typer.Option(help="deadline of each etcd request, seconds")] = 5.0,
+    stop_nginx: Annotated[bool, typer.Option(help="stop Nginx when the agent stops")] = False,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+) -> None:
+    """Keep this host's Nginx equal to its group's domains in etcd: upstreams in place, other changes reloaded."""
+    problems = []
+    if not GROUP_NAME.fullmatch(group):
+        problems.append(f"group {group!r} is not a group name")
+    if not HOST_NAME.fullmatch(host):
+        problems.append(f"host {host!r} is not a host name")
+    if not (0 <= debounce <= max_wait) or etcd_timeout <= 0:
+        problems.append("need 0 <= debounce <= max-wait and etcd-timeout > 0")
+    if problems:
+        print(f"leengine-slb-agent: error: {'; '.join(problems)}", file=sys.stderr)
+        raise typer.Exit(2)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config = SlbAgentConfig(group, host, debounce=debounce, max_wait=max_wait)
+    asyncio.run(run_agent(config, etcd=etcd, prefix=prefix, admin_port=admin_port, listen_address=listen_address,
+                          etcd_timeout=etcd_timeout, stop_nginx=stop_nginx))
+
+
+def entry() -> None:
+    run_app(app, "leengine-slb-agent")
+
+
+if __name__ == "__main__":
+    entry()
