@@ -1,0 +1,334 @@
+"""The Lua half of the Nginx Proxy adapter: the shared-dict balancer and the admin endpoint.
+
+``LEENGINE_LUA`` is the source of ``lua/leengine.lua``, which ``NginxProxy`` writes
+into its prefix; the main config loads it once per configuration cycle
+(``init_by_lua_block { leengine = require "leengine" }``).
+
+The shared dict ``leengine_upstreams`` maps a domain name to its servers, one
+string ``"a.b.c.d:port,a.b.c.d:port"`` (``""``: the domain has no servers). Every
+worker of every generation reads the same dict, and it survives reloads (same
+zone name and size), so an upstream change needs one write and no reload.
+
+Admin protocol (HTTP on 127.0.0.1:<admin_port>, served by ``admin()``):
+
+* ``PUT|POST /upstreams/<domain>`` body ``["10.0.0.1:8080", …]`` → 200
+  ``{"domain": …, "servers": n}``; 400 with ``{"error": …}`` when the body is not
+  a JSON list of IPv4 ``address:port`` strings (at most 4096) or the name is not
+  a DNS name; 507 when the dict is full (``safe_set``: never evicts another domain).
+* ``PUT|POST /upstreams`` body ``{"<domain>": [...], …}`` → the same for many domains
+  in one request (validated in full before any is written).
+* ``GET /upstreams`` → ``{"<domain>": [...], …}``; ``GET /upstreams/<domain>`` →
+  ``[...]`` or 404; ``DELETE /upstreams/<domain>`` → 200.
+* ``GET /generation`` is not Lua: the main config answers it with
+  ``{"generation": N, "pid": <worker pid>}`` from a ``return`` directive.
+
+The JSON reader accepts only what the protocol needs (a list of strings, or an
+object of such lists; strings of ``[A-Za-z0-9.:-]`` without escapes): no general
+JSON library is installed with Debian's lua module, and a narrow grammar is the
+point. The balancer picks servers round-robin per worker and, when a domain has
+more than one, allows up to two more tries on other servers; a domain without
+servers goes to the sink server (``M.sink``, a unix socket of this Nginx) that
+answers 503 at once: ``ngx.exit`` in a balancer can only produce a 500, and a
+per-domain ``error_page`` location would cost a config merge per domain.
+
+Every domain shares one ``upstream`` block; the balancer gets the domain from
+``$server_name`` (each server block has exactly one name, set by the adapter, never
+the client's Host header).
+
+It must not know domains' locations, settings or files: only names and servers.
+"""
+
+from __future__ import annotations
+
+SHARED_DICT = "leengine_upstreams"
+
+LEENGINE_LUA = r"""-- leengine.lua: written by foundation.adapters.nginx_proxy; do not edit.
+local balancer = require "ngx.balancer"
+local dict = ngx.shared.leengine_upstreams
+
+local M = {}
+local MAX_SERVERS = 4096
+local cache = {}   -- per worker: domain -> {raw = <dict value>, peers = {{host, port}, ...}}
+local turn = {}    -- per worker: domain -> index of the last server picked
+
+local function parse_peers(raw)
+  local peers = {}
+  for host, port in raw:gmatch("([%d%.]+):(%d+)") do
+    peers[#peers + 1] = {host, tonumber(port)}
+  end
+  return peers
+end
+
+M.sink = nil  -- "unix:PREFIX/logs/no-upstream.sock", set by the main config: answers 503
+
+function M.balance(domain)
+  local raw = dict:get(domain)
+  if raw == nil or raw == "" then
+    local ok, err = balancer.set_current_peer(M.sink)
+    if not ok then
+      ngx.log(ngx.ERR, "leengine: no servers for ", domain, " and no sink: ", err)
+      return ngx.exit(500)
+    end
+    return
+  end
+  local entry = cache[domain]
+  if entry == nil or entry.raw ~= raw then
+    entry = {raw = raw, peers = parse_peers(raw)}
+    cache[domain] = entry
+  end
+  local peers = entry.peers
+  local n = #peers
+  local i = (turn[domain] or 0) % n + 1
+  turn[domain] = i
+  if n > 1 and balancer.get_last_failure() == nil then
+    balancer.set_more_tries(n > 2 and 2 or 1)
+  end
+  local ok, err = balancer.set_current_peer(peers[i][1], peers[i][2])
+  if not ok then
+    ngx.log(ngx.ERR, "leengine: set_current_peer ", peers[i][1], ":", peers[i][2], ": ", err)
+    return ngx.exit(500)
+  end
+end
+
+-- ---------------------------------------------------------------- validation
+
+local function check_domain(name)
+  if type(name) ~= "string" or #name < 1 or #name > 253 or not name:find("^[a-z0-9][a-z0-9.-]*$")
+      or name:find("%.%.") or name:find("[.-]$") then
+    return nil, "not a DNS name: " .. tostring(name)
+  end
+  return name
+end
+
+local function check_server(text)
+  local a, b, c, d, port = text:match("^(%d+)%.(%d+)%.(%d+)%.(%d+):(%d+)$")
+  if not a then
+    return nil, "not an IPv4 address:port: " .. text
+  end
+  for _, octet in ipairs({a, b, c, d}) do
+    if #octet > 3 or tonumber(octet) > 255 then
+      return nil, "not an IPv4 address:port: " .. text
+    end
+  end
+  local p = tonumber(port)
+  if #port > 5 or p < 1 or p > 65535 then
+    return nil, "no valid port (1-65535): " .. text
+  end
+  return text
+end
+
+-- ---------------------------------------------------------------- a narrow JSON reader
+
+local function skip(s, i)
+  local _, e = s:find("^[ \t\r\n]*", i)
+  return e + 1
+end
+
+local function read_string(s, i)
+  if s:sub(i, i) ~= '"' then
+    return nil, "expected a string at byte " .. i
+  end
+  local j = s:find('"', i + 1, true)
+  if not j then
+    return nil, "unterminated string at byte " .. i
+  end
+  local value = s:sub(i + 1, j - 1)
+  if value:find("[^%w%.:%-]") then
+    return nil, "unexpected character in string at byte " .. i
+  end
+  return value, j + 1
+end
+
+local function read_servers(s, i)
+  if s:sub(i, i) ~= "[" then
+    return nil, "expected '[' at byte " .. i
+  end
+  local out, seen = {}, {}
+  i = skip(s, i + 1)
+  if s:sub(i, i) == "]" then
+    return out, i + 1
+  end
+  while true do
+    local value, j = read_string(s, i)
+    if not value then
+      return nil, j
+    end
+    local ok, err = check_server(value)
+    if not ok then
+      return nil, err
+    end
+    if not seen[value] then
+      seen[value] = true
+      out[#out + 1] = value
+      if #out > MAX_SERVERS then
+        return nil, "more than " .. MAX_SERVERS .. " servers"
+      end
+    end
+    i = skip(s, j)
+    local c = s:sub(i, i)
+    if c == "]" then
+      return out, i + 1
+    elseif c ~= "," then
+      return nil, "expected ',' or ']' at byte " .. i
+    end
+    i = skip(s, i + 1)
+  end
+end
+
+local function read_all(s, reader)
+  local i = skip(s, 1)
+  local value, j = reader(s, i)
+  if value == nil then
+    return nil, j
+  end
+  if skip(s, j) <= #s then
+    return nil, "trailing data at byte " .. j
+  end
+  return value
+end
+
+local function read_object(s, i)
+  if s:sub(i, i) ~= "{" then
+    return nil, "expected '{' at byte " .. i
+  end
+  local out = {}
+  i = skip(s, i + 1)
+  if s:sub(i, i) == "}" then
+    return out, i + 1
+  end
+  while true do
+    local name, j = read_string(s, i)
+    if not name then
+      return nil, j
+    end
+    local ok, err = check_domain(name)
+    if not ok then
+      return nil, err
+    end
+    i = skip(s, j)
+    if s:sub(i, i) ~= ":" then
+      return nil, "expected ':' at byte " .. i
+    end
+    local servers
+    servers, j = read_servers(s, skip(s, i + 1))
+    if not servers then
+      return nil, j
+    end
+    out[#out + 1] = {name, servers}
+    i = skip(s, j)
+    local c = s:sub(i, i)
+    if c == "}" then
+      return out, i + 1
+    elseif c ~= "," then
+      return nil, "expected ',' or '}' at byte " .. i
+    end
+    i = skip(s, i + 1)
+  end
+end
+
+-- ---------------------------------------------------------------- admin endpoint
+
+local function reply(status, body)
+  ngx.status = status
+  ngx.header.content_type = "application/json"
+  ngx.print(body, "\n")
+  return ngx.exit(status)
+end
+
+local function quote_list(raw)
+  if raw == nil or raw == "" then
+    return "[]"
+  end
+  local items = {}
+  for server in raw:gmatch("[^,]+") do
+    items[#items + 1] = '"' .. server .. '"'
+  end
+  return "[" .. table.concat(items, ",") .. "]"
+end
+
+local function body()
+  ngx.req.read_body()
+  local data = ngx.req.get_body_data()
+  if data == nil then
+    local file = ngx.req.get_body_file()
+    if file then
+      local f = io.open(file, "rb")
+      if f then
+        data = f:read("*a")
+        f:close()
+      end
+    end
+  end
+  return data or ""
+end
+
+local function store(pairs_)
+  for _, pair in ipairs(pairs_) do
+    table.sort(pair[2])
+    local ok, err = dict:safe_set(pair[1], table.concat(pair[2], ","))
+    if not ok then
+      return nil, "cannot store the servers of " .. pair[1] .. ": " .. tostring(err)
+    end
+  end
+  return true
+end
+
+function M.admin()
+  local method = ngx.req.get_method()
+  local uri = ngx.var.uri
+  local name = uri:match("^/upstreams/(.+)$")
+  if name == nil and uri ~= "/upstreams" then
+    return reply(404, '{"error":"no such endpoint"}')
+  end
+  if name ~= nil then
+    local ok, err = check_domain(name)
+    if not ok then
+      return reply(400, '{"error":"' .. err:gsub('[^%w%.:%- ]', '?') .. '"}')
+    end
+  end
+  if method == "GET" then
+    if name ~= nil then
+      local raw = dict:get(name)
+      if raw == nil then
+        return reply(404, '{"error":"no servers recorded for ' .. name .. '"}')
+      end
+      return reply(200, quote_list(raw))
+    end
+    local items = {}
+    for _, key in ipairs(dict:get_keys(0)) do
+      items[#items + 1] = '"' .. key .. '":' .. quote_list(dict:get(key))
+    end
+    table.sort(items)
+    return reply(200, "{" .. table.concat(items, ",") .. "}")
+  elseif method == "PUT" or method == "POST" then
+    local pairs_, err
+    if name ~= nil then
+      local servers
+      servers, err = read_all(body(), read_servers)
+      if servers then
+        pairs_ = {{name, servers}}
+      end
+    else
+      pairs_, err = read_all(body(), read_object)
+    end
+    if not pairs_ then
+      return reply(400, '{"error":"' .. tostring(err):gsub('[^%w%.:%-,\' ]', '?') .. '"}')
+    end
+    local ok
+    ok, err = store(pairs_)
+    if not ok then
+      return reply(507, '{"error":"' .. tostring(err):gsub('[^%w%.:%- ]', '?') .. '"}')
+    end
+    if name ~= nil then
+      return reply(200, '{"domain":"' .. name .. '","servers":' .. #pairs_[1][2] .. '}')
+    end
+    return reply(200, '{"domains":' .. #pairs_ .. '}')
+  elseif method == "DELETE" and name ~= nil then
+    dict:delete(name)
+    return reply(200, '{"domain":"' .. name .. '","deleted":true}')
+  end
+  return reply(405, '{"error":"method not allowed"}')
+end
+
+return M
+"""

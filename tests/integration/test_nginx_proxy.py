@@ -1,0 +1,456 @@
+"""The real Proxy adapter against a private Nginx with the lua module, on loopback.
+
+Each test runs its own Nginx (``leengine.nginx_server``) in a fresh prefix, with
+back-ends that are tiny HTTP servers on loopback answering ``<their port>`` so an
+answer says which back-end served it. Needs root (workers run as www-data) and
+Debian's nginx + libnginx-mod-http-lua; without them the tests fail, never skip.
+
+Failure injection without test hooks in the adapter:
+* ``nginx -t`` rejects a validated domain whose ``proxy_buffer_size`` is larger than
+  nginx's busy-buffers limit;
+* a port held by another process passes ``nginx -t`` (which does not bind) but
+  fails the reload: ``test`` reports it from its bind probe, ``apply`` from the
+  ``[emerg]`` nginx logs;
+* SIGSTOP on the master makes a reload never take effect (the HUP stays pending).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import http.server
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from foundation.adapters.nginx_proxy import NginxProxy
+from foundation.logic.slb_domain import Domain, Location, Upstream
+from foundation.ports.proxy import ProxyError, ReloadFailed, SavedState
+from leengine.nginx_server import free_port, make_prefix
+
+
+class Backend:
+    """An HTTP server on loopback whose every answer is its own port."""
+
+    def __init__(self) -> None:
+        port_box: list[int] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body leave at once: no 40 ms delayed-ACK stall
+
+            def do_GET(self) -> None:
+                body = f"{port_box[0]} {self.headers.get('X-Team', '-')}".encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        port_box.append(self.port)
+        self.upstream = Upstream("127.0.0.1", self.port)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def backends() -> Iterator[list[Backend]]:
+    started = [Backend() for _ in range(3)]
+    yield started
+    for backend in started:
+        backend.close()
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    path = make_prefix()
+    yield str(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def domain(name: str, port: int, *servers: Upstream, **extra: object) -> Domain:
+    data = {"name": name, "group": "web", "owner": "team-a", "listen": port,
+            "locations": [{"path": "/", "read_timeout": 5, "set_headers": {"X-Team": "blue"}}],
+            "upstreams": [str(s) for s in servers], **extra}
+    return Domain.parse(data)
+
+
+def get(port: int, host: str, path: str = "/") -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path, headers={"Host": host})
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode()
+    finally:
+        conn.close()
+
+
+def refused(port: int) -> bool:
+    try:
+        get(port, "x.example.com")
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def accepting_workers(proxy: NginxProxy) -> list[int]:
+    """Workers not told to quit (a quitting worker renames itself "… is shutting down")."""
+    found = []
+    for pid in proxy.worker_pids():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"shutting down" not in f.read():
+                    found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
+def run(body, *, prefix: str, **options):
+    """Run ``body(proxy)`` on a started NginxProxy in ``prefix``; stop it afterwards."""
+
+    async def main():
+        proxy = NginxProxy(prefix, admin_port=options.pop("admin_port", None) or free_port(), **options)
+        await proxy.start()
+        try:
+            return await asyncio.wait_for(body(proxy), 60)
+        finally:
+            await proxy.stop()
+
+    return asyncio.run(main())
+
+
+async def aget(port: int, host: str, path: str = "/") -> tuple[int, str]:
+    return await asyncio.to_thread(get, port, host, path)
+
+
+async def until(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+# --------------------------------------------------------------------------- in place
+
+
+def test_upstream_change_in_place_needs_no_reload(prefix, backends):
+    b1, b2, b3 = backends
+    port = free_port()
+
+    async def body(proxy: NginxProxy):
+        await proxy.apply({"shop.example.com": domain("shop.example.com", port, b1.upstream)})
+        assert await aget(port, "shop.example.com") == (200, f"{b1.port} blue")
+        reloads, workers, served = await proxy.reloads(), accepting_workers(proxy), await proxy.served_generation()
+        assert len(workers) == 2
+
+        await proxy.set_upstreams("shop.example.com", (b2.upstream,))
+        assert await aget(port, "shop.example.com") == (200, f"{b2.port} blue")  # at once: the dict is shared
+
+        await proxy.set_upstreams("shop.example.com", (b2.upstream, b3.upstream))
+        answers = {(await aget(port, "shop.example.com"))[1] for _ in range(8)}
+        assert answers == {f"{b2.port} blue", f"{b3.port} blue"}  # round-robin over both
+
+        await proxy.set_upstreams("shop.example.com", ())
+        started = time.monotonic()
+        assert await aget(port, "shop.example.com") == (503, "no upstream servers\n")
+        assert time.monotonic() - started < 0.5
+
+        assert await proxy.reloads() == reloads
+        assert accepting_workers(proxy) == workers  # same processes: nothing was reloaded
+        assert (await proxy.served_generation())[0] == served[0]
+        assert await proxy.served_upstreams() == {"shop.example.com": ()}
+        assert proxy.live_domains()["shop.example.com"].upstreams == ()
+        with pytest.raises(ProxyError, match="not configured"):
+            await proxy.set_upstreams("other.example.com", (b1.upstream,))
+
+    run(body, prefix=prefix)
+
+
+def test_retries_another_server_when_one_is_down(prefix, backends):
+    b1 = backends[0]
+    port, dead = free_port(), free_port()
+
+    async def body(proxy: NginxProxy):
+        await proxy.apply({"shop.example.com": domain("shop.example.com", port, b1.upstream,
+                                                      Upstream("127.0.0.1", dead))})
+        for _ in range(6):  # every other pick is the dead server: the balancer's extra try saves it
+            assert await aget(port, "shop.example.com") == (200, f"{b1.port} blue")
+
+    run(body, prefix=prefix)
+
+
+# --------------------------------------------------------------------------- apply
+
+
+def test_new_domain_serves_after_exactly_one_reload(prefix, backends):
+    b1, b2, _ = backends
+    port = free_port()
+
+    async def body(proxy: NginxProxy):
+        assert refused(port)
+        old_workers = proxy.worker_pids()
+        shop = domain("shop.example.com", port, b1.upstream)
+        api = domain("api.example.com", port, b2.upstream,
+                     locations=[{"path": "/v1", "read_timeout": 3, "set_headers": {"X-Team": "red"}}],
+                     settings={"client_max_body_size": "10m", "proxy_http_version": "1.1"})
+        assert await proxy.test({"shop.example.com": shop, "api.example.com": api}) is None
+        assert await proxy.reloads() == 0 and refused(port)  # test changes nothing
+        assert sorted(os.listdir(proxy.domains_dir)) == []
+
+        outcome = await proxy.apply({"shop.example.com": shop, "api.example.com": api})
+        assert await proxy.reloads() == 1
+        assert outcome.domains == 2 and outcome.seconds > 0
+        assert outcome.generation == proxy.generation == 2  # 1 was the start
+        generation, pid = await proxy.served_generation()
+        assert generation == outcome.generation and pid not in old_workers
+        assert not set(accepting_workers(proxy)) & set(old_workers)  # old ones are gone or shutting down
+
+        assert await aget(port, "shop.example.com") == (200, f"{b1.port} blue")
+        assert await aget(port, "api.example.com", "/v1/x") == (200, f"{b2.port} red")
+        assert await aget(port, "api.example.com", "/other") == (404, "no such location\n")
+        assert (await aget(port, "unknown.example.com"))[0] == 404  # the port's default server
+        assert sorted(os.listdir(proxy.domains_dir)) == ["api.example.com.conf", "shop.example.com.conf"]
+        text = proxy.domain_path("api.example.com").read_text()
+        assert 'location "/v1" {' in text and 'client_max_body_size "10m";' in text
+        assert 'proxy_set_header "X-Team" "red";' in text and "proxy_read_timeout 3s;" in text
+        assert proxy.conf.read_text().startswith(f"# leengine-generation {outcome.generation}\n")
+
+    run(body, prefix=prefix)
+
+
+def test_config_nginx_rejects_fails_test_and_apply_and_old_config_serves(prefix, backends):
+    b1, b2, _ = backends
+    port = free_port()
+
+    async def body(proxy: NginxProxy):
+        good = domain("shop.example.com", port, b1.upstream)
+        await proxy.apply({"shop.example.com": good})
+        before = proxy.domain_path("shop.example.com").read_bytes(), proxy.conf.read_bytes()
+        reloads, generation = await proxy.reloads(), proxy.generation
+        # Valid for slb_domain, refused by nginx: the buffer exceeds proxy_busy_buffers_size's limit.
+        bad = domain("shop.example.com", port, b2.upstream, settings={"proxy_buffer_size": "999999k"})
+
+        error = await proxy.test({"shop.example.com": bad})
+        assert error is not None and "proxy_busy_buffers_size" in error and "[emerg]" in error
+        with pytest.raises(ProxyError, match="proxy_busy_buffers_size") as info:
+            await proxy.apply({"shop.example.com": bad})
+        assert not isinstance(info.value, ReloadFailed)  # refused before any reload
+
+        assert await proxy.reloads() == reloads and proxy.generation == generation
+        assert (proxy.domain_path("shop.example.com").read_bytes(), proxy.conf.read_bytes()) == before
+        assert await aget(port, "shop.example.com") == (200, f"{b1.port} blue")  # old config, old upstreams
+        assert not list(proxy.prefix.joinpath("scratch").iterdir())  # test() cleaned up
+
+    run(body, prefix=prefix)
+
+
+def test_without_retest_a_config_the_master_refuses_is_rolled_back(prefix, backends):
+    b1, b2, _ = backends
+    port = free_port()
+
+    async def body(proxy: NginxProxy):
+        await proxy.apply({"shop.example.com": domain("shop.example.com", port, b1.upstream)})
+        before, generation = proxy.domain_path("shop.example.com").read_bytes(), proxy.generation
+        bad = domain("shop.example.com", port, b2.upstream, settings={"proxy_buffer_size": "999999k"})
+        with pytest.raises(ReloadFailed, match="proxy_busy_buffers_size"):  # from the master's [emerg]
+            await proxy.apply({"shop.example.com": bad})
+        assert proxy.domain_path("shop.example.com").read_bytes() == before
+        assert proxy.generation == generation + 2 and await proxy.reloads() == 3
+        assert (await proxy.served_generation())[0] == proxy.generation
+        assert await aget(port, "shop.example.com") == (200, f"{b1.port} blue")  # old config, old upstreams
+
+    run(body, prefix=prefix, retest_on_apply=False)
+
+
+def test_unvalidated_domain_never_reaches_a_file(prefix, backends):
+    port = free_port()
+
+    async def body(proxy: NginxProxy):
+        sneaky = Domain("shop.example.com", "web", "team-a", port,
+                        (Location("/", 5, (("X-Team", 'x"; return 200 "owned'),)),))
+        assert "header value" in (await proxy.test({"shop.example.com": sneaky}) or "")
+        with pytest.raises(ProxyError, match="rejected before rendering"):
+            await proxy.apply({"shop.example.com": sneaky})
+        misnamed = domain("shop.example.com", port, backends[0].upstream)
+        with pytest.raises(ProxyError, match="under the name"):
+            await proxy.apply({"evil.example.com": misnamed})
+        on_admin = domain("shop.example.com", proxy.admin_port)
+        with pytest.raises(ProxyError, match="admin port"):
+            await proxy.apply({"shop.example.com": on_admin})
+        assert os.listdir(proxy.domains_dir) == [] and await proxy.reloads() == 0
+
+    run(body, prefix=prefix)
+
+
+def test_port_held_by_another_process_is_reported_by_test_and_rolled_back_by_apply(prefix, backends):
+    b1, b2, _ = backends
+    port, taken = free_port(), free_port()
+
+    async def body(proxy: NginxProxy):
+        await proxy.apply({"shop.example.com": domain("shop.example.com", port, b1.upstream)})
+        with socket.socket() as squatter:
+            squatter.bind(("127.0.0.1", taken))
+            squatter.listen()
+            blocked = domain("api.example.com", taken, b2.upstream)
+            error = await proxy.test({"api.example.com": blocked})
+            assert error is not None and "Address already in use" in error and "api.example.com" in error
+
+            reloads, generation = await proxy.reloads(), proxy.generation
+            with pytest.raises(ReloadFailed, match="Address already in use") as info:
+                await proxy.apply({"api.example.com": blocked})
+            assert "rolled back" in str(info.value)
+            assert not proxy.domain_path("api.example.com").exists()
+            assert proxy.generation == generation + 2  # a fresh number for the rolled-back config
+            assert "api.example.com" not in proxy.live_domains()
+            assert await aget(port, "shop.example.com") == (200, f"{b1.port} blue")
+        assert await proxy.reloads() == reloads + 2  # the failed reload and the one back
+        assert (await proxy.served_generation())[0] == proxy.generation
+        assert "api.example.com" not in await proxy.served_upstreams()
+
+    run(body, prefix=prefix, confirm_timeout=8.0)  # nginx retries a failed bind for ~2.5 s before it gives up
+
+
+def test_reload_that_never_takes_effect_is_rolled_back(prefix, backends):
+    b1, b2, _ = backends
+    port, other = free_port(), free_port()
+
+    async def body(proxy: NginxProxy):
+        await proxy.apply({"shop.example.com": domain("shop.example.com", port, b1.upstream)})
+        generation = proxy.generation
+        master = proxy.master_pid
+        os.kill(master, signal.SIGSTOP)  # the HUP stays pending: new workers never come
+        try:
+            started = time.monotonic()
+            with pytest.raises(ReloadFailed, match="not confirmed within 1s") as info:
+                await proxy.apply({"api.example.com": domain("api.example.com", other, b2.upstream)})
+            assert time.monotonic() - started < 4  # bounded: forward + rollback confirmation
+            assert "rolled back" in str(info.value)
+            assert not proxy.domain_path("api.example.com").exists()
+            assert proxy.conf.read_text().startswith(f"# leengine-generation {generation + 2}\n")
+            assert await aget(port, "shop.example.com") == (200, f"{b1.port} blue")  # old workers serve on
+        finally:
+            os.kill(master, signal.SIGCONT)
+        # The pending HUP now reloads the restored files: the fresh generation, without api.
+        await until(lambda: _served_is(proxy, generation + 2))
+        assert refused(other)
+        assert await aget(port, "shop.example.com") == (200, f"{b1.port} blue")
+        # and the proxy works on: the next apply confirms normally
+        outcome = await proxy.apply({"api.example.com": domain("api.example.com", other, b2.upstream)})
+        assert outcome.generation == generation + 3
+        assert await aget(other, "api.example.com") == (200, f"{b2.port} blue")
+
+    run(body, prefix=prefix, confirm_timeout=1.0)
+
+
+async def _served_is(proxy: NginxProxy, generation: int) -> bool:
+    served = await proxy.served_generation()
+    return served is not None and served[0] == generation
+
+
+def test_removing_a_domain_stops_serving_it(prefix, backends):
+    b1, b2, _ = backends
+    port, alone = free_port(), free_port()
+
+    async def body(proxy: NginxProxy):
+        await proxy.apply({"shop.example.com": domain("shop.example.com", port, b1.upstream),
+                           "api.example.com": domain("api.example.com", port, b2.upstream),
+                           "solo.example.com": domain("solo.example.com", alone, b1.upstream)})
+        assert await aget(port, "api.example.com") == (200, f"{b2.port} blue")
+        outcome = await proxy.apply({"api.example.com": None, "solo.example.com": None})
+        assert outcome.domains == 1 and await proxy.reloads() == 2
+        assert await aget(port, "api.example.com") == (404, "no such domain\n")
+        assert refused(alone)  # nothing listens on a port no domain uses any more
+        assert await aget(port, "shop.example.com") == (200, f"{b1.port} blue")
+        assert os.listdir(proxy.domains_dir) == ["shop.example.com.conf"]
+        assert set(await proxy.served_upstreams()) == {"shop.example.com"}
+        await proxy.apply({"never.example.com": None})  # removing what is not there is a no-op change
+        assert os.listdir(proxy.domains_dir) == ["shop.example.com.conf"]
+
+    run(body, prefix=prefix)
+
+
+# --------------------------------------------------------------------------- state and restarts
+
+
+def test_state_roundtrip_and_restart_restores_upstreams(prefix, backends):
+    b1, b2, b3 = backends
+    port = free_port()
+    admin = free_port()
+
+    async def first(proxy: NginxProxy):
+        assert await proxy.load_state() == SavedState()
+        await proxy.apply({"shop.example.com": domain("shop.example.com", port, b1.upstream),
+                           "api.example.com": domain("api.example.com", port, b2.upstream)})
+        await proxy.set_upstreams("shop.example.com", (b3.upstream,))
+        state = SavedState(42, proxy.live_domains())
+        await proxy.save_state(state)
+        assert await proxy.load_state() == state
+        assert state.domains["shop.example.com"].upstreams == (b3.upstream,)
+
+        # Same adapter, Nginx restarted: the empty dict is refilled from the in-memory snapshot.
+        await proxy.stop()
+        assert refused(port)
+        with pytest.raises(ProxyError, match="not running"):
+            await proxy.set_upstreams("api.example.com", (b1.upstream,))
+        await proxy.start()
+        assert await aget(port, "shop.example.com") == (200, f"{b3.port} blue")
+        assert await aget(port, "api.example.com") == (200, f"{b2.port} blue")
+
+    run(first, prefix=prefix, admin_port=admin)
+    assert refused(port)
+
+    async def second(proxy: NginxProxy):
+        # A fresh adapter on the same files: domains from domains/*.conf, upstreams from state.json.
+        assert (await proxy.load_state()).revision == 42
+        assert await proxy.reloads() == 0
+        assert sorted(proxy.live_domains()) == ["api.example.com", "shop.example.com"]
+        assert await aget(port, "shop.example.com") == (200, f"{b3.port} blue")
+        assert await aget(port, "api.example.com") == (200, f"{b2.port} blue")
+        assert (await proxy.served_generation())[0] == proxy.generation
+
+    run(second, prefix=prefix, admin_port=admin)
+
+
+def test_second_adapter_adopts_a_running_nginx(prefix, backends):
+    b1, b2, _ = backends
+    port = free_port()
+
+    async def body(proxy: NginxProxy):
+        await proxy.apply({"shop.example.com": domain("shop.example.com", port, b1.upstream)})
+        await proxy.set_upstreams("shop.example.com", (b2.upstream,))
+        other = NginxProxy(prefix, admin_port=proxy.admin_port)  # e.g. a restarted agent
+        await other.start()
+        assert other.master_pid == proxy.master_pid  # no second nginx
+        assert other.generation == proxy.generation
+        # The dict still had the newer upstreams: adoption leaves them alone.
+        assert await aget(port, "shop.example.com") == (200, f"{b2.port} blue")
+        outcome = await other.apply({"api.example.com": domain("api.example.com", port, b1.upstream)})
+        assert outcome.generation == proxy.generation + 1
+        assert await aget(port, "api.example.com") == (200, f"{b1.port} blue")
+
+    run(body, prefix=prefix)
+
+
+def test_corrupt_state_is_a_typed_error(prefix):
+    async def body(proxy: NginxProxy):
+        proxy.state_path.write_text('{"revision": 3, "domains": {"a.example.com": {"name": "b.example.com"}}}')
+        with pytest.raises(ProxyError, match="not a saved state"):
+            await proxy.load_state()
+
+    run(body, prefix=prefix)
