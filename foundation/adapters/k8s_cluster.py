@@ -5,24 +5,63 @@ account when none is given) or with an explicit ``host`` (and optional bearer
 token), which is how the tests reach the Kubernetes API mock server. The client
 is synchronous, so each call runs in a worker thread with a deadline; failures
 become ``ClusterUnavailable`` naming the endpoint.
+
+Endpoints are read as raw JSON (``_preload_content=False``), so the deprecated
+typed Endpoints models are never built. A watch runs one worker thread that reads
+the chunked stream of ``list_endpoints_for_all_namespaces(watch=True)`` and feeds
+an asyncio queue. Each stream asks the server to end it after ``watch_timeout``
+seconds (``timeoutSeconds``); the thread then resumes from the last version it saw
+(events and bookmarks carry it), as client-go's reflector does, so the watch only
+ends through ``close()`` or an error: ``ResourceExpired`` on 410 Gone,
+``ClusterUnavailable`` when a stream cannot be opened or breaks. Bounds: response
+headers within ``timeout``; silence on an open stream within ``watch_timeout +
+timeout`` (the server must have ended it by then); ``close()`` shuts the socket
+under the reader and waits at most ``timeout`` for the thread.
 It must not know who reads the pods or why.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
+import json
+import threading
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from foundation.ports.cluster import ClusterUnavailable, PodInfo
+from foundation.ports.cluster import ClusterUnavailable, Endpoints, EndpointsEvent, PodInfo, ResourceExpired
+
+_END = object()  # queue sentinel: the watch is over
+
+
+def _ip_order(ip: str) -> tuple[int, int, str]:
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return (99, 0, ip)
+    return (address.version, int(address), ip)
+
+
+def endpoints_of(obj: dict[str, Any]) -> Endpoints:
+    """An Endpoints object (JSON) as the port's record: unique ready and not-ready IPs, sorted."""
+    meta = obj.get("metadata") or {}
+    ready: set[str] = set()
+    not_ready: set[str] = set()
+    for subset in obj.get("subsets") or []:
+        ready.update(a["ip"] for a in subset.get("addresses") or [] if a.get("ip"))
+        not_ready.update(a["ip"] for a in subset.get("notReadyAddresses") or [] if a.get("ip"))
+    return Endpoints(str(meta.get("namespace", "")), str(meta.get("name", "")),
+                     tuple(sorted(ready, key=_ip_order)), tuple(sorted(not_ready, key=_ip_order)))
 
 
 class KubeCluster:
     def __init__(self, *, host: str | None = None, token: str | None = None, kubeconfig: str | None = None,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, watch_timeout: int = 300) -> None:
         configuration = client.Configuration()
         if host:
             configuration.host = host
@@ -34,20 +73,46 @@ class KubeCluster:
             config.load_incluster_config(client_configuration=configuration)
         configuration.retries = 0  # a dead API server must fail within the deadline, not after urllib3's retries
         self._endpoint = configuration.host
-        self._api = client.CoreV1Api(client.ApiClient(configuration))
+        self._client = client.ApiClient(configuration)
+        self._api = client.CoreV1Api(self._client)
         self.timeout = timeout
+        self.watch_timeout = watch_timeout
 
     @property
     def endpoint(self) -> str:
         return self._endpoint
 
+    async def close(self) -> None:
+        """Drop the pooled connections (watches are closed by their own ``close()``)."""
+        await asyncio.to_thread(self._client.close)
+
+    def _error(self, exc: Exception) -> ClusterUnavailable:
+        if isinstance(exc, ApiException):
+            return ClusterUnavailable(self._endpoint, f"HTTP {exc.status} {exc.reason}")
+        return ClusterUnavailable(self._endpoint, str(exc) or type(exc).__name__)
+
     async def _call(self, method: Any, **kwargs: Any) -> Any:
         try:
             return await asyncio.to_thread(method, _request_timeout=self.timeout, **kwargs)
-        except ApiException as exc:
-            raise ClusterUnavailable(self._endpoint, f"HTTP {exc.status} {exc.reason}") from None
-        except (HTTPError, OSError) as exc:
-            raise ClusterUnavailable(self._endpoint, str(exc)) from None
+        except (ApiException, HTTPError, OSError) as exc:
+            raise self._error(exc) from None
+
+    async def _call_json(self, method: Any, **kwargs: Any) -> Any:
+        """``method``'s response body as plain JSON, read in the worker thread too."""
+
+        def call() -> Any:
+            resp = method(_request_timeout=self.timeout, _preload_content=False, **kwargs)
+            try:
+                return json.loads(resp.data)
+            finally:
+                resp.release_conn()
+
+        try:
+            return await asyncio.to_thread(call)
+        except (ApiException, HTTPError, OSError) as exc:
+            raise self._error(exc) from None
+        except ValueError as exc:  # not JSON: a proxy's error page, a truncated body
+            raise ClusterUnavailable(self._endpoint, f"unreadable response: {exc}") from None
 
     async def list_pods(self) -> list[PodInfo]:
         pods = await self._call(self._api.list_pod_for_all_namespaces)
@@ -67,3 +132,164 @@ class KubeCluster:
     async def list_nodes(self) -> list[str]:
         nodes = await self._call(self._api.list_node)
         return [node.metadata.name for node in nodes.items]
+
+    async def list_endpoints(self) -> tuple[list[Endpoints], str]:
+        listing = await self._call_json(self._api.list_endpoints_for_all_namespaces)
+        items = sorted((endpoints_of(obj) for obj in listing.get("items") or []),
+                       key=lambda e: (e.namespace, e.service))
+        return items, str((listing.get("metadata") or {}).get("resourceVersion", ""))
+
+    def watch_endpoints(self, resource_version: str) -> KubeEndpointsWatch:
+        return KubeEndpointsWatch(self, resource_version)
+
+
+class KubeEndpointsWatch:
+    """The port's ``EndpointsWatch``: a worker thread streams the watch into an asyncio queue.
+
+    The thread starts on the first ``__anext__`` (on that event loop). ``close()``
+    may be called from any task, any number of times.
+    """
+
+    def __init__(self, cluster: KubeCluster, resource_version: str) -> None:
+        self._cluster = cluster
+        self.resource_version = resource_version  # the last one seen; where a new stream resumes
+        self._lock = threading.Lock()
+        self._closed = False
+        self._ended = False  # the thread reported its end (error or close)
+        self._resp: Any = None  # the open stream, shut down by close()
+        self._thread: threading.Thread | None = None
+        self._queue: asyncio.Queue[Any] | None = None
+
+    def __aiter__(self) -> KubeEndpointsWatch:
+        return self
+
+    async def __anext__(self) -> EndpointsEvent:
+        if self._closed or self._ended:
+            raise StopAsyncIteration
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            loop = asyncio.get_running_loop()
+            self._thread = threading.Thread(target=self._run, args=(loop, self._queue), daemon=True,
+                                            name=f"endpoints-watch {self._cluster.endpoint}")
+            self._thread.start()
+        item = await self._queue.get()
+        if self._closed or item is _END:
+            self._ended = True
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            self._ended = True
+            raise item
+        return item
+
+    async def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            resp, self._resp = self._resp, None
+        if resp is not None:
+            self._shutdown(resp)
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            await asyncio.to_thread(thread.join, self._cluster.timeout)
+        if self._queue is not None:
+            self._queue.put_nowait(_END)  # wakes a reader in another task
+
+    @staticmethod
+    def _shutdown(resp: Any) -> None:
+        """Wake the thread blocked reading ``resp``: closing alone does not interrupt a recv."""
+        with contextlib.suppress(AttributeError, ValueError, RuntimeError, OSError):
+            resp.shutdown()
+
+    # ---- the worker thread
+    def _run(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any]) -> None:
+        def emit(item: Any) -> bool:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                return False
+            return True
+
+        try:
+            while not self._closed:
+                for event in self._stream():
+                    if self._closed or not emit(event):
+                        return
+        except BaseException as exc:  # ClusterUnavailable, or a bug: it must reach the consumer either way
+            if not self._closed:
+                emit(exc)
+
+    def _stream(self) -> Iterator[EndpointsEvent]:
+        """One watch request, from ``resource_version`` until the server ends it."""
+        cluster = self._cluster
+        try:
+            resp = cluster._api.list_endpoints_for_all_namespaces(
+                watch=True, resource_version=self.resource_version, timeout_seconds=cluster.watch_timeout,
+                allow_watch_bookmarks=True, _preload_content=False,
+                _request_timeout=(cluster.timeout, cluster.timeout))
+        except ApiException as exc:
+            if exc.status == 410:
+                raise ResourceExpired(cluster.endpoint, self.resource_version, str(exc.reason)) from None
+            raise cluster._error(exc) from None
+        except (HTTPError, OSError) as exc:
+            raise cluster._error(exc) from None
+        with self._lock:
+            if self._closed:
+                resp.release_conn()
+                return
+            self._resp = resp
+        try:
+            self._widen_read_timeout(resp, cluster.watch_timeout + cluster.timeout)
+            for line in _lines(resp.stream(amt=None, decode_content=False)):
+                event = self._event(line)
+                if event is not None:
+                    yield event
+                if self._closed:
+                    return
+        except (HTTPError, OSError) as exc:
+            if not self._closed:
+                raise ClusterUnavailable(cluster.endpoint, f"watch stream broke: {exc}") from None
+        finally:
+            with self._lock:
+                self._resp = None
+            resp.close()  # never back to the pool half-read
+            resp.release_conn()
+
+    @staticmethod
+    def _widen_read_timeout(resp: Any, seconds: float) -> None:
+        """Headers came within ``timeout``; the body may rightly stay silent until the server's own timeout."""
+        sock = getattr(getattr(resp, "connection", None), "sock", None)
+        if sock is not None:
+            sock.settimeout(seconds)
+
+    def _event(self, line: str) -> EndpointsEvent | None:
+        endpoint = self._cluster.endpoint
+        if not line.strip():
+            return None
+        try:
+            event = json.loads(line)
+            kind, obj = event["type"], event.get("object") or {}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ClusterUnavailable(endpoint, f"unreadable watch event: {exc}") from None
+        if kind == "ERROR":
+            if obj.get("code") == 410:
+                raise ResourceExpired(endpoint, self.resource_version, str(obj.get("message", "")))
+            raise ClusterUnavailable(endpoint, f"watch error {obj.get('code')} {obj.get('reason')}: "
+                                               f"{obj.get('message')}")
+        version = (obj.get("metadata") or {}).get("resourceVersion")
+        if version:
+            self.resource_version = str(version)
+        if kind not in ("ADDED", "MODIFIED", "DELETED"):  # BOOKMARK: only the version moves
+            return None
+        return EndpointsEvent(kind, endpoints_of(obj))
+
+
+def _lines(chunks: Iterable[bytes | str]) -> Iterator[str]:
+    """Split a chunked body into lines as they arrive (a watch event is one JSON line)."""
+    buffer = bytearray()
+    for chunk in chunks:
+        buffer.extend(chunk.encode() if isinstance(chunk, str) else chunk)
+        while (newline := buffer.find(b"\n")) != -1:
+            line = bytes(buffer[:newline]).decode("utf-8", errors="replace")
+            del buffer[:newline + 1]
+            yield line
+    if buffer.strip():
+        yield bytes(buffer).decode("utf-8", errors="replace")

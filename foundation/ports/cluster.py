@@ -24,6 +24,19 @@ class ClusterUnavailable(Exception):
         self.reason = reason
 
 
+class ResourceExpired(ClusterUnavailable):
+    """A watch asked for changes after a resource version the API server no longer has (HTTP 410 Gone).
+
+    Nothing is lost if the consumer lists again and watches from the listing's version,
+    which is what it does on any ``ClusterUnavailable``; ``resource_version`` is the one
+    that expired.
+    """
+
+    def __init__(self, endpoint: str, resource_version: str, reason: str) -> None:
+        super().__init__(endpoint, f"resource version {resource_version} expired (410 Gone): {reason}")
+        self.resource_version = resource_version
+
+
 @dataclass(frozen=True, slots=True)
 class PodInfo:
     namespace: str
@@ -52,7 +65,12 @@ class EndpointsEvent:
 
 
 class EndpointsWatch(Protocol):
-    """Events after the listing's version, in order; ``close()`` ends it."""
+    """Events after the listing's version, in order; ``close()`` ends it.
+
+    It ends by itself only through an error: ``ClusterUnavailable`` when the API server
+    is out of reach or drops the stream, ``ResourceExpired`` when the version is too old.
+    After ``close()`` (idempotent) it yields nothing more.
+    """
 
     def __aiter__(self) -> EndpointsWatch: ...
 

@@ -1,0 +1,273 @@
+"""Endpoints over HTTP: the real Cluster adapter against the Kubernetes API mock, then discovery end to end.
+
+The adapter lists and watches endpoints through the official client: ready and not-ready
+addresses, events in order from the listing's version, 410 Gone as ``ResourceExpired``,
+an API server cut off as ``ClusterUnavailable`` within the timeout, a prompt ``close()``.
+Then ``control.discovery.Discovery`` follows two mock API servers (two Cells) and writes
+the domain's upstreams into a real etcd through slb-core on the asyncio runtime. Every
+wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+
+import pytest
+
+from control.auth import Principal
+from control.discovery import Binding, Discovery
+from control.slb_core import SlbCore
+from foundation.adapters.asyncio_runtime import AsyncioRuntime
+from foundation.adapters.etcd_store import EtcdStore
+from foundation.adapters.k8s_cluster import KubeCluster
+from foundation.logic.slb_domain import Upstream
+from foundation.ports.cluster import ClusterUnavailable, Endpoints, EndpointsEvent, ResourceExpired
+from leengine.kube_mock import KubeApiMock
+
+TIMEOUT = 2.0
+ADMIN = Principal("ops", "admin")
+_groups = itertools.count()
+
+
+@pytest.fixture
+def kube():
+    with KubeApiMock() as mock:
+        yield mock
+
+
+def run(coro, limit: float = 60):
+    return asyncio.run(asyncio.wait_for(coro, limit))
+
+
+async def next_event(watch, limit: float = 5.0) -> EndpointsEvent:
+    return await asyncio.wait_for(anext(watch), limit)
+
+
+# ---------------------------------------------------------------------------- the adapter
+
+
+def test_list_returns_ready_and_not_ready_addresses_sorted_and_unique(kube):
+    kube.set_endpoints("shop", "shop", ready=["10.1.0.10", "10.1.0.9", "10.1.0.10"], not_ready=["10.1.0.7"])
+    kube.set_endpoints("blog", "blog", not_ready=["10.2.0.5"], port=9000)
+    kube.set_endpoints("empty", "empty")
+
+    async def main():
+        cluster = KubeCluster(host=kube.url, timeout=TIMEOUT)
+        try:
+            return await cluster.list_endpoints()
+        finally:
+            await cluster.close()
+
+    listing, version = run(main())
+    assert listing == [
+        Endpoints("blog", "blog", ready=(), not_ready=("10.2.0.5",)),
+        Endpoints("empty", "empty"),
+        Endpoints("shop", "shop", ready=("10.1.0.9", "10.1.0.10"), not_ready=("10.1.0.7",)),
+    ]
+    assert version == kube.resource_version
+
+
+def test_a_watch_from_the_listing_version_sees_every_later_change_in_order(kube):
+    kube.set_endpoints("shop", "shop", ready=["10.1.0.5"])
+
+    async def main():
+        cluster = KubeCluster(host=kube.url, timeout=TIMEOUT, watch_timeout=1)
+        _, version = await cluster.list_endpoints()
+        # Changes made after the listing but before the watch opens must not be lost.
+        kube.set_endpoints("shop", "shop", ready=["10.1.0.5"], not_ready=["10.1.0.6"])
+        watch = cluster.watch_endpoints(version)
+        events = [await next_event(watch)]
+        kube.set_endpoints("blog", "blog", ready=["10.2.0.1"])
+        events.append(await next_event(watch))
+        await asyncio.sleep(1.5)  # the server ends the stream (timeoutSeconds=1): the watch resumes, unseen
+        kube.set_endpoints("shop", "shop", ready=["10.1.0.5", "10.1.0.6"])
+        kube.delete_endpoints("blog", "blog")
+        events += [await next_event(watch), await next_event(watch)]
+        await watch.close()
+        await cluster.close()
+        return events
+
+    events = run(main())
+    assert [(e.type, e.endpoints) for e in events] == [
+        ("MODIFIED", Endpoints("shop", "shop", ready=("10.1.0.5",), not_ready=("10.1.0.6",))),
+        ("ADDED", Endpoints("blog", "blog", ready=("10.2.0.1",))),
+        ("MODIFIED", Endpoints("shop", "shop", ready=("10.1.0.5", "10.1.0.6"))),
+        ("DELETED", Endpoints("blog", "blog", ready=("10.2.0.1",))),
+    ]
+
+
+def test_a_version_older_than_the_history_raises_resource_expired():
+    with KubeApiMock(history=3) as kube:
+        kube.set_endpoints("shop", "shop", ready=["10.1.0.5"])
+
+        async def main():
+            cluster = KubeCluster(host=kube.url, timeout=TIMEOUT)
+            _, version = await cluster.list_endpoints()
+            for i in range(5):  # the history keeps three of these: the listing's version is gone
+                kube.set_endpoints("shop", "shop", ready=[f"10.1.0.{10 + i}"])
+            watch = cluster.watch_endpoints(version)
+            with pytest.raises(ResourceExpired) as expired:
+                await next_event(watch)
+            with pytest.raises(StopAsyncIteration):  # an ended watch stays ended
+                await next_event(watch)
+            await watch.close()
+            # What the consumer does on it: list again, watch from there.
+            listing, fresh = await cluster.list_endpoints()
+            watch = cluster.watch_endpoints(fresh)
+            kube.set_endpoints("shop", "shop", ready=["10.1.0.99"])
+            event = await next_event(watch)
+            await watch.close()
+            await cluster.close()
+            return expired.value, version, listing, event
+
+        error, version, listing, event = run(main())
+        url = kube.url
+    assert isinstance(error, ClusterUnavailable)  # discovery's relist covers it
+    assert error.endpoint == url and error.resource_version == version and "410" in str(error)
+    assert listing == [Endpoints("shop", "shop", ready=("10.1.0.14",))]
+    assert event == EndpointsEvent("MODIFIED", Endpoints("shop", "shop", ready=("10.1.0.99",)))
+
+
+def test_an_api_server_cut_off_breaks_the_watch_and_fails_calls_within_the_timeout(kube):
+    kube.set_endpoints("shop", "shop", ready=["10.1.0.5"])
+
+    async def main():
+        cluster = KubeCluster(host=kube.url, timeout=TIMEOUT)
+        _, version = await cluster.list_endpoints()
+        watch = cluster.watch_endpoints(version)
+        reader = asyncio.ensure_future(next_event(watch, limit=3 * TIMEOUT))
+        await asyncio.sleep(0.3)  # the stream is open and idle
+        started = time.monotonic()
+        await asyncio.to_thread(kube.cut_off)
+        with pytest.raises(ClusterUnavailable) as broken:
+            await reader
+        watch_took = time.monotonic() - started
+        await watch.close()
+        started = time.monotonic()
+        with pytest.raises(ClusterUnavailable) as refused:
+            await cluster.list_endpoints()
+        with pytest.raises(ClusterUnavailable) as refused_watch:
+            await next_event(cluster.watch_endpoints(version), limit=3 * TIMEOUT)
+        calls_took = time.monotonic() - started
+        kube.restore()
+        listing, _ = await cluster.list_endpoints()  # same port, same state
+        await cluster.close()
+        return broken.value, watch_took, refused.value, refused_watch.value, calls_took, listing
+
+    broken, watch_took, refused, refused_watch, calls_took, listing = run(main())
+    assert type(broken) is ClusterUnavailable and broken.endpoint == kube.url and "broke" in broken.reason
+    assert type(refused) is ClusterUnavailable and refused.endpoint == kube.url
+    assert type(refused_watch) is ClusterUnavailable
+    assert watch_took < TIMEOUT and calls_took < 2 * TIMEOUT
+    assert listing == [Endpoints("shop", "shop", ready=("10.1.0.5",))]
+
+
+def test_close_ends_a_blocked_watch_promptly_and_twice_is_harmless(kube):
+    async def main():
+        cluster = KubeCluster(host=kube.url, timeout=TIMEOUT)
+        _, version = await cluster.list_endpoints()
+        watch = cluster.watch_endpoints(version)
+        reader = asyncio.ensure_future(anext(watch))
+        await asyncio.sleep(0.3)  # the worker thread is blocked reading an idle stream
+        started = time.monotonic()
+        await watch.close()
+        took = time.monotonic() - started
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(reader, 1)
+        await watch.close()
+        kube.set_endpoints("shop", "shop", ready=["10.1.0.5"])
+        with pytest.raises(StopAsyncIteration):  # a closed watch yields nothing more
+            await next_event(watch)
+        await cluster.close()
+        return took, watch._thread
+
+    took, thread = run(main())
+    assert took < 0.5
+    assert thread is not None and not thread.is_alive()
+
+
+# ---------------------------------------------------------------------------- discovery end to end
+
+
+@pytest.mark.etcd
+def test_discovery_writes_ready_endpoints_of_two_cells_into_the_domain_in_etcd(etcd_server):
+    group = f"disc-{os.getpid()}-{next(_groups)}"
+    domain = "shop.example.com"
+    cells = {"cell-a": KubeApiMock(), "cell-b": KubeApiMock()}
+    for mock in cells.values():
+        mock.start()
+    cells["cell-a"].set_endpoints("shop", "shop", ready=["10.1.0.5"], not_ready=["10.1.0.6"])
+    cells["cell-b"].set_endpoints("shop", "shop", ready=["10.2.0.7"])
+
+    async def main():
+        store = await EtcdStore.open(etcd_server.endpoint, timeout=TIMEOUT)
+        runtime = AsyncioRuntime(seed=1)
+        slb = SlbCore(store, runtime)
+        clusters = {name: KubeCluster(host=mock.url, timeout=TIMEOUT) for name, mock in cells.items()}
+        discovery = Discovery(clusters, slb, runtime, [Binding("shop", "shop", 8080, group, domain)], retry=0.2)
+        await slb.create_group(ADMIN, group)
+        await slb.put_domain(ADMIN, {"name": domain, "group": group, "owner": "shop"})
+        task = runtime.spawn(discovery.run(), name="discovery")
+
+        async def upstreams() -> tuple[Upstream, ...]:
+            return (await slb.get_domain(ADMIN, group, domain)).domain.upstreams
+
+        async def settle(*ips: str, limit: float = 10.0) -> tuple[Upstream, ...]:
+            """Wait (bounded) until the domain in etcd has exactly these servers; return what it has."""
+            want = tuple(Upstream(ip, 8080) for ip in ips)
+            deadline = time.monotonic() + limit
+            while (have := await upstreams()) != want and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            return have
+
+        seen = {}
+        try:
+            await asyncio.wait_for(discovery.synced.wait(), 10)
+            seen["listed"] = await settle("10.1.0.5", "10.2.0.7")
+            cells["cell-a"].set_endpoints("shop", "shop", ready=["10.1.0.5", "10.1.0.6"])  # its probe passed
+            seen["ready"] = await settle("10.1.0.5", "10.1.0.6", "10.2.0.7")
+            cells["cell-b"].set_endpoints("shop", "shop", ready=["10.2.0.7"], not_ready=["10.2.0.8"])
+            await asyncio.sleep(0.5)
+            seen["not ready"] = await upstreams()
+            await asyncio.to_thread(cells["cell-a"].cut_off)  # the machine room's API server is unreachable
+            cells["cell-b"].set_endpoints("shop", "shop", ready=["10.2.0.7", "10.2.0.8"])
+            seen["cut off"] = await settle("10.1.0.5", "10.1.0.6", "10.2.0.7", "10.2.0.8")
+            await asyncio.sleep(0.5)  # a few relist attempts against the refused Cell
+            seen["still cut off"] = await upstreams()
+            seen["errors"] = discovery.stats.cluster_errors
+            cells["cell-a"].delete_endpoints("shop", "shop")  # its Service went away meanwhile
+            cells["cell-a"].restore()
+            seen["restored"] = await settle("10.2.0.7", "10.2.0.8")
+            cells["cell-b"].delete_endpoints("shop", "shop")
+            seen["none"] = await settle()
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(task.join(), 5)
+            await slb.delete_domain(ADMIN, group, domain)
+            await slb.delete_group(ADMIN, group)
+            for cluster in clusters.values():
+                await cluster.close()
+            await store.close()
+        return seen
+
+    try:
+        seen = run(main(), limit=90)
+    finally:
+        for mock in cells.values():
+            mock.stop()
+
+    def ups(*ips):
+        return tuple(Upstream(ip, 8080) for ip in ips)
+
+    assert seen["listed"] == ups("10.1.0.5", "10.2.0.7")
+    assert seen["ready"] == ups("10.1.0.5", "10.1.0.6", "10.2.0.7")
+    assert seen["not ready"] == ups("10.1.0.5", "10.1.0.6", "10.2.0.7")  # 10.2.0.8 never while not ready
+    assert seen["cut off"] == ups("10.1.0.5", "10.1.0.6", "10.2.0.7", "10.2.0.8")  # cell-a's last addresses kept
+    assert seen["still cut off"] == seen["cut off"]
+    assert seen["errors"] >= 2  # the broken watch, then refused relists
+    assert seen["restored"] == ups("10.2.0.7", "10.2.0.8")
+    assert seen["none"] == ()
