@@ -310,8 +310,8 @@ class SlbAgent:
     async def _finish_step(self, *, force_save: bool = False) -> None:
         """Write statuses and, when due, the saved state; never ahead of what is in force."""
         if self._statuses:
-            statuses, self._statuses = self._statuses, {}
-            await self._write_statuses(statuses.items())
+            await self._write_statuses(list(self._statuses.items()))
+            self._statuses.clear()  # only once written: an etcd error keeps them for the next step
         now = self.runtime.now()
         if force_save or now - self._last_save >= self.config.save_every:
             pending_from = min((d.revision for d in self._pending.values()), default=None)
