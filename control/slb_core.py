@@ -54,6 +54,7 @@ from foundation.logic.slb_domain import (
     Upstream,
     check_domain_name,
     check_group,
+    check_routable,
     domain_key,
     domains_prefix,
     status_prefix,
@@ -288,6 +289,7 @@ class SlbCore:
             data["owner"] = who.name
         try:
             domain = Domain.parse(data)
+            check_routable(domain.upstreams)
         except DomainError as exc:
             raise InvalidArgument.of(exc) from None
         if who.role == "user" and domain.owner != who.name:
@@ -377,6 +379,7 @@ class SlbCore:
             raise InvalidArgument("servers", "must be a list of IPv4:port")
         try:
             upstreams = tuple(Upstream.parse(s) for s in servers)
+            check_routable(upstreams)
         except DomainError as exc:
             raise InvalidArgument.of(exc, {"upstreams": "servers"}) from None
         key = domain_key(group, name)

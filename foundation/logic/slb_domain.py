@@ -61,8 +61,13 @@ def check(field_name: str, value: Any, pattern: re.Pattern[str], what: str) -> s
     return value
 
 
+MAX_DOMAIN_NAME = 240  # "<name>.conf" must stay a legal file name (255 bytes)
+
+
 def check_domain_name(name: Any) -> str:
     check("name", name, HOST_NAME, "a DNS name (lower case letters, digits, '-' and '.')")
+    if len(name) > MAX_DOMAIN_NAME:
+        raise DomainError("name", f"{name[:40]}... is longer than {MAX_DOMAIN_NAME} characters")
     if any(not _LABEL.fullmatch(label) for label in name.split(".")):
         raise DomainError("name", f"{name!r} is not a DNS name (each label 1-63 characters, no leading '-')")
     return name
@@ -187,6 +192,21 @@ class Domain:
     @property
     def key(self) -> str:
         return domain_key(self.group, self.name)
+
+
+def check_routable(upstreams: tuple[Upstream, ...]) -> None:
+    """Refuse upstreams an API caller must never point Nginx at.
+
+    Loopback, unspecified, link-local, multicast and reserved addresses would let a
+    domain's owner reach services on the Nginx host itself (its admin endpoint, a local
+    etcd) or nothing at all: pods never have such addresses.
+    """
+    for upstream in upstreams:
+        address = ipaddress.IPv4Address(upstream.host)
+        if (address.is_loopback or address.is_unspecified or address.is_link_local or address.is_multicast
+                or address.is_reserved):
+            raise DomainError("upstreams", f"{upstream} is not a pod address (loopback, link-local, multicast "
+                                           f"and reserved ranges are refused)")
 
 
 def changed_config(old: Domain | None, new: Domain | None) -> bool:

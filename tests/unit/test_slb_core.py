@@ -430,3 +430,20 @@ def test_an_unreachable_store_is_store_unavailable_and_nothing_is_written(w):
     for call in (w.core.put_domain(ADMIN, web()), w.core.create_group(ADMIN, "api"),
                  w.core.set_upstreams(DISCOVERY, "web", "shop.example.com", []), w.core.list_groups(ALICE)):
         w.fails(StoreUnavailable, call)
+
+
+@pytest.mark.parametrize("server", ["127.0.0.1:9145", "0.0.0.0:80", "169.254.169.254:80", "224.0.0.1:80",
+                                    "240.0.0.1:80"])
+def test_upstreams_that_point_nginx_at_itself_or_nowhere_are_refused(w, server):
+    # e.g. a user aiming its domain at the Nginx host's own lua admin endpoint or a local etcd
+    w.run(w.core.put_domain(ALICE, web(owner="alice")))
+    err = w.fails(InvalidArgument, w.core.set_upstreams(ALICE, "web", "shop.example.com", [server]))
+    assert err.field == "servers" and "not a pod address" in str(err)
+    err = w.fails(InvalidArgument, w.core.put_domain(ALICE, web(owner="alice", upstreams=[server])))
+    assert err.field == "upstreams"
+
+
+def test_a_domain_name_too_long_for_a_file_name_is_refused(w):
+    long_name = ".".join(["a" * 60] * 4) + ".com"  # 247 characters: a DNS name, not a file name
+    err = w.fails(InvalidArgument, w.core.put_domain(ADMIN, web(name=long_name)))
+    assert err.field == "name"
