@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from control.auth import Principal
 from control.slb_core import NotFound, SlbCore, SlbError
+from foundation.logic.slb_domain import hosts_prefix
 from foundation.ports import Cancelled, Runtime, StoreError
 from foundation.ports.cluster import Cluster, ClusterUnavailable
 
@@ -54,6 +55,7 @@ class Discovery:
     runtime: Runtime
     bindings: list[Binding]
     retry: float = 1.0
+    resync: float = 5.0
     stats: DiscoveryStats = field(default_factory=DiscoveryStats)
 
     def __post_init__(self) -> None:
@@ -67,6 +69,7 @@ class Discovery:
     async def run(self) -> None:
         tasks = [self.runtime.spawn(self._follow(cell, cluster), name=f"discovery/{cell}")
                  for cell, cluster in sorted(self.cells.items())]
+        tasks.append(self.runtime.spawn(self._repush(), name="discovery/repush"))
         try:
             for task in tasks:
                 await task.join()
@@ -105,13 +108,26 @@ class Discovery:
                 self.stats.cluster_errors += 1
                 await self.runtime.sleep(self.retry)
 
+    async def _repush(self) -> None:
+        """Retry what failed (a domain created after its binding, etcd away) every ``resync`` seconds."""
+        while True:
+            await self.runtime.sleep(self.resync)
+            if self.synced.is_set():
+                await self._push_all()
+
     # ------------------------------------------------------------------ pushing
     def servers(self, binding: Binding) -> tuple[str, ...]:
-        """The upstream servers a binding should have now: ready, not draining, every Cell."""
-        ips = {ip for (cell, ns, svc), ready in self._ready.items()
-               if ns == binding.namespace and svc == binding.service for ip in ready}
-        ips -= {ip for ns, ip in self._draining if ns == binding.namespace}
-        return tuple(f"{ip}:{binding.port}" for ip in sorted(ips, key=_ip_order))
+        """The upstream servers of the binding's domain now: ready, not draining, every Cell,
+        and every binding that feeds the same domain (their union, never one overwriting another)."""
+        servers = set()
+        for other in self.bindings:
+            if (other.group, other.domain) != (binding.group, binding.domain):
+                continue
+            ips = {ip for (cell, ns, svc), ready in self._ready.items()
+                   if ns == other.namespace and svc == other.service for ip in ready}
+            ips -= {ip for ns, ip in self._draining if ns == other.namespace}
+            servers |= {(ip, other.port) for ip in ips}
+        return tuple(f"{ip}:{port}" for ip, port in sorted(servers, key=lambda s: (_ip_order(s[0]), s[1])))
 
     async def _push_all(self) -> None:
         for binding in self.bindings:
@@ -153,8 +169,11 @@ class Discovery:
         for binding in self.bindings:
             if binding.namespace != namespace:
                 continue
+            failures = self.stats.push_errors
             revision = await self._push(binding)
-            if revision is None:  # nothing to change (already out) or the push failed
+            if self.stats.push_errors != failures:
+                return False  # the removal was not written: the pod still receives traffic
+            if revision is None:  # nothing to change: it was out already
                 revision = await self._current_revision(binding)
             if revision:
                 waits.append((binding, revision))
@@ -177,11 +196,17 @@ class Discovery:
             return 0
 
     async def _applied_everywhere(self, binding: Binding, revision: int) -> bool:
+        """Every Nginx host of the group applied it (a decommissioned host's status records must be removed)."""
         try:
+            registered = await self.slb.store.range(hosts_prefix(binding.group))
             report = await self.slb.get_status(DISCOVERY, binding.group, binding.domain)
         except (SlbError, StoreError):
             return False
-        return bool(report.hosts) and all(h.applied_revision >= revision for h in report.hosts)
+        applied = {h.host: h.applied_revision for h in report.hosts}
+        # Hosts alive now (registered under a lease) and hosts that ever reported this domain
+        # (an agent restarting has no lease yet, but its Nginx still serves the old upstreams).
+        hosts = {kv.key.removeprefix(hosts_prefix(binding.group)) for kv in registered.kvs} | set(applied)
+        return all(applied.get(host, 0) >= revision for host in hosts)
 
 
 def _ip_order(ip: str) -> tuple[int, ...]:

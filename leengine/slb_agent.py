@@ -40,7 +40,9 @@ async def run_agent(config: SlbAgentConfig, *, etcd: str, prefix: Path, admin_po
     from foundation.adapters.etcd_store import EtcdStore
     from foundation.adapters.nginx_proxy import NginxProxy
 
-    proxy = NginxProxy(prefix, admin_port=admin_port, listen_address=listen_address)
+    # The agent tests every batch itself just before apply: apply need not run nginx -t again
+    # (a config the master still refuses is caught from its error log and rolled back).
+    proxy = NginxProxy(prefix, admin_port=admin_port, listen_address=listen_address, retest_on_apply=False)
     await proxy.start()  # serves the saved files at once, etcd or not
     log.info("nginx on %s serving %d domains (generation %d)", prefix, len(proxy.live_domains()), proxy.generation)
     stop = stop or asyncio.Event()

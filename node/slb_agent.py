@@ -28,7 +28,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from foundation.logic.slb_domain import Domain, DomainError, DomainStatus, changed_config, domains_prefix, status_key
+from foundation.logic.claims import LeasedMembership
+from foundation.logic.slb_domain import (
+    Domain,
+    DomainError,
+    DomainStatus,
+    changed_config,
+    domains_prefix,
+    host_key,
+    status_key,
+)
 from foundation.ports import (
     Cancelled,
     CompactedError,
@@ -39,7 +48,7 @@ from foundation.ports import (
     StoreError,
     WatchEvent,
 )
-from foundation.ports.proxy import Proxy, ProxyError, SavedState
+from foundation.ports.proxy import Proxy, ProxyError, ReloadFailed, SavedState
 
 
 @dataclass(frozen=True)
@@ -103,17 +112,39 @@ class SlbAgent:
         self.live = dict(saved.domains)
         self.revision = saved.revision
         self.live_revision = {name: saved.revision for name in self.live}
+        membership = self.runtime.spawn(self._stay_registered(), name=f"slb-member/{self.config.host}")
+        try:
+            while True:
+                try:
+                    if self.revision == 0:
+                        await self.resync()
+                    await self._follow()
+                except CompactedError:
+                    await self._guard(self.resync())
+                except (StoreError, ProxyError) as exc:
+                    # etcd away, or Nginx refused something we did not expect it to: Nginx keeps
+                    # serving what it has; start over from the last revision fully in force.
+                    self.stats.store_errors += isinstance(exc, StoreError)
+                    self.runtime.trace("slb-retry", host=self.config.host, error=type(exc).__name__)
+                    self._pending.clear()
+                    self._first_pending_at = None
+                    self.revision = (await self.proxy.load_state()).revision if isinstance(exc, ProxyError) \
+                        else self.revision
+                    await self.runtime.sleep(self.config.retry)
+        finally:
+            membership.cancel()
+
+    async def _stay_registered(self) -> None:
+        """Keep ``/slb/{group}/hosts/{host}`` alive under a lease: drains wait for every registered host."""
         while True:
+            member = LeasedMembership(self.store, self.runtime, host_key(self.config.group, self.config.host),
+                                      b"up", ttl=10)
             try:
-                if self.revision == 0:
-                    await self.resync()
-                await self._follow()
-            except CompactedError:
-                await self._guard(self.resync())
-            except StoreError as exc:
-                self.stats.store_errors += 1
-                self.runtime.trace("slb-store-error", host=self.config.host, error=type(exc).__name__)
+                await member.join()
+            except StoreError:
                 await self.runtime.sleep(self.config.retry)
+                continue
+            await member.keep_alive()  # returns when the lease is lost: join again
 
     async def _guard(self, step) -> None:
         try:
@@ -145,6 +176,7 @@ class SlbAgent:
         async with self.store.watch(self.prefix, start_revision=self.revision + 1) as watch:
             pump = self.runtime.spawn(self._pump(watch, events), name=f"slb-watch/{self.config.host}")
             try:
+                await self._finish_step()  # statuses a failed step could not write go out now
                 self.applied.set()
                 while True:
                     item = await self._next(events)
@@ -233,6 +265,9 @@ class SlbAgent:
             self._forget_failure(name)
             self._statuses[name] = None
             return
+        self._queue(name, desired)
+
+    def _queue(self, name: str, desired: _Desired) -> None:
         if self._first_pending_at is None:
             self._first_pending_at = self.runtime.now()
         self._pending[name] = desired
@@ -241,7 +276,14 @@ class SlbAgent:
         assert desired.domain is not None
         live = self.live[name]
         if live.upstreams != desired.domain.upstreams:
-            await self.proxy.set_upstreams(name, desired.domain.upstreams)
+            try:
+                await self.proxy.set_upstreams(name, desired.domain.upstreams)
+            except ProxyError:
+                # Nginx does not have the domain we think it has (e.g. a crash between a removal
+                # and saving the state): render it in full instead.
+                if not still_failing:
+                    self._queue(name, desired)
+                return
             self.stats.in_place += 1
             self.runtime.trace("slb-upstreams", host=self.config.host, domain=name,
                                servers=len(desired.domain.upstreams))
@@ -260,6 +302,30 @@ class SlbAgent:
         self._statuses[name] = DomainStatus(self.live_revision.get(name, 0), error, desired.revision,
                                             self.runtime.wall_time())
 
+    async def _culprits(self, changes: dict[str, Domain | None], error: str) -> dict[str, str]:
+        """Which changes make ``nginx -t`` fail: halve the batch until each culprit is alone."""
+        if len(changes) == 1:
+            return {next(iter(changes)): error}
+        names = list(changes)
+        culprits: dict[str, str] = {}
+        for half in (names[: len(names) // 2], names[len(names) // 2 :]):
+            part = {name: changes[name] for name in half}
+            part_error = await self.proxy.test(part)
+            if part_error is not None:
+                culprits.update(await self._culprits(part, part_error))
+        return culprits
+
+    async def _reject_and_serve(self, name: str, desired: _Desired, error: str) -> None:
+        """Set a failing version aside, but still serve its upstreams on the config in force."""
+        self._reject(name, desired, error)
+        live, new = self.live.get(name), desired.domain
+        if live is not None and isinstance(new, Domain) and live.upstreams != new.upstreams:
+            try:
+                await self.proxy.set_upstreams(name, new.upstreams)
+            except ProxyError:
+                return
+            self.live[name] = live.with_upstreams(new.upstreams)
+
     def _forget_failure(self, name: str) -> None:
         self.set_aside.pop(name, None)
         self.errors.pop(name, None)
@@ -272,28 +338,39 @@ class SlbAgent:
         changes = {name: d.domain for name, d in batch.items()}
         self.stats.batches += 1
         error = await self.proxy.test(changes)
-        bad: dict[str, str] = {}
+        bad = {}
         if error is not None:
-            if len(changes) == 1:
-                bad = {next(iter(changes)): error}
-            else:
-                for name, domain in changes.items():  # find who broke it; the others still apply
-                    alone = await self.proxy.test({name: domain})
-                    if alone is not None:
-                        bad[name] = alone
+            # No single culprit (the changes only fail together): the whole batch is set aside.
+            bad = await self._culprits(changes, error) or dict.fromkeys(changes, error)
         good = {name: domain for name, domain in changes.items() if name not in bad}
+        for name in bad:
+            live, new = self.live.get(name), changes[name]
+            if live is not None and (new is None or new.owner != live.owner):
+                # The record in force was deleted (and maybe recreated by someone else, whose
+                # version fails): never keep serving the old owner's config under the new record.
+                good[name] = None
         if good:
             try:
                 outcome = await self.proxy.apply(good)
+            except ReloadFailed as exc:
+                # Nginx did not take the new config (it restored the old one): a fault of the host,
+                # not of the domains. Keep the batch queued and try again after a pause.
+                self.runtime.trace("slb-reload-failed", host=self.config.host, domains=len(good))
+                for name in good:
+                    self._statuses[name] = DomainStatus(self.live_revision.get(name, 0), f"reload failed: {exc}",
+                                                        batch[name].revision, self.runtime.wall_time())
+                self._pending = {**batch, **self._pending}
+                self._first_pending_at = self.runtime.now()
+                await self._finish_step()  # report it now, not after the pause
+                await self.runtime.sleep(self.config.retry)
+                return
             except ProxyError as exc:
-                bad.update({name: f"reload failed: {exc}" for name in good})
+                bad.update({name: f"reload failed: {exc}" for name in good if name not in bad})
                 good = {}
             else:
                 self.stats.reloads += 1
                 self.runtime.trace("slb-reload", host=self.config.host, domains=len(good),
                                    generation=outcome.generation)
-        for name, message in bad.items():
-            self._reject(name, batch[name], message)
         for name, domain in good.items():
             self._forget_failure(name)
             if domain is None:
@@ -305,6 +382,8 @@ class SlbAgent:
                 self.live_revision[name] = batch[name].revision
                 self._statuses[name] = DomainStatus(batch[name].revision, "", batch[name].revision,
                                                     self.runtime.wall_time())
+        for name, message in bad.items():  # after: a forced removal above still reports why
+            await self._reject_and_serve(name, batch[name], message)
         self._last_save = float("-inf")  # a reload always saves
 
     async def _finish_step(self, *, force_save: bool = False) -> None:

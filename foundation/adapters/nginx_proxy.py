@@ -661,6 +661,8 @@ class NginxProxy:
             try:
                 await asyncio.to_thread(self._build_scratch, scratch, checked, new_live)
                 return await self._nginx_t(scratch)
+            except OSError as exc:  # a file that cannot be written is this change's fault, not the agent's
+                return f"cannot render the configuration: {exc}"
             finally:
                 await asyncio.to_thread(shutil.rmtree, scratch, True)
 

@@ -224,6 +224,15 @@ def domain_key(group: str, name: str) -> str:
     return f"{domains_prefix(group)}{name}"
 
 
+def hosts_prefix(group: str) -> str:
+    return f"{SLB}{group}/hosts/"
+
+
+def host_key(group: str, host: str) -> str:
+    """Where an SLB agent registers itself (leased): drains wait for every host registered here."""
+    return f"{hosts_prefix(group)}{host}"
+
+
 def status_prefix(group: str) -> str:
     return f"{SLB}{group}/status/"
 

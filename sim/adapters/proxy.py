@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from foundation.logic.slb_domain import Domain, Upstream
-from foundation.ports.proxy import ProxyError, ReloadOutcome, SavedState
+from foundation.ports.proxy import ProxyError, ReloadFailed, ReloadOutcome, SavedState
 from foundation.ports.runtime import Runtime
 
 
@@ -108,7 +108,7 @@ class SimProxy:
         await self.runtime.sleep(self.reload_base + self.reload_per_domain * len(config))
         if self.fail_next_reload:
             self.fail_next_reload = False
-            raise ProxyError("new workers did not confirm the generation; previous configuration restored")
+            raise ReloadFailed("new workers did not confirm the generation; previous configuration restored")
         now = self.runtime.now()
         self.generations[-1].retired = now
         self.generations.append(Generation(self.generation + 1, now))

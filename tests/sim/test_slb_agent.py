@@ -160,18 +160,22 @@ def test_an_undecodable_record_is_reported_not_applied(world):
     assert "evil.example.com" not in world.proxy.live and world.proxy.reload_count == 0
 
 
-def test_a_failed_reload_keeps_the_last_good_config_and_reports_it(world):
+def test_a_failed_reload_keeps_the_last_good_config_reports_it_and_is_retried(world):
     async def main():
         await world.put(domain("a.example.com", "10.0.0.1:80"))
-        world.start_agent()
+        world.start_agent(retry=2.0)
         await world.rt.sleep(1)
-        world.proxy.fail_next_reload = True
-        await world.put(domain("a.example.com", "10.0.0.1:80", listen=8080))
+        world.proxy.fail_next_reload = True  # the host, not the domain, is at fault this once
+        rev = await world.put(domain("a.example.com", "10.0.0.1:80", listen=8080))
         await world.rt.sleep(1)
+        during = (world.proxy.live["a.example.com"].listen, world.statuses()["a.example.com"])
+        await world.rt.sleep(3)
+        return rev, during
 
-    world.run(main())
-    assert world.proxy.live["a.example.com"].listen == 80
-    assert "reload failed" in world.statuses()["a.example.com"].error
+    rev, (listen_during, status_during) = world.run(main())
+    assert listen_during == 80 and "reload failed" in status_during.error  # last good config kept, reported
+    assert world.proxy.live["a.example.com"].listen == 8080  # ... and the change was not lost: retried
+    assert world.statuses()["a.example.com"] == DomainStatus(rev, "", rev, world.statuses()["a.example.com"].at)
 
 
 def test_restart_serves_saved_state_and_resumes_from_its_revision(world):
@@ -232,3 +236,38 @@ def test_etcd_out_of_reach_nginx_keeps_serving_and_catches_up_after(world):
     world.run(main())
     assert world.proxy.serving("a.example.com") == (Upstream("10.0.0.2", 80),)
     assert world.agent.stats.store_errors >= 1
+
+
+def test_a_deleted_domain_recreated_by_someone_else_with_a_bad_config_is_not_served_at_all(world):
+    world.proxy.rejects = lambda d: "bind() to 0.0.0.0:8443 failed" if d.listen == 8443 else None
+
+    async def main():
+        await world.put(domain("x.example.com", "10.0.0.1:80"))
+        world.start_agent()
+        await world.rt.sleep(1)
+        await world.admin.delete(domain_key(GROUP, "x.example.com"))
+        await world.admin.put(domain_key(GROUP, "x.example.com"), Domain.parse(
+            {"name": "x.example.com", "group": GROUP, "owner": "bob", "listen": 8443,
+             "upstreams": ["10.0.0.7:80"]}).to_bytes())
+        await world.rt.sleep(2)
+
+    world.run(main())
+    assert "x.example.com" not in world.proxy.live  # never the old owner's config under bob's record
+    assert "8443" in world.statuses()["x.example.com"].error
+
+
+def test_an_upstream_change_riding_on_a_config_that_fails_is_still_served(world):
+    world.proxy.rejects = lambda d: "bind() to 0.0.0.0:8443 failed" if d.listen == 8443 else None
+
+    async def main():
+        await world.put(domain("a.example.com", "10.0.0.1:80"))
+        world.start_agent()
+        await world.rt.sleep(1)
+        await world.put(domain("a.example.com", "10.0.0.1:80", listen=8443))  # queued, will fail
+        await world.rt.sleep(0.01)
+        await world.put(domain("a.example.com", "10.0.0.2:80", listen=8443))  # a drain rides along
+        await world.rt.sleep(2)
+
+    world.run(main())
+    assert world.proxy.live["a.example.com"].listen == 80
+    assert world.proxy.serving("a.example.com") == (Upstream("10.0.0.2", 80),)
