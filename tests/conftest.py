@@ -1,9 +1,14 @@
-"""Shared fixtures: the Store under test, behind one harness for both runtimes.
+"""Shared fixtures: the Store under test, behind one harness for both runtimes; a private OVS.
 
 A conformance test is ``async def body(h)`` where ``h`` is a ``StoreHarness``;
 ``store_harness.run(body)`` runs it on the sim runtime with the in-memory store, or
 on asyncio with a real etcd started for the session. Each test gets its own key
 prefix so tests never see each other's keys on the shared etcd.
+
+``ovs_server`` runs ``leengine.ovs_server.running_ovs()`` for the session (integration
+tests and the Dataplane conformance suite share it): its own ovsdb-server and
+ovs-vswitchd in a temporary directory, never the system's. It needs root and Debian's
+openvswitch-switch; without them the tests fail with the reason, they never skip.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import pytest
 from foundation.adapters.asyncio_runtime import AsyncioRuntime
 from foundation.adapters.etcd_store import EtcdStore
 from leengine.etcd_server import running_etcd
+from leengine.ovs_server import running_ovs
 from sim.adapters.runtime import SimRuntime
 from sim.adapters.store import MemoryStore
 
@@ -46,6 +52,12 @@ class StoreHarness:
 @pytest.fixture(scope="session")
 def etcd_server():
     with running_etcd() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def ovs_server():
+    with running_ovs() as server:
         yield server
 
 

@@ -2,13 +2,31 @@
 
 The world (or a test) adds and removes pods and nodes; agents read them through
 the Cluster port exactly as they read a real API server. ``available`` switches
-the API server off. It must not know any agent.
+the API server off. As a real API server read through the real adapter, it lists
+endpoints sorted by (namespace, service), keeps each address list sorted and unique,
+and a replacement that changes nothing is no change (no version, no event).
+It must not know any agent.
 """
 
 from __future__ import annotations
 
+import ipaddress
+
 from foundation.ports.cluster import ClusterUnavailable, Endpoints, EndpointsEvent, PodInfo
 from foundation.ports.runtime import Runtime
+
+
+def _ip_order(ip: str) -> tuple[int, int, str]:
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return (99, 0, ip)
+    return (address.version, int(address), ip)
+
+
+def _ips(addresses: tuple[str, ...]) -> tuple[str, ...]:
+    """Unique and sorted by address, as the port's ``Endpoints`` promises."""
+    return tuple(sorted(set(addresses), key=_ip_order))
 
 
 class _SimEndpointsWatch:
@@ -16,6 +34,9 @@ class _SimEndpointsWatch:
         self._cluster = cluster
         self._queue = cluster.runtime.queue()
         self._closed = False
+        if not cluster.available:  # nothing to replay from a server that does not answer
+            self._queue.put_nowait(ClusterUnavailable(cluster.endpoint, "API server down"))
+            return
         for version, event in cluster._history:
             if version > after:
                 self._queue.put_nowait(event)
@@ -83,6 +104,10 @@ class SimCluster:
     # ---- endpoints
     def set_endpoints(self, endpoints: Endpoints) -> None:
         key = (endpoints.namespace, endpoints.service)
+        endpoints = Endpoints(endpoints.namespace, endpoints.service, _ips(endpoints.ready),
+                              _ips(endpoints.not_ready))
+        if self.endpoints.get(key) == endpoints:
+            return  # a no-op update: no new version, no event
         kind = "MODIFIED" if key in self.endpoints else "ADDED"
         self.endpoints[key] = endpoints
         self._publish(EndpointsEvent(kind, endpoints))
@@ -108,12 +133,8 @@ class SimCluster:
 
     async def list_endpoints(self) -> tuple[list[Endpoints], str]:
         self._check()
-        return list(self.endpoints.values()), str(self.version)
+        return [self.endpoints[key] for key in sorted(self.endpoints)], str(self.version)
 
     def watch_endpoints(self, resource_version: str) -> _SimEndpointsWatch:
         assert self.runtime is not None, "SimCluster needs a runtime for watches"
-        watch = _SimEndpointsWatch(self, int(resource_version or 0))
-        if not self.available:
-            self._watches.remove(watch)
-            watch._queue.put_nowait(ClusterUnavailable(self.endpoint, "API server down"))
-        return watch
+        return _SimEndpointsWatch(self, int(resource_version or 0))

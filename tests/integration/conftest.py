@@ -1,19 +1,5 @@
-"""Integration fixtures: a private Open vSwitch for the session.
+"""Integration fixtures.
 
-``ovs_server`` runs ``leengine.ovs_server.running_ovs()``: its own ovsdb-server and
-ovs-vswitchd in a temporary directory, never the system's. It needs root and
-Debian's openvswitch-switch; without them the tests fail with the reason, they
-never skip.
+``ovs_server`` (a private Open vSwitch for the session) lives in ``tests/conftest.py``:
+the Dataplane conformance suite uses it too.
 """
-
-from __future__ import annotations
-
-import pytest
-
-from leengine.ovs_server import running_ovs
-
-
-@pytest.fixture(scope="session")
-def ovs_server():
-    with running_ovs() as server:
-        yield server
