@@ -1,0 +1,135 @@
+"""What a simulated Region is made of: the plain, validated description a scenario file turns into.
+
+``sim/scenario.py`` parses a YAML scenario into these frozen dataclasses (naming file,
+line and field on any error); ``sim/world.py`` builds and runs a Region from them.
+Nothing here runs anything: it is the contract between the two.
+
+Times are virtual seconds from the start of the run. A **selector** picks fault
+targets by name, label, count or percentage: ``{"names": [...]}``,
+``{"labels": {"rack": "r1"}}``, ``{"count": 5}`` or ``{"percent": 10}`` (count and
+percent draw from the run's seeded random source, among the targets the other
+selector fields leave).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+MAX_NODES_PER_CELL = 600  # LeEngine's rule: one Kubernetes cluster, at most ~600 nodes
+
+FaultKind = Literal[
+    "host-crash",  # hosts die: their pods die with them, no CNI DEL (leaked addresses); optional return
+    "runtime-death",  # the container runtime of hosts dies: pods and their netns gone, the host stays
+    "cell-outage",  # a whole Cell (machine room) is cut off: its nodes and API server unreachable
+    "etcd-slow",  # etcd answers `factor` times slower for the selected clients
+    "etcd-unavailable",  # the selected clients (or everyone) cannot reach etcd
+    "reload-storm",  # `changes` config changes to domains of a group within the duration
+    "nginx-host-loss",  # Nginx hosts of a group die (their share of the load fails over)
+    "pool-exhaustion",  # a pool is shrunk to `free` remaining addresses (others taken by a squatter)
+]
+
+
+@dataclass(frozen=True)
+class Selector:
+    names: tuple[str, ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+    count: int | None = None
+    percent: float | None = None
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    name: str
+    cidr: str
+    vlan: int
+    block_size: int = 16
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    name: str
+    nodes: int
+    pools: tuple[PoolSpec, ...]
+    node_labels: tuple[tuple[str, str], ...] = ()  # labels every node of the Cell carries (e.g. room)
+    racks: int = 1  # nodes are spread over racks: label rack=r1..rN
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """An Nginx cluster of the Region."""
+
+    name: str
+    hosts: int
+
+
+@dataclass(frozen=True)
+class AppSpec:
+    name: str  # the app's namespace
+    cells: tuple[str, ...]
+    replicas: int  # per Cell
+    group: str  # the Nginx group serving its domain
+    domain: str = ""  # default: "{name}.example.com"
+    port: int = 8080
+    start_seconds: float = 2.0  # container start after the sandbox has its address
+    readiness_seconds: float = 3.0  # until the readiness probe passes
+    requests_per_second: float = 10.0  # client load on its domain
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    kind: FaultKind
+    at: float
+    duration: float | None = None  # None: permanent (or until the run ends)
+    target: Selector = field(default_factory=Selector)
+    every: float | None = None  # repeat on this schedule (seconds) until the run ends
+    # kind-specific parameters
+    factor: float = 10.0  # etcd-slow
+    changes: int = 100  # reload-storm
+    free: int = 0  # pool-exhaustion
+    pool: str = ""  # pool-exhaustion
+    group: str = ""  # reload-storm, nginx-host-loss
+    line: int = 0  # where it stands in the scenario file, for messages
+
+
+@dataclass(frozen=True)
+class ChurnSpec:
+    """Background changes while the Region runs: deploys (rolling replacement) and scaling."""
+
+    deploys_per_hour: float = 0.0
+    scale_events_per_hour: float = 0.0
+
+
+CheckKind = Literal[
+    "no-duplicate-address",  # safety: never two owners of an address (audited from the Store's history)
+    "domains-keep-serving",  # safety: never a domain without a ready upstream while one exists in another Cell
+    "leaks-found-and-released",  # liveness: after faults end, cnictl check finds every leak and release frees it
+    "apps-serve-again",  # liveness: after faults end, every app serves again within `within` seconds
+    "max-failed-requests",  # at most `limit` failed requests over the run
+    "max-reloads",  # at most `limit` reloads per Nginx host
+]
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    kind: CheckKind
+    within: float = 120.0  # liveness deadline after the last fault ends
+    limit: float = 0.0
+
+
+@dataclass(frozen=True)
+class RegionSpec:
+    name: str
+    seed: int
+    duration: float
+    cells: tuple[CellSpec, ...]
+    groups: tuple[GroupSpec, ...]
+    apps: tuple[AppSpec, ...]
+    faults: tuple[FaultSpec, ...] = ()
+    checks: tuple[CheckSpec, ...] = ()
+    churn: ChurnSpec = field(default_factory=ChurnSpec)
+    etcd_latency: float = 0.002  # round trip, seconds
+    cooldown: float = 30.0  # IPAM cool-down of released addresses
+    leak_check_every: float = 60.0  # cnictl check run by an operator cron
+    leak_grace: float = 60.0
+    source: str = ""  # the scenario file, for reports
