@@ -37,43 +37,14 @@ import http.client
 import http.server
 import statistics
 import subprocess
-import threading
 import time
 
 from bench.common import median, save, show
 from foundation.adapters.nginx_proxy import NginxProxy, find_nginx
-from foundation.logic.slb_domain import Domain, Upstream
-from leengine.nginx_server import free_port, running_nginx
+from foundation.logic.slb_domain import Domain
+from leengine.nginx_server import LoopbackBackend, free_port, running_nginx
 
-
-class Backend:
-    def __init__(self) -> None:
-        port_box: list[int] = []
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # headers and body leave at once: no 40 ms delayed-ACK stall
-
-            def do_GET(self) -> None:
-                body = str(port_box[0]).encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        port_box.append(self.port)
-        self.upstream = Upstream("127.0.0.1", self.port)
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+Backend = LoopbackBackend
 
 
 def make_domain(i: int, port: int, backend: Backend, read_timeout: int = 60) -> Domain:

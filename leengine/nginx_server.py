@@ -63,3 +63,48 @@ async def running_nginx(prefix: str | os.PathLike[str] | None = None, *, admin_p
         await proxy.stop()
         if own:
             shutil.rmtree(path, ignore_errors=True)
+
+
+class LoopbackBackend:
+    """An HTTP server on loopback whose every answer is its own port (tests and benches of the Proxy).
+
+    With ``echo_header``, the body is "PORT VALUE" (VALUE: that request header, or "-"),
+    so a test can see what Nginx set on the way.
+    """
+
+    def __init__(self, echo_header: str | None = None) -> None:
+        import http.server
+        import threading
+
+        from foundation.logic.slb_domain import Upstream
+
+        port_box: list[int] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body leave at once: no 40 ms delayed-ACK stall
+
+            def do_GET(self) -> None:
+                body = str(port_box[0])
+                if echo_header is not None:
+                    body += f" {self.headers.get(echo_header, '-')}"
+                raw = body.encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        port_box.append(self.port)
+        self.upstream = Upstream("127.0.0.1", self.port)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -19,7 +19,6 @@ import http.client
 import http.server
 import itertools
 import socket
-import threading
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -27,7 +26,7 @@ import pytest
 
 from foundation.logic.slb_domain import Domain, Upstream
 from foundation.ports.proxy import ProxyError, SavedState
-from leengine.nginx_server import free_port, running_nginx
+from leengine.nginx_server import LoopbackBackend, free_port, running_nginx
 from sim.adapters.proxy import SimProxy
 from sim.adapters.runtime import SimRuntime
 
@@ -93,35 +92,7 @@ class _SimRunner:
 # --------------------------------------------------------------------------- nginx
 
 
-class _Backend:
-    """An HTTP server on loopback whose every answer is its own port."""
-
-    def __init__(self) -> None:
-        box: list[int] = []
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
-
-            def do_GET(self) -> None:
-                body = str(box[0]).encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        box.append(self.server.server_address[1])
-        self.upstream = Upstream("127.0.0.1", box[0])
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+_Backend = LoopbackBackend
 
 
 def _ask(port: int, name: str) -> set[str]:

@@ -23,7 +23,6 @@ import os
 import shutil
 import signal
 import socket
-import threading
 import time
 from collections.abc import Iterator
 
@@ -32,40 +31,14 @@ import pytest
 from foundation.adapters.nginx_proxy import NginxProxy
 from foundation.logic.slb_domain import Domain, Location, Upstream
 from foundation.ports.proxy import ProxyError, ReloadFailed, SavedState
-from leengine.nginx_server import free_port, make_prefix
+from leengine.nginx_server import LoopbackBackend, free_port, make_prefix
 
 
-class Backend:
-    """An HTTP server on loopback whose every answer is its own port."""
+class Backend(LoopbackBackend):
+    """A loopback back-end answering "PORT X-TEAM": which server answered, which header Nginx set."""
 
     def __init__(self) -> None:
-        port_box: list[int] = []
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # headers and body leave at once: no 40 ms delayed-ACK stall
-
-            def do_GET(self) -> None:
-                body = f"{port_box[0]} {self.headers.get('X-Team', '-')}".encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        port_box.append(self.port)
-        self.upstream = Upstream("127.0.0.1", self.port)
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(echo_header="X-Team")
 
 
 @pytest.fixture
