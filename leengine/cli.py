@@ -2,6 +2,8 @@
 
 Subcommands:
   leengine demo              the spine's simulated demo (no services needed)
+  leengine sim run [SCENARIO] replay a scenario file on the simulated Region (default: scenarios/default.yaml)
+  leengine sim validate SCENARIO  check a scenario file without running it
   leengine store ...         inspect a real etcd through the Store port (status, get, put, ls)
   leengine install-cni DIR   install the leengine-cni plugin into a CNI bin directory (e.g. /opt/cni/bin)
 
@@ -30,8 +32,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="LeEngine testbed: node agents, control service and a SimPy model of the platform.")
 store_app = typer.Typer(no_args_is_help=True, help="Inspect a real etcd through the Store port.")
 app.add_typer(store_app, name="store")
+sim_app = typer.Typer(no_args_is_help=True, help="Replay scenario files on the simulated Region.")
+app.add_typer(sim_app, name="sim")
 console = Console()
 EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+DEFAULT_SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "default.yaml"
 
 
 def fail(message: str) -> None:
@@ -99,6 +105,117 @@ def _print_demo_summary(report: Any, wall: float) -> None:
         table.add_row(name, f"{value:,}" if isinstance(value, int) else str(value))
     console.print(table)
     console.print(f"trace_sha256 {report.trace_sha256}")
+
+
+# ------------------------------------------------------------------ sim
+
+
+def _load_scenario_or_exit(path: Path, seed: int | None) -> Any:
+    from sim.scenario import ScenarioError, load_scenario
+
+    try:
+        return load_scenario(path, seed=seed)
+    except ScenarioError as exc:
+        print(f"leengine: error: {exc}", file=sys.stderr)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+def _code_version() -> dict[str, Any]:
+    """The git commit of the code that ran (and whether the tree had changes), if git knows."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip() != ""
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": None, "dirty": None, "package_version": _package_version()}
+    return {"git_commit": commit, "dirty": dirty, "package_version": _package_version()}
+
+
+def _package_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("leengine-testbed")
+    except PackageNotFoundError:
+        return None
+
+
+ScenarioArg = Annotated[Path, typer.Argument(metavar="SCENARIO", help="a scenario YAML file (see docs/sim.md)")]
+
+
+@sim_app.command("validate")
+def sim_validate(scenario: ScenarioArg) -> None:
+    """Check a scenario file (fields, topology, selectors) without running it."""
+    loaded = _load_scenario_or_exit(scenario, None)
+    spec = loaded.spec
+    nodes = sum(c.nodes for c in spec.cells)
+    pods = sum(a.replicas * len(a.cells) for a in spec.apps)
+    print(f"{scenario}: ok: {spec.name}, seed {spec.seed}, {spec.duration:g} virtual s, {len(spec.cells)} Cells, "
+          f"{nodes} nodes, {len(spec.apps)} apps, {pods} pods, {len(spec.faults)} faults, {len(spec.checks)} checks; "
+          f"sha256 {loaded.sha256}")
+
+
+@sim_app.command("run")
+def sim_run(
+    scenario: Annotated[Path | None, typer.Argument(metavar="[SCENARIO]",
+                                                    help="a scenario YAML file (default: scenarios/default.yaml)")]
+    = None,
+    seed: Annotated[int | None, typer.Option(help="override the scenario's seed")] = None,
+    out: Annotated[Path | None, typer.Option(help="write report.json, metrics.json and PNG plots here "
+                                                  "(default: runs/NAME-seedN)")] = None,
+    plots: Annotated[bool, typer.Option(help="draw PNG plots of the metrics")] = True,
+) -> None:
+    """Replay a scenario on the simulated Region; exit 1 if any check fails."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from sim.runner import run_scenario, write_outputs
+
+    loaded = _load_scenario_or_exit(scenario or DEFAULT_SCENARIO, seed)
+    spec = loaded.spec
+    out_dir = out or Path("runs") / f"{spec.name}-seed{spec.seed}"
+    err_console = Console(stderr=True)
+    started = time.perf_counter()
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                  TextColumn("{task.completed:,.0f}/{task.total:,.0f} virtual s"), TimeElapsedColumn(),
+                  console=err_console, transient=True, disable=not err_console.is_terminal) as progress:
+        bar = progress.add_task(f"{spec.name} seed {spec.seed}", total=spec.duration)
+        try:
+            result = run_scenario(loaded, on_progress=lambda t: progress.update(bar, completed=t))
+        except Exception as exc:  # a bug in the world or in agent code: one line, not a traceback
+            print(f"leengine: error: the simulation failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            raise typer.Exit(EXIT_FAILED) from None
+    wall = time.perf_counter() - started
+    report = write_outputs(result, out_dir, code_version=_code_version(), wall_seconds=wall, plot=plots)
+    _print_sim_summary(report, out_dir)
+    if not report["passed"]:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _print_sim_summary(report: dict[str, Any], out_dir: Path) -> None:
+    scen = report["scenario"]
+    table = Table(title=f"{scen['name']}: seed {report['seed']}, {report['virtual_seconds']:g} virtual s "
+                        f"in {report['wall_seconds']:.2f} s wall")
+    table.add_column("check")
+    table.add_column("verdict")
+    table.add_column("detail", overflow="fold")
+    for check in report["checks"]:
+        verdict = "[green]pass[/green]" if check.get("passed") else "[red]FAIL[/red]"
+        table.add_row(str(check.get("name", "?")), verdict, str(check.get("detail", "")))
+    console.print(table)
+    if report["metrics_summary"]:
+        metrics = Table(title="metrics")
+        for column in ("metric", "min", "max", "mean", "last"):
+            metrics.add_column(column, justify="left" if column == "metric" else "right")
+        for name, s in report["metrics_summary"].items():
+            metrics.add_row(name, *("-" if s[k] is None else f"{s[k]:,.4g}" for k in ("min", "max", "mean", "last")))
+        console.print(metrics)
+    failed = sum(1 for c in report["checks"] if not c.get("passed"))
+    status = "[green]all checks passed[/green]" if not failed else f"[red]{failed} check(s) failed[/red]"
+    console.print(f"{status}; trace_sha256 {report['trace_sha256']}; report {out_dir / 'report.json'}")
 
 
 # ------------------------------------------------------------------ install-cni

@@ -1,0 +1,234 @@
+"""Run one scenario on the sim runtime: drive the Region in slices of virtual time, then report.
+
+``run_scenario`` builds a ``SimRuntime`` seeded from the spec, a ``sim.world.Region``
+on it, and steps ``env.run(until=t)`` slice by slice (calling ``on_progress(t)``
+between slices, for a progress bar). ``write_outputs`` writes ``report.json``
+(inputs, seed, code version, scenario hash, every check's verdict, a metrics
+summary, ``trace_sha256``), ``metrics.json`` (the full series) and PNG plots.
+
+Invariant: the report's ``trace_sha256`` depends only on (scenario, seed): slicing
+the run changes nothing, since ``env.run(until=t)`` processes the same events in the
+same order whatever the slice boundaries. Wall time is recorded but never hashed.
+
+It must not know the terminal (the CLI draws progress and tables) nor real adapters.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sim.adapters.runtime import SimRuntime
+from sim.scenario import Scenario
+from sim.spec import RegionSpec
+
+SLICES = 200  # progress updates over the run
+REPORT_VERSION = 1
+# Metrics plotted first and named in the summary when the world provides them.
+KEY_METRICS = ("leaked", "pool_use", "alloc_max", "failed", "reloads", "ok", "allocations")
+
+
+def extract_series(report: dict[str, Any]) -> dict[str, list[list[float]]]:
+    """Time series of a Region report: ``metrics`` entries that are ``[[t, v], ...]`` lists, plus
+    ``series`` (a list of ``{"t": .., name: value or {sub: value}}`` samples), flattened to
+    ``name`` / ``name:sub`` -> ``[[t, value], ...]``."""
+    out: dict[str, list[list[float]]] = {}
+    for name, value in (report.get("metrics") or {}).items():
+        if isinstance(value, list) and all(isinstance(p, list | tuple) and len(p) == 2 for p in value):
+            out[name] = [[float(t), v] for t, v in value]
+    for sample in report.get("series") or []:
+        t = float(sample.get("t", 0.0))
+        for name, value in sample.items():
+            if name == "t":
+                continue
+            if isinstance(value, dict):
+                for sub, v in value.items():
+                    if isinstance(v, int | float):
+                        out.setdefault(f"{name}:{sub}", []).append([t, v])
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                out.setdefault(name, []).append([t, value])
+    return out
+
+
+def scalar_metrics(report: dict[str, Any]) -> dict[str, Any]:
+    """The report's ``metrics`` entries that are not time series (totals, percentiles, per-pool dicts)."""
+    return {k: v for k, v in (report.get("metrics") or {}).items() if not isinstance(v, list)}
+
+
+def region_class() -> type:
+    """The Region implementation (``sim.world.Region``); a seam for tests."""
+    from sim.world import Region
+
+    return Region
+
+
+@dataclass
+class RunResult:
+    scenario: Scenario
+    spec: RegionSpec
+    report: dict[str, Any]  # what Region.report() returned
+    trace_sha256: str
+    trace_events: int
+    virtual_seconds: float
+    checks: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.get("passed") for c in self.checks)
+
+
+class SteppedRuntime(SimRuntime):
+    """A SimRuntime whose ``run(until=T)`` advances in slices, reporting progress between them.
+
+    Slicing does not change the event order (``env.run(until=t)`` stops before events
+    at ``t`` and resumes with them), so the trace is the one an unsliced run makes.
+    """
+
+    def __init__(self, seed: int, *, slice_seconds: float, on_progress: Callable[[float], None] | None) -> None:
+        super().__init__(seed)
+        self.slice_seconds = slice_seconds
+        self.on_progress = on_progress
+
+    def run(self, until: float | None = None) -> None:
+        if until is None or self.slice_seconds <= 0:
+            super().run(until)
+            return
+        while self.env.now < until:
+            t = min(until, self.env.now + self.slice_seconds)
+            super().run(until=t)
+            if self.on_progress is not None:
+                self.on_progress(t)
+
+
+def run_scenario(scenario: Scenario, *, on_progress: Callable[[float], None] | None = None,
+                 slices: int = SLICES) -> RunResult:
+    """Run the Region of a scenario to its end; works with a synchronous ``run()`` (which calls
+    ``runtime.run(until=duration)``) and with an ``async run()`` (spawned and stepped here)."""
+    spec = scenario.spec
+    runtime = SteppedRuntime(spec.seed, slice_seconds=spec.duration / max(slices, 1), on_progress=on_progress)
+    region = region_class()(spec, runtime)
+    outcome = region.run()
+    if inspect.isawaitable(outcome):
+        task = runtime.spawn(outcome, name="region")  # type: ignore[arg-type]
+        runtime.run(until=spec.duration)
+        extra = 0
+        while not task.done() and extra < 100:  # let it finish what it does at the last instant
+            runtime.run(until=runtime.now() + 1.0)
+            extra += 1
+        if not task.done():
+            raise RuntimeError("the Region was still running 100 virtual s after the end")
+        if task.error is not None:
+            raise task.error
+    report = region.report()
+    checks = [dict(c) for c in report.get("checks", [])]
+    return RunResult(scenario=scenario, spec=spec, report=report, trace_sha256=runtime.trace_log.sha256,
+                     trace_events=runtime.trace_log.count, virtual_seconds=runtime.now(), checks=checks)
+
+
+# ------------------------------------------------------------------ outputs
+
+
+def summarize_series(points: list[list[float]]) -> dict[str, float | int | None]:
+    values = [float(v) for _, v in points if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return {"points": len(points), "min": None, "max": None, "mean": None, "last": None}
+    return {"points": len(points), "min": min(values), "max": max(values),
+            "mean": round(sum(values) / len(values), 6), "last": values[-1]}
+
+
+def metrics_summary(metrics: dict[str, list[list[float]]]) -> dict[str, dict[str, Any]]:
+    return {name: summarize_series(points) for name, points in ordered_metrics(metrics)}
+
+
+def ordered_metrics(metrics: dict[str, list[list[float]]]) -> list[tuple[str, list[list[float]]]]:
+    def rank(name: str) -> tuple[int, str]:
+        base = name.split(":")[0]
+        return (KEY_METRICS.index(base) if base in KEY_METRICS else len(KEY_METRICS), name)
+
+    return [(n, metrics[n]) for n in sorted(metrics, key=rank)]
+
+
+def build_report(result: RunResult, *, code_version: dict[str, Any], wall_seconds: float | None = None,
+                 plots: list[str] | None = None) -> dict[str, Any]:
+    spec, scenario = result.spec, result.scenario
+    metrics = extract_series(result.report)
+    return {
+        "report_version": REPORT_VERSION,
+        "scenario": {"file": scenario.path, "name": spec.name, "sha256": scenario.sha256},
+        "seed": spec.seed,
+        "code_version": code_version,
+        "inputs": asdict(spec),
+        "passed": result.passed,
+        "checks": result.checks,
+        "counts": result.report.get("counts", {}),
+        "metrics": scalar_metrics(result.report),
+        "metrics_summary": metrics_summary(metrics),
+        "trace_sha256": result.trace_sha256,
+        "trace_events": result.trace_events,
+        "virtual_seconds": result.virtual_seconds,
+        "wall_seconds": None if wall_seconds is None else round(wall_seconds, 3),
+        "plots": plots or [],
+        "replay": f"leengine sim run {scenario.path} --seed {spec.seed}",
+    }
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "metric"
+
+
+def write_plots(metrics: dict[str, list[list[float]]], out: Path, title: str) -> list[str]:
+    """One PNG per metric plus ``metrics.png`` with all of them as subplots; returns the file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    series = [(n, p) for n, p in ordered_metrics(metrics) if p]
+    written: list[str] = []
+    if not series:
+        return written
+    for name, points in series:
+        fig, ax = plt.subplots(figsize=(7, 3))
+        _plot(ax, name, points)
+        ax.set_xlabel("virtual time (s)")
+        fig.suptitle(title, fontsize=9)
+        fig.tight_layout()
+        file = f"metric-{_slug(name)}.png"
+        fig.savefig(out / file, dpi=90)
+        plt.close(fig)
+        written.append(file)
+    rows = len(series)
+    fig, axes = plt.subplots(rows, 1, figsize=(8, 2.2 * rows), sharex=True, squeeze=False)
+    for ax, (name, points) in zip(axes[:, 0], series, strict=True):
+        _plot(ax, name, points)
+    axes[-1, 0].set_xlabel("virtual time (s)")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "metrics.png", dpi=90)
+    plt.close(fig)
+    written.insert(0, "metrics.png")
+    return written
+
+
+def _plot(ax: Any, name: str, points: list[list[float]]) -> None:
+    ax.step([p[0] for p in points], [p[1] for p in points], where="post", linewidth=1.2)
+    ax.set_title(name, fontsize=9, loc="left")
+    ax.grid(True, alpha=0.3)
+
+
+def write_outputs(result: RunResult, out: Path, *, code_version: dict[str, Any],
+                  wall_seconds: float | None = None, plot: bool = True) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = extract_series(result.report)
+    title = f"{result.spec.name} seed {result.spec.seed}"
+    plots = write_plots(metrics, out, title) if plot else []
+    (out / "metrics.json").write_text(json.dumps(metrics, sort_keys=True) + "\n")
+    report = build_report(result, code_version=code_version, wall_seconds=wall_seconds, plots=plots)
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return report

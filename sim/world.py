@@ -1,0 +1,888 @@
+"""A simulated Region built from a ``RegionSpec``: Cells of nodes, apps, Nginx groups, clients, faults, checks.
+
+The real agent code runs here on the sim adapters: every node has a ``CniAgent`` over
+its own ``Ipam`` (etcd client with the spec's latency) and a ``SimDataplane``; every
+Nginx host runs an ``SlbAgent`` on a ``SimProxy``; ``SlbCore`` owns groups and domains;
+one ``Discovery`` follows every Cell's endpoints; an operator cron runs cnictl's
+``check_leaks`` + ``release_certain``. The world itself plays Kubernetes (a controller
+per app and Cell, a kubelet coroutine per pod start, a node controller) and the
+clients. It is light on purpose: a node is a few objects and no task, so 10 Cells of
+600 nodes fit.
+
+Models (kept simple; say so in reports):
+* **Requests** are counted in batches, one per virtual second and app: the app's
+  requests are split round-robin over its group's Nginx hosts that are not lost. A
+  host's batch succeeds when the domain is live there and at least one upstream it
+  serves is a pod that is alive, ready and reachable (Nginx tries the next upstream
+  when one fails: ``proxy_next_upstream``); otherwise the whole batch fails (502).
+  Keep-alive clients lose ``reload_failure_fraction`` of a host's requests in a second
+  per reload that host did in it (requests racing the close of idle connections by
+  the old workers that ``SimProxy`` keeps lingering).
+* **Host crash**: the host's dataplane loses everything, its pods die without CNI DEL;
+  the node controller removes the node and its pods from the Cell API ``node_grace``
+  seconds later (or at once when the host comes back first); leaked addresses remain
+  in etcd until cnictl finds and releases them.
+* **Cell outage**: the Cell's API server is cut off, its nodes lose etcd, its pods are
+  unreachable from Nginx (they keep running and serve again when it ends).
+
+Determinism: every choice draws from ``runtime.random``; collections are ordered.
+It must not import real adapters (import-linter contract).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cni import admin
+from cni.admin import AdminError, add_pool
+from cni.agent import CniAgent, NodeConfig
+from cni.ipam import Ipam, IpamError
+from cni.pools import BLOCKS, HANDLES, Block, Handle, Pool
+from cni.request import CniError, CniRequest
+from control.auth import Principal
+from control.discovery import Binding, Discovery
+from control.slb_core import SlbCore, SlbError
+from foundation.ports import Cancelled, StoreError
+from foundation.ports.cluster import ClusterUnavailable, Endpoints, PodInfo
+from node.slb_agent import SlbAgent, SlbAgentConfig
+from sim.adapters.cluster import SimCluster
+from sim.adapters.dataplane import SimDataplane
+from sim.adapters.proxy import SimProxy
+from sim.adapters.runtime import SimRuntime, SimTask
+from sim.adapters.store import MemoryStore, SimStoreClient
+from sim.spec import AppSpec, CellSpec, FaultSpec, RegionSpec, Selector
+
+ADMIN = Principal("sim-admin", "admin")
+IpamFactory = Callable[[SimStoreClient, SimRuntime, str, float], Ipam]
+
+
+def default_ipam(store: SimStoreClient, runtime: SimRuntime, node: str, cooldown: float) -> Ipam:
+    return Ipam(store, runtime, node, cooldown=cooldown)
+
+
+# --------------------------------------------------------------------------- the world's nouns
+
+
+@dataclass(eq=False)
+class Node:
+    name: str
+    cell: str
+    labels: dict[str, str]
+    dataplane: SimDataplane
+    client: SimStoreClient
+    agent: CniAgent
+    started: bool = False  # the agent loaded its blocks (lazily, on the first ADD)
+    alive: bool = True  # the host runs
+    runtime_ok: bool = True  # its container runtime runs
+    pods: dict[str, Pod] = field(default_factory=dict)
+
+    @property
+    def schedulable(self) -> bool:
+        return self.alive and self.runtime_ok
+
+
+@dataclass(eq=False)
+class Pod:
+    app: str
+    cell: str
+    name: str
+    uid: str
+    container_id: str
+    node: Node | None = None
+    ip: str = ""
+    alive: bool = True  # its processes run (False: died with its host or runtime)
+    ready: bool = False
+    in_api: bool = True  # the Cell API still lists it
+    ready_at: float = math.inf
+    task: SimTask | None = None  # its kubelet start coroutine while it runs
+
+    @property
+    def netns(self) -> str:
+        return f"/var/run/netns/{self.name}"
+
+
+@dataclass(eq=False)
+class Cell:
+    spec: CellSpec
+    cluster: SimCluster
+    nodes: list[Node]
+    network: dict[str, Any]
+    out: bool = False  # cut off (cell-outage)
+
+
+@dataclass(eq=False)
+class NginxHost:
+    name: str
+    group: str
+    proxy: SimProxy
+    client: SimStoreClient
+    task: SimTask | None = None
+    lost: bool = False
+    last_reloads: int = 0
+
+
+class _RegionPods:
+    """The Cluster port as cnictl sees a Region: the pods of every Cell (one etcd serves them all).
+
+    A Cell whose API server is out of reach makes the listing fail: judging its
+    allocations without its pods would accuse every one of them.
+    """
+
+    def __init__(self, cells: list[Cell]) -> None:
+        self._cells = cells
+        self.endpoint = "sim:region/apiservers"
+
+    async def list_pods(self) -> list[PodInfo]:
+        pods: list[PodInfo] = []
+        for cell in self._cells:
+            pods.extend(await cell.cluster.list_pods())
+        return pods
+
+    async def list_nodes(self) -> list[str]:
+        nodes: list[str] = []
+        for cell in self._cells:
+            nodes.extend(await cell.cluster.list_nodes())
+        return nodes
+
+
+@dataclass
+class Metrics:
+    ok: int = 0
+    failed: int = 0
+    reload_failed: int = 0
+    allocations: list[float] = field(default_factory=list)  # ADD latencies, virtual seconds
+    add_errors: int = 0
+    leaks_found: int = 0  # certain leaks seen by cnictl check
+    leaks_released: int = 0
+    leak_checks: int = 0
+    leak_checks_skipped: int = 0
+    pods_started: int = 0
+    pods_died: int = 0
+    pods_deleted: int = 0
+    series: list[dict[str, Any]] = field(default_factory=list)
+    max_leaked: int = 0
+    serving_violations: list[str] = field(default_factory=list)
+
+
+class Auditor:
+    """Follows /ipam/ from revision 1: address owners, pool use, and every duplicate owner ever seen.
+
+    Two witnesses of a duplicate: a handle record for an address another live handle
+    still holds, and a block write that gives an offset to a new handle in the same
+    revision that takes it from the old one (no release between).
+    """
+
+    def __init__(self) -> None:
+        self.owner: dict[str, str] = {}  # address -> handle id (live handle records)
+        self.handle_address: dict[str, str] = {}
+        self.handle_pod: dict[str, tuple[str, str]] = {}
+        self.blocks: dict[str, dict[int, str]] = {}
+        self.block_pool: dict[str, str] = {}
+        self.allocated: dict[str, int] = {}  # pool -> addresses allocated
+        self.violations: list[str] = []
+
+    def on_event(self, event) -> None:
+        key = event.kv.key
+        if key.startswith(HANDLES):
+            handle = key.removeprefix(HANDLES)
+            if event.type == "put":
+                record = Handle.from_bytes(event.kv.value)
+                address = str(record.address)
+                holder = self.owner.get(address)
+                if holder is not None and holder != handle:
+                    self.violations.append(f"rev {event.revision}: {address} given to {handle} while {holder} "
+                                           "still holds it")
+                self.owner[address] = handle
+                self.handle_address[handle] = address
+                self.handle_pod[handle] = (record.pod.namespace, record.pod.name)
+            else:
+                address = self.handle_address.pop(handle, None)
+                self.handle_pod.pop(handle, None)
+                if address is not None and self.owner.get(address) == handle:
+                    del self.owner[address]
+        elif key.startswith(BLOCKS):
+            old = self.blocks.get(key, {})
+            if event.type == "put":
+                block = Block.from_bytes(event.kv.value)
+                new = block.allocations
+                self.block_pool[key] = block.pool
+                for offset, handle in new.items():
+                    if old.get(offset) not in (None, handle):
+                        self.violations.append(f"rev {event.revision}: {block.address(offset)} in {key} passed from "
+                                               f"{old[offset]} to {handle} without a release")
+                self.blocks[key] = dict(new)
+            else:
+                new = {}
+                self.blocks.pop(key, None)
+            pool = self.block_pool.get(key, "")
+            self.allocated[pool] = self.allocated.get(pool, 0) + len(new) - len(old)
+
+
+# --------------------------------------------------------------------------- the Region
+
+
+class Region:
+    def __init__(self, spec: RegionSpec, runtime: SimRuntime, *, ipam_factory: IpamFactory = default_ipam,
+                 tick: float = 1.0, metrics_every: float = 10.0, node_grace: float = 40.0,
+                 kubelet_retry: float = 2.0, reload_failure_fraction: float = 0.02,
+                 propagation_grace: float = 2.0) -> None:
+        self.spec = spec
+        self.runtime = runtime
+        self.ipam_factory = ipam_factory
+        self.tick = tick
+        self.metrics_every = metrics_every
+        self.node_grace = node_grace
+        self.kubelet_retry = kubelet_retry
+        self.reload_failure_fraction = reload_failure_fraction
+        self.propagation_grace = propagation_grace
+        self.store = MemoryStore(runtime)
+        self.clients: dict[str, SimStoreClient] = {}
+        self.metrics = Metrics()
+        self.auditor = Auditor()
+        self.pools: dict[str, Pool] = {}
+        self.cells: dict[str, Cell] = {}
+        self.nodes: dict[str, Node] = {}
+        for cell_spec in spec.cells:
+            self._build_cell(cell_spec)
+        self.apps: dict[str, AppSpec] = {app.name: app for app in spec.apps}
+        self.domains = {app.name: app.domain or f"{app.name}.example.com" for app in spec.apps}
+        self.pods: dict[tuple[str, str], list[Pod]] = {(a.name, c): [] for a in spec.apps for c in a.cells}
+        self.pod_by_ip: dict[str, Pod] = {}
+        self._pod_counter = 0
+        self.hosts: dict[str, NginxHost] = {}
+        for group in spec.groups:
+            for i in range(group.hosts):
+                name = f"{group.name}-nginx-{i + 1}"
+                self.hosts[name] = NginxHost(name, group.name, SimProxy(runtime, name), self._client(name))
+        self.slb = SlbCore(self._client("slb-core"), runtime)
+        self.cnictl = self._client("cnictl")
+        bindings = [Binding(a.name, a.name, a.port, a.group, self.domains[a.name]) for a in spec.apps]
+        self.discovery = Discovery({n: c.cluster for n, c in self.cells.items()},
+                                   SlbCore(self._client("discovery"), runtime), runtime, bindings)
+        self.fault_windows: list[tuple[float, float, str]] = []
+        self._epoch = 0  # bumps whenever a pod's reachability changes: request results are cached per epoch
+        self._serve_cache: dict[tuple[str, str], tuple[tuple, int, bool]] = {}
+        self._probes: dict[float, tuple[float, Any]] = {}
+        self._storm_counter = 0
+        self._squatters = 0
+        self.finished = False
+
+    # ------------------------------------------------------------------ construction
+    def _client(self, name: str) -> SimStoreClient:
+        client = self.store.client(name, latency=self.spec.etcd_latency, timeout=5.0)
+        self.clients[name] = client
+        return client
+
+    def _build_cell(self, spec: CellSpec) -> None:
+        cluster = SimCluster(spec.name, self.runtime)
+        for p in spec.pools:
+            self.pools[p.name] = Pool.parse(p.name, p.cidr, p.vlan, block_size=p.block_size)
+        network = {"cniVersion": "1.0.0", "name": "leengine", "type": "leengine-cni", "bridge": "br-int",
+                   "pools": [p.name for p in spec.pools]}
+        nodes = []
+        for i in range(spec.nodes):
+            name = f"{spec.name}-n{i + 1:03d}"
+            labels = {"cell": spec.name, "rack": f"r{i % max(spec.racks, 1) + 1}", **dict(spec.node_labels)}
+            client = self._client(name)
+            dataplane = SimDataplane(name)
+            node = Node(name, spec.name, labels, dataplane, client, self._agent(client, dataplane, name))
+            nodes.append(node)
+            self.nodes[name] = node
+            cluster.add_node(name)
+        self.cells[spec.name] = Cell(spec, cluster, nodes, network)
+
+    def _agent(self, client: SimStoreClient, dataplane: SimDataplane, node: str) -> CniAgent:
+        ipam = self.ipam_factory(client, self.runtime, node, self.spec.cooldown)
+        return CniAgent(ipam, dataplane, self.runtime, NodeConfig(node))
+
+    # ------------------------------------------------------------------ running
+    def run(self) -> None:
+        """Run the Region until ``spec.duration`` virtual seconds."""
+        self.runtime.spawn(self._boot(), name="region/boot")
+        self.runtime.run(until=self.spec.duration)
+        self.finished = True
+
+    async def _boot(self) -> None:
+        rt = self.runtime
+        rt.spawn(self._audit(), name="region/auditor")
+        for pool in self.pools.values():
+            await add_pool(self.cnictl, pool)
+        for group in self.spec.groups:
+            await self.slb.create_group(ADMIN, group.name)
+        for app in self.spec.apps:
+            await self.slb.put_domain(ADMIN, {"name": self.domains[app.name], "group": app.group, "owner": app.name})
+        for host in self.hosts.values():
+            self._start_slb_agent(host)
+        rt.spawn(self.discovery.run(), name="discovery")
+        rt.spawn(self._controller(), name="region/controller")
+        rt.spawn(self._clients(), name="region/clients")
+        rt.spawn(self._leak_cron(), name="region/cnictl-cron")
+        rt.spawn(self._metrics(), name="region/metrics")
+        for i, fault in enumerate(self.spec.faults):
+            rt.spawn(self._fault(fault), name=f"region/fault-{i}-{fault.kind}")
+        for deadline in self._liveness_deadlines():
+            rt.spawn(self._probe_at(deadline), name="region/liveness-probe")
+
+    def _start_slb_agent(self, host: NginxHost) -> None:
+        agent = SlbAgent(host.client, host.proxy, self.runtime, SlbAgentConfig(host.group, host.name))
+        host.task = self.runtime.spawn(agent.run(), name=f"slb-agent/{host.name}")
+
+    async def _audit(self) -> None:
+        """The auditor is an observer, not part of the system: no fault selects its client, and a
+        watch broken by an etcd outage resumes just after the last revision it saw."""
+        client = self.store.client("auditor", latency=0.0)
+        after = 0
+        while True:
+            try:
+                async with client.watch("/ipam/", start_revision=after + 1) as watch:
+                    async for event in watch:
+                        self.auditor.on_event(event)
+                        after = event.revision
+            except StoreError:
+                pass
+            await self.runtime.sleep(self.tick)
+
+    # ------------------------------------------------------------------ Kubernetes, played by the world
+    async def _controller(self) -> None:
+        """Replication controllers of every app in every reachable Cell (one loop, every tick)."""
+        while True:
+            for (app_name, cell_name), pods in self.pods.items():
+                cell = self.cells[cell_name]
+                if cell.out:
+                    continue
+                pods[:] = [p for p in pods if p.in_api]
+                for _ in range(self.apps[app_name].replicas - len(pods)):
+                    pods.append(self._new_pod(self.apps[app_name], cell))
+            await self.runtime.sleep(self.tick)
+
+    def _new_pod(self, app: AppSpec, cell: Cell) -> Pod:
+        self._pod_counter += 1
+        n = self._pod_counter
+        pod = Pod(app.name, cell.spec.name, f"{app.name}-{cell.spec.name}-{n}", f"uid-{n}", f"sandbox-{n:07d}")
+        pod.task = self.runtime.spawn(self._kubelet_start(pod, app, cell), name=f"kubelet/{pod.name}")
+        return pod
+
+    def _pick_node(self, cell: Cell) -> Node | None:
+        """Spread: the emptier of two nodes drawn at random (power of two choices)."""
+        live = [n for n in cell.nodes if n.schedulable]
+        if not live:
+            return None
+        a, b = self.runtime.random.choice(live), self.runtime.random.choice(live)
+        return b if len(b.pods) < len(a.pods) else a
+
+    def _cni(self, command: str, pod: Pod, cell: Cell) -> CniRequest:
+        return CniRequest(command, "1.0.0", cell.network, pod.container_id, pod.netns if command == "ADD" else "",
+                          "eth0", args={"K8S_POD_NAMESPACE": pod.app, "K8S_POD_NAME": pod.name,
+                                        "K8S_POD_UID": pod.uid})
+
+    async def _kubelet_start(self, pod: Pod, app: AppSpec, cell: Cell) -> None:
+        rt = self.runtime
+        try:
+            while pod.node is None:
+                node = self._pick_node(cell)
+                if node is None:
+                    await rt.sleep(self.kubelet_retry)
+                    continue
+                pod.node = node
+                node.pods[pod.name] = pod
+            node = pod.node
+            cell.cluster.put_pod(PodInfo(app.name, pod.name, pod.uid, node.name, ""))
+            node.dataplane.add_netns(pod.netns)
+            while True:
+                if not node.started:
+                    try:
+                        await node.agent.start()
+                        node.started = True
+                    except StoreError:
+                        await rt.sleep(self.kubelet_retry)
+                        continue
+                began = rt.now()
+                try:
+                    result = await node.agent.add(self._cni("ADD", pod, cell))
+                except CniError as exc:
+                    self.metrics.add_errors += 1
+                    rt.trace("kubelet-add-failed", pod=pod.name, code=exc.code)
+                    await rt.sleep(self.kubelet_retry)
+                    continue
+                self.metrics.allocations.append(rt.now() - began)
+                break
+            pod.ip = result["ips"][0]["address"].split("/")[0]
+            self.pod_by_ip[pod.ip] = pod
+            cell.cluster.put_pod(PodInfo(app.name, pod.name, pod.uid, node.name, pod.ip))
+            self._sync_endpoints(app.name, cell)
+            await rt.sleep(app.start_seconds + app.readiness_seconds)
+            pod.ready, pod.ready_at = True, rt.now()
+            self._epoch += 1
+            cell.cluster.put_pod(PodInfo(app.name, pod.name, pod.uid, node.name, pod.ip, ready=True))
+            self._sync_endpoints(app.name, cell)
+            self.metrics.pods_started += 1
+            rt.trace("pod-ready", pod=pod.name, node=node.name, ip=pod.ip)
+        except Cancelled:
+            return  # its host or runtime died under it
+        finally:
+            pod.task = None
+
+    def _sync_endpoints(self, app: str, cell: Cell) -> None:
+        pods = [p for p in self.pods.get((app, cell.spec.name), ()) if p.in_api and p.ip]
+        cell.cluster.set_endpoints(Endpoints(app, app, tuple(p.ip for p in pods if p.ready),
+                                             tuple(p.ip for p in pods if not p.ready)))
+
+    def _kill_pod(self, pod: Pod) -> None:
+        """The pod's processes die with its host or runtime: no CNI DEL."""
+        if pod.task is not None:
+            pod.task.cancel()
+        if pod.alive:
+            pod.alive = False
+            self.metrics.pods_died += 1
+            self._epoch += 1
+
+    def _remove_from_api(self, pod: Pod) -> None:
+        if not pod.in_api:
+            return
+        pod.in_api = False
+        cell = self.cells[pod.cell]
+        cell.cluster.remove_pod(pod.app, pod.name)
+        if pod.node is not None:
+            pod.node.pods.pop(pod.name, None)
+        if self.pod_by_ip.get(pod.ip) is pod:
+            del self.pod_by_ip[pod.ip]
+        self._sync_endpoints(pod.app, cell)
+
+    async def delete_pod(self, pod: Pod) -> None:
+        """A graceful deletion: drain from every Nginx host, then CNI DEL, then remove."""
+        cell = self.cells[pod.cell]
+        if pod.ip:
+            await self.discovery.drain(pod.app, pod.ip)
+        if pod.node is not None and pod.node.schedulable:
+            try:
+                await pod.node.agent.delete(self._cni("DEL", pod, cell))
+            except CniError as exc:
+                self.runtime.trace("kubelet-del-failed", pod=pod.name, code=exc.code)
+            pod.node.dataplane.remove_netns(pod.netns)
+        pod.alive = False
+        self._epoch += 1
+        self._remove_from_api(pod)
+        if pod.ip:
+            self.discovery.forget(pod.app, pod.ip)
+        self.metrics.pods_deleted += 1
+
+    # ------------------------------------------------------------------ clients
+    def _good(self, pod: Pod | None) -> bool:
+        return (pod is not None and pod.alive and pod.ready and not self.cells[pod.cell].out
+                and pod.node is not None and pod.node.alive)
+
+    def _serves(self, host: NginxHost, domain: str) -> bool:
+        upstreams = host.proxy.serving(domain)
+        cached = self._serve_cache.get((host.name, domain))
+        if cached is not None and cached[0] is upstreams and cached[1] == self._epoch:
+            return cached[2]
+        result = any(self._good(self.pod_by_ip.get(u.host)) for u in upstreams)
+        self._serve_cache[(host.name, domain)] = (upstreams, self._epoch, result)
+        return result
+
+    async def _sleep_to_next(self, interval: float) -> None:
+        """Sleep to the next multiple of ``interval``: samples fall on round virtual times."""
+        now = self.runtime.now()
+        await self.runtime.sleep((math.floor(now / interval + 1e-9) + 1) * interval - now)
+
+    def _live_hosts(self, group: str) -> list[NginxHost]:
+        return [h for h in self.hosts.values() if h.group == group and not h.lost]
+
+    async def _clients(self) -> None:
+        owed = {name: 0.0 for name in self.apps}
+        turn = 0
+        while True:
+            await self._sleep_to_next(self.tick)
+            now = self.runtime.now()
+            reloads = {}
+            for host in self.hosts.values():
+                reloads[host.name] = host.proxy.reload_count - host.last_reloads
+                host.last_reloads = host.proxy.reload_count
+            turn += 1
+            for name, app in self.apps.items():
+                owed[name] += app.requests_per_second * self.tick
+                count = int(owed[name])
+                owed[name] -= count
+                hosts = self._live_hosts(app.group)
+                domain = self.domains[name]
+                if not hosts:
+                    self.metrics.failed += count
+                    continue
+                for i, host in enumerate(hosts):
+                    share = count // len(hosts) + (1 if (i - turn) % len(hosts) < count % len(hosts) else 0)
+                    if not self._serves(host, domain):
+                        self.metrics.failed += share
+                        if self._ready_elsewhere(name, now):
+                            self.metrics.serving_violations.append(f"t={now:g}: {host.name} has no live upstream "
+                                                                   f"for {domain} while a ready pod exists")
+                        continue
+                    lost = min(share, round(share * self.reload_failure_fraction * reloads[host.name]))
+                    self.metrics.reload_failed += lost
+                    self.metrics.failed += lost
+                    self.metrics.ok += share - lost
+
+    def _ready_elsewhere(self, app: str, now: float) -> bool:
+        """Some pod of the app is serving-capable, and has been long enough to have propagated."""
+        return any(self._good(p) and now - p.ready_at >= self.propagation_grace
+                   for cell in self.apps[app].cells for p in self.pods.get((app, cell), ()))
+
+    # ------------------------------------------------------------------ operator cron: cnictl check + release
+    async def _leak_cron(self) -> None:
+        view = _RegionPods(list(self.cells.values()))
+        while True:
+            await self.runtime.sleep(self.spec.leak_check_every)
+            try:
+                report = await admin.check_leaks(self.cnictl, view, self.runtime, grace=self.spec.leak_grace)
+                released, _ = await admin.release_certain(self.cnictl, self.runtime)
+            except (ClusterUnavailable, AdminError, StoreError) as exc:
+                self.metrics.leak_checks_skipped += 1
+                self.runtime.trace("leak-check-skipped", error=type(exc).__name__)
+                continue
+            self.metrics.leak_checks += 1
+            self.metrics.leaks_found += len(report.certain)
+            self.metrics.leaks_released += len(released)
+            self.runtime.trace("leak-check", suspects=len(report.leaks), certain=len(report.certain),
+                               released=len(released))
+
+    # ------------------------------------------------------------------ metrics
+    def leaked(self) -> int:
+        """Addresses allocated to a pod (per the Store) whose pod is not alive."""
+        alive = {(p.app, p.name) for pods in self.pods.values() for p in pods if p.alive}
+        return sum(1 for pod in self.auditor.handle_pod.values() if pod[1] and pod not in alive)
+
+    def pool_use(self) -> dict[str, float]:
+        return {name: round(100.0 * self.auditor.allocated.get(name, 0) / pool.capacity(), 2)
+                for name, pool in sorted(self.pools.items())}
+
+    async def _metrics(self) -> None:
+        last = {"ok": 0, "failed": 0, "allocs": 0, "reloads": 0}
+        while True:
+            await self._sleep_to_next(self.metrics_every)
+            m = self.metrics
+            reloads = sum(h.proxy.reload_count for h in self.hosts.values())
+            allocs = m.allocations[last["allocs"]:]
+            leaked = self.leaked()
+            m.max_leaked = max(m.max_leaked, leaked)
+            m.series.append({"t": self.runtime.now(), "ok": m.ok - last["ok"], "failed": m.failed - last["failed"],
+                             "leaked": leaked, "pool_use": self.pool_use(), "allocations": len(allocs),
+                             "alloc_max": round(max(allocs), 6) if allocs else 0.0,
+                             "reloads": reloads - last["reloads"]})
+            last = {"ok": m.ok, "failed": m.failed, "allocs": len(m.allocations), "reloads": reloads}
+
+    # ------------------------------------------------------------------ faults
+    def _select(self, selector: Selector, candidates: list[tuple[str, dict[str, str]]]) -> list[str]:
+        names = [n for n, labels in candidates
+                 if (not selector.names or n in selector.names)
+                 and all(labels.get(k) == v for k, v in selector.labels)]
+        k = len(names)
+        if selector.count is not None:
+            k = min(k, selector.count)
+        if selector.percent is not None:
+            k = min(k, math.ceil(len(names) * selector.percent / 100.0))
+        if k < len(names):
+            chosen = set(self.runtime.random.sample(names, k))
+            names = [n for n in names if n in chosen]
+        return names
+
+    def _node_targets(self, selector: Selector) -> list[Node]:
+        return [self.nodes[n] for n in self._select(selector, [(n.name, n.labels) for n in self.nodes.values()])]
+
+    async def _fault(self, fault: FaultSpec) -> None:
+        rt = self.runtime
+        at = fault.at
+        while at < self.spec.duration:
+            await rt.sleep(max(0.0, at - rt.now()))
+            end = at + (fault.duration or 0.0)
+            self.fault_windows.append((at, end, fault.kind))
+            undo = await self._apply_fault(fault)
+            rt.trace("fault", kind=fault.kind, at=at, duration=fault.duration)
+            if fault.duration is not None and undo is not None:
+                rt.spawn(self._undo_later(fault, undo), name=f"region/undo-{fault.kind}")
+            if fault.every is None:
+                return
+            at += fault.every
+
+    async def _undo_later(self, fault: FaultSpec, undo: Callable[[], Any]) -> None:
+        assert fault.duration is not None
+        await self.runtime.sleep(fault.duration)
+        outcome = undo()
+        if hasattr(outcome, "__await__"):
+            await outcome
+        self.runtime.trace("fault-ended", kind=fault.kind)
+
+    async def _apply_fault(self, fault: FaultSpec) -> Callable[[], Any] | None:
+        kind = fault.kind
+        if kind == "host-crash":
+            nodes = [n for n in self._node_targets(fault.target) if n.alive]
+            for node in nodes:
+                self._crash_host(node)
+            return lambda: [self._return_host(n) for n in nodes]
+        if kind == "runtime-death":
+            nodes = [n for n in self._node_targets(fault.target) if n.alive and n.runtime_ok]
+            for node in nodes:
+                self._runtime_death(node)
+            return lambda: [setattr(n, "runtime_ok", True) for n in nodes]
+        if kind == "cell-outage":
+            cells = self._select(fault.target, [(c, dict(s.spec.node_labels)) for c, s in self.cells.items()])
+            for name in cells:
+                self._cut_cell(self.cells[name], True)
+            return lambda: [self._cut_cell(self.cells[c], False) for c in cells]
+        if kind == "etcd-slow":
+            clients = self._fault_clients(fault.target)
+            for client in clients:
+                client.slowness = fault.factor
+            return lambda: [setattr(c, "slowness", 1.0) for c in clients]
+        if kind == "etcd-unavailable":
+            if fault.target == Selector():
+                self.store.set_available(False)
+                return lambda: self.store.set_available(True)
+            clients = self._fault_clients(fault.target)
+            for client in clients:
+                client.partition(True)
+            return lambda: [c.partition(False) for c in clients]
+        if kind == "reload-storm":
+            self.runtime.spawn(self._reload_storm(fault), name="region/reload-storm")
+            return None
+        if kind == "nginx-host-loss":
+            hosts = [h for h in self._group_hosts(fault) if not h.lost]
+            for host in hosts:
+                self._lose_host(host)
+            return lambda: [self._return_nginx(h) for h in hosts]
+        if kind == "pool-exhaustion":
+            return await self._exhaust_pool(fault)
+        raise ValueError(f"unknown fault kind {kind!r}")
+
+    def _fault_clients(self, selector: Selector) -> list[SimStoreClient]:
+        if selector == Selector():
+            return list(self.clients.values())
+        return [n.client for n in self._node_targets(selector)]
+
+    def _group_hosts(self, fault: FaultSpec) -> list[NginxHost]:
+        pool = [h for h in self.hosts.values() if not fault.group or h.group == fault.group]
+        chosen = set(self._select(fault.target, [(h.name, {"group": h.group}) for h in pool]))
+        return [h for h in pool if h.name in chosen]
+
+    def _crash_host(self, node: Node) -> None:
+        node.alive = False
+        node.dataplane.crash()
+        for pod in list(node.pods.values()):
+            self._kill_pod(pod)
+        self.runtime.spawn(self._node_controller(node), name=f"node-controller/{node.name}")
+
+    async def _node_controller(self, node: Node) -> None:
+        await self.runtime.sleep(self.node_grace)
+        if not node.alive:
+            self.cells[node.cell].cluster.remove_node(node.name)
+            self._evict(node)
+
+    def _evict(self, node: Node) -> None:
+        for pod in list(node.pods.values()):
+            if not pod.alive:
+                self._remove_from_api(pod)
+
+    def _return_host(self, node: Node) -> None:
+        if node.alive:
+            return
+        self._evict(node)  # the kubelet reports its old pods failed: their sandboxes are gone
+        node.alive, node.runtime_ok, node.started = True, True, False
+        node.agent = self._agent(node.client, node.dataplane, node.name)  # a fresh agent process
+        self.cells[node.cell].cluster.add_node(node.name)
+
+    def _runtime_death(self, node: Node) -> None:
+        node.runtime_ok = False
+        node.dataplane.crash()
+        for pod in list(node.pods.values()):
+            self._kill_pod(pod)
+        self._evict(node)  # the kubelet sees its pods gone at once (PLEG) and reports them failed
+
+    def _cut_cell(self, cell: Cell, out: bool) -> None:
+        cell.out = out
+        self._epoch += 1
+        if out:
+            cell.cluster.cut_off()
+        else:
+            cell.cluster.available = True
+        for node in cell.nodes:
+            node.client.partition(out)
+
+    def _lose_host(self, host: NginxHost) -> None:
+        host.lost = True
+        if host.task is not None:
+            host.task.cancel()
+
+    def _return_nginx(self, host: NginxHost) -> None:
+        host.proxy.restart()
+        host.lost = False
+        self._start_slb_agent(host)
+
+    async def _reload_storm(self, fault: FaultSpec) -> None:
+        """``changes`` header changes to the group's domains, spread evenly over the fault's duration."""
+        apps = [a for a in self.spec.apps if not fault.group or a.group == fault.group]
+        if not apps or fault.changes <= 0:
+            return
+        gap = (fault.duration or 60.0) / fault.changes
+        for i in range(fault.changes):
+            app = apps[i % len(apps)]
+            self._storm_counter += 1
+            try:
+                stored = await self.slb.get_domain(ADMIN, app.group, self.domains[app.name])
+                data = stored.domain.to_json()
+                data["locations"][0]["set_headers"] = {"X-Sim-Storm": str(self._storm_counter)}
+                await self.slb.put_domain(ADMIN, data, expected_revision=stored.revision)
+            except (SlbError, StoreError) as exc:  # a lost race with discovery: that change is skipped
+                self.runtime.trace("storm-change-skipped", error=type(exc).__name__)
+            await self.runtime.sleep(gap)
+
+    async def _exhaust_pool(self, fault: FaultSpec) -> Callable[[], Any]:
+        """A squatter takes every free address of the pool but ``free`` (handles without a pod)."""
+        pool = self.pools[fault.pool]
+        self._squatters += 1
+        squatter = Ipam(self._client(f"squatter-{self._squatters}"), self.runtime, f"squatter-{self._squatters}",
+                        cooldown=self.spec.cooldown)
+        taken: list[str] = []
+
+        async def take(container: str) -> None:
+            try:
+                await squatter.allocate(container, "eth0", pools=[pool.name])
+                taken.append(container)
+            except (IpamError, StoreError):
+                pass
+
+        want = pool.capacity() - self.auditor.allocated.get(pool.name, 0) - fault.free
+        n = 0
+        while want > 0:
+            chunk = min(want, 256)
+            tasks = [self.runtime.spawn(take(f"squat-{self._squatters}-{n + i}"), name="squatter")
+                     for i in range(chunk)]
+            for task in tasks:
+                await task.join()
+            n += chunk
+            want -= chunk
+
+        async def release() -> None:
+            for container in taken:
+                with contextlib.suppress(IpamError, StoreError):
+                    await squatter.release(container, "eth0")
+
+        return release
+
+    # ------------------------------------------------------------------ checks
+    def _last_fault_end(self) -> float:
+        ends = [at + (f.duration or 0.0) for f in self.spec.faults for at in self._occurrences(f)]
+        return max(ends, default=0.0)
+
+    def _occurrences(self, fault: FaultSpec) -> list[float]:
+        if fault.every is None or fault.every <= 0:
+            return [fault.at] if fault.at < self.spec.duration else []
+        return [fault.at + k * fault.every for k in range(int((self.spec.duration - fault.at) // fault.every) + 1)
+                if fault.at + k * fault.every < self.spec.duration]
+
+    def _liveness_deadlines(self) -> list[float]:
+        end = self._last_fault_end()
+        return sorted({end + c.within for c in self.spec.checks
+                       if c.kind in ("leaks-found-and-released", "apps-serve-again")
+                       and end + c.within <= self.spec.duration})
+
+    async def _probe_at(self, deadline: float) -> None:
+        """At the liveness deadline: which apps serve on every live host, and how many addresses leak."""
+        await self.runtime.sleep(max(0.0, deadline - self.runtime.now()))
+        not_serving = self._not_serving_now()
+        self._probes[deadline] = (self.runtime.now(), {"not_serving": not_serving, "leaked": self.leaked()})
+
+    def checks(self) -> list[tuple[str, bool, str]]:
+        out = []
+        for check in self.spec.checks:
+            kind = check.kind
+            if kind == "no-duplicate-address":
+                v = self.auditor.violations
+                out.append((kind, not v, f"{len(v)} duplicate owner(s)" + (f"; first: {v[0]}" if v else "")))
+            elif kind == "domains-keep-serving":
+                v = self.metrics.serving_violations
+                out.append((kind, not v, f"{len(v)} host-second(s) without a live upstream while one was ready"
+                            + (f"; first: {v[0]}" if v else "")))
+            elif kind in ("leaks-found-and-released", "apps-serve-again"):
+                deadline = self._last_fault_end() + check.within
+                if deadline not in self._probes:
+                    out.append((kind, False, f"the run ends at {self.spec.duration:g} s, before the deadline "
+                                              f"{deadline:g} s (last fault ends + {check.within:g} s)"))
+                    continue
+                at, state = self._probes[deadline]
+                if kind == "leaks-found-and-released":
+                    leaked = state["leaked"]
+                    out.append((kind, leaked == 0, f"at t={at:g}: {leaked} address(es) without a live pod; cnictl "
+                                                   f"found {self.metrics.leaks_found} certain leak(s), released "
+                                                   f"{self.metrics.leaks_released}"))
+                else:
+                    bad = state["not_serving"]
+                    out.append((kind, not bad, f"at t={at:g}: " + (f"not serving: {', '.join(bad)}" if bad
+                                                                   else "every app serves on every live host")))
+            elif kind == "max-failed-requests":
+                failed = self.metrics.failed
+                out.append((kind, failed <= check.limit, f"{failed} failed of {failed + self.metrics.ok} "
+                                                         f"(limit {check.limit:g})"))
+            elif kind == "max-reloads":
+                worst = max(self.hosts.values(), key=lambda h: h.proxy.reload_count, default=None)
+                count = worst.proxy.reload_count if worst else 0
+                out.append((kind, count <= check.limit, f"at most {count} reloads per host"
+                            + (f" ({worst.name})" if worst else "") + f" (limit {check.limit:g})"))
+        return out
+
+    def _not_serving_now(self) -> list[str]:
+        return [f"{name} on {h.name}" for name, app in sorted(self.apps.items())
+                for h in self._live_hosts(app.group) if not self._serves(h, self.domains[name])]
+
+    # ------------------------------------------------------------------ report
+    def report(self) -> dict[str, Any]:
+        m = self.metrics
+        lat = sorted(m.allocations)
+
+        def pct(q: float) -> float:
+            return round(lat[min(len(lat) - 1, int(q * len(lat)))], 6) if lat else 0.0
+
+        checks = [{"name": n, "passed": p, "detail": d} for n, p, d in self.checks()]
+        all_pods = [p for pods in self.pods.values() for p in pods]
+        return {
+            "region": self.spec.name,
+            "seed": self.spec.seed,
+            "duration": self.spec.duration,
+            "virtual_seconds": self.runtime.now(),
+            "passed": all(c["passed"] for c in checks),
+            "checks": checks,
+            "metrics": {
+                "requests_ok": m.ok, "requests_failed": m.failed, "requests_failed_by_reloads": m.reload_failed,
+                "allocations": len(lat), "alloc_p50": pct(0.5), "alloc_p99": pct(0.99),
+                "alloc_max": round(lat[-1], 6) if lat else 0.0, "add_errors": m.add_errors,
+                "leaked_max": m.max_leaked, "leaked_now": self.leaked(), "leaks_found": m.leaks_found,
+                "leaks_released": m.leaks_released, "leak_checks": m.leak_checks,
+                "leak_checks_skipped": m.leak_checks_skipped, "pool_use": self.pool_use(),
+                "reloads": sum(h.proxy.reload_count for h in self.hosts.values()),
+                "reloads_max_per_host": max((h.proxy.reload_count for h in self.hosts.values()), default=0),
+                "discovery_pushes": self.discovery.stats.pushes,
+            },
+            "counts": {
+                "cells": len(self.cells), "nodes": len(self.nodes), "nginx_hosts": len(self.hosts),
+                "apps": len(self.apps), "pods_started": m.pods_started, "pods_died": m.pods_died,
+                "pods_deleted": m.pods_deleted, "pods_alive": sum(1 for p in all_pods if p.alive),
+                "faults": len(self.fault_windows), "store_writes": self.store.writes,
+                "store_revision": self.store.revision,
+            },
+            "series": m.series,
+            "trace_events": self.runtime.trace_log.count,
+            "trace_sha256": self.runtime.trace_log.sha256,
+        }
+
+
+def run_region(spec: RegionSpec, **options: Any) -> tuple[dict[str, Any], Region]:
+    """Build a Region on a fresh runtime seeded by ``spec.seed``, run it, return (report, region)."""
+    region = Region(spec, SimRuntime(spec.seed), **options)
+    region.run()
+    return region.report(), region
+
+
+def report_json(report: dict[str, Any]) -> str:
+    return json.dumps(report, sort_keys=True, indent=2)

@@ -1,0 +1,145 @@
+"""The simulated Region: real agents on sim adapters, faults, leaks found and released, checks that bite."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import pytest
+
+from cni.ipam import Ipam
+from cni.pools import BLOCKS
+from foundation.ports import Compare
+from sim.spec import AppSpec, CellSpec, CheckSpec, FaultSpec, GroupSpec, PoolSpec, RegionSpec, Selector
+from sim.world import run_region
+
+CHECKS = (
+    CheckSpec("no-duplicate-address"),
+    CheckSpec("domains-keep-serving"),
+    CheckSpec("leaks-found-and-released", within=200),
+    CheckSpec("apps-serve-again", within=200),
+    CheckSpec("max-reloads", limit=50),
+)
+
+
+def small_region(seed: int = 7, faults=(), **extra) -> RegionSpec:
+    cells = tuple(CellSpec(f"cell-{c}", 5, (PoolSpec(f"pool-{c}", f"10.{c}.0.0/22", vlan=100 + c),), racks=2)
+                  for c in (1, 2))
+    apps = (AppSpec("shop", ("cell-1", "cell-2"), 3, "public", requests_per_second=50),
+            AppSpec("blog", ("cell-1", "cell-2"), 2, "public", requests_per_second=20),
+            AppSpec("api", ("cell-1",), 2, "public", requests_per_second=30))
+    return RegionSpec("test", seed, 600.0, cells, (GroupSpec("public", 2),), apps, faults=faults, checks=CHECKS,
+                      leak_check_every=30, leak_grace=30, **extra)
+
+
+HOST_CRASH = FaultSpec("host-crash", at=120, target=Selector(labels=(("cell", "cell-1"),), count=2))
+
+
+@pytest.fixture(scope="module")
+def crashed():
+    return run_region(small_region(faults=(HOST_CRASH,)))
+
+
+def test_host_crash_leaks_addresses_that_cnictl_finds_and_releases(crashed):
+    report, region = crashed
+    checks = {c["name"]: c for c in report["checks"]}
+    assert report["counts"]["pods_died"] > 0
+    assert report["metrics"]["leaked_max"] > 0  # the crash leaked addresses ...
+    assert report["metrics"]["leaks_released"] >= report["metrics"]["leaked_max"]  # ... cnictl released them
+    assert region.leaked() == 0
+    assert checks["leaks-found-and-released"]["passed"], checks["leaks-found-and-released"]
+    assert checks["no-duplicate-address"]["passed"], checks["no-duplicate-address"]
+    assert checks["apps-serve-again"]["passed"], checks["apps-serve-again"]
+    assert checks["domains-keep-serving"]["passed"], checks["domains-keep-serving"]
+    assert report["passed"]
+    # Every app runs its replicas again, each pod on its own address.
+    alive = [p for pods in region.pods.values() for p in pods if p.alive and p.ready]
+    assert len(alive) == 3 * 2 + 2 * 2 + 2
+    assert len({p.ip for p in alive}) == len(alive)
+    assert report["metrics"]["requests_ok"] > 0 and report["metrics"]["allocations"] >= len(alive)
+    assert [s["t"] for s in report["series"]][:2] == [10.0, 20.0]
+
+
+def test_same_seed_same_trace_other_seed_other_trace(crashed):
+    again, _ = run_region(small_region(faults=(HOST_CRASH,)))
+    assert again["trace_sha256"] == crashed[0]["trace_sha256"]
+    assert again["metrics"] == crashed[0]["metrics"]
+    other, _ = run_region(small_region(seed=8, faults=(HOST_CRASH,)))
+    assert other["trace_sha256"] != crashed[0]["trace_sha256"]
+
+
+def test_apps_keep_serving_from_the_other_cell_during_a_cell_outage():
+    outage = FaultSpec("cell-outage", at=100, duration=120, target=Selector(names=("cell-1",)))
+    spec = replace(small_region(faults=(outage,)), duration=400.0,
+                   checks=(CheckSpec("domains-keep-serving"), CheckSpec("apps-serve-again", within=60)))
+    report, _ = run_region(spec)
+    checks = {c["name"]: c for c in report["checks"]}
+    assert checks["domains-keep-serving"]["passed"], checks["domains-keep-serving"]
+    assert checks["apps-serve-again"]["passed"], checks["apps-serve-again"]
+    during = [s for s in report["series"] if 110 <= s["t"] <= 220]
+    # shop and blog (both Cells) keep serving; api lives in cell-1 only and fails while it is dark.
+    assert all(s["ok"] >= 10 * (50 + 20) for s in during)
+    assert all(s["failed"] == 10 * 30 for s in during)
+    assert not any(s["failed"] for s in report["series"] if s["t"] >= 240)
+
+
+@dataclass
+class _NoBlockCas:
+    """A Store that drops every compare on IPAM blocks: the bug the safety check must catch."""
+
+    inner: object
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    async def txn(self, compares: list[Compare], success, failure=None):
+        kept = [c for c in compares if not c.key.startswith(BLOCKS)]
+        return await self.inner.txn(kept, success, failure)
+
+
+class NoCasIpam(Ipam):
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.store = _NoBlockCas(self.store)
+
+
+def test_the_duplicate_address_check_catches_an_ipam_without_compare_and_swap():
+    # Tiny pools (4 blocks of 16 for 5 nodes): nodes claim the same blocks, and without CAS overwrite each other.
+    cells = tuple(CellSpec(f"cell-{c}", 5, (PoolSpec(f"pool-{c}", f"10.{c}.0.0/26", vlan=100 + c),))
+                  for c in (1, 2))
+    spec = replace(small_region(), cells=cells, duration=120.0, checks=(CheckSpec("no-duplicate-address"),))
+    good, _ = run_region(spec)
+    assert good["checks"][0]["passed"], good["checks"][0]
+    broken, region = run_region(spec, ipam_factory=lambda store, rt, node, cooldown: NoCasIpam(store, rt, node,
+                                                                                                cooldown=cooldown))
+    check = broken["checks"][0]
+    assert check["name"] == "no-duplicate-address" and not check["passed"]
+    assert "duplicate" in check["detail"] and region.auditor.violations
+
+
+def test_every_fault_kind_runs_and_the_region_recovers():
+    faults = (
+        FaultSpec("runtime-death", at=60, duration=30, target=Selector(count=2)),
+        FaultSpec("etcd-slow", at=100, duration=30, factor=50),
+        FaultSpec("etcd-unavailable", at=140, duration=20),
+        FaultSpec("etcd-unavailable", at=170, duration=20, target=Selector(labels=(("cell", "cell-2"),))),
+        FaultSpec("reload-storm", at=200, duration=20, changes=40, group="public"),
+        FaultSpec("nginx-host-loss", at=230, duration=30, target=Selector(count=1), group="public"),
+        FaultSpec("pool-exhaustion", at=270, duration=60, pool="pool-1", free=0),
+        FaultSpec("host-crash", at=280, target=Selector(labels=(("cell", "cell-1"),), count=1)),  # needs pool-1
+        FaultSpec("host-crash", at=300, duration=50, every=250, target=Selector(percent=10)),
+    )
+    spec = replace(small_region(faults=faults), duration=1040.0,
+                   checks=(CheckSpec("no-duplicate-address"), CheckSpec("leaks-found-and-released", within=150),
+                           CheckSpec("apps-serve-again", within=150), CheckSpec("max-reloads", limit=10)))
+    report, _ = run_region(spec)
+    checks = {c["name"]: c for c in report["checks"]}
+    assert checks["no-duplicate-address"]["passed"]
+    assert checks["leaks-found-and-released"]["passed"], checks["leaks-found-and-released"]
+    assert checks["apps-serve-again"]["passed"], checks["apps-serve-again"]
+    assert not checks["max-reloads"]["passed"]  # the storm made every host reload ~40 times
+    m = report["metrics"]
+    assert m["reloads_max_per_host"] >= 40 and m["requests_failed_by_reloads"] > 0
+    assert max(s["pool_use"]["pool-1"] for s in report["series"]) == 100.0  # the squatter took the pool ...
+    assert m["add_errors"] > 0 and m["pool_use"]["pool-1"] < 5  # ... pods waited, and it was given back
+    assert m["leaks_released"] > 0 and m["leaked_now"] == 0
+    assert report["counts"]["faults"] == 11  # the host crash repeats every 250 s: 300, 550, 800
