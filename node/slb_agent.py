@@ -5,7 +5,9 @@ It watches ``/slb/{group}/domains/`` and sorts each change by ``changed_config``
 * **upstreams only** → ``proxy.set_upstreams`` at once, in place, no reload;
 * **anything else** (new or removed domain, locations, headers, settings) → queued.
   Queued changes are applied as one batch when no change has come for ``debounce``
-  seconds, or ``max_wait`` seconds after the first one, whichever is sooner: one
+  seconds, or ``max_wait`` seconds after the first one, whichever is sooner, but never
+  sooner than ``min_reload_interval`` after the previous reload (a storm of changes
+  100 ms apart would otherwise defeat the debounce and reload on every change): one
   ``nginx -t`` of the batch and one reload. If the batch fails its test, each
   domain is tested alone; the bad ones are set aside (their last good config stays
   in force, their status carries the error), the others are applied. A domain set
@@ -58,6 +60,7 @@ class SlbAgentConfig:
     debounce: float = 0.05  # quiet time that closes a batch of config changes
     max_wait: float = 0.5  # a batch never waits longer than this after its first change
     retry: float = 1.0  # back-off after etcd errors
+    min_reload_interval: float = 1.0  # a sustained storm costs at most one reload per this many seconds
     save_every: float = 1.0  # in-place upstream changes are saved at most this often
 
 
@@ -100,6 +103,7 @@ class SlbAgent:
         self._first_pending_at: float | None = None
         self._statuses: dict[str, DomainStatus | None] = {}  # to write at the end of this step
         self._last_save = float("-inf")
+        self._last_reload_at = float("-inf")
         self.applied = self.runtime.event()  # set after the first complete sync (for tests and drains)
 
     @property
@@ -218,8 +222,12 @@ class SlbAgent:
 
     def _time_left(self) -> float:
         assert self._first_pending_at is not None
-        waited = self.runtime.now() - self._first_pending_at
-        return max(0.0, min(self.config.debounce, self.config.max_wait - waited))
+        now = self.runtime.now()
+        waited = now - self._first_pending_at
+        batch_closes = max(0.0, min(self.config.debounce, self.config.max_wait - waited))
+        # Under a sustained storm the debounce never holds: changes 100 ms apart would each
+        # cost a reload. Reloads are spaced instead, and what arrives meanwhile rides along.
+        return max(batch_closes, self._last_reload_at + self.config.min_reload_interval - now)
 
     def _due(self) -> bool:
         return self._first_pending_at is not None and self._time_left() <= 0
@@ -369,6 +377,7 @@ class SlbAgent:
                 good = {}
             else:
                 self.stats.reloads += 1
+                self._last_reload_at = self.runtime.now()
                 self.runtime.trace("slb-reload", host=self.config.host, domains=len(good),
                                    generation=outcome.generation)
         for name, domain in good.items():

@@ -494,7 +494,9 @@ class Region:
         return [h for h in self.hosts.values() if h.group == group and not h.lost]
 
     async def _clients(self) -> None:
+        self._published: set[str] = set()
         owed = {name: 0.0 for name in self.apps}
+        owed_loss = {name: 0.0 for name in self.hosts}
         turn = 0
         while True:
             await self._sleep_to_next(self.tick)
@@ -505,11 +507,17 @@ class Region:
                 host.last_reloads = host.proxy.reload_count
             turn += 1
             for name, app in self.apps.items():
+                hosts = self._live_hosts(app.group)
+                domain = self.domains[name]
+                if name not in self._published:
+                    # As on LeEngine, clients find an app only once its domain is published in DNS,
+                    # which operators do after it first serves: start-up is not an outage.
+                    if not any(self._serves(host, domain) for host in hosts):
+                        continue
+                    self._published.add(name)
                 owed[name] += app.requests_per_second * self.tick
                 count = int(owed[name])
                 owed[name] -= count
-                hosts = self._live_hosts(app.group)
-                domain = self.domains[name]
                 if not hosts:
                     self.metrics.failed += count
                     continue
@@ -521,7 +529,10 @@ class Region:
                             self.metrics.serving_violations.append(f"t={now:g}: {host.name} has no live upstream "
                                                                    f"for {domain} while a ready pod exists")
                         continue
-                    lost = min(share, round(share * self.reload_failure_fraction * reloads[host.name]))
+                    # Fractions carry over: a small share times a small fraction must not round to zero forever.
+                    owed_loss[host.name] += share * self.reload_failure_fraction * reloads[host.name]
+                    lost = min(share, int(owed_loss[host.name]))
+                    owed_loss[host.name] -= lost
                     self.metrics.reload_failed += lost
                     self.metrics.failed += lost
                     self.metrics.ok += share - lost

@@ -103,7 +103,7 @@ def test_a_burst_of_config_changes_is_one_reload(world):
 
 def test_max_wait_bounds_the_batch_under_a_steady_stream(world):
     async def main():
-        world.start_agent(debounce=0.05, max_wait=0.3)
+        world.start_agent(debounce=0.05, max_wait=0.3, min_reload_interval=0)
         await world.rt.sleep(1)
         for i in range(50):  # a change every 20 ms: the debounce alone would never fire
             await world.put(domain(f"s{i}.example.com", "10.0.0.1:80"))
@@ -271,3 +271,17 @@ def test_an_upstream_change_riding_on_a_config_that_fails_is_still_served(world)
     world.run(main())
     assert world.proxy.live["a.example.com"].listen == 80
     assert world.proxy.serving("a.example.com") == (Upstream("10.0.0.2", 80),)
+
+
+def test_a_sustained_storm_is_spaced_to_one_reload_per_interval(world):
+    async def main():
+        world.start_agent(debounce=0.05, max_wait=0.5, min_reload_interval=1.0)
+        await world.rt.sleep(1)
+        for i in range(100):  # a change every 100 ms for 10 s: the debounce alone never holds
+            await world.put(domain(f"storm{i}.example.com", "10.0.0.1:80"))
+            await world.rt.sleep(0.1)
+        await world.rt.sleep(3)
+
+    world.run(main())
+    assert len(world.proxy.live) == 100
+    assert world.proxy.reload_count <= 12  # ~10 s of storm, one reload per second at most

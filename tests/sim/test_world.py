@@ -136,9 +136,9 @@ def test_every_fault_kind_runs_and_the_region_recovers():
     assert checks["no-duplicate-address"]["passed"]
     assert checks["leaks-found-and-released"]["passed"], checks["leaks-found-and-released"]
     assert checks["apps-serve-again"]["passed"], checks["apps-serve-again"]
-    assert not checks["max-reloads"]["passed"]  # the storm made every host reload ~40 times
+    assert not checks["max-reloads"]["passed"]  # the storm made every host reload (spaced: ~1 per second)
     m = report["metrics"]
-    assert m["reloads_max_per_host"] >= 40 and m["requests_failed_by_reloads"] > 0
+    assert m["reloads_max_per_host"] >= 15 and m["requests_failed_by_reloads"] > 0
     assert max(s["pool_use"]["pool-1"] for s in report["series"]) == 100.0  # the squatter took the pool ...
     assert m["add_errors"] > 0 and m["pool_use"]["pool-1"] < 5  # ... pods waited, and it was given back
     assert m["leaks_released"] > 0 and m["leaked_now"] == 0
