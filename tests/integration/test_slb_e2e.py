@@ -238,8 +238,10 @@ def test_50_config_changes_with_5_invalid_under_connection_per_request_load(slb,
             # The same with keep-alive clients: count the socket errors each reload costs them.
             load = slb.wrk(names)
             await asyncio.sleep(0.3)
-            await changes(core, 20, lambda i: slb.domain(names[i % 5], p, gen=f"k{i}"), 0.2)
-            await asyncio.sleep(0.8)
+            final = await changes(core, 20, lambda i: slb.domain(names[i % 5], p, gen=f"k{i}"), 0.2)
+            for n in names[:5]:  # reloads are spaced (min_reload_interval): wait for the last ones to land
+                await slb.wait_status(store, n, lambda s, n=n: s.revision == final[n])
+            await asyncio.sleep(0.3)
             keepalive = load.stop()
             return closing, statuses, middle, keepalive
         finally:
