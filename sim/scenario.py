@@ -40,6 +40,7 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from cni.pools import Pool, PoolConfigError
 from sim.spec import (
     MAX_NODES_PER_CELL,
     AppSpec,
@@ -328,14 +329,16 @@ class _Parser:
                                  f"{other_node.start_mark.line + 1})")
         networks.append((net, name, p["cidr"], f"{f}.cidr"))
         vlan = self.integer(p["vlan"], f"{f}.vlan", low=1, high=4094)
-        block = 16
-        if "block_size" in p:
-            block = self.integer(p["block_size"], f"{f}.block_size", low=1)
-            if block & (block - 1):
-                raise self.error(p["block_size"], f"{f}.block_size", f"must be a power of two, got {block}")
-            if block > net.num_addresses:
-                raise self.error(p["block_size"], f"{f}.block_size",
-                                 f"{block} exceeds the {net.num_addresses} addresses of {net}")
+        block = self.integer(p["block_size"], f"{f}.block_size", low=1) if "block_size" in p else 16
+        # The agents' own rules decide (cni/pools.py: IPv4, at most /30, a power-of-two block
+        # that fits, ...), so a scenario that validates is one the IPAM accepts.
+        try:
+            Pool.parse(name, str(net), vlan, None, (), block)
+        except PoolConfigError as exc:
+            on_block = exc.field == "block_size" and "block_size" in p  # else the pool is too small for it
+            where = p["block_size"] if on_block else p["cidr"]
+            field = f"{f}.block_size" if on_block else f"{f}.cidr"
+            raise self.error(where, field, str(exc)) from None
         return PoolSpec(name=name, cidr=str(net), vlan=vlan, block_size=block)
 
     def workload(self, node: Node, cells: tuple[CellSpec, ...],
