@@ -63,6 +63,20 @@ class Discovery:
         self._draining: set[tuple[str, str]] = set()  # (namespace, ip) on their way out
         self._pushed: dict[tuple[str, str], tuple[str, ...]] = {}  # (group, domain) -> servers pushed
         self._listed: set[str] = set()  # Cells listed at least once
+        # Indexes, so that a change costs what it touches, not the size of the Region:
+        self._by_service: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {}  # (ns, svc) -> cell -> IPs
+        self._drained_ips: dict[str, set[str]] = {}  # namespace -> IPs draining
+        self._feeds: dict[tuple[str, str], list[Binding]] = {}  # (group, domain) -> bindings feeding it
+        self._targets_of: dict[tuple[str, str], list[tuple[str, str]]] = {}  # (ns, svc) -> (group, domain)s
+        self._of_namespace: dict[str, list[Binding]] = {}
+        for b in self.bindings:
+            self._of_namespace.setdefault(b.namespace, []).append(b)
+            self._feeds.setdefault((b.group, b.domain), []).append(b)
+            targets = self._targets_of.setdefault((b.namespace, b.service), [])
+            if (b.group, b.domain) not in targets:
+                targets.append((b.group, b.domain))
+        self._servers: dict[tuple[str, str], tuple[str, ...]] = {}  # (group, domain) -> servers now (cache)
+        self._stale: set[tuple[str, str]] = set(self._feeds)  # targets whose pushed servers may be out of date
         self.synced = self.runtime.event()  # every Cell listed once
 
     # ------------------------------------------------------------------ following the Cells
@@ -83,9 +97,9 @@ class Discovery:
                 listing, version = await cluster.list_endpoints()
                 seen = {(cell, e.namespace, e.service) for e in listing}
                 for key in [k for k in self._ready if k[0] == cell and k not in seen]:
-                    del self._ready[key]  # services deleted while we were not watching
+                    self._set_ready(key, None)  # services deleted while we were not watching
                 for endpoints in listing:
-                    self._ready[(cell, endpoints.namespace, endpoints.service)] = endpoints.ready
+                    self._set_ready((cell, endpoints.namespace, endpoints.service), endpoints.ready)
                 self._listed.add(cell)
                 await self._push_all()
                 if len(self._listed) == len(self.cells):
@@ -94,10 +108,7 @@ class Discovery:
                 try:
                     async for event in watch:
                         key = (cell, event.endpoints.namespace, event.endpoints.service)
-                        if event.type == "DELETED":
-                            self._ready.pop(key, None)
-                        else:
-                            self._ready[key] = event.endpoints.ready
+                        self._set_ready(key, None if event.type == "DELETED" else event.endpoints.ready)
                         await self._push_app(event.endpoints.namespace, event.endpoints.service)
                 finally:
                     await watch.close()
@@ -113,35 +124,71 @@ class Discovery:
         while True:
             await self.runtime.sleep(self.resync)
             if self.synced.is_set():
-                await self._push_all()
+                await self._push_stale()
+
+    # ------------------------------------------------------------------ indexes
+    def _set_ready(self, key: tuple[str, str, str], ips: tuple[str, ...] | None) -> None:
+        """Record (or with None forget) the ready IPs of (cell, namespace, service); mark what they feed stale."""
+        cell, ns, svc = key
+        if ips is None:
+            if self._ready.pop(key, None) is None:
+                return
+            self._by_service.get((ns, svc), {}).pop(cell, None)
+        else:
+            if self._ready.get(key) == ips and key in self._ready:
+                return
+            self._ready[key] = ips
+            self._by_service.setdefault((ns, svc), {})[cell] = ips
+        self._touch_service(ns, svc)
+
+    def _touch_service(self, ns: str, svc: str) -> None:
+        for target in self._targets_of.get((ns, svc), ()):
+            self._servers.pop(target, None)
+            self._stale.add(target)
+
+    def _touch_namespace(self, ns: str) -> None:
+        for binding in self._of_namespace.get(ns, ()):
+            self._touch_service(binding.namespace, binding.service)
 
     # ------------------------------------------------------------------ pushing
     def servers(self, binding: Binding) -> tuple[str, ...]:
         """The upstream servers of the binding's domain now: ready, not draining, every Cell,
         and every binding that feeds the same domain (their union, never one overwriting another)."""
+        target = (binding.group, binding.domain)
+        cached = self._servers.get(target)
+        if cached is not None:
+            return cached
         servers = set()
-        for other in self.bindings:
-            if (other.group, other.domain) != (binding.group, binding.domain):
-                continue
-            ips = {ip for (cell, ns, svc), ready in self._ready.items()
-                   if ns == other.namespace and svc == other.service for ip in ready}
-            ips -= {ip for ns, ip in self._draining if ns == other.namespace}
+        for other in self._feeds.get(target, [binding]):
+            ips = {ip for ready in self._by_service.get((other.namespace, other.service), {}).values()
+                   for ip in ready}
+            ips -= self._drained_ips.get(other.namespace, set())
             servers |= {(ip, other.port) for ip in ips}
-        return tuple(f"{ip}:{port}" for ip, port in sorted(servers, key=lambda s: (_ip_order(s[0]), s[1])))
+        result = tuple(f"{ip}:{port}" for ip, port in sorted(servers, key=lambda s: (_ip_order(s[0]), s[1])))
+        self._servers[target] = result
+        return result
 
     async def _push_all(self) -> None:
         for binding in self.bindings:
             await self._push(binding)
 
+    async def _push_stale(self) -> None:
+        """Push only the domains whose servers changed or whose last push failed."""
+        for target in sorted(self._stale):
+            feeds = self._feeds.get(target)
+            if feeds:
+                await self._push(feeds[0])
+
     async def _push_app(self, namespace: str, service: str) -> None:
-        for binding in self.bindings:
-            if binding.namespace == namespace and binding.service == service:
+        for binding in self._of_namespace.get(namespace, ()):
+            if binding.service == service:
                 await self._push(binding)
 
     async def _push(self, binding: Binding) -> int | None:
         servers = self.servers(binding)
         target = (binding.group, binding.domain)
         if self._pushed.get(target) == servers:
+            self._stale.discard(target)
             return None
         try:
             revision = await self.slb.set_upstreams(DISCOVERY, binding.group, binding.domain, list(servers))
@@ -152,6 +199,8 @@ class Discovery:
             self._pushed.pop(target, None)
             return None
         self._pushed[target] = servers
+        if self.servers(binding) == servers:
+            self._stale.discard(target)
         self.stats.pushes += 1
         self.runtime.trace("discovery-push", domain=binding.domain, servers=len(servers), revision=revision)
         return revision
@@ -165,10 +214,10 @@ class Discovery:
         """
         self.stats.drains += 1
         self._draining.add((namespace, ip))
+        self._drained_ips.setdefault(namespace, set()).add(ip)
+        self._touch_namespace(namespace)
         waits = []
-        for binding in self.bindings:
-            if binding.namespace != namespace:
-                continue
+        for binding in self._of_namespace.get(namespace, ()):
             failures = self.stats.push_errors
             revision = await self._push(binding)
             if self.stats.push_errors != failures:
@@ -188,6 +237,8 @@ class Discovery:
     def forget(self, namespace: str, ip: str) -> None:
         """The drained pod is gone: stop excluding its address (a new pod may get it later)."""
         self._draining.discard((namespace, ip))
+        self._drained_ips.get(namespace, set()).discard(ip)
+        self._touch_namespace(namespace)
 
     async def _current_revision(self, binding: Binding) -> int:
         try:

@@ -181,10 +181,18 @@ class Auditor:
         self.owner: dict[str, str] = {}  # address -> handle id (live handle records)
         self.handle_address: dict[str, str] = {}
         self.handle_pod: dict[str, tuple[str, str]] = {}
+        self.pod_handles: dict[tuple[str, str], int] = {}  # (namespace, pod) -> live handles
         self.blocks: dict[str, dict[int, str]] = {}
         self.block_pool: dict[str, str] = {}
         self.allocated: dict[str, int] = {}  # pool -> addresses allocated
         self.violations: list[str] = []
+
+    def _count(self, pod: tuple[str, str], delta: int) -> None:
+        n = self.pod_handles.get(pod, 0) + delta
+        if n:
+            self.pod_handles[pod] = n
+        else:
+            self.pod_handles.pop(pod, None)
 
     def on_event(self, event) -> None:
         key = event.kv.key
@@ -199,10 +207,18 @@ class Auditor:
                                            "still holds it")
                 self.owner[address] = handle
                 self.handle_address[handle] = address
-                self.handle_pod[handle] = (record.pod.namespace, record.pod.name)
+                pod = (record.pod.namespace, record.pod.name)
+                before = self.handle_pod.get(handle)
+                if before != pod:
+                    if before is not None:
+                        self._count(before, -1)
+                    self._count(pod, 1)
+                self.handle_pod[handle] = pod
             else:
                 address = self.handle_address.pop(handle, None)
-                self.handle_pod.pop(handle, None)
+                pod = self.handle_pod.pop(handle, None)
+                if pod is not None:
+                    self._count(pod, -1)
                 if address is not None and self.owner.get(address) == handle:
                     del self.owner[address]
         elif key.startswith(BLOCKS):
@@ -252,6 +268,10 @@ class Region:
         self.apps: dict[str, AppSpec] = {app.name: app for app in spec.apps}
         self.domains = {app.name: app.domain or f"{app.name}.example.com" for app in spec.apps}
         self.pods: dict[tuple[str, str], list[Pod]] = {(a.name, c): [] for a in spec.apps for c in a.cells}
+        self.replicas: dict[tuple[str, str], int] = {(a.name, c): a.replicas for a in spec.apps for c in a.cells}
+        self._dirty: set[tuple[str, str]] = set(self.pods)  # (app, Cell) the controller must reconcile
+        self._rolling: set[tuple[str, str]] = set()  # (app, Cell) a deploy or scale-down is working on
+        self._dead: dict[tuple[str, str], float] = {}  # (app, pod) -> when it died: the only leak suspects
         self.pod_by_ip: dict[str, Pod] = {}
         self._pod_counter = 0
         self.hosts: dict[str, NginxHost] = {}
@@ -323,6 +343,10 @@ class Region:
         rt.spawn(self._clients(), name="region/clients")
         rt.spawn(self._leak_cron(), name="region/cnictl-cron")
         rt.spawn(self._metrics(), name="region/metrics")
+        if self.spec.churn.deploys_per_hour > 0:
+            rt.spawn(self._churn(self.spec.churn.deploys_per_hour, self._deploy), name="region/churn-deploys")
+        if self.spec.churn.scale_events_per_hour > 0:
+            rt.spawn(self._churn(self.spec.churn.scale_events_per_hour, self._scale), name="region/churn-scale")
         for i, fault in enumerate(self.spec.faults):
             rt.spawn(self._fault(fault), name=f"region/fault-{i}-{fault.kind}")
         for deadline in self._liveness_deadlines():
@@ -349,15 +373,26 @@ class Region:
 
     # ------------------------------------------------------------------ Kubernetes, played by the world
     async def _controller(self) -> None:
-        """Replication controllers of every app in every reachable Cell (one loop, every tick)."""
+        """Replication controllers of every app in every reachable Cell (one loop, every tick).
+
+        Only (app, Cell) pairs marked dirty (a pod left the API, the replica count changed)
+        are reconciled: a tick costs what changed, not the size of the Region. A Cell that is
+        cut off stays dirty until it is back.
+        """
         while True:
-            for (app_name, cell_name), pods in self.pods.items():
-                cell = self.cells[cell_name]
-                if cell.out:
-                    continue
-                pods[:] = [p for p in pods if p.in_api]
-                for _ in range(self.apps[app_name].replicas - len(pods)):
-                    pods.append(self._new_pod(self.apps[app_name], cell))
+            if self._dirty:
+                keep = set()
+                for key in sorted(self._dirty):
+                    app_name, cell_name = key
+                    cell = self.cells[cell_name]
+                    if cell.out:
+                        keep.add(key)
+                        continue
+                    pods = self.pods[key]
+                    pods[:] = [p for p in pods if p.in_api]
+                    for _ in range(self.replicas[key] - len(pods)):
+                        pods.append(self._new_pod(self.apps[app_name], cell))
+                self._dirty = keep
             await self.runtime.sleep(self.tick)
 
     def _new_pod(self, app: AppSpec, cell: Cell) -> Pod:
@@ -438,6 +473,7 @@ class Region:
             pod.task.cancel()
         if pod.alive:
             pod.alive = False
+            self._dead[(pod.app, pod.name)] = self.runtime.now()
             self.metrics.pods_died += 1
             self._epoch += 1
 
@@ -451,11 +487,20 @@ class Region:
             pod.node.pods.pop(pod.name, None)
         if self.pod_by_ip.get(pod.ip) is pod:
             del self.pod_by_ip[pod.ip]
+        self._dirty.add((pod.app, pod.cell))
         self._sync_endpoints(pod.app, cell)
 
     async def delete_pod(self, pod: Pod) -> None:
-        """A graceful deletion: drain from every Nginx host, then CNI DEL, then remove."""
+        """A graceful deletion: drain from every Nginx host, then CNI DEL, then remove.
+
+        A pod still starting has its kubelet start stopped first (its DEL then releases
+        whatever the interrupted ADD took: DEL is idempotent)."""
         cell = self.cells[pod.cell]
+        if pod.task is not None:
+            task = pod.task
+            task.cancel()
+            with contextlib.suppress(Cancelled):
+                await task.join()
         if pod.ip:
             await self.discovery.drain(pod.app, pod.ip)
         if pod.node is not None and pod.node.schedulable:
@@ -464,12 +509,76 @@ class Region:
             except CniError as exc:
                 self.runtime.trace("kubelet-del-failed", pod=pod.name, code=exc.code)
             pod.node.dataplane.remove_netns(pod.netns)
+        if pod.alive:
+            self._dead[(pod.app, pod.name)] = self.runtime.now()
         pod.alive = False
         self._epoch += 1
         self._remove_from_api(pod)
         if pod.ip:
             self.discovery.forget(pod.app, pod.ip)
         self.metrics.pods_deleted += 1
+
+    # ------------------------------------------------------------------ churn: deploys and scaling
+    async def _churn(self, per_hour: float, action: Callable[[tuple[str, str]], Any]) -> None:
+        """Events at exponential gaps (a Poisson process of ``per_hour``), each on a seeded (app, Cell)."""
+        rt = self.runtime
+        keys = [k for k in sorted(self.pods) if self.apps[k[0]].replicas > 0]
+        if not keys:
+            return
+        while True:
+            await rt.sleep(rt.random.expovariate(per_hour / 3600.0))
+            key = rt.random.choice(keys)
+            if key in self._rolling or self.cells[key[1]].out:
+                rt.trace("churn-skipped", app=key[0], cell=key[1])
+                continue
+            self._rolling.add(key)
+            rt.spawn(self._churn_one(action, key), name=f"churn/{key[0]}/{key[1]}")
+
+    async def _churn_one(self, action: Callable[[tuple[str, str]], Any], key: tuple[str, str]) -> None:
+        try:
+            await action(key)
+        finally:
+            self._rolling.discard(key)
+
+    async def _deploy(self, key: tuple[str, str], *, timeout: float = 120.0) -> None:
+        """A rolling replacement: one new pod at a time (surge 1); when it is ready, drain and delete an old one."""
+        rt = self.runtime
+        app, cell = self.apps[key[0]], self.cells[key[1]]
+        old = [p for p in self.pods[key] if p.in_api]
+        rt.trace("deploy", app=app.name, cell=cell.spec.name, pods=len(old))
+        for victim in old:
+            if not victim.in_api:
+                continue  # died and was evicted meanwhile: the controller replaced it already
+            new = self._new_pod(app, cell)
+            self.pods[key].append(new)
+            deadline = rt.now() + timeout
+            while not new.ready and new.in_api and rt.now() < deadline:
+                await rt.sleep(self.tick)
+            if not new.ready:
+                rt.trace("deploy-stalled", app=app.name, cell=cell.spec.name)
+                return  # the new version does not come up: stop rolling (the controller keeps the count)
+            await self.delete_pod(victim)
+
+    async def _scale(self, key: tuple[str, str]) -> None:
+        """One replica more or fewer (between half and twice the spec's count, at least one);
+        a scale-down drains the removed pod before deleting it."""
+        rt = self.runtime
+        base = self.apps[key[0]].replicas
+        now = self.replicas[key]
+        low, high = max(1, base // 2), max(1, base * 2)
+        up = rt.random.random() < 0.5
+        if (up and now >= high) or (not up and now <= low):
+            up = not up
+        self.replicas[key] = now + (1 if up else -1)
+        rt.trace("scale", app=key[0], cell=key[1], replicas=self.replicas[key])
+        if up:
+            self._dirty.add(key)
+            return
+        pods = [p for p in self.pods[key] if p.in_api]
+        if len(pods) <= self.replicas[key]:
+            return
+        ready = [p for p in pods if p.ready] or pods
+        await self.delete_pod(rt.random.choice(ready))
 
     # ------------------------------------------------------------------ clients
     def _good(self, pod: Pod | None) -> bool:
@@ -563,8 +672,13 @@ class Region:
     # ------------------------------------------------------------------ metrics
     def leaked(self) -> int:
         """Addresses allocated to a pod (per the Store) whose pod is not alive."""
-        alive = {(p.app, p.name) for pods in self.pods.values() for p in pods if p.alive}
-        return sum(1 for pod in self.auditor.handle_pod.values() if pod[1] and pod not in alive)
+        held = self.auditor.pod_handles
+        leaked = sum(held.get(pod, 0) for pod in self._dead)
+        # A dead pod without a handle for long (no ADD still in flight) is no suspect any more.
+        old = self.runtime.now() - 120.0
+        for pod in [p for p, died in self._dead.items() if died < old and p not in held]:
+            del self._dead[pod]
+        return leaked
 
     def pool_use(self) -> dict[str, float]:
         return {name: round(100.0 * self.auditor.allocated.get(name, 0) / pool.capacity(), 2)

@@ -21,6 +21,7 @@ Pure: no I/O, no clock.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import re
@@ -86,7 +87,13 @@ class Upstream:
 
     @staticmethod
     def parse(text: Any) -> Upstream:
-        if not isinstance(text, str) or text.count(":") != 1:
+        if isinstance(text, str):
+            return _parse_upstream(text)  # cached: the same servers are parsed again on every domain change
+        raise DomainError("upstreams", f"{text!r} is not an IPv4 address:port")
+
+    @staticmethod
+    def _parse(text: str) -> Upstream:
+        if text.count(":") != 1:
             raise DomainError("upstreams", f"{text!r} is not an IPv4 address:port")
         host, _, port = text.partition(":")
         try:
@@ -99,6 +106,9 @@ class Upstream:
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+_parse_upstream = functools.lru_cache(maxsize=1 << 17)(Upstream._parse)  # errors are not cached
 
 
 @dataclass(frozen=True)
