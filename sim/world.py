@@ -286,6 +286,8 @@ class Region:
                                    SlbCore(self._client("discovery"), runtime), runtime, bindings)
         self.fault_windows: list[tuple[float, float, str]] = []
         self._epoch = 0  # bumps whenever a pod's reachability changes: request results are cached per epoch
+        self._cuts: dict[str, int] = {}  # etcd client -> faults cutting it off now
+        self._slowdowns: dict[str, list[float]] = {}  # etcd client -> slowdown factors in force
         self._serve_cache: dict[tuple[str, str], tuple[tuple, int, bool]] = {}
         self._probes: dict[float, tuple[float, Any]] = {}
         self._storm_counter = 0
@@ -653,6 +655,7 @@ class Region:
 
     # ------------------------------------------------------------------ operator cron: cnictl check + release
     async def _leak_cron(self) -> None:
+        self._leaks_seen: set[tuple[str, str]] = set()
         view = _RegionPods(list(self.cells.values()))
         while True:
             await self.runtime.sleep(self.spec.leak_check_every)
@@ -664,7 +667,8 @@ class Region:
                 self.runtime.trace("leak-check-skipped", error=type(exc).__name__)
                 continue
             self.metrics.leak_checks += 1
-            self.metrics.leaks_found += len(report.certain)
+            self._leaks_seen.update((leak.address, leak.handle) for leak in report.certain)
+            self.metrics.leaks_found = len(self._leaks_seen)  # distinct: a leak seen by two checks is one
             self.metrics.leaks_released += len(released)
             self.runtime.trace("leak-check", suspects=len(report.leaks), certain=len(report.certain),
                                released=len(released))
@@ -760,16 +764,16 @@ class Region:
         if kind == "etcd-slow":
             clients = self._fault_clients(fault.target)
             for client in clients:
-                client.slowness = fault.factor
-            return lambda: [setattr(c, "slowness", 1.0) for c in clients]
+                self._slow_client(client, fault.factor, True)
+            return lambda: [self._slow_client(c, fault.factor, False) for c in clients]
         if kind == "etcd-unavailable":
             if fault.target == Selector():
                 self.store.set_available(False)
                 return lambda: self.store.set_available(True)
             clients = self._fault_clients(fault.target)
             for client in clients:
-                client.partition(True)
-            return lambda: [c.partition(False) for c in clients]
+                self._cut_client(client, True)
+            return lambda: [self._cut_client(c, False) for c in clients]
         if kind == "reload-storm":
             self.runtime.spawn(self._reload_storm(fault), name="region/reload-storm")
             return None
@@ -781,6 +785,21 @@ class Region:
         if kind == "pool-exhaustion":
             return await self._exhaust_pool(fault)
         raise ValueError(f"unknown fault kind {kind!r}")
+
+    def _cut_client(self, client: SimStoreClient, cut: bool) -> None:
+        """Overlapping faults stack: a client reconnects only when the last fault cutting it ends."""
+        count = self._cuts.get(client.name, 0) + (1 if cut else -1)
+        self._cuts[client.name] = max(count, 0)
+        client.partition(count > 0)
+
+    def _slow_client(self, client: SimStoreClient, factor: float, on: bool) -> None:
+        """Overlapping slowdowns stack as the worst one in force, and end one by one."""
+        factors = self._slowdowns.setdefault(client.name, [])
+        if on:
+            factors.append(factor)
+        elif factor in factors:
+            factors.remove(factor)
+        client.slowness = max(factors, default=1.0)
 
     def _fault_clients(self, selector: Selector) -> list[SimStoreClient]:
         if selector == Selector():
@@ -833,7 +852,7 @@ class Region:
         else:
             cell.cluster.available = True
         for node in cell.nodes:
-            node.client.partition(out)
+            self._cut_client(node.client, out)
 
     def _lose_host(self, host: NginxHost) -> None:
         host.lost = True

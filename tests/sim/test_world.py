@@ -170,3 +170,23 @@ def test_churn_replaces_and_scales_pods_without_leaks_or_duplicates():
     assert m["requests_failed"] == 0 and m["requests_ok"] > 0
     assert not region._not_serving_now()
     assert sum(len(region.pods[k]) for k in region.pods) == sum(region.replicas.values())
+
+
+def test_overlapping_faults_on_one_etcd_client_end_one_by_one():
+    from sim.adapters.runtime import SimRuntime
+    from sim.world import Region
+
+    region = Region(small_region(), SimRuntime(seed=1))
+    client = next(iter(region.clients.values()))
+    region._cut_client(client, True)  # a cell outage ...
+    region._cut_client(client, True)  # ... and an etcd-unavailable fault on the same node
+    region._cut_client(client, False)  # the outage ends first
+    assert client.partitioned  # still cut off: the other fault is in force
+    region._cut_client(client, False)
+    assert not client.partitioned
+    region._slow_client(client, 10.0, True)
+    region._slow_client(client, 3.0, True)
+    region._slow_client(client, 10.0, False)
+    assert client.slowness == 3.0
+    region._slow_client(client, 3.0, False)
+    assert client.slowness == 1.0
