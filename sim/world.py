@@ -731,14 +731,15 @@ class Region:
             undo = await self._apply_fault(fault)
             rt.trace("fault", kind=fault.kind, at=at, duration=fault.duration)
             if fault.duration is not None and undo is not None:
-                rt.spawn(self._undo_later(fault, undo), name=f"region/undo-{fault.kind}")
+                rt.spawn(self._undo_later(fault, undo, end), name=f"region/undo-{fault.kind}")
             if fault.every is None:
                 return
             at += fault.every
 
-    async def _undo_later(self, fault: FaultSpec, undo: Callable[[], Any]) -> None:
-        assert fault.duration is not None
-        await self.runtime.sleep(fault.duration)
+    async def _undo_later(self, fault: FaultSpec, undo: Callable[[], Any], end: float) -> None:
+        # Until the declared end in absolute time: applying a fault may itself take time
+        # (a squatter filling a pool), and the liveness deadlines count from the declared end.
+        await self.runtime.sleep(max(0.0, end - self.runtime.now()))
         outcome = undo()
         if hasattr(outcome, "__await__"):
             await outcome
