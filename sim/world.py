@@ -328,6 +328,13 @@ class Region:
         self.runtime.spawn(self._boot(), name="region/boot")
         self.runtime.run(until=self.spec.duration)
         self.finished = True
+        # The verdicts and counters end the trace: two runs with one trace_sha256 also agree on
+        # what they measured, not only on what they did.
+        for name, passed, detail in self.checks():
+            self.runtime.trace("check", name=name, passed=passed, detail=detail)
+        m = self.metrics
+        self.runtime.trace("totals", ok=m.ok, failed=m.failed, leaks_found=m.leaks_found,
+                           leaks_released=m.leaks_released, allocations=len(m.allocations))
 
     async def _boot(self) -> None:
         rt = self.runtime
