@@ -13,9 +13,12 @@ fault selectors that match nothing in the topology.
 
 Fault targets (what each kind's ``target`` selects):
 
-* **nodes** (hosts) — ``host-crash``, ``runtime-death``, ``etcd-slow``,
-  ``etcd-unavailable``: names ``{cell}-n{i:03d}`` (i = 1..nodes, e.g. ``c1-n007``); labels ``cell``,
-  ``rack`` (``r1..rN``, node i on rack ``r{(i-1) % racks + 1}``) and the Cell's ``labels``.
+* **nodes** (hosts) — ``host-crash``, ``runtime-death``: names ``{cell}-n{i:03d}``
+  (i = 1..nodes, e.g. ``c1-n007``); labels ``cell``, ``rack`` (``r1..rN``, node i on rack
+  ``r{(i-1) % racks + 1}``) and the Cell's ``labels``.
+* **etcd clients** — ``etcd-slow``, ``etcd-unavailable``: the nodes as above plus label
+  ``role: node``, the Nginx hosts (``role: nginx``, ``group``) and the control plane's
+  ``slb-core``, ``discovery`` and ``cnictl`` (``role: control``).
 * **Cells** — ``cell-outage``: names are Cell names; labels are the Cell's ``labels``.
 * **Nginx hosts** — ``nginx-host-loss``: names ``{group}-nginx-{i}``; label ``group``
   (restricted to the fault's ``group`` when it is given).
@@ -42,6 +45,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from cni.pools import Pool, PoolConfigError
 from sim.spec import (
+    FAULT_TARGETS,
     MAX_NODES_PER_CELL,
     AppSpec,
     CellSpec,
@@ -51,26 +55,15 @@ from sim.spec import (
     FaultKind,
     FaultSpec,
     GroupSpec,
+    Labels,
     PoolSpec,
     RegionSpec,
     Selector,
+    target_universe,
 )
 
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 CHECK_KINDS: tuple[str, ...] = get_args(CheckKind)
-
-# What the target selector of each fault kind picks.
-FAULT_TARGETS: dict[str, str] = {
-    "host-crash": "nodes",
-    "runtime-death": "nodes",
-    "etcd-slow": "nodes",
-    "etcd-unavailable": "nodes",
-    "cell-outage": "cells",
-    "nginx-host-loss": "nginx-hosts",
-    "reload-storm": "apps",
-    "pool-exhaustion": "none",
-}
-
 
 class ScenarioError(ValueError):
     """A scenario file that cannot be run: where, which field, and why."""
@@ -91,19 +84,6 @@ class Scenario:
 
 def scenario_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def node_name(cell: str, i: int) -> str:
-    """The name of node ``i`` (1-based) of a Cell, as selectors and the world use it."""
-    return f"{cell}-n{i:03d}"
-
-
-def node_rack(i: int, racks: int) -> str:
-    return f"r{(i - 1) % racks + 1}"
-
-
-def nginx_host_name(group: str, i: int) -> str:
-    return f"{group}-nginx-{i}"
 
 
 def load_scenario(path: str | Path, *, seed: int | None = None) -> Scenario:
@@ -294,7 +274,7 @@ class _Parser:
             racks = self.integer(c["racks"], f"{f}.racks", low=1, high=nodes) if "racks" in c else 1
             labels = self.labels(c["labels"], f"{f}.labels") if "labels" in c else ()
             for key, _ in labels:
-                if key in ("cell", "rack"):
+                if key in ("cell", "rack", "role"):
                     raise self.error(c["labels"], f"{f}.labels.{key}", f"{key!r} is set by the topology itself")
             pools: list[PoolSpec] = []
             pool_nodes = self.sequence(c["pools"], f"{f}.pools")
@@ -453,39 +433,13 @@ class _Parser:
                 raise self.error(m["target"], f"{f}.target",
                                  "pool-exhaustion selects its pool with `pool`, not a target")
         if "target" in m:
-            universe = self.universe(kind, kwargs.get("group", ""), cells, groups, apps)
+            universe = target_universe(kind, cells, groups, apps, kwargs.get("group", ""))
             kwargs["target"] = self.selector(m["target"], f"{f}.target", kind, universe)
         return FaultSpec(kind=kind, at=at, line=node.start_mark.line + 1, **kwargs)  # type: ignore[arg-type]
 
-    def universe(self, kind: str, group: str, cells: tuple[CellSpec, ...], groups: tuple[GroupSpec, ...],
-                 apps: tuple[AppSpec, ...]) -> list[tuple[str, dict[str, set[str]]]]:
-        """Every target of a fault kind: (name, label -> values)."""
-        what = FAULT_TARGETS[kind]
-        out: list[tuple[str, dict[str, set[str]]]] = []
-        if what == "nodes":
-            for c in cells:
-                for i in range(1, c.nodes + 1):
-                    labels = {"cell": {c.name}, "rack": {node_rack(i, c.racks)}}
-                    labels.update({k: {v} for k, v in c.node_labels})
-                    out.append((node_name(c.name, i), labels))
-        elif what == "cells":
-            for c in cells:
-                out.append((c.name, {k: {v} for k, v in c.node_labels}))
-        elif what == "nginx-hosts":
-            for g in groups:
-                if group and g.name != group:
-                    continue
-                out.extend((nginx_host_name(g.name, i), {"group": {g.name}}) for i in range(1, g.hosts + 1))
-        elif what == "apps":
-            for a in apps:
-                if group and a.group != group:
-                    continue
-                out.append((a.name, {"group": {a.group}, "cell": set(a.cells)}))
-        return out
-
-    def selector(self, node: Node, f: str, kind: str, universe: list[tuple[str, dict[str, set[str]]]]) -> Selector:
+    def selector(self, node: Node, f: str, kind: str, universe: list[tuple[str, Labels]]) -> Selector:
         m = self.mapping(node, f, {"names", "labels", "count", "percent"})
-        what = FAULT_TARGETS[kind].replace("-", " ")
+        what = FAULT_TARGETS[kind]
         if not universe:
             raise self.error(node, f, f"{kind} selects {what}, and there are none")
         candidates = universe
@@ -540,9 +494,3 @@ class _Parser:
                     kwargs[key] = self.number(m[key], f"{f}.{key}", low=0)
             out.append(CheckSpec(kind=kind, **kwargs))  # type: ignore[arg-type]
         return tuple(out)
-
-
-def selector_universe_kind(kind: str) -> str:
-    """What a fault kind's target selects: nodes, cells, nginx-hosts, apps or none."""
-    return FAULT_TARGETS[kind]
-

@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+Labels = dict[str, frozenset[str]]  # a target's labels: name -> values (an app has one `cell` per Cell)
+
 MAX_NODES_PER_CELL = 600  # LeEngine's rule: one Kubernetes cluster, at most ~600 nodes
 
 FaultKind = Literal[
@@ -133,3 +135,71 @@ class RegionSpec:
     leak_check_every: float = 60.0  # cnictl check run by an operator cron
     leak_grace: float = 60.0
     source: str = ""  # the scenario file, for reports
+
+
+# --------------------------------------------------------------------------- fault targets
+# One definition of what each fault kind's ``target`` selects, its names and labels: the
+# validator checks selectors against it and the world draws targets from it, so both agree.
+
+FAULT_TARGETS: dict[str, str] = {
+    "host-crash": "nodes",
+    "runtime-death": "nodes",
+    "etcd-slow": "etcd clients",
+    "etcd-unavailable": "etcd clients",
+    "cell-outage": "cells",
+    "nginx-host-loss": "nginx hosts",
+    "reload-storm": "apps",
+    "pool-exhaustion": "none",
+}
+
+CONTROL_CLIENTS = ("slb-core", "discovery", "cnictl")  # the control plane's own etcd clients
+
+
+def node_name(cell: str, i: int) -> str:
+    """The name of node ``i`` (1-based) of a Cell, as selectors and the world use it."""
+    return f"{cell}-n{i:03d}"
+
+
+def nginx_host_name(group: str, i: int) -> str:
+    """The name of Nginx host ``i`` (1-based) of a group."""
+    return f"{group}-nginx-{i}"
+
+
+def node_labels(cell: CellSpec, i: int) -> Labels:
+    labels = {"cell": frozenset({cell.name}), "rack": frozenset({f"r{(i - 1) % max(cell.racks, 1) + 1}"})}
+    labels.update({k: frozenset({v}) for k, v in cell.node_labels})
+    return labels
+
+
+def target_universe(kind: str, spec_cells: tuple[CellSpec, ...], spec_groups: tuple[GroupSpec, ...],
+                    spec_apps: tuple[AppSpec, ...], group: str = "") -> list[tuple[str, Labels]]:
+    """Every target a fault of ``kind`` can select, in a stable order: (name, labels).
+
+    ``group`` restricts Nginx hosts and apps to one group (the fault's ``group`` field).
+    """
+    what = FAULT_TARGETS[kind]
+    out: list[tuple[str, Labels]] = []
+    if what in ("nodes", "etcd clients"):
+        role = {"role": frozenset({"node"})} if what == "etcd clients" else {}
+        for c in spec_cells:
+            out.extend((node_name(c.name, i), {**node_labels(c, i), **role}) for i in range(1, c.nodes + 1))
+    if what == "etcd clients":
+        for g in spec_groups:
+            out.extend((nginx_host_name(g.name, i), {"group": frozenset({g.name}), "role": frozenset({"nginx"})})
+                       for i in range(1, g.hosts + 1))
+        out.extend((name, {"role": frozenset({"control"})}) for name in CONTROL_CLIENTS)
+    elif what == "cells":
+        out.extend((c.name, {k: frozenset({v}) for k, v in c.node_labels}) for c in spec_cells)
+    elif what == "nginx hosts":
+        for g in spec_groups:
+            if not group or g.name == group:
+                out.extend((nginx_host_name(g.name, i), {"group": frozenset({g.name})}) for i in range(1, g.hosts + 1))
+    elif what == "apps":
+        out.extend((a.name, {"group": frozenset({a.group}), "cell": frozenset(a.cells)})
+                   for a in spec_apps if not group or a.group == group)
+    return out
+
+
+def matches(selector: Selector, name: str, labels: Labels) -> bool:
+    """Whether a target passes the selector's names and labels (count and percent draw afterwards)."""
+    return (not selector.names or name in selector.names) and all(v in labels.get(k, ()) for k, v in selector.labels)

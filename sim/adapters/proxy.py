@@ -56,6 +56,9 @@ class SimProxy:
     reload_count: int = 0
     upstream_changes: int = 0
     fail_next_reload: bool = False
+    # Told the names of domains whose ``serving`` answer may have changed (an observer, e.g.
+    # the world's client accounting, so that it looks again only at what changed).
+    on_change: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:
         if not self.generations:
@@ -81,6 +84,12 @@ class SimProxy:
             raise ProxyError(f"domain {domain} is not configured on {self.host}")
         self.upstreams[domain] = tuple(servers)
         self.upstream_changes += 1
+        self._changed(domain)
+
+    def _changed(self, *domains: str) -> None:
+        if self.on_change is not None:
+            for domain in domains:
+                self.on_change(domain)
 
     def _result(self, changes: Mapping[str, Domain | None]) -> dict[str, Domain]:
         result = dict(self.live)
@@ -120,6 +129,7 @@ class SimProxy:
             else:
                 self.upstreams[name] = domain.upstreams
         self.reload_count += 1
+        self._changed(*changes)
         return ReloadOutcome(self.generation, now - started, len(config))
 
     async def load_state(self) -> SavedState:
@@ -133,5 +143,7 @@ class SimProxy:
 
     def restart(self) -> None:
         """The host rebooted (Nginx restarted): it serves its saved files again."""
+        before = set(self.live)
         self.live = dict(self.saved.domains)
         self.upstreams = {name: d.upstreams for name, d in self.live.items()}
+        self._changed(*sorted(before | set(self.live)))

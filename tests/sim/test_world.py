@@ -190,3 +190,33 @@ def test_overlapping_faults_on_one_etcd_client_end_one_by_one():
     assert client.slowness == 3.0
     region._slow_client(client, 3.0, False)
     assert client.slowness == 1.0
+
+
+def test_a_reload_storm_changes_only_the_apps_its_target_selects():
+    storm = FaultSpec("reload-storm", at=100, duration=20, changes=10, group="public",
+                      target=Selector(names=("blog",)))
+    _, region = run_region(replace(small_region(faults=(storm,)), duration=300.0, checks=()))
+    for host in region.hosts.values():
+        headers = {domain: dict(d.locations[0].set_headers) for domain, d in host.proxy.live.items()}
+        assert headers["blog.example.com"] == {"X-Sim-Storm": "10"}, host.name  # the last of the 10 changes
+        assert headers["shop.example.com"] == {} and headers["api.example.com"] == {}
+
+
+def test_etcd_faults_select_nginx_hosts_and_control_clients_by_role():
+    from sim.adapters.runtime import SimRuntime
+    from sim.world import Region
+
+    cut = FaultSpec("etcd-unavailable", at=100, duration=50, target=Selector(labels=(("role", "nginx"),)))
+    slow = FaultSpec("etcd-slow", at=100, duration=50, factor=20, target=Selector(names=("discovery",)))
+    region = Region(replace(small_region(faults=(cut, slow)), duration=400.0), SimRuntime(seed=3))
+    region.runtime.spawn(region._boot(), name="boot")
+    region.runtime.run(until=120)
+    partitioned = {name for name, client in region.clients.items() if client.partitioned}
+    assert partitioned == {"public-nginx-1", "public-nginx-2"}
+    assert {name for name, c in region.clients.items() if c.slowness > 1} == {"discovery"}
+    region.runtime.run(until=400)
+    assert not any(c.partitioned or c.slowness > 1 for c in region.clients.values())
+    region.finished = True
+    checks = {name: passed for name, passed, _ in region.checks()}
+    # Agents cut off from etcd keep serving what they had, and catch up when it comes back.
+    assert checks["domains-keep-serving"] and checks["apps-serve-again"], region.checks()

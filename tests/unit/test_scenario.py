@@ -150,7 +150,13 @@ faults:
     assert [f.line for f in spec.faults] == [line_of(text, k) for k in ("cell-outage", "nginx-host", "reload-storm",
                                                                           "etcd-slow", "pool-exhaustion")]
     # The same names in the wrong kind's universe are errors: a Cell is not a node, a node is not an Nginx host.
-    for wrong, field in (("{kind: cell-outage, at: 10, target: {names: [c1-n001]}}", "faults[0].target.names[0]"),
+    for wrong, field in (("{kind: host-crash, at: 10, target: {names: [web-nginx-1]}}", "faults[0].target.names[0]"),
+                         ("{kind: host-crash, at: 10, target: {labels: {role: nginx}}}",
+                          "faults[0].target.labels.role"),
+                         ("{kind: etcd-slow, at: 10, target: {names: [c1]}}", "faults[0].target.names[0]"),
+                         ("{kind: reload-storm, at: 10, group: web, target: {names: [c1-n001]}}",
+                          "faults[0].target.names[0]"),
+                         ("{kind: cell-outage, at: 10, target: {names: [c1-n001]}}", "faults[0].target.names[0]"),
                          ("{kind: nginx-host-loss, at: 10, target: {names: [c1-n001]}}", "faults[0].target.names[0]"),
                          ("{kind: pool-exhaustion, at: 10, pool: p9}", "faults[0].pool"),
                          ("{kind: etcd-slow, at: 10, changes: 3}", "faults[0].changes")):
@@ -158,6 +164,24 @@ faults:
         with pytest.raises(ScenarioError) as info:
             load_scenario(write(tmp_path, text))
         assert info.value.field == field and info.value.line == line_of(text, wrong[:20]), str(info.value)
+
+
+def test_etcd_faults_select_any_etcd_client_by_name_or_role(tmp_path):
+    faults = """\
+faults:
+  - {kind: etcd-unavailable, at: 10, duration: 5, target: {labels: {role: nginx}}}
+  - {kind: etcd-slow, at: 10, factor: 3, target: {names: [discovery, c2-n004, web-nginx-2]}}
+  - {kind: etcd-slow, at: 20, target: {labels: {role: node, cell: c1}, count: 2}}
+"""
+    spec = load_scenario(write(tmp_path, BASE.split("faults:")[0] + faults)).spec
+    cut, slow, nodes = spec.faults
+    assert cut.target.labels == (("role", "nginx"),)
+    assert slow.target.names == ("discovery", "c2-n004", "web-nginx-2")
+    assert nodes.target.count == 2
+    text = BASE.replace("labels: {room: a}", "labels: {role: db}")
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(write(tmp_path, text))
+    assert info.value.field == "topology.cells[0].labels.role" and "set by the topology" in info.value.message
 
 
 def test_yaml_syntax_error_and_empty_file_and_missing_file(tmp_path):
