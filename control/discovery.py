@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from control.auth import Principal
 from control.slb_core import NotFound, SlbCore, SlbError
+from foundation.logic.mutex import Mutex
 from foundation.logic.slb_domain import hosts_prefix
 from foundation.ports import Cancelled, Runtime, StoreError
 from foundation.ports.cluster import Cluster, ClusterUnavailable
@@ -78,12 +79,18 @@ class Discovery:
         self._servers: dict[tuple[str, str], tuple[str, ...]] = {}  # (group, domain) -> servers now (cache)
         self._stale: set[tuple[str, str]] = set(self._feeds)  # targets whose pushed servers may be out of date
         self.synced = self.runtime.event()  # every Cell listed once
+        self._changes = self.runtime.queue()  # wakes the pusher (one item at most: _pusher_woken)
+        self._pusher_woken = False
+        # One push at a time per domain, its servers computed under the lock: a push computed
+        # before a drain can then never land after it and put the drained address back.
+        self._push_locks: dict[tuple[str, str], Mutex] = {}
 
     # ------------------------------------------------------------------ following the Cells
     async def run(self) -> None:
         tasks = [self.runtime.spawn(self._follow(cell, cluster), name=f"discovery/{cell}")
                  for cell, cluster in sorted(self.cells.items())]
         tasks.append(self.runtime.spawn(self._repush(), name="discovery/repush"))
+        tasks.append(self.runtime.spawn(self._pusher(), name="discovery/pusher"))
         try:
             for task in tasks:
                 await task.join()
@@ -109,7 +116,7 @@ class Discovery:
                     async for event in watch:
                         key = (cell, event.endpoints.namespace, event.endpoints.service)
                         self._set_ready(key, None if event.type == "DELETED" else event.endpoints.ready)
-                        await self._push_app(event.endpoints.namespace, event.endpoints.service)
+                        self._wake_pusher()
                 finally:
                     await watch.close()
             except Cancelled:
@@ -118,6 +125,20 @@ class Discovery:
                 # Keep what we knew of this Cell: its pods are probably still serving.
                 self.stats.cluster_errors += 1
                 await self.runtime.sleep(self.retry)
+
+    def _wake_pusher(self) -> None:
+        if not self._pusher_woken:
+            self._pusher_woken = True
+            self._changes.put_nowait(None)
+
+    async def _pusher(self) -> None:
+        """Push what changed, as soon as it changed. Changes that arrive while a push is on its
+        way are pushed together by the next round: a burst of 50 pods of one app turning ready
+        costs a handful of writes (and Nginx updates), not 50."""
+        while True:
+            await self._changes.get()
+            self._pusher_woken = False
+            await self._push_stale()
 
     async def _repush(self) -> None:
         """Retry what failed (a domain created after its binding, etcd away) every ``resync`` seconds."""
@@ -179,14 +200,16 @@ class Discovery:
             if feeds:
                 await self._push(feeds[0])
 
-    async def _push_app(self, namespace: str, service: str) -> None:
-        for binding in self._of_namespace.get(namespace, ()):
-            if binding.service == service:
-                await self._push(binding)
-
     async def _push(self, binding: Binding) -> int | None:
-        servers = self.servers(binding)
         target = (binding.group, binding.domain)
+        lock = self._push_locks.get(target)
+        if lock is None:
+            lock = self._push_locks[target] = Mutex(self.runtime)
+        async with lock:
+            return await self._push_locked(binding, target)
+
+    async def _push_locked(self, binding: Binding, target: tuple[str, str]) -> int | None:
+        servers = self.servers(binding)
         if self._pushed.get(target) == servers:
             self._stale.discard(target)
             return None

@@ -444,12 +444,21 @@ class Region:
         return pod
 
     def _pick_node(self, cell: Cell) -> Node | None:
-        """Spread: the emptier of two nodes drawn at random (power of two choices)."""
-        live = [n for n in cell.nodes if n.schedulable]
-        if not live:
+        """Spread: the emptier of two schedulable nodes drawn at random (power of two choices)."""
+        a, b = self._draw_node(cell), self._draw_node(cell)
+        if a is None or b is None:
             return None
-        a, b = self.runtime.random.choice(live), self.runtime.random.choice(live)
         return b if len(b.pods) < len(a.pods) else a
+
+    def _draw_node(self, cell: Cell) -> Node | None:
+        # Most nodes are schedulable: a few blind draws find one without listing the Cell's 600.
+        rnd = self.runtime.random
+        for _ in range(8):
+            node = cell.nodes[rnd.randrange(len(cell.nodes))]
+            if node.schedulable:
+                return node
+        live = [n for n in cell.nodes if n.schedulable]
+        return rnd.choice(live) if live else None
 
     def _cni(self, command: str, pod: Pod, cell: Cell) -> CniRequest:
         return CniRequest(command, "1.0.0", cell.network, pod.container_id, pod.netns if command == "ADD" else "",

@@ -111,6 +111,11 @@ class Upstream:
 _parse_upstream = functools.lru_cache(maxsize=1 << 17)(Upstream._parse)  # errors are not cached
 
 
+def _sorted_upstreams(upstreams: set[Upstream]) -> tuple[Upstream, ...]:
+    # The dataclass order, by a key: comparing tuples is several times cheaper than generated __lt__.
+    return tuple(sorted(upstreams, key=lambda u: (u.host, u.port)))
+
+
 @dataclass(frozen=True)
 class Location:
     path: str = "/"
@@ -181,7 +186,7 @@ class Domain:
         raw_upstreams = data.get("upstreams", [])
         if not isinstance(raw_upstreams, list) or len(raw_upstreams) > 4096:
             raise DomainError("upstreams", "must be a list of at most 4096 address:port")
-        upstreams = tuple(sorted({Upstream.parse(u) for u in raw_upstreams}))
+        upstreams = _sorted_upstreams({Upstream.parse(u) for u in raw_upstreams})
         return Domain(name, group, owner, listen, locations, tuple(sorted(settings.items())), upstreams)
 
     def to_json(self) -> dict[str, Any]:
@@ -197,7 +202,7 @@ class Domain:
         return Domain.parse(json.loads(raw))
 
     def with_upstreams(self, upstreams: tuple[Upstream, ...]) -> Domain:
-        return replace(self, upstreams=tuple(sorted(set(upstreams))))
+        return replace(self, upstreams=_sorted_upstreams(set(upstreams)))
 
     @property
     def key(self) -> str:
@@ -212,11 +217,16 @@ def check_routable(upstreams: tuple[Upstream, ...]) -> None:
     etcd) or nothing at all: pods never have such addresses.
     """
     for upstream in upstreams:
-        address = ipaddress.IPv4Address(upstream.host)
-        if (address.is_loopback or address.is_unspecified or address.is_link_local or address.is_multicast
-                or address.is_reserved):
+        if not _routable(upstream.host):
             raise DomainError("upstreams", f"{upstream} is not a pod address (loopback, link-local, multicast "
                                            f"and reserved ranges are refused)")
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def _routable(host: str) -> bool:
+    address = ipaddress.IPv4Address(host)
+    return not (address.is_loopback or address.is_unspecified or address.is_link_local or address.is_multicast
+                or address.is_reserved)
 
 
 def changed_config(old: Domain | None, new: Domain | None) -> bool:

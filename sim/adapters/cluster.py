@@ -10,12 +10,14 @@ It must not know any agent.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 from foundation.ports.cluster import ClusterUnavailable, Endpoints, EndpointsEvent, PodInfo
 from foundation.ports.runtime import Runtime
 
 
+@functools.lru_cache(maxsize=1 << 18)
 def _ip_order(ip: str) -> tuple[int, int, str]:
     try:
         address = ipaddress.ip_address(ip)

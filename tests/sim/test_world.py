@@ -126,7 +126,7 @@ def test_every_fault_kind_runs_and_the_region_recovers():
         FaultSpec("reload-storm", at=200, duration=20, changes=40, group="public"),
         FaultSpec("nginx-host-loss", at=230, duration=30, target=Selector(count=1), group="public"),
         FaultSpec("pool-exhaustion", at=270, duration=60, pool="pool-1", free=0),
-        FaultSpec("host-crash", at=280, target=Selector(labels=(("cell", "cell-1"),), count=1)),  # needs pool-1
+        FaultSpec("host-crash", at=280, target=Selector(labels=(("cell", "cell-1"),), count=2)),  # needs pool-1
         FaultSpec("host-crash", at=300, duration=50, every=250, target=Selector(percent=10)),
     )
     spec = replace(small_region(faults=faults), duration=1040.0,
