@@ -201,6 +201,8 @@ class Auditor:
         self.block_pool: dict[str, str] = {}
         self.allocated: dict[str, int] = {}  # pool -> addresses allocated
         self.violations: list[str] = []
+        self.killed: set[tuple[str, str]] = set()  # pods that died without CNI DEL (the world tells)
+        self.leaks_gone: dict[str, str] = {}  # handle of a killed pod -> its address, once released
 
     def _count(self, pod: tuple[str, str], delta: int) -> None:
         n = self.pod_handles.get(pod, 0) + delta
@@ -234,6 +236,8 @@ class Auditor:
                 pod = self.handle_pod.pop(handle, None)
                 if pod is not None:
                     self._count(pod, -1)
+                    if pod in self.killed:
+                        self.leaks_gone[handle] = address or "?"
                 if address is not None and self.owner.get(address) == handle:
                     del self.owner[address]
         elif key.startswith(BLOCKS):
@@ -543,6 +547,7 @@ class Region:
         if pod.alive:
             pod.alive = False
             self._dead[(pod.app, pod.name)] = self.runtime.now()
+            self.auditor.killed.add((pod.app, pod.name))
             self.metrics.pods_died += 1
             self._reachability_changed(pod.app)
 
@@ -737,8 +742,12 @@ class Region:
                 domain = self.domains[name]
                 if name not in self._published:
                     # As on LeEngine, clients find an app only once its domain is published in DNS,
-                    # which operators do after it first serves: start-up is not an outage.
+                    # which operators do after it first serves: start-up is not an outage ...
                     if not any(self._serves(host, domain) for host in hosts):
+                        if hosts and self._ready_elsewhere(name, now):
+                            # ... but an app with a ready pod that no Nginx host serves is one.
+                            self.metrics.serving_violations.append(f"t={now:g}: no host serves {domain} while a "
+                                                                   "ready pod exists")
                         continue
                     self._published.add(name)
                 owed[name] += app.requests_per_second * self.tick
@@ -771,6 +780,7 @@ class Region:
     # ------------------------------------------------------------------ operator cron: cnictl check + release
     async def _leak_cron(self) -> None:
         self._leaks_seen: set[tuple[str, str]] = set()
+        self._released_by_cnictl: set[str] = set()
         view = _RegionPods(list(self.cells.values()))
         while True:
             await self.runtime.sleep(self.spec.leak_check_every)
@@ -785,6 +795,7 @@ class Region:
             self._leaks_seen.update((leak.address, leak.handle) for leak in report.certain)
             self.metrics.leaks_found = len(self._leaks_seen)  # distinct: a leak seen by two checks is one
             self.metrics.leaks_released += len(released)
+            self._released_by_cnictl.update(r.handle for r in released)
             self.runtime.trace("leak-check", suspects=len(report.leaks), certain=len(report.certain),
                                released=len(released))
 
@@ -1028,10 +1039,15 @@ class Region:
             n += chunk
             want -= chunk
 
+        async def give_back(container: str) -> None:
+            with contextlib.suppress(IpamError, StoreError):
+                await squatter.release(container, "eth0")
+
         async def release() -> None:
-            for container in taken:
-                with contextlib.suppress(IpamError, StoreError):
-                    await squatter.release(container, "eth0")
+            for start in range(0, len(taken), 256):  # as the squatter took them: batches in parallel
+                tasks = [self.runtime.spawn(give_back(c), name="squatter") for c in taken[start:start + 256]]
+                for task in tasks:
+                    await task.join()
 
         return release
 
@@ -1077,10 +1093,16 @@ class Region:
                     continue
                 at, state = self._probes[deadline]
                 if kind == "leaks-found-and-released":
+                    # Gone, and gone through cnictl: every address a dead pod held was released by
+                    # `cnictl release` (no other path frees a leak; a bug that did would show here).
                     leaked = state["leaked"]
-                    out.append((kind, leaked == 0, f"at t={at:g}: {leaked} address(es) without a live pod; cnictl "
-                                                   f"found {self.metrics.leaks_found} certain leak(s), released "
-                                                   f"{self.metrics.leaks_released}"))
+                    gone = self.auditor.leaks_gone
+                    elsewhere = sorted(gone[h] for h in gone if h not in self._released_by_cnictl)
+                    out.append((kind, leaked == 0 and not elsewhere,
+                                f"at t={at:g}: {leaked} address(es) without a live pod; cnictl found "
+                                f"{self.metrics.leaks_found} certain leak(s), released {self.metrics.leaks_released}"
+                                + (f"; {len(elsewhere)} freed by something else: {', '.join(elsewhere[:5])}"
+                                   if elsewhere else "")))
                 else:
                     bad = state["not_serving"]
                     out.append((kind, not bad, f"at t={at:g}: " + (f"not serving: {', '.join(bad)}" if bad

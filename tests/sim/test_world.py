@@ -220,3 +220,34 @@ def test_etcd_faults_select_nginx_hosts_and_control_clients_by_role():
     checks = {name: passed for name, passed, _ in region.checks()}
     # Agents cut off from etcd keep serving what they had, and catch up when it comes back.
     assert checks["domains-keep-serving"] and checks["apps-serve-again"], region.checks()
+
+
+def test_a_leak_freed_behind_cnictls_back_fails_the_leak_check():
+    """The check asks that cnictl released the leaks, not merely that they are gone."""
+    from sim.adapters.runtime import SimRuntime
+    from sim.world import Region
+
+    region = Region(small_region(faults=(HOST_CRASH,)), SimRuntime(seed=7))
+    region.runtime.spawn(region._boot(), name="boot")
+    region.runtime.run(until=125)  # crashed at 120; cnictl's grace keeps it from releasing before 150
+    victim = next(p for pods in region.pods.values() for p in pods if not p.alive and p.ip)
+    rogue = Ipam(region._client("rogue"), region.runtime, victim.node.name)  # e.g. an agent wiping handles
+    region.runtime.spawn(rogue.release(victim.container_id, "eth0"), name="rogue")
+    region.runtime.run(until=region.spec.duration)
+    region.finished = True
+    verdict = {name: (passed, detail) for name, passed, detail in region.checks()}["leaks-found-and-released"]
+    assert not verdict[0] and f"1 freed by something else: {victim.ip}" in verdict[1], verdict
+
+
+def test_an_app_no_nginx_host_will_serve_violates_domains_keep_serving():
+    """An app whose domain never goes live is never published; its ready pods still make it a violation."""
+    from sim.adapters.runtime import SimRuntime
+    from sim.world import Region
+
+    region = Region(replace(small_region(), duration=120.0), SimRuntime(seed=7))
+    for host in region.hosts.values():
+        host.proxy.rejects = lambda d: "port 80 in use" if d.name == "blog.example.com" else None
+    region.run()
+    verdict = {name: (passed, detail) for name, passed, detail in region.checks()}["domains-keep-serving"]
+    assert not verdict[0] and "no host serves blog.example.com while a ready pod exists" in verdict[1], verdict
+    assert region._published == {"shop", "api"}
