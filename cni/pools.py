@@ -24,7 +24,7 @@ import ipaddress
 import json
 import re
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
@@ -208,7 +208,7 @@ class Block:
     @staticmethod
     def from_bytes(raw: bytes) -> Block:
         data = json.loads(raw)
-        return Block(data["pool"], IPv4Network(data["cidr"]), data["node"],
+        return Block(data["pool"], _network(data["cidr"]), data["node"],
                      {int(o): h for o, h in data.get("allocations", {}).items()},
                      {int(o): float(t) for o, t in data.get("released", {}).items()})
 
@@ -268,9 +268,15 @@ class Handle:
     def from_bytes(raw: bytes) -> Handle:
         data = json.loads(raw)
         pod = data.get("pod") or {}
-        return Handle(data["container_id"], data["ifname"], IPv4Address(data["address"]), data["pool"], data["node"],
+        return Handle(data["container_id"], data["ifname"], _address(data["address"]), data["pool"], data["node"],
                       PodRef(pod.get("namespace", ""), pod.get("name", ""), pod.get("uid", "")),
                       data.get("network", ""), float(data.get("allocated_at", 0.0)))
+
+
+# Records are read by the thousand (a leak check reads every handle and block): parsing the
+# same few addresses and networks again dominated it. Both types are immutable, so sharing is safe.
+_address = lru_cache(maxsize=1 << 18)(IPv4Address)
+_network = lru_cache(maxsize=1 << 16)(IPv4Network)
 
 
 def parse_address(text: str) -> IPv4Address:

@@ -10,8 +10,8 @@ Keys (docs/slb.md, "Key schema"):
   not have to read every domain under ``/slb/``.
 * ``/slb/{group}/domains/{domain}``: a ``slb_domain.Domain`` as JSON; its
   mod_revision is the domain's revision. Domain names are unique per group (the key).
-* ``/slb/{group}/status/{host}/{domain}``: written by each Nginx host's SLB agent,
-  only read here.
+* ``/slb/{group}/status/{domain}/{host}``: written by each Nginx host's SLB agent,
+  only read here (one domain's records are one short prefix).
 
 Who may change what (principals come from ``control.auth``; reads are open to all):
 
@@ -56,8 +56,8 @@ from foundation.logic.slb_domain import (
     check_group,
     check_routable,
     domain_key,
+    domain_status_prefix,
     domains_prefix,
-    status_prefix,
 )
 from foundation.ports import Compare, DeleteOp, GetOp, KeyValue, PutOp, RangeResult, Runtime, Store
 
@@ -409,15 +409,13 @@ class SlbCore:
     async def get_status(self, who: Principal, group: Any, name: Any) -> StatusReport:
         """What each Nginx host of the group reports for the domain, sorted by host."""
         group, name = _names(group, name, name_field="domain")
-        prefix = status_prefix(group)
+        prefix = domain_status_prefix(group, name)
         read = await self.store.txn([], [GetOp(domain_key(group, name)), GetOp(prefix, prefix=True)])
         domain, statuses = (r if isinstance(r, RangeResult) else RangeResult((), 0) for r in read.responses)
         current = domain.first()
         hosts = []
         for kv in statuses.kvs:
-            host, _, domain_name = kv.key.removeprefix(prefix).partition("/")
-            if domain_name != name:
-                continue
+            host = kv.key.removeprefix(prefix)
             try:
                 status = DomainStatus.from_bytes(kv.value)
             except (ValueError, TypeError, KeyError) as exc:

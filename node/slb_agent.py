@@ -14,7 +14,7 @@ It watches ``/slb/{group}/domains/`` and sorts each change by ``changed_config``
   aside still gets upstream changes in place on its last good config.
 
 After each step it writes its status per domain (revision in force, revision wanted,
-error) under ``/slb/{group}/status/{host}/``, and saves its state through the Proxy
+error) at ``/slb/{group}/status/{domain}/{host}``, and saves its state through the Proxy
 (domains in force and the Store revision they correspond to). A restarted agent
 serves from that state at once and resumes its watch just after the saved revision;
 if that revision was compacted away it resyncs from a full read. While etcd is out

@@ -4,7 +4,8 @@ A **group** is one Nginx cluster (public, internal, …); a **domain** is one vi
 host it proxies: server name, listen port, locations (path, timeouts, headers to
 set), admin-only settings, and the upstream servers (pod addresses). Stored as JSON
 at ``/slb/{group}/domains/{domain}``; each Nginx host's agent writes what it applied
-at ``/slb/{group}/status/{host}/{domain}``.
+at ``/slb/{group}/status/{domain}/{host}`` (by domain first: what a drain asks is
+"has every host applied this domain?", one short prefix read).
 
 Security: every field is validated here against a narrow grammar before it can
 reach a config file, so no user string can become an Nginx directive: names are
@@ -257,8 +258,13 @@ def status_prefix(group: str) -> str:
     return f"{SLB}{group}/status/"
 
 
+def domain_status_prefix(group: str, domain: str) -> str:
+    """The status records of one domain, one per Nginx host (a DNS name holds no '/')."""
+    return f"{status_prefix(group)}{domain}/"
+
+
 def status_key(group: str, host: str, domain: str) -> str:
-    return f"{status_prefix(group)}{host}/{domain}"
+    return f"{domain_status_prefix(group, domain)}{host}"
 
 
 @dataclass(frozen=True)

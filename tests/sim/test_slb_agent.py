@@ -44,9 +44,9 @@ class World:
         return (await self.admin.put(d.key, d.to_bytes())).revision
 
     def statuses(self) -> dict[str, DomainStatus]:
-        prefix = f"{status_prefix(GROUP)}nginx-1/"
-        return {kv.key.removeprefix(prefix): DomainStatus.from_bytes(kv.value)
-                for kv in self.server._range(prefix, True).kvs}
+        prefix = status_prefix(GROUP)
+        return {kv.key.removeprefix(prefix).removesuffix("/nginx-1"): DomainStatus.from_bytes(kv.value)
+                for kv in self.server._range(prefix, True).kvs if kv.key.endswith("/nginx-1")}
 
 
 @pytest.fixture
