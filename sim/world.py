@@ -181,7 +181,13 @@ class Metrics:
     pods_deleted: int = 0
     series: list[dict[str, Any]] = field(default_factory=list)
     max_leaked: int = 0
-    serving_violations: list[str] = field(default_factory=list)
+    serving_violations: int = 0  # host-seconds (see the domains-keep-serving check)
+    serving_examples: list[str] = field(default_factory=list)  # the first few, for the report
+
+    def violation(self, text: str) -> None:
+        self.serving_violations += 1
+        if len(self.serving_examples) < 10:  # a long outage must not grow a list of millions
+            self.serving_examples.append(text)
 
 
 class Auditor:
@@ -746,8 +752,7 @@ class Region:
                     if not any(self._serves(host, domain) for host in hosts):
                         if hosts and self._ready_elsewhere(name, now):
                             # ... but an app with a ready pod that no Nginx host serves is one.
-                            self.metrics.serving_violations.append(f"t={now:g}: no host serves {domain} while a "
-                                                                   "ready pod exists")
+                            self.metrics.violation(f"t={now:g}: no host serves {domain} while a ready pod exists")
                         continue
                     self._published.add(name)
                 owed[name] += app.requests_per_second * self.tick
@@ -763,8 +768,8 @@ class Region:
                         everywhere = False
                         self.metrics.failed += share
                         if self._ready_elsewhere(name, now):
-                            self.metrics.serving_violations.append(f"t={now:g}: {host.name} has no live upstream "
-                                                                   f"for {domain} while a ready pod exists")
+                            self.metrics.violation(f"t={now:g}: {host.name} has no live upstream for {domain} "
+                                                   "while a ready pod exists")
                         continue
                     self._served(host, reloads[host.name], share)
                 if everywhere:
@@ -1082,9 +1087,9 @@ class Region:
                 v = self.auditor.violations
                 out.append((kind, not v, f"{len(v)} duplicate owner(s)" + (f"; first: {v[0]}" if v else "")))
             elif kind == "domains-keep-serving":
-                v = self.metrics.serving_violations
-                out.append((kind, not v, f"{len(v)} host-second(s) without a live upstream while one was ready"
-                            + (f"; first: {v[0]}" if v else "")))
+                n, examples = self.metrics.serving_violations, self.metrics.serving_examples
+                out.append((kind, not n, f"{n} host-second(s) without a live upstream while one was ready"
+                            + (f"; first: {examples[0]}" if examples else "")))
             elif kind in ("leaks-found-and-released", "apps-serve-again"):
                 deadline = self._last_fault_end() + check.within
                 if deadline not in self._probes:
