@@ -18,12 +18,14 @@ Fault targets (what each kind's ``target`` selects):
   ``r{(i-1) % racks + 1}``) and the Cell's ``labels``.
 * **etcd clients** — ``etcd-slow``, ``etcd-unavailable``: the nodes as above plus label
   ``role: node``, the Nginx hosts (``role: nginx``, ``group``) and the control plane's
-  ``slb-core``, ``discovery`` and ``cnictl`` (``role: control``).
+  ``slb-core``, ``discovery``, ``cnictl`` and, with a build farm, ``build-scheduler``
+  (``role: control``), and the build hosts (``role: build``).
 * **Cells** — ``cell-outage``: names are Cell names; labels are the Cell's ``labels``.
 * **Nginx hosts** — ``nginx-host-loss``: names ``{group}-nginx-{i}``; label ``group``
   (restricted to the fault's ``group`` when it is given).
 * **apps** (their domains) — ``reload-storm``: app names; labels ``group`` and
   ``cell`` (an app carries ``cell`` for each of its Cells).
+* **build hosts** — ``builder-crash``: names ``build-{i}`` (i = 1..``topology.build_hosts``).
 * nothing — ``pool-exhaustion`` names its ``pool``; a ``target`` there is an error.
 
 An empty target selects every target of the kind.
@@ -124,6 +126,7 @@ class _Parser:
     def __init__(self, file: str) -> None:
         self.file = file
         self.constructor = SafeConstructor()
+        self.build_hosts = 0  # topology.build_hosts, once read: builder-crash targets depend on it
 
     # ---- primitives
     def error(self, node: Node, field: str, message: str) -> ScenarioError:
@@ -250,10 +253,13 @@ class _Parser:
             if key in m:
                 optional[key] = self.number(m[key], key, low=0, positive=positive)
         return RegionSpec(name=name, seed=seed, duration=duration, cells=cells, groups=groups, apps=apps,
-                          faults=faults, checks=checks, churn=churn, source=self.file, **optional)
+                          faults=faults, checks=checks, churn=churn, build_hosts=self.build_hosts, source=self.file,
+                          **optional)
 
     def topology(self, node: Node) -> tuple[tuple[CellSpec, ...], tuple[GroupSpec, ...]]:
-        m = self.mapping(node, "topology", {"cells", "groups"}, required=("cells",))
+        m = self.mapping(node, "topology", {"cells", "groups", "build_hosts"}, required=("cells",))
+        self.build_hosts = self.integer(m["build_hosts"], "topology.build_hosts", low=0, high=1000) \
+            if "build_hosts" in m else 0
         cells: list[CellSpec] = []
         seen: dict[str, Node] = {}
         pools_seen: dict[str, Node] = {}
@@ -432,8 +438,10 @@ class _Parser:
             if "target" in m:
                 raise self.error(m["target"], f"{f}.target",
                                  "pool-exhaustion selects its pool with `pool`, not a target")
+        if kind == "builder-crash" and not self.build_hosts:
+            raise self.error(m["kind"], f"{f}.kind", "builder-crash needs build hosts (topology.build_hosts)")
         if "target" in m:
-            universe = target_universe(kind, cells, groups, apps, kwargs.get("group", ""))
+            universe = target_universe(kind, cells, groups, apps, kwargs.get("group", ""), self.build_hosts)
             kwargs["target"] = self.selector(m["target"], f"{f}.target", kind, universe)
         return FaultSpec(kind=kind, at=at, line=node.start_mark.line + 1, **kwargs)  # type: ignore[arg-type]
 

@@ -29,6 +29,7 @@ FaultKind = Literal[
     "reload-storm",  # `changes` config changes to domains of a group within the duration
     "nginx-host-loss",  # Nginx hosts of a group die (their share of the load fails over)
     "pool-exhaustion",  # a pool is shrunk to `free` remaining addresses (others taken by a squatter)
+    "builder-crash",  # build hosts die (mid-build): their leases expire, their tasks move to other hosts
 ]
 
 
@@ -109,6 +110,7 @@ CheckKind = Literal[
     "apps-serve-again",  # liveness: after faults end, every app serves again within `within` seconds
     "max-failed-requests",  # at most `limit` failed requests over the run
     "max-reloads",  # at most `limit` reloads per Nginx host
+    "builds-finish",  # liveness: after faults end, every build submitted has finished within `within` seconds
 ]
 
 
@@ -134,6 +136,7 @@ class RegionSpec:
     cooldown: float = 30.0  # IPAM cool-down of released addresses
     leak_check_every: float = 60.0  # cnictl check run by an operator cron
     leak_grace: float = 60.0
+    build_hosts: int = 0  # the Region's build farm (0: deploys roll out without building)
     source: str = ""  # the scenario file, for reports
 
 
@@ -150,14 +153,21 @@ FAULT_TARGETS: dict[str, str] = {
     "nginx-host-loss": "nginx hosts",
     "reload-storm": "apps",
     "pool-exhaustion": "none",
+    "builder-crash": "build hosts",
 }
 
 CONTROL_CLIENTS = ("slb-core", "discovery", "cnictl")  # the control plane's own etcd clients
+BUILD_SCHEDULER = "build-scheduler"  # the control plane's build scheduler, when there is a build farm
 
 
 def node_name(cell: str, i: int) -> str:
     """The name of node ``i`` (1-based) of a Cell, as selectors and the world use it."""
     return f"{cell}-n{i:03d}"
+
+
+def build_host_name(i: int) -> str:
+    """The name of build host ``i`` (1-based)."""
+    return f"build-{i}"
 
 
 def nginx_host_name(group: str, i: int) -> str:
@@ -172,7 +182,7 @@ def node_labels(cell: CellSpec, i: int) -> Labels:
 
 
 def target_universe(kind: str, spec_cells: tuple[CellSpec, ...], spec_groups: tuple[GroupSpec, ...],
-                    spec_apps: tuple[AppSpec, ...], group: str = "") -> list[tuple[str, Labels]]:
+                    spec_apps: tuple[AppSpec, ...], group: str = "", build_hosts: int = 0) -> list[tuple[str, Labels]]:
     """Every target a fault of ``kind`` can select, in a stable order: (name, labels).
 
     ``group`` restricts Nginx hosts and apps to one group (the fault's ``group`` field).
@@ -187,13 +197,17 @@ def target_universe(kind: str, spec_cells: tuple[CellSpec, ...], spec_groups: tu
         for g in spec_groups:
             out.extend((nginx_host_name(g.name, i), {"group": frozenset({g.name}), "role": frozenset({"nginx"})})
                        for i in range(1, g.hosts + 1))
-        out.extend((name, {"role": frozenset({"control"})}) for name in CONTROL_CLIENTS)
+        out.extend((build_host_name(i), {"role": frozenset({"build"})}) for i in range(1, build_hosts + 1))
+        controls = CONTROL_CLIENTS + ((BUILD_SCHEDULER,) if build_hosts else ())
+        out.extend((name, {"role": frozenset({"control"})}) for name in controls)
     elif what == "cells":
         out.extend((c.name, {k: frozenset({v}) for k, v in c.node_labels}) for c in spec_cells)
     elif what == "nginx hosts":
         for g in spec_groups:
             if not group or g.name == group:
                 out.extend((nginx_host_name(g.name, i), {"group": frozenset({g.name})}) for i in range(1, g.hosts + 1))
+    elif what == "build hosts":
+        out.extend((build_host_name(i), {}) for i in range(1, build_hosts + 1))
     elif what == "apps":
         out.extend((a.name, {"group": frozenset({a.group}), "cell": frozenset(a.cells)})
                    for a in spec_apps if not group or a.group == group)

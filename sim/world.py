@@ -45,22 +45,28 @@ from cni.ipam import Ipam, IpamError
 from cni.pools import BLOCKS, HANDLES, Block, Handle, Pool
 from cni.request import CniError, CniRequest
 from control.auth import Principal
+from control.builds import BuildScheduler, NoBuildAgents
 from control.discovery import Binding, Discovery
 from control.slb_core import SlbCore, SlbError
+from foundation.logic.build_task import RESULTS, Result
 from foundation.ports import Cancelled, StoreError
 from foundation.ports.cluster import ClusterUnavailable, Endpoints, PodInfo
+from node.build_agent import BuildAgent, BuildAgentConfig
 from node.slb_agent import SlbAgent, SlbAgentConfig
+from sim.adapters.builder import SimBuilder, SimRegistry
 from sim.adapters.cluster import SimCluster
 from sim.adapters.dataplane import SimDataplane
 from sim.adapters.proxy import SimProxy
 from sim.adapters.runtime import SimRuntime, SimTask
 from sim.adapters.store import MemoryStore, SimStoreClient
 from sim.spec import (
+    BUILD_SCHEDULER,
     AppSpec,
     CellSpec,
     FaultSpec,
     RegionSpec,
     Selector,
+    build_host_name,
     matches,
     nginx_host_name,
     node_name,
@@ -95,6 +101,7 @@ class Node:
     alive: bool = True  # the host runs
     runtime_ok: bool = True  # its container runtime runs
     pods: dict[str, Pod] = field(default_factory=dict)
+    images: set[str] = field(default_factory=set)  # pulled from the registry (on disk: survive crashes)
 
     @property
     def schedulable(self) -> bool:
@@ -115,6 +122,7 @@ class Pod:
     in_api: bool = True  # the Cell API still lists it
     ready_at: float = math.inf
     task: SimTask | None = None  # its kubelet start coroutine while it runs
+    image: str = ""  # "" : the app's first image, on every node from the start
 
     @property
     def netns(self) -> str:
@@ -139,6 +147,16 @@ class NginxHost:
     task: SimTask | None = None
     lost: bool = False
     last_reloads: int = 0
+
+
+@dataclass(eq=False)
+class BuildHost:
+    name: str
+    builder: SimBuilder
+    client: SimStoreClient
+    agent: BuildAgent | None = None
+    task: SimTask | None = None
+    alive: bool = True
 
 
 class _RegionPods:
@@ -181,6 +199,8 @@ class Metrics:
     pods_deleted: int = 0
     series: list[dict[str, Any]] = field(default_factory=list)
     max_leaked: int = 0
+    builds: dict[str, list[Any]] = field(default_factory=dict)  # task -> [submitted, finished, state, cache hit]
+    builds_unsubmitted: int = 0  # deploys that found no build agent (or no etcd)
     serving_violations: int = 0  # host-seconds (see the domains-keep-serving check)
     serving_examples: list[str] = field(default_factory=list)  # the first few, for the report
 
@@ -306,6 +326,15 @@ class Region:
                 self.hosts[name] = NginxHost(name, group.name, SimProxy(runtime, name), self._client(name))
         self.slb = SlbCore(self._client("slb-core"), runtime)
         self.cnictl = self._client("cnictl")
+        # The build farm: agents on build hosts, the registry, the control plane's scheduler.
+        self.registry = SimRegistry()
+        self.build_hosts: dict[str, BuildHost] = {}
+        for i in range(1, spec.build_hosts + 1):
+            name = build_host_name(i)
+            self.build_hosts[name] = BuildHost(name, SimBuilder(runtime, name, self.registry), self._client(name))
+        self.scheduler = BuildScheduler(self._client(BUILD_SCHEDULER), runtime) if spec.build_hosts else None
+        self._images: dict[str, str] = {}  # app -> the image its new pods run
+        self._releases: dict[str, int] = {}  # app -> deploys so far (its commits are r1, r2, …)
         bindings = [Binding(a.name, a.name, a.port, a.group, self.domains[a.name]) for a in spec.apps]
         self.discovery = Discovery({n: c.cluster for n, c in self.cells.items()},
                                    SlbCore(self._client("discovery"), runtime), runtime, bindings)
@@ -393,6 +422,11 @@ class Region:
         rt.spawn(self._controller(), name="region/controller")
         rt.spawn(self._clients(), name="region/clients")
         rt.spawn(self._leak_cron(), name="region/cnictl-cron")
+        if self.scheduler is not None:
+            for build_host in self.build_hosts.values():
+                self._start_build_agent(build_host)
+            rt.spawn(self.scheduler.reassign_forever(), name="build-scheduler")
+            rt.spawn(self._watch_builds(), name="region/build-observer")
         rt.spawn(self._metrics(), name="region/metrics")
         if self.spec.churn.deploys_per_hour > 0:
             rt.spawn(self._churn(self.spec.churn.deploys_per_hour, self._deploy), name="region/churn-deploys")
@@ -402,6 +436,27 @@ class Region:
             rt.spawn(self._fault(fault), name=f"region/fault-{i}-{fault.kind}")
         for deadline in self._liveness_deadlines():
             rt.spawn(self._probe_at(deadline), name="region/liveness-probe")
+
+    def _start_build_agent(self, host: BuildHost) -> None:
+        host.agent = BuildAgent(host.client, host.builder, self.runtime, BuildAgentConfig(host.name))
+        host.task = self.runtime.spawn(host.agent.run(), name=f"build-agent/{host.name}")
+
+    async def _watch_builds(self) -> None:
+        """An observer (no fault selects it): when each build finished, whoever waited for it or not."""
+        client = self.store.client("build-observer", latency=0.0)
+        after = 0
+        while True:
+            try:
+                async with client.watch(RESULTS, start_revision=after + 1) as watch:
+                    async for event in watch:
+                        after = event.revision
+                        if event.type == "put":
+                            result = Result.from_bytes(event.kv.value)
+                            entry = self.metrics.builds.setdefault(result.task, [result.submitted_at, None, "", False])
+                            entry[1:] = [self.runtime.now(), result.state, result.cache_hit]
+            except StoreError:
+                pass
+            await self.runtime.sleep(self.tick)
 
     def _start_slb_agent(self, host: NginxHost) -> None:
         agent = SlbAgent(host.client, host.proxy, self.runtime, SlbAgentConfig(host.group, host.name))
@@ -449,7 +504,8 @@ class Region:
     def _new_pod(self, app: AppSpec, cell: Cell) -> Pod:
         self._pod_counter += 1
         n = self._pod_counter
-        pod = Pod(app.name, cell.spec.name, f"{app.name}-{cell.spec.name}-{n}", f"uid-{n}", f"sandbox-{n:07d}")
+        pod = Pod(app.name, cell.spec.name, f"{app.name}-{cell.spec.name}-{n}", f"uid-{n}", f"sandbox-{n:07d}",
+                  image=self._images.get(app.name, ""))
         pod.task = self.runtime.spawn(self._kubelet_start(pod, app, cell), name=f"kubelet/{pod.name}")
         return pod
 
@@ -514,6 +570,9 @@ class Region:
             self.pod_by_ip[pod.ip] = pod
             cell.cluster.put_pod(PodInfo(app.name, pod.name, pod.uid, node.name, pod.ip))
             self._sync_endpoints(app.name, cell)
+            if pod.image and pod.image not in node.images:  # the sandbox is up: pull, then start
+                await rt.sleep(self.registry.pull_seconds(pod.image))
+                node.images.add(pod.image)
             await rt.sleep(app.start_seconds + app.readiness_seconds)
             pod.ready, pod.ready_at = True, rt.now()
             self._reachability_changed(app.name)
@@ -624,6 +683,11 @@ class Region:
         """A rolling replacement: one new pod at a time (surge 1); when it is ready, drain and delete an old one."""
         rt = self.runtime
         app, cell = self.apps[key[0]], self.cells[key[1]]
+        if self.scheduler is not None:
+            image = await self._build_release(app.name)
+            if image is None:
+                return  # nothing to roll out: the build failed or never ran
+            self._images[app.name] = image  # the controller's template: replacements run it too
         old = [p for p in self.pods[key] if p.in_api]
         rt.trace("deploy", app=app.name, cell=cell.spec.name, pods=len(old))
         for victim in old:
@@ -638,6 +702,25 @@ class Region:
                 rt.trace("deploy-stalled", app=app.name, cell=cell.spec.name)
                 return  # the new version does not come up: stop rolling (the controller keeps the count)
             await self.delete_pod(victim)
+
+    async def _build_release(self, app: str, *, timeout: float = 3600.0) -> str | None:
+        """Build the app's next commit on the farm and wait for it: the image to roll out, or None."""
+        rt = self.runtime
+        self._releases[app] = self._releases.get(app, 0) + 1
+        commit = f"r{self._releases[app]}"
+        assert self.scheduler is not None
+        try:
+            task = await self.scheduler.submit(app, commit)
+            self.metrics.builds.setdefault(task, [rt.now(), None, "", False])
+            result = await self.scheduler.wait(task, timeout=timeout)
+        except (NoBuildAgents, StoreError) as exc:
+            self.metrics.builds_unsubmitted += 1
+            rt.trace("deploy-build-failed", app=app, commit=commit, error=type(exc).__name__)
+            return None
+        if result is None or result.state != "done":
+            rt.trace("deploy-build-failed", app=app, commit=commit, error=result.error if result else "timeout")
+            return None
+        return result.image
 
     async def _scale(self, key: tuple[str, str]) -> None:
         """One replica more or fewer (between half and twice the spec's count, at least one);
@@ -838,7 +921,8 @@ class Region:
     def _select(self, fault: FaultSpec) -> list[str]:
         """The names ``fault.target`` picks among its kind's targets (see ``sim.spec.target_universe``)."""
         selector = fault.target
-        universe = target_universe(fault.kind, self.spec.cells, self.spec.groups, self.spec.apps, fault.group)
+        universe = target_universe(fault.kind, self.spec.cells, self.spec.groups, self.spec.apps, fault.group,
+                                   self.spec.build_hosts)
         names = [name for name, labels in universe if matches(selector, name, labels)]
         k = len(names)
         if selector.count is not None:
@@ -917,6 +1001,11 @@ class Region:
             return lambda: [self._return_nginx(h) for h in hosts]
         if kind == "pool-exhaustion":
             return await self._exhaust_pool(fault)
+        if kind == "builder-crash":
+            builders = [self.build_hosts[n] for n in self._select(fault) if self.build_hosts[n].alive]
+            for builder in builders:
+                self._crash_builder(builder)
+            return lambda: [self._return_builder(b) for b in builders]
         raise ValueError(f"unknown fault kind {kind!r}")
 
     def _cut_client(self, client: SimStoreClient, cut: bool) -> None:
@@ -986,6 +1075,16 @@ class Region:
             cell.cluster.available = True
         for node in cell.nodes:
             self._cut_client(node.client, out)
+
+    def _crash_builder(self, host: BuildHost) -> None:
+        """The build host dies mid-build: no result, no keepalive; its lease expires and its tasks move."""
+        host.alive = False
+        if host.task is not None:
+            host.task.cancel()
+
+    def _return_builder(self, host: BuildHost) -> None:
+        host.alive = True  # its disk kept the dependency caches
+        self._start_build_agent(host)
 
     def _lose_host(self, host: NginxHost) -> None:
         host.lost = True
@@ -1070,14 +1169,18 @@ class Region:
     def _liveness_deadlines(self) -> list[float]:
         end = self._last_fault_end()
         return sorted({end + c.within for c in self.spec.checks
-                       if c.kind in ("leaks-found-and-released", "apps-serve-again")
+                       if c.kind in ("leaks-found-and-released", "apps-serve-again", "builds-finish")
                        and end + c.within <= self.spec.duration})
 
     async def _probe_at(self, deadline: float) -> None:
         """At the liveness deadline: which apps serve on every live host, and how many addresses leak."""
         await self.runtime.sleep(max(0.0, deadline - self.runtime.now()))
         not_serving = self._not_serving_now()
-        self._probes[deadline] = (self.runtime.now(), {"not_serving": not_serving, "leaked": self.leaked()})
+        end = self._last_fault_end()
+        unfinished = sorted(task for task, (submitted, finished, _, _) in self.metrics.builds.items()
+                            if submitted <= end and finished is None)
+        self._probes[deadline] = (self.runtime.now(), {"not_serving": not_serving, "leaked": self.leaked(),
+                                                       "unfinished_builds": unfinished})
 
     def checks(self) -> list[tuple[str, bool, str]]:
         out = []
@@ -1090,7 +1193,7 @@ class Region:
                 n, examples = self.metrics.serving_violations, self.metrics.serving_examples
                 out.append((kind, not n, f"{n} host-second(s) without a live upstream while one was ready"
                             + (f"; first: {examples[0]}" if examples else "")))
-            elif kind in ("leaks-found-and-released", "apps-serve-again"):
+            elif kind in ("leaks-found-and-released", "apps-serve-again", "builds-finish"):
                 deadline = self._last_fault_end() + check.within
                 if deadline not in self._probes:
                     out.append((kind, False, f"the run ends at {self.spec.duration:g} s, before the deadline "
@@ -1108,6 +1211,12 @@ class Region:
                                 f"{self.metrics.leaks_found} certain leak(s), released {self.metrics.leaks_released}"
                                 + (f"; {len(elsewhere)} freed by something else: {', '.join(elsewhere[:5])}"
                                    if elsewhere else "")))
+                elif kind == "builds-finish":
+                    unfinished = state["unfinished_builds"]
+                    submitted = sum(1 for b in self.metrics.builds.values() if b[0] <= self._last_fault_end())
+                    out.append((kind, not unfinished, f"at t={at:g}: {submitted - len(unfinished)} of {submitted} "
+                                                      "build(s) submitted before the faults ended have finished"
+                                + (f"; unfinished: {', '.join(unfinished[:5])}" if unfinished else "")))
                 else:
                     bad = state["not_serving"]
                     out.append((kind, not bad, f"at t={at:g}: " + (f"not serving: {', '.join(bad)}" if bad
@@ -1128,6 +1237,19 @@ class Region:
                 for h in self._live_hosts(app.group) if not self._serves(h, self.domains[name])]
 
     # ------------------------------------------------------------------ report
+    def _build_metrics(self) -> dict[str, Any]:
+        if self.scheduler is None:
+            return {}
+        builds = self.metrics.builds.values()
+        took = sorted(finished - submitted for submitted, finished, state, _ in builds if state == "done")
+        return {"builds_submitted": len(self.metrics.builds), "builds_done": len(took),
+                "builds_failed": sum(1 for b in builds if b[2] == "failed"),
+                "builds_unsubmitted": self.metrics.builds_unsubmitted,
+                "builds_cache_hits": sum(1 for b in builds if b[2] == "done" and b[3]),
+                "build_p50": _pct(took, 0.5), "build_p99": _pct(took, 0.99),
+                "builds_moved": self.scheduler.stats.moved,
+                "builds_dropped": sum(h.agent.stats.dropped for h in self.build_hosts.values() if h.agent)}
+
     def report(self) -> dict[str, Any]:
         m = self.metrics
         lat = sorted(m.allocations)
@@ -1154,9 +1276,11 @@ class Region:
                 "reloads": sum(h.proxy.reload_count for h in self.hosts.values()),
                 "reloads_max_per_host": max((h.proxy.reload_count for h in self.hosts.values()), default=0),
                 "discovery_pushes": self.discovery.stats.pushes,
+                **self._build_metrics(),
             },
             "counts": {
                 "cells": len(self.cells), "nodes": len(self.nodes), "nginx_hosts": len(self.hosts),
+                "build_hosts": len(self.build_hosts), "registry_images": len(self.registry.images),
                 "apps": len(self.apps), "pods_started": m.pods_started, "pods_died": m.pods_died,
                 "pods_deleted": m.pods_deleted, "pods_alive": sum(1 for p in all_pods if p.alive),
                 "faults": len(self.fault_windows), "store_writes": self.store.writes,
@@ -1166,6 +1290,10 @@ class Region:
             "trace_events": self.runtime.trace_log.count,
             "trace_sha256": self.runtime.trace_log.sha256,
         }
+
+
+def _pct(values: list[float], q: float) -> float:
+    return round(values[min(len(values) - 1, int(q * len(values)))], 3) if values else 0.0
 
 
 def run_region(spec: RegionSpec, **options: Any) -> tuple[dict[str, Any], Region]:

@@ -251,3 +251,44 @@ def test_an_app_no_nginx_host_will_serve_violates_domains_keep_serving():
     verdict = {name: (passed, detail) for name, passed, detail in region.checks()}["domains-keep-serving"]
     assert not verdict[0] and "no host serves blog.example.com while a ready pod exists" in verdict[1], verdict
     assert region._published == {"shop", "api"}
+
+
+def farm_region(seed: int, crash: FaultSpec, duration: float = 1500.0) -> RegionSpec:
+    return replace(small_region(seed=seed), duration=duration, build_hosts=3, faults=(crash,),
+                   churn=ChurnSpec(deploys_per_hour=60),
+                   checks=(CheckSpec("no-duplicate-address"), CheckSpec("domains-keep-serving"),
+                           CheckSpec("builds-finish", within=900), CheckSpec("apps-serve-again", within=900)))
+
+
+def test_deploys_build_on_the_farm_and_builds_move_off_crashed_build_hosts():
+    crash = FaultSpec("builder-crash", at=200, duration=100, target=Selector(count=2))
+    report, region = run_region(farm_region(2, crash))
+    checks = {c["name"]: c for c in report["checks"]}
+    assert all(c["passed"] for c in checks.values()), checks
+    m = report["metrics"]
+    assert m["builds_moved"] >= 1  # a build host died mid-build: its task went to the next host of the repo
+    assert m["builds_submitted"] > 0 and m["builds_failed"] == 0
+    # Every build had finished unless it was submitted in the last few minutes of the run.
+    assert not [t for t, (at, done, _, _) in region.metrics.builds.items() if done is None and at < 1500 - 600]
+    assert 0 < m["builds_cache_hits"] < m["builds_done"]  # warm where the repo was built before
+    # Rolled-out pods run the images the farm pushed; the registry holds each one.
+    images = {p.image for pods in region.pods.values() for p in pods if p.alive and p.image}
+    assert images and images <= set(region.registry.images)
+    assert any(node.images for node in region.nodes.values())  # nodes pulled them
+
+
+def test_builds_that_never_finish_fail_the_builds_finish_check():
+    from sim.adapters.runtime import SimRuntime
+    from sim.world import Region
+
+    crash = FaultSpec("builder-crash", at=60, target=Selector())  # every build host, for good
+    spec = replace(small_region(seed=2), duration=600.0, build_hosts=3, faults=(crash,),
+                   checks=(CheckSpec("builds-finish", within=300),))
+    region = Region(spec, SimRuntime(seed=2))
+    region.runtime.spawn(region._boot(), name="boot")
+    region.runtime.run(until=50)
+    region.runtime.spawn(region._build_release("shop"), name="deploy")  # compiling when the farm dies
+    region.runtime.run(until=600)
+    region.finished = True
+    [(_, passed, detail)] = region.checks()
+    assert not passed and "0 of 1 build(s)" in detail and "unfinished: shop@r1" in detail, detail

@@ -215,6 +215,29 @@ def test_every_shipped_scenario_validates(path):
 def test_the_shipped_set_is_complete():
     names = {p.name for p in SHIPPED}
     assert {"default.yaml", "host-crash-ip-leak.yaml", "nginx-reload-storm.yaml", "cell-outage.yaml",
-            "ipam-burst-1000.yaml", "pool-exhaustion.yaml"} <= names
+            "ipam-burst-1000.yaml", "pool-exhaustion.yaml", "builder-crash.yaml"} <= names
     burst = load_scenario(ROOT / "scenarios" / "ipam-burst-1000.yaml").spec
     assert len(burst.apps) == 100 and {a.replicas for a in burst.apps} == {10}
+
+
+def test_build_farm_fields_and_builder_crash_targets(tmp_path):
+    farm = BASE.replace("topology:\n", "topology:\n  build_hosts: 3\n")
+    faults = """\
+faults:
+  - {kind: builder-crash, at: 10, duration: 30, target: {names: [build-2]}}
+  - {kind: etcd-slow, at: 10, target: {labels: {role: build}}}
+  - {kind: etcd-unavailable, at: 10, target: {names: [build-scheduler]}}
+"""
+    spec = load_scenario(write(tmp_path, farm.split("faults:")[0] + faults)).spec
+    assert spec.build_hosts == 3 and spec.faults[0].target.names == ("build-2",)
+    for text, field in (
+        (BASE.split("faults:")[0] + "faults:\n  - {kind: builder-crash, at: 10}\n", "faults[0].kind"),
+        (farm.split("faults:")[0] + "faults:\n  - {kind: builder-crash, at: 10, target: {names: [build-9]}}\n",
+         "faults[0].target.names[0]"),
+        (BASE.split("faults:")[0] + "faults:\n  - {kind: etcd-slow, at: 10, target: {names: [build-scheduler]}}\n",
+         "faults[0].target.names[0]"),  # no farm, no scheduler
+        (BASE.replace("topology:\n", "topology:\n  build_hosts: -1\n"), "topology.build_hosts"),
+    ):
+        with pytest.raises(ScenarioError) as info:
+            load_scenario(write(tmp_path, text))
+        assert info.value.field == field, str(info.value)

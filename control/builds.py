@@ -1,0 +1,135 @@
+"""The build scheduler of the control service: place build tasks on live build agents, move them when one dies.
+
+``submit`` validates (app, repo, commit), and unless that commit is already queued
+or built, writes the task under the first live agent of the repo's rendezvous order
+(``foundation.logic.build_task.rank_hosts``: same repo, same host, warm cache).
+``wait`` returns the result once an agent wrote it. ``reassign_forever`` runs beside
+the service: every ``every`` seconds it moves each task whose host is no longer
+registered (its lease expired: the host died or lost etcd) to the next live host of
+its repo's order, by compare-and-swap, with ``attempt`` + 1. A task never exists on two
+hosts: the move deletes the old key in the transaction that writes the new one.
+
+It must not know gRPC, etcd clients or the runtime behind the ports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from foundation.logic.build_task import (
+    AGENTS,
+    TASKS,
+    Result,
+    Task,
+    rank_hosts,
+    result_key,
+    task_id,
+    task_key,
+)
+from foundation.ports import Compare, DeleteOp, GetOp, PutOp, RangeResult, Runtime, Store, StoreError
+
+
+class NoBuildAgents(Exception):
+    """No build agent is registered: nothing can build (a gRPC UNAVAILABLE)."""
+
+
+@dataclass
+class SchedulerStats:
+    submitted: int = 0
+    duplicates: int = 0  # submits of a commit already queued or built
+    moved: int = 0
+
+
+class BuildScheduler:
+    def __init__(self, store: Store, runtime: Runtime, *, every: float = 2.0) -> None:
+        self.store = store
+        self.runtime = runtime
+        self.every = every
+        self.stats = SchedulerStats()
+
+    async def agents(self) -> list[str]:
+        return sorted(kv.key.removeprefix(AGENTS) for kv in (await self.store.range(AGENTS)).kvs)
+
+    async def _where(self, task: str) -> str | None:
+        """The host a task is queued on, if any (tasks in the queue are few: finished ones leave it)."""
+        for kv in (await self.store.range(TASKS)).kvs:
+            host, _, name = kv.key.removeprefix(TASKS).partition("/")
+            if name == task:
+                return host
+        return None
+
+    async def submit(self, app: str, commit: str, *, repo: str | None = None) -> str:
+        """Queue a build of ``commit`` of ``app``; returns the task id (``TaskError`` names a bad field)."""
+        task = Task.parse({"app": app, "repo": repo or app, "commit": commit, "submitted_at": self.runtime.now()})
+        if await self._where(task.id) is not None or (await self.store.get(result_key(task.id))) is not None:
+            self.stats.duplicates += 1
+            return task.id
+        hosts = await self.agents()
+        if not hosts:
+            raise NoBuildAgents("no build agent is registered under /build/agents/")
+        host = rank_hosts(task.repo, hosts)[0]
+        key = task_key(host, task.id)
+        written = await self.store.txn([Compare.missing(key), Compare.missing(result_key(task.id))],
+                                       [PutOp(key, task.to_bytes())])
+        if written.succeeded:
+            self.stats.submitted += 1
+            self.runtime.trace("build-submitted", task=task.id, host=host)
+        else:
+            self.stats.duplicates += 1
+        return task.id
+
+    async def result(self, app: str, commit: str) -> Result | None:
+        kv = await self.store.get(result_key(task_id(app, commit)))
+        return Result.from_bytes(kv.value) if kv is not None else None
+
+    async def wait(self, task: str, *, timeout: float) -> Result | None:
+        """The task's result, waiting up to ``timeout`` seconds for it (None: not finished by then)."""
+        deadline = self.runtime.now() + timeout
+        key = result_key(task)
+        while True:
+            read = await self.store.txn([], [GetOp(key)])
+            found = read.responses[0]
+            if isinstance(found, RangeResult) and found.kvs:
+                return Result.from_bytes(found.kvs[0].value)
+            left = deadline - self.runtime.now()
+            if left <= 0:
+                return None
+            try:
+                async with self.store.watch(key, start_revision=read.revision + 1) as watch:
+                    event = await self.runtime.wait_for(watch.__anext__(), left)
+                    if event.type == "put":
+                        return Result.from_bytes(event.kv.value)
+            except TimeoutError:
+                return None
+            except StopAsyncIteration:
+                pass  # the watch ended (etcd restarted): read again
+
+    async def reassign_once(self) -> int:
+        """Move every task queued on a host that is not registered; returns how many moved."""
+        live = await self.agents()
+        moved = 0
+        for kv in (await self.store.range(TASKS)).kvs:
+            host, _, name = kv.key.removeprefix(TASKS).partition("/")
+            if host in live or not live:
+                continue
+            try:
+                task = Task.from_bytes(kv.value)
+            except ValueError:
+                continue  # unreadable: left where it is for an operator (the agent reports it)
+            target = rank_hosts(task.repo, live)[0]
+            moved_task = Task(task.app, task.repo, task.commit, task.submitted_at, task.attempt + 1)
+            done = await self.store.txn([Compare.mod_is(kv.key, kv.mod_revision)],
+                                        [DeleteOp(kv.key), PutOp(task_key(target, name), moved_task.to_bytes())])
+            if done.succeeded:
+                moved += 1
+                self.stats.moved += 1
+                self.runtime.trace("build-moved", task=name, came_from=host, to=target, attempt=moved_task.attempt)
+        return moved
+
+    async def reassign_forever(self) -> None:
+        while True:
+            try:
+                await self.reassign_once()
+            except StoreError as exc:
+                self.runtime.trace("build-reassign-failed", error=type(exc).__name__)
+            await self.runtime.sleep(self.every)

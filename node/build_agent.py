@@ -1,0 +1,135 @@
+"""The build agent: one per build host; registers in etcd, builds the tasks queued for it, one at a time.
+
+It keeps ``/build/agents/{host}`` alive under a lease (the scheduler places tasks only
+on registered hosts and moves a dead host's tasks away when the lease expires). It
+takes the oldest task under ``/build/tasks/{host}/``, marks it running by
+compare-and-swap, runs the Builder's four steps, and finishes with one transaction
+that writes ``/build/results/{task}`` and deletes the task, **only if the task is
+still the one it marked running**: if the host was taken for dead meanwhile and the
+task moved, the late result is dropped and the new host's build counts. A task left
+``running`` by a previous life of this agent (the host crashed mid-build) is built
+again from the start.
+
+It must not know which Store, Builder or runtime is behind the ports.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from foundation.logic.build_task import Result, Task, TaskError, agent_key, check_host, result_key, task_prefix
+from foundation.logic.claims import LeasedMembership
+from foundation.ports import Compare, DeleteOp, KeyValue, PutOp, Runtime, Store, StoreError
+from foundation.ports.builder import Builder, BuildFailed, BuildRequest
+
+
+@dataclass(frozen=True)
+class BuildAgentConfig:
+    host: str
+    ttl: int = 10  # seconds of silence after which the scheduler moves this host's tasks
+    retry: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_host(self.host)
+
+
+@dataclass
+class BuildAgentStats:
+    built: int = 0
+    failed: int = 0
+    dropped: int = 0  # results of tasks that had moved to another host meanwhile
+    store_errors: int = 0
+    unreadable: list[str] = field(default_factory=list)
+
+
+class BuildAgent:
+    def __init__(self, store: Store, builder: Builder, runtime: Runtime, config: BuildAgentConfig) -> None:
+        self.store = store
+        self.builder = builder
+        self.runtime = runtime
+        self.config = config
+        self.stats = BuildAgentStats()
+
+    async def run(self) -> None:
+        membership = self.runtime.spawn(self._stay_registered(), name=f"build-member/{self.config.host}")
+        try:
+            while True:
+                try:
+                    if not await self._build_next():
+                        await self._wait_for_tasks()
+                except StoreError as exc:
+                    self.stats.store_errors += 1
+                    self.runtime.trace("build-agent-retry", host=self.config.host, error=type(exc).__name__)
+                    await self.runtime.sleep(self.config.retry)
+        finally:
+            membership.cancel()
+
+    async def _stay_registered(self) -> None:
+        value = json.dumps({"host": self.config.host}).encode()
+        while True:
+            member = LeasedMembership(self.store, self.runtime, agent_key(self.config.host), value,
+                                      ttl=self.config.ttl)
+            try:
+                await member.join()
+            except StoreError:
+                await self.runtime.sleep(self.config.retry)
+                continue
+            await member.keep_alive()  # returns when the lease is lost: join again
+
+    async def _queued(self) -> tuple[list[tuple[KeyValue, Task]], int]:
+        found = await self.store.range(task_prefix(self.config.host))
+        tasks = []
+        for kv in found.kvs:
+            try:
+                tasks.append((kv, Task.from_bytes(kv.value)))
+            except (TaskError, ValueError, TypeError, KeyError) as exc:
+                if kv.key not in self.stats.unreadable:  # someone wrote garbage: skip it, say so once
+                    self.stats.unreadable.append(kv.key)
+                    self.runtime.trace("build-task-unreadable", key=kv.key, error=str(exc)[:200])
+        # Oldest first; a task this agent left running before a crash goes first of all.
+        tasks.sort(key=lambda t: (t[1].state != "running", t[1].submitted_at, t[1].id))
+        return tasks, found.revision
+
+    async def _wait_for_tasks(self) -> None:
+        _, revision = await self._queued()
+        async with self.store.watch(task_prefix(self.config.host), start_revision=revision + 1) as watch:
+            async for event in watch:
+                if event.type == "put":
+                    return
+
+    async def _build_next(self) -> bool:
+        """Build the oldest queued task; False when there is none."""
+        tasks, _ = await self._queued()
+        if not tasks:
+            return False
+        kv, task = tasks[0]
+        rt = self.runtime
+        running = Task(task.app, task.repo, task.commit, task.submitted_at, task.attempt, "running", rt.now())
+        marked = await self.store.txn([Compare.mod_is(kv.key, kv.mod_revision)],
+                                      [PutOp(kv.key, running.to_bytes())])
+        if not marked.succeeded:
+            return True  # it moved or changed under us: look again
+        rt.trace("build-start", host=self.config.host, task=task.id, attempt=task.attempt)
+        log: list[str] = []
+        try:
+            outcome = await self.builder.build(BuildRequest(task.app, task.repo, task.commit), log.append)
+            result = Result(task.id, "done", self.config.host, task.attempt, outcome.image,
+                            tuple((s.step, round(s.seconds, 6)) for s in outcome.steps), outcome.cache_hit,
+                            submitted_at=task.submitted_at, finished_at=rt.now(), log=tuple(log[-20:]))
+        except BuildFailed as exc:
+            result = Result(task.id, "failed", self.config.host, task.attempt, error=str(exc),
+                            submitted_at=task.submitted_at, finished_at=rt.now(), log=tuple(log[-20:]))
+        finished = await self.store.txn([Compare.mod_is(kv.key, marked.revision)],
+                                        [PutOp(result_key(task.id), result.to_bytes()), DeleteOp(kv.key)])
+        if not finished.succeeded:
+            self.stats.dropped += 1
+            rt.trace("build-dropped", host=self.config.host, task=task.id)
+            return True
+        if result.state == "done":
+            self.stats.built += 1
+        else:
+            self.stats.failed += 1
+        rt.trace("build-finished", host=self.config.host, task=task.id, state=result.state,
+                 cache_hit=result.cache_hit)
+        return True

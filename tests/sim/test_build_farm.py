@@ -1,0 +1,146 @@
+"""The build farm on sim adapters: placement by repo, warm caches, tasks moving off dead hosts, late results dropped."""
+
+from __future__ import annotations
+
+import pytest
+
+from control.builds import BuildScheduler, NoBuildAgents
+from foundation.logic.build_task import AGENTS, RESULTS, TASKS, TaskError, rank_hosts
+from node.build_agent import BuildAgent, BuildAgentConfig
+from sim.adapters.builder import SimBuilder, SimRegistry
+from sim.adapters.runtime import SimRuntime
+from sim.adapters.store import MemoryStore
+
+HOSTS = ("build-1", "build-2", "build-3")
+
+
+class Farm:
+    def __init__(self, hosts=HOSTS) -> None:
+        self.rt = SimRuntime(seed=5)
+        self.server = MemoryStore(self.rt)
+        self.registry = SimRegistry()
+        self.clients = {h: self.server.client(h, latency=0.002) for h in hosts}
+        self.builders = {h: SimBuilder(self.rt, h, self.registry) for h in hosts}
+        self.agents = {h: BuildAgent(self.clients[h], self.builders[h], self.rt, BuildAgentConfig(h, ttl=10))
+                       for h in hosts}
+        self.tasks = {h: self.rt.spawn(self.agents[h].run(), name=f"agent/{h}") for h in hosts}
+        self.scheduler = BuildScheduler(self.server.client("control", latency=0.002), self.rt, every=2.0)
+        self.rt.spawn(self.scheduler.reassign_forever(), name="reassign")
+
+    def run(self, coro, limit=7200):
+        return self.rt.run_until_complete(coro, limit=limit)
+
+    def keys(self, prefix):
+        return sorted(kv.key.removeprefix(prefix) for kv in self.server._range(prefix, True).kvs)
+
+
+async def settle(farm: Farm, seconds: float = 1.0) -> None:
+    await farm.rt.sleep(seconds)
+
+
+def test_same_repo_same_host_warm_cache_and_one_build_per_commit():
+    farm = Farm()
+
+    async def scenario():
+        await settle(farm)  # agents registered
+        assert await farm.scheduler.agents() == list(HOSTS)
+        first = await farm.scheduler.submit("shop", "v1")
+        again = await farm.scheduler.submit("shop", "v1")  # the same commit: queued once
+        one = await farm.scheduler.wait(first, timeout=3600)
+        second = await farm.scheduler.wait(await farm.scheduler.submit("shop", "v2"), timeout=3600)
+        duplicate = await farm.scheduler.submit("shop", "v1")  # built already: nothing queued
+        return first, again, one, second, duplicate
+
+    first, again, one, second, duplicate = farm.run(scenario())
+    home = rank_hosts("shop", list(HOSTS))[0]
+    assert first == again == duplicate == "shop@v1"
+    assert (one.state, one.host, one.image, one.cache_hit) == ("done", home, "registry.region/shop:v1", False)
+    assert (second.host, second.cache_hit) == (home, True)  # same host: the dependency cache was warm
+    assert dict(second.steps)["compile"] < dict(one.steps)["compile"] / 2
+    assert [s for s, _ in one.steps] == ["clone", "compile", "image", "push"]
+    assert "registry.region/shop:v2" in farm.registry.images
+    assert farm.scheduler.stats.submitted == 2 and farm.scheduler.stats.duplicates == 2
+    assert sum(b.builds for b in farm.builders.values()) == 2
+    assert farm.keys(TASKS) == [] and farm.keys(RESULTS) == ["shop@v1", "shop@v2"]
+
+
+def test_a_host_dying_mid_build_loses_its_lease_and_the_task_moves_to_the_next_host():
+    farm = Farm()
+    home, heir = rank_hosts("shop", list(HOSTS))[:2]
+
+    async def scenario():
+        await settle(farm)
+        task = await farm.scheduler.submit("shop", "v1")
+        await farm.rt.sleep(30)  # compiling on its home host
+        farm.tasks[home].cancel()  # the host dies: no more keepalives, no result
+        return await farm.scheduler.wait(task, timeout=3600)
+
+    result = farm.run(scenario())
+    assert (result.state, result.host, result.attempt) == ("done", heir, 2)
+    assert home not in farm.keys(AGENTS)
+    assert farm.scheduler.stats.moved == 1 and farm.keys(TASKS) == []
+    assert farm.builders[heir].builds == 1 and not result.cache_hit  # a cold cache on the heir
+
+
+def test_a_host_cut_off_past_its_lease_finishes_late_and_its_result_is_dropped():
+    farm = Farm()
+    home, heir = rank_hosts("shop", list(HOSTS))[:2]
+
+    async def scenario():
+        await settle(farm)
+        task = await farm.scheduler.submit("shop", "v1")
+        await farm.rt.sleep(5)
+        farm.clients[home].partition(True)  # alive and building, but cut off from etcd
+        await farm.rt.sleep(60)  # its lease expires; the task moves to the heir
+        farm.clients[home].partition(False)
+        result = await farm.scheduler.wait(task, timeout=3600)
+        await farm.rt.sleep(600)  # let the old host finish its now-orphaned build
+        return result
+
+    result = farm.run(scenario())
+    assert (result.host, result.attempt) == (heir, 2)
+    assert farm.agents[home].stats.dropped == 1 and farm.agents[home].stats.built == 0
+    assert farm.keys(RESULTS) == ["shop@v1"] and farm.keys(TASKS) == []
+    assert home in farm.keys(AGENTS)  # it joined again under a new lease
+
+
+def test_a_failing_step_is_reported_with_its_name():
+    farm = Farm()
+    home = rank_hosts("shop", list(HOSTS))[0]
+    farm.builders[home].fail_step = "compile"
+
+    async def scenario():
+        await settle(farm)
+        return await farm.scheduler.wait(await farm.scheduler.submit("shop", "v1"), timeout=3600)
+
+    result = farm.run(scenario())
+    assert result.state == "failed" and result.error.startswith("compile: exit status 1")
+    assert result.image == "" and farm.registry.images == {}
+    assert farm.agents[home].stats.failed == 1
+
+
+@pytest.mark.parametrize("app, commit, repo, field", [
+    ("Shop", "v1", None, "app"),
+    ("shop", "v1;rm -rf /", None, "commit"),
+    ("shop", "v1", "../etc", "repo"),
+    ("shop", "v1", "/abs/path", "repo"),
+    ("shop", "", None, "commit"),
+])
+def test_bad_submissions_name_the_field_and_write_nothing(app, commit, repo, field):
+    farm = Farm()
+
+    async def scenario():
+        await settle(farm)
+        with pytest.raises(TaskError) as info:
+            await farm.scheduler.submit(app, commit, repo=repo)
+        return info.value
+
+    assert farm.run(scenario()).field == field
+    assert farm.keys(TASKS) == [] and farm.scheduler.stats.submitted == 0
+
+
+def test_no_build_agent_is_an_error_not_a_lost_task():
+    farm = Farm(hosts=())
+    with pytest.raises(NoBuildAgents):
+        farm.run(farm.scheduler.submit("shop", "v1"))
+    assert farm.keys(TASKS) == []
