@@ -4,8 +4,10 @@ A Region of ``--cells`` Cells × ``--nodes`` nodes running ``--pods`` pods (apps
 ``--replicas`` pods per Cell, each app in two neighbouring Cells) for ``--hours``
 virtual hours with churn (deploys, scale events) and faults on a schedule: a few
 hosts crash every hour (they come back after 10 minutes), one Cell goes dark for
-10 minutes, and an Nginx reload storm. Side by side in the same run: the raw SimPy
-event rate of ``bench.runtime_bridge``'s workload, and the ratio model ÷ raw.
+10 minutes, an Nginx reload storm, and build hosts crashing mid-build every 4 hours
+(every deploy builds on the Region's farm of ``2 × cells`` build hosts first). Side by
+side in the same run: the raw SimPy event rate of ``bench.runtime_bridge``'s workload,
+and the ratio model ÷ raw.
 Events of the model are SimPy events processed (``Environment.step`` calls).
 
 Run: .venv/bin/python -m bench.sim_scale [--quick] [--cells 10 --nodes 600 --pods 100000 --hours 24]
@@ -58,6 +60,7 @@ def raw_simpy_rate() -> float:
 def region_spec(cells: int, nodes: int, pods: int, hours: float, replicas: int, groups: int,
                 seed: int = 1) -> RegionSpec:
     duration = hours * 3600.0
+    builders = max(3, 2 * cells)  # LeEngine: one build farm per Region
     per_app = 2 * replicas if cells > 1 else replicas
     apps_n = max(1, pods // per_app)
     per_cell = pods * (2 if cells > 1 else 1) // cells + 1
@@ -76,11 +79,14 @@ def region_spec(cells: int, nodes: int, pods: int, hours: float, replicas: int, 
                   target=Selector(count=max(1, cells * nodes // 1000))),
         FaultSpec("cell-outage", at=duration / 2, duration=min(600.0, duration / 10), target=Selector(names=("c01",))),
         FaultSpec("reload-storm", at=duration * 0.75, duration=min(300.0, duration / 10), changes=200, group="g1"),
+        FaultSpec("builder-crash", at=duration * 0.3, duration=min(600.0, duration / 10),
+                  every=4 * 3600.0 if duration > 4 * 3600.0 else None, target=Selector(count=max(1, builders // 4))),
     )
-    checks = (CheckSpec("no-duplicate-address"),)
+    # Faults go on to the end here, so the liveness checks (deadlines after the last fault) do not apply.
+    checks = (CheckSpec("no-duplicate-address"), CheckSpec("domains-keep-serving"))
     churn = ChurnSpec(deploys_per_hour=max(1.0, apps_n / 20), scale_events_per_hour=max(1.0, apps_n / 10))
     return RegionSpec("sim-scale", seed, duration, cell_specs, group_specs, apps, faults=faults, checks=checks,
-                      churn=churn, leak_check_every=600.0, leak_grace=120.0)
+                      churn=churn, leak_check_every=600.0, leak_grace=120.0, build_hosts=builders)
 
 
 def run_model(spec: RegionSpec, profile: str | None = None) -> dict:
@@ -134,6 +140,13 @@ def main() -> None:
           ["virtual hours", model["virtual_hours"]], ["wall seconds", model["wall_seconds"]],
           ["peak RSS MB", peak_mb], ["model events", model["events"]], ["model events /s", model["events_per_s"]],
           ["raw SimPy events /s", raw], ["model ÷ raw", result["ratio"]],
+          ["checks", ", ".join(f"{c['name']} {'pass' if c['passed'] else 'FAIL'}" for c in model["checks"])],
+          ["builds submitted / done / moved / cache hits", f"{model['metrics'].get('builds_submitted', 0)} / "
+                                                           f"{model['metrics'].get('builds_done', 0)} / "
+                                                           f"{model['metrics'].get('builds_moved', 0)} / "
+                                                           f"{model['metrics'].get('builds_cache_hits', 0)}"],
+          ["leaked addresses max / at the end", f"{model['metrics']['leaked_max']} / "
+                                                f"{model['metrics']['leaked_now']}"],
           ["pods started / deleted / died", f"{model['counts']['pods_started']} / {model['counts']['pods_deleted']}"
                                             f" / {model['counts']['pods_died']}"]])
     name = "sim_scale-quick" if args.quick else f"sim_scale-{args.cells}x{args.nodes}-{args.pods}pods-{args.hours:g}h"
