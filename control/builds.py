@@ -1,13 +1,16 @@
 """The build scheduler of the control service: place build tasks on live build agents, move them when one dies.
 
-``submit`` validates (app, repo, commit), and unless that commit is already queued
-or built, writes the task under the first live agent of the repo's rendezvous order
-(``foundation.logic.build_task.rank_hosts``: same repo, same host, warm cache).
+``submit`` validates (app, repo, commit) and, in one transaction that claims the
+task's id (``/build/ids/{task}``: a commit is queued once, ever), writes the task under
+the first live agent of the repo's rendezvous order
+(``foundation.logic.build_task.rank_hosts``: same repo, same host, warm cache). A commit
+whose build failed stays failed: builds are reproducible, the retry is a new commit.
 ``wait`` returns the result once an agent wrote it. ``reassign_forever`` runs beside
 the service: every ``every`` seconds it moves each task whose host is no longer
 registered (its lease expired: the host died or lost etcd) to the next live host of
 its repo's order, by compare-and-swap, with ``attempt`` + 1. A task never exists on two
-hosts: the move deletes the old key in the transaction that writes the new one.
+hosts: the move deletes the old key in the transaction that writes the new one, and an
+agent writes a result only while none exists.
 
 It must not know gRPC, etcd clients or the runtime behind the ports.
 """
@@ -21,6 +24,7 @@ from foundation.logic.build_task import (
     TASKS,
     Result,
     Task,
+    id_key,
     rank_hosts,
     result_key,
     task_id,
@@ -50,27 +54,16 @@ class BuildScheduler:
     async def agents(self) -> list[str]:
         return sorted(kv.key.removeprefix(AGENTS) for kv in (await self.store.range(AGENTS)).kvs)
 
-    async def _where(self, task: str) -> str | None:
-        """The host a task is queued on, if any (tasks in the queue are few: finished ones leave it)."""
-        for kv in (await self.store.range(TASKS)).kvs:
-            host, _, name = kv.key.removeprefix(TASKS).partition("/")
-            if name == task:
-                return host
-        return None
-
     async def submit(self, app: str, commit: str, *, repo: str | None = None) -> str:
         """Queue a build of ``commit`` of ``app``; returns the task id (``TaskError`` names a bad field)."""
         task = Task.parse({"app": app, "repo": repo or app, "commit": commit, "submitted_at": self.runtime.now()})
-        if await self._where(task.id) is not None or (await self.store.get(result_key(task.id))) is not None:
-            self.stats.duplicates += 1
-            return task.id
         hosts = await self.agents()
         if not hosts:
             raise NoBuildAgents("no build agent is registered under /build/agents/")
         host = rank_hosts(task.repo, hosts)[0]
-        key = task_key(host, task.id)
-        written = await self.store.txn([Compare.missing(key), Compare.missing(result_key(task.id))],
-                                       [PutOp(key, task.to_bytes())])
+        written = await self.store.txn([Compare.missing(id_key(task.id))],
+                                       [PutOp(id_key(task.id), host.encode()),
+                                        PutOp(task_key(host, task.id), task.to_bytes())])
         if written.succeeded:
             self.stats.submitted += 1
             self.runtime.trace("build-submitted", task=task.id, host=host)
@@ -87,7 +80,13 @@ class BuildScheduler:
         deadline = self.runtime.now() + timeout
         key = result_key(task)
         while True:
-            read = await self.store.txn([], [GetOp(key)])
+            try:
+                read = await self.store.txn([], [GetOp(key)])
+            except StoreError:  # etcd away for a moment: the build goes on, keep waiting
+                if self.runtime.now() >= deadline:
+                    return None
+                await self.runtime.sleep(min(self.every, max(0.0, deadline - self.runtime.now())))
+                continue
             found = read.responses[0]
             if isinstance(found, RangeResult) and found.kvs:
                 return Result.from_bytes(found.kvs[0].value)
@@ -103,12 +102,17 @@ class BuildScheduler:
                 return None
             except StopAsyncIteration:
                 pass  # the watch ended (etcd restarted): read again
+            except StoreError:
+                await self.runtime.sleep(min(self.every, max(0.0, deadline - self.runtime.now())))
 
     async def reassign_once(self) -> int:
         """Move every task queued on a host that is not registered; returns how many moved."""
-        live = await self.agents()
+        # One read of both: a host that registers between two reads would lose its tasks for nothing.
+        read = await self.store.txn([], [GetOp(AGENTS, prefix=True), GetOp(TASKS, prefix=True)])
+        agents, tasks = (r if isinstance(r, RangeResult) else RangeResult((), 0) for r in read.responses)
+        live = sorted(kv.key.removeprefix(AGENTS) for kv in agents.kvs)
         moved = 0
-        for kv in (await self.store.range(TASKS)).kvs:
+        for kv in tasks.kvs:
             host, _, name = kv.key.removeprefix(TASKS).partition("/")
             if host in live or not live:
                 continue
@@ -119,7 +123,8 @@ class BuildScheduler:
             target = rank_hosts(task.repo, live)[0]
             moved_task = Task(task.app, task.repo, task.commit, task.submitted_at, task.attempt + 1)
             done = await self.store.txn([Compare.mod_is(kv.key, kv.mod_revision)],
-                                        [DeleteOp(kv.key), PutOp(task_key(target, name), moved_task.to_bytes())])
+                                        [DeleteOp(kv.key), PutOp(task_key(target, name), moved_task.to_bytes()),
+                                         PutOp(id_key(name), target.encode())])
             if done.succeeded:
                 moved += 1
                 self.stats.moved += 1

@@ -92,7 +92,9 @@ class BuildAgent:
         return tasks, found.revision
 
     async def _wait_for_tasks(self) -> None:
-        _, revision = await self._queued()
+        tasks, revision = await self._queued()
+        if tasks:
+            return  # one arrived since we last looked (before the watch's start revision)
         async with self.store.watch(task_prefix(self.config.host), start_revision=revision + 1) as watch:
             async for event in watch:
                 if event.type == "put":
@@ -120,9 +122,8 @@ class BuildAgent:
         except BuildFailed as exc:
             result = Result(task.id, "failed", self.config.host, task.attempt, error=str(exc),
                             submitted_at=task.submitted_at, finished_at=rt.now(), log=tuple(log[-20:]))
-        finished = await self.store.txn([Compare.mod_is(kv.key, marked.revision)],
-                                        [PutOp(result_key(task.id), result.to_bytes()), DeleteOp(kv.key)])
-        if not finished.succeeded:
+        finished = await self._finish(kv.key, marked.revision, task.id, result)
+        if not finished:
             self.stats.dropped += 1
             rt.trace("build-dropped", host=self.config.host, task=task.id)
             return True
@@ -133,3 +134,25 @@ class BuildAgent:
         rt.trace("build-finished", host=self.config.host, task=task.id, state=result.state,
                  cache_hit=result.cache_hit)
         return True
+
+    async def _finish(self, key: str, running_revision: int, task: str, result: Result) -> bool:
+        """Write the result and remove the task, if the task is still ours; True when written.
+
+        Retried through etcd errors while our lease may still hold (the transaction is a CAS,
+        so a retry can never write twice): a finished build is not thrown away for a blip.
+        """
+        give_up = self.runtime.now() + self.config.ttl
+        while True:
+            try:
+                done = await self.store.txn(
+                    [Compare.mod_is(key, running_revision), Compare.missing(result_key(task))],
+                    [PutOp(result_key(task), result.to_bytes()), DeleteOp(key)])
+                if not done.succeeded:
+                    # Moved away (nothing to do), or this commit was built elsewhere already:
+                    # then only our copy of the task goes, the first result stands.
+                    await self.store.txn([Compare.mod_is(key, running_revision)], [DeleteOp(key)])
+                return done.succeeded
+            except StoreError:
+                if self.runtime.now() >= give_up:
+                    raise
+                await self.runtime.sleep(self.config.retry)

@@ -496,6 +496,8 @@ class _Parser:
             if kind not in CHECK_KINDS:
                 raise self.error(m["kind"], f"{f}.kind",
                                  f"unknown check kind {kind!r} (kinds: {', '.join(CHECK_KINDS)})")
+            if kind == "builds-finish" and not self.build_hosts:
+                raise self.error(m["kind"], f"{f}.kind", "builds-finish needs build hosts (topology.build_hosts)")
             kwargs: dict[str, float] = {}
             for key in ("within", "limit"):
                 if key in m:

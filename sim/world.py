@@ -157,6 +157,7 @@ class BuildHost:
     agent: BuildAgent | None = None
     task: SimTask | None = None
     alive: bool = True
+    dropped: int = 0  # late results dropped by this host's previous agents (before crashes)
 
 
 class _RegionPods:
@@ -753,7 +754,11 @@ class Region:
         cached = self._serve_cache.get((host.name, domain))
         if cached is not None and cached[0] is upstreams and cached[1] == self._epoch:
             return cached[2]
-        result = any(self._good(self.pod_by_ip.get(u.host)) for u in upstreams)
+        # A good pod of one of the domain's apps: an address handed on to another app's pod
+        # (the domain not yet updated) does not serve this domain.
+        apps = self._apps_of_domain.get(domain, ())
+        result = any(self._good(pod) and pod.app in apps
+                     for pod in (self.pod_by_ip.get(u.host) for u in upstreams))
         self._serve_cache[(host.name, domain)] = (upstreams, self._epoch, result)
         return result
 
@@ -1081,6 +1086,9 @@ class Region:
         host.alive = False
         if host.task is not None:
             host.task.cancel()
+        if host.agent is not None:
+            host.dropped += host.agent.stats.dropped
+            host.agent = None
 
     def _return_builder(self, host: BuildHost) -> None:
         host.alive = True  # its disk kept the dependency caches
@@ -1248,7 +1256,8 @@ class Region:
                 "builds_cache_hits": sum(1 for b in builds if b[2] == "done" and b[3]),
                 "build_p50": _pct(took, 0.5), "build_p99": _pct(took, 0.99),
                 "builds_moved": self.scheduler.stats.moved,
-                "builds_dropped": sum(h.agent.stats.dropped for h in self.build_hosts.values() if h.agent)}
+                "builds_dropped": sum(h.dropped + (h.agent.stats.dropped if h.agent else 0)
+                                      for h in self.build_hosts.values())}
 
     def report(self) -> dict[str, Any]:
         m = self.metrics

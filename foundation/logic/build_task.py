@@ -7,7 +7,9 @@ Keys (docs/keys.md):
 * ``/build/tasks/{host}/{task}``: a task queued on (or running on) ``host``;
 * ``/build/results/{task}``: the outcome, written by the agent that built it, in the
   same transaction that removes the task (so a task is either queued somewhere or
-  finished, never both, never neither).
+  finished, never both, never neither);
+* ``/build/ids/{task}``: claimed by the scheduler when the task is first queued (value:
+  the host it is queued on, updated by moves), so a commit is queued once.
 
 A task is one commit of one app: its id is ``{app}@{commit}``, so submitting the same
 commit twice builds it once. **Placement** is a rendezvous hash of the repository over
@@ -30,6 +32,7 @@ BUILD = "/build/"
 AGENTS = f"{BUILD}agents/"
 TASKS = f"{BUILD}tasks/"
 RESULTS = f"{BUILD}results/"
+IDS = f"{BUILD}ids/"
 
 APP_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
@@ -69,6 +72,11 @@ def task_prefix(host: str) -> str:
 
 def task_key(host: str, task: str) -> str:
     return f"{task_prefix(host)}{task}"
+
+
+def id_key(task: str) -> str:
+    """Claimed when the task is first queued (value: the host it is queued on): a commit builds once."""
+    return f"{IDS}{task}"
 
 
 def result_key(task: str) -> str:

@@ -144,3 +144,41 @@ def test_no_build_agent_is_an_error_not_a_lost_task():
     with pytest.raises(NoBuildAgents):
         farm.run(farm.scheduler.submit("shop", "v1"))
     assert farm.keys(TASKS) == []
+
+
+def test_a_task_queued_between_looking_and_watching_wakes_the_agent():
+    """The idle agent lists its tasks, then watches: a task landing in between must not be missed."""
+    farm = Farm(hosts=("build-1",))
+    farm.tasks["build-1"].cancel()  # drive the agent's steps by hand instead
+    agent = farm.agents["build-1"]
+
+    async def scenario():
+        await farm.server.client("x").put(f"{AGENTS}build-1", b"{}")  # registered, without its loop
+        assert not await agent._build_next()  # nothing queued yet ...
+        task = await farm.scheduler.submit("shop", "v1")  # ... and now there is
+        await farm.rt.wait_for(agent._wait_for_tasks(), 5.0)  # returns at once: no later event will come
+        assert await agent._build_next()
+        return task
+
+    task = farm.run(scenario())
+    assert farm.keys(RESULTS) == [task] and farm.keys(TASKS) == []
+
+
+def test_a_commit_queued_on_two_hosts_gets_one_result():
+    """Even if a task were queued twice (an operator's copy), the second finish only removes its task."""
+    farm = Farm()
+    home = rank_hosts("shop", list(HOSTS))[0]
+    other = next(h for h in HOSTS if h != home)
+
+    async def scenario():
+        await settle(farm)
+        task = await farm.scheduler.submit("shop", "v1")
+        kv = await farm.server.client("x").get(f"{TASKS}{home}/{task}")
+        await farm.server.client("x").put(f"{TASKS}{other}/{task}", kv.value)  # the copy
+        first = await farm.scheduler.wait(task, timeout=3600)
+        await farm.rt.sleep(900)
+        return first, (await farm.scheduler.result("shop", "v1"))
+
+    first, last = farm.run(scenario())
+    assert first == last  # the first result stands
+    assert farm.keys(TASKS) == [] and farm.keys(RESULTS) == ["shop@v1"]

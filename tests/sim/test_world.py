@@ -292,3 +292,37 @@ def test_builds_that_never_finish_fail_the_builds_finish_check():
     region.finished = True
     [(_, passed, detail)] = region.checks()
     assert not passed and "0 of 1 build(s)" in detail and "unfinished: shop@r1" in detail, detail
+
+
+def test_settled_apps_really_serve_on_every_live_host_at_every_instant():
+    """The event-driven request accounting trusts that every change touches its apps: check it, fresh."""
+    from sim.adapters.runtime import SimRuntime
+    from sim.world import Region
+
+    faults = (
+        FaultSpec("host-crash", at=60, duration=50, every=200, target=Selector(count=2)),
+        FaultSpec("runtime-death", at=90, duration=30, target=Selector(count=2)),
+        FaultSpec("cell-outage", at=150, duration=40, target=Selector(names=("cell-1",))),  # api only runs there
+        FaultSpec("nginx-host-loss", at=250, duration=30, target=Selector(count=1), group="public"),
+        FaultSpec("reload-storm", at=300, duration=20, changes=30, group="public"),
+        FaultSpec("etcd-unavailable", at=350, duration=20, target=Selector(labels=(("role", "nginx"),))),
+    )
+    spec = replace(small_region(seed=5, faults=faults), duration=700.0,
+                   churn=ChurnSpec(deploys_per_hour=60, scale_events_per_hour=60))
+    region = Region(spec, SimRuntime(seed=5))
+    wrong, looked = [], [0]
+
+    async def inspector():
+        while True:
+            await region.runtime.sleep(0.25)
+            for app in sorted(region._settled):
+                domain = region.domains[app]
+                for host in region._live_hosts(region.apps[app].group):
+                    looked[0] += 1
+                    pods = [region.pod_by_ip.get(u.host) for u in host.proxy.serving(domain)]
+                    if not any(region._good(p) and p.app == app for p in pods):
+                        wrong.append(f"t={region.runtime.now():g} {app} settled but not served by {host.name}")
+
+    region.runtime.spawn(inspector(), name="inspector")
+    region.run()
+    assert looked[0] > 1000 and not wrong, wrong[:5]
