@@ -57,6 +57,7 @@ class Discovery:
     bindings: list[Binding]
     retry: float = 1.0
     resync: float = 5.0
+    linger: float = 30.0  # longest a forgotten address stays excluded while still listed ready
     stats: DiscoveryStats = field(default_factory=DiscoveryStats)
 
     def __post_init__(self) -> None:
@@ -67,6 +68,7 @@ class Discovery:
         # Indexes, so that a change costs what it touches, not the size of the Region:
         self._by_service: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {}  # (ns, svc) -> cell -> IPs
         self._drained_ips: dict[str, set[str]] = {}  # namespace -> IPs draining
+        self._lingering: dict[str, dict[str, float]] = {}  # namespace -> forgotten IPs still listed ready -> since
         self._feeds: dict[tuple[str, str], list[Binding]] = {}  # (group, domain) -> bindings feeding it
         self._targets_of: dict[tuple[str, str], list[tuple[str, str]]] = {}  # (ns, svc) -> (group, domain)s
         self._of_namespace: dict[str, list[Binding]] = {}
@@ -144,6 +146,8 @@ class Discovery:
         """Retry what failed (a domain created after its binding, etcd away) every ``resync`` seconds."""
         while True:
             await self.runtime.sleep(self.resync)
+            for namespace in sorted(self._lingering):
+                self._end_lingering(namespace, older_than=self.runtime.now() - self.linger)
             if self.synced.is_set():
                 await self._push_stale()
 
@@ -161,6 +165,7 @@ class Discovery:
             self._ready[key] = ips
             self._by_service.setdefault((ns, svc), {})[cell] = ips
         self._touch_service(ns, svc)
+        self._end_lingering(ns)
 
     def _touch_service(self, ns: str, svc: str) -> None:
         for target in self._targets_of.get((ns, svc), ()):
@@ -201,6 +206,11 @@ class Discovery:
                 await self._push(feeds[0])
 
     async def _push(self, binding: Binding) -> int | None:
+        """Push the binding's domain if its servers changed: the new revision, or None (unchanged or failed)."""
+        return (await self._push_outcome(binding))[1]
+
+    async def _push_outcome(self, binding: Binding) -> tuple[bool, int | None]:
+        """(written or nothing to write, the new revision if one was written)."""
         target = (binding.group, binding.domain)
         lock = self._push_locks.get(target)
         if lock is None:
@@ -208,11 +218,11 @@ class Discovery:
         async with lock:
             return await self._push_locked(binding, target)
 
-    async def _push_locked(self, binding: Binding, target: tuple[str, str]) -> int | None:
+    async def _push_locked(self, binding: Binding, target: tuple[str, str]) -> tuple[bool, int | None]:
         servers = self.servers(binding)
         if self._pushed.get(target) == servers:
             self._stale.discard(target)
-            return None
+            return True, None
         try:
             revision = await self.slb.set_upstreams(DISCOVERY, binding.group, binding.domain, list(servers))
         except (SlbError, StoreError) as exc:
@@ -220,13 +230,13 @@ class Discovery:
             self.stats.push_errors += 1
             self.runtime.trace("discovery-push-failed", domain=binding.domain, error=type(exc).__name__)
             self._pushed.pop(target, None)
-            return None
+            return False, None
         self._pushed[target] = servers
         if self.servers(binding) == servers:
             self._stale.discard(target)
         self.stats.pushes += 1
         self.runtime.trace("discovery-push", domain=binding.domain, servers=len(servers), revision=revision)
-        return revision
+        return True, revision
 
     # ------------------------------------------------------------------ drain
     async def drain(self, namespace: str, ip: str, *, timeout: float = 30.0, poll: float = 0.05) -> bool:
@@ -241,9 +251,8 @@ class Discovery:
         self._touch_namespace(namespace)
         waits = []
         for binding in self._of_namespace.get(namespace, ()):
-            failures = self.stats.push_errors
-            revision = await self._push(binding)
-            if self.stats.push_errors != failures:
+            written, revision = await self._push_outcome(binding)
+            if not written:
                 return False  # the removal was not written: the pod still receives traffic
             if revision is None:  # nothing to change: it was out already
                 revision = await self._current_revision(binding)
@@ -258,10 +267,35 @@ class Discovery:
         return True
 
     def forget(self, namespace: str, ip: str) -> None:
-        """The drained pod is gone: stop excluding its address (a new pod may get it later)."""
+        """The drained pod is gone: stop excluding its address (a new pod may get it later).
+
+        If discovery still sees the address among the app's ready endpoints (the deletion's
+        endpoints event is on its way, or the Cell is out of reach), the exclusion lingers
+        until it leaves them, at most ``linger`` seconds: lifting it at once would push the
+        deleted pod back into its domain.
+        """
         self._draining.discard((namespace, ip))
+        if self._listed_ready(namespace, ip):
+            self._lingering.setdefault(namespace, {})[ip] = self.runtime.now()
+            return
+        self._stop_excluding(namespace, ip)
+
+    def _stop_excluding(self, namespace: str, ip: str) -> None:
         self._drained_ips.get(namespace, set()).discard(ip)
         self._touch_namespace(namespace)
+
+    def _listed_ready(self, namespace: str, ip: str) -> bool:
+        return any(ip in ips for binding in self._of_namespace.get(namespace, ())
+                   for ips in self._by_service.get((namespace, binding.service), {}).values())
+
+    def _end_lingering(self, namespace: str, *, older_than: float | None = None) -> None:
+        lingering = self._lingering.get(namespace)
+        if not lingering:
+            return
+        for ip, since in sorted(lingering.items()):
+            if not self._listed_ready(namespace, ip) or (older_than is not None and since <= older_than):
+                del lingering[ip]
+                self._stop_excluding(namespace, ip)
 
     async def _current_revision(self, binding: Binding) -> int:
         try:

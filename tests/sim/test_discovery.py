@@ -123,3 +123,26 @@ def test_drain_reports_false_when_a_host_does_not_confirm_in_time():
 
     assert w.run(main()) is False
     assert w.proxies["nginx-1"].serving(DOMAIN) == ups("10.1.0.5")
+
+
+def test_a_forgotten_address_stays_out_until_its_endpoints_say_it_is_gone():
+    """forget() right after the delete, before discovery saw the endpoints change: the pod must not come back."""
+    w = World()
+    log = []
+
+    async def main():
+        w.cells["cell-a"].set_endpoints(Endpoints("shop", "shop", ready=("10.1.0.5", "10.1.0.6")))
+        await w.start()
+        assert await w.discovery.drain("shop", "10.1.0.6")
+        w.discovery.forget("shop", "10.1.0.6")  # the endpoints still list it: its removal is on its way
+        await w.rt.sleep(2 * w.discovery.resync)  # a resync pushes whatever is stale
+        log.append(w.serving()["nginx-1"])
+        w.cells["cell-a"].set_endpoints(Endpoints("shop", "shop", ready=("10.1.0.5",)))
+        await w.rt.sleep(2)
+        # The address is free again: a new pod of the app that gets it is pushed.
+        w.cells["cell-a"].set_endpoints(Endpoints("shop", "shop", ready=("10.1.0.5", "10.1.0.6")))
+        await w.rt.sleep(2)
+        log.append(w.serving()["nginx-1"])
+
+    w.run(main())
+    assert log == [ups("10.1.0.5"), ups("10.1.0.5", "10.1.0.6")]
