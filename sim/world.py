@@ -292,7 +292,7 @@ class Region:
     def __init__(self, spec: RegionSpec, runtime: SimRuntime, *, ipam_factory: IpamFactory = default_ipam,
                  tick: float = 1.0, metrics_every: float = 10.0, node_grace: float = 40.0,
                  kubelet_retry: float = 2.0, reload_failure_fraction: float = 0.02,
-                 propagation_grace: float = 2.0) -> None:
+                 propagation_grace: float = 2.0, publish_grace: float = 60.0) -> None:
         self.spec = spec
         self.runtime = runtime
         self.ipam_factory = ipam_factory
@@ -302,6 +302,7 @@ class Region:
         self.kubelet_retry = kubelet_retry
         self.reload_failure_fraction = reload_failure_fraction
         self.propagation_grace = propagation_grace
+        self.publish_grace = publish_grace  # a new domain's first propagation (boot: thousands at once)
         self.store = MemoryStore(runtime)
         self.clients: dict[str, SimStoreClient] = {}
         self.metrics = Metrics()
@@ -838,8 +839,9 @@ class Region:
                     # As on LeEngine, clients find an app only once its domain is published in DNS,
                     # which operators do after it first serves: start-up is not an outage ...
                     if not any(self._serves(host, domain) for host in hosts):
-                        if hosts and self._ready_elsewhere(name, now):
-                            # ... but an app with a ready pod that no Nginx host serves is one.
+                        if hosts and self._ready_elsewhere(name, now, self.publish_grace):
+                            # ... but an app with a pod ready for a while that no Nginx host serves is one
+                            # (publish_grace: a Region booting thousands of domains takes time to push them all).
                             self.metrics.violation(f"t={now:g}: no host serves {domain} while a ready pod exists")
                         continue
                     self._published.add(name)
@@ -865,9 +867,10 @@ class Region:
                     self._settled.add(name)
                     self._settled_dirty.add(app.group)
 
-    def _ready_elsewhere(self, app: str, now: float) -> bool:
+    def _ready_elsewhere(self, app: str, now: float, grace: float | None = None) -> bool:
         """Some pod of the app is serving-capable, and has been long enough to have propagated."""
-        return any(self._good(p) and now - p.ready_at >= self.propagation_grace
+        grace = self.propagation_grace if grace is None else grace
+        return any(self._good(p) and now - p.ready_at >= grace
                    for cell in self.apps[app].cells for p in self.pods.get((app, cell), ()))
 
     # ------------------------------------------------------------------ operator cron: cnictl check + release
