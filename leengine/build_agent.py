@@ -1,0 +1,111 @@
+"""``leengine-build-agent``: the daemon on every build host (one command to start it).
+
+    leengine-build-agent --host build-1 --etcd 10.0.0.10:2379 --repos /srv/git \\
+        --workdir /var/lib/leengine/build --registry registry.region:5000 [--storage DIR] [--ttl 10]
+
+It wires the real adapters (etcd Store, ``BuildahBuilder``: git + buildah + the
+registry, asyncio Runtime) to the agent logic (``node/build_agent.py``): register
+under a lease, build the tasks the control service queues for this host, write
+results. Run as root (buildah's chroot isolation). SIGTERM stops it; a build in
+progress is abandoned, and its task is built again by this host when it comes back,
+or by the next host of the repo once the lease has expired.
+Bad options are one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from foundation.logic.build_task import HOST_NAME
+from foundation.ports import StoreError
+from leengine.typer_main import run_app
+from node.build_agent import BuildAgent, BuildAgentConfig
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+log = logging.getLogger("leengine.build_agent")
+
+
+async def run_agent(config: BuildAgentConfig, builder: object, *, etcd: str, etcd_timeout: float) -> None:
+    from foundation.adapters.asyncio_runtime import AsyncioRuntime
+    from foundation.adapters.etcd_store import EtcdStore
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    store = EtcdStore(etcd, timeout=etcd_timeout)
+    try:
+        while not stop.is_set():
+            try:
+                await store.connect()
+                break
+            except StoreError as exc:
+                log.warning("waiting for etcd: %s", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 2)
+        if stop.is_set():
+            return
+        agent = BuildAgent(store, builder, AsyncioRuntime(), config)  # type: ignore[arg-type]
+        task = asyncio.create_task(agent.run(), name="build-agent")
+        stopper = asyncio.create_task(stop.wait())
+        log.info("build agent %s registered at %s", config.host, etcd)
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        task.cancel()
+        stopper.cancel()
+        if task.done() and not task.cancelled() and task.exception():
+            raise task.exception()  # type: ignore[misc]
+    finally:
+        await store.close()
+
+
+@app.command()
+def main(
+    host: Annotated[str, typer.Option(help="this build host's name, as it registers in etcd")],
+    repos: Annotated[Path, typer.Option(help="directory of the repositories to clone ({repos}/{repo})")],
+    workdir: Annotated[Path, typer.Option(help="checkouts and dependency caches")],
+    registry: Annotated[str, typer.Option(help="registry host:port the images are pushed to")],
+    etcd: Annotated[str, typer.Option(envvar="LEENGINE_ETCD", help="etcd endpoint host:port")] = "127.0.0.1:2379",
+    storage: Annotated[Path | None, typer.Option(help="a private buildah store (vfs); default: buildah's")] = None,
+    ttl: Annotated[int, typer.Option(help="lease seconds: silence after which this host's tasks move")] = 10,
+    tls_verify: Annotated[bool, typer.Option(help="verify the registry's TLS (off for a loopback lab)")] = False,
+    etcd_timeout: Annotated[float, typer.Option(help="deadline of each etcd request, seconds")] = 5.0,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+) -> None:
+    """Build what the control service queues for this host, one task at a time."""
+    from foundation.adapters.buildah_builder import BuildahBuilder, BuildahConfig
+
+    problems = []
+    if not HOST_NAME.fullmatch(host):
+        problems.append(f"host {host!r} is not a host name")
+    if not repos.is_dir():
+        problems.append(f"repos {str(repos)!r} is not a directory")
+    if ttl < 2 or etcd_timeout <= 0:
+        problems.append("need ttl >= 2 and etcd-timeout > 0")
+    if ":" not in registry or any(c.isspace() or c in "/\\" for c in registry):
+        problems.append(f"registry {registry!r} is not host:port")
+    for tool in ("git", "buildah"):
+        if shutil.which(tool) is None:
+            problems.append(f"{tool} is not installed")
+    if problems:
+        print(f"leengine-build-agent: error: {'; '.join(problems)}", file=sys.stderr)
+        raise typer.Exit(2)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    builder = BuildahBuilder(BuildahConfig(host, repos, workdir, registry, storage=storage, tls_verify=tls_verify))
+    asyncio.run(run_agent(BuildAgentConfig(host, ttl=ttl), builder, etcd=etcd, etcd_timeout=etcd_timeout))
+
+
+def entry() -> None:
+    run_app(app, "leengine-build-agent")
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,88 @@
+"""A throwaway Docker registry on loopback (Debian's ``docker-registry``), for tests, benches and the lab.
+
+``running_registry()`` writes a minimal config (filesystem storage in a fresh
+directory, plain HTTP on a free 127.0.0.1 port, no auth), starts ``docker-registry
+serve``, waits until ``/v2/`` answers, yields a ``Registry`` handle and, on exit, stops
+the process and removes its files. A missing binary is an error, never a skip
+(``apt-get install docker-registry``). It knows nothing of builds or the Builder port:
+it runs a process and speaks the registry's HTTP API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from leengine.nginx_server import free_port
+
+BINARY = "docker-registry"
+START_TIMEOUT = 15.0
+
+
+class RegistryError(RuntimeError):
+    pass
+
+
+@dataclass
+class Registry:
+    address: str  # host:port
+    root: Path
+    process: subprocess.Popen[bytes]
+
+    def tags(self, repository: str) -> list[str]:
+        """The tags of ``repository`` (empty when it has none yet)."""
+        try:
+            with urllib.request.urlopen(f"http://{self.address}/v2/{repository}/tags/list", timeout=5) as resp:
+                return sorted(json.load(resp).get("tags") or [])
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return []
+            raise
+
+
+@contextlib.contextmanager
+def running_registry() -> Iterator[Registry]:
+    binary = shutil.which(BINARY)
+    if binary is None:
+        raise RegistryError(f"{BINARY} is not installed (apt-get install docker-registry)")
+    root = Path(tempfile.mkdtemp(prefix="leengine-registry-"))
+    address = f"127.0.0.1:{free_port()}"
+    config = root / "config.yml"
+    # JSON is YAML: no YAML writer needed for five settings.
+    config.write_text(json.dumps({"version": 0.1, "log": {"level": "warn"},
+                                  "storage": {"filesystem": {"rootdirectory": str(root / "data")},
+                                              "delete": {"enabled": True}},
+                                  "http": {"addr": address}}))
+    log = (root / "registry.log").open("wb")
+    process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://{address}/v2/", timeout=1):
+                    break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RegistryError(f"{BINARY} did not answer on {address}: "
+                                        f"{(root / 'registry.log').read_text()[-500:]}") from None
+                time.sleep(0.05)
+        yield Registry(address, root, process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+        shutil.rmtree(root, ignore_errors=True)
