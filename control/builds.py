@@ -12,18 +12,24 @@ its repo's order, by compare-and-swap, with ``attempt`` + 1. A task never exists
 hosts: the move deletes the old key in the transaction that writes the new one, and an
 agent writes a result only while none exists.
 
+Who may do what (principals from ``control.auth``): only an **admin** queues builds
+(the platform's deploy pipeline does, on behalf of an app); every principal may read
+builds and list the agents. ``BuildService`` checks that and answers the gRPC surface.
+
 It must not know gRPC, etcd clients or the runtime behind the ports.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from control.auth import Principal
 from foundation.logic.build_task import (
     AGENTS,
     TASKS,
     Result,
     Task,
+    TaskError,
     id_key,
     rank_hosts,
     result_key,
@@ -33,8 +39,20 @@ from foundation.logic.build_task import (
 from foundation.ports import Compare, DeleteOp, GetOp, PutOp, RangeResult, Runtime, Store, StoreError
 
 
-class NoBuildAgents(Exception):
+class BuildError(Exception):
+    """A refused build call; the subclass says which status it is."""
+
+
+class NoBuildAgents(BuildError):
     """No build agent is registered: nothing can build (a gRPC UNAVAILABLE)."""
+
+
+class NotFound(BuildError):
+    pass
+
+
+class PermissionDenied(BuildError):
+    pass
 
 
 @dataclass
@@ -138,3 +156,56 @@ class BuildScheduler:
             except StoreError as exc:
                 self.runtime.trace("build-reassign-failed", error=type(exc).__name__)
             await self.runtime.sleep(self.every)
+
+
+@dataclass(frozen=True)
+class BuildState:
+    """A build as a caller sees it: queued or running somewhere, or finished (``result``)."""
+
+    task: str
+    state: str  # queued | running | done | failed
+    host: str
+    attempt: int
+    submitted_at: float
+    result: Result | None = None
+    steps: tuple[tuple[str, float], ...] = field(default=())
+
+
+class BuildService:
+    """The build calls of the control service: who may do what, and one view of a build."""
+
+    def __init__(self, scheduler: BuildScheduler) -> None:
+        self.scheduler = scheduler
+        self.store = scheduler.store
+
+    async def submit(self, who: Principal, app: str, commit: str, repo: str = "") -> BuildState:
+        if not who.is_admin:
+            raise PermissionDenied(f"{who.name} may not queue builds (admins only: the deploy pipeline)")
+        task = await self.scheduler.submit(app, commit, repo=repo or None)
+        return await self._state(task)
+
+    async def get(self, who: Principal, app: str, commit: str) -> BuildState:
+        Task.parse({"app": app, "commit": commit})  # TaskError names a bad field before any read
+        return await self._state(task_id(app, commit))
+
+    async def agents(self, who: Principal) -> list[str]:
+        return await self.scheduler.agents()
+
+    async def _state(self, task: str) -> BuildState:
+        read = await self.store.txn([], [GetOp(result_key(task)), GetOp(id_key(task))])
+        result, placed = (r if isinstance(r, RangeResult) else RangeResult((), 0) for r in read.responses)
+        if result.kvs:
+            done = Result.from_bytes(result.kvs[0].value)
+            return BuildState(task, done.state, done.host, done.attempt, done.submitted_at, done, done.steps)
+        if not placed.kvs:
+            raise NotFound(f"no build of {task}")
+        host = placed.kvs[0].value.decode()
+        kv = await self.store.get(task_key(host, task))
+        if kv is None:  # finished or moved between the two reads: read again
+            return await self._state(task)
+        queued = Task.from_bytes(kv.value)
+        return BuildState(task, queued.state, host, queued.attempt, queued.submitted_at)
+
+
+__all__ = ["BuildError", "BuildScheduler", "BuildService", "BuildState", "NoBuildAgents", "NotFound",
+           "PermissionDenied", "TaskError"]

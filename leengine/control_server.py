@@ -43,19 +43,20 @@ import typer
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from control import slb_core
+from control import builds, slb_core
 from control.auth import Principal, TokenTable, TokenTableError
 from foundation.ports import Runtime, Store, StoreError, StoreUnavailable
 from leengine.typer_main import run_app
 
 try:
-    from control.generated.leengine.control.v1 import slb_pb2, slb_pb2_grpc
+    from control.generated.leengine.control.v1 import builds_pb2, builds_pb2_grpc, slb_pb2, slb_pb2_grpc
 except ImportError as exc:  # pragma: no cover - a set-up error, reported plainly
     raise ImportError(f"the generated gRPC code is missing ({exc}): run scripts/build-protos.sh") from exc
 
 log = logging.getLogger("leengine.control")
 T = TypeVar("T")
 SERVICE = slb_pb2.DESCRIPTOR.services_by_name["SlbCore"].full_name
+BUILDS_SERVICE = builds_pb2.DESCRIPTOR.services_by_name["Builds"].full_name
 FIELD_METADATA = "leengine-field"
 DEFAULT_LISTEN = "127.0.0.1:50051"
 
@@ -68,6 +69,10 @@ STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (slb_core.Conflict, grpc.StatusCode.ABORTED),
     (slb_core.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (slb_core.CorruptRecord, grpc.StatusCode.INTERNAL),
+    (builds.TaskError, grpc.StatusCode.INVALID_ARGUMENT),
+    (builds.NotFound, grpc.StatusCode.NOT_FOUND),
+    (builds.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (builds.NoBuildAgents, grpc.StatusCode.UNAVAILABLE),
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
     (StoreError, grpc.StatusCode.INTERNAL),
 )
@@ -163,10 +168,10 @@ class SlbCoreService(slb_pb2_grpc.SlbCoreServicer):
         who = await self._authenticate(context)
         try:
             return await action(who)
-        except (slb_core.SlbError, StoreError) as exc:
+        except (slb_core.SlbError, builds.BuildError, builds.TaskError, StoreError) as exc:
             code = next(code for kind, code in STATUS if isinstance(exc, kind))
             trailing: tuple[tuple[str, str], ...] = ()
-            if isinstance(exc, slb_core.InvalidArgument):
+            if isinstance(exc, slb_core.InvalidArgument | builds.TaskError):
                 trailing = ((FIELD_METADATA, exc.field),)
             level = logging.WARNING if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE) else logging.INFO
             log.log(level, "%s by %s: %s %s", method, who.name, code.name, exc)
@@ -219,6 +224,36 @@ class SlbCoreService(slb_pb2_grpc.SlbCoreServicer):
                                error=h.error, at=h.at) for h in report.hosts])
 
 
+def build_to_proto(state: builds.BuildState) -> Any:
+    result = state.result
+    return builds_pb2.Build(
+        task=state.task, state=state.state, host=state.host, attempt=state.attempt, submitted_at=state.submitted_at,
+        steps=[builds_pb2.Step(name=n, seconds=t) for n, t in state.steps],
+        image=result.image if result else "", cache_hit=bool(result and result.cache_hit),
+        error=result.error if result else "", finished_at=result.finished_at if result else 0.0,
+        log=list(result.log) if result else [])
+
+
+class BuildsService(builds_pb2_grpc.BuildsServicer):
+    """The build farm's calls, authenticated and mapped like slb-core's (one ``_call``)."""
+
+    def __init__(self, service: builds.BuildService, calls: SlbCoreService) -> None:
+        self.service = service
+        self._call = calls._call
+
+    async def SubmitBuild(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return build_to_proto(await self._call(context, "SubmitBuild", lambda who: self.service.submit(
+            who, request.app, request.commit, request.repo)))
+
+    async def GetBuild(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return build_to_proto(await self._call(context, "GetBuild", lambda who: self.service.get(
+            who, request.app, request.commit)))
+
+    async def ListBuildAgents(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        hosts = await self._call(context, "ListBuildAgents", self.service.agents)
+        return builds_pb2.ListBuildAgentsResponse(hosts=hosts)
+
+
 # --------------------------------------------------------------------------- the server
 
 
@@ -229,9 +264,14 @@ class ControlServer:
     server: grpc.aio.Server
     port: int
     health: Any  # grpc_health's aio HealthServicer
+    reassigner: asyncio.Task[None] | None = None  # moves build tasks off dead build hosts
 
     async def stop(self, grace: float | None = 1.0) -> None:
         await self.health.enter_graceful_shutdown()  # probes see NOT_SERVING while calls drain
+        if self.reassigner is not None:
+            self.reassigner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.reassigner
         await self.server.stop(grace)
 
     async def wait(self) -> None:
@@ -264,11 +304,15 @@ async def start(store: Store, tokens: TokenTable, *, listen: str = "127.0.0.1:0"
     if not _is_loopback(host):
         log.warning("listening on %s without TLS: bearer tokens cross the network in clear", listen)
     server = grpc.aio.server()
-    slb_pb2_grpc.add_SlbCoreServicer_to_server(
-        SlbCoreService(slb_core.SlbCore(store, runtime or AsyncioRuntime()), tokens), server)
+    runtime = runtime or AsyncioRuntime()
+    slb_service = SlbCoreService(slb_core.SlbCore(store, runtime), tokens)
+    slb_pb2_grpc.add_SlbCoreServicer_to_server(slb_service, server)
+    scheduler = builds.BuildScheduler(store, runtime)
+    builds_pb2_grpc.add_BuildsServicer_to_server(BuildsService(builds.BuildService(scheduler), slb_service), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection((SERVICE, BUILDS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
+                                        server)
     try:
         port = server.add_insecure_port(listen)
     except RuntimeError as exc:
@@ -276,10 +320,11 @@ async def start(store: Store, tokens: TokenTable, *, listen: str = "127.0.0.1:0"
     if port == 0:
         raise OSError(f"cannot listen on {listen} (address in use or not local?)")
     await server.start()
-    for name in ("", SERVICE):
+    for name in ("", SERVICE, BUILDS_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving %s on %s:%d (%d principals)", SERVICE, host, port, len(tokens))
-    return ControlServer(server, port, health_servicer)
+    log.info("serving %s and %s on %s:%d (%d principals)", SERVICE, BUILDS_SERVICE, host, port, len(tokens))
+    reassigner = asyncio.create_task(scheduler.reassign_forever(), name="build-reassigner")
+    return ControlServer(server, port, health_servicer, reassigner)
 
 
 async def serve(*, listen: str, etcd: str, tokens: TokenTable, etcd_timeout: float = 5.0,

@@ -239,7 +239,7 @@ def test_health_is_serving_and_reflection_lists_the_service(etcd_server):
                     reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE)]
         replies = [reply async for reply in reflect.ServerReflectionInfo(iter(requests))]
         names = {svc.name for svc in replies[0].list_services_response.service}
-        assert {"leengine.control.v1.SlbCore", "grpc.health.v1.Health"} <= names
+        assert {"leengine.control.v1.SlbCore", "leengine.control.v1.Builds", "grpc.health.v1.Health"} <= names
         from google.protobuf import descriptor_pb2
 
         raw = replies[1].file_descriptor_response.file_descriptor_proto[0]
@@ -309,4 +309,5 @@ def test_console_script_serves_until_sigterm(tmp_path, etcd_server):
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, output
-    assert f"serving leengine.control.v1.SlbCore on 127.0.0.1:{port} (1 principals)" in output
+    assert (f"serving leengine.control.v1.SlbCore and leengine.control.v1.Builds on 127.0.0.1:{port} "
+            "(1 principals)") in output
