@@ -55,6 +55,10 @@ class PermissionDenied(BuildError):
     pass
 
 
+class CorruptRecord(BuildError):
+    """A stored build record does not parse (an INTERNAL error: not the caller's fault)."""
+
+
 @dataclass
 class SchedulerStats:
     submitted: int = 0
@@ -75,6 +79,9 @@ class BuildScheduler:
     async def submit(self, app: str, commit: str, *, repo: str | None = None) -> str:
         """Queue a build of ``commit`` of ``app``; returns the task id (``TaskError`` names a bad field)."""
         task = Task.parse({"app": app, "repo": repo or app, "commit": commit, "submitted_at": self.runtime.now()})
+        if await self.store.get(id_key(task.id)) is not None:  # queued or built already (agents or not)
+            self.stats.duplicates += 1
+            return task.id
         hosts = await self.agents()
         if not hosts:
             raise NoBuildAgents("no build agent is registered under /build/agents/")
@@ -136,7 +143,7 @@ class BuildScheduler:
                 continue
             try:
                 task = Task.from_bytes(kv.value)
-            except ValueError:
+            except (ValueError, TypeError, KeyError):
                 continue  # unreadable: left where it is for an operator (the agent reports it)
             target = rank_hosts(task.repo, live)[0]
             moved_task = Task(task.app, task.repo, task.commit, task.submitted_at, task.attempt + 1)
@@ -153,8 +160,8 @@ class BuildScheduler:
         while True:
             try:
                 await self.reassign_once()
-            except StoreError as exc:
-                self.runtime.trace("build-reassign-failed", error=type(exc).__name__)
+            except Exception as exc:  # etcd away, or a record nobody expected: try again, never stop moving
+                self.runtime.trace("build-reassign-failed", error=f"{type(exc).__name__}: {exc}"[:300])
             await self.runtime.sleep(self.every)
 
 
@@ -192,20 +199,24 @@ class BuildService:
         return await self.scheduler.agents()
 
     async def _state(self, task: str) -> BuildState:
-        read = await self.store.txn([], [GetOp(result_key(task)), GetOp(id_key(task))])
-        result, placed = (r if isinstance(r, RangeResult) else RangeResult((), 0) for r in read.responses)
-        if result.kvs:
-            done = Result.from_bytes(result.kvs[0].value)
-            return BuildState(task, done.state, done.host, done.attempt, done.submitted_at, done, done.steps)
-        if not placed.kvs:
-            raise NotFound(f"no build of {task}")
-        host = placed.kvs[0].value.decode()
-        kv = await self.store.get(task_key(host, task))
-        if kv is None:  # finished or moved between the two reads: read again
-            return await self._state(task)
-        queued = Task.from_bytes(kv.value)
-        return BuildState(task, queued.state, host, queued.attempt, queued.submitted_at)
+        for _ in range(3):  # a task that finishes or moves between our two reads: read again
+            read = await self.store.txn([], [GetOp(result_key(task)), GetOp(id_key(task))])
+            result, placed = (r if isinstance(r, RangeResult) else RangeResult((), 0) for r in read.responses)
+            try:
+                if result.kvs:
+                    done = Result.from_bytes(result.kvs[0].value)
+                    return BuildState(task, done.state, done.host, done.attempt, done.submitted_at, done, done.steps)
+                if not placed.kvs:
+                    raise NotFound(f"no build of {task}")
+                host = placed.kvs[0].value.decode()
+                kv = await self.store.get(task_key(host, task))
+                if kv is not None:
+                    queued = Task.from_bytes(kv.value)
+                    return BuildState(task, queued.state, host, queued.attempt, queued.submitted_at)
+            except (ValueError, TypeError, KeyError) as exc:
+                raise CorruptRecord(f"the stored build of {task} is unreadable: {exc}") from None
+        raise CorruptRecord(f"{task} is claimed but neither queued nor finished (a task was deleted by hand?)")
 
 
-__all__ = ["BuildError", "BuildScheduler", "BuildService", "BuildState", "NoBuildAgents", "NotFound",
+__all__ = ["BuildError", "BuildScheduler", "BuildService", "BuildState", "CorruptRecord", "NoBuildAgents", "NotFound",
            "PermissionDenied", "TaskError"]

@@ -73,6 +73,7 @@ STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (builds.NotFound, grpc.StatusCode.NOT_FOUND),
     (builds.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (builds.NoBuildAgents, grpc.StatusCode.UNAVAILABLE),
+    (builds.CorruptRecord, grpc.StatusCode.INTERNAL),
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
     (StoreError, grpc.StatusCode.INTERNAL),
 )

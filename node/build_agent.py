@@ -122,6 +122,10 @@ class BuildAgent:
         except BuildFailed as exc:
             result = Result(task.id, "failed", self.config.host, task.attempt, error=str(exc),
                             submitted_at=task.submitted_at, finished_at=rt.now(), log=tuple(log[-20:]))
+        except Exception as exc:  # a builder bug: this task fails, the agent (and the next host) must not die
+            result = Result(task.id, "failed", self.config.host, task.attempt,
+                            error=f"builder: {type(exc).__name__}: {exc}"[:1000], submitted_at=task.submitted_at,
+                            finished_at=rt.now(), log=tuple(log[-20:]))
         finished = await self._finish(kv.key, marked.revision, task.id, result)
         if not finished:
             self.stats.dropped += 1

@@ -119,8 +119,13 @@ class Task:
         attempt = data.get("attempt", 1)
         if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
             raise TaskError("attempt", f"{attempt!r} is not a positive integer")
-        return Task(app, repo, commit, float(data.get("submitted_at", 0.0)), attempt, state,
-                    float(data.get("started_at", 0.0)))
+        times = []
+        for name in ("submitted_at", "started_at"):
+            value = data.get(name, 0.0)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TaskError(name, f"{value!r} is not a time")
+            times.append(float(value))
+        return Task(app, repo, commit, times[0], attempt, state, times[1])
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()

@@ -7,8 +7,9 @@ sends a repo to the same host), **image** (build the runtime image) and **push**
 the Region's registry. ``build`` returns the image reference and each step's
 duration; a failing step raises ``BuildFailed`` naming it.
 
-Real adapter: git + buildah + the registry (a later issue). Sim adapter:
-``sim.adapters.builder.SimBuilder``, durations with cache hit or miss.
+Real adapter: ``foundation.adapters.buildah_builder.BuildahBuilder`` (git + buildah +
+the registry). Sim adapter: ``sim.adapters.builder.SimBuilder``, durations with cache
+hit or miss. ``tests/conformance/test_builder.py`` runs the same bodies on both.
 It must not know etcd, tasks or scheduling: that is the build agent's logic.
 """
 

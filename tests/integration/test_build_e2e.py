@@ -2,8 +2,8 @@
 with git + buildah into a real registry, and one of them killed (-9) in the middle of a build.
 
 Needs root (buildah's chroot isolation), etcd, docker-registry, buildah, busybox-static and git;
-a missing one fails the test. Everything (repos, checkouts, buildah stores, the registry, keys
-under /build/) is made by the test and removed afterwards.
+a missing one fails the test. Everything (repos, checkouts, buildah stores, the registry) is made by
+the test and removed afterwards; keys under /build/ are wiped before it starts.
 """
 
 from __future__ import annotations
@@ -69,6 +69,8 @@ def farm(etcd_server, tmp_path):
                 if proc.poll() is None:
                     proc.kill()
                 proc.wait()
+            # The killed agent's build ran in its own process group (its own session): end it too.
+            subprocess.run(["pkill", "-KILL", "-f", str(tmp_path)], check=False)
 
 
 def test_the_agents_build_what_is_queued_and_a_killed_host_hands_its_task_over(farm):

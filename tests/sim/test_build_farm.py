@@ -182,3 +182,65 @@ def test_a_commit_queued_on_two_hosts_gets_one_result():
     first, last = farm.run(scenario())
     assert first == last  # the first result stands
     assert farm.keys(TASKS) == [] and farm.keys(RESULTS) == ["shop@v1"]
+
+
+def test_the_service_answers_corrupt_or_dangling_records_as_internal_errors_and_keeps_moving_tasks():
+    from control.auth import Principal
+    from control.builds import BuildService, CorruptRecord
+    from foundation.logic.build_task import id_key, task_key
+
+    farm = Farm(hosts=("build-1", "build-2"))
+    service = BuildService(farm.scheduler)
+    ops = Principal("ops", "admin")
+    raw = farm.server.client("operator")
+
+    async def scenario():
+        await settle(farm)
+        await raw.put(id_key("shop@v9"), b"build-1")  # claimed, but its task was deleted by hand
+        with pytest.raises(CorruptRecord, match="neither queued nor finished"):
+            await service.get(ops, "shop", "v9")
+        await raw.put(id_key("blog@v1"), b"build-9")
+        await raw.put(task_key("build-9", "blog@v1"), b'{"app":"blog","commit":"v1","submitted_at":[1]}')
+        with pytest.raises(CorruptRecord, match="unreadable"):
+            await service.get(ops, "blog", "v1")
+        # A readable task on a dead host still moves, the unreadable one stays for an operator.
+        await raw.put(task_key("build-9", "api@v1"), b'{"app":"api","commit":"v1"}')
+        await farm.rt.sleep(5)
+        return farm.keys(TASKS)
+
+    left = farm.run(scenario())
+    assert "build-9/blog@v1" in left and not any(k.endswith("/api@v1") for k in left if k.startswith("build-9/"))
+    assert farm.scheduler.stats.moved == 1
+
+
+def test_a_finished_commit_resubmitted_with_no_agent_left_is_still_the_same_build():
+    farm = Farm(hosts=("build-1",))
+
+    async def scenario():
+        await settle(farm)
+        task = await farm.scheduler.wait(await farm.scheduler.submit("shop", "v1"), timeout=3600)
+        farm.tasks["build-1"].cancel()  # the whole farm goes away
+        await farm.rt.sleep(30)  # its lease expires
+        return task, await farm.scheduler.submit("shop", "v1")
+
+    done, again = farm.run(scenario())
+    assert done.state == "done" and again == "shop@v1"
+
+
+def test_a_builder_that_crashes_fails_the_task_not_the_agent():
+    farm = Farm(hosts=("build-1",))
+
+    async def explode(request, log):
+        raise RuntimeError("segfault in the toolchain wrapper")
+
+    farm.builders["build-1"].build = explode
+
+    async def scenario():
+        await settle(farm)
+        first = await farm.scheduler.wait(await farm.scheduler.submit("shop", "v1"), timeout=60)
+        second = await farm.scheduler.wait(await farm.scheduler.submit("shop", "v2"), timeout=60)
+        return first, second
+
+    first, second = farm.run(scenario())
+    assert first.state == second.state == "failed"  # the agent lived on to take the second task
+    assert first.error.startswith("builder: RuntimeError: segfault")
