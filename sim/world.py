@@ -185,6 +185,14 @@ class _RegionPods:
 
 
 @dataclass
+class BuildSeen:
+    submitted: float
+    finished: float | None = None
+    state: str = ""  # done | failed, once finished
+    cache_hit: bool = False
+
+
+@dataclass
 class Metrics:
     ok: int = 0
     failed: int = 0
@@ -200,7 +208,7 @@ class Metrics:
     pods_deleted: int = 0
     series: list[dict[str, Any]] = field(default_factory=list)
     max_leaked: int = 0
-    builds: dict[str, list[Any]] = field(default_factory=dict)  # task -> [submitted, finished, state, cache hit]
+    builds: dict[str, BuildSeen] = field(default_factory=dict)  # task -> what the world saw of it
     builds_unsubmitted: int = 0  # deploys that found no build agent (or no etcd)
     serving_violations: int = 0  # host-seconds (see the domains-keep-serving check)
     serving_examples: list[str] = field(default_factory=list)  # the first few, for the report
@@ -454,8 +462,9 @@ class Region:
                         after = event.revision
                         if event.type == "put":
                             result = Result.from_bytes(event.kv.value)
-                            entry = self.metrics.builds.setdefault(result.task, [result.submitted_at, None, "", False])
-                            entry[1:] = [self.runtime.now(), result.state, result.cache_hit]
+                            seen = self.metrics.builds.setdefault(result.task, BuildSeen(result.submitted_at))
+                            seen.finished, seen.state, seen.cache_hit = self.runtime.now(), result.state, \
+                                result.cache_hit
             except StoreError:
                 pass
             await self.runtime.sleep(self.tick)
@@ -713,7 +722,7 @@ class Region:
         assert self.scheduler is not None
         try:
             task = await self.scheduler.submit(app, commit)
-            self.metrics.builds.setdefault(task, [rt.now(), None, "", False])
+            self.metrics.builds.setdefault(task, BuildSeen(rt.now()))
             result = await self.scheduler.wait(task, timeout=timeout)
         except (NoBuildAgents, StoreError) as exc:
             self.metrics.builds_unsubmitted += 1
@@ -1188,8 +1197,8 @@ class Region:
         await self.runtime.sleep(max(0.0, deadline - self.runtime.now()))
         not_serving = self._not_serving_now()
         end = self._last_fault_end()
-        unfinished = sorted(task for task, (submitted, finished, _, _) in self.metrics.builds.items()
-                            if submitted <= end and finished is None)
+        unfinished = sorted(task for task, seen in self.metrics.builds.items()
+                            if seen.submitted <= end and seen.finished is None)
         self._probes[deadline] = (self.runtime.now(), {"not_serving": not_serving, "leaked": self.leaked(),
                                                        "unfinished_builds": unfinished})
 
@@ -1224,7 +1233,7 @@ class Region:
                                    if elsewhere else "")))
                 elif kind == "builds-finish":
                     unfinished = state["unfinished_builds"]
-                    submitted = sum(1 for b in self.metrics.builds.values() if b[0] <= self._last_fault_end())
+                    submitted = sum(1 for b in self.metrics.builds.values() if b.submitted <= self._last_fault_end())
                     out.append((kind, not unfinished, f"at t={at:g}: {submitted - len(unfinished)} of {submitted} "
                                                       "build(s) submitted before the faults ended have finished"
                                 + (f"; unfinished: {', '.join(unfinished[:5])}" if unfinished else "")))
@@ -1252,11 +1261,11 @@ class Region:
         if self.scheduler is None:
             return {}
         builds = self.metrics.builds.values()
-        took = sorted(finished - submitted for submitted, finished, state, _ in builds if state == "done")
+        took = sorted(b.finished - b.submitted for b in builds if b.state == "done" and b.finished is not None)
         return {"builds_submitted": len(self.metrics.builds), "builds_done": len(took),
-                "builds_failed": sum(1 for b in builds if b[2] == "failed"),
+                "builds_failed": sum(1 for b in builds if b.state == "failed"),
                 "builds_unsubmitted": self.metrics.builds_unsubmitted,
-                "builds_cache_hits": sum(1 for b in builds if b[2] == "done" and b[3]),
+                "builds_cache_hits": sum(1 for b in builds if b.state == "done" and b.cache_hit),
                 "build_p50": _pct(took, 0.5), "build_p99": _pct(took, 0.99),
                 "builds_moved": self.scheduler.stats.moved,
                 "builds_dropped": sum(h.dropped + (h.agent.stats.dropped if h.agent else 0)
