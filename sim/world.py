@@ -25,6 +25,8 @@ Models (kept simple; say so in reports):
 * **Cell outage**: the Cell's API server is cut off, its nodes lose etcd, its pods are
   unreachable from Nginx (they keep running and serve again when it ends).
 
+The duplicate-address audit lives in ``sim/audit.py``.
+
 Determinism: every choice draws from ``runtime.random``; collections are ordered.
 It must not import real adapters (import-linter contract).
 """
@@ -42,7 +44,7 @@ from cni import admin
 from cni.admin import AdminError, add_pool
 from cni.agent import CniAgent, NodeConfig
 from cni.ipam import Ipam, IpamError
-from cni.pools import BLOCKS, HANDLES, Block, Handle, Pool
+from cni.pools import Pool
 from cni.request import CniError, CniRequest
 from control.auth import Principal
 from control.builds import BuildScheduler, NoBuildAgents
@@ -59,6 +61,7 @@ from sim.adapters.dataplane import SimDataplane
 from sim.adapters.proxy import SimProxy
 from sim.adapters.runtime import SimRuntime, SimTask
 from sim.adapters.store import MemoryStore, SimStoreClient
+from sim.audit import Auditor
 from sim.spec import (
     BUILD_SCHEDULER,
     AppSpec,
@@ -217,80 +220,6 @@ class Metrics:
         self.serving_violations += 1
         if len(self.serving_examples) < 10:  # a long outage must not grow a list of millions
             self.serving_examples.append(text)
-
-
-class Auditor:
-    """Follows /ipam/ from revision 1: address owners, pool use, and every duplicate owner ever seen.
-
-    Two witnesses of a duplicate: a handle record for an address another live handle
-    still holds, and a block write that gives an offset to a new handle in the same
-    revision that takes it from the old one (no release between).
-    """
-
-    def __init__(self) -> None:
-        self.owner: dict[str, str] = {}  # address -> handle id (live handle records)
-        self.handle_address: dict[str, str] = {}
-        self.handle_pod: dict[str, tuple[str, str]] = {}
-        self.pod_handles: dict[tuple[str, str], int] = {}  # (namespace, pod) -> live handles
-        self.blocks: dict[str, dict[int, str]] = {}
-        self.block_pool: dict[str, str] = {}
-        self.allocated: dict[str, int] = {}  # pool -> addresses allocated
-        self.violations: list[str] = []
-        self.killed: set[tuple[str, str]] = set()  # pods that died without CNI DEL (the world tells)
-        self.leaks_gone: dict[str, str] = {}  # handle of a killed pod -> its address, once released
-
-    def _count(self, pod: tuple[str, str], delta: int) -> None:
-        n = self.pod_handles.get(pod, 0) + delta
-        if n:
-            self.pod_handles[pod] = n
-        else:
-            self.pod_handles.pop(pod, None)
-
-    def on_event(self, event) -> None:
-        key = event.kv.key
-        if key.startswith(HANDLES):
-            handle = key.removeprefix(HANDLES)
-            if event.type == "put":
-                record = Handle.from_bytes(event.kv.value)
-                address = str(record.address)
-                holder = self.owner.get(address)
-                if holder is not None and holder != handle:
-                    self.violations.append(f"rev {event.revision}: {address} given to {handle} while {holder} "
-                                           "still holds it")
-                self.owner[address] = handle
-                self.handle_address[handle] = address
-                pod = (record.pod.namespace, record.pod.name)
-                before = self.handle_pod.get(handle)
-                if before != pod:
-                    if before is not None:
-                        self._count(before, -1)
-                    self._count(pod, 1)
-                self.handle_pod[handle] = pod
-            else:
-                address = self.handle_address.pop(handle, None)
-                pod = self.handle_pod.pop(handle, None)
-                if pod is not None:
-                    self._count(pod, -1)
-                    if pod in self.killed:
-                        self.leaks_gone[handle] = address or "?"
-                if address is not None and self.owner.get(address) == handle:
-                    del self.owner[address]
-        elif key.startswith(BLOCKS):
-            old = self.blocks.get(key, {})
-            if event.type == "put":
-                block = Block.from_bytes(event.kv.value)
-                new = block.allocations
-                self.block_pool[key] = block.pool
-                for offset, handle in new.items():
-                    if old.get(offset) not in (None, handle):
-                        self.violations.append(f"rev {event.revision}: {block.address(offset)} in {key} passed from "
-                                               f"{old[offset]} to {handle} without a release")
-                self.blocks[key] = dict(new)
-            else:
-                new = {}
-                self.blocks.pop(key, None)
-            pool = self.block_pool.get(key, "")
-            self.allocated[pool] = self.allocated.get(pool, 0) + len(new) - len(old)
 
 
 # --------------------------------------------------------------------------- the Region
