@@ -23,7 +23,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -31,7 +30,7 @@ from typing import Annotated
 import typer
 
 from foundation.logic.build_task import HOST_NAME
-from foundation.ports import StoreError
+from leengine.daemon import connect_until_stopped, stop_on_signals
 from leengine.typer_main import run_app
 from node.build_agent import BuildAgent, BuildAgentConfig
 
@@ -45,21 +44,10 @@ async def run_agent(config: BuildAgentConfig, builder: object, *, etcd: str, etc
     from foundation.adapters.asyncio_runtime import AsyncioRuntime
     from foundation.adapters.etcd_store import EtcdStore
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
     store = EtcdStore(etcd, timeout=etcd_timeout)
     try:
-        while not stop.is_set():
-            try:
-                await store.connect()
-                break
-            except StoreError as exc:
-                log.warning("waiting for etcd: %s", exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 2)
-        if stop.is_set():
+        if not await connect_until_stopped(store, stop, log):
             return
         agent = BuildAgent(store, builder, AsyncioRuntime(), config)  # type: ignore[arg-type]
         task = asyncio.create_task(agent.run(), name="build-agent")

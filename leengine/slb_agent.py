@@ -16,9 +16,7 @@ Bad options are one line on stderr and exit status 2.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -26,7 +24,7 @@ from typing import Annotated
 import typer
 
 from foundation.logic.slb_domain import GROUP_NAME, HOST_NAME
-from foundation.ports import StoreError
+from leengine.daemon import connect_until_stopped, stop_on_signals
 from leengine.typer_main import run_app
 from node.slb_agent import SlbAgent, SlbAgentConfig
 
@@ -45,21 +43,10 @@ async def run_agent(config: SlbAgentConfig, *, etcd: str, prefix: Path, admin_po
     proxy = NginxProxy(prefix, admin_port=admin_port, listen_address=listen_address, retest_on_apply=False)
     await proxy.start()  # serves the saved files at once, etcd or not
     log.info("nginx on %s serving %d domains (generation %d)", prefix, len(proxy.live_domains()), proxy.generation)
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals(stop)
     store = EtcdStore(etcd, timeout=etcd_timeout)  # connects lazily: the agent retries while etcd is away
     try:
-        while not stop.is_set():
-            try:
-                await store.connect()
-                break
-            except StoreError as exc:
-                log.warning("waiting for etcd: %s", exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 2)
-        if stop.is_set():
+        if not await connect_until_stopped(store, stop, log):
             return
         agent = SlbAgent(store, proxy, AsyncioRuntime(), config)
         task = asyncio.create_task(agent.run(), name="slb-agent")
