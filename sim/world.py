@@ -25,7 +25,8 @@ Models (kept simple; say so in reports):
 * **Cell outage**: the Cell's API server is cut off, its nodes lose etcd, its pods are
   unreachable from Nginx (they keep running and serve again when it ends).
 
-The duplicate-address audit lives in ``sim/audit.py``.
+The duplicate-address audit lives in ``sim/audit.py``, the build farm (build hosts,
+registry, scheduler) in ``sim/farm.py``.
 
 Determinism: every choice draws from ``runtime.random``; collections are ordered.
 It must not import real adapters (import-linter contract).
@@ -47,29 +48,24 @@ from cni.ipam import Ipam, IpamError
 from cni.pools import Pool
 from cni.request import CniError, CniRequest
 from control.auth import Principal
-from control.builds import BuildScheduler, NoBuildAgents
 from control.discovery import Binding, Discovery
 from control.slb_core import SlbCore, SlbError
-from foundation.logic.build_task import RESULTS, Result
 from foundation.ports import Cancelled, StoreError
 from foundation.ports.cluster import ClusterUnavailable, Endpoints, PodInfo
-from node.build_agent import BuildAgent, BuildAgentConfig
 from node.slb_agent import SlbAgent, SlbAgentConfig
-from sim.adapters.builder import SimBuilder, SimRegistry
 from sim.adapters.cluster import SimCluster
 from sim.adapters.dataplane import SimDataplane
 from sim.adapters.proxy import SimProxy
 from sim.adapters.runtime import SimRuntime, SimTask
 from sim.adapters.store import MemoryStore, SimStoreClient
 from sim.audit import Auditor
+from sim.farm import Farm
 from sim.spec import (
-    BUILD_SCHEDULER,
     AppSpec,
     CellSpec,
     FaultSpec,
     RegionSpec,
     Selector,
-    build_host_name,
     matches,
     nginx_host_name,
     node_name,
@@ -152,17 +148,6 @@ class NginxHost:
     last_reloads: int = 0
 
 
-@dataclass(eq=False)
-class BuildHost:
-    name: str
-    builder: SimBuilder
-    client: SimStoreClient
-    agent: BuildAgent | None = None
-    task: SimTask | None = None
-    alive: bool = True
-    dropped: int = 0  # late results dropped by this host's previous agents (before crashes)
-
-
 class _RegionPods:
     """The Cluster port as cnictl sees a Region: the pods of every Cell (one etcd serves them all).
 
@@ -188,14 +173,6 @@ class _RegionPods:
 
 
 @dataclass
-class BuildSeen:
-    submitted: float
-    finished: float | None = None
-    state: str = ""  # done | failed, once finished
-    cache_hit: bool = False
-
-
-@dataclass
 class Metrics:
     ok: int = 0
     failed: int = 0
@@ -211,8 +188,6 @@ class Metrics:
     pods_deleted: int = 0
     series: list[dict[str, Any]] = field(default_factory=list)
     max_leaked: int = 0
-    builds: dict[str, BuildSeen] = field(default_factory=dict)  # task -> what the world saw of it
-    builds_unsubmitted: int = 0  # deploys that found no build agent (or no etcd)
     serving_violations: int = 0  # host-seconds (see the domains-keep-serving check)
     serving_examples: list[str] = field(default_factory=list)  # the first few, for the report
 
@@ -265,15 +240,9 @@ class Region:
                 self.hosts[name] = NginxHost(name, group.name, SimProxy(runtime, name), self._client(name))
         self.slb = SlbCore(self._client("slb-core"), runtime)
         self.cnictl = self._client("cnictl")
-        # The build farm: agents on build hosts, the registry, the control plane's scheduler.
-        self.registry = SimRegistry()
-        self.build_hosts: dict[str, BuildHost] = {}
-        for i in range(1, spec.build_hosts + 1):
-            name = build_host_name(i)
-            self.build_hosts[name] = BuildHost(name, SimBuilder(runtime, name, self.registry), self._client(name))
-        self.scheduler = BuildScheduler(self._client(BUILD_SCHEDULER), runtime) if spec.build_hosts else None
+        self.farm = Farm(runtime, self.store, spec.build_hosts, self._client, tick=tick)  # sim/farm.py
+        self.registry = self.farm.registry
         self._images: dict[str, str] = {}  # app -> the image its new pods run
-        self._releases: dict[str, int] = {}  # app -> deploys so far (its commits are r1, r2, …)
         bindings = [Binding(a.name, a.name, a.port, a.group, self.domains[a.name]) for a in spec.apps]
         self.discovery = Discovery({n: c.cluster for n, c in self.cells.items()},
                                    SlbCore(self._client("discovery"), runtime), runtime, bindings)
@@ -361,11 +330,7 @@ class Region:
         rt.spawn(self._controller(), name="region/controller")
         rt.spawn(self._clients(), name="region/clients")
         rt.spawn(self._leak_cron(), name="region/cnictl-cron")
-        if self.scheduler is not None:
-            for build_host in self.build_hosts.values():
-                self._start_build_agent(build_host)
-            rt.spawn(self.scheduler.reassign_forever(), name="build-scheduler")
-            rt.spawn(self._watch_builds(), name="region/build-observer")
+        self.farm.start()
         rt.spawn(self._metrics(), name="region/metrics")
         if self.spec.churn.deploys_per_hour > 0:
             rt.spawn(self._churn(self.spec.churn.deploys_per_hour, self._deploy), name="region/churn-deploys")
@@ -375,28 +340,6 @@ class Region:
             rt.spawn(self._fault(fault), name=f"region/fault-{i}-{fault.kind}")
         for deadline in self._liveness_deadlines():
             rt.spawn(self._probe_at(deadline), name="region/liveness-probe")
-
-    def _start_build_agent(self, host: BuildHost) -> None:
-        host.agent = BuildAgent(host.client, host.builder, self.runtime, BuildAgentConfig(host.name))
-        host.task = self.runtime.spawn(host.agent.run(), name=f"build-agent/{host.name}")
-
-    async def _watch_builds(self) -> None:
-        """An observer (no fault selects it): when each build finished, whoever waited for it or not."""
-        client = self.store.client("build-observer", latency=0.0)
-        after = 0
-        while True:
-            try:
-                async with client.watch(RESULTS, start_revision=after + 1) as watch:
-                    async for event in watch:
-                        after = event.revision
-                        if event.type == "put":
-                            result = Result.from_bytes(event.kv.value)
-                            seen = self.metrics.builds.setdefault(result.task, BuildSeen(result.submitted_at))
-                            seen.finished, seen.state, seen.cache_hit = self.runtime.now(), result.state, \
-                                result.cache_hit
-            except StoreError:
-                pass
-            await self.runtime.sleep(self.tick)
 
     def _start_slb_agent(self, host: NginxHost) -> None:
         agent = SlbAgent(host.client, host.proxy, self.runtime, SlbAgentConfig(host.group, host.name))
@@ -623,8 +566,8 @@ class Region:
         """A rolling replacement: one new pod at a time (surge 1); when it is ready, drain and delete an old one."""
         rt = self.runtime
         app, cell = self.apps[key[0]], self.cells[key[1]]
-        if self.scheduler is not None:
-            image = await self._build_release(app.name)
+        if self.farm.enabled:
+            image = await self.farm.release(app.name)
             if image is None:
                 return  # nothing to roll out: the build failed or never ran
             self._images[app.name] = image  # the controller's template: replacements run it too
@@ -642,25 +585,6 @@ class Region:
                 rt.trace("deploy-stalled", app=app.name, cell=cell.spec.name)
                 return  # the new version does not come up: stop rolling (the controller keeps the count)
             await self.delete_pod(victim)
-
-    async def _build_release(self, app: str, *, timeout: float = 3600.0) -> str | None:
-        """Build the app's next commit on the farm and wait for it: the image to roll out, or None."""
-        rt = self.runtime
-        self._releases[app] = self._releases.get(app, 0) + 1
-        commit = f"r{self._releases[app]}"
-        assert self.scheduler is not None
-        try:
-            task = await self.scheduler.submit(app, commit)
-            self.metrics.builds.setdefault(task, BuildSeen(rt.now()))
-            result = await self.scheduler.wait(task, timeout=timeout)
-        except (NoBuildAgents, StoreError) as exc:
-            self.metrics.builds_unsubmitted += 1
-            rt.trace("deploy-build-failed", app=app, commit=commit, error=type(exc).__name__)
-            return None
-        if result is None or result.state != "done":
-            rt.trace("deploy-build-failed", app=app, commit=commit, error=result.error if result else "timeout")
-            return None
-        return result.image
 
     async def _scale(self, key: tuple[str, str]) -> None:
         """One replica more or fewer (between half and twice the spec's count, at least one);
@@ -948,10 +872,8 @@ class Region:
         if kind == "pool-exhaustion":
             return await self._exhaust_pool(fault)
         if kind == "builder-crash":
-            builders = [self.build_hosts[n] for n in self._select(fault) if self.build_hosts[n].alive]
-            for builder in builders:
-                self._crash_builder(builder)
-            return lambda: [self._return_builder(b) for b in builders]
+            crashed = self.farm.crash(self._select(fault))
+            return lambda: self.farm.come_back(crashed)
         raise ValueError(f"unknown fault kind {kind!r}")
 
     def _cut_client(self, client: SimStoreClient, cut: bool) -> None:
@@ -1021,19 +943,6 @@ class Region:
             cell.cluster.available = True
         for node in cell.nodes:
             self._cut_client(node.client, out)
-
-    def _crash_builder(self, host: BuildHost) -> None:
-        """The build host dies mid-build: no result, no keepalive; its lease expires and its tasks move."""
-        host.alive = False
-        if host.task is not None:
-            host.task.cancel()
-        if host.agent is not None:
-            host.dropped += host.agent.stats.dropped
-            host.agent = None
-
-    def _return_builder(self, host: BuildHost) -> None:
-        host.alive = True  # its disk kept the dependency caches
-        self._start_build_agent(host)
 
     def _lose_host(self, host: NginxHost) -> None:
         host.lost = True
@@ -1126,8 +1035,7 @@ class Region:
         await self.runtime.sleep(max(0.0, deadline - self.runtime.now()))
         not_serving = self._not_serving_now()
         end = self._last_fault_end()
-        unfinished = sorted(task for task, seen in self.metrics.builds.items()
-                            if seen.submitted <= end and seen.finished is None)
+        unfinished = self.farm.unfinished(submitted_by=end)
         self._probes[deadline] = (self.runtime.now(), {"not_serving": not_serving, "leaked": self.leaked(),
                                                        "unfinished_builds": unfinished})
 
@@ -1162,7 +1070,7 @@ class Region:
                                    if elsewhere else "")))
                 elif kind == "builds-finish":
                     unfinished = state["unfinished_builds"]
-                    submitted = sum(1 for b in self.metrics.builds.values() if b.submitted <= self._last_fault_end())
+                    submitted = self.farm.submitted(by=self._last_fault_end())
                     out.append((kind, not unfinished, f"at t={at:g}: {submitted - len(unfinished)} of {submitted} "
                                                       "build(s) submitted before the faults ended have finished"
                                 + (f"; unfinished: {', '.join(unfinished[:5])}" if unfinished else "")))
@@ -1186,20 +1094,6 @@ class Region:
                 for h in self._live_hosts(app.group) if not self._serves(h, self.domains[name])]
 
     # ------------------------------------------------------------------ report
-    def _build_metrics(self) -> dict[str, Any]:
-        if self.scheduler is None:
-            return {}
-        builds = self.metrics.builds.values()
-        took = sorted(b.finished - b.submitted for b in builds if b.state == "done" and b.finished is not None)
-        return {"builds_submitted": len(self.metrics.builds), "builds_done": len(took),
-                "builds_failed": sum(1 for b in builds if b.state == "failed"),
-                "builds_unsubmitted": self.metrics.builds_unsubmitted,
-                "builds_cache_hits": sum(1 for b in builds if b.state == "done" and b.cache_hit),
-                "build_p50": _pct(took, 0.5), "build_p99": _pct(took, 0.99),
-                "builds_moved": self.scheduler.stats.moved,
-                "builds_dropped": sum(h.dropped + (h.agent.stats.dropped if h.agent else 0)
-                                      for h in self.build_hosts.values())}
-
     def report(self) -> dict[str, Any]:
         m = self.metrics
         lat = sorted(m.allocations)
@@ -1226,11 +1120,11 @@ class Region:
                 "reloads": sum(h.proxy.reload_count for h in self.hosts.values()),
                 "reloads_max_per_host": max((h.proxy.reload_count for h in self.hosts.values()), default=0),
                 "discovery_pushes": self.discovery.stats.pushes,
-                **self._build_metrics(),
+                **self.farm.metrics(),
             },
             "counts": {
                 "cells": len(self.cells), "nodes": len(self.nodes), "nginx_hosts": len(self.hosts),
-                "build_hosts": len(self.build_hosts), "registry_images": len(self.registry.images),
+                "build_hosts": len(self.farm.hosts), "registry_images": len(self.registry.images),
                 "apps": len(self.apps), "pods_started": m.pods_started, "pods_died": m.pods_died,
                 "pods_deleted": m.pods_deleted, "pods_alive": sum(1 for p in all_pods if p.alive),
                 "faults": len(self.fault_windows), "store_writes": self.store.writes,
@@ -1240,10 +1134,6 @@ class Region:
             "trace_events": self.runtime.trace_log.count,
             "trace_sha256": self.runtime.trace_log.sha256,
         }
-
-
-def _pct(values: list[float], q: float) -> float:
-    return round(values[min(len(values) - 1, int(q * len(values)))], 3) if values else 0.0
 
 
 def run_region(spec: RegionSpec, **options: Any) -> tuple[dict[str, Any], Region]:

@@ -269,7 +269,7 @@ def test_deploys_build_on_the_farm_and_builds_move_off_crashed_build_hosts():
     assert m["builds_moved"] >= 1  # a build host died mid-build: its task went to the next host of the repo
     assert m["builds_submitted"] > 0 and m["builds_failed"] == 0
     # Every build had finished unless it was submitted in the last few minutes of the run.
-    assert not [t for t, b in region.metrics.builds.items() if b.finished is None and b.submitted < 1500 - 600]
+    assert not [t for t, b in region.farm.builds.items() if b.finished is None and b.submitted < 1500 - 600]
     assert 0 < m["builds_cache_hits"] < m["builds_done"]  # warm where the repo was built before
     # Rolled-out pods run the images the farm pushed; the registry holds each one.
     images = {p.image for pods in region.pods.values() for p in pods if p.alive and p.image}
@@ -287,7 +287,7 @@ def test_builds_that_never_finish_fail_the_builds_finish_check():
     region = Region(spec, SimRuntime(seed=2))
     region.runtime.spawn(region._boot(), name="boot")
     region.runtime.run(until=50)
-    region.runtime.spawn(region._build_release("shop"), name="deploy")  # compiling when the farm dies
+    region.runtime.spawn(region.farm.release("shop"), name="deploy")  # compiling when the farm dies
     region.runtime.run(until=600)
     region.finished = True
     [(_, passed, detail)] = region.checks()

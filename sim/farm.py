@@ -1,0 +1,156 @@
+"""The simulated Region's build farm: build hosts running the real build agent, the registry, the scheduler.
+
+Each build host runs ``node.build_agent.BuildAgent`` on a ``SimBuilder`` (durations with
+the cache warm or cold) with its own etcd client; the control plane's
+``control.builds.BuildScheduler`` places tasks and moves them off dead hosts; the
+``SimRegistry`` holds the pushed images, which nodes pull once. A deploy asks
+``release(app)`` for the image of the app's next commit (``r1``, ``r2``, …). An observer
+watches ``/build/results/`` so that the ``builds-finish`` check knows when each build
+finished, whoever waited for it.
+
+It must not know Kubernetes, Nginx or the Region's requests: the world (``sim/world.py``)
+decides when to deploy and what a crash of a build host means for its faults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from control.builds import BuildScheduler, NoBuildAgents
+from foundation.logic.build_task import RESULTS, Result
+from foundation.ports import StoreError
+from node.build_agent import BuildAgent, BuildAgentConfig
+from sim.adapters.builder import SimBuilder, SimRegistry
+from sim.adapters.runtime import SimRuntime, SimTask
+from sim.adapters.store import MemoryStore, SimStoreClient
+from sim.spec import BUILD_SCHEDULER, build_host_name
+
+
+@dataclass(eq=False)
+class BuildHost:
+    name: str
+    builder: SimBuilder
+    client: SimStoreClient
+    agent: BuildAgent | None = None
+    task: SimTask | None = None
+    alive: bool = True
+    dropped: int = 0  # late results dropped by this host's previous agents (before crashes)
+
+
+@dataclass
+class BuildSeen:
+    submitted: float
+    finished: float | None = None
+    state: str = ""  # done | failed, once finished
+    cache_hit: bool = False
+
+
+def _pct(values: list[float], q: float) -> float:
+    return round(values[min(len(values) - 1, int(q * len(values)))], 3) if values else 0.0
+
+
+class Farm:
+    def __init__(self, runtime: SimRuntime, store: MemoryStore, hosts: int,
+                 client: Callable[[str], SimStoreClient], *, tick: float = 1.0) -> None:
+        self.runtime = runtime
+        self.store = store
+        self.tick = tick
+        self.registry = SimRegistry()
+        self.hosts = {name: BuildHost(name, SimBuilder(runtime, name, self.registry), client(name))
+                      for name in (build_host_name(i) for i in range(1, hosts + 1))}
+        self.scheduler = BuildScheduler(client(BUILD_SCHEDULER), runtime) if hosts else None
+        self.builds: dict[str, BuildSeen] = {}  # task -> what the world saw of it
+        self.unsubmitted = 0  # deploys that found no build agent (or no etcd)
+        self._releases: dict[str, int] = {}  # app -> deploys so far
+
+    @property
+    def enabled(self) -> bool:
+        return self.scheduler is not None
+
+    def start(self) -> None:
+        if self.scheduler is None:
+            return
+        for host in self.hosts.values():
+            self._start_agent(host)
+        self.runtime.spawn(self.scheduler.reassign_forever(), name="build-scheduler")
+        self.runtime.spawn(self._observe(), name="region/build-observer")
+
+    def _start_agent(self, host: BuildHost) -> None:
+        host.agent = BuildAgent(host.client, host.builder, self.runtime, BuildAgentConfig(host.name))
+        host.task = self.runtime.spawn(host.agent.run(), name=f"build-agent/{host.name}")
+
+    async def _observe(self) -> None:
+        """An observer (no fault selects it): when each build finished, whoever waited for it or not."""
+        client = self.store.client("build-observer", latency=0.0)
+        after = 0
+        while True:
+            try:
+                async with client.watch(RESULTS, start_revision=after + 1) as watch:
+                    async for event in watch:
+                        after = event.revision
+                        if event.type == "put":
+                            result = Result.from_bytes(event.kv.value)
+                            seen = self.builds.setdefault(result.task, BuildSeen(result.submitted_at))
+                            seen.finished, seen.state, seen.cache_hit = self.runtime.now(), result.state, \
+                                result.cache_hit
+            except StoreError:
+                pass
+            await self.runtime.sleep(self.tick)
+
+    async def release(self, app: str, *, timeout: float = 3600.0) -> str | None:
+        """Build the app's next commit and wait for it: the image to roll out, or None."""
+        rt = self.runtime
+        assert self.scheduler is not None
+        self._releases[app] = self._releases.get(app, 0) + 1
+        commit = f"r{self._releases[app]}"
+        try:
+            task = await self.scheduler.submit(app, commit)
+            self.builds.setdefault(task, BuildSeen(rt.now()))
+            result = await self.scheduler.wait(task, timeout=timeout)
+        except (NoBuildAgents, StoreError) as exc:
+            self.unsubmitted += 1
+            rt.trace("deploy-build-failed", app=app, commit=commit, error=type(exc).__name__)
+            return None
+        if result is None or result.state != "done":
+            rt.trace("deploy-build-failed", app=app, commit=commit, error=result.error if result else "timeout")
+            return None
+        return result.image
+
+    def crash(self, names: list[str]) -> list[BuildHost]:
+        """The hosts die mid-build: no result, no keepalive; their leases expire and their tasks move."""
+        crashed = [self.hosts[n] for n in names if self.hosts[n].alive]
+        for host in crashed:
+            host.alive = False
+            if host.task is not None:
+                host.task.cancel()
+            if host.agent is not None:
+                host.dropped += host.agent.stats.dropped
+                host.agent = None
+        return crashed
+
+    def come_back(self, hosts: list[BuildHost]) -> None:
+        for host in hosts:
+            host.alive = True  # its disk kept the dependency caches
+            self._start_agent(host)
+
+    def unfinished(self, submitted_by: float) -> list[str]:
+        return sorted(t for t, b in self.builds.items() if b.submitted <= submitted_by and b.finished is None)
+
+    def submitted(self, by: float) -> int:
+        return sum(1 for b in self.builds.values() if b.submitted <= by)
+
+    def metrics(self) -> dict[str, Any]:
+        if self.scheduler is None:
+            return {}
+        builds = self.builds.values()
+        took = sorted(b.finished - b.submitted for b in builds if b.state == "done" and b.finished is not None)
+        return {"builds_submitted": len(self.builds), "builds_done": len(took),
+                "builds_failed": sum(1 for b in builds if b.state == "failed"),
+                "builds_unsubmitted": self.unsubmitted,
+                "builds_cache_hits": sum(1 for b in builds if b.state == "done" and b.cache_hit),
+                "build_p50": _pct(took, 0.5), "build_p99": _pct(took, 0.99),
+                "builds_moved": self.scheduler.stats.moved,
+                "builds_dropped": sum(h.dropped + (h.agent.stats.dropped if h.agent else 0)
+                                      for h in self.hosts.values())}
