@@ -34,6 +34,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from leengine.processes import stop_child
+
 START_TIMEOUT = 15.0  # seconds for etcd to answer /health before we give up
 STOP_TIMEOUT = 5.0  # seconds for a graceful SIGTERM before SIGKILL
 
@@ -202,12 +204,7 @@ class EtcdServer:
         if self._paused:
             proc.send_signal(signal.SIGCONT)  # a stopped process would not act on SIGTERM
             self._paused = False
-        proc.terminate()
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_child(proc, STOP_TIMEOUT)
 
     def pause(self) -> None:
         """SIGSTOP etcd: connections stay open but nothing answers (a hung server)."""

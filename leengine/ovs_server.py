@@ -39,6 +39,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from leengine.processes import stop_child
+
 START_TIMEOUT = 15.0  # seconds for ovsdb-server to answer and vswitchd to apply the db
 STOP_TIMEOUT = 5.0  # seconds for a graceful SIGTERM before SIGKILL
 SCHEMA_CANDIDATES = ("/usr/share/openvswitch/vswitch.ovsschema",)
@@ -201,14 +203,8 @@ class OvsServer:
         # vswitchd first: it must not see its database vanish and log reconnect noise.
         for name in ("ovs-vswitchd", "ovsdb-server"):
             proc = self._procs.pop(name, None)
-            if proc is None or proc.poll() is not None:
-                continue
-            proc.terminate()
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            if proc is not None:
+                stop_child(proc, STOP_TIMEOUT)
 
 
 @contextlib.contextmanager

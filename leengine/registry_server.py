@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from leengine.nginx_server import free_port
+from leengine.processes import stop_child
 
 BINARY = "docker-registry"
 START_TIMEOUT = 15.0
@@ -78,11 +79,6 @@ def running_registry() -> Iterator[Registry]:
                 time.sleep(0.05)
         yield Registry(address, root, process)
     finally:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_child(process)
         log.close()
         shutil.rmtree(root, ignore_errors=True)

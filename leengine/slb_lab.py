@@ -43,6 +43,7 @@ from pathlib import Path
 
 from foundation.logic.slb_domain import Upstream
 from leengine.nginx_server import free_port, make_prefix
+from leengine.processes import stop_child
 
 BIN = Path(sys.executable).parent
 BACKEND_PORT = 8080
@@ -198,13 +199,8 @@ class AgentProcess:
         return reconfigurations(self.prefix)
 
     def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc is not None:
+            stop_child(self.proc, 10)
         pid = self.nginx_pid()
         if pid is not None:
             stop_process(pid)

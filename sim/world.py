@@ -241,7 +241,6 @@ class Region:
         self.slb = SlbCore(self._client("slb-core"), runtime)
         self.cnictl = self._client("cnictl")
         self.farm = Farm(runtime, self.store, spec.build_hosts, self._client, tick=tick)  # sim/farm.py
-        self.registry = self.farm.registry
         self._images: dict[str, str] = {}  # app -> the image its new pods run
         bindings = [Binding(a.name, a.name, a.port, a.group, self.domains[a.name]) for a in spec.apps]
         self.discovery = Discovery({n: c.cluster for n, c in self.cells.items()},
@@ -454,7 +453,7 @@ class Region:
             cell.cluster.put_pod(PodInfo(app.name, pod.name, pod.uid, node.name, pod.ip))
             self._sync_endpoints(app.name, cell)
             if pod.image and pod.image not in node.images:  # the sandbox is up: pull, then start
-                await rt.sleep(self.registry.pull_seconds(pod.image))
+                await rt.sleep(self.farm.registry.pull_seconds(pod.image))
                 node.images.add(pod.image)
             await rt.sleep(app.start_seconds + app.readiness_seconds)
             pod.ready, pod.ready_at = True, rt.now()
@@ -1124,7 +1123,7 @@ class Region:
             },
             "counts": {
                 "cells": len(self.cells), "nodes": len(self.nodes), "nginx_hosts": len(self.hosts),
-                "build_hosts": len(self.farm.hosts), "registry_images": len(self.registry.images),
+                "build_hosts": len(self.farm.hosts), "registry_images": len(self.farm.registry.images),
                 "apps": len(self.apps), "pods_started": m.pods_started, "pods_died": m.pods_died,
                 "pods_deleted": m.pods_deleted, "pods_alive": sum(1 for p in all_pods if p.alive),
                 "faults": len(self.fault_windows), "store_writes": self.store.writes,

@@ -62,6 +62,7 @@ class BuildahConfig:
 class BuildahBuilder:
     def __init__(self, config: BuildahConfig) -> None:
         self.config = config
+        self._swept = False  # leftovers of a previous (killed) agent removed, once per process
 
     @property
     def host(self) -> str:
@@ -128,7 +129,9 @@ class BuildahBuilder:
             started = time.monotonic()
 
         try:
-            await self._sweep(prefix)
+            if not self._swept:
+                await self._sweep(prefix)
+                self._swept = True
             shutil.rmtree(work, ignore_errors=True)
             work.parent.mkdir(parents=True, exist_ok=True)
             cache.mkdir(parents=True, exist_ok=True)

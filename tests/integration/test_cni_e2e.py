@@ -31,6 +31,7 @@ from foundation.adapters.ovs_dataplane import OvsDataplane
 from foundation.ports.dataplane import host_ifname
 from leengine.cni_install import install_plugin
 from leengine.kube_mock import KubeApiMock
+from leengine.processes import stop_child
 
 TOKEN = f"{(os.getpid() + 7) % 0x10000:04x}"
 NODES = {"node-1": f"le{TOKEN}n1", "node-2": f"le{TOKEN}n2"}
@@ -76,13 +77,8 @@ class Agent:
         self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc is not None:
+            stop_child(self.proc, 10)
 
 
 class Lab:

@@ -273,7 +273,7 @@ def test_deploys_build_on_the_farm_and_builds_move_off_crashed_build_hosts():
     assert 0 < m["builds_cache_hits"] < m["builds_done"]  # warm where the repo was built before
     # Rolled-out pods run the images the farm pushed; the registry holds each one.
     images = {p.image for pods in region.pods.values() for p in pods if p.alive and p.image}
-    assert images and images <= set(region.registry.images)
+    assert images and images <= set(region.farm.registry.images)
     assert any(node.images for node in region.nodes.values())  # nodes pulled them
 
 
