@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
@@ -36,6 +37,60 @@ LEAKS = "/ipam/leaks/"
 POOL_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 NODE_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")  # a Kubernetes node name (DNS subdomain)
 DEFAULT_BLOCK_SIZE = 16
+
+
+class InvalidRecord(ValueError):
+    """A record read from the Store cannot be decoded or breaks its own rules.
+
+    Every decoder of this module raises only this (whatever went wrong inside: deeply
+    nested JSON, wrong types, numbers too large to parse), so a reader can set the one
+    record aside instead of crashing on it.
+    """
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(f"invalid {kind} record: {reason}")
+        self.kind = kind
+        self.reason = reason
+
+
+# An etcd value is at most 1.5 MiB; none of ours comes near. What is echoed of a bad one is cut.
+_MAX_ECHO = 200
+_MAX_HANDLE_ID = 512  # a container ID (<= 1024 bytes by our parser is generous) + "/" + an ifname
+
+
+def _decode(kind: str, raw: bytes, build: Any) -> Any:
+    """``build(json)`` or ``InvalidRecord``: any failure of a decode is the record's fault, never the reader's."""
+    try:
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise InvalidRecord(kind, f"not a JSON object but {type(data).__name__}")
+        return build(data)
+    except InvalidRecord:
+        raise
+    except Exception as exc:  # RecursionError, KeyError, TypeError, ValueError (e.g. a 5,000-digit int), ...
+        text = str(exc)
+        text = text if len(text) <= _MAX_ECHO else text[:_MAX_ECHO] + "..."
+        raise InvalidRecord(kind, f"{type(exc).__name__}: {text}") from None
+
+
+def _str(kind: str, data: dict[str, Any], name: str, default: str | None = None) -> str:
+    value = data.get(name, default)
+    if not isinstance(value, str):
+        raise InvalidRecord(kind, f"{name} is {'not a string' if name in data else 'missing'}")
+    return value
+
+
+def _number(kind: str, name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+        raise InvalidRecord(kind, f"{name} is not a finite number")
+    return float(value)
+
+
+def _offset(kind: str, text: Any, size: int) -> int:
+    if not isinstance(text, str) or not text.isascii() or not text.isdigit() or len(text) > 10 \
+            or not 0 <= int(text) < size:
+        raise InvalidRecord(kind, f"offset {str(text)[:20]!r} is not an offset within the block")
+    return int(text)
 
 
 class PoolConfigError(ValueError):
@@ -151,9 +206,16 @@ class Pool:
 
     @staticmethod
     def from_bytes(raw: bytes) -> Pool:
-        data = json.loads(raw)
-        return Pool.parse(data["name"], data["cidr"], data["vlan"], data["gateway"], data.get("exclude", []),
-                          data.get("block_size", DEFAULT_BLOCK_SIZE))
+        """Decode a pool record; ``InvalidRecord`` for anything ``parse`` would refuse, or worse."""
+
+        def build(data: dict[str, Any]) -> Pool:
+            exclude = data.get("exclude", [])
+            if not isinstance(exclude, list):
+                raise InvalidRecord("pool", "exclude is not a list")
+            return Pool.parse(data["name"], data["cidr"], data["vlan"], data["gateway"], exclude,
+                              data.get("block_size", DEFAULT_BLOCK_SIZE))
+
+        return _decode("pool", raw, build)
 
 
 def block_key(pool: str, block: IPv4Network) -> str:
@@ -207,10 +269,28 @@ class Block:
 
     @staticmethod
     def from_bytes(raw: bytes) -> Block:
-        data = json.loads(raw)
-        return Block(data["pool"], _network(data["cidr"]), data["node"],
-                     {int(o): h for o, h in data.get("allocations", {}).items()},
-                     {int(o): float(t) for o, t in data.get("released", {}).items()})
+        """Decode a block record; ``InvalidRecord`` unless every field is what this module writes."""
+
+        def build(data: dict[str, Any]) -> Block:
+            pool, node = _str("block", data, "pool"), _str("block", data, "node")
+            if not POOL_NAME.fullmatch(pool):
+                raise InvalidRecord("block", f"pool {pool[:_MAX_ECHO]!r} is not a pool name")
+            if not NODE_NAME.fullmatch(node):
+                raise InvalidRecord("block", f"node {node[:_MAX_ECHO]!r} is not a node name")
+            cidr = _network(_str("block", data, "cidr"))
+            allocations, released = data.get("allocations", {}), data.get("released", {})
+            if not isinstance(allocations, dict) or not isinstance(released, dict):
+                raise InvalidRecord("block", "allocations or released is not an object")
+            size = cidr.num_addresses
+            held: dict[int, str] = {}
+            for o, h in allocations.items():
+                if not isinstance(h, str) or "/" not in h or len(h) > _MAX_HANDLE_ID:
+                    raise InvalidRecord("block", f"allocation {str(o)[:20]!r} names no handle")
+                held[_offset("block", o, size)] = h
+            cooling = {_offset("block", o, size): _number("block", "a release time", t) for o, t in released.items()}
+            return Block(pool, cidr, node, held, cooling)
+
+        return _decode("block", raw, build)
 
 
 def handle_id(container_id: str, ifname: str) -> str:
@@ -266,11 +346,29 @@ class Handle:
 
     @staticmethod
     def from_bytes(raw: bytes) -> Handle:
-        data = json.loads(raw)
-        pod = data.get("pod") or {}
-        return Handle(data["container_id"], data["ifname"], _address(data["address"]), data["pool"], data["node"],
-                      PodRef(pod.get("namespace", ""), pod.get("name", ""), pod.get("uid", "")),
-                      data.get("network", ""), float(data.get("allocated_at", 0.0)))
+        """Decode a handle record; ``InvalidRecord`` unless every field is what this module writes."""
+
+        def build(data: dict[str, Any]) -> Handle:
+            kind = "handle"
+            container_id, ifname = _str(kind, data, "container_id"), _str(kind, data, "ifname")
+            if not container_id or not ifname or "/" in container_id or "/" in ifname \
+                    or len(container_id) + len(ifname) >= _MAX_HANDLE_ID:
+                raise InvalidRecord(kind, "container_id or ifname is not what a CNI request may carry")
+            pool, node = _str(kind, data, "pool"), _str(kind, data, "node")
+            if not POOL_NAME.fullmatch(pool):
+                raise InvalidRecord(kind, f"pool {pool[:_MAX_ECHO]!r} is not a pool name")
+            if not NODE_NAME.fullmatch(node):
+                raise InvalidRecord(kind, f"node {node[:_MAX_ECHO]!r} is not a node name")
+            pod = data.get("pod") or {}
+            if not isinstance(pod, dict):
+                raise InvalidRecord(kind, "pod is not an object")
+            return Handle(container_id, ifname, _address(_str(kind, data, "address")), pool, node,
+                          PodRef(_str(kind, pod, "namespace", ""), _str(kind, pod, "name", ""),
+                                 _str(kind, pod, "uid", "")),
+                          _str(kind, data, "network", ""),
+                          _number(kind, "allocated_at", data.get("allocated_at", 0.0)))
+
+        return _decode("handle", raw, build)
 
 
 # Records are read by the thousand (a leak check reads every handle and block): parsing the
