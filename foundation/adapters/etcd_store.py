@@ -68,6 +68,11 @@ _TARGETS = {
 }
 _OPS = {"==": rpc.Compare.EQUAL, "!=": rpc.Compare.NOT_EQUAL, "<": rpc.Compare.LESS, ">": rpc.Compare.GREATER}
 
+# range(): keys per etcd request (halved while an answer exceeds gRPC's receive limit),
+# and how often a read restarts when history is compacted between its pages.
+_RANGE_PAGE = 512
+_RANGE_RESTARTS = 3
+
 # Codes meaning "the server did not answer", as opposed to "it answered no".
 _UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
@@ -251,9 +256,45 @@ class EtcdStore:
         resp = await self._call(self._live.kvstub.Range, _range_request(key, prefix=False))
         return _kv(resp.kvs[0]) if resp.kvs else None
 
-    async def range(self, prefix: str, *, limit: int = 0) -> RangeResult:
-        resp = await self._call(self._live.kvstub.Range, _range_request(prefix, prefix=True, limit=limit))
-        return RangeResult(tuple(_kv(kv) for kv in resp.kvs), resp.header.revision)
+    async def range(self, prefix: str, *, limit: int = 0, start_after: str = "", revision: int = 0) -> RangeResult:
+        """Read in pages of at most ``_RANGE_PAGE`` keys, all at one revision (one snapshot).
+
+        One etcd answer must fit gRPC's receive limit (4 MiB): a prefix of many large
+        values in one response fails with RESOURCE_EXHAUSTED, so a page that does is
+        asked again at half the size (one key fits: etcd's --max-request-bytes is
+        smaller). History compacted between two pages of a read at "now" restarts it.
+        """
+        for _ in range(_RANGE_RESTARTS):
+            try:
+                return await self._range_pages(prefix, limit, start_after, revision)
+            except CompactedError:
+                if revision:
+                    raise  # the caller asked for that revision: it is gone
+        raise StoreError(f"etcd at {self._endpoint}: history kept being compacted while reading {prefix!r}")
+
+    async def _range_pages(self, prefix: str, limit: int, start_after: str, revision: int) -> RangeResult:
+        start, end = _span(prefix)
+        if start_after:
+            start = max(start, _key(start_after) + b"\0")  # the next possible key after it
+        kvs: list[KeyValue] = []
+        at, page = revision, _RANGE_PAGE
+        while True:
+            want = min(page, limit - len(kvs)) if limit else page
+            request = rpc.RangeRequest(key=start, range_end=end, limit=want, revision=at)
+            try:
+                resp = await self._live.kvstub.Range(request, timeout=self.timeout, metadata=self._client.metadata)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and page > 1:
+                    page //= 2
+                    continue
+                if exc.code() == grpc.StatusCode.OUT_OF_RANGE and "compacted" in (exc.details() or ""):
+                    raise CompactedError(at, await self._compact_revision()) from None
+                raise self._error(exc) from None
+            at = at or resp.header.revision  # the first page fixes the snapshot
+            kvs.extend(_kv(kv) for kv in resp.kvs)
+            if not resp.more or not resp.kvs or (limit and len(kvs) >= limit):
+                return RangeResult(tuple(kvs), at)
+            start = resp.kvs[-1].key + b"\0"
 
     async def put(self, key: str, value: bytes, *, lease: int = 0, prev_kv: bool = False) -> PutResult:
         request = rpc.PutRequest(key=_key(key), value=value, lease=lease, prev_kv=prev_kv)

@@ -207,8 +207,16 @@ class Store(Protocol):
 
     async def get(self, key: str) -> KeyValue | None: ...
 
-    async def range(self, prefix: str, *, limit: int = 0) -> RangeResult:
-        """All keys starting with ``prefix``, sorted; ``limit`` 0 means no limit."""
+    async def range(self, prefix: str, *, limit: int = 0, start_after: str = "", revision: int = 0) -> RangeResult:
+        """All keys starting with ``prefix``, sorted; ``limit`` 0 means no limit.
+
+        ``start_after``: only keys after this one (exclusive), to read a prefix in
+        pages. ``revision``: read the keys as they were at that store revision (0:
+        now), so the pages of one listing are one snapshot; a revision older than the
+        last compaction raises ``CompactedError``, a future one ``StoreError``. The
+        result's ``revision`` is the revision read at. However many keys match, the
+        whole answer comes back (adapters page internally as their transport needs).
+        """
 
     async def put(self, key: str, value: bytes, *, lease: int = 0, prev_kv: bool = False) -> PutResult:
         """Write ``key``; with ``prev_kv`` the result carries the value it replaced."""

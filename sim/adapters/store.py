@@ -102,6 +102,7 @@ class MemoryStore:
         self._keys: SortedDict[str, KeyValue] = SortedDict()
         self._history: list[WatchEvent] = []
         self._history_revs: list[int] = []  # parallel to _history, for bisect
+        self._history_prev: list[KeyValue | None] = []  # parallel: the key before each event (reads in the past)
         self._watchers: list[_Watcher] = []
         self._leases: dict[int, _LeaseState] = {}
         self._lease_heap: list[tuple[float, int]] = []
@@ -142,18 +143,41 @@ class MemoryStore:
         """Every event since the last compaction, in revision order (for reports and checks)."""
         return tuple(self._history)
 
-    def _range(self, key: str, prefix: bool, limit: int = 0) -> RangeResult:
+    def _range(self, key: str, prefix: bool, limit: int = 0, start_after: str = "", revision: int = 0) -> RangeResult:
         if not prefix:
             kv = self._keys.get(key)
             return RangeResult((kv,) if kv else (), self._revision)
+        if revision and revision != self._revision:
+            return self._range_at(key, limit, start_after, revision)
         kvs = []
-        for k in self._keys.irange(minimum=key):
+        for k in self._keys.irange(minimum=max(key, start_after)):
             if not k.startswith(key):
                 break
+            if k == start_after:
+                continue
             kvs.append(self._keys[k])
             if limit and len(kvs) >= limit:
                 break
         return RangeResult(tuple(kvs), self._revision)
+
+    def _range_at(self, prefix: str, limit: int, start_after: str, revision: int) -> RangeResult:
+        """The keys under ``prefix`` as they were at ``revision``: today's, with later events undone."""
+        if revision < self._compact_revision:
+            raise CompactedError(revision, self._compact_revision)
+        if revision > self._revision:
+            raise StoreError(f"mvcc: required revision {revision} is a future revision (current {self._revision})")
+        state = {k: self._keys[k] for k in self._keys.irange(minimum=prefix) if k.startswith(prefix)} \
+            if prefix else dict(self._keys)
+        for i in range(len(self._history) - 1, bisect.bisect_right(self._history_revs, revision) - 1, -1):
+            k = self._history[i].kv.key
+            if k.startswith(prefix):
+                before = self._history_prev[i]
+                if before is None:
+                    state.pop(k, None)
+                else:
+                    state[k] = before
+        kvs = [state[k] for k in sorted(state) if k > start_after]
+        return RangeResult(tuple(kvs[:limit] if limit else kvs), revision)
 
     # ------------------------------------------------------------------ writes
     def _compare(self, c: Compare) -> bool:
@@ -185,6 +209,7 @@ class MemoryStore:
         rev = self._revision + 1
         wrote = False
         events: list[WatchEvent] = []
+        prevs: list[KeyValue | None] = []  # parallel to events
         results: list[OpResult] = []
         for op in ops:
             if isinstance(op, GetOp):
@@ -205,6 +230,7 @@ class MemoryStore:
                 if op.lease:
                     self._leases[op.lease].keys[op.key] = None
                 events.append(WatchEvent("put", kv, rev))
+                prevs.append(prev)
                 results.append(PutResult(rev, prev if op.prev_kv else None))
                 wrote = True
             else:
@@ -214,19 +240,21 @@ class MemoryStore:
                     if prev.lease and prev.lease in self._leases:
                         self._leases[prev.lease].keys.pop(prev.key, None)
                     events.append(WatchEvent("delete", KeyValue(prev.key, b"", 0, rev, 0), rev))
+                    prevs.append(prev)
                 results.append(DeleteResult(len(removed), rev if removed else self._revision, tuple(removed)))
                 wrote = wrote or bool(removed)
         if wrote:
-            self._commit(rev, events)
+            self._commit(rev, events, prevs)
         # Every result carries the transaction's revision, as the etcd adapter stamps them.
         return TxnResult(succeeded, self._revision, tuple(_at_revision(r, self._revision) for r in results))
 
-    def _commit(self, rev: int, events: list[WatchEvent]) -> None:
+    def _commit(self, rev: int, events: list[WatchEvent], prevs: list[KeyValue | None]) -> None:
         self._revision = rev
         self.writes += 1
-        for event in events:
+        for event, prev in zip(events, prevs, strict=True):
             self._history.append(event)
             self._history_revs.append(rev)
+            self._history_prev.append(prev)
             if self._trace:
                 self._runtime.trace(
                     f"store-{event.type}", rev=rev, key=event.kv.key, value_crc=zlib.crc32(event.kv.value)
@@ -259,6 +287,7 @@ class MemoryStore:
         cut = bisect.bisect_left(self._history_revs, revision)
         del self._history[:cut]
         del self._history_revs[:cut]
+        del self._history_prev[:cut]
         self._compact_revision = revision
 
     # ------------------------------------------------------------------ leases
@@ -447,8 +476,8 @@ class SimStoreClient:
     async def get(self, key: str) -> KeyValue | None:
         return (await self._call(lambda: self._server._range(key, False))).first()
 
-    async def range(self, prefix: str, *, limit: int = 0) -> RangeResult:
-        return await self._call(lambda: self._server._range(prefix, True, limit))
+    async def range(self, prefix: str, *, limit: int = 0, start_after: str = "", revision: int = 0) -> RangeResult:
+        return await self._call(lambda: self._server._range(prefix, True, limit, start_after, revision))
 
     async def put(self, key: str, value: bytes, *, lease: int = 0, prev_kv: bool = False) -> PutResult:
         result = await self._call(lambda: self._server.txn([], [PutOp(key, value, lease, prev_kv)], []))

@@ -98,6 +98,56 @@ def test_range_is_sorted_bounded_and_limited(store_harness):
     store_harness.run(body)
 
 
+def test_range_pages_with_start_after_at_one_revision(store_harness):
+    """Paging a prefix: ``start_after`` continues after a key, ``revision`` reads the past."""
+    async def body(h):
+        s = h.store
+        for name in ["a", "b", "c", "d", "e"]:
+            await s.put(h.key(f"p/{name}"), name.encode())
+        await s.put(h.key("p0"), b"a sibling, not under p/")
+        first = await s.range(h.key("p/"), limit=2)
+        assert [kv.value for kv in first.kvs] == [b"a", b"b"]
+        snapshot = first.revision
+        # Changes after the first page: a later page read at its revision does not see them.
+        await s.put(h.key("p/c"), b"changed")
+        await s.delete(h.key("p/d"))
+        await s.put(h.key("p/bb"), b"new")
+        second = await s.range(h.key("p/"), limit=2, start_after=first.kvs[-1].key, revision=snapshot)
+        assert [kv.value for kv in second.kvs] == [b"c", b"d"] and second.revision == snapshot
+        assert second.kvs[0].mod_revision < snapshot + 1
+        third = await s.range(h.key("p/"), limit=2, start_after=second.kvs[-1].key, revision=snapshot)
+        assert [kv.value for kv in third.kvs] == [b"e"]
+        # Now: the changes are there; start_after outside the prefix or past its end.
+        now = await s.range(h.key("p/"), start_after=h.key("p/b"))
+        assert [kv.value for kv in now.kvs] == [b"new", b"changed", b"e"] and now.revision == await s.revision()
+        assert (await s.range(h.key("p/"), start_after=h.key("a"))).kvs[0].value == b"a"
+        assert (await s.range(h.key("p/"), start_after=h.key("p/z"))).kvs == ()
+        # A compacted revision is a typed error; a future one an error.
+        await s.compact(await s.revision())
+        with pytest.raises(CompactedError):
+            await s.range(h.key("p/"), revision=snapshot)
+        with pytest.raises(StoreError):
+            await s.range(h.key("p/"), revision=await s.revision() + 1000)
+
+    store_harness.run(body)
+
+
+def test_range_returns_a_prefix_larger_than_one_grpc_message(store_harness):
+    """6 MiB under one prefix (gRPC's receive limit is 4 MiB): one complete, sorted answer."""
+    async def body(h):
+        s = h.store
+        value = b"x" * (1 << 19)  # 512 KiB
+        for i in range(12):
+            await s.put(h.key(f"big/{i:02d}"), value + bytes([i]))
+        got = await s.range(h.key("big/"))
+        assert [kv.key for kv in got.kvs] == [h.key(f"big/{i:02d}") for i in range(12)]
+        assert all(kv.value == value + bytes([i]) for i, kv in enumerate(got.kvs))
+        assert got.revision == await s.revision()
+        assert len((await s.range(h.key("big/"), limit=11)).kvs) == 11
+
+    store_harness.run(body)
+
+
 def test_txn_is_atomic_and_runs_exactly_one_branch(store_harness):
     async def body(h):
         s = h.store
