@@ -18,9 +18,16 @@ past. ``timeoutSeconds`` ends the stream cleanly (after a BOOKMARK with the curr
 version when ``allowWatchBookmarks`` asked for one). Invariant: one resource version
 counter for every change, as etcd's revision is.
 
+It streams as a real API server does over HTTP/1.1: chunked, the connection kept alive
+(no ``Connection: close``), so after the terminating chunk the client may send its next
+request on it; plain answers carry ``Content-Length`` and keep the connection alive too.
+``connection_close=True`` makes watch streams answer ``Connection: close`` instead (as
+some proxies do), so the client is tested against both. ``requests`` logs every request
+(``"list"`` or ``"watch"`` plus the path), so a test can tell a relist from a quiet watch.
+
 Outages: ``cut_off()`` closes the listening socket (connections are refused) and
 drops every open watch mid-stream (no terminating chunk, so the client sees a
-broken stream, not an end); ``restore()`` listens again on the same port with the
+broken stream, not an end) and every idle kept-alive connection; ``restore()`` listens again on the same port with the
 same state. State is guarded by one lock; watchers wait on a condition of it.
 It must not know any agent.
 """
@@ -51,7 +58,7 @@ class _Drop(Exception):
 
 
 class KubeApiMock:
-    def __init__(self, *, history: int = 1000) -> None:
+    def __init__(self, *, history: int = 1000, connection_close: bool = False) -> None:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._pods: dict[tuple[str, str], dict[str, Any]] = {}
@@ -65,6 +72,14 @@ class KubeApiMock:
         self._server: ThreadingHTTPServer | None = None
         self._port: int | None = None
         self.cut = False
+        self.connection_close = connection_close
+        self.requests: list[str] = []  # "list /api/v1/endpoints", "watch /api/v1/endpoints", ...
+        self._conns: set[socket.socket] = set()  # open client connections, shut down on cut-off and stop
+
+    def count(self, kind: str, path: str = "/api/v1/endpoints") -> int:
+        """How many requests of ``kind`` ("list" or "watch") were made for ``path``."""
+        with self._lock:
+            return self.requests.count(f"{kind} {path}")
 
     # ---- state
     def put_pod(self, namespace: str, name: str, *, node: str = "", ip: str = "", uid: str | None = None,
@@ -202,10 +217,26 @@ class KubeApiMock:
         mock = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, chunked watches: as a real API server
+
+            def setup(self) -> None:
+                super().setup()
+                with mock._lock:
+                    mock._conns.add(self.connection)
+
+            def finish(self) -> None:
+                with mock._lock:
+                    mock._conns.discard(self.connection)
+                with contextlib.suppress(OSError):
+                    super().finish()
+
             def do_GET(self) -> None:  # the name http.server dispatches GET to
                 url = urlsplit(self.path)
                 query = parse_qs(url.query)
-                if url.path == "/api/v1/endpoints" and query.get("watch", [""])[0] in ("true", "1"):
+                watch = url.path == "/api/v1/endpoints" and query.get("watch", [""])[0] in ("true", "1")
+                with mock._lock:
+                    mock.requests.append(f"{'watch' if watch else 'list'} {url.path}")
+                if watch:
                     self._stream(query)
                     return
                 status, body = mock._answer(url.path)
@@ -224,11 +255,11 @@ class KubeApiMock:
                 if since not in ("", "0") and not since.isdigit():
                     self._send(400, _status(400, "BadRequest", f"invalid resource version {since!r}"))
                     return
-                self.protocol_version = "HTTP/1.1"  # chunked needs 1.1; the connection still closes after
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Transfer-Encoding", "chunked")
-                self.send_header("Connection", "close")
+                if mock.connection_close:
+                    self.send_header("Connection", "close")
                 self.end_headers()
                 self.wfile.flush()
 
@@ -244,9 +275,11 @@ class KubeApiMock:
                 except _Drop:
                     with contextlib.suppress(OSError):
                         self.connection.shutdown(socket.SHUT_RDWR)  # mid-stream: no terminating chunk
+                    self.close_connection = True
                 except OSError:
-                    pass  # the client went away
-                self.close_connection = True
+                    self.close_connection = True  # the client went away
+                if mock.connection_close:
+                    self.close_connection = True
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -265,6 +298,10 @@ class KubeApiMock:
         with self._lock:
             self._epoch += 1
             self._changed.notify_all()
+            conns = list(self._conns)
+        for conn in conns:  # idle kept-alive connections too: a server that went away answers nothing
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
     def _close_listener(self) -> None:
         if self._server is not None:

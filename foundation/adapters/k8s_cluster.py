@@ -17,6 +17,18 @@ ends through ``close()`` or an error: ``ResourceExpired`` on 410 Gone,
 headers within ``timeout``; silence on an open stream within ``watch_timeout +
 timeout`` (the server must have ended it by then); ``close()`` shuts the socket
 under the reader and waits at most ``timeout`` for the thread.
+
+The silence bound is set on the stream's socket once its headers are in. Where that
+socket lives depends on how the server streams: a real API server keeps the connection
+alive (chunked, no ``Connection: close``), so it is still the connection's; a server that
+answers ``Connection: close`` makes ``http.client`` hand the socket to the response and
+drop it from the connection. Both are looked up; if neither is found (a future urllib3),
+a warning says so once, and idle watches are then reopened every ``timeout`` seconds.
+
+Corrupt input is invalid, never a crash: an Endpoints object that is not one (a field of
+the wrong type, an address that is not an IP) is logged and skipped, in a listing and in
+a watch; a body or event line that is not JSON (however deeply nested) is a
+``ClusterUnavailable`` (the consumer lists again).
 It must not know who reads the pods or why.
 """
 
@@ -26,6 +38,7 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import logging
 import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -37,6 +50,9 @@ from urllib3.exceptions import HTTPError
 from foundation.ports.cluster import ClusterUnavailable, Endpoints, EndpointsEvent, PodInfo, ResourceExpired
 
 _END = object()  # queue sentinel: the watch is over
+log = logging.getLogger(__name__)
+_UNREADABLE = (ValueError, TypeError, KeyError, AttributeError, RecursionError)  # what a corrupt JSON body raises
+_widen_warned = False
 
 
 def _ip_order(ip: str) -> tuple[int, int, str]:
@@ -47,16 +63,53 @@ def _ip_order(ip: str) -> tuple[int, int, str]:
     return (address.version, int(address), ip)
 
 
-def endpoints_of(obj: dict[str, Any]) -> Endpoints:
-    """An Endpoints object (JSON) as the port's record: unique ready and not-ready IPs, sorted."""
+def _valid_ip(ip: object) -> bool:
+    if not isinstance(ip, str) or len(ip) > 45:
+        return False
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return True
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def endpoints_of(obj: Any) -> Endpoints:
+    """An Endpoints object (JSON) as the port's record: unique ready and not-ready IPs, sorted.
+
+    ``ValueError`` (naming the field) when it is not a well-formed Endpoints object: the
+    caller skips it rather than guess what a half-readable object meant.
+    """
+    if not isinstance(obj, dict):
+        raise ValueError(f"not an object: {_short(obj)}")
     meta = obj.get("metadata") or {}
+    if not isinstance(meta, dict):
+        raise ValueError(f"metadata: not an object: {_short(meta)}")
+    namespace, name = meta.get("namespace"), meta.get("name")
+    if not isinstance(namespace, str) or not isinstance(name, str) or not namespace or not name:
+        raise ValueError(f"metadata: namespace and name must be strings ({_short(namespace)}, {_short(name)})")
+    subsets = obj.get("subsets") or []
+    if not isinstance(subsets, list):
+        raise ValueError(f"{namespace}/{name}: subsets: not a list")
     ready: set[str] = set()
     not_ready: set[str] = set()
-    for subset in obj.get("subsets") or []:
-        ready.update(a["ip"] for a in subset.get("addresses") or [] if a.get("ip"))
-        not_ready.update(a["ip"] for a in subset.get("notReadyAddresses") or [] if a.get("ip"))
-    return Endpoints(str(meta.get("namespace", "")), str(meta.get("name", "")),
-                     tuple(sorted(ready, key=_ip_order)), tuple(sorted(not_ready, key=_ip_order)))
+    for subset in subsets:
+        if not isinstance(subset, dict):
+            raise ValueError(f"{namespace}/{name}: subsets: an item is not an object")
+        for field, into in (("addresses", ready), ("notReadyAddresses", not_ready)):
+            addresses = subset.get(field) or []
+            if not isinstance(addresses, list):
+                raise ValueError(f"{namespace}/{name}: {field}: not a list")
+            for address in addresses:
+                ip = address.get("ip") if isinstance(address, dict) else None
+                if not _valid_ip(ip):
+                    raise ValueError(f"{namespace}/{name}: {field}: {_short(ip)} is not an IP address")
+                into.add(ip)
+    return Endpoints(namespace, name, tuple(sorted(ready, key=_ip_order)), tuple(sorted(not_ready, key=_ip_order)))
 
 
 class KubeCluster:
@@ -111,8 +164,8 @@ class KubeCluster:
             return await asyncio.to_thread(call)
         except (ApiException, HTTPError, OSError) as exc:
             raise self._error(exc) from None
-        except ValueError as exc:  # not JSON: a proxy's error page, a truncated body
-            raise ClusterUnavailable(self._endpoint, f"unreadable response: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # not JSON: a proxy's error page, a truncated body
+            raise ClusterUnavailable(self._endpoint, f"unreadable response: {type(exc).__name__}") from None
 
     async def list_pods(self) -> list[PodInfo]:
         pods = await self._call(self._api.list_pod_for_all_namespaces)
@@ -135,9 +188,21 @@ class KubeCluster:
 
     async def list_endpoints(self) -> tuple[list[Endpoints], str]:
         listing = await self._call_json(self._api.list_endpoints_for_all_namespaces)
-        items = sorted((endpoints_of(obj) for obj in listing.get("items") or []),
-                       key=lambda e: (e.namespace, e.service))
-        return items, str((listing.get("metadata") or {}).get("resourceVersion", ""))
+        if not isinstance(listing, dict):
+            raise ClusterUnavailable(self._endpoint, "unreadable response: not an EndpointsList")
+        meta = listing.get("metadata") or {}
+        objects = listing.get("items") or []
+        version = meta.get("resourceVersion", "") if isinstance(meta, dict) else None
+        if not isinstance(objects, list) or not isinstance(version, str | int) or isinstance(version, bool):
+            raise ClusterUnavailable(self._endpoint, "unreadable response: not an EndpointsList")
+        items = []
+        for obj in objects:
+            try:
+                items.append(endpoints_of(obj))
+            except ValueError as exc:
+                log.warning("%s: skipping an invalid Endpoints object: %s", self._endpoint, exc)
+        items.sort(key=lambda e: (e.namespace, e.service))
+        return items, str(version)
 
     def watch_endpoints(self, resource_version: str) -> KubeEndpointsWatch:
         return KubeEndpointsWatch(self, resource_version)
@@ -213,7 +278,14 @@ class KubeEndpointsWatch:
                 for event in self._stream():
                     if self._closed or not emit(event):
                         return
-        except BaseException as exc:  # ClusterUnavailable, or a bug: it must reach the consumer either way
+        except ClusterUnavailable as exc:
+            if not self._closed:
+                emit(exc)
+        except Exception as exc:  # a bug or an input nobody foresaw: the consumer relists, it does not crash
+            if not self._closed:
+                log.warning("%s: endpoints watch failed: %r", self._cluster.endpoint, exc)
+                emit(ClusterUnavailable(self._cluster.endpoint, f"watch failed: {type(exc).__name__}"))
+        except BaseException as exc:  # it must reach the consumer either way
             if not self._closed:
                 emit(exc)
 
@@ -254,11 +326,22 @@ class KubeEndpointsWatch:
             resp.release_conn()
 
     @staticmethod
-    def _widen_read_timeout(resp: Any, seconds: float) -> None:
-        """Headers came within ``timeout``; the body may rightly stay silent until the server's own timeout."""
-        sock = getattr(getattr(resp, "connection", None), "sock", None)
-        if sock is not None:
-            sock.settimeout(seconds)
+    def _widen_read_timeout(resp: Any, seconds: float) -> bool:
+        """Headers came within ``timeout``; the body may rightly stay silent until the server's own timeout.
+
+        Kept alive (how a real API server streams), the socket is still the connection's;
+        after ``Connection: close``, ``http.client`` moved it into the response's reader.
+        """
+        global _widen_warned
+        sock = _stream_socket(resp)
+        if sock is None:
+            if not _widen_warned:
+                _widen_warned = True
+                log.warning("cannot find the socket of an endpoints watch to widen its read timeout: idle "
+                            "watches will be reopened every request timeout")
+            return False
+        sock.settimeout(seconds)
+        return True
 
     def _event(self, line: str) -> EndpointsEvent | None:
         endpoint = self._cluster.endpoint
@@ -267,19 +350,37 @@ class KubeEndpointsWatch:
         try:
             event = json.loads(line)
             kind, obj = event["type"], event.get("object") or {}
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ClusterUnavailable(endpoint, f"unreadable watch event: {exc}") from None
+        except _UNREADABLE as exc:  # a broken stream, not one bad object: list again
+            raise ClusterUnavailable(endpoint, f"unreadable watch event: {type(exc).__name__}") from None
+        if not isinstance(obj, dict) or not isinstance(kind, str):
+            log.warning("%s: skipping an invalid watch event: %s", endpoint, _short(event))
+            return None
         if kind == "ERROR":
             if obj.get("code") == 410:
                 raise ResourceExpired(endpoint, self.resource_version, str(obj.get("message", "")))
             raise ClusterUnavailable(endpoint, f"watch error {obj.get('code')} {obj.get('reason')}: "
                                                f"{obj.get('message')}")
-        version = (obj.get("metadata") or {}).get("resourceVersion")
-        if version:
+        meta = obj.get("metadata")
+        version = meta.get("resourceVersion") if isinstance(meta, dict) else None
+        if isinstance(version, str | int) and not isinstance(version, bool) and version:
             self.resource_version = str(version)
         if kind not in ("ADDED", "MODIFIED", "DELETED"):  # BOOKMARK: only the version moves
             return None
-        return EndpointsEvent(kind, endpoints_of(obj))
+        try:
+            return EndpointsEvent(kind, endpoints_of(obj))
+        except ValueError as exc:
+            log.warning("%s: skipping an invalid %s event: %s", endpoint, kind, exc)
+            return None
+
+
+def _stream_socket(resp: Any) -> Any:
+    """The socket a streaming response reads from, wherever urllib3 and http.client left it."""
+    sock = getattr(getattr(resp, "connection", None), "sock", None)
+    if sock is not None:
+        return sock
+    reader = getattr(getattr(resp, "_original_response", None), "fp", None)  # http.client's buffered reader
+    raw = getattr(reader, "raw", None)  # socket.SocketIO
+    return getattr(raw, "_sock", None)
 
 
 def _lines(chunks: Iterable[bytes | str]) -> Iterator[str]:

@@ -271,3 +271,41 @@ def test_discovery_writes_ready_endpoints_of_two_cells_into_the_domain_in_etcd(e
     assert seen["errors"] >= 2  # the broken watch, then refused relists
     assert seen["restored"] == ups("10.2.0.7", "10.2.0.8")
     assert seen["none"] == ()
+
+
+# ---------------------------------------------------------------------------- idle watches (issue 9, item 11)
+
+
+@pytest.mark.parametrize("connection_close", [False, True], ids=["kept-alive", "connection-close"])
+def test_an_idle_watch_outlives_the_request_timeout_and_a_late_change_arrives_promptly(connection_close):
+    """watch_timeout (30 s) longer than timeout (1 s): a quiet stream must stay open, not be reopened.
+
+    Both ways of streaming: kept alive and chunked (a real API server), and ``Connection: close``.
+    """
+    timeout = 1.0
+    with KubeApiMock(connection_close=connection_close) as kube:
+        kube.set_endpoints("shop", "shop", ready=["10.1.0.5"])
+
+        async def main():
+            cluster = KubeCluster(host=kube.url, timeout=timeout, watch_timeout=30)
+            _, version = await cluster.list_endpoints()
+            watch = cluster.watch_endpoints(version)
+            reader = asyncio.ensure_future(anext(watch))
+            try:
+                await asyncio.sleep(3.5 * timeout)  # silent for longer than the request timeout
+                broke = reader.exception() if reader.done() else None
+                started = time.monotonic()
+                kube.set_endpoints("shop", "shop", ready=["10.1.0.5", "10.1.0.6"])
+                event = await asyncio.wait_for(reader, 2)
+                took = time.monotonic() - started
+            finally:
+                reader.cancel()
+                await watch.close()
+                await cluster.close()
+            return broke, event, took, kube.count("watch"), kube.count("list")
+
+        broke, event, took, watches, lists = run(main())
+    assert broke is None
+    assert event == EndpointsEvent("MODIFIED", Endpoints("shop", "shop", ready=("10.1.0.5", "10.1.0.6")))
+    assert took < 0.5
+    assert (watches, lists) == (1, 1)  # the one stream stayed open: no reopen, no relist
