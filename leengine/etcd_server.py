@@ -10,6 +10,13 @@ Invariants:
 * A missing binary is an error, never a skip: a suite that silently skips its real
   backend proves nothing. Install it with ``apt-get install etcd-server`` or point
   ``LEENGINE_ETCD_BIN`` at a binary.
+* With ``running_etcd(certs=make_certs(dir))`` (``leengine/tls_certs.py``) etcd serves
+  clients over TLS only and demands a client certificate signed by that CA
+  (``--client-cert-auth --trusted-ca-file``): a client without one is refused by etcd
+  itself. The health check then speaks TLS with the bundle's client certificate;
+  ``client_tls`` holds the files a client needs, ``client_args`` the same as the
+  ``--etcd-ca/--etcd-cert/--etcd-key`` flags of our commands. Peers stay plaintext
+  on loopback (a single member has no peer traffic).
 * ``pause()``/``resume()`` (SIGSTOP/SIGCONT) make etcd hang with its sockets open,
   the way a wedged or overloaded server looks to a client; ``stop()``/``start()``
   make it refuse connections, the way a dead one does. ``start()`` reuses the same
@@ -26,6 +33,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -34,7 +42,9 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from leengine.etcd_options import EtcdClientTls
 from leengine.processes import stop_child
+from leengine.tls_certs import CertBundle
 
 START_TIMEOUT = 15.0  # seconds for etcd to answer /health before we give up
 STOP_TIMEOUT = 5.0  # seconds for a graceful SIGTERM before SIGKILL
@@ -80,8 +90,9 @@ def _scratch_root() -> str | None:
 class EtcdServer:
     """One etcd process: its endpoint, pid and controls. Use ``running_etcd()`` to get one."""
 
-    def __init__(self, binary: str, workdir: Path, *, fast_raft: bool = True) -> None:
+    def __init__(self, binary: str, workdir: Path, *, fast_raft: bool = True, certs: CertBundle | None = None) -> None:
         self.binary = binary
+        self.certs = certs
         self.workdir = workdir
         self.data_dir = workdir / "data"
         self.log_path = workdir / "etcd.log"
@@ -97,6 +108,24 @@ class EtcdServer:
     def endpoint(self) -> str:
         """``host:port`` of the client API, as the Store adapter takes it."""
         return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def url(self) -> str:
+        """The client URL with its scheme: ``https://`` when etcd serves TLS."""
+        return f"{'https' if self.certs else 'http'}://{self.endpoint}"
+
+    @property
+    def client_tls(self) -> EtcdClientTls | None:
+        """The CA and client certificate a client needs (None: plaintext etcd)."""
+        if self.certs is None:
+            return None
+        return EtcdClientTls(self.certs.ca_cert, self.certs.client_cert, self.certs.client_key)
+
+    @property
+    def client_args(self) -> list[str]:
+        """``--etcd-ca/--etcd-cert/--etcd-key`` for a command that talks to this etcd ([] when plaintext)."""
+        tls = self.client_tls
+        return tls.args() if tls else []
 
     @property
     def pid(self) -> int:
@@ -118,7 +147,7 @@ class EtcdServer:
     # ------------------------------------------------------------------ lifecycle
 
     def _command(self) -> list[str]:
-        client = f"http://127.0.0.1:{self.client_port}"
+        client = self.url
         peer = f"http://127.0.0.1:{self.peer_port}"
         cmd = [
             self.binary,
@@ -134,6 +163,13 @@ class EtcdServer:
             "--log-outputs=stderr",
             "--log-level=warn",
         ]
+        if self.certs is not None:
+            cmd += [
+                "--client-cert-auth",
+                f"--trusted-ca-file={self.certs.ca_cert}",
+                f"--cert-file={self.certs.server_cert}",
+                f"--key-file={self.certs.server_key}",
+            ]
         if self.fast_raft:
             # A lone member still waits one election timeout before it leads; 10/100 ms
             # makes startup fast and lowers etcd's minimum lease TTL (1.5 x election
@@ -170,7 +206,11 @@ class EtcdServer:
                     raise
 
     def _wait_healthy(self) -> None:
-        url = f"http://{self.endpoint}/health"
+        url = f"{self.url}/health"
+        context = None
+        if self.certs is not None:
+            context = ssl.create_default_context(cafile=str(self.certs.ca_cert))
+            context.load_cert_chain(str(self.certs.client_cert), str(self.certs.client_key))
         deadline = time.monotonic() + START_TIMEOUT
         last = "no answer yet"
         while time.monotonic() < deadline:
@@ -181,7 +221,7 @@ class EtcdServer:
                     f" log tail:\n{self.log_tail()}"
                 )
             try:
-                with urllib.request.urlopen(url, timeout=1.0) as resp:
+                with urllib.request.urlopen(url, timeout=1.0, context=context) as resp:
                     body = resp.read()
                 if b'"true"' in body:
                     return
@@ -230,15 +270,16 @@ class EtcdServer:
 
 
 @contextlib.contextmanager
-def running_etcd(*, fast_raft: bool = True) -> Iterator[EtcdServer]:
+def running_etcd(*, fast_raft: bool = True, certs: CertBundle | None = None) -> Iterator[EtcdServer]:
     """Run a fresh etcd on loopback for the duration of the block.
 
     ``fast_raft=False`` keeps etcd's default raft timing (100 ms heartbeat, 1 s
     election timeout), e.g. to observe its default minimum lease TTL of 2 s.
+    ``certs`` (``tls_certs.make_certs``): serve TLS and demand client certificates.
     """
     binary = find_etcd()
     workdir = Path(tempfile.mkdtemp(prefix="leengine-etcd-", dir=_scratch_root()))
-    server = EtcdServer(binary, workdir, fast_raft=fast_raft)
+    server = EtcdServer(binary, workdir, fast_raft=fast_raft, certs=certs)
     try:
         server.start()
         yield server

@@ -5,6 +5,11 @@ A conformance test is ``async def body(h)`` where ``h`` is a ``StoreHarness``;
 on asyncio with a real etcd started for the session. Each test gets its own key
 prefix so tests never see each other's keys on the shared etcd.
 
+``etcd_server`` (the session's etcd) runs with TLS and client-certificate auth, as a
+real deployment does: ``tls_certs`` is its throwaway CA (``leengine/tls_certs.py``),
+and every client passes ``etcd_server.client_tls`` (``open_store``) or
+``etcd_server.client_args`` (a command's ``--etcd-ca/--etcd-cert/--etcd-key``).
+
 ``ovs_server`` runs ``leengine.ovs_server.running_ovs()`` for the session (integration
 tests and the Dataplane conformance suite share it): its own ovsdb-server and
 ovs-vswitchd in a temporary directory, never the system's. It needs root and Debian's
@@ -23,6 +28,7 @@ import pytest
 
 from foundation.adapters.asyncio_runtime import AsyncioRuntime
 from foundation.adapters.etcd_store import EtcdStore
+from leengine.etcd_options import open_store
 from leengine.etcd_server import running_etcd
 from leengine.ovs_server import running_ovs
 from sim.adapters.runtime import SimRuntime
@@ -50,8 +56,16 @@ class StoreHarness:
 
 
 @pytest.fixture(scope="session")
-def etcd_server():
-    with running_etcd() as server:
+def tls_certs(tmp_path_factory):
+    """A throwaway CA with a server (127.0.0.1, localhost) and a client certificate, for the session."""
+    from leengine.tls_certs import make_certs
+
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture(scope="session")
+def etcd_server(tls_certs):
+    with running_etcd(certs=tls_certs) as server:
         yield server
 
 
@@ -101,7 +115,7 @@ class _EtcdRunner:
         server = self.server
 
         async def main() -> None:
-            store = await EtcdStore.open(server.endpoint, timeout=self.timeout)
+            store = await open_store(server.endpoint, server.client_tls, timeout=self.timeout)
             extra: list[EtcdStore] = []
 
             async def cut_off() -> None:
@@ -111,7 +125,7 @@ class _EtcdRunner:
                 server.resume()
 
             async def new_client(name: str) -> object:
-                client = await EtcdStore.open(server.endpoint, timeout=self.timeout)
+                client = await open_store(server.endpoint, server.client_tls, timeout=self.timeout)
                 extra.append(client)
                 return client
 

@@ -20,6 +20,14 @@ Invariants:
   ``CompactedError`` with the revision history now starts at, everything else
   -> ``StoreError`` carrying etcd's message.
 
+TLS: ``EtcdStore(endpoint, tls=EtcdTls(ca, cert, key))`` (PEM bytes) talks TLS with a
+client certificate, as an etcd started with ``--client-cert-auth`` demands; aetcd only
+opens plaintext channels, so ``_TlsClient`` opens a ``grpc.aio.secure_channel`` in its
+place. The endpoint may be ``https://host:port`` (TLS; without ``tls`` the system's
+roots verify the server) or ``host:port`` (TLS exactly when ``tls`` is given);
+``http://`` with ``tls`` is a contradiction and refused. The server's certificate is
+always verified against the target host (an IP endpoint needs an IP SAN).
+
 It must not know who uses it or what the keys mean: no key schema, no retries
 (callers decide whether an unavailable store is worth waiting for), no caching.
 """
@@ -29,6 +37,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aetcd
@@ -169,27 +178,86 @@ def _op_result(resp: Any, revision: int) -> OpResult:
 # --------------------------------------------------------------------------- the adapter
 
 
+@dataclass(frozen=True, repr=False)
+class EtcdTls:
+    """PEM bytes of a TLS channel to etcd: the CA that signed etcd's certificate (None:
+    the system's roots) and this client's certificate and key (both or neither)."""
+
+    ca: bytes | None = None
+    cert: bytes | None = None
+    key: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("a client certificate needs its key and a key its certificate: give both or neither")
+
+    def __repr__(self) -> str:  # never print a private key into a log
+        return f"EtcdTls(ca={self.ca is not None}, cert={self.cert is not None}, key={'***' if self.key else None})"
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(root_certificates=self.ca, private_key=self.key,
+                                            certificate_chain=self.cert)
+
+
+class _TlsClient(aetcd.Client):
+    """aetcd's Client on a TLS channel: aetcd's own ``connect`` only opens plaintext ones."""
+
+    def __init__(self, *, credentials: grpc.ChannelCredentials, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._credentials = credentials
+
+    async def connect(self) -> None:
+        # The same attributes aetcd's connect sets (minus its password auth, unused here);
+        # no I/O happens until the first request, which does the TLS handshake.
+        if self._connected.is_set():
+            return
+        self.channel = grpc.aio.secure_channel(f"{self._host}:{self._port}", self._credentials,
+                                               options=list(self._options.items()))
+        self.kvstub = rpc.KVStub(self.channel)
+        self.clusterstub = rpc.ClusterStub(self.channel)
+        self.leasestub = rpc.LeaseStub(self.channel)
+        self.maintenancestub = rpc.MaintenanceStub(self.channel)
+        self._connected.set()
+
+
 class EtcdStore:
     """The Store port on a real etcd v3 server.
 
     ``store = await EtcdStore.open("127.0.0.1:2379")`` or
     ``async with EtcdStore(endpoint) as store:``; both check that etcd answers.
+    With ``tls=EtcdTls(...)`` (or an ``https://`` endpoint) the channel is TLS.
     """
 
-    def __init__(self, endpoint: str = "127.0.0.1:2379", *, timeout: float = 5.0) -> None:
+    def __init__(self, endpoint: str = "127.0.0.1:2379", *, timeout: float = 5.0, tls: EtcdTls | None = None) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         self._endpoint = endpoint
         self.timeout = timeout
-        host, _, port = endpoint.removeprefix("http://").rpartition(":")
+        scheme, sep, rest = endpoint.partition("://")
+        if not sep:
+            scheme, rest = "", endpoint
+        if scheme not in ("", "http", "https"):
+            raise ValueError(f"etcd endpoint must be host:port or http(s)://host:port, got {endpoint!r}")
+        if scheme == "http" and tls is not None:
+            raise ValueError(f"etcd endpoint {endpoint!r} is plaintext (http://) but TLS files were given")
+        if scheme == "https" and tls is None:
+            tls = EtcdTls()  # verify the server against the system's roots
+        host, _, port = rest.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"etcd endpoint must look like host:port (port 1-65535), got {endpoint!r}")
-        self._client = aetcd.Client(host=host, port=int(port), timeout=timeout, options=_channel_options(timeout))
+        self.tls = tls
+        options = _channel_options(timeout)
+        if tls is None:
+            self._client = aetcd.Client(host=host, port=int(port), timeout=timeout, options=options)
+        else:
+            self._client = _TlsClient(credentials=tls.credentials(), host=host, port=int(port), timeout=timeout,
+                                      options=options)
         self._closed = False
 
     @classmethod
-    async def open(cls, endpoint: str = "127.0.0.1:2379", *, timeout: float = 5.0) -> EtcdStore:
-        store = cls(endpoint, timeout=timeout)
+    async def open(cls, endpoint: str = "127.0.0.1:2379", *, timeout: float = 5.0,
+                   tls: EtcdTls | None = None) -> EtcdStore:
+        store = cls(endpoint, timeout=timeout, tls=tls)
         await store.connect()
         return store
 
