@@ -1,6 +1,7 @@
 """``leengine-build-agent``: the daemon on every build host (one command to start it).
 
     leengine-build-agent --host build-1 --etcd 10.0.0.10:2379 --repos /srv/git \\
+        --etcd-ca /etc/leengine/etcd-ca.crt --etcd-cert build-1.crt --etcd-key build-1.key \\
         --workdir /var/lib/leengine/build --registry registry.region:5000 [--storage DIR] [--ttl 10]
 
 It wires the real adapters (etcd Store, ``BuildahBuilder``: git + buildah + the
@@ -31,6 +32,16 @@ import typer
 
 from foundation.logic.build_task import HOST_NAME
 from leengine.daemon import connect_until_stopped, stop_on_signals
+from leengine.etcd_options import (
+    ENDPOINT_HELP,
+    EtcdCaOpt,
+    EtcdCertOpt,
+    EtcdClientTls,
+    EtcdKeyOpt,
+    EtcdOptionError,
+    check_etcd_options,
+    new_store,
+)
 from leengine.typer_main import run_app
 from node.build_agent import BuildAgent, BuildAgentConfig
 
@@ -40,12 +51,12 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 log = logging.getLogger("leengine.build_agent")
 
 
-async def run_agent(config: BuildAgentConfig, builder: object, *, etcd: str, etcd_timeout: float) -> None:
+async def run_agent(config: BuildAgentConfig, builder: object, *, etcd: str, etcd_timeout: float,
+                    etcd_tls: EtcdClientTls | None = None) -> None:
     from foundation.adapters.asyncio_runtime import AsyncioRuntime
-    from foundation.adapters.etcd_store import EtcdStore
 
     stop = stop_on_signals()
-    store = EtcdStore(etcd, timeout=etcd_timeout)
+    store = new_store(etcd, etcd_tls, timeout=etcd_timeout)
     try:
         if not await connect_until_stopped(store, stop, log):
             return
@@ -70,11 +81,14 @@ def main(
     repos: Annotated[Path, typer.Option(help="directory of the repositories to clone ({repos}/{repo})")],
     workdir: Annotated[Path, typer.Option(help="checkouts and dependency caches")],
     registry: Annotated[str, typer.Option(help="registry host:port the images are pushed to")],
-    etcd: Annotated[str, typer.Option(envvar="LEENGINE_ETCD", help="etcd endpoint host:port")] = "127.0.0.1:2379",
+    etcd: Annotated[str, typer.Option(envvar="LEENGINE_ETCD", help=ENDPOINT_HELP)] = "127.0.0.1:2379",
     storage: Annotated[Path | None, typer.Option(help="the buildah store (vfs); default: WORKDIR/storage")] = None,
     ttl: Annotated[int, typer.Option(help="lease seconds: silence after which this host's tasks move")] = 10,
     tls_verify: Annotated[bool, typer.Option(help="verify the registry's TLS (off for a loopback lab)")] = False,
     etcd_timeout: Annotated[float, typer.Option(help="deadline of each etcd request, seconds")] = 5.0,
+    etcd_ca: EtcdCaOpt = None,
+    etcd_cert: EtcdCertOpt = None,
+    etcd_key: EtcdKeyOpt = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Build what the control service queues for this host, one task at a time."""
@@ -87,9 +101,14 @@ def main(
         problems.append(f"repos {str(repos)!r} is not a directory")
     if ttl < 2 or not (math.isfinite(etcd_timeout) and etcd_timeout > 0):
         problems.append("need ttl >= 2 and a finite etcd-timeout > 0")
-    for name, value in (("registry", registry), ("etcd", etcd)):
+    for name, value in (("registry", registry), ("etcd", etcd.removeprefix("https://"))):
         if not ENDPOINT.fullmatch(value):
             problems.append(f"{name} {value!r} is not host:port")
+    etcd_tls = None
+    try:
+        etcd_tls = check_etcd_options(etcd, etcd_ca, etcd_cert, etcd_key)
+    except EtcdOptionError as exc:
+        problems.append(str(exc))
     if log_level.lower() not in LOG_LEVELS:
         problems.append(f"log-level {log_level!r} is not one of {', '.join(LOG_LEVELS)}")
     for tool in ("git", "buildah"):
@@ -105,7 +124,8 @@ def main(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     builder = BuildahBuilder(BuildahConfig(host, repos.resolve(), workdir.resolve(), registry,
                                            storage=storage.resolve() if storage else None, tls_verify=tls_verify))
-    asyncio.run(run_agent(BuildAgentConfig(host, ttl=ttl), builder, etcd=etcd, etcd_timeout=etcd_timeout))
+    asyncio.run(run_agent(BuildAgentConfig(host, ttl=ttl), builder, etcd=etcd, etcd_timeout=etcd_timeout,
+                          etcd_tls=etcd_tls))
 
 
 def entry() -> None:

@@ -1,6 +1,7 @@
 """``leengine-discovery``: run discovery against real Cells (one command to start it).
 
-    leengine-discovery --etcd 10.0.0.10:2379 --config discovery.yaml
+    leengine-discovery --etcd 10.0.0.10:2379 --config discovery.yaml \\
+        --etcd-ca /etc/leengine/etcd-ca.crt --etcd-cert discovery.crt --etcd-key discovery.key
 
 ``discovery.yaml``::
 
@@ -30,6 +31,16 @@ import yaml
 from control.discovery import Binding, Discovery
 from foundation.logic.slb_domain import GROUP_NAME, DomainError, check_domain_name
 from foundation.ports import StoreError
+from leengine.etcd_options import (
+    ENDPOINT_HELP,
+    EtcdCaOpt,
+    EtcdCertOpt,
+    EtcdClientTls,
+    EtcdKeyOpt,
+    EtcdOptionError,
+    check_etcd_options,
+    open_store,
+)
 from leengine.typer_main import run_app
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -80,10 +91,9 @@ def load_config(path: Path) -> tuple[dict[str, dict[str, str]], list[Binding], f
 
 
 async def run_discovery(etcd: str, cells: dict[str, dict[str, str]], bindings: list[Binding], resync: float,
-                        timeout: float) -> None:
+                        timeout: float, etcd_tls: EtcdClientTls | None = None) -> None:
     from control.slb_core import SlbCore
     from foundation.adapters.asyncio_runtime import AsyncioRuntime
-    from foundation.adapters.etcd_store import EtcdStore
     from foundation.adapters.k8s_cluster import KubeCluster
 
     clusters: dict[str, Any] = {
@@ -91,7 +101,7 @@ async def run_discovery(etcd: str, cells: dict[str, dict[str, str]], bindings: l
         else KubeCluster(kubeconfig=spec["kubeconfig"], timeout=timeout)
         for name, spec in cells.items()
     }
-    store = await EtcdStore.open(etcd, timeout=timeout)
+    store = await open_store(etcd, etcd_tls, timeout=timeout)
     runtime = AsyncioRuntime()
     discovery = Discovery(clusters, SlbCore(store, runtime), runtime, bindings, resync=resync)
     log.info("discovery: %d Cells, %d bindings", len(clusters), len(bindings))
@@ -104,19 +114,23 @@ async def run_discovery(etcd: str, cells: dict[str, dict[str, str]], bindings: l
 @app.command()
 def main(
     config: Annotated[Path, typer.Option(help="YAML file: cells and bindings")],
-    etcd: Annotated[str, typer.Option(envvar="LEENGINE_ETCD", help="etcd endpoint host:port")] = "127.0.0.1:2379",
+    etcd: Annotated[str, typer.Option(envvar="LEENGINE_ETCD", help=ENDPOINT_HELP)] = "127.0.0.1:2379",
     timeout: Annotated[float, typer.Option(help="deadline of each etcd / API request, seconds")] = 5.0,
+    etcd_ca: EtcdCaOpt = None,
+    etcd_cert: EtcdCertOpt = None,
+    etcd_key: EtcdKeyOpt = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Feed the ready pods of every app, in every Cell, to its domains' upstreams."""
     try:
         cells, bindings, resync = load_config(config)
-    except ConfigError as exc:
+        etcd_tls = check_etcd_options(etcd, etcd_ca, etcd_cert, etcd_key)
+    except (ConfigError, EtcdOptionError) as exc:
         print(f"leengine-discovery: error: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        asyncio.run(run_discovery(etcd, cells, bindings, resync, timeout))
+        asyncio.run(run_discovery(etcd, cells, bindings, resync, timeout, etcd_tls=etcd_tls))
     except KeyboardInterrupt:
         return
     except (StoreError, ValueError, OSError) as exc:  # etcd unreachable, a bad kubeconfig

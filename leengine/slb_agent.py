@@ -1,6 +1,7 @@
 """``leengine-slb-agent``: the daemon on every Nginx host (one command to start it).
 
     leengine-slb-agent --group public --host nginx-1 --etcd 10.0.0.10:2379 \\
+        --etcd-ca /etc/leengine/etcd-ca.crt --etcd-cert nginx-1.crt --etcd-key nginx-1.key \\
         --prefix /var/lib/leengine/nginx [--admin-port 9145] [--listen-address 0.0.0.0] \\
         [--debounce 0.05] [--max-wait 0.5]
 
@@ -25,6 +26,16 @@ import typer
 
 from foundation.logic.slb_domain import GROUP_NAME, HOST_NAME
 from leengine.daemon import connect_until_stopped, stop_on_signals
+from leengine.etcd_options import (
+    ENDPOINT_HELP,
+    EtcdCaOpt,
+    EtcdCertOpt,
+    EtcdClientTls,
+    EtcdKeyOpt,
+    EtcdOptionError,
+    check_etcd_options,
+    new_store,
+)
 from leengine.typer_main import run_app
 from node.slb_agent import SlbAgent, SlbAgentConfig
 
@@ -33,9 +44,9 @@ log = logging.getLogger("leengine.slb_agent")
 
 
 async def run_agent(config: SlbAgentConfig, *, etcd: str, prefix: Path, admin_port: int, listen_address: str,
-                    etcd_timeout: float, stop_nginx: bool, stop: asyncio.Event | None = None) -> None:
+                    etcd_timeout: float, stop_nginx: bool, stop: asyncio.Event | None = None,
+                    etcd_tls: EtcdClientTls | None = None) -> None:
     from foundation.adapters.asyncio_runtime import AsyncioRuntime
-    from foundation.adapters.etcd_store import EtcdStore
     from foundation.adapters.nginx_proxy import NginxProxy
 
     # The agent tests every batch itself just before apply: apply need not run nginx -t again
@@ -44,7 +55,7 @@ async def run_agent(config: SlbAgentConfig, *, etcd: str, prefix: Path, admin_po
     await proxy.start()  # serves the saved files at once, etcd or not
     log.info("nginx on %s serving %d domains (generation %d)", prefix, len(proxy.live_domains()), proxy.generation)
     stop = stop_on_signals(stop)
-    store = EtcdStore(etcd, timeout=etcd_timeout)  # connects lazily: the agent retries while etcd is away
+    store = new_store(etcd, etcd_tls, timeout=etcd_timeout)  # connects lazily: the agent retries while etcd is away
     try:
         if not await connect_until_stopped(store, stop, log):
             return
@@ -68,12 +79,15 @@ def main(
     group: Annotated[str, typer.Option(help="the Nginx group (cluster) this host serves")],
     host: Annotated[str, typer.Option(help="this Nginx host's name, as it reports its status")],
     prefix: Annotated[Path, typer.Option(help="directory of this host's private Nginx (conf, domains, state)")],
-    etcd: Annotated[str, typer.Option(envvar="LEENGINE_ETCD", help="etcd endpoint host:port")] = "127.0.0.1:2379",
+    etcd: Annotated[str, typer.Option(envvar="LEENGINE_ETCD", help=ENDPOINT_HELP)] = "127.0.0.1:2379",
     admin_port: Annotated[int, typer.Option(help="loopback port of the lua admin endpoint")] = 9145,
     listen_address: Annotated[str, typer.Option(help="address the domains listen on")] = "0.0.0.0",
     debounce: Annotated[float, typer.Option(help="quiet seconds that close a batch of config changes")] = 0.05,
     max_wait: Annotated[float, typer.Option(help="longest a batch waits after its first change")] = 0.5,
     etcd_timeout: Annotated[float, typer.Option(help="deadline of each etcd request, seconds")] = 5.0,
+    etcd_ca: EtcdCaOpt = None,
+    etcd_cert: EtcdCertOpt = None,
+    etcd_key: EtcdKeyOpt = None,
     stop_nginx: Annotated[bool, typer.Option(help="stop Nginx when the agent stops")] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
@@ -85,13 +99,18 @@ def main(
         problems.append(f"host {host!r} is not a host name")
     if not (0 <= debounce <= max_wait) or etcd_timeout <= 0:
         problems.append("need 0 <= debounce <= max-wait and etcd-timeout > 0")
+    etcd_tls = None
+    try:
+        etcd_tls = check_etcd_options(etcd, etcd_ca, etcd_cert, etcd_key)
+    except EtcdOptionError as exc:
+        problems.append(str(exc))
     if problems:
         print(f"leengine-slb-agent: error: {'; '.join(problems)}", file=sys.stderr)
         raise typer.Exit(2)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = SlbAgentConfig(group, host, debounce=debounce, max_wait=max_wait)
     asyncio.run(run_agent(config, etcd=etcd, prefix=prefix, admin_port=admin_port, listen_address=listen_address,
-                          etcd_timeout=etcd_timeout, stop_nginx=stop_nginx))
+                          etcd_timeout=etcd_timeout, stop_nginx=stop_nginx, etcd_tls=etcd_tls))
 
 
 def entry() -> None:
