@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # the adapter pulls in grpc: imported when a store is made, n
 
 MAX_PEM_BYTES = 1 << 20  # a certificate chain or key is a few KB; refuse to slurp a huge or endless file
 
+ENDPOINT_HELP = "etcd endpoint host:port (https://host:port: TLS)"
 EtcdCaOpt = Annotated[Path | None, typer.Option(
     "--etcd-ca", envvar="LEENGINE_ETCD_CA", help="CA certificate (PEM) that signed etcd's server certificate")]
 EtcdCertOpt = Annotated[Path | None, typer.Option(
@@ -113,6 +114,16 @@ class EtcdClientTls:
             except OSError as exc:
                 raise EtcdOptionError(f"--etcd-cert {self.cert}: cannot use it: {exc.strerror or exc}") from None
         return EtcdTls(ca=ca, cert=cert, key=key)
+
+
+def check_etcd_options(endpoint: str, ca: Path | None, cert: Path | None, key: Path | None) -> EtcdClientTls | None:
+    """Check ``--etcd`` and the three TLS flags together, before anything starts (no I/O but reading the files)."""
+    tls = EtcdClientTls.from_options(ca, cert, key)
+    try:
+        new_store(endpoint, tls, timeout=1.0)  # makes no connection: only the endpoint and the credentials
+    except ValueError as exc:
+        raise EtcdOptionError(f"--etcd: {exc}") from None
+    return tls
 
 
 def new_store(endpoint: str, tls: EtcdClientTls | None, *, timeout: float) -> EtcdStore:
