@@ -8,7 +8,8 @@
     cnictl gc
 
 The logic lives in ``cni/admin.py`` (pure, over ports, also used by the sim); this
-module only picks the adapters: etcd (``--etcd`` / ``$LEENGINE_ETCD``) and the
+module only picks the adapters: etcd (``--etcd`` / ``$LEENGINE_ETCD``, TLS with
+``--etcd-ca/--etcd-cert/--etcd-key``, ``leengine/etcd_options.py``) and the
 Kubernetes API (``--kube-api URL`` or ``--kubeconfig`` / ``$KUBECONFIG``). Every
 error is one line on stderr and exit status 1.
 """
@@ -29,6 +30,16 @@ from cni import admin
 from cni.pools import Pool, PoolConfigError
 from foundation.ports import StoreError
 from foundation.ports.cluster import ClusterUnavailable
+from leengine.etcd_options import (
+    ENDPOINT_HELP,
+    EtcdCaOpt,
+    EtcdCertOpt,
+    EtcdClientTls,
+    EtcdKeyOpt,
+    EtcdOptionError,
+    check_etcd_options,
+    open_store,
+)
 from leengine.typer_main import run_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -44,6 +55,7 @@ class Settings:
     timeout = 5.0
     kube_api: str | None = None
     kubeconfig: str | None = None
+    etcd_tls: EtcdClientTls | None = None
 
 
 settings = Settings()
@@ -51,12 +63,19 @@ settings = Settings()
 
 @app.callback()
 def configure(
-    etcd: Annotated[str, typer.Option(envvar="LEENGINE_ETCD", help="etcd endpoint host:port")] = settings.etcd,
+    etcd: Annotated[str, typer.Option(envvar="LEENGINE_ETCD", help=ENDPOINT_HELP)] = settings.etcd,
     kube_api: Annotated[str | None, typer.Option(help="Kubernetes API URL (no auth), e.g. a lab mock")] = None,
     kubeconfig: Annotated[str | None, typer.Option(envvar="KUBECONFIG", help="kubeconfig file")] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for etcd / the API server")] = 5.0,
+    etcd_ca: EtcdCaOpt = None,
+    etcd_cert: EtcdCertOpt = None,
+    etcd_key: EtcdKeyOpt = None,
 ) -> None:
     settings.etcd, settings.kube_api, settings.kubeconfig, settings.timeout = etcd, kube_api, kubeconfig, timeout
+    try:
+        settings.etcd_tls = check_etcd_options(etcd, etcd_ca, etcd_cert, etcd_key)
+    except EtcdOptionError as exc:
+        fail(str(exc))
 
 
 def fail(message: str) -> None:
@@ -67,10 +86,9 @@ def fail(message: str) -> None:
 def run(action: Callable[..., Awaitable[Any]], *, cluster: bool = False) -> Any:
     """Open the adapters, run ``action(store, runtime[, cluster])``, close; errors become one line."""
     from foundation.adapters.asyncio_runtime import AsyncioRuntime
-    from foundation.adapters.etcd_store import EtcdStore
 
     async def main() -> Any:
-        store = await EtcdStore.open(settings.etcd, timeout=settings.timeout)
+        store = await open_store(settings.etcd, settings.etcd_tls, timeout=settings.timeout)
         try:
             if not cluster:
                 return await action(store, AsyncioRuntime())
