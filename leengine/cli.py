@@ -4,7 +4,8 @@ Subcommands:
   leengine demo              the spine's simulated demo (no services needed)
   leengine sim run [SCENARIO] replay a scenario file on the simulated Region (default: scenarios/default.yaml)
   leengine sim validate SCENARIO  check a scenario file without running it
-  leengine store ...         inspect a real etcd through the Store port (status, get, put, ls)
+  leengine store ...         inspect a real etcd through the Store port (status, get, put, ls);
+                             TLS with --etcd-ca/--etcd-cert/--etcd-key (leengine/etcd_options.py)
   leengine install-cni DIR   install the leengine-cni plugin into a CNI bin directory (e.g. /opt/cni/bin)
 
 Every error a user can cause or meet (bad option, etcd unreachable) ends as one
@@ -26,6 +27,15 @@ from rich.console import Console
 from rich.table import Table
 
 from foundation.ports import StoreError
+from leengine.etcd_options import (
+    ENDPOINT_HELP,
+    EtcdCaOpt,
+    EtcdCertOpt,
+    EtcdKeyOpt,
+    EtcdOptionError,
+    check_etcd_options,
+    open_store,
+)
 from leengine.typer_main import run_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -238,11 +248,16 @@ def install_cni(
 # ------------------------------------------------------------------ store
 
 
-def _with_store(endpoint: str, timeout: float, action: Callable[[Any], Awaitable[Any]]) -> Any:
-    from foundation.adapters.etcd_store import EtcdStore
+def _with_store(endpoint: str, timeout: float, tls: tuple[Path | None, Path | None, Path | None],
+                action: Callable[[Any], Awaitable[Any]]) -> Any:
+    try:
+        etcd_tls = check_etcd_options(endpoint, *tls)
+    except EtcdOptionError as exc:
+        print(f"leengine: error: {str(exc).replace('--etcd:', '--endpoint:', 1)}", file=sys.stderr)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
 
     async def main() -> Any:
-        store = await EtcdStore.open(endpoint, timeout=timeout)
+        store = await open_store(endpoint, etcd_tls, timeout=timeout)
         try:
             return await action(store)
         finally:
@@ -254,37 +269,65 @@ def _with_store(endpoint: str, timeout: float, action: Callable[[Any], Awaitable
         fail(str(exc))
 
 
-EndpointOpt = Annotated[str, typer.Option(help="etcd client endpoint host:port", envvar="LEENGINE_ETCD")]
+EndpointOpt = Annotated[str, typer.Option(help=ENDPOINT_HELP, envvar="LEENGINE_ETCD")]
 TimeoutOpt = Annotated[float, typer.Option(help="seconds to wait for etcd before giving up")]
 
 
 @store_app.command("status")
-def store_status(endpoint: EndpointOpt = "127.0.0.1:2379", timeout: TimeoutOpt = 3.0) -> None:
+def store_status(
+    endpoint: EndpointOpt = "127.0.0.1:2379",
+    timeout: TimeoutOpt = 3.0,
+    etcd_ca: EtcdCaOpt = None,
+    etcd_cert: EtcdCertOpt = None,
+    etcd_key: EtcdKeyOpt = None,
+) -> None:
     """Print etcd's current revision."""
-    revision = _with_store(endpoint, timeout, lambda s: s.revision())
+    revision = _with_store(endpoint, timeout, (etcd_ca, etcd_cert, etcd_key), lambda s: s.revision())
     print(f"{endpoint} revision {revision}")
 
 
 @store_app.command("get")
-def store_get(key: str, endpoint: EndpointOpt = "127.0.0.1:2379", timeout: TimeoutOpt = 3.0) -> None:
+def store_get(
+    key: str,
+    endpoint: EndpointOpt = "127.0.0.1:2379",
+    timeout: TimeoutOpt = 3.0,
+    etcd_ca: EtcdCaOpt = None,
+    etcd_cert: EtcdCertOpt = None,
+    etcd_key: EtcdKeyOpt = None,
+) -> None:
     """Print one key's value and revisions."""
-    kv = _with_store(endpoint, timeout, lambda s: s.get(key))
+    kv = _with_store(endpoint, timeout, (etcd_ca, etcd_cert, etcd_key), lambda s: s.get(key))
     if kv is None:
         fail(f"key {key!r} not found")
     print(f"{kv.key} = {kv.value.decode(errors='replace')} (version {kv.version}, mod_revision {kv.mod_revision})")
 
 
 @store_app.command("put")
-def store_put(key: str, value: str, endpoint: EndpointOpt = "127.0.0.1:2379", timeout: TimeoutOpt = 3.0) -> None:
+def store_put(
+    key: str,
+    value: str,
+    endpoint: EndpointOpt = "127.0.0.1:2379",
+    timeout: TimeoutOpt = 3.0,
+    etcd_ca: EtcdCaOpt = None,
+    etcd_cert: EtcdCertOpt = None,
+    etcd_key: EtcdKeyOpt = None,
+) -> None:
     """Write one key."""
-    result = _with_store(endpoint, timeout, lambda s: s.put(key, value.encode()))
+    result = _with_store(endpoint, timeout, (etcd_ca, etcd_cert, etcd_key), lambda s: s.put(key, value.encode()))
     print(f"revision {result.revision}")
 
 
 @store_app.command("ls")
-def store_ls(prefix: str, endpoint: EndpointOpt = "127.0.0.1:2379", timeout: TimeoutOpt = 3.0) -> None:
+def store_ls(
+    prefix: str,
+    endpoint: EndpointOpt = "127.0.0.1:2379",
+    timeout: TimeoutOpt = 3.0,
+    etcd_ca: EtcdCaOpt = None,
+    etcd_cert: EtcdCertOpt = None,
+    etcd_key: EtcdKeyOpt = None,
+) -> None:
     """List keys under a prefix."""
-    result = _with_store(endpoint, timeout, lambda s: s.range(prefix))
+    result = _with_store(endpoint, timeout, (etcd_ca, etcd_cert, etcd_key), lambda s: s.range(prefix))
     for kv in result.kvs:
         print(kv.key)
 

@@ -20,10 +20,10 @@ def _closed_port() -> int:
 
 
 def test_put_get_roundtrip_against_real_etcd(etcd_server):
-    put = leengine("store", "put", "/cli/k", "hello", "--endpoint", etcd_server.endpoint)
+    put = leengine("store", "put", "/cli/k", "hello", "--endpoint", etcd_server.endpoint, *etcd_server.client_args)
     assert put.returncode == 0, put.stderr
     revision = int(put.stdout.split()[-1])
-    got = leengine("store", "get", "/cli/k", "--endpoint", etcd_server.endpoint)
+    got = leengine("store", "get", "/cli/k", "--endpoint", etcd_server.endpoint, *etcd_server.client_args)
     assert got.stdout.strip() == f"/cli/k = hello (version 1, mod_revision {revision})"
 
 
@@ -40,12 +40,12 @@ def test_refused_endpoint_fails_fast_with_one_line():
 def test_hung_etcd_times_out_naming_the_endpoint_and_writes_nothing(etcd_server):
     with etcd_server.paused():
         started = time.monotonic()
-        run = leengine("store", "put", "/cli/hung", "value", "--endpoint", etcd_server.endpoint, "--timeout", "1")
+        run = leengine("store", "put", "/cli/hung", "value", "--endpoint", etcd_server.endpoint, *etcd_server.client_args, "--timeout", "1")
         elapsed = time.monotonic() - started
     assert run.returncode == 1
     assert f"etcd at {etcd_server.endpoint} unavailable" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
     assert elapsed < 1 + 5  # the deadline plus interpreter start-up, never a hang
     # The put never reached etcd: the connection check timed out before it was sent.
-    got = leengine("store", "get", "/cli/hung", "--endpoint", etcd_server.endpoint)
+    got = leengine("store", "get", "/cli/hung", "--endpoint", etcd_server.endpoint, *etcd_server.client_args)
     assert got.returncode == 1 and "not found" in got.stderr
