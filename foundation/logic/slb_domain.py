@@ -14,8 +14,20 @@ DNS names, paths and header values have no whitespace, quotes, braces, semicolon
 renderer still quotes what it writes; validation is the first line, not the only.
 
 ``changed_config`` is the rule the agents apply: when two versions of a domain
-differ only in their upstream servers, the change is applied in place (no
-reload); any other difference needs a render, a test and a reload.
+differ only in their upstream servers (or in who may set them), the change is
+applied in place (no reload); any other difference needs a render, a test and a
+reload.
+
+Who sets upstreams: ``upstreams_by`` is ``"discovery"`` (the default: only the
+discovery role and admins) or ``"owner"`` (an admin let the domain's owner set them
+too). Upstream addresses must also lie in a registered pod pool
+(``foundation.logic.pod_pools``): checked by slb-core and again by every SLB agent.
+
+Records read back from etcd are decoded with ``load_json``: any failure (bad
+UTF-8, bad JSON, nesting too deep for the decoder, an integer too long to convert)
+is a ``ValueError``, never a ``RecursionError`` that would take an agent down.
+Numbers written as text (ports, sizes) are ASCII digits only: ``str.isdigit``
+accepts ``²`` and ``٨``, which ``int`` then rejects or silently converts.
 
 Pure: no I/O, no clock.
 """
@@ -25,6 +37,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import json
+import math
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -38,6 +51,10 @@ HEADER_NAME = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 HEADER_VALUE = re.compile(r"^[A-Za-z0-9 ._~!*'()+,=@%/:-]{0,256}$")
 OWNER = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 SIZE = re.compile(r"^[0-9]{1,6}[km]?$")
+PORT = re.compile(r"^[0-9]{1,5}$")  # ASCII only: [0-9] is a code point range, unlike \d or isdigit()
+UPSTREAMS_BY = ("discovery", "owner")  # who besides admins may set a domain's upstreams
+MAX_UPSTREAMS = 4096
+MAX_SHOWN = 80  # characters of an offending value echoed in an error
 
 # Admin-only settings: a closed list, each with the grammar of its value.
 SETTINGS: dict[str, re.Pattern[str]] = {
@@ -57,9 +74,35 @@ class DomainError(ValueError):
         self.field = field_name
 
 
+def show(value: Any) -> str:
+    """``repr(value)`` cut to ``MAX_SHOWN`` characters, for error messages (never raises)."""
+    if isinstance(value, str | int | float | bool | None):
+        try:
+            text = repr(value if not isinstance(value, str) else value[: MAX_SHOWN + 1])
+        except ValueError:  # an int too long to convert to text
+            return f"<an integer of about {int.bit_length(value) * 3 // 10} digits>"
+    else:
+        text = f"<a {type(value).__name__}>"
+    return text if len(text) <= MAX_SHOWN else f"{text[:MAX_SHOWN]}..."
+
+
+def load_json(raw: bytes | str) -> Any:
+    """Decode a record read back from the Store; every failure is a ``ValueError``.
+
+    ``json.loads`` raises ``RecursionError`` on deep nesting (``"[" * 100000``), which
+    is not a ValueError and would escape every ``except ValueError``.
+    """
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except (ValueError, TypeError) as exc:  # JSONDecodeError, UnicodeDecodeError, int conversion limit
+        raise ValueError(str(exc)[:200]) from None
+
+
 def check(field_name: str, value: Any, pattern: re.Pattern[str], what: str) -> str:
     if not isinstance(value, str) or not pattern.fullmatch(value):
-        raise DomainError(field_name, f"{value!r} is not {what}")
+        raise DomainError(field_name, f"{show(value)} is not {what}")
     return value
 
 
@@ -71,7 +114,7 @@ def check_domain_name(name: Any) -> str:
     if len(name) > MAX_DOMAIN_NAME:
         raise DomainError("name", f"{name[:40]}... is longer than {MAX_DOMAIN_NAME} characters")
     if any(not _LABEL.fullmatch(label) for label in name.split(".")):
-        raise DomainError("name", f"{name!r} is not a DNS name (each label 1-63 characters, no leading '-')")
+        raise DomainError("name", f"{show(name)} is not a DNS name (each label 1-63 characters, no leading '-')")
     return name
 
 
@@ -88,21 +131,23 @@ class Upstream:
 
     @staticmethod
     def parse(text: Any) -> Upstream:
-        if isinstance(text, str):
+        if isinstance(text, str) and len(text) <= 21:  # "255.255.255.255:65535"
             return _parse_upstream(text)  # cached: the same servers are parsed again on every domain change
-        raise DomainError("upstreams", f"{text!r} is not an IPv4 address:port")
+        raise DomainError("upstreams", f"{show(text)} is not an IPv4 address:port")
 
     @staticmethod
     def _parse(text: str) -> Upstream:
         if text.count(":") != 1:
-            raise DomainError("upstreams", f"{text!r} is not an IPv4 address:port")
+            raise DomainError("upstreams", f"{show(text)} is not an IPv4 address:port")
         host, _, port = text.partition(":")
         try:
-            ipaddress.IPv4Address(host)
+            address = ipaddress.IPv4Address(host)
         except ValueError:
-            raise DomainError("upstreams", f"{text!r} is not an IPv4 address:port") from None
-        if not port.isdigit() or not 0 < int(port) < 65536:
-            raise DomainError("upstreams", f"{text!r} has no valid port (1-65535)")
+            address = None
+        if address is None or str(address) != host:  # one spelling per address (the record's bytes are compared)
+            raise DomainError("upstreams", f"{show(text)} is not an IPv4 address:port")
+        if not PORT.fullmatch(port) or not 0 < int(port) < 65536:
+            raise DomainError("upstreams", f"{show(text)} has no valid port (1-65535, ASCII digits)")
         return Upstream(host, int(port))
 
     def __str__(self) -> str:
@@ -129,11 +174,11 @@ class Location:
             raise DomainError("locations", "each location must be an object")
         unknown = set(data) - {"path", "read_timeout", "set_headers"}
         if unknown:
-            raise DomainError("locations", f"unknown field(s) {', '.join(sorted(unknown))}")
+            raise DomainError("locations", f"unknown field(s) {_names(unknown)}")
         path = check("locations.path", data.get("path", "/"), PATH, "a URL path starting with '/'")
         timeout = data.get("read_timeout", 60)
         if isinstance(timeout, bool) or not isinstance(timeout, int) or not 1 <= timeout <= 3600:
-            raise DomainError("locations.read_timeout", f"{timeout!r} is not a number of seconds in 1..3600")
+            raise DomainError("locations.read_timeout", f"{show(timeout)} is not a number of seconds in 1..3600")
         headers = data.get("set_headers", {})
         if not isinstance(headers, dict) or len(headers) > 32:
             raise DomainError("locations.set_headers", "must be an object of at most 32 headers")
@@ -156,21 +201,23 @@ class Domain:
     locations: tuple[Location, ...] = (Location(),)
     settings: tuple[tuple[str, str], ...] = ()
     upstreams: tuple[Upstream, ...] = field(default=())
+    upstreams_by: str = "discovery"  # who besides admins may set the upstreams: "discovery" or "owner"
 
     @staticmethod
     def parse(data: Any) -> Domain:
         """Validate a domain definition (e.g. decoded from etcd or from an API call)."""
         if not isinstance(data, dict):
             raise DomainError("domain", "must be an object")
-        unknown = set(data) - {"name", "group", "owner", "listen", "locations", "settings", "upstreams"}
+        unknown = set(data) - {"name", "group", "owner", "listen", "locations", "settings", "upstreams",
+                               "upstreams_by"}
         if unknown:
-            raise DomainError("domain", f"unknown field(s) {', '.join(sorted(unknown))}")
+            raise DomainError("domain", f"unknown field(s) {_names(unknown)}")
         name = check_domain_name(data.get("name"))
         group = check_group(data.get("group"))
         owner = check("owner", data.get("owner", ""), OWNER, "an owner name")
         listen = data.get("listen", 80)
         if isinstance(listen, bool) or not isinstance(listen, int) or not 1 <= listen <= 65535:
-            raise DomainError("listen", f"{listen!r} is not a port (1-65535)")
+            raise DomainError("listen", f"{show(listen)} is not a port (1-65535)")
         raw_locations = data.get("locations", [{"path": "/"}])
         if not isinstance(raw_locations, list) or not 1 <= len(raw_locations) <= 64:
             raise DomainError("locations", "must be a list of 1-64 locations")
@@ -181,26 +228,39 @@ class Domain:
         if not isinstance(settings, dict):
             raise DomainError("settings", "must be an object")
         for key, value in settings.items():
-            if key not in SETTINGS:
-                raise DomainError("settings", f"{key!r} is not a supported setting ({', '.join(sorted(SETTINGS))})")
+            if not isinstance(key, str) or key not in SETTINGS:
+                raise DomainError("settings", f"{show(key)} is not a supported setting "
+                                              f"({', '.join(sorted(SETTINGS))})")
             check(f"settings.{key}", value, SETTINGS[key], f"a valid {key} value")
         raw_upstreams = data.get("upstreams", [])
-        if not isinstance(raw_upstreams, list) or len(raw_upstreams) > 4096:
-            raise DomainError("upstreams", "must be a list of at most 4096 address:port")
+        if not isinstance(raw_upstreams, list) or len(raw_upstreams) > MAX_UPSTREAMS:
+            raise DomainError("upstreams", f"must be a list of at most {MAX_UPSTREAMS} address:port")
         upstreams = _sorted_upstreams({Upstream.parse(u) for u in raw_upstreams})
-        return Domain(name, group, owner, listen, locations, tuple(sorted(settings.items())), upstreams)
+        upstreams_by = data.get("upstreams_by", "discovery")
+        if not isinstance(upstreams_by, str) or upstreams_by not in UPSTREAMS_BY:
+            raise DomainError("upstreams_by", f"{show(upstreams_by)} is not one of {', '.join(UPSTREAMS_BY)}")
+        return Domain(name, group, owner, listen, locations, tuple(sorted(settings.items())), upstreams,
+                      upstreams_by)
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "group": self.group, "owner": self.owner, "listen": self.listen,
+        data = {"name": self.name, "group": self.group, "owner": self.owner, "listen": self.listen,
                 "locations": [loc.to_json() for loc in self.locations], "settings": dict(self.settings),
                 "upstreams": [str(u) for u in self.upstreams]}
+        if self.upstreams_by != "discovery":  # the default is left out: records written before it keep their bytes
+            data["upstreams_by"] = self.upstreams_by
+        return data
 
     def to_bytes(self) -> bytes:
         return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
 
     @staticmethod
     def from_bytes(raw: bytes) -> Domain:
-        return Domain.parse(json.loads(raw))
+        """Decode a stored record; any failure is a ``DomainError`` (field ``record`` when it is not JSON)."""
+        try:
+            data = load_json(raw)
+        except ValueError as exc:
+            raise DomainError("record", f"not a JSON object: {exc}") from None
+        return Domain.parse(data)
 
     def with_upstreams(self, upstreams: tuple[Upstream, ...]) -> Domain:
         return replace(self, upstreams=_sorted_upstreams(set(upstreams)))
@@ -223,6 +283,11 @@ def check_routable(upstreams: tuple[Upstream, ...]) -> None:
                                            f"and reserved ranges are refused)")
 
 
+def _names(keys: set[Any]) -> str:
+    # Keys of a decoded object are strings, but a caller may hand anything: never sort mixed types.
+    return ", ".join(sorted(show(k) if not isinstance(k, str) else show(k).strip("'") for k in keys))
+
+
 @functools.lru_cache(maxsize=1 << 17)
 def _routable(host: str) -> bool:
     address = ipaddress.IPv4Address(host)
@@ -234,7 +299,8 @@ def changed_config(old: Domain | None, new: Domain | None) -> bool:
     """True when going from ``old`` to ``new`` needs a render + test + reload (not just upstreams)."""
     if old is None or new is None:
         return old is not new
-    return replace(old, upstreams=()) != replace(new, upstreams=())
+    # upstreams_by is a rule of slb-core's, nothing Nginx renders.
+    return replace(old, upstreams=(), upstreams_by="") != replace(new, upstreams=(), upstreams_by="")
 
 
 def domains_prefix(group: str) -> str:
@@ -282,6 +348,17 @@ class DomainStatus:
 
     @staticmethod
     def from_bytes(raw: bytes) -> DomainStatus:
-        data = json.loads(raw)
-        return DomainStatus(int(data["revision"]), str(data.get("error", "")), int(data.get("wanted_revision", 0)),
-                            float(data.get("at", 0.0)))
+        """Decode a status record; anything but the shape ``to_bytes`` writes is a ``ValueError``."""
+        data = load_json(raw)
+        if not isinstance(data, dict):
+            raise ValueError("a status record must be a JSON object")
+        revision, wanted, error, at = (data.get("revision"), data.get("wanted_revision", 0), data.get("error", ""),
+                                       data.get("at", 0.0))
+        for name, value in (("revision", revision), ("wanted_revision", wanted)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 63:
+                raise ValueError(f"{name} {show(value)} is not a revision")
+        if not isinstance(error, str):
+            raise ValueError(f"error {show(error)} is not a string")
+        if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
+            raise ValueError(f"at {show(at)} is not a time")
+        return DomainStatus(revision, error[:4096], wanted, float(at))
