@@ -12,6 +12,13 @@ its repo's order, by compare-and-swap, with ``attempt`` + 1. A task never exists
 hosts: the move deletes the old key in the transaction that writes the new one, and an
 agent writes a result only while none exists.
 
+A commit is a full commit id (``foundation.logic.build_task.COMMIT``), never a ref: a
+ref is resolved by whoever submits, once, so that what is built, tagged and deduplicated
+is one tree. Records read back from etcd are checked again: an unreadable task is left
+where it is (the agent on its host fails it), an unreadable result or claim is a
+``CorruptRecord`` (INTERNAL) for that one build, and an agent key whose name is not a
+host name is ignored; none of them stops the reassigner or another build.
+
 Who may do what (principals from ``control.auth``): only an **admin** queues builds
 (the platform's deploy pipeline does, on behalf of an app); every principal may read
 builds and list the agents. ``BuildService`` checks that and answers the gRPC surface.
@@ -22,6 +29,7 @@ It must not know gRPC, etcd clients or the runtime behind the ports.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from control.auth import Principal
 from foundation.logic.build_task import (
@@ -30,6 +38,9 @@ from foundation.logic.build_task import (
     Result,
     Task,
     TaskError,
+    check_host,
+    check_task_id,
+    echo,
     id_key,
     rank_hosts,
     result_key,
@@ -74,7 +85,18 @@ class BuildScheduler:
         self.stats = SchedulerStats()
 
     async def agents(self) -> list[str]:
-        return sorted(kv.key.removeprefix(AGENTS) for kv in (await self.store.range(AGENTS)).kvs)
+        return self._hosts((await self.store.range(AGENTS)).kvs)
+
+    def _hosts(self, kvs: Any) -> list[str]:
+        """Registered hosts: keys under /build/agents/ whose name is a host name (others are someone's garbage)."""
+        hosts = []
+        for kv in kvs:
+            name = kv.key.removeprefix(AGENTS)
+            try:
+                hosts.append(check_host(name))
+            except TaskError:
+                self.runtime.trace("build-agent-key-ignored", key=echo(kv.key))
+        return sorted(hosts)
 
     async def submit(self, app: str, commit: str, *, repo: str | None = None) -> str:
         """Queue a build of ``commit`` of ``app``; returns the task id (``TaskError`` names a bad field)."""
@@ -97,8 +119,9 @@ class BuildScheduler:
         return task.id
 
     async def result(self, app: str, commit: str) -> Result | None:
-        kv = await self.store.get(result_key(task_id(app, commit)))
-        return Result.from_bytes(kv.value) if kv is not None else None
+        task = check_task_id(task_id(app, commit))
+        kv = await self.store.get(result_key(task))
+        return _result(task, kv.value) if kv is not None else None
 
     async def wait(self, task: str, *, timeout: float) -> Result | None:
         """The task's result, waiting up to ``timeout`` seconds for it (None: not finished by then)."""
@@ -114,7 +137,7 @@ class BuildScheduler:
                 continue
             found = read.responses[0]
             if isinstance(found, RangeResult) and found.kvs:
-                return Result.from_bytes(found.kvs[0].value)
+                return _result(task, found.kvs[0].value)
             left = deadline - self.runtime.now()
             if left <= 0:
                 return None
@@ -122,7 +145,7 @@ class BuildScheduler:
                 async with self.store.watch(key, start_revision=read.revision + 1) as watch:
                     event = await self.runtime.wait_for(watch.__anext__(), left)
                     if event.type == "put":
-                        return Result.from_bytes(event.kv.value)
+                        return _result(task, event.kv.value)
             except TimeoutError:
                 return None
             except StopAsyncIteration:
@@ -135,16 +158,19 @@ class BuildScheduler:
         # One read of both: a host that registers between two reads would lose its tasks for nothing.
         read = await self.store.txn([], [GetOp(AGENTS, prefix=True), GetOp(TASKS, prefix=True)])
         agents, tasks = (r if isinstance(r, RangeResult) else RangeResult((), 0) for r in read.responses)
-        live = sorted(kv.key.removeprefix(AGENTS) for kv in agents.kvs)
+        live = self._hosts(agents.kvs)
         moved = 0
         for kv in tasks.kvs:
             host, _, name = kv.key.removeprefix(TASKS).partition("/")
             if host in live or not live:
                 continue
-            try:
+            try:  # one bad record is skipped; it never stops the moves of the others
                 task = Task.from_bytes(kv.value)
-            except (ValueError, TypeError, KeyError):
-                continue  # unreadable: left where it is for an operator (the agent reports it)
+                if task.id != check_task_id(name):
+                    raise TaskError("task", f"the record is {echo(task.id)}, its key says {echo(name)}")
+            except TaskError as exc:
+                self.runtime.trace("build-task-unreadable", key=echo(kv.key), error=str(exc)[:200])
+                continue  # left where it is for an operator (the agent of a live host fails it)
             target = rank_hosts(task.repo, live)[0]
             moved_task = Task(task.app, task.repo, task.commit, task.submitted_at, task.attempt + 1)
             done = await self.store.txn([Compare.mod_is(kv.key, kv.mod_revision)],
@@ -202,20 +228,33 @@ class BuildService:
         for _ in range(3):  # a task that finishes or moves between our two reads: read again
             read = await self.store.txn([], [GetOp(result_key(task)), GetOp(id_key(task))])
             result, placed = (r if isinstance(r, RangeResult) else RangeResult((), 0) for r in read.responses)
+            if result.kvs:
+                done = _result(task, result.kvs[0].value)
+                return BuildState(task, done.state, done.host, done.attempt, done.submitted_at, done, done.steps)
+            if not placed.kvs:
+                raise NotFound(f"no build of {task}")
             try:
-                if result.kvs:
-                    done = Result.from_bytes(result.kvs[0].value)
-                    return BuildState(task, done.state, done.host, done.attempt, done.submitted_at, done, done.steps)
-                if not placed.kvs:
-                    raise NotFound(f"no build of {task}")
-                host = placed.kvs[0].value.decode()
+                host = check_host(placed.kvs[0].value.decode("utf-8", errors="replace"))
                 kv = await self.store.get(task_key(host, task))
-                if kv is not None:
-                    queued = Task.from_bytes(kv.value)
-                    return BuildState(task, queued.state, host, queued.attempt, queued.submitted_at)
-            except (ValueError, TypeError, KeyError) as exc:
+                queued = Task.from_bytes(kv.value) if kv is not None else None
+                if queued is not None and queued.id != task:
+                    raise TaskError("task", f"the record is {echo(queued.id)}")
+            except TaskError as exc:
                 raise CorruptRecord(f"the stored build of {task} is unreadable: {exc}") from None
+            if queued is not None:
+                return BuildState(task, queued.state, host, queued.attempt, queued.submitted_at)
         raise CorruptRecord(f"{task} is claimed but neither queued nor finished (a task was deleted by hand?)")
+
+
+def _result(task: str, raw: bytes) -> Result:
+    """The result record of ``task`` read back from etcd; anything wrong with it is a ``CorruptRecord``."""
+    try:
+        result = Result.from_bytes(raw)
+    except TaskError as exc:
+        raise CorruptRecord(f"the stored result of {task} is unreadable: {exc}") from None
+    if result.task != task:
+        raise CorruptRecord(f"the stored result of {task} is for {echo(result.task)}")
+    return result
 
 
 __all__ = ["BuildError", "BuildScheduler", "BuildService", "BuildState", "CorruptRecord", "NoBuildAgents", "NotFound",

@@ -10,6 +10,15 @@ task moved, the late result is dropped and the new host's build counts. A task l
 ``running`` by a previous life of this agent (the host crashed mid-build) is built
 again from the start.
 
+Task records are read back from etcd and trusted no more than user input: each is
+decoded and validated again (``Task.from_bytes``: a full commit id, never a ref; any
+decoding failure, however deep or large, is a ``TaskError``), and its id must be the
+one its key names. A task that fails that check is **failed**: a ``failed`` result with
+the reason is written under the id its key names and the task is removed, in one
+transaction, so whoever waits for it learns why. A key whose name is not a task id at
+all cannot be answered: it is set aside (reported once, never built). Neither stops
+the agent or the tasks queued behind it.
+
 It must not know which Store, Builder or runtime is behind the ports.
 """
 
@@ -18,7 +27,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from foundation.logic.build_task import Result, Task, TaskError, agent_key, check_host, result_key, task_prefix
+from foundation.logic.build_task import (
+    MAX_TEXT,
+    Result,
+    Task,
+    TaskError,
+    agent_key,
+    check_host,
+    check_task_id,
+    echo,
+    result_key,
+    task_prefix,
+)
 from foundation.logic.claims import LeasedMembership
 from foundation.ports import Compare, DeleteOp, KeyValue, PutOp, Runtime, Store, StoreError
 from foundation.ports.builder import Builder, BuildFailed, BuildRequest
@@ -38,6 +58,7 @@ class BuildAgentConfig:
 class BuildAgentStats:
     built: int = 0
     failed: int = 0
+    rejected: int = 0  # task records that failed validation: failed without a build
     dropped: int = 0  # results of tasks that had moved to another host meanwhile
     store_errors: int = 0
     unreadable: list[str] = field(default_factory=list)
@@ -77,23 +98,42 @@ class BuildAgent:
                 continue
             await member.keep_alive()  # returns when the lease is lost: join again
 
-    async def _queued(self) -> tuple[list[tuple[KeyValue, Task]], int]:
+    async def _queued(self) -> tuple[list[tuple[KeyValue, Task]], list[tuple[KeyValue, str, str]], int]:
+        """Readable tasks (oldest first), tasks to fail (key, id, why), and the revision read at."""
         found = await self.store.range(task_prefix(self.config.host))
-        tasks = []
+        tasks, rejected = [], []
         for kv in found.kvs:
+            name = kv.key.removeprefix(task_prefix(self.config.host))
             try:
-                tasks.append((kv, Task.from_bytes(kv.value)))
-            except (TaskError, ValueError, TypeError, KeyError) as exc:
-                if kv.key not in self.stats.unreadable:  # someone wrote garbage: skip it, say so once
-                    self.stats.unreadable.append(kv.key)
-                    self.runtime.trace("build-task-unreadable", key=kv.key, error=str(exc)[:200])
+                task = Task.from_bytes(kv.value)
+                if task.id != name:
+                    raise TaskError("task", f"the record is {echo(task.id)}, its key says {echo(name)}")
+                tasks.append((kv, task))
+            except TaskError as exc:
+                try:
+                    rejected.append((kv, check_task_id(name), str(exc)))
+                except TaskError:  # not even the key names a task: nobody to answer, skip it, say so once
+                    if kv.key not in self.stats.unreadable:
+                        self.stats.unreadable.append(kv.key)
+                        self.runtime.trace("build-task-unreadable", key=echo(kv.key), error=str(exc)[:200])
         # Oldest first; a task this agent left running before a crash goes first of all.
         tasks.sort(key=lambda t: (t[1].state != "running", t[1].submitted_at, t[1].id))
-        return tasks, found.revision
+        return tasks, rejected, found.revision
+
+    async def _reject(self, kv: KeyValue, task: str, why: str) -> None:
+        """Fail a task whose record does not validate: its result says why; the task goes, in one transaction."""
+        result = Result(task, "failed", self.config.host, 1, error=f"invalid task record: {why}"[:1000],
+                        finished_at=self.runtime.now())
+        done = await self.store.txn([Compare.mod_is(kv.key, kv.mod_revision), Compare.missing(result_key(task))],
+                                    [PutOp(result_key(task), result.to_bytes()), DeleteOp(kv.key)])
+        if not done.succeeded:  # a result exists already (or the record changed): only the bad copy goes
+            await self.store.txn([Compare.mod_is(kv.key, kv.mod_revision)], [DeleteOp(kv.key)])
+        self.stats.rejected += 1
+        self.runtime.trace("build-task-rejected", host=self.config.host, task=task, error=why[:200])
 
     async def _wait_for_tasks(self) -> None:
-        tasks, revision = await self._queued()
-        if tasks:
+        tasks, rejected, revision = await self._queued()
+        if tasks or rejected:
             return  # one arrived since we last looked (before the watch's start revision)
         async with self.store.watch(task_prefix(self.config.host), start_revision=revision + 1) as watch:
             async for event in watch:
@@ -102,9 +142,11 @@ class BuildAgent:
 
     async def _build_next(self) -> bool:
         """Build the oldest queued task; False when there is none."""
-        tasks, _ = await self._queued()
+        tasks, rejected, _ = await self._queued()
+        for bad in rejected:
+            await self._reject(*bad)
         if not tasks:
-            return False
+            return bool(rejected)
         kv, task = tasks[0]
         rt = self.runtime
         running = Task(task.app, task.repo, task.commit, task.submitted_at, task.attempt, "running", rt.now())
@@ -118,14 +160,14 @@ class BuildAgent:
             outcome = await self.builder.build(BuildRequest(task.app, task.repo, task.commit), log.append)
             result = Result(task.id, "done", self.config.host, task.attempt, outcome.image,
                             tuple((s.step, round(s.seconds, 6)) for s in outcome.steps), outcome.cache_hit,
-                            submitted_at=task.submitted_at, finished_at=rt.now(), log=tuple(log[-20:]))
+                            submitted_at=task.submitted_at, finished_at=rt.now(), log=_tail(log))
         except BuildFailed as exc:
-            result = Result(task.id, "failed", self.config.host, task.attempt, error=str(exc),
-                            submitted_at=task.submitted_at, finished_at=rt.now(), log=tuple(log[-20:]))
+            result = Result(task.id, "failed", self.config.host, task.attempt, error=str(exc)[:MAX_TEXT],
+                            submitted_at=task.submitted_at, finished_at=rt.now(), log=_tail(log))
         except Exception as exc:  # a builder bug: this task fails, the agent (and the next host) must not die
             result = Result(task.id, "failed", self.config.host, task.attempt,
                             error=f"builder: {type(exc).__name__}: {exc}"[:1000], submitted_at=task.submitted_at,
-                            finished_at=rt.now(), log=tuple(log[-20:]))
+                            finished_at=rt.now(), log=_tail(log))
         finished = await self._finish(kv.key, marked.revision, task.id, result)
         if not finished:
             self.stats.dropped += 1
@@ -160,3 +202,8 @@ class BuildAgent:
                 if self.runtime.now() >= give_up:
                     raise
                 await self.runtime.sleep(self.config.retry)
+
+
+def _tail(log: list[str]) -> tuple[str, ...]:
+    """The last 20 lines, each cut to what a result record may hold."""
+    return tuple(line[:MAX_TEXT] for line in log[-20:])

@@ -4,7 +4,8 @@ Each build host runs ``node.build_agent.BuildAgent`` on a ``SimBuilder`` (durati
 the cache warm or cold) with its own etcd client; the control plane's
 ``control.builds.BuildScheduler`` places tasks and moves them off dead hosts; the
 ``SimRegistry`` holds the pushed images, which nodes pull once. A deploy asks
-``release(app)`` for the image of the app's next commit (``r1``, ``r2``, …). An observer
+``release(app)`` for the image of the app's next commit (release ``n`` of an app is the
+full commit id ``release_commit(app, n)``: the scheduler takes full ids only). An observer
 watches ``/build/results/`` so that the ``builds-finish`` check knows when each build
 finished, whoever waited for it.
 
@@ -14,12 +15,13 @@ decides when to deploy and what a crash of a build host means for its faults.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from control.builds import BuildScheduler, NoBuildAgents
-from foundation.logic.build_task import RESULTS, Result
+from control.builds import BuildError, BuildScheduler
+from foundation.logic.build_task import RESULTS, Result, TaskError
 from foundation.ports import StoreError
 from node.build_agent import BuildAgent, BuildAgentConfig
 from sim.adapters.builder import SimBuilder, SimRegistry
@@ -45,6 +47,11 @@ class BuildSeen:
     finished: float | None = None
     state: str = ""  # done | failed, once finished
     cache_hit: bool = False
+
+
+def release_commit(app: str, n: int) -> str:
+    """The commit id of the app's ``n``-th release: a stable 40-hex name, as git would give one."""
+    return hashlib.sha1(f"{app} r{n}".encode()).hexdigest()
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -90,11 +97,15 @@ class Farm:
                 async with client.watch(RESULTS, start_revision=after + 1) as watch:
                     async for event in watch:
                         after = event.revision
-                        if event.type == "put":
+                        if event.type != "put":
+                            continue
+                        try:
                             result = Result.from_bytes(event.kv.value)
-                            seen = self.builds.setdefault(result.task, BuildSeen(result.submitted_at))
-                            seen.finished, seen.state, seen.cache_hit = self.runtime.now(), result.state, \
-                                result.cache_hit
+                        except TaskError:
+                            continue  # not the real agents' writing: nothing the world can count
+                        seen = self.builds.setdefault(result.task, BuildSeen(result.submitted_at))
+                        seen.finished, seen.state, seen.cache_hit = self.runtime.now(), result.state, \
+                            result.cache_hit
             except StoreError:
                 pass
             await self.runtime.sleep(self.tick)
@@ -104,12 +115,12 @@ class Farm:
         rt = self.runtime
         assert self.scheduler is not None
         self._releases[app] = self._releases.get(app, 0) + 1
-        commit = f"r{self._releases[app]}"
+        commit = release_commit(app, self._releases[app])
         try:
             task = await self.scheduler.submit(app, commit)
             self.builds.setdefault(task, BuildSeen(rt.now()))
             result = await self.scheduler.wait(task, timeout=timeout)
-        except (NoBuildAgents, StoreError) as exc:
+        except (BuildError, StoreError) as exc:  # no build agent, no etcd, a corrupt result
             self.unsubmitted += 1
             rt.trace("deploy-build-failed", app=app, commit=commit, error=type(exc).__name__)
             return None

@@ -2,8 +2,10 @@
 
 One build, four steps, each a subprocess with an argument list (never a shell line):
 
-* **clone**: ``git clone`` of ``{repos}/{repo}`` into a fresh checkout, then a detached
-  checkout of the commit;
+* **clone**: ``git clone --no-hardlinks`` of ``{repos}/{repo}`` into a fresh checkout
+  (copies: the checkout is handed to the build script, which must not share an inode
+  with the repository store), then a detached checkout of the commit, which must be a
+  full commit id and must be what ``HEAD`` then is;
 * **compile**: the repo's ``build.sh`` runs in a build container (``buildah from
   scratch`` plus a static busybox as its shell and tools) with the checkout mounted at
   ``/src`` and this host's dependency cache of the repo at ``/cache``; it leaves what
@@ -12,8 +14,18 @@ One build, four steps, each a subprocess with an argument list (never a shell li
   runs as ``nobody`` with every capability dropped (a root script could leave the
   chroot); chroot isolation shares the host's network, so what a build host can
   reach a build script can reach (see docs/architecture.md);
-* **image**: a ``scratch`` image with busybox at ``/bin/busybox`` and ``out/`` at
-  ``/app``, entry point ``/bin/busybox sh /app/start.sh``, committed as
+* **image**: ``out/`` is first copied, as root, into a fresh staging directory that
+  only root can reach, walking it by directory file descriptors and opening every
+  entry with ``O_NOFOLLOW``: anything under ``out`` that is not a regular file or a
+  directory (a symbolic link, a FIFO, a socket, a device), ``out`` itself being one,
+  more than ``MAX_OUT_ENTRIES`` entries or nesting deeper than ``MAX_OUT_DEPTH`` fails
+  the build and nothing is imaged. The script ran as nobody and may have planted a
+  link to a root-only host file (``out -> /etc/shadow``) after the pre-compile check,
+  or left a process that swaps one in during the copy: reading by descriptor, never by
+  path, means only bytes of files that are really under ``out`` are read, whatever
+  races. Modes keep their ``0o755`` bits (no set-id bits), owners become root. Then a
+  ``scratch`` image with busybox at ``/bin/busybox`` and the staged copy at ``/app``,
+  entry point ``/bin/busybox sh /app/start.sh``, is committed as
   ``{registry}/{app}:{commit}``;
 * **push**: ``buildah push`` to the registry.
 
@@ -36,6 +48,7 @@ import contextlib
 import os
 import shutil
 import signal
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +59,8 @@ from foundation.ports.builder import BuildFailed, BuildOutcome, BuildRequest, St
 
 BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static: one static binary, the whole userland
 NOBODY = 65534  # build scripts run as this uid/gid, without capabilities
+MAX_OUT_ENTRIES = 100_000  # files and directories under out/ that an image may hold
+MAX_OUT_DEPTH = 64  # directory levels under out/ (each level holds one open descriptor while copied)
 
 
 @dataclass(frozen=True)
@@ -116,6 +131,7 @@ class BuildahBuilder:
         work = self.config.workdir / "src" / f"{request.app}@{request.commit}"
         # One cache per repo; the name is escaped so that two repos can never share one.
         cache = self.config.workdir / "cache" / request.repo.replace("%", "%25").replace("/", "%2F")
+        stage = self.config.workdir / "stage" / f"{request.app}@{request.commit}"  # root only: what is imaged
         reference = f"{self.config.registry}/{request.app}:{request.commit}"
         prefix = f"leengine-{self.host}-"
         steps: list[StepTiming] = []
@@ -133,10 +149,17 @@ class BuildahBuilder:
                 await self._sweep(prefix)
                 self._swept = True
             shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(stage, ignore_errors=True)
             work.parent.mkdir(parents=True, exist_ok=True)
+            stage.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(stage.parent, 0o700)
             cache.mkdir(parents=True, exist_ok=True)
-            await self._run(current, ["git", "clone", "--quiet", "--no-checkout", "--", str(source), str(work)])
+            await self._run(current, ["git", "clone", "--quiet", "--no-checkout", "--no-hardlinks", "--",
+                                      str(source), str(work)])
             await self._run(current, ["git", "-C", str(work), "checkout", "--quiet", "--detach", request.commit, "--"])
+            head = await self._run(current, ["git", "-C", str(work), "rev-parse", "--verify", "HEAD"])
+            if head != request.commit:  # e.g. the id of a tag object: the image must be tagged with what it is
+                raise BuildFailed(current, f"{request.commit} is not a commit (it checks out as {head[:64]})")
             done(current)
             current = "compile"
             cache_hit = any(cache.iterdir())
@@ -158,14 +181,15 @@ class BuildahBuilder:
                 "/bin/sh", "/src/build.sh"))
             done(current, f" (cache {'warm' if cache_hit else 'cold'})")
             current = "image"
+            entries = _stage_out(work, stage)  # only what the build made, read by descriptor (no link followed)
             image = f"{prefix}{request.app}-{request.commit}-image"
             await self._run(current, self._buildah("from", "--quiet", "--name", image, "scratch"))
             await self._run(current, self._buildah("copy", "--quiet", image, str(BUSYBOX), "/bin/busybox"))
-            await self._run(current, self._buildah("copy", "--quiet", image, str(out), "/app"))
+            await self._run(current, self._buildah("copy", "--quiet", image, str(stage), "/app"))
             await self._run(current, self._buildah("config", "--entrypoint", '["/bin/busybox", "sh", "/app/start.sh"]',
                                                    "--label", f"leengine.commit={request.commit}", image))
             await self._run(current, self._buildah("commit", "--quiet", image, reference))
-            done(current)
+            done(current, f" ({entries} entries)")
             current = "push"
             await self._run(current, self._buildah("push", "--quiet",
                                                    f"--tls-verify={str(self.config.tls_verify).lower()}",
@@ -178,7 +202,8 @@ class BuildahBuilder:
             with contextlib.suppress(BuildFailed, OSError):
                 await self._sweep(prefix)
                 await self._run("cleanup", self._buildah("rmi", "--force", reference))  # pushed: the registry has it
-            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)  # rmtree works by descriptor: it follows no planted link
+            shutil.rmtree(stage, ignore_errors=True)
 
     async def _sweep(self, prefix: str) -> None:
         """Remove this host's build containers: those of a finished build, or of an agent killed mid-build."""
@@ -188,8 +213,120 @@ class BuildahBuilder:
 
 
 def _chown_tree(root: Path, uid: int) -> None:
-    """Give ``root`` and everything under it to ``uid`` (links themselves, never what they point to)."""
+    """Give ``root`` and everything under it to ``uid`` (links themselves, never what they point to).
+
+    By directory descriptors (``os.fwalk``): the cache was written by earlier build scripts, and
+    a process one of them left behind could swap a directory for a link to ``/etc`` mid-walk.
+    """
     os.lchown(root, uid, uid)
-    for directory, dirs, files in os.walk(root):
+    for _, dirs, files, fd in os.fwalk(root, follow_symlinks=False):
         for name in (*dirs, *files):
-            os.lchown(os.path.join(directory, name), uid, uid)
+            os.chown(name, uid, uid, dir_fd=fd, follow_symlinks=False)
+
+
+_KINDS = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _refuse(where: str, mode: int) -> BuildFailed:
+    kind = next((what for test, what in _KINDS if test(mode)), "not a regular file or directory")
+    return BuildFailed("image", f"{where} is {kind}: an image holds only regular files and directories "
+                                f"the build made (a link could reach the build host's files)")
+
+
+def _open_dir(name: str, parent: int, where: str, expected: os.stat_result | None) -> int:
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    except OSError as exc:  # ELOOP: a link; ENOTDIR: swapped for a file since we looked
+        raise BuildFailed("image", f"{where} changed while it was copied or is no directory ({exc.strerror})") from None
+    seen = os.fstat(fd)
+    if not stat.S_ISDIR(seen.st_mode) or (expected is not None and not os.path.samestat(seen, expected)):
+        os.close(fd)
+        raise BuildFailed("image", f"{where} changed while it was copied")
+    return fd
+
+
+def _stage_out(work: Path, stage: Path) -> int:
+    """Copy ``work/out`` into the fresh directory ``stage`` (root's); returns how many entries it holds.
+
+    Every entry is looked at with ``lstat`` relative to its directory's descriptor and opened with
+    ``O_NOFOLLOW`` (files also ``O_NONBLOCK``: a FIFO swapped in cannot block us), then checked
+    again on the descriptor: a link or special file anywhere, or an entry that changed between the
+    two looks, is a ``BuildFailed`` of the image step. Nothing is read by path below ``work``.
+    """
+    top = os.open(work, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        first = os.stat("out", dir_fd=top, follow_symlinks=False)
+        if not stat.S_ISDIR(first.st_mode):
+            raise _refuse("out", first.st_mode)
+        source = _open_dir("out", top, "out", first)
+    finally:
+        os.close(top)
+    # Depth first, one frame per open directory: at most 2 × MAX_OUT_DEPTH descriptors, however wide.
+    frames: list[tuple[int, int, list[str], str, int]] = []
+    try:
+        stage.mkdir(mode=0o700)
+        target = os.open(stage, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        os.fchmod(target, stat.S_IMODE(first.st_mode) & 0o755)  # /app's mode; the parent keeps others out
+        frames.append((source, target, sorted(os.listdir(source), reverse=True), "out", 0))
+        source = -1  # the frame owns it now
+        count = 0
+        while frames:
+            src, dst, names, where, depth = frames[-1]
+            if not names:
+                frames.pop()
+                os.close(src)
+                os.close(dst)
+                continue
+            name = names.pop()
+            path = f"{where}/{name}"[-300:]  # for messages only
+            count += 1
+            if count > MAX_OUT_ENTRIES:
+                raise BuildFailed("image", f"out holds more than {MAX_OUT_ENTRIES} entries")
+            info = os.stat(name, dir_fd=src, follow_symlinks=False)
+            if stat.S_ISDIR(info.st_mode):
+                if depth + 1 > MAX_OUT_DEPTH:
+                    raise BuildFailed("image", f"{path[:200]} nests deeper than {MAX_OUT_DEPTH} directories")
+                inner = _open_dir(name, src, path, info)
+                try:
+                    os.mkdir(name, 0o700, dir_fd=dst)
+                    made = _open_dir(name, dst, f"the staged {path}", None)
+                except BaseException:
+                    os.close(inner)
+                    raise
+                frames.append((inner, made, [], path, depth + 1))
+                os.fchmod(made, stat.S_IMODE(info.st_mode) & 0o755)
+                frames[-1][2].extend(sorted(os.listdir(inner), reverse=True))
+            elif stat.S_ISREG(info.st_mode):
+                _copy_file(name, src, dst, path, info)
+            else:
+                raise _refuse(path, info.st_mode)
+        return count
+    finally:
+        if source >= 0:
+            os.close(source)
+        for src, dst, *_ in frames:
+            os.close(src)
+            os.close(dst)
+
+
+def _copy_file(name: str, src: int, dst: int, where: str, expected: os.stat_result) -> None:
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=src)
+    except OSError as exc:  # ELOOP: swapped for a link since we looked
+        raise BuildFailed("image", f"{where} changed while it was copied ({exc.strerror})") from None
+    try:
+        seen = os.fstat(fd)
+        if not stat.S_ISREG(seen.st_mode) or not os.path.samestat(seen, expected):
+            raise BuildFailed("image", f"{where} changed while it was copied")
+        out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dst)
+        try:
+            while chunk := os.read(fd, 1 << 20):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(out, view):]
+            os.fchmod(out, stat.S_IMODE(seen.st_mode) & 0o755)
+        finally:
+            os.close(out)
+    finally:
+        os.close(fd)

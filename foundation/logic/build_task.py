@@ -16,14 +16,25 @@ commit twice builds it once. **Placement** is a rendezvous hash of the repositor
 the live agents: the same repo lands on the same host while it lives (its dependency
 cache stays warm), and when that host dies only its repos move, each to its next host.
 
+A commit is a **full commit id** (40 lowercase hex digits; 64 in a SHA-256 repository),
+never a ref: ``HEAD``, a branch, a tag, ``a..b`` or a short id can name another commit
+tomorrow, and the task id, the image tag and "a commit builds once" all assume that
+``{app}@{commit}`` means one tree forever. The deploy pipeline resolves its ref before
+submitting; the builder checks that what it checked out is that commit.
+
 Security: app, repo, commit and host are checked against narrow grammars before they
-become keys or reach a builder's command line. It must not know the store or runtime.
+become keys or reach a builder's command line. Every record read back from etcd is
+untrusted: ``Task.from_bytes`` and ``Result.from_bytes`` turn **any** failure (bad JSON,
+nesting deep enough for a ``RecursionError``, huge numbers, wrong types, a record over
+``MAX_RECORD`` bytes) into a ``TaskError`` naming the field, never another exception.
+Echoed values are cut to a few dozen characters. It must not know the store or runtime.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -36,7 +47,11 @@ IDS = f"{BUILD}ids/"
 
 APP_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
-COMMIT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a full SHA-1 (or SHA-256) commit id: immutable
+TASK_ID = re.compile(r"(?P<app>[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)@(?P<commit>[0-9a-f]{40}|[0-9a-f]{64})")
+MAX_RECORD = 256 * 1024  # bytes of one task or result record (a result holds at most 20 log lines)
+MAX_ATTEMPT = 1_000_000
+MAX_TEXT = 64 * 1024  # characters of a result's error, image or one log line
 REPO = re.compile(r"[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*")  # path-like, no '..', no leading '/'
 
 
@@ -48,10 +63,65 @@ class TaskError(ValueError):
         self.field = field_name
 
 
+def echo(value: Any, limit: int = 60) -> str:
+    """``repr`` of a user-given value, cut: an error never carries a megabyte of someone's input."""
+    text = repr(value) if not isinstance(value, str) or len(value) <= 4 * limit else repr(value[:4 * limit])
+    return text if len(text) <= limit else f"{text[:limit]}…"
+
+
 def _check(field_name: str, value: Any, pattern: re.Pattern[str], what: str, limit: int = 200) -> str:
     if not isinstance(value, str) or len(value) > limit or not pattern.fullmatch(value):
-        raise TaskError(field_name, f"{value!r} is not {what}")
+        raise TaskError(field_name, f"{echo(value)} is not {what}")
     return value
+
+
+def check_commit(commit: Any) -> str:
+    return _check("commit", commit, COMMIT, "a full commit id (40 lowercase hex digits, or 64 for SHA-256; "
+                                            "a ref such as HEAD, a branch, a tag or a short id can move)")
+
+
+def check_task_id(task: Any) -> str:
+    """A task id as it appears in keys: ``{app}@{commit}``, both by their grammars."""
+    return _check("task", task, TASK_ID, "a task id ({app}@{full commit id})")
+
+
+def _time(field_name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TaskError(field_name, f"{echo(value)} is not a time")
+    try:
+        seconds = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        raise TaskError(field_name, "is not a finite time") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise TaskError(field_name, f"{echo(value)} is not a finite time >= 0")
+    return seconds
+
+
+def _attempt(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ATTEMPT:
+        raise TaskError("attempt", f"{echo(value)} is not an integer in 1..{MAX_ATTEMPT}")
+    return value
+
+
+def _text(field_name: str, value: Any, limit: int = MAX_TEXT) -> str:
+    if not isinstance(value, str) or len(value) > limit:
+        raise TaskError(field_name, f"{echo(value)} is not a string of at most {limit} characters")
+    return value
+
+
+def _decode(raw: Any, what: str) -> dict[str, Any]:
+    """JSON object from etcd bytes; any failure at all (nesting, size, encoding, numbers) is a TaskError."""
+    if not isinstance(raw, bytes | bytearray | memoryview) or len(raw) > MAX_RECORD:
+        raise TaskError(what, f"the record is not bytes of at most {MAX_RECORD}")
+    try:
+        data = json.loads(bytes(raw))
+    except RecursionError:  # "[" * 100000: the decoder recurses once per level
+        raise TaskError(what, "the record is nested too deeply to be one") from None
+    except Exception as exc:  # ValueError, UnicodeDecodeError, a 5,000-digit integer, MemoryError's cousins
+        raise TaskError(what, f"the record is not JSON ({type(exc).__name__})") from None
+    if not isinstance(data, dict):
+        raise TaskError(what, "the record must be an object")
+    return data
 
 
 def check_host(host: Any) -> str:
@@ -112,19 +182,12 @@ class Task:
         repo = _check("repo", data.get("repo", app), REPO, "a repository path ([a-z0-9._-] segments joined by '/')")
         if ".." in repo.split("/"):
             raise TaskError("repo", f"{repo!r} climbs out of the repositories root")
-        commit = _check("commit", data.get("commit"), COMMIT, "a commit or tag ([A-Za-z0-9._-], at most 64)")
+        commit = check_commit(data.get("commit"))
         state = data.get("state", "queued")
-        if state not in ("queued", "running"):
-            raise TaskError("state", f"{state!r} is not queued or running")
-        attempt = data.get("attempt", 1)
-        if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
-            raise TaskError("attempt", f"{attempt!r} is not a positive integer")
-        times = []
-        for name in ("submitted_at", "started_at"):
-            value = data.get(name, 0.0)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise TaskError(name, f"{value!r} is not a time")
-            times.append(float(value))
+        if not isinstance(state, str) or state not in ("queued", "running"):
+            raise TaskError("state", f"{echo(state)} is not queued or running")
+        attempt = _attempt(data.get("attempt", 1))
+        times = [_time(name, data.get(name, 0.0)) for name in ("submitted_at", "started_at")]
         return Task(app, repo, commit, times[0], attempt, state, times[1])
 
     def to_bytes(self) -> bytes:
@@ -132,7 +195,8 @@ class Task:
 
     @staticmethod
     def from_bytes(raw: bytes) -> Task:
-        return Task.parse(json.loads(raw))
+        """A task record read back from etcd: validated again; anything wrong is a ``TaskError``."""
+        return Task.parse(_decode(raw, "task"))
 
 
 @dataclass(frozen=True)
@@ -157,8 +221,31 @@ class Result:
 
     @staticmethod
     def from_bytes(raw: bytes) -> Result:
-        data = json.loads(raw)
-        return Result(data["task"], data["state"], data["host"], int(data["attempt"]), data.get("image", ""),
-                      tuple((str(s), float(t)) for s, t in data.get("steps", ())), bool(data.get("cache_hit")),
-                      data.get("error", ""), float(data.get("submitted_at", 0.0)),
-                      float(data.get("finished_at", 0.0)), tuple(data.get("log", ())))
+        """A result record read back from etcd: every field checked; anything wrong is a ``TaskError``."""
+        data = _decode(raw, "result")
+        task = check_task_id(data.get("task"))
+        state = data.get("state")
+        if not isinstance(state, str) or state not in ("done", "failed"):
+            raise TaskError("state", f"{echo(state)} is not done or failed")
+        host = check_host(data.get("host"))
+        attempt = _attempt(data.get("attempt"))
+        image = _text("image", data.get("image", ""), 1000)
+        steps = data.get("steps", [])
+        if not isinstance(steps, list) or len(steps) > 16:
+            raise TaskError("steps", "is not a list of at most 16 [step, seconds] pairs")
+        parsed_steps = []
+        for step in steps:
+            if not isinstance(step, list) or len(step) != 2:
+                raise TaskError("steps", f"{echo(step)} is not a [step, seconds] pair")
+            parsed_steps.append((_text("steps", step[0], 64), _time("steps", step[1])))
+        cache_hit = data.get("cache_hit", False)
+        if not isinstance(cache_hit, bool):
+            raise TaskError("cache_hit", f"{echo(cache_hit)} is not true or false")
+        error = _text("error", data.get("error", ""))
+        times = [_time(name, data.get(name, 0.0)) for name in ("submitted_at", "finished_at")]
+        log = data.get("log", [])
+        if not isinstance(log, list) or len(log) > 100:
+            raise TaskError("log", "is not a list of at most 100 lines")
+        lines = tuple(_text("log", line) for line in log)
+        return Result(task, state, host, attempt, image, tuple(parsed_steps), cache_hit, error, times[0], times[1],
+                      lines)

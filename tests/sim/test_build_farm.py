@@ -12,6 +12,10 @@ from sim.adapters.runtime import SimRuntime
 from sim.adapters.store import MemoryStore
 
 HOSTS = ("build-1", "build-2", "build-3")
+# Full commit ids: the only commits the farm takes (a ref such as HEAD or a tag could name another tree tomorrow).
+V1 = "1111111111111111111111111111111111111111"
+V2 = "2222222222222222222222222222222222222222"
+V9 = "9999999999999999999999999999999999999999"
 
 
 class Farm:
@@ -44,24 +48,24 @@ def test_same_repo_same_host_warm_cache_and_one_build_per_commit():
     async def scenario():
         await settle(farm)  # agents registered
         assert await farm.scheduler.agents() == list(HOSTS)
-        first = await farm.scheduler.submit("shop", "v1")
-        again = await farm.scheduler.submit("shop", "v1")  # the same commit: queued once
+        first = await farm.scheduler.submit("shop", V1)
+        again = await farm.scheduler.submit("shop", V1)  # the same commit: queued once
         one = await farm.scheduler.wait(first, timeout=3600)
-        second = await farm.scheduler.wait(await farm.scheduler.submit("shop", "v2"), timeout=3600)
-        duplicate = await farm.scheduler.submit("shop", "v1")  # built already: nothing queued
+        second = await farm.scheduler.wait(await farm.scheduler.submit("shop", V2), timeout=3600)
+        duplicate = await farm.scheduler.submit("shop", V1)  # built already: nothing queued
         return first, again, one, second, duplicate
 
     first, again, one, second, duplicate = farm.run(scenario())
     home = rank_hosts("shop", list(HOSTS))[0]
-    assert first == again == duplicate == "shop@v1"
-    assert (one.state, one.host, one.image, one.cache_hit) == ("done", home, "registry.region/shop:v1", False)
+    assert first == again == duplicate == f"shop@{V1}"
+    assert (one.state, one.host, one.image, one.cache_hit) == ("done", home, f"registry.region/shop:{V1}", False)
     assert (second.host, second.cache_hit) == (home, True)  # same host: the dependency cache was warm
     assert dict(second.steps)["compile"] < dict(one.steps)["compile"] / 2
     assert [s for s, _ in one.steps] == ["clone", "compile", "image", "push"]
-    assert "registry.region/shop:v2" in farm.registry.images
+    assert f"registry.region/shop:{V2}" in farm.registry.images
     assert farm.scheduler.stats.submitted == 2 and farm.scheduler.stats.duplicates == 2
     assert sum(b.builds for b in farm.builders.values()) == 2
-    assert farm.keys(TASKS) == [] and farm.keys(RESULTS) == ["shop@v1", "shop@v2"]
+    assert farm.keys(TASKS) == [] and farm.keys(RESULTS) == [f"shop@{V1}", f"shop@{V2}"]
 
 
 def test_a_host_dying_mid_build_loses_its_lease_and_the_task_moves_to_the_next_host():
@@ -70,7 +74,7 @@ def test_a_host_dying_mid_build_loses_its_lease_and_the_task_moves_to_the_next_h
 
     async def scenario():
         await settle(farm)
-        task = await farm.scheduler.submit("shop", "v1")
+        task = await farm.scheduler.submit("shop", V1)
         await farm.rt.sleep(30)  # compiling on its home host
         farm.tasks[home].cancel()  # the host dies: no more keepalives, no result
         return await farm.scheduler.wait(task, timeout=3600)
@@ -88,7 +92,7 @@ def test_a_host_cut_off_past_its_lease_finishes_late_and_its_result_is_dropped()
 
     async def scenario():
         await settle(farm)
-        task = await farm.scheduler.submit("shop", "v1")
+        task = await farm.scheduler.submit("shop", V1)
         await farm.rt.sleep(5)
         farm.clients[home].partition(True)  # alive and building, but cut off from etcd
         await farm.rt.sleep(60)  # its lease expires; the task moves to the heir
@@ -100,7 +104,7 @@ def test_a_host_cut_off_past_its_lease_finishes_late_and_its_result_is_dropped()
     result = farm.run(scenario())
     assert (result.host, result.attempt) == (heir, 2)
     assert farm.agents[home].stats.dropped == 1 and farm.agents[home].stats.built == 0
-    assert farm.keys(RESULTS) == ["shop@v1"] and farm.keys(TASKS) == []
+    assert farm.keys(RESULTS) == [f"shop@{V1}"] and farm.keys(TASKS) == []
     assert home in farm.keys(AGENTS)  # it joined again under a new lease
 
 
@@ -111,7 +115,7 @@ def test_a_failing_step_is_reported_with_its_name():
 
     async def scenario():
         await settle(farm)
-        return await farm.scheduler.wait(await farm.scheduler.submit("shop", "v1"), timeout=3600)
+        return await farm.scheduler.wait(await farm.scheduler.submit("shop", V1), timeout=3600)
 
     result = farm.run(scenario())
     assert result.state == "failed" and result.error.startswith("compile: exit status 1")
@@ -120,11 +124,18 @@ def test_a_failing_step_is_reported_with_its_name():
 
 
 @pytest.mark.parametrize("app, commit, repo, field", [
-    ("Shop", "v1", None, "app"),
+    ("Shop", V1, None, "app"),
     ("shop", "v1;rm -rf /", None, "commit"),
-    ("shop", "v1", "../etc", "repo"),
-    ("shop", "v1", "/abs/path", "repo"),
+    ("shop", V1, "../etc", "repo"),
+    ("shop", V1, "/abs/path", "repo"),
     ("shop", "", None, "commit"),
+    # Mutable refs (issue 9): a ref can name another commit tomorrow; only full ids are builds.
+    ("shop", "HEAD", None, "commit"),
+    ("shop", "main", None, "commit"),
+    ("shop", "v1", None, "commit"),
+    ("shop", f"{V1}..{V2}", None, "commit"),
+    ("shop", V1[:12], None, "commit"),
+    ("shop", V1.replace("1", "A"), None, "commit"),
 ])
 def test_bad_submissions_name_the_field_and_write_nothing(app, commit, repo, field):
     farm = Farm()
@@ -142,7 +153,7 @@ def test_bad_submissions_name_the_field_and_write_nothing(app, commit, repo, fie
 def test_no_build_agent_is_an_error_not_a_lost_task():
     farm = Farm(hosts=())
     with pytest.raises(NoBuildAgents):
-        farm.run(farm.scheduler.submit("shop", "v1"))
+        farm.run(farm.scheduler.submit("shop", V1))
     assert farm.keys(TASKS) == []
 
 
@@ -155,7 +166,7 @@ def test_a_task_queued_between_looking_and_watching_wakes_the_agent():
     async def scenario():
         await farm.server.client("x").put(f"{AGENTS}build-1", b"{}")  # registered, without its loop
         assert not await agent._build_next()  # nothing queued yet ...
-        task = await farm.scheduler.submit("shop", "v1")  # ... and now there is
+        task = await farm.scheduler.submit("shop", V1)  # ... and now there is
         await farm.rt.wait_for(agent._wait_for_tasks(), 5.0)  # returns at once: no later event will come
         assert await agent._build_next()
         return task
@@ -172,16 +183,16 @@ def test_a_commit_queued_on_two_hosts_gets_one_result():
 
     async def scenario():
         await settle(farm)
-        task = await farm.scheduler.submit("shop", "v1")
+        task = await farm.scheduler.submit("shop", V1)
         kv = await farm.server.client("x").get(f"{TASKS}{home}/{task}")
         await farm.server.client("x").put(f"{TASKS}{other}/{task}", kv.value)  # the copy
         first = await farm.scheduler.wait(task, timeout=3600)
         await farm.rt.sleep(900)
-        return first, (await farm.scheduler.result("shop", "v1"))
+        return first, (await farm.scheduler.result("shop", V1))
 
     first, last = farm.run(scenario())
     assert first == last  # the first result stands
-    assert farm.keys(TASKS) == [] and farm.keys(RESULTS) == ["shop@v1"]
+    assert farm.keys(TASKS) == [] and farm.keys(RESULTS) == [f"shop@{V1}"]
 
 
 def test_the_service_answers_corrupt_or_dangling_records_as_internal_errors_and_keeps_moving_tasks():
@@ -196,20 +207,21 @@ def test_the_service_answers_corrupt_or_dangling_records_as_internal_errors_and_
 
     async def scenario():
         await settle(farm)
-        await raw.put(id_key("shop@v9"), b"build-1")  # claimed, but its task was deleted by hand
+        await raw.put(id_key(f"shop@{V9}"), b"build-1")  # claimed, but its task was deleted by hand
         with pytest.raises(CorruptRecord, match="neither queued nor finished"):
-            await service.get(ops, "shop", "v9")
-        await raw.put(id_key("blog@v1"), b"build-9")
-        await raw.put(task_key("build-9", "blog@v1"), b'{"app":"blog","commit":"v1","submitted_at":[1]}')
+            await service.get(ops, "shop", V9)
+        await raw.put(id_key(f"blog@{V1}"), b"build-9")
+        await raw.put(task_key("build-9", f"blog@{V1}"),
+                      b'{"app":"blog","commit":"%s","submitted_at":[1]}' % V1.encode())
         with pytest.raises(CorruptRecord, match="unreadable"):
-            await service.get(ops, "blog", "v1")
+            await service.get(ops, "blog", V1)
         # A readable task on a dead host still moves, the unreadable one stays for an operator.
-        await raw.put(task_key("build-9", "api@v1"), b'{"app":"api","commit":"v1"}')
+        await raw.put(task_key("build-9", f"api@{V1}"), b'{"app":"api","commit":"%s"}' % V1.encode())
         await farm.rt.sleep(5)
         return farm.keys(TASKS)
 
     left = farm.run(scenario())
-    assert "build-9/blog@v1" in left and not any(k.endswith("/api@v1") for k in left if k.startswith("build-9/"))
+    assert f"build-9/blog@{V1}" in left and not any(k.endswith(f"/api@{V1}") for k in left if k.startswith("build-9/"))
     assert farm.scheduler.stats.moved == 1
 
 
@@ -218,13 +230,13 @@ def test_a_finished_commit_resubmitted_with_no_agent_left_is_still_the_same_buil
 
     async def scenario():
         await settle(farm)
-        task = await farm.scheduler.wait(await farm.scheduler.submit("shop", "v1"), timeout=3600)
+        task = await farm.scheduler.wait(await farm.scheduler.submit("shop", V1), timeout=3600)
         farm.tasks["build-1"].cancel()  # the whole farm goes away
         await farm.rt.sleep(30)  # its lease expires
-        return task, await farm.scheduler.submit("shop", "v1")
+        return task, await farm.scheduler.submit("shop", V1)
 
     done, again = farm.run(scenario())
-    assert done.state == "done" and again == "shop@v1"
+    assert done.state == "done" and again == f"shop@{V1}"
 
 
 def test_a_builder_that_crashes_fails_the_task_not_the_agent():
@@ -237,10 +249,114 @@ def test_a_builder_that_crashes_fails_the_task_not_the_agent():
 
     async def scenario():
         await settle(farm)
-        first = await farm.scheduler.wait(await farm.scheduler.submit("shop", "v1"), timeout=60)
-        second = await farm.scheduler.wait(await farm.scheduler.submit("shop", "v2"), timeout=60)
+        first = await farm.scheduler.wait(await farm.scheduler.submit("shop", V1), timeout=60)
+        second = await farm.scheduler.wait(await farm.scheduler.submit("shop", V2), timeout=60)
         return first, second
 
     first, second = farm.run(scenario())
     assert first.state == second.state == "failed"  # the agent lived on to take the second task
     assert first.error.startswith("builder: RuntimeError: segfault")
+
+
+# --- issue 9: hostile records in etcd fail their task, never the agent, the reassigner or the service ---
+
+DEEP = b"[" * 100000
+
+
+def test_hostile_task_records_fail_their_task_and_the_agent_builds_on():
+    from foundation.logic.build_task import Result, task_key
+
+    farm = Farm(hosts=("build-1",))
+    raw = farm.server.client("intruder")
+
+    async def scenario():
+        await settle(farm)
+        # A ref where a commit belongs, a record nested deep enough to blow the decoder's stack,
+        # a record that names another task than its key, and a key that names no task at all.
+        await raw.put(task_key("build-1", f"shop@{V1}"), b'{"app":"shop","commit":"HEAD"}')
+        await raw.put(task_key("build-1", f"blog@{V1}"), DEEP)
+        await raw.put(task_key("build-1", f"api@{V1}"), b'{"app":"api","commit":"%s"}' % V2.encode())
+        await raw.put(task_key("build-1", "junk"), DEEP)
+        await farm.rt.sleep(5)
+        good = await farm.scheduler.wait(await farm.scheduler.submit("web", V2), timeout=3600)
+        results = {}
+        for task in (f"shop@{V1}", f"blog@{V1}", f"api@{V1}"):
+            kv = await raw.get(f"{RESULTS}{task}")
+            results[task] = Result.from_bytes(kv.value) if kv else None
+        return good, results
+
+    good, results = farm.run(scenario())
+    assert good is not None and good.state == "done"  # the agent lived on and built the real task
+    shop, blog, api = results.values()
+    assert shop.state == "failed" and shop.error.startswith("invalid task record: commit: 'HEAD' is not a full commit")
+    assert blog.state == "failed" and "nested too deeply" in blog.error
+    assert api.state == "failed" and "its key says" in api.error
+    assert farm.keys(TASKS) == ["build-1/junk"]  # nobody to answer for it: set aside, never built
+    agent = farm.agents["build-1"]
+    assert agent.stats.rejected == 3 and agent.stats.unreadable == [f"{TASKS}build-1/junk"]
+    assert agent.stats.built == 1 and farm.builders["build-1"].builds == 1
+    assert not farm.tasks["build-1"].done()
+
+
+def test_a_deeply_nested_task_on_a_dead_host_does_not_stop_the_moves_of_the_others():
+    from foundation.logic.build_task import task_key
+
+    farm = Farm(hosts=("build-1",))
+    raw = farm.server.client("operator")
+
+    async def scenario():
+        await settle(farm)
+        await raw.put(task_key("build-9", f"blog@{V1}"), DEEP)  # sorts before the readable one
+        await raw.put(task_key("build-9", f"shop@{V1}"), b'{"app":"shop","commit":"%s"}' % V1.encode())
+        return await farm.scheduler.wait(f"shop@{V1}", timeout=3600)
+
+    result = farm.run(scenario())
+    assert result is not None and (result.state, result.host, result.attempt) == ("done", "build-1", 2)
+    assert farm.scheduler.stats.moved == 1 and farm.keys(TASKS) == [f"build-9/blog@{V1}"]
+
+
+def test_an_agent_key_that_names_no_host_is_not_a_build_host():
+    farm = Farm(hosts=("build-1",))
+    raw = farm.server.client("intruder")
+
+    async def scenario():
+        await settle(farm)
+        for name in ("zz/../../ids", "Build-X", "x" * 300, ""):
+            await raw.put(f"{AGENTS}{name}", b"{}")
+        agents = await farm.scheduler.agents()
+        task = await farm.scheduler.submit("shop", V1)
+        return agents, task
+
+    agents, task = farm.run(scenario())
+    assert agents == ["build-1"]
+    assert farm.keys(TASKS) == [f"build-1/{task}"]
+
+
+def test_a_corrupt_result_is_an_internal_error_of_that_build_only():
+    from control.auth import Principal
+    from control.builds import BuildService, CorruptRecord
+    from foundation.logic.build_task import id_key, result_key
+
+    farm = Farm(hosts=("build-1",))
+    service = BuildService(farm.scheduler)
+    ops = Principal("ops", "admin")
+    raw = farm.server.client("intruder")
+
+    async def scenario():
+        await settle(farm)
+        await raw.put(id_key(f"shop@{V1}"), b"build-1")
+        await raw.put(result_key(f"shop@{V1}"), DEEP)
+        await raw.put(id_key(f"blog@{V1}"), b"../../etc")  # a claim naming no host
+        errors = []
+        for call in (service.get(ops, "shop", V1), farm.scheduler.wait(f"shop@{V1}", timeout=5),
+                     farm.scheduler.result("shop", V1), service.get(ops, "blog", V1)):
+            with pytest.raises(CorruptRecord) as info:
+                await call
+            errors.append(str(info.value))
+        fine = await service.submit(ops, "web", V2)
+        return errors, fine
+
+    errors, fine = farm.run(scenario())
+    assert all("unreadable" in e for e in errors), errors
+    assert "nested too deeply" in errors[0] and "host" in errors[3]
+    assert fine.state == "queued" and fine.host == "build-1"

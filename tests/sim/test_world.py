@@ -291,7 +291,10 @@ def test_builds_that_never_finish_fail_the_builds_finish_check():
     region.runtime.run(until=600)
     region.finished = True
     [(_, passed, detail)] = region.checks()
-    assert not passed and "0 of 1 build(s)" in detail and "unfinished: shop@r1" in detail, detail
+    from sim.farm import release_commit  # release 1 of shop, as a full commit id
+
+    assert not passed and "0 of 1 build(s)" in detail and f"unfinished: shop@{release_commit('shop', 1)}" in detail, \
+        detail
 
 
 def test_settled_apps_really_serve_on_every_live_host_at_every_instant():
