@@ -118,7 +118,10 @@ class KubeApiMock:
         subsets = [{**subset, "ports": [{"port": port, "protocol": "TCP"}]}] if subset else []
         with self._lock:
             old = self._endpoints.get((namespace, service))
-            if old is not None and old["subsets"] == subsets:
+            if not (isinstance(old, dict) and isinstance(old.get("metadata"), dict) and "subsets" in old
+                    and "uid" in old["metadata"]):
+                old = None if old is None else {"metadata": {"uid": str(uuid.uuid4())}, "subsets": None}
+            elif old["subsets"] == subsets:
                 return str(old["metadata"]["resourceVersion"])  # a no-op update: no new version, no event
             self._version += 1
             uid = old["metadata"]["uid"] if old else str(uuid.uuid4())
@@ -130,13 +133,24 @@ class KubeApiMock:
             self._record("MODIFIED" if old else "ADDED", obj)
             return str(self._version)
 
+    def put_raw_endpoints(self, namespace: str, service: str, obj: Any) -> str:
+        """Store ``obj`` (any JSON value, well-formed or not) as a Service's Endpoints, as is: a corrupt
+        object for tests of the client's decoding. Listed and watched like any other."""
+        with self._lock:
+            old = self._endpoints.get((namespace, service))
+            self._version += 1
+            self._endpoints[(namespace, service)] = obj
+            self._record("MODIFIED" if old is not None else "ADDED", obj)
+            return str(self._version)
+
     def delete_endpoints(self, namespace: str, service: str) -> None:
         with self._lock:
             old = self._endpoints.pop((namespace, service), None)
             if old is None:
                 return
             self._version += 1
-            gone = {**old, "metadata": {**old["metadata"], "resourceVersion": str(self._version)}}
+            gone = {**old, "metadata": {**old["metadata"], "resourceVersion": str(self._version)}} \
+                if isinstance(old, dict) and isinstance(old.get("metadata"), dict) else old
             self._record("DELETED", gone)
 
     def _record(self, kind: str, obj: dict[str, Any]) -> None:

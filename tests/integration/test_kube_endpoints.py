@@ -309,3 +309,39 @@ def test_an_idle_watch_outlives_the_request_timeout_and_a_late_change_arrives_pr
     assert event == EndpointsEvent("MODIFIED", Endpoints("shop", "shop", ready=("10.1.0.5", "10.1.0.6")))
     assert took < 0.5
     assert (watches, lists) == (1, 1)  # the one stream stayed open: no reopen, no relist
+
+
+# ---------------------------------------------------------------------------- corrupt objects (issue 9, item 3)
+
+CORRUPT = [
+    {"metadata": {"namespace": "bad", "name": "subsets"}, "subsets": "not a list"},
+    {"metadata": {"namespace": "bad", "name": "address"}, "subsets": [{"addresses": [{"ip": "not-an-ip"}]}]},
+    {"metadata": {"namespace": "bad", "name": "item"}, "subsets": [["a list, not an object"]]},
+    {"metadata": "not an object"},
+    ["not", "an", "object"],
+]
+
+
+def test_corrupt_endpoints_objects_are_skipped_in_listings_and_watches(kube):
+    kube.set_endpoints("shop", "shop", ready=["10.1.0.5"])
+    for i, obj in enumerate(CORRUPT):
+        kube.put_raw_endpoints("bad", f"bad-{i}", obj)
+
+    async def main():
+        cluster = KubeCluster(host=kube.url, timeout=TIMEOUT)
+        listing, version = await cluster.list_endpoints()
+        watch = cluster.watch_endpoints(version)
+        try:
+            for i, obj in enumerate(CORRUPT):  # a corrupt event is skipped; the stream goes on
+                kube.put_raw_endpoints("bad", f"late-{i}", obj)
+            kube.set_endpoints("shop", "shop", ready=["10.1.0.5", "10.1.0.6"])
+            event = await next_event(watch)
+        finally:
+            await watch.close()
+            await cluster.close()
+        return listing, event, kube.count("watch"), kube.count("list")
+
+    listing, event, watches, lists = run(main())
+    assert listing == [Endpoints("shop", "shop", ready=("10.1.0.5",))]
+    assert event == EndpointsEvent("MODIFIED", Endpoints("shop", "shop", ready=("10.1.0.5", "10.1.0.6")))
+    assert (watches, lists) == (1, 1)
