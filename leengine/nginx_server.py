@@ -1,8 +1,9 @@
 """A throwaway private Nginx (with the lua module) on loopback, for tests, benchmarks and the one-machine lab.
 
 ``running_nginx()`` makes a fresh prefix directory (world-searchable, so the
-``www-data`` workers can reach their temp files), picks a free loopback admin port,
-starts an ``NginxProxy`` on it, yields the started proxy and, on exit, stops Nginx
+``www-data`` workers can reach their temp files), starts an ``NginxProxy`` on it
+(admin endpoint: the unix socket ``PREFIX/admin/admin.sock``), yields the started
+proxy and, on exit, stops Nginx
 and removes the directory (unless the caller passed its own ``prefix``, which is
 kept: that is how a test restarts Nginx on the same files).
 
@@ -11,8 +12,8 @@ Invariants:
 * Everything of the instance lives in its prefix: config, domains, lua, logs, pid
   file, temp paths, saved state. The system's /etc/nginx, /var/log/nginx and
   /run/nginx.pid are never touched, and a system Nginx, if one runs, is left alone.
-* Domains listen on ``listen_address`` (127.0.0.1 by default), the admin endpoint on
-  127.0.0.1 only.
+* Domains listen on ``listen_address`` (127.0.0.1 by default); the admin endpoint is
+  on no TCP port at all.
 * A missing binary or module is an error, never a skip: install Debian's ``nginx`` and
   ``libnginx-mod-http-lua``.
 
@@ -48,14 +49,14 @@ def make_prefix() -> Path:
 
 
 @contextlib.asynccontextmanager
-async def running_nginx(prefix: str | os.PathLike[str] | None = None, *, admin_port: int | None = None,
+async def running_nginx(prefix: str | os.PathLike[str] | None = None, *,
                         listen_address: str = "127.0.0.1", **options: Any) -> AsyncIterator[NginxProxy]:
     """Run a private Nginx for the duration of the block; ``options`` go to ``NginxProxy``."""
     find_nginx()
     find_modules()
     own = prefix is None
     path = make_prefix() if prefix is None else Path(prefix)
-    proxy = NginxProxy(path, admin_port=admin_port or free_port(), listen_address=listen_address, **options)
+    proxy = NginxProxy(path, listen_address=listen_address, **options)
     try:
         await proxy.start()
         yield proxy

@@ -2,7 +2,7 @@
 
     leengine-slb-agent --group public --host nginx-1 --etcd 10.0.0.10:2379 \\
         --etcd-ca /etc/leengine/etcd-ca.crt --etcd-cert nginx-1.crt --etcd-key nginx-1.key \\
-        --prefix /var/lib/leengine/nginx [--admin-port 9145] [--listen-address 0.0.0.0] \\
+        --prefix /var/lib/leengine/nginx [--listen-address 0.0.0.0] \\
         [--debounce 0.05] [--max-wait 0.5]
 
 It wires the real adapters (etcd Store, a private Nginx under ``--prefix`` with the
@@ -10,7 +10,8 @@ lua module, asyncio Runtime) to the agent logic (``node/slb_agent.py``). Nginx i
 started in its own session and outlives the agent: a killed agent leaves Nginx
 serving; a restarted one adopts the running Nginx, serves from the saved state at
 once and resumes its watch from the saved revision. SIGTERM stops the agent and
-leaves Nginx running unless ``--stop-nginx`` is given.
+leaves Nginx running unless ``--stop-nginx`` is given. The Nginx admin endpoint is the
+unix socket ``PREFIX/admin/admin.sock`` (directory mode 700), never a TCP port.
 Bad options are one line on stderr and exit status 2.
 """
 
@@ -43,7 +44,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 log = logging.getLogger("leengine.slb_agent")
 
 
-async def run_agent(config: SlbAgentConfig, *, etcd: str, prefix: Path, admin_port: int, listen_address: str,
+async def run_agent(config: SlbAgentConfig, *, etcd: str, prefix: Path, listen_address: str,
                     etcd_timeout: float, stop_nginx: bool, stop: asyncio.Event | None = None,
                     etcd_tls: EtcdClientTls | None = None) -> None:
     from foundation.adapters.asyncio_runtime import AsyncioRuntime
@@ -51,7 +52,7 @@ async def run_agent(config: SlbAgentConfig, *, etcd: str, prefix: Path, admin_po
 
     # The agent tests every batch itself just before apply: apply need not run nginx -t again
     # (a config the master still refuses is caught from its error log and rolled back).
-    proxy = NginxProxy(prefix, admin_port=admin_port, listen_address=listen_address, retest_on_apply=False)
+    proxy = NginxProxy(prefix, listen_address=listen_address, retest_on_apply=False)
     await proxy.start()  # serves the saved files at once, etcd or not
     log.info("nginx on %s serving %d domains (generation %d)", prefix, len(proxy.live_domains()), proxy.generation)
     stop = stop_on_signals(stop)
@@ -80,7 +81,6 @@ def main(
     host: Annotated[str, typer.Option(help="this Nginx host's name, as it reports its status")],
     prefix: Annotated[Path, typer.Option(help="directory of this host's private Nginx (conf, domains, state)")],
     etcd: Annotated[str, typer.Option(envvar="LEENGINE_ETCD", help=ENDPOINT_HELP)] = "127.0.0.1:2379",
-    admin_port: Annotated[int, typer.Option(help="loopback port of the lua admin endpoint")] = 9145,
     listen_address: Annotated[str, typer.Option(help="address the domains listen on")] = "0.0.0.0",
     debounce: Annotated[float, typer.Option(help="quiet seconds that close a batch of config changes")] = 0.05,
     max_wait: Annotated[float, typer.Option(help="longest a batch waits after its first change")] = 0.5,
@@ -109,7 +109,7 @@ def main(
         raise typer.Exit(2)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = SlbAgentConfig(group, host, debounce=debounce, max_wait=max_wait)
-    asyncio.run(run_agent(config, etcd=etcd, prefix=prefix, admin_port=admin_port, listen_address=listen_address,
+    asyncio.run(run_agent(config, etcd=etcd, prefix=prefix, listen_address=listen_address,
                           etcd_timeout=etcd_timeout, stop_nginx=stop_nginx, etcd_tls=etcd_tls))
 
 

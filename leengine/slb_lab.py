@@ -16,9 +16,9 @@ Used by ``tests/integration/test_slb_e2e.py`` and ``bench/slb.py`` (root only):
   headers; stopped by SIGINT (wrk prints its report then); ``WrkResult`` parses
   requests/s, "Socket errors" and the script's count.
 * ``reconfigurations`` counts nginx's "signal 1 (SIGHUP) received …, reconfiguring"
-  notices (one per SIGHUP the master got) in the prefix's error log; ``served_generation`` asks the admin
-  endpoint. Reloads are counted from both: the agent is another process, so its
-  in-memory counter cannot be read.
+  notices (one per SIGHUP the master got) in the prefix's error log; ``served_generation`` asks the
+  admin endpoint (the unix socket ``PREFIX/admin/admin.sock``). Reloads are counted from both: the
+  agent is another process, so its in-memory counter cannot be read.
 
 Traffic goes only to loopback and to the namespaces made here. Everything made is
 removed by ``close()``, which is safe to call after a partial setup.
@@ -41,8 +41,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from foundation.adapters.nginx_proxy import ADMIN_SOCKET
 from foundation.logic.slb_domain import Upstream
-from leengine.nginx_server import free_port, make_prefix
+from leengine.nginx_server import make_prefix
 from leengine.processes import stop_child
 
 BIN = Path(sys.executable).parent
@@ -162,18 +163,17 @@ class AgentProcess:
     def __init__(self, *, group: str, host: str, etcd: str, extra: tuple[str, ...] = ()) -> None:
         self.group, self.host, self.etcd, self.extra = group, host, etcd, extra
         self.prefix = make_prefix()
-        self.admin_port = free_port()
+        self.admin_socket = self.prefix / ADMIN_SOCKET
         self.log = Path(tempfile.mkstemp(prefix="leengine-slb-agent-", suffix=".log")[1])
         self.proc: subprocess.Popen | None = None
 
     def start(self, *, timeout: float = 20) -> None:
         self.proc = subprocess.Popen(
             [str(BIN / "leengine-slb-agent"), "--group", self.group, "--host", self.host, "--prefix",
-             str(self.prefix), "--etcd", self.etcd, "--admin-port", str(self.admin_port),
-             "--listen-address", "127.0.0.1", *self.extra],
+             str(self.prefix), "--etcd", self.etcd, "--listen-address", "127.0.0.1", *self.extra],
             stdout=self.log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
-        while served_generation(self.admin_port) is None:
+        while served_generation(self.admin_socket) is None:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"slb agent did not start nginx:\n{self.log_tail()}")
             time.sleep(0.02)
@@ -239,9 +239,23 @@ def reconfigurations(prefix: Path) -> int:
         return 0
 
 
-def served_generation(admin_port: int) -> int | None:
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket (the Nginx admin endpoint is on no TCP port)."""
+
+    def __init__(self, path: os.PathLike[str] | str, timeout: float) -> None:
+        super().__init__("leengine-admin", timeout=timeout)
+        self.path = str(path)
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+def served_generation(admin_socket: os.PathLike[str] | str) -> int | None:
+    """The generation the admin endpoint at ``admin_socket`` answers, or None."""
     try:
-        conn = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=1)
+        conn = _UnixHTTPConnection(admin_socket, timeout=1)
         try:
             conn.request("GET", "/generation")
             resp = conn.getresponse()

@@ -9,7 +9,7 @@ string ``"a.b.c.d:port,a.b.c.d:port"`` (``""``: the domain has no servers). Ever
 worker of every generation reads the same dict, and it survives reloads (same
 zone name and size), so an upstream change needs one write and no reload.
 
-Admin protocol (HTTP on 127.0.0.1:<admin_port>, served by ``admin()``):
+Admin protocol (HTTP on the unix socket ``PREFIX/admin/admin.sock``, never TCP, served by ``admin()``):
 
 * ``PUT|POST /upstreams/<domain>`` body ``["10.0.0.1:8080", …]`` → 200
   ``{"domain": …, "servers": n}``; 400 with ``{"error": …}`` when the body is not

@@ -1,6 +1,6 @@
 """The real Proxy: a private Nginx instance with the lua module, upstreams in a shared dict.
 
-``NginxProxy(prefix, admin_port=…)`` implements ``foundation.ports.proxy.Proxy`` on
+``NginxProxy(prefix)`` implements ``foundation.ports.proxy.Proxy`` on
 one Nginx whose every file lives under ``prefix`` and which runs as
 ``nginx -p PREFIX/ -c conf/nginx.conf`` (``start()``/``stop()``; or
 ``leengine.nginx_server.running_nginx``). The prefix holds::
@@ -8,6 +8,7 @@ one Nginx whose every file lives under ``prefix`` and which runs as
     conf/nginx.conf          main config, re-rendered by every apply (first line: its generation)
     domains/<name>.conf      one file per domain in force
     lua/leengine.lua         balancer + admin endpoint (foundation.adapters.nginx_lua)
+    admin/admin.sock         the admin endpoint: a unix socket in a directory of mode 700
     logs/error.log, logs/nginx.pid, logs/nginx.stderr
     temp/…                   nginx's temp paths (never the system's /var/lib/nginx)
     state.json               the agent's SavedState (save_state/load_state)
@@ -40,9 +41,18 @@ pool shared by all domains, and ``balancer_by_lua`` picking a server for
 without servers is sent to a sink server on ``unix:PREFIX/logs/no-upstream.sock``
 that answers 503 at once. It also gives each listen port in use a
 ``default_server`` that answers 404 (a request for an unknown Host never lands on
-some other domain), includes ``../domains/*.conf``, and runs the admin server on
-``127.0.0.1:<admin_port>`` (protocol: ``nginx_lua``), whose ``GET /generation``
+some other domain), includes ``../domains/*.conf``, and runs the admin server on the unix socket
+``PREFIX/admin/admin.sock`` (protocol: ``nginx_lua``), whose ``GET /generation``
 answers ``{"generation": N, "pid": P}`` with the N rendered into this very file.
+
+Why a unix socket: the admin endpoint rewrites every domain's upstreams, so nothing
+but the agent may reach it. On TCP loopback any local process could, and so could a
+domain whose upstream pointed at the Nginx host itself. A unix socket has no address
+a balancer can pick (the lua balancer only sets IPv4 peers, and upstreams are pod
+addresses by then), and its directory is ``0700`` (owned by the agent's user; nginx
+itself makes the socket ``0666``, so the directory is the lock, and the socket is
+set to ``0600`` after each start as well). Workers never open the path: they accept
+on the descriptor the master bound.
 
 Why one shared upstream and no per-domain ``error_page``: config load time is the
 reload cost, and Debian's lua module (0.10.23) builds an OpenSSL context for every
@@ -54,7 +64,7 @@ Invariants:
 
 * Nothing reaches a file unvalidated: every Domain is re-parsed from its JSON
   (``Domain.parse``) right before rendering, and every quoted value is checked
-  again against a character whitelist; a domain may not listen on the admin port.
+  again against a character whitelist.
 * ``set_upstreams`` is one HTTP request to the admin endpoint: no file, no reload.
   It updates the in-memory snapshot, which ``start()`` re-pushes after an Nginx
   (re)start; it does not write ``state.json``: the agent saves its state (with the
@@ -99,7 +109,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from foundation.adapters.nginx_lua import LEENGINE_LUA, SHARED_DICT
-from foundation.logic.slb_domain import Domain, DomainError, Upstream, check_domain_name
+from foundation.logic.slb_domain import Domain, DomainError, Upstream, check_domain_name, load_json
 from foundation.ports.proxy import ProxyError, ReloadFailed, ReloadOutcome, SavedState
 
 MODULE_DIRS = ("/usr/lib/nginx/modules", "/usr/share/nginx/modules")
@@ -116,6 +126,8 @@ _QUOTABLE = re.compile(r"^[A-Za-z0-9 ._~!*'()+,=@%/:-]*$")
 _PREFIX_PATH = re.compile(r"^/[A-Za-z0-9._/-]+$")  # the prefix appears in the config (the sink socket)
 UPSTREAM = "leengine"  # the one upstream block every domain proxies to
 SINK = "logs/no-upstream.sock"  # unix socket of the 503 server, under the prefix
+ADMIN_DIR = "admin"  # mode 0700: only the agent's user reaches the socket inside
+ADMIN_SOCKET = f"{ADMIN_DIR}/admin.sock"  # the admin endpoint (never on TCP)
 _DEFAULT_HEADERS = (("Host", "$host"), ("X-Real-IP", "$remote_addr"),
                     ("X-Forwarded-For", "$proxy_add_x_forwarded_for"), ("Connection", '""'))
 
@@ -198,7 +210,7 @@ def render_domain(domain: Domain, listen_address: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_main(generation: int, *, prefix: Path, admin_port: int, listen_address: str, ports: Iterable[int],
+def render_main(generation: int, *, prefix: Path, listen_address: str, ports: Iterable[int],
                 modules: list[str], worker_processes: int, user: str | None, shared_dict_size: str,
                 keepalive: int) -> str:
     """``conf/nginx.conf``: modules, dict, admin server, one 404 default server per port in use, the domains."""
@@ -238,7 +250,7 @@ def render_main(generation: int, *, prefix: Path, admin_port: int, listen_addres
         '        default_type text/plain; return 503 "no upstream servers\\n";',
         "    }",
         "    server {",
-        f"        listen 127.0.0.1:{int(admin_port)};",
+        f"        listen unix:{prefix / ADMIN_SOCKET};",
         "        client_max_body_size 64m;",
         "        client_body_buffer_size 64m;",
         "        location = /generation {",
@@ -331,7 +343,7 @@ def _alive(pid: int) -> bool:
 class NginxProxy:
     """One private Nginx under ``prefix``; see the module docstring for the files and the protocol."""
 
-    def __init__(self, prefix: str | os.PathLike[str], *, admin_port: int, listen_address: str = "127.0.0.1",
+    def __init__(self, prefix: str | os.PathLike[str], *, listen_address: str = "127.0.0.1",
                  worker_processes: int = 2, confirm_timeout: float = 5.0, shared_dict_size: str = "64m",
                  user: str | None = "www-data", upstream_keepalive: int = 256,
                  retest_on_apply: bool = True, nginx_bin: str | None = None) -> None:
@@ -339,9 +351,6 @@ class NginxProxy:
         if not _PREFIX_PATH.match(str(self.prefix)) or len(str(self.prefix / SINK)) > 100:
             raise ValueError(f"prefix {self.prefix} must be a plain path ([A-Za-z0-9._/-]) short enough "
                              "for a unix socket path (sun_path)")
-        if not 0 < admin_port < 65536:
-            raise ValueError(f"admin_port {admin_port} is not a port")
-        self.admin_port = admin_port
         self.listen_address = str(ipaddress.ip_address(listen_address))
         self.worker_processes = worker_processes
         self.confirm_timeout = confirm_timeout
@@ -376,6 +385,11 @@ class NginxProxy:
     @property
     def state_path(self) -> Path:
         return self.prefix / "state.json"
+
+    @property
+    def admin_socket(self) -> Path:
+        """The admin endpoint's unix socket (in a directory only this process's user may enter)."""
+        return self.prefix / ADMIN_SOCKET
 
     @property
     def error_log(self) -> Path:
@@ -434,7 +448,7 @@ class NginxProxy:
                 served = await self._served_generation()
                 if served is None:
                     raise ProxyError(f"nginx (pid {pid}) runs on {self.prefix} but its admin endpoint on "
-                                     f"127.0.0.1:{self.admin_port} does not answer")
+                                     f"{self.admin_socket} does not answer")
                 self._generation = max(self._generation, served[0])
                 present = await self.served_upstreams()
                 await self._push({n: d.upstreams for n, d in self._live.items() if n not in present})
@@ -444,10 +458,13 @@ class NginxProxy:
             error = await self._nginx_t(self.prefix)
             if error is not None:
                 raise ProxyError(f"nginx refuses the configuration in {self.prefix}:\n{error}")
-            with contextlib.suppress(FileNotFoundError):  # left by a master that was killed: nginx would not bind
-                (self.prefix / SINK).unlink()
+            for stale in (SINK, ADMIN_SOCKET):  # left by a master that was killed: nginx would not bind
+                with contextlib.suppress(FileNotFoundError):
+                    (self.prefix / stale).unlink()
             await asyncio.to_thread(self._spawn)
             await self._wait_started()
+            with contextlib.suppress(OSError):  # nginx made it 0666; the 0700 directory is what guards it
+                os.chmod(self.admin_socket, 0o600)
             await self._push({n: d.upstreams for n, d in self._live.items()})
 
     async def stop(self) -> None:
@@ -460,6 +477,11 @@ class NginxProxy:
         self._modules = find_modules()
         for sub in ("conf", "domains", "lua", "logs", "temp", "scratch"):
             (self.prefix / sub).mkdir(parents=True, exist_ok=True)
+        admin = self.prefix / ADMIN_DIR
+        admin.mkdir(mode=0o700, exist_ok=True)
+        if admin.is_symlink() or not admin.is_dir():
+            raise ProxyError(f"{admin} must be a directory (it holds the admin socket)")
+        os.chmod(admin, 0o700)  # also when an older version left it wider
         self._check_traversable()
         lua = self.prefix / "lua" / "leengine.lua"
         if _read_or_none(lua) != LEENGINE_LUA.encode():
@@ -543,7 +565,7 @@ class NginxProxy:
                 return
             if loop.time() > deadline:
                 await asyncio.to_thread(self._terminate)
-                raise ProxyError(f"nginx on {self.prefix} did not answer on 127.0.0.1:{self.admin_port} "
+                raise ProxyError(f"nginx on {self.prefix} did not answer on {self.admin_socket} "
                                  f"within {START_TIMEOUT:.0f}s; log tail:\n{self.log_tail()}")
             await asyncio.sleep(0.02)
 
@@ -573,7 +595,7 @@ class NginxProxy:
     async def _admin(self, method: str, path: str, body: bytes = b"", timeout: float = ADMIN_TIMEOUT,
                      ) -> tuple[int, bytes]:
         async def exchange() -> tuple[int, bytes]:
-            reader, writer = await asyncio.open_connection("127.0.0.1", self.admin_port)
+            reader, writer = await asyncio.open_unix_connection(str(self.admin_socket))
             try:
                 writer.write(f"{method} {path} HTTP/1.0\r\nHost: leengine-admin\r\n"
                              f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
@@ -586,7 +608,7 @@ class NginxProxy:
             head, _, payload = raw.partition(b"\r\n\r\n")
             status = head.split(b" ", 2)
             if len(status) < 2 or not status[1].isdigit():
-                raise ProxyError(f"admin endpoint 127.0.0.1:{self.admin_port} answered {raw[:80]!r}")
+                raise ProxyError(f"admin endpoint {self.admin_socket} answered {raw[:80]!r}")
             return int(status[1]), payload
 
         return await asyncio.wait_for(exchange(), timeout)
@@ -622,7 +644,7 @@ class NginxProxy:
         try:
             status, payload = await self._admin("PUT", path, body.encode(), timeout=max(ADMIN_TIMEOUT, 10.0))
         except (OSError, TimeoutError) as exc:
-            raise ProxyError(f"admin endpoint 127.0.0.1:{self.admin_port} unreachable: {exc!r}") from None
+            raise ProxyError(f"admin endpoint {self.admin_socket} unreachable: {exc!r}") from None
         if status != 200:
             raise ProxyError(f"admin PUT {path} answered {status}: {payload.decode(errors='replace').strip()}")
 
@@ -719,11 +741,7 @@ class NginxProxy:
                     raise ProxyError(f"cannot remove {name!r}: {exc}") from None
                 checked[name] = None
                 continue
-            domain = revalidate(name, domain)
-            if domain.listen == self.admin_port:
-                raise ProxyError(f"domain {name} may not listen on port {domain.listen}: "
-                                 "it is this nginx's admin port")
-            checked[name] = domain
+            checked[name] = revalidate(name, domain)
         return checked
 
     def _merged(self, checked: Mapping[str, Domain | None]) -> dict[str, Domain]:
@@ -739,7 +757,7 @@ class NginxProxy:
         return render_domain(domain, self.listen_address).encode()
 
     def _render_main(self, generation: int, live: Mapping[str, Domain]) -> str:
-        return render_main(generation, prefix=self.prefix, admin_port=self.admin_port,
+        return render_main(generation, prefix=self.prefix,
                            listen_address=self.listen_address, keepalive=self.upstream_keepalive,
                            ports=(d.listen for d in live.values()), modules=self._modules,
                            worker_processes=self.worker_processes, user=self.user,
@@ -890,7 +908,7 @@ class NginxProxy:
         if raw is None:
             return SavedState()
         try:
-            data = json.loads(raw)
+            data = load_json(raw)  # a corrupt file is a typed error, even when nested too deeply for json
             revision = int(data["revision"])
             domains = {}
             for name, item in data["domains"].items():

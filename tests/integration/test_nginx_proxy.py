@@ -17,12 +17,14 @@ Failure injection without test hooks in the adapter:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import http.server
 import os
 import shutil
 import signal
 import socket
+import stat
 import time
 from collections.abc import Iterator
 
@@ -98,7 +100,7 @@ def run(body, *, prefix: str, **options):
     """Run ``body(proxy)`` on a started NginxProxy in ``prefix``; stop it afterwards."""
 
     async def main():
-        proxy = NginxProxy(prefix, admin_port=options.pop("admin_port", None) or free_port(), **options)
+        proxy = NginxProxy(prefix, **options)
         await proxy.start()
         try:
             return await asyncio.wait_for(body(proxy), 60)
@@ -263,9 +265,6 @@ def test_unvalidated_domain_never_reaches_a_file(prefix, backends):
         misnamed = domain("shop.example.com", port, backends[0].upstream)
         with pytest.raises(ProxyError, match="under the name"):
             await proxy.apply({"evil.example.com": misnamed})
-        on_admin = domain("shop.example.com", proxy.admin_port)
-        with pytest.raises(ProxyError, match="admin port"):
-            await proxy.apply({"shop.example.com": on_admin})
         assert os.listdir(proxy.domains_dir) == [] and await proxy.reloads() == 0
 
     run(body, prefix=prefix)
@@ -364,7 +363,6 @@ def test_removing_a_domain_stops_serving_it(prefix, backends):
 def test_state_roundtrip_and_restart_restores_upstreams(prefix, backends):
     b1, b2, b3 = backends
     port = free_port()
-    admin = free_port()
 
     async def first(proxy: NginxProxy):
         assert await proxy.load_state() == SavedState()
@@ -385,7 +383,7 @@ def test_state_roundtrip_and_restart_restores_upstreams(prefix, backends):
         assert await aget(port, "shop.example.com") == (200, f"{b3.port} blue")
         assert await aget(port, "api.example.com") == (200, f"{b2.port} blue")
 
-    run(first, prefix=prefix, admin_port=admin)
+    run(first, prefix=prefix)
     assert refused(port)
 
     async def second(proxy: NginxProxy):
@@ -397,7 +395,7 @@ def test_state_roundtrip_and_restart_restores_upstreams(prefix, backends):
         assert await aget(port, "api.example.com") == (200, f"{b2.port} blue")
         assert (await proxy.served_generation())[0] == proxy.generation
 
-    run(second, prefix=prefix, admin_port=admin)
+    run(second, prefix=prefix)
 
 
 def test_second_adapter_adopts_a_running_nginx(prefix, backends):
@@ -407,7 +405,7 @@ def test_second_adapter_adopts_a_running_nginx(prefix, backends):
     async def body(proxy: NginxProxy):
         await proxy.apply({"shop.example.com": domain("shop.example.com", port, b1.upstream)})
         await proxy.set_upstreams("shop.example.com", (b2.upstream,))
-        other = NginxProxy(prefix, admin_port=proxy.admin_port)  # e.g. a restarted agent
+        other = NginxProxy(prefix)  # e.g. a restarted agent
         await other.start()
         assert other.master_pid == proxy.master_pid  # no second nginx
         assert other.generation == proxy.generation
@@ -425,5 +423,88 @@ def test_corrupt_state_is_a_typed_error(prefix):
         proxy.state_path.write_text('{"revision": 3, "domains": {"a.example.com": {"name": "b.example.com"}}}')
         with pytest.raises(ProxyError, match="not a saved state"):
             await proxy.load_state()
+
+    run(body, prefix=prefix)
+
+
+def test_a_deeply_nested_state_file_is_a_typed_error(prefix):
+    async def body(proxy: NginxProxy):
+        proxy.state_path.write_text("[" * 100_000)  # json.loads alone raises RecursionError
+        with pytest.raises(ProxyError, match="not a saved state"):
+            await proxy.load_state()
+
+    run(body, prefix=prefix)
+
+
+# --------------------------------------------------------------------------- the admin endpoint (issue 9)
+
+
+def _listening_tcp_ports(pids: set[int]) -> set[int]:
+    """TCP ports in LISTEN state whose socket one of ``pids`` holds (from /proc)."""
+    inodes = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if target.startswith("socket:["):
+                        inodes.add(target[len("socket:["):-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def test_the_admin_endpoint_is_a_private_unix_socket_and_on_no_tcp_port(prefix, backends):
+    port = free_port()
+
+    async def body(proxy: NginxProxy):
+        await proxy.apply({"shop.example.com": domain("shop.example.com", port, backends[0].upstream)})
+        # Nginx listens on TCP for the domain's port only: no admin port anyone could reach.
+        pids = {proxy.master_pid, *proxy.worker_pids()}
+        assert _listening_tcp_ports(pids) == {port}
+        sock = proxy.admin_socket
+        assert stat.S_ISSOCK(os.stat(sock).st_mode) and stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(sock.parent).st_mode) == 0o700 and os.stat(sock.parent).st_uid == os.geteuid()
+        assert (await proxy.served_generation())[0] == proxy.generation  # the agent still reaches it
+        # Nothing sent through a domain reaches it: admin paths are the back-end's, whatever the Host.
+        for host in ("shop.example.com", "leengine-admin", "localhost"):
+            status, body_text = await aget(port, host, "/upstreams")
+            assert status in (200, 404) and '"shop.example.com"' not in body_text
+        assert await aget(port, "shop.example.com", "/generation") == (200, f"{backends[0].port} blue")
+
+    run(body, prefix=prefix)
+
+
+def test_the_admin_socket_directory_keeps_other_users_out(prefix, backends):
+    """Checked as the worker user: nginx makes unix sockets 0666, so the 0700 directory must hold."""
+    import pwd
+
+    async def body(proxy: NginxProxy):
+        user = pwd.getpwnam("www-data")
+
+        def as_worker() -> int:
+            """Exit code of a child that drops to www-data and connects: 13 denied, 0 connected."""
+            child = os.fork()
+            if child == 0:  # pragma: no cover - the child
+                code = 2
+                try:
+                    os.setgroups([])
+                    os.setgid(user.pw_gid)
+                    os.setuid(user.pw_uid)
+                    with socket.socket(socket.AF_UNIX) as s:
+                        s.connect(str(proxy.admin_socket))
+                    code = 0
+                except PermissionError:
+                    code = 13
+                finally:
+                    os._exit(code)
+            return os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+
+        assert as_worker() == 13
 
     run(body, prefix=prefix)

@@ -126,7 +126,7 @@ class Slb:
 
     def reloads(self) -> tuple[int, int | None]:
         """(reconfiguring notices in the error log, generation the admin endpoint serves)."""
-        return self.agent.reconfigurations(), served_generation(self.agent.admin_port)
+        return self.agent.reconfigurations(), served_generation(self.agent.admin_socket)
 
     def close(self) -> None:
         for w in self.wrks:
