@@ -1,6 +1,8 @@
 """``leengine-control``: the control service's gRPC server (slb-core for now).
 
-    leengine-control --tokens /etc/leengine/tokens [--listen 127.0.0.1:50051] [--etcd 127.0.0.1:2379]
+    leengine-control --tokens /etc/leengine/tokens [--listen 127.0.0.1:50051] [--etcd 127.0.0.1:2379] \\
+        [--tls-cert server.crt --tls-key server.key [--tls-client-ca clients-ca.crt]] \\
+        [--etcd-ca etcd-ca.crt --etcd-cert control.crt --etcd-key control.key]
 
 It wires the real adapters (etcd Store, asyncio Runtime) to the service logic
 (``control/slb_core.py``) and serves ``leengine.control.v1.SlbCore``
@@ -18,9 +20,14 @@ with ``grpc.health.v1.Health`` (SERVING once it listens) and server reflection.
 * Tests embed it with ``await start(store, tokens)`` → a ``ControlServer`` holding the
   bound port; ``await server.stop()``. ``listen`` port 0 picks a free port.
 
-Tokens are bearer secrets: without TLS they cross the network in clear, so listen on
-loopback (the default) or put a TLS-terminating proxy in front; the server warns
-when it listens elsewhere. Bad options are one line on stderr and exit status 2.
+* TLS: with ``--tls-cert/--tls-key`` (PEM, the key matching the certificate) the server
+  speaks only TLS; ``--tls-client-ca`` also demands a client certificate signed by that
+  CA. Tokens are bearer secrets: without TLS they would cross the network in clear, so
+  plaintext is served only on loopback (the default ``--listen``, for development), and
+  a non-loopback ``--listen`` without a certificate is refused (``start()`` refuses it too).
+* etcd: ``--etcd-ca/--etcd-cert/--etcd-key`` (``leengine/etcd_options.py``).
+
+Bad options are one line on stderr naming the flag, and exit status 2.
 """
 
 from __future__ import annotations
@@ -46,6 +53,18 @@ from grpc_reflection.v1alpha import reflection
 from control import builds, slb_core
 from control.auth import Principal, TokenTable, TokenTableError
 from foundation.ports import Runtime, Store, StoreError, StoreUnavailable
+from leengine.etcd_options import (
+    ENDPOINT_HELP,
+    EtcdCaOpt,
+    EtcdCertOpt,
+    EtcdClientTls,
+    EtcdKeyOpt,
+    check_certificates,
+    check_etcd_options,
+    open_store,
+    read_key_pair,
+    read_pem,
+)
 from leengine.typer_main import run_app
 
 try:
@@ -287,6 +306,13 @@ def check_listen(listen: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def check_plaintext(host: str, tls: ServerTls | None) -> None:
+    """Refuse plaintext anywhere but loopback: the bearer tokens would cross the network in clear."""
+    if tls is None and not _is_loopback(host):
+        raise ValueError(f"--listen {host} is not loopback: serving it needs TLS (--tls-cert and --tls-key), "
+                         "the bearer tokens would cross the network in clear")
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -296,14 +322,46 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+@dataclass(frozen=True, repr=False)
+class ServerTls:
+    """PEM bytes of the server's certificate and key, and the CA of the clients (None: no client certificates)."""
+
+    cert: bytes
+    key: bytes
+    client_ca: bytes | None = None
+
+    def __repr__(self) -> str:  # never print a private key into a log
+        return f"ServerTls(client_ca={self.client_ca is not None})"
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials([(self.key, self.cert)], root_certificates=self.client_ca,
+                                           require_client_auth=self.client_ca is not None)
+
+
+def load_server_tls(cert: Path | None, key: Path | None, client_ca: Path | None) -> ServerTls | None:
+    """``--tls-cert/--tls-key/--tls-client-ca`` read and checked (None: plaintext); ValueError names the flag."""
+    if cert is None and key is None:
+        if client_ca is not None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key: client certificates need TLS")
+        return None
+    if cert is None or key is None:
+        given, missing = ("--tls-cert", "--tls-key") if key is None else ("--tls-key", "--tls-cert")
+        raise ValueError(f"{given} needs {missing}: give both or neither")
+    cert_pem, key_pem = read_key_pair("--tls-cert", cert, "--tls-key", key)
+    ca_pem = None
+    if client_ca is not None:
+        ca_pem = read_pem("--tls-client-ca", client_ca)
+        check_certificates("--tls-client-ca", client_ca, ca_pem)
+    return ServerTls(cert_pem, key_pem, ca_pem)
+
+
 async def start(store: Store, tokens: TokenTable, *, listen: str = "127.0.0.1:0",
-                runtime: Runtime | None = None) -> ControlServer:
-    """Serve slb-core on ``listen`` over ``store`` (which the caller owns and closes)."""
+                runtime: Runtime | None = None, tls: ServerTls | None = None) -> ControlServer:
+    """Serve slb-core on ``listen`` over ``store`` (which the caller owns and closes); TLS with ``tls``."""
     from foundation.adapters.asyncio_runtime import AsyncioRuntime
 
     host, _ = check_listen(listen)
-    if not _is_loopback(host):
-        log.warning("listening on %s without TLS: bearer tokens cross the network in clear", listen)
+    check_plaintext(host, tls)
     server = grpc.aio.server()
     runtime = runtime or AsyncioRuntime()
     slb_service = SlbCoreService(slb_core.SlbCore(store, runtime), tokens)
@@ -315,7 +373,7 @@ async def start(store: Store, tokens: TokenTable, *, listen: str = "127.0.0.1:0"
     reflection.enable_server_reflection((SERVICE, BUILDS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
                                         server)
     try:
-        port = server.add_insecure_port(listen)
+        port = server.add_insecure_port(listen) if tls is None else server.add_secure_port(listen, tls.credentials())
     except RuntimeError as exc:
         raise OSError(f"cannot listen on {listen}: {exc}") from None
     if port == 0:
@@ -323,19 +381,20 @@ async def start(store: Store, tokens: TokenTable, *, listen: str = "127.0.0.1:0"
     await server.start()
     for name in ("", SERVICE, BUILDS_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving %s and %s on %s:%d (%d principals)", SERVICE, BUILDS_SERVICE, host, port, len(tokens))
+    log.info("serving %s and %s on %s:%d (%s, %d principals)", SERVICE, BUILDS_SERVICE, host, port,
+             "plaintext" if tls is None else "TLS" + (" with client certificates" if tls.client_ca else ""),
+             len(tokens))
     reassigner = asyncio.create_task(scheduler.reassign_forever(), name="build-reassigner")
     return ControlServer(server, port, health_servicer, reassigner)
 
 
 async def serve(*, listen: str, etcd: str, tokens: TokenTable, etcd_timeout: float = 5.0,
-                stop: asyncio.Event | None = None) -> None:
+                stop: asyncio.Event | None = None, tls: ServerTls | None = None,
+                etcd_tls: EtcdClientTls | None = None) -> None:
     """Open etcd (retrying while it is down), serve until SIGINT/SIGTERM or ``stop``, shut down cleanly."""
-    from foundation.adapters.etcd_store import EtcdStore
-
     while True:
         try:
-            store = await EtcdStore.open(etcd, timeout=etcd_timeout)
+            store = await open_store(etcd, etcd_tls, timeout=etcd_timeout)
             break
         except StoreUnavailable as exc:
             log.warning("waiting for etcd: %s", exc)
@@ -346,7 +405,7 @@ async def serve(*, listen: str, etcd: str, tokens: TokenTable, etcd_timeout: flo
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     try:
-        server = await start(store, tokens, listen=listen)
+        server = await start(store, tokens, listen=listen, tls=tls)
         try:
             await stop.wait()
         finally:
@@ -364,22 +423,33 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 def main(
     tokens: Annotated[Path, typer.Option(help="tokens file: lines 'token name role' (admin|discovery|user), mode 600")],
     listen: Annotated[str, typer.Option(help="host:port to serve gRPC on")] = DEFAULT_LISTEN,
-    etcd: Annotated[str, typer.Option(envvar="LEENGINE_ETCD", help="etcd endpoint host:port")] = "127.0.0.1:2379",
+    etcd: Annotated[str, typer.Option(envvar="LEENGINE_ETCD", help=ENDPOINT_HELP)] = "127.0.0.1:2379",
     etcd_timeout: Annotated[float, typer.Option(help="deadline of each etcd request, seconds")] = 5.0,
+    tls_cert: Annotated[Path | None, typer.Option(help="server certificate (PEM): serve TLS")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="server private key (PEM), with --tls-cert")] = None,
+    tls_client_ca: Annotated[Path | None, typer.Option(
+        help="CA (PEM) of the clients: demand a client certificate it signed")] = None,
+    etcd_ca: EtcdCaOpt = None,
+    etcd_cert: EtcdCertOpt = None,
+    etcd_key: EtcdKeyOpt = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Serve the control service's gRPC API (slb-core) over etcd."""
     try:
-        check_listen(listen)
+        host, _ = check_listen(listen)
         if etcd_timeout <= 0:
             raise ValueError("--etcd-timeout must be positive")
+        tls = load_server_tls(tls_cert, tls_key, tls_client_ca)
+        check_plaintext(host, tls)
+        etcd_tls = check_etcd_options(etcd, etcd_ca, etcd_cert, etcd_key)
         table = load_tokens(tokens)
     except ValueError as exc:
         print(f"leengine-control: error: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        asyncio.run(serve(listen=listen, etcd=etcd, tokens=table, etcd_timeout=etcd_timeout))
+        asyncio.run(serve(listen=listen, etcd=etcd, tokens=table, etcd_timeout=etcd_timeout, tls=tls,
+                          etcd_tls=etcd_tls))
     except OSError as exc:
         print(f"leengine-control: error: {exc}", file=sys.stderr)
         raise typer.Exit(1) from None

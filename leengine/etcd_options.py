@@ -19,6 +19,9 @@ Invariants:
   wrong file is one ``EtcdOptionError`` line naming the flag and the path.
 * Private keys never reach a log or an error message, only their paths.
 
+``read_pem``, ``check_certificates`` and ``read_key_pair`` check any TLS file flag the
+same way (``leengine-control`` uses them for ``--tls-cert/--tls-key/--tls-client-ca``).
+
 This module knows the options and the etcd adapter's constructor; it must not know
 any agent, key schema or daemon life cycle (``leengine/daemon.py`` does the retries).
 """
@@ -47,10 +50,10 @@ EtcdKeyOpt = Annotated[Path | None, typer.Option(
 
 
 class EtcdOptionError(ValueError):
-    """A bad --etcd-ca/--etcd-cert/--etcd-key: the message names the flag and the path."""
+    """A bad --etcd-ca/--etcd-cert/--etcd-key (or another TLS file flag): the message names the flag and the path."""
 
 
-def _read_pem(flag: str, path: Path) -> bytes:
+def read_pem(flag: str, path: Path) -> bytes:
     if not path.is_file():  # a FIFO or a directory would block or fail obscurely later
         raise EtcdOptionError(f"{flag} {path}: no such file" if not path.exists() else f"{flag} {path}: not a file")
     try:
@@ -63,11 +66,25 @@ def _read_pem(flag: str, path: Path) -> bytes:
     return data
 
 
-def _check_certificates(flag: str, path: Path, data: bytes) -> None:
+def check_certificates(flag: str, path: Path, data: bytes) -> None:
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=data.decode("ascii"))
     except (ssl.SSLError, ValueError):  # ValueError: not ASCII
         raise EtcdOptionError(f"{flag} {path}: no certificate in it") from None
+
+
+def read_key_pair(cert_flag: str, cert_path: Path, key_flag: str, key_path: Path) -> tuple[bytes, bytes]:
+    """A certificate and its private key, read and checked to belong together; errors name the flags."""
+    cert, key = read_pem(cert_flag, cert_path), read_pem(key_flag, key_path)
+    check_certificates(cert_flag, cert_path, cert)
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert_path, key_path)
+    except ssl.SSLError as exc:
+        what = "does not match the certificate" if "KEY_VALUES_MISMATCH" in str(exc) else "is not a usable key"
+        raise EtcdOptionError(f"{key_flag} {key_path}: {what} ({cert_flag} {cert_path})") from None
+    except OSError as exc:
+        raise EtcdOptionError(f"{cert_flag} {cert_path}: cannot use it: {exc.strerror or exc}") from None
+    return cert, key
 
 
 @dataclass(frozen=True)
@@ -99,20 +116,12 @@ class EtcdClientTls:
         """Read and check the files: the adapter's ``EtcdTls`` (PEM bytes)."""
         from foundation.adapters.etcd_store import EtcdTls
 
-        ca = _read_pem("--etcd-ca", self.ca) if self.ca is not None else None
+        ca = read_pem("--etcd-ca", self.ca) if self.ca is not None else None
         if ca is not None:
-            _check_certificates("--etcd-ca", self.ca, ca)
+            check_certificates("--etcd-ca", self.ca, ca)
         cert = key = None
         if self.cert is not None and self.key is not None:
-            cert, key = _read_pem("--etcd-cert", self.cert), _read_pem("--etcd-key", self.key)
-            _check_certificates("--etcd-cert", self.cert, cert)
-            try:
-                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(self.cert, self.key)
-            except ssl.SSLError as exc:
-                what = "does not match the certificate" if "KEY_VALUES_MISMATCH" in str(exc) else "is not a usable key"
-                raise EtcdOptionError(f"--etcd-key {self.key}: {what} (--etcd-cert {self.cert})") from None
-            except OSError as exc:
-                raise EtcdOptionError(f"--etcd-cert {self.cert}: cannot use it: {exc.strerror or exc}") from None
+            cert, key = read_key_pair("--etcd-cert", self.cert, "--etcd-key", self.key)
         return EtcdTls(ca=ca, cert=cert, key=key)
 
 
