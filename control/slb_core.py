@@ -41,6 +41,7 @@ to status codes.
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -59,11 +60,29 @@ from foundation.logic.slb_domain import (
     domain_status_prefix,
     domains_prefix,
 )
-from foundation.ports import Compare, DeleteOp, GetOp, KeyValue, PutOp, RangeResult, Runtime, Store
+from foundation.ports import (
+    CompactedError,
+    Compare,
+    DeleteOp,
+    GetOp,
+    KeyValue,
+    PutOp,
+    RangeResult,
+    Runtime,
+    Store,
+)
+from foundation.ports.store import TxnOp
 
 GROUP_INDEX = "/control/slb/groups/"
 MAX_DESCRIPTION = 256
 READ_CHUNK = 64  # keys per read transaction (etcd refuses more than 128 operations in one txn)
+OWNERS = "/control/slb/owners/"  # {owner}: empty, rewritten whenever a domain is given to the owner
+OWNED = "/control/slb/owned/"  # {owner}/{group}/{domain}: empty, one per domain the owner holds (the count)
+DEFAULT_PAGE_SIZE = 100  # list calls without a page_size
+MAX_PAGE_SIZE = 1000  # a larger page_size is lowered to this (AIP-158)
+PAGE_BYTES = 1 << 20  # a page stops before its records pass this many bytes (one record always fits)
+PAGE_ITEM_OVERHEAD = 64  # bytes a record costs in a response beyond its JSON (revision, field tags)
+MAX_ECHO = 64  # characters of a caller's value repeated in an error message
 
 
 def meta_key(group: str) -> str:
@@ -124,6 +143,14 @@ class Conflict(SlbError):
 
 class FailedPrecondition(SlbError):
     pass
+
+
+class QuotaExceeded(SlbError):
+    """A write would pass one of the caller's quotas; ``quota`` names it (e.g. ``domains_per_owner``)."""
+
+    def __init__(self, quota: str, message: str) -> None:
+        super().__init__(f"quota {quota} exceeded: {message}")
+        self.quota = quota
 
 
 class CorruptRecord(SlbError):
@@ -206,16 +233,134 @@ def _check_expected(expected_revision: int | None) -> None:
         raise InvalidArgument("expected_revision", f"{expected_revision!r} is not a revision (0 = must not exist)")
 
 
+def clip(value: Any, limit: int = MAX_ECHO) -> str:
+    """A caller's value for an error message or a log line: at most ``limit`` characters, then its size."""
+    if not isinstance(value, str):
+        try:
+            value = repr(value)
+        except ValueError:  # an integer too long to print
+            return f"<a {type(value).__name__}>"
+    if len(value) <= limit:
+        return value
+    return f"{value[:limit]}…({len(value.encode('utf-8', 'surrogatepass'))} bytes)"
+
+
+def owner_key(owner: str) -> str:
+    return f"{OWNERS}{owner}"
+
+
+def owned_prefix(owner: str) -> str:
+    return f"{OWNED}{owner}/"
+
+
+def owned_key(owner: str, group: str, name: str) -> str:
+    return f"{OWNED}{owner}/{group}/{name}"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """One role's quotas; 0 means no limit of that kind."""
+
+    domains_per_owner: int  # domains one owner holds, over all groups
+    upstreams_per_domain: int  # servers one write may give a domain (the record itself holds at most 4096)
+    record_bytes: int  # a domain record as stored, its upstreams not counted (they have their own quota)
+
+    NAMES = ("domains", "upstreams", "record_bytes")
+
+    def __post_init__(self) -> None:
+        for value in (self.domains_per_owner, self.upstreams_per_domain, self.record_bytes):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"a quota is a whole number >= 0 (0: no limit), got {clip(value)}")
+
+    @staticmethod
+    def parse(text: str, base: Limits) -> Limits:
+        """``domains=100,upstreams=1024,record_bytes=16384`` (any of them) over ``base``."""
+        values = {"domains": base.domains_per_owner, "upstreams": base.upstreams_per_domain,
+                  "record_bytes": base.record_bytes}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            name, _, number = part.partition("=")
+            if name.strip() not in values or not number.strip().isascii() or not number.strip().isdigit() \
+                    or len(number.strip()) > 12:
+                raise ValueError(f"quota {clip(part)}: expected name=number with name one of "
+                                 f"{', '.join(Limits.NAMES)}")
+            values[name.strip()] = int(number.strip())
+        return Limits(values["domains"], values["upstreams"], values["record_bytes"])
+
+    def __str__(self) -> str:
+        return (f"domains={self.domains_per_owner},upstreams={self.upstreams_per_domain},"
+                f"record_bytes={self.record_bytes}")
+
+
+@dataclass(frozen=True)
+class Quotas:
+    """Limits by the caller's role: ``user`` for users, ``admin`` for admins and discovery."""
+
+    user: Limits = Limits(100, 1024, 16 * 1024)
+    admin: Limits = Limits(10_000, 4096, 256 * 1024)
+
+    def of(self, who: Principal) -> Limits:
+        return self.user if who.role == "user" else self.admin
+
+
+@dataclass(frozen=True)
+class DomainPage:
+    domains: tuple[StoredDomain, ...]
+    revision: int  # the store revision every page of this listing is read at
+    next_page_token: str  # "" on the last page
+
+
+@dataclass(frozen=True)
+class GroupPage:
+    groups: tuple[Group, ...]
+    revision: int  # the revision the index was read at (metas are read as they are now)
+    next_page_token: str
+
+
+def _page_size(page_size: Any) -> int:
+    if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 0:
+        raise InvalidArgument("page_size", f"{clip(page_size)} is not a page size (0 means {DEFAULT_PAGE_SIZE})")
+    return min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def _page_token(kind: str, scope: str, last: str, revision: int) -> str:
+    raw = json.dumps([kind, scope, last, revision], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _read_page_token(token: Any, kind: str, scope: str) -> tuple[str, int]:
+    """``(last name listed, snapshot revision)`` of a token ``_page_token`` made; ("", 0) for none."""
+    if token == "":
+        return "", 0
+    try:
+        if not isinstance(token, str) or len(token) > 1024:
+            raise ValueError("not a short string")
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        got_kind, got_scope, last, revision = json.loads(raw)
+        valid = got_kind == kind and isinstance(got_scope, str) and isinstance(last, str) and last \
+            and type(revision) is int and revision > 0
+    except (ValueError, TypeError, RecursionError):  # binascii.Error and JSONDecodeError are ValueErrors
+        valid = False
+    if not valid:
+        raise InvalidArgument("page_token", f"{clip(token)} is not a page token of this list call; "
+                                            "list from the start without one")
+    if got_scope != scope:
+        raise InvalidArgument("page_token", f"the token continues a listing of {clip(got_scope)}, not {scope}")
+    return last, revision
+
+
 # --------------------------------------------------------------------------- the service
 
 
 class SlbCore:
     """The slb-core API over a Store. Every method takes the calling ``Principal`` first."""
 
-    def __init__(self, store: Store, runtime: Runtime, *, max_attempts: int = 16) -> None:
+    def __init__(self, store: Store, runtime: Runtime, *, max_attempts: int = 16, quotas: Quotas | None = None,
+                 page_bytes: int = PAGE_BYTES) -> None:
         self.store = store
         self.runtime = runtime
         self.max_attempts = max_attempts
+        self.quotas = quotas or Quotas()
+        self.page_bytes = page_bytes
 
     # ------------------------------------------------------------------ groups
 
@@ -247,6 +392,41 @@ class SlbCore:
                     groups.append(Group.from_kv(kv))
         return groups
 
+    async def list_groups_page(self, who: Principal, *, page_size: Any = 0, page_token: Any = "") -> GroupPage:
+        """One page of the groups sorted by name (AIP-158): at most ``page_size`` and ``page_bytes``.
+
+        The index is read at the revision of the listing's first page; each page's metas
+        are read as they are now (a group deleted meanwhile is left out).
+        """
+        size = _page_size(page_size)
+        after, revision = _read_page_token(page_token, "groups", "")
+        start = group_index_key(after) if after else ""
+        try:
+            index = await self.store.range(GROUP_INDEX, limit=size + 1, start_after=start, revision=revision)
+        except CompactedError:
+            raise Conflict(f"the listing's snapshot (revision {revision}) was compacted: list again from the "
+                           "first page") from None
+        names = [kv.key.removeprefix(GROUP_INDEX) for kv in index.kvs]
+        groups: list[Group] = []
+        used, last, more = 0, "", len(names) > size
+        for first in range(0, min(len(names), size), READ_CHUNK):
+            chunk = names[first:min(first + READ_CHUNK, size)]
+            result = await self.store.txn([], [GetOp(meta_key(n)) for n in chunk])
+            for name, response in zip(chunk, result.responses, strict=True):
+                kv = response.first() if isinstance(response, RangeResult) else None
+                cost = len(kv.value) + PAGE_ITEM_OVERHEAD if kv is not None else 0
+                if groups and used + cost > self.page_bytes:
+                    more = True
+                    break
+                used, last = used + cost, name
+                if kv is not None:  # deleted since the index was read
+                    groups.append(Group.from_kv(kv))
+            else:
+                continue
+            break
+        token = _page_token("groups", "", last, index.revision) if more and last else ""
+        return GroupPage(tuple(groups), index.revision, token)
+
     async def get_group(self, who: Principal, name: Any) -> Group:
         name = _group_name(name, "name")
         kv = await self.store.get(meta_key(name))
@@ -276,6 +456,37 @@ class SlbCore:
         raise Conflict(f"group {name} kept changing while deleting it; try again")
 
     # ------------------------------------------------------------------ domains
+
+    async def _charge(self, who: Principal, domain: Domain,
+                      current: KeyValue | None) -> tuple[list[Compare], list[TxnOp]]:
+        """Check ``who``'s quotas for writing ``domain`` over ``current``; the compares and writes that keep
+        the owner's domain count true, to join the write's transaction."""
+        limits = self.quotas.of(who)
+        old = _readable_or_none(current)  # None: a new domain, or an admin overwriting a corrupt record
+        bare = len(domain.with_upstreams(()).to_bytes())
+        if limits.record_bytes and bare > limits.record_bytes:
+            raise QuotaExceeded("record_bytes", f"the record of {domain.name} is {bare} bytes without its "
+                                f"upstreams; role {who.role} may store at most {limits.record_bytes}")
+        if limits.upstreams_per_domain and len(domain.upstreams) > limits.upstreams_per_domain \
+                and (old is None or old.upstreams != domain.upstreams):
+            raise QuotaExceeded("upstreams_per_domain", f"{len(domain.upstreams)} upstreams for {domain.name}; "
+                                f"role {who.role} may set at most {limits.upstreams_per_domain}")
+        if old is not None and old.owner == domain.owner:
+            return [], []
+        # The domain is new to its owner. The owner key is read before the count and compared
+        # by the write, so two creates racing past the count cannot both land.
+        owner = owner_key(domain.owner)
+        seen = await self.store.get(owner)
+        if limits.domains_per_owner:
+            held = await self.store.range(owned_prefix(domain.owner), limit=limits.domains_per_owner)
+            if len(held.kvs) >= limits.domains_per_owner:
+                raise QuotaExceeded("domains_per_owner", f"{domain.owner} already holds {len(held.kvs)} domains; "
+                                    f"role {who.role} may give an owner at most {limits.domains_per_owner}: "
+                                    "delete one first")
+        ops: list[TxnOp] = [PutOp(owned_key(domain.owner, domain.group, domain.name), b""), PutOp(owner, b"")]
+        if old is not None:
+            ops.append(DeleteOp(owned_key(old.owner, domain.group, domain.name)))
+        return [Compare.mod_is(owner, seen.mod_revision if seen else 0)], ops
 
     async def put_domain(self, who: Principal, data: dict[str, Any], *,
                          expected_revision: int | None = None) -> StoredDomain:
@@ -309,8 +520,10 @@ class SlbCore:
                 if who.role == "user" and domain.settings:
                     raise PermissionDenied(f"settings are admin-only: {who.name} may not set "
                                            f"{', '.join(k for k, _ in domain.settings)}")
-                result = await self.store.txn([Compare.mod_is(meta, meta_kv.mod_revision), Compare.missing(key)],
-                                              [PutOp(key, value), PutOp(meta, meta_kv.value)])
+                quota_compares, quota_ops = await self._charge(who, domain, current)
+                result = await self.store.txn([Compare.mod_is(meta, meta_kv.mod_revision), Compare.missing(key),
+                                               *quota_compares],
+                                              [PutOp(key, value), PutOp(meta, meta_kv.value), *quota_ops])
             else:
                 if expected_revision == 0:
                     raise AlreadyExists("domain", f"{domain.group}/{domain.name}", current.mod_revision)
@@ -326,7 +539,9 @@ class SlbCore:
                                                f"settings unchanged ({dict(old.settings)})")
                 if current.value == value:  # nothing changes: no write, no new revision
                     return StoredDomain(domain, current.mod_revision)
-                result = await self.store.txn([Compare.mod_is(key, current.mod_revision)], [PutOp(key, value)])
+                quota_compares, quota_ops = await self._charge(who, domain, current)
+                result = await self.store.txn([Compare.mod_is(key, current.mod_revision), *quota_compares],
+                                              [PutOp(key, value), *quota_ops])
             if result.succeeded:
                 self.runtime.trace("slb.domain.put", key=key, by=who.name, revision=result.revision)
                 return StoredDomain(domain, result.revision)
@@ -350,6 +565,47 @@ class SlbCore:
         kvs = domains.kvs if isinstance(domains, RangeResult) else ()
         return [StoredDomain(_decode_domain(kv), kv.mod_revision) for kv in kvs], read.revision
 
+    async def list_domains_page(self, who: Principal, group: Any, *, page_size: Any = 0,
+                                page_token: Any = "") -> DomainPage:
+        """One page of the group's domains sorted by name (AIP-158).
+
+        Every page of a listing is read at the revision of its first page, so the pages
+        are one snapshot (a snapshot compacted away meanwhile: Conflict, list again). A
+        page holds at most ``page_size`` domains and stops before its records pass
+        ``page_bytes`` (one domain at least), so it fits a message limit above that.
+        Corrupt records are skipped, as in a full list.
+        """
+        group = _group_name(group)
+        size = _page_size(page_size)
+        after, revision = _read_page_token(page_token, "domains", group)
+        prefix = domains_prefix(group)
+        taken: list[StoredDomain] = []
+        used, last, more = 0, f"{prefix}{after}" if after else "", False
+        try:
+            meta = await self.store.range(meta_key(group), limit=1, revision=revision)
+            if not meta.kvs or meta.kvs[0].key != meta_key(group):
+                raise NotFound("group", group)
+            revision = meta.revision
+            while not more:
+                chunk = await self.store.range(prefix, limit=READ_CHUNK, start_after=last, revision=revision)
+                for kv in chunk.kvs:
+                    cost = len(kv.value) + PAGE_ITEM_OVERHEAD
+                    if len(taken) >= size or (taken and used + cost > self.page_bytes):
+                        more = True
+                        break
+                    used, last = used + cost, kv.key
+                    try:
+                        taken.append(StoredDomain(_decode_domain(kv), kv.mod_revision))
+                    except CorruptRecord as exc:  # skipped, as a full list skips it
+                        self.runtime.trace("slb.domain.corrupt", key=kv.key, error=str(exc)[:200])
+                if len(chunk.kvs) < READ_CHUNK:
+                    break
+        except CompactedError:
+            raise Conflict(f"the listing's snapshot (revision {revision}) was compacted: list again from the "
+                           "first page") from None
+        token = _page_token("domains", group, last.removeprefix(prefix), revision) if more else ""
+        return DomainPage(tuple(taken), revision, token)
+
     async def delete_domain(self, who: Principal, group: Any, name: Any, *,
                             expected_revision: int | None = None) -> int:
         _require(who, "admin", "user", action="delete domains")
@@ -365,7 +621,9 @@ class SlbCore:
                                expected=expected_revision, actual=current.mod_revision)
             if who.role == "user":
                 _own(who, _decode_domain(current))
-            result = await self.store.txn([Compare.mod_is(key, current.mod_revision)], [DeleteOp(key)])
+            old = _readable_or_none(current)  # its owner's domain count goes down with it
+            uncount = [DeleteOp(owned_key(old.owner, group, name))] if old else []
+            result = await self.store.txn([Compare.mod_is(key, current.mod_revision)], [DeleteOp(key), *uncount])
             if result.succeeded:
                 self.runtime.trace("slb.domain.delete", key=key, by=who.name, revision=result.revision)
                 return result.revision
@@ -397,6 +655,10 @@ class SlbCore:
                 raise InvalidArgument.of(exc, {"upstreams": "servers"}) from None
             if new == old:
                 return current.mod_revision  # already so: no write, agents see nothing
+            limit = self.quotas.of(who).upstreams_per_domain
+            if limit and len(new.upstreams) > limit:
+                raise QuotaExceeded("upstreams_per_domain", f"{len(new.upstreams)} upstreams for {name}; role "
+                                    f"{who.role} may set at most {limit}")
             result = await self.store.txn([Compare.mod_is(key, current.mod_revision)], [PutOp(key, new.to_bytes())])
             if result.succeeded:
                 self.runtime.trace("slb.upstreams.set", key=key, by=who.name, servers=len(new.upstreams),
@@ -431,6 +693,14 @@ def _require(who: Principal, *roles: str, action: str) -> None:
     if who.role not in roles:
         raise PermissionDenied(f"{who.name} (role {who.role}) may not {action}; that needs role "
                                f"{' or '.join(roles)}")
+
+
+def _readable_or_none(kv: KeyValue | None) -> Domain | None:
+    """A stored domain record, or None when there is none or it does not decode (no owner's count holds it)."""
+    try:
+        return _decode_domain(kv) if kv is not None else None
+    except CorruptRecord:
+        return None
 
 
 def _own(who: Principal, domain: Domain) -> None:
