@@ -3,7 +3,8 @@
 ``builder_harness`` runs ``async def body(h)`` on the sim runtime with a ``SimBuilder``
 or on asyncio with a ``BuildahBuilder`` (root: chroot isolation, a private vfs store, a
 throwaway ``docker-registry`` on loopback, git repositories made by the test).
-``h.commit(app, version)`` makes a commit whose build succeeds, ``h.broken(app)`` one
+``h.commit(app, version)`` makes a commit whose build succeeds (the request names it by
+its full commit id, the only kind of commit a build takes), ``h.broken(app)`` one
 whose compile step fails; ``h.pushed(reference)`` asks the registry. Only what the
 port promises is asserted: four timed steps, the image in the registry under
 ``{app}:{commit}``, the cache warm on the second build of a repo on the same host,
@@ -13,6 +14,7 @@ and a failure that names its step.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import subprocess
 import tempfile
@@ -44,6 +46,10 @@ class BuilderHarness:
     reference: Callable[[str, str], str]  # where app:commit lands in this registry
 
 
+def _fake_id(app: str, version: str) -> str:
+    return hashlib.sha1(f"{app} {version}".encode()).hexdigest()
+
+
 class _SimRunner:
     kind = "sim"
 
@@ -54,9 +60,10 @@ class _SimRunner:
 
         def broken(app: str) -> BuildRequest:
             builder.fail_step = "compile"
-            return BuildRequest(app, app, "broken")
+            return BuildRequest(app, app, _fake_id(app, "broken"))
 
-        harness = BuilderHarness("sim", builder, lambda app, version: BuildRequest(app, app, version), broken,
+        harness = BuilderHarness("sim", builder, lambda app, version: BuildRequest(app, app, _fake_id(app, version)),
+                                 broken,
                                  lambda ref: ref in registry.images, registry.reference)
         runtime.run_until_complete(body(harness), limit=36000)
 
@@ -87,8 +94,9 @@ class _BuildahRunner:
                 (repo / "build.sh").write_text(script or BUILD_SH.format(app=app, version=version))
                 _git(repo, "add", "build.sh")
                 _git(repo, "commit", "--quiet", "--allow-empty", "-m", version)
-                _git(repo, "tag", version)
-                return BuildRequest(app, app, version)
+                head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], check=True, capture_output=True,
+                                      text=True).stdout.strip()
+                return BuildRequest(app, app, head)
 
             def broken(app: str) -> BuildRequest:
                 return commit(app, "broken", "echo 'cc: error: no such file' >&2\nexit 3\n")
@@ -100,7 +108,7 @@ class _BuildahRunner:
             builder = BuildahBuilder(BuildahConfig("build-1", repos, root / "work", registry.address,
                                                    storage=root / "storage"))
             harness = BuilderHarness("buildah", builder, commit, broken, pushed,
-                                     lambda app, version: f"{registry.address}/{app}:{version}")
+                                     lambda app, commit: f"{registry.address}/{app}:{commit}")
             asyncio.run(asyncio.wait_for(body(harness), 300))
 
 
@@ -112,10 +120,11 @@ def builder_harness(request):
 def test_a_build_runs_four_timed_steps_and_pushes_app_colon_commit(builder_harness):
     async def body(h: BuilderHarness) -> None:
         lines: list[str] = []
-        outcome = await h.builder.build(h.commit("shop", "v1"), lines.append)
+        request = h.commit("shop", "v1")
+        outcome = await h.builder.build(request, lines.append)
         assert [s.step for s in outcome.steps] == list(STEPS)
         assert all(s.seconds > 0 for s in outcome.steps)
-        assert outcome.image == h.reference("shop", "v1") and h.pushed(outcome.image)
+        assert outcome.image == h.reference("shop", request.commit) and h.pushed(outcome.image)
         assert len(lines) == 4 and lines[0].startswith("clone: ")
         assert not outcome.cache_hit  # nothing was ever built here
 
