@@ -74,7 +74,8 @@ def test_installed_control_service_starts_and_serves(installed: Path, etcd_serve
         while time.monotonic() < deadline and process.poll() is None:
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                 try:
-                    status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    health = health_pb2_grpc.HealthStub(channel)
+                    status = health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
                     break
                 except grpc.RpcError:
                     time.sleep(0.3)
