@@ -1,15 +1,22 @@
 """The per-node CNI agent: what ADD, DEL, CHECK, GC and STATUS do, over the IPAM and Dataplane.
 
-ADD: allocate (one Store transaction in the common case), then plumb the veth
-and OVS port tagged with the pool's VLAN; if plumbing fails, release the address
-before reporting the error, so a failed ADD leaves nothing behind. A repeated ADD
-gets the same address and has its interface rebuilt.
+ADD: check that CNI_NETNS is a pod network namespace (before any etcd write),
+allocate (one Store transaction in the common case), then plumb the veth and OVS
+port tagged with the pool's VLAN; if plumbing fails, release the address before
+reporting the error, so a failed ADD leaves nothing behind. An address this ADD
+allocated and never plumbed goes back without cool-down (nothing can have learnt
+it; a burst of failing ADDs must not exhaust the pool); one that was plumbed (a
+repeated ADD) or may still be (the dataplane's undo failed) cools down. A
+repeated ADD gets the same address and has its interface rebuilt. An ADD of a
+container whose address another node holds is refused (code 104) and touches
+nothing: the handle names its node.
 DEL: unplumb and release; with a cool-down the two overlap (the address cannot be
 handed out again before the cool-down ends anyway), without one unplumbing comes
 first, so an address is never handed out while a port on the bridge still carries
 it (the veth itself may linger a moment after, off the bridge). Both steps
 succeed when there is nothing left to remove, which makes DEL idempotent (the
-runtime may call it many times, or after a failed ADD).
+runtime may call it many times, or after a failed ADD). DEL never releases
+another node's allocation of the same container ID.
 CHECK: the handle still holds the address of ``prevResult`` and the dataplane
 matches it. GC: release and unplumb every attachment of this network that the
 runtime no longer lists. STATUS: ready when the Store answers and a pool exists.
@@ -25,13 +32,23 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any
 
-from cni.ipam import Allocation, Ipam, PoolExhausted, TooMuchContention, UnknownPool
-from cni.pools import HANDLES, Handle, PodRef
+from cni.ipam import (
+    Allocation,
+    CorruptRecord,
+    HeldElsewhere,
+    Ipam,
+    PoolExhausted,
+    TooMuchContention,
+    UnknownPool,
+)
+from cni.pools import HANDLES, PodRef
 from cni.request import (
     CHECK_FAILED,
     DATAPLANE_FAILURE,
+    HELD_ELSEWHERE,
     INVALID_CONFIG,
     INVALID_ENV,
+    INVALID_RECORD,
     PLUGIN_NOT_AVAILABLE,
     POOL_EXHAUSTED,
     TRY_AGAIN_LATER,
@@ -40,7 +57,7 @@ from cni.request import (
 )
 from foundation.logic.mutex import Mutex
 from foundation.ports import Runtime, StoreError, StoreUnavailable
-from foundation.ports.dataplane import Attachment, Dataplane, DataplaneError, NetnsNotFound
+from foundation.ports.dataplane import Attachment, Dataplane, DataplaneError, InvalidNetns, NetnsNotFound
 
 
 @dataclass(frozen=True)
@@ -110,6 +127,12 @@ class CniAgent:
             raise CniError(POOL_EXHAUSTED, "no free address", str(exc)) from exc
         except UnknownPool as exc:
             raise CniError(INVALID_CONFIG, "network config names an unknown pool", str(exc)) from exc
+        except HeldElsewhere as exc:
+            # Not 7 (the config is fine) nor 11 (nothing transient: the other node holds it until
+            # a DEL there): a plugin-specific code, as the spec provides for.
+            raise CniError(HELD_ELSEWHERE, f"container is attached on node {exc.node}", str(exc)) from exc
+        except CorruptRecord as exc:
+            raise CniError(INVALID_RECORD, "an IPAM record in etcd is invalid", str(exc)) from exc
         except StoreError as exc:
             raise CniError(TRY_AGAIN_LATER, f"etcd refused a request while {what}", str(exc)) from exc
 
@@ -118,7 +141,20 @@ class CniAgent:
         async with self._exclusive(request):
             return await self._add(request)
 
+    @staticmethod
+    def _netns_error(exc: InvalidNetns) -> CniError:
+        if isinstance(exc, NetnsNotFound):
+            return CniError(INVALID_ENV, "CNI_NETNS does not exist", str(exc))
+        return CniError(INVALID_ENV, "CNI_NETNS is not a pod network namespace", str(exc))
+
     async def _add(self, request: CniRequest) -> dict[str, Any]:
+        try:
+            # Before allocating: a bad CNI_NETNS must cost no etcd write and no address.
+            await self.dataplane.check_netns(request.netns)
+        except InvalidNetns as exc:
+            raise self._netns_error(exc) from exc
+        except DataplaneError as exc:
+            raise CniError(DATAPLANE_FAILURE, "could not open the pod's network namespace", str(exc)) from exc
         allocation: Allocation = await self._store_call("allocating", self.ipam.allocate(
             request.container_id, request.ifname, pools=request.network.get("pools", ()),
             pod=PodRef.from_cni_args(request.args), network=request.network_name))
@@ -131,9 +167,11 @@ class CniAgent:
                 await self.dataplane.detach(request.container_id, request.ifname, request.netns)
             interface = await self.dataplane.attach(attachment)
         except (DataplaneError, StoreError) as exc:
-            await self._undo_allocation(request)
-            if isinstance(exc, NetnsNotFound):
-                raise CniError(INVALID_ENV, "CNI_NETNS does not exist", str(exc)) from exc
+            # Never plumbed (a fresh allocation, and the dataplane removed all it made): no cool-down.
+            plumbed = allocation.existing or not getattr(exc, "undone", True)
+            await self._undo_allocation(request, cool_down=plumbed)
+            if isinstance(exc, InvalidNetns):
+                raise self._netns_error(exc) from exc
             raise CniError(DATAPLANE_FAILURE, "could not plumb the pod interface", str(exc)) from exc
         gateway = str(allocation.pool.gateway)
         return {
@@ -146,10 +184,10 @@ class CniAgent:
             "dns": {},
         }
 
-    async def _undo_allocation(self, request: CniRequest) -> None:
+    async def _undo_allocation(self, request: CniRequest, *, cool_down: bool) -> None:
         try:
-            await self.ipam.release(request.container_id, request.ifname)
-        except (StoreError, TooMuchContention) as exc:
+            await self.ipam.release(request.container_id, request.ifname, cool_down=cool_down)
+        except (StoreError, TooMuchContention, CorruptRecord) as exc:
             # The runtime calls DEL after a failed ADD, and cnictl check finds what DEL misses.
             self.runtime.trace("cni-add-undo-failed", container=request.container_id, error=str(exc))
 
@@ -163,16 +201,23 @@ class CniAgent:
             # overlap the unplumbing (an OVSDB round trip; the veth is deleted in the background).
             detaching = self.runtime.spawn(self._detach(request), name=f"detach {request.container_id}")
             try:
-                released = await self._store_call("releasing",
-                                                  self.ipam.release(request.container_id, request.ifname))
+                released = await self._store_call("releasing", self._release(request))
             finally:
                 await detaching.join()
         else:
             await self._detach(request)  # no cool-down: never free an address still plumbed
-            released = await self._store_call("releasing",
-                                              self.ipam.release(request.container_id, request.ifname))
+            released = await self._store_call("releasing", self._release(request))
         self.runtime.trace("cni-del", container=request.container_id,
                            address=released.cidr if released else None)
+
+    async def _release(self, request: CniRequest) -> Allocation | None:
+        try:
+            return await self.ipam.release(request.container_id, request.ifname)
+        except CorruptRecord as exc:
+            # DEL must finish (the runtime retries it forever otherwise): the invalid record is
+            # logged and left for an operator; cnictl check reports the address it pins.
+            self.runtime.trace("cni-del-invalid-record", container=request.container_id, error=str(exc))
+            return None
 
     async def _detach(self, request: CniRequest) -> None:
         try:
@@ -191,7 +236,12 @@ class CniAgent:
         if allocation.cidr not in expected:
             raise CniError(CHECK_FAILED, "allocated address differs from prevResult",
                            f"etcd has {allocation.cidr}, prevResult has {', '.join(map(str, expected)) or 'none'}")
-        problems = await self.dataplane.check(self._attachment(request, allocation))
+        try:
+            problems = await self.dataplane.check(self._attachment(request, allocation))
+        except NetnsNotFound as exc:
+            raise CniError(INVALID_ENV, "CNI_NETNS does not exist", str(exc)) from exc
+        except DataplaneError as exc:  # the dataplane could not look (not a bug): the spec's plugin-specific code
+            raise CniError(DATAPLANE_FAILURE, "could not check the pod interface", str(exc)) from exc
         if problems:
             raise CniError(CHECK_FAILED, "pod interface differs from what ADD made", "; ".join(problems))
 
@@ -204,8 +254,8 @@ class CniAgent:
         """
         keep = set(request.valid_attachments)
         records = await self._store_call("collecting", self.ipam.store.range(HANDLES))
-        ours = [Handle.from_bytes(kv.value) for kv in records.kvs]
-        ours = [h for h in ours if h.node == self.config.node]
+        decoded = [self.ipam.decode_handle(kv) for kv in records.kvs]  # an invalid one is logged and skipped
+        ours = [h for h in decoded if h is not None and h.node == self.config.node]
         for handle in ours:
             if handle.network == request.network_name and (handle.container_id, handle.ifname) not in keep:
                 await self.delete(CniRequest("DEL", request.cni_version, request.network, handle.container_id, "",

@@ -23,6 +23,17 @@ Invariants, whatever crashes:
 * A released address is not handed out again for ``cooldown`` seconds (wall
   time stored in the block, so it holds across agent restarts and nodes).
 * Release is idempotent: an unknown handle is success.
+* A handle names its node. This node never hands out, reports or frees the
+  allocation of a handle another node holds (same container ID sent to two
+  nodes): ``allocate`` and ``lookup`` raise ``HeldElsewhere``, ``release``
+  leaves it alone.
+* An address this node allocated but never plumbed (the ADD failed) goes back
+  without cool-down (``release(..., cool_down=False)``): nothing can have
+  learnt it, and a burst of failing ADDs must not exhaust a pool.
+* Every record read back is decoded defensively (``cni.pools`` raises only
+  ``InvalidRecord``): a bad one is logged and set aside (a block is never used
+  nor claimed, a pool is unknown), and a request that needs it fails with
+  ``CorruptRecord`` naming the key; nothing read from etcd crashes the agent.
 
 It must not know about CNI, netlink or OVS; it talks to the world only through
 the Store and Runtime ports.
@@ -30,6 +41,7 @@ the Store and Runtime ports.
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
@@ -40,6 +52,7 @@ from cni.pools import (
     POOLS,
     Block,
     Handle,
+    InvalidRecord,
     PodRef,
     Pool,
     block_key,
@@ -51,6 +64,7 @@ from foundation.logic.mutex import Mutex
 from foundation.ports import Compare, DeleteOp, GetOp, PutOp, Runtime, Store, StoreError, StoreUnavailable
 
 NO_POD = PodRef()
+log = logging.getLogger(__name__)
 
 
 class IpamError(Exception):
@@ -71,6 +85,23 @@ class UnknownPool(IpamError):
 
 class TooMuchContention(IpamError):
     """Compare-and-swap kept failing; the caller may retry later."""
+
+
+class HeldElsewhere(IpamError):
+    """(container, interface) holds an address on another node: nothing here may touch it."""
+
+    def __init__(self, handle: str, node: str, address: IPv4Address, here: str) -> None:
+        super().__init__(f"{handle} holds {address} on node {node}, not on {here}; DEL it on {node} first")
+        self.handle, self.node, self.address = handle, node, address
+
+
+class CorruptRecord(IpamError):
+    """A record this request needs is invalid in the Store (set aside; an operator must repair it)."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -123,6 +154,23 @@ class _Stray:
     mod_revision: int
 
 
+@dataclass(frozen=True)
+class _Located:
+    """Where a handle's allocation is: its block (as of ``mod_revision``) and offset, and its record's revision."""
+
+    block: Block
+    mod_revision: int
+    offset: int
+    handle_revision: int
+
+
+@dataclass(frozen=True)
+class _Foreign:
+    """A handle record of another node's allocation."""
+
+    record: Handle
+
+
 @dataclass
 class _Cached:
     block: Block
@@ -151,6 +199,56 @@ class Ipam:
         # Where this node starts looking for a free block: spread nodes over the pool so
         # that fifty nodes claiming at once do not all race for the first free block.
         self._start = zlib.crc32(self.node.encode())
+        self._invalid_pools: dict[str, str] = {}  # pool name -> why its record was set aside
+        self._reported: dict[tuple[str, int], None] = {}  # invalid records logged already (key, mod_revision)
+
+    # ------------------------------------------------------------------ decoding what the Store holds
+    def _set_aside(self, key: str, mod_revision: int, reason: str) -> None:
+        """Log an invalid record once per version; the caller skips it."""
+        if (key, mod_revision) in self._reported:
+            return
+        if len(self._reported) >= 4096:  # bounded: a flood of bad records cannot grow memory
+            self._reported.clear()
+        self._reported[(key, mod_revision)] = None
+        log.warning("set aside an invalid IPAM record %s (revision %d): %s", key, mod_revision, reason)
+        self.runtime.trace("ipam-invalid-record", key=key, error=reason)
+
+    def _decode_block(self, kv) -> Block | None:
+        """The block record ``kv``, or None (logged) when it is invalid or not the block its key names."""
+        try:
+            block = Block.from_bytes(kv.value)
+            if block.key != kv.key:
+                raise InvalidRecord("block", f"it describes {block.key}")
+            pool = self._pools.get(block.pool)
+            if pool is not None and (block.cidr.prefixlen != pool.block_prefixlen
+                                     or not block.cidr.subnet_of(pool.cidr)):
+                raise InvalidRecord("block", f"{block.cidr} is not a block of pool {pool.name} ({pool.cidr})")
+        except (InvalidRecord, ValueError) as exc:  # ValueError: a key parse_block_key cannot read
+            self._set_aside(kv.key, kv.mod_revision, str(exc))
+            return None
+        return block
+
+    def decode_handle(self, kv) -> Handle | None:
+        """The handle record ``kv``, or None (logged) when it is invalid or not the handle its key names."""
+        try:
+            record = Handle.from_bytes(kv.value)
+            if record.key != kv.key:
+                raise InvalidRecord("handle", f"it describes {record.key}")
+        except InvalidRecord as exc:
+            self._set_aside(kv.key, kv.mod_revision, str(exc))
+            return None
+        return record
+
+    async def _handle_record(self, handle: str) -> tuple[Handle, int] | None:
+        """The Store's record of ``handle`` with its mod_revision; None if absent; ``CorruptRecord`` if invalid."""
+        key = handle_key(handle)
+        kv = await self.store.get(key)
+        if kv is None:
+            return None
+        record = self.decode_handle(kv)
+        if record is None:
+            raise CorruptRecord(key, "the handle record is invalid (set aside)")
+        return record, kv.mod_revision
 
     # ------------------------------------------------------------------ state
     async def load(self) -> None:
@@ -159,13 +257,28 @@ class Ipam:
         found = await self.store.range(BLOCKS)
         self._blocks = {}
         for kv in found.kvs:
-            block = Block.from_bytes(kv.value)
-            if block.node == self.node:
+            block = self._decode_block(kv)
+            if block is None:
+                self._foreign.add(kv.key)  # never ours to use, nor to claim
+            elif block.node == self.node:
                 self._blocks[kv.key] = _Cached(block, kv.mod_revision)
 
     async def refresh_pools(self) -> dict[str, Pool]:
         found = await self.store.range(POOLS)
-        self._pools = {pool.name: pool for pool in (Pool.from_bytes(kv.value) for kv in found.kvs)}
+        pools: dict[str, Pool] = {}
+        invalid: dict[str, str] = {}
+        for kv in found.kvs:
+            name = kv.key.removeprefix(POOLS)
+            try:
+                pool = Pool.from_bytes(kv.value)
+                if pool.key != kv.key:
+                    raise InvalidRecord("pool", f"it describes pool {pool.name}")
+            except InvalidRecord as exc:
+                self._set_aside(kv.key, kv.mod_revision, str(exc))
+                invalid[name] = str(exc)
+                continue
+            pools[pool.name] = pool
+        self._pools, self._invalid_pools = pools, invalid
         return self._pools
 
     @property
@@ -184,6 +297,8 @@ class Ipam:
             return [self._pools[name] for name in sorted(self._pools)]
         missing = [name for name in wanted if name not in self._pools]
         if missing:
+            if missing[0] in self._invalid_pools:
+                raise CorruptRecord(f"{POOLS}{missing[0]}", self._invalid_pools[missing[0]])
             raise UnknownPool(missing[0])
         return [self._pools[name] for name in wanted]
 
@@ -336,6 +451,11 @@ class Ipam:
         candidates = self._candidates(pools)
         repeat = self._find_cached(handle)
         if repeat is not None:
+            # Our block holds it, but a node that borrowed from our block holds its own
+            # handles in it too: only a handle record naming this node makes it a repeat.
+            known = await self._handle_record(handle)
+            if known is not None and known[0].node != self.node:
+                raise HeldElsewhere(handle, known[0].node, known[0].address, self.node)
             self.stats.fast_repeats += 1
             cached, offset = repeat
             return replace(self._allocation(cached.block, offset, handle), existing=True)
@@ -387,8 +507,8 @@ class Ipam:
             taken = {kv.key: kv for kv in claimed.kvs}
             adopted = False
             for key, kv in taken.items():
-                block = Block.from_bytes(kv.value)
-                if block.node != self.node:
+                block = self._decode_block(kv)
+                if block is None or block.node != self.node:
                     self._foreign.add(key)
                 elif key not in self._blocks:  # ours but unknown to us: a restart raced a claim
                     self._blocks[key] = _Cached(block, kv.mod_revision)
@@ -401,7 +521,9 @@ class Ipam:
                 return await self._commit(block, 0, offset, handle, template)
             if self.borrow:
                 for kv in claimed.kvs:
-                    block = Block.from_bytes(kv.value)
+                    block = self._decode_block(kv)
+                    if block is None:
+                        continue
                     offset = block.free_offset(pool.usable_in_block(block.cidr), now, self.cooldown)
                     if offset is not None:
                         self.stats.borrowed += 1
@@ -461,7 +583,11 @@ class Ipam:
         current_block, existing_handle = result.responses[0].first(), result.responses[1].first()
         self._remember(block.key, current_block)
         if existing_handle is not None:  # a repeated ADD whose allocation we did not have cached
-            known = Handle.from_bytes(existing_handle.value)
+            known = self.decode_handle(existing_handle)
+            if known is None:
+                raise CorruptRecord(existing_handle.key, "the handle record is invalid (set aside)")
+            if known.node != self.node:
+                raise HeldElsewhere(handle, known.node, known.address, self.node)
             owner_pool = self._pools.get(known.pool) or pool
             return Allocation(known.address, owner_pool, owner_pool.block_of(known.address), handle, existing=True)
         return None
@@ -471,8 +597,8 @@ class Ipam:
         if kv is None:
             self._blocks.pop(key, None)
             return
-        block = Block.from_bytes(kv.value)
-        if block.node == self.node:
+        block = self._decode_block(kv)
+        if block is not None and block.node == self.node:
             self._blocks[key] = _Cached(block, kv.mod_revision)
         else:
             self._blocks.pop(key, None)
@@ -490,66 +616,88 @@ class Ipam:
         return Allocation(block.address(offset), pool, block.cidr, handle)
 
     async def lookup(self, container_id: str, ifname: str) -> Allocation | None:
-        """The address (container, interface) holds according to the Store (not our cache), or None."""
+        """The address (container, interface) holds according to the Store (not our cache), or None.
+
+        ``HeldElsewhere`` when another node holds it; ``CorruptRecord`` when a record it needs is invalid.
+        """
         handle = handle_id(container_id, ifname)
-        located = await self._locate(handle)
+        located = await self._locate(handle, use_cache=False)
         if located is None or isinstance(located, _Stray):
             return None
-        block, _, offset = located
-        return self._allocation(block, offset, handle)
+        if isinstance(located, _Foreign):
+            raise HeldElsewhere(handle, located.record.node, located.record.address, self.node)
+        return self._allocation(located.block, located.offset, handle)
 
     # ------------------------------------------------------------------ release
-    async def release(self, container_id: str, ifname: str) -> Allocation | None:
-        """Free the address of (container, interface); None if it had none (idempotent)."""
+    async def release(self, container_id: str, ifname: str, *, cool_down: bool = True) -> Allocation | None:
+        """Free the address of (container, interface); None if it had none here (idempotent).
+
+        Another node's allocation of the same (container, interface) is left alone (None).
+        ``cool_down=False`` only for an address that was never plumbed (a failed ADD's undo):
+        it may be handed out again at once. ``CorruptRecord`` when a record it needs is invalid.
+        """
         handle = handle_id(container_id, ifname)
         async with self._lock:
             for _ in range(self.max_attempts):
-                found = self._find_cached(handle)
-                if found is not None:
-                    cached, offset = found
-                    block, mod_revision = cached.block, cached.mod_revision
-                else:
-                    located = await self._locate(handle)
-                    if located is None:
-                        return None
-                    if isinstance(located, _Stray):
-                        # The handle points at no allocation (its block was freed by gc):
-                        # remove the record alone, unless someone rewrote it meanwhile.
-                        key = handle_key(handle)
-                        await self.store.txn([Compare.mod_is(key, located.mod_revision)], [DeleteOp(key)])
-                        return None
-                    block, mod_revision, offset = located
-                done = await self._free(block, mod_revision, offset, handle)
+                located = await self._locate(handle, use_cache=True)
+                if located is None:
+                    return None
+                if isinstance(located, _Foreign):
+                    self.runtime.trace("ipam-release-foreign", handle=handle, node=located.record.node)
+                    return None
+                if isinstance(located, _Stray):
+                    # The handle points at no allocation (its block was freed by gc):
+                    # remove the record alone, unless someone rewrote it meanwhile.
+                    key = handle_key(handle)
+                    await self.store.txn([Compare.mod_is(key, located.mod_revision)], [DeleteOp(key)])
+                    return None
+                done = await self._free(located, handle, cool_down)
                 if done is not None:
                     return done
             raise TooMuchContention(f"gave up releasing {handle} after {self.max_attempts} conflicting attempts")
 
-    async def _locate(self, handle: str) -> tuple[Block, int, int] | _Stray | None:
-        """Find a handle's allocation in the Store (it is not in one of our blocks)."""
-        kv = await self.store.get(handle_key(handle))
-        if kv is None:
+    async def _locate(self, handle: str, *, use_cache: bool) -> _Located | _Stray | _Foreign | None:
+        """Find a handle's allocation: its record in the Store, then its block (ours cached, if allowed)."""
+        found = await self._handle_record(handle)
+        if found is None:
             return None
-        record = Handle.from_bytes(kv.value)
+        record, handle_revision = found
+        if record.node != self.node:
+            return _Foreign(record)
+        if use_cache:
+            cached = self._find_cached(handle)
+            if cached is not None and cached[0].block.address(cached[1]) == record.address:
+                return _Located(cached[0].block, cached[0].mod_revision, cached[1], handle_revision)
         pool = self._pools.get(record.pool) or (await self.refresh_pools()).get(record.pool)
         if pool is None:
-            return _Stray(kv.mod_revision)
-        block_kv = await self.store.get(block_key(pool.name, pool.block_of(record.address)))
+            if record.pool in self._invalid_pools:
+                raise CorruptRecord(f"{POOLS}{record.pool}", self._invalid_pools[record.pool])
+            return _Stray(handle_revision)
+        key = block_key(pool.name, pool.block_of(record.address))
+        block_kv = await self.store.get(key)
         if block_kv is None:
-            return _Stray(kv.mod_revision)
-        block = Block.from_bytes(block_kv.value)
+            return _Stray(handle_revision)
+        block = self._decode_block(block_kv)
+        if block is None:
+            raise CorruptRecord(key, "the block record is invalid (set aside)")
         offset = block.offset(record.address)
         if block.allocations.get(offset) != handle:
-            return _Stray(kv.mod_revision)
-        return block, block_kv.mod_revision, offset
+            return _Stray(handle_revision)
+        return _Located(block, block_kv.mod_revision, offset, handle_revision)
 
-    async def _free(self, block: Block, mod_revision: int, offset: int, handle: str) -> Allocation | None:
+    async def _free(self, located: _Located, handle: str, cool_down: bool = True) -> Allocation | None:
+        block, mod_revision, offset = located.block, located.mod_revision, located.offset
         now = self.runtime.wall_time()
         allocations = {o: h for o, h in block.allocations.items() if o != offset}
-        updated = Block(block.pool, block.cidr, block.node, allocations, {**block.released, offset: now})
+        released = {o: t for o, t in block.released.items() if o != offset}
+        if cool_down:
+            released[offset] = now
+        updated = Block(block.pool, block.cidr, block.node, allocations, released)
         updated.forget_old_releases(now, self.cooldown)
         self.stats.transactions += 1
         result = await self.store.txn(
-            [Compare.mod_is(block.key, mod_revision)],
+            # The handle too: its record is the one we read (no release and re-ADD elsewhere since).
+            [Compare.mod_is(block.key, mod_revision), Compare.mod_is(handle_key(handle), located.handle_revision)],
             [PutOp(block.key, updated.to_bytes()), DeleteOp(handle_key(handle))],
             [GetOp(block.key)],
         )
@@ -560,4 +708,3 @@ class Ipam:
         self.stats.conflicts += 1
         self._remember(block.key, result.responses[0].first())
         return None
-

@@ -210,9 +210,10 @@ class Pool:
 
         def build(data: dict[str, Any]) -> Pool:
             exclude = data.get("exclude", [])
-            if not isinstance(exclude, list):
-                raise InvalidRecord("pool", "exclude is not a list")
-            return Pool.parse(data["name"], data["cidr"], data["vlan"], data["gateway"], exclude,
+            if not isinstance(exclude, list) or not all(isinstance(item, str) for item in exclude):
+                raise InvalidRecord("pool", "exclude is not a list of strings")
+            return Pool.parse(_str("pool", data, "name"), _str("pool", data, "cidr"), data["vlan"],
+                              _str("pool", data, "gateway"), exclude,
                               data.get("block_size", DEFAULT_BLOCK_SIZE))
 
         return _decode("pool", raw, build)

@@ -48,8 +48,18 @@ Invariants (beyond the port's):
   checksum still unfilled (CHECKSUM_PARTIAL), vswitchd forwards the bytes as they
   are, and the receiving pod drops them as corrupt. Ping works without this; TCP
   does not.
+* A pod's netns path is opened only after ``stat`` says it is a regular file (what
+  a namespace file looks like), with ``O_NONBLOCK`` (a FIFO swapped in meanwhile
+  cannot block the worker) and ``O_NOCTTY``; the open file must be the one
+  stat saw, on nsfs (``fstatfs`` magic ``NSFS_MAGIC``), a *network* namespace
+  (``NS_GET_NSTYPE``) and not the agent's own (``/proc/self/ns/net``): anything
+  else is ``InvalidNetns``. No ``O_NOFOLLOW``: ``/proc/PID/ns/net`` is itself a
+  (magic) symlink the spec allows; what the path resolves to is checked instead.
+  ``check_netns`` runs these checks off the worker thread, so even a path on a
+  hung filesystem cannot stall the other pods' operations.
 * Every failure is a ``DataplaneError`` naming its step; a missing netns is
-  ``NetnsNotFound``. ``attach`` removes only what it made itself.
+  ``NetnsNotFound``, an unusable one ``InvalidNetns``. ``attach`` removes only what
+  it made itself; if that removal fails, the error's ``undone`` is False.
 
 It must not know about IPAM, pools, etcd or the CNI wire format.
 """
@@ -65,6 +75,7 @@ import ipaddress
 import logging
 import os
 import socket
+import stat
 import struct
 import threading
 import time
@@ -85,6 +96,7 @@ from foundation.ports.dataplane import (
     AttachedInterface,
     Attachment,
     DataplaneError,
+    InvalidNetns,
     NetnsNotFound,
     PortRecord,
     host_ifname,
@@ -100,6 +112,8 @@ EXT_NETNS = "leengine/netns"
 T = TypeVar("T")
 
 _CLONE_NEWNET = 0x40000000
+_NSFS_MAGIC = 0x6E736673  # statfs f_type of the namespace filesystem (linux/magic.h)
+_NS_GET_NSTYPE = 0xB703  # ioctl: the CLONE_NEW* type of a namespace file (Linux >= 4.11)
 _SIOCETHTOOL = 0x8946
 _ETHTOOL_GTXCSUM = 0x16
 _ETHTOOL_STXCSUM = 0x17
@@ -126,13 +140,63 @@ class _NetnsLeak(DataplaneError):
     """The worker thread could not return to its own netns: it must not be used again."""
 
 
+_NOT_FOUND = (FileNotFoundError, ProcessLookupError, NotADirectoryError)
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a directory"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a namespace file"
+
+
+def _fs_type(fd: int) -> int | None:
+    buf = ctypes.create_string_buffer(256)  # struct statfs: 120 bytes on 64-bit Linux; f_type comes first
+    if _libc.fstatfs(fd, buf) != 0:
+        return None
+    return struct.unpack_from("l", buf.raw)[0]
+
+
 def _open_netns(path: str) -> int:
+    """An fd of the pod network namespace at ``path``; ``InvalidNetns`` (never a block) for anything else."""
     try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
+        seen = os.stat(path)  # before opening: opening a FIFO blocks, opening a device may act on it
+    except _NOT_FOUND:
         raise NetnsNotFound(path) from None
     except OSError as exc:
-        raise DataplaneError("open netns", f"{path}: {exc.strerror}") from exc
+        raise InvalidNetns(path, f"{path}: {exc.strerror}") from None
+    if not stat.S_ISREG(seen.st_mode):
+        raise InvalidNetns(path, f"{path} is not a network namespace: it is {_file_kind(seen.st_mode)}")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    except _NOT_FOUND:
+        raise NetnsNotFound(path) from None
+    except OSError as exc:
+        raise InvalidNetns(path, f"{path}: {exc.strerror}") from None
+    try:
+        opened = os.fstat(fd)
+        if (opened.st_dev, opened.st_ino) != (seen.st_dev, seen.st_ino):
+            raise InvalidNetns(path, f"{path} changed while it was being opened")
+        if _fs_type(fd) != _NSFS_MAGIC:
+            raise InvalidNetns(path, f"{path} is not a network namespace: a regular file, not on nsfs")
+        try:
+            kind = fcntl.ioctl(fd, _NS_GET_NSTYPE)
+        except OSError:
+            kind = _CLONE_NEWNET  # an old kernel: setns(CLONE_NEWNET) refuses any other kind later
+        if kind != _CLONE_NEWNET:
+            raise InvalidNetns(path, f"{path} is a namespace of another kind, not a network namespace")
+        own = os.stat("/proc/self/ns/net")
+        if (opened.st_dev, opened.st_ino) == (own.st_dev, own.st_ino):
+            raise InvalidNetns(path, f"{path} is the node's own network namespace (the agent's), not a pod's")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _probe_netns(path: str) -> None:
+    os.close(_open_netns(path))
 
 
 def _setns(fd: int) -> int:
@@ -626,6 +690,11 @@ class OvsDataplane:
 
     # ------------------------------------------------------------ the port
 
+    async def check_netns(self, netns: str) -> None:
+        # Not on the worker: it needs none of its state, and a path on a hung filesystem
+        # would stall every other pod's operation behind it there.
+        await asyncio.get_running_loop().run_in_executor(None, _probe_netns, netns)
+
     async def attach(self, attachment: Attachment) -> AttachedInterface:
         return await self._call(self._attach, attachment)
 
@@ -847,6 +916,7 @@ class OvsDataplane:
             except Exception as undo_exc:  # report, keep undoing the rest
                 log.error("attach undo: %s failed: %s", what, undo_exc)
                 exc.add_note(f"undo: {what} failed: {undo_exc}")
+                exc.undone = False
 
     # ------------------------------------------------------------ detach
 
@@ -890,8 +960,8 @@ class OvsDataplane:
     def _delete_pod_end(self, netns: str, ifname: str) -> None:
         try:
             ns_fd = _open_netns(netns)
-        except NetnsNotFound:
-            return  # the pod's netns is gone, and its end of the veth with it
+        except InvalidNetns:
+            return  # the pod's netns is gone (its end of the veth with it), or never was one: nothing of ours
         try:
             try:
                 ns_ipr = _netns_iproute(ns_fd, netns)
@@ -957,8 +1027,8 @@ class OvsDataplane:
 
         try:
             ns_fd = _open_netns(att.netns)
-        except NetnsNotFound:
-            diffs.append(f"network namespace {att.netns} does not exist")
+        except InvalidNetns as exc:
+            diffs.append(exc.reason)
             return diffs
         try:
             ns_ipr = _netns_iproute(ns_fd, att.netns)

@@ -10,7 +10,14 @@ restarted agent can find it again.
 
 Invariants every adapter keeps:
 * ``attach`` is all or nothing: if a step fails, what it already made is removed
-  before the error is raised (``DataplaneError`` with the step that failed).
+  before the error is raised (``DataplaneError`` with the step that failed). If
+  removing something failed too, the error says so (``undone`` is False): the
+  address may still sit on a leftover interface.
+* A pod's netns must be a network namespace and not the node's own (the one the
+  agent runs in): ``check_netns`` says so before anything is made (the agent asks
+  before it allocates an address), and ``attach`` checks again. A path that is
+  not one (a FIFO, a device, a directory, another kind of namespace) is
+  ``InvalidNetns`` and never blocks the caller; a missing one ``NetnsNotFound``.
 * ``detach`` is idempotent: a port, veth or netns already gone is success.
 * When ``detach`` returns the port is off the bridge: its OVSDB row is gone, so
   nothing is forwarded to it any more. The veth pair may outlive the call for a
@@ -38,18 +45,30 @@ from typing import Protocol
 
 
 class DataplaneError(Exception):
-    """A dataplane step failed; ``step`` names it (e.g. "create veth", "add OVS port")."""
+    """A dataplane step failed; ``step`` names it (e.g. "create veth", "add OVS port").
+
+    ``undone``: False when ``attach`` could not remove all it had made (a leftover may
+    still carry the address); True otherwise.
+    """
 
     def __init__(self, step: str, reason: str) -> None:
         super().__init__(f"{step}: {reason}")
         self.step = step
         self.reason = reason
+        self.undone = True
 
 
-class NetnsNotFound(DataplaneError):
-    def __init__(self, netns: str) -> None:
-        super().__init__("open netns", f"network namespace {netns} does not exist")
+class InvalidNetns(DataplaneError):
+    """The path given as a pod's netns is not usable as one; ``reason`` says why."""
+
+    def __init__(self, netns: str, reason: str) -> None:
+        super().__init__("open netns", reason)
         self.netns = netns
+
+
+class NetnsNotFound(InvalidNetns):
+    def __init__(self, netns: str) -> None:
+        super().__init__(netns, f"network namespace {netns} does not exist")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +114,12 @@ class PortRecord:
 
 
 class Dataplane(Protocol):
+    async def check_netns(self, netns: str) -> None:
+        """Succeed if ``netns`` is a pod network namespace (not the node's own); ``InvalidNetns`` if not.
+
+        Quick and side-effect free: it never blocks on what the path names.
+        """
+
     async def attach(self, attachment: Attachment) -> AttachedInterface: ...
 
     async def detach(self, container_id: str, ifname: str, netns: str | None) -> None:

@@ -4,8 +4,9 @@ It keeps what a real node would have (the port on the bridge with its VLAN tag
 and external_ids, the pod interface with its address, route and MTU) so CHECK and
 GC see the same picture they would see for real, and it keeps the port's
 promises: attach is all or nothing, detach is idempotent. Failures: a netns that
-does not exist, a step that fails on the next attach, a node whose runtime died
-(every interface gone at once). It must not know IPAM or CNI.
+does not exist (or is the node's own, ``HOST_NETNS``), a step that fails on the
+next attach (``fail_next``; with ``leave_behind`` its undo fails too), a node whose
+runtime died (every interface gone at once). It must not know IPAM or CNI.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ from foundation.ports.dataplane import (
     AttachedInterface,
     Attachment,
     DataplaneError,
+    InvalidNetns,
     NetnsNotFound,
     PortRecord,
     host_ifname,
 )
 
+# Paths that name the node's own network namespace (where the agent runs): never a pod's.
+HOST_NETNS = ("/proc/self/ns/net", "/proc/1/ns/net", "/proc/thread-self/ns/net")
 STEPS = ("open netns", "create veth", "add OVS port", "configure pod interface", "delete veth")
 
 
@@ -37,6 +41,7 @@ class SimDataplane:
         self.interfaces: dict[tuple[str, str], _Plumbed] = {}  # (container, ifname) -> what attach made
         self.bridges: set[str] = {"br-int"}
         self.fail_next: str | None = None  # a step from STEPS: the next attach fails there
+        self.leave_behind = False  # fail_next's undo fails too: the interface stays, and the error says so
         self.attaches = 0
         self.detaches = 0
 
@@ -58,19 +63,36 @@ class SimDataplane:
     def _step(self, step: str) -> None:
         if self.fail_next == step:
             self.fail_next = None
-            raise DataplaneError(step, "injected failure")
+            error = DataplaneError(step, "injected failure")
+            if self.leave_behind and step != "open netns":
+                error.undone = False
+                error.add_note("undo: delete veth failed: injected failure")
+            raise error
+
+    def _netns(self, netns: str) -> None:
+        if netns in HOST_NETNS:
+            raise InvalidNetns(netns, f"{netns} is the node's own network namespace, not a pod's")
+        if netns not in self.netns:
+            raise NetnsNotFound(netns)
+
+    async def check_netns(self, netns: str) -> None:
+        self._netns(netns)
 
     async def attach(self, attachment: Attachment) -> AttachedInterface:
         self._step("open netns")
-        if attachment.netns not in self.netns:
-            raise NetnsNotFound(attachment.netns)
-        self._step("create veth")
-        if attachment.bridge not in self.bridges:
-            raise DataplaneError("add OVS port", f"bridge {attachment.bridge} does not exist")
-        self._step("add OVS port")
-        self._step("configure pod interface")  # nothing is recorded before every step passed: all or nothing
-        self.attaches += 1
+        self._netns(attachment.netns)
         mac = "0a:58:" + ":".join(f"{b:02x}" for b in bytes.fromhex(attachment.host_ifname[2:10]))
+        try:
+            self._step("create veth")
+            if attachment.bridge not in self.bridges:
+                raise DataplaneError("add OVS port", f"bridge {attachment.bridge} does not exist")
+            self._step("add OVS port")
+            self._step("configure pod interface")  # nothing is recorded before every step passed: all or nothing
+        except DataplaneError as exc:
+            if not exc.undone:  # the undo failed: what it could not remove is still there
+                self.interfaces[(attachment.container_id, attachment.ifname)] = _Plumbed(attachment, mac)
+            raise
+        self.attaches += 1
         self.interfaces[(attachment.container_id, attachment.ifname)] = _Plumbed(attachment, mac)
         return AttachedInterface(attachment.host_ifname, "02:" + mac[3:], attachment.ifname, mac, attachment.netns)
 

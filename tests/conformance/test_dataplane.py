@@ -22,7 +22,14 @@ from dataclasses import dataclass, replace
 import pytest
 
 from foundation.adapters.ovs_dataplane import OvsDataplane
-from foundation.ports.dataplane import Attachment, DataplaneError, NetnsNotFound, PortRecord, host_ifname
+from foundation.ports.dataplane import (
+    Attachment,
+    DataplaneError,
+    InvalidNetns,
+    NetnsNotFound,
+    PortRecord,
+    host_ifname,
+)
 from sim.adapters.dataplane import SimDataplane
 from sim.adapters.runtime import SimRuntime
 
@@ -179,6 +186,24 @@ def test_attach_into_a_missing_netns_raises_netns_not_found_and_leaves_nothing(d
         assert att.netns in str(err.value)
         assert await dp.ports(h.bridge) == []
         await dp.detach(att.container_id, att.ifname, att.netns)  # nothing there: still success
+
+    dataplane_harness.run(body)
+
+
+def test_check_netns_accepts_a_pod_netns_and_refuses_a_missing_one_and_the_nodes_own(dataplane_harness):
+    async def body(h):
+        dp = h.dataplane
+        await dp.check_netns(h.make_netns())  # a pod's: fine
+        with pytest.raises(NetnsNotFound) as err:
+            await dp.check_netns(h.missing_netns)
+        assert err.value.netns == h.missing_netns and err.value.step == "open netns"
+        with pytest.raises(InvalidNetns) as err:
+            await dp.check_netns("/proc/self/ns/net")  # the agent's own namespace is never a pod's
+        assert not isinstance(err.value, NetnsNotFound) and "own network namespace" in str(err.value)
+        att = h.attachment("/proc/self/ns/net")
+        with pytest.raises(InvalidNetns):
+            await dp.attach(att)  # attach checks again, whoever calls it
+        assert await dp.ports(h.bridge) == []
 
     dataplane_harness.run(body)
 

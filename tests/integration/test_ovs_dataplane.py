@@ -10,6 +10,7 @@ is removed by fixture finalizers, also when the test fails. Needs root.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import itertools
 import json
@@ -22,7 +23,7 @@ import time
 import pytest
 
 from foundation.adapters.ovs_dataplane import EXT_CONTAINER_ID, EXT_IFNAME, EXT_NETNS, OvsDataplane
-from foundation.ports.dataplane import Attachment, DataplaneError, NetnsNotFound, host_ifname
+from foundation.ports.dataplane import Attachment, DataplaneError, InvalidNetns, NetnsNotFound, host_ifname
 
 TOKEN = f"{os.getpid() % 0x10000:04x}"  # keeps names unique between concurrent runs; bridge names <= 15 bytes
 NODE0, NODE1, TRUNK = f"lz{TOKEN}n0", f"lz{TOKEN}n1", f"lz{TOKEN}tr"
@@ -321,6 +322,60 @@ def test_attach_into_missing_netns_raises_and_leaves_nothing(lab):
     assert err.value.step == "open netns" and att.netns in str(err.value)
     assert lab.port_names(NODE0) == before
     assert not link_exists(att.host_ifname)
+
+
+def test_a_fifo_as_netns_is_refused_at_once_and_the_worker_keeps_serving(lab, tmp_path):
+    fifo = tmp_path / "not-a-netns"
+    os.mkfifo(fifo)
+    att = lab.attachment(lab.pod(), NODE0, 119, "198.18.19.2/24")
+    bad = Attachment(**{**{f: getattr(att, f) for f in Attachment.__slots__}, "container_id": f"lz{TOKEN}-fifo",
+                        "netns": str(fifo)})
+    before = lab.port_names(NODE0)
+
+    async def attempts() -> tuple[float, str]:
+        started = time.monotonic()
+        with pytest.raises(InvalidNetns) as err:
+            await asyncio.wait_for(lab.dp.attach(bad), 5)
+        return time.monotonic() - started, str(err.value)
+
+    try:
+        took, message = run(attempts())
+    finally:
+        # Had an open blocked on the FIFO, a writer releases it (so a failure here cannot hang the run).
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert took < 1.0 and "FIFO" in message and str(fifo) in message
+    with pytest.raises(InvalidNetns):
+        run(asyncio.wait_for(lab.dp.check_netns(str(fifo)), 5))
+    assert lab.port_names(NODE0) == before and not link_exists(bad.host_ifname)
+    # The one worker thread is free: the next attach works at once.
+    run(asyncio.wait_for(lab.dp.attach(att), 10))
+    assert run(lab.dp.check(att)) == []
+
+
+@pytest.mark.parametrize("path, why", [
+    ("/proc/self/ns/net", "own network namespace"),
+    ("/proc/self/ns/mnt", "another kind"),
+    ("/dev/null", "character device"),
+    ("/etc/hostname", "not on nsfs"),
+    ("/var/run", "directory"),
+])
+def test_what_is_not_a_pod_netns_is_refused_with_the_reason_and_leaves_nothing(lab, path, why):
+    if not os.path.exists(path):
+        pytest.skip(f"{path} does not exist here")
+    att = Attachment(container_id=f"lz{TOKEN}-host", netns=path, ifname=f"lz{TOKEN}h", bridge=NODE0, vlan=120,
+                     address="198.18.20.2/24", gateway="198.18.20.1")
+    before = lab.port_names(NODE0)
+    for call in (lab.dp.check_netns(path), lab.dp.attach(att)):
+        with pytest.raises(InvalidNetns) as err:
+            run(asyncio.wait_for(call, 5))
+        assert err.value.step == "open netns" and why in str(err.value) and path in str(err.value)
+        assert not isinstance(err.value, NetnsNotFound)
+    assert lab.port_names(NODE0) == before
+    assert not link_exists(att.host_ifname) and not link_exists(att.ifname)  # nothing in the host netns either
+    assert any(why in problem for problem in run(lab.dp.check(att)))
+    run(lab.dp.detach(att.container_id, att.ifname, path))  # DEL: nothing of ours there, success
+    assert not link_exists(att.ifname)
 
 
 def test_attach_failing_midway_undoes_veth_and_port(lab):
