@@ -13,21 +13,21 @@ import pytest
 from cni.ipam import Ipam
 from cni.pools import PodRef
 from foundation.adapters.asyncio_runtime import AsyncioRuntime
-from foundation.adapters.etcd_store import EtcdStore
+from leengine.etcd_options import open_store
 from leengine.kube_mock import KubeApiMock
 
 
 @pytest.fixture
 def etcd(etcd_server):
-    """The session's etcd with an empty /ipam/ before and after the test."""
+    """The session's etcd (TLS, client certificates) with an empty /ipam/ before and after the test."""
 
     async def wipe():
-        store = await EtcdStore.open(etcd_server.endpoint)
+        store = await open_store(etcd_server.endpoint, etcd_server.client_tls)
         await store.delete("/ipam/", prefix=True)
         await store.close()
 
     asyncio.run(wipe())
-    yield etcd_server.endpoint
+    yield etcd_server
     asyncio.run(wipe())
 
 
@@ -38,7 +38,7 @@ def kube():
 
 
 def cnictl(etcd, *args, kube=None):
-    cmd = [sys.executable, "-m", "leengine.cnictl", "--etcd", etcd]
+    cmd = [sys.executable, "-m", "leengine.cnictl", "--etcd", etcd.endpoint, *etcd.client_args]
     if kube is not None:
         cmd += ["--kube-api", kube.url]
     return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=60, check=False)
@@ -48,7 +48,7 @@ def allocate(etcd, node, pods, *, cooldown=60.0):
     """Run the real IPAM of ``node`` for (container, pod name) pairs; return {pod name: address}."""
 
     async def main():
-        store = await EtcdStore.open(etcd)
+        store = await open_store(etcd.endpoint, etcd.client_tls)
         ipam = Ipam(store, AsyncioRuntime(), node, cooldown=cooldown)
         await ipam.load()
         out = {}
@@ -117,7 +117,7 @@ def test_release_never_frees_an_address_reused_since_the_check(etcd, kube):
     assert cnictl(etcd, "check", "--grace", "0", kube=kube).returncode == 0  # 'gone' has no pod: certain at once
 
     async def reuse():  # meanwhile the agent releases it and hands the address to a new pod
-        store = await EtcdStore.open(etcd)
+        store = await open_store(etcd.endpoint, etcd.client_tls)
         ipam = Ipam(store, AsyncioRuntime(), "node-1", cooldown=0)
         await ipam.load()
         await ipam.release("old", "eth0")
@@ -165,9 +165,9 @@ def test_gc_frees_empty_blocks_of_departed_nodes_only(etcd, kube):
 def test_check_without_a_kubernetes_api_is_a_clear_error(etcd):
     missing = cnictl(etcd, "check")
     assert missing.returncode == 1 and "give --kube-api URL or --kubeconfig FILE" in missing.stderr
-    dead = subprocess.run([sys.executable, "-m", "leengine.cnictl", "--etcd", etcd, "--kube-api",
-                           "http://127.0.0.1:9", "--timeout", "2", "check"], capture_output=True, text=True,
-                          timeout=60, check=False)
+    dead = subprocess.run([sys.executable, "-m", "leengine.cnictl", "--etcd", etcd.endpoint, *etcd.client_args,
+                           "--kube-api", "http://127.0.0.1:9", "--timeout", "2", "check"],
+                          capture_output=True, text=True, timeout=60, check=False)
     assert dead.returncode == 1 and "Kubernetes API at http://127.0.0.1:9 unavailable" in dead.stderr
 
 
@@ -176,6 +176,7 @@ def test_check_refuses_to_judge_against_an_api_that_lists_no_pods(etcd, kube):
     allocate(etcd, "node-1", [("c1", "web-1")])
     refused = cnictl(etcd, "check", kube=kube)  # wrong cluster or broken API: zero pods
     assert refused.returncode == 1 and "lists no pods while 1 addresses are allocated" in refused.stderr
-    leaks = subprocess.run([sys.executable, "-m", "leengine.cli", "store", "ls", "/ipam/leaks/", "--endpoint", etcd],
+    leaks = subprocess.run([sys.executable, "-m", "leengine.cli", "store", "ls", "/ipam/leaks/",
+                            "--endpoint", etcd.endpoint, *etcd.client_args],
                            capture_output=True, text=True, timeout=60, check=True)
     assert leaks.stdout == ""  # nothing recorded either
