@@ -19,6 +19,13 @@ Invariants:
   list is missing is refused (7), never read as "nothing is valid", which would
   release every address on the network.
 * ``CNI_PATH`` is accepted but never required: the agent delegates to no plugin.
+* Hostile input ends in a ``CniError`` with a spec code, never another exception:
+  every ``CNI_*`` value must be valid UTF-8 (4); the configuration is at most
+  ``MAX_CONFIG_BYTES`` (7, permanent: a retry cannot shrink it) and nests at most
+  ``MAX_DEPTH`` levels (6, also when the decoder's own recursion limit is hit);
+  numbers are bounded before anything uses them; a value echoed in an error is cut
+  to ``_ECHO_MAX`` characters. CHECK's ``prevResult`` is checked here, so the handler
+  reads a well-formed one.
 
 It must not know about sockets, the agent's transport, etcd, OVS or netlink, and
 it does no I/O: the plugin and the agent server feed it strings.
@@ -26,6 +33,7 @@ it does no I/O: the plugin and the agent server feed it strings.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from typing import Any
@@ -54,7 +62,11 @@ _BRIDGE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,15}")
 _POOL_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")  # also the etcd key segment /ipam/pools/{pool}
 _ARG_KEY_RE = re.compile(r"[A-Za-z0-9_\-]+")
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes with the terminating NUL
-_AGENT_TIMEOUT_MAX = 600.0
+AGENT_TIMEOUT_MAX = 300.0  # == leengine.cni_plugin.TIMEOUT_MAX (a test keeps them equal)
+MAX_CONFIG_BYTES = 1 << 20  # == leengine.cni_plugin.MAX_STDIN: the plugin refuses more before sending
+MAX_DEPTH = 64  # objects/arrays nested deeper are refused (a CNI configuration needs a handful)
+_NETNS_MAX = 4096  # PATH_MAX
+_ECHO_MAX = 200  # characters of a bad value echoed back in an error's details
 
 # The 1.1.0 result adds these fields; a 1.0.0 result must not carry them.
 _INTERFACE_FIELDS_1_1 = ("mtu", "socketPath", "pciID")
@@ -71,12 +83,13 @@ def parse_invocation(env: dict[str, str], stdin: str) -> CniRequest:
     if not command:
         raise CniError(INVALID_ENV, "required environment variable CNI_COMMAND is missing", "CNI_COMMAND")
     if command not in COMMANDS:
-        raise CniError(INVALID_ENV, f"unknown CNI_COMMAND {command!r}",
+        raise CniError(INVALID_ENV, f"unknown CNI_COMMAND {_echo(command, 40)}",
                        f"CNI_COMMAND must be one of {', '.join(COMMANDS)}")
     if command == "VERSION":
         # The thin plugin answers VERSION itself; use format_version() for it.
         raise CniError(INVALID_ENV, "CNI_COMMAND VERSION carries no request", "use format_version()")
 
+    _check_env_text(env)
     container_id = netns = ifname = ""
     if command in _ATTACHMENT_COMMANDS:
         container_id, netns, ifname = _attachment_env(command, env)
@@ -90,6 +103,8 @@ def parse_invocation(env: dict[str, str], stdin: str) -> CniRequest:
     if prev_result is not None and not isinstance(prev_result, dict):
         raise CniError(INVALID_CONFIG, "invalid network configuration field prevResult",
                        "prevResult must be a JSON object (the previous plugin's result)")
+    if command == "CHECK" and prev_result is not None:
+        _check_prev_result(prev_result)
     valid_attachments: tuple[tuple[str, str], ...] = ()
     if command == "GC":
         valid_attachments = _valid_attachments(network)
@@ -116,9 +131,9 @@ def parse_cni_args(raw: str) -> dict[str, str]:
             continue  # "A=1;" and "" are common and harmless
         key, sep, value = pair.partition("=")
         if not sep or not _ARG_KEY_RE.fullmatch(key):
-            raise CniError(INVALID_ENV, "invalid CNI_ARGS", f"CNI_ARGS: bad pair {pair!r}, expected KEY=VALUE")
+            raise CniError(INVALID_ENV, "invalid CNI_ARGS", f"CNI_ARGS: bad pair {_echo(pair)}, expected KEY=VALUE")
         if key in args:
-            raise CniError(INVALID_ENV, "invalid CNI_ARGS", f"CNI_ARGS: key {key!r} given twice")
+            raise CniError(INVALID_ENV, "invalid CNI_ARGS", f"CNI_ARGS: key {_echo(key)} given twice")
         args[key] = value
     return args
 
@@ -128,7 +143,7 @@ def validate_container_id(container_id: str) -> None:
         raise CniError(INVALID_ENV, "required environment variable CNI_CONTAINERID is missing", "CNI_CONTAINERID")
     if not _NAME_RE.fullmatch(container_id):
         raise CniError(INVALID_ENV, "invalid characters in CNI_CONTAINERID",
-                       f"CNI_CONTAINERID={container_id!r}: must start with a letter or digit, "
+                       f"CNI_CONTAINERID={_echo(container_id)}: must start with a letter or digit, "
                        "then letters, digits, '_', '.' or '-'")
 
 
@@ -137,14 +152,21 @@ def validate_ifname(ifname: str) -> None:
     if not ifname:
         raise CniError(INVALID_ENV, "required environment variable CNI_IFNAME is missing", "CNI_IFNAME")
     problem = ""
-    if len(ifname) > _IFNAME_MAX:
-        problem = f"longer than {_IFNAME_MAX} characters"
+    try:
+        size = len(ifname.encode("utf-8"))
+    except UnicodeEncodeError:
+        size, problem = 0, "not valid UTF-8"
+    if problem:
+        pass
+    elif size > _IFNAME_MAX:
+        # The kernel counts bytes (IFNAMSIZ), not characters: 8 x 'é' is 16 bytes.
+        problem = f"longer than {_IFNAME_MAX} bytes ({size})"
     elif ifname in (".", ".."):
         problem = "'.' or '..'"
-    elif any(c == "/" or c == ":" or c.isspace() for c in ifname):
-        problem = "contains '/', ':' or whitespace"
+    elif any(c == "/" or c == ":" or c.isspace() or not c.isprintable() for c in ifname):
+        problem = "contains '/', ':', whitespace or a control character"
     if problem:
-        raise CniError(INVALID_ENV, "invalid CNI_IFNAME", f"CNI_IFNAME={ifname!r}: {problem}")
+        raise CniError(INVALID_ENV, "invalid CNI_IFNAME", f"CNI_IFNAME={_echo(ifname)}: {problem}")
 
 
 def format_result(result: dict[str, Any], cni_version: str) -> str:
@@ -167,9 +189,11 @@ def format_version(requested: str) -> str:
 
 def error_version(stdin: str) -> str:
     """The cniVersion to stamp on an error: the configuration's if it has one (the spec says echo it)."""
+    if len(stdin) > MAX_CONFIG_BYTES:
+        return SUPPORTED_VERSIONS[-1]
     try:
         conf = json.loads(stdin)
-    except ValueError:
+    except (ValueError, RecursionError):
         return SUPPORTED_VERSIONS[-1]
     version = conf.get("cniVersion") if isinstance(conf, dict) else None
     return version if isinstance(version, str) and version else SUPPORTED_VERSIONS[-1]
@@ -188,20 +212,63 @@ def _attachment_env(command: str, env: dict[str, str]) -> tuple[str, str, str]:
     container_id, ifname, netns = env["CNI_CONTAINERID"], env["CNI_IFNAME"], env.get("CNI_NETNS", "")
     validate_container_id(container_id)
     validate_ifname(ifname)
-    if netns and not netns.startswith("/"):
-        raise CniError(INVALID_ENV, "invalid CNI_NETNS", f"CNI_NETNS={netns!r}: must be an absolute path")
+    if netns and (not netns.startswith("/") or "\0" in netns or len(netns.encode()) > _NETNS_MAX):
+        raise CniError(INVALID_ENV, "invalid CNI_NETNS",
+                       f"CNI_NETNS={_echo(netns)}: must be an absolute path of at most {_NETNS_MAX} bytes")
     return container_id, netns, ifname
 
 
+def _check_env_text(env: dict[str, str]) -> None:
+    """Every CNI_* value is text: a runtime's non-UTF-8 bytes arrive as lone surrogates and would fail later."""
+    for name, value in env.items():
+        if not name.startswith("CNI_"):
+            continue
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CniError(INVALID_ENV, f"invalid {_echo(name, 40)}",
+                           f"{_echo(name, 40)}={_echo(value)}: not valid UTF-8") from None
+
+
 def _decode_config(stdin: str) -> dict[str, Any]:
+    # Characters first (cheap), bytes only near the limit: a character is at most 4 bytes.
+    if len(stdin) > MAX_CONFIG_BYTES or (len(stdin) * 4 > MAX_CONFIG_BYTES
+                                          and len(stdin.encode("utf-8", "surrogatepass")) > MAX_CONFIG_BYTES):
+        raise CniError(INVALID_CONFIG, "network configuration too large",
+                       f"more than {MAX_CONFIG_BYTES} bytes on stdin")
+    try:
+        stdin.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise CniError(DECODE_FAILURE, "failed to decode the network configuration",
+                       f"not valid UTF-8: {exc.reason} at position {exc.start}") from None
     try:
         network = json.loads(stdin)
-    except ValueError as exc:
-        raise CniError(DECODE_FAILURE, "failed to decode the network configuration", str(exc)) from None
+    except RecursionError:
+        raise CniError(DECODE_FAILURE, "failed to decode the network configuration",
+                       f"nested more than {MAX_DEPTH} levels deep") from None
+    except ValueError as exc:  # also integers of more digits than Python converts
+        raise CniError(DECODE_FAILURE, "failed to decode the network configuration", _echo(str(exc))) from None
     if not isinstance(network, dict):
         raise CniError(DECODE_FAILURE, "failed to decode the network configuration",
                        f"expected a JSON object, got {type(network).__name__}")
+    if _depth_exceeds(network, MAX_DEPTH):
+        raise CniError(DECODE_FAILURE, "failed to decode the network configuration",
+                       f"nested more than {MAX_DEPTH} levels deep")
     return network
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests objects/arrays more than ``limit`` deep; iterative, so no recursion limit."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 def _check_version(command: str, network: dict[str, Any]) -> str:
@@ -237,8 +304,8 @@ def _check_config(network: dict[str, Any]) -> None:
             _bad("agentSocket", path, f"an absolute path of at most {_SUN_PATH_MAX} bytes")
     if "agentTimeout" in network:
         timeout = network["agentTimeout"]
-        if not _is_number(timeout) or not 0 < timeout <= _AGENT_TIMEOUT_MAX:
-            _bad("agentTimeout", timeout, f"seconds, a number in (0, {_AGENT_TIMEOUT_MAX:g}]")
+        if not _is_number(timeout) or not 0 < timeout <= AGENT_TIMEOUT_MAX:
+            _bad("agentTimeout", timeout, f"seconds, a number in (0, {AGENT_TIMEOUT_MAX:g}]")
     if "bridge" in network:
         bridge = network["bridge"]
         if not isinstance(bridge, str) or not _BRIDGE_RE.fullmatch(bridge) or bridge in (".", ".."):
@@ -276,6 +343,31 @@ def _valid_attachments(network: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     return tuple(keep)
 
 
+def _check_prev_result(prev: dict[str, Any]) -> None:
+    """The parts of a result CHECK reads: interfaces, ips (each with an address in CIDR form), routes."""
+    for key in ("interfaces", "ips", "routes"):
+        if key in prev and not isinstance(prev[key], list):
+            _bad(f"prevResult.{key}", prev[key], "a list")
+    for index, interface in enumerate(prev.get("interfaces", [])):
+        if not isinstance(interface, dict) or not isinstance(interface.get("name", ""), str):
+            _bad(f"prevResult.interfaces[{index}]", interface, "an object with a string name")
+    for index, ip in enumerate(prev.get("ips", [])):
+        address = ip.get("address") if isinstance(ip, dict) else None
+        if not isinstance(address, str) or not _is_cidr(address):
+            _bad(f"prevResult.ips[{index}]", ip, 'an object with "address": an IP address in CIDR form')
+    for index, route in enumerate(prev.get("routes", [])):
+        if not isinstance(route, dict):
+            _bad(f"prevResult.routes[{index}]", route, "an object")
+
+
+def _is_cidr(text: str) -> bool:
+    try:
+        ipaddress.ip_interface(text)
+    except ValueError:
+        return False
+    return "/" in text
+
+
 def _downgrade_to_1_0(body: dict[str, Any]) -> dict[str, Any]:
     body = dict(body)
     if isinstance(body.get("interfaces"), list):
@@ -293,7 +385,17 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _echo(text: str, limit: int = _ECHO_MAX) -> str:
+    """``repr`` of a user's value, cut: a 1 MB field must not become a 1 MB error (and log line)."""
+    shown = repr(text[: limit + 1])
+    return shown if len(text) <= limit else f"{shown[:limit]}... ({len(text)} characters)"
+
+
 def _bad(field: str, value: Any, expected: str) -> None:
-    # The spec asks code 2/7 messages to name the key and value.
+    # The spec asks code 2/7 messages to name the key and value; the value is cut (and decoded
+    # values nest at most MAX_DEPTH levels, so dumping one cannot exhaust the recursion limit).
+    shown = json.dumps(value)
+    if len(shown) > _ECHO_MAX:
+        shown = f"{shown[:_ECHO_MAX]}... ({len(shown)} characters)"
     raise CniError(INVALID_CONFIG, f"invalid network configuration field {field}",
-                   f"{field}={json.dumps(value)}: expected {expected}")
+                   f"{field}={shown}: expected {expected}")

@@ -62,7 +62,10 @@ log = logging.getLogger("leengine.cni_agent")
 
 DEFAULT_SOCKET = "/run/leengine/cni.sock"
 DEFAULT_MAX_CONCURRENCY = 32
-MAX_REQUEST_BYTES = 1 << 20
+# One request line: the plugin sends at most 1 MiB of configuration (cni.spec.MAX_CONFIG_BYTES), which its
+# ASCII-only JSON escaping can grow up to 6 times (a control character becomes \u0001), and at most 64 KiB
+# of CNI_* variables, likewise.
+MAX_REQUEST_BYTES = 8 << 20
 READ_TIMEOUT = 10.0
 STALE_PROBE_TIMEOUT = 1.0
 
@@ -222,7 +225,7 @@ def _decode_envelope(line: bytes) -> tuple[dict[str, str], str, dict[str, Any] |
     except UnicodeDecodeError as exc:
         return {}, "", _error_answer(CniError(DECODE_FAILURE, "request is not valid UTF-8", str(exc)),
                                      SUPPORTED_VERSIONS[-1])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: JSON nested too deeply
         err = CniError(IO_FAILURE, "malformed agent request",
                        'expected {"env": {CNI_* strings}, "stdin": "<text>"} on one line')
         return {}, "", _error_answer(err, SUPPORTED_VERSIONS[-1])

@@ -22,7 +22,16 @@ error 5.
 
 Socket: ``$LEENGINE_CNI_SOCKET``, else the configuration's ``agentSocket``, else
 ``/run/leengine/cni.sock``. Answer deadline: ``$LEENGINE_CNI_TIMEOUT``, else the
-configuration's ``agentTimeout``, else 30 s (an ADD may wait on etcd and OVS).
+configuration's ``agentTimeout``, else 30 s (an ADD may wait on etcd and OVS); a
+deadline must be a number of seconds in (0, ``TIMEOUT_MAX``]: anything else
+(``inf``, ``nan``, ``1e10``, a string in the configuration) is refused, 4 naming the
+variable or 7 naming the field, never silently replaced by the default.
+
+Bounds checked before anything is sent (permanent errors: a retry cannot fix them):
+stdin is read up to ``MAX_STDIN`` + 1 bytes and more is refused with 7; the CNI_*
+variables together are at most ``MAX_ENV`` bytes (4); a socket path is absolute (in
+the configuration) and fits ``sun_path``. A configuration nested too deeply for
+``json`` is "not JSON" to the plugin; the agent says why (6).
 
 When the agent cannot be reached (no socket, refused, closed without answering,
 no answer in time) the plugin prints the spec's error object and exits 1 with
@@ -56,11 +65,16 @@ DEFAULT_SOCKET = "/run/leengine/cni.sock"
 DEFAULT_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 2.0  # a live agent accepts at once; a full backlog must not hang the runtime
 MAX_ANSWER = 16 << 20
+MAX_STDIN = 1 << 20  # == cni.spec.MAX_CONFIG_BYTES (a test keeps them equal)
+MAX_ENV = 64 << 10  # the CNI_* variables, names and values: a runtime sets a few hundred bytes
+TIMEOUT_MAX = 300.0  # == cni.spec.AGENT_TIMEOUT_MAX
+SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes with the terminating NUL
 
 # The spec's codes (kept local: importing cni.request would cost start-up time).
 INVALID_ENV = 4
 IO_FAILURE = 5
 DECODE_FAILURE = 6
+INVALID_CONFIG = 7
 TRY_AGAIN_LATER = 11
 PLUGIN_NOT_AVAILABLE = 50
 COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
@@ -70,9 +84,16 @@ class _Unreachable(Exception):
     """The agent did not answer: nobody listens, it hung up, or it was too slow."""
 
 
+class _Refused(Exception):
+    """A bad invocation the plugin refuses itself: (code, msg, details)."""
+
+
 def main() -> int:
     command = os.environ.get("CNI_COMMAND", "")
-    raw = sys.stdin.buffer.read()
+    raw = sys.stdin.buffer.read(MAX_STDIN + 1)  # bounded: the rest is never read
+    if len(raw) > MAX_STDIN:
+        return _fail(INVALID_CONFIG, "network configuration too large", f"more than {MAX_STDIN} bytes on stdin",
+                     SUPPORTED_VERSIONS[-1])
     try:
         stdin = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -86,9 +107,16 @@ def main() -> int:
 
     # Parse the configuration only if it may name agentSocket/agentTimeout (a key may also be spelt with \u escapes).
     conf = _loads(stdin) if "agentSocket" in stdin or "agentTimeout" in stdin or "\\u" in stdin else {}
-    path = os.environ.get("LEENGINE_CNI_SOCKET") or _str(conf.get("agentSocket")) or DEFAULT_SOCKET
-    timeout = _timeout(os.environ.get("LEENGINE_CNI_TIMEOUT"), conf.get("agentTimeout"))
-    env = ",".join(_quote(k) + ":" + _quote(v) for k, v in os.environ.items() if k.startswith("CNI_"))
+    try:
+        path = _socket_path(os.environ.get("LEENGINE_CNI_SOCKET"), conf.get("agentSocket"))
+        timeout = _timeout(os.environ.get("LEENGINE_CNI_TIMEOUT"), conf.get("agentTimeout"))
+        cni_env = [(k, v) for k, v in os.environ.items() if k.startswith("CNI_")]
+        if sum(len(k) + len(v) for k, v in cni_env) > MAX_ENV:  # characters; the agent checks UTF-8
+            raise _Refused(INVALID_ENV, "CNI_* environment too large", f"more than {MAX_ENV} bytes in CNI_* variables")
+    except _Refused as refused:
+        code, msg, details = refused.args
+        return _fail(code, msg, details, _error_version(stdin))
+    env = ",".join(_quote(k) + ":" + _quote(v) for k, v in cni_env)
     request = ('{"env":{' + env + '},"stdin":' + _quote(stdin) + "}\n").encode("ascii")
     try:
         answer = _exchange(path, request, timeout)
@@ -160,7 +188,7 @@ def _loads(text: str) -> dict:
 
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply (the agent says so, code 6)
         return _NOT_JSON
     return value if isinstance(value, dict) else _NOT_JSON
 
@@ -214,21 +242,46 @@ def _simple_version(stdin: str) -> str | None:
     return version if plain else None
 
 
-def _str(value: object) -> str:
-    return value if isinstance(value, str) else ""
+def _socket_path(env_value: str | None, conf_value: object) -> str:
+    """The agent's socket: the variable (any path that fits sun_path), the configuration's, or the default."""
+    if env_value:
+        if len(os.fsencode(env_value)) > SUN_PATH_MAX:
+            raise _Refused(INVALID_ENV, "invalid LEENGINE_CNI_SOCKET",
+                           f"LEENGINE_CNI_SOCKET: longer than {SUN_PATH_MAX} bytes")
+        return env_value
+    if conf_value is None:
+        return DEFAULT_SOCKET
+    if (not isinstance(conf_value, str) or not conf_value.startswith("/") or "\0" in conf_value
+            or len(conf_value.encode("utf-8", "surrogatepass")) > SUN_PATH_MAX):
+        raise _Refused(INVALID_CONFIG, "invalid network configuration field agentSocket",
+                       f"agentSocket={_short(conf_value)}: expected an absolute path of at most {SUN_PATH_MAX} bytes")
+    return conf_value
 
 
 def _timeout(env_value: str | None, conf_value: object) -> float:
-    for candidate in (env_value, conf_value):
-        if candidate is None or isinstance(candidate, bool):
-            continue
+    """Seconds to wait for the agent: the variable's, the configuration's, or the default; in (0, TIMEOUT_MAX]."""
+    expected = f"seconds, a number in (0, {TIMEOUT_MAX:g}]"
+    if env_value:
         try:
-            seconds = float(candidate)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            continue
-        if seconds > 0:
-            return seconds
-    return DEFAULT_TIMEOUT
+            seconds = float(env_value)
+        except ValueError:
+            seconds = -1.0
+        if not 0 < seconds <= TIMEOUT_MAX:  # also nan and inf: settimeout() would overflow or never fire
+            raise _Refused(INVALID_ENV, "invalid LEENGINE_CNI_TIMEOUT",
+                           f"LEENGINE_CNI_TIMEOUT={_short(env_value)}: expected {expected}")
+        return seconds
+    if conf_value is None:
+        return DEFAULT_TIMEOUT
+    if (isinstance(conf_value, bool) or not isinstance(conf_value, int | float)
+            or not 0 < conf_value <= TIMEOUT_MAX):
+        raise _Refused(INVALID_CONFIG, "invalid network configuration field agentTimeout",
+                       f"agentTimeout={_short(conf_value)}: expected {expected}")
+    return float(conf_value)
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 100 else text[:100] + "..."
 
 
 def _fail(code: int, msg: str, details: str, cni_version: str) -> int:

@@ -231,7 +231,7 @@ def test_version_is_checked_before_config_fields():
     ("name", None), ("name", ""), ("name", 7), ("name", "-net"), ("name", "my net"), ("name", "a/b"),
     ("type", None), ("type", ""), ("type", ["leengine-cni"]), ("type", "../bin/x"), ("type", "a\\b"),
     ("agentSocket", "relative/cni.sock"), ("agentSocket", 5), ("agentSocket", "/" + "s" * 107),
-    ("agentTimeout", 0), ("agentTimeout", -1), ("agentTimeout", "30"), ("agentTimeout", True), ("agentTimeout", 601),
+    ("agentTimeout", 0), ("agentTimeout", -1), ("agentTimeout", "30"), ("agentTimeout", True), ("agentTimeout", 301),
     ("bridge", ""), ("bridge", "b" * 16), ("bridge", "br pods"), ("bridge", "br/0"), ("bridge", 1), ("bridge", ".."),
     ("pools", "web-a"), ("pools", []), ("pools", ["Web"]), ("pools", ["-a"]), ("pools", ["a" * 64]), ("pools", [1]),
     ("pools", ["a", "a"]), ("pools", ["a_b"]),
@@ -251,7 +251,7 @@ def test_bad_config_field(field, value):
 
 @pytest.mark.parametrize(("field", "value"), [
     ("mtu", 68), ("mtu", 65535), ("bridge", "b" * 15), ("bridge", "br-int.1_x"), ("pools", ["a", "b-2", "z" * 63]),
-    ("agentTimeout", 0.5), ("agentTimeout", 600), ("gratuitousArp", False), ("name", "a.b_c-1"),
+    ("agentTimeout", 0.5), ("agentTimeout", 300), ("gratuitousArp", False), ("name", "a.b_c-1"),
 ])
 def test_good_config_field(field, value):
     assert parse(conf=conf_with(**{field: value})).network[field] == value
