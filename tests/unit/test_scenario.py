@@ -188,7 +188,7 @@ def test_yaml_syntax_error_and_empty_file_and_missing_file(tmp_path):
     with pytest.raises(ScenarioError) as info:
         load_scenario(write(tmp_path, "seed: 1\ntopology: [\n"))
     assert info.value.field == "yaml" and info.value.line >= 2
-    with pytest.raises(ScenarioError, match=r"s\.yaml:1: scenario: the file is empty"):
+    with pytest.raises(ScenarioError, match=r"s\.yaml:1: \(top\): the file is empty"):
         load_scenario(write(tmp_path, ""))
     with pytest.raises(ScenarioError, match=r"nope\.yaml:0: file:"):
         load_scenario(tmp_path / "nope.yaml")
