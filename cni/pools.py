@@ -37,6 +37,14 @@ LEAKS = "/ipam/leaks/"
 POOL_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 NODE_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")  # a Kubernetes node name (DNS subdomain)
 DEFAULT_BLOCK_SIZE = 16
+# Ranges no pod address may come from (RFC 6890): a pool overlapping one is refused.
+_SPECIAL_RANGES = (
+    (IPv4Network("0.0.0.0/8"), "'this network' (unspecified)"),
+    (IPv4Network("127.0.0.0/8"), "loopback"),
+    (IPv4Network("169.254.0.0/16"), "link-local"),
+    (IPv4Network("224.0.0.0/4"), "multicast"),
+    (IPv4Network("240.0.0.0/4"), "reserved (and the broadcast address)"),
+)
 
 
 class InvalidRecord(ValueError):
@@ -132,6 +140,9 @@ class Pool:
             raise PoolConfigError("cidr", f"{cidr!r} is not an IPv4 network in CIDR notation ({exc})") from None
         if network.prefixlen > 30:
             raise PoolConfigError("cidr", f"{cidr} is too small for pods (at most /30)")
+        for special, what in _SPECIAL_RANGES:
+            if network.overlaps(special):
+                raise PoolConfigError("cidr", f"{network} overlaps {special}, {what}: pods cannot use it")
         if isinstance(vlan, bool) or not isinstance(vlan, int) or not 1 <= vlan <= 4094:
             raise PoolConfigError("vlan", f"VLAN must be an integer in 1..4094, got {vlan!r}")
         if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 4 \
