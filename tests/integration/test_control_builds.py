@@ -16,13 +16,15 @@ from control.auth import TokenTable
 from control.generated.leengine.control.v1 import builds_pb2 as pb
 from control.generated.leengine.control.v1 import builds_pb2_grpc
 from foundation.adapters.asyncio_runtime import AsyncioRuntime
-from foundation.adapters.etcd_store import EtcdStore
-from foundation.logic.build_task import BUILD, agent_key, rank_hosts
+from foundation.logic.build_task import BUILD, agent_key, id_key, rank_hosts, result_key
 from foundation.ports import DeleteOp
 from foundation.ports.builder import BuildOutcome, StepTiming
 from leengine.control_server import FIELD_METADATA, start
+from leengine.etcd_options import open_store
 from node.build_agent import BuildAgent, BuildAgentConfig
 
+C1 = "5d41402abc4b2a76b9719d911017c592aabbccdd"  # builds name full commit ids, never refs
+CORRUPT = "7f2a9c0d1e4b5a6978877665544332211009988a"
 TOKENS = {"ops": "admin-0123456789abcdef", "alice": "alice-0123456789abcdef"}
 TABLE = TokenTable.from_entries([(TOKENS["ops"], "ops", "admin"), (TOKENS["alice"], "alice", "user")])
 
@@ -42,7 +44,7 @@ class InstantBuilder:
 
 def test_submit_get_and_list_builds_with_every_refusal_writing_nothing(etcd_server):
     async def main() -> None:
-        store = await EtcdStore.open(etcd_server.endpoint, timeout=2.0)
+        store = await open_store(etcd_server.endpoint, etcd_server.client_tls, timeout=2.0)
         await store.txn([], [DeleteOp(BUILD, prefix=True)])
         server = await start(store, TABLE)
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
@@ -60,7 +62,7 @@ def test_submit_get_and_list_builds_with_every_refusal_writing_nothing(etcd_serv
             return caught.value
 
         try:
-            await refused(grpc.StatusCode.UNAVAILABLE, stub.SubmitBuild(pb.SubmitBuildRequest(app="shop", commit="v1"),
+            await refused(grpc.StatusCode.UNAVAILABLE, stub.SubmitBuild(pb.SubmitBuildRequest(app="shop", commit=C1),
                                                                         metadata=auth("ops")))
             # Two agents; the one the repo ranks first holds a short lease that the test lets expire.
             home, heir = rank_hosts("shop", ["build-a", "build-b"])
@@ -68,28 +70,44 @@ def test_submit_get_and_list_builds_with_every_refusal_writing_nothing(etcd_serv
             await store.put(agent_key(home), b"{}", lease=lease.id)
             await store.put(agent_key(heir), b"{}")
             await refused(grpc.StatusCode.PERMISSION_DENIED,
-                          stub.SubmitBuild(pb.SubmitBuildRequest(app="shop", commit="v1"), metadata=auth("alice")))
+                          stub.SubmitBuild(pb.SubmitBuildRequest(app="shop", commit=C1), metadata=auth("alice")))
             await refused(grpc.StatusCode.INVALID_ARGUMENT,
-                          stub.SubmitBuild(pb.SubmitBuildRequest(app="Shop;rm", commit="v1"), metadata=auth("ops")),
+                          stub.SubmitBuild(pb.SubmitBuildRequest(app="Shop;rm", commit=C1), metadata=auth("ops")),
                           field="app")
             await refused(grpc.StatusCode.INVALID_ARGUMENT,
-                          stub.SubmitBuild(pb.SubmitBuildRequest(app="shop", commit="v1", repo="../etc"),
+                          stub.SubmitBuild(pb.SubmitBuildRequest(app="shop", commit=C1, repo="../etc"),
                                            metadata=auth("ops")), field="repo")
-            await refused(grpc.StatusCode.NOT_FOUND, stub.GetBuild(pb.GetBuildRequest(app="shop", commit="v1"),
+            for ref in ("HEAD", "main", "v1", C1[:7], f"{C1}..HEAD", C1.upper(), "HEAD@{1}"):  # refs move: refused
+                refusal = await refused(grpc.StatusCode.INVALID_ARGUMENT,
+                                        stub.SubmitBuild(pb.SubmitBuildRequest(app="shop", commit=ref),
+                                                         metadata=auth("ops")), field="commit")
+                assert "full commit id" in refusal.details()
+                await refused(grpc.StatusCode.INVALID_ARGUMENT,
+                              stub.GetBuild(pb.GetBuildRequest(app="shop", commit=ref), metadata=auth("alice")),
+                              field="commit")
+            # A result record nobody could have written (nested past the decoder's stack): INTERNAL for that
+            # build, and the service goes on answering.
+            await store.put(id_key(f"shop@{CORRUPT}"), b"build-a")
+            await store.put(result_key(f"shop@{CORRUPT}"), b"[" * 100000)
+            corrupt = await refused(grpc.StatusCode.INTERNAL,
+                                    stub.GetBuild(pb.GetBuildRequest(app="shop", commit=CORRUPT),
+                                                  metadata=auth("alice")))
+            assert "unreadable" in corrupt.details() and len(corrupt.details()) < 500
+            await refused(grpc.StatusCode.NOT_FOUND, stub.GetBuild(pb.GetBuildRequest(app="shop", commit=C1),
                                                                    metadata=auth("alice")))
             await refused(grpc.StatusCode.UNAUTHENTICATED,
-                          stub.GetBuild(pb.GetBuildRequest(app="shop", commit="v1")))
+                          stub.GetBuild(pb.GetBuildRequest(app="shop", commit=C1)))
 
-            queued = await stub.SubmitBuild(pb.SubmitBuildRequest(app="shop", commit="v1"), metadata=auth("ops"))
-            assert (queued.task, queued.state, queued.host, queued.attempt) == ("shop@v1", "queued", home, 1)
-            again = await stub.SubmitBuild(pb.SubmitBuildRequest(app="shop", commit="v1"), metadata=auth("ops"))
-            assert (again.task, again.host) == ("shop@v1", home)  # a commit is queued once
+            queued = await stub.SubmitBuild(pb.SubmitBuildRequest(app="shop", commit=C1), metadata=auth("ops"))
+            assert (queued.task, queued.state, queued.host, queued.attempt) == (f"shop@{C1}", "queued", home, 1)
+            again = await stub.SubmitBuild(pb.SubmitBuildRequest(app="shop", commit=C1), metadata=auth("ops"))
+            assert (again.task, again.host) == (f"shop@{C1}", home)  # a commit is queued once
             agents = await stub.ListBuildAgents(pb.ListBuildAgentsRequest(), metadata=auth("alice"))
             assert list(agents.hosts) == sorted([home, heir])
 
             # The home agent never sends a keepalive: its lease expires, the server moves the task.
             for _ in range(100):
-                moved = await stub.GetBuild(pb.GetBuildRequest(app="shop", commit="v1"), metadata=auth("alice"))
+                moved = await stub.GetBuild(pb.GetBuildRequest(app="shop", commit=C1), metadata=auth("alice"))
                 if moved.host == heir:
                     break
                 await asyncio.sleep(0.1)
@@ -101,13 +119,13 @@ def test_submit_get_and_list_builds_with_every_refusal_writing_nothing(etcd_serv
             task = asyncio.create_task(agent.run())
             try:
                 for _ in range(100):
-                    done = await stub.GetBuild(pb.GetBuildRequest(app="shop", commit="v1"), metadata=auth("alice"))
+                    done = await stub.GetBuild(pb.GetBuildRequest(app="shop", commit=C1), metadata=auth("alice"))
                     if done.state == "done":
                         break
                     await asyncio.sleep(0.1)
             finally:
                 task.cancel()
-            assert (done.state, done.host, done.attempt, done.image) == ("done", heir, 2, "registry.test/shop:v1")
+            assert (done.state, done.host, done.attempt, done.image) == ("done", heir, 2, f"registry.test/shop:{C1}")
             assert [s.name for s in done.steps] == ["clone", "compile", "image", "push"] and list(done.log)
         finally:
             await channel.close()
