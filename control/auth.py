@@ -16,8 +16,9 @@ domains' ``owner`` field holds); a name has one role, however many tokens it has
 (two tokens per name allow rotation). The table keeps only SHA-256 digests of the
 tokens, so a lookup's timing says nothing about how much of a guess was right.
 
-Pure: parses text and answers lookups; reading the file (and checking its mode) is
-the entry point's job. It must not know gRPC.
+Errors name ``source:line`` and echo at most ``MAX_SHOWN`` characters of a bad field,
+on one line. Pure: parses text and answers lookups; reading the file (and checking its
+mode and owner) is the entry point's job. It must not know gRPC.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ from foundation.logic.slb_domain import OWNER
 Role = Literal["admin", "discovery", "user"]
 ROLES: tuple[Role, ...] = ("admin", "discovery", "user")
 TOKEN = re.compile(r"^[A-Za-z0-9._~+/=-]{16,512}$")
+MAX_SHOWN = 40
+
+
+def _shown(value: str) -> str:
+    """``repr`` of a field of the file, cut: one line, bounded, whatever the file holds."""
+    return repr(value[:MAX_SHOWN]) + (f"…({len(value)} characters)" if len(value) > MAX_SHOWN else "")
 
 
 class TokenTableError(ValueError):
@@ -74,7 +81,8 @@ class TokenTable:
         """Parse the file format above; ``TokenTableError`` names the first bad line."""
         by_digest: dict[bytes, Principal] = {}
         roles: dict[str, Role] = {}
-        for number, raw in enumerate(text.splitlines(), start=1):
+        # split("\n"), not splitlines(): a form feed or U+2028 inside a line must not shift the numbers.
+        for number, raw in enumerate(text.split("\n"), start=1):
             line = raw.split("#", 1)[0].strip()
             if not line:
                 continue
@@ -86,9 +94,9 @@ class TokenTable:
             if not TOKEN.fullmatch(token):
                 raise TokenTableError(f"{where}: a token must be 16-512 characters of [A-Za-z0-9._~+/=-]")
             if not OWNER.fullmatch(name):
-                raise TokenTableError(f"{where}: {name!r} is not a principal name ([a-z0-9][a-z0-9._-]{{0,62}})")
+                raise TokenTableError(f"{where}: {_shown(name)} is not a principal name ([a-z0-9][a-z0-9._-]{{0,62}})")
             if role not in ROLES:
-                raise TokenTableError(f"{where}: role {role!r} is not one of {', '.join(ROLES)}")
+                raise TokenTableError(f"{where}: role {_shown(role)} is not one of {', '.join(ROLES)}")
             if roles.setdefault(name, role) != role:  # type: ignore[arg-type]
                 raise TokenTableError(f"{where}: {name} already has role {roles[name]}; a name has one role")
             digest = _digest(token)

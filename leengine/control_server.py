@@ -12,13 +12,19 @@ with ``grpc.health.v1.Health`` (SERVING once it listens) and server reflection.
 * Authentication: every SlbCore call needs metadata ``authorization: Bearer <token>``;
   a missing, malformed or unknown token is UNAUTHENTICATED. Health and reflection are
   open (probes and tools carry no token). Tokens come from ``--tokens FILE``: lines
-  ``token name role`` (``control/auth.py``), refused when the file is readable or
-  writable by others.
+  ``token name role`` (``control/auth.py``), refused when its mode gives its group or
+  others any right (600 or stricter) or when it belongs to neither the server's user
+  nor root. Failed authentications are logged (peer, method, never the token).
 * Errors: each typed error of ``slb_core`` becomes one status code (``STATUS``);
   INVALID_ARGUMENT's details start with the field and the field is also sent as
   trailing metadata ``leengine-field``; an unreachable etcd is UNAVAILABLE.
 * Tests embed it with ``await start(store, tokens)`` → a ``ControlServer`` holding the
   bound port; ``await server.stop()``. ``listen`` port 0 picks a free port.
+* Limits (``ServerLimits``, docs/slb.md "Limits and quotas"): gRPC's message sizes and
+  a cap on concurrent calls are set deliberately, slb-core's quotas per role come from
+  ``--user-quota/--admin-quota``; error details and log lines carry at most
+  ``MAX_DETAILS`` characters of any message (a caller's 1 MB field is not echoed back);
+  failed authentications are logged, at most ``AUTH_LOG_BURST`` lines a minute.
 
 * TLS: with ``--tls-cert/--tls-key`` (PEM, the key matching the certificate) the server
   speaks only TLS; ``--tls-client-ca`` also demands a client certificate signed by that
@@ -40,8 +46,9 @@ import os
 import signal
 import stat
 import sys
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -88,6 +95,7 @@ STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (slb_core.Conflict, grpc.StatusCode.ABORTED),
     (slb_core.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (slb_core.CorruptRecord, grpc.StatusCode.INTERNAL),
+    (slb_core.QuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (builds.TaskError, grpc.StatusCode.INVALID_ARGUMENT),
     (builds.NotFound, grpc.StatusCode.NOT_FOUND),
     (builds.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
@@ -105,6 +113,65 @@ class TokensFileError(ValueError):
     """The tokens file cannot be used; the message says how to fix it."""
 
 
+MAX_TOKENS_FILE = 1 << 20  # bytes: a token table, not a data set
+
+
+# --------------------------------------------------------------------------- limits
+
+MAX_DETAILS = 1024  # characters of an error message sent back or logged (gRPC's metadata limit is 8 KiB)
+AUTH_LOG_BURST = 10  # failed authentications logged per minute; the rest are counted
+DEFAULT_RECEIVE = 4 << 20  # a PutDomain of the largest record, SetUpstreams with 65,536 servers
+DEFAULT_SEND = 8 << 20  # a list page stops near 1 MiB; one record is at most etcd's 1.5 MiB
+DEFAULT_CONCURRENT_RPCS = 256
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """The server's gRPC limits and slb-core's quotas (the command's options)."""
+
+    max_receive_bytes: int = DEFAULT_RECEIVE
+    max_send_bytes: int = DEFAULT_SEND
+    max_concurrent_rpcs: int = DEFAULT_CONCURRENT_RPCS
+    quotas: slb_core.Quotas = field(default_factory=slb_core.Quotas)
+
+    def __post_init__(self) -> None:
+        for flag, value, low, high in (("--max-receive-bytes", self.max_receive_bytes, 64 << 10, 1 << 30),
+                                       ("--max-send-bytes", self.max_send_bytes, 2 << 20, 1 << 30),
+                                       ("--max-concurrent-rpcs", self.max_concurrent_rpcs, 1, 100_000)):
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"{flag} must be a whole number from {low} to {high}, got {slb_core.clip(value)}")
+
+    @property
+    def page_bytes(self) -> int:
+        # A page stops before this many bytes of records, plus at most one record: a quarter
+        # of the send limit leaves room for the largest record etcd stores (1.5 MiB).
+        return min(slb_core.PAGE_BYTES, self.max_send_bytes // 4)
+
+
+class RateLimitedLog:
+    """At most ``burst`` warnings per ``window`` seconds; the next one that passes says how many were dropped."""
+
+    def __init__(self, logger: logging.Logger, burst: int, window: float, what: str) -> None:
+        self.logger, self.burst, self.window, self.what = logger, burst, window, what
+        self.window_start = float("-inf")
+        self.logged = 0
+        self.suppressed = 0
+
+    def warning(self, message: str, *args: Any) -> bool:
+        now = time.monotonic()
+        if now - self.window_start >= self.window:
+            if self.suppressed:
+                self.logger.warning("%d more %s in the last %.0f s were not logged", self.suppressed, self.what,
+                                    now - self.window_start)
+            self.window_start, self.logged, self.suppressed = now, 0, 0
+        if self.logged >= self.burst:
+            self.suppressed += 1
+            return False
+        self.logged += 1
+        self.logger.warning(message, *args)
+        return True
+
+
 def load_tokens(path: str | os.PathLike[str]) -> TokenTable:
     """Read and validate the tokens file; refuse one that others may read or write."""
     path = Path(path)
@@ -114,13 +181,23 @@ def load_tokens(path: str | os.PathLike[str]) -> TokenTable:
         raise TokensFileError(f"tokens file {path}: {exc.strerror}") from None
     if not stat.S_ISREG(info.st_mode):
         raise TokensFileError(f"tokens file {path} is not a regular file")
-    if info.st_mode & (stat.S_IROTH | stat.S_IWOTH):
-        raise TokensFileError(f"tokens file {path} is accessible by every user (mode {stat.S_IMODE(info.st_mode):04o})"
-                              f": the tokens are secrets; run chmod 600 {path}")
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise TokensFileError(f"tokens file {path} is open to its group or others (mode "
+                              f"{stat.S_IMODE(info.st_mode):04o}): the tokens are secrets; run chmod 600 {path}")
+    if info.st_uid not in (os.geteuid(), 0):
+        raise TokensFileError(f"tokens file {path} belongs to uid {info.st_uid}, neither the user running the server "
+                              f"(uid {os.geteuid()}) nor root: run chown {os.geteuid()} {path}")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TokensFileError(f"tokens file {path}: {exc}") from None
+        with path.open("rb") as file:
+            raw = file.read(MAX_TOKENS_FILE + 1)
+        if len(raw) > MAX_TOKENS_FILE:
+            raise TokensFileError(f"tokens file {path} is larger than {MAX_TOKENS_FILE} bytes")
+        text = raw.decode("utf-8")
+    except OSError as exc:
+        raise TokensFileError(f"tokens file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise TokensFileError(f"tokens file {path}:{line}: not UTF-8") from None
     try:
         return TokenTable.parse(text, source=str(path))
     except TokenTableError as exc:
@@ -143,6 +220,8 @@ def domain_to_dict(msg: Any) -> dict[str, Any]:
                             "settings": dict(msg.settings), "upstreams": list(msg.upstreams)}
     if msg.listen:
         data["listen"] = msg.listen
+    if msg.upstreams_by:
+        data["upstreams_by"] = msg.upstreams_by
     if msg.locations:
         data["locations"] = [location_to_dict(loc) for loc in msg.locations]
     return data
@@ -154,7 +233,8 @@ def domain_to_proto(stored: slb_core.StoredDomain) -> Any:
         name=d.name, group=d.group, owner=d.owner, listen=d.listen,
         locations=[slb_pb2.Location(path=loc.path, read_timeout=loc.read_timeout, set_headers=dict(loc.set_headers))
                    for loc in d.locations],
-        settings=dict(d.settings), upstreams=[str(u) for u in d.upstreams], revision=stored.revision)
+        settings=dict(d.settings), upstreams=[str(u) for u in d.upstreams], revision=stored.revision,
+        upstreams_by=d.upstreams_by)
 
 
 def group_to_proto(group: slb_core.Group) -> Any:
@@ -171,21 +251,29 @@ class SlbCoreService(slb_pb2_grpc.SlbCoreServicer):
     def __init__(self, core: slb_core.SlbCore, tokens: TokenTable) -> None:
         self.core = core
         self.tokens = tokens
+        self.auth_failures = RateLimitedLog(log, AUTH_LOG_BURST, 60.0, "failed authentications")
 
-    async def _authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
+    async def _authenticate(self, context: grpc.aio.ServicerContext, method: str = "") -> Principal:
         values = [v for k, v in (context.invocation_metadata() or ()) if k == "authorization"]
         if len(values) != 1 or not isinstance(values[0], str):
+            self.auth_failures.warning("%s from %s: UNAUTHENTICATED (%d authorization headers)", method,
+                                       slb_core.clip(context.peer()), len(values))
             await context.abort(grpc.StatusCode.UNAUTHENTICATED,
                                 "missing credentials: send metadata 'authorization: Bearer <token>'")
         scheme, _, token = values[0].strip().partition(" ")
         principal = self.tokens.lookup(token.strip()) if scheme.lower() == "bearer" else None
         if principal is None:
+            # Never the token itself: a near-miss of a real one would end up in the log.
+            self.auth_failures.warning("%s from %s: UNAUTHENTICATED (%s, %d characters)", method,
+                                       slb_core.clip(context.peer()),
+                                       "unknown token" if scheme.lower() == "bearer" else "not a Bearer token",
+                                       len(values[0]))
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown token (expected 'Bearer <token>')")
         return principal  # type: ignore[return-value]
 
     async def _call(self, context: grpc.aio.ServicerContext, method: str,
                     action: Callable[[Principal], Awaitable[T]]) -> T:
-        who = await self._authenticate(context)
+        who = await self._authenticate(context, method)
         try:
             return await action(who)
         except (slb_core.SlbError, builds.BuildError, builds.TaskError, StoreError) as exc:
@@ -194,8 +282,9 @@ class SlbCoreService(slb_pb2_grpc.SlbCoreServicer):
             if isinstance(exc, slb_core.InvalidArgument | builds.TaskError):
                 trailing = ((FIELD_METADATA, exc.field),)
             level = logging.WARNING if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE) else logging.INFO
-            log.log(level, "%s by %s: %s %s", method, who.name, code.name, exc)
-            await context.abort(code, str(exc), trailing_metadata=trailing)
+            details = slb_core.clip(str(exc), MAX_DETAILS)  # a caller's huge value must not come back whole
+            log.log(level, "%s by %s: %s %s", method, who.name, code.name, details)
+            await context.abort(code, details, trailing_metadata=trailing)
             raise  # not reached: abort raises
 
     async def CreateGroup(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -203,8 +292,10 @@ class SlbCoreService(slb_pb2_grpc.SlbCoreServicer):
             context, "CreateGroup", lambda who: self.core.create_group(who, request.name, request.description)))
 
     async def ListGroups(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        groups = await self._call(context, "ListGroups", self.core.list_groups)
-        return slb_pb2.ListGroupsResponse(groups=[group_to_proto(g) for g in groups])
+        page = await self._call(context, "ListGroups", lambda who: self.core.list_groups_page(
+            who, page_size=request.page_size, page_token=request.page_token))
+        return slb_pb2.ListGroupsResponse(groups=[group_to_proto(g) for g in page.groups],
+                                          next_page_token=page.next_page_token)
 
     async def DeleteGroup(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         revision = await self._call(context, "DeleteGroup", lambda who: self.core.delete_group(who, request.name))
@@ -221,9 +312,10 @@ class SlbCoreService(slb_pb2_grpc.SlbCoreServicer):
             context, "GetDomain", lambda who: self.core.get_domain(who, request.group, request.name)))
 
     async def ListDomains(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        domains, revision = await self._call(context, "ListDomains",
-                                             lambda who: self.core.list_domains(who, request.group))
-        return slb_pb2.ListDomainsResponse(domains=[domain_to_proto(d) for d in domains], revision=revision)
+        page = await self._call(context, "ListDomains", lambda who: self.core.list_domains_page(
+            who, request.group, page_size=request.page_size, page_token=request.page_token))
+        return slb_pb2.ListDomainsResponse(domains=[domain_to_proto(d) for d in page.domains],
+                                           revision=page.revision, next_page_token=page.next_page_token)
 
     async def DeleteDomain(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         expected = request.expected_revision if request.HasField("expected_revision") else None
@@ -356,15 +448,20 @@ def load_server_tls(cert: Path | None, key: Path | None, client_ca: Path | None)
 
 
 async def start(store: Store, tokens: TokenTable, *, listen: str = "127.0.0.1:0",
-                runtime: Runtime | None = None, tls: ServerTls | None = None) -> ControlServer:
+                runtime: Runtime | None = None, tls: ServerTls | None = None,
+                limits: ServerLimits | None = None) -> ControlServer:
     """Serve slb-core on ``listen`` over ``store`` (which the caller owns and closes); TLS with ``tls``."""
     from foundation.adapters.asyncio_runtime import AsyncioRuntime
 
     host, _ = check_listen(listen)
     check_plaintext(host, tls)
-    server = grpc.aio.server()
+    limits = limits or ServerLimits()
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limits.max_receive_bytes),
+                                      ("grpc.max_send_message_length", limits.max_send_bytes)],
+                             maximum_concurrent_rpcs=limits.max_concurrent_rpcs)
     runtime = runtime or AsyncioRuntime()
-    slb_service = SlbCoreService(slb_core.SlbCore(store, runtime), tokens)
+    core = slb_core.SlbCore(store, runtime, quotas=limits.quotas, page_bytes=limits.page_bytes)
+    slb_service = SlbCoreService(core, tokens)
     slb_pb2_grpc.add_SlbCoreServicer_to_server(slb_service, server)
     scheduler = builds.BuildScheduler(store, runtime)
     builds_pb2_grpc.add_BuildsServicer_to_server(BuildsService(builds.BuildService(scheduler), slb_service), server)
@@ -390,7 +487,7 @@ async def start(store: Store, tokens: TokenTable, *, listen: str = "127.0.0.1:0"
 
 async def serve(*, listen: str, etcd: str, tokens: TokenTable, etcd_timeout: float = 5.0,
                 stop: asyncio.Event | None = None, tls: ServerTls | None = None,
-                etcd_tls: EtcdClientTls | None = None) -> None:
+                etcd_tls: EtcdClientTls | None = None, limits: ServerLimits | None = None) -> None:
     """Open etcd (retrying while it is down), serve until SIGINT/SIGTERM or ``stop``, shut down cleanly."""
     while True:
         try:
@@ -405,7 +502,7 @@ async def serve(*, listen: str, etcd: str, tokens: TokenTable, etcd_timeout: flo
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     try:
-        server = await start(store, tokens, listen=listen, tls=tls)
+        server = await start(store, tokens, listen=listen, tls=tls, limits=limits)
         try:
             await stop.wait()
         finally:
@@ -432,6 +529,15 @@ def main(
     etcd_ca: EtcdCaOpt = None,
     etcd_cert: EtcdCertOpt = None,
     etcd_key: EtcdKeyOpt = None,
+    max_receive_bytes: Annotated[int, typer.Option(help="largest request accepted, bytes")] = DEFAULT_RECEIVE,
+    max_send_bytes: Annotated[int, typer.Option(help="largest response sent, bytes (list pages stay far below)")]
+        = DEFAULT_SEND,
+    max_concurrent_rpcs: Annotated[int, typer.Option(
+        help="calls served at once; more are refused RESOURCE_EXHAUSTED")] = DEFAULT_CONCURRENT_RPCS,
+    user_quota: Annotated[str, typer.Option(
+        help="quotas of users: domains=N,upstreams=N,record_bytes=N (0: none)")] = str(slb_core.Quotas().user),
+    admin_quota: Annotated[str, typer.Option(
+        help="quotas of admins and discovery, same form")] = str(slb_core.Quotas().admin),
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Serve the control service's gRPC API (slb-core) over etcd."""
@@ -442,6 +548,13 @@ def main(
         tls = load_server_tls(tls_cert, tls_key, tls_client_ca)
         check_plaintext(host, tls)
         etcd_tls = check_etcd_options(etcd, etcd_ca, etcd_cert, etcd_key)
+        defaults = slb_core.Quotas()
+        try:
+            quotas = slb_core.Quotas(user=slb_core.Limits.parse(user_quota, defaults.user),
+                                     admin=slb_core.Limits.parse(admin_quota, defaults.admin))
+        except ValueError as exc:
+            raise ValueError(f"--user-quota/--admin-quota: {exc}") from None
+        limits = ServerLimits(max_receive_bytes, max_send_bytes, max_concurrent_rpcs, quotas)
         table = load_tokens(tokens)
     except ValueError as exc:
         print(f"leengine-control: error: {exc}", file=sys.stderr)
@@ -449,7 +562,7 @@ def main(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         asyncio.run(serve(listen=listen, etcd=etcd, tokens=table, etcd_timeout=etcd_timeout, tls=tls,
-                          etcd_tls=etcd_tls))
+                          etcd_tls=etcd_tls, limits=limits))
     except OSError as exc:
         print(f"leengine-control: error: {exc}", file=sys.stderr)
         raise typer.Exit(1) from None

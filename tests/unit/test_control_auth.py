@@ -42,17 +42,21 @@ def test_bad_tables_name_the_line(text, message):
         TokenTable.parse(text)
 
 
-def test_the_tokens_file_must_not_be_readable_by_others(tmp_path):
+def test_the_tokens_file_must_not_be_open_to_group_or_others(tmp_path):
     path = tmp_path / "tokens"
     path.write_text(GOOD)
-    path.chmod(0o644)
-    with pytest.raises(TokensFileError, match=r"accessible by every user \(mode 0644\).*chmod 600"):
-        load_tokens(path)
-    path.chmod(0o602)
-    with pytest.raises(TokensFileError, match="mode 0602"):
-        load_tokens(path)
-    path.chmod(0o640)
+    for mode in (0o644, 0o602, 0o640, 0o660, 0o620, 0o610, 0o700):
+        path.chmod(mode)
+        if mode == 0o700:  # the owner's own bits are the owner's business
+            assert len(load_tokens(path)) == 4
+            continue
+        with pytest.raises(TokensFileError, match=rf"open to its group or others \(mode {mode:04o}\).*chmod 600"):
+            load_tokens(path)
+    path.chmod(0o600)
     assert len(load_tokens(path)) == 4
+    path.chmod(0o400)
+    assert len(load_tokens(path)) == 4
+    path.chmod(0o600)
     path.write_text("two fields\n")
     with pytest.raises(TokensFileError, match=f"{path}:1: expected"):
         load_tokens(path)
@@ -77,3 +81,78 @@ def test_proto3_zero_values_mean_the_record_defaults():
     assert domain_to_dict(msg) == {"name": "a.example.com", "group": "web", "owner": "", "settings": {},
                                    "upstreams": [], "locations": [{"path": "/", "set_headers": {}}]}
     assert "locations" not in domain_to_dict(slb_pb2.Domain(name="a.example.com", group="web"))
+
+
+def test_the_tokens_file_must_belong_to_the_server_user_or_root(tmp_path, monkeypatch):
+    import leengine.control_server as server
+
+    path = tmp_path / "tokens"
+    path.write_text(GOOD)
+    path.chmod(0o600)
+    owner = path.stat().st_uid
+    monkeypatch.setattr(server.os, "geteuid", lambda: owner + 4242)
+    if owner == 0:  # root's file is fine for any user running the server
+        assert len(load_tokens(path)) == 4
+    else:
+        with pytest.raises(TokensFileError, match=rf"belongs to uid {owner}, neither the user running the server "
+                                                  rf"\(uid {owner + 4242}\) nor root"):
+            load_tokens(path)
+    monkeypatch.setattr(server.os, "geteuid", lambda: owner)
+    assert len(load_tokens(path)) == 4
+
+
+def test_tokens_file_errors_are_one_bounded_line_naming_file_and_line(tmp_path):
+    path = tmp_path / "tokens"
+    path.write_bytes(b"0123456789abcdef0123456789abcdef ops admin\n" + b"0123456789abcdef0123456789abcdeX "
+                     + b"N" * 100_000 + b" user\n")
+    path.chmod(0o600)
+    with pytest.raises(TokensFileError) as caught:
+        load_tokens(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}:2: ") and "\n" not in message and len(message) < 300
+    assert "(100000 characters)" in message
+    # A form feed or U+2028 inside a line does not shift the line numbers.
+    path.write_text("# a comment \u2028 with a separator\n\x0c\n0123456789abcdef0123456789abcdef ops root\n")
+    with pytest.raises(TokensFileError, match=f"{path}:3: role 'root'"):
+        load_tokens(path)
+    path.write_bytes(b"0123456789abcdef0123456789abcdef ops admin\n\xff\n")
+    with pytest.raises(TokensFileError, match=f"{path}:2: not UTF-8"):
+        load_tokens(path)
+    path.write_bytes(b"#" * (2 << 20))
+    with pytest.raises(TokensFileError, match="larger than"):
+        load_tokens(path)
+    short = "0123456789abcde"  # 15 characters
+    with pytest.raises(TokenTableError, match="tokens:1: a token must be 16-512 characters of"):
+        TokenTable.parse(f"{short} ops admin\n")
+    with pytest.raises(TokenTableError, match="tokens:1: a token must be"):
+        TokenTable.parse("0123456789abcdef0123456789abcde\u00e9 ops admin\n")
+
+
+def test_failed_authentications_are_logged_at_most_a_burst_a_minute(monkeypatch, caplog):
+    import logging
+
+    import leengine.control_server as server
+
+    now = [1000.0]
+    monkeypatch.setattr(server.time, "monotonic", lambda: now[0])
+    limited = server.RateLimitedLog(logging.getLogger("test.auth"), 3, 60.0, "failed authentications")
+    with caplog.at_level(logging.WARNING, logger="test.auth"):
+        logged = [limited.warning("bad token from %s", f"peer{i}") for i in range(10)]
+        assert logged == [True] * 3 + [False] * 7
+        now[0] += 61
+        assert limited.warning("bad token from %s", "late")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["bad token from peer0", "bad token from peer1", "bad token from peer2",
+                     "7 more failed authentications in the last 61 s were not logged", "bad token from late"]
+
+
+def test_server_limits_are_checked():
+    from leengine.control_server import ServerLimits
+
+    limits = ServerLimits()
+    assert (limits.max_receive_bytes, limits.max_send_bytes, limits.max_concurrent_rpcs) == (4 << 20, 8 << 20, 256)
+    assert limits.page_bytes == 1 << 20 and ServerLimits(max_send_bytes=2 << 20).page_bytes == 512 << 10
+    for bad in ({"max_receive_bytes": 10}, {"max_send_bytes": 1 << 20}, {"max_concurrent_rpcs": 0},
+                {"max_concurrent_rpcs": True}):
+        with pytest.raises(ValueError, match="--max-"):
+            ServerLimits(**bad)
