@@ -9,11 +9,23 @@
   *suspect*; seen again at least ``grace`` seconds later for the same handle, it
   becomes *certain*. Suspects are kept under ``/ipam/leaks/`` so that checks run
   by cron, minutes apart, build on each other.
-* ``release_address`` / ``release_certain``: free addresses, each by a CAS on the
-  block that also checks the address still belongs to the handle the check saw,
-  so an address reused meanwhile is never freed.
+* ``release_address``: free one address by a CAS on its block, only once the
+  Cluster shows that no pod holds it (no pod has that address, and the handle's
+  pod is gone, recreated or elsewhere, as ``check_leaks`` judges) unless forced:
+  freeing a live pod's address would hand it to a second pod.
+* ``release_certain``: free every certain leak, each by a CAS on the block that
+  also checks the address still belongs to the handle the check saw, so an
+  address reused meanwhile is never freed.
 * ``gc``: delete empty blocks of nodes that left the Cluster and records that
   point at nothing.
+
+Every record read back from the Store is decoded defensively: one that does not
+decode (deeply nested JSON, wrong types, ``InvalidRecord`` from ``cni/pools.py``)
+is reported in the result (``InvalidKey``) and skipped, never a traceback; what
+cannot be judged safely without it is not done (gc removes no stray handle while
+a block is unreadable; a pool cannot be added while a pool record is unreadable,
+since the overlap check would be blind). Durations (``grace``, ``cooldown``) must be
+finite and >= 0.
 
 It must not know about the CLI, etcd or Kubernetes client libraries.
 """
@@ -21,8 +33,11 @@ It must not know about the CLI, etcd or Kubernetes client libraries.
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
+from typing import Any
 
 from cni.pools import (
     BLOCKS,
@@ -37,14 +52,66 @@ from cni.pools import (
     handle_key,
     parse_address,
 )
-from foundation.ports import Compare, DeleteOp, PutOp, Runtime, Store
+from foundation.ports import Compare, DeleteOp, KeyValue, PutOp, Runtime, Store
 from foundation.ports.cluster import Cluster, PodInfo
 
 POOL_EPOCH = "/ipam/pool-epoch"
+MAX_DURATION = 7 * 86400.0  # a grace or cool-down longer than a week is a typo, and sleep(inf) never returns
 
 
 class AdminError(Exception):
     """An operator's request that cannot be carried out; the message says why."""
+
+
+class ReleaseRefused(AdminError):
+    """``release_address`` found the address still in use by a pod (or could not tell) and freed nothing."""
+
+
+@dataclass(frozen=True)
+class InvalidKey:
+    """A record that could not be decoded: reported and skipped."""
+
+    key: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"invalid record {self.key}: {self.reason}"
+
+
+_REASON_MAX = 200
+
+
+def _decode(kv: KeyValue, decode: Callable[[bytes], Any], invalid: list[InvalidKey] | None) -> Any:
+    """``decode(kv.value)``, or None after noting the key in ``invalid``: any failure is the record's fault."""
+    try:
+        return decode(kv.value)
+    except Exception as exc:  # RecursionError, InvalidRecord, KeyError, TypeError, ... all mean "bad record"
+        reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+        if len(reason) > _REASON_MAX:
+            reason = reason[:_REASON_MAX] + "..."
+        if invalid is not None:
+            invalid.append(InvalidKey(kv.key, reason))
+        return None
+
+
+def _leak_record(raw: bytes) -> dict[str, Any]:
+    record = json.loads(raw)
+    if not isinstance(record, dict) or not isinstance(record.get("handle"), str) \
+            or not _is_duration(record.get("first_seen"), limit=float("inf")) or "certain" not in record:
+        raise ValueError("not a leak record {handle, first_seen, certain, pool}")
+    return record
+
+
+def _is_duration(value: Any, *, limit: float = MAX_DURATION) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            and 0 <= value <= limit)
+
+
+def check_duration(name: str, value: Any) -> float:
+    """``value`` as seconds, or ``AdminError`` naming ``name``: finite, >= 0, at most a week."""
+    if not _is_duration(value):
+        raise AdminError(f"{name} must be a number of seconds from 0 to {MAX_DURATION:g}, got {value!r}")
+    return float(value)
 
 
 # ------------------------------------------------------------------ pools
@@ -56,7 +123,11 @@ async def add_pool(store: Store, pool: Pool) -> int:
         epoch = await store.get(POOL_EPOCH)
         existing = await store.range(POOLS)
         for kv in existing.kvs:
-            other = Pool.from_bytes(kv.value)
+            bad: list[InvalidKey] = []
+            other = _decode(kv, Pool.from_bytes, bad)
+            if other is None:
+                # Its CIDR and VLAN are unknown: adding now could overlap it.
+                raise AdminError(f"{bad[0]}; cannot check the new pool against it: fix or delete that record first")
             if other.name == pool.name:
                 raise PoolConfigError("pool name", f"pool {pool.name} already exists ({other.cidr})")
             if other.overlaps(pool):
@@ -73,8 +144,10 @@ async def add_pool(store: Store, pool: Pool) -> int:
     raise AdminError("pools kept changing while adding; try again")
 
 
-async def list_pools(store: Store) -> list[Pool]:
-    return [Pool.from_bytes(kv.value) for kv in (await store.range(POOLS)).kvs]
+async def list_pools(store: Store, invalid: list[InvalidKey] | None = None) -> list[Pool]:
+    """Every pool whose record decodes; the others are appended to ``invalid``."""
+    decoded = (_decode(kv, Pool.from_bytes, invalid) for kv in (await store.range(POOLS)).kvs)
+    return [pool for pool in decoded if pool is not None]
 
 
 @dataclass
@@ -107,11 +180,14 @@ class PoolUsage:
                 "nodes": {n: {"blocks": u.blocks, "allocated": u.allocated} for n, u in sorted(self.nodes.items())}}
 
 
-async def pool_usage(store: Store) -> list[PoolUsage]:
-    pools = await list_pools(store)
+async def pool_usage(store: Store, invalid: list[InvalidKey] | None = None) -> list[PoolUsage]:
+    """Usage of every pool; records that do not decode are appended to ``invalid`` and not counted."""
+    pools = await list_pools(store, invalid)
     usage = {p.name: PoolUsage(p, p.capacity()) for p in pools}
     for kv in (await store.range(BLOCKS)).kvs:
-        block = Block.from_bytes(kv.value)
+        block = _decode(kv, Block.from_bytes, invalid)
+        if block is None:
+            continue
         entry = usage.get(block.pool)
         if entry is None:
             continue
@@ -148,6 +224,7 @@ class CheckReport:
     checked: int  # allocations looked at
     leaks: tuple[Leak, ...]
     at: float
+    invalid: tuple[InvalidKey, ...] = ()  # records skipped: their allocations were not judged
 
     @property
     def certain(self) -> tuple[Leak, ...]:
@@ -178,12 +255,30 @@ def _leak_key(address: str) -> str:
 
 
 async def check_leaks(store: Store, cluster: Cluster, runtime: Runtime, *, grace: float) -> CheckReport:
-    """Find leaked addresses; a leak seen again ``grace`` seconds later is certain."""
+    """Find leaked addresses; a leak seen again ``grace`` seconds later is certain.
+
+    An allocation whose handle record does not decode is not judged (as if the handle were
+    new): accusing it could free a live pod's address. Unreadable leak records are
+    cnictl's own scratch data: they are reported and replaced.
+    """
+    grace = check_duration("grace", grace)
+    invalid: list[InvalidKey] = []
     # Handles, then blocks, then pods: an allocation made between two reads is skipped (its
     # handle is missing) rather than misjudged, and the pod list is the freshest of the three.
-    handles = {kv.key.removeprefix(HANDLES): Handle.from_bytes(kv.value) for kv in (await store.range(HANDLES)).kvs}
+    handles: dict[str, Handle] = {}
+    for kv in (await store.range(HANDLES)).kvs:
+        decoded = _decode(kv, Handle.from_bytes, invalid)
+        if decoded is not None:
+            handles[kv.key.removeprefix(HANDLES)] = decoded
     blocks = (await store.range(BLOCKS)).kvs
-    previous = {kv.key.removeprefix(LEAKS): json.loads(kv.value) for kv in (await store.range(LEAKS)).kvs}
+    previous: dict[str, dict[str, Any]] = {}
+    unreadable_leaks: list[str] = []
+    for kv in (await store.range(LEAKS)).kvs:
+        record = _decode(kv, _leak_record, invalid)
+        if record is None:
+            unreadable_leaks.append(kv.key.removeprefix(LEAKS))
+        else:
+            previous[kv.key.removeprefix(LEAKS)] = record
     pods = {(p.namespace, p.name): p for p in await cluster.list_pods()}
     if not pods and handles:
         # An API server that answers with no pods at all is far likelier broken (or the wrong
@@ -191,14 +286,17 @@ async def check_leaks(store: Store, cluster: Cluster, runtime: Runtime, *, grace
         raise AdminError(f"the Kubernetes API at {cluster.endpoint} lists no pods while {len(handles)} addresses "
                          f"are allocated: refusing to judge (wrong --kube-api or kubeconfig?)")
     now = runtime.wall_time()
+    unjudged = {i.key.removeprefix(HANDLES) for i in invalid if i.key.startswith(HANDLES)}
     leaks, checked = [], 0
     for kv in blocks:
-        block = Block.from_bytes(kv.value)
+        block = _decode(kv, Block.from_bytes, invalid)
+        if block is None:
+            continue
         for offset, handle_name in sorted(block.allocations.items()):
             checked += 1
             address = block.address(offset)
             handle = handles.get(handle_name)
-            reason = _why_leaked(handle, address, pods)
+            reason = None if handle_name in unjudged else _why_leaked(handle, address, pods)
             if reason is None:
                 continue
             seen = previous.get(str(address))
@@ -207,13 +305,13 @@ async def check_leaks(store: Store, cluster: Cluster, runtime: Runtime, *, grace
                               str(handle.pod) if handle else "-", reason, first_seen, now - first_seen >= grace))
     # Record what we saw for the next check; forget suspects that are no longer leaked.
     current = {leak.address for leak in leaks}
-    ops: list = [DeleteOp(_leak_key(a)) for a in previous if a not in current]
+    ops: list = [DeleteOp(_leak_key(a)) for a in [*previous, *unreadable_leaks] if a not in current]
     for leak in leaks:
         record = {"handle": leak.handle, "first_seen": leak.first_seen, "certain": leak.certain, "pool": leak.pool}
         ops.append(PutOp(_leak_key(leak.address), json.dumps(record, sort_keys=True).encode()))
     for start in range(0, len(ops), 64):  # etcd limits operations per transaction (128 by default)
         await store.txn([], ops[start : start + 64])
-    return CheckReport(checked, tuple(leaks), now)
+    return CheckReport(checked, tuple(leaks), now, tuple(invalid))
 
 
 # ------------------------------------------------------------------ release
@@ -224,23 +322,56 @@ class Released:
     address: str
     handle: str
     pool: str
+    node: str = ""  # the node the address was given on (the handle's), else the block's owner
+    forced: bool = False  # released without asking the Cluster
+
+    def __str__(self) -> str:
+        how = " without checking the cluster (--force)" if self.forced else ""
+        return f"released {self.address} (handle {self.handle}, node {self.node or '-'}){how}"
 
 
 async def _pool_of(store: Store, address: IPv4Address) -> Pool:
-    for pool in await list_pools(store):
+    invalid: list[InvalidKey] = []
+    for pool in await list_pools(store, invalid):
         if address in pool.cidr:
             return pool
-    raise AdminError(f"address {address} is outside every pool")
+    skipped = f" ({len(invalid)} unreadable pool record(s) skipped: {invalid[0]})" if invalid else ""
+    raise AdminError(f"address {address} is outside every pool{skipped}")
 
 
-async def release_address(store: Store, runtime: Runtime, text: str, *, expect_handle: str | None = None) -> Released:
-    """Free one allocated address by CAS; with ``expect_handle``, only if that handle still holds it."""
+def _in_use(address: IPv4Address, holder: str, handle: Handle | None, pods: Sequence[PodInfo]) -> str | None:
+    """Why ``address`` must not be freed while these pods run, or None when no pod holds it."""
+    for pod in pods:
+        if pod.ip == str(address):
+            return f"pod {pod.namespace}/{pod.name} still runs it"
+    if handle is not None and not handle.pod.name:
+        return f"its holder {holder} names no pod, so the cluster cannot tell whether it is gone"
+    if handle is not None and _why_leaked(handle, address, {(p.namespace, p.name): p for p in pods}) is None:
+        return f"pod {handle.pod} still runs it"
+    return None
+
+
+async def release_address(store: Store, runtime: Runtime, text: str, *, cluster: Cluster | None = None,
+                          force: bool = False, expect_handle: str | None = None) -> Released:
+    """Free one allocated address by CAS on its block, after the Cluster shows no pod holds it.
+
+    ``ReleaseRefused`` (nothing freed) when a pod still has the address or the handle's pod
+    still runs, or when the Cluster lists no pods at all (wrong API?). ``force`` skips the
+    Cluster; ``expect_handle`` frees only if that handle still holds the address (what
+    ``release_certain`` uses: its check consulted the Cluster, ``grace`` apart).
+    """
+    if cluster is None and not force and expect_handle is None:
+        raise AdminError("releasing an address needs the Kubernetes API to check that its pod is gone "
+                         "(or force)")
     address = parse_address(text)
     pool = await _pool_of(store, address)
     key = block_key(pool.name, pool.block_of(address))
     for _ in range(16):
         kv = await store.get(key)
-        block = Block.from_bytes(kv.value) if kv else None
+        bad: list[InvalidKey] = []
+        block = _decode(kv, Block.from_bytes, bad) if kv else None
+        if bad:
+            raise AdminError(f"{bad[0]}: {address} not released")
         offset = int(address) - int(pool.block_of(address).network_address)
         holder = block.allocations.get(offset) if block else None
         if holder is None:
@@ -249,15 +380,27 @@ async def release_address(store: Store, runtime: Runtime, text: str, *, expect_h
         if expect_handle is not None and holder != expect_handle:
             raise AdminError(f"address {address} now belongs to {holder}, not {expect_handle}: not released")
         assert block is not None and kv is not None
+        handle_kv = await store.get(handle_key(holder))
+        handle = _decode(handle_kv, Handle.from_bytes, None) if handle_kv else None
+        node = handle.node if handle else block.node
+        if cluster is not None and not force:
+            pods = await cluster.list_pods()
+            if not pods:
+                raise ReleaseRefused(f"{address}: the Kubernetes API at {cluster.endpoint} lists no pods: "
+                                     f"refusing to judge (wrong --kube-api or kubeconfig?)")
+            why = _in_use(address, holder, handle, pods)
+            if why is not None:
+                raise ReleaseRefused(f"{address}: {why} (handle {holder}, node {node}); not released")
         allocations = {o: h for o, h in block.allocations.items() if o != offset}
         updated = Block(block.pool, block.cidr, block.node, allocations,
                         {**block.released, offset: runtime.wall_time()})
+        # The block's revision covers the handle too: both always change in one transaction.
         result = await store.txn(
             [Compare.mod_is(key, kv.mod_revision)],
             [PutOp(key, updated.to_bytes()), DeleteOp(handle_key(holder)), DeleteOp(_leak_key(str(address)))],
         )
         if result.succeeded:
-            return Released(str(address), holder, pool.name)
+            return Released(str(address), holder, pool.name, node, forced=force)
     raise AdminError(f"block {key} kept changing; try again")
 
 
@@ -265,9 +408,13 @@ async def release_certain(store: Store, runtime: Runtime) -> tuple[list[Released
     """Release every leak the last check marked certain. Returns (released, skipped with reasons)."""
     released, skipped = [], []
     for kv in (await store.range(LEAKS)).kvs:
-        record = json.loads(kv.value)
+        bad: list[InvalidKey] = []
+        record = _decode(kv, _leak_record, bad)
+        if record is None:
+            skipped.append(str(bad[0]))
+            continue
         address = kv.key.removeprefix(LEAKS)
-        if not record.get("certain"):
+        if record.get("certain") is not True:
             continue
         try:
             released.append(await release_address(store, runtime, address, expect_handle=record["handle"]))
@@ -284,6 +431,7 @@ class GcReport:
     blocks_freed: list[str] = field(default_factory=list)
     stray_handles: list[str] = field(default_factory=list)
     stale_leak_records: list[str] = field(default_factory=list)
+    invalid: list[InvalidKey] = field(default_factory=list)  # unreadable blocks: kept, and no handle removed
 
 
 async def gc(store: Store, cluster: Cluster, runtime: Runtime, *, cooldown: float) -> GcReport:
@@ -293,6 +441,7 @@ async def gc(store: Store, cluster: Cluster, runtime: Runtime, *, cooldown: floa
     deleting it would forget the release times, and the next claimer would hand those
     addresses out at once.
     """
+    cooldown = check_duration("cooldown", cooldown)
     report = GcReport()
     now = runtime.wall_time()
     nodes = set(await cluster.list_nodes())
@@ -302,7 +451,9 @@ async def gc(store: Store, cluster: Cluster, runtime: Runtime, *, cooldown: floa
     blocks = {kv.key: kv for kv in (await store.range(BLOCKS)).kvs}
     allocated: dict[str, str] = {}  # handle -> address
     for key, kv in blocks.items():
-        block = Block.from_bytes(kv.value)
+        block = _decode(kv, Block.from_bytes, report.invalid)
+        if block is None:
+            continue
         for offset, handle in block.allocations.items():
             allocated[handle] = str(block.address(offset))
         cooling = any(now - released_at < cooldown for released_at in block.released.values())
@@ -310,6 +461,10 @@ async def gc(store: Store, cluster: Cluster, runtime: Runtime, *, cooldown: floa
             result = await store.txn([Compare.mod_is(key, kv.mod_revision)], [DeleteOp(key)])
             if result.succeeded:
                 report.blocks_freed.append(key)
+    if report.invalid:
+        # An unreadable block may hold any handle or address: removing "stray" records now could
+        # delete a live pod's handle. The blocks above were judged one by one and are safe.
+        return report
     for kv in handles:
         handle = kv.key.removeprefix(HANDLES)
         if handle not in allocated:

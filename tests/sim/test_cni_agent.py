@@ -188,7 +188,8 @@ def test_check_reads_the_store_not_the_agents_memory(node):
     from cni.admin import release_address
 
     result = node.run(node.agent.add(request("ADD")))
-    node.run(release_address(node.server.client("cnictl"), node.rt, result["ips"][0]["address"].split("/")[0]))
+    node.run(release_address(node.server.client("cnictl"), node.rt, result["ips"][0]["address"].split("/")[0],
+                             force=True))
     with pytest.raises(CniError) as err:
         node.run(node.agent.check(request("CHECK", prev_result=result)))
     assert err.value.code == 103 and "no address" in err.value.msg
