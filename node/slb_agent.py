@@ -17,7 +17,8 @@ After each step it writes its status per domain (revision in force, revision wan
 error) at ``/slb/{group}/status/{domain}/{host}``, and saves its state through the Proxy
 (domains in force and the Store revision they correspond to). A restarted agent
 serves from that state at once and resumes its watch just after the saved revision;
-if that revision was compacted away it resyncs from a full read. While etcd is out
+if that revision was compacted away it resyncs from a full read (in pages of
+``resync_page`` domains, all at one revision). While etcd is out
 of reach the agent retries and Nginx keeps serving what it has.
 
 Invariants: one reload at a time (a single loop does every apply); the saved
@@ -62,6 +63,7 @@ class SlbAgentConfig:
     retry: float = 1.0  # back-off after etcd errors
     min_reload_interval: float = 1.0  # a sustained storm costs at most one reload per this many seconds
     save_every: float = 1.0  # in-place upstream changes are saved at most this often
+    resync_page: int = 100  # domains per read of a resync: a huge group never needs one huge answer
 
 
 @dataclass
@@ -161,17 +163,26 @@ class SlbAgent:
     async def resync(self) -> None:
         """Read every domain and converge on it (first start, or history compacted away)."""
         self.stats.resyncs += 1
-        found = await self.store.range(self.prefix)
+        # In pages, every page at the first one's revision: one snapshot, and the watch resumes
+        # right after it. History compacted under a long resync raises CompactedError: run() resyncs.
         seen: dict[str, _Desired] = {}
-        for kv in found.kvs:
-            seen[kv.key.removeprefix(self.prefix)] = _Desired(self._decode(kv.key, kv.value), kv.mod_revision)
+        revision, last = 0, ""
+        while True:
+            page = await self.store.range(self.prefix, limit=self.config.resync_page, start_after=last,
+                                          revision=revision)
+            revision = page.revision
+            for kv in page.kvs:
+                seen[kv.key.removeprefix(self.prefix)] = _Desired(self._decode(kv.key, kv.value), kv.mod_revision)
+            if len(page.kvs) < self.config.resync_page:
+                break
+            last = page.kvs[-1].key
         for name in self.live:
-            seen.setdefault(name, _Desired(None, found.revision))
+            seen.setdefault(name, _Desired(None, revision))
         self._pending.clear()
         for name, desired in seen.items():
             await self._consider(name, desired)
         await self._flush()
-        self.revision = found.revision
+        self.revision = revision
         await self._finish_step(force_save=True)
         self.applied.set()
 
