@@ -4,20 +4,24 @@
     cnictl pool list [--json]            utilisation per pool
     cnictl pool show NAME [--json]       utilisation per node of one pool
     cnictl check [--grace 60] [--wait] [--json] [--exit-code]
-    cnictl release ADDRESS... | --certain
+    cnictl release ADDRESS... [--force] | --certain
     cnictl gc
 
 The logic lives in ``cni/admin.py`` (pure, over ports, also used by the sim); this
 module only picks the adapters: etcd (``--etcd`` / ``$LEENGINE_ETCD``, TLS with
 ``--etcd-ca/--etcd-cert/--etcd-key``, ``leengine/etcd_options.py``) and the
 Kubernetes API (``--kube-api URL`` or ``--kubeconfig`` / ``$KUBECONFIG``). Every
-error is one line on stderr and exit status 1.
+error is one line on stderr and exit status 1; a record read from etcd that does not
+decode is one warning line on stderr and is skipped (``cni/admin.py`` decides what is
+still safe to do without it). ``release ADDRESS`` asks the Kubernetes API first and
+refuses (one line, exit 1) while a pod still holds the address, unless ``--force``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
@@ -48,6 +52,7 @@ pool_app = typer.Typer(no_args_is_help=True, help="IP pools: add, list, show.")
 app.add_typer(pool_app, name="pool")
 console = Console()
 EXIT_LEAKS = 3
+MAX_TIMEOUT = 3600.0
 
 
 class Settings:
@@ -71,6 +76,8 @@ def configure(
     etcd_cert: EtcdCertOpt = None,
     etcd_key: EtcdKeyOpt = None,
 ) -> None:
+    if not (math.isfinite(timeout) and 0 < timeout <= MAX_TIMEOUT):
+        fail(f"--timeout must be a number of seconds in (0, {MAX_TIMEOUT:g}], got {timeout!r}")
     settings.etcd, settings.kube_api, settings.kubeconfig, settings.timeout = etcd, kube_api, kubeconfig, timeout
     try:
         settings.etcd_tls = check_etcd_options(etcd, etcd_ca, etcd_cert, etcd_key)
@@ -102,15 +109,28 @@ def run(action: Callable[..., Awaitable[Any]], *, cluster: bool = False) -> Any:
         fail(str(exc))
 
 
-def _cluster() -> Any:
+def _cluster(need: str = "check and gc need the Kubernetes API") -> Any:
     from foundation.adapters.k8s_cluster import KubeCluster
 
     if settings.kube_api:
         return KubeCluster(host=settings.kube_api, timeout=settings.timeout)
     if settings.kubeconfig:
         return KubeCluster(kubeconfig=settings.kubeconfig, timeout=settings.timeout)
-    fail("check and gc need the Kubernetes API: give --kube-api URL or --kubeconfig FILE")
+    fail(f"{need}: give --kube-api URL or --kubeconfig FILE")
     return None
+
+
+def warn_invalid(invalid: list[admin.InvalidKey] | tuple[admin.InvalidKey, ...]) -> None:
+    for record in invalid:
+        print(f"cnictl: warning: {record} (skipped)", file=sys.stderr)
+
+
+def duration(name: str, value: float) -> float:
+    try:
+        return admin.check_duration(name, value)
+    except admin.AdminError as exc:
+        fail(f"--{exc}")
+        raise
 
 
 # ------------------------------------------------------------------ pools
@@ -138,7 +158,9 @@ def pool_add(
 @pool_app.command("list")
 def pool_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Utilisation of every pool."""
-    usage = run(lambda store, rt: admin.pool_usage(store))
+    invalid: list[admin.InvalidKey] = []
+    usage = run(lambda store, rt: admin.pool_usage(store, invalid))
+    warn_invalid(invalid)
     if as_json:
         print(json.dumps([u.as_dict() for u in usage], indent=2))
         return
@@ -155,7 +177,9 @@ def pool_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 @pool_app.command("show")
 def pool_show(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Utilisation of one pool, per node."""
-    usage = {u.pool.name: u for u in run(lambda store, rt: admin.pool_usage(store))}
+    invalid: list[admin.InvalidKey] = []
+    usage = {u.pool.name: u for u in run(lambda store, rt: admin.pool_usage(store, invalid))}
+    warn_invalid(invalid)
     if name not in usage:
         fail(f"pool {name!r} does not exist (pools: {', '.join(sorted(usage)) or 'none'})")
     u = usage[name]
@@ -181,6 +205,7 @@ def check(
     exit_code: Annotated[bool, typer.Option(help=f"exit {EXIT_LEAKS} when certain leaks exist")] = False,
 ) -> None:
     """List addresses allocated in etcd whose pod the Kubernetes API no longer has."""
+    grace = duration("grace", grace)
 
     async def action(store: Any, runtime: Any, cluster: Any) -> admin.CheckReport:
         report = await admin.check_leaks(store, cluster, runtime, grace=grace)
@@ -190,8 +215,12 @@ def check(
         return report
 
     report = run(action, cluster=True)
+    warn_invalid(report.invalid)
     if as_json:
-        print(json.dumps({"checked": report.checked, "leaks": [leak.as_dict() for leak in report.leaks]}, indent=2))
+        body: dict[str, Any] = {"checked": report.checked, "leaks": [leak.as_dict() for leak in report.leaks]}
+        if report.invalid:
+            body["invalid"] = [{"key": i.key, "reason": i.reason} for i in report.invalid]
+        print(json.dumps(body, indent=2))
     else:
         table = Table(title=f"{len(report.leaks)} leaked of {report.checked} allocated "
                             f"({len(report.certain)} certain)")
@@ -209,24 +238,45 @@ def check(
 def release(
     addresses: Annotated[list[str] | None, typer.Argument(help="addresses to free")] = None,
     certain: Annotated[bool, typer.Option(help="free every leak the last check marked certain")] = False,
+    force: Annotated[bool, typer.Option(help="free the ADDRESSes without asking the Kubernetes API whether a pod "
+                                             "still holds them (a live pod's address would go to a second pod)")]
+    = False,
 ) -> None:
-    """Free addresses, each by compare-and-swap (an address reused meanwhile is never freed)."""
+    """Free addresses, each by compare-and-swap, once the Kubernetes API shows no pod holds them."""
     if bool(addresses) == certain:
         fail("give either addresses or --certain")
+    if force and certain:
+        fail("--force applies to ADDRESSes; --certain frees only what check found leaked")
 
-    async def action(store: Any, runtime: Any) -> tuple[list[admin.Released], list[str]]:
+    async def action(store: Any, runtime: Any, *cluster: Any) -> tuple[list[admin.Released], list[str]]:
         if certain:
             return await admin.release_certain(store, runtime)
-        released = []
+        # Each address on its own: one refused or unknown address must not hide what was done to the others.
+        released, problems = [], []
         for address in addresses or []:
-            released.append(await admin.release_address(store, runtime, address))
-        return released, []
+            try:
+                released.append(await admin.release_address(store, runtime, address,
+                                                             cluster=cluster[0] if cluster else None, force=force))
+            except admin.ReleaseRefused as exc:
+                problems.append(f"refused: {exc}")
+            except (admin.AdminError, PoolConfigError) as exc:
+                problems.append(f"error: {exc}")
+        return released, problems
 
-    released, skipped = run(action)
+    if addresses and not force and not (settings.kube_api or settings.kubeconfig):
+        fail("release needs the Kubernetes API to check that the pod is gone: give --kube-api URL or "
+             "--kubeconfig FILE (or --force)")
+    released, skipped = run(action, cluster=bool(addresses) and not force)
     for r in released:
-        print(f"released {r.address} (pool {r.pool}, was {r.handle})")
-    for reason in skipped:
-        print(f"skipped: {reason}")
+        print(r)
+    if certain:
+        for reason in skipped:
+            print(f"skipped: {reason}")
+        return
+    for problem in skipped:
+        print(f"cnictl: {problem}", file=sys.stderr)
+    if skipped:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -235,7 +285,11 @@ def gc(
                                                   "the agents' --cooldown plus a margin for clock skew")] = 90.0,
 ) -> None:
     """Free empty blocks of nodes that left the cluster, and records that point at nothing."""
+    cooldown = duration("cooldown", cooldown)
     report = run(lambda store, rt, cluster: admin.gc(store, cluster, rt, cooldown=cooldown), cluster=True)
+    warn_invalid(report.invalid)
+    if report.invalid:
+        print("cnictl: warning: unreadable blocks: stray handles and leak records left alone", file=sys.stderr)
     print(f"blocks freed: {len(report.blocks_freed)}, stray handles removed: {len(report.stray_handles)}, "
           f"stale leak records removed: {len(report.stale_leak_records)}")
     for key in report.blocks_freed:
