@@ -26,10 +26,10 @@ from pathlib import Path
 import pytest
 
 from cni.pools import BLOCKS, HANDLES, Block
-from foundation.adapters.etcd_store import EtcdStore
 from foundation.adapters.ovs_dataplane import OvsDataplane
 from foundation.ports.dataplane import host_ifname
 from leengine.cni_install import install_plugin
+from leengine.etcd_options import open_store
 from leengine.kube_mock import KubeApiMock
 from leengine.processes import stop_child
 
@@ -52,8 +52,8 @@ def run(coro):
 class Agent:
     """One ``leengine-cni-agent`` process for a node."""
 
-    def __init__(self, node: str, etcd: str, ovsdb: str, workdir: Path) -> None:
-        self.node, self.etcd, self.ovsdb = node, etcd, ovsdb
+    def __init__(self, node: str, etcd, ovsdb: str, workdir: Path) -> None:
+        self.node, self.etcd, self.ovsdb = node, etcd, ovsdb  # etcd: the session's server (TLS, client certs)
         self.socket = str(workdir / f"{node}.sock")
         self.log = workdir / f"{node}.log"
         self.proc: subprocess.Popen | None = None
@@ -62,7 +62,8 @@ class Agent:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket)  # a killed agent leaves its socket; the new one would replace it anyway
         self.proc = subprocess.Popen(
-            [str(BIN / "leengine-cni-agent"), "--node", self.node, "--etcd", self.etcd, "--socket", self.socket,
+            [str(BIN / "leengine-cni-agent"), "--node", self.node, "--etcd", self.etcd.endpoint,
+             *self.etcd.client_args, "--socket", self.socket,
              "--ovsdb", self.ovsdb, "--bridge", NODES[self.node], "--cooldown", "30"],
             stdout=self.log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 20
@@ -86,7 +87,7 @@ class Lab:
         self.etcd = etcd_server
         self.ovs = ovs_server
         self.workdir = workdir
-        self.agents = {node: Agent(node, etcd_server.endpoint, ovs_server.db, workdir) for node in NODES}
+        self.agents = {node: Agent(node, etcd_server, ovs_server.db, workdir) for node in NODES}
         self.netns: list[str] = []
         self.kube = KubeApiMock()
         (workdir / "bin").mkdir()
@@ -122,7 +123,7 @@ class Lab:
 
     def store(self, fn):
         async def main():
-            store = await EtcdStore.open(self.etcd.endpoint)
+            store = await open_store(self.etcd.endpoint, self.etcd.client_tls)
             try:
                 return await fn(store)
             finally:
@@ -183,8 +184,8 @@ def lab(etcd_server, ovs_server, bridges):
 
     lab.store(reset)
     for name, (cidr, vlan) in POOLS.items():
-        out = sh(str(BIN / "cnictl"), "--etcd", etcd_server.endpoint, "pool", "add", name, "--cidr", cidr,
-                 "--vlan", str(vlan))
+        out = sh(str(BIN / "cnictl"), "--etcd", etcd_server.endpoint, *etcd_server.client_args, "pool", "add", name,
+                 "--cidr", cidr, "--vlan", str(vlan))
         assert "added" in out.stdout
     for agent in lab.agents.values():
         agent.start()
@@ -261,6 +262,39 @@ def test_bad_invocations_get_spec_codes_and_leave_nothing(lab):
     assert sh("ip", "link", "show", "dev", host_ifname("ghost", "eth0"), check=False).returncode != 0
 
 
+def test_a_netns_that_is_not_a_pods_is_refused_at_once_before_any_etcd_write(lab):
+    fifo = lab.workdir / "fifo-netns"
+    os.mkfifo(fifo)
+    revision = lab.store(lambda store: store.revision())
+    for netns, why in ((str(fifo), "FIFO"), ("/proc/self/ns/net", "own network namespace")):  # the agent's own
+        started = time.monotonic()
+        refused = lab.cni("ADD", "node-1", "ghost", netns, timeout=10)
+        error = json.loads(refused.stdout)
+        assert refused.returncode == 1 and error["code"] == 4 and why in error["details"], refused.stdout
+        assert time.monotonic() - started < 5
+    assert lab.store(lambda store: store.revision()) == revision  # no block claimed, nothing to undo
+    assert lab.handles() == {} and lab.port_tag("ghost") is None
+    pod = lab.pod()
+    assert lab.add("node-1", "web-1", pod)["ips"]  # the agent's worker was never stuck
+
+
+def test_an_add_for_a_container_another_node_holds_is_refused_and_touches_nothing(lab):
+    held = lab.add("node-2", "shared", lab.pod())["ips"][0]["address"]
+    before, revision = lab.handles(), lab.store(lambda store: store.revision())
+    other = lab.pod()
+    refused = lab.cni("ADD", "node-1", "shared", other)
+    error = json.loads(refused.stdout)
+    assert refused.returncode == 1 and error["code"] == 104, refused.stdout
+    assert "node-2" in error["msg"] and held.split("/")[0] in error["details"]
+    assert lab.port_tag("shared") == 100  # node-2's port: still there, still tagged
+    assert sh("ip", "-n", other, "link", "show", "dev", "eth0", check=False).returncode != 0
+    deleted = lab.cni("DEL", "node-1", "shared", other)  # the runtime DELs after a failed ADD: harmless
+    assert deleted.returncode == 0, deleted.stdout
+    # (Not the port: the lab's two nodes share one kernel and OVSDB, so node-1's DEL finds the same
+    # port name; real nodes each have their own.) etcd is untouched: node-2 keeps its address.
+    assert lab.handles() == before and lab.store(lambda store: store.revision()) == revision
+
+
 def test_etcd_unreachable_mid_add_is_try_again_later_and_nothing_is_half_created(lab):
     pod = lab.pod()
     lab.add("node-1", "warm", lab.pod())  # the agent has its block: the next ADD is one etcd transaction
@@ -321,10 +355,10 @@ def test_agent_killed_mid_adds_no_duplicate_and_every_leftover_found_by_cnictl_c
     for pod, address in addresses.items():
         lab.kube.put_pod("shop", pod, node="node-1", ip=address)
     lab.kube.add_node("node-1")
-    check = sh(str(BIN / "cnictl"), "--etcd", lab.etcd.endpoint, "--kube-api", lab.kube.url, "check", "--json",
-               "--grace", "0")
+    cnictl = [str(BIN / "cnictl"), "--etcd", lab.etcd.endpoint, *lab.etcd.client_args]
+    check = sh(*cnictl, "--kube-api", lab.kube.url, "check", "--json", "--grace", "0")
     leaks = {leak["address"] for leak in json.loads(check.stdout)["leaks"]}
     left_behind = set(allocated) - set(addresses.values())
     assert leaks == left_behind  # every address left behind is found, nothing else is accused
-    assert sh(str(BIN / "cnictl"), "--etcd", lab.etcd.endpoint, "release", "--certain").returncode == 0
+    assert sh(*cnictl, "release", "--certain").returncode == 0
     assert sorted(lab.allocated()) == sorted(addresses.values())
