@@ -16,13 +16,23 @@ Keys (docs/slb.md, "Key schema"):
 Who may change what (principals come from ``control.auth``; reads are open to all):
 
 * ``admin``: everything: create and delete groups, create, replace and delete any
-  domain with any owner and any ``settings``, set upstreams.
+  domain with any owner, any ``settings`` and any ``upstreams_by``, set upstreams.
 * ``discovery``: SetUpstreams on any domain; nothing else is written.
 * ``user``: creates domains in existing groups with ``owner`` = itself (an empty
-  owner means the caller); replaces, deletes and sets upstreams of domains it owns
-  only; never touches ``settings``: a new domain must have none, a replacement must
-  carry the existing settings unchanged. It cannot give a domain to someone else.
+  owner means the caller); replaces and deletes domains it owns only; never touches
+  ``settings`` or ``upstreams_by``: a new domain must have none, a replacement must
+  carry the existing ones unchanged. It cannot give a domain to someone else.
+  Upstreams are discovery's: a user sets them (SetUpstreams, or different upstreams
+  in PutDomain) only on its own domains whose ``upstreams_by`` an admin set to
+  ``owner``; otherwise a user's PutDomain keeps the stored upstreams (sending none,
+  or the same ones, is fine) and anything else is PermissionDenied.
 * Anything else is PermissionDenied; so is an unknown role.
+
+Where upstreams may point: every upstream of a write must be a pod address, inside a
+pool registered at ``/ipam/pools/`` (``foundation.logic.pod_pools``), read in the
+same snapshot as the domain; otherwise InvalidArgument naming the servers. This keeps
+a domain from aiming Nginx at etcd or any other host service; the SLB agents check
+again before Nginx gets anything.
 
 Order of checks: role, then the arguments (InvalidArgument names the field), then
 the stored state (NotFound, PermissionDenied on someone else's domain or settings,
@@ -47,6 +57,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from control.auth import Principal
+from foundation.logic.pod_pools import POOLS, PodPools, PoolCache
 from foundation.logic.slb_domain import (
     SLB,
     Domain,
@@ -59,6 +70,8 @@ from foundation.logic.slb_domain import (
     domain_key,
     domain_status_prefix,
     domains_prefix,
+    load_json,
+    show,
 )
 from foundation.ports import (
     CompactedError,
@@ -75,6 +88,7 @@ from foundation.ports.store import TxnOp
 
 GROUP_INDEX = "/control/slb/groups/"
 MAX_DESCRIPTION = 256
+MAX_SERVERS_ASKED = 65536  # a request's list before de-duplication (the record holds at most 4096)
 READ_CHUNK = 64  # keys per read transaction (etcd refuses more than 128 operations in one txn)
 OWNERS = "/control/slb/owners/"  # {owner}: empty, rewritten whenever a domain is given to the owner
 OWNED = "/control/slb/owned/"  # {owner}/{group}/{domain}: empty, one per domain the owner holds (the count)
@@ -179,11 +193,19 @@ class Group:
     @staticmethod
     def from_kv(kv: KeyValue) -> Group:
         try:
-            data = json.loads(kv.value)
-            return Group(str(data["name"]), str(data.get("description", "")), str(data.get("created_by", "")),
-                         float(data.get("created_at", 0.0)), kv.mod_revision)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise CorruptRecord(kv.key, repr(exc)) from None
+            data = load_json(kv.value)
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            name, description, by, at = (data.get("name"), data.get("description", ""), data.get("created_by", ""),
+                                         data.get("created_at", 0.0))
+            check_group(name)
+            if not all(isinstance(v, str) and len(v) <= 1024 for v in (description, by)):
+                raise ValueError("description and created_by must be short strings")
+            if isinstance(at, bool) or not isinstance(at, int | float) or not -1e12 < at < 1e12:
+                raise ValueError(f"created_at {show(at)} is not a time")
+            return Group(name, description, by, float(at), kv.mod_revision)
+        except ValueError as exc:  # DomainError is one
+            raise CorruptRecord(kv.key, str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -209,9 +231,20 @@ class StatusReport:
 
 def _decode_domain(kv: KeyValue) -> Domain:
     try:
-        return Domain.from_bytes(kv.value)
-    except (ValueError, TypeError) as exc:  # DomainError and JSONDecodeError are ValueErrors
+        domain = Domain.from_bytes(kv.value)  # any failure, deep nesting included, is a DomainError
+    except ValueError as exc:
         raise CorruptRecord(kv.key, str(exc)) from None
+    if domain.key != kv.key:
+        raise CorruptRecord(kv.key, f"it holds domain {domain.name} of group {domain.group}")
+    return domain
+
+
+def _check_pools(pools: PodPools, upstreams: tuple[Upstream, ...], field_name: str) -> None:
+    outside = pools.outside(upstreams)
+    if outside:
+        listed = ", ".join(str(u) for u in outside[:3]) + (f" and {len(outside) - 3} more" if len(outside) > 3 else "")
+        raise InvalidArgument(field_name, f"{listed}: not a pod address (an upstream must be an address of a pod "
+                                          "pool registered with cnictl)")
 
 
 def _names(group: Any, name: Any, *, name_field: str = "name") -> tuple[str, str]:
@@ -361,6 +394,7 @@ class SlbCore:
         self.max_attempts = max_attempts
         self.quotas = quotas or Quotas()
         self.page_bytes = page_bytes
+        self._pools = PoolCache()  # parsed once per change of /ipam/pools/, read with every upstream write
 
     # ------------------------------------------------------------------ groups
 
@@ -507,10 +541,11 @@ class SlbCore:
             raise PermissionDenied(f"{who.name} may create and change only its own domains (owner {who.name}), "
                                    f"not owner {domain.owner}")
         key, meta = domain.key, meta_key(domain.group)
-        value = domain.to_bytes()
+        asked = domain
         for _ in range(self.max_attempts):
-            read = await self.store.txn([], [GetOp(meta), GetOp(key)])
-            meta_kv, current = (r.first() if isinstance(r, RangeResult) else None for r in read.responses)
+            domain = asked
+            read = await self.store.txn([], [GetOp(meta), GetOp(key), GetOp(POOLS, prefix=True)])
+            meta_kv, current = (r.first() if isinstance(r, RangeResult) else None for r in read.responses[:2])
             if meta_kv is None:
                 raise NotFound("group", domain.group)
             if current is None:
@@ -520,10 +555,9 @@ class SlbCore:
                 if who.role == "user" and domain.settings:
                     raise PermissionDenied(f"settings are admin-only: {who.name} may not set "
                                            f"{', '.join(k for k, _ in domain.settings)}")
-                quota_compares, quota_ops = await self._charge(who, domain, current)
-                result = await self.store.txn([Compare.mod_is(meta, meta_kv.mod_revision), Compare.missing(key),
-                                               *quota_compares],
-                                              [PutOp(key, value), PutOp(meta, meta_kv.value), *quota_ops])
+                if who.role == "user" and (domain.upstreams_by != "discovery" or domain.upstreams):
+                    raise PermissionDenied(f"upstreams are set by discovery: {who.name} may not create a domain "
+                                           "with upstreams or upstreams_by (an admin may allow the owner)")
             else:
                 if expected_revision == 0:
                     raise AlreadyExists("domain", f"{domain.group}/{domain.name}", current.mod_revision)
@@ -537,9 +571,28 @@ class SlbCore:
                     if domain.settings != old.settings:
                         raise PermissionDenied(f"settings are admin-only: {who.name} must send the domain's "
                                                f"settings unchanged ({dict(old.settings)})")
-                if current.value == value:  # nothing changes: no write, no new revision
-                    return StoredDomain(domain, current.mod_revision)
-                quota_compares, quota_ops = await self._charge(who, domain, current)
+                    if domain.upstreams_by != old.upstreams_by:
+                        raise PermissionDenied(f"upstreams_by is admin-only: {who.name} must send it unchanged "
+                                               f"({old.upstreams_by})")
+                    if not domain.upstreams or old.upstreams_by == "discovery":
+                        if domain.upstreams and domain.upstreams != old.upstreams:
+                            raise PermissionDenied(f"the upstreams of {domain.name} are set by discovery: "
+                                                   f"{who.name} may send none (kept) or the stored ones")
+                        domain = domain.with_upstreams(old.upstreams)  # discovery's servers stay
+            pools = read.responses[2]
+            _check_pools(self._pools.update(pools.kvs if isinstance(pools, RangeResult) else (), read.revision),
+                         domain.upstreams, "upstreams")
+            value = domain.to_bytes()
+            if current is not None and current.value == value:  # nothing changes: no write, no new revision
+                return StoredDomain(domain, current.mod_revision)
+            quota_compares, quota_ops = await self._charge(who, domain, current)
+            if current is None:
+                result = await self.store.txn([Compare.mod_is(meta, meta_kv.mod_revision), Compare.missing(key),
+                                               *quota_compares],
+                                              [PutOp(key, value), PutOp(meta, meta_kv.value), *quota_ops])
+            else:
+                # The pools are not compared: a pool is added before pods get its addresses, and a
+                # pool's removal (a drained subnet) racing this write is caught by the agents' check.
                 result = await self.store.txn([Compare.mod_is(key, current.mod_revision), *quota_compares],
                                               [PutOp(key, value), *quota_ops])
             if result.succeeded:
@@ -563,7 +616,17 @@ class SlbCore:
         if not isinstance(meta, RangeResult) or meta.first() is None:
             raise NotFound("group", group)
         kvs = domains.kvs if isinstance(domains, RangeResult) else ()
-        return [StoredDomain(_decode_domain(kv), kv.mod_revision) for kv in kvs], read.revision
+        return self._readable(kvs), read.revision
+
+    def _readable(self, kvs) -> list[StoredDomain]:
+        """The domains of ``kvs`` that decode; a corrupt record is skipped (and traced), never fatal to a list."""
+        found = []
+        for kv in kvs:
+            try:
+                found.append(StoredDomain(_decode_domain(kv), kv.mod_revision))
+            except CorruptRecord as exc:
+                self.runtime.trace("slb.domain.corrupt", key=kv.key, error=str(exc)[:200])
+        return found
 
     async def list_domains_page(self, who: Principal, group: Any, *, page_size: Any = 0,
                                 page_token: Any = "") -> DomainPage:
@@ -631,10 +694,13 @@ class SlbCore:
 
     async def set_upstreams(self, who: Principal, group: Any, name: Any, servers: Any) -> int:
         """Replace the domain's upstream servers and nothing else; return the domain's revision after it."""
+        # A user passes this line only to be checked against the domain's upstreams_by below.
         _require(who, "admin", "discovery", "user", action="set upstreams")
         group, name = _names(group, name, name_field="domain")
         if not isinstance(servers, list | tuple):
             raise InvalidArgument("servers", "must be a list of IPv4:port")
+        if len(servers) > MAX_SERVERS_ASKED:
+            raise InvalidArgument("servers", f"{len(servers)} servers: at most {MAX_SERVERS_ASKED}")
         try:
             upstreams = tuple(Upstream.parse(s) for s in servers)
             check_routable(upstreams)
@@ -642,12 +708,19 @@ class SlbCore:
             raise InvalidArgument.of(exc, {"upstreams": "servers"}) from None
         key = domain_key(group, name)
         for _ in range(self.max_attempts):
-            current = await self.store.get(key)
+            read = await self.store.txn([], [GetOp(key), GetOp(POOLS, prefix=True)])
+            found, pools = read.responses
+            current = found.first() if isinstance(found, RangeResult) else None
             if current is None:
                 raise NotFound("domain", f"{group}/{name}")
             old = _decode_domain(current)
             if who.role == "user":
                 _own(who, old)
+                if old.upstreams_by != "owner":
+                    raise PermissionDenied(f"the upstreams of {name} are set by discovery; an admin may let its "
+                                           f"owner set them (upstreams_by: owner)")
+            _check_pools(self._pools.update(pools.kvs if isinstance(pools, RangeResult) else (), read.revision),
+                         upstreams, "servers")
             new = old.with_upstreams(upstreams)
             try:
                 Domain.parse(new.to_json())  # the record's own limits (e.g. at most 4096 servers)

@@ -13,6 +13,17 @@ It watches ``/slb/{group}/domains/`` and sorts each change by ``changed_config``
   in force, their status carries the error), the others are applied. A domain set
   aside still gets upstream changes in place on its last good config.
 
+It trusts nothing it reads from etcd. A record that does not decode (bad JSON, nesting
+too deep, a field outside its grammar, a key that does not match the name inside) is
+never rendered: its status says why, and the other domains go on. Every upstream must
+be a pod address of a pool registered at ``/ipam/pools/`` (``foundation.logic.pod_pools``,
+watched beside the domains; re-read when a record is newer than the pools known, so a
+pool added just before its pods is never missed): an upstream outside them is dropped
+from what Nginx gets and the domain's status ``error`` says so, although the rest of the
+record is applied (``applied_revision`` moves, drains are not held up). When the pools
+change, the domains that lost servers are considered again, and servers of a removed
+pool are taken out of Nginx in place.
+
 After each step it writes its status per domain (revision in force, revision wanted,
 error) at ``/slb/{group}/status/{domain}/{host}``, and saves its state through the Proxy
 (domains in force and the Store revision they correspond to). A restarted agent
@@ -32,11 +43,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from foundation.logic.claims import LeasedMembership
+from foundation.logic.pod_pools import POOLS, PoolCache
 from foundation.logic.slb_domain import (
     Domain,
     DomainError,
     DomainStatus,
+    Upstream,
     changed_config,
+    check_domain_name,
     domains_prefix,
     host_key,
     status_key,
@@ -107,6 +121,9 @@ class SlbAgent:
         self._last_save = float("-inf")
         self._last_reload_at = float("-inf")
         self.applied = self.runtime.event()  # set after the first complete sync (for tests and drains)
+        self.pools = PoolCache()  # the registered pod pools: where upstreams may point
+        self.dropped: dict[str, _Desired] = {}  # latest record of a domain that had upstreams outside the pools
+        self.notes: dict[str, str] = {}  # which upstreams were dropped (the status error of an applied record)
 
     @property
     def prefix(self) -> str:
@@ -163,6 +180,7 @@ class SlbAgent:
     async def resync(self) -> None:
         """Read every domain and converge on it (first start, or history compacted away)."""
         self.stats.resyncs += 1
+        await self._load_pools()
         # In pages, every page at the first one's revision: one snapshot, and the watch resumes
         # right after it. History compacted under a long resync raises CompactedError: run() resyncs.
         seen: dict[str, _Desired] = {}
@@ -188,8 +206,11 @@ class SlbAgent:
 
     async def _follow(self) -> None:
         events = self.runtime.queue()
-        async with self.store.watch(self.prefix, start_revision=self.revision + 1) as watch:
+        await self._pools_changed()  # pools may have changed while we were away
+        async with self.store.watch(self.prefix, start_revision=self.revision + 1) as watch, \
+                self.store.watch(POOLS, start_revision=self.pools.pools.revision + 1) as pools_watch:
             pump = self.runtime.spawn(self._pump(watch, events), name=f"slb-watch/{self.config.host}")
+            pools_pump = self.runtime.spawn(self._pump(pools_watch, events), name=f"slb-pools/{self.config.host}")
             try:
                 await self._finish_step()  # statuses a failed step could not write go out now
                 self.applied.set()
@@ -202,17 +223,24 @@ class SlbAgent:
                     batch = [item]
                     while events.qsize():
                         batch.append(events.get_nowait())
+                    pools_moved = False
                     for one in batch:
                         if isinstance(one, _WatchFailed):
                             await self._flush()  # apply what we have before starting over
                             await self._finish_step(force_save=True)
                             raise one.error
+                        if one.kv.key.startswith(POOLS):
+                            pools_moved = True  # not self.revision: that is the domains' watch's progress
+                            continue
                         await self._on_event(one)
+                    if pools_moved:
+                        await self._pools_changed()
                     if self._due():
                         await self._flush()
                     await self._finish_step()
             finally:
                 pump.cancel()
+                pools_pump.cancel()
 
     async def _pump(self, watch, events) -> None:
         try:
@@ -243,14 +271,66 @@ class SlbAgent:
     def _due(self) -> bool:
         return self._first_pending_at is not None and self._time_left() <= 0
 
+    # ------------------------------------------------------------------ pod pools
+    async def _load_pools(self) -> None:
+        found = await self.store.range(POOLS)
+        before = self.pools.pools
+        pools = self.pools.update(found.kvs, found.revision)
+        if pools is not before and pools.invalid:
+            self.runtime.trace("slb-pools-invalid", host=self.config.host, records=len(pools.invalid))
+
+    async def _admit(self, name: str, desired: _Desired) -> _Desired:
+        """``desired`` with every upstream outside the registered pod pools dropped (noted for its status)."""
+        new = desired.domain
+        outside = self.pools.pools.outside(new.upstreams) if isinstance(new, Domain) else ()
+        if outside and desired.revision > self.pools.pools.revision:
+            await self._load_pools()  # the record is newer than the pools we know: a new pool may hold them
+            outside = self.pools.pools.outside(new.upstreams)
+        if not outside:
+            self.dropped.pop(name, None)
+            self.notes.pop(name, None)
+            return desired
+        assert isinstance(new, Domain)
+        self.dropped[name] = desired
+        self.notes[name] = _dropped_note(outside)
+        self.runtime.trace("slb-upstreams-dropped", host=self.config.host, domain=name, servers=len(outside))
+        gone = set(outside)
+        return _Desired(new.with_upstreams(tuple(u for u in new.upstreams if u not in gone)), desired.revision)
+
+    async def _pools_changed(self) -> None:
+        """Read the pools again; consider again what they now let through, take out what they no longer do."""
+        before = self.pools.pools
+        await self._load_pools()
+        if self.pools.pools is before:
+            return
+        for name, desired in list(self.dropped.items()):
+            await self._consider(name, desired)  # the latest record of it, filtered again
+        for name, live in list(self.live.items()):
+            if name in self.dropped or name in self._pending:
+                continue
+            outside = self.pools.pools.outside(live.upstreams)
+            if not outside:
+                continue
+            gone = set(outside)
+            kept = tuple(u for u in live.upstreams if u not in gone)
+            try:
+                await self.proxy.set_upstreams(name, kept)
+            except ProxyError:
+                continue
+            self.live[name] = live.with_upstreams(kept)
+            self.notes[name] = _dropped_note(outside)
+            wanted = self.set_aside[name].revision if name in self.set_aside else self.live_revision.get(name, 0)
+            self._statuses[name] = DomainStatus(self.live_revision.get(name, 0), self.errors.get(name, ""),
+                                                wanted, self.runtime.wall_time())
+
     # ------------------------------------------------------------------ one change
     def _decode(self, key: str, value: bytes) -> Domain | DomainError | None:
         try:
             domain = Domain.from_bytes(value)
-        except (DomainError, ValueError, KeyError, TypeError) as exc:
-            return DomainError("record", f"{key} holds an invalid domain record: {exc}")
+        except Exception as exc:  # whatever a record holds, it is an invalid record, never a crash
+            return DomainError("record", f"{key[:300]} holds an invalid domain record: {str(exc)[:300]}")
         if domain.key != key:
-            return DomainError("record", f"{key} holds domain {domain.name} of group {domain.group}")
+            return DomainError("record", f"{key[:300]} holds domain {domain.name} of group {domain.group}")
         return domain
 
     async def _on_event(self, event: WatchEvent) -> None:
@@ -260,6 +340,7 @@ class SlbAgent:
         self.revision = event.revision
 
     async def _consider(self, name: str, desired: _Desired) -> None:
+        desired = await self._admit(name, desired)
         new = desired.domain
         if isinstance(new, DomainError):
             self._reject(name, desired, str(new))
@@ -317,9 +398,10 @@ class SlbAgent:
         self.set_aside[name] = desired
         self.errors[name] = error
         self._pending.pop(name, None)
-        self.runtime.trace("slb-rejected", host=self.config.host, domain=name, revision=desired.revision)
-        self._statuses[name] = DomainStatus(self.live_revision.get(name, 0), error, desired.revision,
-                                            self.runtime.wall_time())
+        self.runtime.trace("slb-rejected", host=self.config.host, domain=name[:300], revision=desired.revision)
+        if _is_domain_name(name):  # a key that cannot be a domain gets no status key built from it
+            self._statuses[name] = DomainStatus(self.live_revision.get(name, 0), error, desired.revision,
+                                                self.runtime.wall_time())
 
     async def _culprits(self, changes: dict[str, Domain | None], error: str) -> dict[str, str]:
         """Which changes make ``nginx -t`` fail: halve the batch until each culprit is alone."""
@@ -409,6 +491,10 @@ class SlbAgent:
     async def _finish_step(self, *, force_save: bool = False) -> None:
         """Write statuses and, when due, the saved state; never ahead of what is in force."""
         if self._statuses:
+            for name, status in self._statuses.items():
+                if status is not None and not status.error and name in self.notes:  # applied, minus some servers
+                    self._statuses[name] = DomainStatus(status.revision, self.notes[name], status.wanted_revision,
+                                                        status.at)
             await self._write_statuses(list(self._statuses.items()))
             self._statuses.clear()  # only once written: an etcd error keeps them for the next step
         now = self.runtime.now()
@@ -425,3 +511,16 @@ class SlbAgent:
             ops.append(DeleteOp(key) if status is None else PutOp(key, status.to_bytes()))
         for start in range(0, len(ops), 64):
             await self.store.txn([], ops[start : start + 64])
+
+
+def _dropped_note(outside: tuple[Upstream, ...]) -> str:
+    shown = ", ".join(str(u) for u in outside[:5]) + (f" and {len(outside) - 5} more" if len(outside) > 5 else "")
+    return f"upstreams dropped: {shown}: not a pod address (outside every registered pod pool)"
+
+
+def _is_domain_name(name: str) -> bool:
+    try:
+        check_domain_name(name)
+    except DomainError:
+        return False
+    return True

@@ -33,6 +33,9 @@ POOLS = "/ipam/pools/"  # the same prefix as cni.pools.POOLS (docs/keys.md)
 POOL_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 MAX_RECORD = 1 << 16  # bytes; a pool record is ~150 (a long exclude list stays far below this)
 MAX_EXCLUDE = 4096
+MIN_PREFIXLEN = 8  # a pod pool is at most a /8 (cnictl's blocks are claimed one by one)
+# Where no pod lives: "this network", loopback, link-local, multicast and the reserved 240/4 + broadcast.
+NOT_PODS = tuple(IPv4Network(n) for n in ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/3"))
 
 
 class PoolRecordError(ValueError):
@@ -65,9 +68,9 @@ def parse_pool(key: str, raw: bytes) -> PodPool:
     if data.get("name") != name:
         raise PoolRecordError(f"{key}: holds pool {show(data.get('name'))}")
     network = _network(key, data.get("cidr"))
-    if network.prefixlen > 30 or network.is_loopback or network.is_link_local or network.is_multicast \
-            or network.is_reserved or network.is_unspecified:
-        raise PoolRecordError(f"{key}: {network} is not a pod subnet")
+    if not MIN_PREFIXLEN <= network.prefixlen <= 30 or any(network.overlaps(n) for n in NOT_PODS):
+        raise PoolRecordError(f"{key}: {network} is not a pod subnet (a /{MIN_PREFIXLEN} to /30 outside "
+                              "0/8, 127/8, 169.254/16 and 224/3)")
     unusable = {int(network.network_address), int(network.broadcast_address)}
     gateway = _address(key, "gateway", data.get("gateway"))
     if gateway not in network:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import itertools
 import os
 import socket
@@ -28,11 +29,13 @@ from collections.abc import Iterator
 
 import pytest
 
+from cni.pools import Pool
 from control.auth import Principal
-from control.slb_core import GROUP_INDEX, SLB, SlbCore
+from control.slb_core import GROUP_INDEX, SLB, InvalidArgument, SlbCore
 from foundation.adapters.asyncio_runtime import AsyncioRuntime
 from foundation.adapters.etcd_store import EtcdStore
-from foundation.logic.slb_domain import DomainStatus, status_key
+from foundation.logic.slb_domain import Domain, DomainStatus, Upstream, domain_key, status_key
+from leengine.etcd_options import open_store
 from leengine.nginx_server import free_port
 from leengine.slb_lab import AgentProcess, PodBackends, Wrk, WrkResult, get, served_generation
 
@@ -56,17 +59,26 @@ def pods() -> Iterator[PodBackends]:
 
 
 class Slb:
-    """A group in etcd, one listen port, the agent daemon; helpers to drive and read them."""
+    """A group in etcd, one listen port, the agent daemon; helpers to drive and read them.
 
-    def __init__(self, etcd_endpoint: str) -> None:
-        self.etcd = etcd_endpoint
+    Each pod's /30 is registered as a pod pool (gateway: the host end of its veth), as
+    cnictl would: upstreams must be pod addresses of a registered pool (issue 9).
+    """
+
+    def __init__(self, etcd_server, pods: PodBackends) -> None:
+        self.etcd = etcd_server.endpoint
+        self.etcd_tls = etcd_server.client_tls  # the session etcd demands client certificates
         self.group = f"e2e-{TOKEN}-{next(_ids)}"
         self.port = free_port()
-        self.agent = AgentProcess(group=self.group, host=HOST, etcd=etcd_endpoint)
+        self.agent = AgentProcess(group=self.group, host=HOST, etcd=self.etcd, extra=tuple(etcd_server.client_args))
         self.wrks: list[Wrk] = []
+        self.pools = [Pool.parse(f"e2e{TOKEN}-{self.group.rsplit('-', 1)[1]}-{n}",
+                                 str(ipaddress.IPv4Network(f"{pod.address}/30", strict=False)), 100,
+                                 str(ipaddress.IPv4Address(pod.address) - 1), block_size=4)
+                      for n, pod in enumerate(pods.pods)]
 
     async def open(self) -> tuple[EtcdStore, SlbCore]:
-        store = await EtcdStore.open(self.etcd)
+        store = await open_store(self.etcd, self.etcd_tls)
         return store, SlbCore(store, AsyncioRuntime())
 
     def domain(self, name: str, upstreams, *, gen: str = "0", **extra) -> dict:
@@ -78,6 +90,8 @@ class Slb:
         async def main():
             store, core = await self.open()
             try:
+                for pool in self.pools:
+                    await store.put(pool.key, pool.to_bytes())
                 await core.create_group(ADMIN, self.group)
                 return {data["name"]: (await core.put_domain(ADMIN, data)).revision for data in domains}
             finally:
@@ -134,10 +148,12 @@ class Slb:
         self.agent.close()
 
         async def forget():
-            store = await EtcdStore.open(self.etcd)
+            store = await open_store(self.etcd, self.etcd_tls)
             try:
                 await store.delete(f"{SLB}{self.group}/", prefix=True)
                 await store.delete(f"{GROUP_INDEX}{self.group}")
+                for pool in self.pools:
+                    await store.delete(pool.key)
             finally:
                 await store.close()
 
@@ -145,8 +161,8 @@ class Slb:
 
 
 @pytest.fixture
-def slb(etcd_server) -> Iterator[Slb]:
-    lab = Slb(etcd_server.endpoint)
+def slb(etcd_server, pods) -> Iterator[Slb]:
+    lab = Slb(etcd_server, pods)
     try:
         yield lab
     finally:
@@ -306,3 +322,94 @@ def test_agent_killed_mid_stream_catches_up_and_nginx_never_stops_serving(slb, p
     assert names_served(slb.port, app) == {pods.pods[3].name}  # the last write serves
     assert slb.agent.nginx_pid() == nginx_pid  # the same Nginx all along, adopted by the new agent
     assert slb.reloads() == before
+
+
+# --------------------------------------------------------------------------- issue 9: no upstream at etcd
+
+
+def _nginx_tcp_listen_ports(master: int) -> set[int]:
+    """TCP ports in LISTEN whose socket the nginx master or one of its workers holds (from /proc)."""
+    pids = [master] + [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == master]
+    inodes = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if target.startswith("socket:["):
+                        inodes.add(target[len("socket:["):-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return -1
+    return int(stat[stat.rfind(b")") + 2:].split()[1])
+
+
+def test_an_upstream_at_etcd_is_refused_by_slb_core_and_never_applied_by_the_agent(slb, pods, etcd_server):
+    app, other = "app.example.com", "etcd.example.com"
+    p = [pod.upstream for pod in pods.pods]
+    etcd_port = int(etcd_server.endpoint.rsplit(":", 1)[1])
+    # etcd's client port: on loopback (where the test etcd listens), on this host's end of a pod's
+    # veth (a pool's gateway: a host address, no pod's), and on a private address in no pool.
+    at_etcd = [f"127.0.0.1:{etcd_port}", f"{ipaddress.IPv4Address(pods.pods[0].address) - 1}:{etcd_port}",
+               f"10.254.0.1:{etcd_port}"]
+    slb.setup([slb.domain(app, [p[0]])])
+    before = slb.reloads()
+
+    async def refused():
+        store, core = await slb.open()
+        try:
+            revision = (await store.range("/", limit=1)).revision
+            for server in at_etcd:
+                with pytest.raises(InvalidArgument) as caught:
+                    await core.set_upstreams(ADMIN, slb.group, app, [str(p[1]), server])
+                assert caught.value.field == "servers" and server in str(caught.value)
+                with pytest.raises(InvalidArgument) as caught:
+                    await core.put_domain(ADMIN, slb.domain(other, [server]))
+                assert caught.value.field == "upstreams"
+            assert (await store.range("/", limit=1)).revision == revision  # nothing was written
+        finally:
+            await store.close()
+
+    async def planted():
+        store, _ = await slb.open()
+        try:
+            # Written past slb-core, straight into etcd: the agent must not trust it.
+            servers = (p[1], *(Upstream.parse(s) for s in at_etcd))
+            record = Domain.parse(slb.domain(app, [], owner="ops")).with_upstreams(servers)
+            revision = (await store.put(domain_key(slb.group, app), record.to_bytes())).revision
+            status = await slb.wait_status(store, app, lambda s: s.wanted_revision == revision)
+            only = Domain.parse(slb.domain(other, [], owner="ops")).with_upstreams(
+                tuple(Upstream.parse(s) for s in at_etcd))
+            only_revision = (await store.put(domain_key(slb.group, other), only.to_bytes())).revision
+            only_status = await slb.wait_status(store, other, lambda s: s.revision == only_revision)
+            return revision, status, only_status
+        finally:
+            await store.close()
+
+    run(refused())
+    revision, status, only_status = run(planted())
+    assert status.revision == revision and "upstreams dropped" in status.error
+    assert all(server in status.error for server in at_etcd)
+    assert names_served(slb.port, app) == {pods.pods[1].name}  # only the pod made it into nginx
+    # The filtered change went in place; only the new domain cost a reload.
+    assert slb.reloads() == (before[0] + 1, before[1] + 1)
+    assert "upstreams dropped" in only_status.error
+    slb.wait_serving(app)
+    assert get(slb.port, other)[0] == 503  # in force without servers: the sink, never etcd
+    # The admin endpoint is on no TCP port (only the domains' port listens), and a domain's
+    # admin-looking paths go to its pod.
+    assert _nginx_tcp_listen_ports(slb.agent.nginx_pid()) == {slb.port}
+    assert get(slb.port, app)[1].startswith(pods.pods[1].name)

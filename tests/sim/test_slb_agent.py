@@ -6,7 +6,9 @@ import json
 
 import pytest
 
+from cni.pools import Pool
 from foundation.logic.slb_domain import Domain, DomainStatus, Upstream, domain_key, status_prefix
+from foundation.ports.proxy import SavedState
 from node.slb_agent import SlbAgent, SlbAgentConfig
 from sim.adapters.proxy import SimProxy
 from sim.adapters.runtime import SimRuntime
@@ -28,6 +30,12 @@ class World:
         self.proxy = SimProxy(self.rt, "nginx-1")
         self.agent: SlbAgent | None = None
         self.task = None
+        # Where every test's upstreams live (the gateway out of their way: it is no pod address).
+        self.rt.run_until_complete(self.add_pool("pods", "10.0.0.0/16", gateway="10.0.255.254"))
+
+    async def add_pool(self, name: str, cidr: str, gateway: str | None = None) -> int:
+        pool = Pool.parse(name, cidr, vlan=100, gateway=gateway)
+        return (await self.admin.put(pool.key, pool.to_bytes())).revision
 
     def start_agent(self, **config) -> SlbAgent:
         self.agent = SlbAgent(self.agent_store, self.proxy, self.rt, SlbAgentConfig(GROUP, "nginx-1", **config))
@@ -76,14 +84,14 @@ def test_upstream_only_changes_are_applied_in_place_without_any_reload(world):
         base = domain("shop.example.com")
         last = 0
         for i in range(1000):
-            last = await world.put(base.with_upstreams((Upstream(f"10.0.{i // 250}.{i % 250}", 80),)))
+            last = await world.put(base.with_upstreams((Upstream(f"10.0.{i // 250}.{i % 250 + 2}", 80),)))
             await world.rt.sleep(0.01)
         await world.rt.sleep(1)
         return last
 
     last = world.run(main())
     assert world.proxy.reload_count == 1  # the start-up one only
-    assert world.proxy.serving("shop.example.com") == (Upstream("10.0.3.249", 80),)
+    assert world.proxy.serving("shop.example.com") == (Upstream("10.0.3.251", 80),)
     assert world.agent.stats.in_place == 1000
     assert world.statuses()["shop.example.com"].revision == last
 
@@ -285,3 +293,146 @@ def test_a_sustained_storm_is_spaced_to_one_reload_per_interval(world):
     world.run(main())
     assert len(world.proxy.live) == 100
     assert world.proxy.reload_count <= 12  # ~10 s of storm, one reload per second at most
+
+
+# ------------------------------------------------------------------ issue 9: corrupt records never stop the agent
+
+
+def _nested(levels: int) -> object:
+    value: object = 1
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+CORRUPT = {
+    "deep-list.example.com": b"[" * 100_000,  # json.loads alone raises RecursionError
+    "deep-object.example.com": b'{"a":' * 100_000,
+    "nested.example.com": json.dumps({"name": "nested.example.com", "group": GROUP,
+                                      "settings": {"client_max_body_size": _nested(50)}}).encode(),
+    "huge-int.example.com": b'{"name":"huge-int.example.com","group":"public","listen":' + b"9" * 5000 + b"}",
+    "big-int.example.com": b'{"name":"big-int.example.com","group":"public","listen":' + b"9" * 4000 + b"}",
+    "types.example.com": b'{"name":"types.example.com","group":"public","upstreams":"10.0.0.1:80"}',
+    "not-utf8.example.com": b'{"name":"\xff"}',
+    "unicode-port.example.com": json.dumps({"name": "unicode-port.example.com", "group": GROUP,
+                                            "upstreams": ["10.0.0.1:\u0668\u0660"]}).encode(),
+}
+
+
+def test_corrupt_records_are_reported_and_set_aside_the_others_serve_also_after_a_restart(world):
+    async def main():
+        await world.put(domain("ok.example.com", "10.0.0.1:80"))
+        for name, raw in list(CORRUPT.items())[:4]:  # present at the first full read
+            await world.admin.put(domain_key(GROUP, name), raw)
+        world.start_agent()
+        await world.rt.sleep(1)
+        for name, raw in list(CORRUPT.items())[4:]:  # arriving through the watch
+            await world.admin.put(domain_key(GROUP, name), raw)
+        await world.admin.put(domain_key(GROUP, "a/../../meta"), b"[" * 100_000)  # a key that is no domain name
+        await world.put(domain("ok.example.com", "10.0.0.2:80"))
+        await world.put(domain("new.example.com", "10.0.0.3:80"))
+        await world.rt.sleep(1)
+        world.stop_agent()  # a restart (resumed watch) and a resync (state lost) must not crash-loop either
+        await world.rt.sleep(0.1)
+        world.start_agent()
+        await world.rt.sleep(1)
+        world.stop_agent()
+        await world.rt.sleep(0.1)
+        world.proxy.saved = SavedState()  # a fresh host: nothing saved, a full read
+        world.proxy.live.clear()
+        agent = world.start_agent()
+        await world.rt.sleep(1)
+        return agent
+
+    agent = world.run(main())
+    assert not world.task.done()  # still running
+    assert agent.stats.resyncs == 1
+    assert world.proxy.serving("ok.example.com") == (Upstream("10.0.0.2", 80),)
+    assert world.proxy.serving("new.example.com") == (Upstream("10.0.0.3", 80),)
+    statuses = world.statuses()
+    for name in CORRUPT:
+        assert name not in world.proxy.live
+        assert "invalid domain record" in statuses[name].error and len(statuses[name].error) < 1000, name
+    assert statuses["ok.example.com"].error == ""
+    assert not any(key.startswith("a/") for key in statuses)  # no status key built from a non-name
+
+
+# ------------------------------------------------------------------ issue 9: upstreams only into pod pools
+
+
+def test_upstreams_outside_the_pod_pools_planted_in_etcd_never_reach_nginx(world):
+    """slb-core refuses them; a record written around it (etcd itself) is filtered by the agent."""
+    async def main():
+        await world.put(domain("boot.example.com", "10.0.0.5:80", "192.168.50.1:2379"))  # at the first read
+        world.start_agent()
+        await world.rt.sleep(1)
+        rev = await world.put(domain("shop.example.com", "10.0.0.5:80", "192.168.50.1:2379", "10.0.255.254:80",
+                                     "10.0.0.0:80", "127.0.0.1:2379"))
+        only = await world.put(domain("etcd.example.com", "192.168.50.1:2379"))
+        await world.rt.sleep(1)
+        moved = await world.put(domain("shop.example.com", "10.0.0.6:80", "172.16.0.1:2379"))  # in place
+        await world.rt.sleep(1)
+        return rev, only, moved
+
+    rev, only, moved = world.run(main())
+    assert world.proxy.serving("boot.example.com") == (Upstream("10.0.0.5", 80),)
+    assert world.proxy.serving("shop.example.com") == (Upstream("10.0.0.6", 80),)
+    assert world.proxy.serving("etcd.example.com") == ()  # in force, no servers: the 503 sink
+    statuses = world.statuses()
+    assert statuses["shop.example.com"].revision == moved  # the rest of the record applies: drains go on
+    assert "172.16.0.1:2379" in statuses["shop.example.com"].error
+    assert "pod pool" in statuses["etcd.example.com"].error and statuses["etcd.example.com"].revision == only
+    assert "192.168.50.1:2379" in statuses["boot.example.com"].error
+    assert world.agent.stats.in_place >= 1 and rev < moved
+
+
+def test_a_pool_added_later_lets_its_servers_in_and_a_removed_pool_takes_them_out(world):
+    async def main():
+        world.start_agent()
+        await world.rt.sleep(1)
+        rev = await world.put(domain("shop.example.com", "10.0.0.5:80", "10.9.0.5:80"))
+        await world.rt.sleep(1)
+        before = world.proxy.serving("shop.example.com"), world.statuses()["shop.example.com"]
+        await world.add_pool("late", "10.9.0.0/24")
+        await world.rt.sleep(1)
+        added = world.proxy.serving("shop.example.com"), world.statuses()["shop.example.com"]
+        await world.admin.delete("/ipam/pools/late")
+        await world.rt.sleep(1)
+        return rev, before, added
+
+    rev, before, added = world.run(main())
+    assert before[0] == (Upstream("10.0.0.5", 80),) and "10.9.0.5:80" in before[1].error
+    assert added[0] == (Upstream("10.0.0.5", 80), Upstream("10.9.0.5", 80)) and added[1].error == ""
+    assert added[1].revision == rev
+    assert world.proxy.serving("shop.example.com") == (Upstream("10.0.0.5", 80),)
+    assert "10.9.0.5:80" in world.statuses()["shop.example.com"].error
+    assert world.proxy.reload_count == 1  # pools move servers in place only
+
+
+def test_a_pool_written_just_before_its_first_domain_is_never_missed(world):
+    async def main():
+        world.start_agent()
+        await world.rt.sleep(1)
+        # Two watches deliver these independently: the domain may be seen before its pool.
+        await world.add_pool("fresh", "10.7.0.0/24")
+        await world.put(domain("shop.example.com", "10.7.0.9:80"))
+        await world.rt.sleep(1)
+
+    world.run(main())
+    assert world.proxy.serving("shop.example.com") == (Upstream("10.7.0.9", 80),)
+    assert world.statuses()["shop.example.com"].error == ""
+
+
+def test_a_corrupt_pool_record_makes_only_its_addresses_unusable(world):
+    async def main():
+        await world.admin.put("/ipam/pools/broken", b"[" * 100_000)
+        await world.admin.put("/ipam/pools/wide", b'{"name":"wide","cidr":"0.0.0.0/0","gateway":"0.0.0.1"}')
+        world.start_agent()
+        await world.rt.sleep(1)
+        await world.put(domain("shop.example.com", "10.0.0.5:80", "192.168.1.1:2379"))
+        await world.admin.put("/ipam/pools/broken2", b'{"name":"broken2","cidr":"10.8.0.0/24","gateway":[1]}')
+        await world.rt.sleep(1)
+
+    world.run(main())
+    assert not world.task.done()
+    assert world.proxy.serving("shop.example.com") == (Upstream("10.0.0.5", 80),)

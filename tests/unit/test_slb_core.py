@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from cni.pools import Pool
 from control.auth import Principal
 from control.slb_core import (
     GROUP_INDEX,
@@ -65,10 +66,18 @@ def web(**fields) -> dict:
     return data
 
 
+def add_pool(world: World, name: str = "pods", cidr: str = "10.0.0.0/16", gateway: str = "10.0.255.254",
+             exclude: tuple[str, ...] = ()) -> None:
+    """Register a pod pool as cnictl does (the record of ``cni.pools``)."""
+    pool = Pool.parse(name, cidr, 100, gateway, list(exclude))
+    world.run(world.server.client("cnictl").put(pool.key, pool.to_bytes()))
+
+
 @pytest.fixture
 def w() -> World:
     world = World()
     world.run(world.core.create_group(ADMIN, "web", "public sites"))
+    add_pool(world)  # 10.0.0.0/16: every upstream of these tests is a pod address
     return world
 
 
@@ -278,6 +287,7 @@ def test_a_user_changes_only_its_own_domains(w):
     w.fails(PermissionDenied, w.core.set_upstreams(BOB, "web", "shop.example.com", ["10.0.0.1:80"]))
     w.fails(PermissionDenied, w.core.put_domain(ALICE, web(owner="bob")))  # cannot give it away either
     assert w.run(w.core.put_domain(ALICE, web(listen=8080))).domain.listen == 8080
+    w.run(w.core.put_domain(ADMIN, web(owner="alice", listen=8080, upstreams_by="owner")))  # the admin allows it
     assert w.run(w.core.set_upstreams(ALICE, "web", "shop.example.com", ["10.0.0.9:80"])) == w.server.revision
     # An admin may take it over or give it to anyone.
     assert w.run(w.core.put_domain(ADMIN, web(owner="bob", listen=8080,
@@ -447,3 +457,160 @@ def test_a_domain_name_too_long_for_a_file_name_is_refused(w):
     long_name = ".".join(["a" * 60] * 4) + ".com"  # 247 characters: a DNS name, not a file name
     err = w.fails(InvalidArgument, w.core.put_domain(ADMIN, web(name=long_name)))
     assert err.field == "name"
+
+
+# ------------------------------------------------------------------ issue 9: upstreams only into pod pools
+
+
+@pytest.mark.parametrize("server", ["192.168.7.10:2379", "10.1.0.5:2379", "10.0.255.254:80", "10.0.0.0:80",
+                                    "10.0.255.255:80", "10.0.3.3:2379"])
+def test_upstreams_outside_the_registered_pod_pools_are_refused_for_everyone(w, server):
+    # etcd's client port on some host that is no pod; the pool's gateway, network and broadcast
+    # addresses; an address the pool excludes (10.0.3.3, see below).
+    add_pool(w, "other", "10.2.0.0/24", "10.2.0.1")
+    w.run(w.server.client("cnictl").put("/ipam/pools/pods", Pool.parse(
+        "pods", "10.0.0.0/16", 100, "10.0.255.254", ["10.0.3.3"]).to_bytes()))
+    w.run(w.core.put_domain(ADMIN, web(owner="alice", upstreams_by="owner")))
+    for who in (DISCOVERY, ADMIN, ALICE):
+        err = w.fails(InvalidArgument, w.core.set_upstreams(who, "web", "shop.example.com", ["10.0.0.7:80", server]))
+        assert err.field == "servers" and server in str(err) and "pod pool" in str(err)
+    err = w.fails(InvalidArgument, w.core.put_domain(ADMIN, web(owner="alice", upstreams=[server])))
+    assert err.field == "upstreams" and server in str(err)
+    assert w.run(w.core.set_upstreams(DISCOVERY, "web", "shop.example.com", ["10.0.0.7:80", "10.2.0.9:80"])) > 0
+
+
+def test_a_pool_registered_later_is_usable_at_once(w):
+    w.run(w.core.put_domain(ALICE, web()))
+    w.fails(InvalidArgument, w.core.set_upstreams(DISCOVERY, "web", "shop.example.com", ["10.9.0.5:80"]))
+    add_pool(w, "late", "10.9.0.0/24", "10.9.0.1")
+    w.run(w.core.set_upstreams(DISCOVERY, "web", "shop.example.com", ["10.9.0.5:80"]))
+    assert [str(u) for u in w.stored("web", "shop.example.com").upstreams] == ["10.9.0.5:80"]
+    w.run(w.server.client("cnictl").delete("/ipam/pools/late"))
+    w.fails(InvalidArgument, w.core.set_upstreams(DISCOVERY, "web", "shop.example.com", ["10.9.0.6:80"]))
+
+
+def test_without_any_pool_no_upstream_is_accepted():
+    world = World()
+    world.run(world.core.create_group(ADMIN, "web"))
+    world.run(world.core.put_domain(ADMIN, web()))
+    err = world.fails(InvalidArgument, world.core.set_upstreams(DISCOVERY, "web", "shop.example.com", ["10.0.0.7:80"]))
+    assert err.field == "servers"
+    assert world.run(world.core.set_upstreams(DISCOVERY, "web", "shop.example.com", [])) > 0  # none is fine
+
+
+def test_a_corrupt_pool_record_makes_its_addresses_unusable_not_the_service(w):
+    cnictl = w.server.client("cnictl")
+    w.run(cnictl.put("/ipam/pools/broken", b"[" * 100_000))
+    w.run(cnictl.put("/ipam/pools/wide", b'{"name":"wide","cidr":"0.0.0.0/0","gateway":"0.0.0.1"}'))
+    w.run(w.core.put_domain(ALICE, web()))
+    w.fails(InvalidArgument, w.core.set_upstreams(DISCOVERY, "web", "shop.example.com", ["192.168.1.1:2379"]))
+    assert w.run(w.core.set_upstreams(DISCOVERY, "web", "shop.example.com", ["10.0.0.7:80"])) > 0
+
+
+# ------------------------------------------------------------------ issue 9: who sets upstreams
+
+
+def test_a_user_sets_upstreams_only_where_an_admin_allowed_the_owner(w):
+    w.run(w.core.put_domain(ALICE, web()))
+    err = w.fails(PermissionDenied, w.core.set_upstreams(ALICE, "web", "shop.example.com", ["10.0.0.7:80"]))
+    assert "discovery" in str(err) and "upstreams_by" in str(err)
+    # Not through PutDomain either: new upstreams, or allowing itself, are refused.
+    err = w.fails(PermissionDenied, w.core.put_domain(ALICE, web(upstreams=["10.0.0.7:80"])))
+    assert "discovery" in str(err)
+    err = w.fails(PermissionDenied, w.core.put_domain(ALICE, web(upstreams_by="owner")))
+    assert "upstreams_by" in str(err)
+    w.fails(PermissionDenied, w.core.put_domain(ALICE, web(name="new.example.com", upstreams=["10.0.0.7:80"])))
+    w.fails(PermissionDenied, w.core.put_domain(ALICE, web(name="new.example.com", upstreams_by="owner")))
+    # Discovery's servers survive the owner's edits (sent back or left out).
+    w.run(w.core.set_upstreams(DISCOVERY, "web", "shop.example.com", ["10.0.0.7:80"]))
+    assert [str(u) for u in w.run(w.core.put_domain(ALICE, web(listen=8080))).domain.upstreams] == ["10.0.0.7:80"]
+    w.run(w.core.put_domain(ALICE, web(listen=8081, upstreams=["10.0.0.7:80"])))
+    assert [str(u) for u in w.stored("web", "shop.example.com").upstreams] == ["10.0.0.7:80"]
+    # The admin lets the owner set them; the record keeps the rule, and Bob still may not.
+    w.run(w.core.put_domain(ADMIN, web(owner="alice", listen=8081, upstreams_by="owner")))
+    assert w.run(w.core.set_upstreams(ALICE, "web", "shop.example.com", ["10.0.0.8:80"])) == w.server.revision
+    assert w.stored("web", "shop.example.com").upstreams_by == "owner"
+    w.fails(PermissionDenied, w.core.set_upstreams(BOB, "web", "shop.example.com", ["10.0.0.9:80"]))
+    w.run(w.core.put_domain(ALICE, web(listen=8081, upstreams_by="owner", upstreams=["10.0.0.9:80"])))
+    assert [str(u) for u in w.stored("web", "shop.example.com").upstreams] == ["10.0.0.9:80"]
+
+
+def test_upstreams_by_defaults_to_discovery_and_is_left_out_of_the_record(w):
+    stored = w.run(w.core.put_domain(ADMIN, web()))
+    raw = w.contents()[domain_key("web", "shop.example.com")][0]
+    assert stored.domain.upstreams_by == "discovery" and b"upstreams_by" not in raw
+    err = w.fails(InvalidArgument, w.core.put_domain(ADMIN, web(upstreams_by="anyone")))
+    assert err.field == "upstreams_by"
+
+
+# ------------------------------------------------------------------ issue 9: ASCII digits only
+
+
+@pytest.mark.parametrize("server", ["10.0.0.1:\u00b2", "10.0.0.1:\u0668\u0660", "10.0.0.1:\uff18\uff10",
+                                    "\u0661\u0660.0.0.1:80", "10.0.0.1: 80", "10.0.0.1:+80", "10.0.0.1:80\n",
+                                    "010.0.0.1:80", "10.0.0.1:0080000"])
+def test_ports_and_addresses_are_ascii_digits_only(w, server):
+    w.run(w.core.put_domain(ALICE, web()))
+    err = w.fails(InvalidArgument, w.core.set_upstreams(DISCOVERY, "web", "shop.example.com", [server]))
+    assert err.field == "servers"
+    err = w.fails(InvalidArgument, w.core.put_domain(ADMIN, web(upstreams=[server])))
+    assert err.field == "upstreams"
+
+
+@pytest.mark.parametrize("value", ["\u0661\u0660m", "10\u00b2", "\uff11\uff10s"])
+def test_numeric_settings_are_ascii_digits_only(w, value):
+    err = w.fails(InvalidArgument, w.core.put_domain(ADMIN, web(settings={"client_max_body_size": value})))
+    assert err.field == "settings.client_max_body_size"
+
+
+# ------------------------------------------------------------------ issue 9: corrupt records
+
+
+CORRUPT = {
+    "deep-list": b"[" * 100_000,
+    "deep-object": b'{"a":' * 100_000,
+    "nested-field": json.dumps({"name": "bad.example.com", "group": "web", "owner": "alice",
+                                "settings": json.loads('{"a":' * 50 + "1" + "}" * 50)}).encode(),
+    "nested-headers": json.dumps({"name": "bad.example.com", "group": "web", "locations": [
+        {"path": "/", "set_headers": {"X-A": json.loads('{"a":' * 50 + "1" + "}" * 50)}}]}).encode(),
+    "huge-int": b'{"name":"bad.example.com","group":"web","listen":' + b"9" * 5000 + b"}",
+    "big-int": b'{"name":"bad.example.com","group":"web","listen":' + b"9" * 4000 + b"}",
+    "wrong-types": b'{"name":["bad"],"group":{"web":1},"listen":"80","upstreams":"10.0.0.1:80"}',
+    "not-utf8": b'{"name":"\xff\xfe"}',
+    "unicode-port": '{"name":"bad.example.com","group":"web","upstreams":["10.0.0.1:\u0668\u0660"]}'.encode(),
+    "other-key": b'{"name":"other.example.com","group":"web"}',
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CORRUPT))
+def test_a_corrupt_domain_record_is_a_corrupt_record_and_lists_skip_it(w, kind):
+    key = domain_key("web", "bad.example.com")
+    w.run(w.core.put_domain(ALICE, web()))
+    w.run(w.server.client("other").put(key, CORRUPT[kind]))
+    err = w.fails(CorruptRecord, w.core.get_domain(ALICE, "web", "bad.example.com"))
+    assert err.key == key and len(str(err)) < 1000
+    listed, _ = w.run(w.core.list_domains(ALICE, "web"))
+    assert [d.domain.name for d in listed] == ["shop.example.com"]
+    w.fails(CorruptRecord, w.core.set_upstreams(DISCOVERY, "web", "bad.example.com", []))
+    w.fails(CorruptRecord, w.core.delete_domain(ALICE, "web", "bad.example.com"))
+    assert w.run(w.core.put_domain(ADMIN, web(name="bad.example.com"))).domain.owner == "ops"  # admins repair it
+
+
+@pytest.mark.parametrize("raw", [b"[" * 100_000, b'{"revision":' + b"9" * 5000 + b"}", b'{"revision":"\xd9\xa8"}',
+                                 b'{"revision":true}', b'{"revision":1,"at":"x"}', b'{"revision":1,"error":[1]}',
+                                 b'[1]'])
+def test_a_corrupt_status_record_is_reported_as_unreadable(w, raw):
+    w.run(w.core.put_domain(ALICE, web()))
+    w.run(w.server.client("agent").put(status_key("web", "nginx-1", "shop.example.com"), raw))
+    status = w.run(w.core.get_status(ALICE, "web", "shop.example.com"))
+    assert [(h.host, h.applied_revision) for h in status.hosts] == [("nginx-1", 0)]
+    assert "unreadable" in status.hosts[0].error and len(status.hosts[0].error) < 1000
+
+
+@pytest.mark.parametrize("raw", [b"[" * 100_000, b'{"name":"web","created_at":' + b"9" * 5000 + b"}", b'[]',
+                                 b'{"name":"web","description":{"a":1}}', b'{"name":"Bad Name"}'])
+def test_a_corrupt_group_meta_is_a_corrupt_record(w, raw):
+    w.run(w.server.client("other").put(meta_key("web"), raw))
+    err = w.fails(CorruptRecord, w.core.get_group(ALICE, "web"))
+    assert err.key == meta_key("web")
+    w.fails(CorruptRecord, w.core.list_groups(ALICE))
