@@ -12,23 +12,47 @@
       - {namespace: shop, service: shop, port: 8080, group: public, domain: shop.example.com}
     resync_seconds: 5            # optional: how often failed pushes are retried
 
-It wires the real adapters (the ``kubernetes`` client per Cell, etcd through slb-core's
-logic, asyncio) to ``control/discovery.py``. Every field is validated before anything
-starts; a bad file is one line on stderr naming the field, and exit status 2.
+(docs/slb.md describes the file field by field.) It wires the real adapters (the
+``kubernetes`` client per Cell, etcd through slb-core's logic, asyncio) to
+``control/discovery.py``. Every field is validated before anything starts; a bad file is
+one line on stderr naming the field, and exit status 2.
+
+Drains, from anywhere that reaches etcd, through the running daemon::
+
+    leengine-discovery drain --config discovery.yaml --etcd ... shop 10.1.0.6 [10.1.0.7 ...]
+    leengine-discovery forget --etcd ... shop 10.1.0.6      # the pod is gone: lift the exclusion
+
+``drain`` writes a request record per address (``/discovery/drains/{namespace}/{ip}``),
+waits for the daemon's outcome in it and prints, per address, the domains it left, the
+Nginx hosts that confirmed and those that did not, and how long it took; exit status 0
+when every address drained, 1 otherwise (also when no daemon answered in time).
 """
 
 from __future__ import annotations
 
 import asyncio
+import getpass
+import json
 import logging
+import os
+import socket
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 import yaml
 
-from control.discovery import Binding, Discovery
+from control.discovery import (
+    MAX_DRAIN_TIMEOUT,
+    Binding,
+    Discovery,
+    decode_drain_record,
+    drain_key,
+    encode_drain_record,
+    is_ipv4,
+)
 from foundation.logic.slb_domain import GROUP_NAME, DomainError, check_domain_name
 from foundation.ports import StoreError
 from leengine.etcd_options import (
@@ -111,9 +135,10 @@ async def run_discovery(etcd: str, cells: dict[str, dict[str, str]], bindings: l
         await store.close()
 
 
-@app.command()
+@app.callback(invoke_without_command=True)
 def main(
-    config: Annotated[Path, typer.Option(help="YAML file: cells and bindings")],
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option(help="YAML file: cells and bindings (required)")] = None,
     etcd: Annotated[str, typer.Option(envvar="LEENGINE_ETCD", help=ENDPOINT_HELP)] = "127.0.0.1:2379",
     timeout: Annotated[float, typer.Option(help="deadline of each etcd / API request, seconds")] = 5.0,
     etcd_ca: EtcdCaOpt = None,
@@ -121,8 +146,12 @@ def main(
     etcd_key: EtcdKeyOpt = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
-    """Feed the ready pods of every app, in every Cell, to its domains' upstreams."""
+    """Feed the ready pods of every app, in every Cell, to its domains' upstreams (commands: drain, forget)."""
+    if ctx.invoked_subcommand is not None:
+        return
     try:
+        if config is None:
+            raise ConfigError("--config: the YAML file of cells and bindings is required")
         cells, bindings, resync = load_config(config)
         etcd_tls = check_etcd_options(etcd, etcd_ca, etcd_cert, etcd_key)
     except (ConfigError, EtcdOptionError) as exc:
@@ -136,6 +165,146 @@ def main(
     except (StoreError, ValueError, OSError) as exc:  # etcd unreachable, a bad kubeconfig
         print(f"leengine-discovery: error: {exc}", file=sys.stderr)
         raise typer.Exit(1) from None
+
+
+# ---------------------------------------------------------------------------- drain / forget
+
+DRAIN_GRACE = 10.0  # seconds beyond the drain timeout that the command waits for the daemon's outcome
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    print(f"leengine-discovery: error: {message}", file=sys.stderr)
+    return typer.Exit(code)
+
+
+def _addresses(namespace: str, addresses: list[str]) -> list[str]:
+    if not NAME.fullmatch(namespace):
+        raise _fail(f"NAMESPACE: {namespace[:64]!r} is not a namespace name")
+    for address in addresses:
+        if not is_ipv4(address):
+            raise _fail(f"ADDRESS: {address[:64]!r} is not an IPv4 address")
+    return list(dict.fromkeys(addresses))
+
+
+def _report(namespace: str, ip: str, record: dict[str, Any] | None, waited: float) -> tuple[bool, str]:
+    """(drained, what to print) for one address."""
+    if record is None:
+        return False, f"{ip} ({namespace}): its drain record is gone (forgotten meanwhile?)"
+    state = record["state"]
+    if state in ("requested", "draining"):
+        who = "no discovery daemon took the request" if state == "requested" else "the daemon is still draining"
+        return False, f"{ip} ({namespace}): not done after {waited:.1f}s: {who} (state {state})"
+    lines = [f"{ip} ({namespace}): {'drained' if state == 'drained' else 'NOT drained'} in "
+             f"{float(record.get('took', 0)):.3f}s" + (f": {record['error']}" if record.get("error") else "")]
+    for field in ("domains", "confirmed", "unconfirmed"):
+        values = record.get(field)
+        shown = ", ".join(str(v) for v in values) if isinstance(values, list) and values else "-"
+        lines.append(f"  {field}: {shown}")
+    return state == "drained", "\n".join(lines)
+
+
+async def _drain(etcd: str, etcd_tls: EtcdClientTls | None, namespace: str, addresses: list[str],
+                 drain_timeout: float, timeout: float, as_json: bool) -> int:
+    store = await open_store(etcd, etcd_tls, timeout=timeout)
+    try:
+        by = f"{getpass.getuser()}@{socket.gethostname()} (pid {os.getpid()})"
+        request = {"state": "requested", "timeout": drain_timeout, "requested_by": by, "requested_at": time.time()}
+        keys = {ip: drain_key(namespace, ip) for ip in addresses}
+        for key in keys.values():
+            await store.put(key, encode_drain_record(request))
+        started = time.monotonic()
+        deadline = started + drain_timeout + DRAIN_GRACE
+        records: dict[str, dict[str, Any] | None] = {}
+        while True:
+            for ip, key in keys.items():
+                kv = await store.get(key)
+                try:
+                    records[ip] = None if kv is None else decode_drain_record(kv.value)
+                except ValueError as exc:
+                    records[ip] = {"state": "failed", "error": f"unreadable drain record: {exc}"}
+            pending = [ip for ip, r in records.items() if r is not None and r["state"] in ("requested", "draining")]
+            if not pending or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.1)
+        waited = time.monotonic() - started
+    finally:
+        await store.close()
+    ok = True
+    out = []
+    for ip in addresses:
+        drained, text = _report(namespace, ip, records.get(ip), waited)
+        ok = ok and drained
+        out.append({"namespace": namespace, "address": ip, **(records.get(ip) or {"state": "forgotten"})}
+                   if as_json else text)
+    print(json.dumps(out, indent=2, sort_keys=True) if as_json else "\n".join(out))
+    return 0 if ok else 1
+
+
+@app.command()
+def drain(
+    namespace: Annotated[str, typer.Argument(help="the app (namespace) the pods belong to")],
+    addresses: Annotated[list[str], typer.Argument(help="pod IPv4 addresses to drain")],
+    config: Annotated[Path, typer.Option(help="the daemon's YAML file (the namespace must have bindings)")],
+    etcd: Annotated[str, typer.Option(envvar="LEENGINE_ETCD", help=ENDPOINT_HELP)] = "127.0.0.1:2379",
+    drain_timeout: Annotated[float, typer.Option("--drain-timeout", help="how long every Nginx host has to "
+                                                 "confirm, seconds")] = 30.0,
+    timeout: Annotated[float, typer.Option(help="deadline of each etcd request, seconds")] = 5.0,
+    as_json: Annotated[bool, typer.Option("--json", help="print the drain records as JSON")] = False,
+    etcd_ca: EtcdCaOpt = None,
+    etcd_cert: EtcdCertOpt = None,
+    etcd_key: EtcdKeyOpt = None,
+) -> None:
+    """Drain pods through the running daemon: out of every domain of the app, confirmed by every Nginx host."""
+    addresses = _addresses(namespace, addresses)
+    try:
+        _, bindings, _ = load_config(config)
+        etcd_tls = check_etcd_options(etcd, etcd_ca, etcd_cert, etcd_key)
+    except (ConfigError, EtcdOptionError) as exc:
+        raise _fail(str(exc)) from None
+    if not any(b.namespace == namespace for b in bindings):
+        raise _fail(f"NAMESPACE: {namespace} has no binding in {config}: discovery feeds no domain from it")
+    if not 0 < drain_timeout <= MAX_DRAIN_TIMEOUT:
+        raise _fail(f"--drain-timeout: {drain_timeout:g} is not in (0, {MAX_DRAIN_TIMEOUT:g}]")
+    try:
+        code = asyncio.run(_drain(etcd, etcd_tls, namespace, addresses, drain_timeout, timeout, as_json))
+    except (StoreError, OSError) as exc:
+        raise _fail(str(exc)[:300], 1) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def forget(
+    namespace: Annotated[str, typer.Argument(help="the app (namespace) the pods belonged to")],
+    addresses: Annotated[list[str], typer.Argument(help="drained pod IPv4 addresses")],
+    etcd: Annotated[str, typer.Option(envvar="LEENGINE_ETCD", help=ENDPOINT_HELP)] = "127.0.0.1:2379",
+    timeout: Annotated[float, typer.Option(help="deadline of each etcd request, seconds")] = 5.0,
+    etcd_ca: EtcdCaOpt = None,
+    etcd_cert: EtcdCertOpt = None,
+    etcd_key: EtcdKeyOpt = None,
+) -> None:
+    """The drained pods are gone: delete their drain records, so the addresses may serve again (a new pod)."""
+    addresses = _addresses(namespace, addresses)
+    try:
+        etcd_tls = check_etcd_options(etcd, etcd_ca, etcd_cert, etcd_key)
+    except EtcdOptionError as exc:
+        raise _fail(str(exc)) from None
+
+    async def run() -> list[str]:
+        store = await open_store(etcd, etcd_tls, timeout=timeout)
+        try:
+            lines = []
+            for ip in addresses:
+                deleted = await store.delete(drain_key(namespace, ip))
+                lines.append(f"{ip} ({namespace}): " + ("drain record deleted" if deleted.deleted
+                                                        else "no drain record (nothing to forget)"))
+            return lines
+        finally:
+            await store.close()
+
+    try:
+        print("\n".join(asyncio.run(run())))
+    except (StoreError, OSError) as exc:
+        raise _fail(str(exc)[:300], 1) from None
 
 
 def entry() -> None:

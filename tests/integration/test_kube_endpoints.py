@@ -12,19 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
+import sys
 import time
 
 import pytest
 
+from cni.pools import Pool
 from control.auth import Principal
-from control.discovery import Binding, Discovery
+from control.discovery import Binding, Discovery, drain_key
 from control.slb_core import SlbCore
 from foundation.adapters.asyncio_runtime import AsyncioRuntime
-from foundation.adapters.etcd_store import EtcdStore
 from foundation.adapters.k8s_cluster import KubeCluster
-from foundation.logic.slb_domain import Upstream
+from foundation.logic.slb_domain import DomainStatus, Upstream, domains_prefix, hosts_prefix, status_key
 from foundation.ports.cluster import ClusterUnavailable, Endpoints, EndpointsEvent, ResourceExpired
+from leengine.etcd_options import open_store
 from leengine.kube_mock import KubeApiMock
 
 TIMEOUT = 2.0
@@ -192,6 +195,16 @@ def test_close_ends_a_blocked_watch_promptly_and_twice_is_harmless(kube):
 # ---------------------------------------------------------------------------- discovery end to end
 
 
+async def add_pools(store, tag: str) -> list[str]:
+    """The Cells' pod pools (an upstream must be a pod address): 10.1.0.0/24 and 10.2.0.0/24."""
+    keys = []
+    for cell, cidr in (("a", "10.1.0.0/24"), ("b", "10.2.0.0/24")):
+        pool = Pool.parse(f"{tag}-{cell}", cidr, vlan=100, gateway=cidr.replace("0/24", "254"))
+        await store.put(pool.key, pool.to_bytes())
+        keys.append(pool.key)
+    return keys
+
+
 @pytest.mark.etcd
 def test_discovery_writes_ready_endpoints_of_two_cells_into_the_domain_in_etcd(etcd_server):
     group = f"disc-{os.getpid()}-{next(_groups)}"
@@ -203,11 +216,12 @@ def test_discovery_writes_ready_endpoints_of_two_cells_into_the_domain_in_etcd(e
     cells["cell-b"].set_endpoints("shop", "shop", ready=["10.2.0.7"])
 
     async def main():
-        store = await EtcdStore.open(etcd_server.endpoint, timeout=TIMEOUT)
+        store = await open_store(etcd_server.endpoint, etcd_server.client_tls, timeout=TIMEOUT)
         runtime = AsyncioRuntime(seed=1)
         slb = SlbCore(store, runtime)
         clusters = {name: KubeCluster(host=mock.url, timeout=TIMEOUT) for name, mock in cells.items()}
         discovery = Discovery(clusters, slb, runtime, [Binding("shop", "shop", 8080, group, domain)], retry=0.2)
+        pools = await add_pools(store, group)
         await slb.create_group(ADMIN, group)
         await slb.put_domain(ADMIN, {"name": domain, "group": group, "owner": "shop"})
         task = runtime.spawn(discovery.run(), name="discovery")
@@ -249,6 +263,8 @@ def test_discovery_writes_ready_endpoints_of_two_cells_into_the_domain_in_etcd(e
                 await asyncio.wait_for(task.join(), 5)
             await slb.delete_domain(ADMIN, group, domain)
             await slb.delete_group(ADMIN, group)
+            for key in pools:
+                await store.delete(key)
             for cluster in clusters.values():
                 await cluster.close()
             await store.close()
@@ -345,3 +361,194 @@ def test_corrupt_endpoints_objects_are_skipped_in_listings_and_watches(kube):
     assert listing == [Endpoints("shop", "shop", ready=("10.1.0.5",))]
     assert event == EndpointsEvent("MODIFIED", Endpoints("shop", "shop", ready=("10.1.0.5", "10.1.0.6")))
     assert (watches, lists) == (1, 1)
+
+
+class Lab:
+    """Discovery on asyncio over real etcd and Kubernetes API mocks, with a stand-in Nginx host that
+    confirms every domain revision (its status record), as an SLB agent does."""
+
+    def __init__(self, etcd_server, cells: dict[str, KubeApiMock], bindings: list[tuple[str, str]],
+                 *, cell_timeout: float = TIMEOUT, **discovery_options) -> None:
+        self.etcd = etcd_server
+        self.mocks = cells
+        self.group = f"disc-{os.getpid()}-{next(_groups)}"
+        self.bindings = [Binding(ns, ns, 8080, self.group, domain) for ns, domain in bindings]
+        self.cell_timeout = cell_timeout
+        self.options = {"retry": 0.2, **discovery_options}
+        self.writes: list[tuple[str, tuple[str, ...]]] = []
+        self.discovery: Discovery | None = None
+        self.task = None
+        self.confirming = True
+
+    async def __aenter__(self) -> Lab:
+        self.store = await open_store(self.etcd.endpoint, self.etcd.client_tls, timeout=TIMEOUT)
+        self.runtime = AsyncioRuntime(seed=1)
+        self.slb = SlbCore(self.store, self.runtime)
+        self.pools = await add_pools(self.store, self.group)
+        await self.slb.create_group(ADMIN, self.group)
+        for domain in sorted({b.domain for b in self.bindings}):
+            await self.slb.put_domain(ADMIN, {"name": domain, "group": self.group, "owner": "shop"})
+        await self.store.put(f"{hosts_prefix(self.group)}nginx-t", b"up")
+        self.helpers = [asyncio.ensure_future(self._host())]
+        await asyncio.sleep(0.2)  # the host's watch is open
+        return self
+
+    async def _host(self) -> None:
+        """The stand-in Nginx host: records every write and confirms it (while ``confirming``)."""
+        async with self.store.watch(domains_prefix(self.group)) as watch:
+            async for event in watch:
+                if event.type != "put":
+                    continue
+                record = json.loads(event.kv.value)
+                self.writes.append((record["name"], tuple(record["upstreams"])))
+                if self.confirming:
+                    status = DomainStatus(event.kv.mod_revision, wanted_revision=event.kv.mod_revision)
+                    await self.store.put(status_key(self.group, "nginx-t", record["name"]), status.to_bytes())
+
+    def start(self) -> Discovery:
+        clusters = {name: KubeCluster(host=mock.url, timeout=self.cell_timeout) for name, mock in self.mocks.items()}
+        self.discovery = Discovery(clusters, self.slb, self.runtime, self.bindings, **self.options)
+        self.task = self.runtime.spawn(self.discovery.run(), name="discovery")
+        return self.discovery
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(self.task.join(), 5)
+            self.task = None
+            for cluster in self.discovery.cells.values():
+                await cluster.close()
+
+    async def upstreams(self, domain: str) -> tuple[str, ...]:
+        return tuple(str(u) for u in (await self.slb.get_domain(ADMIN, self.group, domain)).domain.upstreams)
+
+    async def settle(self, domain: str, *servers: str, limit: float = 10.0) -> tuple[str, ...]:
+        deadline = time.monotonic() + limit
+        while (have := await self.upstreams(domain)) != servers and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return have
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+        for helper in self.helpers:
+            helper.cancel()
+        await self.store.delete(f"/slb/{self.group}/", prefix=True)
+        await self.store.delete(f"/control/slb/groups/{self.group}")
+        await self.store.delete("/discovery/drains/", prefix=True)
+        for key in self.pools:
+            await self.store.delete(key)
+        await self.store.close()
+
+
+@pytest.mark.etcd
+def test_a_restart_over_http_with_a_cell_cut_off_keeps_its_addresses_and_idle_cells_are_not_relisted(etcd_server):
+    """Item 10 over HTTP (an app whose ready pods are all in the cut-off Cell is never emptied) and item 11
+    as discovery lives it: with watch_timeout > timeout, quiet Cells are watched, not relisted."""
+    cells = {"cell-a": KubeApiMock(), "cell-b": KubeApiMock()}
+    for mock in cells.values():
+        mock.start()
+    cells["cell-a"].set_endpoints("shop", "shop", ready=["10.1.0.5"])
+    cells["cell-a"].set_endpoints("blog", "blog", ready=["10.1.0.20"])
+    cells["cell-b"].set_endpoints("shop", "shop", ready=["10.2.0.7"])
+    shop, blog = "shop.example.com", "blog.example.com"
+
+    async def main():
+        seen = {}
+        async with Lab(etcd_server, cells, [("shop", shop), ("blog", blog)], cell_timeout=1.0) as lab:
+            first = lab.start()
+            await asyncio.wait_for(first.synced.wait(), 10)
+            seen["first"] = (await lab.settle(shop, "10.1.0.5:8080", "10.2.0.7:8080"),
+                             await lab.settle(blog, "10.1.0.20:8080"))
+            lists, watches = cells["cell-b"].count("list"), cells["cell-b"].count("watch")
+            await asyncio.sleep(3.5)  # quiet for 3.5 x the Cells' request timeout
+            seen["idle"] = (cells["cell-b"].count("list") - lists, cells["cell-b"].count("watch") - watches)
+            await lab.stop()
+            await asyncio.to_thread(cells["cell-a"].cut_off)
+            before = len(lab.writes)
+            second = lab.start()  # the restart, while cell-a's API is out of reach
+            await asyncio.sleep(1.5)
+            cells["cell-b"].set_endpoints("shop", "shop", ready=["10.2.0.7", "10.2.0.8"])
+            seen["during"] = await lab.settle(shop, "10.1.0.5:8080", "10.2.0.7:8080", "10.2.0.8:8080")
+            seen["blog during"] = await lab.upstreams(blog)
+            seen["writes during"] = lab.writes[before:]
+            seen["synced during"] = second.synced.is_set()
+            cells["cell-a"].set_endpoints("blog", "blog", ready=["10.1.0.21"])  # changed while out of reach
+            cells["cell-a"].restore()
+            await asyncio.wait_for(second.synced.wait(), 10)
+            seen["blog after"] = await lab.settle(blog, "10.1.0.21:8080")
+        return seen
+
+    try:
+        seen = run(main(), limit=90)
+    finally:
+        for mock in cells.values():
+            mock.stop()
+    assert seen["first"] == (("10.1.0.5:8080", "10.2.0.7:8080"), ("10.1.0.20:8080",))
+    assert seen["idle"] == (0, 0)
+    assert seen["synced during"] is False
+    assert seen["during"] == ("10.1.0.5:8080", "10.2.0.7:8080", "10.2.0.8:8080")
+    assert seen["blog during"] == ("10.1.0.20:8080",)
+    assert seen["writes during"] == [(shop, ("10.1.0.5:8080", "10.2.0.7:8080", "10.2.0.8:8080"))]
+    assert seen["blog after"] == ("10.1.0.21:8080",)
+
+
+async def cli(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "leengine.discovery", *args,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode, out.decode(), err.decode()
+
+
+@pytest.mark.etcd
+def test_drain_and_forget_commands_drain_through_the_daemon_and_report(etcd_server, tmp_path):
+    cells = {"cell-a": KubeApiMock()}
+    cells["cell-a"].start()
+    cells["cell-a"].set_endpoints("shop", "shop", ready=["10.1.0.5", "10.1.0.6"])
+    shop = "shop.example.com"
+
+    async def main():
+        seen = {}
+        async with Lab(etcd_server, cells, [("shop", shop)], linger=0.5, resync=0.3) as lab:
+            config = tmp_path / "discovery.yaml"
+            config.write_text(f'cells:\n  cell-a: {{api: "{cells["cell-a"].url}"}}\nbindings:\n'
+                              f"  - {{namespace: shop, service: shop, port: 8080, group: {lab.group}, "
+                              f"domain: {shop}}}\n")
+            etcd = ["--etcd", etcd_server.endpoint, *etcd_server.client_args]
+            lab.start()
+            await asyncio.wait_for(lab.discovery.synced.wait(), 10)
+            seen["start"] = await lab.settle(shop, "10.1.0.5:8080", "10.1.0.6:8080")
+            seen["drain"] = await cli("drain", "--config", str(config), *etcd, "--drain-timeout", "5",
+                                      "shop", "10.1.0.6")
+            seen["drained"] = await lab.upstreams(shop)
+            seen["record"] = json.loads((await lab.store.get(drain_key("shop", "10.1.0.6"))).value)
+            lab.confirming = False  # the host stops confirming: the next drain cannot complete
+            seen["unconfirmed"] = await cli("drain", "--config", str(config), *etcd, "--drain-timeout", "1",
+                                            "shop", "10.1.0.5")
+            seen["no binding"] = await cli("drain", "--config", str(config), *etcd, "blog", "10.1.0.9")
+            seen["forget"] = await cli("forget", *etcd, "shop", "10.1.0.6", "10.1.0.5", "10.1.0.7")
+            seen["records"] = (await lab.store.range("/discovery/drains/")).kvs
+            seen["back"] = await lab.settle(shop, "10.1.0.5:8080", "10.1.0.6:8080")  # both still listed ready
+        return seen
+
+    try:
+        seen = run(main(), limit=120)
+    finally:
+        cells["cell-a"].stop()
+    code, out, err = seen["drain"]
+    assert code == 0, err
+    assert out.splitlines() == ["10.1.0.6 (shop): drained in " + out.split(" in ", 1)[1].splitlines()[0],
+                                f"  domains: {seen['record']['domains'][0]}", "  confirmed: nginx-t",
+                                "  unconfirmed: -"]
+    assert seen["record"]["state"] == "drained" and seen["record"]["domains"][0].endswith("/shop.example.com")
+    assert seen["drained"] == ("10.1.0.5:8080",)
+    code, out, _ = seen["unconfirmed"]
+    assert code == 1 and out.startswith("10.1.0.5 (shop): NOT drained in") and "unconfirmed: nginx-t" in out
+    code, _, err = seen["no binding"]
+    assert code == 2 and err.startswith("leengine-discovery: error: NAMESPACE: blog has no binding")
+    code, out, _ = seen["forget"]
+    assert code == 0 and out.splitlines() == ["10.1.0.6 (shop): drain record deleted",
+                                              "10.1.0.5 (shop): drain record deleted",
+                                              "10.1.0.7 (shop): no drain record (nothing to forget)"]
+    assert seen["records"] == ()
+    assert seen["back"] == ("10.1.0.5:8080", "10.1.0.6:8080")

@@ -48,3 +48,29 @@ def test_the_command_prints_one_line_and_exits_2(tmp_path):
                          text=True, timeout=60, check=False)
     assert run.returncode == 2 and run.stderr.startswith("leengine-discovery: error:")
     assert len(run.stderr.strip().splitlines()) == 1 and "port" in run.stderr
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "leengine.discovery", *args], capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def test_the_daemon_without_config_is_one_line_and_exit_2():
+    run = _cli()
+    assert run.returncode == 2 and run.stderr.strip() == ("leengine-discovery: error: --config: the YAML file of "
+                                                         "cells and bindings is required")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["shop", "10.1.0.300"], "ADDRESS: '10.1.0.300' is not an IPv4 address"),
+    (["shop", "fe80::1"], "ADDRESS: 'fe80::1' is not an IPv4 address"),
+    (["Shop!", "10.1.0.5"], "NAMESPACE: 'Shop!' is not a namespace name"),
+    (["blog", "10.1.0.5"], "NAMESPACE: blog has no binding in"),
+    (["shop", "10.1.0.5", "--drain-timeout", "0"], "--drain-timeout: 0 is not in (0, 3600]"),
+])
+def test_drain_arguments_are_checked_before_anything_is_written(tmp_path, args, message):
+    path = tmp_path / "d.yaml"
+    path.write_text(GOOD)
+    run = _cli("drain", "--config", str(path), "--etcd", "127.0.0.1:9", *args)  # nothing listens there
+    assert run.returncode == 2 and run.stderr.startswith(f"leengine-discovery: error: {message}"), run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
