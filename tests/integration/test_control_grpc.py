@@ -29,7 +29,7 @@ from control.generated.leengine.control.v1 import slb_pb2_grpc
 from foundation.adapters.etcd_store import EtcdStore
 from foundation.logic.slb_domain import DomainStatus, domain_key, status_key
 from foundation.ports import StoreUnavailable
-from leengine.control_server import FIELD_METADATA, SERVICE, start
+from leengine.control_server import FIELD_METADATA, SERVICE, ServerLimits, start
 
 pytestmark = pytest.mark.etcd
 
@@ -69,10 +69,10 @@ class Service:
         return pb.Domain(name=name, group=self.group, **fields)
 
 
-def run(etcd_server, body: Callable[[Service], Awaitable[None]]) -> None:
+def run(etcd_server, body: Callable[[Service], Awaitable[None]], limits: ServerLimits | None = None) -> None:
     async def main() -> None:
         store = await EtcdStore.open(etcd_server.endpoint, timeout=2.0)
-        server = await start(store, TABLE)
+        server = await start(store, TABLE, limits=limits)
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
         try:
             await body(Service(slb_pb2_grpc.SlbCoreStub(channel), channel, store, f"g{os.getpid()}-{next(_groups)}"))
@@ -266,15 +266,29 @@ def _command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "leengine.control_server"]
 
 
-def test_console_script_refuses_a_world_readable_tokens_file(tmp_path, etcd_server):
+@pytest.mark.parametrize("mode", [0o644, 0o640])
+def test_console_script_refuses_a_tokens_file_open_to_others(tmp_path, etcd_server, mode):
     tokens = tmp_path / "tokens"
     tokens.write_text(f"{TOKENS['ops']} ops admin\n")
-    tokens.chmod(0o644)
+    tokens.chmod(mode)
     done = subprocess.run([*_command(), "--tokens", str(tokens), "--etcd", etcd_server.endpoint],
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2
-    assert done.stderr.strip() == (f"leengine-control: error: tokens file {tokens} is accessible by every user "
-                                   f"(mode 0644): the tokens are secrets; run chmod 600 {tokens}")
+    assert done.stderr.strip() == (f"leengine-control: error: tokens file {tokens} is open to its group or others "
+                                   f"(mode {mode:04o}): the tokens are secrets; run chmod 600 {tokens}")
+
+
+def test_console_script_checks_its_limits_and_quotas(tmp_path, etcd_server):
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{TOKENS['ops']} ops admin\n")
+    tokens.chmod(0o600)
+    for flags, message in ((["--max-send-bytes", "1000"], "--max-send-bytes must be a whole number from"),
+                           (["--max-concurrent-rpcs", "0"], "--max-concurrent-rpcs must be"),
+                           (["--user-quota", "domains=many"], "--user-quota/--admin-quota: quota domains=many")):
+        done = subprocess.run([*_command(), "--tokens", str(tokens), "--etcd", etcd_server.endpoint, *flags],
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert done.stderr.startswith(f"leengine-control: error: {message}"), done.stderr
 
 
 def test_console_script_serves_until_sigterm(tmp_path, etcd_server):
@@ -311,3 +325,91 @@ def test_console_script_serves_until_sigterm(tmp_path, etcd_server):
     assert proc.returncode == 0, output
     assert (f"serving leengine.control.v1.SlbCore and leengine.control.v1.Builds on 127.0.0.1:{port} "
             "(1 principals)") in output
+
+
+# ------------------------------------------------------------------ limits and quotas (issue 9)
+
+
+def test_a_group_larger_than_a_grpc_message_is_listed_completely_in_pages(etcd_server):
+    """70 domains x 4,096 upstreams (~5.6 MB, over gRPC's 4 MiB): every client still reads the whole group."""
+    async def body(s: Service) -> None:
+        await s.stub.CreateGroup(pb.CreateGroupRequest(name=s.group), metadata=auth("ops"))
+        servers = ",".join(f'"10.{i // 250}.{i % 250}.1:8080"' for i in range(4096))
+        for i in range(70):  # written as slb-core writes them (a quota now keeps users from doing this)
+            name = f"big{i:02d}.example.com"
+            record = (f'{{"group":"{s.group}","listen":80,"locations":[{{"path":"/","read_timeout":60,'
+                      f'"set_headers":{{}}}}],"name":"{name}","owner":"alice","settings":{{}},'
+                      f'"upstreams":[{servers}]}}')
+            await s.store.put(domain_key(s.group, name), record.encode())
+        assert sum(len(kv.value) for kv in (await s.store.range(f"/slb/{s.group}/domains/")).kvs) > 4 << 20
+        names, token, revisions = [], "", set()
+        while True:
+            page = await s.stub.ListDomains(pb.ListDomainsRequest(group=s.group, page_size=1000, page_token=token),
+                                            metadata=auth("discovery"))
+            assert page.ByteSize() < 2 << 20
+            revisions.add(page.revision)
+            names.extend(d.name for d in page.domains)
+            assert all(len(d.upstreams) == 4096 for d in page.domains)
+            token = page.next_page_token
+            if not token:
+                break
+        assert names == [f"big{i:02d}.example.com" for i in range(70)] and len(revisions) == 1
+        err = await s.refused(grpc.StatusCode.INVALID_ARGUMENT, s.stub.ListDomains(
+            pb.ListDomainsRequest(group=s.group, page_token="not-a-token"), metadata=auth("alice")))
+        assert dict(err.trailing_metadata())[FIELD_METADATA] == "page_token"
+
+    run(etcd_server, body)
+
+
+def test_a_quota_breach_is_resource_exhausted_and_writes_nothing(etcd_server):
+    from control.slb_core import Limits, Quotas
+
+    async def body(s: Service) -> None:
+        await s.stub.CreateGroup(pb.CreateGroupRequest(name=s.group), metadata=auth("ops"))
+        await s.stub.PutDomain(pb.PutDomainRequest(domain=s.domain("a.example.com")), metadata=auth("bob"))
+        err = await s.refused(grpc.StatusCode.RESOURCE_EXHAUSTED, s.stub.PutDomain(
+            pb.PutDomainRequest(domain=s.domain("b.example.com")), metadata=auth("bob")))
+        assert err.details().startswith("quota domains_per_owner exceeded: bob already holds 1 domains")
+        headers = {f"X-H{i}": "v" * 40 for i in range(16)}  # ~900 bytes: over the user's 512
+        big = s.domain("c.example.com", locations=[pb.Location(path="/", set_headers=headers)])
+        err = await s.refused(grpc.StatusCode.RESOURCE_EXHAUSTED, s.stub.PutDomain(
+            pb.PutDomainRequest(domain=big), metadata=auth("alice")))
+        assert "quota record_bytes exceeded" in err.details()
+
+    run(etcd_server, body, ServerLimits(quotas=Quotas(user=Limits(1, 8, 512))))
+
+
+def test_huge_fields_are_invalid_argument_with_short_details_and_log_lines(etcd_server, caplog):
+    async def body(s: Service) -> None:
+        await s.stub.CreateGroup(pb.CreateGroupRequest(name=s.group), metadata=auth("ops"))
+        with caplog.at_level("INFO", logger="leengine.control"):
+            for domain in (pb.Domain(name="x" * 1_000_000, group=s.group),
+                           pb.Domain(name="a.example.com", group=s.group, owner="o" * 1_000_000),
+                           s.domain("a.example.com", locations=[pb.Location(path="/" + "p" * 1_000_000)])):
+                err = await s.refused(grpc.StatusCode.INVALID_ARGUMENT, s.stub.PutDomain(
+                    pb.PutDomainRequest(domain=domain), metadata=auth("ops")))
+                assert len(err.details()) <= 1100
+            err = await s.refused(grpc.StatusCode.INVALID_ARGUMENT, s.stub.SetUpstreams(pb.SetUpstreamsRequest(
+                group=s.group, domain="a.example.com", servers=["1" * 1_000_000]), metadata=auth("ops")))
+            assert len(err.details()) <= 1100
+            # A failed authentication is logged too (without the token).
+            await s.refused(grpc.StatusCode.UNAUTHENTICATED, s.stub.ListGroups(
+                pb.ListGroupsRequest(), metadata=(("authorization", "Bearer guessed-token-0123456789"),)))
+        lines = [r.getMessage() for r in caplog.records if r.name == "leengine.control"]
+        assert lines and all(len(line) < 1300 for line in lines)
+        assert any("ListGroups from" in line and "UNAUTHENTICATED (unknown token" in line for line in lines)
+        assert not any("guessed-token" in line for line in lines)
+
+    run(etcd_server, body)
+
+
+def test_a_request_over_the_receive_limit_is_refused_before_the_service(etcd_server):
+    async def body(s: Service) -> None:
+        await s.stub.CreateGroup(pb.CreateGroupRequest(name=s.group), metadata=auth("ops"))
+        await s.refused(grpc.StatusCode.RESOURCE_EXHAUSTED, s.stub.PutDomain(pb.PutDomainRequest(
+            domain=s.domain(locations=[pb.Location(path="/", set_headers={"X-A": "v" * 100_000})])),
+            metadata=auth("ops")))
+        # Below the limit the same call is served.
+        await s.stub.PutDomain(pb.PutDomainRequest(domain=s.domain()), metadata=auth("ops"))
+
+    run(etcd_server, body, ServerLimits(max_receive_bytes=64 << 10))
