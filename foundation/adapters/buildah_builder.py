@@ -253,7 +253,16 @@ def _stage_out(work: Path, stage: Path) -> int:
     ``O_NOFOLLOW`` (files also ``O_NONBLOCK``: a FIFO swapped in cannot block us), then checked
     again on the descriptor: a link or special file anywhere, or an entry that changed between the
     two looks, is a ``BuildFailed`` of the image step. Nothing is read by path below ``work``.
+    Any OS error on the way (an entry that vanished, a full disk) is a ``BuildFailed`` too.
     """
+    try:
+        return _stage(work, stage)
+    except OSError as exc:
+        raise BuildFailed("image", f"copying out failed: {exc.strerror or exc} "
+                                   f"({str(exc.filename)[-200:]!r}; did something change it meanwhile?)") from None
+
+
+def _stage(work: Path, stage: Path) -> int:
     top = os.open(work, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         first = os.stat("out", dir_fd=top, follow_symlinks=False)

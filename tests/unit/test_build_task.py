@@ -231,3 +231,52 @@ def test_staging_bounds_depth(tmp_path: Path):
     with pytest.raises(BuildFailed) as info:
         _stage_out(work, tmp_path / "stage")
     assert info.value.step == "image" and "nests deeper than 64" in str(info.value)
+
+
+def test_staging_never_copies_a_host_file_while_a_leftover_process_swaps_links_in(tmp_path: Path):
+    """A process the script left behind swaps files and directories under out for links to a host file
+    while the image step copies: every copy either fails or holds only the build's own bytes."""
+    import threading
+
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"HOST-SECRET")
+    work = tmp_path / "work"
+    out = work / "out"
+    (out / "sub").mkdir(parents=True)
+    for i in range(40):
+        (out / f"f{i}").write_bytes(b"build output")
+        (out / "sub" / f"g{i}").write_bytes(b"build output")
+    stop = threading.Event()
+
+    def swapper() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            name = f"f{n % 40}"
+            os.symlink(secret, out / "link.tmp")
+            os.replace(out / "link.tmp", out / name)  # atomically: the file is now a link
+            (out / "file.tmp").write_bytes(b"build output")
+            os.replace(out / "file.tmp", out / name)  # and back
+            os.rename(out / "sub", out / "sub.old")
+            os.symlink(tmp_path, out / "sub")  # a directory swapped for a link to the host's
+            os.unlink(out / "sub")
+            os.rename(out / "sub.old", out / "sub")
+
+    thread = threading.Thread(target=swapper)
+    thread.start()
+    outcomes = []
+    try:
+        for run in range(25):
+            stage = tmp_path / f"stage{run}"
+            try:
+                outcomes.append(_stage_out(work, stage))
+            except BuildFailed as exc:
+                assert exc.step == "image"
+                outcomes.append(str(exc))
+            for path in stage.rglob("*") if stage.exists() else ():
+                assert path.is_dir() or path.read_bytes() == b"build output", path
+                assert not path.is_symlink()
+    finally:
+        stop.set()
+        thread.join()
+    assert any(isinstance(o, str) for o in outcomes)  # the swaps were seen, and refused
