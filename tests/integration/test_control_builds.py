@@ -19,7 +19,7 @@ from foundation.adapters.asyncio_runtime import AsyncioRuntime
 from foundation.logic.build_task import BUILD, agent_key, id_key, rank_hosts, result_key
 from foundation.ports import DeleteOp
 from foundation.ports.builder import BuildOutcome, StepTiming
-from leengine.control_server import FIELD_METADATA, start
+from leengine.control_server import FIELD_METADATA, load_server_tls, start
 from leengine.etcd_options import open_store
 from node.build_agent import BuildAgent, BuildAgentConfig
 
@@ -46,8 +46,10 @@ def test_submit_get_and_list_builds_with_every_refusal_writing_nothing(etcd_serv
     async def main() -> None:
         store = await open_store(etcd_server.endpoint, etcd_server.client_tls, timeout=2.0)
         await store.txn([], [DeleteOp(BUILD, prefix=True)])
-        server = await start(store, TABLE)
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+        certs = etcd_server.certs  # the service serves TLS with the test CA's server certificate
+        server = await start(store, TABLE, tls=load_server_tls(certs.server_cert, certs.server_key, None))
+        channel = grpc.aio.secure_channel(f"127.0.0.1:{server.port}",
+                                          grpc.ssl_channel_credentials(certs.ca_cert.read_bytes()))
         stub = builds_pb2_grpc.BuildsStub(channel)
 
         async def refused(code, call, field=None):
