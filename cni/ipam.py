@@ -367,7 +367,11 @@ class Ipam:
             self._waiting[:0] = live()
 
     async def _learn_claimed(self, wanted: Sequence[str]) -> None:
-        for pool in self._candidates(wanted):
+        try:
+            candidates = self._candidates(wanted)
+        except IpamError:
+            return  # the one-by-one path reports it to each request
+        for pool in candidates:
             for kv in (await self.store.range(f"{BLOCKS}{pool.name}/")).kvs:
                 self._remember(kv.key, kv)
 
@@ -383,8 +387,8 @@ class Ipam:
             return "done"  # mixed networks or repeated ADDs: the one-by-one path handles them
         try:
             pools = self._candidates(batch[0].pools)
-        except UnknownPool:
-            return "done"
+        except (UnknownPool, CorruptRecord):
+            return "done"  # the one-by-one path gives each request its own error
         names = {pool.name for pool in pools}
         now = self.runtime.wall_time()
         touched: dict[str, tuple[int, Block]] = {}  # block key -> (mod_revision to compare, new content)
@@ -660,7 +664,10 @@ class Ipam:
         """Find a handle's allocation: its record in the Store, then its block (ours cached, if allowed)."""
         found = await self._handle_record(handle)
         if found is None:
-            return None
+            # No record, yet one of our blocks holds the handle (a record deleted by hand): nobody
+            # else claims the address, so it is freed as before (the compare: still no record).
+            cached = self._find_cached(handle) if use_cache else None
+            return _Located(cached[0].block, cached[0].mod_revision, cached[1], 0) if cached else None
         record, handle_revision = found
         if record.node != self.node:
             return _Foreign(record)

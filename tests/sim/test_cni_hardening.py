@@ -244,3 +244,27 @@ def test_invalid_records_are_set_aside_and_only_what_needs_them_fails():
     assert all(not a.startswith("8.8.8.") for a in (json.loads(v).get("address", "") for k, v in
                                                     world.records(HANDLES).items() if not k.endswith(("corrupt/eth0",
                                                                                                         "kept/eth0"))))
+
+
+def test_a_burst_of_adds_naming_an_invalid_pool_each_get_105_and_the_agent_serves_on():
+    world = World()
+    world.put(f"{POOLS}broken", b'{"name": "broken", "cidr": "10.60.0.0/24", "gateway": "10.60.0.1", "vlan": "100"}')
+    a = world.node("node-a")
+    broken = {**NET, "pools": ["broken"]}
+
+    async def burst():
+        tasks = [world.rt.spawn(a.add(req("ADD", f"c{i}", f"/run/netns/p{i}", network=broken)), name=f"add {i}")
+                 for i in range(5)]
+        outcomes = []
+        for task in tasks:
+            try:
+                outcomes.append(await task.join())
+            except CniError as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    outcomes = world.run(burst())
+    assert all(isinstance(o, CniError) and o.code == 105 and f"{POOLS}broken" in o.details and "vlan" in o.details
+               for o in outcomes), outcomes
+    assert world.records(HANDLES) == {} and world.records(BLOCKS) == {}
+    assert world.run(a.add(req("ADD", "fine", "/run/netns/p9")))["ips"]
