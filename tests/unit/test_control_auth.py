@@ -84,20 +84,23 @@ def test_proto3_zero_values_mean_the_record_defaults():
 
 
 def test_the_tokens_file_must_belong_to_the_server_user_or_root(tmp_path, monkeypatch):
+    import os
+
     import leengine.control_server as server
 
     path = tmp_path / "tokens"
     path.write_text(GOOD)
     path.chmod(0o600)
-    owner = path.stat().st_uid
-    monkeypatch.setattr(server.os, "geteuid", lambda: owner + 4242)
-    if owner == 0:  # root's file is fine for any user running the server
-        assert len(load_tokens(path)) == 4
-    else:
-        with pytest.raises(TokensFileError, match=rf"belongs to uid {owner}, neither the user running the server "
-                                                  rf"\(uid {owner + 4242}\) nor root"):
-            load_tokens(path)
-    monkeypatch.setattr(server.os, "geteuid", lambda: owner)
+    if os.geteuid() == 0:  # as root: give the file to someone else
+        os.chown(path, 4242, -1)
+        owner, me = 4242, 0
+    else:  # as a user: pretend to be another one
+        owner, me = path.stat().st_uid, path.stat().st_uid + 4242
+        monkeypatch.setattr(server.os, "geteuid", lambda: me)
+    with pytest.raises(TokensFileError, match=rf"belongs to uid {owner}, neither the user running the server "
+                                              rf"\(uid {me}\) nor root"):
+        load_tokens(path)
+    monkeypatch.setattr(server.os, "geteuid", lambda: owner)  # the owner runs the server
     assert len(load_tokens(path)) == 4
 
 
