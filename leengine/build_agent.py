@@ -111,7 +111,7 @@ def main(
         problems.append(str(exc))
     if log_level.lower() not in LOG_LEVELS:
         problems.append(f"log-level {log_level!r} is not one of {', '.join(LOG_LEVELS)}")
-    for tool in ("git", "buildah"):
+    for tool in ("git", "buildah", "unshare"):  # unshare: util-linux, the compile step's PID namespace
         if shutil.which(tool) is None:
             problems.append(f"{tool} is not installed")
     if not BUSYBOX.is_file():

@@ -12,8 +12,10 @@ One build, four steps, each a subprocess with an argument list (never a shell li
   the image needs in ``/src/out``. The cache counts as warm when it holds anything
   before the step (a previous build of the repo on this host filled it). The script
   runs as ``nobody`` with every capability dropped (a root script could leave the
-  chroot); chroot isolation shares the host's network, so what a build host can
-  reach a build script can reach (see docs/architecture.md);
+  chroot), in a PID namespace of its own (``unshare --pid``: buildah is its init, so
+  nothing the script started survives the step); chroot isolation shares the host's
+  network, so what a build host can reach a build script can reach (see
+  docs/architecture.md);
 * **image**: ``out/`` is first copied, as root, into a fresh staging directory that
   only root can reach, walking it by directory file descriptors and opening every
   entry with ``O_NOFOLLOW``: anything under ``out`` that is not a regular file or a
@@ -59,6 +61,7 @@ from foundation.ports.builder import BuildFailed, BuildOutcome, BuildRequest, St
 
 BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static: one static binary, the whole userland
 NOBODY = 65534  # build scripts run as this uid/gid, without capabilities
+CONTAIN = ("unshare", "--pid", "--fork", "--kill-child", "--")  # the compile step's own PID namespace
 MAX_OUT_ENTRIES = 100_000  # files and directories under out/ that an image may hold
 MAX_OUT_DEPTH = 64  # directory levels under out/ (each level holds one open descriptor while copied)
 
@@ -175,10 +178,12 @@ class BuildahBuilder:
             # busybox as /bin/sh and friends inside the container: the build script's userland.
             await self._run(current, self._buildah("run", "--isolation", "chroot", builder, "/bin/busybox",
                                                     "--install", "-s", "/bin"))
-            await self._run(current, self._buildah(
+            # In a PID namespace of its own (buildah is its init): when the step ends, the kernel kills
+            # whatever the script left running (chroot isolation alone lets a `cmd &` outlive the build).
+            await self._run(current, [*CONTAIN, *self._buildah(
                 "run", "--isolation", "chroot", "--cap-drop", "all", "--user", f"{NOBODY}:{NOBODY}",
                 "-v", f"{work}:/src", "-v", f"{cache}:/cache", "--workingdir", "/src", builder,
-                "/bin/sh", "/src/build.sh"))
+                "/bin/sh", "/src/build.sh")])
             done(current, f" (cache {'warm' if cache_hit else 'cold'})")
             current = "image"
             entries = _stage_out(work, stage)  # only what the build made, read by descriptor (no link followed)

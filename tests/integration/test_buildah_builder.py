@@ -193,3 +193,15 @@ def test_a_ref_is_not_a_commit_and_an_annotated_tag_id_is_not_one_either(lab):
         asyncio.run(builder.build(BuildRequest("shop", "shop", tag_object), lambda _: None))
     assert info.value.step == "clone" and "is not a commit" in str(info.value)
     assert builder.registry.tags("shop") == []
+
+
+def test_nothing_the_build_script_started_outlives_its_build(lab):
+    """A `cmd &` (even in a new session) would otherwise run on as nobody, beside the next builds."""
+    builder, repos, _ = lab
+    script = ("(sleep 71 >/dev/null 2>&1 &)\nsetsid sleep 72 >/dev/null 2>&1 </dev/null &\n"
+              "echo 'echo hi' > out/start.sh\n")
+    asyncio.run(builder.build(commit(repos, "shop", "v1", {"build.sh": script}), lambda _: None))
+    left = subprocess.run(["pgrep", "-a", "-f", "sleep 7[12]"], capture_output=True, text=True).stdout
+    for line in left.splitlines():  # end them whatever happens, by pid (this test started them)
+        os.kill(int(line.split()[0]), 9)
+    assert left == ""
