@@ -40,7 +40,8 @@ def test_refused_endpoint_fails_fast_with_one_line():
 def test_hung_etcd_times_out_naming_the_endpoint_and_writes_nothing(etcd_server):
     with etcd_server.paused():
         started = time.monotonic()
-        run = leengine("store", "put", "/cli/hung", "value", "--endpoint", etcd_server.endpoint, *etcd_server.client_args, "--timeout", "1")
+        run = leengine("store", "put", "/cli/hung", "value", "--endpoint", etcd_server.endpoint,
+                       *etcd_server.client_args, "--timeout", "1")
         elapsed = time.monotonic() - started
     assert run.returncode == 1
     assert f"etcd at {etcd_server.endpoint} unavailable" in run.stderr
