@@ -34,7 +34,7 @@ class BuildFailed(Exception):
 class BuildRequest:
     app: str
     repo: str  # where to clone from (a name the builder resolves; validated by the task record)
-    commit: str
+    commit: str  # a full commit id (never a ref): what is built is what the image is tagged with
 
 
 @dataclass(frozen=True)
