@@ -133,19 +133,108 @@ def test_release_never_frees_an_address_reused_since_the_check(etcd, kube):
     assert json.loads(cnictl(etcd, "check", "--json", kube=kube).stdout) == {"checked": 1, "leaks": []}
 
 
-def test_release_by_address_and_its_errors(etcd):
+def test_release_by_address_and_its_errors(etcd, kube):
     cnictl(etcd, "pool", "add", "cell1-a", "--cidr", "10.20.0.0/22", "--vlan", "100")
     addresses = allocate(etcd, "node-1", [("c1", "web-1")])
-    ok = cnictl(etcd, "release", addresses["web-1"])
-    assert ok.returncode == 0 and f"released {addresses['web-1']}" in ok.stdout
+    kube.put_pod("kube-system", "dns", node="node-1", ip="10.99.0.2")  # web-1 is gone, the Cell has other pods
+    ok = cnictl(etcd, "release", addresses["web-1"], kube=kube)
+    assert ok.returncode == 0 and ok.stdout == f"released {addresses['web-1']} (handle c1/eth0, node node-1)\n"
     for args, message in [
         (["release", "192.168.1.1"], "address 192.168.1.1 is outside every pool"),
         (["release", addresses["web-1"]], "is not allocated"),
         (["release", "not-an-ip"], "is not an IPv4 address"),
         (["release"], "give either addresses or --certain"),
+        (["release", "--certain", "--force"], "--force applies to ADDRESSes"),
     ]:
-        bad = cnictl(etcd, *args)
+        bad = cnictl(etcd, *args, kube=kube)
         assert bad.returncode == 1 and message in bad.stderr and len(bad.stderr.splitlines()) == 1, bad.stderr
+    no_api = cnictl(etcd, "release", addresses["web-1"])
+    assert no_api.returncode == 1 and "give --kube-api URL or --kubeconfig FILE (or --force)" in no_api.stderr
+
+
+def test_release_of_a_live_pods_address_is_refused_unless_forced(etcd, kube):
+    """Issue 9, item 8: freeing a live pod's address hands it to the next pod: a duplicate IP."""
+    cnictl(etcd, "pool", "add", "cell1-a", "--cidr", "10.20.0.0/22", "--vlan", "100")
+    kube.add_node("node-1")
+    addresses = allocate(etcd, "node-1", [("c1", "web-1"), ("c2", "web-2")])
+    for pod in ("web-1", "web-2"):
+        kube.put_pod("shop", pod, node="node-1", ip=addresses[pod])
+    refused = cnictl(etcd, "release", addresses["web-1"], kube=kube)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr == (f"cnictl: refused: {addresses['web-1']}: pod shop/web-1 still runs it "
+                              "(handle c1/eth0, node node-1); not released\n")
+    assert json.loads(cnictl(etcd, "check", "--json", kube=kube).stdout) == {"checked": 2, "leaks": []}
+    # The next ADD gets a fresh address, not web-1's.
+    assert allocate(etcd, "node-1", [("c3", "web-3")])["web-3"] not in addresses.values()
+
+    # One address refused, one released: each gets its line, the exit status says something was refused.
+    kube.remove_pod("shop", "web-2")
+    mixed = cnictl(etcd, "release", addresses["web-1"], addresses["web-2"], kube=kube)
+    assert mixed.returncode == 1
+    assert mixed.stdout == f"released {addresses['web-2']} (handle c2/eth0, node node-1)\n"
+    assert "refused: " in mixed.stderr and len(mixed.stderr.splitlines()) == 1
+
+    forced = cnictl(etcd, "release", "--force", addresses["web-1"])
+    assert forced.returncode == 0 and forced.stdout == (
+        f"released {addresses['web-1']} (handle c1/eth0, node node-1) without checking the cluster (--force)\n")
+
+
+@pytest.mark.parametrize("cidr", ["127.0.0.0/24", "169.254.0.0/24", "224.0.0.0/24", "240.0.0.0/24", "0.0.0.0/24"])
+def test_pool_add_refuses_special_ranges_in_one_line(etcd, cidr):
+    bad = cnictl(etcd, "pool", "add", "special", "--cidr", cidr, "--vlan", "7")
+    assert bad.returncode == 1 and len(bad.stderr.splitlines()) == 1
+    assert bad.stderr.startswith(f"cnictl: error: cidr: {cidr} overlaps ") and "pods cannot use it" in bad.stderr
+    assert json.loads(cnictl(etcd, "pool", "list", "--json").stdout) == []
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["check", "--grace", "-1"], "--grace must be a number of seconds from 0"),
+    (["check", "--grace", "nan"], "--grace must be a number of seconds from 0"),
+    (["check", "--grace", "inf", "--wait"], "--grace must be a number of seconds from 0"),
+    (["gc", "--cooldown", "-5"], "--cooldown must be a number of seconds from 0"),
+    (["--timeout", "-1", "pool", "list"], "--timeout must be a number of seconds in (0, 3600]"),
+])
+def test_durations_are_checked_in_one_line(etcd, kube, args, message):
+    bad = cnictl(etcd, *args, kube=kube)
+    assert bad.returncode == 1 and message in bad.stderr and len(bad.stderr.splitlines()) == 1, bad.stderr
+
+
+def test_unreadable_records_are_warnings_and_skipped(etcd, kube):
+    """Issue 9, item 3: a corrupt record (deeply nested JSON, wrong types) never makes cnictl crash."""
+    cnictl(etcd, "pool", "add", "cell1-a", "--cidr", "10.20.0.0/22", "--vlan", "100")
+    kube.add_node("node-1")
+    addresses = allocate(etcd, "node-1", [("c1", "web-1")])
+    kube.put_pod("shop", "web-1", node="node-1", ip=addresses["web-1"])
+    nested = b"[" * 100_000 + b"]" * 100_000
+
+    async def corrupt():
+        store = await open_store(etcd.endpoint, etcd.client_tls)
+        await store.put("/ipam/blocks/cell1-a/10.20.3.0-28", nested)
+        await store.put("/ipam/handles/ghost/eth0", b'{"container_id": 7}')
+        await store.put("/ipam/pools/broken", b'{"name": "broken", "cidr": [1]}')
+        await store.put("/ipam/leaks/10.20.0.99", nested)
+        await store.close()
+
+    asyncio.run(corrupt())
+    listed = cnictl(etcd, "pool", "list", "--json")
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr
+    assert [(u["pool"], u["allocated"]) for u in json.loads(listed.stdout)] == [("cell1-a", 1)]
+    assert sorted(line.split()[4] for line in listed.stderr.splitlines()) == [
+        "/ipam/blocks/cell1-a/10.20.3.0-28:", "/ipam/pools/broken:"]
+    assert all(line.startswith("cnictl: warning: invalid record ") and line.endswith("(skipped)")
+               for line in listed.stderr.splitlines())
+    checked = cnictl(etcd, "check", "--json", kube=kube)
+    assert checked.returncode == 0 and "Traceback" not in checked.stderr
+    body = json.loads(checked.stdout)
+    assert (body["checked"], body["leaks"]) == (1, [])
+    assert sorted(i["key"] for i in body["invalid"]) == ["/ipam/blocks/cell1-a/10.20.3.0-28",
+                                                         "/ipam/handles/ghost/eth0", "/ipam/leaks/10.20.0.99"]
+    collected = cnictl(etcd, "gc", "--cooldown", "0", kube=kube)
+    assert collected.returncode == 0 and "stray handles removed: 0" in collected.stdout
+    assert "stray handles and leak records left alone" in collected.stderr
+    added = cnictl(etcd, "pool", "add", "cell1-b", "--cidr", "10.21.0.0/24", "--vlan", "101")
+    assert added.returncode == 1 and "invalid record /ipam/pools/broken" in added.stderr
+    assert len(added.stderr.splitlines()) == 1
 
 
 def test_gc_frees_empty_blocks_of_departed_nodes_only(etcd, kube):
@@ -153,7 +242,7 @@ def test_gc_frees_empty_blocks_of_departed_nodes_only(etcd, kube):
     kube.add_node("node-1")
     allocate(etcd, "node-1", [("c1", "web-1")])
     departed = allocate(etcd, "node-gone", [("c2", "web-2")])
-    cnictl(etcd, "release", departed["web-2"])  # its block is now empty and its node has left
+    cnictl(etcd, "release", "--force", departed["web-2"])  # its block is now empty and its node has left
     cooling = cnictl(etcd, "gc", kube=kube)  # ... but the address released in it is cooling down
     assert cooling.returncode == 0 and "blocks freed: 0" in cooling.stdout
     result = cnictl(etcd, "gc", "--cooldown", "0", kube=kube)
