@@ -1,5 +1,9 @@
 """The control service over the wire: real etcd, the real gRPC server on loopback, a real client.
 
+Both links are TLS as in a deployment: the session's etcd demands our client certificate, the
+service serves TLS and every client verifies it against the test CA (tests/integration/test_tls.py
+checks the refusals).
+
 Every status code a client can meet is reached through the network, and each refused
 call is checked to have written nothing (the etcd revision and every key unchanged).
 """
@@ -23,13 +27,15 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from cni.pools import Pool
 from control.auth import TokenTable
 from control.generated.leengine.control.v1 import slb_pb2 as pb
 from control.generated.leengine.control.v1 import slb_pb2_grpc
 from foundation.adapters.etcd_store import EtcdStore
 from foundation.logic.slb_domain import DomainStatus, domain_key, status_key
 from foundation.ports import StoreUnavailable
-from leengine.control_server import FIELD_METADATA, SERVICE, ServerLimits, start
+from leengine.control_server import FIELD_METADATA, SERVICE, ServerLimits, load_server_tls, start
+from leengine.etcd_options import open_store
 
 pytestmark = pytest.mark.etcd
 
@@ -71,9 +77,12 @@ class Service:
 
 def run(etcd_server, body: Callable[[Service], Awaitable[None]], limits: ServerLimits | None = None) -> None:
     async def main() -> None:
-        store = await EtcdStore.open(etcd_server.endpoint, timeout=2.0)
-        server = await start(store, TABLE, limits=limits)
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+        certs = etcd_server.certs
+        store = await open_store(etcd_server.endpoint, etcd_server.client_tls, timeout=2.0)
+        server = await start(store, TABLE, tls=load_server_tls(certs.server_cert, certs.server_key, None),
+                             limits=limits)
+        channel = grpc.aio.secure_channel(f"127.0.0.1:{server.port}",
+                                          grpc.ssl_channel_credentials(certs.ca_cert.read_bytes()))
         try:
             await body(Service(slb_pb2_grpc.SlbCoreStub(channel), channel, store, f"g{os.getpid()}-{next(_groups)}"))
         finally:
@@ -92,6 +101,8 @@ def test_full_flow_create_group_put_domain_set_upstreams_read_back(etcd_server):
         put = await s.stub.PutDomain(pb.PutDomainRequest(domain=s.domain(listen=8080), expected_revision=0),
                                      metadata=auth("alice"))
         assert put.owner == "alice" and put.revision > group.revision
+        pool = Pool.parse(f"{s.group}-pods", "10.1.0.0/24", 100, "10.1.0.254")  # upstreams must be pod addresses
+        await s.store.put(pool.key, pool.to_bytes())
         revision = (await s.stub.SetUpstreams(pb.SetUpstreamsRequest(
             group=s.group, domain="shop.example.com", servers=["10.1.0.3:8080", "10.1.0.2:8080"]),
             metadata=auth("discovery"))).revision
@@ -124,6 +135,7 @@ def test_full_flow_create_group_put_domain_set_upstreams_read_back(etcd_server):
         deleted = await s.stub.DeleteGroup(pb.DeleteGroupRequest(name=s.group), metadata=auth("ops"))
         assert deleted.revision > revision
         assert (await s.store.range(f"/slb/{s.group}/")).kvs == ()
+        await s.store.delete(pool.key)
 
     run(etcd_server, body)
 
@@ -271,7 +283,8 @@ def test_console_script_refuses_a_tokens_file_open_to_others(tmp_path, etcd_serv
     tokens = tmp_path / "tokens"
     tokens.write_text(f"{TOKENS['ops']} ops admin\n")
     tokens.chmod(mode)
-    done = subprocess.run([*_command(), "--tokens", str(tokens), "--etcd", etcd_server.endpoint],
+    done = subprocess.run([*_command(), "--tokens", str(tokens), "--etcd", etcd_server.endpoint,
+                           *etcd_server.client_args],
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2
     assert done.stderr.strip() == (f"leengine-control: error: tokens file {tokens} is open to its group or others "
@@ -285,7 +298,8 @@ def test_console_script_checks_its_limits_and_quotas(tmp_path, etcd_server):
     for flags, message in ((["--max-send-bytes", "1000"], "--max-send-bytes must be a whole number from"),
                            (["--max-concurrent-rpcs", "0"], "--max-concurrent-rpcs must be"),
                            (["--user-quota", "domains=many"], "--user-quota/--admin-quota: quota domains=many")):
-        done = subprocess.run([*_command(), "--tokens", str(tokens), "--etcd", etcd_server.endpoint, *flags],
+        done = subprocess.run([*_command(), "--tokens", str(tokens), "--etcd", etcd_server.endpoint,
+                               *etcd_server.client_args, *flags],
                               capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert done.stderr.startswith(f"leengine-control: error: {message}"), done.stderr
@@ -296,12 +310,15 @@ def test_console_script_serves_until_sigterm(tmp_path, etcd_server):
     tokens.write_text(f"{TOKENS['ops']} ops admin\n")
     tokens.chmod(0o600)
     port = _free_port()
+    certs = etcd_server.certs
     proc = subprocess.Popen([*_command(), "--tokens", str(tokens), "--etcd", etcd_server.endpoint,
-                             "--listen", f"127.0.0.1:{port}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                             *etcd_server.client_args, "--listen", f"127.0.0.1:{port}",
+                             "--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     async def client() -> list[str]:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        credentials = grpc.ssl_channel_credentials(certs.ca_cert.read_bytes())
+        async with grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
             deadline = time.monotonic() + 30
             while True:
                 try:
@@ -324,7 +341,7 @@ def test_console_script_serves_until_sigterm(tmp_path, etcd_server):
             proc.wait()
     assert proc.returncode == 0, output
     assert (f"serving leengine.control.v1.SlbCore and leengine.control.v1.Builds on 127.0.0.1:{port} "
-            "(1 principals)") in output
+            "(TLS, 1 principals)") in output
 
 
 # ------------------------------------------------------------------ limits and quotas (issue 9)
