@@ -202,7 +202,10 @@ async def bench(args: argparse.Namespace, etcd_endpoint: str, pods: PodBackends,
     store = await EtcdStore.open(etcd_endpoint)
     core = SlbCore(store, AsyncioRuntime())
     ups = [pod.upstream for pod in pods.pods]
+    pools = pods.pools(f"bench{TOKEN}")  # upstreams must be pod addresses of a registered pool
     try:
+        for pool in pools:
+            await store.put(pool.key, pool.to_bytes())
         await core.create_group(ADMIN, GROUP)
         await core.put_domain(ADMIN, {"name": APP, "group": GROUP, "listen": port, "upstreams": [str(ups[0])]})
         deadline = time.monotonic() + 20

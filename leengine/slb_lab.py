@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import ipaddress
 import json
 import os
 import re
@@ -41,6 +42,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cni.pools import Pool
 from foundation.adapters.nginx_proxy import ADMIN_SOCKET
 from foundation.logic.slb_domain import Upstream
 from leengine.nginx_server import make_prefix
@@ -113,6 +115,16 @@ class PodBackends:
         except BaseException:
             self.close()
             raise
+
+    def pools(self, prefix: str) -> list[Pool]:
+        """Each pod's /30 as a pod pool (gateway: the host end of its veth), as cnictl registers them.
+
+        Upstreams must be pod addresses of a registered pool (slb-core and the SLB agent refuse
+        others), so whoever points a domain at these pods puts these records first.
+        """
+        return [Pool.parse(f"{prefix}-{n}", str(ipaddress.IPv4Network(f"{pod.address}/30", strict=False)), 100,
+                           str(ipaddress.IPv4Address(pod.address) - 1), block_size=4)
+                for n, pod in enumerate(self.pods)]
 
     def _make(self, name: str, host_if: str, third: int) -> None:
         pod = Pod(name, host_if, f"198.19.{third}.2")

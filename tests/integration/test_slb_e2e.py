@@ -29,7 +29,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from cni.pools import Pool
 from control.auth import Principal
 from control.slb_core import GROUP_INDEX, SLB, InvalidArgument, SlbCore
 from foundation.adapters.asyncio_runtime import AsyncioRuntime
@@ -72,10 +71,7 @@ class Slb:
         self.port = free_port()
         self.agent = AgentProcess(group=self.group, host=HOST, etcd=self.etcd, extra=tuple(etcd_server.client_args))
         self.wrks: list[Wrk] = []
-        self.pools = [Pool.parse(f"e2e{TOKEN}-{self.group.rsplit('-', 1)[1]}-{n}",
-                                 str(ipaddress.IPv4Network(f"{pod.address}/30", strict=False)), 100,
-                                 str(ipaddress.IPv4Address(pod.address) - 1), block_size=4)
-                      for n, pod in enumerate(pods.pods)]
+        self.pools = pods.pools(f"e2e{TOKEN}-{self.group.rsplit('-', 1)[1]}")
 
     async def open(self) -> tuple[EtcdStore, SlbCore]:
         store = await open_store(self.etcd, self.etcd_tls)
