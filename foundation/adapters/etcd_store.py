@@ -143,9 +143,9 @@ def _range_request(key: str, *, prefix: bool, limit: int = 0) -> Any:
     return rpc.RangeRequest(key=start, range_end=end, limit=limit)
 
 
-def _delete_request(key: str, *, prefix: bool) -> Any:
+def _delete_request(key: str, *, prefix: bool, prev_kv: bool = False) -> Any:
     start, end = _span(key) if prefix else (_key(key), b"")
-    return rpc.DeleteRangeRequest(key=start, range_end=end, prev_kv=True)
+    return rpc.DeleteRangeRequest(key=start, range_end=end, prev_kv=prev_kv)
 
 
 def _request_op(op: TxnOp) -> Any:
@@ -153,7 +153,7 @@ def _request_op(op: TxnOp) -> Any:
         request = rpc.PutRequest(key=_key(op.key), value=op.value, lease=op.lease, prev_kv=op.prev_kv)
         return rpc.RequestOp(request_put=request)
     if isinstance(op, DeleteOp):
-        return rpc.RequestOp(request_delete_range=_delete_request(op.key, prefix=op.prefix))
+        return rpc.RequestOp(request_delete_range=_delete_request(op.key, prefix=op.prefix, prev_kv=op.prev_kv))
     if isinstance(op, GetOp):
         return rpc.RequestOp(request_range=_range_request(op.key, prefix=op.prefix))
     raise TypeError(f"not a transaction operation: {op!r}")
@@ -370,8 +370,8 @@ class EtcdStore:
         resp = await self._call(self._live.kvstub.Put, request, lease_id=lease or None)
         return PutResult(resp.header.revision, _kv(resp.prev_kv) if resp.HasField("prev_kv") else None)
 
-    async def delete(self, key: str, *, prefix: bool = False) -> DeleteResult:
-        resp = await self._call(self._live.kvstub.DeleteRange, _delete_request(key, prefix=prefix))
+    async def delete(self, key: str, *, prefix: bool = False, prev_kv: bool = False) -> DeleteResult:
+        resp = await self._call(self._live.kvstub.DeleteRange, _delete_request(key, prefix=prefix, prev_kv=prev_kv))
         return DeleteResult(resp.deleted, resp.header.revision, tuple(_kv(kv) for kv in resp.prev_kvs))
 
     async def txn(

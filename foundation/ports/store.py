@@ -155,6 +155,10 @@ class PutOp:
 class DeleteOp:
     key: str
     prefix: bool = False
+    # Return the deleted key-values in DeleteResult.prev. Off by default, as in etcd: a prefix
+    # delete answering with every deleted value can pass gRPC's message limit after etcd has
+    # already deleted them, leaving the caller unable to tell whether it happened.
+    prev_kv: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +225,8 @@ class Store(Protocol):
     async def put(self, key: str, value: bytes, *, lease: int = 0, prev_kv: bool = False) -> PutResult:
         """Write ``key``; with ``prev_kv`` the result carries the value it replaced."""
 
-    async def delete(self, key: str, *, prefix: bool = False) -> DeleteResult: ...
+    async def delete(self, key: str, *, prefix: bool = False, prev_kv: bool = False) -> DeleteResult:
+        """Delete ``key`` (or every key under it); with ``prev_kv`` the result carries what was deleted."""
 
     async def txn(
         self,

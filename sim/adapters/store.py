@@ -241,7 +241,8 @@ class MemoryStore:
                         self._leases[prev.lease].keys.pop(prev.key, None)
                     events.append(WatchEvent("delete", KeyValue(prev.key, b"", 0, rev, 0), rev))
                     prevs.append(prev)
-                results.append(DeleteResult(len(removed), rev if removed else self._revision, tuple(removed)))
+                results.append(DeleteResult(len(removed), rev if removed else self._revision,
+                                            tuple(removed) if op.prev_kv else ()))
                 wrote = wrote or bool(removed)
         if wrote:
             self._commit(rev, events, prevs)
@@ -483,8 +484,8 @@ class SimStoreClient:
         result = await self._call(lambda: self._server.txn([], [PutOp(key, value, lease, prev_kv)], []))
         return result.responses[0]  # type: ignore[return-value]
 
-    async def delete(self, key: str, *, prefix: bool = False) -> DeleteResult:
-        result = await self._call(lambda: self._server.txn([], [DeleteOp(key, prefix)], []))
+    async def delete(self, key: str, *, prefix: bool = False, prev_kv: bool = False) -> DeleteResult:
+        result = await self._call(lambda: self._server.txn([], [DeleteOp(key, prefix, prev_kv)], []))
         return result.responses[0]  # type: ignore[return-value]
 
     async def txn(self, compares: list[Compare], success: list[TxnOp], failure: list[TxnOp] | None = None) -> TxnResult:

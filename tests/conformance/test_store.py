@@ -144,6 +144,11 @@ def test_range_returns_a_prefix_larger_than_one_grpc_message(store_harness):
         assert all(kv.value == value + bytes([i]) for i, kv in enumerate(got.kvs))
         assert got.revision == await s.revision()
         assert len((await s.range(h.key("big/"), limit=11)).kvs) == 11
+        # Deleting all of it is one answer too: the deleted values come back only when asked for
+        # (with them, etcd's answer would pass the limit after the keys were already gone).
+        gone = await s.delete(h.key("big/"), prefix=True)
+        assert (gone.deleted, gone.prev) == (12, ())
+        assert (await s.range(h.key("big/"))).kvs == ()
 
     store_harness.run(body)
 
@@ -348,9 +353,14 @@ def test_prefix_delete_removes_exactly_the_prefix(store_harness):
         for key in ["dir/a", "dir/b/c", "dir/b/d", "dirt", "other"]:
             await s.put(h.key(key), b"x")
         deleted = await s.delete(h.key("dir/"), prefix=True)
-        assert deleted.deleted == 3
+        assert (deleted.deleted, deleted.prev) == (3, ())  # the deleted values only when asked for
         left = [kv.key for kv in (await s.range(h.prefix)).kvs]
         assert left == [h.key("dirt"), h.key("other")]
+        await s.put(h.key("dir/e"), b"y")
+        asked = await s.delete(h.key("dir/"), prefix=True, prev_kv=True)
+        assert [(kv.key, kv.value) for kv in asked.prev] == [(h.key("dir/e"), b"y")]
+        in_txn = await s.txn([], [DeleteOp(h.key("dirt"), prev_kv=True), DeleteOp(h.key("other"))])
+        assert [[kv.value for kv in r.prev] for r in in_txn.responses] == [[b"x"], []]
 
     store_harness.run(body)
 
