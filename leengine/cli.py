@@ -121,12 +121,17 @@ def _print_demo_summary(report: Any, wall: float) -> None:
 
 
 def _load_scenario_or_exit(path: Path, seed: int | None) -> Any:
+    """The validated scenario, or one line on stderr and exit 2 (nothing runs)."""
     from sim.scenario import ScenarioError, load_scenario
 
     try:
         return load_scenario(path, seed=seed)
     except ScenarioError as exc:
         print(f"leengine: error: {exc}", file=sys.stderr)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    except Exception as exc:  # a bug in the validator: still one line, never a traceback
+        error = ScenarioError(str(path), 0, "file", f"cannot validate (a bug: {type(exc).__name__}: {exc})")
+        print(f"leengine: error: {error}", file=sys.stderr)
         raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
@@ -182,11 +187,11 @@ def sim_run(
     """Replay a scenario on the simulated Region; exit 1 if any check fails."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from sim.runner import run_scenario, write_outputs
+    from sim.runner import output_dir, run_scenario, write_outputs
 
     loaded = _load_scenario_or_exit(scenario or DEFAULT_SCENARIO, seed)
     spec = loaded.spec
-    out_dir = out or Path("runs") / f"{spec.name}-seed{spec.seed}"
+    out_dir = out or output_dir(spec)
     err_console = Console(stderr=True)
     started = time.perf_counter()
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(),

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sim.adapters.runtime import SimRuntime
-from sim.scenario import Scenario
+from sim.scenario import NAME, Scenario
 from sim.spec import RegionSpec
 
 SLICES = 200  # progress updates over the run
@@ -132,6 +132,17 @@ def run_scenario(scenario: Scenario, *, on_progress: Callable[[float], None] | N
 
 
 # ------------------------------------------------------------------ outputs
+
+
+def output_dir(spec: RegionSpec, base: Path = Path("runs")) -> Path:
+    """The default output directory, ``runs/NAME-seedN``: one directory inside ``base``, whatever the name.
+
+    A scenario's name was validated against ``sim.scenario.NAME``; a ``RegionSpec`` built
+    in code was not, so the rule is checked again here rather than trusted.
+    """
+    if not NAME.fullmatch(spec.name):
+        raise ValueError(f"scenario name {spec.name[:40]!r} is not [a-z0-9][a-z0-9-]{{0,62}}: no output path from it")
+    return base / f"{spec.name}-seed{spec.seed}"
 
 
 def summarize_series(points: list[list[float]]) -> dict[str, float | int | None]:

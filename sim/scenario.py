@@ -377,8 +377,19 @@ def _path(stack: list[_Frame], event: Any = None) -> str:
     return out or "(top)"
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_<>-]{1,40}")
+
+
 def _field_name(name: str) -> str:
-    return name if len(name) <= 40 else name[:40] + "…"
+    """A key as one part of a FIELD path: plain words as they are; anything else quoted and escaped
+    (no space, ':', '.' or control character), cut to 40 characters, so FIELD stays one token."""
+    if _PLAIN_KEY.fullmatch(name):
+        return name
+    cut = name[:40]
+    escaped = "".join(c if (c.isascii() and c.isalnum()) or c in "_-<>" else
+                      (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}" if ord(c) < 0x10000
+                       else f"\\U{ord(c):08x}") for c in cut)
+    return f'"{escaped}"' + ("…" if len(name) > 40 else "")
 
 
 # ------------------------------------------------------------------ the parser
@@ -516,7 +527,7 @@ class _Parser:
         out: dict[str, str] = {}
         for key_node, value_node in node.value:
             key = self.string(key_node, field)
-            sub = f"{field}.{key}"
+            sub = f"{field}.{_field_name(key)}"
             if key in out:
                 raise self.error(key_node, sub, "duplicate label")
             value = self.scalar(value_node, sub)
@@ -823,11 +834,12 @@ class _Parser:
             values = targets.values(kind, group)
             for key, value in labels:
                 if key not in values:
-                    raise self.error(m["labels"], f"{f}.labels.{key}",
+                    raise self.error(m["labels"], f"{f}.labels.{_field_name(key)}",
                                      f"{what} carry no label {_show(key)} (labels: {_some(sorted(values))})")
                 if value not in values[key]:
-                    raise self.error(m["labels"], f"{f}.labels.{key}", f"no {what[:-1]} has {key}={_show(value)} "
-                                                                        f"(values: {_some(sorted(values[key]))})")
+                    raise self.error(m["labels"], f"{f}.labels.{_field_name(key)}",
+                                     f"no {what[:-1]} has {key}={_show(value)} "
+                                     f"(values: {_some(sorted(values[key]))})")
         if names:  # the names given, filtered by the labels
             matching = sum(1 for ls in found.values() if all(v in ls.get(k, ()) for k, v in labels))
         else:
