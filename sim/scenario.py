@@ -550,7 +550,7 @@ class _Parser:
         seed = self.integer(m["seed"], "seed", low=0, high=MAX_SEED)
         duration = self.number(m["duration"], "duration", positive=True, high=MAX_SECONDS)
         if "name" in m:
-            name = self.string(m["name"], "name")
+            name = self.string(m["name"], "name", limit=MAX_SCALAR_CHARS, control=True)
             if not NAME.fullmatch(name):
                 raise self.error(m["name"], "name", f"{_show(name)} is not a scenario name: lower-case letters, "
                                                     "digits and '-', starting with a letter or digit, at most 63")

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,6 +15,7 @@ from typer.testing import CliRunner
 
 from leengine.cli import app
 from sim import runner
+from sim.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT = ROOT / "scenarios" / "default.yaml"
@@ -87,3 +93,61 @@ def test_validate_names_the_scenario_and_its_hash():
     result = CliRunner().invoke(app, ["sim", "validate", str(DEFAULT)])
     assert result.exit_code == 0, result.output
     assert "ok: default" in result.output and "sha256" in result.output
+
+
+# --------------------------------------------------------------------------- hostile scenario files (issue 9)
+
+HOSTILE = [
+    ("int-tag", ("seed: 1", "seed: !!int abc"), r"seed: 'abc' is not an integer"),
+    ("timestamp", ("duration: 300", "duration: !!timestamp abc"), r"duration: dates and times are not supported"),
+    ("merge-key", ("    - {name: web, hosts: 2}", "    - {<<: {hosts: 2}, name: web}"),
+     r"topology\.groups\[0\]\.<<: merge keys"),
+    ("deep", ("seed: 1", "seed: " + "[" * 1000 + "]" * 1000), r"(seed(\[0\])+: nested deeper|yaml: .*depth)"),
+    ("count-1e9", ("{name: blog,", "{name: blog, count: 1000000000,"), r"workload\.apps\[1\]\.count: must be at most"),
+    ("name-path", ("name: default", "name: {tmp}/owned"), r":\d+: name: .* is not a scenario name"),
+    ("name-escape", ("name: default", 'name: "x\\n\\x1b[2Jy"'), r":\d+: name: "),
+]
+
+
+def run_process(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    # A real process: what a user sees on stderr, and a hang is a failure (timeout), not a stuck test run.
+    return subprocess.run([sys.executable, "-m", "leengine.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "COLUMNS": "200"})
+
+
+def assert_one_line_exit_2(proc: subprocess.CompletedProcess, pattern: str, cwd: Path) -> None:
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert len(lines) == 1 and lines[0].startswith("leengine: error: "), proc.stderr[-2000:]
+    assert re.search(r":\d+: \S+: ", lines[0]) and re.search(pattern, lines[0]), lines[0]
+    assert "Traceback" not in proc.stderr and "\x1b" not in proc.stderr and proc.stdout == ""
+    assert not (cwd / "runs").exists() and not (cwd / "owned-seed1").exists()
+
+
+@pytest.mark.parametrize(("edit", "pattern"), [c[1:] for c in HOSTILE], ids=[c[0] for c in HOSTILE])
+def test_a_hostile_scenario_is_one_line_exit_2_and_nothing_is_written(tmp_path, edit, pattern):
+    old, new = edit
+    text = DEFAULT.read_text()
+    assert old in text, old
+    path = tmp_path / "hostile.yaml"
+    path.write_text(text.replace(old, new.replace("{tmp}", str(tmp_path)), 1))
+    proc = run_process(["sim", "run", str(path), "--no-plots"], tmp_path)
+    assert_one_line_exit_2(proc, pattern, tmp_path)
+    assert str(path) in proc.stderr
+
+
+def test_a_fifo_or_a_device_is_refused_at_once(tmp_path):
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)
+    for target, kind in ((fifo, "a FIFO"), (Path("/dev/zero"), "a character device")):
+        proc = run_process(["sim", "validate", str(target)], tmp_path)
+        assert_one_line_exit_2(proc, rf"^leengine: error: {re.escape(str(target))}:0: file: not a regular file "
+                                     rf"\({kind}\)$", tmp_path)
+
+
+def test_the_default_output_dir_comes_only_from_a_valid_name(tmp_path):
+    spec = load_scenario(DEFAULT).spec
+    assert runner.output_dir(spec) == Path("runs") / "default-seed1"
+    for bad in ("/tmp/x/owned", "../up", "a\nb", ""):
+        with pytest.raises(ValueError, match="no output path from it"):
+            runner.output_dir(replace(spec, name=bad))

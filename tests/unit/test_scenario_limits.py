@@ -272,7 +272,7 @@ def test_a_large_valid_region_validates_fast(tmp_path):
     ("seed: 1", "seed: " + "9" * 5000, "seed", "a value of 5,000 characters (at most 4,096)"),
     ("seed: 1", "seed: " + "9" * 100, "seed", "a literal of 100 characters (numbers have at most 64)"),
     ("duration: 300", "duration: 1" + "0" * 90 + ".5", "duration", "numbers have at most 64"),
-    ("name: t", "name: " + "x" * 3000, "name", "at most 63 characters, got 3,000"),
+    ("name: t", "name: " + "x" * 3000, "name", "is not a scenario name"),
     ("  - kind: no-duplicate-address\n", "  - kind: no-duplicate-address\n  - &chk {kind: max-reloads}\n  - *chk\n",
      "checks[1]", "anchors (&) and aliases (*) are not supported"),
     ("    - {name: web, hosts: 2}\n", "    - &g {name: web, hosts: 2}\n    - {<<: *g, name: api}\n",
