@@ -107,6 +107,15 @@ def decode_drain_record(value: bytes) -> dict[str, Any]:
     timeout = record.get("timeout", 30.0)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= MAX_DRAIN_TIMEOUT:
         raise ValueError(f"timeout: {str(timeout)[:40]!r} is not a number of seconds in (0, {MAX_DRAIN_TIMEOUT:g}]")
+    took = record.get("took", 0.0)
+    if isinstance(took, bool) or not isinstance(took, int | float) or not 0 <= took < float("inf"):
+        raise ValueError(f"took: {str(took)[:40]!r} is not a number of seconds")
+    for name in ("domains", "confirmed", "unconfirmed"):
+        values = record.get(name, [])
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise ValueError(f"{name}: not a list of names")
+    if not isinstance(record.get("error", ""), str):
+        raise ValueError("error: not a string")
     return record
 
 

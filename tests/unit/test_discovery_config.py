@@ -74,3 +74,18 @@ def test_drain_arguments_are_checked_before_anything_is_written(tmp_path, args, 
     run = _cli("drain", "--config", str(path), "--etcd", "127.0.0.1:9", *args)  # nothing listens there
     assert run.returncode == 2 and run.stderr.startswith(f"leengine-discovery: error: {message}"), run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("field, value", [("took", "abc"), ("took", [1]), ("took", float("inf")), ("took", True),
+                                          ("domains", "shop"), ("confirmed", [1]), ("error", {"x": 1})])
+def test_a_drain_record_with_a_field_of_the_wrong_shape_is_invalid_not_a_crash(field, value):
+    """The drain command prints records written by the daemon: a hostile one is refused by the decoder."""
+    import json
+
+    from control.discovery import decode_drain_record
+
+    record = {"state": "drained", "timeout": 30, "took": 0.5, "domains": ["g/d"], "confirmed": ["h"],
+              "unconfirmed": [], "error": "", field: value}
+    raw = json.dumps(record).encode().replace(b"Infinity", b"1e999")
+    with pytest.raises(ValueError, match=field):
+        decode_drain_record(raw)
