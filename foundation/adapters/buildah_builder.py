@@ -251,7 +251,7 @@ def _open_dir(name: str, parent: int, where: str, expected: os.stat_result | Non
     return fd
 
 
-def _stage_out(work: Path, stage: Path) -> int:
+def _stage_out(work: Path, stage: Path, owner: int = NOBODY) -> int:
     """Copy ``work/out`` into the fresh directory ``stage`` (root's); returns how many entries it holds.
 
     Every entry is looked at with ``lstat`` relative to its directory's descriptor and opened with
@@ -259,15 +259,18 @@ def _stage_out(work: Path, stage: Path) -> int:
     again on the descriptor: a link or special file anywhere, or an entry that changed between the
     two looks, is a ``BuildFailed`` of the image step. Nothing is read by path below ``work``.
     Any OS error on the way (an entry that vanished, a full disk) is a ``BuildFailed`` too.
+    A regular file must belong to ``owner``, the build's user (its checkout is given to it
+    before the compile): a hard link the script made to a file of someone else's keeps that
+    owner, and is refused even where the kernel's ``protected_hardlinks`` is off.
     """
     try:
-        return _stage(work, stage)
+        return _stage(work, stage, owner)
     except OSError as exc:
         raise BuildFailed("image", f"copying out failed: {exc.strerror or exc} "
                                    f"({str(exc.filename)[-200:]!r}; did something change it meanwhile?)") from None
 
 
-def _stage(work: Path, stage: Path) -> int:
+def _stage(work: Path, stage: Path, owner: int) -> int:
     top = os.open(work, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         first = os.stat("out", dir_fd=top, follow_symlinks=False)
@@ -312,7 +315,7 @@ def _stage(work: Path, stage: Path) -> int:
                 os.fchmod(made, stat.S_IMODE(info.st_mode) & 0o755)
                 frames[-1][2].extend(sorted(os.listdir(inner), reverse=True))
             elif stat.S_ISREG(info.st_mode):
-                _copy_file(name, src, dst, path, info)
+                _copy_file(name, src, dst, path, info, owner)
             else:
                 raise _refuse(path, info.st_mode)
         return count
@@ -324,7 +327,7 @@ def _stage(work: Path, stage: Path) -> int:
             os.close(dst)
 
 
-def _copy_file(name: str, src: int, dst: int, where: str, expected: os.stat_result) -> None:
+def _copy_file(name: str, src: int, dst: int, where: str, expected: os.stat_result, owner: int) -> None:
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=src)
     except OSError as exc:  # ELOOP: swapped for a link since we looked
@@ -333,6 +336,9 @@ def _copy_file(name: str, src: int, dst: int, where: str, expected: os.stat_resu
         seen = os.fstat(fd)
         if not stat.S_ISREG(seen.st_mode) or not os.path.samestat(seen, expected):
             raise BuildFailed("image", f"{where} changed while it was copied")
+        if seen.st_uid != owner:
+            raise BuildFailed("image", f"{where} is not the build's own file (owner uid {seen.st_uid}, a hard link "
+                                       "to a host file?): out may hold only what the build made")
         out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dst)
         try:
             while chunk := os.read(fd, 1 << 20):

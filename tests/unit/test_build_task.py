@@ -12,9 +12,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from foundation.adapters.buildah_builder import BuildahBuilder, BuildahConfig, _stage_out
+from foundation.adapters.buildah_builder import NOBODY, BuildahBuilder, BuildahConfig, _stage_out
 from foundation.logic.build_task import Result, Task, TaskError, rank_hosts
 from foundation.ports.builder import BuildFailed, BuildRequest
+
+AS_ROOT = os.geteuid() == 0
+# The builder's user owns what a build made; as root the tests give their trees to it as the builder does.
+BUILD_USER = NOBODY if AS_ROOT else os.geteuid()
 
 C1 = "3f2a9c0d1e4b5a6978877665544332211009988a"  # full commit ids: the only commits a task names
 C2 = "0123456789abcdef0123456789abcdef01234567"
@@ -186,13 +190,15 @@ def _work(tmp_path: Path) -> Path:
     (work / "out" / "start.sh").write_text("echo hi\n")
     os.chmod(work / "out" / "start.sh", 0o4775)  # set-uid and group-writable: both dropped
     (work / "out" / "lib" / "data").write_bytes(b"x" * 3_000_000)
+    for path in [work / "out", *(work / "out").rglob("*")] if AS_ROOT else []:  # as the builder's chown
+        os.lchown(path, BUILD_USER, BUILD_USER)
     return work
 
 
 def test_staging_copies_regular_files_and_directories_by_descriptor(tmp_path: Path):
     work = _work(tmp_path)
     stage = tmp_path / "stage"
-    assert _stage_out(work, stage) == 3
+    assert _stage_out(work, stage, owner=BUILD_USER) == 3
     assert (stage / "start.sh").read_text() == "echo hi\n"
     assert (stage / "start.sh").stat().st_mode & 0o7777 == 0o755
     assert (stage / "lib" / "data").read_bytes() == b"x" * 3_000_000
@@ -216,8 +222,24 @@ def test_staging_refuses_any_link_or_special_file_under_out(tmp_path: Path, plan
     plant(work, str(secret))
     stage = tmp_path / "stage"
     with pytest.raises(BuildFailed) as info:
-        _stage_out(work, stage)
+        _stage_out(work, stage, owner=BUILD_USER)
     assert info.value.step == "image" and f"{where} is {kind}" in str(info.value)
+    copied = [p.read_bytes() for p in stage.rglob("*") if p.is_file()] if stage.exists() else []
+    assert b"root-only\n" not in copied
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="needs root: a file of another owner to link to (CI runs as root)")
+def test_staging_refuses_a_hard_link_to_a_file_the_build_does_not_own(tmp_path: Path):
+    """A hard link keeps its file's owner: out/lib/secret linked to a root-owned host file is refused."""
+    work = _work(tmp_path)
+    secret = tmp_path / "secret"
+    secret.write_text("root-only\n")
+    os.chown(secret, 0, 0)
+    os.link(secret, work / "out" / "lib" / "secret")
+    stage = tmp_path / "stage"
+    with pytest.raises(BuildFailed) as info:
+        _stage_out(work, stage, owner=BUILD_USER)
+    assert info.value.step == "image" and "out/lib/secret is not the build's own file" in str(info.value)
     copied = [p.read_bytes() for p in stage.rglob("*") if p.is_file()] if stage.exists() else []
     assert b"root-only\n" not in copied
 
@@ -229,7 +251,7 @@ def test_staging_bounds_depth(tmp_path: Path):
         deep = deep / "d"
     deep.mkdir(parents=True)
     with pytest.raises(BuildFailed) as info:
-        _stage_out(work, tmp_path / "stage")
+        _stage_out(work, tmp_path / "stage", owner=BUILD_USER)
     assert info.value.step == "image" and "nests deeper than 64" in str(info.value)
 
 
@@ -269,7 +291,7 @@ def test_staging_never_copies_a_host_file_while_a_leftover_process_swaps_links_i
         for run in range(25):
             stage = tmp_path / f"stage{run}"
             try:
-                outcomes.append(_stage_out(work, stage))
+                outcomes.append(_stage_out(work, stage, owner=os.geteuid()))  # the swapper is this user
             except BuildFailed as exc:
                 assert exc.step == "image"
                 outcomes.append(str(exc))
