@@ -195,8 +195,8 @@ def read_scenario_file(path: Path) -> bytes:
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
     try:
         fd = os.open(path, flags)
-    except OSError as exc:
-        raise ScenarioError(file, 0, "file", exc.strerror or str(exc)) from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        raise ScenarioError(file, 0, "file", getattr(exc, "strerror", None) or str(exc)) from None
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
