@@ -393,3 +393,22 @@ def test_text_with_lone_surrogates_or_nul_is_an_error_not_a_crash():
         with pytest.raises(ScenarioError) as info:
             parse_scenario(text, "x.yaml")
         assert ERROR_LINE.match(str(info.value)), str(info.value)
+
+
+def test_the_pure_python_parser_gives_the_same_answers(monkeypatch):
+    # Without libyaml the events come from PyYAML's own parser: same specs, same errors.
+    import yaml
+
+    cases = [BASE, BASE.replace("seed: 1", "seed: !!int abc"), BASE.replace("seed: 1", "seed: [" * 40 + "]" * 40),
+             BASE + "---\n", BASE.replace("    - {name: web, hosts: 2}\n", "    - {<<: {hosts: 2}, name: web}\n")]
+
+    def outcome(text: str) -> object:
+        try:
+            return parse_scenario(text, "x.yaml")
+        except ScenarioError as exc:
+            return str(exc)
+
+    fast = [outcome(t) for t in cases]
+    monkeypatch.setattr(sc, "_EVENTS_LOADER", yaml.BaseLoader)
+    assert [outcome(t) for t in cases] == fast
+    assert not isinstance(fast[0], str) and all(isinstance(f, str) for f in fast[1:])
