@@ -1,0 +1,80 @@
+"""The regression anchor of the sim: every shipped scenario, and one spec with every fault kind, keep their trace.
+
+A run is a pure function of (scenario, seed) (docs/architecture.md, "Determinism"), so a
+refactoring of the world that moves code without changing what it does keeps each
+``trace_sha256`` byte for byte. These hashes were recorded before issue 10 split
+``sim/world.py``. A deliberate change of the model (a new trace line, another order of
+spawns or store writes) changes them: update the values here, with a note in the commit
+saying which change moved them and why.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sim.runner import run_scenario
+from sim.scenario import load_scenario
+from sim.spec import AppSpec, CellSpec, CheckSpec, ChurnSpec, FaultSpec, GroupSpec, PoolSpec, RegionSpec, Selector
+from sim.world import run_region
+
+SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
+
+# seed 1 (the files' own), default options: `leengine sim run scenarios/NAME.yaml`, report.json's trace_sha256
+SHIPPED = {
+    "default": "269d32c3cdb9d91e5aa101db3ff0964036d2cb67dd88eda5c65315fc1e64b83b",
+    "host-crash-ip-leak": "5c9106e83f088c6b129aae6a21e4dbecdbbdc9f3a10fd2c97baa4f0c9c7a247f",
+    "nginx-reload-storm": "49813e8d9cce65b68147215d730feb8851ebf6764d2073a54d146116fa311c2f",
+    "cell-outage": "b95d0197dfb838343364018ef0e92046727d0dad60dadca3e3f88da7645aa9b9",
+    "ipam-burst-1000": "78551028a22bb4a4c741febe04fc173b343e8978be98a82a696f7488e62876db",
+    "pool-exhaustion": "ef2aceb6021251192d41de8a68566b219ab3fb359ce6e62107bbc554de870abd",
+    "builder-crash": "0dd5bf451a8aaab36b218c2e01fc9fc33e6a1d934ebd952b587420620a3cccec",
+}
+# every_fault_kind() below, seed 3; its verdicts (two fail on purpose) end the trace too
+EVERY_FAULT_KIND = "3a7b7965db2bd74e083275e9653d4be34c8a7b13067ab0bedd641a92e6477763"
+
+
+def test_every_shipped_scenario_is_pinned():
+    assert sorted(p.stem for p in SCENARIOS.glob("*.yaml")) == sorted(SHIPPED)
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_a_shipped_scenario_keeps_its_trace(name: str) -> None:
+    result = run_scenario(load_scenario(SCENARIOS / f"{name}.yaml"))
+    assert result.trace_sha256 == SHIPPED[name]
+
+
+def every_fault_kind() -> RegionSpec:
+    """The shipped scenarios leave runtime-death out: this spec runs every fault kind, churn and a build farm."""
+    cells = tuple(CellSpec(f"cell-{c}", 5, (PoolSpec(f"pool-{c}", f"10.{c}.0.0/22", vlan=100 + c),), racks=2)
+                  for c in (1, 2))
+    apps = (AppSpec("shop", ("cell-1", "cell-2"), 3, "public", requests_per_second=50),
+            AppSpec("blog", ("cell-1", "cell-2"), 2, "public", requests_per_second=20),
+            AppSpec("api", ("cell-1",), 2, "public", requests_per_second=30))
+    faults = (
+        FaultSpec("runtime-death", at=60, duration=30, target=Selector(count=2)),
+        FaultSpec("etcd-slow", at=100, duration=30, factor=50),
+        FaultSpec("etcd-unavailable", at=140, duration=20),
+        FaultSpec("etcd-unavailable", at=170, duration=20, target=Selector(labels=(("cell", "cell-2"),))),
+        FaultSpec("reload-storm", at=200, duration=20, changes=40, group="public"),
+        FaultSpec("nginx-host-loss", at=230, duration=30, target=Selector(count=1), group="public"),
+        FaultSpec("pool-exhaustion", at=270, duration=60, pool="pool-1", free=0),
+        FaultSpec("host-crash", at=280, target=Selector(labels=(("cell", "cell-1"),), count=2)),
+        FaultSpec("host-crash", at=300, duration=50, every=250, target=Selector(percent=10)),
+        FaultSpec("cell-outage", at=420, duration=40, target=Selector(names=("cell-2",))),
+        FaultSpec("builder-crash", at=500, duration=60, target=Selector(count=1)),
+        FaultSpec("etcd-slow", at=600, duration=30, factor=5, target=Selector(labels=(("role", "control"),))),
+    )
+    checks = (CheckSpec("no-duplicate-address"), CheckSpec("domains-keep-serving"),
+              CheckSpec("leaks-found-and-released", within=150), CheckSpec("apps-serve-again", within=150),
+              CheckSpec("builds-finish", within=600), CheckSpec("max-failed-requests", limit=1e9),
+              CheckSpec("max-reloads", limit=10))
+    return RegionSpec("every-fault", 3, 1300.0, cells, (GroupSpec("public", 2),), apps, faults=faults, checks=checks,
+                      churn=ChurnSpec(deploys_per_hour=40, scale_events_per_hour=40), leak_check_every=30,
+                      leak_grace=30, build_hosts=2)
+
+
+def test_a_spec_with_every_fault_and_check_kind_keeps_its_trace() -> None:
+    report, _ = run_region(every_fault_kind())
+    assert report["trace_sha256"] == EVERY_FAULT_KIND
