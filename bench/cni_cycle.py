@@ -33,9 +33,9 @@ from cni.admin import add_pool
 from cni.pools import Pool
 from foundation.adapters.etcd_store import EtcdStore
 from foundation.adapters.ovs_dataplane import OvsDataplane
+from lab.etcd import running_etcd
+from lab.ovs import running_ovs
 from leengine.cni_install import install_plugin
-from leengine.etcd_server import running_etcd
-from leengine.ovs_server import running_ovs
 
 REFERENCE = Path("/usr/lib/cni")
 BRIDGE, REF_BRIDGE, NETNS = "lebnch0", "lebnchref0", "lebnch-pod"

@@ -21,7 +21,7 @@ import aetcd
 from bench.common import median, save, show
 from foundation.adapters.etcd_store import EtcdStore
 from foundation.ports import Compare, PutOp
-from leengine.etcd_server import running_etcd
+from lab.etcd import running_etcd
 
 
 async def run_ops(op, concurrency: int, total: int) -> float:

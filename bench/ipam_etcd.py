@@ -32,7 +32,7 @@ from cni.ipam import Ipam
 from cni.pools import BLOCKS, HANDLES, Block, Handle, PodRef, Pool
 from foundation.adapters.asyncio_runtime import AsyncioRuntime
 from foundation.adapters.etcd_store import EtcdStore
-from leengine.etcd_server import running_etcd
+from lab.etcd import running_etcd
 
 POOL = Pool.parse("bench", "10.128.0.0/16", vlan=10, gateway="10.128.0.1")
 

@@ -19,10 +19,10 @@ import time
 
 from bench.common import save, show
 from cni.admin import add_pool
-from cni.agent import CniAgent, NodeConfig
 from cni.ipam import Ipam
 from cni.pools import Pool
 from cni.request import CniRequest
+from node.cni_agent import CniAgent, NodeConfig
 from sim.adapters.dataplane import SimDataplane
 from sim.adapters.runtime import SimRuntime
 from sim.adapters.store import MemoryStore

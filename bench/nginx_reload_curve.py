@@ -1,7 +1,7 @@
 """What a config change costs a real Nginx as domains grow, and what an in-place upstream change costs.
 
 For each size (100, 1,000, 5,000 domains by default) a fresh private Nginx
-(``leengine.nginx_server.running_nginx``, 2 workers, lua module) gets that many
+(``lab.nginx.running_nginx``, 2 workers, lua module) gets that many
 simple domains in one apply (all on one loopback port, server_name-routed, one
 upstream each). Then, ``--rounds`` times, one domain's location changes
 (read_timeout), which needs a reload, and we time:
@@ -42,7 +42,7 @@ import time
 from bench.common import median, save, show
 from foundation.adapters.nginx_proxy import NginxProxy, find_nginx
 from foundation.logic.slb_domain import Domain
-from leengine.nginx_server import LoopbackBackend, free_port, running_nginx
+from lab.nginx import LoopbackBackend, free_port, running_nginx
 
 Backend = LoopbackBackend
 

@@ -1,7 +1,7 @@
 """The SLB path under endpoint churn: propagation time, throughput, and the confd pattern beside it.
 
 Everything is started here (root only): a private etcd, four back-end pods in network
-namespaces (``leengine.slb_lab``: veth pairs, 198.19.100-103.2, asyncio HTTP servers answering
+namespaces (``lab.slb``: veth pairs, 198.19.100-103.2, asyncio HTTP servers answering
 their own name), the real ``leengine-slb-agent`` daemon with its private Nginx (lua module),
 and slb-core (admin principal) writing to etcd. Load is ``wrk`` on loopback.
 
@@ -44,9 +44,9 @@ from foundation.adapters.asyncio_runtime import AsyncioRuntime
 from foundation.adapters.etcd_store import EtcdStore
 from foundation.adapters.nginx_proxy import find_nginx
 from foundation.logic.slb_domain import Upstream
-from leengine.etcd_server import running_etcd
-from leengine.nginx_server import free_port, make_prefix
-from leengine.slb_lab import AgentProcess, PodBackends, Wrk, WrkResult, reconfigurations, stop_process
+from lab.etcd import running_etcd
+from lab.nginx import free_port, make_prefix
+from lab.slb import AgentProcess, PodBackends, Wrk, WrkResult, reconfigurations, stop_process
 
 ADMIN = Principal("ops", "admin")
 GROUP = "bench"

@@ -2,7 +2,7 @@
 
 The thin plugin (``leengine/cni_plugin.py``) forwards the runtime's environment and stdin
 verbatim; the agent's request parser (``cni/spec.py``) turns them into one
-``CniRequest`` or a ``CniError``; a ``CniHandler`` (``cni/agent.py``) acts on it.
+``CniRequest`` or a ``CniError``; a ``CniHandler`` (``node/cni_agent.py``) acts on it.
 Errors carry the CNI spec's codes (SPEC.md, "Error"), so the runtime can tell
 "retry later" (11) from "your config is wrong" (7).
 

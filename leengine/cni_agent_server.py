@@ -31,7 +31,7 @@ Invariants:
   waits for the requests in flight before removing the socket;
 * one log line per request: command, container, ifname, outcome, milliseconds.
 
-It must not know etcd, OVS, netlink or IPAM: those are the handler's (``cni/agent.py``),
+It must not know etcd, OVS, netlink or IPAM: those are the handler's (``node/cni_agent.py``),
 chosen by the daemon's ``main()``.
 """
 

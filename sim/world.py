@@ -43,7 +43,6 @@ from typing import Any
 
 from cni import admin
 from cni.admin import AdminError, add_pool
-from cni.agent import CniAgent, NodeConfig
 from cni.ipam import Ipam, IpamError
 from cni.pools import Pool
 from cni.request import CniError, CniRequest
@@ -52,6 +51,7 @@ from control.discovery import Binding, Discovery
 from control.slb_core import SlbCore, SlbError
 from foundation.ports import Cancelled, StoreError
 from foundation.ports.cluster import ClusterUnavailable, Endpoints, PodInfo
+from node.cni_agent import CniAgent, NodeConfig
 from node.slb_agent import SlbAgent, SlbAgentConfig
 from sim.adapters.cluster import SimCluster
 from sim.adapters.dataplane import SimDataplane

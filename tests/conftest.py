@@ -6,11 +6,11 @@ on asyncio with a real etcd started for the session. Each test gets its own key
 prefix so tests never see each other's keys on the shared etcd.
 
 ``etcd_server`` (the session's etcd) runs with TLS and client-certificate auth, as a
-real deployment does: ``tls_certs`` is its throwaway CA (``leengine/tls_certs.py``),
+real deployment does: ``tls_certs`` is its throwaway CA (``lab/certs.py``),
 and every client passes ``etcd_server.client_tls`` (``open_store``) or
 ``etcd_server.client_args`` (a command's ``--etcd-ca/--etcd-cert/--etcd-key``).
 
-``ovs_server`` runs ``leengine.ovs_server.running_ovs()`` for the session (integration
+``ovs_server`` runs ``lab.ovs.running_ovs()`` for the session (integration
 tests and the Dataplane conformance suite share it): its own ovsdb-server and
 ovs-vswitchd in a temporary directory, never the system's. It needs root and Debian's
 openvswitch-switch; without them the tests fail with the reason, they never skip.
@@ -28,9 +28,9 @@ import pytest
 
 from foundation.adapters.asyncio_runtime import AsyncioRuntime
 from foundation.adapters.etcd_store import EtcdStore
+from lab.etcd import running_etcd
+from lab.ovs import running_ovs
 from leengine.etcd_options import open_store
-from leengine.etcd_server import running_etcd
-from leengine.ovs_server import running_ovs
 from sim.adapters.runtime import SimRuntime
 from sim.adapters.store import MemoryStore
 
@@ -58,7 +58,7 @@ class StoreHarness:
 @pytest.fixture(scope="session")
 def tls_certs(tmp_path_factory):
     """A throwaway CA with a server (127.0.0.1, localhost) and a client certificate, for the session."""
-    from leengine.tls_certs import make_certs
+    from lab.certs import make_certs
 
     return make_certs(tmp_path_factory.mktemp("certs"))
 

@@ -3,7 +3,7 @@
 ``NginxProxy(prefix)`` implements ``foundation.ports.proxy.Proxy`` on
 one Nginx whose every file lives under ``prefix`` and which runs as
 ``nginx -p PREFIX/ -c conf/nginx.conf`` (``start()``/``stop()``; or
-``leengine.nginx_server.running_nginx``). The prefix holds::
+``lab.nginx.running_nginx``). The prefix holds::
 
     conf/nginx.conf          main config, re-rendered by every apply (first line: its generation)
     domains/<name>.conf      one file per domain in force

@@ -80,7 +80,7 @@ class _BuildahRunner:
         if os.geteuid() != 0:
             pytest.fail("the buildah builder runs as root (chroot isolation): run the integration tiers as root")
         from foundation.adapters.buildah_builder import BuildahBuilder, BuildahConfig
-        from leengine.registry_server import running_registry
+        from lab.registry import running_registry
 
         with running_registry() as registry, tempfile.TemporaryDirectory(prefix="leengine-build-") as tmp:
             root = Path(tmp)

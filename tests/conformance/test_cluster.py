@@ -19,7 +19,7 @@ import pytest
 from foundation.adapters.asyncio_runtime import AsyncioRuntime
 from foundation.adapters.k8s_cluster import KubeCluster
 from foundation.ports.cluster import ClusterUnavailable, Endpoints, EndpointsEvent, PodInfo
-from leengine.kube_mock import KubeApiMock
+from lab.kube_mock import KubeApiMock
 from sim.adapters.cluster import SimCluster
 from sim.adapters.runtime import SimRuntime
 

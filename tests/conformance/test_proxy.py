@@ -1,7 +1,7 @@
 """The Proxy port's conformance suite: the same test bodies against a private Nginx and the sim proxy.
 
 ``proxy_harness`` runs ``async def body(h)`` either on the sim runtime with a ``SimProxy``
-or on asyncio with an ``NginxProxy`` started by ``leengine.nginx_server.running_nginx``
+or on asyncio with an ``NginxProxy`` started by ``lab.nginx.running_nginx``
 on loopback, with back-ends that are tiny HTTP servers answering their own port.
 ``h.serves(domain)`` is what a request for the domain reaches right now, as a set of
 ``host:port`` upstreams: for the sim its ``serving()``, for Nginx the answers of a few
@@ -26,7 +26,7 @@ import pytest
 
 from foundation.logic.slb_domain import Domain, Upstream
 from foundation.ports.proxy import ProxyError, SavedState
-from leengine.nginx_server import LoopbackBackend, free_port, running_nginx
+from lab.nginx import LoopbackBackend, free_port, running_nginx
 from sim.adapters.proxy import SimProxy
 from sim.adapters.runtime import SimRuntime
 

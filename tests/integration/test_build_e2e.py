@@ -23,8 +23,8 @@ from control.builds import BuildScheduler
 from foundation.adapters.asyncio_runtime import AsyncioRuntime
 from foundation.logic.build_task import BUILD, Task, rank_hosts, task_key
 from foundation.ports import DeleteOp
+from lab.registry import running_registry
 from leengine.etcd_options import open_store
-from leengine.registry_server import running_registry
 
 HOSTS = ("build-a", "build-b")
 AGENT = Path(sys.executable).parent / "leengine-build-agent"

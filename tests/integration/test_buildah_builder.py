@@ -14,7 +14,7 @@ import pytest
 
 from foundation.adapters.buildah_builder import NOBODY, BuildahBuilder, BuildahConfig
 from foundation.ports.builder import BuildFailed, BuildRequest
-from leengine.registry_server import running_registry
+from lab.registry import running_registry
 
 
 def git(repo: Path, *args: str) -> None:

@@ -28,10 +28,10 @@ import pytest
 from cni.pools import BLOCKS, HANDLES, Block
 from foundation.adapters.ovs_dataplane import OvsDataplane
 from foundation.ports.dataplane import host_ifname
+from lab.kube_mock import KubeApiMock
+from lab.processes import stop_child
 from leengine.cni_install import install_plugin
 from leengine.etcd_options import open_store
-from leengine.kube_mock import KubeApiMock
-from leengine.processes import stop_child
 
 TOKEN = f"{(os.getpid() + 7) % 0x10000:04x}"
 NODES = {"node-1": f"le{TOKEN}n1", "node-2": f"le{TOKEN}n2"}

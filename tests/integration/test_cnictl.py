@@ -13,8 +13,8 @@ import pytest
 from cni.ipam import Ipam
 from cni.pools import PodRef
 from foundation.adapters.asyncio_runtime import AsyncioRuntime
+from lab.kube_mock import KubeApiMock
 from leengine.etcd_options import open_store
-from leengine.kube_mock import KubeApiMock
 
 
 @pytest.fixture

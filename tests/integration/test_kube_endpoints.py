@@ -27,8 +27,8 @@ from foundation.adapters.asyncio_runtime import AsyncioRuntime
 from foundation.adapters.k8s_cluster import KubeCluster
 from foundation.logic.slb_domain import DomainStatus, Upstream, domains_prefix, hosts_prefix, status_key
 from foundation.ports.cluster import ClusterUnavailable, Endpoints, EndpointsEvent, ResourceExpired
+from lab.kube_mock import KubeApiMock
 from leengine.etcd_options import open_store
-from leengine.kube_mock import KubeApiMock
 
 TIMEOUT = 2.0
 ADMIN = Principal("ops", "admin")
@@ -494,7 +494,7 @@ def test_a_restart_over_http_with_a_cell_cut_off_keeps_its_addresses_and_idle_ce
 
 
 async def cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "leengine.discovery", *args,
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "leengine.discovery_cmd", *args,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode, out.decode(), err.decode()

@@ -1,6 +1,6 @@
 """The real Proxy adapter against a private Nginx with the lua module, on loopback.
 
-Each test runs its own Nginx (``leengine.nginx_server``) in a fresh prefix, with
+Each test runs its own Nginx (``lab.nginx``) in a fresh prefix, with
 back-ends that are tiny HTTP servers on loopback answering ``<their port>`` so an
 answer says which back-end served it. Needs root (workers run as www-data) and
 Debian's nginx + libnginx-mod-http-lua; without them the tests fail, never skip.
@@ -33,7 +33,7 @@ import pytest
 from foundation.adapters.nginx_proxy import NginxProxy
 from foundation.logic.slb_domain import Domain, Location, Upstream
 from foundation.ports.proxy import ProxyError, ReloadFailed, SavedState
-from leengine.nginx_server import LoopbackBackend, free_port, make_prefix
+from lab.nginx import LoopbackBackend, free_port, make_prefix
 
 
 class Backend(LoopbackBackend):

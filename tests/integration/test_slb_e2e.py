@@ -1,6 +1,6 @@
 """The SLB path end to end: slb-core writes to a real etcd, the real ``leengine-slb-agent`` daemon
 keeps its private Nginx (lua module) equal to them, ``wrk`` loads Nginx on loopback, and the back-ends
-are processes in network namespaces made here (``leengine.slb_lab``: one veth pair per pod,
+are processes in network namespaces made here (``lab.slb``: one veth pair per pod,
 198.19.N.1/30 on the host side, 198.19.N.2/30 in the pod).
 
 Reloads are counted in nginx itself, since the agent is another process: every SIGHUP the
@@ -34,9 +34,9 @@ from control.slb_core import GROUP_INDEX, SLB, InvalidArgument, SlbCore
 from foundation.adapters.asyncio_runtime import AsyncioRuntime
 from foundation.adapters.etcd_store import EtcdStore
 from foundation.logic.slb_domain import Domain, DomainStatus, Upstream, domain_key, status_key
+from lab.nginx import free_port
+from lab.slb import AgentProcess, PodBackends, Wrk, WrkResult, get, served_generation
 from leengine.etcd_options import open_store
-from leengine.nginx_server import free_port
-from leengine.slb_lab import AgentProcess, PodBackends, Wrk, WrkResult, get, served_generation
 
 TOKEN = f"{(os.getpid() + 11) % 0x10000:04x}"
 ADMIN = Principal("ops", "admin")

@@ -28,9 +28,9 @@ from control.auth import TokenTable
 from control.generated.leengine.control.v1 import slb_pb2 as pb
 from control.generated.leengine.control.v1 import slb_pb2_grpc
 from foundation.ports import StoreUnavailable
+from lab.certs import CertBundle, make_certs
 from leengine.control_server import ServerTls, load_server_tls, start
 from leengine.etcd_options import EtcdClientTls, open_store
-from leengine.tls_certs import CertBundle, make_certs
 
 pytestmark = pytest.mark.etcd
 

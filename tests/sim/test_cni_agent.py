@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from cni.admin import add_pool
-from cni.agent import CniAgent, NodeConfig
 from cni.ipam import Ipam
 from cni.pools import HANDLES, Pool
 from cni.request import CniError, CniRequest
+from node.cni_agent import CniAgent, NodeConfig
 from sim.adapters.dataplane import SimDataplane
 from sim.adapters.runtime import SimRuntime
 from sim.adapters.store import MemoryStore

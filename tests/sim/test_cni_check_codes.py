@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from cni.admin import add_pool
-from cni.agent import CniAgent, NodeConfig
 from cni.ipam import Ipam
 from cni.pools import Pool
 from cni.request import DATAPLANE_FAILURE, INVALID_ENV, CniError, CniRequest
 from foundation.ports.dataplane import DataplaneError, NetnsNotFound
+from node.cni_agent import CniAgent, NodeConfig
 from sim.adapters.dataplane import SimDataplane
 from sim.adapters.runtime import SimRuntime
 from sim.adapters.store import MemoryStore

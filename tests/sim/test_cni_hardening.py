@@ -15,10 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cni.admin import add_pool
-from cni.agent import CniAgent, NodeConfig
 from cni.ipam import Ipam
 from cni.pools import BLOCKS, HANDLES, POOLS, Block, Handle, InvalidRecord, Pool, block_key
 from cni.request import CniError, CniRequest
+from node.cni_agent import CniAgent, NodeConfig
 from sim.adapters.dataplane import SimDataplane
 from sim.adapters.runtime import SimRuntime
 from sim.adapters.store import MemoryStore

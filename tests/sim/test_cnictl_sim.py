@@ -6,11 +6,11 @@ import pytest
 
 from cni import admin
 from cni.admin import add_pool
-from cni.agent import CniAgent, NodeConfig
 from cni.ipam import Ipam
 from cni.pools import BLOCKS, HANDLES, LEAKS, POOLS, Block, Pool, PoolConfigError
 from cni.request import CniRequest
 from foundation.ports.cluster import PodInfo
+from node.cni_agent import CniAgent, NodeConfig
 from sim.adapters.cluster import SimCluster
 from sim.adapters.dataplane import SimDataplane
 from sim.adapters.runtime import SimRuntime

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from leengine.discovery import ConfigError, load_config
+from leengine.discovery_cmd import ConfigError, load_config
 
 GOOD = """
 cells:
@@ -44,14 +44,14 @@ def test_each_bad_field_is_named(tmp_path, edit, message):
 def test_the_command_prints_one_line_and_exits_2(tmp_path):
     path = tmp_path / "d.yaml"
     path.write_text(GOOD.replace("port: 8080", "port: 0"))
-    run = subprocess.run([sys.executable, "-m", "leengine.discovery", "--config", str(path)], capture_output=True,
+    run = subprocess.run([sys.executable, "-m", "leengine.discovery_cmd", "--config", str(path)], capture_output=True,
                          text=True, timeout=60, check=False)
     assert run.returncode == 2 and run.stderr.startswith("leengine-discovery: error:")
     assert len(run.stderr.strip().splitlines()) == 1 and "port" in run.stderr
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "leengine.discovery", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "leengine.discovery_cmd", *args], capture_output=True, text=True,
                           timeout=60, check=False)
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from foundation.adapters.etcd_store import EtcdStore, EtcdTls
+from lab.certs import CertBundle, make_certs
 from leengine.etcd_options import EtcdClientTls, EtcdOptionError, check_etcd_options
-from leengine.tls_certs import CertBundle, make_certs
 
 BIN = Path(sys.executable).parent
 

@@ -45,8 +45,8 @@ from pathlib import Path
 from cni.pools import Pool
 from foundation.adapters.nginx_proxy import ADMIN_SOCKET
 from foundation.logic.slb_domain import Upstream
-from leengine.nginx_server import make_prefix
-from leengine.processes import stop_child
+from lab.nginx import make_prefix
+from lab.processes import stop_child
 
 BIN = Path(sys.executable).parent
 BACKEND_PORT = 8080

@@ -6,7 +6,7 @@
         [--bridge br-int] [--mtu 1500] [--cooldown 60]
 
 It wires the real adapters (etcd Store, OVS + netlink Dataplane, asyncio Runtime)
-to the agent logic (``cni/agent.py``) and serves the ``leengine-cni`` plugin on a
+to the agent logic (``node/cni_agent.py``) and serves the ``leengine-cni`` plugin on a
 unix socket (``leengine/cni_agent_server.py``). While etcd cannot be reached at
 start-up it retries every two seconds and does not open its socket yet, so the
 plugin answers "try again later" (CNI error 11) and the runtime retries.
@@ -22,7 +22,6 @@ from typing import Annotated
 
 import typer
 
-from cni.agent import CniAgent, NodeConfig
 from cni.ipam import Ipam
 from cni.pools import NODE_NAME, PoolConfigError, check_name
 from foundation.ports import StoreError
@@ -37,6 +36,7 @@ from leengine.etcd_options import (
     open_store,
 )
 from leengine.typer_main import run_app
+from node.cni_agent import CniAgent, NodeConfig
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 log = logging.getLogger("leengine.cni_agent")

@@ -10,7 +10,7 @@ Invariants:
 * A missing binary is an error, never a skip: a suite that silently skips its real
   backend proves nothing. Install it with ``apt-get install etcd-server`` or point
   ``LEENGINE_ETCD_BIN`` at a binary.
-* With ``running_etcd(certs=make_certs(dir))`` (``leengine/tls_certs.py``) etcd serves
+* With ``running_etcd(certs=make_certs(dir))`` (``lab/certs.py``) etcd serves
   clients over TLS only and demands a client certificate signed by that CA
   (``--client-cert-auth --trusted-ca-file``): a client without one is refused by etcd
   itself. The health check then speaks TLS with the bundle's client certificate;
@@ -42,9 +42,9 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from lab.certs import CertBundle
+from lab.processes import stop_child
 from leengine.etcd_options import EtcdClientTls
-from leengine.processes import stop_child
-from leengine.tls_certs import CertBundle
 
 START_TIMEOUT = 15.0  # seconds for etcd to answer /health before we give up
 STOP_TIMEOUT = 5.0  # seconds for a graceful SIGTERM before SIGKILL

@@ -39,7 +39,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from leengine.processes import stop_child
+from lab.processes import stop_child
 
 START_TIMEOUT = 15.0  # seconds for ovsdb-server to answer and vswitchd to apply the db
 STOP_TIMEOUT = 5.0  # seconds for a graceful SIGTERM before SIGKILL

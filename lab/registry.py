@@ -22,8 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from leengine.nginx_server import free_port
-from leengine.processes import stop_child
+from lab.nginx import free_port
+from lab.processes import stop_child
 
 BINARY = "docker-registry"
 START_TIMEOUT = 15.0
