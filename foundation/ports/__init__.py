@@ -5,7 +5,7 @@ and a sim adapter (``sim.adapters``); one conformance suite runs against both.
 This package must not know which adapter is behind a port.
 """
 
-from foundation.ports.runtime import Cancelled, Event, Queue, Runtime, Task
+from foundation.ports.runtime import Cancelled, Event, Queue, Runtime, Task, TaskFailed
 from foundation.ports.store import (
     CompactedError,
     Compare,
@@ -46,6 +46,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "Task",
+    "TaskFailed",
     "TxnResult",
     "Watch",
     "WatchEvent",

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 STEPS = ("clone", "compile", "image", "push")
 
@@ -50,6 +50,7 @@ class BuildOutcome:
     cache_hit: bool  # the dependency cache of this repo was warm on this host
 
 
+@runtime_checkable
 class Builder(Protocol):
     @property
     def host(self) -> str: ...

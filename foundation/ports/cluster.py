@@ -12,7 +12,7 @@ adapter: the simulated cell. It must not know which one is behind it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class ClusterUnavailable(Exception):
@@ -79,6 +79,7 @@ class EndpointsWatch(Protocol):
     async def close(self) -> None: ...
 
 
+@runtime_checkable
 class Cluster(Protocol):
     @property
     def endpoint(self) -> str: ...

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class DataplaneError(Exception):
@@ -113,6 +113,7 @@ class PortRecord:
     netns: str
 
 
+@runtime_checkable
 class Dataplane(Protocol):
     async def check_netns(self, netns: str) -> None:
         """Succeed if ``netns`` is a pod network namespace (not the node's own); ``InvalidNetns`` if not.

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from foundation.logic.slb_domain import Domain, Upstream
 
@@ -48,6 +48,7 @@ class SavedState:
     domains: Mapping[str, Domain] = field(default_factory=dict)
 
 
+@runtime_checkable
 class Proxy(Protocol):
     async def set_upstreams(self, domain: str, servers: tuple[Upstream, ...]) -> None:
         """Change a live domain's upstream servers in place (no reload)."""

@@ -8,6 +8,11 @@ asyncio (``foundation.adapters.asyncio_runtime``) and a SimPy environment
 ``time.time`` or ``random`` themselves, a simulated run is a pure function of
 (scenario, seed).
 
+Both adapters treat a task that fails while nobody awaits its ``join()`` alike: they
+record it, and the runner of the run (``run_until_complete``, a daemon's main) raises
+``TaskFailed``, so an agent's background task (a membership keeper) never dies
+silently, in simulation or in production. The asyncio adapter also logs it at once.
+
 This module must not know which adapter is in use. It names the cancellation
 exception once (``Cancelled``) so agents can catch it without importing asyncio.
 """
@@ -17,16 +22,21 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Coroutine
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)  # a Task[int] is a Task[object]: it only hands results out
 
 # Both runtimes raise this inside a task that is cancelled; asyncio's own class is
 # reused so that library code awaited by real adapters behaves as it expects.
 Cancelled = asyncio.CancelledError
 
 
-class Task(Protocol[T]):
+class TaskFailed(RuntimeError):
+    """A spawned task raised and no other task joined it; ``__cause__`` is its error."""
+
+
+class Task(Protocol[T_co]):
     """A spawned coroutine. Awaiting ``join()`` returns its result or raises its error."""
 
     @property
@@ -37,7 +47,7 @@ class Task(Protocol[T]):
 
     def done(self) -> bool: ...
 
-    async def join(self) -> T:
+    async def join(self) -> T_co:
         """Wait for the task; re-raise its exception (``Cancelled`` if it was cancelled)."""
 
 
@@ -64,6 +74,7 @@ class Event(Protocol):
     async def wait(self) -> None: ...
 
 
+@runtime_checkable
 class Runtime(Protocol):
     """Clock, tasks, queues, timeouts and the run's one random source."""
 

@@ -25,8 +25,9 @@ where to look. This module knows no adapter and does no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 # --------------------------------------------------------------------------- errors
 
@@ -202,6 +203,7 @@ class Watch(Protocol):
     async def __aexit__(self, *exc: object) -> None: ...
 
 
+@runtime_checkable
 class Store(Protocol):
     """etcd v3 key-value semantics. See the module docstring for the invariants."""
 
@@ -230,10 +232,14 @@ class Store(Protocol):
 
     async def txn(
         self,
-        compares: list[Compare],
-        success: list[TxnOp],
-        failure: list[TxnOp] | None = None,
-    ) -> TxnResult: ...
+        compares: Sequence[Compare],
+        success: Sequence[TxnOp],
+        failure: Sequence[TxnOp] | None = None,
+    ) -> TxnResult:
+        """If every compare holds, do ``success``, else ``failure``; atomically, at one revision.
+
+        Sequences, not lists: a caller's ``list[PutOp]`` is a ``Sequence[TxnOp]`` (a list is invariant).
+        """
 
     def watch(self, prefix: str, *, start_revision: int = 0) -> Watch:
         """Watch keys under ``prefix`` from ``start_revision``.

@@ -30,15 +30,11 @@ from typing import Any
 import simpy
 from simpy.events import Event as SimEvent
 
-from foundation.ports.runtime import Cancelled
+from foundation.ports.runtime import Cancelled, TaskFailed
 
 # Wall-clock time at virtual time 0 (2026-01-01T00:00:00Z): fixed, so records stamped
 # with wall_time() are the same in every replay.
 SIM_EPOCH = 1_767_225_600.0
-
-
-class TaskFailed(RuntimeError):
-    """A simulated task raised and no other task joined it."""
 
 
 class _Yield:

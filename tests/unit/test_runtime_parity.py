@@ -8,11 +8,12 @@ outcome, never about exact wall time.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
 from foundation.adapters.asyncio_runtime import AsyncioRuntime
-from foundation.ports import Cancelled
+from foundation.ports import Cancelled, TaskFailed
 from sim.adapters.runtime import SimRuntime
 
 
@@ -144,3 +145,91 @@ def test_clock_moves_forward_with_sleep(run):
 
     elapsed, wall_elapsed = run(body)
     assert elapsed >= 0.05 and wall_elapsed >= 0.04
+
+
+# ---- a failed task nobody awaits: loud on both runtimes (issue 10's divergence)
+
+
+@pytest.fixture(params=["sim", "asyncio"])
+def runtime(request):
+    """A fresh runtime of each kind, run through its own ``run_until_complete``."""
+    return SimRuntime(seed=1) if request.param == "sim" else AsyncioRuntime(seed=1)
+
+
+async def _fails_soon(rt, message="membership lost"):
+    await rt.sleep(0.01)
+    raise ValueError(message)
+
+
+def test_a_failed_task_nobody_joins_fails_the_run(runtime):
+    async def main():
+        runtime.spawn(_fails_soon(runtime), name="keep-registered")
+        await runtime.sleep(0.05)
+        return "main done"
+
+    with pytest.raises(TaskFailed, match=r"keep-registered.*membership lost") as raised:
+        runtime.run_until_complete(main(), limit=10)
+    assert isinstance(raised.value.__cause__, ValueError)
+
+
+def test_a_failure_some_task_awaits_is_that_task_s_error_only(runtime):
+    async def main():
+        task = runtime.spawn(_fails_soon(runtime), name="joined")
+        with pytest.raises(ValueError, match="membership lost"):
+            await task.join()
+        return "handled"
+
+    assert runtime.run_until_complete(main(), limit=10) == "handled"
+
+
+def test_joining_after_the_failure_still_counts_as_observed(runtime):
+    async def main():
+        task = runtime.spawn(_fails_soon(runtime), name="joined-late")
+        await runtime.sleep(0.05)  # it has failed by now, unobserved so far
+        assert task.done()
+        try:
+            await task.join()
+        except ValueError as exc:
+            return str(exc)
+
+    assert runtime.run_until_complete(main(), limit=10) == "membership lost"
+
+
+def test_a_cancelled_task_is_no_failure(runtime):
+    async def main():
+        task = runtime.spawn(runtime.sleep(10), name="cancelled")
+        await runtime.sleep(0.01)
+        task.cancel()
+        await runtime.sleep(0.01)
+        return task.done()
+
+    assert runtime.run_until_complete(main(), limit=10) is True
+
+
+def test_the_main_task_s_own_error_comes_after_unjoined_failures(runtime):
+    async def main():
+        runtime.spawn(_fails_soon(runtime, "background"), name="background")
+        await runtime.sleep(0.05)
+        raise KeyError("main")
+
+    with pytest.raises(TaskFailed, match="background"):
+        runtime.run_until_complete(main(), limit=10)
+
+
+def test_asyncio_logs_the_unjoined_failure_at_once_with_its_traceback(caplog):
+    seen = []
+    rt = AsyncioRuntime(seed=1, on_task_failed=lambda task: seen.append((task.name, rt.now())))
+
+    async def main():
+        rt.spawn(_fails_soon(rt), name="keep-registered")
+        await rt.sleep(0.05)  # a daemon's on_task_failed would stop it here, before main ends
+        assert [name for name, _ in seen] == ["keep-registered"]
+        assert [r.levelname for r in caplog.records if r.name == "leengine.runtime"] == ["ERROR"]
+        return "main done"
+
+    with caplog.at_level(logging.ERROR, logger="leengine.runtime"), pytest.raises(TaskFailed):
+        rt.run_until_complete(main(), limit=10)
+    (record,) = [r for r in caplog.records if r.name == "leengine.runtime"]
+    assert "keep-registered" in record.getMessage()
+    assert record.exc_info is not None and record.exc_info[0] is ValueError
+    assert "_fails_soon" in caplog.text  # the traceback names where it failed
