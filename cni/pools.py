@@ -37,6 +37,9 @@ LEAKS = "/ipam/leaks/"
 POOL_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 NODE_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")  # a Kubernetes node name (DNS subdomain)
 DEFAULT_BLOCK_SIZE = 16
+MIN_PREFIXLEN = 8  # a pool is at most a /8: its blocks are listed and claimed one by one
+MAX_EXCLUDE = 4096  # addresses in a pool's exclude list
+MAX_POOL_RECORD = 1 << 17  # bytes of a pool record: ~150 usually, ~75 KiB with MAX_EXCLUDE addresses
 # Ranges no pod address may come from (RFC 6890): a pool overlapping one is refused.
 _SPECIAL_RANGES = (
     (IPv4Network("0.0.0.0/8"), "'this network' (unspecified)"),
@@ -143,6 +146,8 @@ class Pool:
         for special, what in _SPECIAL_RANGES:
             if network.overlaps(special):
                 raise PoolConfigError("cidr", f"{network} overlaps {special}, {what}: pods cannot use it")
+        if network.prefixlen < MIN_PREFIXLEN:
+            raise PoolConfigError("cidr", f"{cidr} is too large for a pool (at least /{MIN_PREFIXLEN})")
         if isinstance(vlan, bool) or not isinstance(vlan, int) or not 1 <= vlan <= 4094:
             raise PoolConfigError("vlan", f"VLAN must be an integer in 1..4094, got {vlan!r}")
         if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 4 \
@@ -157,6 +162,8 @@ class Pool:
             raise PoolConfigError("gateway", f"{gateway!r} is not an IPv4 address") from None
         if gw not in network or gw in (network.network_address, network.broadcast_address):
             raise PoolConfigError("gateway", f"gateway {gw} is not a host address of {network}")
+        if len(exclude) > MAX_EXCLUDE:
+            raise PoolConfigError("exclude", f"at most {MAX_EXCLUDE} addresses, got {len(exclude)}")
         excluded = set()
         for item in exclude:
             try:
@@ -217,7 +224,13 @@ class Pool:
 
     @staticmethod
     def from_bytes(raw: bytes) -> Pool:
-        """Decode a pool record; ``InvalidRecord`` for anything ``parse`` would refuse, or worse."""
+        """Decode a pool record; ``InvalidRecord`` for anything ``parse`` would refuse, or worse.
+
+        The one decoder of pool records: IPAM, cnictl, slb-core and the SLB agents
+        (``cni/pod_pools.py``) all read them through it.
+        """
+        if len(raw) > MAX_POOL_RECORD:
+            raise InvalidRecord("pool", f"{len(raw)} bytes (at most {MAX_POOL_RECORD})")
 
         def build(data: dict[str, Any]) -> Pool:
             exclude = data.get("exclude", [])

@@ -29,7 +29,7 @@ Who may change what (principals come from ``control.auth``; reads are open to al
 * Anything else is PermissionDenied; so is an unknown role.
 
 Where upstreams may point: every upstream of a write must be a pod address, inside a
-pool registered at ``/ipam/pools/`` (``foundation.logic.pod_pools``), read in the
+pool registered at ``/ipam/pools/`` (``cni.pod_pools``), read in the
 same snapshot as the domain; otherwise InvalidArgument naming the servers. This keeps
 a domain from aiming Nginx at etcd or any other host service; the SLB agents check
 again before Nginx gets anything.
@@ -56,8 +56,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from cni.pod_pools import POOLS, PodPools, PoolCache
 from control.auth import Principal
-from foundation.logic.pod_pools import POOLS, PodPools, PoolCache
 from foundation.logic.slb_domain import (
     SLB,
     Domain,

@@ -16,7 +16,7 @@ It watches ``/slb/{group}/domains/`` and sorts each change by ``changed_config``
 It trusts nothing it reads from etcd. A record that does not decode (bad JSON, nesting
 too deep, a field outside its grammar, a key that does not match the name inside) is
 never rendered: its status says why, and the other domains go on. Every upstream must
-be a pod address of a pool registered at ``/ipam/pools/`` (``foundation.logic.pod_pools``,
+be a pod address of a pool registered at ``/ipam/pools/`` (``cni.pod_pools``,
 watched beside the domains; re-read when a record is newer than the pools known, so a
 pool added just before its pods is never missed): an upstream outside them is dropped
 from what Nginx gets and the domain's status ``error`` says so, although the rest of the
@@ -42,8 +42,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from cni.pod_pools import POOLS, PoolCache
 from foundation.logic.claims import LeasedMembership
-from foundation.logic.pod_pools import POOLS, PoolCache
 from foundation.logic.slb_domain import (
     Domain,
     DomainError,

@@ -21,7 +21,7 @@ reload.
 Who sets upstreams: ``upstreams_by`` is ``"discovery"`` (the default: only the
 discovery role and admins) or ``"owner"`` (an admin let the domain's owner set them
 too). Upstream addresses must also lie in a registered pod pool
-(``foundation.logic.pod_pools``): checked by slb-core and again by every SLB agent.
+(``cni.pod_pools``): checked by slb-core and again by every SLB agent.
 
 Records read back from etcd are decoded with ``load_json``: any failure (bad
 UTF-8, bad JSON, nesting too deep for the decoder, an integer too long to convert)

@@ -14,10 +14,10 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cni.pod_pools import POOLS, PodPools
 from cni.pools import Pool
 from control.auth import Principal
 from control.slb_core import InvalidArgument, SlbCore
-from foundation.logic.pod_pools import POOLS, PodPools
 from foundation.logic.slb_domain import Domain, DomainError, DomainStatus, Upstream
 from sim.adapters.runtime import SimRuntime
 from sim.adapters.store import MemoryStore
