@@ -1,6 +1,7 @@
-"""Pod networking: the thin ``leengine-cni`` plugin, the per-node CNI agent, IPAM and cnictl.
+"""Pod networking's library: pool, block and handle records, IPAM, the CNI protocol, cnictl's logic.
 
-Agent logic here imports ports (``foundation.ports``) only; the real Dataplane
-adapter (pyroute2 + OVS) and the daemons are entry points. Built by the
-pod-networking issue.
+The per-node agent that acts on CNI requests is ``node/cni_agent.py``; the thin
+``leengine-cni`` plugin and the daemons are commands (``leengine/``). Code here imports
+ports (``foundation.ports``) and shared logic only; ``cni.pod_pools`` answers load
+balancing's one question ("is this a pod address?") from the same pool records.
 """

@@ -275,7 +275,7 @@ def running_etcd(*, fast_raft: bool = True, certs: CertBundle | None = None) -> 
 
     ``fast_raft=False`` keeps etcd's default raft timing (100 ms heartbeat, 1 s
     election timeout), e.g. to observe its default minimum lease TTL of 2 s.
-    ``certs`` (``tls_certs.make_certs``): serve TLS and demand client certificates.
+    ``certs`` (``lab.certs.make_certs``): serve TLS and demand client certificates.
     """
     binary = find_etcd()
     workdir = Path(tempfile.mkdtemp(prefix="leengine-etcd-", dir=_scratch_root()))
