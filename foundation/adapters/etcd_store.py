@@ -36,9 +36,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import aetcd
 import grpc
@@ -199,7 +199,7 @@ class EtcdTls:
                                             certificate_chain=self.cert)
 
 
-class _TlsClient(aetcd.Client):
+class _TlsClient(aetcd.Client):  # type: ignore[misc]  # aetcd ships no type hints: its Client is Any
     """aetcd's Client on a TLS channel: aetcd's own ``connect`` only opens plaintext ones."""
 
     def __init__(self, *, credentials: grpc.ChannelCredentials, **kwargs: Any) -> None:
@@ -376,9 +376,9 @@ class EtcdStore:
 
     async def txn(
         self,
-        compares: list[Compare],
-        success: list[TxnOp],
-        failure: list[TxnOp] | None = None,
+        compares: Sequence[Compare],
+        success: Sequence[TxnOp],
+        failure: Sequence[TxnOp] | None = None,
     ) -> TxnResult:
         request = rpc.TxnRequest(
             compare=[_compare(c) for c in compares],
@@ -394,7 +394,7 @@ class EtcdStore:
     async def revision(self) -> int:
         # The cheapest request that returns a header: count one key, fetch nothing.
         resp = await self._call(self._live.kvstub.Range, rpc.RangeRequest(key=b"\0", count_only=True))
-        return resp.header.revision
+        return int(resp.header.revision)  # the stubs are untyped: say what etcd's proto says
 
     async def compact(self, revision: int) -> None:
         try:
@@ -445,7 +445,7 @@ class EtcdStore:
             raise StoreUnavailable(self._endpoint, "etcd closed the keepalive stream without answering")
         if resp.TTL <= 0:  # etcd's way of saying the lease is gone
             raise LeaseNotFound(lease_id)
-        return resp.TTL
+        return int(resp.TTL)
 
     async def revoke(self, lease_id: int) -> None:
         await self._call(self._live.leasestub.LeaseRevoke, rpc.LeaseRevokeRequest(ID=lease_id), lease_id=lease_id)
@@ -501,7 +501,7 @@ class _EtcdWatch:
                     raise StopAsyncIteration from None
                 raise
             for ev in resp.events:
-                kind = "delete" if ev.type == rpc.Event.DELETE else "put"
+                kind: Literal["put", "delete"] = "delete" if ev.type == rpc.Event.DELETE else "put"
                 self._events.append(WatchEvent(kind, _kv(ev.kv), ev.kv.mod_revision))
         event = self._events.popleft()
         self._next_revision = event.revision + 1

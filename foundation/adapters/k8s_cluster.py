@@ -41,10 +41,11 @@ import json
 import logging
 import threading
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from urllib3 import HTTPResponse
 from urllib3.exceptions import HTTPError
 
 from foundation.ports.cluster import ClusterUnavailable, Endpoints, EndpointsEvent, PodInfo, ResourceExpired
@@ -63,7 +64,7 @@ def _ip_order(ip: str) -> tuple[int, int, str]:
     return (address.version, int(address), ip)
 
 
-def _valid_ip(ip: object) -> bool:
+def _valid_ip(ip: object) -> TypeGuard[str]:
     if not isinstance(ip, str) or len(ip) > 45:
         return False
     try:
@@ -244,7 +245,7 @@ class KubeEndpointsWatch:
         if isinstance(item, BaseException):
             self._ended = True
             raise item
-        return item
+        return cast(EndpointsEvent, item)  # the worker emits events, errors and _END only
 
     async def close(self) -> None:
         with self._lock:
@@ -293,10 +294,11 @@ class KubeEndpointsWatch:
         """One watch request, from ``resource_version`` until the server ends it."""
         cluster = self._cluster
         try:
-            resp = cluster._api.list_endpoints_for_all_namespaces(
+            # _preload_content=False: the raw urllib3 response, not the V1EndpointsList of the hints.
+            resp = cast(HTTPResponse, cluster._api.list_endpoints_for_all_namespaces(
                 watch=True, resource_version=self.resource_version, timeout_seconds=cluster.watch_timeout,
                 allow_watch_bookmarks=True, _preload_content=False,
-                _request_timeout=(cluster.timeout, cluster.timeout))
+                _request_timeout=(cluster.timeout, cluster.timeout)))
         except ApiException as exc:
             if exc.status == 410:
                 raise ResourceExpired(cluster.endpoint, self.resource_version, str(exc.reason)) from None

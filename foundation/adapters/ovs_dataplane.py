@@ -155,7 +155,7 @@ def _fs_type(fd: int) -> int | None:
     buf = ctypes.create_string_buffer(256)  # struct statfs: 120 bytes on 64-bit Linux; f_type comes first
     if _libc.fstatfs(fd, buf) != 0:
         return None
-    return struct.unpack_from("l", buf.raw)[0]
+    return int(struct.unpack_from("l", buf.raw)[0])
 
 
 def _open_netns(path: str) -> int:
@@ -237,7 +237,7 @@ def _ethtool_value(sock: socket.socket, ifname: str, cmd: int, value: int = 0) -
     buf = ctypes.create_string_buffer(struct.pack("II", cmd, value))
     ifreq = struct.pack("16sP", ifname.encode(), ctypes.addressof(buf)).ljust(40, b"\0")  # sizeof(struct ifreq)
     fcntl.ioctl(sock.fileno(), _SIOCETHTOOL, ifreq)
-    return struct.unpack("II", buf.raw[:8])[1]
+    return int(struct.unpack("II", buf.raw[:8])[1])
 
 
 def _garp_frame(mac: str, address: ipaddress.IPv4Address) -> bytes:
@@ -581,13 +581,13 @@ class _Reaper:
             except Exception as exc:  # no socket, or a library bug: the round failed (what is not done)
                 failed = [(doomed, exc) for doomed in batch if not doomed.is_set()]
             retry: list[_Doomed] = []
-            for doomed, exc in failed:
+            for doomed, error in failed:
                 doomed.attempts += 1
                 if doomed.attempts < 2:
-                    log.warning("deleting veth %s failed (%s); retrying", doomed.name, exc)
+                    log.warning("deleting veth %s failed (%s); retrying", doomed.name, error)
                     retry.append(doomed)
                 else:
-                    log.error("deleting veth %s failed again (%s); it is left behind", doomed.name, exc)
+                    log.error("deleting veth %s failed again (%s); it is left behind", doomed.name, error)
                     self._finish([doomed])
             with self._lock:
                 self._queue[:0] = retry
@@ -874,9 +874,9 @@ class OvsDataplane:
                 owner = ovsdb.bridge_of(stale)
                 if owner is not None:
                     owner.delvalue("ports", stale)
-            interface = txn.insert(ovsdb.idl.tables["Interface"])
+            interface = txn.insert(txn.idl.tables["Interface"])
             interface.name = host
-            port = txn.insert(ovsdb.idl.tables["Port"])
+            port = txn.insert(txn.idl.tables["Port"])
             port.name = host
             port.interfaces = [interface]
             port.tag = att.vlan
@@ -1035,7 +1035,7 @@ class OvsDataplane:
             try:
                 diffs += self._check_pod(att, ns_fd, ns_ipr, userspace=bridge is not None
                                          and bridge.datapath_type == "netdev",
-                                         reaped_peer=host_link["index"] if reaped else None)
+                                         reaped_peer=host_link["index"] if reaped and host_link is not None else None)
             finally:
                 ns_ipr.close()
         except NetnsNotFound:
@@ -1107,13 +1107,13 @@ class OvsDataplane:
                 if existing.datapath_type != datapath_type:
                     existing.datapath_type = datapath_type
                 return
-            interface = txn.insert(ovsdb.idl.tables["Interface"])
+            interface = txn.insert(txn.idl.tables["Interface"])
             interface.name = name
             interface.type = "internal"
-            port = txn.insert(ovsdb.idl.tables["Port"])
+            port = txn.insert(txn.idl.tables["Port"])
             port.name = name
             port.interfaces = [interface]
-            bridge = txn.insert(ovsdb.idl.tables["Bridge"])
+            bridge = txn.insert(txn.idl.tables["Bridge"])
             bridge.name = name
             bridge.datapath_type = datapath_type
             bridge.ports = [port]
@@ -1144,11 +1144,11 @@ class OvsDataplane:
                     raise DataplaneError("connect bridges", f"bridge {bridge_name} does not exist")
                 if ovsdb.port(port_name) is not None:
                     continue
-                interface = txn.insert(ovsdb.idl.tables["Interface"])
+                interface = txn.insert(txn.idl.tables["Interface"])
                 interface.name = port_name
                 interface.type = "patch"
                 interface.options = {"peer": peer_name}
-                port = txn.insert(ovsdb.idl.tables["Port"])
+                port = txn.insert(txn.idl.tables["Port"])
                 port.name = port_name
                 port.interfaces = [interface]  # no tag and no trunks: a trunk of every VLAN
                 bridge.addvalue("ports", port)

@@ -1,33 +1,21 @@
-"""An Nginx domain as slb-core writes it and SLB agents read it: the record, its validation, its keys.
+"""The SLB records around a domain: keys of hosts and statuses, the status record, the change rule.
 
 A **group** is one Nginx cluster (public, internal, …); a **domain** is one virtual
-host it proxies: server name, listen port, locations (path, timeouts, headers to
-set), admin-only settings, and the upstream servers (pod addresses). Stored as JSON
-at ``/slb/{group}/domains/{domain}``; each Nginx host's agent writes what it applied
-at ``/slb/{group}/status/{domain}/{host}`` (by domain first: what a drain asks is
+host it proxies. The domain record itself (its fields, grammar and JSON, at
+``/slb/{group}/domains/{domain}``) is the Proxy port's data type and lives in
+``foundation.ports.proxy_domain``; it is re-exported here so SLB code has one module
+to import. Each Nginx host's agent writes what it applied at
+``/slb/{group}/status/{domain}/{host}`` (by domain first: what a drain asks is
 "has every host applied this domain?", one short prefix read).
-
-Security: every field is validated here against a narrow grammar before it can
-reach a config file, so no user string can become an Nginx directive: names are
-DNS names, paths and header values have no whitespace, quotes, braces, semicolons,
-``$`` or backslashes, settings are a closed list with a validator each. The
-renderer still quotes what it writes; validation is the first line, not the only.
 
 ``changed_config`` is the rule the agents apply: when two versions of a domain
 differ only in their upstream servers (or in who may set them), the change is
 applied in place (no reload); any other difference needs a render, a test and a
 reload.
 
-Who sets upstreams: ``upstreams_by`` is ``"discovery"`` (the default: only the
-discovery role and admins) or ``"owner"`` (an admin let the domain's owner set them
-too). Upstream addresses must also lie in a registered pod pool
-(``cni.pod_pools``): checked by slb-core and again by every SLB agent.
-
-Records read back from etcd are decoded with ``load_json``: any failure (bad
-UTF-8, bad JSON, nesting too deep for the decoder, an integer too long to convert)
-is a ``ValueError``, never a ``RecursionError`` that would take an agent down.
-Numbers written as text (ports, sizes) are ASCII digits only: ``str.isdigit``
-accepts ``²`` and ``٨``, which ``int`` then rejects or silently converts.
+Upstream addresses must lie in a registered pod pool (``cni.pod_pools``) and never
+be loopback, link-local, multicast or reserved (``check_routable``): checked by
+slb-core and again by every SLB agent.
 
 Pure: no I/O, no clock.
 """
@@ -38,236 +26,43 @@ import functools
 import ipaddress
 import json
 import math
-import re
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, replace
 
-SLB = "/slb/"
-GROUP_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-PATH = re.compile(r"^/[A-Za-z0-9._~!*'()+,=@%/-]{0,255}$")
-HEADER_NAME = re.compile(r"^[A-Za-z0-9-]{1,64}$")
-HEADER_VALUE = re.compile(r"^[A-Za-z0-9 ._~!*'()+,=@%/:-]{0,256}$")
-OWNER = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-SIZE = re.compile(r"^[0-9]{1,6}[km]?$")
-PORT = re.compile(r"^[0-9]{1,5}$")  # ASCII only: [0-9] is a code point range, unlike \d or isdigit()
-UPSTREAMS_BY = ("discovery", "owner")  # who besides admins may set a domain's upstreams
-MAX_UPSTREAMS = 4096
-MAX_SHOWN = 80  # characters of an offending value echoed in an error
+from foundation.ports.proxy_domain import (
+    GROUP_NAME,
+    HEADER_NAME,
+    HEADER_VALUE,
+    HOST_NAME,
+    MAX_DOMAIN_NAME,
+    MAX_SHOWN,
+    MAX_UPSTREAMS,
+    OWNER,
+    PATH,
+    PORT,
+    SETTINGS,
+    SIZE,
+    SLB,
+    UPSTREAMS_BY,
+    Domain,
+    DomainError,
+    Location,
+    Upstream,
+    check,
+    check_domain_name,
+    check_group,
+    domain_key,
+    domains_prefix,
+    load_json,
+    show,
+)
 
-# Admin-only settings: a closed list, each with the grammar of its value.
-SETTINGS: dict[str, re.Pattern[str]] = {
-    "client_max_body_size": SIZE,
-    "proxy_buffer_size": SIZE,
-    "proxy_connect_timeout": re.compile(r"^[0-9]{1,4}s?$"),
-    "keepalive_timeout": re.compile(r"^[0-9]{1,4}s?$"),
-    "proxy_http_version": re.compile(r"^1\.[01]$"),
-}
-
-
-class DomainError(ValueError):
-    """A domain (or group) definition is invalid; ``field`` names the offending field."""
-
-    def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(f"{field_name}: {message}")
-        self.field = field_name
-
-
-def show(value: Any) -> str:
-    """``repr(value)`` cut to ``MAX_SHOWN`` characters, for error messages (never raises)."""
-    if isinstance(value, str | int | float | bool | None):
-        try:
-            text = repr(value if not isinstance(value, str) else value[: MAX_SHOWN + 1])
-        except ValueError:  # an int too long to convert to text
-            return f"<an integer of about {int.bit_length(value) * 3 // 10} digits>"
-    else:
-        text = f"<a {type(value).__name__}>"
-    return text if len(text) <= MAX_SHOWN else f"{text[:MAX_SHOWN]}..."
-
-
-def load_json(raw: bytes | str) -> Any:
-    """Decode a record read back from the Store; every failure is a ``ValueError``.
-
-    ``json.loads`` raises ``RecursionError`` on deep nesting (``"[" * 100000``), which
-    is not a ValueError and would escape every ``except ValueError``.
-    """
-    try:
-        return json.loads(raw)
-    except RecursionError:
-        raise ValueError("nested too deeply") from None
-    except (ValueError, TypeError) as exc:  # JSONDecodeError, UnicodeDecodeError, int conversion limit
-        raise ValueError(str(exc)[:200]) from None
-
-
-def check(field_name: str, value: Any, pattern: re.Pattern[str], what: str) -> str:
-    if not isinstance(value, str) or not pattern.fullmatch(value):
-        raise DomainError(field_name, f"{show(value)} is not {what}")
-    return value
-
-
-MAX_DOMAIN_NAME = 240  # "<name>.conf" must stay a legal file name (255 bytes)
-
-
-def check_domain_name(name: Any) -> str:
-    check("name", name, HOST_NAME, "a DNS name (lower case letters, digits, '-' and '.')")
-    if len(name) > MAX_DOMAIN_NAME:
-        raise DomainError("name", f"{name[:40]}... is longer than {MAX_DOMAIN_NAME} characters")
-    if any(not _LABEL.fullmatch(label) for label in name.split(".")):
-        raise DomainError("name", f"{show(name)} is not a DNS name (each label 1-63 characters, no leading '-')")
-    return name
-
-
-def check_group(group: Any) -> str:
-    return check("group", group, GROUP_NAME, "a group name ([a-z0-9-], at most 63)")
-
-
-@dataclass(frozen=True, order=True)
-class Upstream:
-    """One back-end server: a pod address (IPv4) and port."""
-
-    host: str
-    port: int
-
-    @staticmethod
-    def parse(text: Any) -> Upstream:
-        if isinstance(text, str) and len(text) <= 21:  # "255.255.255.255:65535"
-            return _parse_upstream(text)  # cached: the same servers are parsed again on every domain change
-        raise DomainError("upstreams", f"{show(text)} is not an IPv4 address:port")
-
-    @staticmethod
-    def _parse(text: str) -> Upstream:
-        if text.count(":") != 1:
-            raise DomainError("upstreams", f"{show(text)} is not an IPv4 address:port")
-        host, _, port = text.partition(":")
-        try:
-            address = ipaddress.IPv4Address(host)
-        except ValueError:
-            address = None
-        if address is None or str(address) != host:  # one spelling per address (the record's bytes are compared)
-            raise DomainError("upstreams", f"{show(text)} is not an IPv4 address:port")
-        if not PORT.fullmatch(port) or not 0 < int(port) < 65536:
-            raise DomainError("upstreams", f"{show(text)} has no valid port (1-65535, ASCII digits)")
-        return Upstream(host, int(port))
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
-
-
-_parse_upstream = functools.lru_cache(maxsize=1 << 17)(Upstream._parse)  # errors are not cached
-
-
-def _sorted_upstreams(upstreams: set[Upstream]) -> tuple[Upstream, ...]:
-    # The dataclass order, by a key: comparing tuples is several times cheaper than generated __lt__.
-    return tuple(sorted(upstreams, key=lambda u: (u.host, u.port)))
-
-
-@dataclass(frozen=True)
-class Location:
-    path: str = "/"
-    read_timeout: int = 60  # seconds; proxy_read_timeout
-    set_headers: tuple[tuple[str, str], ...] = ()  # request headers set towards the upstream
-
-    @staticmethod
-    def parse(data: Any) -> Location:
-        if not isinstance(data, dict):
-            raise DomainError("locations", "each location must be an object")
-        unknown = set(data) - {"path", "read_timeout", "set_headers"}
-        if unknown:
-            raise DomainError("locations", f"unknown field(s) {_names(unknown)}")
-        path = check("locations.path", data.get("path", "/"), PATH, "a URL path starting with '/'")
-        timeout = data.get("read_timeout", 60)
-        if isinstance(timeout, bool) or not isinstance(timeout, int) or not 1 <= timeout <= 3600:
-            raise DomainError("locations.read_timeout", f"{show(timeout)} is not a number of seconds in 1..3600")
-        headers = data.get("set_headers", {})
-        if not isinstance(headers, dict) or len(headers) > 32:
-            raise DomainError("locations.set_headers", "must be an object of at most 32 headers")
-        pairs = tuple(sorted(
-            (check("locations.set_headers", k, HEADER_NAME, "a header name"),
-             check("locations.set_headers", v, HEADER_VALUE, "a plain header value (no quotes, $, ;, {, }, \\)"))
-            for k, v in headers.items()))
-        return Location(path, timeout, pairs)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "read_timeout": self.read_timeout, "set_headers": dict(self.set_headers)}
-
-
-@dataclass(frozen=True)
-class Domain:
-    name: str
-    group: str
-    owner: str
-    listen: int = 80
-    locations: tuple[Location, ...] = (Location(),)
-    settings: tuple[tuple[str, str], ...] = ()
-    upstreams: tuple[Upstream, ...] = field(default=())
-    upstreams_by: str = "discovery"  # who besides admins may set the upstreams: "discovery" or "owner"
-
-    @staticmethod
-    def parse(data: Any) -> Domain:
-        """Validate a domain definition (e.g. decoded from etcd or from an API call)."""
-        if not isinstance(data, dict):
-            raise DomainError("domain", "must be an object")
-        unknown = set(data) - {"name", "group", "owner", "listen", "locations", "settings", "upstreams",
-                               "upstreams_by"}
-        if unknown:
-            raise DomainError("domain", f"unknown field(s) {_names(unknown)}")
-        name = check_domain_name(data.get("name"))
-        group = check_group(data.get("group"))
-        owner = check("owner", data.get("owner", ""), OWNER, "an owner name")
-        listen = data.get("listen", 80)
-        if isinstance(listen, bool) or not isinstance(listen, int) or not 1 <= listen <= 65535:
-            raise DomainError("listen", f"{show(listen)} is not a port (1-65535)")
-        raw_locations = data.get("locations", [{"path": "/"}])
-        if not isinstance(raw_locations, list) or not 1 <= len(raw_locations) <= 64:
-            raise DomainError("locations", "must be a list of 1-64 locations")
-        locations = tuple(Location.parse(item) for item in raw_locations)
-        if len({loc.path for loc in locations}) != len(locations):
-            raise DomainError("locations", "two locations have the same path")
-        settings = data.get("settings", {})
-        if not isinstance(settings, dict):
-            raise DomainError("settings", "must be an object")
-        for key, value in settings.items():
-            if not isinstance(key, str) or key not in SETTINGS:
-                raise DomainError("settings", f"{show(key)} is not a supported setting "
-                                              f"({', '.join(sorted(SETTINGS))})")
-            check(f"settings.{key}", value, SETTINGS[key], f"a valid {key} value")
-        raw_upstreams = data.get("upstreams", [])
-        if not isinstance(raw_upstreams, list) or len(raw_upstreams) > MAX_UPSTREAMS:
-            raise DomainError("upstreams", f"must be a list of at most {MAX_UPSTREAMS} address:port")
-        upstreams = _sorted_upstreams({Upstream.parse(u) for u in raw_upstreams})
-        upstreams_by = data.get("upstreams_by", "discovery")
-        if not isinstance(upstreams_by, str) or upstreams_by not in UPSTREAMS_BY:
-            raise DomainError("upstreams_by", f"{show(upstreams_by)} is not one of {', '.join(UPSTREAMS_BY)}")
-        return Domain(name, group, owner, listen, locations, tuple(sorted(settings.items())), upstreams,
-                      upstreams_by)
-
-    def to_json(self) -> dict[str, Any]:
-        data = {"name": self.name, "group": self.group, "owner": self.owner, "listen": self.listen,
-                "locations": [loc.to_json() for loc in self.locations], "settings": dict(self.settings),
-                "upstreams": [str(u) for u in self.upstreams]}
-        if self.upstreams_by != "discovery":  # the default is left out: records written before it keep their bytes
-            data["upstreams_by"] = self.upstreams_by
-        return data
-
-    def to_bytes(self) -> bytes:
-        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
-
-    @staticmethod
-    def from_bytes(raw: bytes) -> Domain:
-        """Decode a stored record; any failure is a ``DomainError`` (field ``record`` when it is not JSON)."""
-        try:
-            data = load_json(raw)
-        except ValueError as exc:
-            raise DomainError("record", f"not a JSON object: {exc}") from None
-        return Domain.parse(data)
-
-    def with_upstreams(self, upstreams: tuple[Upstream, ...]) -> Domain:
-        return replace(self, upstreams=_sorted_upstreams(set(upstreams)))
-
-    @property
-    def key(self) -> str:
-        return domain_key(self.group, self.name)
+__all__ = [  # the domain record's names are re-exported (see the docstring)
+    "GROUP_NAME", "HEADER_NAME", "HEADER_VALUE", "HOST_NAME", "MAX_DOMAIN_NAME", "MAX_SHOWN", "MAX_UPSTREAMS",
+    "OWNER", "PATH", "PORT", "SETTINGS", "SIZE", "SLB", "UPSTREAMS_BY", "Domain", "DomainError", "DomainStatus",
+    "Location", "Upstream", "changed_config", "check", "check_domain_name", "check_group", "check_routable",
+    "domain_key", "domain_status_prefix", "domains_prefix", "host_key", "hosts_prefix", "load_json", "show",
+    "status_key", "status_prefix",
+]
 
 
 def check_routable(upstreams: tuple[Upstream, ...]) -> None:
@@ -282,18 +77,11 @@ def check_routable(upstreams: tuple[Upstream, ...]) -> None:
             raise DomainError("upstreams", f"{upstream} is not a pod address (loopback, link-local, multicast "
                                            f"and reserved ranges are refused)")
 
-
-def _names(keys: set[Any]) -> str:
-    # Keys of a decoded object are strings, but a caller may hand anything: never sort mixed types.
-    return ", ".join(sorted(show(k) if not isinstance(k, str) else show(k).strip("'") for k in keys))
-
-
 @functools.lru_cache(maxsize=1 << 17)
 def _routable(host: str) -> bool:
     address = ipaddress.IPv4Address(host)
     return not (address.is_loopback or address.is_unspecified or address.is_link_local or address.is_multicast
                 or address.is_reserved)
-
 
 def changed_config(old: Domain | None, new: Domain | None) -> bool:
     """True when going from ``old`` to ``new`` needs a render + test + reload (not just upstreams)."""
@@ -301,15 +89,6 @@ def changed_config(old: Domain | None, new: Domain | None) -> bool:
         return old is not new
     # upstreams_by is a rule of slb-core's, nothing Nginx renders.
     return replace(old, upstreams=(), upstreams_by="") != replace(new, upstreams=(), upstreams_by="")
-
-
-def domains_prefix(group: str) -> str:
-    return f"{SLB}{group}/domains/"
-
-
-def domain_key(group: str, name: str) -> str:
-    return f"{domains_prefix(group)}{name}"
-
 
 def hosts_prefix(group: str) -> str:
     return f"{SLB}{group}/hosts/"
@@ -352,13 +131,17 @@ class DomainStatus:
         data = load_json(raw)
         if not isinstance(data, dict):
             raise ValueError("a status record must be a JSON object")
-        revision, wanted, error, at = (data.get("revision"), data.get("wanted_revision", 0), data.get("error", ""),
-                                       data.get("at", 0.0))
-        for name, value in (("revision", revision), ("wanted_revision", wanted)):
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 63:
-                raise ValueError(f"{name} {show(value)} is not a revision")
+        revision = _status_revision("revision", data.get("revision"))
+        wanted = _status_revision("wanted_revision", data.get("wanted_revision", 0))
+        error, at = data.get("error", ""), data.get("at", 0.0)
         if not isinstance(error, str):
             raise ValueError(f"error {show(error)} is not a string")
         if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
             raise ValueError(f"at {show(at)} is not a time")
         return DomainStatus(revision, error[:4096], wanted, float(at))
+
+
+def _status_revision(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 63:
+        raise ValueError(f"{name} {show(value)} is not a revision")
+    return value

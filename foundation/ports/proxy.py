@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from foundation.logic.slb_domain import Domain, Upstream
+from foundation.ports.proxy_domain import Domain, Upstream
 
 
 class ProxyError(Exception):
