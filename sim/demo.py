@@ -166,13 +166,13 @@ async def _fault_schedule(config: DemoConfig, runtime: SimRuntime, nodes: list, 
             nodes[i].cancel()
             stats.crashed_nodes += 1
         else:
-            clients[i].partition(True)
+            clients[i].partition()
             runtime.spawn(_heal_later(runtime, clients[i], config.partition_length), name=f"heal-{i}")
 
 
 async def _heal_later(runtime: SimRuntime, client: SimStoreClient, after: float) -> None:
     await runtime.sleep(after)
-    client.partition(False)
+    client.heal()
     runtime.trace("fault-healed", client=client.name)
 
 

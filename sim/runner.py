@@ -15,7 +15,6 @@ It must not know the terminal (the CLI draws progress and tables) nor real adapt
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import re
@@ -27,6 +26,7 @@ from typing import Any
 from sim.adapters.runtime import SimRuntime
 from sim.scenario import NAME, Scenario
 from sim.spec import RegionSpec
+from sim.world import Region
 
 SLICES = 200  # progress updates over the run
 REPORT_VERSION = 1
@@ -59,13 +59,6 @@ def extract_series(report: dict[str, Any]) -> dict[str, list[list[float]]]:
 def scalar_metrics(report: dict[str, Any]) -> dict[str, Any]:
     """The report's ``metrics`` entries that are not time series (totals, percentiles, per-pool dicts)."""
     return {k: v for k, v in (report.get("metrics") or {}).items() if not isinstance(v, list)}
-
-
-def region_class() -> type:
-    """The Region implementation (``sim.world.Region``); a seam for tests."""
-    from sim.world import Region
-
-    return Region
 
 
 @dataclass
@@ -108,23 +101,11 @@ class SteppedRuntime(SimRuntime):
 
 def run_scenario(scenario: Scenario, *, on_progress: Callable[[float], None] | None = None,
                  slices: int = SLICES) -> RunResult:
-    """Run the Region of a scenario to its end; works with a synchronous ``run()`` (which calls
-    ``runtime.run(until=duration)``) and with an ``async run()`` (spawned and stepped here)."""
+    """Run the Region of a scenario to its end (``Region.run``: boot, run to the duration, trace the verdicts)."""
     spec = scenario.spec
     runtime = SteppedRuntime(spec.seed, slice_seconds=spec.duration / max(slices, 1), on_progress=on_progress)
-    region = region_class()(spec, runtime)
-    outcome = region.run()
-    if inspect.isawaitable(outcome):
-        task = runtime.spawn(outcome, name="region")  # type: ignore[arg-type]
-        runtime.run(until=spec.duration)
-        extra = 0
-        while not task.done() and extra < 100:  # let it finish what it does at the last instant
-            runtime.run(until=runtime.now() + 1.0)
-            extra += 1
-        if not task.done():
-            raise RuntimeError("the Region was still running 100 virtual s after the end")
-        if task.error is not None:
-            raise task.error
+    region = Region(spec, runtime)
+    region.run()
     report = region.report()
     checks = [dict(c) for c in report.get("checks", [])]
     return RunResult(scenario=scenario, spec=spec, report=report, trace_sha256=runtime.trace_log.sha256,

@@ -66,7 +66,7 @@ import re
 import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import yaml
 from yaml.constructor import SafeConstructor
@@ -85,6 +85,9 @@ from yaml.resolver import Resolver
 
 from cni.pools import Pool, PoolConfigError
 from sim.spec import (
+    CHECK_KINDS,
+    FAULT_KINDS,
+    FAULT_PARAMS,
     FAULT_TARGETS,
     MAX_APPS,
     MAX_BUILD_HOSTS,
@@ -111,21 +114,16 @@ from sim.spec import (
     MIN_POOL_PREFIX,
     AppSpec,
     CellSpec,
-    CheckKind,
     CheckSpec,
     ChurnSpec,
-    FaultKind,
     FaultSpec,
     GroupSpec,
     Labels,
     PoolSpec,
     RegionSpec,
     Selector,
-    TargetIndex,
 )
-
-FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
-CHECK_KINDS: tuple[str, ...] = get_args(CheckKind)
+from sim.targets import TargetIndex
 
 # Loader limits (docs/sim.md, "Limits"). The shipped scenarios use < 1% of each.
 MAX_FILE_BYTES = 1 << 20  # 1 MiB
@@ -770,11 +768,7 @@ class _Parser:
             if "duration" in kwargs and kwargs["duration"] >= kwargs["every"]:
                 raise self.error(m["every"], f"{f}.every",
                                  f"a repeated fault must end before it repeats (duration {kwargs['duration']:g} s)")
-        allowed = {
-            "factor": ("etcd-slow",), "changes": ("reload-storm",), "free": ("pool-exhaustion",),
-            "pool": ("pool-exhaustion",), "group": ("reload-storm", "nginx-host-loss"),
-        }
-        for key, kinds in allowed.items():
+        for key, kinds in FAULT_PARAMS.items():
             if key in m and kind not in kinds:
                 raise self.error(m[key], f"{f}.{key}", f"only for fault kinds {', '.join(kinds)}, not {kind}")
         group_names = [g.name for g in groups]

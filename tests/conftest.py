@@ -88,10 +88,10 @@ class _SimRunner:
         client = server.client("test", timeout=self.timeout)
 
         async def cut_off() -> None:
-            client.partition(True)
+            client.partition()
 
         async def heal() -> None:
-            client.partition(False)
+            client.heal()
 
         async def new_client(name: str) -> object:
             return server.client(name, timeout=self.timeout)

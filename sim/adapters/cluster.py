@@ -1,8 +1,9 @@
 """The sim Cluster adapter: a Cell's pods and nodes as plain records the sim world edits.
 
 The world (or a test) adds and removes pods and nodes; agents read them through
-the Cluster port exactly as they read a real API server. ``available`` switches
-the API server off. As a real API server read through the real adapter, it lists
+the Cluster port exactly as they read a real API server. ``cut_off()`` /
+``reconnect()`` take the API server away and back (``available`` says which). As a
+real API server read through the real adapter, it lists
 endpoints sorted by (namespace, service), keeps each address list sorted and unique,
 and a replacement that changes nothing is no change (no version, no event).
 It must not know any agent.
@@ -133,6 +134,10 @@ class SimCluster:
             watch._queue.put_nowait(ClusterUnavailable(self.endpoint, "API server down"))
             self._watches.remove(watch)
 
+    def reconnect(self) -> None:
+        """The API server answers again; watches are opened anew by their owners (they broke at the cut)."""
+        self.available = True
+
     async def list_endpoints(self) -> tuple[list[Endpoints], str]:
         self._check()
         return [self.endpoints[key] for key in sorted(self.endpoints)], str(self.version)
@@ -140,3 +145,32 @@ class SimCluster:
     def watch_endpoints(self, resource_version: str) -> _SimEndpointsWatch:
         assert self.runtime is not None, "SimCluster needs a runtime for watches"
         return _SimEndpointsWatch(self, int(resource_version or 0))
+
+
+class RegionCluster:
+    """The pods and nodes of every Cell of a Region, as cnictl sees them (one etcd serves them all).
+
+    A Cell whose API server is out of reach makes the listing fail: judging its
+    allocations without its pods would accuse every one of them. It serves what
+    cnictl reads (pods and nodes); endpoints are per Cell (``SimCluster``), and
+    discovery follows each Cell on its own.
+    """
+
+    def __init__(self, cells: list[SimCluster]) -> None:
+        self._cells = cells
+
+    @property
+    def endpoint(self) -> str:
+        return "sim:region/apiservers"
+
+    async def list_pods(self) -> list[PodInfo]:
+        pods: list[PodInfo] = []
+        for cell in self._cells:
+            pods.extend(await cell.list_pods())
+        return pods
+
+    async def list_nodes(self) -> list[str]:
+        nodes: list[str] = []
+        for cell in self._cells:
+            nodes.extend(await cell.list_nodes())
+        return nodes

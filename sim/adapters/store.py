@@ -1,11 +1,12 @@
-"""The sim Store adapter: an in-memory MVCC store with etcd v3 semantics, and faulty clients.
+"""The sim Store adapter's server: an in-memory MVCC store with etcd v3 semantics.
 
 ``MemoryStore`` is the server: one revision counter, a sorted key index, the
 history of events since the last compaction (for watches that start in the past),
 leases that expire on the runtime's clock. ``MemoryStore.client(name)`` returns a
-``SimStoreClient``, the object agents get as their ``Store``; each client has its
-own latency, slowness, deadline and partition switch, so one node can lose etcd
-while the others keep it. Faults raise the same typed errors as the etcd adapter.
+``SimStoreClient`` (sim/adapters/store_client.py), the object agents get as their
+``Store``; each client has its own latency, slowness, deadline and partitions, so one
+node can lose etcd while the others keep it. ``set_available`` takes the whole server
+down and back. Faults raise the same typed errors as the etcd adapter.
 
 Invariants (checked by tests/conformance against real etcd too): revision +1 per
 write transaction; a txn is atomic (it runs between two awaits, so nothing
@@ -24,7 +25,7 @@ import heapq
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from sortedcontainers import SortedDict
 
@@ -48,8 +49,9 @@ from foundation.ports.store import (
     TxnResult,
     WatchEvent,
 )
+from sim.adapters.store_client import CLOSED, SimStoreClient
 
-T = TypeVar("T")
+__all__ = ["MemoryStore", "SimStoreClient"]
 
 _COMPARE_OPS: dict[str, Callable[[Any, Any], bool]] = {
     "==": lambda a, b: a == b,
@@ -278,7 +280,7 @@ class MemoryStore:
         if not watcher.closed:
             watcher.closed = True
             self._watchers.remove(watcher)
-            watcher.queue.put_nowait(_CLOSED)  # wakes a reader blocked in __anext__: its iteration ends
+            watcher.queue.put_nowait(CLOSED)  # wakes a reader blocked in __anext__: its iteration ends
 
     def compact(self, revision: int) -> None:
         if revision <= self._compact_revision:
@@ -352,8 +354,6 @@ class MemoryStore:
         self._reaper = None
 
 
-_CLOSED = object()  # queue marker: the watch was closed
-
 
 def _at_revision(result: OpResult, revision: int) -> OpResult:
     if isinstance(result, RangeResult):
@@ -362,154 +362,3 @@ def _at_revision(result: OpResult, revision: int) -> OpResult:
         return DeleteResult(result.deleted, revision, result.prev)
     return PutResult(revision, result.prev)
 
-
-class _SimWatch:
-    """Client side of a watch: pulls events, applies the client's delivery latency."""
-
-    def __init__(self, client: SimStoreClient, prefix: str, start_revision: int) -> None:
-        self._client = client
-        self._watcher: _Watcher | None = None
-        self._error: BaseException | None = None
-        if client._cut_off():  # a watch that cannot reach the server delivers nothing, not even history
-            self._error = StoreUnavailable(client.endpoint, f"watch not created ({client._cut_off_reason()})")
-            return
-        try:
-            self._watcher = client._server._watch(client, prefix, start_revision)
-        except CompactedError as exc:
-            self._error = exc  # raised by the first __anext__, as the etcd adapter does
-
-    def __aiter__(self) -> _SimWatch:
-        return self
-
-    async def __anext__(self) -> WatchEvent:
-        if self._error is not None:
-            raise self._error
-        if self._watcher is None:
-            raise StopAsyncIteration
-        item = await self._watcher.queue.get()
-        if item is _CLOSED:
-            self._watcher = None
-            raise StopAsyncIteration
-        if isinstance(item, BaseException):
-            self._watcher = None
-            self._error = item
-            raise item
-        event, arrives = item
-        runtime = self._client._runtime
-        if arrives > runtime.now():
-            await runtime.sleep(arrives - runtime.now())
-        return event
-
-    async def close(self) -> None:
-        if self._watcher is not None:
-            self._client._server._unwatch(self._watcher)
-            self._watcher = None
-
-    async def __aenter__(self) -> _SimWatch:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-
-class SimStoreClient:
-    """One agent's connection to the simulated etcd, with its own faults."""
-
-    def __init__(self, server: MemoryStore, name: str, *, latency: float, jitter: float, timeout: float) -> None:
-        self._server = server
-        self._runtime = server._runtime
-        self.name = name
-        self.latency = latency  # round-trip seconds
-        self.jitter = jitter  # extra round-trip seconds, uniform in [0, jitter)
-        self.timeout = timeout  # the client's deadline per request
-        self.slowness = 1.0  # multiplies the round trip: a slow disk or a loaded server
-        self.partitioned = False
-        self.closed = False
-
-    @property
-    def endpoint(self) -> str:
-        return f"sim:{self._server.name}/{self.name}"
-
-    # ---- faults
-    def partition(self, cut_off: bool = True) -> None:
-        """Cut this client off from the server (its watches break) or heal it."""
-        self.partitioned = cut_off
-        if cut_off:
-            self._server._break_watches(lambda w: w.client is self, "network partition")
-
-    def _cut_off(self) -> bool:
-        return self.partitioned or not self._server.available
-
-    def _cut_off_reason(self) -> str:
-        return "network partition" if self.partitioned else "server down"
-
-    def _one_way_delay(self) -> float:
-        if not self.latency and not self.jitter:
-            return 0.0
-        extra = self._runtime.random.random() * self.jitter if self.jitter else 0.0
-        return (self.latency + extra) * self.slowness / 2
-
-    async def _call(self, apply: Callable[[], T]) -> T:
-        """One request: travel there, apply atomically, travel back, within the deadline."""
-        if self.closed:
-            raise StoreError(f"store for {self.endpoint} is closed")
-        if self._cut_off():
-            await self._runtime.sleep(self.timeout)
-            raise StoreUnavailable(self.endpoint, f"no answer within {self.timeout} s ({self._cut_off_reason()})")
-        there, back = self._one_way_delay(), self._one_way_delay()
-        if there >= self.timeout:
-            await self._runtime.sleep(self.timeout)
-            raise StoreUnavailable(self.endpoint, f"deadline of {self.timeout} s exceeded")
-        if there:
-            await self._runtime.sleep(there)
-        if self._cut_off():  # the partition began while the request was in flight
-            await self._runtime.sleep(self.timeout - there)
-            raise StoreUnavailable(self.endpoint, f"no answer within {self.timeout} s ({self._cut_off_reason()})")
-        result = apply()
-        if there + back >= self.timeout:  # applied, but the answer comes too late: as ambiguous as in life
-            await self._runtime.sleep(self.timeout - there)
-            raise StoreUnavailable(self.endpoint, f"deadline of {self.timeout} s exceeded")
-        if back:
-            await self._runtime.sleep(back)
-        return result
-
-    # ---- the Store port
-    async def get(self, key: str) -> KeyValue | None:
-        return (await self._call(lambda: self._server._range(key, False))).first()
-
-    async def range(self, prefix: str, *, limit: int = 0, start_after: str = "", revision: int = 0) -> RangeResult:
-        return await self._call(lambda: self._server._range(prefix, True, limit, start_after, revision))
-
-    async def put(self, key: str, value: bytes, *, lease: int = 0, prev_kv: bool = False) -> PutResult:
-        result = await self._call(lambda: self._server.txn([], [PutOp(key, value, lease, prev_kv)], []))
-        return result.responses[0]  # type: ignore[return-value]
-
-    async def delete(self, key: str, *, prefix: bool = False, prev_kv: bool = False) -> DeleteResult:
-        result = await self._call(lambda: self._server.txn([], [DeleteOp(key, prefix, prev_kv)], []))
-        return result.responses[0]  # type: ignore[return-value]
-
-    async def txn(self, compares: list[Compare], success: list[TxnOp], failure: list[TxnOp] | None = None) -> TxnResult:
-        return await self._call(lambda: self._server.txn(compares, success, failure or []))
-
-    def watch(self, prefix: str, *, start_revision: int = 0) -> _SimWatch:
-        return _SimWatch(self, prefix, start_revision)
-
-    async def grant(self, ttl: int) -> Lease:
-        return await self._call(lambda: self._server.grant(ttl))
-
-    async def keepalive(self, lease_id: int) -> int:
-        return await self._call(lambda: self._server.keepalive(lease_id))
-
-    async def revoke(self, lease_id: int) -> None:
-        await self._call(lambda: self._server.revoke(lease_id))
-
-    async def compact(self, revision: int) -> None:
-        await self._call(lambda: self._server.compact(revision))
-
-    async def revision(self) -> int:
-        return await self._call(lambda: self._server.revision)
-
-    async def close(self) -> None:
-        self.closed = True
-        for watcher in [w for w in self._server._watchers if w.client is self]:
-            self._server._unwatch(watcher)

@@ -94,9 +94,9 @@ def test_a_host_cut_off_past_its_lease_finishes_late_and_its_result_is_dropped()
         await settle(farm)
         task = await farm.scheduler.submit("shop", V1)
         await farm.rt.sleep(5)
-        farm.clients[home].partition(True)  # alive and building, but cut off from etcd
+        farm.clients[home].partition()  # alive and building, but cut off from etcd
         await farm.rt.sleep(60)  # its lease expires; the task moves to the heir
-        farm.clients[home].partition(False)
+        farm.clients[home].heal()
         result = await farm.scheduler.wait(task, timeout=3600)
         await farm.rt.sleep(600)  # let the old host finish its now-orphaned build
         return result

@@ -83,12 +83,12 @@ def test_add_into_a_missing_netns_is_an_env_error_and_leaves_nothing(node):
 
 
 def test_etcd_unreachable_mid_add_is_try_again_later_and_nothing_is_half_created(node):
-    node.client.partition(True)
+    node.client.partition()
     with pytest.raises(CniError) as err:
         node.run(node.agent.add(request("ADD")))
     assert err.value.code == 11 and "sim:etcd/node-1" in err.value.details
     assert node.handles() == [] and node.dataplane.interfaces == {}
-    node.client.partition(False)
+    node.client.heal()
     assert node.run(node.agent.add(request("ADD")))["ips"]
 
 
@@ -137,7 +137,7 @@ def test_status_reports_readiness(node):
     with pytest.raises(CniError) as err:
         node.run(node.agent.status(request("STATUS", network={**NET, "pools": ["missing"]})))
     assert err.value.code == 50
-    node.client.partition(True)
+    node.client.partition()
     with pytest.raises(CniError) as err:
         node.run(node.agent.status(request("STATUS")))
     assert err.value.code == 50 and "etcd" in err.value.msg

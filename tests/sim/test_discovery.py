@@ -113,7 +113,7 @@ def test_a_cell_whose_api_is_down_keeps_its_addresses_while_the_other_cell_updat
         w.cells["cell-b"].set_endpoints(Endpoints("shop", "shop", ready=("10.2.0.7", "10.2.0.8")))
         await w.rt.sleep(2)
         during = w.serving()["nginx-1"]
-        w.cells["cell-a"].available = True
+        w.cells["cell-a"].reconnect()
         w.cells["cell-a"].set_endpoints(Endpoints("shop", "shop", ready=()))  # its pods died meanwhile
         await w.rt.sleep(2)
         return during, w.serving()["nginx-1"]
@@ -212,7 +212,7 @@ def test_a_restart_while_a_cell_is_out_of_reach_keeps_its_recorded_addresses():
         log["blog during"] = w.proxies["nginx-1"].serving(BLOG)
         log["writes during"] = w.writes[restarted:]
         log["synced during"] = w.discovery.synced.is_set()
-        w.cells["cell-a"].available = True  # back; one of its pods died meanwhile
+        w.cells["cell-a"].reconnect()  # back; one of its pods died meanwhile
         w.cells["cell-a"].set_endpoints(Endpoints("blog", "blog", ready=("10.1.0.21",)))
         await w.rt.sleep(3)
         log["after"] = w.serving()
@@ -284,7 +284,7 @@ def test_cell_outages_and_recoveries_are_logged_once_per_transition(caplog):
         await w.start()
         w.cells["cell-a"].cut_off()
         await w.rt.sleep(5)  # ten retries
-        w.cells["cell-a"].available = True
+        w.cells["cell-a"].reconnect()
         await w.rt.sleep(2)
 
     w.run(main())

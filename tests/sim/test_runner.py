@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from leengine.cli import app
 from sim import runner
 from sim.scenario import load_scenario
+from sim.world import Region
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT = ROOT / "scenarios" / "default.yaml"
@@ -81,7 +82,7 @@ def test_every_shipped_scenario_passes_its_checks(path, tmp_path):
 def test_a_bad_scenario_is_one_line_and_exit_2_and_nothing_runs(tmp_path, monkeypatch):
     bad = tmp_path / "bad.yaml"
     bad.write_text(DEFAULT.read_text().replace("vlan: 101", "vlan: 5000"))
-    monkeypatch.setattr(runner, "region_class", lambda: pytest.fail("nothing may run"))
+    monkeypatch.setattr(Region, "run", lambda self: pytest.fail("nothing may run"))
     result = run_cli(str(bad), "--out", str(tmp_path / "out"))
     assert result.exit_code == 2
     lines = [ln for ln in result.output.splitlines() if ln.strip()]

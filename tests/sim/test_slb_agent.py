@@ -234,11 +234,11 @@ def test_etcd_out_of_reach_nginx_keeps_serving_and_catches_up_after(world):
         await world.put(domain("a.example.com", "10.0.0.1:80"))
         world.start_agent(retry=0.5)
         await world.rt.sleep(1)
-        world.agent_store.partition(True)
+        world.agent_store.partition()
         await world.put(domain("a.example.com", "10.0.0.2:80"))
         await world.rt.sleep(10)
         assert world.proxy.serving("a.example.com") == (Upstream("10.0.0.1", 80),)  # still serving the old
-        world.agent_store.partition(False)
+        world.agent_store.heal()
         await world.rt.sleep(3)
 
     world.run(main())

@@ -10,8 +10,10 @@ import pytest
 from cni.ipam import Ipam
 from cni.pools import BLOCKS
 from foundation.ports import Compare
+from sim.adapters.runtime import SimRuntime
+from sim.adapters.store import MemoryStore
 from sim.spec import AppSpec, CellSpec, CheckSpec, ChurnSpec, FaultSpec, GroupSpec, PoolSpec, RegionSpec, Selector
-from sim.world import run_region
+from sim.world import Region, run_region
 
 CHECKS = (
     CheckSpec("no-duplicate-address"),
@@ -53,7 +55,7 @@ def test_host_crash_leaks_addresses_that_cnictl_finds_and_releases(crashed):
     assert checks["domains-keep-serving"]["passed"], checks["domains-keep-serving"]
     assert report["passed"]
     # Every app runs its replicas again, each pod on its own address.
-    alive = [p for pods in region.pods.values() for p in pods if p.alive and p.ready]
+    alive = [p for pods in region.kube.pods.values() for p in pods if p.alive and p.ready]
     assert len(alive) == 3 * 2 + 2 * 2 + 2
     assert len({p.ip for p in alive}) == len(alive)
     assert report["metrics"]["requests_ok"] > 0 and report["metrics"]["allocations"] >= len(alive)
@@ -160,35 +162,34 @@ def test_churn_replaces_and_scales_pods_without_leaks_or_duplicates():
     base = 3 * 2 + 2 * 2 + 2
     # Deploys replaced pods (drain + CNI DEL + removal) and scale events changed replica counts.
     assert counts["pods_deleted"] >= 10 and counts["pods_started"] >= base + counts["pods_deleted"] - 5
-    assert region.replicas != {k: region.apps[k[0]].replicas for k in region.replicas}
+    assert region.kube.replicas != {k: region.apps[k[0]].replicas for k in region.kube.replicas}
     # Every deleted pod's address went back: the Store holds exactly the live pods' handles.
-    live = {(p.app, p.name): p.ip for pods in region.pods.values() for p in pods if p.alive and p.in_api and p.ip}
+    live = {(p.app, p.name): p.ip for pods in region.kube.pods.values() for p in pods if p.alive and p.in_api and p.ip}
     assert set(region.auditor.handle_pod.values()) == set(live)
     assert len(set(live.values())) == len(live)  # no address given twice
     assert region.leaked() == 0 and m["leaked_max"] == 0 and m["leaks_found"] == 0
     # Apps kept serving: no failed requests once the apps were up, and every app serves at the end.
     assert m["requests_failed"] == 0 and m["requests_ok"] > 0
-    assert not region._not_serving_now()
-    assert sum(len(region.pods[k]) for k in region.pods) == sum(region.replicas.values())
+    assert not region.traffic.not_serving_now()
+    assert sum(len(pods) for pods in region.kube.pods.values()) == sum(region.kube.replicas.values())
 
 
 def test_overlapping_faults_on_one_etcd_client_end_one_by_one():
-    from sim.adapters.runtime import SimRuntime
-    from sim.world import Region
-
-    region = Region(small_region(), SimRuntime(seed=1))
-    client = next(iter(region.clients.values()))
-    region._cut_client(client, True)  # a cell outage ...
-    region._cut_client(client, True)  # ... and an etcd-unavailable fault on the same node
-    region._cut_client(client, False)  # the outage ends first
+    """A cell outage and an etcd fault on one node: the client reconnects when the last one ends."""
+    client = MemoryStore(SimRuntime(seed=1)).client("c1-n001")
+    client.partition()  # a cell outage ...
+    client.partition()  # ... and an etcd-unavailable fault on the same node
+    client.heal()  # the outage ends first
     assert client.partitioned  # still cut off: the other fault is in force
-    region._cut_client(client, False)
+    client.heal()
     assert not client.partitioned
-    region._slow_client(client, 10.0, True)
-    region._slow_client(client, 3.0, True)
-    region._slow_client(client, 10.0, False)
+    client.heal()  # one heal too many changes nothing
+    assert not client.partitioned
+    client.slow_down(10.0)
+    client.slow_down(3.0)
+    client.speed_up(10.0)
     assert client.slowness == 3.0
-    region._slow_client(client, 3.0, False)
+    client.speed_up(3.0)
     assert client.slowness == 1.0
 
 
@@ -203,54 +204,43 @@ def test_a_reload_storm_changes_only_the_apps_its_target_selects():
 
 
 def test_etcd_faults_select_nginx_hosts_and_control_clients_by_role():
-    from sim.adapters.runtime import SimRuntime
-    from sim.world import Region
-
     cut = FaultSpec("etcd-unavailable", at=100, duration=50, target=Selector(labels=(("role", "nginx"),)))
     slow = FaultSpec("etcd-slow", at=100, duration=50, factor=20, target=Selector(names=("discovery",)))
     region = Region(replace(small_region(faults=(cut, slow)), duration=400.0), SimRuntime(seed=3))
-    region.runtime.spawn(region._boot(), name="boot")
-    region.runtime.run(until=120)
+    region.boot()
+    region.run_until(120)
     partitioned = {name for name, client in region.clients.items() if client.partitioned}
     assert partitioned == {"public-nginx-1", "public-nginx-2"}
     assert {name for name, c in region.clients.items() if c.slowness > 1} == {"discovery"}
-    region.runtime.run(until=400)
+    region.run_until(400)
     assert not any(c.partitioned or c.slowness > 1 for c in region.clients.values())
-    region.finished = True
-    checks = {name: passed for name, passed, _ in region.checks()}
+    checks = {c.name: c.passed for c in region.checks()}
     # Agents cut off from etcd keep serving what they had, and catch up when it comes back.
     assert checks["domains-keep-serving"] and checks["apps-serve-again"], region.checks()
 
 
 def test_a_leak_freed_behind_cnictls_back_fails_the_leak_check():
     """The check asks that cnictl released the leaks, not merely that they are gone."""
-    from sim.adapters.runtime import SimRuntime
-    from sim.world import Region
-
     region = Region(small_region(faults=(HOST_CRASH,)), SimRuntime(seed=7))
-    region.runtime.spawn(region._boot(), name="boot")
-    region.runtime.run(until=125)  # crashed at 120; cnictl's grace keeps it from releasing before 150
-    victim = next(p for pods in region.pods.values() for p in pods if not p.alive and p.ip)
-    rogue = Ipam(region._client("rogue"), region.runtime, victim.node.name)  # e.g. an agent wiping handles
+    region.boot()
+    region.run_until(125)  # crashed at 120; cnictl's grace keeps it from releasing before 150
+    victim = next(p for pods in region.kube.pods.values() for p in pods if not p.alive and p.ip)
+    rogue = Ipam(region.client("rogue"), region.runtime, victim.node.name)  # e.g. an agent wiping handles
     region.runtime.spawn(rogue.release(victim.container_id, "eth0"), name="rogue")
-    region.runtime.run(until=region.spec.duration)
-    region.finished = True
-    verdict = {name: (passed, detail) for name, passed, detail in region.checks()}["leaks-found-and-released"]
+    region.run_until(region.spec.duration)
+    verdict = {c.name: (c.passed, c.detail) for c in region.checks()}["leaks-found-and-released"]
     assert not verdict[0] and f"1 freed by something else: {victim.ip}" in verdict[1], verdict
 
 
 def test_an_app_no_nginx_host_will_serve_violates_domains_keep_serving():
     """An app whose domain never goes live is never published; its ready pods still make it a violation."""
-    from sim.adapters.runtime import SimRuntime
-    from sim.world import Region
-
     region = Region(replace(small_region(), duration=120.0), SimRuntime(seed=7))
     for host in region.hosts.values():
         host.proxy.rejects = lambda d: "port 80 in use" if d.name == "blog.example.com" else None
     region.run()
-    verdict = {name: (passed, detail) for name, passed, detail in region.checks()}["domains-keep-serving"]
+    verdict = {c.name: (c.passed, c.detail) for c in region.checks()}["domains-keep-serving"]
     assert not verdict[0] and "no host serves blog.example.com while a ready pod exists" in verdict[1], verdict
-    assert region._published == {"shop", "api"}
+    assert region.traffic.published == {"shop", "api"}
 
 
 def farm_region(seed: int, crash: FaultSpec, duration: float = 1500.0) -> RegionSpec:
@@ -272,25 +262,22 @@ def test_deploys_build_on_the_farm_and_builds_move_off_crashed_build_hosts():
     assert not [t for t, b in region.farm.builds.items() if b.finished is None and b.submitted < 1500 - 600]
     assert 0 < m["builds_cache_hits"] < m["builds_done"]  # warm where the repo was built before
     # Rolled-out pods run the images the farm pushed; the registry holds each one.
-    images = {p.image for pods in region.pods.values() for p in pods if p.alive and p.image}
+    images = {p.image for pods in region.kube.pods.values() for p in pods if p.alive and p.image}
     assert images and images <= set(region.farm.registry.images)
     assert any(node.images for node in region.nodes.values())  # nodes pulled them
 
 
 def test_builds_that_never_finish_fail_the_builds_finish_check():
-    from sim.adapters.runtime import SimRuntime
-    from sim.world import Region
-
     crash = FaultSpec("builder-crash", at=60, target=Selector())  # every build host, for good
     spec = replace(small_region(seed=2), duration=600.0, build_hosts=3, faults=(crash,),
                    checks=(CheckSpec("builds-finish", within=300),))
     region = Region(spec, SimRuntime(seed=2))
-    region.runtime.spawn(region._boot(), name="boot")
-    region.runtime.run(until=50)
+    region.boot()
+    region.run_until(50)
     region.runtime.spawn(region.farm.release("shop"), name="deploy")  # compiling when the farm dies
-    region.runtime.run(until=600)
-    region.finished = True
-    [(_, passed, detail)] = region.checks()
+    region.run_until(600)
+    [verdict] = region.checks()
+    passed, detail = verdict.passed, verdict.detail
     from sim.farm import release_commit  # release 1 of shop, as a full commit id
 
     assert not passed and "0 of 1 build(s)" in detail and f"unfinished: shop@{release_commit('shop', 1)}" in detail, \
@@ -299,9 +286,6 @@ def test_builds_that_never_finish_fail_the_builds_finish_check():
 
 def test_settled_apps_really_serve_on_every_live_host_at_every_instant():
     """The event-driven request accounting trusts that every change touches its apps: check it, fresh."""
-    from sim.adapters.runtime import SimRuntime
-    from sim.world import Region
-
     faults = (
         FaultSpec("host-crash", at=60, duration=50, every=200, target=Selector(count=2)),
         FaultSpec("runtime-death", at=90, duration=30, target=Selector(count=2)),
@@ -318,12 +302,12 @@ def test_settled_apps_really_serve_on_every_live_host_at_every_instant():
     async def inspector():
         while True:
             await region.runtime.sleep(0.25)
-            for app in sorted(region._settled):
+            for app in sorted(region.traffic.settled):
                 domain = region.domains[app]
-                for host in region._live_hosts(region.apps[app].group):
+                for host in region.traffic.live_hosts(region.apps[app].group):
                     looked[0] += 1
-                    pods = [region.pod_by_ip.get(u.host) for u in host.proxy.serving(domain)]
-                    if not any(region._good(p) and p.app == app for p in pods):
+                    pods = [region.kube.pod_by_ip.get(u.host) for u in host.proxy.serving(domain)]
+                    if not any(region.traffic.good(p) and p.app == app for p in pods):
                         wrong.append(f"t={region.runtime.now():g} {app} settled but not served by {host.name}")
 
     region.runtime.spawn(inspector(), name="inspector")

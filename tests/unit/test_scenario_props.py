@@ -22,9 +22,8 @@ from sim.spec import (
     PoolSpec,
     RegionSpec,
     Selector,
-    matches,
-    target_universe,
 )
+from sim.targets import matches, target_universe
 from tests.unit.test_scenario import BASE
 
 ERROR_LINE = re.compile(r"^h\.yaml:(?P<line>\d+): (?P<field>\S+): (?P<message>.+)$")
@@ -163,7 +162,7 @@ def regions(draw) -> tuple[tuple[CellSpec, ...], tuple[GroupSpec, ...], tuple[Ap
 @settings(max_examples=200, deadline=None)
 @given(regions(), st.data())
 def test_target_index_agrees_with_target_universe(region, data):
-    from sim.spec import TargetIndex  # new with the bounded validator (imported here: the tests above run alone)
+    from sim.targets import TargetIndex  # new with the bounded validator (imported here: the tests above run alone)
 
     cells, groups, apps, build_hosts = region
     index = TargetIndex(cells, groups, apps, build_hosts)

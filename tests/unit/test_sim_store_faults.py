@@ -52,13 +52,13 @@ def test_partition_cuts_one_client_and_breaks_its_watches_only():
 
     async def main():
         watch = cut.watch("/p/")
-        cut.partition(True)
+        cut.partition()
         with pytest.raises(StoreUnavailable, match="sim:etcd/cut"):
             await watch.__anext__()
         with pytest.raises(StoreUnavailable):
             await cut.get("/p/a")
         await fine.put("/p/a", b"1")
-        cut.partition(False)
+        cut.heal()
         return (await cut.get("/p/a")).value
 
     assert rt.run_until_complete(main()) == b"1"

@@ -1,0 +1,85 @@
+"""What a simulated Region measures: counters, and the series sampled every ``metrics_every`` virtual seconds.
+
+``Metrics`` holds the counters the Kubernetes emulation, the client traffic and the
+cnictl cron add to; ``Sampler`` appends one sample of the series per period, on round
+virtual times (``sleep_to_next``). The report (sim/report.py) reads both.
+It must not change the Region: sampling is observation only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cni.pools import Pool
+from sim.adapters.runtime import SimRuntime
+from sim.audit import Auditor
+from sim.topology import NginxHost
+
+
+@dataclass
+class Metrics:
+    ok: int = 0
+    failed: int = 0
+    reload_failed: int = 0
+    allocations: list[float] = field(default_factory=list)  # ADD latencies, virtual seconds
+    add_errors: int = 0
+    leaks_found: int = 0  # certain leaks seen by cnictl check
+    leaks_released: int = 0
+    leak_checks: int = 0
+    leak_checks_skipped: int = 0
+    pods_started: int = 0
+    pods_died: int = 0
+    pods_deleted: int = 0
+    series: list[dict[str, Any]] = field(default_factory=list)
+    max_leaked: int = 0
+    serving_violations: int = 0  # host-seconds (see the domains-keep-serving check)
+    serving_examples: list[str] = field(default_factory=list)  # the first few, for the report
+
+    def violation(self, text: str) -> None:
+        self.serving_violations += 1
+        if len(self.serving_examples) < 10:  # a long outage must not grow a list of millions
+            self.serving_examples.append(text)
+
+
+async def sleep_to_next(runtime: SimRuntime, interval: float) -> None:
+    """Sleep to the next multiple of ``interval``: samples fall on round virtual times."""
+    now = runtime.now()
+    await runtime.sleep((math.floor(now / interval + 1e-9) + 1) * interval - now)
+
+
+def pool_use(pools: dict[str, Pool], auditor: Auditor) -> dict[str, float]:
+    """Percent of each pool's addresses allocated, per the Store's history."""
+    return {name: round(100.0 * auditor.allocated.get(name, 0) / pool.capacity(), 2)
+            for name, pool in sorted(pools.items())}
+
+
+class Sampler:
+    """One sample every ``every`` virtual seconds: requests, leaked addresses, pool use, allocations, reloads."""
+
+    def __init__(self, runtime: SimRuntime, metrics: Metrics, hosts: dict[str, NginxHost], pools: dict[str, Pool],
+                 auditor: Auditor, leaked: Callable[[], int], every: float) -> None:
+        self.runtime = runtime
+        self.metrics = metrics
+        self.hosts = hosts
+        self.pools = pools
+        self.auditor = auditor
+        self.leaked = leaked
+        self.every = every
+
+    async def run(self) -> None:
+        last = {"ok": 0, "failed": 0, "allocs": 0, "reloads": 0}
+        while True:
+            await sleep_to_next(self.runtime, self.every)
+            m = self.metrics
+            reloads = sum(h.proxy.reload_count for h in self.hosts.values())
+            allocs = m.allocations[last["allocs"]:]
+            leaked = self.leaked()
+            m.max_leaked = max(m.max_leaked, leaked)
+            m.series.append({"t": self.runtime.now(), "ok": m.ok - last["ok"], "failed": m.failed - last["failed"],
+                             "leaked": leaked, "pool_use": pool_use(self.pools, self.auditor),
+                             "allocations": len(allocs), "alloc_max": round(max(allocs), 6) if allocs else 0.0,
+                             "reloads": reloads - last["reloads"]})
+            last = {"ok": m.ok, "failed": m.failed, "allocs": len(m.allocations), "reloads": reloads}
