@@ -39,7 +39,7 @@ NODE_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")  # a Kubernete
 DEFAULT_BLOCK_SIZE = 16
 MIN_PREFIXLEN = 8  # a pool is at most a /8: its blocks are listed and claimed one by one
 MAX_EXCLUDE = 4096  # addresses in a pool's exclude list
-MAX_POOL_RECORD = 1 << 17  # bytes of a pool record: ~150 usually, ~75 KiB with MAX_EXCLUDE addresses
+MAX_POOL_RECORD = 1 << 20  # bytes: a pool record is ~150 (~75 KiB with MAX_EXCLUDE addresses); etcd allows 1.5 MiB
 # Ranges no pod address may come from (RFC 6890): a pool overlapping one is refused.
 _SPECIAL_RANGES = (
     (IPv4Network("0.0.0.0/8"), "'this network' (unspecified)"),
