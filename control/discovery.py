@@ -3,9 +3,12 @@
 An app is a namespace with one Service in each Cell it runs in. A **binding** says
 which domain of which Nginx group serves it and on which port. Discovery lists and
 then watches the endpoints of every Cell (the Cluster port), keeps the **ready**
-addresses per (Cell, app), and whenever the union over Cells changes, calls
-slb-core's ``set_upstreams`` with the result (as the ``discovery`` principal). A pod
-joins only once its readiness probe passes: not-ready addresses are never pushed.
+addresses per (Cell, app), and whenever the union over Cells changes, calls the control
+service's ``SetUpstreams`` with the result (the ControlClient port: over gRPC with its
+token, or slb-core in-process in the sim, as the ``discovery`` principal either way, so
+the service's authorisation decides, as for any client). A pod joins only once its
+readiness probe passes: not-ready addresses are never pushed. A refused token
+(``PermissionDenied``, ``Unauthenticated``) is logged as an error and nothing is pushed.
 
 **Drain** (scale-down without failed requests): before a pod is deleted, ``drain``
 removes its address from every domain of its app, waits until every Nginx host of
@@ -17,7 +20,7 @@ retries; an app whose last ready address disappears is pushed as an empty list.
 **After a (re)start** discovery knows nothing of a Cell until it has listed it, and a
 domain's record does not say which Cell an address came from. Until every Cell has been
 listed once, each domain's servers are what the listed Cells have ready **plus** the
-servers recorded in the domain (read through slb-core before its first push) whose
+servers recorded in the domain (read from the control service before its first push) whose
 address no listed Cell has reported for the app since the start (ready, not ready or
 deleted) and that are not being drained. So nothing is removed for a Cell that has not
 been listed: a Cell whose API is out of reach at start keeps the addresses it had, and a
@@ -37,8 +40,8 @@ Everything read back is validated again: an address that is not IPv4, a drain re
 domain record that does not decode (however deeply nested) is logged and skipped, never a
 crash.
 
-It must not know Kubernetes clients, etcd or gRPC: only the Cluster, Store (through
-slb-core's logic) and Runtime ports.
+It must not know Kubernetes clients, etcd, gRPC or slb-core's logic: only the Cluster,
+ControlClient, Store (its drain records only) and Runtime ports.
 """
 
 from __future__ import annotations
@@ -49,15 +52,20 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from control.auth import Principal
-from control.slb_core import NotFound, SlbCore, SlbError
 from foundation.logic.mutex import Mutex
-from foundation.logic.slb_domain import GROUP_NAME, hosts_prefix
-from foundation.ports import Cancelled, Runtime, StoreError
+from foundation.logic.slb_domain import GROUP_NAME
+from foundation.ports import Cancelled, Runtime, Store, StoreError
 from foundation.ports.cluster import Cluster, ClusterUnavailable, Endpoints, ResourceExpired
+from foundation.ports.control import (
+    ControlClient,
+    ControlError,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
 from foundation.ports.store import Compare, KeyValue, PutOp
 
-DISCOVERY = Principal("discovery", "discovery")
 log = logging.getLogger("leengine.discovery")  # the daemon configures it; the sim leaves it quiet
 
 DRAINS_PREFIX = "/discovery/drains/"
@@ -161,7 +169,8 @@ class DiscoveryStats:
 @dataclass
 class Discovery:
     cells: dict[str, Cluster]
-    slb: SlbCore
+    control: ControlClient  # the control service, as the discovery principal: upstreams, domains, statuses
+    store: Store  # the drain records (/discovery/drains/) only; upstreams go through ``control``
     runtime: Runtime
     bindings: list[Binding]
     retry: float = 1.0
@@ -410,13 +419,13 @@ class Discovery:
     async def _read_recorded(self, binding: Binding, target: tuple[str, str]) -> bool:
         """Before a domain's first push while some Cell is unlisted: read the servers its record has."""
         try:
-            stored = await self.slb.get_domain(DISCOVERY, binding.group, binding.domain)
+            stored = await self.control.get_domain(binding.group, binding.domain)
             recorded = tuple((u.host, u.port) for u in stored.domain.upstreams)
-        except StoreError:
-            return False  # etcd away: nothing can be pushed now anyway; try again later
+        except Unavailable:
+            return False  # the service or etcd away: nothing can be pushed now anyway; try again later
         except NotFound:
             recorded = ()
-        except (SlbError, *UNREADABLE) as exc:  # a corrupt record: nothing to keep (its push fails too)
+        except ControlError as exc:  # a corrupt record (or a refused token): nothing to keep (its push fails too)
             log.warning("domain %s/%s: its record is unreadable (%s); keeping none of its servers",
                         binding.group, binding.domain, str(exc)[:200])
             recorded = ()
@@ -434,15 +443,20 @@ class Discovery:
             self._stale.discard(target)
             return True, None
         try:
-            revision = await self.slb.set_upstreams(DISCOVERY, binding.group, binding.domain, list(servers))
-        except (SlbError, StoreError, *UNREADABLE) as exc:
-            # The domain may not exist yet, or etcd is away: the next change or resync pushes again.
+            revision = await self.control.set_upstreams(binding.group, binding.domain, list(servers))
+        except ControlError as exc:
+            # The domain may not exist yet, or the service or etcd is away: the next change or resync pushes again.
             self.stats.push_errors += 1
             self.runtime.trace("discovery-push-failed", domain=binding.domain, error=type(exc).__name__)
             if target not in self._push_failing:
                 self._push_failing.add(target)
-                log.warning("domain %s/%s: pushing its upstreams failed (%s); retrying every %gs", binding.group,
-                            binding.domain, str(exc)[:300] or type(exc).__name__, self.resync)
+                if isinstance(exc, PermissionDenied | Unauthenticated):  # no retry fixes this: say whose it is
+                    log.error("domain %s/%s: the control service refused to set its upstreams (%s: %s); discovery "
+                              "needs a token of role discovery; nothing pushed, retrying every %gs", binding.group,
+                              binding.domain, exc.code, str(exc)[:300], self.resync)
+                else:
+                    log.warning("domain %s/%s: pushing its upstreams failed (%s); retrying every %gs",
+                                binding.group, binding.domain, str(exc)[:300] or type(exc).__name__, self.resync)
             self._pushed.pop(target, None)
             return False, None
         if target in self._push_failing:
@@ -561,8 +575,8 @@ class Discovery:
 
     async def _current_revision(self, binding: Binding) -> int:
         try:
-            return (await self.slb.get_domain(DISCOVERY, binding.group, binding.domain)).revision
-        except (SlbError, StoreError, *UNREADABLE):  # gone, away, or unreadable: nothing to wait for
+            return (await self.control.get_domain(binding.group, binding.domain)).revision
+        except ControlError:  # gone, away, or unreadable: nothing to wait for
             return 0
 
     async def _applied_everywhere(self, binding: Binding, revision: int) -> bool:
@@ -573,20 +587,19 @@ class Discovery:
     async def _host_confirmations(self, binding: Binding, revision: int) -> dict[str, bool] | None:
         """Per Nginx host of the group: has it applied ``revision`` of the domain? None when unreadable."""
         try:
-            registered = await self.slb.store.range(hosts_prefix(binding.group))
-            report = await self.slb.get_status(DISCOVERY, binding.group, binding.domain)
-        except (SlbError, StoreError, *UNREADABLE):  # an unreadable status counts as not confirmed
+            report = await self.control.get_status(binding.group, binding.domain)
+        except ControlError:  # an unreadable status counts as not confirmed
             return None
         applied = {h.host: h.applied_revision for h in report.hosts}
         # Hosts alive now (registered under a lease) and hosts that ever reported this domain
         # (an agent restarting has no lease yet, but its Nginx still serves the old upstreams).
-        hosts = {kv.key.removeprefix(hosts_prefix(binding.group)) for kv in registered.kvs} | set(applied)
+        hosts = set(report.registered) | set(applied)
         return {host: applied.get(host, 0) >= revision for host in sorted(hosts)}
 
     # ------------------------------------------------------------------ drain records in etcd
     async def _follow_drains(self) -> None:
         """Read the drain records, then watch them: a request is drained, a deleted record is ``forget``."""
-        store = self.slb.store
+        store = self.store
         known: set[str] = set()
         while True:
             try:
@@ -652,12 +665,13 @@ class Discovery:
                          job_id: int) -> None:
         """Drain on request, writing ``draining`` then the outcome; every write is a CAS on what it read,
         so a record deleted (forgotten) or requested again meanwhile is never overwritten."""
-        store = self.slb.store
+        store = self.store
         try:
             while True:
                 try:
                     timeout = float(record.get("timeout", 30.0))
-                    base = {k: record[k] for k in ("requested_at", "requested_by", "timeout") if k in record}
+                    base: dict[str, Any] = {k: record[k] for k in ("requested_at", "requested_by", "timeout")
+                                            if k in record}
                     draining = {**base, "state": "draining", "started_at": self.runtime.wall_time()}
                     written = await store.txn([Compare.mod_is(key, revision)],
                                               [PutOp(key, encode_drain_record(draining))])

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +71,7 @@ from foundation.logic.slb_domain import (
     domain_key,
     domain_status_prefix,
     domains_prefix,
+    hosts_prefix,
     load_json,
     show,
 )
@@ -84,6 +86,8 @@ from foundation.ports import (
     Runtime,
     Store,
 )
+from foundation.ports import control as port
+from foundation.ports.control import HostStatus, StatusReport, StoredDomain
 from foundation.ports.store import TxnOp
 
 GROUP_INDEX = "/control/slb/groups/"
@@ -110,18 +114,20 @@ def group_index_key(group: str) -> str:
 # --------------------------------------------------------------------------- errors
 
 
-class SlbError(Exception):
-    """Base of the typed errors of slb-core; the message says what to do."""
+class SlbError(port.ControlError):
+    """Base of the typed errors of slb-core; the message says what to do. Each is the ControlClient
+    port's error of its kind (``foundation/ports/control.py``), so a client gets the same types in-process
+    (the sim adapter) as over gRPC (the server maps ``code`` to a status, the gRPC adapter maps it back)."""
 
 
-class NotFound(SlbError):
+class NotFound(SlbError, port.NotFound):
     def __init__(self, kind: str, name: str) -> None:
         super().__init__(f"{kind} {name} does not exist")
         self.kind = kind
         self.name = name
 
 
-class AlreadyExists(SlbError):
+class AlreadyExists(SlbError, port.AlreadyExists):
     def __init__(self, kind: str, name: str, revision: int) -> None:
         super().__init__(f"{kind} {name} already exists (revision {revision})")
         self.kind = kind
@@ -129,16 +135,12 @@ class AlreadyExists(SlbError):
         self.revision = revision
 
 
-class PermissionDenied(SlbError):
+class PermissionDenied(SlbError, port.PermissionDenied):
     pass
 
 
-class InvalidArgument(SlbError):
-    """A request field is invalid; ``field`` names it (e.g. ``locations.set_headers``)."""
-
-    def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(message if message.startswith(f"{field_name}:") else f"{field_name}: {message}")
-        self.field = field_name
+class InvalidArgument(SlbError, port.InvalidArgument):
+    """A request field is invalid; ``field`` names it (e.g. ``locations.set_headers``): the port's ``__init__``."""
 
     @staticmethod
     def of(error: DomainError, rename: dict[str, str] | None = None) -> InvalidArgument:
@@ -146,7 +148,7 @@ class InvalidArgument(SlbError):
         return InvalidArgument(field_name, str(error).removeprefix(f"{error.field}: "))
 
 
-class Conflict(SlbError):
+class Conflict(SlbError, port.Conflict):
     """The record is not at the revision the caller expected (or kept changing): read it again."""
 
     def __init__(self, message: str, *, expected: int | None = None, actual: int | None = None) -> None:
@@ -155,11 +157,11 @@ class Conflict(SlbError):
         self.actual = actual
 
 
-class FailedPrecondition(SlbError):
+class FailedPrecondition(SlbError, port.FailedPrecondition):
     pass
 
 
-class QuotaExceeded(SlbError):
+class QuotaExceeded(SlbError, port.QuotaExceeded):
     """A write would pass one of the caller's quotas; ``quota`` names it (e.g. ``domains_per_owner``)."""
 
     def __init__(self, quota: str, message: str) -> None:
@@ -167,7 +169,7 @@ class QuotaExceeded(SlbError):
         self.quota = quota
 
 
-class CorruptRecord(SlbError):
+class CorruptRecord(SlbError, port.CorruptRecord):
     """A stored record does not decode: written by something other than slb-core."""
 
     def __init__(self, key: str, reason: str) -> None:
@@ -198,7 +200,7 @@ class Group:
                 raise ValueError("not a JSON object")
             name, description, by, at = (data.get("name"), data.get("description", ""), data.get("created_by", ""),
                                          data.get("created_at", 0.0))
-            check_group(name)
+            name = check_group(name)
             if not all(isinstance(v, str) and len(v) <= 1024 for v in (description, by)):
                 raise ValueError("description and created_by must be short strings")
             if isinstance(at, bool) or not isinstance(at, int | float) or not -1e12 < at < 1e12:
@@ -208,25 +210,7 @@ class Group:
             raise CorruptRecord(kv.key, str(exc)) from None
 
 
-@dataclass(frozen=True)
-class StoredDomain:
-    domain: Domain
-    revision: int  # mod_revision of the domain key
-
-
-@dataclass(frozen=True)
-class HostStatus:
-    host: str
-    applied_revision: int
-    wanted_revision: int
-    error: str
-    at: float
-
-
-@dataclass(frozen=True)
-class StatusReport:
-    revision: int  # the domain's current revision; 0 when it was deleted and hosts still report it
-    hosts: tuple[HostStatus, ...]
+# StoredDomain, HostStatus and StatusReport are the ControlClient port's records (imported above).
 
 
 def _decode_domain(kv: KeyValue) -> Domain:
@@ -268,14 +252,16 @@ def _check_expected(expected_revision: int | None) -> None:
 
 def clip(value: Any, limit: int = MAX_ECHO) -> str:
     """A caller's value for an error message or a log line: at most ``limit`` characters, then its size."""
-    if not isinstance(value, str):
+    if isinstance(value, str):
+        text = value
+    else:
         try:
-            value = repr(value)
+            text = repr(value)
         except ValueError:  # an integer too long to print
             return f"<a {type(value).__name__}>"
-    if len(value) <= limit:
-        return value
-    return f"{value[:limit]}…({len(value.encode('utf-8', 'surrogatepass'))} bytes)"
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}…({len(text.encode('utf-8', 'surrogatepass'))} bytes)"
 
 
 def owner_key(owner: str) -> str:
@@ -618,7 +604,7 @@ class SlbCore:
         kvs = domains.kvs if isinstance(domains, RangeResult) else ()
         return self._readable(kvs), read.revision
 
-    def _readable(self, kvs) -> list[StoredDomain]:
+    def _readable(self, kvs: Iterable[KeyValue]) -> list[StoredDomain]:
         """The domains of ``kvs`` that decode; a corrupt record is skipped (and traced), never fatal to a list."""
         found = []
         for kv in kvs:
@@ -741,9 +727,16 @@ class SlbCore:
 
     # ------------------------------------------------------------------ status
 
-    async def get_status(self, who: Principal, group: Any, name: Any) -> StatusReport:
-        """What each Nginx host of the group reports for the domain, sorted by host."""
+    async def get_status(self, who: Principal, group: Any, name: Any, *, registered: bool = False) -> StatusReport:
+        """What each Nginx host of the group reports for the domain, sorted by host.
+
+        With ``registered``, also the group's hosts registered now (a read of their leased keys,
+        before the statuses): a drain waits for those too, not only for hosts that reported."""
         group, name = _names(group, name, name_field="domain")
+        hosts_now: tuple[str, ...] = ()
+        if registered:
+            listing = await self.store.range(hosts_prefix(group))
+            hosts_now = tuple(sorted(kv.key.removeprefix(hosts_prefix(group)) for kv in listing.kvs))
         prefix = domain_status_prefix(group, name)
         read = await self.store.txn([], [GetOp(domain_key(group, name)), GetOp(prefix, prefix=True)])
         domain, statuses = (r if isinstance(r, RangeResult) else RangeResult((), 0) for r in read.responses)
@@ -759,7 +752,8 @@ class SlbCore:
             hosts.append(HostStatus(host, status.revision, status.wanted_revision, status.error, status.at))
         if current is None and not hosts:
             raise NotFound("domain", f"{group}/{name}")
-        return StatusReport(current.mod_revision if current else 0, tuple(sorted(hosts, key=lambda h: h.host)))
+        return StatusReport(current.mod_revision if current else 0, tuple(sorted(hosts, key=lambda h: h.host)),
+                            hosts_now)
 
 
 def _require(who: Principal, *roles: str, action: str) -> None:

@@ -13,6 +13,7 @@ from foundation.logic.slb_domain import Domain, Upstream, domain_key, domains_pr
 from foundation.ports.cluster import Endpoints
 from node.slb_agent import SlbAgent, SlbAgentConfig
 from sim.adapters.cluster import SimCluster
+from sim.adapters.control import SimControlClient
 from sim.adapters.proxy import SimProxy
 from sim.adapters.runtime import SimRuntime
 from sim.adapters.store import MemoryStore
@@ -22,7 +23,7 @@ DOMAIN = "shop.example.com"
 
 
 class World:
-    def __init__(self, bindings: list[Binding] | None = None) -> None:
+    def __init__(self, bindings: list[Binding] | None = None, who: Principal | None = None) -> None:
         self.rt = rt = SimRuntime(seed=2)
         self.server = MemoryStore(rt)
         self.slb = SlbCore(self.server.client("control", latency=0.001), rt)
@@ -31,7 +32,10 @@ class World:
         self.agents = {h: SlbAgent(self.server.client(h, latency=0.001), p, rt, SlbAgentConfig("public", h))
                        for h, p in self.proxies.items()}
         self.bindings = bindings or [Binding("shop", "shop", 8080, "public", DOMAIN)]
-        self.discovery = Discovery(self.cells, self.slb, rt, self.bindings, retry=0.5)
+        # Discovery calls slb-core as a client (the sim ControlClient: its principal, its authorisation);
+        # it reads and writes only its drain records in etcd itself.
+        self.control = SimControlClient(self.slb) if who is None else SimControlClient(self.slb, who)
+        self.discovery = Discovery(self.cells, self.control, self.slb.store, rt, self.bindings, retry=0.5)
         self.tasks = {}
         self.writes: list[tuple[float, str, tuple[str, ...]]] = []  # (when, domain, upstreams) of every write
 
@@ -64,7 +68,7 @@ class World:
         """Kill the discovery daemon and start a new one (nothing in memory survives)."""
         self.tasks["discovery"].cancel()
         await self.rt.sleep(0.01)
-        self.discovery = Discovery(self.cells, self.slb, self.rt, self.bindings, retry=0.5)
+        self.discovery = Discovery(self.cells, self.control, self.slb.store, self.rt, self.bindings, retry=0.5)
         self.tasks["discovery"] = self.rt.spawn(self.discovery.run(), name="discovery")
         if wait:
             await self.discovery.synced.wait()
@@ -421,3 +425,28 @@ def test_a_corrupt_domain_record_or_status_record_is_no_crash():
     assert report.drained is False and report.confirmed == ("nginx-1", "nginx-2")
     assert report.unconfirmed == ("nginx-3",)
     assert not died and push_errors >= 1
+
+
+def test_a_principal_without_the_discovery_role_pushes_nothing_and_says_why(caplog):
+    """The least-privilege path runs in the sim too: slb-core refuses a user's SetUpstreams on
+    discovery's domains, discovery logs it as an error once and Nginx keeps what it had."""
+    w = World(who=Principal("alice", "user"))
+
+    async def main():
+        w.cells["cell-a"].set_endpoints(Endpoints("shop", "shop", ready=("10.1.0.5",)))
+        await w.add_pools()
+        await w.slb.create_group(ADMIN, "public")
+        await w.slb.put_domain(ADMIN, {"name": DOMAIN, "group": "public", "owner": "alice"})
+        w.tasks["discovery"] = w.rt.spawn(w.discovery.run(), name="discovery")
+        await w.rt.sleep(12)  # the first push and two resyncs
+        stored = await w.slb.get_domain(ADMIN, "public", DOMAIN)
+        w.tasks["discovery"].cancel()
+        return stored
+
+    with caplog.at_level(logging.WARNING, logger="leengine.discovery"):
+        stored = w.run(main())
+    assert stored.domain.upstreams == ()
+    assert w.discovery.stats.pushes == 0 and w.discovery.stats.push_errors >= 3
+    refused = [r for r in caplog.records if "refused to set its upstreams" in r.getMessage()]
+    assert len(refused) == 1 and refused[0].levelno == logging.ERROR
+    assert "PERMISSION_DENIED" in refused[0].getMessage() and "role discovery" in refused[0].getMessage()

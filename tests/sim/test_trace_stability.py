@@ -31,8 +31,11 @@ SHIPPED = {
     "pool-exhaustion": "ef2aceb6021251192d41de8a68566b219ab3fb359ce6e62107bbc554de870abd",
     "builder-crash": "0dd5bf451a8aaab36b218c2e01fc9fc33e6a1d934ebd952b587420620a3cccec",
 }
-# every_fault_kind() below, seed 3; its verdicts (two fail on purpose) end the trace too
-EVERY_FAULT_KIND = "3a7b7965db2bd74e083275e9653d4be34c8a7b13067ab0bedd641a92e6477763"
+# every_fault_kind() below, seed 3; its verdicts (two fail on purpose) end the trace too. Moved once on
+# purpose (issue 10, discovery a client of the control service): its one failed push during the
+# etcd outage is traced as the service's error="Unavailable", no longer etcd's "StoreUnavailable";
+# with that name the old value 3a7b7965… comes back, so nothing else in the run changed.
+EVERY_FAULT_KIND = "aadff7604d377800736aa4d13c2848b6507a5986feeb6d6a8b85c3d05c30e872"
 
 
 def test_every_shipped_scenario_is_pinned():
