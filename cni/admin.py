@@ -54,6 +54,7 @@ from cni.pools import (
 )
 from foundation.ports import Compare, DeleteOp, KeyValue, PutOp, Runtime, Store
 from foundation.ports.cluster import Cluster, PodInfo
+from foundation.ports.store import TxnOp
 
 POOL_EPOCH = "/ipam/pool-epoch"
 MAX_DURATION = 7 * 86400.0  # a grace or cool-down longer than a week is a typo, and sleep(inf) never returns
@@ -172,7 +173,7 @@ class PoolUsage:
     def utilisation(self) -> float:
         return self.allocated / self.capacity if self.capacity else 1.0
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"pool": self.pool.name, "cidr": str(self.pool.cidr), "vlan": self.pool.vlan,
                 "gateway": str(self.pool.gateway), "block_size": self.pool.block_size,
                 "capacity": self.capacity, "allocated": self.allocated, "utilisation": round(self.utilisation, 4),
@@ -213,7 +214,7 @@ class Leak:
     first_seen: float
     certain: bool
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"address": self.address, "pool": self.pool, "node": self.node, "handle": self.handle,
                 "pod": self.pod, "reason": self.reason, "first_seen": self.first_seen,
                 "state": "certain" if self.certain else "suspect"}
@@ -305,7 +306,7 @@ async def check_leaks(store: Store, cluster: Cluster, runtime: Runtime, *, grace
                               str(handle.pod) if handle else "-", reason, first_seen, now - first_seen >= grace))
     # Record what we saw for the next check; forget suspects that are no longer leaked.
     current = {leak.address for leak in leaks}
-    ops: list = [DeleteOp(_leak_key(a)) for a in [*previous, *unreadable_leaks] if a not in current]
+    ops: list[TxnOp] = [DeleteOp(_leak_key(a)) for a in [*previous, *unreadable_leaks] if a not in current]
     for leak in leaks:
         record = {"handle": leak.handle, "first_seen": leak.first_seen, "certain": leak.certain, "pool": leak.pool}
         ops.append(PutOp(_leak_key(leak.address), json.dumps(record, sort_keys=True).encode()))

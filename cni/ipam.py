@@ -61,7 +61,7 @@ from cni.pools import (
     parse_block_key,
 )
 from foundation.logic.mutex import Mutex
-from foundation.ports import Compare, DeleteOp, GetOp, PutOp, Runtime, Store, StoreError, StoreUnavailable
+from foundation.ports import Compare, DeleteOp, GetOp, KeyValue, PutOp, Runtime, Store, StoreError, StoreUnavailable
 
 NO_POD = PodRef()
 log = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ class Ipam:
         log.warning("set aside an invalid IPAM record %s (revision %d): %s", key, mod_revision, reason)
         self.runtime.trace("ipam-invalid-record", key=key, error=reason)
 
-    def _decode_block(self, kv) -> Block | None:
+    def _decode_block(self, kv: KeyValue) -> Block | None:
         """The block record ``kv``, or None (logged) when it is invalid or not the block its key names."""
         try:
             block = Block.from_bytes(kv.value)
@@ -228,7 +228,7 @@ class Ipam:
             return None
         return block
 
-    def decode_handle(self, kv) -> Handle | None:
+    def decode_handle(self, kv: KeyValue) -> Handle | None:
         """The handle record ``kv``, or None (logged) when it is invalid or not the handle its key names."""
         try:
             record = Handle.from_bytes(kv.value)
@@ -436,8 +436,8 @@ class Ipam:
             # blocks' current state and plan again. (A handle that exists means a repeated ADD;
             # the one-by-one path recognises it after three tries.)
             self.stats.conflicts += 1
-            for key, response in zip(touched, result.responses, strict=True):
-                self._remember(key, response.first())
+            for index, key in enumerate(touched):  # the failure branch read each touched block
+                self._remember(key, result.read(index).first())
             return "conflict"
         for key, (mod_revision, updated) in touched.items():
             self._blocks[key] = _Cached(updated, result.revision)
@@ -500,12 +500,12 @@ class Ipam:
             offset = cached.block.free_offset(pool.usable_in_block(cached.block.cidr), now, self.cooldown)
             if offset is not None:
                 return await self._commit(cached.block, cached.mod_revision, offset, handle, template)
-        if guess:
-            pool = candidates[0] if candidates else None
-            cidr = self._next_block_guess(pool) if pool else None
-            if pool is not None and cidr is not None:
-                return await self._commit(Block(pool.name, cidr, self.node), 0,
-                                          pool.usable_in_block(cidr)[0], handle, template)
+        if guess and candidates:
+            first = candidates[0]
+            cidr = self._next_block_guess(first)
+            if cidr is not None:
+                return await self._commit(Block(first.name, cidr, self.node), 0,
+                                          first.usable_in_block(cidr)[0], handle, template)
         for pool in candidates:
             claimed = await self.store.range(f"{BLOCKS}{pool.name}/")
             taken = {kv.key: kv for kv in claimed.kvs}
@@ -553,7 +553,7 @@ class Ipam:
                 return cidr
         return None
 
-    def _unclaimed_block(self, pool: Pool, taken: dict[str, object]) -> tuple[Block, int] | None:
+    def _unclaimed_block(self, pool: Pool, taken: Collection[str]) -> tuple[Block, int] | None:
         count = pool.block_count
         for i in range(count):
             cidr = pool.block_at((self._start + i) % count)
@@ -584,7 +584,7 @@ class Ipam:
             self.stats.blocks_claimed += mod_revision == 0
             return Allocation(block.address(offset), pool, block.cidr, handle)
         self.stats.conflicts += 1
-        current_block, existing_handle = result.responses[0].first(), result.responses[1].first()
+        current_block, existing_handle = result.read(0).first(), result.read(1).first()
         self._remember(block.key, current_block)
         if existing_handle is not None:  # a repeated ADD whose allocation we did not have cached
             known = self.decode_handle(existing_handle)
@@ -596,7 +596,7 @@ class Ipam:
             return Allocation(known.address, owner_pool, owner_pool.block_of(known.address), handle, existing=True)
         return None
 
-    def _remember(self, key: str, kv) -> None:
+    def _remember(self, key: str, kv: KeyValue | None) -> None:
         """Update our cache of ``key`` from what the Store just told us."""
         if kv is None:
             self._blocks.pop(key, None)
@@ -713,5 +713,5 @@ class Ipam:
                 self._blocks[block.key] = _Cached(updated, result.revision)
             return self._allocation(updated, offset, handle) if block.pool in self._pools else None
         self.stats.conflicts += 1
-        self._remember(block.key, result.responses[0].first())
+        self._remember(block.key, result.read(0).first())
         return None

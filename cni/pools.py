@@ -24,10 +24,13 @@ import ipaddress
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any
+from typing import Any, TypeVar
+
+R = TypeVar("R")
 
 POOLS = "/ipam/pools/"
 BLOCKS = "/ipam/blocks/"
@@ -69,7 +72,7 @@ _MAX_ECHO = 200
 _MAX_HANDLE_ID = 512  # a container ID (<= 1024 bytes by our parser is generous) + "/" + an ifname
 
 
-def _decode(kind: str, raw: bytes, build: Any) -> Any:
+def _decode(kind: str, raw: bytes, build: Callable[[dict[str, Any]], R]) -> R:
     """``build(json)`` or ``InvalidRecord``: any failure of a decode is the record's fault, never the reader's."""
     try:
         data = json.loads(raw)
@@ -133,7 +136,7 @@ class Pool:
     block_size: int = DEFAULT_BLOCK_SIZE
 
     @staticmethod
-    def parse(name: str, cidr: str, vlan: int, gateway: str | None = None, exclude: list[str] | tuple = (),
+    def parse(name: str, cidr: str, vlan: int, gateway: str | None = None, exclude: list[str] | tuple[str, ...] = (),
               block_size: int = DEFAULT_BLOCK_SIZE) -> Pool:
         """Validate user input into a Pool; ``PoolConfigError`` names the first bad field."""
         check_name("pool name", name, POOL_NAME)

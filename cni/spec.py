@@ -36,7 +36,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from typing import Any
+from typing import Any, NoReturn
 
 from cni.request import (
     DECODE_FAILURE,
@@ -391,7 +391,7 @@ def _echo(text: str, limit: int = _ECHO_MAX) -> str:
     return shown if len(text) <= limit else f"{shown[:limit]}... ({len(text)} characters)"
 
 
-def _bad(field: str, value: Any, expected: str) -> None:
+def _bad(field: str, value: Any, expected: str) -> NoReturn:
     # The spec asks code 2/7 messages to name the key and value; the value is cut (and decoded
     # values nest at most MAX_DEPTH levels, so dumping one cannot exhaust the recursion limit).
     shown = json.dumps(value)

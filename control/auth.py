@@ -97,12 +97,12 @@ class TokenTable:
                 raise TokenTableError(f"{where}: {_shown(name)} is not a principal name ([a-z0-9][a-z0-9._-]{{0,62}})")
             if role not in ROLES:
                 raise TokenTableError(f"{where}: role {_shown(role)} is not one of {', '.join(ROLES)}")
-            if roles.setdefault(name, role) != role:  # type: ignore[arg-type]
+            if roles.setdefault(name, role) != role:
                 raise TokenTableError(f"{where}: {name} already has role {roles[name]}; a name has one role")
             digest = _digest(token)
             if digest in by_digest:
                 raise TokenTableError(f"{where}: this token is already given to {by_digest[digest].name}")
-            by_digest[digest] = Principal(name, role)  # type: ignore[arg-type]
+            by_digest[digest] = Principal(name, role)
         if not by_digest:
             raise TokenTableError(f"{source}: no tokens (lines are 'token name role')")
         return TokenTable(by_digest)

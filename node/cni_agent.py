@@ -29,6 +29,7 @@ netlink or OVS: it sees them only as the Store and Dataplane ports.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,7 +81,7 @@ class CniAgent:
         self._busy: dict[tuple[str, str], tuple[Mutex, int]] = {}
 
     @contextlib.asynccontextmanager
-    async def _exclusive(self, request: CniRequest):
+    async def _exclusive(self, request: CniRequest) -> AsyncIterator[None]:
         key = (request.container_id, request.ifname)
         mutex, users = self._busy.get(key, (None, 0))
         if mutex is None:

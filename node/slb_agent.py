@@ -39,7 +39,7 @@ It must not know nginx, etcd or asyncio: only the Store, Proxy and Runtime ports
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 
 from cni.pod_pools import POOLS, PoolCache
@@ -60,9 +60,11 @@ from foundation.ports import (
     CompactedError,
     DeleteOp,
     PutOp,
+    Queue,
     Runtime,
     Store,
     StoreError,
+    Watch,
     WatchEvent,
 )
 from foundation.ports.proxy import Proxy, ProxyError, ReloadFailed, SavedState
@@ -94,6 +96,13 @@ class SlbAgentStats:
 class _Desired:
     domain: Domain | DomainError | None  # None: removed; DomainError: the record is invalid
     revision: int
+
+    @property
+    def valid(self) -> Domain | None:
+        """The domain of a change that decoded: only such changes are queued (``_consider`` rejects the rest)."""
+        if isinstance(self.domain, DomainError):
+            raise TypeError(f"an invalid record was queued: {self.domain}")
+        return self.domain
 
 
 @dataclass
@@ -169,7 +178,7 @@ class SlbAgent:
                 continue
             await member.keep_alive()  # returns when the lease is lost: join again
 
-    async def _guard(self, step) -> None:
+    async def _guard(self, step: Awaitable[None]) -> None:
         try:
             await step
         except StoreError as exc:
@@ -242,7 +251,7 @@ class SlbAgent:
                 pump.cancel()
                 pools_pump.cancel()
 
-    async def _pump(self, watch, events) -> None:
+    async def _pump(self, watch: Watch, events: Queue[WatchEvent | _WatchFailed]) -> None:
         try:
             async for event in watch:
                 events.put_nowait(event)
@@ -251,7 +260,7 @@ class SlbAgent:
         except Exception as exc:  # surfaced to the main loop, which applies what it has and reconnects
             events.put_nowait(_WatchFailed(exc))
 
-    async def _next(self, events) -> WatchEvent | _WatchFailed | None:
+    async def _next(self, events: Queue[WatchEvent | _WatchFailed]) -> WatchEvent | _WatchFailed | None:
         if self._first_pending_at is None:
             return await events.get()
         try:
@@ -283,7 +292,7 @@ class SlbAgent:
         """``desired`` with every upstream outside the registered pod pools dropped (noted for its status)."""
         new = desired.domain
         outside = self.pools.pools.outside(new.upstreams) if isinstance(new, Domain) else ()
-        if outside and desired.revision > self.pools.pools.revision:
+        if outside and isinstance(new, Domain) and desired.revision > self.pools.pools.revision:
             await self._load_pools()  # the record is newer than the pools we know: a new pool may hold them
             outside = self.pools.pools.outside(new.upstreams)
         if not outside:
@@ -373,11 +382,12 @@ class SlbAgent:
         self._pending[name] = desired
 
     async def _in_place(self, name: str, desired: _Desired, *, still_failing: bool) -> None:
-        assert desired.domain is not None
+        new = desired.valid
+        assert new is not None  # an in-place change is from one config to the same with other servers
         live = self.live[name]
-        if live.upstreams != desired.domain.upstreams:
+        if live.upstreams != new.upstreams:
             try:
-                await self.proxy.set_upstreams(name, desired.domain.upstreams)
+                await self.proxy.set_upstreams(name, new.upstreams)
             except ProxyError:
                 # Nginx does not have the domain we think it has (e.g. a crash between a removal
                 # and saving the state): render it in full instead.
@@ -386,8 +396,8 @@ class SlbAgent:
                 return
             self.stats.in_place += 1
             self.runtime.trace("slb-upstreams", host=self.config.host, domain=name,
-                               servers=len(desired.domain.upstreams))
-        self.live[name] = live.with_upstreams(desired.domain.upstreams)
+                               servers=len(new.upstreams))
+        self.live[name] = live.with_upstreams(new.upstreams)
         if not still_failing:
             self.live_revision[name] = desired.revision
         self._statuses[name] = DomainStatus(self.live_revision.get(name, 0), self.errors.get(name, ""),
@@ -436,7 +446,7 @@ class SlbAgent:
         if not self._pending:
             return
         batch, self._pending, self._first_pending_at = self._pending, {}, None
-        changes = {name: d.domain for name, d in batch.items()}
+        changes = {name: d.valid for name, d in batch.items()}
         self.stats.batches += 1
         error = await self.proxy.test(changes)
         bad = {}

@@ -178,6 +178,13 @@ class TxnResult:
     revision: int
     responses: tuple[OpResult, ...] = field(default=())
 
+    def read(self, index: int) -> RangeResult:
+        """The answer of the ``GetOp`` at ``index`` of the branch that ran (``TypeError`` if it was no read)."""
+        response = self.responses[index]
+        if not isinstance(response, RangeResult):
+            raise TypeError(f"response {index} is a {type(response).__name__}, not the RangeResult of a GetOp")
+        return response
+
 
 @dataclass(frozen=True, slots=True)
 class WatchEvent:
