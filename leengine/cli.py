@@ -4,12 +4,15 @@ Subcommands:
   leengine demo              the spine's simulated demo (no services needed)
   leengine sim run [SCENARIO] replay a scenario file on the simulated Region (default: scenarios/default.yaml)
   leengine sim validate SCENARIO  check a scenario file without running it
-  leengine store ...         inspect a real etcd through the Store port (status, get, put, ls);
-                             TLS with --etcd-ca/--etcd-cert/--etcd-key (leengine/etcd_options.py)
+  leengine store ...         inspect a real etcd through the Store port (status, get, put, ls; --json
+                             on the reads); --etcd, --etcd-timeout, TLS with --etcd-ca/--etcd-cert/--etcd-key
+                             (leengine/etcd_options.py; the old --endpoint/--timeout still work, hidden)
   leengine install-cni DIR   install the leengine-cni plugin into a CNI bin directory (e.g. /opt/cni/bin)
 
 Every error a user can cause or meet (bad option, etcd unreachable) ends as one
-readable line on stderr and a non-zero exit status, never a traceback.
+readable line on stderr, never a traceback; exit 1 for a failure, 2 for bad input
+(``leengine/command.py`` lists the codes of every command). ``--log-level`` goes before
+the subcommand.
 """
 
 from __future__ import annotations
@@ -27,16 +30,24 @@ from rich.console import Console
 from rich.table import Table
 
 from foundation.ports import StoreError
+from leengine.command import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    Failed,
+    LogLevelOpt,
+    configure_logging,
+    run_app,
+)
 from leengine.etcd_options import (
-    ENDPOINT_HELP,
+    DEFAULT_ETCD,
     EtcdCaOpt,
     EtcdCertOpt,
     EtcdKeyOpt,
-    EtcdOptionError,
-    check_etcd_options,
-    open_store,
+    EtcdOpt,
+    EtcdSettings,
+    EtcdTimeoutOpt,
+    check_timeout,
 )
-from leengine.typer_main import run_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="LeEngine testbed: node agents, control service and a SimPy model of the platform.")
@@ -45,15 +56,18 @@ app.add_typer(store_app, name="store")
 sim_app = typer.Typer(no_args_is_help=True, help="Replay scenario files on the simulated Region.")
 app.add_typer(sim_app, name="sim")
 console = Console()
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
 DEFAULT_SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "default.yaml"
 
 
-def fail(message: str) -> None:
-    """Print one line naming what went wrong and exit non-zero."""
+def fail(message: str, code: int = EXIT_FAILED) -> None:
+    """Print one line naming what went wrong and exit ``code`` (1: failed; 2: bad input)."""
     print(f"leengine: error: {message}", file=sys.stderr)
-    raise typer.Exit(EXIT_FAILED)
+    raise typer.Exit(code)
+
+
+@app.callback()
+def configure(log_level: LogLevelOpt = "warning") -> None:
+    configure_logging(log_level)
 
 
 @app.command()
@@ -74,7 +88,7 @@ def demo(
         config = DemoConfig(nodes=nodes, slots=slots, duration=duration, seed=seed, crashes=crashes,
                             partitions=partitions)
     except ValueError as exc:
-        fail(str(exc))
+        fail(str(exc), EXIT_BAD_INPUT)
     started = time.perf_counter()
     report, runtime = run_demo(config, keep_trace_lines=trace_out is not None)
     wall = time.perf_counter() - started
@@ -163,12 +177,20 @@ ScenarioArg = Annotated[Path, typer.Argument(metavar="SCENARIO", help="a scenari
 
 
 @sim_app.command("validate")
-def sim_validate(scenario: ScenarioArg) -> None:
+def sim_validate(
+    scenario: ScenarioArg,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+) -> None:
     """Check a scenario file (fields, topology, selectors) without running it."""
     loaded = _load_scenario_or_exit(scenario, None)
     spec = loaded.spec
     nodes = sum(c.nodes for c in spec.cells)
     pods = sum(a.replicas * len(a.cells) for a in spec.apps)
+    if as_json:
+        print(json.dumps({"scenario": str(scenario), "name": spec.name, "seed": spec.seed, "duration": spec.duration,
+                          "cells": len(spec.cells), "nodes": nodes, "apps": len(spec.apps), "pods": pods,
+                          "faults": len(spec.faults), "checks": len(spec.checks), "sha256": loaded.sha256}, indent=2))
+        return
     print(f"{scenario}: ok: {spec.name}, seed {spec.seed}, {spec.duration:g} virtual s, {len(spec.cells)} Cells, "
           f"{nodes} nodes, {len(spec.apps)} apps, {pods} pods, {len(spec.faults)} faults, {len(spec.checks)} checks; "
           f"sha256 {loaded.sha256}")
@@ -245,7 +267,9 @@ def install_cni(
 
     try:
         target = install_plugin(directory)
-    except (InstallError, OSError) as exc:
+    except InstallError as exc:  # no such directory, an interpreter a shebang cannot name
+        fail(str(exc), EXIT_BAD_INPUT)
+    except OSError as exc:
         fail(str(exc))
     print(f"installed {target} (#!{sys.executable} -IS)")
 
@@ -253,16 +277,9 @@ def install_cni(
 # ------------------------------------------------------------------ store
 
 
-def _with_store(endpoint: str, timeout: float, tls: tuple[Path | None, Path | None, Path | None],
-                action: Callable[[Any], Awaitable[Any]]) -> Any:
-    try:
-        etcd_tls = check_etcd_options(endpoint, *tls)
-    except EtcdOptionError as exc:
-        print(f"leengine: error: {str(exc).replace('--etcd:', '--endpoint:', 1)}", file=sys.stderr)
-        raise typer.Exit(EXIT_BAD_INPUT) from None
-
+def _with_store(etcd: EtcdSettings, action: Callable[[Any], Awaitable[Any]]) -> Any:
     async def main() -> Any:
-        store = await open_store(endpoint, etcd_tls, timeout=timeout)
+        store = await etcd.open()
         try:
             return await action(store)
         finally:
@@ -271,39 +288,60 @@ def _with_store(endpoint: str, timeout: float, tls: tuple[Path | None, Path | No
     try:
         return asyncio.run(main())
     except (StoreError, ValueError) as exc:
-        fail(str(exc))
+        raise Failed(str(exc)) from None
 
 
-EndpointOpt = Annotated[str, typer.Option(help=ENDPOINT_HELP, envvar="LEENGINE_ETCD")]
-TimeoutOpt = Annotated[float, typer.Option(help="seconds to wait for etcd before giving up")]
+def _etcd(etcd: str, etcd_timeout: float, endpoint: str | None, timeout: float | None,
+          tls: tuple[Path | None, Path | None, Path | None]) -> EtcdSettings:
+    """The store commands' etcd flags, checked (``--endpoint``/``--timeout``: their old names, hidden)."""
+    return EtcdSettings.from_options(endpoint or etcd, timeout or etcd_timeout, *tls)
+
+
+STORE_TIMEOUT = 3.0
+EndpointOpt = Annotated[str | None, typer.Option("--endpoint", hidden=True)]
+OldTimeoutOpt = Annotated[float | None, typer.Option("--timeout", hidden=True, callback=check_timeout)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print the result as JSON")]
 
 
 @store_app.command("status")
 def store_status(
-    endpoint: EndpointOpt = "127.0.0.1:2379",
-    timeout: TimeoutOpt = 3.0,
+    etcd: EtcdOpt = DEFAULT_ETCD,
+    etcd_timeout: EtcdTimeoutOpt = STORE_TIMEOUT,
     etcd_ca: EtcdCaOpt = None,
     etcd_cert: EtcdCertOpt = None,
     etcd_key: EtcdKeyOpt = None,
+    as_json: JsonOpt = False,
+    endpoint: EndpointOpt = None,
+    timeout: OldTimeoutOpt = None,
 ) -> None:
     """Print etcd's current revision."""
-    revision = _with_store(endpoint, timeout, (etcd_ca, etcd_cert, etcd_key), lambda s: s.revision())
-    print(f"{endpoint} revision {revision}")
+    settings = _etcd(etcd, etcd_timeout, endpoint, timeout, (etcd_ca, etcd_cert, etcd_key))
+    revision = _with_store(settings, lambda s: s.revision())
+    print(json.dumps({"endpoint": settings.endpoint, "revision": revision}) if as_json
+          else f"{settings.endpoint} revision {revision}")
 
 
 @store_app.command("get")
 def store_get(
     key: str,
-    endpoint: EndpointOpt = "127.0.0.1:2379",
-    timeout: TimeoutOpt = 3.0,
+    etcd: EtcdOpt = DEFAULT_ETCD,
+    etcd_timeout: EtcdTimeoutOpt = STORE_TIMEOUT,
     etcd_ca: EtcdCaOpt = None,
     etcd_cert: EtcdCertOpt = None,
     etcd_key: EtcdKeyOpt = None,
+    as_json: JsonOpt = False,
+    endpoint: EndpointOpt = None,
+    timeout: OldTimeoutOpt = None,
 ) -> None:
-    """Print one key's value and revisions."""
-    kv = _with_store(endpoint, timeout, (etcd_ca, etcd_cert, etcd_key), lambda s: s.get(key))
+    """Print one key's value and revisions (exit 1 when the key does not exist)."""
+    settings = _etcd(etcd, etcd_timeout, endpoint, timeout, (etcd_ca, etcd_cert, etcd_key))
+    kv = _with_store(settings, lambda s: s.get(key))
     if kv is None:
-        fail(f"key {key!r} not found")
+        raise Failed(f"key {key!r} not found")
+    if as_json:
+        print(json.dumps({"key": kv.key, "value": kv.value.decode(errors="replace"), "version": kv.version,
+                          "create_revision": kv.create_revision, "mod_revision": kv.mod_revision}))
+        return
     print(f"{kv.key} = {kv.value.decode(errors='replace')} (version {kv.version}, mod_revision {kv.mod_revision})")
 
 
@@ -311,28 +349,39 @@ def store_get(
 def store_put(
     key: str,
     value: str,
-    endpoint: EndpointOpt = "127.0.0.1:2379",
-    timeout: TimeoutOpt = 3.0,
+    etcd: EtcdOpt = DEFAULT_ETCD,
+    etcd_timeout: EtcdTimeoutOpt = STORE_TIMEOUT,
     etcd_ca: EtcdCaOpt = None,
     etcd_cert: EtcdCertOpt = None,
     etcd_key: EtcdKeyOpt = None,
+    endpoint: EndpointOpt = None,
+    timeout: OldTimeoutOpt = None,
 ) -> None:
     """Write one key."""
-    result = _with_store(endpoint, timeout, (etcd_ca, etcd_cert, etcd_key), lambda s: s.put(key, value.encode()))
+    settings = _etcd(etcd, etcd_timeout, endpoint, timeout, (etcd_ca, etcd_cert, etcd_key))
+    result = _with_store(settings, lambda s: s.put(key, value.encode()))
     print(f"revision {result.revision}")
 
 
 @store_app.command("ls")
 def store_ls(
     prefix: str,
-    endpoint: EndpointOpt = "127.0.0.1:2379",
-    timeout: TimeoutOpt = 3.0,
+    etcd: EtcdOpt = DEFAULT_ETCD,
+    etcd_timeout: EtcdTimeoutOpt = STORE_TIMEOUT,
     etcd_ca: EtcdCaOpt = None,
     etcd_cert: EtcdCertOpt = None,
     etcd_key: EtcdKeyOpt = None,
+    as_json: JsonOpt = False,
+    endpoint: EndpointOpt = None,
+    timeout: OldTimeoutOpt = None,
 ) -> None:
     """List keys under a prefix."""
-    result = _with_store(endpoint, timeout, (etcd_ca, etcd_cert, etcd_key), lambda s: s.range(prefix))
+    settings = _etcd(etcd, etcd_timeout, endpoint, timeout, (etcd_ca, etcd_cert, etcd_key))
+    result = _with_store(settings, lambda s: s.range(prefix))
+    if as_json:
+        print(json.dumps([{"key": kv.key, "version": kv.version, "mod_revision": kv.mod_revision}
+                          for kv in result.kvs]))
+        return
     for kv in result.kvs:
         print(kv.key)
 

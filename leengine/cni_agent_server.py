@@ -42,7 +42,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import socket
 import stat
 import traceback
@@ -57,6 +56,7 @@ from cni.request import (
     CniRequest,
 )
 from cni.spec import error_version, format_error, format_result, format_version, parse_invocation
+from leengine.daemon import stop_on_signals
 
 log = logging.getLogger("leengine.cni_agent")
 
@@ -297,21 +297,11 @@ async def _answers(path: str) -> bool:
 
 async def serve(socket_path: str, handler: CniHandler, *, max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
                 stop: asyncio.Event | None = None, grace: float | None = None) -> None:
-    """Serve until SIGTERM/SIGINT (or until ``stop`` is set), then shut down gracefully."""
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    installed: list[int] = []
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(signum, stop.set)
-            installed.append(signum)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass  # not the main thread (tests): the stop event is the only way out
+    """Serve until ``stop`` is set (without one: until SIGTERM/SIGINT), then shut down gracefully."""
+    stop = stop or stop_on_signals()  # the daemon passes its own: signals are installed once, by leengine.daemon
     server = Server(socket_path, handler, max_concurrency=max_concurrency)
     await server.start()
     try:
         await stop.wait()
     finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)
         await server.close(grace=grace)

@@ -33,6 +33,9 @@ variables together are at most ``MAX_ENV`` bytes (4); a socket path is absolute 
 the configuration) and fits ``sun_path``. A configuration nested too deeply for
 ``json`` is "not JSON" to the plugin; the agent says why (6).
 
+Run with any argument (a person at a shell: runtimes pass none) it reads nothing, prints one
+line on stderr and exits 2, the exit status of every leengine command for bad input.
+
 When the agent cannot be reached (no socket, refused, closed without answering,
 no answer in time) the plugin prints the spec's error object and exits 1 with
 code 11, "try again later"; for STATUS with 50, "plugin not available". DEL gets
@@ -78,6 +81,7 @@ INVALID_CONFIG = 7
 TRY_AGAIN_LATER = 11
 PLUGIN_NOT_AVAILABLE = 50
 COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
+USAGE_ERROR = 2  # run with arguments (exit status of every leengine command for bad input: leengine/command.py)
 
 
 class _Unreachable(Exception):
@@ -89,6 +93,10 @@ class _Refused(Exception):
 
 
 def main() -> int:
+    if len(sys.argv) > 1:  # a person at a shell, not a runtime: runtimes pass no arguments (CNI spec)
+        sys.stderr.write("leengine-cni: error: takes no arguments: the container runtime runs it with CNI_* "
+                         "variables and the network configuration on stdin (docs/cni.md)\n")
+        return USAGE_ERROR
     command = os.environ.get("CNI_COMMAND", "")
     raw = sys.stdin.buffer.read(MAX_STDIN + 1)  # bounded: the rest is never read
     if len(raw) > MAX_STDIN:

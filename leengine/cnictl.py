@@ -3,25 +3,30 @@
     cnictl pool add cell1-a --cidr 10.20.0.0/22 --vlan 100 [--gateway 10.20.0.1] [--exclude IP]... [--block-size 16]
     cnictl pool list [--json]            utilisation per pool
     cnictl pool show NAME [--json]       utilisation per node of one pool
-    cnictl check [--grace 60] [--wait] [--json] [--exit-code]
+    cnictl check [--grace 60] [--wait] [--json] [--exit-code]     exit 3 with --exit-code: certain leaks
     cnictl release ADDRESS... [--force] | --certain
     cnictl gc
 
 The logic lives in ``cni/admin.py`` (pure, over ports, also used by the sim); this
-module only picks the adapters: etcd (``--etcd`` / ``$LEENGINE_ETCD``, TLS with
-``--etcd-ca/--etcd-cert/--etcd-key``, ``leengine/etcd_options.py``) and the
-Kubernetes API (``--kube-api URL`` or ``--kubeconfig`` / ``$KUBECONFIG``). Every
-error is one line on stderr and exit status 1; a record read from etcd that does not
-decode is one warning line on stderr and is skipped (``cni/admin.py`` decides what is
-still safe to do without it). ``release ADDRESS`` asks the Kubernetes API first and
-refuses (one line, exit 1) while a pod still holds the address, unless ``--force``.
+module only picks the adapters: etcd (``--etcd`` / ``$LEENGINE_ETCD``, ``--etcd-timeout``,
+TLS with ``--etcd-ca/--etcd-cert/--etcd-key``, ``leengine/etcd_options.py``) and the
+Kubernetes API (``--kube-api URL`` or ``--kubeconfig`` / ``$KUBECONFIG``, ``--api-timeout``);
+these options, and ``--log-level``, go before the subcommand. The old ``--timeout`` (both
+deadlines) still works, hidden. Every error is one line on stderr; the exit status is
+that of every command (``leengine/command.py``): 0 ok, 1 failed (etcd or the API
+unreachable, a pool that does not exist, a release refused), 2 bad input (an option, a
+pool definition, an address that is not one), and 3 for ``check --exit-code`` when
+certain leaks were found. A record read from etcd that does not decode is one warning
+line on stderr and is skipped (``cni/admin.py`` decides what is still safe to do
+without it). ``release ADDRESS`` asks the Kubernetes API first and refuses (one line,
+exit 1) while a pod still holds the address, unless ``--force``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
-import math
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
@@ -34,33 +39,31 @@ from cni import admin
 from cni.pools import Pool, PoolConfigError
 from foundation.ports import StoreError
 from foundation.ports.cluster import ClusterUnavailable
+from leengine.command import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_LEAKS, LogLevelOpt, configure_logging, run_app
 from leengine.etcd_options import (
-    ENDPOINT_HELP,
+    DEFAULT_ETCD,
+    DEFAULT_TIMEOUT,
     EtcdCaOpt,
     EtcdCertOpt,
-    EtcdClientTls,
     EtcdKeyOpt,
-    EtcdOptionError,
-    check_etcd_options,
-    open_store,
+    EtcdOpt,
+    EtcdSettings,
+    EtcdTimeoutOpt,
+    check_timeout,
 )
-from leengine.typer_main import run_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Manage LeEngine IP pools and find leaked addresses.")
 pool_app = typer.Typer(no_args_is_help=True, help="IP pools: add, list, show.")
 app.add_typer(pool_app, name="pool")
 console = Console()
-EXIT_LEAKS = 3
-MAX_TIMEOUT = 3600.0
 
 
 class Settings:
-    etcd = "127.0.0.1:2379"
-    timeout = 5.0
+    etcd = EtcdSettings()
+    api_timeout = DEFAULT_TIMEOUT
     kube_api: str | None = None
     kubeconfig: str | None = None
-    etcd_tls: EtcdClientTls | None = None
 
 
 settings = Settings()
@@ -68,26 +71,33 @@ settings = Settings()
 
 @app.callback()
 def configure(
-    etcd: Annotated[str, typer.Option(envvar="LEENGINE_ETCD", help=ENDPOINT_HELP)] = settings.etcd,
+    etcd: EtcdOpt = DEFAULT_ETCD,
     kube_api: Annotated[str | None, typer.Option(help="Kubernetes API URL (no auth), e.g. a lab mock")] = None,
     kubeconfig: Annotated[str | None, typer.Option(envvar="KUBECONFIG", help="kubeconfig file")] = None,
-    timeout: Annotated[float, typer.Option(help="seconds to wait for etcd / the API server")] = 5.0,
+    etcd_timeout: EtcdTimeoutOpt = DEFAULT_TIMEOUT,
+    api_timeout: Annotated[float, typer.Option(callback=check_timeout,
+                                               help="deadline of each Kubernetes API request, seconds")]
+    = DEFAULT_TIMEOUT,
+    timeout: Annotated[float | None, typer.Option("--timeout", hidden=True, callback=check_timeout)] = None,
     etcd_ca: EtcdCaOpt = None,
     etcd_cert: EtcdCertOpt = None,
     etcd_key: EtcdKeyOpt = None,
+    log_level: LogLevelOpt = "warning",
 ) -> None:
-    if not (math.isfinite(timeout) and 0 < timeout <= MAX_TIMEOUT):
-        fail(f"--timeout must be a number of seconds in (0, {MAX_TIMEOUT:g}], got {timeout!r}")
-    settings.etcd, settings.kube_api, settings.kubeconfig, settings.timeout = etcd, kube_api, kubeconfig, timeout
-    try:
-        settings.etcd_tls = check_etcd_options(etcd, etcd_ca, etcd_cert, etcd_key)
-    except EtcdOptionError as exc:
-        fail(str(exc))
+    if timeout is not None:  # the old name of both deadlines
+        etcd_timeout = api_timeout = timeout
+    settings.kube_api, settings.kubeconfig, settings.api_timeout = kube_api, kubeconfig, api_timeout
+    settings.etcd = EtcdSettings.from_options(etcd, etcd_timeout, etcd_ca, etcd_cert, etcd_key)
+    configure_logging(log_level)
 
 
-def fail(message: str) -> None:
+def fail(message: str, code: int = EXIT_FAILED) -> None:
     print(f"cnictl: error: {message}", file=sys.stderr)
-    raise typer.Exit(1)
+    raise typer.Exit(code)
+
+
+def bad_input(message: str) -> None:
+    fail(message, EXIT_BAD_INPUT)
 
 
 def run(action: Callable[..., Awaitable[Any]], *, cluster: bool = False) -> Any:
@@ -95,7 +105,7 @@ def run(action: Callable[..., Awaitable[Any]], *, cluster: bool = False) -> Any:
     from foundation.adapters.asyncio_runtime import AsyncioRuntime
 
     async def main() -> Any:
-        store = await open_store(settings.etcd, settings.etcd_tls, timeout=settings.timeout)
+        store = await settings.etcd.open()
         try:
             if not cluster:
                 return await action(store, AsyncioRuntime())
@@ -113,10 +123,10 @@ def _cluster(need: str = "check and gc need the Kubernetes API") -> Any:
     from foundation.adapters.k8s_cluster import KubeCluster
 
     if settings.kube_api:
-        return KubeCluster(host=settings.kube_api, timeout=settings.timeout)
+        return KubeCluster(host=settings.kube_api, timeout=settings.api_timeout)
     if settings.kubeconfig:
-        return KubeCluster(kubeconfig=settings.kubeconfig, timeout=settings.timeout)
-    fail(f"{need}: give --kube-api URL or --kubeconfig FILE")
+        return KubeCluster(kubeconfig=settings.kubeconfig, timeout=settings.api_timeout)
+    bad_input(f"{need}: give --kube-api URL or --kubeconfig FILE")
     return None
 
 
@@ -129,7 +139,7 @@ def duration(name: str, value: float) -> float:
     try:
         return admin.check_duration(name, value)
     except admin.AdminError as exc:
-        fail(f"--{exc}")
+        bad_input(f"--{exc}")
         raise
 
 
@@ -149,7 +159,7 @@ def pool_add(
     try:
         pool = Pool.parse(name, cidr, vlan, gateway, exclude or [], block_size)
     except PoolConfigError as exc:
-        fail(str(exc))
+        bad_input(str(exc))
     revision = run(lambda store, rt: admin.add_pool(store, pool))
     print(f"pool {pool.name} added: {pool.cidr} vlan {pool.vlan} gateway {pool.gateway}, "
           f"{len(pool.blocks())} blocks of {pool.block_size} (revision {revision})")
@@ -244,9 +254,14 @@ def release(
 ) -> None:
     """Free addresses, each by compare-and-swap, once the Kubernetes API shows no pod holds them."""
     if bool(addresses) == certain:
-        fail("give either addresses or --certain")
+        bad_input("give either addresses or --certain")
     if force and certain:
-        fail("--force applies to ADDRESSes; --certain frees only what check found leaked")
+        bad_input("--force applies to ADDRESSes; --certain frees only what check found leaked")
+    for address in addresses or []:
+        try:
+            ipaddress.IPv4Address(address)
+        except ValueError:
+            bad_input(f"{address[:64]!r} is not an IPv4 address")
 
     async def action(store: Any, runtime: Any, *cluster: Any) -> tuple[list[admin.Released], list[str]]:
         if certain:
@@ -264,8 +279,8 @@ def release(
         return released, problems
 
     if addresses and not force and not (settings.kube_api or settings.kubeconfig):
-        fail("release needs the Kubernetes API to check that the pod is gone: give --kube-api URL or "
-             "--kubeconfig FILE (or --force)")
+        bad_input("release needs the Kubernetes API to check that the pod is gone: give --kube-api URL or "
+                  "--kubeconfig FILE (or --force)")
     released, skipped = run(action, cluster=bool(addresses) and not force)
     for r in released:
         print(r)

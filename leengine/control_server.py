@@ -43,9 +43,7 @@ import contextlib
 import ipaddress
 import logging
 import os
-import signal
 import stat
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -60,19 +58,23 @@ from grpc_reflection.v1alpha import reflection
 from control import builds, slb_core
 from control.auth import Principal, TokenTable, TokenTableError
 from foundation.ports import Runtime, Store, StoreError, StoreUnavailable
+from leengine.command import BadInput, Failed, LogLevelOpt, configure_logging, run_app
+from leengine.daemon import connect_until_stopped, run_daemon, stop_on_signals
 from leengine.etcd_options import (
-    ENDPOINT_HELP,
+    DEFAULT_ETCD,
+    DEFAULT_TIMEOUT,
     EtcdCaOpt,
     EtcdCertOpt,
     EtcdClientTls,
     EtcdKeyOpt,
+    EtcdOpt,
+    EtcdSettings,
+    EtcdTimeoutOpt,
     check_certificates,
-    check_etcd_options,
-    open_store,
+    new_store,
     read_key_pair,
     read_pem,
 )
-from leengine.typer_main import run_app
 
 try:
     from control.generated.leengine.control.v1 import builds_pb2, builds_pb2_grpc, slb_pb2, slb_pb2_grpc
@@ -329,11 +331,11 @@ class SlbCoreService(slb_pb2_grpc.SlbCoreServicer):
         return slb_pb2.SetUpstreamsResponse(revision=revision)
 
     async def GetStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        report = await self._call(context, "GetStatus",
-                                  lambda who: self.core.get_status(who, request.group, request.domain))
+        report = await self._call(context, "GetStatus", lambda who: self.core.get_status(
+            who, request.group, request.domain, registered=True))
         return slb_pb2.GetStatusResponse(revision=report.revision, hosts=[
             slb_pb2.HostStatus(host=h.host, applied_revision=h.applied_revision, wanted_revision=h.wanted_revision,
-                               error=h.error, at=h.at) for h in report.hosts])
+                               error=h.error, at=h.at) for h in report.hosts], registered_hosts=report.registered)
 
 
 def build_to_proto(state: builds.BuildState) -> Any:
@@ -489,19 +491,11 @@ async def serve(*, listen: str, etcd: str, tokens: TokenTable, etcd_timeout: flo
                 stop: asyncio.Event | None = None, tls: ServerTls | None = None,
                 etcd_tls: EtcdClientTls | None = None, limits: ServerLimits | None = None) -> None:
     """Open etcd (retrying while it is down), serve until SIGINT/SIGTERM or ``stop``, shut down cleanly."""
-    while True:
-        try:
-            store = await open_store(etcd, etcd_tls, timeout=etcd_timeout)
-            break
-        except StoreUnavailable as exc:
-            log.warning("waiting for etcd: %s", exc)
-            await asyncio.sleep(2)
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = stop or stop_on_signals()
+    store = new_store(etcd, etcd_tls, timeout=etcd_timeout)
     try:
+        if not await connect_until_stopped(store, stop, log):
+            return
         server = await start(store, tokens, listen=listen, tls=tls, limits=limits)
         try:
             await stop.wait()
@@ -520,8 +514,8 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 def main(
     tokens: Annotated[Path, typer.Option(help="tokens file: lines 'token name role' (admin|discovery|user), mode 600")],
     listen: Annotated[str, typer.Option(help="host:port to serve gRPC on")] = DEFAULT_LISTEN,
-    etcd: Annotated[str, typer.Option(envvar="LEENGINE_ETCD", help=ENDPOINT_HELP)] = "127.0.0.1:2379",
-    etcd_timeout: Annotated[float, typer.Option(help="deadline of each etcd request, seconds")] = 5.0,
+    etcd: EtcdOpt = DEFAULT_ETCD,
+    etcd_timeout: EtcdTimeoutOpt = DEFAULT_TIMEOUT,
     tls_cert: Annotated[Path | None, typer.Option(help="server certificate (PEM): serve TLS")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="server private key (PEM), with --tls-cert")] = None,
     tls_client_ca: Annotated[Path | None, typer.Option(
@@ -538,16 +532,14 @@ def main(
         help="quotas of users: domains=N,upstreams=N,record_bytes=N (0: none)")] = str(slb_core.Quotas().user),
     admin_quota: Annotated[str, typer.Option(
         help="quotas of admins and discovery, same form")] = str(slb_core.Quotas().admin),
-    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+    log_level: LogLevelOpt = "info",
 ) -> None:
     """Serve the control service's gRPC API (slb-core) over etcd."""
     try:
         host, _ = check_listen(listen)
-        if etcd_timeout <= 0:
-            raise ValueError("--etcd-timeout must be positive")
         tls = load_server_tls(tls_cert, tls_key, tls_client_ca)
         check_plaintext(host, tls)
-        etcd_tls = check_etcd_options(etcd, etcd_ca, etcd_cert, etcd_key)
+        etcd_settings = EtcdSettings.from_options(etcd, etcd_timeout, etcd_ca, etcd_cert, etcd_key)
         defaults = slb_core.Quotas()
         try:
             quotas = slb_core.Quotas(user=slb_core.Limits.parse(user_quota, defaults.user),
@@ -557,15 +549,14 @@ def main(
         limits = ServerLimits(max_receive_bytes, max_send_bytes, max_concurrent_rpcs, quotas)
         table = load_tokens(tokens)
     except ValueError as exc:
-        print(f"leengine-control: error: {exc}", file=sys.stderr)
-        raise typer.Exit(2) from None
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        raise BadInput(str(exc)) from None
+    configure_logging(log_level)
     try:
-        asyncio.run(serve(listen=listen, etcd=etcd, tokens=table, etcd_timeout=etcd_timeout, tls=tls,
-                          etcd_tls=etcd_tls, limits=limits))
-    except OSError as exc:
-        print(f"leengine-control: error: {exc}", file=sys.stderr)
-        raise typer.Exit(1) from None
+        run_daemon(lambda stop: serve(listen=listen, etcd=etcd_settings.endpoint, tokens=table,
+                                      etcd_timeout=etcd_settings.timeout, tls=tls, etcd_tls=etcd_settings.tls,
+                                      limits=limits, stop=stop))
+    except OSError as exc:  # cannot listen
+        raise Failed(str(exc)) from None
 
 
 def entry() -> None:

@@ -2,8 +2,10 @@
 
 Every daemon and CLI that talks to etcd (``leengine-cni-agent``, ``leengine-slb-agent``,
 ``leengine-build-agent``, ``leengine-discovery``, ``leengine-control``, ``cnictl``,
-``leengine store ...``) takes etcd's own client flags::
+``leengine store ...``) takes the same etcd flags, defined here once::
 
+    --etcd HOST:PORT   etcd's client endpoint, https://HOST:PORT for TLS        ($LEENGINE_ETCD)
+    --etcd-timeout S   deadline of each etcd request, seconds, in (0, 3600]
     --etcd-ca FILE     CA certificate that signed etcd's server certificate  ($LEENGINE_ETCD_CA)
     --etcd-cert FILE   this client's certificate                            ($LEENGINE_ETCD_CERT)
     --etcd-key FILE    this client's private key                            ($LEENGINE_ETCD_KEY)
@@ -18,6 +20,10 @@ Invariants:
   when the options are checked, before anything starts: a missing, unreadable or
   wrong file is one ``EtcdOptionError`` line naming the flag and the path.
 * Private keys never reach a log or an error message, only their paths.
+* ``--etcd-timeout`` is checked while the command line is parsed (a usage error, exit 2);
+  ``EtcdSettings.from_options`` checks the endpoint and the TLS files together and raises
+  ``BadInput`` (exit 2, ``leengine/command.py``), so every command refuses the same things
+  with the same words.
 
 ``read_pem``, ``check_certificates`` and ``read_key_pair`` check any TLS file flag the
 same way (``leengine-control`` uses them for ``--tls-cert/--tls-key/--tls-client-ca``).
@@ -28,6 +34,7 @@ any agent, key schema or daemon life cycle (``leengine/daemon.py`` does the retr
 
 from __future__ import annotations
 
+import math
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,12 +42,29 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from leengine.command import BadInput
+
 if TYPE_CHECKING:  # the adapter pulls in grpc: imported when a store is made, not to parse options
     from foundation.adapters.etcd_store import EtcdStore, EtcdTls
 
 MAX_PEM_BYTES = 1 << 20  # a certificate chain or key is a few KB; refuse to slurp a huge or endless file
+MAX_TIMEOUT = 3600.0  # a deadline beyond an hour is a typo, and inf/nan would never fire
+DEFAULT_ETCD = "127.0.0.1:2379"
+DEFAULT_TIMEOUT = 5.0
 
 ENDPOINT_HELP = "etcd endpoint host:port (https://host:port: TLS)"
+
+
+def check_timeout(value: float | None) -> float | None:
+    """A deadline option's value: a finite number of seconds in (0, ``MAX_TIMEOUT``] (else a usage error)."""
+    if value is not None and not (math.isfinite(value) and 0 < value <= MAX_TIMEOUT):
+        raise typer.BadParameter(f"must be a number of seconds in (0, {MAX_TIMEOUT:g}], got {value!r}")
+    return value
+
+
+EtcdOpt = Annotated[str, typer.Option("--etcd", envvar="LEENGINE_ETCD", help=ENDPOINT_HELP)]
+EtcdTimeoutOpt = Annotated[float, typer.Option(
+    "--etcd-timeout", callback=check_timeout, help="deadline of each etcd request, seconds")]
 EtcdCaOpt = Annotated[Path | None, typer.Option(
     "--etcd-ca", envvar="LEENGINE_ETCD_CA", help="CA certificate (PEM) that signed etcd's server certificate")]
 EtcdCertOpt = Annotated[Path | None, typer.Option(
@@ -133,6 +157,38 @@ def check_etcd_options(endpoint: str, ca: Path | None, cert: Path | None, key: P
     except ValueError as exc:
         raise EtcdOptionError(f"--etcd: {exc}") from None
     return tls
+
+
+@dataclass(frozen=True)
+class EtcdSettings:
+    """What a command's etcd flags say, checked: where etcd is, each request's deadline, the TLS files."""
+
+    endpoint: str = DEFAULT_ETCD
+    timeout: float = DEFAULT_TIMEOUT
+    tls: EtcdClientTls | None = None
+
+    @classmethod
+    def from_options(cls, endpoint: str, timeout: float, ca: Path | None = None, cert: Path | None = None,
+                     key: Path | None = None) -> EtcdSettings:
+        """Check the flags together (no connection is made); a bad one is ``BadInput`` naming it."""
+        try:
+            check_timeout(timeout)
+            return cls(endpoint, timeout, check_etcd_options(endpoint, ca, cert, key))
+        except (EtcdOptionError, typer.BadParameter) as exc:
+            message = str(exc) if isinstance(exc, EtcdOptionError) else f"--etcd-timeout {exc}"
+            raise BadInput(message) from None
+
+    def args(self) -> list[str]:
+        """The same settings as command-line flags, for a subprocess."""
+        return ["--etcd", self.endpoint, "--etcd-timeout", repr(self.timeout), *(self.tls.args() if self.tls else [])]
+
+    def store(self) -> EtcdStore:
+        """An unconnected store (a daemon connects it with ``leengine.daemon.connect_until_stopped``)."""
+        return new_store(self.endpoint, self.tls, timeout=self.timeout)
+
+    async def open(self) -> EtcdStore:
+        """A connected store, for a command line tool (``StoreUnavailable`` when etcd does not answer)."""
+        return await open_store(self.endpoint, self.tls, timeout=self.timeout)
 
 
 def new_store(endpoint: str, tls: EtcdClientTls | None, *, timeout: float) -> EtcdStore:

@@ -12,41 +12,40 @@ serving; a restarted one adopts the running Nginx, serves from the saved state a
 once and resumes its watch from the saved revision. SIGTERM stops the agent and
 leaves Nginx running unless ``--stop-nginx`` is given. The Nginx admin endpoint is the
 unix socket ``PREFIX/admin/admin.sock`` (directory mode 700), never a TCP port.
-Bad options are one line on stderr and exit status 2.
+Start-up, signals, retries and exit codes are every daemon's (``leengine/command.py``,
+``leengine/daemon.py``): bad options are one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from foundation.logic.slb_domain import GROUP_NAME, HOST_NAME
-from leengine.daemon import connect_until_stopped, stop_on_signals
+from leengine.command import BadInput, LogLevelOpt, configure_logging, run_app
+from leengine.daemon import connect_until_stopped, run_daemon, stop_on_signals, until_stopped
 from leengine.etcd_options import (
-    ENDPOINT_HELP,
+    DEFAULT_ETCD,
+    DEFAULT_TIMEOUT,
     EtcdCaOpt,
     EtcdCertOpt,
-    EtcdClientTls,
     EtcdKeyOpt,
-    EtcdOptionError,
-    check_etcd_options,
-    new_store,
+    EtcdOpt,
+    EtcdSettings,
+    EtcdTimeoutOpt,
 )
-from leengine.typer_main import run_app
 from node.slb_agent import SlbAgent, SlbAgentConfig
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 log = logging.getLogger("leengine.slb_agent")
 
 
-async def run_agent(config: SlbAgentConfig, *, etcd: str, prefix: Path, listen_address: str,
-                    etcd_timeout: float, stop_nginx: bool, stop: asyncio.Event | None = None,
-                    etcd_tls: EtcdClientTls | None = None) -> None:
+async def run_agent(config: SlbAgentConfig, *, etcd: EtcdSettings, prefix: Path, listen_address: str,
+                    stop_nginx: bool, stop: asyncio.Event | None = None) -> None:
     from foundation.adapters.asyncio_runtime import AsyncioRuntime
     from foundation.adapters.nginx_proxy import NginxProxy
 
@@ -55,20 +54,13 @@ async def run_agent(config: SlbAgentConfig, *, etcd: str, prefix: Path, listen_a
     proxy = NginxProxy(prefix, listen_address=listen_address, retest_on_apply=False)
     await proxy.start()  # serves the saved files at once, etcd or not
     log.info("nginx on %s serving %d domains (generation %d)", prefix, len(proxy.live_domains()), proxy.generation)
-    stop = stop_on_signals(stop)
-    store = new_store(etcd, etcd_tls, timeout=etcd_timeout)  # connects lazily: the agent retries while etcd is away
+    stop = stop or stop_on_signals()
+    store = etcd.store()  # connects lazily: the agent retries while etcd is away
     try:
         if not await connect_until_stopped(store, stop, log):
             return
         agent = SlbAgent(store, proxy, AsyncioRuntime(), config)
-        task = asyncio.create_task(agent.run(), name="slb-agent")
-        stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        task.cancel()
-        stopper.cancel()
-        with_errors = [t for t in (task,) if t.done() and not t.cancelled() and t.exception()]
-        if with_errors:
-            raise with_errors[0].exception()
+        await until_stopped(agent.run(), stop, name="slb-agent")
     finally:
         await store.close()
         if stop_nginx:
@@ -80,16 +72,16 @@ def main(
     group: Annotated[str, typer.Option(help="the Nginx group (cluster) this host serves")],
     host: Annotated[str, typer.Option(help="this Nginx host's name, as it reports its status")],
     prefix: Annotated[Path, typer.Option(help="directory of this host's private Nginx (conf, domains, state)")],
-    etcd: Annotated[str, typer.Option(envvar="LEENGINE_ETCD", help=ENDPOINT_HELP)] = "127.0.0.1:2379",
+    etcd: EtcdOpt = DEFAULT_ETCD,
     listen_address: Annotated[str, typer.Option(help="address the domains listen on")] = "0.0.0.0",
     debounce: Annotated[float, typer.Option(help="quiet seconds that close a batch of config changes")] = 0.05,
     max_wait: Annotated[float, typer.Option(help="longest a batch waits after its first change")] = 0.5,
-    etcd_timeout: Annotated[float, typer.Option(help="deadline of each etcd request, seconds")] = 5.0,
+    etcd_timeout: EtcdTimeoutOpt = DEFAULT_TIMEOUT,
     etcd_ca: EtcdCaOpt = None,
     etcd_cert: EtcdCertOpt = None,
     etcd_key: EtcdKeyOpt = None,
     stop_nginx: Annotated[bool, typer.Option(help="stop Nginx when the agent stops")] = False,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+    log_level: LogLevelOpt = "info",
 ) -> None:
     """Keep this host's Nginx equal to its group's domains in etcd: upstreams in place, other changes reloaded."""
     problems = []
@@ -97,20 +89,19 @@ def main(
         problems.append(f"group {group!r} is not a group name")
     if not HOST_NAME.fullmatch(host):
         problems.append(f"host {host!r} is not a host name")
-    if not (0 <= debounce <= max_wait) or etcd_timeout <= 0:
-        problems.append("need 0 <= debounce <= max-wait and etcd-timeout > 0")
-    etcd_tls = None
+    if not 0 <= debounce <= max_wait:
+        problems.append("need 0 <= debounce <= max-wait")
+    settings = None
     try:
-        etcd_tls = check_etcd_options(etcd, etcd_ca, etcd_cert, etcd_key)
-    except EtcdOptionError as exc:
-        problems.append(str(exc))
-    if problems:
-        print(f"leengine-slb-agent: error: {'; '.join(problems)}", file=sys.stderr)
-        raise typer.Exit(2)
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        settings = EtcdSettings.from_options(etcd, etcd_timeout, etcd_ca, etcd_cert, etcd_key)
+    except BadInput as exc:
+        problems.append(exc.message)
+    if problems or settings is None:
+        raise BadInput("; ".join(problems))
+    configure_logging(log_level)
     config = SlbAgentConfig(group, host, debounce=debounce, max_wait=max_wait)
-    asyncio.run(run_agent(config, etcd=etcd, prefix=prefix, listen_address=listen_address,
-                          etcd_timeout=etcd_timeout, stop_nginx=stop_nginx, etcd_tls=etcd_tls))
+    run_daemon(lambda stop: run_agent(config, etcd=settings, prefix=prefix, listen_address=listen_address,
+                                      stop_nginx=stop_nginx, stop=stop))
 
 
 def entry() -> None:

@@ -1,4 +1,4 @@
-"""The leengine CLI: the demo runs and reports; bad input is one readable line, never a traceback."""
+"""The leengine CLI: the demo runs and reports; bad input is one readable line and exit 2, never a traceback."""
 
 from __future__ import annotations
 
@@ -50,13 +50,17 @@ def test_demo_writes_the_trace_it_hashes(tmp_path):
         (["demo", "--crashes", "40", "--partitions", "20"], "exceed nodes"),
         (["demo", "--duration", "-5"], "duration must not be negative"),
         (["demo", "--bogus"], "No such option: --bogus"),
-        (["store", "get", "/k", "--endpoint", "nonsense"], "etcd endpoint must look like host:port"),
+        (["store", "get", "/k", "--etcd", "nonsense"], "--etcd: etcd endpoint must look like host:port"),
+        (["store", "get", "/k", "--endpoint", "nonsense"], "etcd endpoint must look like host:port"),  # old name
+        (["store", "ls", "/", "--etcd-timeout", "0"], "Invalid value for '--etcd-timeout'"),
+        (["store", "status", "--timeout", "inf"], "Invalid value for '--timeout'"),  # old name, same check
+        (["--log-level", "loud", "demo"], "Invalid value for '--log-level'"),
         (["install-cni", "/nonexistent/cni/bin"], "/nonexistent/cni/bin does not exist"),
     ],
 )
 def test_bad_input_is_one_line_naming_the_problem(args, message):
     run = leengine(*args)
-    assert run.returncode != 0
+    assert run.returncode == 2
     assert run.stderr.startswith("leengine: error: ")
     assert message in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
@@ -84,7 +88,7 @@ def test_install_cni_writes_the_plugin_atomically_and_replaces_an_old_one(tmp_pa
 def test_install_cni_refuses_a_file_in_one_line(tmp_path):
     (tmp_path / "bin").write_text("not a directory")
     run = leengine("install-cni", str(tmp_path / "bin"))
-    assert run.returncode == 1
+    assert run.returncode == 2
     assert run.stderr.splitlines() == [f"leengine: error: {tmp_path / 'bin'} is not a directory; give the "
                                        "runtime's existing CNI bin directory"]
 
@@ -96,3 +100,19 @@ def test_install_refuses_an_interpreter_a_shebang_cannot_name(tmp_path):
         with pytest.raises(InstallError, match="shebang"):
             install_plugin(tmp_path, python=python)
     assert os.listdir(tmp_path) == []
+
+
+def test_store_reads_take_json_and_a_dead_etcd_is_a_failure_not_bad_input():
+    for args in (["store", "status"], ["store", "get", "/k"], ["store", "ls", "/"]):
+        run = leengine(*args, "--json", "--etcd", "127.0.0.1:1", "--etcd-timeout", "0.5")
+        assert run.returncode == 1, run.stderr
+        assert run.stderr.startswith("leengine: error: etcd at 127.0.0.1:1 unavailable")
+        assert len(run.stderr.strip().splitlines()) == 1
+
+
+def test_sim_validate_json_names_the_scenario_and_its_hash():
+    scenario = Path(__file__).resolve().parents[2] / "scenarios" / "default.yaml"
+    run = leengine("sim", "validate", str(scenario), "--json")
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)
+    assert summary["name"] == "default" and len(summary["sha256"]) == 64 and summary["pods"] > 0
