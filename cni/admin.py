@@ -53,7 +53,7 @@ from cni.pools import (
     parse_address,
 )
 from foundation.ports import Compare, DeleteOp, KeyValue, PutOp, Runtime, Store
-from foundation.ports.cluster import Cluster, PodInfo
+from foundation.ports.cluster import PodInfo, PodInventory
 from foundation.ports.store import TxnOp
 
 POOL_EPOCH = "/ipam/pool-epoch"
@@ -255,7 +255,7 @@ def _leak_key(address: str) -> str:
     return f"{LEAKS}{address}"
 
 
-async def check_leaks(store: Store, cluster: Cluster, runtime: Runtime, *, grace: float) -> CheckReport:
+async def check_leaks(store: Store, cluster: PodInventory, runtime: Runtime, *, grace: float) -> CheckReport:
     """Find leaked addresses; a leak seen again ``grace`` seconds later is certain.
 
     An allocation whose handle record does not decode is not judged (as if the handle were
@@ -352,7 +352,7 @@ def _in_use(address: IPv4Address, holder: str, handle: Handle | None, pods: Sequ
     return None
 
 
-async def release_address(store: Store, runtime: Runtime, text: str, *, cluster: Cluster | None = None,
+async def release_address(store: Store, runtime: Runtime, text: str, *, cluster: PodInventory | None = None,
                           force: bool = False, expect_handle: str | None = None) -> Released:
     """Free one allocated address by CAS on its block, after the Cluster shows no pod holds it.
 
@@ -435,7 +435,7 @@ class GcReport:
     invalid: list[InvalidKey] = field(default_factory=list)  # unreadable blocks: kept, and no handle removed
 
 
-async def gc(store: Store, cluster: Cluster, runtime: Runtime, *, cooldown: float) -> GcReport:
+async def gc(store: Store, cluster: PodInventory, runtime: Runtime, *, cooldown: float) -> GcReport:
     """Free empty blocks of departed nodes, stray handle records and leak records of free addresses.
 
     A block whose addresses were released less than ``cooldown`` seconds ago is kept:

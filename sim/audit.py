@@ -10,6 +10,7 @@ the agents (only the record formats of ``cni.pools``).
 from __future__ import annotations
 
 from cni.pools import BLOCKS, HANDLES, Block, Handle
+from foundation.ports.store import WatchEvent
 
 
 class Auditor:
@@ -39,7 +40,7 @@ class Auditor:
         else:
             self.pod_handles.pop(pod, None)
 
-    def on_event(self, event) -> None:
+    def on_event(self, event: WatchEvent) -> None:
         key = event.kv.key
         if key.startswith(HANDLES):
             handle = key.removeprefix(HANDLES)
@@ -60,14 +61,14 @@ class Auditor:
                     self._count(pod, 1)
                 self.handle_pod[handle] = pod
             else:
-                address = self.handle_address.pop(handle, None)
-                pod = self.handle_pod.pop(handle, None)
-                if pod is not None:
-                    self._count(pod, -1)
-                    if pod in self.killed:
-                        self.leaks_gone[handle] = address or "?"
-                if address is not None and self.owner.get(address) == handle:
-                    del self.owner[address]
+                released = self.handle_address.pop(handle, None)
+                released_by = self.handle_pod.pop(handle, None)
+                if released_by is not None:
+                    self._count(released_by, -1)
+                    if released_by in self.killed:
+                        self.leaks_gone[handle] = released or "?"
+                if released is not None and self.owner.get(released) == handle:
+                    del self.owner[released]
         elif key.startswith(BLOCKS):
             old = self.blocks.get(key, {})
             if event.type == "put":

@@ -16,10 +16,11 @@ replays. It must not know any real adapter.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from foundation.logic.claims import LeasedMembership, claim, release
 from foundation.ports import LeaseNotFound, Runtime, Store, StoreUnavailable
-from sim.adapters.runtime import SimRuntime
+from sim.adapters.runtime import SimRuntime, SimTask
 from sim.adapters.store import MemoryStore, SimStoreClient
 
 SLOTS = "/demo/slots/"
@@ -76,7 +77,7 @@ class DemoReport:
     trace_events: int
     trace_sha256: str
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["stats"].pop("violations")
         return data
@@ -150,7 +151,7 @@ async def auditor(store: Store, runtime: Runtime, stats: DemoStats) -> None:
                 owners.pop(key, None)
 
 
-async def _fault_schedule(config: DemoConfig, runtime: SimRuntime, nodes: list, clients: list[SimStoreClient],
+async def _fault_schedule(config: DemoConfig, runtime: SimRuntime, nodes: list[SimTask], clients: list[SimStoreClient],
                           stats: DemoStats) -> None:
     """Crash some nodes and partition others at seeded random times."""
     order = list(range(config.nodes))

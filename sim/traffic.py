@@ -23,6 +23,7 @@ It must not change the Region (no pod, host or Store is touched here), only coun
 from __future__ import annotations
 
 import math
+from typing import TypeGuard
 
 from sim.adapters.runtime import SimRuntime
 from sim.metrics import Metrics, sleep_to_next
@@ -70,7 +71,7 @@ class Traffic:
             self._apps_in_group.setdefault(spec.group, []).append(spec.name)
 
     # ------------------------------------------------------------------ what serves
-    def good(self, pod: Pod | None) -> bool:
+    def good(self, pod: Pod | None) -> TypeGuard[Pod]:
         """The pod can answer a request: alive, ready, its Cell and its host reachable."""
         return (pod is not None and pod.alive and pod.ready and not self.cells[pod.cell].out
                 and pod.node is not None and pod.node.alive)

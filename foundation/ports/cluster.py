@@ -80,18 +80,25 @@ class EndpointsWatch(Protocol):
 
 
 @runtime_checkable
-class Cluster(Protocol):
+class PodInventory(Protocol):
+    """The part of a Cluster that cnictl reads: pods and nodes (a Region's Cells together are one too)."""
+
     @property
     def endpoint(self) -> str: ...
-
-    async def list_endpoints(self) -> tuple[list[Endpoints], str]:
-        """Every Service's endpoints, and the resource version to watch from."""
-
-    def watch_endpoints(self, resource_version: str) -> EndpointsWatch:
-        """Changes of endpoints after ``resource_version``."""
 
     async def list_pods(self) -> list[PodInfo]:
         """Every pod of the Cell, all namespaces."""
 
     async def list_nodes(self) -> list[str]:
         """Names of the Cell's nodes."""
+
+
+@runtime_checkable
+class Cluster(PodInventory, Protocol):
+    """One Cell's Kubernetes API: its pods and nodes, and the endpoints discovery follows."""
+
+    async def list_endpoints(self) -> tuple[list[Endpoints], str]:
+        """Every Service's endpoints, and the resource version to watch from."""
+
+    def watch_endpoints(self, resource_version: str) -> EndpointsWatch:
+        """Changes of endpoints after ``resource_version``."""

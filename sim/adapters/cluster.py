@@ -15,7 +15,7 @@ import functools
 import ipaddress
 
 from foundation.ports.cluster import ClusterUnavailable, Endpoints, EndpointsEvent, PodInfo
-from foundation.ports.runtime import Runtime
+from foundation.ports.runtime import Queue, Runtime
 
 
 @functools.lru_cache(maxsize=1 << 18)
@@ -35,7 +35,10 @@ def _ips(addresses: tuple[str, ...]) -> tuple[str, ...]:
 class _SimEndpointsWatch:
     def __init__(self, cluster: SimCluster, after: int) -> None:
         self._cluster = cluster
-        self._queue = cluster.runtime.queue()
+        if cluster.runtime is None:
+            raise RuntimeError(f"SimCluster {cluster.name} has no runtime: it cannot be watched")
+        # events, a ClusterUnavailable that ends the watch, or None once closed
+        self._queue: Queue[EndpointsEvent | BaseException | None] = cluster.runtime.queue()
         self._closed = False
         if not cluster.available:  # nothing to replay from a server that does not answer
             self._queue.put_nowait(ClusterUnavailable(cluster.endpoint, "API server down"))

@@ -23,13 +23,13 @@ from __future__ import annotations
 import bisect
 import heapq
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sortedcontainers import SortedDict
 
-from foundation.ports.runtime import Cancelled, Runtime, Task
+from foundation.ports.runtime import Cancelled, Queue, Runtime, Task
 from foundation.ports.store import (
     CompactedError,
     Compare,
@@ -83,7 +83,8 @@ class _Watcher:
         self.client = client
         self.prefix = prefix
         self.min_revision = min_revision  # etcd sends nothing older than the start revision
-        self.queue = client._runtime.queue()
+        # (event, arrival time), a StoreUnavailable that breaks the watch, or CLOSED
+        self.queue: Queue[object] = client._runtime.queue()
         self.closed = False
 
     def offer(self, event: WatchEvent) -> None:
@@ -109,7 +110,7 @@ class MemoryStore:
         self._leases: dict[int, _LeaseState] = {}
         self._lease_heap: list[tuple[float, int]] = []
         self._next_lease_id = 0x1000
-        self._reaper: Task | None = None
+        self._reaper: Task[None] | None = None
         self._reaper_wakes_at = float("inf")
         self.available = True
         self.writes = 0  # write transactions committed, for reports
@@ -189,7 +190,7 @@ class MemoryStore:
         actual = getattr(kv, _TARGET_FIELD[c.target]) if kv is not None else 0
         return _COMPARE_OPS[c.op](actual, c.operand)
 
-    def _check_ops(self, ops: list[TxnOp]) -> None:
+    def _check_ops(self, ops: Sequence[TxnOp]) -> None:
         puts = [op.key for op in ops if isinstance(op, PutOp)]
         if len(set(puts)) != len(puts):
             raise StoreError("etcdserver: duplicate key given in txn request")
@@ -201,7 +202,7 @@ class MemoryStore:
             if isinstance(op, PutOp) and op.lease and op.lease not in self._leases:
                 raise LeaseNotFound(op.lease)
 
-    def txn(self, compares: list[Compare], success: list[TxnOp], failure: list[TxnOp]) -> TxnResult:
+    def txn(self, compares: Sequence[Compare], success: Sequence[TxnOp], failure: Sequence[TxnOp]) -> TxnResult:
         """Apply a transaction atomically: all at this instant of virtual time."""
         # etcd refuses a request with a duplicate key in either branch, before evaluating it.
         self._check_ops(success)

@@ -18,8 +18,8 @@ It must not know any agent or scenario; it uses only the Runtime port for time.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from foundation.ports.store import (
     CompactedError,
@@ -77,7 +77,7 @@ class _SimWatch:
             self._watcher = None
             self._error = item
             raise item
-        event, arrives = item
+        event, arrives = cast(tuple[WatchEvent, float], item)  # the third kind of item: see _Watcher.queue
         runtime = self._client._runtime
         if arrives > runtime.now():
             await runtime.sleep(arrives - runtime.now())
@@ -183,13 +183,14 @@ class SimStoreClient:
 
     async def put(self, key: str, value: bytes, *, lease: int = 0, prev_kv: bool = False) -> PutResult:
         result = await self._call(lambda: self._server.txn([], [PutOp(key, value, lease, prev_kv)], []))
-        return result.responses[0]  # type: ignore[return-value]
+        return result.responses[0]  # type: ignore[return-value]  # a lone PutOp answers with a PutResult
 
     async def delete(self, key: str, *, prefix: bool = False, prev_kv: bool = False) -> DeleteResult:
         result = await self._call(lambda: self._server.txn([], [DeleteOp(key, prefix, prev_kv)], []))
-        return result.responses[0]  # type: ignore[return-value]
+        return result.responses[0]  # type: ignore[return-value]  # a lone DeleteOp answers with a DeleteResult
 
-    async def txn(self, compares: list[Compare], success: list[TxnOp], failure: list[TxnOp] | None = None) -> TxnResult:
+    async def txn(self, compares: Sequence[Compare], success: Sequence[TxnOp],
+                  failure: Sequence[TxnOp] | None = None) -> TxnResult:
         return await self._call(lambda: self._server.txn(compares, success, failure or []))
 
     def watch(self, prefix: str, *, start_revision: int = 0) -> _SimWatch:

@@ -20,13 +20,13 @@ from foundation.adapters.k8s_cluster import KubeCluster
 from foundation.adapters.nginx_proxy import NginxProxy
 from foundation.adapters.ovs_dataplane import OvsDataplane
 from foundation.ports.builder import Builder
-from foundation.ports.cluster import Cluster
+from foundation.ports.cluster import Cluster, PodInventory
 from foundation.ports.dataplane import Dataplane
 from foundation.ports.proxy import Proxy
 from foundation.ports.runtime import Event, Queue, Runtime, Task
 from foundation.ports.store import Store
 from sim.adapters.builder import SimBuilder, SimRegistry
-from sim.adapters.cluster import SimCluster
+from sim.adapters.cluster import RegionCluster, SimCluster
 from sim.adapters.dataplane import SimDataplane
 from sim.adapters.proxy import SimProxy
 from sim.adapters.runtime import SimRuntime
@@ -36,7 +36,7 @@ from sim.adapters.store import MemoryStore, SimStoreClient
 def _every_adapter_is_its_port(
     asyncio_runtime: AsyncioRuntime, sim_runtime: SimRuntime,
     etcd: EtcdStore, sim_store: SimStoreClient,
-    kube: KubeCluster, sim_cluster: SimCluster,
+    kube: KubeCluster, sim_cluster: SimCluster, region: RegionCluster,
     ovs: OvsDataplane, sim_dataplane: SimDataplane,
     nginx: NginxProxy, sim_proxy: SimProxy,
     buildah: BuildahBuilder, sim_builder: SimBuilder,
@@ -45,6 +45,7 @@ def _every_adapter_is_its_port(
     runtimes: list[Runtime] = [asyncio_runtime, sim_runtime]
     stores: list[Store] = [etcd, sim_store]
     clusters: list[Cluster] = [kube, sim_cluster]
+    inventories: list[PodInventory] = [*clusters, region]  # cnictl reads a Region's Cells as one
     dataplanes: list[Dataplane] = [ovs, sim_dataplane]
     proxies: list[Proxy] = [nginx, sim_proxy]
     builders: list[Builder] = [buildah, sim_builder]
@@ -53,7 +54,7 @@ def _every_adapter_is_its_port(
         queue: Queue[int] = runtime.queue()
         event: Event = runtime.event()
         del task, queue, event
-    del stores, clusters, dataplanes, proxies, builders
+    del stores, inventories, dataplanes, proxies, builders
 
 
 def test_runtimes_fit_the_runtime_port() -> None:
@@ -78,6 +79,8 @@ def test_stores_fit_the_store_port() -> None:
 def test_clusters_fit_the_cluster_port() -> None:
     assert isinstance(SimCluster("cell"), Cluster)
     assert isinstance(KubeCluster(host="http://127.0.0.1:1", token="t"), Cluster)
+    region = RegionCluster([SimCluster("cell-1"), SimCluster("cell-2")])
+    assert isinstance(region, PodInventory) and not isinstance(region, Cluster)
 
 
 def test_dataplanes_fit_the_dataplane_port() -> None:
