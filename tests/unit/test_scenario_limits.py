@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sim import scenario as sc
+from sim import scenario_parser as sc
+from sim import scenario_yaml
 from sim.scenario import ScenarioError, load_scenario, parse_scenario
 from tests.unit.test_scenario import BASE, line_of
 
@@ -409,6 +410,6 @@ def test_the_pure_python_parser_gives_the_same_answers(monkeypatch):
             return str(exc)
 
     fast = [outcome(t) for t in cases]
-    monkeypatch.setattr(sc, "_EVENTS_LOADER", yaml.BaseLoader)
+    monkeypatch.setattr(scenario_yaml, "_EVENTS_LOADER", yaml.BaseLoader)
     assert [outcome(t) for t in cases] == fast
     assert not isinstance(fast[0], str) and all(isinstance(f, str) for f in fast[1:])

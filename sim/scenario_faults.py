@@ -1,0 +1,172 @@
+"""The scenario parser's faults, their selectors, and the checks.
+
+A fault's kind must be one of ``sim.spec.FAULT_KINDS``; its kind-specific parameters are
+accepted only for the kinds ``sim.spec.FAULT_PARAMS`` names; its selector is checked
+against ``sim.targets.TargetIndex`` (names parsed, labels counted per Cell), never by
+listing every target, and must match something. A check's kind must be one of
+``sim.spec.CHECK_KINDS``. A kind that needs build hosts needs ``topology.build_hosts``.
+It must not run anything.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from yaml.nodes import Node
+
+from sim.scenario_errors import MAX_VALUES, field_name, show, some
+from sim.scenario_fields import Fields
+from sim.spec import (
+    CHECK_KINDS,
+    FAULT_KINDS,
+    FAULT_PARAMS,
+    FAULT_TARGETS,
+    MAX_CHANGES,
+    MAX_CHECKS,
+    MAX_FACTOR,
+    MAX_FAULTS,
+    MAX_LIMIT,
+    MAX_SECONDS,
+    MIN_EVERY,
+    AppSpec,
+    CellSpec,
+    CheckSpec,
+    FaultSpec,
+    GroupSpec,
+    Labels,
+    PoolSpec,
+    Selector,
+)
+from sim.targets import TargetIndex
+
+
+class FaultFields(Fields):
+    def faults(self, node: Node, duration: float, cells: tuple[CellSpec, ...], groups: tuple[GroupSpec, ...],
+               apps: tuple[AppSpec, ...]) -> tuple[FaultSpec, ...]:
+        out = []
+        self.targets = TargetIndex(cells, groups, apps, self.build_hosts)
+        pools = {p.name: p for c in cells for p in c.pools}
+        for i, fn in enumerate(self.sequence(node, "faults", MAX_FAULTS, "faults")):
+            out.append(self.fault(fn, f"faults[{i}]", duration, cells, groups, apps, pools))
+        return tuple(out)
+
+    def fault(self, node: Node, f: str, duration: float, cells: tuple[CellSpec, ...], groups: tuple[GroupSpec, ...],
+              apps: tuple[AppSpec, ...], pools: dict[str, PoolSpec]) -> FaultSpec:
+        keys = {"kind", "at", "duration", "target", "every", "factor", "changes", "free", "pool", "group"}
+        m = self.mapping(node, f, keys, required=("kind", "at"))
+        kind = self.string(m["kind"], f"{f}.kind")
+        if kind not in FAULT_KINDS:
+            raise self.error(m["kind"], f"{f}.kind",
+                             f"unknown fault kind {show(kind)} (kinds: {', '.join(FAULT_KINDS)})")
+        at = self.number(m["at"], f"{f}.at", low=0)
+        if at >= duration:
+            raise self.error(m["at"], f"{f}.at", f"at {at:g} s is not before the end of the run ({duration:g} s)")
+        kwargs: dict[str, Any] = {}
+        if "duration" in m:
+            kwargs["duration"] = self.number(m["duration"], f"{f}.duration", positive=True, high=MAX_SECONDS)
+        if "every" in m:
+            kwargs["every"] = self.number(m["every"], f"{f}.every", low=MIN_EVERY, high=MAX_SECONDS)
+            if "duration" in kwargs and kwargs["duration"] >= kwargs["every"]:
+                raise self.error(m["every"], f"{f}.every",
+                                 f"a repeated fault must end before it repeats (duration {kwargs['duration']:g} s)")
+        for key, kinds in FAULT_PARAMS.items():
+            if key in m and kind not in kinds:
+                raise self.error(m[key], f"{f}.{key}", f"only for fault kinds {', '.join(kinds)}, not {kind}")
+        group_names = [g.name for g in groups]
+        if "factor" in m:
+            kwargs["factor"] = self.number(m["factor"], f"{f}.factor", low=1, high=MAX_FACTOR)
+        if "changes" in m:
+            kwargs["changes"] = self.integer(m["changes"], f"{f}.changes", low=1, high=MAX_CHANGES)
+        if "group" in m:
+            group = self.string(m["group"], f"{f}.group")
+            if group not in group_names:
+                raise self.error(m["group"], f"{f}.group",
+                                 f"no Nginx group named {show(group)} (groups: {some(group_names) or 'none'})")
+            kwargs["group"] = group
+        elif kind == "reload-storm":
+            raise self.error(node, f"{f}.group", "required for reload-storm")
+        if kind == "pool-exhaustion":
+            if "pool" not in m:
+                raise self.error(node, f"{f}.pool", "required for pool-exhaustion")
+            pool_name = self.string(m["pool"], f"{f}.pool")
+            if pool_name not in pools:
+                raise self.error(m["pool"], f"{f}.pool", f"no pool named {show(pool_name)} (pools: {some(pools)})")
+            kwargs["pool"] = pool_name
+            if "free" in m:
+                size = ipaddress.ip_network(pools[pool_name].cidr).num_addresses
+                kwargs["free"] = self.integer(m["free"], f"{f}.free", low=0, high=size - 1)
+            if "target" in m:
+                raise self.error(m["target"], f"{f}.target",
+                                 "pool-exhaustion selects its pool with `pool`, not a target")
+        if kind == "builder-crash" and not self.build_hosts:
+            raise self.error(m["kind"], f"{f}.kind", "builder-crash needs build hosts (topology.build_hosts)")
+        if "target" in m:
+            kwargs["target"] = self.selector(m["target"], f"{f}.target", kind, kwargs.get("group", ""))
+        return FaultSpec(kind=kind, at=at, line=node.start_mark.line + 1, **kwargs)  # type: ignore[arg-type]
+
+    def selector(self, node: Node, f: str, kind: str, group: str) -> Selector:
+        targets = self.targets
+        assert targets is not None
+        m = self.mapping(node, f, {"names", "labels", "count", "percent"})
+        what = FAULT_TARGETS[kind]
+        if not targets.count(kind, (), group):
+            raise self.error(node, f, f"{kind} selects {what}, and there are none")
+        names: tuple[str, ...] = ()
+        found: dict[str, Labels] = {}
+        if "names" in m:
+            listed = self.names(m["names"], f"{f}.names", MAX_VALUES, "names")
+            for j, (n, nn) in enumerate(listed):
+                labels_of = targets.labels_of(kind, n, group)
+                if labels_of is None:
+                    sample = targets.sample(kind, group)
+                    raise self.error(nn, f"{f}.names[{j}]", f"{kind} selects {what}: no {what[:-1]} named "
+                                                             f"{show(n)} (e.g. {', '.join(sample)}, …)")
+                found[n] = labels_of
+            names = tuple(n for n, _ in listed)
+        labels: tuple[tuple[str, str], ...] = ()
+        if "labels" in m:
+            labels = self.labels(m["labels"], f"{f}.labels")
+            values = targets.values(kind, group)
+            for key, value in labels:
+                if key not in values:
+                    raise self.error(m["labels"], f"{f}.labels.{field_name(key)}",
+                                     f"{what} carry no label {show(key)} (labels: {some(sorted(values))})")
+                if value not in values[key]:
+                    raise self.error(m["labels"], f"{f}.labels.{field_name(key)}",
+                                     f"no {what[:-1]} has {key}={show(value)} "
+                                     f"(values: {some(sorted(values[key]))})")
+        if names:  # the names given, filtered by the labels
+            matching = sum(1 for ls in found.values() if all(v in ls.get(k, ()) for k, v in labels))
+        else:
+            matching = targets.count(kind, labels, group)
+        if labels and not matching:
+            raise self.error(m["labels"], f"{f}.labels", f"no {what[:-1]} matches all of these names and labels")
+        count = None
+        if "count" in m:
+            count = self.integer(m["count"], f"{f}.count", low=1, high=matching)
+        percent = None
+        if "percent" in m:
+            if count is not None:
+                raise self.error(m["percent"], f"{f}.percent", "give count or percent, not both")
+            percent = self.number(m["percent"], f"{f}.percent", positive=True, high=100)
+        return Selector(names=names, labels=labels, count=count, percent=percent)
+
+    def checks(self, node: Node) -> tuple[CheckSpec, ...]:
+        out = []
+        for i, cn in enumerate(self.sequence(node, "checks", MAX_CHECKS, "checks")):
+            f = f"checks[{i}]"
+            m = self.mapping(cn, f, {"kind", "within", "limit"}, required=("kind",))
+            kind = self.string(m["kind"], f"{f}.kind")
+            if kind not in CHECK_KINDS:
+                raise self.error(m["kind"], f"{f}.kind",
+                                 f"unknown check kind {show(kind)} (kinds: {', '.join(CHECK_KINDS)})")
+            if kind == "builds-finish" and not self.build_hosts:
+                raise self.error(m["kind"], f"{f}.kind", "builds-finish needs build hosts (topology.build_hosts)")
+            kwargs: dict[str, float] = {}
+            if "within" in m:
+                kwargs["within"] = self.number(m["within"], f"{f}.within", low=0, high=MAX_SECONDS)
+            if "limit" in m:
+                kwargs["limit"] = self.number(m["limit"], f"{f}.limit", low=0, high=MAX_LIMIT)
+            out.append(CheckSpec(kind=kind, **kwargs))  # type: ignore[arg-type]
+        return tuple(out)
