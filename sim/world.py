@@ -93,7 +93,8 @@ class Region:
         bindings = [Binding(a.name, a.name, a.port, a.group, self.domains[a.name]) for a in spec.apps]
         discovery_etcd = self.client("discovery")  # slb-core in-process as discovery, and its drain records
         self.discovery = Discovery({n: c.cluster for n, c in self.cells.items()},
-                                   SimControlClient(SlbCore(discovery_etcd, runtime)), discovery_etcd, runtime, bindings)
+                                   SimControlClient(SlbCore(discovery_etcd, runtime)), discovery_etcd, runtime,
+                                   bindings)
         self.kube = Kubernetes(runtime, self.cells, self.apps, metrics=self.metrics, auditor=self.auditor,
                                discovery=self.discovery, pull_seconds=self.farm.registry.pull_seconds,
                                new_agent=self._node_agent, on_reachability=self._reachability_changed,
