@@ -1,7 +1,9 @@
 """``leengine-discovery``: run discovery against real Cells (one command to start it).
 
-    leengine-discovery --etcd 10.0.0.10:2379 --config discovery.yaml \\
-        --etcd-ca /etc/leengine/etcd-ca.crt --etcd-cert discovery.crt --etcd-key discovery.key
+    leengine-discovery --config discovery.yaml \\
+        --control 10.0.0.10:50051 --control-token-file /etc/leengine/discovery.token \\
+        --control-ca /etc/leengine/control-ca.crt \\
+        --etcd 10.0.0.10:2379 --etcd-ca /etc/leengine/etcd-ca.crt --etcd-cert discovery.crt --etcd-key discovery.key
 
 ``discovery.yaml``::
 
@@ -13,9 +15,14 @@
     resync_seconds: 5            # optional: how often failed pushes are retried
 
 (docs/slb.md describes the file field by field.) It wires the real adapters (the
-``kubernetes`` client per Cell, etcd through slb-core's logic, asyncio) to
-``control/discovery.py``. Every field is validated before anything starts; a bad file is
-one line on stderr naming the field, and exit status 2.
+``kubernetes`` client per Cell; the control service over gRPC, TLS only, verified against
+``--control-ca``, with the bearer token of ``--control-token-file`` (mode 600, a token of role
+``discovery``): upstreams are set through it, as for any client; etcd for the drain records
+only; asyncio) to ``control/discovery.py``. Every field is validated before anything starts; a bad file is
+one line on stderr naming the field, and exit status 2. Like every daemon it waits for etcd
+at start (retrying every two seconds) and stops cleanly, exit 0, on SIGTERM/SIGINT
+(``leengine/daemon.py``); ``--etcd-timeout`` is each etcd request's deadline and
+``--api-timeout`` each Kubernetes API request's (the old ``--timeout`` still sets both).
 
 Drains, from anywhere that reaches etcd, through the running daemon::
 
@@ -36,8 +43,8 @@ import json
 import logging
 import os
 import socket
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -55,21 +62,28 @@ from control.discovery import (
 )
 from foundation.logic.slb_domain import GROUP_NAME, DomainError, check_domain_name
 from foundation.ports import StoreError
+from leengine.command import BadInput, Failed, LogLevelOpt, configure_logging, run_app
+from leengine.daemon import connect_until_stopped, run_daemon, until_stopped
 from leengine.etcd_options import (
-    ENDPOINT_HELP,
+    DEFAULT_ETCD,
+    DEFAULT_TIMEOUT,
     EtcdCaOpt,
     EtcdCertOpt,
-    EtcdClientTls,
     EtcdKeyOpt,
+    EtcdOpt,
     EtcdOptionError,
-    check_etcd_options,
-    open_store,
+    EtcdSettings,
+    EtcdTimeoutOpt,
+    check_certificates,
+    check_timeout,
+    read_pem,
 )
-from leengine.typer_main import run_app
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 log = logging.getLogger("leengine.discovery")
 NAME = GROUP_NAME  # namespaces, services and cells: DNS labels
+# The old --timeout, kept working but not shown: it set both deadlines; --etcd-timeout and --api-timeout now.
+OldTimeoutOpt = Annotated[float | None, typer.Option("--timeout", hidden=True, callback=check_timeout)]
 
 
 class ConfigError(ValueError):
@@ -114,24 +128,69 @@ def load_config(path: Path) -> tuple[dict[str, dict[str, str]], list[Binding], f
     return cells, bindings, float(resync)
 
 
-async def run_discovery(etcd: str, cells: dict[str, dict[str, str]], bindings: list[Binding], resync: float,
-                        timeout: float, etcd_tls: EtcdClientTls | None = None) -> None:
-    from control.slb_core import SlbCore
+@dataclass(frozen=True, repr=False)
+class ControlSettings:
+    """Where the control service is and how discovery proves who it is (read and checked before start)."""
+
+    target: str
+    token: str
+    ca: bytes | None  # None: the system's roots
+    timeout: float
+
+    def __repr__(self) -> str:  # never print the token into a log
+        return f"ControlSettings({self.target!r}, token=***, ca={self.ca is not None}, timeout={self.timeout})"
+
+    @classmethod
+    def from_options(cls, target: str | None, token_file: Path | None, ca: Path | None,
+                     timeout: float) -> ControlSettings:
+        from foundation.adapters.grpc_control import TokenFileError, read_token_file
+
+        if not target:
+            raise BadInput("--control: the control service's address (host:port) is required: discovery sets "
+                           "upstreams through it")
+        host, _, port = target.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in target:
+            raise BadInput(f"--control: {target[:80]!r} is not host:port")
+        if token_file is None:
+            raise BadInput("--control-token-file: the file holding discovery's bearer token is required")
+        try:
+            token = read_token_file(token_file)
+            pem = None
+            if ca is not None:
+                pem = read_pem("--control-ca", ca)
+                check_certificates("--control-ca", ca, pem)
+        except (TokenFileError, EtcdOptionError) as exc:
+            raise BadInput(f"--control-token-file: {exc}" if isinstance(exc, TokenFileError) else str(exc)) from None
+        return cls(target, token, pem, timeout)
+
+    def client(self) -> Any:
+        from foundation.adapters.grpc_control import GrpcControlClient
+
+        return GrpcControlClient(self.target, self.token, ca=self.ca, timeout=self.timeout)
+
+
+async def run_discovery(etcd: EtcdSettings, cells: dict[str, dict[str, str]], bindings: list[Binding],
+                        resync: float, api_timeout: float, stop: asyncio.Event, control: ControlSettings) -> None:
     from foundation.adapters.asyncio_runtime import AsyncioRuntime
     from foundation.adapters.k8s_cluster import KubeCluster
 
     clusters: dict[str, Any] = {
-        name: KubeCluster(host=spec["api"], timeout=timeout) if "api" in spec
-        else KubeCluster(kubeconfig=spec["kubeconfig"], timeout=timeout)
+        name: KubeCluster(host=spec["api"], timeout=api_timeout) if "api" in spec
+        else KubeCluster(kubeconfig=spec["kubeconfig"], timeout=api_timeout)
         for name, spec in cells.items()
     }
-    store = await open_store(etcd, etcd_tls, timeout=timeout)
-    runtime = AsyncioRuntime()
-    discovery = Discovery(clusters, SlbCore(store, runtime), runtime, bindings, resync=resync)
-    log.info("discovery: %d Cells, %d bindings", len(clusters), len(bindings))
+    store = etcd.store()  # the drain records only; upstreams go through the control service
+    client = control.client()
     try:
-        await discovery.run()
+        if not await connect_until_stopped(store, stop, log):  # etcd down at start: wait, like every daemon
+            return
+        runtime = AsyncioRuntime()
+        discovery = Discovery(clusters, client, store, runtime, bindings, resync=resync)
+        log.info("discovery: %d Cells, %d bindings, control service at %s", len(clusters), len(bindings),
+                 control.target)
+        await until_stopped(discovery.run(), stop, name="discovery")
     finally:
+        await client.close()
         await store.close()
 
 
@@ -139,32 +198,44 @@ async def run_discovery(etcd: str, cells: dict[str, dict[str, str]], bindings: l
 def main(
     ctx: typer.Context,
     config: Annotated[Path | None, typer.Option(help="YAML file: cells and bindings (required)")] = None,
-    etcd: Annotated[str, typer.Option(envvar="LEENGINE_ETCD", help=ENDPOINT_HELP)] = "127.0.0.1:2379",
-    timeout: Annotated[float, typer.Option(help="deadline of each etcd / API request, seconds")] = 5.0,
+    control: Annotated[str | None, typer.Option(
+        "--control", envvar="LEENGINE_CONTROL", help="the control service, host:port (TLS); required")] = None,
+    control_token_file: Annotated[Path | None, typer.Option(
+        "--control-token-file", envvar="LEENGINE_CONTROL_TOKEN_FILE",
+        help="file (mode 600) holding discovery's bearer token (role discovery); required")] = None,
+    control_ca: Annotated[Path | None, typer.Option(
+        "--control-ca", envvar="LEENGINE_CONTROL_CA",
+        help="CA certificate (PEM) that signed the control service's certificate (default: system roots)")] = None,
+    control_timeout: Annotated[float, typer.Option(
+        "--control-timeout", callback=check_timeout, help="deadline of each control service call, seconds")] = 10.0,
+    etcd: EtcdOpt = DEFAULT_ETCD,
+    etcd_timeout: EtcdTimeoutOpt = DEFAULT_TIMEOUT,
+    api_timeout: Annotated[float, typer.Option(callback=check_timeout,
+                                               help="deadline of each Kubernetes API request, seconds")] = 5.0,
+    timeout: OldTimeoutOpt = None,
     etcd_ca: EtcdCaOpt = None,
     etcd_cert: EtcdCertOpt = None,
     etcd_key: EtcdKeyOpt = None,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+    log_level: LogLevelOpt = "info",
 ) -> None:
     """Feed the ready pods of every app, in every Cell, to its domains' upstreams (commands: drain, forget)."""
     if ctx.invoked_subcommand is not None:
         return
+    if timeout is not None:
+        etcd_timeout = api_timeout = timeout
     try:
         if config is None:
             raise ConfigError("--config: the YAML file of cells and bindings is required")
         cells, bindings, resync = load_config(config)
-        etcd_tls = check_etcd_options(etcd, etcd_ca, etcd_cert, etcd_key)
-    except (ConfigError, EtcdOptionError) as exc:
-        print(f"leengine-discovery: error: {exc}", file=sys.stderr)
-        raise typer.Exit(2) from None
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    except ConfigError as exc:
+        raise BadInput(str(exc)) from None
+    service = ControlSettings.from_options(control, control_token_file, control_ca, control_timeout)
+    settings = EtcdSettings.from_options(etcd, etcd_timeout, etcd_ca, etcd_cert, etcd_key)
+    configure_logging(log_level)
     try:
-        asyncio.run(run_discovery(etcd, cells, bindings, resync, timeout, etcd_tls=etcd_tls))
-    except KeyboardInterrupt:
-        return
-    except (StoreError, ValueError, OSError) as exc:  # etcd unreachable, a bad kubeconfig
-        print(f"leengine-discovery: error: {exc}", file=sys.stderr)
-        raise typer.Exit(1) from None
+        run_daemon(lambda stop: run_discovery(settings, cells, bindings, resync, api_timeout, stop, service))
+    except (StoreError, ValueError, OSError) as exc:  # a bad kubeconfig; etcd lost for good after start
+        raise Failed(str(exc)) from None
 
 
 # ---------------------------------------------------------------------------- drain / forget
@@ -172,9 +243,9 @@ def main(
 DRAIN_GRACE = 10.0  # seconds beyond the drain timeout that the command waits for the daemon's outcome
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    print(f"leengine-discovery: error: {message}", file=sys.stderr)
-    return typer.Exit(code)
+def _fail(message: str, code: int = 2) -> BadInput:
+    """The error to raise: bad input (2) unless ``code`` says otherwise (1: the drain itself failed)."""
+    return BadInput(message, code)
 
 
 def _addresses(namespace: str, addresses: list[str]) -> list[str]:
@@ -203,9 +274,9 @@ def _report(namespace: str, ip: str, record: dict[str, Any] | None, waited: floa
     return state == "drained", "\n".join(lines)
 
 
-async def _drain(etcd: str, etcd_tls: EtcdClientTls | None, namespace: str, addresses: list[str],
-                 drain_timeout: float, timeout: float, as_json: bool) -> int:
-    store = await open_store(etcd, etcd_tls, timeout=timeout)
+async def _drain(etcd: EtcdSettings, namespace: str, addresses: list[str], drain_timeout: float,
+                 as_json: bool) -> int:
+    store = await etcd.open()
     try:
         by = f"{getpass.getuser()}@{socket.gethostname()} (pid {os.getpid()})"
         request = {"state": "requested", "timeout": drain_timeout, "requested_by": by, "requested_at": time.time()}
@@ -245,10 +316,11 @@ def drain(
     namespace: Annotated[str, typer.Argument(help="the app (namespace) the pods belong to")],
     addresses: Annotated[list[str], typer.Argument(help="pod IPv4 addresses to drain")],
     config: Annotated[Path, typer.Option(help="the daemon's YAML file (the namespace must have bindings)")],
-    etcd: Annotated[str, typer.Option(envvar="LEENGINE_ETCD", help=ENDPOINT_HELP)] = "127.0.0.1:2379",
+    etcd: EtcdOpt = DEFAULT_ETCD,
     drain_timeout: Annotated[float, typer.Option("--drain-timeout", help="how long every Nginx host has to "
                                                  "confirm, seconds")] = 30.0,
-    timeout: Annotated[float, typer.Option(help="deadline of each etcd request, seconds")] = 5.0,
+    etcd_timeout: EtcdTimeoutOpt = DEFAULT_TIMEOUT,
+    timeout: OldTimeoutOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the drain records as JSON")] = False,
     etcd_ca: EtcdCaOpt = None,
     etcd_cert: EtcdCertOpt = None,
@@ -258,15 +330,15 @@ def drain(
     addresses = _addresses(namespace, addresses)
     try:
         _, bindings, _ = load_config(config)
-        etcd_tls = check_etcd_options(etcd, etcd_ca, etcd_cert, etcd_key)
-    except (ConfigError, EtcdOptionError) as exc:
+    except ConfigError as exc:
         raise _fail(str(exc)) from None
+    settings = EtcdSettings.from_options(etcd, timeout or etcd_timeout, etcd_ca, etcd_cert, etcd_key)
     if not any(b.namespace == namespace for b in bindings):
         raise _fail(f"NAMESPACE: {namespace} has no binding in {config}: discovery feeds no domain from it")
     if not 0 < drain_timeout <= MAX_DRAIN_TIMEOUT:
         raise _fail(f"--drain-timeout: {drain_timeout:g} is not in (0, {MAX_DRAIN_TIMEOUT:g}]")
     try:
-        code = asyncio.run(_drain(etcd, etcd_tls, namespace, addresses, drain_timeout, timeout, as_json))
+        code = asyncio.run(_drain(settings, namespace, addresses, drain_timeout, as_json))
     except (StoreError, OSError) as exc:
         raise _fail(str(exc)[:300], 1) from None
     raise typer.Exit(code)
@@ -276,21 +348,19 @@ def drain(
 def forget(
     namespace: Annotated[str, typer.Argument(help="the app (namespace) the pods belonged to")],
     addresses: Annotated[list[str], typer.Argument(help="drained pod IPv4 addresses")],
-    etcd: Annotated[str, typer.Option(envvar="LEENGINE_ETCD", help=ENDPOINT_HELP)] = "127.0.0.1:2379",
-    timeout: Annotated[float, typer.Option(help="deadline of each etcd request, seconds")] = 5.0,
+    etcd: EtcdOpt = DEFAULT_ETCD,
+    etcd_timeout: EtcdTimeoutOpt = DEFAULT_TIMEOUT,
+    timeout: OldTimeoutOpt = None,
     etcd_ca: EtcdCaOpt = None,
     etcd_cert: EtcdCertOpt = None,
     etcd_key: EtcdKeyOpt = None,
 ) -> None:
     """The drained pods are gone: delete their drain records, so the addresses may serve again (a new pod)."""
     addresses = _addresses(namespace, addresses)
-    try:
-        etcd_tls = check_etcd_options(etcd, etcd_ca, etcd_cert, etcd_key)
-    except EtcdOptionError as exc:
-        raise _fail(str(exc)) from None
+    settings = EtcdSettings.from_options(etcd, timeout or etcd_timeout, etcd_ca, etcd_cert, etcd_key)
 
     async def run() -> list[str]:
-        store = await open_store(etcd, etcd_tls, timeout=timeout)
+        store = await settings.open()
         try:
             lines = []
             for ip in addresses:

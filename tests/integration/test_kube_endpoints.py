@@ -3,9 +3,12 @@
 The adapter lists and watches endpoints through the official client: ready and not-ready
 addresses, events in order from the listing's version, 410 Gone as ``ResourceExpired``,
 an API server cut off as ``ClusterUnavailable`` within the timeout, a prompt ``close()``.
-Then ``control.discovery.Discovery`` follows two mock API servers (two Cells) and writes
-the domain's upstreams into a real etcd through slb-core on the asyncio runtime. Every
-wait is bounded.
+Then ``control.discovery.Discovery`` follows two mock API servers (two Cells) and sets the
+domain's upstreams through a real control service (``leengine-control``'s gRPC server over TLS,
+verified against the test CA, with discovery's token; the ControlClient port's gRPC adapter)
+over a real etcd, on the asyncio runtime; the ``leengine-discovery`` daemon does the same as a
+process, and with a ``user`` token it is refused (PERMISSION_DENIED), says so and pushes
+nothing. Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -14,25 +17,40 @@ import asyncio
 import itertools
 import json
 import os
+import signal
 import sys
 import time
 
 import pytest
 
 from cni.pools import Pool
-from control.auth import Principal
+from control.auth import Principal, TokenTable
 from control.discovery import Binding, Discovery, drain_key
 from control.slb_core import SlbCore
 from foundation.adapters.asyncio_runtime import AsyncioRuntime
+from foundation.adapters.grpc_control import GrpcControlClient
 from foundation.adapters.k8s_cluster import KubeCluster
 from foundation.logic.slb_domain import DomainStatus, Upstream, domains_prefix, hosts_prefix, status_key
 from foundation.ports.cluster import ClusterUnavailable, Endpoints, EndpointsEvent, ResourceExpired
 from lab.kube_mock import KubeApiMock
+from leengine.control_server import load_server_tls, start
 from leengine.etcd_options import open_store
 
 TIMEOUT = 2.0
 ADMIN = Principal("ops", "admin")
+TOKENS = {"discovery": "disc-0123456789abcdef", "alice": "alice-0123456789abcdef"}
+TABLE = TokenTable.from_entries([(TOKENS["discovery"], "discovery", "discovery"), (TOKENS["alice"], "alice", "user")])
 _groups = itertools.count()
+
+
+async def control_service(etcd_server, store):
+    """``leengine-control``'s server on loopback over TLS (the test CA's certificate), on ``store``."""
+    certs = etcd_server.certs
+    return await start(store, TABLE, tls=load_server_tls(certs.server_cert, certs.server_key, None))
+
+
+def control_client(etcd_server, server, who: str = "discovery") -> GrpcControlClient:
+    return GrpcControlClient(f"127.0.0.1:{server.port}", TOKENS[who], ca=etcd_server.certs.ca_cert.read_bytes())
 
 
 @pytest.fixture
@@ -218,9 +236,12 @@ def test_discovery_writes_ready_endpoints_of_two_cells_into_the_domain_in_etcd(e
     async def main():
         store = await open_store(etcd_server.endpoint, etcd_server.client_tls, timeout=TIMEOUT)
         runtime = AsyncioRuntime(seed=1)
-        slb = SlbCore(store, runtime)
+        slb = SlbCore(store, runtime)  # the test's admin view
+        server = await control_service(etcd_server, store)
+        control = control_client(etcd_server, server)
         clusters = {name: KubeCluster(host=mock.url, timeout=TIMEOUT) for name, mock in cells.items()}
-        discovery = Discovery(clusters, slb, runtime, [Binding("shop", "shop", 8080, group, domain)], retry=0.2)
+        discovery = Discovery(clusters, control, store, runtime, [Binding("shop", "shop", 8080, group, domain)],
+                              retry=0.2)
         pools = await add_pools(store, group)
         await slb.create_group(ADMIN, group)
         await slb.put_domain(ADMIN, {"name": domain, "group": group, "owner": "shop"})
@@ -257,6 +278,7 @@ def test_discovery_writes_ready_endpoints_of_two_cells_into_the_domain_in_etcd(e
             seen["restored"] = await settle("10.2.0.7", "10.2.0.8")
             cells["cell-b"].delete_endpoints("shop", "shop")
             seen["none"] = await settle()
+            seen["pushes"], seen["push errors"] = discovery.stats.pushes, discovery.stats.push_errors
         finally:
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -267,6 +289,8 @@ def test_discovery_writes_ready_endpoints_of_two_cells_into_the_domain_in_etcd(e
                 await store.delete(key)
             for cluster in clusters.values():
                 await cluster.close()
+            await control.close()
+            await server.stop(0)
             await store.close()
         return seen
 
@@ -287,6 +311,7 @@ def test_discovery_writes_ready_endpoints_of_two_cells_into_the_domain_in_etcd(e
     assert seen["errors"] >= 2  # the broken watch, then refused relists
     assert seen["restored"] == ups("10.2.0.7", "10.2.0.8")
     assert seen["none"] == ()
+    assert seen["pushes"] >= 5 and seen["push errors"] == 0  # every change went through SetUpstreams
 
 
 # ---------------------------------------------------------------------------- idle watches (issue 9, item 11)
@@ -364,8 +389,9 @@ def test_corrupt_endpoints_objects_are_skipped_in_listings_and_watches(kube):
 
 
 class Lab:
-    """Discovery on asyncio over real etcd and Kubernetes API mocks, with a stand-in Nginx host that
-    confirms every domain revision (its status record), as an SLB agent does."""
+    """Discovery on asyncio over real etcd and Kubernetes API mocks, setting upstreams through the real
+    control service (gRPC, TLS, discovery's token), with a stand-in Nginx host that confirms every domain
+    revision (its status record), as an SLB agent does."""
 
     def __init__(self, etcd_server, cells: dict[str, KubeApiMock], bindings: list[tuple[str, str]],
                  *, cell_timeout: float = TIMEOUT, **discovery_options) -> None:
@@ -383,7 +409,9 @@ class Lab:
     async def __aenter__(self) -> Lab:
         self.store = await open_store(self.etcd.endpoint, self.etcd.client_tls, timeout=TIMEOUT)
         self.runtime = AsyncioRuntime(seed=1)
-        self.slb = SlbCore(self.store, self.runtime)
+        self.slb = SlbCore(self.store, self.runtime)  # the test's admin view
+        self.server = await control_service(self.etcd, self.store)
+        self.control = control_client(self.etcd, self.server)
         self.pools = await add_pools(self.store, self.group)
         await self.slb.create_group(ADMIN, self.group)
         for domain in sorted({b.domain for b in self.bindings}):
@@ -407,7 +435,7 @@ class Lab:
 
     def start(self) -> Discovery:
         clusters = {name: KubeCluster(host=mock.url, timeout=self.cell_timeout) for name, mock in self.mocks.items()}
-        self.discovery = Discovery(clusters, self.slb, self.runtime, self.bindings, **self.options)
+        self.discovery = Discovery(clusters, self.control, self.store, self.runtime, self.bindings, **self.options)
         self.task = self.runtime.spawn(self.discovery.run(), name="discovery")
         return self.discovery
 
@@ -438,6 +466,8 @@ class Lab:
         await self.store.delete("/discovery/drains/", prefix=True)
         for key in self.pools:
             await self.store.delete(key)
+        await self.control.close()
+        await self.server.stop(0)
         await self.store.close()
 
 
@@ -552,3 +582,119 @@ def test_drain_and_forget_commands_drain_through_the_daemon_and_report(etcd_serv
                                               "10.1.0.7 (shop): no drain record (nothing to forget)"]
     assert seen["records"] == ()
     assert seen["back"] == ("10.1.0.5:8080", "10.1.0.6:8080")
+
+
+# ---------------------------------------------------------------------------- the daemon, a control service client
+
+
+def token_file(tmp_path, who: str, mode: int = 0o600):
+    path = tmp_path / f"{who}.token"
+    path.write_text(TOKENS[who] + "\n")
+    path.chmod(mode)
+    return path
+
+
+@pytest.mark.etcd
+@pytest.mark.parametrize("who", ["discovery", "alice"])
+def test_the_daemon_sets_upstreams_through_the_control_service_and_a_user_token_is_refused(etcd_server, tmp_path,
+                                                                                           who):
+    """``leengine-discovery`` as a process: TLS to the control service, verified against --control-ca, its
+    token from a mode-600 file. With discovery's token the ready pod becomes the upstream; with alice's
+    (role user; she owns the domain, but its upstreams are discovery's) every push is PERMISSION_DENIED:
+    the daemon logs it as an error, once, keeps running, and the domain keeps no servers."""
+    kube = KubeApiMock()
+    kube.start()
+    kube.set_endpoints("shop", "shop", ready=["10.1.0.5"])
+    shop = "shop.example.com"
+
+    async def main():
+        store = await open_store(etcd_server.endpoint, etcd_server.client_tls, timeout=TIMEOUT)
+        slb = SlbCore(store, AsyncioRuntime(seed=1))
+        server = await control_service(etcd_server, store)
+        group = f"disc-{os.getpid()}-{next(_groups)}"
+        pools = await add_pools(store, group)
+        await slb.create_group(ADMIN, group)
+        await slb.put_domain(ADMIN, {"name": shop, "group": group, "owner": "alice"})
+        config = tmp_path / "discovery.yaml"
+        config.write_text(f'cells:\n  cell-a: {{api: "{kube.url}"}}\nbindings:\n'
+                          f"  - {{namespace: shop, service: shop, port: 8080, group: {group}, domain: {shop}}}\n"
+                          "resync_seconds: 0.5\n")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "leengine.discovery_cmd", "--config", str(config),
+            "--control", f"127.0.0.1:{server.port}", "--control-token-file", str(token_file(tmp_path, who)),
+            "--control-ca", str(etcd_server.certs.ca_cert), "--etcd", etcd_server.endpoint,
+            *etcd_server.client_args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        lines: list[str] = []
+
+        async def read_stderr() -> None:
+            async for line in proc.stderr:
+                lines.append(line.decode(errors="replace").rstrip("\n"))
+
+        reader = asyncio.ensure_future(read_stderr())
+
+        async def upstreams() -> tuple[str, ...]:
+            return tuple(str(u) for u in (await slb.get_domain(ADMIN, group, shop)).domain.upstreams)
+
+        seen = {}
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and proc.returncode is None:
+                if who == "discovery" and await upstreams() == ("10.1.0.5:8080",):
+                    break
+                if who == "alice" and any("refused to set its upstreams" in line for line in lines):
+                    await asyncio.sleep(1.5)  # three more resyncs: still refused, logged once
+                    break
+                await asyncio.sleep(0.1)
+            seen["upstreams"] = await upstreams()
+            seen["running"] = proc.returncode is None
+            proc.send_signal(signal.SIGTERM)
+            seen["code"] = await asyncio.wait_for(proc.wait(), 15)
+            await asyncio.wait_for(reader, 5)
+            seen["lines"] = lines
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            await store.delete(f"/slb/{group}/", prefix=True)
+            await store.delete(f"/control/slb/groups/{group}")
+            for key in pools:
+                await store.delete(key)
+            await server.stop(0)
+            await store.close()
+        return seen
+
+    try:
+        seen = run(main(), limit=90)
+    finally:
+        kube.stop()
+    assert seen["running"] and seen["code"] == 0, seen["lines"]
+    refused = [line for line in seen["lines"] if "refused to set its upstreams" in line]
+    if who == "discovery":
+        assert seen["upstreams"] == ("10.1.0.5:8080",)
+        assert refused == [] and not any("Traceback" in line for line in seen["lines"])
+    else:
+        assert seen["upstreams"] == ()
+        assert len(refused) == 1, seen["lines"]
+        assert " ERROR " in refused[0] and "PERMISSION_DENIED" in refused[0] and "role discovery" in refused[0]
+        assert TOKENS["alice"] not in "\n".join(seen["lines"])  # the token never reaches a log
+
+
+@pytest.mark.parametrize("case", ["no control", "open token file", "no token file", "bad ca"])
+def test_the_daemon_refuses_unusable_control_options_in_one_line_exit_2(tmp_path, case):
+    config = tmp_path / "discovery.yaml"
+    config.write_text('cells:\n  cell-a: {api: "http://127.0.0.1:1"}\nbindings: []\n')
+    options = {"--control": "127.0.0.1:50051", "--control-token-file": str(token_file(tmp_path, "discovery"))}
+    if case == "no control":
+        del options["--control"]
+    elif case == "open token file":
+        options["--control-token-file"] = str(token_file(tmp_path, "alice", mode=0o644))
+    elif case == "no token file":
+        options["--control-token-file"] = str(tmp_path / "missing.token")
+    else:
+        (tmp_path / "ca.crt").write_text("not a certificate\n")
+        options["--control-ca"] = str(tmp_path / "ca.crt")
+    code, out, err = run(cli("--config", str(config), *(x for kv in options.items() for x in kv)))
+    assert code == 2 and out == "" and len(err.splitlines()) == 1, err
+    expected = {"no control": "--control:", "open token file": "chmod 600", "no token file": "--control-token-file",
+                "bad ca": "--control-ca"}[case]
+    assert err.startswith("leengine-discovery: error: ") and expected in err

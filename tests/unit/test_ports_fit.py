@@ -16,17 +16,20 @@ from pathlib import Path
 from foundation.adapters.asyncio_runtime import AsyncioRuntime
 from foundation.adapters.buildah_builder import BuildahBuilder, BuildahConfig
 from foundation.adapters.etcd_store import EtcdStore
+from foundation.adapters.grpc_control import GrpcControlClient
 from foundation.adapters.k8s_cluster import KubeCluster
 from foundation.adapters.nginx_proxy import NginxProxy
 from foundation.adapters.ovs_dataplane import OvsDataplane
 from foundation.ports.builder import Builder
 from foundation.ports.cluster import Cluster, PodInventory
+from foundation.ports.control import ControlClient
 from foundation.ports.dataplane import Dataplane
 from foundation.ports.proxy import Proxy
 from foundation.ports.runtime import Event, Queue, Runtime, Task
 from foundation.ports.store import Store
 from sim.adapters.builder import SimBuilder, SimRegistry
 from sim.adapters.cluster import RegionCluster, SimCluster
+from sim.adapters.control import SimControlClient
 from sim.adapters.dataplane import SimDataplane
 from sim.adapters.proxy import SimProxy
 from sim.adapters.runtime import SimRuntime
@@ -40,6 +43,7 @@ def _every_adapter_is_its_port(
     ovs: OvsDataplane, sim_dataplane: SimDataplane,
     nginx: NginxProxy, sim_proxy: SimProxy,
     buildah: BuildahBuilder, sim_builder: SimBuilder,
+    grpc_control: GrpcControlClient, sim_control: SimControlClient,
 ) -> None:
     """Checked by mypy, never run: an adapter that stops fitting its port fails ./test.sh."""
     runtimes: list[Runtime] = [asyncio_runtime, sim_runtime]
@@ -49,12 +53,13 @@ def _every_adapter_is_its_port(
     dataplanes: list[Dataplane] = [ovs, sim_dataplane]
     proxies: list[Proxy] = [nginx, sim_proxy]
     builders: list[Builder] = [buildah, sim_builder]
+    controls: list[ControlClient] = [grpc_control, sim_control]
     for runtime in runtimes:  # what a runtime hands out fits the port's smaller protocols too
         task: Task[object] = runtime.spawn(runtime.sleep(0), name="t")
         queue: Queue[int] = runtime.queue()
         event: Event = runtime.event()
         del task, queue, event
-    del stores, inventories, dataplanes, proxies, builders
+    del stores, inventories, dataplanes, proxies, builders, controls
 
 
 def test_runtimes_fit_the_runtime_port() -> None:
@@ -100,3 +105,12 @@ def test_builders_fit_the_builder_port(tmp_path: Path) -> None:
                                         registry="127.0.0.1:5000"))
     assert isinstance(real, Builder)
     assert sim.host == real.host == "build-1"
+
+
+def test_control_clients_fit_the_control_client_port() -> None:
+    from control.slb_core import SlbCore
+
+    runtime = SimRuntime(seed=1)
+    assert isinstance(SimControlClient(SlbCore(MemoryStore(runtime).client("c"), runtime)), ControlClient)
+    # The gRPC channel is opened on the first call: nothing listens on port 1, nothing is dialled.
+    assert isinstance(GrpcControlClient("127.0.0.1:1", "t" * 16), ControlClient)
