@@ -95,6 +95,7 @@ class Fields:
             return "a mapping"
         if isinstance(node, SequenceNode):
             return "a list"
+        assert isinstance(node, ScalarNode)  # a composed tree holds only these three kinds of node
         try:
             value = self.value(node, "")
         except ScenarioError:

@@ -90,7 +90,7 @@ class Parser(FaultFields):
         cells: list[CellSpec] = []
         seen: dict[str, Node] = {}
         pools_seen: dict[str, Node] = {}
-        networks: list[tuple[ipaddress.IPv4Network, str, Node, str]] = []
+        networks: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str, Node, str]] = []
         cell_nodes = self.sequence(m["cells"], "topology.cells", MAX_CELLS, "Cells")
         if not cell_nodes:
             raise self.error(m["cells"], "topology.cells", "at least one Cell is needed")
@@ -135,7 +135,8 @@ class Parser(FaultFields):
                                                                   high=MAX_HOSTS_PER_GROUP)))
         return tuple(cells), tuple(groups)
 
-    def pool(self, node: Node, f: str, seen: dict[str, Node], networks: list) -> PoolSpec:
+    def pool(self, node: Node, f: str, seen: dict[str, Node],
+             networks: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str, Node, str]]) -> PoolSpec:
         p = self.mapping(node, f, {"name", "cidr", "vlan", "block_size"}, required=("name", "cidr", "vlan"))
         name = self.string(p["name"], f"{f}.name")
         self.unique(seen, name, p["name"], f"{f}.name", "pool")
@@ -161,7 +162,7 @@ class Parser(FaultFields):
         networks.append((net, name, p["cidr"], f"{f}.cidr"))
         return PoolSpec(name=name, cidr=str(net), vlan=vlan, block_size=block)
 
-    def overlaps(self, networks: list[tuple[ipaddress.IPv4Network, str, Node, str]]) -> None:
+    def overlaps(self, networks: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str, Node, str]]) -> None:
         """Pools overlap iff, sorted by first address, one starts before a previous one ends: one sort, one pass.
 
         Of the overlapping pairs the sweep meets, the error names the one whose later pool

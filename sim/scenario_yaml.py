@@ -125,10 +125,16 @@ def compose(text: str, file: str) -> Node | None:
     return root
 
 
+def _line(event: Any) -> int:
+    """The 1-based line an event starts at (PyYAML's parsers always mark their events)."""
+    mark = event.start_mark
+    return mark.line + 1 if mark is not None else 0
+
+
 def _scalar_tag(event: ScalarEvent, file: str, stack: list[_Frame]) -> str:
     value = event.value
     if len(value) > MAX_SCALAR_CHARS:
-        raise ScenarioError(file, event.start_mark.line + 1, _path(stack, event),
+        raise ScenarioError(file, _line(event), _path(stack, event),
                             f"a value of {len(value):,} characters (at most {MAX_SCALAR_CHARS:,})")
     tag = event.tag
     if tag is None or tag == "!":
@@ -136,7 +142,7 @@ def _scalar_tag(event: ScalarEvent, file: str, stack: list[_Frame]) -> str:
             return STR
         tag = _RESOLVED.get(value)
         if tag is None:
-            tag = _RESOLVER.resolve(ScalarNode, value, event.implicit)
+            tag = _RESOLVER.resolve(ScalarNode, value, event.implicit)  # type: ignore[no-untyped-call]  # PyYAML's stubs leave it untyped
             if tag in (_TAG + "value", _TAG + "yaml"):  # "=", "!", "&", "*" as plain words: strings
                 tag = STR
             if len(_RESOLVED) < 10_000:  # keys and words repeat; a bounded cache
@@ -149,7 +155,7 @@ def _scalar_tag(event: ScalarEvent, file: str, stack: list[_Frame]) -> str:
         message = f"dates and times are not supported ({show(value)}): give seconds, or quote a string"
     else:
         message = f"the tag {show(tag)} is not supported (strings, numbers, true/false, null only)"
-    raise ScenarioError(file, event.start_mark.line + 1, _path(stack, event), message)
+    raise ScenarioError(file, _line(event), _path(stack, event), message)
 
 
 def _path(stack: list[_Frame], event: Any = None) -> str:
