@@ -197,6 +197,7 @@ class KubeApiMock:
             else:
                 cursor = int(since)  # checked by the caller
                 pending = []
+        last: dict[str, Any] | None
         while True:
             for event in pending:
                 write(event)  # never under the lock: a slow client must not stall the others

@@ -356,9 +356,9 @@ class WrkResult:
         if ours is None or rps is None or total is None:
             raise RuntimeError(f"cannot read wrk's report:\n{output}")
         errors = _SOCKET_ERRORS.search(output)
-        counts = [int(x) for x in errors.groups()] if errors else [0, 0, 0, 0]
+        connect, read, write, timeout = (int(x) for x in errors.groups()) if errors else (0, 0, 0, 0)
         return WrkResult(int(total.group(1)), float(rps.group(1)), int(ours.group(1)), int(ours.group(2)),
-                         *counts, output)
+                         connect, read, write, timeout, output)
 
 
 class Wrk:

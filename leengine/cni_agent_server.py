@@ -164,8 +164,10 @@ class Server:
             self._log("?", "", "", "no request (peer closed)", started)
             return
         else:
-            env, stdin, answer = _decode_envelope(line)
-            if answer is None:
+            env, stdin, refused = _decode_envelope(line)
+            if refused is not None:
+                answer = refused
+            else:
                 command = env.get("CNI_COMMAND", "?") or "?"
                 container_id, ifname = env.get("CNI_CONTAINERID", ""), env.get("CNI_IFNAME", "")
                 async with self._slots:
@@ -191,8 +193,8 @@ class Server:
             return _error_answer(err, version)
         except Exception as exc:  # a handler bug must cost one request, never the agent
             log.error("cni handler failed unexpectedly:\n%s", traceback.format_exc())
-            err = CniError(IO_FAILURE, "leengine CNI agent internal error", f"{type(exc).__name__}: {exc}")
-            return _error_answer(err, version)
+            internal = CniError(IO_FAILURE, "leengine CNI agent internal error", f"{type(exc).__name__}: {exc}")
+            return _error_answer(internal, version)
         if result is None:
             return {"exit": 0, "stdout": ""}
         return {"exit": 0, "stdout": format_result(result, version)}

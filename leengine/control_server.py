@@ -58,6 +58,7 @@ from grpc_reflection.v1alpha import reflection
 from control import builds, slb_core
 from control.auth import Principal, TokenTable, TokenTableError
 from foundation.ports import Runtime, Store, StoreError, StoreUnavailable
+from foundation.ports.control import StoredDomain
 from leengine.command import BadInput, Failed, LogLevelOpt, configure_logging, run_app
 from leengine.daemon import connect_until_stopped, run_daemon, stop_on_signals
 from leengine.etcd_options import (
@@ -229,7 +230,7 @@ def domain_to_dict(msg: Any) -> dict[str, Any]:
     return data
 
 
-def domain_to_proto(stored: slb_core.StoredDomain) -> Any:
+def domain_to_proto(stored: StoredDomain) -> Any:
     d = stored.domain
     return slb_pb2.Domain(
         name=d.name, group=d.group, owner=d.owner, listen=d.listen,

@@ -140,8 +140,9 @@ class EtcdClientTls:
         """Read and check the files: the adapter's ``EtcdTls`` (PEM bytes)."""
         from foundation.adapters.etcd_store import EtcdTls
 
-        ca = read_pem("--etcd-ca", self.ca) if self.ca is not None else None
-        if ca is not None:
+        ca = None
+        if self.ca is not None:
+            ca = read_pem("--etcd-ca", self.ca)
             check_certificates("--etcd-ca", self.ca, ca)
         cert = key = None
         if self.cert is not None and self.key is not None:
