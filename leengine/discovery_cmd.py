@@ -301,13 +301,14 @@ async def _drain(etcd: EtcdSettings, namespace: str, addresses: list[str], drain
     finally:
         await store.close()
     ok = True
-    out = []
+    lines: list[str] = []
+    answers: list[dict[str, Any]] = []  # --json: one object per address
     for ip in addresses:
         drained, text = _report(namespace, ip, records.get(ip), waited)
         ok = ok and drained
-        out.append({"namespace": namespace, "address": ip, **(records.get(ip) or {"state": "forgotten"})}
-                   if as_json else text)
-    print(json.dumps(out, indent=2, sort_keys=True) if as_json else "\n".join(out))
+        lines.append(text)
+        answers.append({"namespace": namespace, "address": ip, **(records.get(ip) or {"state": "forgotten"})})
+    print(json.dumps(answers, indent=2, sort_keys=True) if as_json else "\n".join(lines))
     return 0 if ok else 1
 
 
