@@ -9,4 +9,5 @@ cd "$ROOT"
 echo "test: build cnitool"; "$ROOT/scripts/build-cnitool.sh"
 echo "test: ruff"; "$VENV/bin/ruff" check .
 echo "test: import-linter"; "$VENV/bin/lint-imports" --no-cache
+echo "test: mypy"; "$VENV/bin/mypy"
 echo "test: pytest"; "$VENV/bin/pytest" "$@"
