@@ -38,7 +38,7 @@ import typer
 try:  # Typer vendors Click since 0.2x; its exceptions are the ones its parser raises
     from typer._click import exceptions as click_errors
 except ImportError:  # pragma: no cover - an older Typer on the real Click
-    from click import exceptions as click_errors  # type: ignore[no-redef]
+    from click import exceptions as click_errors  # type: ignore[no-redef]  # the same module, another home
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -272,7 +272,7 @@ class SlbCoreService(slb_pb2_grpc.SlbCoreServicer):
                                        "unknown token" if scheme.lower() == "bearer" else "not a Bearer token",
                                        len(values[0]))
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown token (expected 'Bearer <token>')")
-        return principal  # type: ignore[return-value]
+        return principal  # type: ignore[return-value]  # not None: context.abort raises (grpc is untyped)
 
     async def _call(self, context: grpc.aio.ServicerContext, method: str,
                     action: Callable[[Principal], Awaitable[T]]) -> T:

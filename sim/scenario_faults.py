@@ -103,6 +103,7 @@ class FaultFields(Fields):
             raise self.error(m["kind"], f"{f}.kind", "builder-crash needs build hosts (topology.build_hosts)")
         if "target" in m:
             kwargs["target"] = self.selector(m["target"], f"{f}.target", kind, kwargs.get("group", ""))
+        # kwargs holds the fields this kind takes, each checked above: mypy sees one value type for them all
         return FaultSpec(kind=kind, at=at, line=node.start_mark.line + 1, **kwargs)  # type: ignore[arg-type]
 
     def selector(self, node: Node, f: str, kind: str, group: str) -> Selector:
@@ -168,5 +169,5 @@ class FaultFields(Fields):
                 kwargs["within"] = self.number(m["within"], f"{f}.within", low=0, high=MAX_SECONDS)
             if "limit" in m:
                 kwargs["limit"] = self.number(m["limit"], f"{f}.limit", low=0, high=MAX_LIMIT)
-            out.append(CheckSpec(kind=kind, **kwargs))  # type: ignore[arg-type]
+            out.append(CheckSpec(kind=kind, **kwargs))  # type: ignore[arg-type]  # kind: one of CHECK_KINDS, checked
         return tuple(out)
