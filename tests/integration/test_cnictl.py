@@ -64,15 +64,17 @@ def test_pool_add_list_show_and_bad_pools(etcd):
     ok = cnictl(etcd, "pool", "add", "cell1-a", "--cidr", "10.20.0.0/22", "--vlan", "100")
     assert ok.returncode == 0, ok.stderr
     assert "64 blocks of 16" in ok.stdout
-    for args, message in [
-        (["pool", "add", "b", "--cidr", "10.20.2.0/24", "--vlan", "101"], "overlaps pool cell1-a"),
-        (["pool", "add", "b", "--cidr", "10.21.0.0/24", "--vlan", "4095"], "vlan: VLAN must be an integer in 1..4094"),
-        (["pool", "add", "b", "--cidr", "10.21.0.0/24", "--vlan", "7", "--block-size", "24"], "power of two"),
-        (["pool", "add", "b", "--cidr", "10.21.0.0/28", "--vlan", "7", "--block-size", "32"], "larger than the pool"),
-        (["pool", "show", "nope"], "pool 'nope' does not exist"),
+    for args, code, message in [  # 1: refused by what etcd holds; 2: bad input, refused before etcd is asked
+        (["pool", "add", "b", "--cidr", "10.20.2.0/24", "--vlan", "101"], 1, "overlaps pool cell1-a"),
+        (["pool", "add", "b", "--cidr", "10.21.0.0/24", "--vlan", "4095"], 2,
+         "vlan: VLAN must be an integer in 1..4094"),
+        (["pool", "add", "b", "--cidr", "10.21.0.0/24", "--vlan", "7", "--block-size", "24"], 2, "power of two"),
+        (["pool", "add", "b", "--cidr", "10.21.0.0/28", "--vlan", "7", "--block-size", "32"], 2,
+         "larger than the pool"),
+        (["pool", "show", "nope"], 1, "pool 'nope' does not exist"),
     ]:
         bad = cnictl(etcd, *args)
-        assert bad.returncode == 1 and message in bad.stderr and len(bad.stderr.splitlines()) == 1, bad.stderr
+        assert bad.returncode == code and message in bad.stderr and len(bad.stderr.splitlines()) == 1, bad.stderr
     allocate(etcd, "node-1", [("c1", "web-1"), ("c2", "web-2")])
     usage = json.loads(cnictl(etcd, "pool", "list", "--json").stdout)
     assert [(u["pool"], u["vlan"], u["allocated"], u["capacity"], u["blocks_claimed"]) for u in usage] == [
@@ -139,17 +141,17 @@ def test_release_by_address_and_its_errors(etcd, kube):
     kube.put_pod("kube-system", "dns", node="node-1", ip="10.99.0.2")  # web-1 is gone, the Cell has other pods
     ok = cnictl(etcd, "release", addresses["web-1"], kube=kube)
     assert ok.returncode == 0 and ok.stdout == f"released {addresses['web-1']} (handle c1/eth0, node node-1)\n"
-    for args, message in [
-        (["release", "192.168.1.1"], "address 192.168.1.1 is outside every pool"),
-        (["release", addresses["web-1"]], "is not allocated"),
-        (["release", "not-an-ip"], "is not an IPv4 address"),
-        (["release"], "give either addresses or --certain"),
-        (["release", "--certain", "--force"], "--force applies to ADDRESSes"),
+    for args, code, message in [
+        (["release", "192.168.1.1"], 1, "address 192.168.1.1 is outside every pool"),
+        (["release", addresses["web-1"]], 1, "is not allocated"),
+        (["release", "not-an-ip"], 2, "is not an IPv4 address"),
+        (["release"], 2, "give either addresses or --certain"),
+        (["release", "--certain", "--force"], 2, "--force applies to ADDRESSes"),
     ]:
         bad = cnictl(etcd, *args, kube=kube)
-        assert bad.returncode == 1 and message in bad.stderr and len(bad.stderr.splitlines()) == 1, bad.stderr
+        assert bad.returncode == code and message in bad.stderr and len(bad.stderr.splitlines()) == 1, bad.stderr
     no_api = cnictl(etcd, "release", addresses["web-1"])
-    assert no_api.returncode == 1 and "give --kube-api URL or --kubeconfig FILE (or --force)" in no_api.stderr
+    assert no_api.returncode == 2 and "give --kube-api URL or --kubeconfig FILE (or --force)" in no_api.stderr
 
 
 def test_release_of_a_live_pods_address_is_refused_unless_forced(etcd, kube):
@@ -182,7 +184,7 @@ def test_release_of_a_live_pods_address_is_refused_unless_forced(etcd, kube):
 @pytest.mark.parametrize("cidr", ["127.0.0.0/24", "169.254.0.0/24", "224.0.0.0/24", "240.0.0.0/24", "0.0.0.0/24"])
 def test_pool_add_refuses_special_ranges_in_one_line(etcd, cidr):
     bad = cnictl(etcd, "pool", "add", "special", "--cidr", cidr, "--vlan", "7")
-    assert bad.returncode == 1 and len(bad.stderr.splitlines()) == 1
+    assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1
     assert bad.stderr.startswith(f"cnictl: error: cidr: {cidr} overlaps ") and "pods cannot use it" in bad.stderr
     assert json.loads(cnictl(etcd, "pool", "list", "--json").stdout) == []
 
@@ -192,11 +194,12 @@ def test_pool_add_refuses_special_ranges_in_one_line(etcd, cidr):
     (["check", "--grace", "nan"], "--grace must be a number of seconds from 0"),
     (["check", "--grace", "inf", "--wait"], "--grace must be a number of seconds from 0"),
     (["gc", "--cooldown", "-5"], "--cooldown must be a number of seconds from 0"),
-    (["--timeout", "-1", "pool", "list"], "--timeout must be a number of seconds in (0, 3600]"),
+    (["--timeout", "-1", "pool", "list"], "Invalid value for '--timeout': must be a number of seconds in (0, 3600]"),
+    (["--etcd-timeout", "nan", "pool", "list"], "Invalid value for '--etcd-timeout': must be a number of seconds in"),
 ])
 def test_durations_are_checked_in_one_line(etcd, kube, args, message):
     bad = cnictl(etcd, *args, kube=kube)
-    assert bad.returncode == 1 and message in bad.stderr and len(bad.stderr.splitlines()) == 1, bad.stderr
+    assert bad.returncode == 2 and message in bad.stderr and len(bad.stderr.splitlines()) == 1, bad.stderr
 
 
 def test_unreadable_records_are_warnings_and_skipped(etcd, kube):
@@ -253,7 +256,7 @@ def test_gc_frees_empty_blocks_of_departed_nodes_only(etcd, kube):
 
 def test_check_without_a_kubernetes_api_is_a_clear_error(etcd):
     missing = cnictl(etcd, "check")
-    assert missing.returncode == 1 and "give --kube-api URL or --kubeconfig FILE" in missing.stderr
+    assert missing.returncode == 2 and "give --kube-api URL or --kubeconfig FILE" in missing.stderr
     dead = subprocess.run([sys.executable, "-m", "leengine.cnictl", "--etcd", etcd.endpoint, *etcd.client_args,
                            "--kube-api", "http://127.0.0.1:9", "--timeout", "2", "check"],
                           capture_output=True, text=True, timeout=60, check=False)
