@@ -31,7 +31,7 @@ import typer
 from foundation.logic.build_task import HOST_NAME
 from foundation.ports.builder import Builder
 from leengine.command import BadInput, LogLevelOpt, configure_logging, run_app
-from leengine.daemon import connect_until_stopped, run_daemon, until_stopped
+from leengine.daemon import agent_runtime, connect_until_stopped, fail_on_task_failures, run_daemon, until_stopped
 from leengine.etcd_options import (
     DEFAULT_ETCD,
     DEFAULT_TIMEOUT,
@@ -51,15 +51,15 @@ log = logging.getLogger("leengine.build_agent")
 
 
 async def run_agent(config: BuildAgentConfig, builder: Builder, *, etcd: EtcdSettings, stop: asyncio.Event) -> None:
-    from foundation.adapters.asyncio_runtime import AsyncioRuntime
-
     store = etcd.store()
     try:
         if not await connect_until_stopped(store, stop, log):
             return
-        agent = BuildAgent(store, builder, AsyncioRuntime(), config)
+        runtime = agent_runtime(stop)
+        agent = BuildAgent(store, builder, runtime, config)
         log.info("build agent %s registered at %s", config.host, etcd.endpoint)
         await until_stopped(agent.run(), stop, name="build-agent", grace=STOP_GRACE)
+        fail_on_task_failures(runtime)
     finally:
         await store.close()
 

@@ -8,6 +8,10 @@ Every daemon (``leengine-cni-agent``, ``leengine-slb-agent``, ``leengine-build-a
 * etcd is retried at start (``connect_until_stopped``): a daemon started before etcd, or
   while etcd is away, logs "waiting for etcd" every ``retry`` seconds and starts once it
   answers; it never exits because etcd is down. A signal while waiting stops it cleanly.
+* A task of the agent that fails while nobody awaits it (a membership keeper) is logged
+  by the runtime with its traceback and stops the daemon, which exits 1
+  (``agent_runtime`` + ``fail_on_task_failures``): a dead background task never leaves a
+  half-working agent running, as the sim runtime never lets one pass either.
 
 It must not know any agent, flag or key: the daemons build their agent once
 ``connect_until_stopped`` says etcd answers.
@@ -22,7 +26,9 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from foundation.ports import StoreError
+from foundation.adapters.asyncio_runtime import AsyncioRuntime
+from foundation.ports import StoreError, TaskFailed
+from leengine.command import Failed
 
 RETRY_SECONDS = 2.0
 
@@ -44,6 +50,19 @@ def run_daemon(body: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         await body(stop_on_signals())
 
     asyncio.run(main())
+
+
+def agent_runtime(stop: asyncio.Event) -> AsyncioRuntime:
+    """The agent's Runtime: a task failing unjoined (logged by the runtime) sets ``stop``."""
+    return AsyncioRuntime(on_task_failed=lambda task: stop.set())
+
+
+def fail_on_task_failures(runtime: AsyncioRuntime) -> None:
+    """After the agent stopped: ``Failed`` (exit 1, one line) if one of its tasks failed unjoined."""
+    try:
+        runtime.raise_unjoined_failures()
+    except TaskFailed as exc:
+        raise Failed(f"stopped: {exc}") from None
 
 
 async def connect_until_stopped(store: Any, stop: asyncio.Event, log: logging.Logger, *,

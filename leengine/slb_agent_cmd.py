@@ -27,7 +27,14 @@ import typer
 
 from foundation.logic.slb_domain import GROUP_NAME, HOST_NAME
 from leengine.command import BadInput, LogLevelOpt, configure_logging, run_app
-from leengine.daemon import connect_until_stopped, run_daemon, stop_on_signals, until_stopped
+from leengine.daemon import (
+    agent_runtime,
+    connect_until_stopped,
+    fail_on_task_failures,
+    run_daemon,
+    stop_on_signals,
+    until_stopped,
+)
 from leengine.etcd_options import (
     DEFAULT_ETCD,
     DEFAULT_TIMEOUT,
@@ -46,7 +53,6 @@ log = logging.getLogger("leengine.slb_agent")
 
 async def run_agent(config: SlbAgentConfig, *, etcd: EtcdSettings, prefix: Path, listen_address: str,
                     stop_nginx: bool, stop: asyncio.Event | None = None) -> None:
-    from foundation.adapters.asyncio_runtime import AsyncioRuntime
     from foundation.adapters.nginx_proxy import NginxProxy
 
     # The agent tests every batch itself just before apply: apply need not run nginx -t again
@@ -59,8 +65,10 @@ async def run_agent(config: SlbAgentConfig, *, etcd: EtcdSettings, prefix: Path,
     try:
         if not await connect_until_stopped(store, stop, log):
             return
-        agent = SlbAgent(store, proxy, AsyncioRuntime(), config)
+        runtime = agent_runtime(stop)
+        agent = SlbAgent(store, proxy, runtime, config)
         await until_stopped(agent.run(), stop, name="slb-agent")
+        fail_on_task_failures(runtime)
     finally:
         await store.close()
         if stop_nginx:

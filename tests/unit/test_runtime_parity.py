@@ -233,3 +233,23 @@ def test_asyncio_logs_the_unjoined_failure_at_once_with_its_traceback(caplog):
     assert "keep-registered" in record.getMessage()
     assert record.exc_info is not None and record.exc_info[0] is ValueError
     assert "_fails_soon" in caplog.text  # the traceback names where it failed
+
+
+def test_a_daemon_stops_and_fails_when_a_task_of_its_agent_fails_unjoined():
+    from leengine.command import Failed
+    from leengine.daemon import agent_runtime, fail_on_task_failures, until_stopped
+
+    async def daemon():
+        stop = asyncio.Event()
+        runtime = agent_runtime(stop)
+
+        async def agent():  # its membership keeper dies; the agent itself would run forever
+            runtime.spawn(_fails_soon(runtime), name="keep-registered")
+            await runtime.sleep(3600)
+
+        await asyncio.wait_for(until_stopped(agent(), stop, name="agent"), 10)
+        assert stop.is_set()
+        fail_on_task_failures(runtime)
+
+    with pytest.raises(Failed, match=r"keep-registered.*membership lost"):
+        asyncio.run(daemon())
