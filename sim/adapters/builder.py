@@ -9,7 +9,8 @@ the build agent. ``fail_step`` makes the next build fail at that step.
 
 ``SimRegistry`` holds the pushed images; a node pulls an image once (``pull_seconds``)
 and keeps it. Defaults are plausible orders of magnitude for a Java/Go service on
-LeEngine-era hardware, not measurements (the real adapter is a later issue).
+LeEngine-era hardware, not measurements: the real adapter (foundation/adapters/buildah_builder.py)
+runs the same conformance suite (tests/conformance/test_builder.py).
 It must not know the agent, tasks or the Store.
 """
 
