@@ -43,7 +43,6 @@ import contextlib
 import ipaddress
 import logging
 import os
-import stat
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -76,6 +75,7 @@ from leengine.etcd_options import (
     read_key_pair,
     read_pem,
 )
+from leengine.secret_files import SecretFileError, read_secret_file
 
 try:
     from control.generated.leengine.control.v1 import builds_pb2, builds_pb2_grpc, slb_pb2, slb_pb2_grpc
@@ -179,25 +179,11 @@ def load_tokens(path: str | os.PathLike[str]) -> TokenTable:
     """Read and validate the tokens file; refuse one that others may read or write."""
     path = Path(path)
     try:
-        info = path.stat()
-    except OSError as exc:
-        raise TokensFileError(f"tokens file {path}: {exc.strerror}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise TokensFileError(f"tokens file {path} is not a regular file")
-    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise TokensFileError(f"tokens file {path} is open to its group or others (mode "
-                              f"{stat.S_IMODE(info.st_mode):04o}): the tokens are secrets; run chmod 600 {path}")
-    if info.st_uid not in (os.geteuid(), 0):
-        raise TokensFileError(f"tokens file {path} belongs to uid {info.st_uid}, neither the user running the server "
-                              f"(uid {os.geteuid()}) nor root: run chown {os.geteuid()} {path}")
-    try:
-        with path.open("rb") as file:
-            raw = file.read(MAX_TOKENS_FILE + 1)
-        if len(raw) > MAX_TOKENS_FILE:
-            raise TokensFileError(f"tokens file {path} is larger than {MAX_TOKENS_FILE} bytes")
+        raw = read_secret_file(path, what="tokens file", secret="the tokens are secrets",
+                               runner="the user running the server", limit=MAX_TOKENS_FILE)
         text = raw.decode("utf-8")
-    except OSError as exc:
-        raise TokensFileError(f"tokens file {path}: {exc.strerror}") from None
+    except SecretFileError as exc:
+        raise TokensFileError(str(exc)) from None
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         raise TokensFileError(f"tokens file {path}:{line}: not UTF-8") from None

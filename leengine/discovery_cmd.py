@@ -51,6 +51,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
+from control.auth import TOKEN
 from control.discovery import (
     MAX_DRAIN_TIMEOUT,
     Binding,
@@ -78,10 +79,12 @@ from leengine.etcd_options import (
     check_timeout,
     read_pem,
 )
+from leengine.secret_files import SecretFileError, read_secret_file
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 log = logging.getLogger("leengine.discovery")
 NAME = GROUP_NAME  # namespaces, services and cells: DNS labels
+MAX_TOKEN_FILE = 4096  # bytes: one bearer token and a newline
 # The old --timeout, kept working but not shown: it set both deadlines; --etcd-timeout and --api-timeout now.
 OldTimeoutOpt = Annotated[float | None, typer.Option("--timeout", hidden=True, callback=check_timeout)]
 
@@ -143,8 +146,6 @@ class ControlSettings:
     @classmethod
     def from_options(cls, target: str | None, token_file: Path | None, ca: Path | None,
                      timeout: float) -> ControlSettings:
-        from foundation.adapters.grpc_control import TokenFileError, read_token_file
-
         if not target:
             raise BadInput("--control: the control service's address (host:port) is required: discovery sets "
                            "upstreams through it")
@@ -154,13 +155,21 @@ class ControlSettings:
         if token_file is None:
             raise BadInput("--control-token-file: the file holding discovery's bearer token is required")
         try:
-            token = read_token_file(token_file)
-            pem = None
-            if ca is not None:
+            raw = read_secret_file(token_file, what="token file", secret="the token is a secret",
+                                   runner="the user running discovery", limit=MAX_TOKEN_FILE)
+        except SecretFileError as exc:
+            raise BadInput(f"--control-token-file: {exc}") from None
+        token = raw.decode("ascii", errors="replace").strip()
+        if not TOKEN.fullmatch(token):
+            raise BadInput(f"--control-token-file: token file {token_file}: expected one token of 16-512 characters "
+                           "of [A-Za-z0-9._~+/=-]")
+        pem = None
+        if ca is not None:
+            try:
                 pem = read_pem("--control-ca", ca)
                 check_certificates("--control-ca", ca, pem)
-        except (TokenFileError, EtcdOptionError) as exc:
-            raise BadInput(f"--control-token-file: {exc}" if isinstance(exc, TokenFileError) else str(exc)) from None
+            except EtcdOptionError as exc:
+                raise BadInput(str(exc)) from None
         return cls(target, token, pem, timeout)
 
     def client(self) -> Any:

@@ -14,17 +14,13 @@ a ``ControlError``. What the server sends back is validated again (a domain reco
 as if read from etcd): a malformed answer is ``CorruptRecord``, never an exception of
 another type.
 
-``read_token_file(path)`` reads the bearer token for a command: a regular file, mode 600 or
-stricter, owned by the user running the command or root, holding one token (the grammar of
-``control.auth``). It must not know who calls it or what the upstreams mean.
+It takes the token itself (the command reads it from a mode-600 file: ``leengine/secret_files.py``)
+and must not know who calls it or what the upstreams mean.
 """
 
 from __future__ import annotations
 
-import os
-import stat
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -54,7 +50,6 @@ except ImportError as exc:  # pragma: no cover - a set-up error, reported plainl
     raise ImportError(f"the generated gRPC code is missing ({exc}): run scripts/build-protos.sh") from exc
 
 FIELD_METADATA = "leengine-field"  # the server's trailing metadata naming an invalid field
-MAX_TOKEN_FILE = 4096  # bytes: one token and a newline
 MAX_SHOWN = 300  # characters of the server's details kept in an error message
 KEEPALIVE = [("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 10_000)]
 
@@ -63,41 +58,6 @@ _ERRORS: dict[str, type[ControlError]] = {cls.code: cls for cls in (
     NotFound, AlreadyExists, PermissionDenied, Unauthenticated, Conflict, FailedPrecondition, QuotaExceeded,
     Unavailable)}
 _UNAVAILABLE = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED"}
-
-
-class TokenFileError(ValueError):
-    """The token file cannot be used; the message names it and says how to fix it."""
-
-
-def read_token_file(path: str | os.PathLike[str]) -> str:
-    """The bearer token in ``path``, checked as a secret must be (see the module docstring)."""
-    path = Path(path)
-    try:
-        info = path.stat()
-    except OSError as exc:
-        raise TokenFileError(f"token file {path}: {exc.strerror}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise TokenFileError(f"token file {path} is not a regular file")
-    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise TokenFileError(f"token file {path} is open to its group or others (mode "
-                             f"{stat.S_IMODE(info.st_mode):04o}): the token is a secret; run chmod 600 {path}")
-    if info.st_uid not in (os.geteuid(), 0):
-        raise TokenFileError(f"token file {path} belongs to uid {info.st_uid}, neither this user "
-                             f"(uid {os.geteuid()}) nor root: run chown {os.geteuid()} {path}")
-    try:
-        with path.open("rb") as file:
-            raw = file.read(MAX_TOKEN_FILE + 1)
-    except OSError as exc:
-        raise TokenFileError(f"token file {path}: {exc.strerror}") from None
-    if len(raw) > MAX_TOKEN_FILE:
-        raise TokenFileError(f"token file {path} is larger than {MAX_TOKEN_FILE} bytes: it holds one token")
-    try:
-        token = raw.decode("ascii").strip()
-    except UnicodeDecodeError:
-        raise TokenFileError(f"token file {path}: not ASCII") from None
-    if not TOKEN.fullmatch(token):
-        raise TokenFileError(f"token file {path}: expected one token of 16-512 characters of [A-Za-z0-9._~+/=-]")
-    return token
 
 
 def domain_from_proto(msg: Any) -> StoredDomain:

@@ -25,6 +25,7 @@ from cni.pools import Pool
 from control.auth import Principal, TokenTable
 from control.slb_core import SlbCore
 from foundation.logic.slb_domain import DomainStatus, host_key, status_key
+from foundation.ports import StoreUnavailable
 from foundation.ports.control import (
     ControlClient,
     ControlError,
@@ -116,8 +117,14 @@ class _GrpcRunner:
             async def outage(down: bool) -> None:
                 if down:
                     etcd.pause()
-                else:
-                    etcd.resume()
+                    return
+                etcd.resume()
+                for _ in range(50):  # a channel broken by the pause reconnects: wait until etcd answers again
+                    try:
+                        await store.get("/")
+                        return
+                    except StoreUnavailable:
+                        await asyncio.sleep(0.2)
 
             try:
                 await _prepare(admin, store, group)
