@@ -9,7 +9,8 @@ VENV="$ROOT/.venv"
 # OVS, nginx and the CNI reference plugins are used by later issues' integration tests.
 TEST_PACKAGES=(etcd-server openvswitch-switch iproute2 iputils-ping iputils-arping nginx libnginx-mod-http-lua wrk
   containernetworking-plugins golang-go golang-github-appc-cni-dev
-  buildah docker-registry busybox-static git)
+  buildah docker-registry busybox-static git
+  openssl prometheus chromium)
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
