@@ -98,12 +98,16 @@ def _required(command: str, tmp_path: Path) -> list[str]:
     tokens = tmp_path / "tokens"
     tokens.write_text("admin-0123456789abcdef ops admin\n")
     tokens.chmod(0o600)
+    token = tmp_path / "discovery.token"
+    token.write_text("discovery-0123456789abcdef\n")
+    token.chmod(0o600)
     return {
         "leengine-cni-agent": ["--node", "node-1"],
         "leengine-slb-agent": ["--group", "public", "--host", "nginx-1", "--prefix", str(tmp_path / "nginx")],
         "leengine-build-agent": ["--host", "build-1", "--repos", str(tmp_path), "--workdir", str(tmp_path),
                                  "--registry", "127.0.0.1:5000"],
-        "leengine-discovery": ["--config", str(config)],
+        "leengine-discovery": ["--config", str(config), "--control", "127.0.0.1:50051", "--control-token-file",
+                               str(token)],
         "leengine-control": ["--tokens", str(tokens)],
     }.get(command, [])
 
