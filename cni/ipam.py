@@ -35,8 +35,15 @@ Invariants, whatever crashes:
   nor claimed, a pool is unknown), and a request that needs it fails with
   ``CorruptRecord`` naming the key; nothing read from etcd crashes the agent.
 
+Metrics (the Metrics port, ``foundation/ports/metrics.py``): the gauges of addresses in
+use and blocks per (pool, this node) and the pools' sizes are set from the cache after
+every load, allocation and release (a pool that disappears is set to 0 once); the
+allocation latency of each ADD's share (runtime clock, successes only) and every lost
+compare-and-swap are recorded as they happen. Recording reads no Store and costs no
+runtime event.
+
 It must not know about CNI, netlink or OVS; it talks to the world only through
-the Store and Runtime ports.
+the Store, Runtime and Metrics ports.
 """
 
 from __future__ import annotations
@@ -62,6 +69,15 @@ from cni.pools import (
 )
 from foundation.logic.mutex import Mutex
 from foundation.ports import Compare, DeleteOp, GetOp, KeyValue, PutOp, Runtime, Store, StoreError, StoreUnavailable
+from foundation.ports.metrics import (
+    IPAM_ALLOCATION_SECONDS,
+    IPAM_ALLOCATIONS_IN_USE,
+    IPAM_BLOCKS,
+    IPAM_CAS_CONFLICTS,
+    IPAM_IPPOOL_SIZE,
+    NO_METRICS,
+    Metrics,
+)
 
 NO_POD = PodRef()
 log = logging.getLogger(__name__)
@@ -187,6 +203,7 @@ class Ipam:
     max_attempts: int = 32
     max_batch: int = 32  # etcd allows 128 operations per transaction: 32 handles + their blocks fit
     stats: IpamStats = field(default_factory=IpamStats)
+    metrics: Metrics = NO_METRICS
 
     def __post_init__(self) -> None:
         self._pools: dict[str, Pool] = {}
@@ -201,6 +218,7 @@ class Ipam:
         self._start = zlib.crc32(self.node.encode())
         self._invalid_pools: dict[str, str] = {}  # pool name -> why its record was set aside
         self._reported: dict[tuple[str, int], None] = {}  # invalid records logged already (key, mod_revision)
+        self._published: dict[str, None] = {}  # pools whose gauges this node has set (to zero them when gone)
 
     # ------------------------------------------------------------------ decoding what the Store holds
     def _set_aside(self, key: str, mod_revision: int, reason: str) -> None:
@@ -262,6 +280,7 @@ class Ipam:
                 self._foreign.add(kv.key)  # never ours to use, nor to claim
             elif block.node == self.node:
                 self._blocks[kv.key] = _Cached(block, kv.mod_revision)
+        self._publish()
 
     async def refresh_pools(self) -> dict[str, Pool]:
         found = await self.store.range(POOLS)
@@ -279,6 +298,8 @@ class Ipam:
                 continue
             pools[pool.name] = pool
         self._pools, self._invalid_pools = pools, invalid
+        for pool in pools.values():
+            self.metrics.set(IPAM_IPPOOL_SIZE, pool.capacity(), pool=pool.name)
         return self._pools
 
     @property
@@ -311,6 +332,7 @@ class Ipam:
         every request waiting (up to ``max_batch``) and commits them together when its
         blocks have room, so a burst of pods costs one transaction per batch, not per pod.
         """
+        started = self.runtime.now()
         request = _Request(container_id, ifname, tuple(pools), pod, network)
         self._waiting.append(request)
         try:
@@ -322,7 +344,10 @@ class Ipam:
                     del self._waiting[: len(batch)]
                     if not batch:  # with the lock held, an unserved request must be waiting: never spin
                         raise RuntimeError(f"IPAM lost the request of {request.handle}")
-                    await self._serve(batch)
+                    try:
+                        await self._serve(batch)
+                    finally:
+                        self._publish()  # once per batch, by whoever served it
         finally:
             if not request.done:  # our caller gave up: nobody is to allocate for us any more
                 request.cancelled = True
@@ -331,7 +356,28 @@ class Ipam:
         if request.error is not None:
             raise request.error
         assert request.result is not None
+        self.metrics.observe(IPAM_ALLOCATION_SECONDS, self.runtime.now() - started, node=self.node)
         return request.result
+
+    def _publish(self) -> None:
+        """Set this node's gauges of every pool from the cache (what its blocks hold, borrowers' included).
+
+        Pools in sorted order, so that a sim run records its series in one order; a pool
+        published before and now gone (deleted, or its last block lost) is set to 0 once.
+        """
+        in_use = dict.fromkeys(self._pools, 0)
+        blocks = dict.fromkeys(self._pools, 0)
+        for cached in self._blocks.values():
+            name = cached.block.pool
+            in_use[name] = in_use.get(name, 0) + len(cached.block.allocations)
+            blocks[name] = blocks.get(name, 0) + 1
+        for name in self._published:
+            in_use.setdefault(name, 0)
+            blocks.setdefault(name, 0)
+        for name in sorted(in_use):
+            self.metrics.set(IPAM_ALLOCATIONS_IN_USE, in_use[name], pool=name, node=self.node)
+            self.metrics.set(IPAM_BLOCKS, blocks[name], pool=name, node=self.node)
+        self._published = {name: None for name in sorted(in_use) if name in self._pools or blocks[name]}
 
     async def _serve(self, batch: list[_Request]) -> None:
         """Serve every live request of ``batch``; each gets its own result or error, never another's."""
@@ -436,6 +482,7 @@ class Ipam:
             # blocks' current state and plan again. (A handle that exists means a repeated ADD;
             # the one-by-one path recognises it after three tries.)
             self.stats.conflicts += 1
+            self.metrics.inc(IPAM_CAS_CONFLICTS, node=self.node)
             for index, key in enumerate(touched):  # the failure branch read each touched block
                 self._remember(key, result.read(index).first())
             return "conflict"
@@ -584,6 +631,7 @@ class Ipam:
             self.stats.blocks_claimed += mod_revision == 0
             return Allocation(block.address(offset), pool, block.cidr, handle)
         self.stats.conflicts += 1
+        self.metrics.inc(IPAM_CAS_CONFLICTS, node=self.node)
         current_block, existing_handle = result.read(0).first(), result.read(1).first()
         self._remember(block.key, current_block)
         if existing_handle is not None:  # a repeated ADD whose allocation we did not have cached
@@ -642,23 +690,29 @@ class Ipam:
         """
         handle = handle_id(container_id, ifname)
         async with self._lock:
-            for _ in range(self.max_attempts):
-                located = await self._locate(handle, use_cache=True)
-                if located is None:
-                    return None
-                if isinstance(located, _Foreign):
-                    self.runtime.trace("ipam-release-foreign", handle=handle, node=located.record.node)
-                    return None
-                if isinstance(located, _Stray):
-                    # The handle points at no allocation (its block was freed by gc):
-                    # remove the record alone, unless someone rewrote it meanwhile.
-                    key = handle_key(handle)
-                    await self.store.txn([Compare.mod_is(key, located.mod_revision)], [DeleteOp(key)])
-                    return None
-                done = await self._free(located, handle, cool_down)
-                if done is not None:
-                    return done
-            raise TooMuchContention(f"gave up releasing {handle} after {self.max_attempts} conflicting attempts")
+            try:
+                return await self._release_locked(handle, cool_down)
+            finally:
+                self._publish()
+
+    async def _release_locked(self, handle: str, cool_down: bool) -> Allocation | None:
+        for _ in range(self.max_attempts):
+            located = await self._locate(handle, use_cache=True)
+            if located is None:
+                return None
+            if isinstance(located, _Foreign):
+                self.runtime.trace("ipam-release-foreign", handle=handle, node=located.record.node)
+                return None
+            if isinstance(located, _Stray):
+                # The handle points at no allocation (its block was freed by gc):
+                # remove the record alone, unless someone rewrote it meanwhile.
+                key = handle_key(handle)
+                await self.store.txn([Compare.mod_is(key, located.mod_revision)], [DeleteOp(key)])
+                return None
+            done = await self._free(located, handle, cool_down)
+            if done is not None:
+                return done
+        raise TooMuchContention(f"gave up releasing {handle} after {self.max_attempts} conflicting attempts")
 
     async def _locate(self, handle: str, *, use_cache: bool) -> _Located | _Stray | _Foreign | None:
         """Find a handle's allocation: its record in the Store, then its block (ours cached, if allowed)."""
@@ -713,5 +767,6 @@ class Ipam:
                 self._blocks[block.key] = _Cached(updated, result.revision)
             return self._allocation(updated, offset, handle) if block.pool in self._pools else None
         self.stats.conflicts += 1
+        self.metrics.inc(IPAM_CAS_CONFLICTS, node=self.node)
         self._remember(block.key, result.read(0).first())
         return None

@@ -22,16 +22,20 @@ matches it. GC: release and unplumb every attachment of this network that the
 runtime no longer lists. STATUS: ready when the Store answers and a pool exists.
 
 Errors carry the CNI spec's codes (``cni.request``): an unreachable etcd is 11
-"try again later", so the runtime retries. It must not know sockets, etcd,
-netlink or OVS: it sees them only as the Store and Dataplane ports.
+"try again later", so the runtime retries. Every command the runtime sends is counted
+and timed (runtime clock) by command and the code it answers (0: success; an unexpected
+exception is 5, as the socket server answers it); the DELs a GC makes are its own work,
+not commands. A command that failed on etcd also counts one etcd error (component
+``cni-agent``). It must not know sockets, etcd, netlink, OVS or Prometheus: it sees
+them only as the Store, Dataplane and Metrics ports.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from cni.ipam import (
     Allocation,
@@ -50,6 +54,7 @@ from cni.request import (
     INVALID_CONFIG,
     INVALID_ENV,
     INVALID_RECORD,
+    IO_FAILURE,
     PLUGIN_NOT_AVAILABLE,
     POOL_EXHAUSTED,
     TRY_AGAIN_LATER,
@@ -59,6 +64,10 @@ from cni.request import (
 from foundation.logic.mutex import Mutex
 from foundation.ports import Runtime, StoreError, StoreUnavailable
 from foundation.ports.dataplane import Attachment, Dataplane, DataplaneError, InvalidNetns, NetnsNotFound
+from foundation.ports.metrics import CNI_REQUEST_SECONDS, CNI_REQUESTS, ETCD_ERRORS, NO_METRICS, Metrics
+
+T = TypeVar("T")
+COMPONENT = "cni-agent"  # the etcd errors' component label
 
 
 @dataclass(frozen=True)
@@ -71,11 +80,13 @@ class NodeConfig:
 
 
 class CniAgent:
-    def __init__(self, ipam: Ipam, dataplane: Dataplane, runtime: Runtime, config: NodeConfig) -> None:
+    def __init__(self, ipam: Ipam, dataplane: Dataplane, runtime: Runtime, config: NodeConfig,
+                 metrics: Metrics = NO_METRICS) -> None:
         self.ipam = ipam
         self.dataplane = dataplane
         self.runtime = runtime
         self.config = config
+        self.metrics = metrics
         # One command at a time per (container, interface): a runtime that timed out on a slow
         # ADD sends DEL while the ADD still runs here; the DEL must see what the ADD did.
         self._busy: dict[tuple[str, str], tuple[Mutex, int]] = {}
@@ -99,7 +110,35 @@ class CniAgent:
 
     async def start(self) -> None:
         """Load the pools and this node's blocks (raises ``StoreUnavailable`` if etcd is down)."""
-        await self.ipam.load()
+        try:
+            await self.ipam.load()
+        except StoreError:
+            self._etcd_error()
+            raise
+
+    # ------------------------------------------------------------------ metrics
+    def _etcd_error(self) -> None:
+        self.metrics.inc(ETCD_ERRORS, component=COMPONENT)
+
+    async def _answer(self, command: str, call: Awaitable[T]) -> T:
+        """Await one command of the runtime, counting and timing it by the code it answers."""
+        started = self.runtime.now()
+        try:
+            result = await call
+        except CniError as exc:
+            self._answered(command, exc.code, started)
+            raise
+        except Exception:  # a bug: the socket server answers it as an I/O failure
+            self._answered(command, IO_FAILURE, started)
+            raise
+        self._answered(command, 0, started)
+        return result
+
+    def _answered(self, command: str, code: int, started: float) -> None:
+        node, answer = self.config.node, str(code)
+        self.metrics.inc(CNI_REQUESTS, node=node, command=command, code=answer)
+        self.metrics.observe(CNI_REQUEST_SECONDS, self.runtime.now() - started, node=node, command=command,
+                             code=answer)
 
     # ------------------------------------------------------------------ helpers
     def _attachment(self, request: CniRequest, allocation: Allocation) -> Attachment:
@@ -121,6 +160,7 @@ class CniAgent:
         try:
             return await coro
         except StoreUnavailable as exc:
+            self._etcd_error()
             raise CniError(TRY_AGAIN_LATER, f"etcd unavailable while {what}", str(exc)) from exc
         except TooMuchContention as exc:
             raise CniError(TRY_AGAIN_LATER, f"too much contention while {what}", str(exc)) from exc
@@ -135,10 +175,14 @@ class CniAgent:
         except CorruptRecord as exc:
             raise CniError(INVALID_RECORD, "an IPAM record in etcd is invalid", str(exc)) from exc
         except StoreError as exc:
+            self._etcd_error()
             raise CniError(TRY_AGAIN_LATER, f"etcd refused a request while {what}", str(exc)) from exc
 
     # ------------------------------------------------------------------ commands
     async def add(self, request: CniRequest) -> dict[str, Any]:
+        return await self._answer("ADD", self._add_exclusive(request))
+
+    async def _add_exclusive(self, request: CniRequest) -> dict[str, Any]:
         async with self._exclusive(request):
             return await self._add(request)
 
@@ -190,9 +234,14 @@ class CniAgent:
             await self.ipam.release(request.container_id, request.ifname, cool_down=cool_down)
         except (StoreError, TooMuchContention, CorruptRecord) as exc:
             # The runtime calls DEL after a failed ADD, and cnictl check finds what DEL misses.
+            if isinstance(exc, StoreError):
+                self._etcd_error()
             self.runtime.trace("cni-add-undo-failed", container=request.container_id, error=str(exc))
 
     async def delete(self, request: CniRequest) -> None:
+        await self._answer("DEL", self._delete_exclusive(request))
+
+    async def _delete_exclusive(self, request: CniRequest) -> None:
         async with self._exclusive(request):
             await self._delete(request)
 
@@ -227,6 +276,9 @@ class CniAgent:
             raise CniError(DATAPLANE_FAILURE, "could not remove the pod interface", str(exc)) from exc
 
     async def check(self, request: CniRequest) -> None:
+        await self._answer("CHECK", self._check(request))
+
+    async def _check(self, request: CniRequest) -> None:
         if not request.prev_result:
             raise CniError(INVALID_CONFIG, "CHECK needs prevResult", "the runtime passes the result of ADD")
         allocation = await self._store_call("checking", self.ipam.lookup(request.container_id, request.ifname))
@@ -247,7 +299,11 @@ class CniAgent:
             raise CniError(CHECK_FAILED, "pod interface differs from what ADD made", "; ".join(problems))
 
     async def gc(self, request: CniRequest) -> None:
-        """Collect this node's attachments of this network that the runtime no longer lists.
+        """Collect this node's attachments of this network that the runtime no longer lists."""
+        await self._answer("GC", self._gc(request))
+
+    async def _gc(self, request: CniRequest) -> None:
+        """GC's work; the DELs it makes are not the runtime's commands (not counted as such).
 
         Selection is by the handle records (node and network), not by whose block holds the
         address: a block of ours may lend addresses to other nodes' pods, and our pods may
@@ -259,8 +315,8 @@ class CniAgent:
         ours = [h for h in decoded if h is not None and h.node == self.config.node]
         for handle in ours:
             if handle.network == request.network_name and (handle.container_id, handle.ifname) not in keep:
-                await self.delete(CniRequest("DEL", request.cni_version, request.network, handle.container_id, "",
-                                             handle.ifname))
+                await self._delete_exclusive(CniRequest("DEL", request.cni_version, request.network,
+                                                        handle.container_id, "", handle.ifname))
         # Ports no allocation of this node explains (a DEL that released, then crashed before
         # unplumbing): ours by their external_ids, and not any network's live attachment here.
         held = {(h.container_id, h.ifname) for h in ours}
@@ -269,9 +325,13 @@ class CniAgent:
                 await self.dataplane.detach(port.container_id, port.ifname, None)
 
     async def status(self, request: CniRequest) -> None:
+        await self._answer("STATUS", self._status(request))
+
+    async def _status(self, request: CniRequest) -> None:
         try:
             pools = await self.ipam.refresh_pools()
         except StoreError as exc:
+            self._etcd_error()
             raise CniError(PLUGIN_NOT_AVAILABLE, "etcd unavailable", str(exc)) from exc
         wanted = request.network.get("pools") or list(pools)
         if not any(name in pools for name in wanted):
