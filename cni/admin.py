@@ -27,7 +27,12 @@ a block is unreadable; a pool cannot be added while a pool record is unreadable,
 since the overlap check would be blind). Durations (``grace``, ``cooldown``) must be
 finite and >= 0.
 
-It must not know about the CLI, etcd or Kubernetes client libraries.
+Metrics (an optional ``metrics``, the Metrics port): ``pool_usage`` sets each pool's size;
+``check_leaks`` sets the suspect and certain leaks of every pool it saw (a block, or a
+leak record, of that pool; 0 when none); ``release_address`` counts each address it
+freed (``release_certain`` frees through it). Nothing more is read for them.
+
+It must not know about the CLI, etcd, Kubernetes client libraries or Prometheus.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from cni.pools import (
     BLOCKS,
     HANDLES,
     LEAKS,
+    POOL_NAME,
     POOLS,
     Block,
     Handle,
@@ -54,6 +60,14 @@ from cni.pools import (
 )
 from foundation.ports import Compare, DeleteOp, KeyValue, PutOp, Runtime, Store
 from foundation.ports.cluster import PodInfo, PodInventory
+from foundation.ports.metrics import (
+    IPAM_GC_CANDIDATES,
+    IPAM_GC_RECLAMATIONS,
+    IPAM_IPPOOL_SIZE,
+    IPAM_LEAKS_CERTAIN,
+    NO_METRICS,
+    Metrics,
+)
 from foundation.ports.store import TxnOp
 
 POOL_EPOCH = "/ipam/pool-epoch"
@@ -181,9 +195,12 @@ class PoolUsage:
                 "nodes": {n: {"blocks": u.blocks, "allocated": u.allocated} for n, u in sorted(self.nodes.items())}}
 
 
-async def pool_usage(store: Store, invalid: list[InvalidKey] | None = None) -> list[PoolUsage]:
+async def pool_usage(store: Store, invalid: list[InvalidKey] | None = None, *,
+                     metrics: Metrics = NO_METRICS) -> list[PoolUsage]:
     """Usage of every pool; records that do not decode are appended to ``invalid`` and not counted."""
     pools = await list_pools(store, invalid)
+    for pool in pools:
+        metrics.set(IPAM_IPPOOL_SIZE, pool.capacity(), pool=pool.name)
     usage = {p.name: PoolUsage(p, p.capacity()) for p in pools}
     for kv in (await store.range(BLOCKS)).kvs:
         block = _decode(kv, Block.from_bytes, invalid)
@@ -255,7 +272,8 @@ def _leak_key(address: str) -> str:
     return f"{LEAKS}{address}"
 
 
-async def check_leaks(store: Store, cluster: PodInventory, runtime: Runtime, *, grace: float) -> CheckReport:
+async def check_leaks(store: Store, cluster: PodInventory, runtime: Runtime, *, grace: float,
+                      metrics: Metrics = NO_METRICS) -> CheckReport:
     """Find leaked addresses; a leak seen again ``grace`` seconds later is certain.
 
     An allocation whose handle record does not decode is not judged (as if the handle were
@@ -289,10 +307,15 @@ async def check_leaks(store: Store, cluster: PodInventory, runtime: Runtime, *, 
     now = runtime.wall_time()
     unjudged = {i.key.removeprefix(HANDLES) for i in invalid if i.key.startswith(HANDLES)}
     leaks, checked = [], 0
+    # Pools of the last check's leaks too (their gauges go to 0 when their blocks went): only
+    # names a pool may have, since a label read back from etcd is trusted no more than input.
+    seen_pools = {record["pool"]: None for record in previous.values()
+                  if isinstance(record.get("pool"), str) and POOL_NAME.fullmatch(record["pool"])}
     for kv in blocks:
         block = _decode(kv, Block.from_bytes, invalid)
         if block is None:
             continue
+        seen_pools[block.pool] = None
         for offset, handle_name in sorted(block.allocations.items()):
             checked += 1
             address = block.address(offset)
@@ -312,6 +335,11 @@ async def check_leaks(store: Store, cluster: PodInventory, runtime: Runtime, *, 
         ops.append(PutOp(_leak_key(leak.address), json.dumps(record, sort_keys=True).encode()))
     for start in range(0, len(ops), 64):  # etcd limits operations per transaction (128 by default)
         await store.txn([], ops[start : start + 64])
+    for pool in sorted(seen_pools):  # once recorded, so that the gauges never run ahead of the Store
+        suspects = sum(1 for leak in leaks if leak.pool == pool and not leak.certain)
+        certain = sum(1 for leak in leaks if leak.pool == pool and leak.certain)
+        metrics.set(IPAM_GC_CANDIDATES, suspects, pool=pool)
+        metrics.set(IPAM_LEAKS_CERTAIN, certain, pool=pool)
     return CheckReport(checked, tuple(leaks), now, tuple(invalid))
 
 
@@ -353,7 +381,8 @@ def _in_use(address: IPv4Address, holder: str, handle: Handle | None, pods: Sequ
 
 
 async def release_address(store: Store, runtime: Runtime, text: str, *, cluster: PodInventory | None = None,
-                          force: bool = False, expect_handle: str | None = None) -> Released:
+                          force: bool = False, expect_handle: str | None = None,
+                          metrics: Metrics = NO_METRICS) -> Released:
     """Free one allocated address by CAS on its block, after the Cluster shows no pod holds it.
 
     ``ReleaseRefused`` (nothing freed) when a pod still has the address or the handle's pod
@@ -401,11 +430,13 @@ async def release_address(store: Store, runtime: Runtime, text: str, *, cluster:
             [PutOp(key, updated.to_bytes()), DeleteOp(handle_key(holder)), DeleteOp(_leak_key(str(address)))],
         )
         if result.succeeded:
+            metrics.inc(IPAM_GC_RECLAMATIONS, pool=pool.name)
             return Released(str(address), holder, pool.name, node, forced=force)
     raise AdminError(f"block {key} kept changing; try again")
 
 
-async def release_certain(store: Store, runtime: Runtime) -> tuple[list[Released], list[str]]:
+async def release_certain(store: Store, runtime: Runtime, *,
+                          metrics: Metrics = NO_METRICS) -> tuple[list[Released], list[str]]:
     """Release every leak the last check marked certain. Returns (released, skipped with reasons)."""
     released, skipped = [], []
     for kv in (await store.range(LEAKS)).kvs:
@@ -418,7 +449,8 @@ async def release_certain(store: Store, runtime: Runtime) -> tuple[list[Released
         if record.get("certain") is not True:
             continue
         try:
-            released.append(await release_address(store, runtime, address, expect_handle=record["handle"]))
+            released.append(await release_address(store, runtime, address, expect_handle=record["handle"],
+                                                  metrics=metrics))
         except AdminError as exc:
             skipped.append(str(exc))
     return released, skipped
