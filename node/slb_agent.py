@@ -32,9 +32,19 @@ if that revision was compacted away it resyncs from a full read (in pages of
 ``resync_page`` domains, all at one revision). While etcd is out
 of reach the agent retries and Nginx keeps serving what it has.
 
+Metrics (the Metrics port, labels group and host): upstream changes applied in place;
+reloads by result with their duration (test + reload + confirmation of a batch); the last
+reload's success (1/0) and the wall time of the last successful one; domains set aside
+(invalid or failing ``nginx -t``); and the propagation of each record's change. A domain
+record carries no write time (stamping one would change every record's bytes), so
+propagation is the **agent's share**: from the moment the agent received the change (its
+watch event, or the read of a resync) to the moment that revision is the domain's revision
+in force here; a change superseded before it took effect is not observed, its successor is.
+
 Invariants: one reload at a time (a single loop does every apply); the saved
 revision never runs ahead of what is in force, so a restart replays, never skips.
-It must not know nginx, etcd or asyncio: only the Store, Proxy and Runtime ports.
+It must not know nginx, etcd, asyncio or Prometheus: only the Store, Proxy, Runtime and
+Metrics ports.
 """
 
 from __future__ import annotations
@@ -67,7 +77,21 @@ from foundation.ports import (
     Watch,
     WatchEvent,
 )
+from foundation.ports.metrics import (
+    ETCD_ERRORS,
+    NO_METRICS,
+    SLB_DOMAINS_SET_ASIDE,
+    SLB_LAST_RELOAD_SUCCESSFUL,
+    SLB_LAST_RELOAD_TIMESTAMP,
+    SLB_PROPAGATION_SECONDS,
+    SLB_RELOAD_SECONDS,
+    SLB_RELOADS,
+    SLB_UPSTREAM_UPDATES,
+    Metrics,
+)
 from foundation.ports.proxy import Proxy, ProxyError, ReloadFailed, SavedState
+
+COMPONENT = "slb-agent"  # the etcd errors' component label
 
 
 @dataclass(frozen=True)
@@ -96,6 +120,7 @@ class SlbAgentStats:
 class _Desired:
     domain: Domain | DomainError | None  # None: removed; DomainError: the record is invalid
     revision: int
+    received_at: float | None = None  # runtime clock when the agent received this change (propagation)
 
     @property
     def valid(self) -> Domain | None:
@@ -110,6 +135,14 @@ class _WatchFailed:
     error: BaseException
 
 
+@dataclass(frozen=True)
+class _Received:
+    """A watch event and when the agent received it (before it waited in the queue)."""
+
+    event: WatchEvent
+    at: float
+
+
 @dataclass
 class SlbAgent:
     store: Store
@@ -117,6 +150,7 @@ class SlbAgent:
     runtime: Runtime
     config: SlbAgentConfig
     stats: SlbAgentStats = field(default_factory=SlbAgentStats)
+    metrics: Metrics = NO_METRICS
 
     def __post_init__(self) -> None:
         self.live: dict[str, Domain] = {}  # domains in force on this host
@@ -156,7 +190,9 @@ class SlbAgent:
                 except (StoreError, ProxyError) as exc:
                     # etcd away, or Nginx refused something we did not expect it to: Nginx keeps
                     # serving what it has; start over from the last revision fully in force.
-                    self.stats.store_errors += isinstance(exc, StoreError)
+                    if isinstance(exc, StoreError):
+                        self.stats.store_errors += 1
+                        self._etcd_error()
                     self.runtime.trace("slb-retry", host=self.config.host, error=type(exc).__name__)
                     self._pending.clear()
                     self._first_pending_at = None
@@ -174,6 +210,7 @@ class SlbAgent:
             try:
                 await member.join()
             except StoreError:
+                self._etcd_error()
                 await self.runtime.sleep(self.config.retry)
                 continue
             await member.keep_alive()  # returns when the lease is lost: join again
@@ -183,8 +220,30 @@ class SlbAgent:
             await step
         except StoreError as exc:
             self.stats.store_errors += 1
+            self._etcd_error()
             self.runtime.trace("slb-store-error", host=self.config.host, error=type(exc).__name__)
             await self.runtime.sleep(self.config.retry)
+
+    # ------------------------------------------------------------------ metrics
+    def _etcd_error(self) -> None:
+        self.metrics.inc(ETCD_ERRORS, component=COMPONENT)
+
+    def _upstreams_updated(self) -> None:
+        self.metrics.inc(SLB_UPSTREAM_UPDATES, group=self.config.group, host=self.config.host)
+
+    def _took_effect(self, desired: _Desired) -> None:
+        """``desired`` is now the domain's revision in force here: observe the agent's share of its propagation."""
+        if desired.received_at is not None:
+            self.metrics.observe(SLB_PROPAGATION_SECONDS, self.runtime.now() - desired.received_at,
+                                 group=self.config.group, host=self.config.host)
+
+    def _reloaded(self, ok: bool, started: float) -> None:
+        group, host = self.config.group, self.config.host
+        self.metrics.inc(SLB_RELOADS, group=group, host=host, result="success" if ok else "failure")
+        self.metrics.observe(SLB_RELOAD_SECONDS, self.runtime.now() - started, group=group, host=host)
+        self.metrics.set(SLB_LAST_RELOAD_SUCCESSFUL, 1.0 if ok else 0.0, group=group, host=host)
+        if ok:
+            self.metrics.set(SLB_LAST_RELOAD_TIMESTAMP, self.runtime.wall_time(), group=group, host=host)
 
     async def resync(self) -> None:
         """Read every domain and converge on it (first start, or history compacted away)."""
@@ -198,13 +257,15 @@ class SlbAgent:
             page = await self.store.range(self.prefix, limit=self.config.resync_page, start_after=last,
                                           revision=revision)
             revision = page.revision
+            read_at = self.runtime.now()
             for kv in page.kvs:
-                seen[kv.key.removeprefix(self.prefix)] = _Desired(self._decode(kv.key, kv.value), kv.mod_revision)
+                seen[kv.key.removeprefix(self.prefix)] = _Desired(self._decode(kv.key, kv.value), kv.mod_revision,
+                                                                  read_at)
             if len(page.kvs) < self.config.resync_page:
                 break
             last = page.kvs[-1].key
         for name in self.live:
-            seen.setdefault(name, _Desired(None, revision))
+            seen.setdefault(name, _Desired(None, revision, self.runtime.now()))
         self._pending.clear()
         for name, desired in seen.items():
             await self._consider(name, desired)
@@ -238,10 +299,10 @@ class SlbAgent:
                             await self._flush()  # apply what we have before starting over
                             await self._finish_step(force_save=True)
                             raise one.error
-                        if one.kv.key.startswith(POOLS):
+                        if one.event.kv.key.startswith(POOLS):
                             pools_moved = True  # not self.revision: that is the domains' watch's progress
                             continue
-                        await self._on_event(one)
+                        await self._on_event(one.event, one.at)
                     if pools_moved:
                         await self._pools_changed()
                     if self._due():
@@ -251,16 +312,16 @@ class SlbAgent:
                 pump.cancel()
                 pools_pump.cancel()
 
-    async def _pump(self, watch: Watch, events: Queue[WatchEvent | _WatchFailed]) -> None:
+    async def _pump(self, watch: Watch, events: Queue[_Received | _WatchFailed]) -> None:
         try:
             async for event in watch:
-                events.put_nowait(event)
+                events.put_nowait(_Received(event, self.runtime.now()))
         except Cancelled:
             raise
         except Exception as exc:  # surfaced to the main loop, which applies what it has and reconnects
             events.put_nowait(_WatchFailed(exc))
 
-    async def _next(self, events: Queue[WatchEvent | _WatchFailed]) -> WatchEvent | _WatchFailed | None:
+    async def _next(self, events: Queue[_Received | _WatchFailed]) -> _Received | _WatchFailed | None:
         if self._first_pending_at is None:
             return await events.get()
         try:
@@ -304,7 +365,8 @@ class SlbAgent:
         self.notes[name] = _dropped_note(outside)
         self.runtime.trace("slb-upstreams-dropped", host=self.config.host, domain=name, servers=len(outside))
         gone = set(outside)
-        return _Desired(new.with_upstreams(tuple(u for u in new.upstreams if u not in gone)), desired.revision)
+        return _Desired(new.with_upstreams(tuple(u for u in new.upstreams if u not in gone)), desired.revision,
+                        desired.received_at)
 
     async def _pools_changed(self) -> None:
         """Read the pools again; consider again what they now let through, take out what they no longer do."""
@@ -326,6 +388,7 @@ class SlbAgent:
                 await self.proxy.set_upstreams(name, kept)
             except ProxyError:
                 continue
+            self._upstreams_updated()
             self.live[name] = live.with_upstreams(kept)
             self.notes[name] = _dropped_note(outside)
             wanted = self.set_aside[name].revision if name in self.set_aside else self.live_revision.get(name, 0)
@@ -342,10 +405,10 @@ class SlbAgent:
             return DomainError("record", f"{key[:300]} holds domain {domain.name} of group {domain.group}")
         return domain
 
-    async def _on_event(self, event: WatchEvent) -> None:
+    async def _on_event(self, event: WatchEvent, received_at: float | None = None) -> None:
         name = event.kv.key.removeprefix(self.prefix)
         domain = None if event.type == "delete" else self._decode(event.kv.key, event.kv.value)
-        await self._consider(name, _Desired(domain, event.revision))
+        await self._consider(name, _Desired(domain, event.revision, received_at))
         self.revision = event.revision
 
     async def _consider(self, name: str, desired: _Desired) -> None:
@@ -395,11 +458,13 @@ class SlbAgent:
                     self._queue(name, desired)
                 return
             self.stats.in_place += 1
+            self._upstreams_updated()
             self.runtime.trace("slb-upstreams", host=self.config.host, domain=name,
                                servers=len(new.upstreams))
         self.live[name] = live.with_upstreams(new.upstreams)
         if not still_failing:
             self.live_revision[name] = desired.revision
+            self._took_effect(desired)
         self._statuses[name] = DomainStatus(self.live_revision.get(name, 0), self.errors.get(name, ""),
                                             desired.revision, self.runtime.wall_time())
 
@@ -435,6 +500,7 @@ class SlbAgent:
                 await self.proxy.set_upstreams(name, new.upstreams)
             except ProxyError:
                 return
+            self._upstreams_updated()
             self.live[name] = live.with_upstreams(new.upstreams)
 
     def _forget_failure(self, name: str) -> None:
@@ -448,6 +514,7 @@ class SlbAgent:
         batch, self._pending, self._first_pending_at = self._pending, {}, None
         changes = {name: d.valid for name, d in batch.items()}
         self.stats.batches += 1
+        started = self.runtime.now()
         error = await self.proxy.test(changes)
         bad = {}
         if error is not None:
@@ -466,6 +533,7 @@ class SlbAgent:
             except ReloadFailed as exc:
                 # Nginx did not take the new config (it restored the old one): a fault of the host,
                 # not of the domains. Keep the batch queued and try again after a pause.
+                self._reloaded(False, started)
                 self.runtime.trace("slb-reload-failed", host=self.config.host, domains=len(good))
                 for name in good:
                     self._statuses[name] = DomainStatus(self.live_revision.get(name, 0), f"reload failed: {exc}",
@@ -476,15 +544,19 @@ class SlbAgent:
                 await self.runtime.sleep(self.config.retry)
                 return
             except ProxyError as exc:
+                self._reloaded(False, started)
                 bad.update({name: f"reload failed: {exc}" for name in good if name not in bad})
                 good = {}
             else:
+                self._reloaded(True, started)
                 self.stats.reloads += 1
                 self._last_reload_at = self.runtime.now()
                 self.runtime.trace("slb-reload", host=self.config.host, domains=len(good),
                                    generation=outcome.generation)
         for name, domain in good.items():
             self._forget_failure(name)
+            if name not in bad:  # (a forced removal of a bad one is not its change taking effect)
+                self._took_effect(batch[name])
             if domain is None:
                 self.live.pop(name, None)
                 self.live_revision.pop(name, None)
@@ -500,6 +572,7 @@ class SlbAgent:
 
     async def _finish_step(self, *, force_save: bool = False) -> None:
         """Write statuses and, when due, the saved state; never ahead of what is in force."""
+        self.metrics.set(SLB_DOMAINS_SET_ASIDE, len(self.set_aside), group=self.config.group, host=self.config.host)
         if self._statuses:
             for name, status in self._statuses.items():
                 if status is not None and not status.error and name in self.notes:  # applied, minus some servers
