@@ -40,8 +40,16 @@ Everything read back is validated again: an address that is not IPv4, a drain re
 domain record that does not decode (however deeply nested) is logged and skipped, never a
 crash.
 
-It must not know Kubernetes clients, etcd, gRPC or slb-core's logic: only the Cluster,
-ControlClient, Store (its drain records only) and Runtime ports.
+Metrics (the Metrics port): pushes by result (``ok`` or the control service's error code,
+a fixed set of gRPC code names), drains by result (``drained``, ``failed``) and their
+duration, the Cells out of reach now, and the bound domains whose app has ready addresses
+(not being drained) while no server of theirs is in force **as far as discovery knows**:
+its last successful push of the domain named none, or none has succeeded since it started
+(a failed push leaves the last successful one standing: Nginx keeps those servers). Etcd
+errors of the drain records count under component ``discovery``.
+
+It must not know Kubernetes clients, etcd, gRPC, Prometheus or slb-core's logic: only the
+Cluster, ControlClient, Store (its drain records only), Runtime and Metrics ports.
 """
 
 from __future__ import annotations
@@ -64,10 +72,21 @@ from foundation.ports.control import (
     Unauthenticated,
     Unavailable,
 )
+from foundation.ports.metrics import (
+    DISCOVERY_CELLS_UNREACHABLE,
+    DISCOVERY_DOMAINS_WITHOUT_UPSTREAM,
+    DISCOVERY_DRAIN_SECONDS,
+    DISCOVERY_DRAINS,
+    DISCOVERY_PUSHES,
+    ETCD_ERRORS,
+    NO_METRICS,
+    Metrics,
+)
 from foundation.ports.store import Compare, KeyValue, PutOp
 
 log = logging.getLogger("leengine.discovery")  # the daemon configures it; the sim leaves it quiet
 
+COMPONENT = "discovery"  # the etcd errors' component label
 DRAINS_PREFIX = "/discovery/drains/"
 DRAIN_STATES = ("requested", "draining", "drained", "failed")
 MAX_DRAIN_RECORD = 64 * 1024  # bytes; a record of ours is a few hundred
@@ -177,6 +196,7 @@ class Discovery:
     resync: float = 5.0
     linger: float = 30.0  # longest a forgotten address stays excluded while still listed ready
     stats: DiscoveryStats = field(default_factory=DiscoveryStats)
+    metrics: Metrics = NO_METRICS
 
     def __post_init__(self) -> None:
         self._ready: dict[tuple[str, str, str], tuple[str, ...]] = {}  # (cell, namespace, service) -> IPs
@@ -217,9 +237,15 @@ class Discovery:
         self._drain_job_ids: dict[str, int] = {}  # key -> its id: a cancelled job must not unlist its successor
         self._next_drain_job = 0
         self._drain_logged: dict[str, int] = {}  # key -> mod_revision of an invalid record already logged
+        self._serving: dict[tuple[str, str], bool] = {}  # target -> its last successful push named a server
+        self._unserved: set[tuple[str, str]] = set()  # targets with ready addresses and no server in force
 
     # ------------------------------------------------------------------ following the Cells
     async def run(self) -> None:
+        self.metrics.set(DISCOVERY_CELLS_UNREACHABLE, 0)
+        for target in sorted(self._feeds):
+            self._update_unserved(target)
+        self.metrics.set(DISCOVERY_DOMAINS_WITHOUT_UPSTREAM, len(self._unserved))
         tasks = [self.runtime.spawn(self._follow_drains(), name="discovery/drains")]
         tasks += [self.runtime.spawn(self._follow(cell, cluster), name=f"discovery/{cell}")
                   for cell, cluster in sorted(self.cells.items())]
@@ -281,6 +307,10 @@ class Discovery:
             log.warning("Cell %s is out of reach (%s): keeping its %d last known ready addresses, retrying every "
                         "%gs", cell, str(exc)[:300], kept, self.retry)
             self.runtime.trace("discovery-cell-down", cell=cell, kept=kept)
+            self._count_unreachable()
+
+    def _count_unreachable(self) -> None:
+        self.metrics.set(DISCOVERY_CELLS_UNREACHABLE, sum(1 for up in self._reachable.values() if not up))
 
     def _cell_reachable(self, cell: str, services: int) -> None:
         if self._reachable.get(cell) is False:
@@ -290,6 +320,7 @@ class Discovery:
         elif cell not in self._reachable:
             log.info("Cell %s listed: %d Services", cell, services)
         self._reachable[cell] = True
+        self._count_unreachable()
 
     def _claim(self, endpoints: Endpoints) -> None:
         """Until every Cell is listed: the addresses a listed Cell reported for the service are its own."""
@@ -360,6 +391,25 @@ class Discovery:
         for target in self._targets_of.get((ns, svc), ()):
             self._servers.pop(target, None)
             self._stale.add(target)
+            self._update_unserved(target)
+
+    def _has_ready(self, target: tuple[str, str]) -> bool:
+        """Some Cell lists a ready address, not being drained, of an app feeding ``target``."""
+        for binding in self._feeds.get(target, ()):
+            drained = self._drained_ips.get(binding.namespace, set())
+            for ips in self._by_service.get((binding.namespace, binding.service), {}).values():
+                if any(ip not in drained for ip in ips):
+                    return True
+        return False
+
+    def _update_unserved(self, target: tuple[str, str]) -> None:
+        before = len(self._unserved)
+        if self._has_ready(target) and not self._serving.get(target, False):
+            self._unserved.add(target)
+        else:
+            self._unserved.discard(target)
+        if len(self._unserved) != before:
+            self.metrics.set(DISCOVERY_DOMAINS_WITHOUT_UPSTREAM, len(self._unserved))
 
     def _touch_namespace(self, ns: str) -> None:
         for binding in self._of_namespace.get(ns, ()):
@@ -447,6 +497,7 @@ class Discovery:
         except ControlError as exc:
             # The domain may not exist yet, or the service or etcd is away: the next change or resync pushes again.
             self.stats.push_errors += 1
+            self.metrics.inc(DISCOVERY_PUSHES, result=exc.code)
             self.runtime.trace("discovery-push-failed", domain=binding.domain, error=type(exc).__name__)
             if target not in self._push_failing:
                 self._push_failing.add(target)
@@ -466,6 +517,9 @@ class Discovery:
         if self.servers(binding) == servers:
             self._stale.discard(target)
         self.stats.pushes += 1
+        self.metrics.inc(DISCOVERY_PUSHES, result="ok")
+        self._serving[target] = bool(servers)
+        self._update_unserved(target)
         self.runtime.trace("discovery-push", domain=binding.domain, servers=len(servers), revision=revision)
         return True, revision
 
@@ -540,6 +594,8 @@ class Discovery:
                         report.took, error, ", ".join(report.unconfirmed) or "-")
         self.runtime.trace("discovery-drain-done", namespace=namespace, ip=ip, drained=ok,
                            confirmed=len(report.confirmed), unconfirmed=len(report.unconfirmed))
+        self.metrics.inc(DISCOVERY_DRAINS, result="drained" if ok else "failed")
+        self.metrics.observe(DISCOVERY_DRAIN_SECONDS, report.took)
         return report
 
     def forget(self, namespace: str, ip: str) -> None:
@@ -625,6 +681,7 @@ class Discovery:
             except Cancelled:
                 raise
             except StoreError:
+                self.metrics.inc(ETCD_ERRORS, component=COMPONENT)
                 await self.runtime.sleep(self.retry)
 
     def _drain_record(self, kv: KeyValue, *, listed: bool) -> bool:
@@ -690,6 +747,7 @@ class Discovery:
                     if record["state"] != "requested":
                         return
                 except StoreError:
+                    self.metrics.inc(ETCD_ERRORS, component=COMPONENT)
                     await self.runtime.sleep(self.retry)
                     current = await store.get(key)
                     if current is None:
@@ -700,6 +758,7 @@ class Discovery:
         except ValueError as exc:
             log.warning("ignoring an invalid drain record at %s: %s", key, exc)
         except StoreError:
+            self.metrics.inc(ETCD_ERRORS, component=COMPONENT)
             return  # etcd away twice in a row: the next listing of the records starts it again
         finally:
             if self._drain_job_ids.get(key) == job_id:
