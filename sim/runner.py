@@ -4,7 +4,9 @@
 on it, and steps ``env.run(until=t)`` slice by slice (calling ``on_progress(t)``
 between slices, for a progress bar). ``write_outputs`` writes ``report.json``
 (inputs, seed, code version, scenario hash, every check's verdict, a metrics
-summary, ``trace_sha256``), ``metrics.json`` (the full series) and PNG plots.
+summary, ``trace_sha256``), ``metrics.json`` (the full series), PNG plots with the
+fault windows shaded (sim/plots.py) and ``report.html``, the same for a person in one
+self-contained page (sim/report_html.py).
 
 Invariant: the report's ``trace_sha256`` depends only on (scenario, seed): slicing
 the run changes nothing, since ``env.run(until=t)`` processes the same events in the
@@ -17,21 +19,21 @@ from __future__ import annotations
 
 import json
 import math
-import re
+import shlex
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sim import report_html
 from sim.adapters.runtime import SimRuntime
+from sim.plots import KEY_METRICS, fault_windows, write_plots
 from sim.scenario import NAME, Scenario
 from sim.spec import RegionSpec
 from sim.world import Region
 
 SLICES = 200  # progress updates over the run
 REPORT_VERSION = 1
-# Metrics plotted first and named in the summary when the world provides them.
-KEY_METRICS = ("leaked", "pool_use", "alloc_max", "failed", "reloads", "ok", "allocations")
 
 
 def extract_series(report: dict[str, Any]) -> dict[str, list[list[float]]]:
@@ -166,61 +168,22 @@ def build_report(result: RunResult, *, code_version: dict[str, Any], wall_second
         "virtual_seconds": result.virtual_seconds,
         "wall_seconds": None if wall_seconds is None else round(wall_seconds, 3),
         "plots": plots or [],
-        "replay": f"leengine sim run {scenario.path} --seed {spec.seed}",
+        "replay": f"leengine sim run {shlex.quote(str(scenario.path))} --seed {spec.seed}",
     }
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "metric"
-
-
-def write_plots(metrics: dict[str, list[list[float]]], out: Path, title: str) -> list[str]:
-    """One PNG per metric plus ``metrics.png`` with all of them as subplots; returns the file names."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    series = [(n, p) for n, p in ordered_metrics(metrics) if p]
-    written: list[str] = []
-    if not series:
-        return written
-    for name, points in series:
-        fig, ax = plt.subplots(figsize=(7, 3))
-        _plot(ax, name, points)
-        ax.set_xlabel("virtual time (s)")
-        fig.suptitle(title, fontsize=9)
-        fig.tight_layout()
-        file = f"metric-{_slug(name)}.png"
-        fig.savefig(out / file, dpi=90)
-        plt.close(fig)
-        written.append(file)
-    rows = len(series)
-    fig, axes = plt.subplots(rows, 1, figsize=(8, 2.2 * rows), sharex=True, squeeze=False)
-    for ax, (name, points) in zip(axes[:, 0], series, strict=True):
-        _plot(ax, name, points)
-    axes[-1, 0].set_xlabel("virtual time (s)")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out / "metrics.png", dpi=90)
-    plt.close(fig)
-    written.insert(0, "metrics.png")
-    return written
-
-
-def _plot(ax: Any, name: str, points: list[list[float]]) -> None:
-    ax.step([p[0] for p in points], [p[1] for p in points], where="post", linewidth=1.2)
-    ax.set_title(name, fontsize=9, loc="left")
-    ax.grid(True, alpha=0.3)
 
 
 def write_outputs(result: RunResult, out: Path, *, code_version: dict[str, Any],
                   wall_seconds: float | None = None, plot: bool = True) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     metrics = extract_series(result.report)
-    title = f"{result.spec.name} seed {result.spec.seed}"
-    plots = write_plots(metrics, out, title) if plot else []
+    spec = result.spec
+    windows = fault_windows(spec)
+    title = f"{spec.name} seed {spec.seed}"
+    files = write_plots(metrics, out, title, windows=windows, duration=spec.duration) if plot else {}
     (out / "metrics.json").write_text(json.dumps(metrics, sort_keys=True) + "\n")
-    report = build_report(result, code_version=code_version, wall_seconds=wall_seconds, plots=plots)
+    report = build_report(result, code_version=code_version, wall_seconds=wall_seconds, plots=list(files.values()))
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    figures = {family: (out / file).read_bytes() for family, file in files.items() if family}
+    page = report_html.render(report, windows=windows, figures=figures, duration=spec.duration, metrics=metrics)
+    (out / "report.html").write_text(page, encoding="utf-8")
     return report
