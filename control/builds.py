@@ -23,7 +23,12 @@ Who may do what (principals from ``control.auth``): only an **admin** queues bui
 (the platform's deploy pipeline does, on behalf of an app); every principal may read
 builds and list the agents. ``BuildService`` checks that and answers the gRPC surface.
 
-It must not know gRPC, etcd clients or the runtime behind the ports.
+Metrics (the Metrics port): the reassigner's read of every task, done every ``every``
+seconds anyway, sets the tasks queued and running (the scheduler's view, whichever host
+holds them; an unreadable record is not counted); each task moved off a dead host is
+counted; its etcd errors count under component ``build-scheduler``.
+
+It must not know gRPC, etcd clients, Prometheus or the runtime behind the ports.
 """
 
 from __future__ import annotations
@@ -48,6 +53,16 @@ from foundation.logic.build_task import (
     task_key,
 )
 from foundation.ports import Compare, DeleteOp, GetOp, PutOp, RangeResult, Runtime, Store, StoreError
+from foundation.ports.metrics import (
+    BUILD_TASKS_MOVED,
+    BUILD_TASKS_QUEUED,
+    BUILD_TASKS_RUNNING,
+    ETCD_ERRORS,
+    NO_METRICS,
+    Metrics,
+)
+
+COMPONENT = "build-scheduler"  # the etcd errors' component label
 
 
 class BuildError(Exception):
@@ -78,10 +93,11 @@ class SchedulerStats:
 
 
 class BuildScheduler:
-    def __init__(self, store: Store, runtime: Runtime, *, every: float = 2.0) -> None:
+    def __init__(self, store: Store, runtime: Runtime, *, every: float = 2.0, metrics: Metrics = NO_METRICS) -> None:
         self.store = store
         self.runtime = runtime
         self.every = every
+        self.metrics = metrics
         self.stats = SchedulerStats()
 
     async def agents(self) -> list[str]:
@@ -159,6 +175,7 @@ class BuildScheduler:
         read = await self.store.txn([], [GetOp(AGENTS, prefix=True), GetOp(TASKS, prefix=True)])
         agents, tasks = (r if isinstance(r, RangeResult) else RangeResult((), 0) for r in read.responses)
         live = self._hosts(agents.kvs)
+        self._count_tasks(tasks.kvs)
         moved = 0
         for kv in tasks.kvs:
             host, _, name = kv.key.removeprefix(TASKS).partition("/")
@@ -179,14 +196,28 @@ class BuildScheduler:
             if done.succeeded:
                 moved += 1
                 self.stats.moved += 1
+                self.metrics.inc(BUILD_TASKS_MOVED)
                 self.runtime.trace("build-moved", task=name, came_from=host, to=target, attempt=moved_task.attempt)
         return moved
+
+    def _count_tasks(self, kvs: Any) -> None:
+        """Set the queued and running gauges from one read of every task (unreadable records are not counted)."""
+        counts = {"queued": 0, "running": 0}
+        for kv in kvs:
+            try:
+                counts[Task.from_bytes(kv.value).state] += 1
+            except (TaskError, KeyError):
+                continue
+        self.metrics.set(BUILD_TASKS_QUEUED, counts["queued"])
+        self.metrics.set(BUILD_TASKS_RUNNING, counts["running"])
 
     async def reassign_forever(self) -> None:
         while True:
             try:
                 await self.reassign_once()
             except Exception as exc:  # etcd away, or a record nobody expected: try again, never stop moving
+                if isinstance(exc, StoreError):
+                    self.metrics.inc(ETCD_ERRORS, component=COMPONENT)
                 self.runtime.trace("build-reassign-failed", error=f"{type(exc).__name__}: {exc}"[:300])
             await self.runtime.sleep(self.every)
 

@@ -19,7 +19,12 @@ transaction, so whoever waits for it learns why. A key whose name is not a task 
 all cannot be answered: it is set aside (reported once, never built). Neither stops
 the agent or the tasks queued behind it.
 
-It must not know which Store, Builder or runtime is behind the ports.
+Metrics (the Metrics port): each step's duration as the Builder reports it and each warm
+cache, for every build that completed (also one whose result is then dropped: the work was
+done); each result this agent wrote, by state (``done``, ``failed``; a rejected record's
+``failed`` too); etcd errors (component ``build-agent``).
+
+It must not know which Store, Builder, runtime or metrics sink is behind the ports.
 """
 
 from __future__ import annotations
@@ -41,7 +46,17 @@ from foundation.logic.build_task import (
 )
 from foundation.logic.claims import LeasedMembership
 from foundation.ports import Compare, DeleteOp, KeyValue, PutOp, Runtime, Store, StoreError
-from foundation.ports.builder import Builder, BuildFailed, BuildRequest
+from foundation.ports.builder import STEPS, Builder, BuildFailed, BuildRequest
+from foundation.ports.metrics import (
+    BUILD_CACHE_HITS,
+    BUILD_RESULTS,
+    BUILD_STEP_SECONDS,
+    ETCD_ERRORS,
+    NO_METRICS,
+    Metrics,
+)
+
+COMPONENT = "build-agent"  # the etcd errors' component label
 
 
 @dataclass(frozen=True)
@@ -65,11 +80,13 @@ class BuildAgentStats:
 
 
 class BuildAgent:
-    def __init__(self, store: Store, builder: Builder, runtime: Runtime, config: BuildAgentConfig) -> None:
+    def __init__(self, store: Store, builder: Builder, runtime: Runtime, config: BuildAgentConfig,
+                 metrics: Metrics = NO_METRICS) -> None:
         self.store = store
         self.builder = builder
         self.runtime = runtime
         self.config = config
+        self.metrics = metrics
         self.stats = BuildAgentStats()
 
     async def run(self) -> None:
@@ -81,6 +98,7 @@ class BuildAgent:
                         await self._wait_for_tasks()
                 except StoreError as exc:
                     self.stats.store_errors += 1
+                    self.metrics.inc(ETCD_ERRORS, component=COMPONENT)
                     self.runtime.trace("build-agent-retry", host=self.config.host, error=type(exc).__name__)
                     await self.runtime.sleep(self.config.retry)
         finally:
@@ -94,6 +112,7 @@ class BuildAgent:
             try:
                 await member.join()
             except StoreError:
+                self.metrics.inc(ETCD_ERRORS, component=COMPONENT)
                 await self.runtime.sleep(self.config.retry)
                 continue
             await member.keep_alive()  # returns when the lease is lost: join again
@@ -128,6 +147,8 @@ class BuildAgent:
                                     [PutOp(result_key(task), result.to_bytes()), DeleteOp(kv.key)])
         if not done.succeeded:  # a result exists already (or the record changed): only the bad copy goes
             await self.store.txn([Compare.mod_is(kv.key, kv.mod_revision)], [DeleteOp(kv.key)])
+        else:
+            self.metrics.inc(BUILD_RESULTS, result="failed")
         self.stats.rejected += 1
         self.runtime.trace("build-task-rejected", host=self.config.host, task=task, error=why[:200])
 
@@ -158,6 +179,11 @@ class BuildAgent:
         log: list[str] = []
         try:
             outcome = await self.builder.build(BuildRequest(task.app, task.repo, task.commit), log.append)
+            for timing in outcome.steps:
+                if timing.step in STEPS:  # the label's fixed set, whatever a Builder reports
+                    self.metrics.observe(BUILD_STEP_SECONDS, timing.seconds, step=timing.step)
+            if outcome.cache_hit:
+                self.metrics.inc(BUILD_CACHE_HITS)
             result = Result(task.id, "done", self.config.host, task.attempt, outcome.image,
                             tuple((s.step, round(s.seconds, 6)) for s in outcome.steps), outcome.cache_hit,
                             submitted_at=task.submitted_at, finished_at=rt.now(), log=_tail(log))
@@ -177,6 +203,7 @@ class BuildAgent:
             self.stats.built += 1
         else:
             self.stats.failed += 1
+        self.metrics.inc(BUILD_RESULTS, result=result.state)
         rt.trace("build-finished", host=self.config.host, task=task.id, state=result.state,
                  cache_hit=result.cache_hit)
         return True
