@@ -112,7 +112,9 @@ IPAM_ALLOCATION_SECONDS = _m("ipam_allocation_seconds", "histogram", "Time to al
                              "node", buckets=LATENCY_BUCKETS)
 IPAM_CAS_CONFLICTS = _m("ipam_cas_conflicts_total", "counter", "Allocation transactions that lost a compare-and-swap",
                         "node")
-ETCD_ERRORS = _m("etcd_errors_total", "counter", "etcd requests that failed (unavailable, timeout)", "component")
+ETCD_ERRORS = _m("etcd_errors_total", "counter",
+                 "Agent operations that failed on etcd (unavailable, timeout, refused): one per CNI command or loop "
+                 "pass; component: cni-agent, slb-agent, discovery, build-agent or build-scheduler", "component")
 
 # --------------------------------------------------------------------------- CNI
 CNI_REQUESTS = _m("cni_requests_total", "counter", "CNI commands answered, by command and result code (0: success)",
@@ -134,23 +136,27 @@ SLB_LAST_RELOAD_TIMESTAMP = _m("slb_config_last_reload_successful_timestamp_seco
 SLB_DOMAINS_SET_ASIDE = _m("slb_domains_set_aside", "gauge", "Domains refused (invalid or failing nginx -t)",
                            "group", "host")
 SLB_PROPAGATION_SECONDS = _m("slb_propagation_seconds", "histogram",
-                             "From a domain record's write to its change in force on this host", "group", "host",
+                             "The agent's share of propagation: from receiving a domain record's change (watch "
+                             "event or resync read) to that revision in force on this host", "group", "host",
                              buckets=LATENCY_BUCKETS)
 
 # --------------------------------------------------------------------------- discovery
-DISCOVERY_PUSHES = _m("discovery_pushes_total", "counter", "Upstream pushes to slb-core, by result", "result")
+DISCOVERY_PUSHES = _m("discovery_pushes_total", "counter",
+                      "Upstream pushes to slb-core, by result (ok, or the control service's gRPC code name)", "result")
 DISCOVERY_DRAINS = _m("discovery_drains_total", "counter", "Drains, by result (drained, failed)", "result")
 DISCOVERY_DRAIN_SECONDS = _m("discovery_drain_seconds", "histogram", "Time a drain took", buckets=LATENCY_BUCKETS)
 DISCOVERY_CELLS_UNREACHABLE = _m("discovery_cells_unreachable", "gauge", "Cells whose API is out of reach")
 DISCOVERY_DOMAINS_WITHOUT_UPSTREAM = _m("discovery_domains_without_upstream", "gauge",
-                                        "Bound domains whose app has ready pods but no upstream in force")
+                                        "Bound domains whose app has ready pods but no upstream in force (as "
+                                        "discovery knows: its last successful push named none, or none succeeded)")
 
 # --------------------------------------------------------------------------- builds
 BUILD_TASKS_QUEUED = _m("build_tasks_queued", "gauge", "Build tasks waiting for their agent")
 BUILD_TASKS_RUNNING = _m("build_tasks_running", "gauge", "Build tasks an agent is running")
 BUILD_STEP_SECONDS = _m("build_step_seconds", "histogram", "Duration of a build step", "step", buckets=BUILD_BUCKETS)
 BUILD_CACHE_HITS = _m("build_cache_hits_total", "counter", "Builds that found the repo's dependency cache warm")
-BUILD_RESULTS = _m("build_results_total", "counter", "Finished builds, by result (done, failed)", "result")
+BUILD_RESULTS = _m("build_results_total", "counter", "Results written by build agents, by result (done, failed)",
+                   "result")
 BUILD_TASKS_MOVED = _m("build_tasks_moved_total", "counter", "Tasks moved off build agents whose lease expired")
 
 # --------------------------------------------------------------------------- control service
