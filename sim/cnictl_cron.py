@@ -14,6 +14,8 @@ from cni import admin
 from cni.admin import AdminError
 from foundation.ports import StoreError
 from foundation.ports.cluster import ClusterUnavailable
+from foundation.ports.metrics import NO_METRICS
+from foundation.ports.metrics import Metrics as MetricsPort
 from sim.adapters.cluster import RegionCluster
 from sim.adapters.runtime import SimRuntime
 from sim.adapters.store import SimStoreClient
@@ -22,13 +24,14 @@ from sim.metrics import Metrics
 
 class LeakCron:
     def __init__(self, runtime: SimRuntime, store: SimStoreClient, cluster: RegionCluster, metrics: Metrics, *,
-                 every: float, grace: float) -> None:
+                 every: float, grace: float, series: MetricsPort = NO_METRICS) -> None:
         self.runtime = runtime
         self.store = store
         self.cluster = cluster
         self.metrics = metrics
         self.every = every
         self.grace = grace
+        self.series = series  # the Metrics port cnictl's logic records into (leak gauges, reclamations)
         self.leaks_seen: set[tuple[str, str]] = set()  # (address, handle) of every certain leak found
         self.released_by_cnictl: set[str] = set()  # handles
 
@@ -36,8 +39,9 @@ class LeakCron:
         while True:
             await self.runtime.sleep(self.every)
             try:
-                report = await admin.check_leaks(self.store, self.cluster, self.runtime, grace=self.grace)
-                released, _ = await admin.release_certain(self.store, self.runtime)
+                report = await admin.check_leaks(self.store, self.cluster, self.runtime, grace=self.grace,
+                                                metrics=self.series)
+                released, _ = await admin.release_certain(self.store, self.runtime, metrics=self.series)
             except (ClusterUnavailable, AdminError, StoreError) as exc:
                 self.metrics.leak_checks_skipped += 1
                 self.runtime.trace("leak-check-skipped", error=type(exc).__name__)

@@ -23,6 +23,7 @@ from typing import Any
 from control.builds import BuildError, BuildScheduler
 from foundation.logic.build_task import RESULTS, Result, TaskError
 from foundation.ports import StoreError
+from foundation.ports.metrics import NO_METRICS, Metrics
 from node.build_agent import BuildAgent, BuildAgentConfig
 from sim.adapters.builder import SimBuilder, SimRegistry
 from sim.adapters.runtime import SimRuntime, SimTask
@@ -60,14 +61,16 @@ def _pct(values: list[float], q: float) -> float:
 
 class Farm:
     def __init__(self, runtime: SimRuntime, store: MemoryStore, hosts: int,
-                 client: Callable[[str], SimStoreClient], *, tick: float = 1.0) -> None:
+                 client: Callable[[str], SimStoreClient], *, tick: float = 1.0,
+                 metrics: Metrics = NO_METRICS) -> None:
         self.runtime = runtime
+        self.agent_metrics = metrics  # the Metrics port of the scheduler and every build agent
         self.store = store
         self.tick = tick
         self.registry = SimRegistry()
         self.hosts = {name: BuildHost(name, SimBuilder(runtime, name, self.registry), client(name))
                       for name in (build_host_name(i) for i in range(1, hosts + 1))}
-        self.scheduler = BuildScheduler(client(BUILD_SCHEDULER), runtime) if hosts else None
+        self.scheduler = BuildScheduler(client(BUILD_SCHEDULER), runtime, metrics=metrics) if hosts else None
         self.builds: dict[str, BuildSeen] = {}  # task -> what the world saw of it
         self.unsubmitted = 0  # deploys that found no build agent (or no etcd)
         self._releases: dict[str, int] = {}  # app -> deploys so far
@@ -85,7 +88,8 @@ class Farm:
         self.runtime.spawn(self._observe(), name="region/build-observer")
 
     def _start_agent(self, host: BuildHost) -> None:
-        host.agent = BuildAgent(host.client, host.builder, self.runtime, BuildAgentConfig(host.name))
+        host.agent = BuildAgent(host.client, host.builder, self.runtime, BuildAgentConfig(host.name),
+                                metrics=self.agent_metrics)
         host.task = self.runtime.spawn(host.agent.run(), name=f"build-agent/{host.name}")
 
     async def _observe(self) -> None:

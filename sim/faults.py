@@ -195,7 +195,7 @@ async def _exhaust_pool(region: Region, fault: FaultSpec) -> _Squatter:
     region.squatters += 1
     n_squatter = region.squatters
     squatter = _Squatter(Ipam(region.client(f"squatter-{n_squatter}"), region.runtime, f"squatter-{n_squatter}",
-                              cooldown=region.spec.cooldown), [])
+                              cooldown=region.spec.cooldown, metrics=region.agent_metrics), [])
 
     async def take(container: str) -> None:
         try:

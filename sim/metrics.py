@@ -2,7 +2,10 @@
 
 ``Metrics`` holds the counters the Kubernetes emulation, the client traffic and the
 cnictl cron add to; ``Sampler`` appends one sample of the series per period, on round
-virtual times (``sleep_to_next``). The report (sim/report.py) reads both.
+virtual times (``sleep_to_next``). The report (sim/report.py) reads both. The same tick is
+the Region's Prometheus scrape: ``series.sample(t)`` stamps every agent-recorded series
+(a ``SimMetrics``) at that virtual time, so the scrape interval is ``every`` (10 s by
+default) and sampling adds no event of its own.
 It must not change the Region: sampling is observation only.
 """
 
@@ -14,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cni.pools import Pool
+from sim.adapters.metrics import SimMetrics
 from sim.adapters.runtime import SimRuntime
 from sim.audit import Auditor
 from sim.topology import NginxHost
@@ -60,7 +64,8 @@ class Sampler:
     """One sample every ``every`` virtual seconds: requests, leaked addresses, pool use, allocations, reloads."""
 
     def __init__(self, runtime: SimRuntime, metrics: Metrics, hosts: dict[str, NginxHost], pools: dict[str, Pool],
-                 auditor: Auditor, leaked: Callable[[], int], every: float) -> None:
+                 auditor: Auditor, leaked: Callable[[], int], every: float,
+                 series: SimMetrics | None = None) -> None:
         self.runtime = runtime
         self.metrics = metrics
         self.hosts = hosts
@@ -68,6 +73,7 @@ class Sampler:
         self.auditor = auditor
         self.leaked = leaked
         self.every = every
+        self.series = series
 
     async def run(self) -> None:
         last = {"ok": 0, "failed": 0, "allocs": 0, "reloads": 0}
@@ -82,4 +88,6 @@ class Sampler:
                              "leaked": leaked, "pool_use": pool_use(self.pools, self.auditor),
                              "allocations": len(allocs), "alloc_max": round(max(allocs), 6) if allocs else 0.0,
                              "reloads": reloads - last["reloads"]})
+            if self.series is not None:
+                self.series.sample(self.runtime.now())
             last = {"ok": m.ok, "failed": m.failed, "allocs": len(m.allocations), "reloads": reloads}

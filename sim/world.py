@@ -10,7 +10,9 @@ one ``Discovery`` follows every Cell's endpoints. The parts around them, one mod
 * sim/traffic.py — the clients: requests per second and app, served or failed;
 * sim/churn.py — rolling deploys and scale events;
 * sim/cnictl_cron.py — the operator's cron: cnictl check + release;
-* sim/metrics.py — counters and the sampled series;
+* sim/metrics.py — counters and the sampled series; every sample is also the scrape of
+  ``agent_metrics`` (a ``SimMetrics``: the Metrics port every agent here records into, the
+  same series the real daemons export, written by the runner as ``metrics.om``);
 * sim/faults.py — the fault table (kind -> apply, undo) and its schedule;
 * sim/checks.py — the check table (name -> verdict) and the liveness probes;
 * sim/report.py — the report;
@@ -41,6 +43,7 @@ from node.slb_agent import SlbAgent, SlbAgentConfig
 from sim.adapters.cluster import RegionCluster
 from sim.adapters.control import SimControlClient
 from sim.adapters.dataplane import SimDataplane
+from sim.adapters.metrics import SimMetrics
 from sim.adapters.proxy import SimProxy
 from sim.adapters.runtime import SimRuntime
 from sim.adapters.store import MemoryStore, SimStoreClient
@@ -72,6 +75,9 @@ class Region:
         self.store = MemoryStore(runtime)
         self.clients: dict[str, SimStoreClient] = {}  # every etcd client, by name: what etcd faults select
         self.metrics = Metrics()
+        # The Metrics port of every agent of the Region (created before the Cells: their nodes'
+        # agents take it); the Sampler scrapes it. Recording adds no event: hashes unchanged.
+        self.agent_metrics = SimMetrics(runtime)
         self.auditor = Auditor()
         self.pools: dict[str, Pool] = {}
         self.cells: dict[str, Cell] = {}
@@ -89,12 +95,13 @@ class Region:
                 self.hosts[name] = NginxHost(name, group.name, SimProxy(runtime, name), self.client(name))
         self.slb = SlbCore(self.client("slb-core"), runtime)
         self.cnictl = self.client("cnictl")
-        self.farm = Farm(runtime, self.store, spec.build_hosts, self.client, tick=tick)  # sim/farm.py
+        self.farm = Farm(runtime, self.store, spec.build_hosts, self.client, tick=tick,  # sim/farm.py
+                         metrics=self.agent_metrics)
         bindings = [Binding(a.name, a.name, a.port, a.group, self.domains[a.name]) for a in spec.apps]
         discovery_etcd = self.client("discovery")  # slb-core in-process as discovery, and its drain records
         self.discovery = Discovery({n: c.cluster for n, c in self.cells.items()},
                                    SimControlClient(SlbCore(discovery_etcd, runtime)), discovery_etcd, runtime,
-                                   bindings)
+                                   bindings, metrics=self.agent_metrics)
         self.kube = Kubernetes(runtime, self.cells, self.apps, metrics=self.metrics, auditor=self.auditor,
                                discovery=self.discovery, pull_seconds=self.farm.registry.pull_seconds,
                                new_agent=self._node_agent, on_reachability=self._reachability_changed,
@@ -107,9 +114,10 @@ class Region:
             host.proxy.on_change = self.traffic.touch_domain
         self.churn = Churn(runtime, self.kube, self.farm, tick=tick)
         self.cron = LeakCron(runtime, self.cnictl, RegionCluster([c.cluster for c in self.cells.values()]),
-                             self.metrics, every=spec.leak_check_every, grace=spec.leak_grace)
+                             self.metrics, every=spec.leak_check_every, grace=spec.leak_grace,
+                             series=self.agent_metrics)
         self.sampler = Sampler(runtime, self.metrics, self.hosts, self.pools, self.auditor, self.leaked,
-                               every=metrics_every)
+                               every=metrics_every, series=self.agent_metrics)
         self.fault_windows: list[tuple[float, float, str]] = []  # (start, declared end, kind) of every fault
         self.probes: dict[float, Probe] = {}  # liveness deadline -> the Region then
         self.storm_changes = 0  # domain changes made by reload storms (each a distinct header value)
@@ -124,7 +132,8 @@ class Region:
 
     def _agent(self, client: SimStoreClient, dataplane: SimDataplane, node: str) -> CniAgent:
         ipam = self.ipam_factory(client, self.runtime, node, self.spec.cooldown)
-        return CniAgent(ipam, dataplane, self.runtime, NodeConfig(node))
+        ipam.metrics = self.agent_metrics  # the factory's signature predates metrics; every Ipam has the field
+        return CniAgent(ipam, dataplane, self.runtime, NodeConfig(node), metrics=self.agent_metrics)
 
     def _node_agent(self, node: Node) -> CniAgent:
         return self._agent(node.client, node.dataplane, node.name)
@@ -133,7 +142,8 @@ class Region:
         self.traffic.reachability_changed(*apps)
 
     def start_slb_agent(self, host: NginxHost) -> None:
-        agent = SlbAgent(host.client, host.proxy, self.runtime, SlbAgentConfig(host.group, host.name))
+        agent = SlbAgent(host.client, host.proxy, self.runtime, SlbAgentConfig(host.group, host.name),
+                         metrics=self.agent_metrics)
         host.task = self.runtime.spawn(agent.run(), name=f"slb-agent/{host.name}")
 
     # ------------------------------------------------------------------ running
