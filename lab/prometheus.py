@@ -265,7 +265,10 @@ class PrometheusServer:
                 return
             time.sleep(0.2)
         states = [(t.get("scrapeUrl"), t.get("health"), t.get("lastError")) for t in seen]
-        raise PrometheusError(f"targets of {job or 'every job'} not up after {timeout:.0f}s: {states or 'none'}")
+        configured = [a for j, targets in self.scrape.items() if job is None or j == job for a in targets]
+        # Prometheus applies discovered targets every 5 s: "not listed yet" is a state of its own.
+        raise PrometheusError(f"targets of {job or 'every job'} ({', '.join(configured) or 'none configured'}) "
+                              f"not up after {timeout:.0f}s: {states or 'not listed yet'}")
 
     def alerts(self) -> list[dict[str, Any]]:
         """Alerts pending or firing now, each with ``labels``, ``state`` and ``activeAt``."""
