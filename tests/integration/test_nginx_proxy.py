@@ -84,15 +84,23 @@ def refused(port: int) -> bool:
 
 
 def accepting_workers(proxy: NginxProxy) -> list[int]:
-    """Workers not told to quit (a quitting worker renames itself "… is shutting down")."""
+    """The master's children that may still accept a connection.
+
+    Not counted: a worker told to quit (it renames itself "… is shutting down" and closes
+    its listening sockets), and a worker that is exiting or has exited: once a process has
+    released its memory (in exit, and as a zombie until the master reaps it) its
+    ``/proc/PID/cmdline`` reads empty, yet it is still listed as the master's child. Idle
+    old workers exit right after a reload, so a test that looks just then finds them so.
+    """
     found = []
     for pid in proxy.worker_pids():
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"shutting down" not in f.read():
-                    found.append(pid)
-        except OSError:
-            pass
+                cmdline = f.read()
+        except OSError:  # reaped meanwhile
+            continue
+        if cmdline and b"shutting down" not in cmdline:
+            found.append(pid)
     return found
 
 
