@@ -561,7 +561,10 @@ class NginxProxy:
                 raise ProxyError(f"nginx exited with code {self._proc.returncode} while starting on "
                                  f"{self.prefix}; log tail:\n{self.log_tail()}")
             served = await self._served_generation()
-            if served is not None and served[0] == self._generation:
+            # All workers forked, not just the one that answered: the first reload's confirmation
+            # waits for the workers listed before its HUP, and one forked later would be missed.
+            if served is not None and served[0] == self._generation and len(
+                    await asyncio.to_thread(_children, self._proc.pid)) >= self.worker_processes:
                 return
             if loop.time() > deadline:
                 await asyncio.to_thread(self._terminate)
@@ -880,6 +883,8 @@ class NginxProxy:
     def _old_workers_retired(old_workers: list[int]) -> bool:
         # A worker told to quit renames itself "worker process is shutting down" and closes
         # its listening sockets at once; from then on only new workers accept connections.
+        # An idle one exits right away: while it exits and as a zombie (until the master reaps
+        # it) its cmdline reads empty, so "worker" is missing from it: retired too.
         return all(not _alive(w) or "shutting down" in _cmdline(w) or "worker" not in _cmdline(w)
                    for w in old_workers)
 
