@@ -20,10 +20,12 @@ from foundation.adapters.grpc_control import GrpcControlClient
 from foundation.adapters.k8s_cluster import KubeCluster
 from foundation.adapters.nginx_proxy import NginxProxy
 from foundation.adapters.ovs_dataplane import OvsDataplane
+from foundation.adapters.prom_metrics import PromMetrics
 from foundation.ports.builder import Builder
 from foundation.ports.cluster import Cluster, PodInventory
 from foundation.ports.control import ControlClient
 from foundation.ports.dataplane import Dataplane
+from foundation.ports.metrics import Metrics, NoMetrics
 from foundation.ports.proxy import Proxy
 from foundation.ports.runtime import Event, Queue, Runtime, Task
 from foundation.ports.store import Store
@@ -31,6 +33,7 @@ from sim.adapters.builder import SimBuilder, SimRegistry
 from sim.adapters.cluster import RegionCluster, SimCluster
 from sim.adapters.control import SimControlClient
 from sim.adapters.dataplane import SimDataplane
+from sim.adapters.metrics import SimMetrics
 from sim.adapters.proxy import SimProxy
 from sim.adapters.runtime import SimRuntime
 from sim.adapters.store import MemoryStore, SimStoreClient
@@ -44,6 +47,7 @@ def _every_adapter_is_its_port(
     nginx: NginxProxy, sim_proxy: SimProxy,
     buildah: BuildahBuilder, sim_builder: SimBuilder,
     grpc_control: GrpcControlClient, sim_control: SimControlClient,
+    prom_metrics: PromMetrics, sim_metrics: SimMetrics, no_metrics: NoMetrics,
 ) -> None:
     """Checked by mypy, never run: an adapter that stops fitting its port fails ./test.sh."""
     runtimes: list[Runtime] = [asyncio_runtime, sim_runtime]
@@ -54,12 +58,13 @@ def _every_adapter_is_its_port(
     proxies: list[Proxy] = [nginx, sim_proxy]
     builders: list[Builder] = [buildah, sim_builder]
     controls: list[ControlClient] = [grpc_control, sim_control]
+    metrics: list[Metrics] = [prom_metrics, sim_metrics, no_metrics]
     for runtime in runtimes:  # what a runtime hands out fits the port's smaller protocols too
         task: Task[object] = runtime.spawn(runtime.sleep(0), name="t")
         queue: Queue[int] = runtime.queue()
         event: Event = runtime.event()
         del task, queue, event
-    del stores, inventories, dataplanes, proxies, builders, controls
+    del stores, inventories, dataplanes, proxies, builders, controls, metrics
 
 
 def test_runtimes_fit_the_runtime_port() -> None:
@@ -114,3 +119,10 @@ def test_control_clients_fit_the_control_client_port() -> None:
     assert isinstance(SimControlClient(SlbCore(MemoryStore(runtime).client("c"), runtime)), ControlClient)
     # The gRPC channel is opened on the first call: nothing listens on port 1, nothing is dialled.
     assert isinstance(GrpcControlClient("127.0.0.1:1", "t" * 16), ControlClient)
+
+
+def test_metrics_fit_the_metrics_port() -> None:
+    from foundation.ports.metrics import NO_METRICS
+
+    assert isinstance(PromMetrics(), Metrics) and isinstance(SimMetrics(SimRuntime(seed=1)), Metrics)
+    assert isinstance(NO_METRICS, Metrics)
