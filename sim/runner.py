@@ -4,7 +4,11 @@
 on it, and steps ``env.run(until=t)`` slice by slice (calling ``on_progress(t)``
 between slices, for a progress bar). ``write_outputs`` writes ``report.json``
 (inputs, seed, code version, scenario hash, every check's verdict, a metrics
-summary, ``trace_sha256``), ``metrics.json`` (the full series), PNG plots with the
+summary, ``trace_sha256``, where the OpenMetrics file's time axis starts), ``metrics.json``
+(the full series), ``metrics.om`` (every series the agents recorded through the Metrics
+port, as a Prometheus scrape every ``scrape_interval`` virtual seconds would have seen it:
+OpenMetrics with timestamps ``base_time + t``, for ``promtool tsdb create-blocks-from
+openmetrics``), PNG plots with the
 fault windows shaded (sim/plots.py) and ``report.html``, the same for a person in one
 self-contained page (sim/report_html.py).
 
@@ -26,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from sim import report_html
-from sim.adapters.runtime import SimRuntime
+from sim.adapters.metrics import SimMetrics
+from sim.adapters.runtime import SIM_EPOCH, SimRuntime
 from sim.plots import KEY_METRICS, fault_windows, write_plots
 from sim.scenario import NAME, Scenario
 from sim.spec import RegionSpec
@@ -34,6 +39,7 @@ from sim.world import Region
 
 SLICES = 200  # progress updates over the run
 REPORT_VERSION = 1
+OPENMETRICS_FILE = "metrics.om"
 
 
 def extract_series(report: dict[str, Any]) -> dict[str, list[list[float]]]:
@@ -72,6 +78,8 @@ class RunResult:
     trace_events: int
     virtual_seconds: float
     checks: list[dict[str, Any]] = field(default_factory=list)
+    agent_metrics: SimMetrics | None = None  # what the agents recorded, scraped every scrape_interval
+    scrape_interval: float = 0.0
 
     @property
     def passed(self) -> bool:
@@ -111,7 +119,8 @@ def run_scenario(scenario: Scenario, *, on_progress: Callable[[float], None] | N
     report = region.report()
     checks = [dict(c) for c in report.get("checks", [])]
     return RunResult(scenario=scenario, spec=spec, report=report, trace_sha256=runtime.trace_log.sha256,
-                     trace_events=runtime.trace_log.count, virtual_seconds=runtime.now(), checks=checks)
+                     trace_events=runtime.trace_log.count, virtual_seconds=runtime.now(), checks=checks,
+                     agent_metrics=region.agent_metrics, scrape_interval=region.sampler.every)
 
 
 # ------------------------------------------------------------------ outputs
@@ -169,6 +178,11 @@ def build_report(result: RunResult, *, code_version: dict[str, Any], wall_second
         "wall_seconds": None if wall_seconds is None else round(wall_seconds, 3),
         "plots": plots or [],
         "replay": f"leengine sim run {shlex.quote(str(scenario.path))} --seed {spec.seed}",
+        # Virtual time t is stamped base_time + t in metrics.om: the sim's wall clock (SIM_EPOCH +
+        # t, 2026-01-01) that agents also stamp into gauges, so a query at base_time + t sees t.
+        "openmetrics": None if result.agent_metrics is None else {
+            "file": OPENMETRICS_FILE, "base_time": SIM_EPOCH, "scrape_interval": result.scrape_interval,
+            "samples": len(result.agent_metrics.sample_times)},
     }
 
 
@@ -181,6 +195,9 @@ def write_outputs(result: RunResult, out: Path, *, code_version: dict[str, Any],
     title = f"{spec.name} seed {spec.seed}"
     files = write_plots(metrics, out, title, windows=windows, duration=spec.duration) if plot else {}
     (out / "metrics.json").write_text(json.dumps(metrics, sort_keys=True) + "\n")
+    if result.agent_metrics is not None:
+        with (out / OPENMETRICS_FILE).open("w", encoding="utf-8") as om:
+            result.agent_metrics.write_openmetrics(om, base_time=SIM_EPOCH)
     report = build_report(result, code_version=code_version, wall_seconds=wall_seconds, plots=list(files.values()))
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     figures = {family: (out / file).read_bytes() for family, file in files.items() if family}
