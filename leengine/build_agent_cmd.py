@@ -2,7 +2,8 @@
 
     leengine-build-agent --host build-1 --etcd 10.0.0.10:2379 --repos /srv/git \\
         --etcd-ca /etc/leengine/etcd-ca.crt --etcd-cert build-1.crt --etcd-key build-1.key \\
-        --workdir /var/lib/leengine/build --registry registry.region:5000 [--storage DIR] [--ttl 10]
+        --workdir /var/lib/leengine/build --registry registry.region:5000 [--storage DIR] [--ttl 10] \\
+        [--metrics-address 127.0.0.1:9103]
 
 It wires the real adapters (etcd Store, ``BuildahBuilder``: git + buildah + the
 registry, asyncio Runtime) to the agent logic (``node/build_agent.py``): register
@@ -14,6 +15,9 @@ this host when it comes back, or by the next host of the repo once the lease has
 expired. Start-up, signals, retries and exit codes are every daemon's
 (``leengine/command.py``, ``leengine/daemon.py``): bad options are one line on stderr and exit status 2.
 It only wires: what a build is lives in the adapter, what to build in the agent.
+``--metrics-address HOST:PORT`` (off by default) serves Prometheus metrics on
+``http://HOST:PORT/metrics``: step durations, cache hits, results written, etcd errors
+(``leengine/metrics_option.py``; a port that cannot be bound stops the agent at start in one line).
 """
 
 from __future__ import annotations
@@ -30,6 +34,15 @@ import typer
 
 from foundation.logic.build_task import HOST_NAME
 from foundation.ports.builder import Builder
+from foundation.ports.metrics import (
+    BUILD_CACHE_HITS,
+    BUILD_RESULTS,
+    BUILD_STEP_SECONDS,
+    ETCD_ERRORS,
+    NO_METRICS,
+    MetricDef,
+    Metrics,
+)
 from leengine.command import BadInput, LogLevelOpt, configure_logging, run_app
 from leengine.daemon import agent_runtime, connect_until_stopped, fail_on_task_failures, run_daemon, until_stopped
 from leengine.etcd_options import (
@@ -42,21 +55,25 @@ from leengine.etcd_options import (
     EtcdSettings,
     EtcdTimeoutOpt,
 )
-from node.build_agent import BuildAgent, BuildAgentConfig
+from leengine.metrics_option import MetricsAddressOpt, metrics_served
+from node.build_agent import COMPONENT, BuildAgent, BuildAgentConfig
 
 ENDPOINT = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*:[0-9]{1,5}")  # host:port, never an option
 STOP_GRACE = 30.0  # seconds a stopped build has to kill its processes and remove its containers
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 log = logging.getLogger("leengine.build_agent")
+# The families a scrape lists from the start (labelled ones get their series with the first event).
+FAMILIES: tuple[MetricDef, ...] = (BUILD_STEP_SECONDS, BUILD_CACHE_HITS, BUILD_RESULTS, ETCD_ERRORS)
 
 
-async def run_agent(config: BuildAgentConfig, builder: Builder, *, etcd: EtcdSettings, stop: asyncio.Event) -> None:
+async def run_agent(config: BuildAgentConfig, builder: Builder, *, etcd: EtcdSettings, stop: asyncio.Event,
+                    metrics: Metrics = NO_METRICS) -> None:
     store = etcd.store()
     try:
         if not await connect_until_stopped(store, stop, log):
             return
         runtime = agent_runtime(stop)
-        agent = BuildAgent(store, builder, runtime, config)
+        agent = BuildAgent(store, builder, runtime, config, metrics=metrics)
         log.info("build agent %s registered at %s", config.host, etcd.endpoint)
         await until_stopped(agent.run(), stop, name="build-agent", grace=STOP_GRACE)
         fail_on_task_failures(runtime)
@@ -78,6 +95,7 @@ def main(
     etcd_ca: EtcdCaOpt = None,
     etcd_cert: EtcdCertOpt = None,
     etcd_key: EtcdKeyOpt = None,
+    metrics_address: MetricsAddressOpt = "",
     log_level: LogLevelOpt = "info",
 ) -> None:
     """Build what the control service queues for this host, one task at a time."""
@@ -110,7 +128,12 @@ def main(
     configure_logging(log_level)
     builder = BuildahBuilder(BuildahConfig(host, repos.resolve(), workdir.resolve(), registry,
                                            storage=storage.resolve() if storage else None, tls_verify=tls_verify))
-    run_daemon(lambda stop: run_agent(BuildAgentConfig(host, ttl=ttl), builder, etcd=settings, stop=stop))
+    with metrics_served(metrics_address, FAMILIES) as metrics:  # bound now: a bad address stops us before etcd
+        metrics.inc(ETCD_ERRORS, 0.0, component=COMPONENT)  # the series exists at 0: increase() sees the first error
+        for result in ("done", "failed"):
+            metrics.inc(BUILD_RESULTS, 0.0, result=result)
+        run_daemon(lambda stop: run_agent(BuildAgentConfig(host, ttl=ttl), builder, etcd=settings, stop=stop,
+                                          metrics=metrics))
 
 
 def entry() -> None:

@@ -3,7 +3,7 @@
     leengine-cni-agent --node node-1 --etcd 10.0.0.10:2379 \\
         --etcd-ca /etc/leengine/etcd-ca.crt --etcd-cert node-1.crt --etcd-key node-1.key \\
         [--socket /run/leengine/cni.sock] [--ovsdb unix:/var/run/openvswitch/db.sock] \\
-        [--bridge br-int] [--mtu 1500] [--cooldown 60]
+        [--bridge br-int] [--mtu 1500] [--cooldown 60] [--metrics-address 127.0.0.1:9101]
 
 It wires the real adapters (etcd Store, OVS + netlink Dataplane, asyncio Runtime)
 to the agent logic (``node/cni_agent.py``) and serves the ``leengine-cni`` plugin on a
@@ -13,6 +13,13 @@ plugin answers "try again later" (CNI error 11) and the runtime retries (``leeng
 the same for every daemon; so are the signals, the exit codes and the flags ``--etcd``,
 ``--etcd-timeout``, ``--log-level``: ``leengine/command.py``, ``leengine/etcd_options.py``).
 Bad options are one line on stderr and exit status 2.
+
+``--metrics-address HOST:PORT`` serves Prometheus metrics (IPAM: addresses in use, blocks,
+pool sizes, allocation latency, lost CASes; CNI commands by command and code; etcd errors)
+on ``http://HOST:PORT/metrics``. It is off by default: the agent runs in the host's network
+namespace, where an open port is open to whatever reaches the node, so the operator picks
+a loopback or management address (``leengine/metrics_option.py``). An address that cannot
+be bound stops the agent at start in one line.
 """
 
 from __future__ import annotations
@@ -26,6 +33,19 @@ import typer
 from cni.ipam import Ipam
 from cni.pools import NODE_NAME, PoolConfigError, check_name
 from foundation.ports import StoreError
+from foundation.ports.metrics import (
+    CNI_REQUEST_SECONDS,
+    CNI_REQUESTS,
+    ETCD_ERRORS,
+    IPAM_ALLOCATION_SECONDS,
+    IPAM_ALLOCATIONS_IN_USE,
+    IPAM_BLOCKS,
+    IPAM_CAS_CONFLICTS,
+    IPAM_IPPOOL_SIZE,
+    NO_METRICS,
+    MetricDef,
+    Metrics,
+)
 from leengine.command import BadInput, LogLevelOpt, configure_logging, run_app
 from leengine.daemon import RETRY_SECONDS, connect_until_stopped, run_daemon, stop_on_signals, until_stopped
 from leengine.etcd_options import (
@@ -38,15 +58,20 @@ from leengine.etcd_options import (
     EtcdSettings,
     EtcdTimeoutOpt,
 )
-from node.cni_agent import CniAgent, NodeConfig
+from leengine.metrics_option import MetricsAddressOpt, metrics_served
+from node.cni_agent import COMPONENT, CniAgent, NodeConfig
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 log = logging.getLogger("leengine.cni_agent")
 DEFAULT_SOCKET = "/run/leengine/cni.sock"
+# The families a scrape lists from the start (labelled ones get their series with the first event).
+FAMILIES: tuple[MetricDef, ...] = (IPAM_ALLOCATIONS_IN_USE, IPAM_BLOCKS, IPAM_IPPOOL_SIZE, IPAM_ALLOCATION_SECONDS,
+                                   IPAM_CAS_CONFLICTS, CNI_REQUESTS, CNI_REQUEST_SECONDS, ETCD_ERRORS)
 
 
 async def run_agent(*, node: str, etcd: EtcdSettings, socket_path: str, ovsdb: str, bridge: str, mtu: int,
-                    cooldown: float, max_concurrency: int, stop: asyncio.Event | None = None) -> None:
+                    cooldown: float, max_concurrency: int, stop: asyncio.Event | None = None,
+                    metrics: Metrics = NO_METRICS) -> None:
     from foundation.adapters.asyncio_runtime import AsyncioRuntime
     from foundation.adapters.ovs_dataplane import OvsDataplane
     from leengine.cni_agent_server import serve
@@ -59,8 +84,8 @@ async def run_agent(*, node: str, etcd: EtcdSettings, socket_path: str, ovsdb: s
             return
         dataplane = OvsDataplane(ovsdb)
         try:
-            agent = CniAgent(Ipam(store, runtime, node, cooldown=cooldown), dataplane, runtime,
-                             NodeConfig(node, bridge=bridge, mtu=mtu))
+            agent = CniAgent(Ipam(store, runtime, node, cooldown=cooldown, metrics=metrics), dataplane, runtime,
+                             NodeConfig(node, bridge=bridge, mtu=mtu), metrics=metrics)
             while not stop.is_set():  # loading the node's blocks needs etcd too: the same retry
                 try:
                     await agent.start()
@@ -94,6 +119,7 @@ def main(
     etcd_ca: EtcdCaOpt = None,
     etcd_cert: EtcdCertOpt = None,
     etcd_key: EtcdKeyOpt = None,
+    metrics_address: MetricsAddressOpt = "",
     log_level: LogLevelOpt = "info",
 ) -> None:
     """Serve CNI requests of this node: IPAM in etcd, pods on the OVS bridge tagged with their pool's VLAN."""
@@ -105,8 +131,11 @@ def main(
     if not 68 <= mtu <= 65535 or cooldown < 0 or max_concurrency < 1:
         raise BadInput("mtu must be 68-65535, cooldown >= 0, max-concurrency >= 1")
     configure_logging(log_level)
-    run_daemon(lambda stop: run_agent(node=node, etcd=settings, socket_path=socket, ovsdb=ovsdb, bridge=bridge,
-                                      mtu=mtu, cooldown=cooldown, max_concurrency=max_concurrency, stop=stop))
+    with metrics_served(metrics_address, FAMILIES) as metrics:  # bound now: a bad address stops us before etcd
+        metrics.inc(ETCD_ERRORS, 0.0, component=COMPONENT)  # the series exists at 0: increase() sees the first error
+        run_daemon(lambda stop: run_agent(node=node, etcd=settings, socket_path=socket, ovsdb=ovsdb, bridge=bridge,
+                                          mtu=mtu, cooldown=cooldown, max_concurrency=max_concurrency, stop=stop,
+                                          metrics=metrics))
 
 
 def entry() -> None:

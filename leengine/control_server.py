@@ -32,6 +32,12 @@ with ``grpc.health.v1.Health`` (SERVING once it listens) and server reflection.
   plaintext is served only on loopback (the default ``--listen``, for development), and
   a non-loopback ``--listen`` without a certificate is refused (``start()`` refuses it too).
 * etcd: ``--etcd-ca/--etcd-cert/--etcd-key`` (``leengine/etcd_options.py``).
+* Metrics: ``--metrics-address HOST:PORT`` (off by default; ``leengine/metrics_option.py``)
+  serves ``/metrics``: every SlbCore and Builds call answered, by method (the RPC's name,
+  a fixed set) and status code name (``leengine_control_rpcs_total``; UNAUTHENTICATED
+  included, the caller's identity never), the build queue and tasks moved by the
+  reassigner, etcd errors. Health and reflection calls are not counted. A port that
+  cannot be bound stops the server at start in one line.
 
 Bad options are one line on stderr naming the flag, and exit status 2.
 """
@@ -58,6 +64,16 @@ from control import builds, slb_core
 from control.auth import Principal, TokenTable, TokenTableError
 from foundation.ports import Runtime, Store, StoreError, StoreUnavailable
 from foundation.ports.control import StoredDomain
+from foundation.ports.metrics import (
+    BUILD_TASKS_MOVED,
+    BUILD_TASKS_QUEUED,
+    BUILD_TASKS_RUNNING,
+    CONTROL_RPCS,
+    ETCD_ERRORS,
+    NO_METRICS,
+    MetricDef,
+    Metrics,
+)
 from leengine.command import BadInput, Failed, LogLevelOpt, configure_logging, run_app
 from leengine.daemon import connect_until_stopped, run_daemon, stop_on_signals
 from leengine.etcd_options import (
@@ -75,6 +91,7 @@ from leengine.etcd_options import (
     read_key_pair,
     read_pem,
 )
+from leengine.metrics_option import MetricsAddressOpt, metrics_served
 from leengine.secret_files import SecretFileError, read_secret_file
 
 try:
@@ -88,6 +105,9 @@ SERVICE = slb_pb2.DESCRIPTOR.services_by_name["SlbCore"].full_name
 BUILDS_SERVICE = builds_pb2.DESCRIPTOR.services_by_name["Builds"].full_name
 FIELD_METADATA = "leengine-field"
 DEFAULT_LISTEN = "127.0.0.1:50051"
+# The families a scrape lists from the start (labelled ones get their series with the first event).
+FAMILIES: tuple[MetricDef, ...] = (CONTROL_RPCS, BUILD_TASKS_QUEUED, BUILD_TASKS_RUNNING, BUILD_TASKS_MOVED,
+                                   ETCD_ERRORS)
 
 # Typed errors of the service logic → gRPC status codes (most specific first).
 STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
@@ -237,9 +257,10 @@ def group_to_proto(group: slb_core.Group) -> Any:
 class SlbCoreService(slb_pb2_grpc.SlbCoreServicer):
     """Authenticates each call, runs it on ``SlbCore`` and maps the typed errors to status codes."""
 
-    def __init__(self, core: slb_core.SlbCore, tokens: TokenTable) -> None:
+    def __init__(self, core: slb_core.SlbCore, tokens: TokenTable, metrics: Metrics = NO_METRICS) -> None:
         self.core = core
         self.tokens = tokens
+        self.metrics = metrics
         self.auth_failures = RateLimitedLog(log, AUTH_LOG_BURST, 60.0, "failed authentications")
 
     async def _authenticate(self, context: grpc.aio.ServicerContext, method: str = "") -> Principal:
@@ -262,11 +283,17 @@ class SlbCoreService(slb_pb2_grpc.SlbCoreServicer):
 
     async def _call(self, context: grpc.aio.ServicerContext, method: str,
                     action: Callable[[Principal], Awaitable[T]]) -> T:
-        who = await self._authenticate(context, method)
+        # The answer's code, counted however the call ends (an abort raises out of here).
+        answered = grpc.StatusCode.UNAUTHENTICATED  # what _authenticate aborts with
         try:
-            return await action(who)
+            who = await self._authenticate(context, method)
+            answered = grpc.StatusCode.UNKNOWN  # an exception nobody mapped: gRPC answers UNKNOWN
+            result = await action(who)
+            answered = grpc.StatusCode.OK
+            return result
         except (slb_core.SlbError, builds.BuildError, builds.TaskError, StoreError) as exc:
             code = next(code for kind, code in STATUS if isinstance(exc, kind))
+            answered = code
             trailing: tuple[tuple[str, str], ...] = ()
             if isinstance(exc, slb_core.InvalidArgument | builds.TaskError):
                 trailing = ((FIELD_METADATA, exc.field),)
@@ -275,6 +302,11 @@ class SlbCoreService(slb_pb2_grpc.SlbCoreServicer):
             log.log(level, "%s by %s: %s %s", method, who.name, code.name, details)
             await context.abort(code, details, trailing_metadata=trailing)
             raise  # not reached: abort raises
+        except asyncio.CancelledError:  # the caller went away or its deadline passed
+            answered = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            self.metrics.inc(CONTROL_RPCS, method=method, code=answered.name)
 
     async def CreateGroup(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return group_to_proto(await self._call(
@@ -438,8 +470,9 @@ def load_server_tls(cert: Path | None, key: Path | None, client_ca: Path | None)
 
 async def start(store: Store, tokens: TokenTable, *, listen: str = "127.0.0.1:0",
                 runtime: Runtime | None = None, tls: ServerTls | None = None,
-                limits: ServerLimits | None = None) -> ControlServer:
-    """Serve slb-core on ``listen`` over ``store`` (which the caller owns and closes); TLS with ``tls``."""
+                limits: ServerLimits | None = None, metrics: Metrics = NO_METRICS) -> ControlServer:
+    """Serve slb-core on ``listen`` over ``store`` (which the caller owns and closes); TLS with ``tls``;
+    RPCs and the build queue recorded in ``metrics``."""
     from foundation.adapters.asyncio_runtime import AsyncioRuntime
 
     host, _ = check_listen(listen)
@@ -450,9 +483,9 @@ async def start(store: Store, tokens: TokenTable, *, listen: str = "127.0.0.1:0"
                              maximum_concurrent_rpcs=limits.max_concurrent_rpcs)
     runtime = runtime or AsyncioRuntime()
     core = slb_core.SlbCore(store, runtime, quotas=limits.quotas, page_bytes=limits.page_bytes)
-    slb_service = SlbCoreService(core, tokens)
+    slb_service = SlbCoreService(core, tokens, metrics)
     slb_pb2_grpc.add_SlbCoreServicer_to_server(slb_service, server)
-    scheduler = builds.BuildScheduler(store, runtime)
+    scheduler = builds.BuildScheduler(store, runtime, metrics=metrics)
     builds_pb2_grpc.add_BuildsServicer_to_server(BuildsService(builds.BuildService(scheduler), slb_service), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -476,14 +509,15 @@ async def start(store: Store, tokens: TokenTable, *, listen: str = "127.0.0.1:0"
 
 async def serve(*, listen: str, etcd: str, tokens: TokenTable, etcd_timeout: float = 5.0,
                 stop: asyncio.Event | None = None, tls: ServerTls | None = None,
-                etcd_tls: EtcdClientTls | None = None, limits: ServerLimits | None = None) -> None:
+                etcd_tls: EtcdClientTls | None = None, limits: ServerLimits | None = None,
+                metrics: Metrics = NO_METRICS) -> None:
     """Open etcd (retrying while it is down), serve until SIGINT/SIGTERM or ``stop``, shut down cleanly."""
     stop = stop or stop_on_signals()
     store = new_store(etcd, etcd_tls, timeout=etcd_timeout)
     try:
         if not await connect_until_stopped(store, stop, log):
             return
-        server = await start(store, tokens, listen=listen, tls=tls, limits=limits)
+        server = await start(store, tokens, listen=listen, tls=tls, limits=limits, metrics=metrics)
         try:
             await stop.wait()
         finally:
@@ -519,6 +553,7 @@ def main(
         help="quotas of users: domains=N,upstreams=N,record_bytes=N (0: none)")] = str(slb_core.Quotas().user),
     admin_quota: Annotated[str, typer.Option(
         help="quotas of admins and discovery, same form")] = str(slb_core.Quotas().admin),
+    metrics_address: MetricsAddressOpt = "",
     log_level: LogLevelOpt = "info",
 ) -> None:
     """Serve the control service's gRPC API (slb-core) over etcd."""
@@ -538,12 +573,15 @@ def main(
     except ValueError as exc:
         raise BadInput(str(exc)) from None
     configure_logging(log_level)
-    try:
-        run_daemon(lambda stop: serve(listen=listen, etcd=etcd_settings.endpoint, tokens=table,
-                                      etcd_timeout=etcd_settings.timeout, tls=tls, etcd_tls=etcd_settings.tls,
-                                      limits=limits, stop=stop))
-    except OSError as exc:  # cannot listen
-        raise Failed(str(exc)) from None
+    with metrics_served(metrics_address, FAMILIES) as metrics:  # bound now: a bad address stops us before etcd
+        metrics.inc(ETCD_ERRORS, 0.0, component=builds.COMPONENT)  # at 0: increase() sees the first error
+        metrics.inc(BUILD_TASKS_MOVED, 0.0)
+        try:
+            run_daemon(lambda stop: serve(listen=listen, etcd=etcd_settings.endpoint, tokens=table,
+                                          etcd_timeout=etcd_settings.timeout, tls=tls, etcd_tls=etcd_settings.tls,
+                                          limits=limits, stop=stop, metrics=metrics))
+        except OSError as exc:  # cannot listen
+            raise Failed(str(exc)) from None
 
 
 def entry() -> None:

@@ -3,7 +3,8 @@
     leengine-discovery --config discovery.yaml \\
         --control 10.0.0.10:50051 --control-token-file /etc/leengine/discovery.token \\
         --control-ca /etc/leengine/control-ca.crt \\
-        --etcd 10.0.0.10:2379 --etcd-ca /etc/leengine/etcd-ca.crt --etcd-cert discovery.crt --etcd-key discovery.key
+        --etcd 10.0.0.10:2379 --etcd-ca /etc/leengine/etcd-ca.crt --etcd-cert discovery.crt --etcd-key discovery.key \\
+        [--metrics-address 127.0.0.1:9104]
 
 ``discovery.yaml``::
 
@@ -23,6 +24,10 @@ one line on stderr naming the field, and exit status 2. Like every daemon it wai
 at start (retrying every two seconds) and stops cleanly, exit 0, on SIGTERM/SIGINT
 (``leengine/daemon.py``); ``--etcd-timeout`` is each etcd request's deadline and
 ``--api-timeout`` each Kubernetes API request's (the old ``--timeout`` still sets both).
+``--metrics-address HOST:PORT`` (off by default) serves Prometheus metrics on
+``http://HOST:PORT/metrics``: pushes by result, drains and their duration, Cells out of
+reach, domains without upstream, etcd errors (``leengine/metrics_option.py``; a port that
+cannot be bound stops the daemon at start in one line).
 
 Drains, from anywhere that reaches etcd, through the running daemon::
 
@@ -53,6 +58,7 @@ import yaml
 
 from control.auth import TOKEN
 from control.discovery import (
+    COMPONENT,
     MAX_DRAIN_TIMEOUT,
     Binding,
     Discovery,
@@ -63,6 +69,17 @@ from control.discovery import (
 )
 from foundation.logic.slb_domain import GROUP_NAME, DomainError, check_domain_name
 from foundation.ports import StoreError
+from foundation.ports.metrics import (
+    DISCOVERY_CELLS_UNREACHABLE,
+    DISCOVERY_DOMAINS_WITHOUT_UPSTREAM,
+    DISCOVERY_DRAIN_SECONDS,
+    DISCOVERY_DRAINS,
+    DISCOVERY_PUSHES,
+    ETCD_ERRORS,
+    NO_METRICS,
+    MetricDef,
+    Metrics,
+)
 from leengine.command import BadInput, Failed, LogLevelOpt, configure_logging, run_app
 from leengine.daemon import connect_until_stopped, run_daemon, until_stopped
 from leengine.etcd_options import (
@@ -79,12 +96,16 @@ from leengine.etcd_options import (
     check_timeout,
     read_pem,
 )
+from leengine.metrics_option import MetricsAddressOpt, metrics_served
 from leengine.secret_files import SecretFileError, read_secret_file
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 log = logging.getLogger("leengine.discovery")
 NAME = GROUP_NAME  # namespaces, services and cells: DNS labels
 MAX_TOKEN_FILE = 4096  # bytes: one bearer token and a newline
+# The families a scrape lists from the start (labelled ones get their series with the first event).
+FAMILIES: tuple[MetricDef, ...] = (DISCOVERY_PUSHES, DISCOVERY_DRAINS, DISCOVERY_DRAIN_SECONDS,
+                                   DISCOVERY_CELLS_UNREACHABLE, DISCOVERY_DOMAINS_WITHOUT_UPSTREAM, ETCD_ERRORS)
 # The old --timeout, kept working but not shown: it set both deadlines; --etcd-timeout and --api-timeout now.
 OldTimeoutOpt = Annotated[float | None, typer.Option("--timeout", hidden=True, callback=check_timeout)]
 
@@ -179,7 +200,8 @@ class ControlSettings:
 
 
 async def run_discovery(etcd: EtcdSettings, cells: dict[str, dict[str, str]], bindings: list[Binding],
-                        resync: float, api_timeout: float, stop: asyncio.Event, control: ControlSettings) -> None:
+                        resync: float, api_timeout: float, stop: asyncio.Event, control: ControlSettings,
+                        metrics: Metrics = NO_METRICS) -> None:
     from foundation.adapters.asyncio_runtime import AsyncioRuntime
     from foundation.adapters.k8s_cluster import KubeCluster
 
@@ -194,7 +216,7 @@ async def run_discovery(etcd: EtcdSettings, cells: dict[str, dict[str, str]], bi
         if not await connect_until_stopped(store, stop, log):  # etcd down at start: wait, like every daemon
             return
         runtime = AsyncioRuntime()
-        discovery = Discovery(clusters, client, store, runtime, bindings, resync=resync)
+        discovery = Discovery(clusters, client, store, runtime, bindings, resync=resync, metrics=metrics)
         log.info("discovery: %d Cells, %d bindings, control service at %s", len(clusters), len(bindings),
                  control.target)
         await until_stopped(discovery.run(), stop, name="discovery")
@@ -225,6 +247,7 @@ def main(
     etcd_ca: EtcdCaOpt = None,
     etcd_cert: EtcdCertOpt = None,
     etcd_key: EtcdKeyOpt = None,
+    metrics_address: MetricsAddressOpt = "",
     log_level: LogLevelOpt = "info",
 ) -> None:
     """Feed the ready pods of every app, in every Cell, to its domains' upstreams (commands: drain, forget)."""
@@ -241,10 +264,13 @@ def main(
     service = ControlSettings.from_options(control, control_token_file, control_ca, control_timeout)
     settings = EtcdSettings.from_options(etcd, etcd_timeout, etcd_ca, etcd_cert, etcd_key)
     configure_logging(log_level)
-    try:
-        run_daemon(lambda stop: run_discovery(settings, cells, bindings, resync, api_timeout, stop, service))
-    except (StoreError, ValueError, OSError) as exc:  # a bad kubeconfig; etcd lost for good after start
-        raise Failed(str(exc)) from None
+    with metrics_served(metrics_address, FAMILIES) as metrics:  # bound now: a bad address stops us before etcd
+        metrics.inc(ETCD_ERRORS, 0.0, component=COMPONENT)  # the series exists at 0: increase() sees the first error
+        try:
+            run_daemon(lambda stop: run_discovery(settings, cells, bindings, resync, api_timeout, stop, service,
+                                                  metrics))
+        except (StoreError, ValueError, OSError) as exc:  # a bad kubeconfig; etcd lost for good after start
+            raise Failed(str(exc)) from None
 
 
 # ---------------------------------------------------------------------------- drain / forget

@@ -3,7 +3,7 @@
     leengine-slb-agent --group public --host nginx-1 --etcd 10.0.0.10:2379 \\
         --etcd-ca /etc/leengine/etcd-ca.crt --etcd-cert nginx-1.crt --etcd-key nginx-1.key \\
         --prefix /var/lib/leengine/nginx [--listen-address 0.0.0.0] \\
-        [--debounce 0.05] [--max-wait 0.5]
+        [--debounce 0.05] [--max-wait 0.5] [--metrics-address 127.0.0.1:9102]
 
 It wires the real adapters (etcd Store, a private Nginx under ``--prefix`` with the
 lua module, asyncio Runtime) to the agent logic (``node/slb_agent.py``). Nginx is
@@ -14,6 +14,11 @@ leaves Nginx running unless ``--stop-nginx`` is given. The Nginx admin endpoint 
 unix socket ``PREFIX/admin/admin.sock`` (directory mode 700), never a TCP port.
 Start-up, signals, retries and exit codes are every daemon's (``leengine/command.py``,
 ``leengine/daemon.py``): bad options are one line on stderr and exit status 2.
+``--metrics-address HOST:PORT`` (off by default) serves Prometheus metrics on
+``http://HOST:PORT/metrics``: in-place upstream updates, reloads by result and their
+duration, the last reload's success and time, domains set aside, the agent's share of
+propagation, etcd errors (``leengine/metrics_option.py``; a port that cannot be bound stops
+the agent at start in one line).
 """
 
 from __future__ import annotations
@@ -26,6 +31,19 @@ from typing import Annotated
 import typer
 
 from foundation.logic.slb_domain import GROUP_NAME, HOST_NAME
+from foundation.ports.metrics import (
+    ETCD_ERRORS,
+    NO_METRICS,
+    SLB_DOMAINS_SET_ASIDE,
+    SLB_LAST_RELOAD_SUCCESSFUL,
+    SLB_LAST_RELOAD_TIMESTAMP,
+    SLB_PROPAGATION_SECONDS,
+    SLB_RELOAD_SECONDS,
+    SLB_RELOADS,
+    SLB_UPSTREAM_UPDATES,
+    MetricDef,
+    Metrics,
+)
 from leengine.command import BadInput, LogLevelOpt, configure_logging, run_app
 from leengine.daemon import (
     agent_runtime,
@@ -45,14 +63,19 @@ from leengine.etcd_options import (
     EtcdSettings,
     EtcdTimeoutOpt,
 )
-from node.slb_agent import SlbAgent, SlbAgentConfig
+from leengine.metrics_option import MetricsAddressOpt, metrics_served
+from node.slb_agent import COMPONENT, SlbAgent, SlbAgentConfig
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 log = logging.getLogger("leengine.slb_agent")
+# The families a scrape lists from the start (labelled ones get their series with the first event).
+FAMILIES: tuple[MetricDef, ...] = (SLB_UPSTREAM_UPDATES, SLB_RELOADS, SLB_RELOAD_SECONDS, SLB_LAST_RELOAD_SUCCESSFUL,
+                                   SLB_LAST_RELOAD_TIMESTAMP, SLB_DOMAINS_SET_ASIDE, SLB_PROPAGATION_SECONDS,
+                                   ETCD_ERRORS)
 
 
 async def run_agent(config: SlbAgentConfig, *, etcd: EtcdSettings, prefix: Path, listen_address: str,
-                    stop_nginx: bool, stop: asyncio.Event | None = None) -> None:
+                    stop_nginx: bool, stop: asyncio.Event | None = None, metrics: Metrics = NO_METRICS) -> None:
     from foundation.adapters.nginx_proxy import NginxProxy
 
     # The agent tests every batch itself just before apply: apply need not run nginx -t again
@@ -66,7 +89,7 @@ async def run_agent(config: SlbAgentConfig, *, etcd: EtcdSettings, prefix: Path,
         if not await connect_until_stopped(store, stop, log):
             return
         runtime = agent_runtime(stop)
-        agent = SlbAgent(store, proxy, runtime, config)
+        agent = SlbAgent(store, proxy, runtime, config, metrics=metrics)
         await until_stopped(agent.run(), stop, name="slb-agent")
         fail_on_task_failures(runtime)
     finally:
@@ -89,6 +112,7 @@ def main(
     etcd_cert: EtcdCertOpt = None,
     etcd_key: EtcdKeyOpt = None,
     stop_nginx: Annotated[bool, typer.Option(help="stop Nginx when the agent stops")] = False,
+    metrics_address: MetricsAddressOpt = "",
     log_level: LogLevelOpt = "info",
 ) -> None:
     """Keep this host's Nginx equal to its group's domains in etcd: upstreams in place, other changes reloaded."""
@@ -108,8 +132,11 @@ def main(
         raise BadInput("; ".join(problems))
     configure_logging(log_level)
     config = SlbAgentConfig(group, host, debounce=debounce, max_wait=max_wait)
-    run_daemon(lambda stop: run_agent(config, etcd=settings, prefix=prefix, listen_address=listen_address,
-                                      stop_nginx=stop_nginx, stop=stop))
+    with metrics_served(metrics_address, FAMILIES) as metrics:  # bound now: a bad address stops us before nginx
+        metrics.inc(ETCD_ERRORS, 0.0, component=COMPONENT)  # the series exists at 0: increase() sees the first error
+        metrics.set(SLB_DOMAINS_SET_ASIDE, 0.0, group=group, host=host)
+        run_daemon(lambda stop: run_agent(config, etcd=settings, prefix=prefix, listen_address=listen_address,
+                                          stop_nginx=stop_nginx, stop=stop, metrics=metrics))
 
 
 def entry() -> None:
