@@ -29,7 +29,7 @@ LIMITED_CONNECTIVITY = 51
 # 100+ are the plugin's own; ours:
 POOL_EXHAUSTED = 100  # no free address in any pool this network may use
 DATAPLANE_FAILURE = 101  # veth / OVS / netlink step failed (details name the step)
-STORE_UNAVAILABLE = 102  # etcd did not answer; ADD undone, retry is safe
+# 102 is never sent: an unreachable etcd is TRY_AGAIN_LATER (11); the number stays unused.
 CHECK_FAILED = 103  # CHECK found the interface differs from what ADD made
 HELD_ELSEWHERE = 104  # ADD/CHECK of a container whose address another node holds (same container ID there)
 INVALID_RECORD = 105  # a record the command needs is invalid in etcd (set aside; an operator must repair it)

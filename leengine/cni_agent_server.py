@@ -10,7 +10,7 @@ connection ends it, so the plugin needs no JSON decoder. VERSION is answered her
 too, though the plugin normally answers it without asking.
 
 Error policy: a ``CniError`` from the handler goes to the runtime as it is (the
-handler chooses 11 or 102 for an unavailable store, 100 for an empty pool...).
+handler chooses 11 for an unavailable store, 100 for an empty pool...).
 Any other exception is a bug or an unclassified failure: it is logged with its
 traceback and answered with code 5 (I/O failure, the spec's generic code for "the
 operation failed"), not 11, because retrying a bug forever only hides it; the

@@ -32,7 +32,7 @@ from tests.unit.test_cni_plugin import CONF, AgentThread, RecordingHandler, inst
 
 # What an invocation's own fault may earn: version, env, decoding, configuration.
 PARSE_CODES = {codes.INCOMPATIBLE_VERSION, codes.INVALID_ENV, codes.DECODE_FAILURE, codes.INVALID_CONFIG}
-SPEC_CODES = {1, 2, 3, 4, 5, 6, 7, 11, 50, 51, 100, 101, 102, 103}
+SPEC_CODES = {1, 2, 3, 4, 5, 6, 7, 11, 50, 51, 100, 101, 103}  # 102 is never sent (etcd away is 11)
 ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c0ffee01", "CNI_NETNS": "/var/run/netns/pod1", "CNI_IFNAME": "eth0"}
 MIB = 1 << 20
 
