@@ -212,6 +212,9 @@ class BuildScheduler:
         self.metrics.set(BUILD_TASKS_RUNNING, counts["running"])
 
     async def reassign_forever(self) -> None:
+        # The counter exists from the start at 0: a rate or increase() over it sees the first move
+        # (a series born at 1 has no earlier sample to count from, and an alert on it never fires).
+        self.metrics.inc(BUILD_TASKS_MOVED, 0)
         while True:
             try:
                 await self.reassign_once()
