@@ -52,8 +52,9 @@ def run(coro):
 class Agent:
     """One ``leengine-cni-agent`` process for a node."""
 
-    def __init__(self, node: str, etcd, ovsdb: str, workdir: Path) -> None:
+    def __init__(self, node: str, etcd, ovsdb: str, workdir: Path, extra: tuple[str, ...] = ()) -> None:
         self.node, self.etcd, self.ovsdb = node, etcd, ovsdb  # etcd: the session's server (TLS, client certs)
+        self.extra = extra  # more options (test_metrics_scrape: --metrics-address)
         self.socket = str(workdir / f"{node}.sock")
         self.log = workdir / f"{node}.log"
         self.proc: subprocess.Popen | None = None
@@ -64,7 +65,7 @@ class Agent:
         self.proc = subprocess.Popen(
             [str(BIN / "leengine-cni-agent"), "--node", self.node, "--etcd", self.etcd.endpoint,
              *self.etcd.client_args, "--socket", self.socket,
-             "--ovsdb", self.ovsdb, "--bridge", NODES[self.node], "--cooldown", "30"],
+             "--ovsdb", self.ovsdb, "--bridge", NODES[self.node], "--cooldown", "30", *self.extra],
             stdout=self.log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 20
         while not os.path.exists(self.socket):
