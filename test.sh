@@ -10,4 +10,5 @@ echo "test: build cnitool"; "$ROOT/scripts/build-cnitool.sh"
 echo "test: ruff"; "$VENV/bin/ruff" check .
 echo "test: import-linter"; "$VENV/bin/lint-imports" --no-cache
 echo "test: mypy"; "$VENV/bin/mypy"
+echo "test: alert rules"; promtool check rules alerts/leengine.rules.yml && promtool test rules alerts/tests/*.yml
 echo "test: pytest"; "$VENV/bin/pytest" "$@"
