@@ -192,8 +192,10 @@ def test_slb_agent_counts_in_place_updates_sets_aside_a_bad_domain_and_reports_a
             await store.close()
 
     async def in_place(core, store) -> None:
-        for i in range(5):  # one at a time: each waits for its status, so none is coalesced with another
-            revision = await core.set_upstreams(ADMIN, slb.group, good, [p[i % 2], p[(i + 1) % 2]])
+        # Each set differs from the one before (the order of servers is no change); one at a time, each
+        # waiting for its status, so none is coalesced with another.
+        for servers in ([p[1]], p, [p[0]], [p[1]], p):
+            revision = await core.set_upstreams(ADMIN, slb.group, good, servers)
             await slb.wait_status(store, good, lambda s, r=revision: s.revision == r)
 
     async def break_bad(core, store) -> None:
@@ -448,8 +450,7 @@ def test_build_agent_reports_step_durations_results_and_cache_hits(etcd_server, 
                     assert scraped is not None and abs(scraped - recorded) < 1e-4, (step, scraped, recorded)
                 assert value(prom, 'leengine_etcd_errors_total{component="build-agent"}') == 0
         finally:
-            stop_child(agent, 40)
-            subprocess.run(["pkill", "-KILL", "-f", str(tmp_path)], check=False)
+            stop_child(agent, 40)  # SIGTERM: a build still running is stopped and cleaned by the agent itself
     assert agent.returncode == 0, log.read_text()[-2000:]
 
 
