@@ -40,7 +40,8 @@ from lab.prometheus import find_promtool
 
 Series = tuple[str, Mapping[str, str], Sequence[tuple[float, float]]]  # sample name, labels, (t, value)
 _METRIC = re.compile(r"\b(leengine_[a-z0-9_]+)\b")
-_GOT = re.compile(r'got:\s*\{alertname="([^"]+)"\}\s*(\S+)')
+_GOT_LINE = re.compile(r"got:(.*)")
+_GOT_SAMPLE = re.compile(r'\{alertname="([^"]+)"\}\s*([-+0-9.eE]+)')
 
 
 class _SampleSource(Protocol):
@@ -140,7 +141,8 @@ def first_firings(rule_file: str | Path, series: list[dict[str, str]], *, interv
                          interval=interval)
     if run.passed:
         return {}
-    found = {name: float(value) for name, value in _GOT.findall(run.output)}
+    found = {name: float(value) for line in _GOT_LINE.findall(run.output)
+             for name, value in _GOT_SAMPLE.findall(line)}
     if not found:
         raise RuntimeError(f"promtool test rules failed without a result to read:\n{run.output[-2000:]}")
     return found

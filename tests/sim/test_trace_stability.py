@@ -30,6 +30,7 @@ SHIPPED = {
     "ipam-burst-1000": "78551028a22bb4a4c741febe04fc173b343e8978be98a82a696f7488e62876db",
     "pool-exhaustion": "ef2aceb6021251192d41de8a68566b219ab3fb359ce6e62107bbc554de870abd",
     "builder-crash": "0dd5bf451a8aaab36b218c2e01fc9fc33e6a1d934ebd952b587420620a3cccec",
+    "steady-state": "e3a270d476f9050573374acde7d529c89dc8d345c135a33603fdde70bbaaee3d",  # issue 11: churn, no fault
 }
 # every_fault_kind() below, seed 3; its verdicts (two fail on purpose) end the trace too. Moved once on
 # purpose (issue 10, discovery a client of the control service): its one failed push during the
