@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from foundation.ports.metrics import CATALOGUE
 from sim.faults import occurrences
 from sim.spec import FaultSpec, RegionSpec
 
@@ -40,6 +41,7 @@ FAULT_EDGE = "#c0392b"
 LINE_COLOURS = ("#1f5fa8", "#d9822b", "#2e8b57", "#8e44ad", "#7f6a00", "#16a0a0", "#c0392b", "#555555")
 HOURS_FROM = 7200.0  # runs longer than two virtual hours get an axis in hours
 MAX_LEGEND = 12  # lines named in a legend; the rest are counted
+MAX_TITLE = 125  # characters of a plot's title
 MAX_LABELLED_FAULTS = 40  # "F3" marks above a plot; more would be unreadable
 # Metrics plotted first when the world provides them (the rest follow by name).
 KEY_METRICS = ("leaked", "pool_use", "alloc_max", "failed", "reloads", "ok", "allocations")
@@ -65,9 +67,23 @@ UNITS = {
 }
 
 
+CATALOGUE_BY_NAME = {m.name: m for m in CATALOGUE}
+
+
 def unit_of(family: str) -> Unit:
     if family in UNITS:
         return UNITS[family]
+    metric = CATALOGUE_BY_NAME.get(family)
+    if metric is not None:  # an agent's series, folded by sim/agent_series.py
+        if metric.kind == "counter":
+            return Unit("per second", metric.help, rate=True, period=True)
+        if metric.kind == "histogram":
+            return Unit("seconds (mean per period)", metric.help, period=True)
+        if family.endswith("_successful"):
+            return Unit("1 = success (lowest host)", metric.help)
+        if family.endswith("_timestamp_seconds"):
+            return Unit("seconds ago (the stalest host)", metric.help + ", as its age at each sample")
+        return Unit("count (sum over members)", metric.help)
     if family.endswith("_timestamp_seconds"):
         return Unit("Unix seconds", family)
     for suffix, axis in (("_seconds", "seconds"), ("_bytes", "bytes"), ("_ratio", "ratio"), ("_total", "count")):
@@ -194,10 +210,10 @@ def plot_file(family: str) -> str:
 
 
 def write_plots(metrics: dict[str, list[list[float]]], out: Path, title: str, *,
-                windows: list[FaultWindow], duration: float) -> dict[str, str]:
-    """One PNG per metric family plus ``metrics.png`` (all of them, one above the other).
+                windows: list[FaultWindow], duration: float, overview: str | None = "metrics.png") -> dict[str, str]:
+    """One PNG per metric family plus ``overview`` (all of them, one above the other; None: none).
 
-    Returns ``{family: file}`` in drawing order, ``metrics.png`` under the key ``""``.
+    Returns ``{family: file}`` in drawing order, the overview under the key ``""``.
     """
     import matplotlib
 
@@ -217,11 +233,15 @@ def write_plots(metrics: dict[str, list[list[float]]], out: Path, title: str, *,
         _plot(ax, family, series, axis=axis, period=period, duration=duration, spans=spans, windows=windows)
         ax.set_xlabel(axis.label)
         fig.suptitle(plain(title), fontsize=9)
-        fig.tight_layout()
+        # Fixed margins, not tight_layout: every figure has the same size and furniture, and
+        # measuring the text would draw each figure twice (a third of the plotting time).
+        fig.subplots_adjust(left=0.09, right=0.98, top=0.83, bottom=0.15)
         file = plot_file(family)
         fig.savefig(out / file, dpi=90)
         plt.close(fig)
         files[family] = file
+    if overview is None:
+        return files
     rows = len(groups)
     fig, axes = plt.subplots(rows, 1, figsize=(10, 2.4 * rows), sharex=True, squeeze=False)
     for ax, (family, series) in zip(axes[:, 0], groups, strict=True):
@@ -229,9 +249,9 @@ def write_plots(metrics: dict[str, list[list[float]]], out: Path, title: str, *,
     axes[-1, 0].set_xlabel(axis.label)
     fig.suptitle(plain(title) + " (shaded: faults)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(out / "metrics.png", dpi=90)
+    fig.savefig(out / overview, dpi=90)
     plt.close(fig)
-    written[""] = "metrics.png"
+    written[""] = overview
     written.update(files)
     return written
 
@@ -254,6 +274,8 @@ def _plot(ax: Any, family: str, series: list[tuple[str, list[list[float]]]], *, 
     for i, (name, points) in enumerate(series):
         times = [float(p[0]) / axis.scale for p in points]
         values = [float(p[1]) / period if unit.rate else float(p[1]) for p in points]
+        if unit.period and times:  # the first sample covers the period before it too
+            times, values = [times[0] - period / axis.scale, *times], [values[0], *values]
         lowest = min([lowest, *values])
         label = plain(name.split(":", 1)[1]) if ":" in name and i < MAX_LEGEND else None
         # A gauge holds its sampled value until the next sample; a per-period value covers the
@@ -261,7 +283,10 @@ def _plot(ax: Any, family: str, series: list[tuple[str, list[list[float]]]], *, 
         ax.step(times, values, where="pre" if unit.period else "post", linewidth=1.2,
                 color=LINE_COLOURS[i % len(LINE_COLOURS)], label=label, zorder=2)
     rate_note = f" (count per {period:g} s sample / {period:g} s)" if unit.rate else ""
-    ax.set_title(plain(f"{family}: {unit.title}{rate_note}"), fontsize=9, loc="left")
+    title = f"{family}: {unit.title}{rate_note}"
+    if len(title) > MAX_TITLE:  # one line; the page's caption has it whole
+        title = title[: MAX_TITLE - 1] + "\u2026"
+    ax.set_title(plain(title), fontsize=9, loc="left")
     ax.set_ylabel(plain(unit.axis), fontsize=8)
     ax.set_xlim(0, duration / axis.scale)
     if lowest >= 0:

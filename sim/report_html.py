@@ -88,8 +88,10 @@ def replay_command(report: dict[str, Any]) -> str:
 
 
 def render(report: dict[str, Any], *, windows: list[FaultWindow], figures: dict[str, bytes],
-           duration: float, metrics: dict[str, list[list[float]]]) -> str:
-    """The page. ``figures``: family -> PNG bytes (empty when plots were skipped)."""
+           duration: float, metrics: dict[str, list[list[float]]],
+           agents: dict[str, list[list[float]]] | None = None) -> str:
+    """The page. ``figures``: family -> PNG bytes (empty when plots were skipped); ``metrics``: the
+    Region's series (metrics.json); ``agents``: the agents' catalogue series as sim/agent_series.py folds them."""
     scenario = report.get("scenario") or {}
     name = str(scenario.get("name", "?"))
     title = f"{name}, seed {report.get('seed')}: sim report"
@@ -105,7 +107,11 @@ def render(report: dict[str, Any], *, windows: list[FaultWindow], figures: dict[
         _checks(report),
         _identity(report),
         _faults(windows, duration),
-        _metrics(metrics, figures, duration),
+        _metrics(metrics, figures, "metrics", "Metrics over virtual time", ""),
+        _metrics(agents or {}, figures, "agent-metrics", "What the agents recorded",
+                 "The Metrics port's series (the names a real daemon serves on /metrics; every label set is in "
+                 "metrics.om): one line per pool, command, code or result, summed over nodes and hosts; counters "
+                 "as rates, histograms as the mean of each sampling period's observations."),
         _scalars(report),
         "</body></html>",
     ]
@@ -238,11 +244,14 @@ def timeline_svg(windows: list[FaultWindow], duration: float) -> str:
     return "\n".join(out)
 
 
-def _metrics(metrics: dict[str, list[list[float]]], figures: dict[str, bytes], duration: float) -> str:
+def _metrics(metrics: dict[str, list[list[float]]], figures: dict[str, bytes], ident: str, heading: str,
+             intro: str) -> str:
     groups = families(metrics)
     if not groups:
-        return '<h2 id="metrics">Metrics</h2>\n<p class="muted">The run recorded no series.</p>'
-    out = ['<h2 id="metrics">Metrics over virtual time</h2>']
+        return f'<h2 id="{ident}">{e(heading)}</h2>\n<p class="muted">The run recorded no series here.</p>'
+    out = [f'<h2 id="{ident}">{e(heading)}</h2>']
+    if intro:
+        out.append(f"<p>{e(intro)}</p>")
     if not figures:
         out.append('<p class="muted">Plots were skipped (<code>--no-plots</code>): the series are in '
                    "metrics.json; their summary follows.</p>")
@@ -255,7 +264,8 @@ def _metrics(metrics: dict[str, list[list[float]]], figures: dict[str, bytes], d
         if family in figures:
             data = base64.b64encode(figures[family]).decode("ascii")
             img = f'<img src="data:image/png;base64,{data}" alt="{e(family)}: {e(unit.title)} over virtual time">'
-        out.append(f'<figure class="metric" id="metric-{e(slug(family))}" data-metric="{e(family)}">{img}'
+        out.append(f'<figure class="metric" id="metric-{e(slug(family))}" data-metric="{e(family)}" '
+                   f'data-source="{ident}">{img}'
                    f"<figcaption><b>{e(family)}</b>: {e(unit.title)}, in {e(unit.axis)}"
                    f'{" (plotted per second of the sampling period)" if unit.rate else ""}. '
                    f"Raw samples: {e(summary)}</figcaption></figure>")

@@ -32,6 +32,7 @@ from typing import Any
 from sim import report_html
 from sim.adapters.metrics import SimMetrics
 from sim.adapters.runtime import SIM_EPOCH, SimRuntime
+from sim.agent_series import agent_series
 from sim.plots import KEY_METRICS, fault_windows, write_plots
 from sim.scenario import NAME, Scenario
 from sim.spec import RegionSpec
@@ -194,13 +195,19 @@ def write_outputs(result: RunResult, out: Path, *, code_version: dict[str, Any],
     windows = fault_windows(spec)
     title = f"{spec.name} seed {spec.seed}"
     files = write_plots(metrics, out, title, windows=windows, duration=spec.duration) if plot else {}
+    # The agents' catalogue series, a few lines per family (metrics.om has every label set).
+    agents = agent_series(result.agent_metrics) if result.agent_metrics is not None else {}
+    agent_files = (write_plots(agents, out, title, windows=windows, duration=spec.duration, overview=None)
+                   if plot else {})
     (out / "metrics.json").write_text(json.dumps(metrics, sort_keys=True) + "\n")
     if result.agent_metrics is not None:
         with (out / OPENMETRICS_FILE).open("w", encoding="utf-8") as om:
             result.agent_metrics.write_openmetrics(om, base_time=SIM_EPOCH)
-    report = build_report(result, code_version=code_version, wall_seconds=wall_seconds, plots=list(files.values()))
+    report = build_report(result, code_version=code_version, wall_seconds=wall_seconds,
+                          plots=[*files.values(), *agent_files.values()])
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    figures = {family: (out / file).read_bytes() for family, file in files.items() if family}
-    page = report_html.render(report, windows=windows, figures=figures, duration=spec.duration, metrics=metrics)
+    figures = {family: (out / file).read_bytes() for family, file in [*files.items(), *agent_files.items()] if family}
+    page = report_html.render(report, windows=windows, figures=figures, duration=spec.duration, metrics=metrics,
+                              agents=agents)
     (out / "report.html").write_text(page, encoding="utf-8")
     return report

@@ -187,13 +187,18 @@ def test_report_html_shows_verdicts_faults_and_every_metric(tmp_path):
     assert len(bars) == 2
     assert "virtual time (seconds)" in dom.by_id("timeline").text
 
-    # One figure per metric family of metrics.json, each an embedded PNG that decodes.
+    # One figure per metric family of metrics.json, and one per family the agents wrote to
+    # metrics.om (a counter's family is named there without _total), each an embedded PNG that decodes.
     expected = sorted({family_of(name) for name, points in metrics.items() if points})
     assert len(expected) >= 6  # leaked, pool_use, alloc_max, failed, reloads, ok, allocations
     figures = dom.find("figure", "metric")
-    assert sorted(f.attrs["data-metric"] for f in figures) == expected
+    assert sorted(f.attrs["data-metric"] for f in figures if f.attrs["data-source"] == "metrics") == expected
+    typed = [line.split()[2:4] for line in (out / "metrics.om").read_text().splitlines() if line.startswith("# TYPE")]
+    agents = sorted(name + "_total" if kind == "counter" else name for name, kind in typed)
+    assert len(agents) >= 15 and "leengine_ipam_allocations_in_use" in agents
+    assert sorted(f.attrs["data-metric"] for f in figures if f.attrs["data-source"] == "agent-metrics") == agents
     images = dom.find("img")
-    assert len(images) == len(expected)
+    assert len(images) == len(figures) == len(expected) + len(agents)
     for img in images:
         src = img.attrs["src"]
         assert src.startswith("data:image/png;base64,")

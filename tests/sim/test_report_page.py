@@ -1,4 +1,4 @@
-"""The report page and figures without a browser: fault windows from the schedule, escaping, bounds, units.
+"""The report page and figures without a browser: fault windows, agent series, escaping, bounds, units.
 
 The browser's view of a real run is tests/integration/test_report_html.py; here the page
 is rendered from made-up reports, fast, to pin what it must do with awkward input: markup
@@ -11,7 +11,11 @@ from __future__ import annotations
 from html.parser import HTMLParser
 from pathlib import Path
 
+from foundation.ports import metrics as cat
 from sim import plots, report_html
+from sim.adapters.metrics import SimMetrics
+from sim.adapters.runtime import SIM_EPOCH
+from sim.agent_series import agent_series
 from sim.plots import FaultWindow, fault_windows, merged_spans, unit_of, write_plots
 from sim.scenario import load_scenario
 
@@ -113,3 +117,42 @@ def test_figures_carry_units_and_survive_dollars_in_names(tmp_path):
     assert plots.sampling_period(metrics) == 10.0
     assert plots.TimeAxis.for_duration(7200.0).label == "virtual time (seconds)"
     assert plots.TimeAxis.for_duration(86400.0).label == "virtual time (hours)"
+
+
+class Clock:
+    t = 0.0
+
+    def now(self) -> float:
+        return self.t
+
+    def wall_time(self) -> float:
+        return SIM_EPOCH + self.t
+
+
+def test_agent_series_fold_members_and_keep_small_labels():
+    clock = Clock()
+    m = SimMetrics(clock)
+    for t, (a, b) in ((10.0, (3, 4)), (20.0, (5, 4))):
+        clock.t = t
+        m.set(cat.IPAM_ALLOCATIONS_IN_USE, a, pool="p1", node="n1")
+        m.set(cat.IPAM_ALLOCATIONS_IN_USE, b, pool="p1", node="n2")
+        m.set(cat.IPAM_ALLOCATIONS_IN_USE, 1, pool="p2", node="n1")
+        m.inc(cat.CNI_REQUESTS, 2, node="n1", command="ADD", code="0")
+        m.inc(cat.CNI_REQUESTS, 1, node="n2", command="ADD", code="0")
+        m.set(cat.SLB_LAST_RELOAD_SUCCESSFUL, 1 if t < 20 else 0, group="web", host="h1")
+        m.set(cat.SLB_LAST_RELOAD_SUCCESSFUL, 1, group="web", host="h2")
+        m.set(cat.SLB_LAST_RELOAD_TIMESTAMP, SIM_EPOCH + 5.0, group="web", host="h1")
+        m.set(cat.SLB_LAST_RELOAD_TIMESTAMP, SIM_EPOCH + t, group="web", host="h2")
+        if t == 10.0:
+            m.observe(cat.IPAM_ALLOCATION_SECONDS, 0.5, node="n1")
+            m.observe(cat.IPAM_ALLOCATION_SECONDS, 1.5, node="n2")
+        m.sample()
+    series = agent_series(m)
+    assert series["leengine_ipam_allocations_in_use:pool=p1"] == [[10.0, 7.0], [20.0, 9.0]]  # summed over nodes
+    assert series["leengine_ipam_allocations_in_use:pool=p2"] == [[10.0, 1.0], [20.0, 1.0]]
+    assert series["leengine_cni_requests_total:code=0,command=ADD"] == [[10.0, 3.0], [20.0, 3.0]]  # per period
+    assert series["leengine_slb_config_last_reload_successful"] == [[10.0, 1.0], [20.0, 0.0]]  # one host failing
+    assert series["leengine_slb_config_last_reload_successful_timestamp_seconds"] == [[10.0, 5.0], [20.0, 15.0]]
+    assert series["leengine_ipam_allocation_seconds"] == [[10.0, 1.0]]  # the mean; no observation, no point
+    assert plots.unit_of("leengine_cni_requests_total").rate
+    assert plots.unit_of("leengine_ipam_allocation_seconds").axis.startswith("seconds")
