@@ -295,5 +295,5 @@ def _plot(ax: Any, family: str, series: list[tuple[str, list[list[float]]]], *, 
     if len(series) > 1:
         handles, labels = ax.get_legend_handles_labels()
         more = len(series) - len(labels)
-        title = f"+{more} more" if more > 0 else None
-        ax.legend(handles, labels, fontsize=7, loc="upper right", title=title, title_fontsize=7, framealpha=0.8)
+        more_title = f"+{more} more" if more > 0 else None
+        ax.legend(handles, labels, fontsize=7, loc="upper right", title=more_title, title_fontsize=7, framealpha=0.8)
