@@ -111,7 +111,7 @@ def run_rule_tests(rule_file: str | Path, series: list[dict[str, str]], expr_tes
 
     ``eval_time`` values are seconds (virtual time); the rules are evaluated every ``interval``.
     """
-    tests = [{**t, "eval_time": f"{int(round(float(t['eval_time'])))}s"} for t in expr_tests]
+    tests = [{**t, "eval_time": f"{round(float(t['eval_time']))}s"} for t in expr_tests]
     doc = {"rule_files": [str(Path(rule_file).resolve())], "evaluation_interval": f"{interval:g}s",
            "tests": [{"interval": f"{interval:g}s", "input_series": series, "promql_expr_test": tests}]}
     with tempfile.TemporaryDirectory(prefix="leengine-alerts-", dir=workdir) as tmp:
@@ -129,14 +129,14 @@ def firing_expr(window: float, alerts: Sequence[str] = (), *, exclude: Sequence[
         matchers.append(f'alertname=~"{"|".join(alerts)}"')
     if exclude:
         matchers.append(f'alertname!~"{"|".join(exclude)}"')
-    return f"max by (alertname) (max_over_time(ALERTS{{{','.join(matchers)}}}[{int(round(window))}s]))"
+    return f"max by (alertname) (max_over_time(ALERTS{{{','.join(matchers)}}}[{round(window)}s]))"
 
 
 def first_firings(rule_file: str | Path, series: list[dict[str, str]], *, interval: float,
                   end: float) -> dict[str, float]:
     """Alertname -> the first virtual time it fired by ``end`` (empty: none fired). Measurement only."""
     expr = (f"min by (alertname) (min_over_time(timestamp(ALERTS{{alertstate=\"firing\"}})"
-            f"[{int(round(end))}s:{interval:g}s]))")
+            f"[{round(end)}s:{interval:g}s]))")
     run = run_rule_tests(rule_file, series, [{"expr": expr, "eval_time": end, "exp_samples": []}],
                          interval=interval)
     if run.passed:
