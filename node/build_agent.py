@@ -44,7 +44,7 @@ from foundation.logic.build_task import (
     result_key,
     task_prefix,
 )
-from foundation.logic.claims import LeasedMembership
+from foundation.logic.claims import stay_registered
 from foundation.ports import Compare, DeleteOp, KeyValue, PutOp, Runtime, Store, StoreError
 from foundation.ports.builder import STEPS, Builder, BuildFailed, BuildRequest
 from foundation.ports.metrics import (
@@ -90,7 +90,11 @@ class BuildAgent:
         self.stats = BuildAgentStats()
 
     async def run(self) -> None:
-        membership = self.runtime.spawn(self._stay_registered(), name=f"build-member/{self.config.host}")
+        membership = self.runtime.spawn(
+            stay_registered(self.store, self.runtime, agent_key(self.config.host),
+                            json.dumps({"host": self.config.host}).encode(), ttl=self.config.ttl,
+                            retry=self.config.retry, on_store_error=self._etcd_error),
+            name=f"build-member/{self.config.host}")
         try:
             while True:
                 try:
@@ -104,18 +108,8 @@ class BuildAgent:
         finally:
             membership.cancel()
 
-    async def _stay_registered(self) -> None:
-        value = json.dumps({"host": self.config.host}).encode()
-        while True:
-            member = LeasedMembership(self.store, self.runtime, agent_key(self.config.host), value,
-                                      ttl=self.config.ttl)
-            try:
-                await member.join()
-            except StoreError:
-                self.metrics.inc(ETCD_ERRORS, component=COMPONENT)
-                await self.runtime.sleep(self.config.retry)
-                continue
-            await member.keep_alive()  # returns when the lease is lost: join again
+    def _etcd_error(self) -> None:
+        self.metrics.inc(ETCD_ERRORS, component=COMPONENT)
 
     async def _queued(self) -> tuple[list[tuple[KeyValue, Task]], list[tuple[KeyValue, str, str]], int]:
         """Readable tasks (oldest first), tasks to fail (key, id, why), and the revision read at."""

@@ -53,7 +53,7 @@ from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 
 from cni.pod_pools import POOLS, PoolCache
-from foundation.logic.claims import LeasedMembership
+from foundation.logic.claims import stay_registered
 from foundation.logic.slb_domain import (
     Domain,
     DomainError,
@@ -178,7 +178,11 @@ class SlbAgent:
         self.live = dict(saved.domains)
         self.revision = saved.revision
         self.live_revision = {name: saved.revision for name in self.live}
-        membership = self.runtime.spawn(self._stay_registered(), name=f"slb-member/{self.config.host}")
+        # /slb/{group}/hosts/{host} under a lease: drains wait for every registered host.
+        membership = self.runtime.spawn(
+            stay_registered(self.store, self.runtime, host_key(self.config.group, self.config.host), b"up",
+                            ttl=10, retry=self.config.retry, on_store_error=self._etcd_error),
+            name=f"slb-member/{self.config.host}")
         try:
             while True:
                 try:
@@ -201,19 +205,6 @@ class SlbAgent:
                     await self.runtime.sleep(self.config.retry)
         finally:
             membership.cancel()
-
-    async def _stay_registered(self) -> None:
-        """Keep ``/slb/{group}/hosts/{host}`` alive under a lease: drains wait for every registered host."""
-        while True:
-            member = LeasedMembership(self.store, self.runtime, host_key(self.config.group, self.config.host),
-                                      b"up", ttl=10)
-            try:
-                await member.join()
-            except StoreError:
-                self._etcd_error()
-                await self.runtime.sleep(self.config.retry)
-                continue
-            await member.keep_alive()  # returns when the lease is lost: join again
 
     async def _guard(self, step: Awaitable[None]) -> None:
         try:

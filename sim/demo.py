@@ -1,7 +1,7 @@
 """The spine's demo world: simulated nodes claiming and releasing keys through the sim Store.
 
 Fifty nodes (by default) each join under a lease, then claim and release slots
-by compare-and-swap (``foundation.logic.claims``, the same code IPAM builds on).
+by compare-and-swap (``foundation.logic.claims``).
 Some nodes crash: they stop without releasing anything, and their claims vanish
 only when their lease expires. Some nodes lose etcd for a while: their requests
 time out with ``StoreUnavailable``, and if the partition outlasts the lease they

@@ -3,15 +3,19 @@
 A claim is a key whose value names its owner. ``claim`` creates it only if it does
 not exist (create_revision == 0); ``release`` deletes it only if the caller still
 owns it (value == owner), so a late release can never free a key that someone else
-has claimed since. IPAM block claims and build-agent registration are built on
-these two transactions.
+has claimed since. The claims demo (sim/demo.py) is built on these two transactions;
+IPAM is not: it claims blocks inside the transaction that commits a batch of
+allocations (cni/ipam.py), with compares of its own.
 
 ``LeasedMembership`` keeps a node's lease alive; when the node dies the lease
-expires and every key attached to it disappears in one revision. It must not know
-which store or runtime is behind the ports.
+expires and every key attached to it disappears in one revision. ``stay_registered``
+is the loop the SLB and build agents run on it: join, keep alive, join again after a
+lost lease or a failed join. It must not know which store or runtime is behind the ports.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from foundation.ports import Compare, DeleteOp, LeaseNotFound, PutOp, Runtime, Store, StoreError
 
@@ -63,3 +67,22 @@ class LeasedMembership:
                 if self.runtime.now() - last_ok >= self.ttl:
                     self.lost.set()
                     return
+
+
+async def stay_registered(store: Store, runtime: Runtime, key: str, value: bytes, *, ttl: int, retry: float,
+                          on_store_error: Callable[[], None]) -> None:
+    """Keep ``key`` = ``value`` under a live lease until cancelled; never returns.
+
+    A join that fails (etcd away) calls ``on_store_error`` and is tried again after
+    ``retry`` seconds; a lost lease (it expired while etcd was out of reach) is
+    replaced by a new one: whoever waits on the key sees the member come back.
+    """
+    while True:
+        member = LeasedMembership(store, runtime, key, value, ttl=ttl)
+        try:
+            await member.join()
+        except StoreError:
+            on_store_error()
+            await runtime.sleep(retry)
+            continue
+        await member.keep_alive()  # returns when the lease is lost: join again
