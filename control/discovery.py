@@ -63,7 +63,7 @@ from typing import Any
 from foundation.logic.mutex import Mutex
 from foundation.logic.slb_domain import GROUP_NAME
 from foundation.ports import Cancelled, Runtime, Store, StoreError
-from foundation.ports.cluster import Cluster, ClusterUnavailable, Endpoints, ResourceExpired
+from foundation.ports.cluster import Cluster, ClusterUnavailable, Endpoints, ResourceExpired, ip_order
 from foundation.ports.control import (
     ControlClient,
     ControlError,
@@ -438,7 +438,7 @@ class Discovery:
                 drained |= self._drained_ips.get(other.namespace, set())
             servers |= {(ip, port) for ip, port in self._recorded.get(target, ())
                         if ip not in claimed and ip not in drained}
-        result = tuple(f"{ip}:{port}" for ip, port in sorted(servers, key=lambda s: (_ip_order(s[0]), s[1])))
+        result = tuple(f"{ip}:{port}" for ip, port in sorted(servers, key=lambda s: (ip_order(s[0]), s[1])))
         self._servers[target] = result
         return result
 
@@ -764,7 +764,3 @@ class Discovery:
             if self._drain_job_ids.get(key) == job_id:
                 del self._drain_job_ids[key]
                 self._drain_jobs.pop(key, None)
-
-
-def _ip_order(ip: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in ip.split("."))

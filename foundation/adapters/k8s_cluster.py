@@ -48,20 +48,19 @@ from kubernetes.client.exceptions import ApiException
 from urllib3 import HTTPResponse
 from urllib3.exceptions import HTTPError
 
-from foundation.ports.cluster import ClusterUnavailable, Endpoints, EndpointsEvent, PodInfo, ResourceExpired
+from foundation.ports.cluster import (
+    ClusterUnavailable,
+    Endpoints,
+    EndpointsEvent,
+    PodInfo,
+    ResourceExpired,
+    ip_order,
+)
 
 _END = object()  # queue sentinel: the watch is over
 log = logging.getLogger(__name__)
 _UNREADABLE = (ValueError, TypeError, KeyError, AttributeError, RecursionError)  # what a corrupt JSON body raises
 _widen_warned = False
-
-
-def _ip_order(ip: str) -> tuple[int, int, str]:
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return (99, 0, ip)
-    return (address.version, int(address), ip)
 
 
 def _valid_ip(ip: object) -> TypeGuard[str]:
@@ -110,7 +109,7 @@ def endpoints_of(obj: Any) -> Endpoints:
                 if not _valid_ip(ip):
                     raise ValueError(f"{namespace}/{name}: {field}: {_short(ip)} is not an IP address")
                 into.add(ip)
-    return Endpoints(namespace, name, tuple(sorted(ready, key=_ip_order)), tuple(sorted(not_ready, key=_ip_order)))
+    return Endpoints(namespace, name, tuple(sorted(ready, key=ip_order)), tuple(sorted(not_ready, key=ip_order)))
 
 
 class KubeCluster:

@@ -11,6 +11,8 @@ adapter: the simulated cell. It must not know which one is behind it.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -54,8 +56,19 @@ class Endpoints:
 
     namespace: str
     service: str
-    ready: tuple[str, ...] = ()  # pod IPs, sorted
+    ready: tuple[str, ...] = ()  # pod IPs, sorted by ip_order
     not_ready: tuple[str, ...] = ()
+
+
+@functools.lru_cache(maxsize=1 << 18)  # the sim sorts the same pod IPs again at every change
+def ip_order(ip: str) -> tuple[int, int, str]:
+    """The order of pod IPs in ``Endpoints`` (and of discovery's servers): IPv4 before IPv6,
+    by numeric value; a string that is no address goes last, by its text."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return (99, 0, ip)
+    return (address.version, int(address), ip)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,25 +11,13 @@ It must not know any agent.
 
 from __future__ import annotations
 
-import functools
-import ipaddress
-
-from foundation.ports.cluster import ClusterUnavailable, Endpoints, EndpointsEvent, PodInfo
+from foundation.ports.cluster import ClusterUnavailable, Endpoints, EndpointsEvent, PodInfo, ip_order
 from foundation.ports.runtime import Queue, Runtime
-
-
-@functools.lru_cache(maxsize=1 << 18)
-def _ip_order(ip: str) -> tuple[int, int, str]:
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return (99, 0, ip)
-    return (address.version, int(address), ip)
 
 
 def _ips(addresses: tuple[str, ...]) -> tuple[str, ...]:
     """Unique and sorted by address, as the port's ``Endpoints`` promises."""
-    return tuple(sorted(set(addresses), key=_ip_order))
+    return tuple(sorted(set(addresses), key=ip_order))
 
 
 class _SimEndpointsWatch:
