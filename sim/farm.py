@@ -28,6 +28,7 @@ from node.build_agent import BuildAgent, BuildAgentConfig
 from sim.adapters.builder import SimBuilder, SimRegistry
 from sim.adapters.runtime import SimRuntime, SimTask
 from sim.adapters.store import MemoryStore, SimStoreClient
+from sim.metrics import percentile
 from sim.spec import BUILD_SCHEDULER, build_host_name
 
 
@@ -53,10 +54,6 @@ class BuildSeen:
 def release_commit(app: str, n: int) -> str:
     """The commit id of the app's ``n``-th release: a stable 40-hex name, as git would give one."""
     return hashlib.sha1(f"{app} r{n}".encode()).hexdigest()
-
-
-def _pct(values: list[float], q: float) -> float:
-    return round(values[min(len(values) - 1, int(q * len(values)))], 3) if values else 0.0
 
 
 class Farm:
@@ -165,7 +162,7 @@ class Farm:
                 "builds_failed": sum(1 for b in builds if b.state == "failed"),
                 "builds_unsubmitted": self.unsubmitted,
                 "builds_cache_hits": sum(1 for b in builds if b.state == "done" and b.cache_hit),
-                "build_p50": _pct(took, 0.5), "build_p99": _pct(took, 0.99),
+                "build_p50": percentile(took, 0.5, 3), "build_p99": percentile(took, 0.99, 3),
                 "builds_moved": self.scheduler.stats.moved,
                 "builds_dropped": sum(h.dropped + (h.agent.stats.dropped if h.agent else 0)
                                       for h in self.hosts.values())}

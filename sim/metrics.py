@@ -23,6 +23,11 @@ from sim.audit import Auditor
 from sim.topology import NginxHost
 
 
+def percentile(ordered: list[float], q: float, digits: int) -> float:
+    """The ``q`` quantile of an ascending list (the value at rank ``int(q * n)``), rounded; 0.0 when empty."""
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], digits) if ordered else 0.0
+
+
 @dataclass
 class Metrics:
     ok: int = 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from sim.metrics import pool_use
+from sim.metrics import percentile, pool_use
 
 if TYPE_CHECKING:
     from sim.world import Region
@@ -20,9 +20,6 @@ if TYPE_CHECKING:
 def report(region: Region) -> dict[str, Any]:
     m = region.metrics
     lat = sorted(m.allocations)
-
-    def pct(q: float) -> float:
-        return round(lat[min(len(lat) - 1, int(q * len(lat)))], 6) if lat else 0.0
 
     checks = [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in region.checks()]
     all_pods = [p for pods in region.kube.pods.values() for p in pods]
@@ -36,7 +33,7 @@ def report(region: Region) -> dict[str, Any]:
         "checks": checks,
         "metrics": {
             "requests_ok": m.ok, "requests_failed": m.failed, "requests_failed_by_reloads": m.reload_failed,
-            "allocations": len(lat), "alloc_p50": pct(0.5), "alloc_p99": pct(0.99),
+            "allocations": len(lat), "alloc_p50": percentile(lat, 0.5, 6), "alloc_p99": percentile(lat, 0.99, 6),
             "alloc_max": round(lat[-1], 6) if lat else 0.0, "add_errors": m.add_errors,
             "leaked_max": m.max_leaked, "leaked_now": region.leaked(), "leaks_found": m.leaks_found,
             "leaks_released": m.leaks_released, "leak_checks": m.leak_checks,
