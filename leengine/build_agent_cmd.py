@@ -55,7 +55,7 @@ from leengine.etcd_options import (
     EtcdSettings,
     EtcdTimeoutOpt,
 )
-from leengine.metrics_option import MetricsAddressOpt, metrics_served
+from leengine.metrics_option import MetricsAddressOpt, metrics_served, record_daemon_info
 from node.build_agent import COMPONENT, BuildAgent, BuildAgentConfig
 
 ENDPOINT = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*:[0-9]{1,5}")  # host:port, never an option
@@ -129,6 +129,7 @@ def main(
     builder = BuildahBuilder(BuildahConfig(host, repos.resolve(), workdir.resolve(), registry,
                                            storage=storage.resolve() if storage else None, tls_verify=tls_verify))
     with metrics_served(metrics_address, FAMILIES) as metrics:  # bound now: a bad address stops us before etcd
+        record_daemon_info(metrics, "leengine-build-agent")
         metrics.inc(ETCD_ERRORS, 0.0, component=COMPONENT)  # the series exists at 0: increase() sees the first error
         for result in ("done", "failed"):
             metrics.inc(BUILD_RESULTS, 0.0, result=result)

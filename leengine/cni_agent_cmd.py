@@ -58,7 +58,7 @@ from leengine.etcd_options import (
     EtcdSettings,
     EtcdTimeoutOpt,
 )
-from leengine.metrics_option import MetricsAddressOpt, metrics_served
+from leengine.metrics_option import MetricsAddressOpt, metrics_served, record_daemon_info
 from node.cni_agent import COMPONENT, CniAgent, NodeConfig
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -132,6 +132,7 @@ def main(
         raise BadInput("mtu must be 68-65535, cooldown >= 0, max-concurrency >= 1")
     configure_logging(log_level)
     with metrics_served(metrics_address, FAMILIES) as metrics:  # bound now: a bad address stops us before etcd
+        record_daemon_info(metrics, "leengine-cni-agent")
         metrics.inc(ETCD_ERRORS, 0.0, component=COMPONENT)  # the series exists at 0: increase() sees the first error
         run_daemon(lambda stop: run_agent(node=node, etcd=settings, socket_path=socket, ovsdb=ovsdb, bridge=bridge,
                                           mtu=mtu, cooldown=cooldown, max_concurrency=max_concurrency, stop=stop,

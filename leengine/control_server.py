@@ -91,7 +91,7 @@ from leengine.etcd_options import (
     read_key_pair,
     read_pem,
 )
-from leengine.metrics_option import MetricsAddressOpt, metrics_served
+from leengine.metrics_option import MetricsAddressOpt, metrics_served, record_daemon_info
 from leengine.secret_files import SecretFileError, read_secret_file
 
 try:
@@ -574,6 +574,7 @@ def main(
         raise BadInput(str(exc)) from None
     configure_logging(log_level)
     with metrics_served(metrics_address, FAMILIES) as metrics:  # bound now: a bad address stops us before etcd
+        record_daemon_info(metrics, "leengine-control")
         metrics.inc(ETCD_ERRORS, 0.0, component=builds.COMPONENT)  # at 0: increase() sees the first error
         metrics.inc(BUILD_TASKS_MOVED, 0.0)
         try:

@@ -96,7 +96,7 @@ from leengine.etcd_options import (
     check_timeout,
     read_pem,
 )
-from leengine.metrics_option import MetricsAddressOpt, metrics_served
+from leengine.metrics_option import MetricsAddressOpt, metrics_served, record_daemon_info
 from leengine.secret_files import SecretFileError, read_secret_file
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -265,6 +265,7 @@ def main(
     settings = EtcdSettings.from_options(etcd, etcd_timeout, etcd_ca, etcd_cert, etcd_key)
     configure_logging(log_level)
     with metrics_served(metrics_address, FAMILIES) as metrics:  # bound now: a bad address stops us before etcd
+        record_daemon_info(metrics, "leengine-discovery")
         metrics.inc(ETCD_ERRORS, 0.0, component=COMPONENT)  # the series exists at 0: increase() sees the first error
         try:
             run_daemon(lambda stop: run_discovery(settings, cells, bindings, resync, api_timeout, stop, service,

@@ -26,6 +26,7 @@ It must not know any agent, etcd, or which families a daemon records.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ import typer
 from prometheus_client import CollectorRegistry, start_http_server
 
 from foundation.adapters.prom_metrics import PromMetrics
-from foundation.ports.metrics import NO_METRICS, MetricDef, Metrics
+from foundation.ports.metrics import DAEMON_INFO, NO_METRICS, MetricDef, Metrics
 from leengine.command import BadInput
 
 log = logging.getLogger("leengine.metrics")
@@ -134,3 +135,12 @@ def metrics_served(address: str, families: tuple[MetricDef, ...] = ()) -> Iterat
     finally:
         if server is not None:
             server.close()
+
+
+def record_daemon_info(metrics: Metrics, daemon: str) -> None:
+    """``leengine_daemon_info{daemon, version} 1``: what a scrape target is and which release it runs."""
+    try:
+        version = importlib.metadata.version("leengine-testbed")
+    except importlib.metadata.PackageNotFoundError:  # a source checkout used without an install
+        version = "unknown"
+    metrics.set(DAEMON_INFO, 1.0, daemon=daemon, version=version)

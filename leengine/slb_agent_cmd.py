@@ -63,7 +63,7 @@ from leengine.etcd_options import (
     EtcdSettings,
     EtcdTimeoutOpt,
 )
-from leengine.metrics_option import MetricsAddressOpt, metrics_served
+from leengine.metrics_option import MetricsAddressOpt, metrics_served, record_daemon_info
 from node.slb_agent import COMPONENT, SlbAgent, SlbAgentConfig
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -133,6 +133,7 @@ def main(
     configure_logging(log_level)
     config = SlbAgentConfig(group, host, debounce=debounce, max_wait=max_wait)
     with metrics_served(metrics_address, FAMILIES) as metrics:  # bound now: a bad address stops us before nginx
+        record_daemon_info(metrics, "leengine-slb-agent")
         metrics.inc(ETCD_ERRORS, 0.0, component=COMPONENT)  # the series exists at 0: increase() sees the first error
         metrics.set(SLB_DOMAINS_SET_ASIDE, 0.0, group=group, host=host)
         run_daemon(lambda stop: run_agent(config, etcd=settings, prefix=prefix, listen_address=listen_address,

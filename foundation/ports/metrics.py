@@ -162,4 +162,8 @@ BUILD_TASKS_MOVED = _m("build_tasks_moved_total", "counter", "Tasks moved off bu
 # --------------------------------------------------------------------------- control service
 CONTROL_RPCS = _m("control_rpcs_total", "counter", "RPCs answered, by method and status code", "method", "code")
 
+# --------------------------------------------------------------------------- every daemon
+DAEMON_INFO = _m("daemon_info", "gauge", "Always 1: which daemon serves these metrics (its command's name) and the "
+                 "version of the package it runs", "daemon", "version")
+
 CATALOGUE: tuple[MetricDef, ...] = tuple(v for v in dict(globals()).values() if isinstance(v, MetricDef))

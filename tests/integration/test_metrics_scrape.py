@@ -19,6 +19,7 @@ docker-registry and prometheus; never skips.
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import os
 import signal
@@ -78,6 +79,12 @@ def wait_value(prom: PrometheusServer, promql: str, expected: float | None, time
 
 def value(prom: PrometheusServer, promql: str) -> float | None:
     return prom.query_value(promql)
+
+
+def assert_identifies(prom: PrometheusServer, daemon: str) -> None:
+    """The target says which daemon it is and which release runs it (``leengine_daemon_info``)."""
+    version = importlib.metadata.version("leengine-testbed")
+    assert value(prom, f'leengine_daemon_info{{daemon="{daemon}",version="{version}"}}') == 1, daemon
 
 
 def wait_log(path: Path, text: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
@@ -144,6 +151,7 @@ def test_cni_agent_counts_each_command_by_code_and_sets_the_pool_gauges(cni_lab)
 
     with running_prometheus({"cni-agent": [address]}) as prom:
         prom.wait_for_target_up("cni-agent")
+        assert_identifies(prom, "leengine-cni-agent")
         ours = 'node="node-1"'
         wait_value(prom, f'leengine_cni_requests_total{{{ours},command="ADD",code="0"}}', 5)
         wait_value(prom, f'leengine_cni_requests_total{{{ours},command="ADD",code="7"}}', 1)
@@ -205,6 +213,7 @@ def test_slb_agent_counts_in_place_updates_sets_aside_a_bad_domain_and_reports_a
 
     with running_prometheus({"slb-agent": [address]}) as prom:
         prom.wait_for_target_up("slb-agent")
+        assert_identifies(prom, "leengine-slb-agent")
         wait_value(prom, f"leengine_slb_config_last_reload_successful{{{group}}}", 1)  # the first apply
         reloads = value(prom, f'leengine_slb_reloads_total{{{group},result="success"}}')
         assert reloads is not None and reloads >= 1
@@ -339,6 +348,8 @@ def test_control_counts_rpcs_by_method_and_code_and_discovery_its_pushes_and_dra
         procs.append(discovery)
         with running_prometheus({"control": [control_metrics], "discovery": [discovery_metrics]}) as prom:
             prom.wait_for_target_up()
+            assert_identifies(prom, "leengine-control")
+            assert_identifies(prom, "leengine-discovery")
             pushed = 'leengine_discovery_pushes_total{result="ok"}'
             set_ok = 'leengine_control_rpcs_total{method="SetUpstreams",code="OK"}'
             wait_value(prom, pushed, 1)
@@ -437,6 +448,7 @@ def test_build_agent_reports_step_durations_results_and_cache_hits(etcd_server, 
             results = run(builds(), timeout=400)
             with running_prometheus({"build-agent": [address]}) as prom:
                 prom.wait_for_target_up("build-agent")
+                assert_identifies(prom, "leengine-build-agent")
                 assert [r.state for r in results] == ["done", "done", "failed"], results
                 wait_value(prom, 'leengine_build_results_total{result="done"}', 2)
                 wait_value(prom, 'leengine_build_results_total{result="failed"}', 1)
