@@ -35,15 +35,15 @@ import signal
 import socket
 import ssl
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from foundation.adapters.binaries import find_binary
 from lab.certs import CertBundle
-from lab.processes import stop_child
+from lab.processes import running_service, stop_child
 from leengine.etcd_options import EtcdClientTls
 
 START_TIMEOUT = 15.0  # seconds for etcd to answer /health before we give up
@@ -52,18 +52,8 @@ STOP_TIMEOUT = 5.0  # seconds for a graceful SIGTERM before SIGKILL
 
 def find_etcd() -> str:
     """The etcd binary to run: ``$LEENGINE_ETCD_BIN`` or ``etcd`` on PATH."""
-    explicit = os.environ.get("LEENGINE_ETCD_BIN")
-    if explicit:
-        if not os.access(explicit, os.X_OK):
-            raise RuntimeError(f"LEENGINE_ETCD_BIN={explicit} is not an executable file")
-        return explicit
-    found = shutil.which("etcd")
-    if found is None:
-        raise RuntimeError(
-            "etcd binary not found: install Debian's etcd-server package "
-            "(apt-get install etcd-server) or set LEENGINE_ETCD_BIN to an etcd binary"
-        )
-    return found
+    return find_binary("etcd", env="LEENGINE_ETCD_BIN",
+                       hint="install Debian's etcd-server package (apt-get install etcd-server)")
 
 
 def _free_port() -> int:
@@ -278,11 +268,6 @@ def running_etcd(*, fast_raft: bool = True, certs: CertBundle | None = None) -> 
     ``certs`` (``lab.certs.make_certs``): serve TLS and demand client certificates.
     """
     binary = find_etcd()
-    workdir = Path(tempfile.mkdtemp(prefix="leengine-etcd-", dir=_scratch_root()))
-    server = EtcdServer(binary, workdir, fast_raft=fast_raft, certs=certs)
-    try:
-        server.start()
+    with running_service(lambda workdir: EtcdServer(binary, workdir, fast_raft=fast_raft, certs=certs),
+                         prefix="leengine-etcd-", parent=_scratch_root()) as server:
         yield server
-    finally:
-        server._terminate()
-        shutil.rmtree(workdir, ignore_errors=True)

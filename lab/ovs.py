@@ -34,12 +34,12 @@ import contextlib
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from lab.processes import stop_child
+from foundation.adapters.binaries import SBIN_DIRS
+from lab.processes import running_service, stop_child
 
 START_TIMEOUT = 15.0  # seconds for ovsdb-server to answer and vswitchd to apply the db
 STOP_TIMEOUT = 5.0  # seconds for a graceful SIGTERM before SIGKILL
@@ -50,10 +50,10 @@ _INSTALL_HINT = "install Debian's openvswitch-switch package (apt-get install op
 
 def find_ovs() -> dict[str, str]:
     """Paths of the OVS binaries we need (also searched in /usr/sbin, which a non-root PATH lacks)."""
-    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin", "/usr/local/sbin"])
+    search = os.pathsep.join([os.environ.get("PATH", ""), *SBIN_DIRS])
     found: dict[str, str] = {}
     missing: list[str] = []
-    for name in _BINARIES:
+    for name in _BINARIES:  # all missing ones named at once: one package brings them all
         path = shutil.which(name, path=search)
         if path is None:
             missing.append(name)
@@ -216,11 +216,5 @@ def running_ovs() -> Iterator[OvsServer]:
         raise RuntimeError("running_ovs() needs root: vswitchd opens tap devices and raw sockets on veths")
     # Not /dev/shm like etcd: the unix socket path must stay short (sun_path is 108 bytes)
     # and /tmp is short; OVS does few fsyncs, so tmpfs buys nothing here.
-    workdir = Path(tempfile.mkdtemp(prefix="leengine-ovs-"))
-    server = OvsServer(binaries, schema, workdir)
-    try:
-        server.start()
+    with running_service(lambda workdir: OvsServer(binaries, schema, workdir), prefix="leengine-ovs-") as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -42,7 +41,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lab.processes import stop_child
+from foundation.adapters.binaries import find_binary
+from lab.processes import running_service, stop_child
 
 START_TIMEOUT = 30.0  # seconds for /-/ready (opening a storage of many blocks takes a while)
 STOP_TIMEOUT = 10.0
@@ -54,17 +54,7 @@ class PrometheusError(RuntimeError):
 
 
 def _find(env: str, name: str) -> str:
-    explicit = os.environ.get(env)
-    if explicit:
-        if not os.access(explicit, os.X_OK):
-            raise RuntimeError(f"{env}={explicit} is not an executable file")
-        return explicit
-    found = shutil.which(name)
-    if found is None:
-        raise RuntimeError(
-            f"{name} not found: install Debian's prometheus package (apt-get install prometheus) or set {env}"
-        )
-    return found
+    return find_binary(name, env=env, hint="install Debian's prometheus package (apt-get install prometheus)")
 
 
 def find_prometheus() -> str:
@@ -290,16 +280,14 @@ def running_prometheus(scrape: Mapping[str, Sequence[str]] | None = None, *, rul
     default a fresh one, removed on exit with the rest of the server's files.
     """
     binary = find_prometheus()
-    workdir = Path(tempfile.mkdtemp(prefix="leengine-prometheus-"))
-    server = PrometheusServer(binary, workdir, scrape=scrape, rule_files=rule_files,
-                              storage=Path(storage) if storage is not None else None,
-                              scrape_interval=scrape_interval, evaluation_interval=evaluation_interval)
-    try:
-        server.start()
+
+    def make(workdir: Path) -> PrometheusServer:
+        return PrometheusServer(binary, workdir, scrape=scrape, rule_files=rule_files,
+                                storage=Path(storage) if storage is not None else None,
+                                scrape_interval=scrape_interval, evaluation_interval=evaluation_interval)
+
+    with running_service(make, prefix="leengine-prometheus-") as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @contextlib.contextmanager

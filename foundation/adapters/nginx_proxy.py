@@ -108,6 +108,7 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from foundation.adapters.binaries import find_binary
 from foundation.adapters.nginx_lua import LEENGINE_LUA, SHARED_DICT
 from foundation.logic.slb_domain import Domain, DomainError, Upstream, check_domain_name, load_json
 from foundation.ports.proxy import ProxyError, ReloadFailed, ReloadOutcome, SavedState
@@ -133,17 +134,8 @@ _DEFAULT_HEADERS = (("Host", "$host"), ("X-Real-IP", "$remote_addr"),
 
 
 def find_nginx() -> str:
-    """The nginx binary: ``$LEENGINE_NGINX_BIN`` or ``nginx`` on PATH (plus /usr/sbin)."""
-    explicit = os.environ.get("LEENGINE_NGINX_BIN")
-    if explicit:
-        if not os.access(explicit, os.X_OK):
-            raise ProxyError(f"LEENGINE_NGINX_BIN={explicit} is not an executable file")
-        return explicit
-    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-    found = shutil.which("nginx", path=search)
-    if found is None:
-        raise ProxyError(f"nginx binary not found: {_INSTALL_HINT}")
-    return found
+    """The nginx binary: ``$LEENGINE_NGINX_BIN`` or ``nginx`` on PATH (plus the sbin directories)."""
+    return find_binary("nginx", env="LEENGINE_NGINX_BIN", hint=_INSTALL_HINT, error=ProxyError)
 
 
 def find_modules() -> list[str]:
