@@ -9,6 +9,7 @@ It must not know what a Region is.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -27,6 +28,10 @@ from sim.scenario_yaml import CONSTRUCTOR, FLOAT, INT, NULL, STR
 from sim.spec import MAX_LABELS
 from sim.targets import TargetIndex
 
+# Cell, group, pool and app names become parts of node, host, pool and namespace names (a
+# node is "{cell}-n001", an app of a count "{name}-17"): a DNS label short enough for that.
+LABEL_CHARS = 40
+LABEL = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
 
 class Fields:
     def __init__(self, file: str) -> None:
@@ -115,6 +120,14 @@ class Fields:
             raise self.error(node, field, f"at most {limit:,} characters, got {len(value):,}")
         if not control and CONTROL.search(value):
             raise self.error(node, field, f"control characters are not allowed: {show(value)}")
+        return value
+
+    def label(self, node: Node, field: str, what: str) -> str:
+        """A name the Region builds other names from (nodes, hosts, pools, namespaces): a DNS label."""
+        value = self.string(node, field, limit=LABEL_CHARS)
+        if not LABEL.fullmatch(value):
+            raise self.error(node, field, f"a {what} name is lowercase letters, digits and '-' (not first or last), "
+                                          f"at most {LABEL_CHARS} characters: {show(value)}")
         return value
 
     def integer(self, node: Node, field: str, *, low: int | None = None, high: int | None = None) -> int:

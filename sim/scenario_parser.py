@@ -98,7 +98,7 @@ class Parser(FaultFields):
         for i, cn in enumerate(cell_nodes):
             f = f"topology.cells[{i}]"
             c = self.mapping(cn, f, {"name", "nodes", "racks", "labels", "pools"}, required=("name", "nodes", "pools"))
-            name = self.string(c["name"], f"{f}.name")
+            name = self.label(c["name"], f"{f}.name", "Cell")
             self.unique(seen, name, c["name"], f"{f}.name", "Cell")
             nodes = self.integer(c["nodes"], f"{f}.nodes", low=1)
             if nodes > MAX_NODES_PER_CELL:
@@ -129,7 +129,7 @@ class Parser(FaultFields):
         for i, gn in enumerate(group_nodes):
             f = f"topology.groups[{i}]"
             g = self.mapping(gn, f, {"name", "hosts"}, required=("name", "hosts"))
-            name = self.string(g["name"], f"{f}.name")
+            name = self.label(g["name"], f"{f}.name", "group")
             self.unique(gseen, name, g["name"], f"{f}.name", "group")
             groups.append(GroupSpec(name=name, hosts=self.integer(g["hosts"], f"{f}.hosts", low=1,
                                                                   high=MAX_HOSTS_PER_GROUP)))
@@ -138,7 +138,7 @@ class Parser(FaultFields):
     def pool(self, node: Node, f: str, seen: dict[str, Node],
              networks: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str, Node, str]]) -> PoolSpec:
         p = self.mapping(node, f, {"name", "cidr", "vlan", "block_size"}, required=("name", "cidr", "vlan"))
-        name = self.string(p["name"], f"{f}.name")
+        name = self.label(p["name"], f"{f}.name", "pool")
         self.unique(seen, name, p["name"], f"{f}.name", "pool")
         cidr = self.string(p["cidr"], f"{f}.cidr")
         try:
@@ -207,7 +207,7 @@ class Parser(FaultFields):
         keys = {"name", "count", "cells", "replicas", "group", "domain", "port", "start_seconds", "readiness_seconds",
                 "requests_per_second"}
         a = self.mapping(node, f, keys, required=("name", "cells", "replicas", "group"))
-        name = self.string(a["name"], f"{f}.name")
+        name = self.label(a["name"], f"{f}.name", "app")
         cells = self.names(a["cells"], f"{f}.cells", len(cell_names), "Cells (each at most once)")
         if not cells:
             raise self.error(a["cells"], f"{f}.cells", "an app runs in at least one Cell")

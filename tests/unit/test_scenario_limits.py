@@ -413,3 +413,42 @@ def test_the_pure_python_parser_gives_the_same_answers(monkeypatch):
     monkeypatch.setattr(scenario_yaml, "_EVENTS_LOADER", yaml.BaseLoader)
     assert [outcome(t) for t in cases] == fast
     assert not isinstance(fast[0], str) and all(isinstance(f, str) for f in fast[1:])
+
+
+@pytest.mark.parametrize("where, text", [
+    ("topology.cells[0].name", "c1<b>$y$"), ("topology.cells[0].name", "C1"), ("topology.cells[0].name", "c1-"),
+    ("topology.groups[0].name", "we b"), ("topology.cells[0].pools[0].name", "pool/1"),
+    ("workload.apps[0].name", "shop_1"), ("workload.apps[0].name", "a" * 41)])
+def test_names_the_region_builds_other_names_from_are_dns_labels(tmp_path, where, text):
+    """A Cell named c1<b>$y$ used to validate and then fail the run: its nodes' names are no node names."""
+    cell, group, pool, app = "c1", "web", "c1-pool", "shop"
+    if where == "topology.cells[0].name":
+        cell = text
+    elif where == "topology.groups[0].name":
+        group = text
+    elif where == "topology.cells[0].pools[0].name":
+        pool = text
+    else:
+        app = text
+    path = tmp_path / "s.yaml"
+    path.write_text(f"""name: names
+seed: 1
+duration: 60
+topology:
+  cells:
+    - name: {json.dumps(cell)}
+      nodes: 2
+      pools:
+        - {{name: {json.dumps(pool)}, cidr: 10.1.0.0/22, vlan: 101}}
+  groups:
+    - {{name: {json.dumps(group)}, hosts: 1}}
+workload:
+  apps:
+    - {{name: {json.dumps(app)}, cells: [{json.dumps(cell)}], replicas: 1, group: {json.dumps(group)}}}
+checks:
+  - kind: no-duplicate-address
+""")
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(path)
+    message = str(info.value)
+    assert f": {where}: " in message and ("name is lowercase letters" in message or "at most 40 characters" in message)
