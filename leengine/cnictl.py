@@ -29,6 +29,7 @@ import ipaddress
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -39,6 +40,7 @@ from cni import admin
 from cni.pools import Pool, PoolConfigError
 from foundation.ports import StoreError
 from foundation.ports.cluster import ClusterUnavailable
+from foundation.ports.metrics import NO_METRICS
 from leengine.command import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_LEAKS, LogLevelOpt, configure_logging, run_app
 from leengine.etcd_options import (
     DEFAULT_ETCD,
@@ -207,24 +209,47 @@ def pool_show(name: str, as_json: Annotated[bool, typer.Option("--json")] = Fals
 # ------------------------------------------------------------------ leaks
 
 
+def _textfile_metrics(path: Path | None) -> Any:
+    """A registry for --metrics-textfile, or None; the path is checked before anything is asked."""
+    if path is None:
+        return None
+    if path.suffix != ".prom" or not path.parent.is_dir() or path.is_dir():
+        bad_input(f"--metrics-textfile {str(path)[:200]!r}: a *.prom file in an existing directory")
+    from foundation.adapters.prom_metrics import PromMetrics
+
+    return PromMetrics()
+
+
 @app.command()
 def check(
     grace: Annotated[float, typer.Option(help="seconds a leak must persist before it is certain")] = 60.0,
     wait: Annotated[bool, typer.Option(help="check, wait the grace period, check again")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     exit_code: Annotated[bool, typer.Option(help=f"exit {EXIT_LEAKS} when certain leaks exist")] = False,
+    metrics_textfile: Annotated[Path | None, typer.Option(
+        help="also write the leak gauges per pool (Prometheus text format, replaced atomically) to this *.prom "
+             "file, for node_exporter's textfile collector: how a cron'd check feeds the leak alert")] = None,
 ) -> None:
     """List addresses allocated in etcd whose pod the Kubernetes API no longer has."""
     grace = duration("grace", grace)
+    recorder = _textfile_metrics(metrics_textfile)
 
     async def action(store: Any, runtime: Any, cluster: Any) -> admin.CheckReport:
-        report = await admin.check_leaks(store, cluster, runtime, grace=grace)
+        sink = recorder if recorder is not None else NO_METRICS
+        report = await admin.check_leaks(store, cluster, runtime, grace=grace, metrics=sink)
         if wait and report.leaks and not all(leak.certain for leak in report.leaks):
             await runtime.sleep(grace)
-            report = await admin.check_leaks(store, cluster, runtime, grace=grace)
+            report = await admin.check_leaks(store, cluster, runtime, grace=grace, metrics=sink)
         return report
 
     report = run(action, cluster=True)
+    if recorder is not None and metrics_textfile is not None:
+        from prometheus_client import write_to_textfile
+
+        try:
+            write_to_textfile(str(metrics_textfile), recorder.registry)
+        except OSError as exc:
+            fail(f"--metrics-textfile {metrics_textfile}: cannot write it: {exc.strerror}", EXIT_FAILED)
     warn_invalid(report.invalid)
     if as_json:
         body: dict[str, Any] = {"checked": report.checked, "leaks": [leak.as_dict() for leak in report.leaks]}

@@ -6,7 +6,9 @@ import asyncio
 import json
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -103,6 +105,16 @@ def test_leak_is_suspect_then_certain_then_released_by_cas(etcd, kube):
     time.sleep(1.1)
     second = cnictl(etcd, "check", "--json", "--grace", "1", "--exit-code", kube=kube)
     assert second.returncode == 3
+    # A cron'd check feeds the leak alert through node_exporter's textfile collector.
+    with tempfile.TemporaryDirectory() as scratch:
+        prom = Path(scratch) / "leaks.prom"
+        written = cnictl(etcd, "check", "--grace", "1", "--metrics-textfile", str(prom), kube=kube)
+        assert written.returncode == 0, written.stderr
+        text = prom.read_text()
+        assert 'leengine_ipam_allocations_leaked{pool="cell1-a"} 2.0' in text, text
+        assert 'leengine_ipam_allocations_gc_candidates{pool="cell1-a"} 0.0' in text, text
+        bad = cnictl(etcd, "check", "--metrics-textfile", str(Path(scratch) / "leaks.txt"), kube=kube)
+        assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1 and "*.prom" in bad.stderr
     assert {leak["state"] for leak in json.loads(second.stdout)["leaks"]} == {"certain"}
     released = cnictl(etcd, "release", "--certain")
     assert released.returncode == 0
