@@ -111,7 +111,7 @@ from pathlib import Path
 from foundation.adapters.binaries import find_binary
 from foundation.adapters.nginx_lua import LEENGINE_LUA, SHARED_DICT
 from foundation.logic.slb_domain import Domain, DomainError, Upstream, check_domain_name, load_json
-from foundation.ports.proxy import ProxyError, ReloadFailed, ReloadOutcome, SavedState
+from foundation.ports.proxy import ProxyError, ReloadFailed, ReloadOutcome, SavedState, with_changes
 
 MODULE_DIRS = ("/usr/lib/nginx/modules", "/usr/share/nginx/modules")
 MODULES = ("ndk_http_module.so", "ngx_http_lua_module.so")  # the lua module needs NDK loaded first
@@ -670,7 +670,7 @@ class NginxProxy:
                 checked = self._check(changes)
             except ProxyError as exc:
                 return str(exc)
-            new_live = self._merged(checked)
+            new_live = with_changes(self._live, checked)
             busy = await asyncio.to_thread(self._ports_taken, new_live)
             if busy:
                 return busy
@@ -690,7 +690,7 @@ class NginxProxy:
             if not self.running:
                 raise ProxyError(f"nginx on {self.prefix} is not running")
             checked = self._check(changes)
-            old_live, new_live = dict(self._live), self._merged(checked)
+            old_live, new_live = dict(self._live), with_changes(self._live, checked)
             generation = self._generation + 1
             files = {self.domain_path(n): None if d is None else self._render(d) for n, d in checked.items()}
             files[self.conf] = self._render_main(generation, new_live).encode()
@@ -738,15 +738,6 @@ class NginxProxy:
                 continue
             checked[name] = revalidate(name, domain)
         return checked
-
-    def _merged(self, checked: Mapping[str, Domain | None]) -> dict[str, Domain]:
-        result = dict(self._live)
-        for name, domain in checked.items():
-            if domain is None:
-                result.pop(name, None)
-            else:
-                result[name] = domain
-        return result
 
     def _render(self, domain: Domain) -> bytes:
         return render_domain(domain, self.listen_address).encode()

@@ -42,6 +42,18 @@ class ReloadOutcome:
     domains: int  # domains in the configuration
 
 
+def with_changes(live: Mapping[str, Domain], changes: Mapping[str, Domain | None]) -> dict[str, Domain]:
+    """The domains in force after ``changes`` as every Proxy method takes them: a Domain is set,
+    None removes the name (removing one that is not there is no change)."""
+    result = dict(live)
+    for name, domain in changes.items():
+        if domain is None:
+            result.pop(name, None)
+        else:
+            result[name] = domain
+    return result
+
+
 @dataclass(frozen=True)
 class SavedState:
     revision: int = 0  # Store revision the saved domains correspond to (0: nothing saved)

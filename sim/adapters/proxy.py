@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from foundation.logic.slb_domain import Domain, Upstream
-from foundation.ports.proxy import ProxyError, ReloadFailed, ReloadOutcome, SavedState
+from foundation.ports.proxy import ProxyError, ReloadFailed, ReloadOutcome, SavedState, with_changes
 from foundation.ports.runtime import Runtime
 
 
@@ -91,17 +91,8 @@ class SimProxy:
             for domain in domains:
                 self.on_change(domain)
 
-    def _result(self, changes: Mapping[str, Domain | None]) -> dict[str, Domain]:
-        result = dict(self.live)
-        for name, domain in changes.items():
-            if domain is None:
-                result.pop(name, None)
-            else:
-                result[name] = domain
-        return result
-
     async def test(self, changes: Mapping[str, Domain | None]) -> str | None:
-        config = self._result(changes)
+        config = with_changes(self.live, changes)
         await self.runtime.sleep(self.test_base + self.test_per_domain * len(config))
         for domain in changes.values():
             if domain is not None and (error := self.rejects(domain)):
@@ -113,7 +104,7 @@ class SimProxy:
         error = await self.test(changes)
         if error is not None:
             raise ProxyError(error)
-        config = self._result(changes)
+        config = with_changes(self.live, changes)
         await self.runtime.sleep(self.reload_base + self.reload_per_domain * len(config))
         if self.fail_next_reload:
             self.fail_next_reload = False
