@@ -53,6 +53,7 @@ from foundation.logic.build_task import (
     task_key,
 )
 from foundation.ports import Compare, DeleteOp, GetOp, PutOp, RangeResult, Runtime, Store, StoreError
+from foundation.ports import control as port
 from foundation.ports.metrics import (
     BUILD_TASKS_MOVED,
     BUILD_TASKS_QUEUED,
@@ -65,23 +66,23 @@ from foundation.ports.metrics import (
 COMPONENT = "build-scheduler"  # the etcd errors' component label
 
 
-class BuildError(Exception):
-    """A refused build call; the subclass says which status it is."""
+class BuildError(port.ControlError):
+    """A refused build call; the subclass is the control port's error of the same status."""
 
 
-class NoBuildAgents(BuildError):
+class NoBuildAgents(BuildError, port.Unavailable):
     """No build agent is registered: nothing can build (a gRPC UNAVAILABLE)."""
 
 
-class NotFound(BuildError):
+class NotFound(BuildError, port.NotFound):
     pass
 
 
-class PermissionDenied(BuildError):
+class PermissionDenied(BuildError, port.PermissionDenied):
     pass
 
 
-class CorruptRecord(BuildError):
+class CorruptRecord(BuildError, port.CorruptRecord):
     """A stored build record does not parse (an INTERNAL error: not the caller's fault)."""
 
 

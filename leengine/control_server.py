@@ -15,7 +15,8 @@ with ``grpc.health.v1.Health`` (SERVING once it listens) and server reflection.
   ``token name role`` (``control/auth.py``), refused when its mode gives its group or
   others any right (600 or stricter) or when it belongs to neither the server's user
   nor root. Failed authentications are logged (peer, method, never the token).
-* Errors: each typed error of ``slb_core`` becomes one status code (``STATUS``);
+* Errors: slb-core's and the build service's typed errors are the control port's, each naming its
+  status code (``ControlError.code``, one table ``STATUS``);
   INVALID_ARGUMENT's details start with the field and the field is also sent as
   trailing metadata ``leengine-field``; an unreachable etcd is UNAVAILABLE.
 * Tests embed it with ``await start(store, tokens)`` → a ``ControlServer`` holding the
@@ -63,6 +64,7 @@ from grpc_reflection.v1alpha import reflection
 from control import builds, slb_core
 from control.auth import Principal, TokenTable, TokenTableError
 from foundation.ports import Runtime, Store, StoreError, StoreUnavailable
+from foundation.ports import control as control_port
 from foundation.ports.control import StoredDomain
 from foundation.ports.metrics import (
     BUILD_TASKS_MOVED,
@@ -111,19 +113,14 @@ FAMILIES: tuple[MetricDef, ...] = (CONTROL_RPCS, BUILD_TASKS_QUEUED, BUILD_TASKS
 
 # Typed errors of the service logic → gRPC status codes (most specific first).
 STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
-    (slb_core.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
-    (slb_core.NotFound, grpc.StatusCode.NOT_FOUND),
-    (slb_core.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
-    (slb_core.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
-    (slb_core.Conflict, grpc.StatusCode.ABORTED),
-    (slb_core.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
-    (slb_core.CorruptRecord, grpc.StatusCode.INTERNAL),
-    (slb_core.QuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    # slb-core's and the build service's errors are the control port's, each naming its status
+    # (ControlError.code): one table for both services, the same codes the client adapter maps back.
+    *((kind, grpc.StatusCode[kind.code]) for kind in (
+        control_port.InvalidArgument, control_port.NotFound, control_port.AlreadyExists,
+        control_port.PermissionDenied, control_port.Unauthenticated, control_port.Conflict,
+        control_port.FailedPrecondition, control_port.QuotaExceeded, control_port.CorruptRecord,
+        control_port.Unavailable, control_port.ControlError)),
     (builds.TaskError, grpc.StatusCode.INVALID_ARGUMENT),
-    (builds.NotFound, grpc.StatusCode.NOT_FOUND),
-    (builds.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
-    (builds.NoBuildAgents, grpc.StatusCode.UNAVAILABLE),
-    (builds.CorruptRecord, grpc.StatusCode.INTERNAL),
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
     (StoreError, grpc.StatusCode.INTERNAL),
 )
@@ -291,11 +288,11 @@ class SlbCoreService(slb_pb2_grpc.SlbCoreServicer):
             result = await action(who)
             answered = grpc.StatusCode.OK
             return result
-        except (slb_core.SlbError, builds.BuildError, builds.TaskError, StoreError) as exc:
+        except (control_port.ControlError, builds.TaskError, StoreError) as exc:
             code = next(code for kind, code in STATUS if isinstance(exc, kind))
             answered = code
             trailing: tuple[tuple[str, str], ...] = ()
-            if isinstance(exc, slb_core.InvalidArgument | builds.TaskError):
+            if isinstance(exc, control_port.InvalidArgument | builds.TaskError):
                 trailing = ((FIELD_METADATA, exc.field),)
             level = logging.WARNING if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE) else logging.INFO
             details = slb_core.clip(str(exc), MAX_DETAILS)  # a caller's huge value must not come back whole
