@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from foundation.adapters.buildah_builder import NOBODY, BuildahBuilder, BuildahConfig
+from foundation.adapters.buildah_builder import NOBODY, BuildahBuilder, BuildahConfig, _stage_out
 from foundation.ports.builder import BuildFailed, BuildRequest
 from lab.registry import running_registry
 
@@ -205,3 +205,25 @@ def test_nothing_the_build_script_started_outlives_its_build(lab):
     for line in left.splitlines():  # end them whatever happens, by pid (this test started them)
         os.kill(int(line.split()[0]), 9)
     assert left == ""
+
+
+def test_staging_refuses_a_hard_link_to_a_file_the_build_does_not_own(tmp_path: Path):
+    """A hard link keeps its file's owner: out/lib/secret linked to a root-owned host file is refused.
+
+    Root tier: the build's tree must belong to nobody and the host file to root, as on a build host.
+    """
+    out = tmp_path / "work" / "out"
+    (out / "lib").mkdir(parents=True)
+    (out / "start.sh").write_text("echo hi\n")
+    for path in [out, *out.rglob("*")]:
+        os.lchown(path, NOBODY, NOBODY)
+    host_file = tmp_path / "secret"
+    host_file.write_text("root-only\n")
+    os.chown(host_file, 0, 0)
+    os.link(host_file, out / "lib" / "secret")
+    stage = tmp_path / "stage"
+    with pytest.raises(BuildFailed) as info:
+        _stage_out(tmp_path / "work", stage, owner=NOBODY)
+    assert info.value.step == "image" and "out/lib/secret is not the build's own file" in str(info.value)
+    copied = [p.read_bytes() for p in stage.rglob("*") if p.is_file()] if stage.exists() else []
+    assert b"root-only\n" not in copied
