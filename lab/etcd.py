@@ -41,7 +41,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from foundation.adapters.binaries import find_binary
+from foundation.adapters.binaries import find_binary, log_tail
 from lab.certs import CertBundle
 from lab.processes import running_service, stop_child
 from leengine.etcd_options import EtcdClientTls
@@ -128,11 +128,7 @@ class EtcdServer:
         return self._proc is not None and self._proc.poll() is None
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no etcd log)"
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_path, lines, "etcd")
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -38,7 +38,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from foundation.adapters.binaries import SBIN_DIRS
+from foundation.adapters.binaries import SBIN_DIRS, log_tail
 from lab.processes import running_service, stop_child
 
 START_TIMEOUT = 15.0  # seconds for ovsdb-server to answer and vswitchd to apply the db
@@ -101,11 +101,7 @@ class OvsServer:
         return self._procs[name].pid
 
     def log_tail(self, name: str, lines: int = 30) -> str:
-        try:
-            text = (self.workdir / f"{name}.log").read_text(errors="replace")
-        except OSError:
-            return f"(no {name} log)"
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.workdir / f"{name}.log", lines, name)
 
     def vsctl(self, *args: str, timeout: float = 10.0, check: bool = True) -> str:
         """Run ``ovs-vsctl --db=<ours> ARGS`` (argv list, never a shell) and return its stdout."""

@@ -41,7 +41,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from foundation.adapters.binaries import find_binary
+from foundation.adapters.binaries import find_binary, log_tail
 from lab.processes import running_service, stop_child
 
 START_TIMEOUT = 30.0  # seconds for /-/ready (opening a storage of many blocks takes a while)
@@ -126,11 +126,7 @@ class PrometheusServer:
         return self._proc is not None and self._proc.poll() is None
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no prometheus log)"
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_path, lines, "prometheus")
 
     # ------------------------------------------------------------------ lifecycle
 

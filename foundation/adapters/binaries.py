@@ -1,16 +1,18 @@
-"""Finding the program a real adapter or a lab launcher runs: one rule for every binary.
+"""Finding the program a real adapter or a lab launcher runs, and reading the end of its log.
 
 ``find_binary("nginx", env="LEENGINE_NGINX_BIN", hint=…)``: the path in ``$LEENGINE_NGINX_BIN``
 when it is set (it must be executable: a typo is an error, never a silent fallback), else
 the name on ``PATH`` or in the sbin directories a non-root ``PATH`` lacks (Debian installs
 nginx and the OVS daemons there). A missing binary is an error that says what to install,
-never a skip. It must not know what the binary is for.
+never a skip. ``log_tail(path, lines, what)``: the last lines of a program's log for an
+error message, or a note that there is none. It must not know what the binary is for.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 SBIN_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
 
@@ -26,3 +28,12 @@ def find_binary(name: str, *, env: str | None, hint: str, error: type[Exception]
     if found is None:
         raise error(f"{name} not found: {hint}" + (f", or set {env}" if env else ""))
     return found
+
+
+def log_tail(path: Path, lines: int, what: str) -> str:
+    """The last ``lines`` lines of the log at ``path`` (``(no WHAT log)`` when it cannot be read)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return f"(no {what} log)"
+    return "\n".join(text.splitlines()[-lines:])

@@ -108,7 +108,7 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from foundation.adapters.binaries import find_binary
+from foundation.adapters.binaries import find_binary, log_tail
 from foundation.adapters.nginx_lua import LEENGINE_LUA, SHARED_DICT
 from foundation.logic.slb_domain import Domain, DomainError, Upstream, check_domain_name, load_json
 from foundation.ports.proxy import ProxyError, ReloadFailed, ReloadOutcome, SavedState, with_changes
@@ -416,11 +416,7 @@ class NginxProxy:
         return _children(pid) if pid else []
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.error_log.read_text(errors="replace")
-        except OSError:
-            return "(no nginx error log)"
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.error_log, lines, "nginx error")
 
     # ------------------------------------------------------------------ lifecycle
 
