@@ -150,12 +150,7 @@ class AsyncioRuntime:
 
     def raise_unjoined_failures(self) -> None:
         """Raise ``TaskFailed`` if a task failed and nobody has joined it since."""
-        unjoined = [t for t in self._failed if not t.observed]
-        if unjoined:
-            first = unjoined[0]
-            raise TaskFailed(
-                f"{len(unjoined)} task(s) failed unobserved; first: {first.name}: {first.error!r}"
-            ) from first.error
+        TaskFailed.raise_first([(t.name, t.error) for t in self._failed if not t.observed and t.error is not None])
 
     def run_until_complete(self, coro: Coroutine[Any, Any, T], *, limit: float | None = None) -> T:
         """Run ``coro`` as the main task on a new event loop; return its result or raise its error.

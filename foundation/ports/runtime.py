@@ -35,6 +35,16 @@ Cancelled = asyncio.CancelledError
 class TaskFailed(RuntimeError):
     """A spawned task raised and no other task joined it; ``__cause__`` is its error."""
 
+    @staticmethod
+    def raise_first(unjoined: list[tuple[str, BaseException]]) -> None:
+        """Raise for the first of the (name, error) of failed, unjoined tasks; nothing when there is none.
+
+        Both runtimes report the same way (their parity tests compare the messages).
+        """
+        if unjoined:
+            name, error = unjoined[0]
+            raise TaskFailed(f"{len(unjoined)} task(s) failed unobserved; first: {name}: {error!r}") from error
+
 
 class Task(Protocol[T_co]):
     """A spawned coroutine. Awaiting ``join()`` returns its result or raises its error."""

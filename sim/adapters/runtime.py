@@ -288,9 +288,4 @@ class SimRuntime:
         return main.result
 
     def raise_unjoined_failures(self) -> None:
-        unjoined = [t for t in self._failed if not t._observed]
-        if unjoined:
-            first = unjoined[0]
-            raise TaskFailed(
-                f"{len(unjoined)} task(s) failed unobserved; first: {first.name}: {first.error!r}"
-            ) from first.error
+        TaskFailed.raise_first([(t.name, t.error) for t in self._failed if not t._observed and t.error is not None])
