@@ -1,0 +1,372 @@
+"""The lab's Kubernetes control loop: apps -> pods on nodes (replication controller, scheduler, churn).
+
+The twin of ``sim/kube.py`` + ``sim/churn.py`` for a live lab: a replication controller
+per (app, Cell) keeps the replica count (one loop every ``tick``), the scheduler spreads
+pods by the power of two choices over the Cell's schedulable nodes, a start task per pod
+asks the node's lab container runtime to run it (the runtime executes the CNI plugin and
+reports the pod to its Cell's API) and retries every ``kubelet_retry`` seconds while the
+ADD fails; a node controller evicts a dead host's pods ``node_grace`` seconds after it died
+(the sim's Region default, 40 s), so that is when they are replaced. Deploys are rolling
+replacements (surge 1: a new pod ready, then the old one drained and stopped), scale
+events move one (app, Cell) by one replica between half and twice the spec's count,
+both at seeded Poisson times.
+
+Randomness: ``placement`` and ``churn`` are two ``random.Random`` of the run's seed, each
+used by one concern only, so placement and churn times are reproducible per seed as long
+as the same events happen in the same order (a pod that dies a second later in one run
+can reorder later draws; the sim has one stream for all and no wall clock).
+
+It acts only through ``PodActions`` (the driver, lab/run.py: runtime sockets, Cell APIs,
+discovery drains) and must not know the faults, the load or the checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sim.spec import AppSpec, RegionSpec, node_name
+
+log = logging.getLogger("leengine.lab.controller")
+
+Key = tuple[str, str]  # (app, Cell)
+
+
+class StartFailed(Exception):
+    """The runtime could not start a pod (CNI ADD failed: e.g. the pool is exhausted); the kubelet retries."""
+
+
+@dataclass
+class LabPod:
+    app: str
+    cell: str
+    name: str
+    uid: str
+    container_id: str
+    node: str = ""
+    ip: str = ""
+    created: float = 0.0
+    alive: bool = True  # its processes run (False: died with its host or runtime, or stopped)
+    ready: bool = False
+    in_api: bool = True
+    ready_at: float = math.inf
+    died_at: float | None = None
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Started:
+    """What a runtime answers when a pod runs: its address and the CNI ADD's duration."""
+
+    ip: str
+    add_seconds: float
+
+
+class PodActions(Protocol):
+    """What the controller asks of the lab (implemented by the run driver)."""
+
+    async def run_pod(self, node: str, pod: LabPod, ready_after: float) -> Started: ...  # raises StartFailed
+    async def stop_pod(self, node: str, pod: LabPod) -> None: ...  # CNI DEL, kill, netns deleted, out of the API
+    async def forget_pod(self, pod: LabPod) -> None: ...  # a dead pod leaves its Cell's API (no CNI DEL)
+    async def drain(self, pod: LabPod) -> float: ...  # out of every Nginx host's upstreams; seconds it took
+    async def undrain(self, pod: LabPod) -> None: ...  # the address may come back (discovery's forget)
+
+
+@dataclass
+class NodeState:
+    name: str
+    cell: str
+    alive: bool = True
+    runtime_ok: bool = True
+    pods: dict[str, LabPod] = field(default_factory=dict)
+
+    @property
+    def schedulable(self) -> bool:
+        return self.alive and self.runtime_ok
+
+
+@dataclass
+class Counts:
+    pods_started: int = 0
+    pods_died: int = 0
+    pods_deleted: int = 0
+    add_errors: int = 0
+    deploys: int = 0
+    scale_events: int = 0
+    add_seconds: list[float] = field(default_factory=list)
+    drain_seconds: list[float] = field(default_factory=list)
+
+
+def pick_node(nodes: list[NodeState], rnd: random.Random) -> NodeState | None:
+    """Power of two choices (sim/kube.py's rule): the emptier of two schedulable nodes drawn at random."""
+    a, b = _draw(nodes, rnd), _draw(nodes, rnd)
+    if a is None or b is None:
+        return None
+    return b if len(b.pods) < len(a.pods) else a
+
+
+def _draw(nodes: list[NodeState], rnd: random.Random) -> NodeState | None:
+    for _ in range(8):
+        node = nodes[rnd.randrange(len(nodes))]
+        if node.schedulable:
+            return node
+    live = [n for n in nodes if n.schedulable]
+    return rnd.choice(live) if live else None
+
+
+class Controller:
+    def __init__(self, spec: RegionSpec, actions: PodActions, clock: Callable[[], float], *, seed: int,
+                 tick: float = 1.0, node_grace: float = 40.0, kubelet_retry: float = 2.0,
+                 deploy_timeout: float = 120.0) -> None:
+        self.spec = spec
+        self.actions = actions
+        self.clock = clock
+        self.tick = tick
+        self.node_grace = node_grace
+        self.kubelet_retry = kubelet_retry
+        self.deploy_timeout = deploy_timeout
+        self.placement = random.Random(seed)
+        self.churn = random.Random(seed + 1)
+        self.apps: dict[str, AppSpec] = {a.name: a for a in spec.apps}
+        self.nodes: dict[str, NodeState] = {}
+        self.cell_nodes: dict[str, list[NodeState]] = {}
+        for cell in spec.cells:
+            states = [NodeState(node_name(cell.name, i), cell.name) for i in range(1, cell.nodes + 1)]
+            self.cell_nodes[cell.name] = states
+            self.nodes.update((n.name, n) for n in states)
+        self.pods: dict[Key, list[LabPod]] = {(a.name, c): [] for a in spec.apps for c in a.cells}
+        self.replicas: dict[Key, int] = {(a.name, c): a.replicas for a in spec.apps for c in a.cells}
+        self.by_name: dict[str, LabPod] = {}
+        self.out: set[str] = set()  # Cells cut off: not reconciled until back
+        self.dead: dict[tuple[str, str], float] = {}  # (app, pod) -> when it died: the leak suspects
+        self.killed: set[tuple[str, str]] = set()  # pods that died without CNI DEL
+        self.counts = Counts()
+        self.rolling: set[Key] = set()
+        self._counter = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ what it shows
+    def ready_pods(self, app: str) -> list[LabPod]:
+        return [p for c in self.apps[app].cells for p in self.pods[(app, c)] if p.alive and p.ready]
+
+    def ready_elsewhere(self, app: str, now: float, grace: float = 2.0) -> bool:
+        """A pod of the app alive, ready (for ``grace`` seconds: it had time to propagate) and in a reachable Cell."""
+        return any(now - p.ready_at >= grace and p.cell not in self.out
+                   and self.nodes[p.node].alive for p in self.ready_pods(app))
+
+    def live_pods(self) -> list[LabPod]:
+        return [p for pods in self.pods.values() for p in pods if p.alive and p.ip]
+
+    # ------------------------------------------------------------------ replication controller
+    async def run(self) -> None:
+        while True:
+            self.reconcile()
+            await asyncio.sleep(self.tick)
+
+    def reconcile(self) -> list[LabPod]:
+        """One pass: drop pods that left the API, create what is missing; returns the pods created."""
+        made = []
+        for key in sorted(self.pods):
+            app, cell = key
+            if cell in self.out:
+                continue
+            pods = self.pods[key]
+            pods[:] = [p for p in pods if p.in_api]
+            for _ in range(self.replicas[key] - len(pods)):
+                pod = self.new_pod(self.apps[app], cell)
+                pods.append(pod)
+                made.append(pod)
+        return made
+
+    def new_pod(self, app: AppSpec, cell: str) -> LabPod:
+        self._counter += 1
+        n = self._counter
+        pod = LabPod(app.name, cell, f"{app.name}-{cell}-{n}", f"uid-{n}", f"sandbox-{n:07d}", created=self.clock())
+        self.by_name[pod.name] = pod
+        pod.task = self._spawn(self._start(pod, app), f"kubelet/{pod.name}")
+        return pod
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _start(self, pod: LabPod, app: AppSpec) -> None:
+        try:
+            while not pod.node:
+                picked = pick_node(self.cell_nodes[pod.cell], self.placement)
+                if picked is None:
+                    await asyncio.sleep(self.kubelet_retry)
+                    continue
+                pod.node = picked.name
+                picked.pods[pod.name] = pod
+            ready_after = app.start_seconds + app.readiness_seconds
+            while True:
+                try:
+                    started = await self.actions.run_pod(pod.node, pod, ready_after)
+                    break
+                except StartFailed as exc:
+                    self.counts.add_errors += 1
+                    log.info("pod %s on %s: %s; retrying", pod.name, pod.node, exc)
+                    await asyncio.sleep(self.kubelet_retry)
+            pod.ip = started.ip
+            self.counts.add_seconds.append(started.add_seconds)
+            await asyncio.sleep(ready_after)  # the runtime reports Ready after the same delay
+            if pod.alive:
+                pod.ready, pod.ready_at = True, self.clock()
+                self.counts.pods_started += 1
+        except asyncio.CancelledError:
+            return
+        finally:
+            pod.task = None
+
+    # ------------------------------------------------------------------ pods going away
+    def _kill(self, pod: LabPod) -> None:
+        if pod.task is not None:
+            pod.task.cancel()
+        if pod.alive:
+            pod.alive, pod.ready = False, False
+            pod.died_at = self.clock()
+            self.dead[(pod.app, pod.name)] = pod.died_at
+            self.killed.add((pod.app, pod.name))
+            self.counts.pods_died += 1
+
+    async def _evict(self, pod: LabPod) -> None:
+        if not pod.in_api:
+            return
+        pod.in_api = False
+        if pod.node:
+            self.nodes[pod.node].pods.pop(pod.name, None)
+        with contextlib.suppress(Exception):  # its Cell's API away: the record goes when the pod list is read
+            await self.actions.forget_pod(pod)
+
+    async def delete_pod(self, pod: LabPod) -> None:
+        """A graceful deletion: stop its start, drain it from every Nginx host, stop it (CNI DEL), forget it."""
+        if pod.task is not None:
+            task = pod.task
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if pod.ip and pod.alive:
+            with contextlib.suppress(Exception):
+                self.counts.drain_seconds.append(await self.actions.drain(pod))
+        node = self.nodes.get(pod.node)
+        if node is not None and node.schedulable and pod.alive:
+            with contextlib.suppress(Exception):
+                await self.actions.stop_pod(pod.node, pod)
+        if pod.alive:
+            self.dead[(pod.app, pod.name)] = self.clock()
+        pod.alive, pod.ready = False, False
+        pod.in_api = False
+        if node is not None:
+            node.pods.pop(pod.name, None)
+        if pod.ip:
+            with contextlib.suppress(Exception):
+                await self.actions.undrain(pod)
+        self.counts.pods_deleted += 1
+
+    # ------------------------------------------------------------------ what faults tell it
+    def node_down(self, node: str, pods: list[str]) -> None:
+        """The host died with its pods (no CNI DEL); the node controller evicts them after ``node_grace``."""
+        state = self.nodes[node]
+        state.alive = False
+        for pod in list(state.pods.values()):
+            self._kill(pod)
+        self._spawn(self._node_controller(state), f"node-controller/{node}")
+
+    async def _node_controller(self, node: NodeState) -> None:
+        await asyncio.sleep(self.node_grace)
+        if not node.alive:
+            await self._evict_dead(node)
+
+    async def _evict_dead(self, node: NodeState) -> None:
+        for pod in [p for p in node.pods.values() if not p.alive]:
+            await self._evict(pod)
+
+    def node_up(self, node: str) -> None:
+        state = self.nodes[node]
+        if state.alive:
+            return
+        self._spawn(self._evict_dead(state), f"kubelet-report/{node}")  # its old sandboxes are gone
+        state.alive, state.runtime_ok = True, True
+
+    def runtime_down(self, node: str, pods: list[str]) -> None:
+        state = self.nodes[node]
+        state.runtime_ok = False
+        for pod in list(state.pods.values()):
+            self._kill(pod)
+        self._spawn(self._evict_dead(state), f"kubelet-report/{node}")  # PLEG: reported failed at once
+
+    def runtime_up(self, node: str) -> None:
+        self.nodes[node].runtime_ok = True
+
+    def cell_out(self, cell: str, out: bool) -> None:
+        (self.out.add if out else self.out.discard)(cell)
+
+    # ------------------------------------------------------------------ churn
+    async def run_churn(self, per_hour: float, kind: str) -> None:
+        """Events at exponential gaps (Poisson), each on a seeded (app, Cell); ``kind``: "deploy" or "scale"."""
+        keys = [k for k in sorted(self.pods) if self.apps[k[0]].replicas > 0]
+        if not keys or per_hour <= 0:
+            return
+        while True:
+            await asyncio.sleep(self.churn.expovariate(per_hour / 3600.0))
+            key = self.churn.choice(keys)
+            if key in self.rolling or key[1] in self.out:
+                continue
+            self.rolling.add(key)
+            action = self.deploy if kind == "deploy" else self.scale
+            self._spawn(self._one(action(key), key), f"churn/{kind}/{key[0]}/{key[1]}")
+
+    async def _one(self, coro: Coroutine[Any, Any, None], key: Key) -> None:
+        try:
+            await coro
+        finally:
+            self.rolling.discard(key)
+
+    async def deploy(self, key: Key) -> None:
+        """Rolling replacement, surge 1: a new pod ready, then one old pod drained and deleted."""
+        self.counts.deploys += 1
+        app = self.apps[key[0]]
+        for victim in [p for p in self.pods[key] if p.in_api]:
+            if not victim.in_api:
+                continue
+            new = self.new_pod(app, key[1])
+            self.pods[key].append(new)
+            deadline = self.clock() + self.deploy_timeout
+            while not new.ready and new.in_api and self.clock() < deadline:
+                await asyncio.sleep(self.tick)
+            if not new.ready:
+                return  # the new version does not come up: stop rolling
+            await self.delete_pod(victim)
+
+    async def scale(self, key: Key) -> None:
+        self.counts.scale_events += 1
+        base = self.apps[key[0]].replicas
+        now = self.replicas[key]
+        low, high = max(1, base // 2), max(1, base * 2)
+        up = self.churn.random() < 0.5
+        if (up and now >= high) or (not up and now <= low):
+            up = not up
+        self.replicas[key] = now + (1 if up else -1)
+        if up:
+            return
+        pods = [p for p in self.pods[key] if p.in_api]
+        if len(pods) <= self.replicas[key]:
+            return
+        ready = [p for p in pods if p.ready] or pods
+        await self.delete_pod(self.churn.choice(ready))
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
