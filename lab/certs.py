@@ -19,9 +19,11 @@ runs openssl.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,8 +70,14 @@ def _signed(directory: Path, name: str, subject: str, extensions: str, ca_cert: 
     return cert
 
 
-def make_certs(directory: str | os.PathLike[str], *, name: str = "leengine-test") -> CertBundle:
-    """A fresh CA named ``name`` with a server and a client certificate, under ``directory``."""
+def make_certs(directory: str | os.PathLike[str], *, name: str = "leengine-test",
+               server_ips: Sequence[str] = ()) -> CertBundle:
+    """A fresh CA named ``name`` with a server and a client certificate, under ``directory``.
+
+    ``server_ips``: more IP SANs of the server certificate (the lab's members and the address its
+    clients dial); each must be an IP address, as clients verify the address they connect to.
+    """
+    extra = [str(ipaddress.ip_address(ip)) for ip in server_ips]  # ValueError for anything else
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     ca_key, ca_cert = directory / "ca.key", directory / "ca.crt"
@@ -80,7 +88,8 @@ def make_certs(directory: str | os.PathLike[str], *, name: str = "leengine-test"
              "-out", str(ca_cert), step="make the CA certificate")
     server = _signed(directory, "server", f"/CN={name} server",
                      "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
-                     "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+                     "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost"
+                     + "".join(f",IP:{ip}" for ip in dict.fromkeys(extra)) + "\n",
                      ca_cert, ca_key)
     # etcd checks a client certificate's usage only for clientAuth; "root" as its CN is
     # the name etcd would map to a user if RBAC were on (it is not: the certificate is the gate).
