@@ -1,0 +1,595 @@
+"""``leengine lab run SCENARIO --seed N --out OUT``: a scenario file replayed on a live lab, in real time.
+
+The lab's twin of sim/runner.py + sim/world.py's run: the scenario is loaded
+(``sim.scenario.load_scenario``) and scaled (``sim.scenario_lab.lab_scaled``), the lab in
+``--dir`` is used if it runs that scenario (same sha256 in ``lab.json``), else brought up,
+and then, with t = 0 at the start and the scenario's (scaled) seconds as real seconds:
+
+* one Nginx group per spec group and one SLB domain per app (``{app}.example.com`` unless
+  the app names one; owner = the app) are created through the control service's gRPC as
+  the lab's admin; discovery (a lab process) pushes the pods' addresses as upstreams;
+* ``lab.controller.Controller`` places replicas on the nodes of each app's Cells and asks
+  the node runtimes to run them; it replaces dead pods and plays the scenario's churn;
+* ``lab.load.Load`` sends each app's requests per second through its group's Nginx hosts;
+* ``lab.faults.Schedule`` applies every fault at its time and undoes it at its end;
+* ``lab.observe`` watches etcd's ``/ipam/`` history, samples the pods' namespaces against
+  etcd's handles every ``sample_every`` seconds, runs cnictl's check + release cron, and
+  probes the lab at every liveness deadline;
+* at the end the checks (lab/checks.py) are judged, every daemon's ``/metrics`` is scraped
+  into ``OUT/metrics/<proc>.prom`` and ``OUT/report.json`` is written (lab/report.py).
+
+``LiveLab`` is the one place that turns the faults' and the controller's primitives into
+the other lab modules' calls (lab/plan.py names, lab/supervisor.py processes, lab/fabric.py
+cuts, the links socket, the runtimes' sockets, the Cells' APIs, the control service).
+Its assumptions about modules written beside it are marked ``CONTRACT`` below.
+
+It must not know how a bridge is made or a process started (lab/fabric.py, lab/services.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cni.ipam import Ipam, IpamError
+from cni.pools import Pool
+from control.discovery import decode_drain_record, drain_key, encode_drain_record
+from foundation.adapters.asyncio_runtime import AsyncioRuntime
+from foundation.ports import StoreError
+from foundation.ports.store import Store
+from lab.checks import judge_all, liveness_deadlines
+from lab.controller import Controller, LabPod, Started, StartFailed
+from lab.faults import Schedule
+from lab.load import Load
+from lab.observe import (
+    EtcdAudit,
+    LeakCron,
+    Observations,
+    duplicates,
+    handle_addresses,
+    netns_addresses,
+    reloads_in_log,
+)
+from lab.report import LabTotals, lab_report, write_report
+from sim.checks import Probe
+from sim.faults import last_fault_end
+from sim.metrics import pool_use
+from sim.scenario import Scenario
+from sim.spec import RegionSpec
+
+log = logging.getLogger("leengine.lab.run")
+
+RUNTIME_TIMEOUT = 60.0  # a RunPod includes the CNI ADD: bounded, never forever
+DRAIN_TIMEOUT = 30.0
+
+
+# ------------------------------------------------------------------ CONTRACT: process names (lab/services.py)
+
+
+def cni_agent_process(node: str) -> str:
+    return f"cni-agent-{node}"
+
+
+def runtime_process(node: str) -> str:
+    return f"runtime-{node}"
+
+
+def nginx_processes(host: str) -> tuple[str, ...]:
+    """The Nginx host's processes, the agent last: it adopts the Nginx it finds (lab/slb.py's AgentProcess)."""
+    return (f"nginx-{host}", f"slb-agent-{host}")
+
+
+def build_agent_process(host: str) -> str:
+    return f"build-agent-{host}"
+
+
+def etcd_process(member: str) -> str:
+    return member
+
+
+# ------------------------------------------------------------------ small clients
+
+
+async def json_line(socket_path: Path, request: dict[str, Any], *, timeout: float) -> dict[str, Any]:
+    """One JSON line to a unix socket, one JSON line back (the links process and the runtimes speak this)."""
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_unix_connection(str(socket_path), limit=1 << 20)
+        try:
+            writer.write(json.dumps(request).encode() + b"\n")
+            await writer.drain()
+            line = await reader.readline()
+        finally:
+            writer.close()
+    answer = json.loads(line or b"{}")
+    if not isinstance(answer, dict):
+        raise ValueError(f"{socket_path.name}: answer is not an object")
+    return answer
+
+
+def http_json(method: str, url: str, body: dict[str, Any] | None = None, *, timeout: float = 5.0,
+              content_type: str = "application/json") -> int:
+    """An HTTP call to a lab Cell's API (its mgmt address only); returns the status."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:  # an http:// URL of the lab's plan only
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+# ------------------------------------------------------------------ the control service, as the lab's admin
+
+
+class ControlAdmin:
+    """Groups and domains through the control service's gRPC (TLS, bearer token of an admin)."""
+
+    def __init__(self, target: str, token: str, ca: bytes, *, timeout: float = 10.0) -> None:
+        import grpc
+
+        from control.generated.leengine.control.v1 import slb_pb2, slb_pb2_grpc
+
+        self.pb = slb_pb2
+        self.grpc = grpc
+        self.channel = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(ca))
+        self.stub = slb_pb2_grpc.SlbCoreStub(self.channel)
+        self.metadata = (("authorization", f"Bearer {token}"),)
+        self.timeout = timeout
+        self.domains: dict[str, tuple[str, str]] = {}  # app -> (group, domain)
+
+    async def set_up(self, spec: RegionSpec) -> None:
+        """One group per spec group, one domain per app (as sim/world.py's boot); existing ones are kept."""
+        pb = self.pb
+        for group in spec.groups:
+            with contextlib.suppress(self.grpc.aio.AioRpcError):  # ALREADY_EXISTS: a reused lab
+                await self.stub.CreateGroup(pb.CreateGroupRequest(name=group.name), metadata=self.metadata,
+                                            timeout=self.timeout)
+        for app in spec.apps:
+            domain = app.domain or f"{app.name}.example.com"
+            self.domains[app.name] = (app.group, domain)
+            try:
+                await self.stub.PutDomain(pb.PutDomainRequest(
+                    domain=pb.Domain(name=domain, group=app.group, owner=app.name), expected_revision=0),
+                    metadata=self.metadata, timeout=self.timeout)
+            except self.grpc.aio.AioRpcError as exc:
+                if exc.code() != self.grpc.StatusCode.ALREADY_EXISTS:
+                    raise
+
+    async def touch_domain(self, app: str, n: int) -> bool:
+        """A reload storm's change: a header of the domain's location set to ``n`` (as sim/faults.py's storm)."""
+        pb = self.pb
+        group, name = self.domains[app]
+        try:
+            current = await self.stub.GetDomain(pb.GetDomainRequest(group=group, name=name), metadata=self.metadata,
+                                                timeout=self.timeout)
+            domain = pb.Domain()
+            domain.CopyFrom(current)
+            if not domain.locations:
+                domain.locations.append(pb.Location(path="/"))
+            domain.locations[0].set_headers["X-Sim-Storm"] = str(n)
+            await self.stub.PutDomain(pb.PutDomainRequest(domain=domain, expected_revision=current.revision),
+                                      metadata=self.metadata, timeout=self.timeout)
+            return True
+        except self.grpc.aio.AioRpcError as exc:  # a lost race with discovery: that change is skipped
+            log.info("storm change to %s skipped: %s", name, exc.code())
+            return False
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+# ------------------------------------------------------------------ the live lab
+
+
+@dataclass
+class Squatter:
+    ipam: Ipam
+    taken: list[str] = field(default_factory=list)
+
+
+class LiveLab:
+    """``LabOps`` (lab/faults.py) and ``PodActions`` (lab/controller.py) over a running lab."""
+
+    def __init__(self, spec: RegionSpec, plan: Any, supervisor: Any, fabric: Any, store: Store, control: Any,
+                 runtime: AsyncioRuntime, audit: EtcdAudit) -> None:
+        self.spec = spec
+        self.plan = plan
+        self.supervisor = supervisor
+        self.fabric = fabric
+        self.store = store
+        self.control = control  # ControlAdmin
+        self.runtime = runtime
+        self.audit = audit
+        self.controller: Controller | None = None
+        self.load: Load | None = None
+        self.squatters = 0
+        self.runtimes_down: set[str] = set()
+
+    # ---- processes
+    async def _kill(self, name: str) -> None:
+        await asyncio.to_thread(self.supervisor.kill, name)
+
+    async def _start(self, name: str) -> None:
+        await asyncio.to_thread(self.supervisor.start, name)
+
+    # ---- PodActions (CONTRACT: lab/container_runtime.py's socket requests)
+    async def run_pod(self, node: str, pod: LabPod, ready_after: float) -> Started:
+        request = {"op": "run", "pod": pod.name, "namespace": pod.app, "uid": pod.uid,
+                   "container_id": pod.container_id, "ready_after": ready_after}
+        try:
+            answer = await json_line(self.plan.runtime_socket(node), request, timeout=RUNTIME_TIMEOUT)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise StartFailed(f"runtime of {node}: {exc}") from None
+        if not answer.get("ok"):
+            raise StartFailed(str(answer.get("error", "refused"))[:200])
+        return Started(str(answer["ip"]), float(answer.get("add_seconds", 0.0)))
+
+    async def stop_pod(self, node: str, pod: LabPod) -> None:
+        await json_line(self.plan.runtime_socket(node), {"op": "stop", "pod": pod.name}, timeout=RUNTIME_TIMEOUT)
+
+    async def forget_pod(self, pod: LabPod) -> None:
+        url = f"{self.plan.cells[pod.cell].api_url}/api/v1/namespaces/{pod.app}/pods/{pod.name}"
+        await asyncio.to_thread(http_json, "DELETE", url)
+
+    async def drain(self, pod: LabPod) -> float:
+        """Discovery's drain, as ``leengine-discovery drain`` asks it: a record, then its outcome."""
+        key = drain_key(pod.app, pod.ip)
+        started = time.monotonic()
+        await self.store.put(key, encode_drain_record({"state": "requested", "timeout": DRAIN_TIMEOUT,
+                                                       "requested_by": "leengine lab run",
+                                                       "requested_at": time.time()}))
+        while time.monotonic() - started < DRAIN_TIMEOUT + 5.0:
+            kv = await self.store.get(key)
+            with contextlib.suppress(ValueError):
+                if kv is None or decode_drain_record(kv.value)["state"] not in ("requested", "draining"):
+                    break
+            await asyncio.sleep(0.1)
+        return time.monotonic() - started
+
+    async def undrain(self, pod: LabPod) -> None:
+        await self.store.delete(drain_key(pod.app, pod.ip))
+
+    # ---- LabOps: nodes
+    def node_alive(self, node: str) -> bool:
+        return self.controller is not None and self.controller.nodes[node].alive
+
+    def runtime_alive(self, node: str) -> bool:
+        return node not in self.runtimes_down
+
+    async def kill_node_processes(self, node: str) -> None:
+        await self._kill(cni_agent_process(node))
+        await self._kill(runtime_process(node))
+
+    async def kill_pods_hard(self, node: str) -> list[str]:
+        """SIGKILL every pod's httpd and delete its netns: the host's memory is gone, no CNI DEL ever comes."""
+        assert self.controller is not None
+        pods = [p for p in self.controller.nodes[node].pods.values() if p.alive]
+        for pod in pods:
+            await _kill_netns_processes(self.plan.pod_netns(pod.name))
+            await _run("ip", "netns", "delete", self.plan.pod_netns(pod.name))
+        return [p.name for p in pods]
+
+    async def set_node_ready(self, node: str, ready: bool) -> None:
+        cell = self.plan.nodes[node].cell
+        url = f"{self.plan.cells[cell].api_url}/api/v1/nodes/{node}/status"
+        body = {"status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(http_json, "PATCH", url, body, content_type="application/merge-patch+json")
+
+    async def remove_dead_ports(self, node: str) -> int:
+        """The node bridge's ports whose interface is gone (pods killed without DEL), removed."""
+        bridge = self.plan.nodes[node].bridge
+        ports = (await _run("ovs-vsctl", f"--db={self.plan.ovs_db}", "list-ports", bridge)).split()
+        gone = [p for p in ports if p.startswith("veth") or p.startswith("le")]
+        dead = [p for p in gone if not Path(f"/sys/class/net/{p}").exists()]
+        for port in dead:
+            await _run("ovs-vsctl", f"--db={self.plan.ovs_db}", "--if-exists", "del-port", bridge, port)
+        return len(dead)
+
+    async def start_node_processes(self, node: str) -> None:
+        await self._start(cni_agent_process(node))
+        await self._start(runtime_process(node))
+        self.runtimes_down.discard(node)
+
+    async def runtime_kill_all(self, node: str) -> list[str]:
+        answer = await json_line(self.plan.runtime_socket(node), {"op": "kill_all"}, timeout=RUNTIME_TIMEOUT)
+        await self._kill(runtime_process(node))
+        self.runtimes_down.add(node)
+        return [str(p) for p in answer.get("pods", [])]
+
+    async def start_runtime(self, node: str) -> None:
+        await self._start(runtime_process(node))
+        self.runtimes_down.discard(node)
+
+    def node_down(self, node: str, pods: list[str]) -> None:
+        assert self.controller is not None
+        self.controller.node_down(node, pods)
+        self.audit.auditor.killed.update(self.controller.killed)
+
+    def node_up(self, node: str) -> None:
+        assert self.controller is not None
+        self.controller.node_up(node)
+
+    def runtime_down(self, node: str, pods: list[str]) -> None:
+        assert self.controller is not None
+        self.controller.runtime_down(node, pods)
+        self.audit.auditor.killed.update(self.controller.killed)
+
+    def runtime_up(self, node: str) -> None:
+        assert self.controller is not None
+        self.controller.runtime_up(node)
+
+    # ---- Cells
+    def cell_nodes(self, cell: str) -> list[str]:
+        return list(self.plan.cells[cell].nodes)
+
+    async def cut_fabric(self, cell: str) -> None:
+        await asyncio.to_thread(self.fabric.cut_cell, cell)
+
+    async def restore_fabric(self, cell: str) -> None:
+        await asyncio.to_thread(self.fabric.restore_cell, cell)
+
+    async def cut_api(self, cell: str) -> None:
+        """Nothing more to do: the API host's port is on the Cell's fabric, cut with it (lab/plan.py)."""
+
+    async def restore_api(self, cell: str) -> None:
+        """Restored with the fabric."""
+
+    def cell_out(self, cell: str, out: bool) -> None:
+        assert self.controller is not None
+        self.controller.cell_out(cell, out)
+
+    # ---- etcd
+    async def set_links(self, clients: list[str], state: str, seconds: float = 0.0) -> None:
+        links = sorted({self.plan.etcd_client_link(c) for c in clients})
+        answer = await json_line(self.plan.links_socket, {"op": "set", "clients": links, "state": state,
+                                                          "seconds": seconds}, timeout=10.0)
+        if not answer.get("ok", False):
+            raise RuntimeError(f"links refused {state} for {', '.join(links)}: {answer.get('error')}")
+
+    def etcd_members(self) -> list[str]:
+        return list(self.plan.etcd_members)
+
+    async def stop_member(self, name: str) -> None:
+        await asyncio.to_thread(self.supervisor.stop, etcd_process(name))
+
+    async def start_member(self, name: str) -> None:
+        await self._start(etcd_process(name))
+
+    # ---- Nginx hosts, domains
+    def host_lost(self, host: str) -> bool:
+        return self.load is not None and host in self.load.unused
+
+    async def kill_nginx_host(self, host: str) -> None:
+        for name in nginx_processes(host):
+            await self._kill(name)
+
+    async def start_nginx_host(self, host: str) -> None:
+        for name in nginx_processes(host):
+            await self._start(name)
+
+    def clients_use_host(self, host: str, use: bool) -> None:
+        if self.load is not None:
+            self.load.use_host(host, use)
+
+    async def storm_change(self, app: str, n: int) -> bool:
+        return bool(await self.control.touch_domain(app, n))
+
+    # ---- pools, builds
+    async def squat(self, pool: str, free: int) -> Squatter:
+        """A squatter takes every free address of the pool but ``free``, under its own node name (as the sim's)."""
+        self.squatters += 1
+        n = self.squatters
+        squatter = Squatter(Ipam(self.store, self.runtime, f"squatter-{n}", cooldown=self.spec.cooldown))
+        spec_pool = next(p for c in self.spec.cells for p in c.pools if p.name == pool)
+        capacity = Pool.parse(spec_pool.name, spec_pool.cidr, spec_pool.vlan, block_size=spec_pool.block_size)
+        want = capacity.capacity() - self.audit.auditor.allocated.get(pool, 0) - free
+
+        async def take(container: str) -> None:
+            with contextlib.suppress(IpamError, StoreError):
+                await squatter.ipam.allocate(container, "eth0", pools=[pool])
+                squatter.taken.append(container)
+
+        i = 0
+        while want > 0:
+            chunk = min(want, 64)
+            await asyncio.gather(*(take(f"squat-{n}-{i + k}") for k in range(chunk)))
+            i += chunk
+            want -= chunk
+        return squatter
+
+    async def unsquat(self, squatter: Squatter) -> None:
+        async def give(container: str) -> None:
+            with contextlib.suppress(IpamError, StoreError):
+                await squatter.ipam.release(container, "eth0")
+
+        for start in range(0, len(squatter.taken), 64):
+            await asyncio.gather(*(give(c) for c in squatter.taken[start:start + 64]))
+
+    async def kill_builder(self, host: str) -> None:
+        await self._kill(build_agent_process(host))
+
+    async def start_builder(self, host: str) -> None:
+        await self._start(build_agent_process(host))
+
+
+async def _run(*argv: str, timeout: float = 30.0) -> str:
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.DEVNULL)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return ""
+    return out.decode(errors="replace")
+
+
+async def _kill_netns_processes(netns: str) -> None:
+    """SIGKILL every process of a pod's netns (``ip netns pids``: the httpd)."""
+    for pid in (await _run("ip", "netns", "pids", netns)).split():
+        if pid.isdigit():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(pid), signal.SIGKILL)
+
+
+# ------------------------------------------------------------------ the run
+
+
+@dataclass
+class RunState:
+    """What the driver keeps while the scenario runs (the observations' raw material)."""
+
+    leaked_max: int = 0
+    netns_duplicates: list[str] = field(default_factory=list)
+    duplicate_samples: int = 0
+    series: list[dict[str, Any]] = field(default_factory=list)
+    probes: dict[float, Probe] = field(default_factory=dict)
+
+
+def leaked(controller: Controller, audit: EtcdAudit) -> int:
+    """Addresses etcd holds for pods that are not alive (the sim's ``Kubernetes.leaked``)."""
+    held = audit.auditor.pod_handles
+    return sum(held.get(pod, 0) for pod in controller.dead)
+
+
+async def sample_addresses(lab: LiveLab, controller: Controller, state: RunState) -> None:
+    """Addresses in the live pods' namespaces against etcd's handles: any address with two owners is recorded."""
+    pods = controller.live_pods()
+    in_netns = {p.name: await asyncio.to_thread(netns_addresses, lab.plan.pod_netns(p.name)) for p in pods}
+    try:
+        handles = await handle_addresses(lab.store)
+    except StoreError:
+        return
+    state.duplicate_samples += 1
+    for found in duplicates(in_netns, handles):
+        if found not in state.netns_duplicates:
+            state.netns_duplicates.append(found)
+
+
+async def observe(lab: LiveLab, controller: Controller, load: Load, state: RunState, clock: Any, *,
+                  every: float) -> None:
+    """Every ``every`` seconds: a sample of the series, leaked addresses, the namespace/handle comparison."""
+    last = {"ok": 0, "failed": 0}
+    pools = {p.name: Pool.parse(p.name, p.cidr, p.vlan, block_size=p.block_size)
+             for c in lab.spec.cells for p in c.pools}
+    while True:
+        await asyncio.sleep(every)
+        now = leaked(controller, lab.audit)
+        state.leaked_max = max(state.leaked_max, now)
+        with contextlib.suppress(Exception):
+            await sample_addresses(lab, controller, state)
+        state.series.append({"t": round(clock(), 3), "ok": load.log.ok - last["ok"],
+                             "failed": load.log.failed - last["failed"], "leaked": now,
+                             "pool_use": pool_use(pools, lab.audit.auditor)})
+        last = {"ok": load.log.ok, "failed": load.log.failed}
+
+
+async def probe_at(lab: LiveLab, controller: Controller, load: Load, state: RunState, clock: Any,
+                   deadline: float) -> None:
+    await asyncio.sleep(max(0.0, deadline - clock()))
+    not_serving = await load.not_serving()
+    state.probes[deadline] = Probe(round(clock(), 3), tuple(not_serving), leaked(controller, lab.audit), ())
+
+
+def scrape_metrics(urls: dict[str, str], out: Path, timeout: float = 3.0) -> dict[str, str]:
+    """Every daemon's /metrics at the end into ``OUT/metrics/<proc>.prom``; returns proc -> file or error."""
+    target = out / "metrics"
+    target.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for proc, url in sorted(urls.items()):
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as answer:  # the plan's http:// URLs only
+                (target / f"{proc}.prom").write_bytes(answer.read(16 * 1024 * 1024))
+            written[proc] = f"metrics/{proc}.prom"
+        except OSError as exc:
+            written[proc] = f"error: {exc}"[:200]
+    return written
+
+
+async def run_scenario(scenario: Scenario, spec: RegionSpec, lab: LiveLab, out: Path, *, code_version: dict[str, Any],
+                       metrics_urls: dict[str, str], reload_logs: dict[str, Path], sample_every: float = 10.0,
+                       cells_api: Any = None) -> dict[str, Any]:
+    """Play the scaled scenario on the running lab (already set up: groups and domains exist) and report."""
+    loop = asyncio.get_running_loop()
+    wall = time.monotonic()
+    t0 = loop.time()
+
+    def clock() -> float:
+        return loop.time() - t0
+
+    controller = Controller(spec, lab, clock, seed=spec.seed)
+    lab.controller = controller
+    addresses = {h: lab.plan.hosts[h].mgmt_ip for hosts in lab.plan.groups.values() for h in hosts}
+    domains = {a.name: a.domain or f"{a.name}.example.com" for a in spec.apps}
+    load = Load(spec.apps, spec.groups, domains, addresses, clock, controller.ready_elsewhere)
+    lab.load = load
+    state = RunState()
+    cron = LeakCron(lab.store, cells_api, lab.runtime, every=spec.leak_check_every, grace=spec.leak_grace)
+    schedule = Schedule(lab, t0, spec.seed)
+    end = last_fault_end(spec.faults, spec.duration)
+    tasks = [loop.create_task(lab.audit.run(), name="lab/audit"),
+             loop.create_task(controller.run(), name="lab/controller"),
+             loop.create_task(load.run(spec.duration), name="lab/load"),
+             loop.create_task(cron.run(), name="lab/cnictl-cron"),
+             loop.create_task(observe(lab, controller, load, state, clock, every=sample_every), name="lab/observe"),
+             loop.create_task(schedule.run(), name="lab/faults")]
+    tasks += [loop.create_task(controller.run_churn(spec.churn.deploys_per_hour, "deploy"), name="lab/deploys"),
+              loop.create_task(controller.run_churn(spec.churn.scale_events_per_hour, "scale"), name="lab/scale")]
+    tasks += [loop.create_task(probe_at(lab, controller, load, state, clock, d), name="lab/probe")
+              for d in liveness_deadlines(spec.checks, end, spec.duration)]
+    try:
+        await asyncio.sleep(max(0.0, spec.duration - clock()))
+        probes = [t for t in tasks if t.get_name() == "lab/probe"]
+        if probes:
+            await asyncio.wait(probes, timeout=30.0)
+    finally:
+        await schedule.finish()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await controller.stop()
+    elapsed = clock()
+    obs = Observations(duration=spec.duration, faults_end=end,
+                       audit_violations=list(lab.audit.auditor.violations),
+                       netns_duplicates=state.netns_duplicates, duplicate_samples=state.duplicate_samples,
+                       serving_violations=load.log.serving_violations,
+                       serving_examples=load.log.serving_examples, ok=load.log.ok, failed=load.log.failed,
+                       reloads={h: reloads_in_log(p) for h, p in sorted(reload_logs.items())},
+                       leaks=cron.stats, leaks_gone=dict(lab.audit.auditor.leaks_gone), probes=state.probes)
+    verdicts = judge_all(obs, spec.checks)
+    c = controller.counts
+    pods = {p.name: p for pods_ in controller.pods.values() for p in pods_}
+    propagation = [load.log.first_served[name] - p.ready_at for name, p in pods.items()
+                   if name in load.log.first_served and load.log.first_served[name] >= p.ready_at]
+    pools = {p.name: Pool.parse(p.name, p.cidr, p.vlan, block_size=p.block_size)
+             for cell in spec.cells for p in cell.pools}
+    totals = LabTotals(ok=load.log.ok, failed=load.log.failed, failed_no_answer=load.log.failed_no_answer,
+                       add_errors=c.add_errors, leaked_max=state.leaked_max,
+                       leaked_now=leaked(controller, lab.audit), leaks_found=cron.stats.found,
+                       leaks_released=cron.stats.released, leak_checks=cron.stats.checks,
+                       leak_checks_skipped=cron.stats.skipped, pool_use=pool_use(pools, lab.audit.auditor),
+                       reloads=obs.reloads, pods_started=c.pods_started, pods_died=c.pods_died,
+                       pods_deleted=c.pods_deleted, pods_alive=len(controller.live_pods()),
+                       faults=len(schedule.windows), store_revision=lab.audit.after, series=state.series,
+                       samples={"cni_add_seconds": list(c.add_seconds), "propagation_seconds": propagation,
+                                "drain_seconds": list(c.drain_seconds)})
+    files = await asyncio.to_thread(scrape_metrics, metrics_urls, out)
+    report = lab_report(scenario, spec, verdicts, totals, code_version=code_version, elapsed=elapsed,
+                        wall_seconds=time.monotonic() - wall,
+                        lab={"id": lab.plan.id, "dir": str(lab.plan.dir), "metrics": files,
+                             "faults": [vars(e) for e in schedule.events],
+                             "duplicate_samples": state.duplicate_samples,
+                             "published": load.log.published})
+    write_report(out, report, state.series)
+    return report
