@@ -28,7 +28,7 @@ import json
 import logging
 import re
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,8 +136,8 @@ class EtcdAudit:
 class RegionPods:
     """The pods and nodes of every Cell's API (what cnictl reads); one Cell out of reach fails the listing."""
 
-    def __init__(self, cells: list[PodInventory]) -> None:
-        self.cells = cells
+    def __init__(self, cells: Sequence[PodInventory]) -> None:
+        self.cells = list(cells)
 
     @property
     def endpoint(self) -> str:

@@ -55,6 +55,7 @@ from lab.observe import (
     EtcdAudit,
     LeakCron,
     Observations,
+    RegionPods,
     duplicates,
     handle_addresses,
     netns_addresses,
@@ -73,28 +74,24 @@ RUNTIME_TIMEOUT = 60.0  # a RunPod includes the CNI ADD: bounded, never forever
 DRAIN_TIMEOUT = 30.0
 
 
-# ------------------------------------------------------------------ CONTRACT: process names (lab/services.py)
+# ------------------------------------------------------------------ process names (lab/services.py's launches)
 
 
 def cni_agent_process(node: str) -> str:
-    return f"cni-agent-{node}"
+    return f"cni-{node}"
 
 
 def runtime_process(node: str) -> str:
     return f"runtime-{node}"
 
 
-def nginx_processes(host: str) -> tuple[str, ...]:
-    """The Nginx host's processes, the agent last: it adopts the Nginx it finds (lab/slb.py's AgentProcess)."""
-    return (f"nginx-{host}", f"slb-agent-{host}")
+def slb_process(host: str) -> str:
+    """The Nginx host's SLB agent; ``services.kill`` with SIGKILL takes its Nginx master too."""
+    return f"slb-{host}"
 
 
 def build_agent_process(host: str) -> str:
     return f"build-agent-{host}"
-
-
-def etcd_process(member: str) -> str:
-    return member
 
 
 # ------------------------------------------------------------------ small clients
@@ -200,12 +197,15 @@ class Squatter:
 class LiveLab:
     """``LabOps`` (lab/faults.py) and ``PodActions`` (lab/controller.py) over a running lab."""
 
-    def __init__(self, spec: RegionSpec, plan: Any, supervisor: Any, fabric: Any, store: Store, control: Any,
-                 runtime: AsyncioRuntime, audit: EtcdAudit) -> None:
+    def __init__(self, spec: RegionSpec, lab: Any, store: Store, control: Any, runtime: AsyncioRuntime,
+                 audit: EtcdAudit) -> None:
+        from lab import services
+
+        self.services = services
         self.spec = spec
-        self.plan = plan
-        self.supervisor = supervisor
-        self.fabric = fabric
+        self.lab = lab  # lab.lab.Lab
+        self.plan = lab.plan
+        self.fabric = lab.fabric
         self.store = store
         self.control = control  # ControlAdmin
         self.runtime = runtime
@@ -217,10 +217,10 @@ class LiveLab:
 
     # ---- processes
     async def _kill(self, name: str) -> None:
-        await asyncio.to_thread(self.supervisor.kill, name)
+        await asyncio.to_thread(self.services.kill, self.lab, name)
 
     async def _start(self, name: str) -> None:
-        await asyncio.to_thread(self.supervisor.start, name)
+        await asyncio.to_thread(self.services.start, self.lab, name)
 
     # ---- PodActions (CONTRACT: lab/container_runtime.py's socket requests)
     async def run_pod(self, node: str, pod: LabPod, ready_after: float) -> Started:
@@ -352,31 +352,26 @@ class LiveLab:
     # ---- etcd
     async def set_links(self, clients: list[str], state: str, seconds: float = 0.0) -> None:
         links = sorted({self.plan.etcd_client_link(c) for c in clients})
-        answer = await json_line(self.plan.links_socket, {"op": "set", "clients": links, "state": state,
-                                                          "seconds": seconds}, timeout=10.0)
-        if not answer.get("ok", False):
-            raise RuntimeError(f"links refused {state} for {', '.join(links)}: {answer.get('error')}")
+        await asyncio.to_thread(self.services.set_links, self.lab, links, state, seconds)
 
     def etcd_members(self) -> list[str]:
         return list(self.plan.etcd_members)
 
     async def stop_member(self, name: str) -> None:
-        await asyncio.to_thread(self.supervisor.stop, etcd_process(name))
+        await asyncio.to_thread(self.services.stop_member, self.lab, name)
 
     async def start_member(self, name: str) -> None:
-        await self._start(etcd_process(name))
+        await asyncio.to_thread(self.services.start_member, self.lab, name)
 
     # ---- Nginx hosts, domains
     def host_lost(self, host: str) -> bool:
         return self.load is not None and host in self.load.unused
 
     async def kill_nginx_host(self, host: str) -> None:
-        for name in nginx_processes(host):
-            await self._kill(name)
+        await self._kill(slb_process(host))
 
     async def start_nginx_host(self, host: str) -> None:
-        for name in nginx_processes(host):
-            await self._start(name)
+        await self._start(slb_process(host))
 
     def clients_use_host(self, host: str, use: bool) -> None:
         if self.load is not None:
@@ -593,3 +588,55 @@ async def run_scenario(scenario: Scenario, spec: RegionSpec, lab: LiveLab, out: 
                              "published": load.log.published})
     write_report(out, report, state.series)
     return report
+
+
+# ------------------------------------------------------------------ the command's entry
+
+
+class LabRunError(RuntimeError):
+    """The lab run could not start or finish (one line for the command)."""
+
+
+def open_lab(scenario: Scenario, directory: Path) -> tuple[Any, bool]:
+    """The live lab in ``directory`` if it runs this scenario file (same sha256), else a new one: (lab, made)."""
+    from lab.lab import Lab, lab_is_live
+    from lab.record import LabRecord
+
+    record = LabRecord(directory.absolute())
+    if record.exists() and lab_is_live(record) is not None:
+        info = record.load()
+        if info.scenario_sha256 != scenario.sha256:
+            raise LabRunError(f"{directory} holds a live lab of another scenario ({info.scenario}); "
+                              "run `leengine lab down` first or give another --dir")
+        return Lab.load(directory), False
+    return Lab.up(directory, Path(scenario.path)), True
+
+
+async def run_lab(scenario: Scenario, spec: RegionSpec, lab: Any, out: Path, *,
+                  code_version: dict[str, Any]) -> dict[str, Any]:
+    """Connect to the lab's etcd (the cnictl links), its Cells' APIs and its control service, then play the spec."""
+    from foundation.adapters.k8s_cluster import KubeCluster
+    from lab import services
+    from leengine.etcd_options import EtcdClientTls, open_store
+
+    certs = services.files(lab).certs
+    tls = EtcdClientTls(Path(certs.ca_cert), Path(certs.client_cert), Path(certs.client_key))
+    store = await open_store(services.etcd_endpoint(lab.plan, "cnictl"), tls, timeout=5.0)
+    cells = [KubeCluster(host=cell.api_url, timeout=5.0) for cell in lab.plan.cells.values()]
+    control = ControlAdmin(lab.plan.control_address, services.admin_token(lab), certs.ca_cert.read_bytes())
+    runtime = AsyncioRuntime(spec.seed)
+    audit = EtcdAudit(store)
+    live = LiveLab(spec, lab, store, control, runtime, audit)
+    try:
+        await control.set_up(spec)
+        metrics = {name: m.url for name, m in lab.plan.ports.metrics.items()}
+        logs = {h: services.files(lab).nginx_prefix(h) / "logs" / "error.log"
+                for hosts in lab.plan.groups.values() for h in hosts}
+        return await run_scenario(scenario, spec, live, out, code_version=code_version, metrics_urls=metrics,
+                                  reload_logs=logs, cells_api=RegionPods(cells))
+    finally:
+        await control.close()
+        for cell in cells:
+            with contextlib.suppress(Exception):
+                await cell.close()
+        await store.close()
