@@ -222,10 +222,12 @@ class LiveLab:
     async def _start(self, name: str) -> None:
         await asyncio.to_thread(self.services.start, self.lab, name)
 
-    # ---- PodActions (CONTRACT: lab/container_runtime.py's socket requests)
+    # ---- PodActions (lab/container_runtime.py's socket requests)
     async def run_pod(self, node: str, pod: LabPod, ready_after: float) -> Started:
-        request = {"op": "run", "pod": pod.name, "namespace": pod.app, "uid": pod.uid,
-                   "container_id": pod.container_id, "ready_after": ready_after}
+        # The namespace is the app, as the sim names pods (discovery binds namespace = service = app).
+        # The runtime reports the pod Ready as soon as its httpd listens; the controller counts it
+        # ready after the app's start + readiness seconds, as the sim's kubelet does.
+        request = {"op": "run", "pod": pod.name, "app": pod.app, "namespace": pod.app}
         try:
             answer = await json_line(self.plan.runtime_socket(node), request, timeout=RUNTIME_TIMEOUT)
         except (OSError, TimeoutError, ValueError) as exc:
@@ -305,7 +307,7 @@ class LiveLab:
         answer = await json_line(self.plan.runtime_socket(node), {"op": "kill_all"}, timeout=RUNTIME_TIMEOUT)
         await self._kill(runtime_process(node))
         self.runtimes_down.add(node)
-        return [str(p) for p in answer.get("pods", [])]
+        return [str(p) for p in answer.get("killed", [])]
 
     async def start_runtime(self, node: str) -> None:
         await self._start(runtime_process(node))
