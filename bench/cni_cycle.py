@@ -1,17 +1,27 @@
-"""One pod's ADD + DEL through our CNI stack vs Debian's reference ``bridge`` + ``host-local``, same machine, same run.
+"""One pod's ADD + DEL through libcni: our CNI stack vs Debian's reference ``bridge`` + ``host-local``.
 
-Ours: the installed ``leengine-cni`` plugin (what ``leengine install-cni`` writes), executed as a
-runtime does, forwarding to a ``leengine-cni-agent`` process that allocates in a real etcd (one
-transaction), makes the veth pair, an OVS access port with the pool's VLAN tag (userspace
-datapath) and the pod's address and route, and on DEL undoes it all.
-Reference: ``/usr/lib/cni/bridge`` with ``host-local`` IPAM (a Linux bridge, a veth pair,
-an address from a file-backed range), executed the same way.
+Measured the way a container runtime runs plugins: ``build/cnitool`` (``scripts/build-cnitool.sh``,
+Debian's libcni 1.1.2) loads a conflist, validates it (libcni asks each plugin type, IPAM
+included, for VERSION), executes the plugins with the CNI environment and the configuration
+on stdin, caches the result and hands it back as ``prevResult`` on DEL. Each figure is the
+wall time of one ``cnitool add`` / ``cnitool del`` process, libcni's own cost included on
+both sides (the same for both).
 
-Both run against the same pod network namespace, alternating cycle by cycle so machine
-noise hits both alike. Reported: median ADD, DEL and cycle times and the ratio of
-median cycles (target <= 1.5x).
+Ours: the installed ``leengine-cni`` (what ``leengine install-cni`` writes) forwarding to a
+``leengine-cni-agent`` that allocates in a real etcd (one transaction), makes the veth pair,
+an OVS access port with the pool's VLAN tag (userspace datapath, waiting for ovs-vswitchd),
+the pod's address and route, and on DEL undoes it all. The socket is named by the
+configuration's ``agentSocket``, as a node's conflist would name it.
+Reference: ``bridge`` with ``host-local`` IPAM (a Linux bridge, a veth pair, an address from
+a file-backed range): per ADD libcni execs bridge and host-local for VERSION, then bridge,
+which execs host-local.
 
-Run (root): .venv/bin/python -m bench.cni_cycle [--cycles 60]
+Both run in the root network namespace against one pod namespace, alternating cycle by
+cycle (and which goes first) so machine noise hits both alike. Each round reports median
+ADD, DEL and cycle per side and the ratio of median cycles; the summary is the range of
+each over the rounds (target: ratio <= 1.0).
+
+Run (root): .venv/bin/python -m bench.cni_cycle [--rounds 5] [--cycles 30] [--python /usr/bin/python3]
 """
 
 from __future__ import annotations
@@ -37,31 +47,78 @@ from lab.etcd import running_etcd
 from lab.ovs import running_ovs
 from leengine.cni_install import install_plugin
 
+ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = Path("/usr/lib/cni")
 BRIDGE, REF_BRIDGE, NETNS = "lebnch0", "lebnchref0", "lebnch-pod"
+WARMUP = 3  # cycles per side before the first round: caches, the agent's first etcd and OVSDB round trips
 
 
-def timed(argv: list[str], env: dict[str, str], conf: dict) -> float:
+def cnitool(tool: str, command: str, network: str, env: dict[str, str]) -> float:
+    """Seconds one ``cnitool COMMAND NETWORK`` takes (it fails the bench if libcni reports an error)."""
     started = time.perf_counter()
-    result = subprocess.run(argv, input=json.dumps(conf).encode(), env=env, capture_output=True, timeout=60,
-                            check=False)
+    result = subprocess.run([tool, command, network, f"/var/run/netns/{NETNS}"], env=env, capture_output=True,
+                            timeout=60, check=False)
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
-        raise SystemExit(f"{argv[0]} {env['CNI_COMMAND']} failed: {result.stdout.decode()} {result.stderr.decode()}")
+        raise SystemExit(f"cnitool {command} {network} failed: {result.stdout.decode()} {result.stderr.decode()}")
     return elapsed
+
+
+def start_agent(etcd: str, ovsdb: str, socket_path: str) -> subprocess.Popen[bytes]:
+    agent = subprocess.Popen(
+        [str(Path(sys.executable).parent / "leengine-cni-agent"), "--node", "bench-node", "--etcd", etcd,
+         "--socket", socket_path, "--ovsdb", ovsdb, "--bridge", BRIDGE, "--log-level", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while not os.path.exists(socket_path):
+        if time.monotonic() > deadline or agent.poll() is not None:
+            raise SystemExit("the agent did not start")
+        time.sleep(0.05)
+    return agent
+
+
+def write_conflists(confdir: Path, socket_path: str, work: Path) -> None:
+    confdir.mkdir()
+    ours = {"cniVersion": "1.0.0", "name": "bench", "plugins": [
+        {"type": "leengine-cni", "bridge": BRIDGE, "agentSocket": socket_path}]}
+    ref = {"cniVersion": "1.0.0", "name": "bench-ref", "plugins": [
+        {"type": "bridge", "bridge": REF_BRIDGE, "isGateway": False,
+         "ipam": {"type": "host-local", "subnet": "198.18.0.0/16", "dataDir": str(work / "host-local")}}]}
+    for conflist in (ours, ref):
+        (confdir / f"10-{conflist['name']}.conflist").write_text(json.dumps(conflist))
+
+
+def summary(samples: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, float]]:
+    """Median ADD, DEL and cycle (ADD + DEL of one pod) in ms per side, and the ratio of median cycles."""
+    out: dict[str, dict[str, float]] = {}
+    for side, times in samples.items():
+        cycles = [a + d for a, d in zip(times["ADD"], times["DEL"], strict=True)]
+        out[side] = {"add": statistics.median(times["ADD"]) * 1000, "del": statistics.median(times["DEL"]) * 1000,
+                     "cycle": statistics.median(cycles) * 1000}
+    out["ratio"] = {"cycle": out["ours"]["cycle"] / out["reference"]["cycle"],
+                    "add": out["ours"]["add"] / out["reference"]["add"],
+                    "del": out["ours"]["del"] / out["reference"]["del"]}
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cycles", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--cycles", type=int, default=30, help="ADD+DEL cycles per side per round")
+    parser.add_argument("--python", default=None,
+                        help="interpreter in the installed plugin's shebang (default: leengine install-cni's)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench.cni_cycle needs root (network namespaces, OVS)")
+    subprocess.run([str(ROOT / "scripts" / "build-cnitool.sh")], check=True, timeout=600)
+    tool = str(ROOT / "build" / "cnitool")
     work = Path(tempfile.mkdtemp(prefix="lebench-", dir="/tmp"))
     (work / "bin").mkdir()
-    plugin = install_plugin(work / "bin")
+    plugin = install_plugin(work / "bin", python=args.python)
+    shebang_line = plugin.read_bytes().split(b"\n", 1)[0]
     subprocess.run(["ip", "netns", "add", NETNS], check=True)
     agent = None
+    rounds: list[dict[str, dict[str, float]]] = []
     try:
         with running_etcd() as etcd, running_ovs() as ovs:
             async def prepare() -> None:
@@ -73,34 +130,38 @@ def main() -> None:
 
             asyncio.run(prepare())
             socket_path = str(work / "agent.sock")
-            agent = subprocess.Popen(
-                [str(Path(sys.executable).parent / "leengine-cni-agent"), "--node", "bench-node", "--etcd",
-                 etcd.endpoint, "--socket", socket_path, "--ovsdb", ovs.db, "--bridge", BRIDGE, "--log-level",
-                 "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            deadline = time.monotonic() + 20
-            while not os.path.exists(socket_path):
-                if time.monotonic() > deadline or agent.poll() is not None:
-                    raise SystemExit("the agent did not start")
-                time.sleep(0.05)
-            # The socket comes from the environment, as a node's runtime would set it once; an
-            # agentSocket key in the config makes the plugin parse JSON (~5 ms more per exec).
-            ours_conf = {"cniVersion": "1.0.0", "name": "bench", "type": "leengine-cni", "bridge": BRIDGE}
-            ref_conf = {"cniVersion": "1.0.0", "name": "bench-ref", "type": "bridge", "bridge": REF_BRIDGE,
-                        "isGateway": False, "ipam": {"type": "host-local", "subnet": "198.18.0.0/16",
-                                                      "dataDir": str(work / "host-local")}}
-            times: dict[str, dict[str, list[float]]] = {"ours": {"ADD": [], "DEL": []},
-                                                        "reference": {"ADD": [], "DEL": []}}
-            for i in range(args.cycles + 5):
-                for name, argv, conf in (("ours", [str(plugin)], ours_conf),
-                                         ("reference", [str(REFERENCE / "bridge")], ref_conf)):
-                    for command in ("ADD", "DEL"):
-                        env = {"CNI_COMMAND": command, "CNI_CONTAINERID": f"{name}-{i}",
-                               "CNI_NETNS": f"/var/run/netns/{NETNS}", "CNI_IFNAME": "eth0",
-                               "CNI_PATH": str(REFERENCE), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-                               "LEENGINE_CNI_SOCKET": socket_path}
-                        elapsed = timed(argv, env, conf)
-                        if i >= 5:  # the first cycles warm caches on both sides
-                            times[name][command].append(elapsed)
+            agent = start_agent(etcd.endpoint, ovs.db, socket_path)
+            write_conflists(work / "net.d", socket_path, work)
+            base_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "NETCONFPATH": str(work / "net.d"),
+                        "CNI_PATH": f"{plugin.parent}:{REFERENCE}", "CNI_CACHE_DIR": str(work / "cache")}
+            sides = {"ours": "bench", "reference": "bench-ref"}
+            serial = 0
+
+            def cycle(side: str, samples: dict[str, dict[str, list[float]]] | None) -> None:
+                nonlocal serial
+                serial += 1
+                env = {**base_env, "CNI_CONTAINERID": f"{side}-{serial}"}
+                add = cnitool(tool, "add", sides[side], env)
+                delete = cnitool(tool, "del", sides[side], env)
+                if samples is not None:
+                    samples[side]["ADD"].append(add)
+                    samples[side]["DEL"].append(delete)
+
+            for _ in range(WARMUP):
+                for side in sides:
+                    cycle(side, None)
+            for number in range(args.rounds):
+                samples: dict[str, dict[str, list[float]]] = {s: {"ADD": [], "DEL": []} for s in sides}
+                for i in range(args.cycles):
+                    order = list(sides) if i % 2 == 0 else list(reversed(sides))  # neither side always goes first
+                    for side in order:
+                        cycle(side, samples)
+                rounds.append(summary(samples))
+                r = rounds[-1]
+                print(f"round {number + 1}: ours {r['ours']['cycle']:.1f} ms (ADD {r['ours']['add']:.1f} + DEL "
+                      f"{r['ours']['del']:.1f}), reference {r['reference']['cycle']:.1f} ms (ADD "
+                      f"{r['reference']['add']:.1f} + DEL {r['reference']['del']:.1f}): {r['ratio']['cycle']:.2f}x",
+                      flush=True)
     finally:
         if agent is not None:
             agent.terminate()
@@ -109,23 +170,25 @@ def main() -> None:
         subprocess.run(["ip", "link", "del", REF_BRIDGE], check=False, capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
 
-    def med(values: list[float]) -> float:
-        return statistics.median(values) * 1000
+    def span(side: str, what: str) -> tuple[float, float]:
+        values = [r[side][what] for r in rounds]
+        return min(values), max(values)
 
-    cycles = {name: [a + d for a, d in zip(t["ADD"], t["DEL"], strict=True)] for name, t in times.items()}
-    result = {
-        "cycles": args.cycles,
-        "ours_ms": {"add": med(times["ours"]["ADD"]), "del": med(times["ours"]["DEL"]), "cycle": med(cycles["ours"])},
-        "reference_ms": {"add": med(times["reference"]["ADD"]), "del": med(times["reference"]["DEL"]),
-                         "cycle": med(cycles["reference"])},
-    }
-    result["ratio"] = result["ours_ms"]["cycle"] / result["reference_ms"]["cycle"]
-    show(f"CNI ADD+DEL, median of {args.cycles} interleaved cycles (ms)", ["", "ADD", "DEL", "cycle"], [
-        ["leengine-cni → agent → etcd + OVS", *result["ours_ms"].values()],
-        ["bridge + host-local (Debian)", *result["reference_ms"].values()],
-    ])
-    print(f"ratio of median cycles ours/reference = {result['ratio']:.2f}x")
-    print(f"saved {save('cni_cycle', result)}")
+    def fmt(side: str, what: str, digits: int = 1) -> str:
+        low, high = span(side, what)
+        return f"{low:.{digits}f}–{high:.{digits}f}"
+
+    show(f"CNI ADD / DEL through libcni (cnitool), per-round medians of {args.cycles} interleaved cycles, range "
+         f"over {args.rounds} rounds (ms)", ["", "ADD", "DEL", "cycle"], [
+             ["leengine-cni → agent → etcd + OVS", fmt("ours", "add"), fmt("ours", "del"), fmt("ours", "cycle")],
+             ["bridge + host-local (Debian)", fmt("reference", "add"), fmt("reference", "del"),
+              fmt("reference", "cycle")],
+             ["ratio ours/reference", fmt("ratio", "add", 2), fmt("ratio", "del", 2), fmt("ratio", "cycle", 2)],
+         ])
+    shebang = shebang_line.decode()
+    saved = save("cni_cycle", {"driver": "libcni 1.1.2 (build/cnitool)", "cycles": args.cycles,
+                               "plugin_shebang": shebang, "rounds": rounds})
+    print(f"saved {saved}")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
 """``leengine-cni``: the CNI plugin executable the container runtime runs; a thin forwarder to the node's CNI agent.
 
-The runtime runs this once per ADD/DEL/CHECK/GC/STATUS, so it must start fast and
-hold no state: it answers VERSION itself and forwards everything else, verbatim,
-over a unix socket to the long-lived per-node agent (``leengine/cni_agent_server.py``),
-which holds the etcd, OVS and netlink handles and does the parsing and the work.
+The runtime runs this once per ADD/DEL/CHECK/GC/STATUS (and libcni once more per ADD
+for VERSION), so it must start fast and hold no state: it answers VERSION itself and
+forwards everything else, verbatim, over a unix socket to the long-lived per-node agent
+(``leengine/cni_agent_server.py``), which holds the etcd, OVS and netlink handles and
+does the parsing and the work.
 
-Installed by ``leengine install-cni DIR`` as a standalone copy of this file with
-the shebang ``#!<venv python> -IS`` (no ``site``, no editable-install hook: start-up
-is the interpreter's own ~6 ms); ``.venv/bin/leengine-cni`` runs the same ``main()``.
+Installed by ``leengine install-cni DIR`` (``leengine/cni_install.py``) as one file run by
+``#!<python> -IS`` (no ``site``, no editable-install hook) holding this module compiled
+for that interpreter, so an exec costs the interpreter's own start-up and no
+compilation; ``.venv/bin/leengine-cni`` runs the same ``main()``.
 
 Protocol (one request, one answer per connection)::
 
@@ -44,24 +46,27 @@ reported success without reaching it would make the runtime forget the pod and
 leak its address until ``cnictl check``. An error makes the runtime retry the
 DEL, which is idempotent on the agent's side.
 
-Invariants: start-up time is paid on every pod start, so the forwarding path
-(ADD/DEL/CHECK/GC/STATUS, socket from the default or the environment) imports only
-``os``, ``sys``, ``time``, ``_socket`` and ``_json`` (C modules; ``socket`` pulls in
-``enum`` and ``selectors``, ``json`` pulls in ``re``); so does VERSION with the
-stdin libcni sends (``{"cniVersion": "X"}``). ``json`` is imported lazily: for an
-error object the plugin prints itself, to read ``agentSocket``/``agentTimeout``
-when the configuration text may name them, and for any other VERSION stdin. No
-``cni`` package, no third-party module: the installed copy runs with ``-IS``.
-It must not know the handler, etcd, OVS or the request's fields beyond
-``cniVersion`` and ``agentSocket``/``agentTimeout``: validation is the agent's job
-(``cni/spec.py``). A test runs the installed copy under ``-X importtime``.
+Invariants: start-up time is paid on every pod start (docs/cni.md, "What an
+invocation costs"), so the plugin imports only ``sys``, ``posix`` and ``time`` (all
+built in and already loaded by the interpreter's own start-up) and, to forward,
+``_socket`` and ``_json`` (C modules: ``os`` costs ~2 ms, ``socket`` pulls in ``enum``
+and ``selectors``, ``json`` pulls in ``re``: ~13 ms on a busy 2-core machine).
+VERSION with the stdin libcni sends (``{"cniVersion": "X"}``) imports nothing. JSON is
+read with ``_json``'s C scanner (``_loads``, what ``json.loads`` runs underneath) and
+written with its C string encoder, so ``agentSocket``/``agentTimeout`` and the
+``cniVersion`` of an error object cost microseconds; only a malformed configuration
+makes the C scanner import ``json.decoder`` for its exception. The installed copy
+ends with ``posix._exit`` once stdout is flushed: interpreter shutdown would only
+free memory the kernel frees anyway. No ``cni`` package, no third-party module: the
+installed copy runs with ``-IS``. It must not know the handler, etcd, OVS or the
+request's fields beyond ``cniVersion`` and ``agentSocket``/``agentTimeout``:
+validation is the agent's job (``cni/spec.py``). A test runs the installed copy
+under ``-X importtime``.
 """
 
-import _socket
-import os
+import posix
 import sys
-import time
-from _json import encode_basestring_ascii as _quote
+from time import monotonic
 
 SUPPORTED_VERSIONS = ("1.0.0", "1.1.0")  # == cni.request.SUPPORTED_VERSIONS (a test keeps them equal)
 DEFAULT_SOCKET = "/run/leengine/cni.sock"
@@ -83,6 +88,9 @@ PLUGIN_NOT_AVAILABLE = 50
 COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
 USAGE_ERROR = 2  # run with arguments (exit status of every leengine command for bad input: leengine/command.py)
 
+# What os.environ would decode the environment with (os is not imported: ~2 ms of start-up).
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+
 
 class _Unreachable(Exception):
     """The agent did not answer: nobody listens, it hung up, or it was too slow."""
@@ -97,7 +105,7 @@ def main() -> int:
         sys.stderr.write("leengine-cni: error: takes no arguments: the container runtime runs it with CNI_* "
                          "variables and the network configuration on stdin (docs/cni.md)\n")
         return USAGE_ERROR
-    command = os.environ.get("CNI_COMMAND", "")
+    command = _getenv(b"CNI_COMMAND") or ""
     raw = sys.stdin.buffer.read(MAX_STDIN + 1)  # bounded: the rest is never read
     if len(raw) > MAX_STDIN:
         return _fail(INVALID_CONFIG, "network configuration too large", f"more than {MAX_STDIN} bytes on stdin",
@@ -116,16 +124,18 @@ def main() -> int:
     # Parse the configuration only if it may name agentSocket/agentTimeout (a key may also be spelt with \u escapes).
     conf = _loads(stdin) if "agentSocket" in stdin or "agentTimeout" in stdin or "\\u" in stdin else {}
     try:
-        path = _socket_path(os.environ.get("LEENGINE_CNI_SOCKET"), conf.get("agentSocket"))
-        timeout = _timeout(os.environ.get("LEENGINE_CNI_TIMEOUT"), conf.get("agentTimeout"))
-        cni_env = [(k, v) for k, v in os.environ.items() if k.startswith("CNI_")]
-        if sum(len(k) + len(v) for k, v in cni_env) > MAX_ENV:  # characters; the agent checks UTF-8
+        path = _socket_path(_getenv(b"LEENGINE_CNI_SOCKET"), conf.get("agentSocket"))
+        timeout = _timeout(_getenv(b"LEENGINE_CNI_TIMEOUT"), conf.get("agentTimeout"))
+        cni_env = [(k, v) for k, v in posix.environ.items() if k.startswith(b"CNI_")]
+        if sum(len(k) + len(v) for k, v in cni_env) > MAX_ENV:  # bytes; the agent checks they are UTF-8
             raise _Refused(INVALID_ENV, "CNI_* environment too large", f"more than {MAX_ENV} bytes in CNI_* variables")
     except _Refused as refused:
         code, msg, details = refused.args
         return _fail(code, msg, details, _error_version(stdin))
-    env = ",".join(_quote(k) + ":" + _quote(v) for k, v in cni_env)
-    request = ('{"env":{' + env + '},"stdin":' + _quote(stdin) + "}\n").encode("ascii")
+    from _json import encode_basestring_ascii as quote  # C; only the forwarding path needs it
+
+    env = ",".join(quote(_decode(k)) + ":" + quote(_decode(v)) for k, v in cni_env)
+    request = ('{"env":{' + env + '},"stdin":' + quote(stdin) + "}\n").encode("ascii")
     try:
         answer = _exchange(path, request, timeout)
     except _Unreachable as exc:
@@ -151,9 +161,20 @@ def main() -> int:
     return code if 0 <= code <= 255 else 1
 
 
+def _getenv(name: bytes) -> str | None:
+    value = posix.environ.get(name)
+    return None if value is None else _decode(value)
+
+
+def _decode(value: bytes) -> str:
+    return value.decode(_FS_ENCODING, _FS_ERRORS)
+
+
 def _exchange(path: str, request: bytes, timeout: float) -> bytes:
     """The agent's whole answer: every byte until it closes the connection (at most a little over MAX_ANSWER)."""
-    deadline = time.monotonic() + timeout
+    import _socket  # C; not socket, which imports enum and selectors
+
+    deadline = monotonic() + timeout
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.settimeout(min(CONNECT_TIMEOUT, timeout))
@@ -164,12 +185,12 @@ def _exchange(path: str, request: bytes, timeout: float) -> bytes:
         except TimeoutError:
             raise _Unreachable(f"{path}: connect timed out after {min(CONNECT_TIMEOUT, timeout):g}s") from None
         try:
-            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            sock.settimeout(max(deadline - monotonic(), 0.001))
             sock.sendall(request)
             chunks: list[bytes] = []
             size = 0
             while True:
-                sock.settimeout(max(deadline - time.monotonic(), 0.001))
+                sock.settimeout(max(deadline - monotonic(), 0.001))
                 chunk = sock.recv(65536)
                 if not chunk:
                     break
@@ -189,14 +210,46 @@ def _exchange(path: str, request: bytes, timeout: float) -> bytes:
 
 
 _NOT_JSON: dict = {}  # sentinel: stdin did not parse as a JSON object
+_WS = " \t\n\r"  # JSON's whitespace, exactly
+
+
+class _JsonContext:
+    """What ``json.JSONDecoder`` hands ``_json.make_scanner``: the defaults of ``json.loads``."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}.__getitem__
 
 
 def _loads(text: str) -> dict:
-    import json  # lazily: json imports re, ~4 ms the forwarding path does not pay
+    """``json.loads(text)`` if that is an object, else ``_NOT_JSON``: by json's own C scanner, without json's imports
+    (json imports re: ~13 ms the plugin would pay on every pod start, for the configuration's socket path)."""
+    from _json import make_scanner
+
+    start = len(text) - len(text.lstrip(_WS))
+    try:
+        # typeshed types the context as a scanner; the C code only reads json.loads's six settings from it.
+        value, end = make_scanner(_JsonContext())(text, start)  # type: ignore[arg-type]
+    except RecursionError:  # nested too deeply (the agent says so, code 6)
+        return _NOT_JSON
+    except Exception:
+        # Malformed. The scanner's error needs json.decoder loaded (3.11 looks it up in sys.modules and raises
+        # SystemError without it): json itself decides, on this slow path only.
+        return _json_loads(text)
+    if text[end:].strip(_WS):  # json.loads refuses trailing data too ("Extra data")
+        return _NOT_JSON
+    return value if isinstance(value, dict) else _NOT_JSON
+
+
+def _json_loads(text: str) -> dict:
+    import json
 
     try:
         value = json.loads(text)
-    except (ValueError, RecursionError):  # RecursionError: nested too deeply (the agent says so, code 6)
+    except (ValueError, RecursionError):
         return _NOT_JSON
     return value if isinstance(value, dict) else _NOT_JSON
 
@@ -219,14 +272,22 @@ def _answer_version(stdin: str) -> int:
             return _fail(DECODE_FAILURE, "failed to decode the VERSION request", "stdin is not a JSON object",
                          SUPPORTED_VERSIONS[-1])
         version = _cni_version(conf)
-    # What json.dumps would print, without importing json.
-    supported = ", ".join(_quote(v) for v in SUPPORTED_VERSIONS)
-    _out(('{"cniVersion": ' + _quote(version or SUPPORTED_VERSIONS[-1]) + ', "supportedVersions": [' + supported
-          + "]}").encode("ascii"))
+    # What json.dumps would print: a version _simple_version returned needs no escaping, one from JSON may.
+    echoed = '"' + version + '"' if version and _plain(version) else _quote(version or SUPPORTED_VERSIONS[-1])
+    supported = ", ".join('"' + v + '"' for v in SUPPORTED_VERSIONS)
+    _out(('{"cniVersion": ' + echoed + ', "supportedVersions": [' + supported + "]}").encode("ascii"))
     return 0
 
 
-_WS = " \t\n\r"  # JSON's whitespace, exactly
+def _plain(text: str) -> bool:
+    """Printable ASCII without quotes or backslashes: JSON's quoted form is the text between two quotes."""
+    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
+
+
+def _quote(text: str) -> str:
+    from _json import encode_basestring_ascii  # C; what json.dumps uses (ensure_ascii)
+
+    return encode_basestring_ascii(text)
 
 
 def _simple_version(stdin: str) -> str | None:
@@ -246,14 +307,13 @@ def _simple_version(stdin: str) -> str | None:
         return None
     version = value[1:-1]
     # Plain printable ASCII only: anything with quotes, escapes or control characters goes to json.
-    plain = version.isascii() and version.isprintable() and '"' not in version and "\\" not in version
-    return version if plain else None
+    return version if _plain(version) else None
 
 
 def _socket_path(env_value: str | None, conf_value: object) -> str:
     """The agent's socket: the variable (any path that fits sun_path), the configuration's, or the default."""
     if env_value:
-        if len(os.fsencode(env_value)) > SUN_PATH_MAX:
+        if len(env_value.encode(_FS_ENCODING, _FS_ERRORS)) > SUN_PATH_MAX:
             raise _Refused(INVALID_ENV, "invalid LEENGINE_CNI_SOCKET",
                            f"LEENGINE_CNI_SOCKET: longer than {SUN_PATH_MAX} bytes")
         return env_value
@@ -293,10 +353,9 @@ def _short(value: object) -> str:
 
 
 def _fail(code: int, msg: str, details: str, cni_version: str) -> int:
-    import json
-
-    # The runtime (libcni) parses the error object from stdout; stderr is for humans.
-    _out(json.dumps({"cniVersion": cni_version, "code": code, "msg": msg, "details": details}).encode())
+    # The runtime (libcni) parses the error object from stdout; stderr is for humans. The bytes json.dumps prints.
+    _out(('{"cniVersion": ' + _quote(cni_version) + ', "code": ' + str(code) + ', "msg": ' + _quote(msg)
+          + ', "details": ' + _quote(details) + "}").encode("ascii"))
     sys.stderr.write(f"leengine-cni: {msg}: {details}\n")
     return 1
 
@@ -307,5 +366,18 @@ def _out(data: bytes) -> None:
     sys.stdout.buffer.flush()
 
 
+def run() -> None:
+    """``main()`` as a process: flush, then leave without interpreter shutdown (its module teardown and
+    garbage collection only free memory the kernel frees anyway: ~1.5 ms of every invocation)."""
+    try:
+        code = main()
+    except BaseException:  # KeyboardInterrupt included: the usual traceback and exit status, via a normal exit
+        sys.stdout.flush()
+        raise
+    sys.stdout.flush()
+    sys.stderr.flush()
+    posix._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

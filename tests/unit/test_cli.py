@@ -69,6 +69,7 @@ def test_bad_input_is_one_line_naming_the_problem(args, message):
 
 def test_install_cni_writes_the_plugin_atomically_and_replaces_an_old_one(tmp_path):
     from leengine import cni_plugin
+    from leengine.cni_install import installed_source
 
     target = tmp_path / "leengine-cni"
     target.write_text("#!/bin/sh\nexit 1\n")
@@ -79,7 +80,9 @@ def test_install_cni_writes_the_plugin_atomically_and_replaces_an_old_one(tmp_pa
     assert os.listdir(tmp_path) == ["leengine-cni"]  # no temporary file left behind
     assert target.stat().st_ino != old_inode  # renamed into place, not rewritten in place
     assert stat.S_IMODE(target.stat().st_mode) == 0o755
-    assert target.read_bytes() == f"#!{sys.executable} -IS\n".encode() + Path(cni_plugin.__file__).read_bytes()
+    shebang, _, _ = target.read_bytes().partition(b"\n")
+    assert shebang == f"#!{sys.executable} -IS".encode()
+    assert installed_source(target.read_bytes()) == Path(cni_plugin.__file__).read_text()  # compiled + this source
     version = subprocess.run([str(target)], input=b'{"cniVersion":"1.0.0"}', env={"CNI_COMMAND": "VERSION"},
                              capture_output=True, timeout=60, check=False)
     assert version.returncode == 0 and json.loads(version.stdout)["cniVersion"] == "1.0.0"
