@@ -48,6 +48,7 @@ from leengine.etcd_options import (
     EtcdTimeoutOpt,
     check_timeout,
 )
+from leengine.lab_cmd import lab_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="LeEngine testbed: node agents, control service and a SimPy model of the platform.")
@@ -55,6 +56,7 @@ store_app = typer.Typer(no_args_is_help=True, help="Inspect a real etcd through 
 app.add_typer(store_app, name="store")
 sim_app = typer.Typer(no_args_is_help=True, help="Replay scenario files on the simulated Region.")
 app.add_typer(sim_app, name="sim")
+app.add_typer(lab_app, name="lab")
 console = Console()
 DEFAULT_SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "default.yaml"
 
@@ -205,6 +207,8 @@ def sim_run(
     out: Annotated[Path | None, typer.Option(help="write report.json, metrics.json and PNG plots here "
                                                   "(default: runs/NAME-seedN)")] = None,
     plots: Annotated[bool, typer.Option(help="draw PNG plots of the metrics")] = True,
+    lab: Annotated[bool, typer.Option("--lab", help="run the scenario as its `lab:` block scales it for the "
+                                                    "one-machine lab (report says \"scale\": \"lab\")")] = False,
 ) -> None:
     """Replay a scenario on the simulated Region; exit 1 if any check fails."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -212,8 +216,15 @@ def sim_run(
     from sim.runner import output_dir, run_scenario, write_outputs
 
     loaded = _load_scenario_or_exit(scenario or DEFAULT_SCENARIO, seed)
+    if lab:
+        import dataclasses
+
+        from sim.scenario_lab import lab_scaled
+
+        loaded = dataclasses.replace(loaded, spec=lab_scaled(loaded.spec))
     spec = loaded.spec
-    out_dir = out or output_dir(spec)
+    default_dir = output_dir(spec)
+    out_dir = out or (default_dir.with_name(default_dir.name + "-lab") if lab else default_dir)
     err_console = Console(stderr=True)
     started = time.perf_counter()
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(),

@@ -29,7 +29,7 @@ from sim.adapters.builder import SimBuilder, SimRegistry
 from sim.adapters.runtime import SimRuntime, SimTask
 from sim.adapters.store import MemoryStore, SimStoreClient
 from sim.metrics import percentile
-from sim.spec import BUILD_SCHEDULER, build_host_name
+from sim.spec import BUILD_SCHEDULER, BuilderCosts, build_host_name
 
 
 @dataclass(eq=False)
@@ -59,13 +59,19 @@ def release_commit(app: str, n: int) -> str:
 class Farm:
     def __init__(self, runtime: SimRuntime, store: MemoryStore, hosts: int,
                  client: Callable[[str], SimStoreClient], *, tick: float = 1.0,
-                 metrics: Metrics = NO_METRICS) -> None:
+                 metrics: Metrics = NO_METRICS, costs: BuilderCosts | None = None) -> None:
         self.runtime = runtime
         self.agent_metrics = metrics  # the Metrics port of the scheduler and every build agent
         self.store = store
         self.tick = tick
-        self.registry = SimRegistry()
-        self.hosts = {name: BuildHost(name, SimBuilder(runtime, name, self.registry), client(name))
+        costs = costs or BuilderCosts()
+        self.registry = SimRegistry(image_mb=costs.image_mb, bandwidth_mb_s=costs.registry_mb_per_second,
+                                    pull_base=costs.pull_base_seconds)
+        self.hosts = {name: BuildHost(name, SimBuilder(runtime, name, self.registry, clone_seconds=costs.clone_seconds,
+                                                       compile_cold=costs.compile_cold,
+                                                       compile_warm=costs.compile_warm,
+                                                       image_seconds=costs.image_seconds, jitter=costs.jitter),
+                                      client(name))
                       for name in (build_host_name(i) for i in range(1, hosts + 1))}
         self.scheduler = BuildScheduler(client(BUILD_SCHEDULER), runtime, metrics=metrics) if hosts else None
         self.builds: dict[str, BuildSeen] = {}  # task -> what the world saw of it

@@ -6,6 +6,11 @@ virtual times (``sleep_to_next``). The report (sim/report.py) reads both. The sa
 the Region's Prometheus scrape: ``series.sample(t)`` stamps every agent-recorded series
 (a ``SimMetrics``) at that virtual time, so the scrape interval is ``every`` (10 s by
 default) and sampling adds no event of its own.
+
+``SampledMetrics`` (the Region's Metrics port) also keeps the first ``MAX_SAMPLES``
+observations of the histograms ``leengine compare`` holds against a lab run
+(``SAMPLED``): the report's ``samples`` (sim/report.py). Keeping them adds no event,
+trace line or store write, so ``trace_sha256`` is the same with or without them.
 It must not change the Region: sampling is observation only.
 """
 
@@ -17,6 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cni.pools import Pool
+from foundation.ports.metrics import (
+    DISCOVERY_DRAIN_SECONDS,
+    SLB_PROPAGATION_SECONDS,
+    SLB_RELOAD_SECONDS,
+    MetricDef,
+)
 from sim.adapters.metrics import SimMetrics
 from sim.adapters.runtime import SimRuntime
 from sim.audit import Auditor
@@ -51,6 +62,36 @@ class Metrics:
         self.serving_violations += 1
         if len(self.serving_examples) < 10:  # a long outage must not grow a list of millions
             self.serving_examples.append(text)
+
+
+MAX_SAMPLES = 5000  # per sample list: the first ones (deterministic, bounded)
+
+# The report's sample lists fed by agents' histogram observations (the lab reads the same daemons):
+# the SLB agent's share of propagation, its test + reload + confirmation of a batch, discovery's drains.
+# cni_add_seconds (the kubelet's wait for a successful ADD) and build_seconds (submit to result) are
+# the world's own measurements (sim/report.py).
+SAMPLED: dict[str, str] = {SLB_PROPAGATION_SECONDS.name: "propagation_seconds",
+                           SLB_RELOAD_SECONDS.name: "reload_seconds",
+                           DISCOVERY_DRAIN_SECONDS.name: "drain_seconds"}
+
+
+class SampledMetrics(SimMetrics):
+    """``SimMetrics`` that also keeps the first ``MAX_SAMPLES`` observations of each ``SAMPLED`` histogram."""
+
+    def __init__(self, runtime: SimRuntime) -> None:
+        super().__init__(runtime)
+        self.samples: dict[str, list[float]] = {key: [] for key in SAMPLED.values()}
+
+    def observe(self, metric: MetricDef, value: float, **labels: str) -> None:
+        super().observe(metric, value, **labels)
+        key = SAMPLED.get(metric.name)
+        if key is not None and len(self.samples[key]) < MAX_SAMPLES:
+            self.samples[key].append(value)
+
+
+def first(values: list[float], n: int = MAX_SAMPLES) -> list[float]:
+    """The first ``n`` values, rounded to the microsecond (a report is JSON read by people too)."""
+    return [round(v, 6) for v in values[:n]]
 
 
 async def sleep_to_next(runtime: SimRuntime, interval: float) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from sim.metrics import percentile, pool_use
+from sim.metrics import SampledMetrics, first, percentile, pool_use
 
 if TYPE_CHECKING:
     from sim.world import Region
@@ -52,9 +52,25 @@ def report(region: Region) -> dict[str, Any]:
             "store_revision": region.store.revision,
         },
         "series": m.series,
+        "samples": samples(region),
         "trace_events": region.runtime.trace_log.count,
         "trace_sha256": region.runtime.trace_log.sha256,
     }
+
+
+def samples(region: Region) -> dict[str, list[float]]:
+    """The distributions ``leengine compare`` holds against a lab run, the first ``MAX_SAMPLES`` of each:
+    cni_add_seconds (a kubelet's wait for a successful ADD), propagation_seconds, reload_seconds,
+    drain_seconds (agents' observations, sim/metrics.py ``SAMPLED``), build_seconds (submit to result
+    of the builds done, in order of submission)."""
+    observed = region.agent_metrics.samples if isinstance(region.agent_metrics, SampledMetrics) else {}
+    builds = [b.finished - b.submitted for b in region.farm.builds.values()
+              if b.state == "done" and b.finished is not None]
+    return {"cni_add_seconds": first(region.metrics.allocations),
+            "propagation_seconds": first(observed.get("propagation_seconds", [])),
+            "reload_seconds": first(observed.get("reload_seconds", [])),
+            "drain_seconds": first(observed.get("drain_seconds", [])),
+            "build_seconds": first(builds)}
 
 
 def report_json(report: dict[str, Any]) -> str:

@@ -173,12 +173,15 @@ def build_report(result: RunResult, *, code_version: dict[str, Any], wall_second
         "counts": result.report.get("counts", {}),
         "metrics": scalar_metrics(result.report),
         "metrics_summary": metrics_summary(metrics),
+        "samples": result.report.get("samples", {}),  # the distributions `leengine compare` reads
+        "scale": spec.scale,  # "lab": the scenario's lab block applied (`sim run --lab`)
         "trace_sha256": result.trace_sha256,
         "trace_events": result.trace_events,
         "virtual_seconds": result.virtual_seconds,
         "wall_seconds": None if wall_seconds is None else round(wall_seconds, 3),
         "plots": plots or [],
-        "replay": f"leengine sim run {shlex.quote(str(scenario.path))} --seed {spec.seed}",
+        "replay": f"leengine sim run {shlex.quote(str(scenario.path))} --seed {spec.seed}"
+                  + (" --lab" if spec.scale == "lab" else ""),
         # Virtual time t is stamped base_time + t in metrics.om: the sim's wall clock (SIM_EPOCH +
         # t, 2026-01-01) that agents also stamp into gauges, so a query at base_time + t sees t.
         "openmetrics": None if result.agent_metrics is None else {

@@ -65,6 +65,7 @@ import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from sim.scenario_costs import COSTS_FILE, CostsFile, costs_beside
 from sim.scenario_errors import (
     MAX_FILE_BYTES,
     NAME,
@@ -75,7 +76,7 @@ from sim.scenario_parser import Parser, default_name
 from sim.scenario_yaml import compose
 from sim.spec import MAX_SEED, RegionSpec
 
-__all__ = ["NAME", "Scenario", "ScenarioError", "default_name", "load_scenario", "parse_scenario",
+__all__ = ["COSTS_FILE", "NAME", "Scenario", "ScenarioError", "default_name", "load_scenario", "parse_scenario",
            "read_scenario_file", "scenario_hash"]
 
 
@@ -96,7 +97,7 @@ def load_scenario(path: str | Path, *, seed: int | None = None) -> Scenario:
     """Read, parse and validate a scenario file; ``seed`` overrides the file's seed."""
     path = Path(path)
     data = read_scenario_file(path)
-    spec = parse_scenario(data, str(path))
+    spec = parse_scenario(data, str(path), costs=costs_beside(path))
     if seed is not None:
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
             raise ScenarioError(str(path), 0, "--seed", f"must be an integer in 0..{MAX_SEED}, got {show(seed)}")
@@ -142,12 +143,15 @@ def _file_kind(mode: int) -> str:
     return "not a plain file"
 
 
-def parse_scenario(data: bytes | str, file: str = "<scenario>") -> RegionSpec:
-    """Parse and validate scenario text; raises ``ScenarioError`` and nothing else."""
+def parse_scenario(data: bytes | str, file: str = "<scenario>", *, costs: CostsFile | None = None) -> RegionSpec:
+    """Parse and validate scenario text; raises ``ScenarioError`` and nothing else.
+
+    ``costs`` is the costs file the scenario runs with (``load_scenario`` reads the one beside
+    the scenario file, ``COSTS_FILE``); without it, the code's default cost models."""
     raw = data if isinstance(data, bytes) else data.encode("utf-8", errors="replace")  # lone surrogates: "?"
     if len(raw) > MAX_FILE_BYTES:
         raise ScenarioError(file, 0, "file", f"larger than {MAX_FILE_BYTES:,} bytes (the limit of a scenario)")
     root = compose(raw.decode("utf-8", errors="replace"), file)
     if root is None:
         raise ScenarioError(file, 1, "(top)", "the file is empty")
-    return Parser(file).region(root)
+    return Parser(file, costs or CostsFile()).region(root)

@@ -18,8 +18,10 @@ from typing import Any
 from yaml.nodes import Node
 
 from cni.pools import Pool, PoolConfigError
+from sim.scenario_costs import CostFields, CostsFile, apply_overrides
 from sim.scenario_errors import MAX_DOMAIN_CHARS, MAX_SCALAR_CHARS, NAME, show, some
 from sim.scenario_faults import FaultFields
+from sim.scenario_lab import LabFields, check_scaled
 from sim.spec import (
     MAX_APPS,
     MAX_BUILD_HOSTS,
@@ -53,11 +55,15 @@ def default_name(file: str) -> str:
 
 
 
-class Parser(FaultFields):
+class Parser(FaultFields, CostFields, LabFields):
+    def __init__(self, file: str, costs: CostsFile | None = None) -> None:
+        super().__init__(file)
+        self.base_costs = costs or CostsFile()  # the cost models this scenario runs with (sim/scenario_costs.py)
+
     # ---- the document
     def region(self, root: Node) -> RegionSpec:
         keys = {"name", "seed", "duration", "topology", "workload", "faults", "checks", "etcd_latency", "cooldown",
-                "leak_check_every", "leak_grace", "description"}
+                "leak_check_every", "leak_grace", "description", "costs", "lab"}
         m = self.mapping(root, "", keys, required=("seed", "duration", "topology"))
         seed = self.integer(m["seed"], "seed", low=0, high=MAX_SEED)
         duration = self.number(m["duration"], "duration", positive=True, high=MAX_SECONDS)
@@ -74,14 +80,24 @@ class Parser(FaultFields):
         apps, churn = self.workload(m["workload"], cells, groups) if "workload" in m else ((), ChurnSpec())
         faults = self.faults(m["faults"], duration, cells, groups, apps) if "faults" in m else ()
         checks = self.checks(m["checks"]) if "checks" in m else ()
-        optional: dict[str, float] = {}
+        optional: dict[str, Any] = {}  # the times and latency the file gives (floats)
         for key, positive, high in (("etcd_latency", False, MAX_ETCD_LATENCY), ("cooldown", False, MAX_SECONDS),
                                     ("leak_check_every", True, MAX_SECONDS), ("leak_grace", False, MAX_SECONDS)):
             if key in m:
                 optional[key] = self.number(m[key], key, low=0, positive=positive, high=high)
-        return RegionSpec(name=name, seed=seed, duration=duration, cells=cells, groups=groups, apps=apps,
+        # Cost models: costs.yaml, then the scenario's `costs:`, then a top-level etcd_latency.
+        overrides = self.cost_overrides(m["costs"], "costs") if "costs" in m else ()
+        costs = apply_overrides(self.base_costs.costs, overrides)
+        if "etcd_latency" in optional:
+            costs = apply_overrides(costs, (("store", "latency", optional["etcd_latency"]),))
+        optional["etcd_latency"] = costs.store.latency
+        lab_costs = apply_overrides(costs, self.base_costs.lab_overrides) if self.base_costs.lab_overrides else None
+        lab = self.lab_block(m["lab"]) if "lab" in m else None
+        spec = RegionSpec(name=name, seed=seed, duration=duration, cells=cells, groups=groups, apps=apps,
                           faults=faults, checks=checks, churn=churn, build_hosts=self.build_hosts, source=self.file,
-                          **optional)
+                          costs=costs, lab=lab, lab_costs=lab_costs, **optional)
+        check_scaled(spec)  # a `lab:` block must leave a scenario the world can run as written
+        return spec
 
     def topology(self, node: Node) -> tuple[tuple[CellSpec, ...], tuple[GroupSpec, ...]]:
         m = self.mapping(node, "topology", {"cells", "groups", "build_hosts"}, required=("cells",))
@@ -248,9 +264,10 @@ class Parser(FaultFields):
             raise self.error(a["replicas"], f"{f}.replicas", f"{self.pods:,} pods (replicas x Cells, over the apps so "
                                                              f"far) exceed the {MAX_PODS:,} of a scenario (the limit)")
         names = [f"{name}-{k}" for k in range(1, count + 1)] if count else [name]
-        out = []
+        out: list[AppSpec] = []
         cell_tuple = tuple(c for c, _ in cells)
         for n in names:
             self.unique(seen, n, a["name"], f"{f}.name", "app")
-            out.append(AppSpec(name=n, cells=cell_tuple, replicas=replicas, group=group, **kwargs))
+            out.append(AppSpec(name=n, cells=cell_tuple, replicas=replicas, group=group,
+                               count_index=len(out) + 1 if count else 0, **kwargs))
         return out

@@ -117,6 +117,7 @@ class AppSpec:
     start_seconds: float = 2.0  # container start after the sandbox has its address
     readiness_seconds: float = 3.0  # until the readiness probe passes
     requests_per_second: float = 10.0  # client load on its domain
+    count_index: int = 0  # k of the copies ``{name}-k`` of an app given ``count`` (1..count); 0: no count
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,73 @@ class CheckSpec:
     limit: float = 0.0
 
 
+# --------------------------------------------------------------------------- cost models
+# What the sim adapters charge in virtual time. The defaults here are the code's; the shipped
+# scenarios read scenarios/costs.yaml (fitted from lab reports by ``leengine lab fit``), and a
+# scenario's ``costs:`` block overrides single fields (sim/scenario_costs.py parses both).
+
+
+@dataclass(frozen=True)
+class DataplaneCosts:
+    attach_seconds: float = 0.0  # plumbing a pod interface (veth, OVS port, address), on top of IPAM's round trips
+    detach_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class StoreCosts:
+    latency: float = 0.002  # etcd round trip, seconds (a scenario's top-level ``etcd_latency`` wins)
+    jitter: float = 0.0  # extra round trip, uniform in [0, jitter)
+
+
+@dataclass(frozen=True)
+class BuilderCosts:
+    clone_seconds: float = 5.0
+    compile_cold: float = 180.0  # the repo's dependency cache cold on this host
+    compile_warm: float = 40.0
+    image_seconds: float = 20.0
+    jitter: float = 0.1  # each step varies by +-jitter (relative)
+    image_mb: float = 200.0  # pushed image size
+    registry_mb_per_second: float = 100.0  # push and pull bandwidth
+    pull_base_seconds: float = 1.0  # a node's pull: base + image_mb / bandwidth
+
+
+@dataclass(frozen=True)
+class ProxyCosts:
+    # Fitted to bench/nginx_reload_curve.py (100 / 1,000 / 5,000 domains): test ~ 9 ms + 0.28 ms/domain,
+    # apply ~ test + 0.111 s + 0.23 ms/domain.
+    upstream_seconds: float = 0.0006
+    test_base: float = 0.009
+    test_per_domain: float = 0.00028
+    reload_base: float = 0.111
+    reload_per_domain: float = 0.00023
+
+
+@dataclass(frozen=True)
+class CostSpec:
+    dataplane: DataplaneCosts = field(default_factory=DataplaneCosts)
+    store: StoreCosts = field(default_factory=StoreCosts)
+    builder: BuilderCosts = field(default_factory=BuilderCosts)
+    proxy: ProxyCosts = field(default_factory=ProxyCosts)
+
+
+# --------------------------------------------------------------------------- the lab's scaling
+# A scenario's ``lab:`` block: how to shrink it to one machine (sim/scenario_lab.py parses it and
+# applies it with ``lab_scaled``). ``None`` fields leave that part of the scenario as it is.
+
+
+@dataclass(frozen=True)
+class LabSpec:
+    nodes_per_cell: int | None = None  # cap of every Cell's nodes
+    racks_per_cell: int | None = None  # cap of every Cell's racks
+    hosts_per_group: int | None = None  # cap of every Nginx group's hosts
+    build_hosts: int | None = None  # cap of topology.build_hosts
+    max_count: int | None = None  # copies kept of an app given ``count`` (the first ones)
+    max_replicas: int | None = None  # cap of an app's replicas per Cell
+    max_requests_per_second: float | None = None  # cap of an app's client load
+    time_scale: float = 1.0  # 0 < x <= 1: multiplies every time of the scenario (see sim/scenario_lab.py)
+    line: int = 0  # where the block stands in the scenario file, for messages
+
+
 @dataclass(frozen=True)
 class RegionSpec:
     name: str
@@ -181,6 +249,10 @@ class RegionSpec:
     leak_grace: float = 60.0
     build_hosts: int = 0  # the Region's build farm (0: deploys roll out without building)
     source: str = ""  # the scenario file, for reports
+    costs: CostSpec = field(default_factory=CostSpec)  # the sim adapters' cost models
+    lab: LabSpec | None = None  # the scenario's ``lab:`` block, if it has one
+    lab_costs: CostSpec | None = None  # costs of the lab's stand-ins (costs.yaml ``lab_costs:``), for lab scale
+    scale: Literal["full", "lab"] = "full"  # "lab": ``sim.scenario_lab.lab_scaled`` applied the lab block
 
 
 # --------------------------------------------------------------------------- fault targets

@@ -24,7 +24,7 @@ from sim.adapters.dataplane import SimDataplane
 from sim.adapters.proxy import SimProxy
 from sim.adapters.runtime import SimRuntime, SimTask
 from sim.adapters.store import SimStoreClient
-from sim.spec import CellSpec, node_name
+from sim.spec import CellSpec, DataplaneCosts, node_name
 
 ADMIN = Principal("sim-admin", "admin")  # who the world acts as when it sets the Region up or storms it
 IpamFactory = Callable[[SimStoreClient, SimRuntime, str, float], Ipam]
@@ -106,8 +106,11 @@ class NginxHost:
 
 
 def build_cell(spec: CellSpec, runtime: SimRuntime, pools: dict[str, Pool], client: Callable[[str], SimStoreClient],
-               agent: Callable[[SimStoreClient, SimDataplane, str], CniAgent]) -> Cell:
-    """A Cell of ``spec``: its pools (added to ``pools``), its API server and its nodes, each with its etcd client."""
+               agent: Callable[[SimStoreClient, SimDataplane, str], CniAgent],
+               costs: DataplaneCosts | None = None) -> Cell:
+    """A Cell of ``spec``: its pools (added to ``pools``), its API server and its nodes, each with its etcd client
+    and a dataplane charging ``costs``."""
+    costs = costs or DataplaneCosts()
     cluster = SimCluster(spec.name, runtime)
     for p in spec.pools:
         pools[p.name] = Pool.parse(p.name, p.cidr, p.vlan, block_size=p.block_size)
@@ -117,7 +120,8 @@ def build_cell(spec: CellSpec, runtime: SimRuntime, pools: dict[str, Pool], clie
     for i in range(spec.nodes):
         name = node_name(spec.name, i + 1)
         node_client = client(name)
-        dataplane = SimDataplane(name)
+        dataplane = SimDataplane(name, runtime, attach_seconds=costs.attach_seconds,
+                                 detach_seconds=costs.detach_seconds)
         nodes.append(Node(name, spec.name, dataplane, node_client, agent(node_client, dataplane, name)))
         cluster.add_node(name)
     return Cell(spec, cluster, nodes, network)

@@ -11,7 +11,7 @@ one ``Discovery`` follows every Cell's endpoints. The parts around them, one mod
 * sim/churn.py — rolling deploys and scale events;
 * sim/cnictl_cron.py — the operator's cron: cnictl check + release;
 * sim/metrics.py — counters and the sampled series; every sample is also the scrape of
-  ``agent_metrics`` (a ``SimMetrics``: the Metrics port every agent here records into, the
+  ``agent_metrics`` (a ``SimMetrics``, ``SampledMetrics`` here: the Metrics port every agent here records into, the
   same series the real daemons export, written by the runner as ``metrics.om``);
 * sim/faults.py — the fault table (kind -> apply, undo) and its schedule;
 * sim/checks.py — the check table (name -> verdict) and the liveness probes;
@@ -31,6 +31,7 @@ It must not import real adapters (import-linter contract).
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from cni.admin import add_pool
@@ -43,7 +44,6 @@ from node.slb_agent import SlbAgent, SlbAgentConfig
 from sim.adapters.cluster import RegionCluster
 from sim.adapters.control import SimControlClient
 from sim.adapters.dataplane import SimDataplane
-from sim.adapters.metrics import SimMetrics
 from sim.adapters.proxy import SimProxy
 from sim.adapters.runtime import SimRuntime
 from sim.adapters.store import MemoryStore, SimStoreClient
@@ -54,7 +54,7 @@ from sim.cnictl_cron import LeakCron
 from sim.farm import Farm
 from sim.faults import run_fault
 from sim.kube import Kubernetes
-from sim.metrics import Metrics, Sampler, pool_use
+from sim.metrics import Metrics, SampledMetrics, Sampler, pool_use
 from sim.report import report, report_json
 from sim.spec import AppSpec, RegionSpec, nginx_host_name
 from sim.topology import ADMIN, Cell, IpamFactory, NginxHost, Node, build_cell, default_ipam
@@ -77,13 +77,13 @@ class Region:
         self.metrics = Metrics()
         # The Metrics port of every agent of the Region (created before the Cells: their nodes'
         # agents take it); the Sampler scrapes it. Recording adds no event: hashes unchanged.
-        self.agent_metrics = SimMetrics(runtime)
+        self.agent_metrics = SampledMetrics(runtime)  # also keeps the samples compare needs (sim/metrics.py)
         self.auditor = Auditor()
         self.pools: dict[str, Pool] = {}
         self.cells: dict[str, Cell] = {}
         self.nodes: dict[str, Node] = {}
         for cell_spec in spec.cells:
-            cell = build_cell(cell_spec, runtime, self.pools, self.client, self._agent)
+            cell = build_cell(cell_spec, runtime, self.pools, self.client, self._agent, spec.costs.dataplane)
             self.cells[cell_spec.name] = cell
             self.nodes.update((node.name, node) for node in cell.nodes)
         self.apps: dict[str, AppSpec] = {app.name: app for app in spec.apps}
@@ -92,11 +92,12 @@ class Region:
         for group in spec.groups:
             for i in range(group.hosts):
                 name = nginx_host_name(group.name, i + 1)
-                self.hosts[name] = NginxHost(name, group.name, SimProxy(runtime, name), self.client(name))
+                proxy = SimProxy(runtime, name, **asdict(spec.costs.proxy))  # the fitted reload curve
+                self.hosts[name] = NginxHost(name, group.name, proxy, self.client(name))
         self.slb = SlbCore(self.client("slb-core"), runtime)
         self.cnictl = self.client("cnictl")
         self.farm = Farm(runtime, self.store, spec.build_hosts, self.client, tick=tick,  # sim/farm.py
-                         metrics=self.agent_metrics)
+                         metrics=self.agent_metrics, costs=spec.costs.builder)
         bindings = [Binding(a.name, a.name, a.port, a.group, self.domains[a.name]) for a in spec.apps]
         discovery_etcd = self.client("discovery")  # slb-core in-process as discovery, and its drain records
         self.discovery = Discovery({n: c.cluster for n, c in self.cells.items()},
@@ -126,7 +127,8 @@ class Region:
     # ------------------------------------------------------------------ construction
     def client(self, name: str) -> SimStoreClient:
         """A new etcd client of the Region (the spec's latency), listed in ``clients`` for etcd faults."""
-        client = self.store.client(name, latency=self.spec.etcd_latency, timeout=5.0)
+        client = self.store.client(name, latency=self.spec.etcd_latency, jitter=self.spec.costs.store.jitter,
+                                   timeout=5.0)
         self.clients[name] = client
         return client
 

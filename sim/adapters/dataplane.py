@@ -6,7 +6,10 @@ GC see the same picture they would see for real, and it keeps the port's
 promises: attach is all or nothing, detach is idempotent. Failures: a netns that
 does not exist (or is the node's own, ``HOST_NETNS``), a step that fails on the
 next attach (``fail_next``; with ``leave_behind`` its undo fails too), a node whose
-runtime died (every interface gone at once). It must not know IPAM or CNI.
+runtime died (every interface gone at once). Cost model: ``attach_seconds`` and
+``detach_seconds`` of virtual time (with a ``runtime``; 0, the default, waits for nothing
+and adds no event, so runs without a cost model keep their traces), fitted from the lab's
+CNI ADD latency by ``leengine lab fit`` (lab/fit.py). It must not know IPAM or CNI.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from foundation.ports.dataplane import (
     PortRecord,
     host_ifname,
 )
+from foundation.ports.runtime import Runtime
 
 # Paths that name the node's own network namespace (where the agent runs): never a pod's.
 HOST_NETNS = ("/proc/self/ns/net", "/proc/1/ns/net", "/proc/thread-self/ns/net")
@@ -35,8 +39,12 @@ class _Plumbed:
 
 
 class SimDataplane:
-    def __init__(self, node: str) -> None:
+    def __init__(self, node: str, runtime: Runtime | None = None, *, attach_seconds: float = 0.0,
+                 detach_seconds: float = 0.0) -> None:
         self.node = node
+        self.runtime = runtime
+        self.attach_seconds = attach_seconds if runtime is not None else 0.0
+        self.detach_seconds = detach_seconds if runtime is not None else 0.0
         self.netns: set[str] = set()  # namespaces that exist on this node
         self.interfaces: dict[tuple[str, str], _Plumbed] = {}  # (container, ifname) -> what attach made
         self.bridges: set[str] = {"br-int"}
@@ -81,6 +89,9 @@ class SimDataplane:
     async def attach(self, attachment: Attachment) -> AttachedInterface:
         self._step("open netns")
         self._netns(attachment.netns)
+        if self.attach_seconds and self.runtime is not None:
+            await self.runtime.sleep(self.attach_seconds)
+            self._netns(attachment.netns)  # the netns may have gone meanwhile (its runtime died)
         mac = "0a:58:" + ":".join(f"{b:02x}" for b in bytes.fromhex(attachment.host_ifname[2:10]))
         try:
             self._step("create veth")
@@ -98,6 +109,8 @@ class SimDataplane:
 
     async def detach(self, container_id: str, ifname: str, netns: str | None) -> None:
         self._step("delete veth")
+        if self.detach_seconds and self.runtime is not None:
+            await self.runtime.sleep(self.detach_seconds)
         self.detaches += 1
         self.interfaces.pop((container_id, ifname), None)
 
