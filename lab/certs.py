@@ -71,11 +71,13 @@ def _signed(directory: Path, name: str, subject: str, extensions: str, ca_cert: 
 
 
 def make_certs(directory: str | os.PathLike[str], *, name: str = "leengine-test",
-               server_ips: Sequence[str] = ()) -> CertBundle:
+               server_ips: Sequence[str] = (), server_is_client: bool = False) -> CertBundle:
     """A fresh CA named ``name`` with a server and a client certificate, under ``directory``.
 
     ``server_ips``: more IP SANs of the server certificate (the lab's members and the address its
     clients dial); each must be an IP address, as clients verify the address they connect to.
+    ``server_is_client``: the server certificate may also authenticate a client (clientAuth): etcd
+    3.4's JSON gateway (``/v3/...``) dials its own member with it, under ``--client-cert-auth``.
     """
     extra = [str(ipaddress.ip_address(ip)) for ip in server_ips]  # ValueError for anything else
     directory = Path(directory)
@@ -88,7 +90,8 @@ def make_certs(directory: str | os.PathLike[str], *, name: str = "leengine-test"
              "-out", str(ca_cert), step="make the CA certificate")
     server = _signed(directory, "server", f"/CN={name} server",
                      "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
-                     "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost"
+                     f"extendedKeyUsage=serverAuth{',clientAuth' if server_is_client else ''}\n"
+                     "subjectAltName=IP:127.0.0.1,DNS:localhost"
                      + "".join(f",IP:{ip}" for ip in dict.fromkeys(extra)) + "\n",
                      ca_cert, ca_key)
     # etcd checks a client certificate's usage only for clientAuth; "root" as its CN is

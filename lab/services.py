@@ -59,7 +59,7 @@ from lab.plan import (
     NGINX_PORT,
     LabPlan,
 )
-from lab.record import LabRecord, ProcessEntry, read_pidfile, stop_pids
+from lab.record import LabRecord, ProcessEntry, read_pidfile
 from lab.supervisor import Launch, Supervisor, SupervisorError
 
 READY_TIMEOUT = 30.0  # seconds for one process to answer after it started
@@ -406,8 +406,20 @@ def _launches(lab: Any) -> list[list[Launch]]:
     return phases
 
 
-def _cooldown(lab: Any) -> float:
+def lab_spec(lab: Any) -> Any:
+    """The lab's (scaled) RegionSpec: ``lab.spec``, else read again from ``lab.scenario_path``; None if neither."""
     spec = getattr(lab, "spec", None)
+    if spec is None and getattr(lab, "scenario_path", None) is not None:
+        from lab.lab import _scenario  # the one way the lab reads (and scales) its scenario
+
+        spec = _scenario(Path(lab.scenario_path))[1]
+        with contextlib.suppress(AttributeError):
+            lab.spec = spec
+    return spec
+
+
+def _cooldown(lab: Any) -> float:
+    spec = lab_spec(lab)
     return float(spec.cooldown) if spec is not None else NODE_COOLDOWN
 
 
@@ -428,7 +440,7 @@ def _make_credentials(lab: Any) -> None:
     if not f.certs.client_key.exists():
         ips = [plan.root_mgmt_ip, *(plan.hosts[m].mgmt_ip for m in plan.etcd_members),
                plan.hosts[CONTROL_HOST].mgmt_ip]
-        make_certs(f.certs_dir, name=f"leengine-lab-{plan.id}", server_ips=ips)
+        make_certs(f.certs_dir, name=f"leengine-lab-{plan.id}", server_ips=ips, server_is_client=True)
     if not f.tokens_file.exists():
         admin, discovery = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         _write_secret(f.admin_token_file, admin + "\n")
@@ -440,7 +452,7 @@ def _make_credentials(lab: Any) -> None:
 def discovery_config(lab: Any) -> dict[str, Any]:
     """discovery.yaml: each Cell's API, one binding per app (namespace = service = the app, as the sim binds)."""
     plan: LabPlan = lab.plan
-    spec = getattr(lab, "spec", None)
+    spec = lab_spec(lab)
     bindings = []
     for app in (spec.apps if spec is not None else ()):
         bindings.append({"namespace": app.name, "service": app.name, "port": app.port, "group": app.group,
@@ -502,8 +514,7 @@ def _listed_pools(lab: Any) -> set[str]:
     done = subprocess.run([_leengine_command("cnictl"), *etcd_client_args(lab, "cnictl"), "pool", "list", "--json"],
                           capture_output=True, text=True, timeout=60, check=False)
     try:
-        return {u["pool"]["name"] if isinstance(u.get("pool"), dict) else u.get("name") for u in
-                json.loads(done.stdout)}
+        return {str(u.get("pool")) for u in json.loads(done.stdout)}
     except (ValueError, TypeError, AttributeError):
         return set()
 
@@ -611,7 +622,38 @@ def _wait_cluster(lab: Any, timeout: float = ETCD_TIMEOUT) -> None:
 
 
 def _nginx_master(lab: Any, host: str) -> int | None:
-    return read_pidfile(files(lab).nginx_prefix(host) / "logs" / "nginx.pid")
+    """The pid of the host's Nginx master while it runs in the host's netns (else None).
+
+    Nginx overwrites its environment area with its process title, so its ``LEENGINE_LAB`` tag
+    cannot be read back: the netns it lives in (the lab's, by name) is what makes it ours.
+    """
+    pid = read_pidfile(files(lab).nginx_prefix(host) / "logs" / "nginx.pid")
+    if pid is None:
+        return None
+    try:
+        same = os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(f"/run/netns/{lab.plan.netns(host)}").st_ino
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            zombie = f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return None
+    return pid if same and not zombie else None
+
+
+def _stop_pid(pid: int, timeout: float) -> None:
+    for sig, wait in ((signal.SIGQUIT, timeout), (signal.SIGKILL, 5.0)):  # SIGQUIT: nginx's graceful stop
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, os.WNOHANG)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.02)
 
 
 def stop_services(lab: Any, timeout: float = 5.0) -> list[str]:
@@ -624,7 +666,8 @@ def stop_services(lab: Any, timeout: float = 5.0) -> list[str]:
             stopped.append(name)
     for host in (h for members in lab.plan.groups.values() for h in members):
         pid = _nginx_master(lab, host)
-        if pid is not None and stop_pids([pid], lab.plan.id, timeout):
+        if pid is not None:
+            _stop_pid(pid, timeout)
             stopped.append(f"nginx-{host}")
     return stopped
 
@@ -645,17 +688,11 @@ def services_status(lab: Any) -> list[dict[str, Any]]:
             generation = _nginx_serving(lab, host)
             master = _nginx_master(lab, host)
             rows.append({"kind": "nginx", "name": f"nginx-{host}", "host": host, "group": group,
-                         "pid": master, "alive": master is not None and sup_alive(master, plan.id),
+                         "pid": master, "alive": master is not None,
                          "serving": generation is not None, "generation": generation,
                          "address": f"{plan.hosts[host].mgmt_ip}:{NGINX_PORT}"})
     rows.extend(pool_rows(lab))
     return rows
-
-
-def sup_alive(pid: int, lab_id: str) -> bool:
-    from lab.record import pid_is_ours
-
-    return pid_is_ours(pid, lab_id)
 
 
 def pool_rows(lab: Any) -> list[dict[str, Any]]:
@@ -679,7 +716,7 @@ def kill(lab: Any, name: str, sig: int = signal.SIGKILL) -> bool:
     sent = _supervisor(lab).kill(name, sig)
     if name.startswith("slb-") and sig == signal.SIGKILL:
         pid = _nginx_master(lab, name.removeprefix("slb-"))
-        if pid is not None and sup_alive(pid, lab.plan.id):
+        if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             sent = True
