@@ -67,6 +67,7 @@ ETCD_TIMEOUT = 45.0  # the cluster: 3 members electing a leader
 ADMIN_TOKEN_NAME = "lab-admin"
 DISCOVERY_TOKEN_NAME = "discovery"
 NODE_COOLDOWN = 30.0
+POD_PORT = 80  # what a lab pod serves on (lab/container_runtime.py's busybox httpd): the bindings' port
 
 
 class ServiceError(RuntimeError):
@@ -450,12 +451,16 @@ def _make_credentials(lab: Any) -> None:
 
 
 def discovery_config(lab: Any) -> dict[str, Any]:
-    """discovery.yaml: each Cell's API, one binding per app (namespace = service = the app, as the sim binds)."""
+    """discovery.yaml: each Cell's API, one binding per app (namespace = service = the app, as the sim binds).
+
+    The port is the one lab pods really serve on (``POD_PORT``), not the spec's ``app.port``, which
+    only the sim's bookkeeping reads.
+    """
     plan: LabPlan = lab.plan
     spec = lab_spec(lab)
     bindings = []
     for app in (spec.apps if spec is not None else ()):
-        bindings.append({"namespace": app.name, "service": app.name, "port": app.port, "group": app.group,
+        bindings.append({"namespace": app.name, "service": app.name, "port": POD_PORT, "group": app.group,
                          "domain": app.domain or f"{app.name}.example.com"})
     return {"cells": {c.name: {"api": c.api_url} for c in plan.cells.values()}, "bindings": bindings,
             "resync_seconds": 2}

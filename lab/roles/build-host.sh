@@ -1,4 +1,5 @@
 #!/bin/sh
+# shellcheck source-path=SCRIPTDIR
 # Role build-host: the build agent (git + buildah, chroot isolation, vfs storage), pushing to the registry.
 # Debian packages: buildah, git, busybox-static, util-linux (and the leengine package installed). Runs as root.
 # Variables:
@@ -11,6 +12,7 @@
 #   LEENGINE_ETCD LEENGINE_ETCD_CA LEENGINE_ETCD_CERT LEENGINE_ETCD_KEY   etcd
 #   METRICS_ADDRESS    IP:port of /metrics (optional)
 set -eu
+# shellcheck source=common.sh
 . "$(dirname "$0")/common.sh"
 
 label BUILD_HOST "$BUILD_HOST"

@@ -1,4 +1,5 @@
 #!/bin/sh
+# shellcheck source-path=SCRIPTDIR
 # Role control: the control service (slb-core, builds) over gRPC with TLS.
 # Debian packages: none beyond python3 (the leengine package installed: pip install .).
 # Variables:
@@ -8,6 +9,7 @@
 #   LEENGINE_ETCD LEENGINE_ETCD_CA LEENGINE_ETCD_CERT LEENGINE_ETCD_KEY   etcd (README.md)
 #   METRICS_ADDRESS    IP:port of /metrics (optional)
 set -eu
+# shellcheck source=common.sh
 . "$(dirname "$0")/common.sh"
 
 address LISTEN "$LISTEN"

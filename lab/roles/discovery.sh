@@ -1,4 +1,5 @@
 #!/bin/sh
+# shellcheck source-path=SCRIPTDIR
 # Role discovery: ready pods of every Cell -> the upstreams of their domains, through the control service.
 # Debian packages: none beyond python3 (the leengine package installed).
 # Variables:
@@ -9,6 +10,7 @@
 #   LEENGINE_ETCD LEENGINE_ETCD_CA LEENGINE_ETCD_CERT LEENGINE_ETCD_KEY   etcd (drain records)
 #   METRICS_ADDRESS    IP:port of /metrics (optional)
 set -eu
+# shellcheck source=common.sh
 . "$(dirname "$0")/common.sh"
 
 path CONFIG "$CONFIG"

@@ -1,4 +1,5 @@
 #!/bin/sh
+# shellcheck source-path=SCRIPTDIR
 # Role etcd-member: one member of the Region's etcd cluster; clients over TLS with client certificates,
 # peers over plain HTTP on the management network.
 # Debian packages: etcd-server.
@@ -16,6 +17,7 @@
 #   FAST_RAFT          1: 50 ms heartbeat / 500 ms election timeout (a lab on a busy machine), else etcd's defaults
 #   ETCD_BINARY        the etcd binary (default etcd)
 set -eu
+# shellcheck source=common.sh
 . "$(dirname "$0")/common.sh"
 
 label MEMBER_NAME "$MEMBER_NAME"

@@ -1,4 +1,5 @@
 #!/bin/sh
+# shellcheck source-path=SCRIPTDIR
 # Role nginx-host: the SLB agent, which runs this host's private Nginx (with the lua module) under PREFIX.
 # Debian packages: nginx, libnginx-mod-http-lua (and the leengine package installed).
 # Variables:
@@ -9,6 +10,7 @@
 #   LEENGINE_ETCD LEENGINE_ETCD_CA LEENGINE_ETCD_CERT LEENGINE_ETCD_KEY   etcd
 #   METRICS_ADDRESS    IP:port of /metrics (optional)
 set -eu
+# shellcheck source=common.sh
 . "$(dirname "$0")/common.sh"
 
 label GROUP "$GROUP"

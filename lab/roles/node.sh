@@ -1,4 +1,5 @@
 #!/bin/sh
+# shellcheck source-path=SCRIPTDIR
 # Role node: "node.sh cni-agent" runs the node's CNI agent, "node.sh runtime" its container runtime.
 # Debian packages: openvswitch-switch, iproute2, busybox (and the leengine package installed). Runs as root.
 # On a VM lab the runtime is containerd and only the CNI agent (and "leengine install-cni") is this step.
@@ -10,6 +11,7 @@
 #   runtime:    RUNTIME_SOCKET, KUBE_URL (the Cell's API), CNI_BIN_DIR, CNI_CONF, NETNS_PREFIX (le-<id>-p-),
 #               LEENGINE_LAB (the lab id)
 set -eu
+# shellcheck source=common.sh
 . "$(dirname "$0")/common.sh"
 
 [ $# -eq 1 ] || die "usage: node.sh cni-agent|runtime"

@@ -1,4 +1,5 @@
 #!/bin/sh
+# shellcheck source-path=SCRIPTDIR
 # Role registry: the Region's image registry (plain HTTP on the management network, no auth: a lab).
 # Debian packages: docker-registry.
 # Variables:
@@ -6,6 +7,7 @@
 #   REGISTRY_ROOT      its directory: config.yml and the images (data/)
 #   METRICS_ADDRESS    IP:port of the debug server with /metrics (optional)
 set -eu
+# shellcheck source=common.sh
 . "$(dirname "$0")/common.sh"
 
 address LISTEN "$LISTEN"
