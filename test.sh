@@ -8,6 +8,7 @@ ensure_venv
 cd "$ROOT"
 echo "test: build cnitool"; "$ROOT/scripts/build-cnitool.sh"
 echo "test: ruff"; "$VENV/bin/ruff" check .
+echo "test: shellcheck"; shellcheck -x lab/roles/*.sh
 echo "test: import-linter"; "$VENV/bin/lint-imports" --no-cache
 echo "test: mypy"; "$VENV/bin/mypy"
 echo "test: alert rules"; promtool check rules alerts/leengine.rules.yml && promtool test rules alerts/tests/*.yml
