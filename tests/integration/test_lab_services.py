@@ -181,7 +181,7 @@ def test_kill_and_start_again_and_status(lab):
     assert nginx and all(r["serving"] and r["alive"] for r in nginx), nginx
     assert any(r["kind"] == "pool" and "error" not in r for r in rows), rows
     # every process carries the lab's tag, and signals reach only this lab's processes
-    assert sup.pid("control") in tagged_pids(lab.id)
+    assert sup.pid("control") in tagged_pids(lab.plan.id)
     assert services.kill(lab, "no-such-process", signal.SIGTERM) is False
 
 
