@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from sim.runner import run_scenario
-from sim.scenario import load_scenario
+from sim.scenario import COSTS_FILE, load_scenario
 from sim.spec import AppSpec, CellSpec, CheckSpec, ChurnSpec, FaultSpec, GroupSpec, PoolSpec, RegionSpec, Selector
 from sim.world import run_region
 
@@ -40,7 +40,7 @@ EVERY_FAULT_KIND = "aadff7604d377800736aa4d13c2848b6507a5986feeb6d6a8b85c3d05c30
 
 
 def test_every_shipped_scenario_is_pinned():
-    assert sorted(p.stem for p in SCENARIOS.glob("*.yaml")) == sorted(SHIPPED)
+    assert sorted(p.stem for p in SCENARIOS.glob("*.yaml") if p.name != COSTS_FILE) == sorted(SHIPPED)
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))

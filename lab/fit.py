@@ -1,0 +1,210 @@
+"""Fit the sim's cost models from lab reports: ``leengine lab fit LAB_REPORT... --out scenarios/costs.yaml``.
+
+The samples of every report given are pooled (a report is a ``lab run``'s report.json:
+``samples`` as sim/report.py defines them), then each model is fitted from a median,
+so one slow outlier moves nothing. What is fitted, and how:
+
+* **store latency** (``costs.store.latency``): the median of ``samples.etcd_round_trip_seconds``
+  when a report has that list (a client's round trip to etcd through the lab's links
+  forwarder); otherwise the current value is kept (the five standard lists say nothing
+  about etcd alone).
+* **dataplane attach** (``costs.dataplane.attach_seconds``): the median ADD latency as the
+  runtime sees it (``cni_add_seconds``: plugin exec, agent, IPAM, veth, OVS port) minus
+  the store's share, ``ROUND_TRIPS_PER_ADD`` round trips at the (fitted) store latency: the
+  sim's median ADD is one IPAM transaction (its batch commit), and everything else a real
+  ADD costs (the plugin's start, the socket hop, netlink, OVSDB) is attach time in the sim.
+  Never below 0.
+* **reload curve** (``costs.proxy``): the SLB agent's ``reload_seconds`` (test + reload +
+  confirmation of a batch) is ``test_base + reload_base + (test_per_domain +
+  reload_per_domain) * domains``. The per-domain slopes stay (bench/nginx_reload_curve.py
+  measures them over 100-5,000 domains; a lab holds a handful), and the bases absorb the
+  difference, in their current proportion: ``base = median - slopes * domains``, where
+  ``domains`` is the largest Nginx group's domain count in the report's ``inputs`` (its
+  count of apps otherwise).
+* **builder durations** (``lab_costs.builder``: the lab's builds are a tiny repository's,
+  not a Region's): every step (clone, compile cold and warm, image, push through the
+  registry's bandwidth) is scaled by one factor so that a cold build's modelled time
+  equals the median ``build_seconds`` (submit to result, queueing included: an upper
+  bound on the steps).
+
+``propagation_seconds`` and ``drain_seconds`` fit nothing: they are made of the agents'
+own code and timers, which the sim runs as they are; ``leengine compare`` judges them.
+The output is a complete costs file (sim/scenario_costs.py) with a ``fitted:`` block
+naming the reports and the sample counts; it must parse (it is read back before it is
+written). Changing the shipped costs moves the shipped scenarios' trace_sha256: re-pin
+tests/sim/test_trace_stability.py in the same commit.
+It must not run a lab or a simulation.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from lab.compare import CompareError, load_report
+from sim.metrics import percentile
+from sim.scenario_costs import CostsFile, apply_overrides, cost_fields, load_costs, parse_costs
+from sim.spec import BuilderCosts, CostSpec
+
+ROUND_TRIPS_PER_ADD = 1  # the sim's median ADD: one IPAM transaction (docs above)
+FITTED_SAMPLES = ("cni_add_seconds", "reload_seconds", "build_seconds", "etcd_round_trip_seconds")
+
+
+class FitError(ValueError):
+    """Nothing to fit from, or a report that is not one: one line."""
+
+
+@dataclass
+class Fit:
+    costs: CostSpec
+    lab_costs: CostSpec | None
+    reports: list[str]
+    samples: dict[str, int]
+    notes: list[str] = field(default_factory=list)  # what was fitted and from what, one line each
+
+
+def _pooled(reports: list[dict[str, Any]], name: str) -> list[float]:
+    from lab.compare import samples
+
+    out: list[float] = []
+    for report in reports:
+        out.extend(samples(report, name))
+    return sorted(out)
+
+
+def _domains(report: dict[str, Any]) -> int:
+    """Domains on one Nginx host of the report's largest group (apps per group), else its app count."""
+    inputs = report.get("inputs")
+    apps = inputs.get("apps") if isinstance(inputs, dict) else None
+    if isinstance(apps, list) and apps:
+        per_group: dict[str, int] = {}
+        for app in apps:
+            if isinstance(app, dict) and isinstance(app.get("group"), str):
+                per_group[app["group"]] = per_group.get(app["group"], 0) + 1
+        if per_group:
+            return max(per_group.values())
+    count = (report.get("counts") or {}).get("apps")
+    return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 1
+
+
+def fit(reports: list[dict[str, Any]], names: list[str], base: CostsFile) -> Fit:
+    """The cost models ``reports`` give, on top of ``base`` (what is not fitted keeps its value)."""
+    costs = base.costs
+    lab_costs = apply_overrides(costs, base.lab_overrides) if base.lab_overrides else None
+    counts = {name: len(_pooled(reports, name)) for name in FITTED_SAMPLES}
+    out = Fit(costs, lab_costs, names, counts)
+    if not any(counts.values()):
+        raise FitError("the reports hold no samples to fit from (cni_add_seconds, reload_seconds, build_seconds)")
+
+    rtt = _pooled(reports, "etcd_round_trip_seconds")
+    latency = costs.store.latency
+    if rtt:
+        latency = percentile(rtt, 0.5, 6)
+        out.notes.append(f"store.latency = median etcd round trip {latency:.6f} s (n={len(rtt)})")
+    else:
+        out.notes.append(f"store.latency kept at {latency:.6f} s (no etcd_round_trip_seconds samples)")
+    costs = replace(costs, store=replace(costs.store, latency=latency))
+
+    adds = _pooled(reports, "cni_add_seconds")
+    if adds:
+        median = percentile(adds, 0.5, 6)
+        attach = round(max(0.0, median - ROUND_TRIPS_PER_ADD * latency), 6)
+        costs = replace(costs, dataplane=replace(costs.dataplane, attach_seconds=attach))
+        out.notes.append(f"dataplane.attach_seconds = median ADD {median:.6f} s - {ROUND_TRIPS_PER_ADD} x "
+                         f"{latency:.6f} s = {attach:.6f} s (n={len(adds)})")
+
+    reloads = _pooled(reports, "reload_seconds")
+    if reloads:
+        median = percentile(reloads, 0.5, 6)
+        domains = max(_domains(r) for r in reports)
+        p = costs.proxy
+        bases = max(median - (p.test_per_domain + p.reload_per_domain) * domains, 0.002)
+        share = p.test_base / (p.test_base + p.reload_base) if p.test_base + p.reload_base > 0 else 0.1
+        proxy = replace(p, test_base=round(bases * share, 6), reload_base=round(bases * (1 - share), 6))
+        costs = replace(costs, proxy=proxy)
+        out.notes.append(f"proxy bases = median reload {median:.6f} s - slopes x {domains} domains: test_base "
+                         f"{proxy.test_base:.6f} s, reload_base {proxy.reload_base:.6f} s (n={len(reloads)})")
+
+    builds = _pooled(reports, "build_seconds")
+    if builds:
+        median = percentile(builds, 0.5, 6)
+        b = (lab_costs or costs).builder
+        modelled = b.clone_seconds + b.compile_cold + b.image_seconds + b.image_mb / b.registry_mb_per_second
+        k = median / modelled if modelled > 0 else 1.0
+        builder = BuilderCosts(clone_seconds=round(b.clone_seconds * k, 6), compile_cold=round(b.compile_cold * k, 6),
+                               compile_warm=round(b.compile_warm * k, 6), image_seconds=round(b.image_seconds * k, 6),
+                               jitter=b.jitter, image_mb=b.image_mb,
+                               registry_mb_per_second=round(b.registry_mb_per_second / k, 6) if k > 0 else
+                               b.registry_mb_per_second, pull_base_seconds=b.pull_base_seconds)
+        lab_costs = replace(lab_costs or costs, builder=builder)
+        out.notes.append(f"lab_costs.builder x {k:.4f}: a cold build modelled {modelled:.3f} s -> median build "
+                         f"{median:.3f} s (n={len(builds)})")
+    out.costs = costs
+    if lab_costs is not None:  # lab_costs holds costs + the lab's overrides: carry the newly fitted fields over
+        lab_costs = replace(lab_costs, store=costs.store, dataplane=costs.dataplane, proxy=costs.proxy)
+    out.lab_costs = lab_costs
+    return out
+
+
+# ------------------------------------------------------------------ the file
+
+
+def _yaml_number(value: float) -> str:
+    return repr(float(value))
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render(result: Fit) -> str:
+    """A costs file: ``costs:`` complete, ``lab_costs:`` the fields where the lab differs, ``fitted:``."""
+    lines = ["# The sim's cost models, fitted from lab reports by `leengine lab fit` (lab/fit.py says how).",
+             "# Read by every scenario of this directory (sim/scenario_costs.py); a scenario's `costs:`",
+             "# overrides single fields. Changing a value moves the shipped scenarios' trace_sha256.",
+             *(f"#   {note}" for note in result.notes), "costs:"]
+    current = asdict(result.costs)
+    for section in current:
+        lines.append(f"  {section}:")
+        lines.extend(f"    {name}: {_yaml_number(value)}" for name, value in current[section].items())
+    if result.lab_costs is not None:
+        lab = asdict(result.lab_costs)
+        differ = [(s, n) for s, n in cost_fields() if lab[s][n] != current[s][n]]
+        if differ:
+            lines.append("lab_costs:  # lab-scaled runs only: what the lab's stand-ins cost")
+            for section in dict.fromkeys(s for s, _ in differ):
+                lines.append(f"  {section}:")
+                lines.extend(f"    {n}: {_yaml_number(lab[section][n])}" for s, n in differ if s == section)
+    lines.append("fitted:")
+    lines.append("  reports:")
+    lines.extend(f"    - {_quote(name)}" for name in result.reports)
+    lines.append("  samples:")
+    lines.extend(f"    {name}: {n}" for name, n in result.samples.items() if name != "etcd_round_trip_seconds")
+    return "\n".join(lines) + "\n"
+
+
+def fit_files(paths: list[Path], out: Path, base: Path | None = None) -> Fit:
+    """Read the reports, fit on top of ``base`` (default: ``out`` if it exists), write ``out`` atomically."""
+    if not paths:
+        raise FitError("give at least one lab report")
+    try:
+        reports = [load_report(p) for p in paths]
+    except CompareError as exc:
+        raise FitError(str(exc)) from None
+    for path, report in zip(paths, reports, strict=True):
+        if report.get("scale") == "full":
+            raise FitError(f"{path}: a full-scale sim report, not a lab report")
+    base_costs = load_costs(base if base is not None else out)
+    result = fit(reports, [str(p) for p in paths], base_costs)
+    text = render(result)
+    parse_costs(text.encode(), str(out))  # what is written must read back
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, out)
+    return result
+
+
+__all__ = ["FITTED_SAMPLES", "ROUND_TRIPS_PER_ADD", "Fit", "FitError", "fit", "fit_files", "render"]
