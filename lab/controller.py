@@ -27,7 +27,7 @@ import contextlib
 import logging
 import math
 import random
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -148,6 +148,9 @@ class Controller:
         self.killed: set[tuple[str, str]] = set()  # pods that died without CNI DEL
         self.counts = Counts()
         self.rolling: set[Key] = set()
+        # A deploy's build (the lab's farm, lab/farm.py): the image to roll out, or None (nothing rolls).
+        self.release: Callable[[str], Awaitable[str | None]] | None = None
+        self.images: dict[str, str] = {}  # app -> the image its pods run (the controller's template)
         self._counter = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -335,6 +338,11 @@ class Controller:
         """Rolling replacement, surge 1: a new pod ready, then one old pod drained and deleted."""
         self.counts.deploys += 1
         app = self.apps[key[0]]
+        if self.release is not None:  # as sim/churn.py: build the app's next commit on the farm first
+            image = await self.release(app.name)
+            if image is None:
+                return  # nothing to roll out: the build failed or never ran
+            self.images[app.name] = image
         for victim in [p for p in self.pods[key] if p.in_api]:
             if not victim.in_api:
                 continue

@@ -15,6 +15,18 @@ The observers of a lab run (the twin of what sim/world.py records for sim/checks
   Cell's API; a round that cannot list a Cell or reach etcd is skipped and counted.
 * ``reloads_in_log``: Nginx reloads counted from a host's error log (one "signal 1
   (SIGHUP) received" notice per reload).
+* ``HistogramSampler``: per-observation samples of a histogram the agents export, for the
+  distributions ``leengine compare`` holds against the sim's: it scrapes the SLB agents'
+  ``/metrics`` every ``every`` seconds (0.25 s) and turns each series' ``_count``/``_sum``
+  increase into samples: one increase of 1 is that observation exactly (the SLB agent
+  reloads at most once a second, ``min_reload_interval``); an increase of k > 1 between two
+  scrapes gives k samples of their mean (counted in ``averaged``). Why not the buckets:
+  they only bound a value (0.25/0.5/1 s apart up there); why not the logs: Nginx's error
+  log has whole seconds and the agent does not log its durations. ``slb_reload_seconds``
+  is exactly the sim's ``reload_seconds`` (test + reload + confirmation of one batch) and
+  ``slb_propagation_seconds`` its ``propagation_seconds`` (the agent's share: the record
+  change received to that revision in force), so the lab's samples measure the same spans
+  as the sim's. What was counted before the first scrape (``lab up``) is not a sample.
 * ``Observations``: everything the checks judge, filled by the driver (lab/run.py).
 
 It must not change the lab, except cnictl's release, which is the cron's job.
@@ -48,6 +60,8 @@ log = logging.getLogger("leengine.lab.observe")
 
 NETNS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,200}")
 SIGHUP_NOTICE = re.compile(rb"signal 1 \(SIGHUP\) received")
+SAMPLE_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
 # ------------------------------------------------------------------ addresses
@@ -209,6 +223,103 @@ def reloads_in_log(error_log: Path) -> int:
     with contextlib.suppress(OSError):
         return len(SIGHUP_NOTICE.findall(error_log.read_bytes()))
     return 0
+
+
+# ------------------------------------------------------------------ histograms' observations
+
+
+SeriesKey = tuple[str, tuple[tuple[str, str], ...]]  # (source, sorted labels)
+
+
+def histogram_totals(text: str, name: str) -> dict[tuple[tuple[str, str], ...], tuple[float, float]]:
+    """``labels -> (count, sum)`` of histogram ``name`` in a Prometheus text exposition."""
+    found: dict[tuple[tuple[str, str], ...], list[float]] = {}
+    for line in text.splitlines():
+        if not line.startswith(name):
+            continue
+        m = SAMPLE_LINE.match(line)
+        if m is None or m.group(1) not in (f"{name}_count", f"{name}_sum"):
+            continue
+        try:
+            value = float(m.group(3))
+        except ValueError:
+            continue
+        labels = tuple(sorted(LABEL.findall(m.group(2) or "")))
+        totals = found.setdefault(labels, [0.0, 0.0])
+        totals[0 if m.group(1).endswith("_count") else 1] = value
+    return {labels: (c, s) for labels, (c, s) in found.items()}
+
+
+@dataclass
+class HistogramSamples:
+    """Samples of one histogram drawn from scrapes' increases (see the module's docstring)."""
+
+    name: str
+    samples: list[float] = field(default_factory=list)
+    exact: int = 0
+    averaged: int = 0
+    last: dict[SeriesKey, tuple[float, float]] = field(default_factory=dict)
+
+    def update(self, source: str, text: str) -> None:
+        for labels, (count, total) in histogram_totals(text, self.name).items():
+            key = (source, labels)
+            before = self.last.get(key)
+            self.last[key] = (count, total)
+            if before is None:
+                continue  # the baseline: what was observed before the run is not a sample
+            grew, added = round(count - before[0]), total - before[1]
+            if grew <= 0:
+                continue  # nothing new, or the agent restarted (its counters began again): a new baseline
+            if grew == 1:
+                self.exact += 1
+            else:
+                self.averaged += grew
+            self.samples.extend([max(0.0, added / grew)] * grew)
+
+
+class HistogramSampler:
+    """Scrapes ``urls`` (process -> its /metrics) every ``every`` seconds into one ``HistogramSamples`` per name."""
+
+    def __init__(self, urls: dict[str, str], names: dict[str, str], *, every: float = 0.25,
+                 timeout: float = 2.0) -> None:
+        self.urls = urls
+        self.histograms = {key: HistogramSamples(name) for key, name in names.items()}  # sample kind -> histogram
+        self.every = every
+        self.timeout = timeout
+        self.failed_scrapes = 0
+
+    def _scrape(self, url: str) -> str | None:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(url, timeout=self.timeout) as answer:  # the lab plan's http:// URLs
+                return str(answer.read(16 * 1024 * 1024).decode("utf-8", errors="replace"))
+        except (OSError, ValueError):
+            return None
+
+    async def once(self) -> None:
+        texts = await asyncio.gather(*(asyncio.to_thread(self._scrape, url) for url in self.urls.values()))
+        for source, text in zip(self.urls, texts, strict=True):
+            if text is None:
+                self.failed_scrapes += 1  # a host down (nginx-host-loss): its next answer starts a new baseline
+                for h in self.histograms.values():
+                    for key in [k for k in h.last if k[0] == source]:
+                        del h.last[key]
+                continue
+            for h in self.histograms.values():
+                h.update(source, text)
+
+    async def run(self) -> None:
+        while True:
+            await self.once()
+            await asyncio.sleep(self.every)
+
+    def samples(self, kind: str) -> list[float]:
+        return list(self.histograms[kind].samples)
+
+    def summary(self) -> dict[str, Any]:
+        return {kind: {"histogram": h.name, "exact": h.exact, "averaged": h.averaged}
+                for kind, h in self.histograms.items()} | {"failed_scrapes": self.failed_scrapes}
 
 
 # ------------------------------------------------------------------ what the checks read

@@ -53,6 +53,7 @@ class LabTotals:
     faults: int = 0
     store_revision: int = 0
     registry_images: int = 0
+    builds: dict[str, Any] = field(default_factory=dict)  # the sim's builds_* metrics (lab/farm.py), if a farm ran
     series: list[dict[str, Any]] = field(default_factory=list)  # {"t", "ok", "failed", "leaked", ...} per period
     samples: dict[str, list[float]] = field(default_factory=dict)
 
@@ -74,6 +75,7 @@ def lab_report(scenario: Scenario, spec: RegionSpec, checks: list[CheckResult], 
         "leak_checks_skipped": totals.leak_checks_skipped, "pool_use": dict(sorted(totals.pool_use.items())),
         "reloads": sum(totals.reloads.values()),
         "reloads_max_per_host": max(totals.reloads.values(), default=0),
+        **totals.builds,
     }
     counts = {
         "cells": len(spec.cells), "nodes": sum(c.nodes for c in spec.cells),

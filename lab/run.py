@@ -37,6 +37,7 @@ import signal
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,10 +50,12 @@ from foundation.ports import StoreError
 from foundation.ports.store import Store
 from lab.checks import judge_all, liveness_deadlines
 from lab.controller import Controller, LabPod, Started, StartFailed
+from lab.farm import AppRepos, BuildsAdmin, LabFarm
 from lab.faults import Schedule
 from lab.load import Load
 from lab.observe import (
     EtcdAudit,
+    HistogramSampler,
     LeakCron,
     Observations,
     RegionPods,
@@ -64,7 +67,7 @@ from lab.observe import (
 from lab.report import LabTotals, lab_report, write_report
 from sim.checks import Probe
 from sim.faults import last_fault_end
-from sim.metrics import pool_use
+from sim.metrics import percentile, pool_use
 from sim.scenario import Scenario
 from sim.spec import RegionSpec
 
@@ -493,10 +496,11 @@ async def observe(lab: LiveLab, controller: Controller, load: Load, state: RunSt
 
 
 async def probe_at(lab: LiveLab, controller: Controller, load: Load, state: RunState, clock: Any,
-                   deadline: float) -> None:
+                   deadline: float, farm: LabFarm | None = None, faults_end: float = 0.0) -> None:
     await asyncio.sleep(max(0.0, deadline - clock()))
+    unfinished = tuple(farm.unfinished(submitted_by=faults_end)) if farm is not None else ()
     not_serving = await load.not_serving()
-    state.probes[deadline] = Probe(round(clock(), 3), tuple(not_serving), leaked(controller, lab.audit), ())
+    state.probes[deadline] = Probe(round(clock(), 3), tuple(not_serving), leaked(controller, lab.audit), unfinished)
 
 
 def scrape_metrics(urls: dict[str, str], out: Path, timeout: float = 3.0) -> dict[str, str]:
@@ -516,8 +520,11 @@ def scrape_metrics(urls: dict[str, str], out: Path, timeout: float = 3.0) -> dic
 
 async def run_scenario(scenario: Scenario, spec: RegionSpec, lab: LiveLab, out: Path, *, code_version: dict[str, Any],
                        metrics_urls: dict[str, str], reload_logs: dict[str, Path], sample_every: float = 10.0,
-                       cells_api: Any = None) -> dict[str, Any]:
-    """Play the scaled scenario on the running lab (already set up: groups and domains exist) and report."""
+                       cells_api: Any = None, farm_of: Callable[[Callable[[], float]], LabFarm] | None = None,
+                       ) -> dict[str, Any]:
+    """Play the scaled scenario on the running lab (already set up: groups and domains exist) and report.
+
+    ``farm_of(clock)``: the lab's build farm client when the spec has build hosts (deploys build first)."""
     loop = asyncio.get_running_loop()
     wall = time.monotonic()
     t0 = loop.time()
@@ -527,6 +534,9 @@ async def run_scenario(scenario: Scenario, spec: RegionSpec, lab: LiveLab, out: 
 
     controller = Controller(spec, lab, clock, seed=spec.seed)
     lab.controller = controller
+    farm = farm_of(clock) if farm_of is not None and spec.build_hosts else None
+    if farm is not None:
+        controller.release = farm.release
     addresses = {h: lab.plan.hosts[h].mgmt_ip for hosts in lab.plan.groups.values() for h in hosts}
     domains = {a.name: a.domain or f"{a.name}.example.com" for a in spec.apps}
     load = Load(spec.apps, spec.groups, domains, addresses, clock, controller.ready_elsewhere)
@@ -535,15 +545,22 @@ async def run_scenario(scenario: Scenario, spec: RegionSpec, lab: LiveLab, out: 
     cron = LeakCron(lab.store, cells_api, lab.runtime, every=spec.leak_check_every, grace=spec.leak_grace)
     schedule = Schedule(lab, t0, spec.seed)
     end = last_fault_end(spec.faults, spec.duration)
+    slb_metrics = {proc: url for proc, url in metrics_urls.items() if proc.startswith("slb-")}
+    agents = HistogramSampler(slb_metrics, {"reload_seconds": "slb_reload_seconds",
+                                            "propagation_seconds": "slb_propagation_seconds"})
+    await agents.once()  # the baseline: what lab up's reloads counted is not this run's
     tasks = [loop.create_task(lab.audit.run(), name="lab/audit"),
+             loop.create_task(agents.run(), name="lab/agent-histograms"),
              loop.create_task(controller.run(), name="lab/controller"),
              loop.create_task(load.run(spec.duration), name="lab/load"),
              loop.create_task(cron.run(), name="lab/cnictl-cron"),
              loop.create_task(observe(lab, controller, load, state, clock, every=sample_every), name="lab/observe"),
              loop.create_task(schedule.run(), name="lab/faults")]
+    if farm is not None:
+        tasks.append(loop.create_task(farm.observe(), name="lab/build-observer"))
     tasks += [loop.create_task(controller.run_churn(spec.churn.deploys_per_hour, "deploy"), name="lab/deploys"),
               loop.create_task(controller.run_churn(spec.churn.scale_events_per_hour, "scale"), name="lab/scale")]
-    tasks += [loop.create_task(probe_at(lab, controller, load, state, clock, d), name="lab/probe")
+    tasks += [loop.create_task(probe_at(lab, controller, load, state, clock, d, farm, end), name="lab/probe")
               for d in liveness_deadlines(spec.checks, end, spec.duration)]
     try:
         await asyncio.sleep(max(0.0, spec.duration - clock()))
@@ -556,6 +573,8 @@ async def run_scenario(scenario: Scenario, spec: RegionSpec, lab: LiveLab, out: 
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await controller.stop()
+        if farm is not None:
+            await farm.close()
     elapsed = clock()
     obs = Observations(duration=spec.duration, faults_end=end,
                        audit_violations=list(lab.audit.auditor.violations),
@@ -563,12 +582,17 @@ async def run_scenario(scenario: Scenario, spec: RegionSpec, lab: LiveLab, out: 
                        serving_violations=load.log.serving_violations,
                        serving_examples=load.log.serving_examples, ok=load.log.ok, failed=load.log.failed,
                        reloads={h: reloads_in_log(p) for h, p in sorted(reload_logs.items())},
-                       leaks=cron.stats, leaks_gone=dict(lab.audit.auditor.leaks_gone), probes=state.probes)
+                       leaks=cron.stats, leaks_gone=dict(lab.audit.auditor.leaks_gone), probes=state.probes,
+                       builds_submitted=farm.submitted(by=end) if farm is not None else 0,
+                       builds_observed=farm is not None)
     verdicts = judge_all(obs, spec.checks)
     c = controller.counts
     pods = {p.name: p for pods_ in controller.pods.values() for p in pods_}
-    propagation = [load.log.first_served[name] - p.ready_at for name, p in pods.items()
-                   if name in load.log.first_served and load.log.first_served[name] >= p.ready_at]
+    # End to end, as clients see it: a pod ready -> its name first answered through Nginx (the
+    # endpoints controller, discovery's push, slb-core, etcd's watch, the agent, Nginx): checks that
+    # what the agents count as "in force" is served. The agents' share is ``propagation_seconds``.
+    served_after_ready = [load.log.first_served[name] - p.ready_at for name, p in pods.items()
+                          if name in load.log.first_served and load.log.first_served[name] >= p.ready_at]
     pools = {p.name: Pool.parse(p.name, p.cidr, p.vlan, block_size=p.block_size)
              for cell in spec.cells for p in cell.pools}
     totals = LabTotals(ok=load.log.ok, failed=load.log.failed, failed_no_answer=load.log.failed_no_answer,
@@ -579,15 +603,26 @@ async def run_scenario(scenario: Scenario, spec: RegionSpec, lab: LiveLab, out: 
                        reloads=obs.reloads, pods_started=c.pods_started, pods_died=c.pods_died,
                        pods_deleted=c.pods_deleted, pods_alive=len(controller.live_pods()),
                        faults=len(schedule.windows), store_revision=lab.audit.after, series=state.series,
-                       samples={"cni_add_seconds": list(c.add_seconds), "propagation_seconds": propagation,
-                                "drain_seconds": list(c.drain_seconds)})
+                       builds=farm.metrics() if farm is not None else {},
+                       registry_images=len({r.image for r in farm.results.values() if r.state == "done"})
+                       if farm is not None else 0,
+                       samples={"cni_add_seconds": list(c.add_seconds),
+                                "propagation_seconds": agents.samples("propagation_seconds"),
+                                "reload_seconds": agents.samples("reload_seconds"),
+                                "drain_seconds": list(c.drain_seconds),
+                                "build_seconds": farm.seconds() if farm is not None else []})
     files = await asyncio.to_thread(scrape_metrics, metrics_urls, out)
     report = lab_report(scenario, spec, verdicts, totals, code_version=code_version, elapsed=elapsed,
                         wall_seconds=time.monotonic() - wall,
                         lab={"id": lab.plan.id, "dir": str(lab.plan.dir), "metrics": files,
                              "faults": [vars(e) for e in schedule.events],
                              "duplicate_samples": state.duplicate_samples,
-                             "published": load.log.published})
+                             "published": load.log.published,
+                             "samples_from": agents.summary(),
+                             "served_after_ready_seconds": [round(v, 6) for v in served_after_ready],
+                             "served_after_ready_p50": percentile(sorted(served_after_ready), 0.5, 3),
+                             "ready_pods_not_seen_by_clients": sorted(n for n, p in pods.items()
+                                                         if p.ready and n not in load.log.first_served)[:50]})
     write_report(out, report, state.series)
     return report
 
@@ -634,8 +669,16 @@ async def run_lab(scenario: Scenario, spec: RegionSpec, lab: Any, out: Path, *,
         metrics = {name: m.url for name, m in lab.plan.ports.metrics.items()}
         logs = {h: services.files(lab).nginx_prefix(h) / "logs" / "error.log"
                 for hosts in lab.plan.groups.values() for h in hosts}
+        repos = AppRepos(services.files(lab).repos)
+        for app in spec.apps:  # the build hosts clone from here: every app's repository exists first
+            await asyncio.to_thread(repos.ensure, app.name)
+
+        def farm_of(clock: Callable[[], float]) -> LabFarm:
+            builds = BuildsAdmin(lab.plan.control_address, services.admin_token(lab), certs.ca_cert.read_bytes())
+            return LabFarm(repos, builds, store, clock)
+
         return await run_scenario(scenario, spec, live, out, code_version=code_version, metrics_urls=metrics,
-                                  reload_logs=logs, cells_api=RegionPods(cells))
+                                  reload_logs=logs, cells_api=RegionPods(cells), farm_of=farm_of)
     finally:
         await control.close()
         for cell in cells:
