@@ -5,14 +5,15 @@ the Cell's Kubernetes API.
 --lab-id ID --netns-prefix le-<id>-p-`` serves a unix socket (mode 0600), one JSON line per
 request and one JSON line per answer, in order, on as many connections as callers like:
 
-* ``{"op": "run", "pod": NAME, "app": APP, "namespace": "default"}`` → the pod's network
+* ``{"op": "run", "pod": NAME, "app": APP, "namespace": "default", "port": 80}`` → the pod's network
   namespace ``<prefix><pod>`` (loopback up); the CNI plugin executed as containerd/libcni
   execute it (the conf's ``type`` looked up in the ``--cni-bin`` directories; env
   ``CNI_COMMAND=ADD``, ``CNI_CONTAINERID``, ``CNI_NETNS=/var/run/netns/<ns>``,
   ``CNI_IFNAME=eth0``, ``CNI_PATH``, ``CNI_ARGS`` with ``IgnoreUnknown``,
   ``K8S_POD_NAMESPACE``, ``K8S_POD_NAME``, ``K8S_POD_INFRA_CONTAINER_ID``, ``K8S_POD_UID``;
   the network configuration on stdin with ``cniVersion`` and ``name`` injected from a
-  ``.conflist`` as libcni does); then ``busybox httpd -f -p 80`` in the netns serving the pod's
+  ``.conflist`` as libcni does); then ``busybox httpd -f -p PORT`` in the netns (``port``: the app's
+  container port, 1-65535, default 80; discovery binds the same port) serving the pod's
   name at ``/``; once it listens, the Pod is created in the API (``spec.nodeName``, label
   ``app``) and its status patched to Running + Ready with its ``podIP``. Answer ``{"ok": true,
   "ip": ..., "add_seconds": ...}``. A failed ADD is undone (CNI DEL, netns deleted) and answered
@@ -91,6 +92,7 @@ class Pod:
     uid: str
     ip: str = ""
     pid: int = 0
+    port: int = 80  # what its httpd listens on (the app's port)
 
 
 # ---- the CNI side
@@ -285,7 +287,7 @@ class ContainerRuntime:
                "LEENGINE_POD": pod.name}
         # nsenter: setns only (ip netns exec would also unshare a mount namespace: slower, nothing gained)
         proc = subprocess.Popen(
-            ["nsenter", f"--net={NETNS_DIR / pod.netns}", self.busybox, "httpd", "-f", "-p", "80", "-h",
+            ["nsenter", f"--net={NETNS_DIR / pod.netns}", self.busybox, "httpd", "-f", "-p", str(pod.port), "-h",
              str(docroot)], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, start_new_session=True)
         self.children[pod.name] = proc  # nsenter execs httpd: this is httpd's pid, reaped by _kill
@@ -323,10 +325,12 @@ class ContainerRuntime:
                 child.wait(5)
 
     # ---- operations
-    async def run(self, name: object, app: object, namespace: object) -> dict[str, Any]:
+    async def run(self, name: object, app: object, namespace: object, port: object = 80) -> dict[str, Any]:
         for field, value in (("pod", name), ("app", app), ("namespace", namespace)):
             if not is_dns_label(value):
                 raise RuntimeError_(f"{field}: {value!r} is not a DNS label")
+        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+            raise RuntimeError_(f"port: {str(port)[:20]!r} is not a TCP port (1-65535)")
         assert isinstance(name, str) and isinstance(app, str) and isinstance(namespace, str)  # DNS labels
         async with self._lock(name), self.slots:
             if name in self.pods:
@@ -335,7 +339,7 @@ class ContainerRuntime:
                     raise RuntimeError_(f"pod {name} already runs here as {pod.namespace}/{pod.app}")
                 return {"ok": True, "ip": pod.ip, "add_seconds": 0.0, "existing": True}
             container = uuid.uuid4().hex + uuid.uuid4().hex  # 64 hex digits, as containerd's sandbox ids
-            pod = Pod(name, app, namespace, f"{self.prefix}{name}", container, str(uuid.uuid4()))
+            pod = Pod(name, app, namespace, f"{self.prefix}{name}", container, str(uuid.uuid4()), port=port)
             if (NETNS_DIR / pod.netns).exists():
                 raise RuntimeError_(f"netns {pod.netns} exists and is not this runtime's pod")
             self._save(pod)
@@ -352,7 +356,7 @@ class ContainerRuntime:
                 pod.pid = self._start_httpd(pod)
                 self._save(pod)
                 deadline = time.monotonic() + LISTEN_WAIT
-                while not self._listening(pod.pid):
+                while not self._listening(pod.pid, pod.port):
                     if time.monotonic() > deadline:
                         raise RuntimeError_(f"httpd of pod {name} did not listen within {LISTEN_WAIT:.0f} s")
                     await asyncio.sleep(0.005)
@@ -495,7 +499,8 @@ class ContainerRuntime:
         op = request.get("op")
         try:
             if op == "run":
-                return await self.run(request.get("pod"), request.get("app"), request.get("namespace", "default"))
+                return await self.run(request.get("pod"), request.get("app"), request.get("namespace", "default"),
+                                      request.get("port", 80))
             if op == "stop":
                 return await self.stop(request.get("pod"))
             if op == "list":

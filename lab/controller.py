@@ -50,6 +50,7 @@ class LabPod:
     uid: str
     container_id: str
     node: str = ""
+    port: int = 80  # the app's port: its pod's server listens there, discovery binds it
     ip: str = ""
     created: float = 0.0
     alive: bool = True  # its processes run (False: died with its host or runtime, or stopped)
@@ -190,7 +191,8 @@ class Controller:
     def new_pod(self, app: AppSpec, cell: str) -> LabPod:
         self._counter += 1
         n = self._counter
-        pod = LabPod(app.name, cell, f"{app.name}-{cell}-{n}", f"uid-{n}", f"sandbox-{n:07d}", created=self.clock())
+        pod = LabPod(app.name, cell, f"{app.name}-{cell}-{n}", f"uid-{n}", f"sandbox-{n:07d}", port=app.port,
+                     created=self.clock())
         self.by_name[pod.name] = pod
         pod.task = self._spawn(self._start(pod, app), f"kubelet/{pod.name}")
         return pod

@@ -230,7 +230,7 @@ class LiveLab:
         # The namespace is the app, as the sim names pods (discovery binds namespace = service = app).
         # The runtime reports the pod Ready as soon as its httpd listens; the controller counts it
         # ready after the app's start + readiness seconds, as the sim's kubelet does.
-        request = {"op": "run", "pod": pod.name, "app": pod.app, "namespace": pod.app}
+        request = {"op": "run", "pod": pod.name, "app": pod.app, "namespace": pod.app, "port": pod.port}
         try:
             answer = await json_line(self.plan.runtime_socket(node), request, timeout=RUNTIME_TIMEOUT)
         except (OSError, TimeoutError, ValueError) as exc:
