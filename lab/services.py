@@ -59,7 +59,7 @@ from lab.plan import (
     NGINX_PORT,
     LabPlan,
 )
-from lab.record import LabRecord, ProcessEntry, read_pidfile
+from lab.record import LabRecord, ProcessEntry, read_pidfile, stop_pids
 from lab.supervisor import Launch, Supervisor, SupervisorError
 
 READY_TIMEOUT = 30.0  # seconds for one process to answer after it started
@@ -662,19 +662,27 @@ def _stop_pid(pid: int, timeout: float) -> None:
 
 
 def stop_services(lab: Any, timeout: float = 5.0) -> list[str]:
-    """Stop every service this lab started (reverse order), then the Nginx masters; the names stopped."""
+    """Stop every service this lab started and the Nginx masters, all at once; the names stopped.
+
+    Two waves: first every etcd client (SIGTERM to all, SIGQUIT to Nginx, one shared wait of
+    ``timeout``, then SIGKILL for what is left), then the links and the members: a client stopping
+    while etcd is already gone would spend its etcd deadline on the way out (a lease revoked, a
+    status written).
+    """
     sup = _supervisor(lab)
-    stopped = []
     names = [launch.name for phase in _launches(lab) for launch in phase]
-    for name in reversed(names):
-        if sup.stop(name, timeout):
-            stopped.append(name)
-    for host in (h for members in lab.plan.groups.values() for h in members):
-        pid = _nginx_master(lab, host)
-        if pid is not None:
-            _stop_pid(pid, timeout)
-            stopped.append(f"nginx-{host}")
-    return stopped
+    pids = {name: pid for name in names if (pid := sup.pid(name)) is not None}
+    masters = {f"nginx-{host}": pid for members in lab.plan.groups.values() for host in members
+               if (pid := _nginx_master(lab, host)) is not None}
+    etcd = {"links", *lab.plan.etcd_members}
+    for pid in masters.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGQUIT)  # nginx's graceful stop
+    stop_pids([pid for name, pid in pids.items() if name not in etcd], lab.plan.id, timeout)
+    for pid in masters.values():
+        _stop_pid(pid, timeout)
+    stop_pids([pid for name, pid in pids.items() if name in etcd], lab.plan.id, timeout)
+    return [*pids, *masters]
 
 
 def services_status(lab: Any) -> list[dict[str, Any]]:
