@@ -7,6 +7,7 @@ Subcommands:
   leengine store ...         inspect a real etcd through the Store port (status, get, put, ls; --json
                              on the reads); --etcd, --etcd-timeout, TLS with --etcd-ca/--etcd-cert/--etcd-key
                              (leengine/etcd_options.py; the old --endpoint/--timeout still work, hidden)
+  leengine compare SIM LAB   hold a sim run against a lab run (leengine/compare_cmd.py)
   leengine install-cni DIR   install the leengine-cni plugin into a CNI bin directory (e.g. /opt/cni/bin)
 
 Every error a user can cause or meet (bad option, etcd unreachable) ends as one
@@ -38,6 +39,7 @@ from leengine.command import (
     configure_logging,
     run_app,
 )
+from leengine.compare_cmd import compare as compare_command
 from leengine.etcd_options import (
     DEFAULT_ETCD,
     EtcdCaOpt,
@@ -57,6 +59,7 @@ app.add_typer(store_app, name="store")
 sim_app = typer.Typer(no_args_is_help=True, help="Replay scenario files on the simulated Region.")
 app.add_typer(sim_app, name="sim")
 app.add_typer(lab_app, name="lab")
+app.command("compare")(compare_command)  # leengine/compare_cmd.py: sim report vs lab report
 console = Console()
 DEFAULT_SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "default.yaml"
 

@@ -7,6 +7,7 @@
   leengine lab run SCENARIO [--seed N] [--out OUT] [--dir DIR] [--down]
                                               replay the scenario on the lab (lab/run.py): OUT/report.json
                                               in the sim's shape; exit 1 when a check fails
+  leengine lab fit LAB_REPORT... [--out FILE]  fit the sim's cost models from lab reports (lab/fit.py)
 
 Exit codes as every command (leengine/command.py): 0 ok; 1 failed (the lab could not come up,
 a process of a lab is dead, something could not be removed); 2 bad input (a scenario that does
@@ -27,6 +28,7 @@ from typing import Annotated, Any
 import typer
 
 from leengine.command import BadInput, Failed
+from leengine.compare_cmd import lab_fit
 
 DEFAULT_SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "default.yaml"
 DEFAULT_DIR = Path("/var/lib/leengine/lab")
@@ -174,3 +176,7 @@ def lab_run(
           f"({report['virtual_seconds']:g} s on lab {lab.id})")
     if not report["passed"]:
         raise typer.Exit(1)
+
+
+# `leengine lab fit` lives with compare (leengine/compare_cmd.py: lab/fit.py does the work).
+lab_app.command("fit")(lab_fit)

@@ -93,7 +93,8 @@ class CostFields(Fields):
         if "fitted" in m:  # provenance only: checked for shape, not used
             p = self.mapping(m["fitted"], "fitted", {"reports", "note", "samples"})
             if "reports" in p:
-                self.names(p["reports"], "fitted.reports", 1000, "reports")
+                for i, rn in enumerate(self.sequence(p["reports"], "fitted.reports", 1000, "reports")):
+                    self.string(rn, f"fitted.reports[{i}]", limit=MAX_SCALAR_CHARS)
             if "note" in p:
                 self.string(p["note"], "fitted.note", empty=True, limit=MAX_SCALAR_CHARS, control=True)
             if "samples" in p:

@@ -1,0 +1,86 @@
+"""leengine compare: verdicts side by side (exit 1 when they differ), exact counts, distributions in bands,
+the PNG/HTML overlay, and one line on bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from lab.compare import compare
+from leengine.cli import app
+
+
+def report(passed: dict[str, bool], add: list[float], reload: list[float], **counts: int) -> dict[str, Any]:
+    return {"scenario": {"name": "host-crash-ip-leak"}, "seed": 7,
+            "checks": [{"name": n, "passed": p, "detail": ""} for n, p in passed.items()],
+            "metrics": {"leaks_found": counts.get("leaks", 6), "leaks_released": counts.get("leaks", 6),
+                        "reloads": counts.get("reloads", 2)},
+            "counts": {"pods_started": 31, "pods_died": 6},
+            "samples": {"cni_add_seconds": add, "reload_seconds": reload, "propagation_seconds": [],
+                        "drain_seconds": [], "build_seconds": []}}
+
+
+CHECKS = {"no-duplicate-address": True, "leaks-found-and-released": True}
+SIM = report(CHECKS, [0.020] * 10, [0.13, 0.14])
+
+
+def write(tmp_path: Path, name: str, data: Any) -> Path:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return path
+
+
+def test_median_p90_ratio_and_band_of_each_distribution() -> None:
+    lab = report(CHECKS, [0.01 * i for i in range(1, 11)], [0.2, 0.3])
+    result = compare(SIM, lab)
+    add = next(r for r in result.distributions if r.name == "cni_add_seconds")
+    assert (add.median("lab"), add.p90("lab"), add.median("sim")) == (0.06, 0.1, 0.02)
+    assert add.ratio == pytest.approx(3.0) and add.within is False and add.band == 0.25
+    reload = next(r for r in result.distributions if r.name == "reload_seconds")
+    assert reload.within is False  # 0.3 / 0.14
+    assert next(r for r in result.distributions if r.name == "build_seconds").within is None  # none on both sides
+    assert result.verdicts_equal and result.counts_equal and not result.within_bands
+    close = compare(SIM, report(CHECKS, [0.024] * 3, [0.15, 0.16]))
+    assert close.within_bands  # 1.2 and 1.14: inside 25 %
+
+
+def test_different_verdicts_exit_1_and_write_the_overlay(tmp_path: Path) -> None:
+    lab = report({**CHECKS, "leaks-found-and-released": False}, [0.02] * 5, [0.13], leaks=5)
+    out = tmp_path / "cmp"
+    run = CliRunner().invoke(app, ["compare", str(write(tmp_path, "sim.json", SIM)),
+                                   str(write(tmp_path, "lab.json", lab)), "--out", str(out)])
+    assert run.exit_code == 1, run.output
+    assert "DIFFERENT" in run.output and "different" in run.output
+    assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (out / "compare.html").read_text()
+    assert "VERDICTS DIFFER" in page and "data:image/png;base64," in page
+    data = json.loads((out / "compare.json").read_text())
+    assert data["verdicts_equal"] is False
+    assert {r["name"]: r["equal"] for r in data["counts"]}["leaks_found"] is False
+
+
+def test_equal_verdicts_exit_0_unless_strict_and_a_band_is_missed(tmp_path: Path) -> None:
+    sim, lab = write(tmp_path, "sim.json", SIM), write(tmp_path, "lab.json", report(CHECKS, [0.2] * 5, [0.13]))
+    assert CliRunner().invoke(app, ["compare", str(sim), str(lab)]).exit_code == 0
+    assert CliRunner().invoke(app, ["compare", str(sim), str(lab), "--strict"]).exit_code == 1
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    (None, "no such file"),
+    ("{not json", "not JSON"),
+    ("[1, 2]", "not a run report"),
+    ('{"checks": [{"name": 1}]}', "checks[0]"),
+    ('{"checks": [], "samples": []}', '"samples" is not a mapping'),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, content: str | None, words: str) -> None:
+    bad = tmp_path / "bad.json"
+    if content is not None:
+        bad.write_text(content)
+    run = CliRunner().invoke(app, ["compare", str(bad), str(write(tmp_path, "lab.json", SIM))])
+    assert run.exit_code == 2
+    lines = run.output.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0] and "Traceback" not in run.output
