@@ -104,6 +104,12 @@ class Counts:
     drain_seconds: list[float] = field(default_factory=list)
 
 
+def _pod_number(name: str) -> int:
+    """The ``n`` of a pod named ``{app}-{cell}-{n}`` (0 when it has none)."""
+    tail = name.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() and len(tail) < 10 else 0
+
+
 def pick_node(nodes: list[NodeState], rnd: random.Random) -> NodeState | None:
     """Power of two choices (sim/kube.py's rule): the emptier of two schedulable nodes drawn at random."""
     a, b = _draw(nodes, rnd), _draw(nodes, rnd)
@@ -374,9 +380,176 @@ class Controller:
         ready = [p for p in pods if p.ready] or pods
         await self.delete_pod(self.churn.choice(ready))
 
+    # ------------------------------------------------------------------ a persistent controller (lab up)
+    def adopt(self, node: str, pods: list[dict[str, Any]]) -> list[LabPod]:
+        """Pods a node's runtime already runs (``list``): kept as ready replicas instead of being started again.
+
+        Only live pods with an address, of an app that runs in the node's Cell; their number
+        (``{app}-{cell}-{n}``) moves the counter past it, so a new pod never takes an old name.
+        """
+        state = self.nodes.get(node)
+        adopted: list[LabPod] = []
+        if state is None:
+            return adopted
+        for info in pods:
+            name, app, ip = str(info.get("name", "")), str(info.get("app", "")), str(info.get("ip", ""))
+            key = (app, state.cell)
+            if key not in self.pods or name in self.by_name or not ip or not info.get("alive", True):
+                continue
+            self._counter = max(self._counter, _pod_number(name))
+            now = self.clock()
+            port = info.get("port", self.apps[app].port)
+            pod = LabPod(app, state.cell, name, str(info.get("uid", "")), str(info.get("container_id", "")),
+                         node=node, port=port if isinstance(port, int) else self.apps[app].port, ip=ip,
+                         created=now, ready=True, ready_at=now)
+            self.pods[key].append(pod)
+            self.by_name[name] = pod
+            state.pods[name] = pod
+            adopted.append(pod)
+        return adopted
+
+    async def heal(self, list_pods: Callable[[str], Awaitable[list[dict[str, Any]] | None]], *,
+                   every: float = 2.0, unreachable_after: float = 10.0) -> None:
+        """The persistent controller's eyes: nobody tells it of faults, so it looks (not used by ``lab run``).
+
+        Every ``every`` seconds each node's runtime is listed. A runtime silent for
+        ``unreachable_after`` seconds is a lost host (``node_down``: its pods dead without CNI
+        DEL, evicted after ``node_grace``, their addresses left to cnictl); one that answers
+        again brings its node back (``node_up``). A pod that its live runtime reports dead (its
+        server gone) or no longer holds died alone: its sandbox is torn down with CNI DEL and the
+        replication controller replaces it, as a kubelet and a ReplicaSet would.
+        """
+        silent_since: dict[str, float] = {}
+        while True:
+            for name, node in self.nodes.items():
+                listing = await list_pods(name)
+                now = self.clock()
+                if listing is None:
+                    since = silent_since.setdefault(name, now)
+                    if node.alive and now - since >= unreachable_after:
+                        log.warning("runtime of %s silent for %.0fs: node lost", name, now - since)
+                        self.node_down(name, [])
+                    continue
+                silent_since.pop(name, None)
+                if not node.alive:
+                    log.info("runtime of %s answers again: node back", name)
+                    self.node_up(name)
+                    continue
+                held = {str(p.get("name")): p for p in listing}
+                for pod in list(node.pods.values()):
+                    if not pod.alive or not pod.ip or pod.task is not None:
+                        continue  # gone already, or still starting (its start task owns it)
+                    info = held.get(pod.name)
+                    if info is None or not info.get("alive", True):
+                        self._spawn(self._died_alone(pod), f"kubelet-teardown/{pod.name}")
+            await asyncio.sleep(every)
+
+    async def _died_alone(self, pod: LabPod) -> None:
+        """A pod dead on a live node: counted dead, its sandbox torn down (CNI DEL), out of the API."""
+        if not pod.alive:
+            return
+        log.info("pod %s on %s died: tearing its sandbox down", pod.name, pod.node)
+        pod.alive, pod.ready = False, False
+        pod.died_at = self.clock()
+        self.dead[(pod.app, pod.name)] = pod.died_at
+        self.counts.pods_died += 1
+        with contextlib.suppress(Exception):  # the runtime may not hold it any more: nothing to DEL there
+            await self.actions.stop_pod(pod.node, pod)
+        await self._evict(pod)
+
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+# ------------------------------------------------------------------ python -m lab.controller --dir DIR
+
+
+async def serve(directory: str, *, heal_every: float = 2.0, tick: float = 1.0) -> None:
+    """The persistent controller of the lab in ``directory`` until SIGTERM/SIGINT: adopt, keep, heal, clean leaks.
+
+    The same ``Controller`` as ``leengine lab run`` (placement, replication, eviction, deploys'
+    rolling code), started on the pods the runtimes already hold, with ``heal`` as its eyes and
+    the operator's cnictl cron (check + release of certain leaks every ``leak_check_every``).
+    """
+    import signal
+    from pathlib import Path
+
+    from foundation.adapters.asyncio_runtime import AsyncioRuntime
+    from foundation.adapters.k8s_cluster import KubeCluster
+    from lab import services
+    from lab.lab import Lab
+    from lab.observe import LeakCron, RegionPods
+    from lab.pod_actions import RuntimePods
+    from leengine.etcd_options import EtcdClientTls, open_store
+
+    lab = Lab.load(Path(directory))
+    spec = services.lab_spec(lab)
+    certs = services.files(lab).certs
+    tls = EtcdClientTls(Path(certs.ca_cert), Path(certs.client_cert), Path(certs.client_key))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    while True:  # etcd first (through the links, as the operator's cnictl)
+        try:
+            store = await open_store(services.etcd_endpoint(lab.plan, "cnictl"), tls, timeout=5.0)
+            break
+        except Exception as exc:  # StoreUnavailable, a handshake refused: retry until stopped
+            log.warning("etcd not reachable yet: %s", exc)
+            try:
+                await asyncio.wait_for(stop.wait(), 2.0)
+                return
+            except TimeoutError:
+                continue
+    cells = [KubeCluster(host=cell.api_url, timeout=5.0) for cell in lab.plan.cells.values()]
+    t0 = loop.time()
+    actions = RuntimePods(lab.plan, store, requested_by="lab controller")
+    controller = Controller(spec, actions, lambda: loop.time() - t0, seed=spec.seed, tick=tick)
+    for node in controller.nodes:
+        adopted = controller.adopt(node, await actions.list_pods(node) or [])
+        if adopted:
+            log.info("%s: adopted %d pod(s)", node, len(adopted))
+    cron = LeakCron(store, RegionPods(cells), AsyncioRuntime(spec.seed), every=spec.leak_check_every,
+                    grace=spec.leak_grace)
+    tasks = [loop.create_task(controller.run(), name="controller/replication"),
+             loop.create_task(controller.heal(actions.list_pods, every=heal_every), name="controller/heal"),
+             loop.create_task(cron.run(), name="controller/cnictl-cron")]
+    log.info("lab controller of %s: %d apps, %d nodes", lab.plan.id, len(spec.apps), len(controller.nodes))
+    try:
+        waiter = loop.create_task(stop.wait())
+        await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:  # a loop that failed: raised, so the process exits non-zero with its traceback
+            error = task.exception() if task.done() and not task.cancelled() else None
+            if error is not None:
+                raise error
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await controller.stop()
+        for cell in cells:
+            with contextlib.suppress(Exception):
+                await cell.close()
+        await store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m lab.controller",
+                                     description="The lab's persistent Kubernetes controller (keeps and heals pods)")
+    parser.add_argument("--dir", required=True, help="the lab directory")
+    parser.add_argument("--heal-every", type=float, default=2.0, help="seconds between looks at the runtimes")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(args.dir, heal_every=args.heal_every))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -44,12 +43,11 @@ from typing import Any
 
 from cni.ipam import Ipam, IpamError
 from cni.pools import Pool
-from control.discovery import decode_drain_record, drain_key, encode_drain_record
 from foundation.adapters.asyncio_runtime import AsyncioRuntime
 from foundation.ports import StoreError
 from foundation.ports.store import Store
 from lab.checks import judge_all, liveness_deadlines
-from lab.controller import Controller, LabPod, Started, StartFailed
+from lab.controller import Controller
 from lab.farm import AppRepos, BuildsAdmin, LabFarm
 from lab.faults import Schedule
 from lab.load import Load
@@ -64,6 +62,7 @@ from lab.observe import (
     netns_addresses,
     reloads_in_log,
 )
+from lab.pod_actions import RUNTIME_TIMEOUT, RuntimePods, http_json, json_line
 from lab.report import LabTotals, lab_report, write_report
 from sim.checks import Probe
 from sim.faults import last_fault_end
@@ -72,10 +71,6 @@ from sim.scenario import Scenario
 from sim.spec import RegionSpec
 
 log = logging.getLogger("leengine.lab.run")
-
-RUNTIME_TIMEOUT = 60.0  # a RunPod includes the CNI ADD: bounded, never forever
-DRAIN_TIMEOUT = 30.0
-
 
 # ------------------------------------------------------------------ process names (lab/services.py's launches)
 
@@ -95,37 +90,6 @@ def slb_process(host: str) -> str:
 
 def build_agent_process(host: str) -> str:
     return f"build-agent-{host}"
-
-
-# ------------------------------------------------------------------ small clients
-
-
-async def json_line(socket_path: Path, request: dict[str, Any], *, timeout: float) -> dict[str, Any]:
-    """One JSON line to a unix socket, one JSON line back (the links process and the runtimes speak this)."""
-    async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_unix_connection(str(socket_path), limit=1 << 20)
-        try:
-            writer.write(json.dumps(request).encode() + b"\n")
-            await writer.drain()
-            line = await reader.readline()
-        finally:
-            writer.close()
-    answer = json.loads(line or b"{}")
-    if not isinstance(answer, dict):
-        raise ValueError(f"{socket_path.name}: answer is not an object")
-    return answer
-
-
-def http_json(method: str, url: str, body: dict[str, Any] | None = None, *, timeout: float = 5.0,
-              content_type: str = "application/json") -> int:
-    """An HTTP call to a lab Cell's API (its mgmt address only); returns the status."""
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": content_type})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:  # an http:// URL of the lab's plan only
-            return int(answer.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
 
 
 # ------------------------------------------------------------------ the control service, as the lab's admin
@@ -197,13 +161,14 @@ class Squatter:
     taken: list[str] = field(default_factory=list)
 
 
-class LiveLab:
-    """``LabOps`` (lab/faults.py) and ``PodActions`` (lab/controller.py) over a running lab."""
+class LiveLab(RuntimePods):
+    """``LabOps`` (lab/faults.py) and ``PodActions`` (lab/controller.py, lab/pod_actions.py) over a running lab."""
 
     def __init__(self, spec: RegionSpec, lab: Any, store: Store, control: Any, runtime: AsyncioRuntime,
                  audit: EtcdAudit) -> None:
         from lab import services
 
+        super().__init__(lab.plan, store, requested_by="leengine lab run")
         self.services = services
         self.spec = spec
         self.lab = lab  # lab.lab.Lab
@@ -224,45 +189,6 @@ class LiveLab:
 
     async def _start(self, name: str) -> None:
         await asyncio.to_thread(self.services.start, self.lab, name)
-
-    # ---- PodActions (lab/container_runtime.py's socket requests)
-    async def run_pod(self, node: str, pod: LabPod, ready_after: float) -> Started:
-        # The namespace is the app, as the sim names pods (discovery binds namespace = service = app).
-        # The runtime reports the pod Ready as soon as its httpd listens; the controller counts it
-        # ready after the app's start + readiness seconds, as the sim's kubelet does.
-        request = {"op": "run", "pod": pod.name, "app": pod.app, "namespace": pod.app, "port": pod.port}
-        try:
-            answer = await json_line(self.plan.runtime_socket(node), request, timeout=RUNTIME_TIMEOUT)
-        except (OSError, TimeoutError, ValueError) as exc:
-            raise StartFailed(f"runtime of {node}: {exc}") from None
-        if not answer.get("ok"):
-            raise StartFailed(str(answer.get("error", "refused"))[:200])
-        return Started(str(answer["ip"]), float(answer.get("add_seconds", 0.0)))
-
-    async def stop_pod(self, node: str, pod: LabPod) -> None:
-        await json_line(self.plan.runtime_socket(node), {"op": "stop", "pod": pod.name}, timeout=RUNTIME_TIMEOUT)
-
-    async def forget_pod(self, pod: LabPod) -> None:
-        url = f"{self.plan.cells[pod.cell].api_url}/api/v1/namespaces/{pod.app}/pods/{pod.name}"
-        await asyncio.to_thread(http_json, "DELETE", url)
-
-    async def drain(self, pod: LabPod) -> float:
-        """Discovery's drain, as ``leengine-discovery drain`` asks it: a record, then its outcome."""
-        key = drain_key(pod.app, pod.ip)
-        started = time.monotonic()
-        await self.store.put(key, encode_drain_record({"state": "requested", "timeout": DRAIN_TIMEOUT,
-                                                       "requested_by": "leengine lab run",
-                                                       "requested_at": time.time()}))
-        while time.monotonic() - started < DRAIN_TIMEOUT + 5.0:
-            kv = await self.store.get(key)
-            with contextlib.suppress(ValueError):
-                if kv is None or decode_drain_record(kv.value)["state"] not in ("requested", "draining"):
-                    break
-            await asyncio.sleep(0.1)
-        return time.monotonic() - started
-
-    async def undrain(self, pod: LabPod) -> None:
-        await self.store.delete(drain_key(pod.app, pod.ip))
 
     # ---- LabOps: nodes
     def node_alive(self, node: str) -> bool:

@@ -152,3 +152,75 @@ def test_histogram_increases_become_samples_exact_when_one_and_averaged_when_sev
     h.update("slb-web-nginx-1", EXPOSITION % (2, "0.2"))
     assert [round(v, 6) for v in h.samples] == [0.12, 0.1, 0.1, 0.11]
     assert (h.exact, h.averaged) == (2, 2)
+
+
+# ------------------------------------------------------------------ the persistent controller's adoption and healing
+
+
+class ListingRuntime(FakeRuntime):
+    """A FakeRuntime that answers ``list`` per node like lab/container_runtime.py (None: silent)."""
+
+    def __init__(self):
+        super().__init__()
+        self.silent: set[str] = set()
+        self.dead: set[str] = set()
+        self.ips: dict[str, str] = {}
+
+    async def run_pod(self, node, pod, ready_after):
+        started = await super().run_pod(node, pod, ready_after)
+        self.ips[pod.name] = started.ip
+        return started
+
+    async def list_pods(self, node):
+        if node in self.silent:
+            return None
+        return [{"name": p, "app": p.split("-")[0], "ip": self.ips[p], "port": 8080, "alive": p not in self.dead}
+                for p, n in self.running.items() if n == node]
+
+
+def test_a_restarted_controller_adopts_running_pods_and_heals_what_breaks():
+    spec = parse_scenario(SCENARIO, "lab-unit.yaml")
+    spec = replace(spec, apps=tuple(replace(a, start_seconds=0.0, readiness_seconds=0.02) for a in spec.apps))
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        clock = lambda: loop.time() - t0  # noqa: E731
+        runtime = ListingRuntime()
+        first = Controller(spec, runtime, clock, seed=4, tick=0.02)
+        task = loop.create_task(first.run())
+        await asyncio.sleep(0.2)
+        task.cancel()
+        await first.stop()
+        started = dict(runtime.running)
+        # A new controller process: it adopts what runs instead of starting 8 more pods.
+        c = Controller(spec, runtime, clock, seed=4, tick=0.02, node_grace=0.2)
+        for node in c.nodes:
+            c.adopt(node, await runtime.list_pods(node))
+        assert sorted(c.by_name) == sorted(started) and c._counter == 8
+        tasks = [loop.create_task(c.run()), loop.create_task(c.heal(runtime.list_pods, every=0.02,
+                                                                     unreachable_after=0.1))]
+        await asyncio.sleep(0.1)
+        assert runtime.running == started  # nothing more was started
+        victim = next(iter(started))
+        runtime.dead.add(victim)  # its server died: torn down with DEL (stop) and replaced
+        await asyncio.sleep(0.2)
+        assert victim in runtime.stopped and not c.by_name[victim].in_api
+        lost = next(n for n in c.nodes if any(nn == n for nn in runtime.running.values()))
+        on_lost = [p for p, n in runtime.running.items() if n == lost]
+        runtime.silent.add(lost)  # its runtime stopped answering: lost after 0.1 s, evicted 0.2 s later
+        await asyncio.sleep(0.6)
+        assert not c.nodes[lost].alive
+        assert all(not c.by_name[p].in_api and p not in runtime.stopped for p in on_lost)  # no DEL: they leak
+        runtime.silent.discard(lost)
+        await asyncio.sleep(0.1)
+        assert c.nodes[lost].alive
+        counts = {k: len([p for p in pods if p.in_api]) for k, pods in c.pods.items()}
+        for t in tasks:
+            t.cancel()
+        await c.stop()
+        return c, counts
+
+    c, counts = asyncio.run(go())
+    assert counts == c.replicas  # every app back at its replica count
+    assert c.counts.pods_died >= 2
