@@ -334,7 +334,7 @@ class Schedule:
                 log.exception("fault %s at %s failed", fault.kind, at)
                 self.events.append(FaultEvent(self.now(), fault.kind, "failed", f"{type(exc).__name__}: {exc}"))
                 continue
-            self.events.append(FaultEvent(self.now(), fault.kind, "apply", _describe(broken)))
+            self.events.append(FaultEvent(self.now(), fault.kind, "apply", describe(broken)))
             if fault.duration is not None and kind.undo is not None:
                 self._undos.append(asyncio.get_running_loop().create_task(
                     self._undo_at(fault, kind.undo, broken, end), name=f"lab/undo-{fault.kind}"))
@@ -348,7 +348,7 @@ class Schedule:
             log.exception("undo of %s failed", fault.kind)
             self.events.append(FaultEvent(self.now(), fault.kind, "failed", f"undo: {type(exc).__name__}: {exc}"))
             return
-        self.events.append(FaultEvent(self.now(), fault.kind, "undo", _describe(broken)))
+        self.events.append(FaultEvent(self.now(), fault.kind, "undo", describe(broken)))
 
     async def finish(self) -> None:
         """Cancel the undos not yet due: the run has ended (``lab down`` mends what they would have)."""
@@ -359,9 +359,32 @@ class Schedule:
                 await task
 
 
-def _describe(broken: Any) -> str:
+def describe(broken: Any) -> str:
     if isinstance(broken, list):
         return ", ".join(str(b) for b in broken[:10]) + (f" (+{len(broken) - 10})" if len(broken) > 10 else "")
     if isinstance(broken, _EtcdCut):
         return "members " + ", ".join(broken.members) if broken.members else ", ".join(broken.clients)
     return type(broken).__name__
+
+
+def broken_to_json(broken: Any) -> Any:
+    """What a fault broke, as JSON (for a fault applied by hand and undone later: lab/hand.py)."""
+    if isinstance(broken, _EtcdCut):
+        return {"clients": list(broken.clients), "members": list(broken.members)}
+    if isinstance(broken, list) and all(isinstance(b, str) for b in broken):
+        return list(broken)
+    return None  # nothing an undo needs (a squatter is recorded by its owner)
+
+
+def broken_from_json(kind: str, data: Any) -> Any:
+    """The inverse of ``broken_to_json`` for ``kind``; ``ValueError`` when ``data`` is not what it wrote."""
+    if kind == "etcd-unavailable":
+        if not isinstance(data, dict):
+            raise ValueError("etcd-unavailable: no clients/members recorded")
+        clients, members = data.get("clients", []), data.get("members", [])
+        if not all(isinstance(x, str) for x in [*clients, *members]):
+            raise ValueError("etcd-unavailable: clients and members are names")
+        return _EtcdCut(list(clients), list(members))
+    if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
+        raise ValueError(f"{kind}: the record is not a list of names")
+    return list(data)

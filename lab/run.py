@@ -92,6 +92,27 @@ def build_agent_process(host: str) -> str:
     return f"build-agent-{host}"
 
 
+CONTROLLER_PROCESS = "kube-controller"  # the persistent controller (python -m lab.controller), if the lab runs one
+
+
+def pause_controller(lab: Any, timeout: float = 10.0) -> bool:
+    """Stop the lab's persistent controller for the run (one controller at a time); True if it ran."""
+    from lab.supervisor import Supervisor
+
+    return Supervisor(Path(lab.plan.dir), lab.plan.id).stop(CONTROLLER_PROCESS, timeout)
+
+
+def resume_controller(lab: Any) -> None:
+    """Start it again after the run: it adopts the run's pods and keeps the lab serving."""
+    from lab import services
+
+    try:
+        services.start(lab, CONTROLLER_PROCESS)
+    except Exception as exc:  # the run's report stands; the lab is left without its controller, said loudly
+        log.error("the lab's controller did not start again: %s (start it: leengine lab up again, or "
+                  "python -m lab.controller --dir %s)", exc, lab.plan.dir)
+
+
 # ------------------------------------------------------------------ the control service, as the lab's admin
 
 
@@ -312,6 +333,10 @@ class LiveLab(RuntimePods):
         return bool(await self.control.touch_domain(app, n))
 
     # ---- pools, builds
+    async def allocated(self, pool: str) -> int:
+        """Addresses of ``pool`` allocated now (the run's audit of etcd's history knows)."""
+        return self.audit.auditor.allocated.get(pool, 0)
+
     async def squat(self, pool: str, free: int) -> Squatter:
         """A squatter takes every free address of the pool but ``free``, under its own node name (as the sim's)."""
         self.squatters += 1
@@ -319,7 +344,7 @@ class LiveLab(RuntimePods):
         squatter = Squatter(Ipam(self.store, self.runtime, f"squatter-{n}", cooldown=self.spec.cooldown))
         spec_pool = next(p for c in self.spec.cells for p in c.pools if p.name == pool)
         capacity = Pool.parse(spec_pool.name, spec_pool.cidr, spec_pool.vlan, block_size=spec_pool.block_size)
-        want = capacity.capacity() - self.audit.auditor.allocated.get(pool, 0) - free
+        want = capacity.capacity() - await self.allocated(pool) - free
 
         async def take(container: str) -> None:
             with contextlib.suppress(IpamError, StoreError):
@@ -590,7 +615,13 @@ async def run_lab(scenario: Scenario, spec: RegionSpec, lab: Any, out: Path, *,
     runtime = AsyncioRuntime(spec.seed)
     audit = EtcdAudit(store)
     live = LiveLab(spec, lab, store, control, runtime, audit)
+    paused = await asyncio.to_thread(pause_controller, lab)
     try:
+        # A clean slate, so the run starts as the sim's Region does (every pod booted at t = 0): the
+        # pods a previous run or the persistent controller left are stopped (CNI DEL each).
+        cleared = await asyncio.gather(*(live.clear_node(node) for node in lab.plan.nodes))
+        if sum(cleared):
+            log.info("stopped %d pod(s) left on the lab before the run", sum(cleared))
         await control.set_up(spec)
         metrics = {name: m.url for name, m in lab.plan.ports.metrics.items()}
         logs = {h: services.files(lab).nginx_prefix(h) / "logs" / "error.log"
@@ -606,6 +637,8 @@ async def run_lab(scenario: Scenario, spec: RegionSpec, lab: Any, out: Path, *,
         return await run_scenario(scenario, spec, live, out, code_version=code_version, metrics_urls=metrics,
                                   reload_logs=logs, cells_api=RegionPods(cells), farm_of=farm_of)
     finally:
+        if paused:
+            await asyncio.to_thread(resume_controller, lab)
         await control.close()
         for cell in cells:
             with contextlib.suppress(Exception):

@@ -224,3 +224,43 @@ def test_a_restarted_controller_adopts_running_pods_and_heals_what_breaks():
     c, counts = asyncio.run(go())
     assert counts == c.replicas  # every app back at its replica count
     assert c.counts.pods_died >= 2
+
+
+# ------------------------------------------------------------------ a fault by hand
+
+
+def test_a_fault_by_hand_checks_its_targets_and_what_it_broke_reads_back():
+    from lab.faults import _EtcdCut, broken_from_json, broken_to_json
+    from lab.hand import HandFaultInput, fault_spec
+
+    spec = parse_scenario(SCENARIO, "lab-unit.yaml")
+    crash = fault_spec(spec, "host-crash", ["c1-n002"], duration=30, factor=None, changes=None, pool="", free=0,
+                       group="")
+    assert crash.target.names == ("c1-n002",) and crash.duration == 30
+    with pytest.raises(HandFaultInput, match="no target named c9-n001"):
+        fault_spec(spec, "host-crash", ["c9-n001"], duration=None, factor=None, changes=None, pool="", free=0,
+                   group="")
+    with pytest.raises(HandFaultInput, match="needs --pool"):
+        fault_spec(spec, "pool-exhaustion", [], duration=None, factor=None, changes=None, pool="", free=0, group="")
+    with pytest.raises(HandFaultInput, match="unknown fault kind"):
+        fault_spec(spec, "meteor", [], duration=None, factor=None, changes=None, pool="", free=0, group="")
+    assert fault_spec(spec, "nginx-host-loss", [], duration=None, factor=None, changes=None, pool="", free=0,
+                      group="").group == "web"  # the only group
+    whole = fault_spec(spec, "etcd-unavailable", [], duration=None, factor=None, changes=None, pool="", free=0,
+                       group="")
+    assert whole.target == type(whole.target)()  # no target: etcd itself loses quorum, as in a scenario
+    cut = _EtcdCut(members=["etcd2", "etcd3"])
+    assert broken_from_json("etcd-unavailable", broken_to_json(cut)) == cut
+    assert broken_from_json("host-crash", broken_to_json(["c1-n002"])) == ["c1-n002"]
+    with pytest.raises(ValueError):
+        broken_from_json("host-crash", {"x": 1})
+
+
+def test_the_fault_record_is_written_whole_and_refused_when_missing(tmp_path):
+    from lab.hand import HandFaultInput, load_record, record_path, save_record
+
+    path = record_path(tmp_path, "host-crash")
+    with pytest.raises(HandFaultInput, match="no host-crash fault applied by hand"):
+        load_record(path)
+    save_record(path, {"kind": "host-crash", "broken": ["c1-n001"]})
+    assert load_record(path)["broken"] == ["c1-n001"] and not list(path.parent.glob(".*.tmp"))
