@@ -225,8 +225,8 @@ def port_tag(lab: Lab, container_id: str) -> int | None:
 
 
 def fetch_from(netns: str, ip: str) -> str:
-    out = sh("nsenter", f"--net=/var/run/netns/{netns}", "busybox", "wget", "-q", "-T", "3", "-O", "-",
-             f"http://{ip}/", check=False)
+    # curl, not busybox wget: Debian's static busybox wget segfaults (its static glibc's resolver)
+    out = sh("nsenter", f"--net=/var/run/netns/{netns}", "curl", "-sS", "-m", "3", f"http://{ip}/", check=False)
     return out.stdout if out.returncode == 0 else f"failed: {out.stderr.strip()}"
 
 
@@ -316,7 +316,7 @@ def test_a_burst_of_200_pods_on_2_nodes(etcd_server, ovs_server):
     with lab_of(etcd_server, ovs_server, 2) as lab:
         count = 200
         started = time.monotonic()
-        with ThreadPoolExecutor(64) as pool:
+        with ThreadPoolExecutor(int(os.environ.get("BURST_CONCURRENCY", "64"))) as pool:
             answers = list(pool.map(lambda i: lab.nodes[i % 2].call(
                 {"op": "run", "pod": f"burst-{i}", "app": f"app-{i % 20}"}), range(count)))
         took = time.monotonic() - started
