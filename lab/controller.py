@@ -505,6 +505,7 @@ async def serve(directory: str, *, heal_every: float = 2.0, tick: float = 1.0) -
                 return
             except TimeoutError:
                 continue
+    await _domains(lab, spec, stop)
     cells = [KubeCluster(host=cell.api_url, timeout=5.0) for cell in lab.plan.cells.values()]
     t0 = loop.time()
     actions = RuntimePods(lab.plan, store, requested_by="lab controller")
@@ -535,6 +536,25 @@ async def serve(directory: str, *, heal_every: float = 2.0, tick: float = 1.0) -
             with contextlib.suppress(Exception):
                 await cell.close()
         await store.close()
+
+
+async def _domains(lab: Any, spec: RegionSpec, stop: asyncio.Event) -> None:
+    """One SLB domain per app (as ``lab run`` and the sim's boot make them), retried until control answers."""
+    from lab import services
+    from lab.run import ControlAdmin
+
+    certs = services.files(lab).certs
+    while not stop.is_set():
+        control = ControlAdmin(lab.plan.control_address, services.admin_token(lab), certs.ca_cert.read_bytes())
+        try:
+            await control.set_up(spec)
+            return
+        except Exception as exc:  # the control service not answering yet: the pods can wait for it
+            log.warning("domains not set up yet: %s", exc)
+        finally:
+            await control.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 2.0)
 
 
 def main(argv: list[str] | None = None) -> int:

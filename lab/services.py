@@ -13,7 +13,9 @@
    app of the spec, as the sim binds them);
 6. the Nginx hosts' SLB agents (each starts its private Nginx), the registry, the build agents;
 7. ``leengine install-cni`` into ``DIR/cni/bin`` and, per node, a network configuration, the
-   CNI agent (root netns, on the node's bridge) and the lab container runtime.
+   CNI agent (root netns, on the node's bridge) and the lab container runtime;
+8. the lab's Kubernetes controllers (``python -m lab.controller``, root netns): the domains, the
+   apps' pods on the nodes, kept and healed.
 
 Each phase starts its processes together and then waits for every one of them to be ready
 (health, a socket that answers), bounded; a process that dies or does not get ready is a
@@ -67,7 +69,6 @@ ETCD_TIMEOUT = 45.0  # the cluster: 3 members electing a leader
 ADMIN_TOKEN_NAME = "lab-admin"
 DISCOVERY_TOKEN_NAME = "discovery"
 NODE_COOLDOWN = 30.0
-POD_PORT = 80  # what a lab pod serves on (lab/container_runtime.py's busybox httpd): the bindings' port
 
 
 class ServiceError(RuntimeError):
@@ -347,6 +348,8 @@ def probe(lab: Any, name: str) -> Callable[[], bool]:
         return lambda: _unix_answers(f.cni_socket(name.removeprefix("cni-")))
     if name.startswith("runtime-"):
         return lambda: _unix_answers(f.runtime_socket(name.removeprefix("runtime-")), b'{"op":"list"}\n')
+    if name == "kube-controller":  # no socket of its own: alive (the supervisor's wait checks that) is ready
+        return lambda: True
     raise ServiceError(f"no lab process is named {name!r}")
 
 
@@ -404,6 +407,8 @@ def _launches(lab: Any) -> list[list[Launch]]:
         "NODE_NAME": n.name, "RUNTIME_SOCKET": str(f.runtime_socket(n.name)),
         "KUBE_URL": plan.cells[n.cell].api_url, "CNI_BIN_DIR": str(f.cni_bin), "CNI_CONF": str(f.cni_conf(n.name)),
         "NETNS_PREFIX": f"{plan.netns_prefix}p-"}, args=("runtime",)) for n in plan.nodes.values()])
+    # The lab's Kubernetes controllers (lab/controller.py): the apps' pods on the nodes, kept and healed.
+    phases.append([Launch("kube-controller", "kube-controller", {"LAB_DIR": str(plan.dir)})])
     return phases
 
 
@@ -453,14 +458,13 @@ def _make_credentials(lab: Any) -> None:
 def discovery_config(lab: Any) -> dict[str, Any]:
     """discovery.yaml: each Cell's API, one binding per app (namespace = service = the app, as the sim binds).
 
-    The port is the one lab pods really serve on (``POD_PORT``), not the spec's ``app.port``, which
-    only the sim's bookkeeping reads.
+    The port is the app's: lab pods serve on it (the controller's run request carries it to the runtime).
     """
     plan: LabPlan = lab.plan
     spec = lab_spec(lab)
     bindings = []
     for app in (spec.apps if spec is not None else ()):
-        bindings.append({"namespace": app.name, "service": app.name, "port": POD_PORT, "group": app.group,
+        bindings.append({"namespace": app.name, "service": app.name, "port": app.port, "group": app.group,
                          "domain": app.domain or f"{app.name}.example.com"})
     return {"cells": {c.name: {"api": c.api_url} for c in plan.cells.values()}, "bindings": bindings,
             "resync_seconds": 2}
@@ -575,7 +579,7 @@ def start_services(lab: Any, *, log: Callable[[str], None] | None = None) -> dic
     say = log or (lambda message: None)
     timings: dict[str, float] = {}
     phases = _launches(lab)
-    (links, members, control, apis, discovery, hosts, cni_agents, runtimes) = phases
+    (links, members, control, apis, discovery, hosts, cni_agents, runtimes, controller) = phases
 
     def step(name: str, body: Callable[[], object]) -> None:
         start = time.monotonic()
@@ -612,6 +616,7 @@ def start_services(lab: Any, *, log: Callable[[str], None] | None = None) -> dic
     step("apis+discovery", apis_and_discovery)
     step("nginx+registry+build", lambda: _start_phase(lab, hosts))
     step("nodes", nodes)
+    step("controller", lambda: _start_phase(lab, controller))
     timings["total"] = round(sum(timings.values()), 3)
     return timings
 

@@ -8,6 +8,9 @@
                                               replay the scenario on the lab (lab/run.py): OUT/report.json
                                               in the sim's shape; exit 1 when a check fails
   leengine lab fit LAB_REPORT... [--out FILE]  fit the sim's cost models from lab reports (lab/fit.py)
+  leengine lab fault KIND [--target NAME]... [--duration S] [--undo] [--dir DIR]
+                                              break the running lab by hand with one fault of a
+                                              scenario (lab/hand.py), undone after S or by --undo
 
 Exit codes as every command (leengine/command.py): 0 ok; 1 failed (the lab could not come up,
 a process of a lab is dead, something could not be removed); 2 bad input (a scenario that does
@@ -180,3 +183,42 @@ def lab_run(
 
 # `leengine lab fit` lives with compare (leengine/compare_cmd.py: lab/fit.py does the work).
 lab_app.command("fit")(lab_fit)
+
+
+@lab_app.command("fault")
+def lab_fault(
+    kind: Annotated[str, typer.Argument(metavar="KIND", help="a fault kind of the scenarios (host-crash, "
+                                        "runtime-death, cell-outage, etcd-slow, etcd-unavailable, reload-storm, "
+                                        "nginx-host-loss, pool-exhaustion, builder-crash)")],
+    target: Annotated[list[str] | None, typer.Option("--target", metavar="NAME",
+                                                     help="a target by name (repeat; none: every target "
+                                                          "of the kind, or etcd itself for etcd-unavailable)")]
+    = None,
+    duration: Annotated[float | None, typer.Option("--duration", metavar="S", min=0.0,
+                                                   help="undo after S seconds (the command waits)")] = None,
+    undo: Annotated[bool, typer.Option("--undo", help="mend what `lab fault KIND` broke earlier")] = False,
+    factor: Annotated[float | None, typer.Option(help="etcd-slow: x the scenario's etcd round trip")] = None,
+    changes: Annotated[int | None, typer.Option(help="reload-storm: domain changes within --duration")] = None,
+    pool: Annotated[str, typer.Option(help="pool-exhaustion: the pool")] = "",
+    free: Annotated[int, typer.Option(min=0, help="pool-exhaustion: addresses left free")] = 0,
+    group: Annotated[str, typer.Option(help="reload-storm, nginx-host-loss: the Nginx group")] = "",
+    directory: DirOpt = DEFAULT_DIR,
+) -> None:
+    """Apply one fault to the running lab now (its persistent controller heals), then undo it."""
+    import asyncio
+
+    from foundation.ports import StoreError
+    from lab import services
+    from lab.hand import HandFaultError, HandFaultInput, hand_fault
+    from lab.lab import Lab, LabError
+
+    _need_root()
+    try:
+        lab = Lab.load(directory)
+        spec = services.lab_spec(lab)
+        asyncio.run(hand_fault(lab, spec, kind, list(target or []), duration=duration, undo=undo, factor=factor,
+                               changes=changes, pool=pool, free=free, group=group))
+    except HandFaultInput as exc:
+        raise BadInput(str(exc)) from None
+    except (HandFaultError, LabError, services.ServiceError, StoreError, OSError) as exc:
+        raise Failed(str(exc)) from None
