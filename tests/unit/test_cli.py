@@ -88,6 +88,19 @@ def test_install_cni_writes_the_plugin_atomically_and_replaces_an_old_one(tmp_pa
     assert version.returncode == 0 and json.loads(version.stdout)["cniVersion"] == "1.0.0"
 
 
+def test_install_cni_python_names_the_interpreter_in_the_shebang(tmp_path):
+    python = os.path.realpath(sys.executable)  # another path to an interpreter, as /usr/bin/python3 would be
+    run = leengine("install-cni", str(tmp_path), "--python", python)
+    assert run.returncode == 0, run.stderr
+    target = tmp_path / "leengine-cni"
+    assert target.read_bytes().partition(b"\n")[0] == f"#!{python} -IS".encode()
+    version = subprocess.run([str(target)], input=b'{"cniVersion":"1.0.0"}', env={"CNI_COMMAND": "VERSION"},
+                             capture_output=True, timeout=60, check=False)
+    assert version.returncode == 0 and json.loads(version.stdout)["cniVersion"] == "1.0.0"
+    refused = leengine("install-cni", str(tmp_path), "--python", "/bin/false")
+    assert refused.returncode == 2 and "cannot compile the plugin" in refused.stderr
+
+
 def test_install_cni_refuses_a_file_in_one_line(tmp_path):
     (tmp_path / "bin").write_text("not a directory")
     run = leengine("install-cni", str(tmp_path / "bin"))
