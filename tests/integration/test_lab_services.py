@@ -17,10 +17,12 @@ Root only (netns, OVS); a missing component fails the test.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import ssl
 import statistics
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -51,10 +53,12 @@ workload:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
+def lab():
     if os.geteuid() != 0:
         pytest.fail("the lab makes network namespaces and OVS bridges: run the integration tier as root")
-    root = tmp_path_factory.mktemp("lab-services")
+    # not pytest's tmp dirs (mode 700): Nginx's workers (www-data) traverse the lab directory to their prefix
+    root = Path(tempfile.mkdtemp(prefix="leengine-lab-services-"))
+    os.chmod(root, 0o755)
     scenario = root / "small.yaml"
     scenario.write_text(SCENARIO)
     lab = Lab.up(root / "lab", scenario, services=False)
@@ -67,6 +71,7 @@ def lab(tmp_path_factory):
     finally:
         services.stop_services(lab)
         report = lab.down()
+        shutil.rmtree(root, ignore_errors=True)
         assert not tagged_pids(lab.id), f"processes of lab {lab.id} left after down: {report}"
 
 
@@ -173,7 +178,7 @@ def test_kill_and_start_again_and_status(lab):
     expected = {"links", "etcd1", "etcd2", "etcd3", "control", "discovery", "api-c1", "registry",
                 *(f"slb-{h}" for hs in lab.plan.groups.values() for h in hs),
                 *(f"build-agent-{h}" for h in lab.plan.build_hosts),
-                *(f"cni-{n}" for n in lab.plan.nodes), *(f"runtime-{n}" for n in lab.plan.nodes)}
+                *(f"cni-{n}" for n in lab.plan.nodes), *(f"runtime-{n}" for n in lab.plan.nodes), "kube-controller"}
     assert set(processes) == expected
     dead = {n: r for n, r in processes.items() if not r["alive"]}
     assert not dead, dead
