@@ -16,7 +16,9 @@ and fail with the sim's words when the deadline is past the run's end. What each
 * ``apps-serve-again``: at the deadline every app answers 200 on every host clients use;
 * ``max-failed-requests``, ``max-reloads``: requests that really failed; reloads counted
   from each Nginx host's error log;
-* ``builds-finish``: builds submitted before the faults ended, finished at the deadline.
+* ``builds-finish``: builds submitted before the faults ended (deploys' builds through the
+  control service's Builds API, lab/farm.py), finished at the deadline (a real watch of
+  ``/build/results/``).
 
 It must not change the lab: judging is observation only.
 """
@@ -82,8 +84,8 @@ def _apps_serve_again(obs: Observations, check: CheckSpec, probe: Probe) -> Chec
 
 def _builds_finish(obs: Observations, check: CheckSpec, probe: Probe) -> CheckResult:
     if not obs.builds_observed:
-        return CheckResult(check.kind, False, "the lab run submitted no builds: builds-finish cannot be judged "
-                                              "(deploys through the build farm are not played by the lab yet)")
+        return CheckResult(check.kind, False, "the lab run has no build farm (no build hosts): builds-finish "
+                                              "cannot be judged")
     unfinished = probe.unfinished_builds
     submitted = obs.builds_submitted
     return CheckResult(check.kind, not unfinished, f"at t={probe.at:g}: {submitted - len(unfinished)} of {submitted} "

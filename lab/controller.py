@@ -7,9 +7,17 @@ asks the node's lab container runtime to run it (the runtime executes the CNI pl
 reports the pod to its Cell's API) and retries every ``kubelet_retry`` seconds while the
 ADD fails; a node controller evicts a dead host's pods ``node_grace`` seconds after it died
 (the sim's Region default, 40 s), so that is when they are replaced. Deploys are rolling
-replacements (surge 1: a new pod ready, then the old one drained and stopped), scale
+replacements (surge 1: a new pod ready, then the old one drained and stopped), after a
+build of the app's next commit on the farm when ``release`` is set (as sim/churn.py), scale
 events move one (app, Cell) by one replica between half and twice the spec's count,
 both at seeded Poisson times.
+
+Two ways to run it, one code path: ``leengine lab run`` makes one in-process and tells it of
+each fault (``node_down``, ``runtime_down``, ``cell_out`` ...), as the sim's world does; the lab's
+persistent controller (``python -m lab.controller --dir DIR``, role ``kube-controller``, started
+by ``lab up``) ``adopt``s the pods the runtimes hold, and ``heal`` looks at the runtimes instead
+of being told (see ``heal``), with cnictl's cron beside it, so a lab left up keeps serving while
+someone breaks it by hand (``leengine lab fault``).
 
 Randomness: ``placement`` and ``churn`` are two ``random.Random`` of the run's seed, each
 used by one concern only, so placement and churn times are reproducible per seed as long

@@ -8,8 +8,14 @@ and then, with t = 0 at the start and the scenario's (scaled) seconds as real se
 * one Nginx group per spec group and one SLB domain per app (``{app}.example.com`` unless
   the app names one; owner = the app) are created through the control service's gRPC as
   the lab's admin; discovery (a lab process) pushes the pods' addresses as upstreams;
-* ``lab.controller.Controller`` places replicas on the nodes of each app's Cells and asks
-  the node runtimes to run them; it replaces dead pods and plays the scenario's churn;
+* the lab's persistent controller (``python -m lab.controller``, started by ``lab up``) is
+  stopped for the run and the pods left on the nodes are stopped (CNI DEL): the run starts from
+  a clean slate, as the sim's Region boots; it is started again afterwards and adopts the run's pods;
+* ``lab.controller.Controller`` (the same class, in-process, told of faults by the schedule)
+  places replicas on the nodes of each app's Cells and asks the node runtimes to run them on
+  the app's port; it replaces dead pods and plays the scenario's churn; with build hosts a
+  deploy first builds a new commit of the app on the real farm (lab/farm.py: SubmitBuild,
+  buildah, the lab's registry) and rolls only what was built;
 * ``lab.load.Load`` sends each app's requests per second through its group's Nginx hosts;
 * ``lab.faults.Schedule`` applies every fault at its time and undoes it at its end;
 * ``lab.observe`` watches etcd's ``/ipam/`` history, samples the pods' namespaces against
@@ -17,6 +23,13 @@ and then, with t = 0 at the start and the scenario's (scaled) seconds as real se
   probes the lab at every liveness deadline;
 * at the end the checks (lab/checks.py) are judged, every daemon's ``/metrics`` is scraped
   into ``OUT/metrics/<proc>.prom`` and ``OUT/report.json`` is written (lab/report.py).
+
+The report's samples: ``cni_add_seconds`` (the runtime's measure of each ADD exec),
+``reload_seconds`` and ``propagation_seconds`` (the SLB agents' own histograms, one sample per
+observation from their ``/metrics`` scraped every 0.25 s: lab/observe.py ``HistogramSampler``;
+the same spans the sim samples), ``drain_seconds`` (a drain record to its outcome),
+``build_seconds`` (submit to result, builds done). ``lab.served_after_ready_seconds`` is the end
+to end check of propagation: a pod turning ready to its name first answered through Nginx.
 
 ``LiveLab`` is the one place that turns the faults' and the controller's primitives into
 the other lab modules' calls (lab/plan.py names, lab/supervisor.py processes, lab/fabric.py
