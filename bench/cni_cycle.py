@@ -18,8 +18,9 @@ which execs host-local.
 
 Both run in the root network namespace against one pod namespace, alternating cycle by
 cycle (and which goes first) so machine noise hits both alike. Each round reports median
-ADD, DEL and cycle per side and the ratio of median cycles; the summary is the range of
-each over the rounds (target: ratio <= 1.0).
+ADD, DEL and cycle per side, the ratio of median cycles and the 1-minute load average (on
+a shared 2-core machine a Python start-up suffers more from other work than a Go one's);
+the summary is the range of each over the rounds (target: ratio <= 1.0).
 
 Run (root): .venv/bin/python -m bench.cni_cycle [--rounds 5] [--cycles 30] [--python /usr/bin/python3]
 """
@@ -156,12 +157,12 @@ def main() -> None:
                     order = list(sides) if i % 2 == 0 else list(reversed(sides))  # neither side always goes first
                     for side in order:
                         cycle(side, samples)
-                rounds.append(summary(samples))
+                rounds.append({**summary(samples), "loadavg_1min": {"value": os.getloadavg()[0]}})
                 r = rounds[-1]
                 print(f"round {number + 1}: ours {r['ours']['cycle']:.1f} ms (ADD {r['ours']['add']:.1f} + DEL "
                       f"{r['ours']['del']:.1f}), reference {r['reference']['cycle']:.1f} ms (ADD "
-                      f"{r['reference']['add']:.1f} + DEL {r['reference']['del']:.1f}): {r['ratio']['cycle']:.2f}x",
-                      flush=True)
+                      f"{r['reference']['add']:.1f} + DEL {r['reference']['del']:.1f}): {r['ratio']['cycle']:.2f}x "
+                      f"(load {r['loadavg_1min']['value']:.1f})", flush=True)
     finally:
         if agent is not None:
             agent.terminate()
