@@ -58,7 +58,8 @@ from lab.record import (
 
 log = logging.getLogger("leengine.lab")
 DEFAULT_DIR = Path("/var/lib/leengine/lab")
-RUNTIME_ENTRIES = ("pids", "run", "launch", "ovs", "links.sock", "made.jsonl", "lab.json", ".lock")
+RUNTIME_ENTRIES = ("pids", "run", "launch", "ovs", "links.sock", "links.json", "discovery.yaml", "made.jsonl",
+                   "lab.json", ".lock")
 
 
 class LabError(RuntimeError):
@@ -150,7 +151,10 @@ class Lab:
             if services:
                 from lab import services as lab_services  # slice R's; imported only when services are wanted
 
-                lab_services.start_services(lab)
+                try:
+                    lab_services.start_services(lab)
+                except lab_services.ServiceError as exc:  # a daemon that would not start: one line, not a traceback
+                    raise LabError(f"lab up failed, everything it made was removed: {exc}") from None
             record.set_state("up")
         except BaseException as exc:
             log.error("lab up failed (%s); removing what it made", exc)

@@ -578,6 +578,10 @@ def start_services(lab: Any, *, log: Callable[[str], None] | None = None) -> dic
     """Bring every service of ``lab`` up, in order; seconds per phase (``ServiceError`` on the first failure)."""
     say = log or (lambda message: None)
     timings: dict[str, float] = {}
+    # Recorded before they are made, so `lab down` removes them even after a crash of this command.
+    f = files(lab)
+    lab.record.intend_many([{"kind": "dir", "name": str(d)} for d in (
+        f.certs_dir, f.tokens_file.parent, f.dir / "etcd", f.dir / "cni", f.dir / "nginx", f.repos, f.dir / "faults")])
     phases = _launches(lab)
     (links, members, control, apis, discovery, hosts, cni_agents, runtimes, controller) = phases
 
