@@ -223,13 +223,17 @@ class Supervisor:
         """Poll ``ready()`` until it is true; an error naming the process and its log tail if it dies or times out."""
         deadline = time.monotonic() + timeout
         last: object = "no answer yet"
+        unseen = 0  # consecutive polls that did not find the process
         while True:
             try:
                 if ready():
                     return
             except Exception as exc:  # any probe failure is "not ready yet", reported at the end
                 last = exc
-            if not self.alive(name):
+            # While a process execs (ip netns exec -> the role script -> its daemon) its /proc/PID/environ
+            # reads empty for a moment: only several misses in a row mean it exited.
+            unseen = 0 if self.alive(name) else unseen + 1
+            if unseen >= 3:
                 raise SupervisorError(f"{name} exited while starting ({what}); log tail:\n{self.log_tail(name)}")
             if time.monotonic() > deadline:
                 raise SupervisorError(f"{name} not ready after {timeout:g}s ({what}: {last}); log tail:\n"
