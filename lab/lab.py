@@ -209,9 +209,9 @@ class Lab:
 
             status["services"] = lab_services.services_status(self)
         except (ImportError, AttributeError) as exc:
-            status["services"] = {"error": f"service status unavailable: {exc}"}
+            status["services"] = [{"kind": "error", "error": f"service status unavailable: {exc}"}]
         except Exception as exc:  # status shows what it can, whatever one part says
-            status["services"] = {"error": f"{type(exc).__name__}: {exc}"}
+            status["services"] = [{"kind": "error", "error": f"{type(exc).__name__}: {exc}"}]
         return status
 
     def down(self) -> DownReport:

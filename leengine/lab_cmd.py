@@ -104,11 +104,25 @@ def _print_status(status: dict[str, Any]) -> None:
     print(f"processes: {alive}/{len(procs)} alive")
     for name, p in sorted(procs.items()):
         print(f"  {'alive' if p['alive'] else 'DEAD ':5}  {p['pid'] if p['pid'] else '-':>7}  {name}")
-    services = status.get("services") or {}
-    if services:
-        print("services:")
-        for key, value in services.items():
-            print(f"  {key}: {json.dumps(value, default=str) if not isinstance(value, str) else value}")
+    rows = status.get("services") or []  # lab.services.services_status: rows of kind process / nginx / pool
+    for r in rows:
+        if r.get("kind") == "error":
+            print(f"services: {r.get('error')}")
+    nginx = [r for r in rows if r.get("kind") == "nginx"]
+    if nginx:
+        print("nginx hosts:")
+        for r in nginx:
+            state = f"serving generation {r.get('generation')}" if r.get("serving") else "NOT serving"
+            print(f"  {r.get('host')} ({r.get('group')}) {r.get('address')}: {state}")
+    pools = [r for r in rows if r.get("kind") == "pool"]
+    if pools:
+        print("pools:")
+        for r in pools:
+            if "error" in r:
+                print(f"  pool use unknown: {r['error']}")
+                continue
+            rest = {k: v for k, v in r.items() if k not in ("kind", "name")}
+            print(f"  {r.get('name')}: " + ", ".join(f"{k} {v}" for k, v in sorted(rest.items())))
 
 
 @lab_app.command("down")
