@@ -58,6 +58,7 @@ from cni.ipam import Ipam, IpamError
 from cni.pools import Pool
 from foundation.adapters.asyncio_runtime import AsyncioRuntime
 from foundation.ports import StoreError
+from foundation.ports.metrics import SLB_PROPAGATION_SECONDS, SLB_RELOAD_SECONDS
 from foundation.ports.store import Store
 from lab.checks import judge_all, liveness_deadlines
 from lab.controller import Controller
@@ -510,8 +511,8 @@ async def run_scenario(scenario: Scenario, spec: RegionSpec, lab: LiveLab, out: 
     schedule = Schedule(lab, t0, spec.seed)
     end = last_fault_end(spec.faults, spec.duration)
     slb_metrics = {proc: url for proc, url in metrics_urls.items() if proc.startswith("slb-")}
-    agents = HistogramSampler(slb_metrics, {"reload_seconds": "slb_reload_seconds",
-                                            "propagation_seconds": "slb_propagation_seconds"})
+    agents = HistogramSampler(slb_metrics, {"reload_seconds": SLB_RELOAD_SECONDS.name,
+                                            "propagation_seconds": SLB_PROPAGATION_SECONDS.name})
     await agents.once()  # the baseline: what lab up's reloads counted is not this run's
     tasks = [loop.create_task(lab.audit.run(), name="lab/audit"),
              loop.create_task(agents.run(), name="lab/agent-histograms"),

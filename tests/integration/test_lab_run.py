@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -50,7 +52,7 @@ topology:
     - {name: web, hosts: 1}
 workload:
   apps:
-    - {name: shop, cells: [c1, c2], replicas: 2, group: web, port: 80, requests_per_second: 5,
+    - {name: shop, cells: [c1, c2], replicas: 2, group: web, requests_per_second: 5,
        start_seconds: 0.5, readiness_seconds: 0.5}
 faults:
   - kind: host-crash
@@ -74,7 +76,8 @@ def test_a_host_crash_scenario_runs_on_the_lab_with_the_sims_verdicts_and_leaves
     path.write_text(SCENARIO)
     scenario = load_scenario(path)
     spec = lab_scaled(scenario.spec)
-    directory = tmp_path / "lab"
+    # Short: the Nginx hosts' admin sockets live under it (a unix socket path has 107 bytes).
+    directory = Path(tempfile.mkdtemp(prefix="le-run-"))
     out = tmp_path / "out"
     lab, made = open_lab(scenario, directory)
     lab_id = lab.id
@@ -83,6 +86,7 @@ def test_a_host_crash_scenario_runs_on_the_lab_with_the_sims_verdicts_and_leaves
         report = asyncio.run(asyncio.wait_for(run_lab(scenario, spec, lab, out, code_version={}), 300))
     finally:
         down = down_lab(directory)
+        shutil.rmtree(directory, ignore_errors=True)
     # nothing of the lab is left
     assert down.clean, down.left
     assert not tagged_pids(lab_id)
@@ -105,3 +109,7 @@ def test_a_host_crash_scenario_runs_on_the_lab_with_the_sims_verdicts_and_leaves
                                                                         ("host-crash", "undo")]
     assert m["leaks_found"] >= 1 and m["leaks_released"] == m["leaks_found"]
     assert Path(out / "metrics").is_dir()
+    # the agents' own spans, one sample per observation (their /metrics), and the end-to-end check
+    assert report["samples"]["propagation_seconds"], report["lab"]["samples_from"]
+    assert all(0 <= v < 30 for v in report["samples"]["propagation_seconds"] + report["samples"]["reload_seconds"])
+    assert report["lab"]["served_after_ready_seconds"]
