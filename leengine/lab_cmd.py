@@ -121,8 +121,8 @@ def _print_status(status: dict[str, Any]) -> None:
             if "error" in r:
                 print(f"  pool use unknown: {r['error']}")
                 continue
-            rest = {k: v for k, v in r.items() if k not in ("kind", "name")}
-            print(f"  {r.get('name')}: " + ", ".join(f"{k} {v}" for k, v in sorted(rest.items())))
+            print(f"  {r.get('pool')} {r.get('cidr')} vlan {r.get('vlan')}: {r.get('allocated')}/{r.get('capacity')}"
+                  f" addresses allocated, {r.get('blocks_claimed')}/{r.get('blocks_total')} blocks claimed")
 
 
 @lab_app.command("down")
