@@ -29,12 +29,10 @@ pool-exhaustion    a squatter claims all but ``free`` addresses through ``cni.ip
 builder-crash      SIGKILL the build agents / restarted
 =================  ============================================================================
 
-Randomness: the sim draws ``count``/``percent`` targets from ``region.runtime.random``, the
-one stream every choice of the Region takes from (scheduler, churn, jitter), so its state at
-a fault's instant depends on everything before it. The lab draws from its own
-``random.Random(seed)`` used only for fault targets, in schedule order. Selections by name or
-label (no ``count``/``percent``) are therefore identical in both; drawn selections are
-reproducible per seed in the lab but may pick other targets than the sim does.
+Randomness: ``count``/``percent`` targets are drawn, in schedule order, from the run's
+fault-target stream ``sim.adapters.runtime.seeded_stream(seed, "fault-targets")``, which
+the sim's Region draws its fault targets from too (and nothing else draws from it): the same
+scenario and seed pick the same targets in the lab as in the sim.
 
 It must not know the checks or the report, nor how a primitive is carried out.
 """
@@ -44,15 +42,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sim.faults import occurrences
+from sim.adapters.runtime import seeded_stream
+from sim.faults import occurrences, select_targets
 from sim.spec import FaultSpec, RegionSpec, Selector
-from sim.targets import matches, target_universe
 
 log = logging.getLogger("leengine.lab.faults")
 
@@ -115,19 +112,8 @@ class LabFault:
 
 
 def select(spec: RegionSpec, fault: FaultSpec, rnd: random.Random) -> list[str]:
-    """The names ``fault.target`` picks, exactly as ``sim.faults.select`` does with ``rnd`` as the random source."""
-    selector = fault.target
-    universe = target_universe(fault.kind, spec.cells, spec.groups, spec.apps, fault.group, spec.build_hosts)
-    names = [name for name, labels in universe if matches(selector, name, labels)]
-    k = len(names)
-    if selector.count is not None:
-        k = min(k, selector.count)
-    if selector.percent is not None:
-        k = min(k, math.ceil(len(names) * selector.percent / 100.0))
-    if k < len(names):
-        chosen = set(rnd.sample(names, k))
-        names = [n for n in names if n in chosen]
-    return names
+    """The names ``fault.target`` picks: ``sim.faults.select_targets``, the sim's one implementation."""
+    return select_targets(spec, fault, rnd)
 
 
 # ------------------------------------------------------------------ the kinds
@@ -312,7 +298,7 @@ class Schedule:
     windows: list[tuple[float, float, str]] = field(default_factory=list)  # (start, declared end, kind)
 
     def __post_init__(self) -> None:
-        self.rnd = random.Random(self.seed)  # fault targets only: see the module's docstring
+        self.rnd = seeded_stream(self.seed, "fault-targets")  # the sim's very stream: see the docstring
         self._undos: list[asyncio.Task[None]] = []
 
     def now(self) -> float:

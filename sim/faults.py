@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cni.ipam import Ipam, IpamError
 from control.slb_core import SlbError
 from foundation.ports import StoreError
 from sim.adapters.store import SimStoreClient
-from sim.spec import FaultSpec, Selector
+from sim.spec import FaultSpec, RegionSpec, Selector
 from sim.targets import matches, target_universe
 from sim.topology import ADMIN, Cell, NginxHost, Node
 
@@ -48,9 +48,23 @@ class Fault:
 # ------------------------------------------------------------------ targets
 
 
+class Sampler(Protocol):
+    """What target selection draws from: ``random.Random.sample``."""
+
+    def sample(self, population: Sequence[str], k: int) -> list[str]: ...
+
+
 def select(region: Region, fault: FaultSpec) -> list[str]:
-    """The names ``fault.target`` picks among its kind's targets (see ``sim.targets.target_universe``)."""
-    spec = region.spec
+    """The names ``fault.target`` picks among its kind's targets (see ``sim.targets.target_universe``).
+
+    Drawn from the Region's own fault-target stream (``sim.adapters.runtime.seeded_stream``), which the
+    lab's driver draws from too: the same scenario and seed pick the same targets in both.
+    """
+    return select_targets(region.spec, fault, region.fault_targets)
+
+
+def select_targets(spec: RegionSpec, fault: FaultSpec, rnd: Sampler) -> list[str]:
+    """``select`` for any spec and random stream (the sim's and the lab's one implementation)."""
     selector = fault.target
     universe = target_universe(fault.kind, spec.cells, spec.groups, spec.apps, fault.group, spec.build_hosts)
     names = [name for name, labels in universe if matches(selector, name, labels)]
@@ -60,7 +74,7 @@ def select(region: Region, fault: FaultSpec) -> list[str]:
     if selector.percent is not None:
         k = min(k, math.ceil(len(names) * selector.percent / 100.0))
     if k < len(names):
-        chosen = set(region.runtime.random.sample(names, k))
+        chosen = set(rnd.sample(names, k))
         names = [n for n in names if n in chosen]
     return names
 

@@ -45,7 +45,7 @@ from sim.adapters.cluster import RegionCluster
 from sim.adapters.control import SimControlClient
 from sim.adapters.dataplane import SimDataplane
 from sim.adapters.proxy import SimProxy
-from sim.adapters.runtime import SimRuntime
+from sim.adapters.runtime import SimRuntime, seeded_stream
 from sim.adapters.store import MemoryStore, SimStoreClient
 from sim.audit import Auditor
 from sim.checks import CheckResult, Probe, judge, liveness_deadlines, probe_at
@@ -70,6 +70,7 @@ class Region:
                  propagation_grace: float = 2.0, publish_grace: float = 60.0) -> None:
         self.spec = spec
         self.runtime = runtime
+        self.fault_targets = seeded_stream(spec.seed, "fault-targets")  # the lab draws the same (sim/faults.py)
         self.ipam_factory = ipam_factory
         self.tick = tick
         self.store = MemoryStore(runtime)

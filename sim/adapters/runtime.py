@@ -208,6 +208,16 @@ async def _await(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
 
 
+def seeded_stream(seed: int, concern: str) -> random.Random:
+    """An independent random stream for one concern of a run (e.g. ``"fault-targets"``), seeded by the run's seed.
+
+    The lab's run driver draws from the very same stream (lab/faults.py), so a choice made only from
+    it (which nodes a ``count``/``percent`` fault picks) is the same in a simulated and a lab run
+    of one scenario and seed; draws from ``SimRuntime.random`` depend on everything before them.
+    """
+    return random.Random(f"{concern}/{seed}")
+
+
 class SimRuntime:
     """A SimPy environment seen through the Runtime port."""
 

@@ -22,10 +22,12 @@ from lab.observe import Observations, duplicates, parse_ip_addr_json
 from lab.report import SAMPLE_KINDS, LabTotals, lab_report
 from sim import checks as sim_checks
 from sim import faults as sim_faults
+from sim.adapters.runtime import SimRuntime, seeded_stream
 from sim.checks import Probe
 from sim.runner import RunResult, build_report
 from sim.scenario import Scenario, parse_scenario
 from sim.spec import FAULT_KINDS, CheckSpec, FaultSpec, Selector
+from sim.world import Region
 
 SCENARIO = """
 name: lab-unit
@@ -69,21 +71,18 @@ def test_every_fault_kind_has_a_lab_counterpart():
     assert set(lab_checks.CHECKS) == set(sim_checks.CHECKS)
 
 
-class _Region:
-    """Just what sim.faults.select reads."""
-
-    def __init__(self, spec, seed):
-        self.spec = spec
-        self.runtime = type("R", (), {"random": random.Random(seed)})()
-
-
 @pytest.mark.parametrize("seed", [0, 1, 7, 123])
-def test_selection_draws_exactly_as_the_sim_with_the_same_random_state(seed):
-    s = spec()
-    region = _Region(s, seed)
-    rnd = random.Random(seed)
-    for fault in s.faults:
-        assert select(s, fault, rnd) == sim_faults.select(region, fault)
+def test_the_lab_picks_the_same_fault_targets_as_the_sim_for_the_same_seed(seed):
+    """Both draw count/percent targets from the run's fault-target stream, in schedule order."""
+    s = replace(spec(), seed=seed)
+    region = Region(s, SimRuntime(seed))
+    sim_picks = [sim_faults.select(region, fault) for fault in s.faults]
+    rnd = seeded_stream(seed, "fault-targets")
+    assert [select(s, fault, rnd) for fault in s.faults] == sim_picks
+    # whatever else the Region draws in between from its main stream does not move the picks
+    region = Region(s, SimRuntime(seed))
+    region.runtime.random.random()
+    assert [sim_faults.select(region, fault) for fault in s.faults] == sim_picks
 
 
 def test_selection_by_labels_names_the_rack_and_needs_no_draw():
