@@ -279,16 +279,17 @@ def install_cni(
         help="interpreter the plugin runs with (absolute path, Python >= 3.10; default: this one). The plugin "
              "needs only the standard library: a statically linked system python3 starts faster (docs/cni.md)")] = None,
 ) -> None:
-    """Install the leengine-cni plugin (precompiled, run as `python -IS`) into DIR, atomically."""
+    """Install the leengine-cni plugin (a sh script answering VERSION, precompiled Python run as `python -IS` for the
+    rest) into DIR, atomically."""
     from leengine.cni_install import InstallError, install_plugin
 
     try:
         target = install_plugin(directory, python=python)
-    except InstallError as exc:  # no such directory, an interpreter a shebang cannot name or that cannot compile
+    except InstallError as exc:  # no such directory, an interpreter the exec line cannot name or that cannot compile
         fail(str(exc), EXIT_BAD_INPUT)
     except OSError as exc:
         fail(str(exc))
-    print(f"installed {target} (#!{python or sys.executable} -IS)")
+    print(f"installed {target} (VERSION in sh, the rest by {python or sys.executable} -IS)")
 
 
 # ------------------------------------------------------------------ store

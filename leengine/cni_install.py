@@ -1,25 +1,37 @@
 """``leengine install-cni DIR``: put the ``leengine-cni`` plugin into a runtime's CNI bin directory.
 
-The installed file is one Python script run by the shebang ``#!<interpreter> -IS``
-(isolated, no ``site``: site-packages and the editable-install hook cost more than
-the plugin's own work; Linux passes a shebang's options as one argument, hence
-``-IS`` and not ``-I -S``). It holds ``leengine/cni_plugin.py`` twice:
+The installed file is both a POSIX ``sh`` script (its shebang: ``#!/bin/sh``) and a
+Python script:
 
-* compiled by that very interpreter (``marshal``), run when the interpreter's
-  bytecode magic number is still the one it was compiled for: a runtime execs the
-  plugin on every pod start (twice per ADD through libcni), and compiling the
-  module's source each time would cost ~3 ms of every exec (a script is never
-  cached as bytecode);
-* as source text, compiled at run time only when the magic differs (the
-  interpreter behind that path was upgraded since): slower, never wrong.
+* ``sh`` runs first (dash starts in ~1 ms, Python in ~12). It answers VERSION
+  itself when stdin is what libcni sends (``{"cniVersion":"X"}``, no newline; libcni
+  validates a configuration by a VERSION exec of each plugin before every ADD), and
+  otherwise ``exec``s the interpreter, ``<python> -IS <this file>`` (isolated, no
+  ``site``: site-packages and the editable-install hook cost more than the plugin's
+  own work), with stdin untouched. Any other VERSION input is handed to Python
+  after what the shell read (its first line, without NUL bytes: the shell cannot
+  hold them, and the plugin's VERSION ignores them for that reason), so Python
+  judges it. The shell never evaluates its input: it compares it with a ``case``
+  pattern, prints a version made only of ``[0-9A-Za-z.+_-]`` as a ``printf``
+  argument and passes what it read on with ``printf %s``. Its answer is generated
+  here from ``cni_plugin.SUPPORTED_VERSIONS``, so the two cannot drift; a test
+  compares them on arbitrary input. For Python the shell part is one string
+  literal (``''':'`` is ``:`` to the shell): it holds no backslash and no ``'''``.
+* For Python the file holds ``leengine/cni_plugin.py`` twice: compiled by that
+  very interpreter (``marshal``), run when the interpreter's bytecode magic number
+  is still the one it was compiled for (compiling the module's source on each exec
+  would cost ~3 ms: a script is never cached as bytecode); and as source text,
+  compiled at run time only when the magic differs (the interpreter behind that
+  path was upgraded since): slower, never wrong.
 
 The plugin imports nothing outside the standard library, so it needs no
 site-packages. Invariants: the file appears atomically (written under a temporary
 name in the same directory, mode 0755, then renamed over ``DIR/leengine-cni``), so a
 runtime never execs a half-written plugin; DIR must already exist (a typo must not
-create a directory the runtime never reads); the interpreter is run once at install
-time to compile the plugin, so one that cannot run it (missing, older than 3.10) is
-refused here, not at the first pod start.
+create a directory the runtime never reads); the interpreter's path is absolute and
+made of ``[A-Za-z0-9/._+-]`` only (it is a word of the shell part, single-quoted);
+the interpreter is run once at install time to compile the plugin, so one that
+cannot run it (missing, older than 3.10) is refused here, not at the first pod start.
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -35,7 +48,10 @@ from pathlib import Path
 from leengine import cni_plugin
 
 PLUGIN_NAME = "leengine-cni"
-MAX_SHEBANG = 128  # bytes of "#!interpreter -IS\n" older kernels read (BINPRM_BUF_SIZE; 256 since Linux 5.1)
+MAX_INTERPRETER = 1024  # bytes of the interpreter's path: a sane bound, far below PATH_MAX
+_SAFE_PATH = re.compile(r"/[A-Za-z0-9/._+-]*")  # single-quoted in the shell part: no quote, space or newline
+_VERSION = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+")
+_TRIPLE = "'" * 3  # the delimiter of the Python string that holds the shell part
 
 # Run by the target interpreter at install time: the plugin's source on stdin, its bytecode magic + marshalled
 # code on stdout. optimize=2 drops the docstrings (the plugin has no assert): less to unmarshal per exec.
@@ -49,9 +65,39 @@ code = compile(source, sys.argv[1], "exec", dont_inherit=True, optimize=2)
 sys.stdout.buffer.write(MAGIC_NUMBER + marshal.dumps(code))
 """
 
-# The installed file after its shebang: Python literals in ASCII (the file is plain text, any locale reads it).
-_STUB = """\
+# The shell part. TRIPLE + ":'" is the command ":" to the shell and opens a string for Python, which TRIPLE closes
+# after the last exec (in a comment of the shell's: the shell part alone is a whole script, which shellcheck checks).
+# {python} and {supported} are checked before they are put in (_SAFE_PATH, _VERSION).
+_SHELL = """\
+#!/bin/sh
 # leengine-cni: written by `leengine install-cni` (leengine/cni_install.py) from leengine/cni_plugin.py; do not edit.
+# A POSIX sh script and a Python script in one file. sh answers VERSION as libcni asks it without starting Python;
+# every other invocation goes to the plugin below, run by the interpreter the exec lines name.
+{triple}:'
+case $0 in -*) plugin=./$0 ;; *) plugin=$0 ;; esac
+if [ "${{CNI_COMMAND-}}" = VERSION ] && [ "$#" -eq 0 ]; then
+  if IFS= read -r line; then ended=yes; else ended=; fi
+  if [ -z "$ended" ]; then
+    case $line in
+      '{{"cniVersion":"'*'"}}')
+        version=${{line#'{{"cniVersion":"'}}
+        version=${{version%'"}}'}}
+        case $version in
+          ''|*[!0-9A-Za-z.+_-]*) ;;
+          *) printf '{{"cniVersion": "%s", "supportedVersions": [%s]}}' "$version" '{supported}'; echo; exit 0 ;;
+        esac ;;
+    esac
+  fi
+  # Not libcni's request: the plugin judges it, reading what the shell read first, then the rest of stdin.
+  {{ printf '%s' "$line"; if [ -n "$ended" ]; then echo; exec cat; fi; }} | '{python}' -IS "$plugin"
+  exit
+fi
+exec '{python}' -IS "$plugin" "$@"
+# {triple}
+"""
+
+# The Python part: Python literals in ASCII (the file is plain text, any locale reads it).
+_STUB = """\
 # The plugin compiled by the interpreter above, and its source for when that interpreter's bytecode changed.
 _LEENGINE_CNI_CODE = {code!r}
 _LEENGINE_CNI_SOURCE = {source!a}
@@ -66,15 +112,26 @@ class InstallError(Exception):
     """The plugin cannot be installed there; the message is one line for the operator."""
 
 
+def shell_part(python: str) -> str:
+    """The file's first part: the shell script that answers libcni's VERSION and execs ``python`` for the rest."""
+    if not _SAFE_PATH.fullmatch(python) or "//" in python or len(python.encode()) > MAX_INTERPRETER:
+        raise InstallError(f"interpreter path {python!r} cannot go in the plugin's exec line (an absolute path of "
+                           f"letters, digits and /._+- only, at most {MAX_INTERPRETER} bytes)")
+    if not all(_VERSION.fullmatch(v) for v in cni_plugin.SUPPORTED_VERSIONS):  # a bug here, not bad input
+        raise InstallError(f"supported versions {cni_plugin.SUPPORTED_VERSIONS!r} are not all X.Y.Z")
+    supported = ", ".join(f'"{v}"' for v in cni_plugin.SUPPORTED_VERSIONS)
+    shell = _SHELL.format(python=python, supported=supported, triple=_TRIPLE)
+    body = shell[shell.index(_TRIPLE) + 3: shell.rindex(_TRIPLE)]
+    assert "\\" not in shell and _TRIPLE not in body, "the shell part must stay one plain Python string"
+    return shell
+
+
 def plugin_text(python: str | None = None) -> bytes:
-    """The installed plugin: the shebang line, then the plugin module compiled by ``python`` and as source.
+    """The installed plugin: the shell part, then the plugin module compiled by ``python`` and as source.
 
     Its code objects name the module's own path, so a traceback shows the lines of ``cni_plugin.py``."""
     python = python or sys.executable
-    shebang = f"#!{python} -IS\n".encode()
-    if not python or not os.path.isabs(python) or any(c.isspace() for c in python) or len(shebang) > MAX_SHEBANG:
-        raise InstallError(f"interpreter path {python!r} cannot go in a shebang (absolute, no spaces, "
-                           f"at most {MAX_SHEBANG - 7} bytes)")
+    shell = shell_part(python)
     source = Path(cni_plugin.__file__).read_bytes()
     filename = str(Path(cni_plugin.__file__).resolve())
     try:
@@ -89,7 +146,15 @@ def plugin_text(python: str | None = None) -> bytes:
         raise InstallError(f"the interpreter {python} cannot compile the plugin: {reason}")
     magic, code = run.stdout[:4], run.stdout[4:]
     stub = _STUB.format(magic=magic, code=code, source=source.decode("utf-8"), filename=filename)
-    return shebang + stub.encode("ascii")
+    return (shell + stub).encode("ascii")
+
+
+def installed_interpreter(data: bytes) -> str:
+    """The interpreter an installed copy (``plugin_text``'s bytes) execs for everything but libcni's VERSION."""
+    for line in data.decode("ascii", "replace").splitlines():
+        if line.startswith("exec '"):
+            return line.split("'")[1]
+    raise InstallError("not a leengine-cni written by leengine install-cni")
 
 
 def installed_source(data: bytes) -> str:

@@ -6,10 +6,15 @@ forwards everything else, verbatim, over a unix socket to the long-lived per-nod
 (``leengine/cni_agent_server.py``), which holds the etcd, OVS and netlink handles and
 does the parsing and the work.
 
-Installed by ``leengine install-cni DIR`` (``leengine/cni_install.py``) as one file run by
-``#!<python> -IS`` (no ``site``, no editable-install hook) holding this module compiled
-for that interpreter, so an exec costs the interpreter's own start-up and no
-compilation; ``.venv/bin/leengine-cni`` runs the same ``main()``.
+Installed by ``leengine install-cni DIR`` (``leengine/cni_install.py``) as one file that
+is a POSIX sh script first: it answers VERSION as libcni asks it (``{"cniVersion":"X"}``)
+without starting Python, from ``SUPPORTED_VERSIONS`` written into it at install time,
+and execs ``<python> -IS`` (no ``site``, no editable-install hook) on itself for the
+rest: its Python part holds this module compiled for that interpreter, so an exec costs
+the interpreter's own start-up and no compilation. ``.venv/bin/leengine-cni`` runs the
+same ``main()``. VERSION ignores NUL bytes on stdin: the shell part hands any VERSION
+input other than libcni's on to this module after reading its first line, and a shell
+cannot hold a NUL byte, so the two give the same answer to any input.
 
 Protocol (one request, one answer per connection)::
 
@@ -107,6 +112,10 @@ def main() -> int:
         return USAGE_ERROR
     command = _getenv(b"CNI_COMMAND") or ""
     raw = sys.stdin.buffer.read(MAX_STDIN + 1)  # bounded: the rest is never read
+    if command == "VERSION":
+        # The installed file's shell part answers libcni's VERSION and hands anything else on after its first
+        # line, which a shell holds without NUL bytes: ignored here too, so both give one answer to any input.
+        raw = raw.replace(b"\0", b"")
     if len(raw) > MAX_STDIN:
         return _fail(INVALID_CONFIG, "network configuration too large", f"more than {MAX_STDIN} bytes on stdin",
                      SUPPORTED_VERSIONS[-1])

@@ -37,7 +37,7 @@ from cni import request as codes
 from cni.request import CniError, CniRequest
 from leengine import cni_plugin
 from leengine.cni_agent_server import AgentAlreadyRunning, Server, serve
-from leengine.cni_install import InstallError, install_plugin, installed_source
+from leengine.cni_install import InstallError, install_plugin, installed_interpreter, installed_source, shell_part
 
 CONSOLE_SCRIPT = str(Path(sys.executable).parent / "leengine-cni")
 CONF = {"cniVersion": "1.0.0", "name": "lenet", "type": "leengine-cni", "pools": ["web-a"]}
@@ -459,13 +459,63 @@ def test_property_the_plugins_json_reader_agrees_with_json(value, cut, pad):
             assert got is cni_plugin._NOT_JSON
 
 
-def test_installed_copy_is_the_module_compiled_behind_an_isolated_shebang():
+def test_installed_copy_is_a_shell_part_then_the_module_compiled_for_an_isolated_interpreter():
     data = Path(installed_plugin()).read_bytes()
     shebang, _, _ = data.partition(b"\n")
-    assert shebang == f"#!{sys.executable} -IS".encode()  # one option word: Linux passes it as one argument
+    assert shebang == b"#!/bin/sh"
+    assert installed_interpreter(data) == sys.executable
+    assert f"exec '{sys.executable}' -IS \"$plugin\" \"$@\"".encode() in data  # one option word, as before
     assert data.isascii()
     assert installed_source(data) == Path(cni_plugin.__file__).read_text()
     assert stat.S_IMODE(os.stat(installed_plugin()).st_mode) == 0o755
+
+
+def test_the_shell_part_passes_shellcheck(tmp_path):
+    script = tmp_path / "shell-part.sh"
+    script.write_text(shell_part(sys.executable))
+    run = subprocess.run(["shellcheck", "-s", "sh", str(script)], capture_output=True, timeout=60, check=False)
+    assert run.returncode == 0, run.stdout.decode()
+
+
+def _without_python(tmp_path: Path) -> str:
+    """The installed copy with its interpreter replaced by one that does not exist: what runs without Python?"""
+    data = Path(installed_plugin()).read_bytes().replace(f"'{sys.executable}'".encode(), b"'/nonexistent/python3'")
+    copy = tmp_path / "leengine-cni"
+    copy.write_bytes(data)
+    copy.chmod(0o755)
+    return str(copy)
+
+
+@pytest.mark.parametrize("version", ["1.0.0", "1.1.0", "0.4.0", "9.9.9-rc1+x_y"])
+def test_libcnis_version_request_is_answered_without_python(tmp_path, version):
+    code, out, _ = run_plugin("VERSION", '{"cniVersion":"' + version + '"}', plugin=_without_python(tmp_path))
+    assert code == 0 and out == {"cniVersion": version, "supportedVersions": list(cni_plugin.SUPPORTED_VERSIONS)}
+
+
+@pytest.mark.parametrize(("command", "stdin"), [("VERSION", '{"cniVersion": "1.0.0"}'), ("VERSION", ""),
+                                                ("VERSION", '{"cniVersion":"1.0.0"}\n'), ("ADD", CONF),
+                                                ("DEL", CONF)])
+def test_everything_else_goes_to_python(tmp_path, command, stdin):
+    code, _, err = run_plugin(command, stdin, plugin=_without_python(tmp_path))
+    assert code == 127 and "/nonexistent/python3" in err  # the shell's "not found"
+
+
+_VERSION_PIECES = [b'{"cniVersion":"', b'"}', b"{", b"}", b"\n", b"\0", b" ", b"1.0.0", b"a b", b'"', b"\\", b"%s",
+                   b"$(id)", b"`id`", b"'", b"*", b"\xc3\xa9", b"\xff", b'{"cniVersion": "1.0.0"}']
+_VERSION_STDIN = st.binary(max_size=60) | st.lists(st.sampled_from(_VERSION_PIECES), max_size=6).map(b"".join)
+
+
+@settings(max_examples=150, deadline=None)
+@given(stdin=_VERSION_STDIN)
+def test_property_the_shell_part_and_python_give_one_version_answer(stdin):
+    """For any stdin, VERSION through the installed file (its shell part first) prints what Python alone prints."""
+    env = plugin_env("VERSION")
+    via_shell = subprocess.run([installed_plugin()], input=stdin, env=env, capture_output=True, timeout=30,
+                               check=False)
+    python_only = subprocess.run([sys.executable, "-IS", installed_plugin()], input=stdin, env=env,
+                                 capture_output=True, timeout=30, check=False)
+    assert (via_shell.returncode, via_shell.stdout) == (python_only.returncode, python_only.stdout)
+    assert via_shell.returncode in (0, 1) and b"Traceback" not in via_shell.stderr
 
 
 def test_installed_copy_runs_the_source_when_the_interpreter_changed_its_bytecode(sock_dir, agent):
