@@ -580,4 +580,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run the imported module's main, not __main__'s: lab.pod_actions raises lab.controller.StartFailed, which
+    # __main__'s own StartFailed class would not catch (a failed ADD then ended the pod's start for good).
+    from lab.controller import main as _main
+
+    raise SystemExit(_main())
