@@ -7,7 +7,8 @@ on stdin, caches the result and hands it back as ``prevResult`` on DEL. Each fig
 wall time of one ``cnitool add`` / ``cnitool del`` process, libcni's own cost included on
 both sides (the same for both).
 
-Ours: the installed ``leengine-cni`` (what ``leengine install-cni`` writes) forwarding to a
+Ours: the installed ``leengine-cni`` (what ``leengine install-cni`` writes: its sh part answers
+libcni's VERSION, its Python part, run as ``<python> -IS``, forwards ADD and DEL) to a
 ``leengine-cni-agent`` that allocates in a real etcd (one transaction), makes the veth pair,
 an OVS access port with the pool's VLAN tag (userspace datapath, waiting for ovs-vswitchd),
 the pod's address and route, and on DEL undoes it all. The socket is named by the
@@ -16,7 +17,7 @@ Reference: ``bridge`` with ``host-local`` IPAM (a Linux bridge, a veth pair, an 
 a file-backed range): per ADD libcni execs bridge and host-local for VERSION, then bridge,
 which execs host-local.
 
-Both run in the root network namespace against one pod namespace, alternating cycle by
+Both run in the root network namespace, each against a pod namespace of its own, alternating cycle by
 cycle (and which goes first) so machine noise hits both alike. Each round reports median
 ADD, DEL and cycle per side, the ratio of median cycles and the 1-minute load average (on
 a shared 2-core machine a Python start-up suffers more from other work than a Go one's);
@@ -50,14 +51,17 @@ from leengine.cni_install import install_plugin
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = Path("/usr/lib/cni")
-BRIDGE, REF_BRIDGE, NETNS = "lebnch0", "lebnchref0", "lebnch-pod"
+BRIDGE, REF_BRIDGE = "lebnch0", "lebnchref0"
+# One pod netns per side: our DEL leaves the veth to a background reaper, whose eth0 a reference ADD in the same
+# netns would collide with under load (and the other way round).
+NETNS = {"ours": "lebnch-pod", "reference": "lebnch-ref"}
 WARMUP = 3  # cycles per side before the first round: caches, the agent's first etcd and OVSDB round trips
 
 
-def cnitool(tool: str, command: str, network: str, env: dict[str, str]) -> float:
+def cnitool(tool: str, command: str, network: str, netns: str, env: dict[str, str]) -> float:
     """Seconds one ``cnitool COMMAND NETWORK`` takes (it fails the bench if libcni reports an error)."""
     started = time.perf_counter()
-    result = subprocess.run([tool, command, network, f"/var/run/netns/{NETNS}"], env=env, capture_output=True,
+    result = subprocess.run([tool, command, network, f"/var/run/netns/{netns}"], env=env, capture_output=True,
                             timeout=60, check=False)
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
@@ -117,7 +121,8 @@ def main() -> None:
     (work / "bin").mkdir()
     plugin = install_plugin(work / "bin", python=args.python)
     shebang_line = plugin.read_bytes().split(b"\n", 1)[0]
-    subprocess.run(["ip", "netns", "add", NETNS], check=True)
+    for netns in NETNS.values():
+        subprocess.run(["ip", "netns", "add", netns], check=True)
     agent = None
     rounds: list[dict[str, dict[str, float]]] = []
     try:
@@ -142,8 +147,8 @@ def main() -> None:
                 nonlocal serial
                 serial += 1
                 env = {**base_env, "CNI_CONTAINERID": f"{side}-{serial}"}
-                add = cnitool(tool, "add", sides[side], env)
-                delete = cnitool(tool, "del", sides[side], env)
+                add = cnitool(tool, "add", sides[side], NETNS[side], env)
+                delete = cnitool(tool, "del", sides[side], NETNS[side], env)
                 if samples is not None:
                     samples[side]["ADD"].append(add)
                     samples[side]["DEL"].append(delete)
@@ -167,7 +172,8 @@ def main() -> None:
         if agent is not None:
             agent.terminate()
             agent.wait(10)
-        subprocess.run(["ip", "netns", "del", NETNS], check=False)
+        for netns in NETNS.values():
+            subprocess.run(["ip", "netns", "del", netns], check=False)
         subprocess.run(["ip", "link", "del", REF_BRIDGE], check=False, capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
 
