@@ -219,9 +219,19 @@ class LabFarm:
                 "builds_cache_hits": sum(1 for b in builds if b.state == "done" and b.cache_hit),
                 "build_p50": percentile(took, 0.5, 3), "build_p99": percentile(took, 0.99, 3)}
 
+    def results_summary(self) -> list[dict[str, Any]]:
+        """Each finished build as its result says: host, attempt, state, cache, steps' seconds (the figures)."""
+        return [{"task": r.task, "host": r.host, "attempt": r.attempt, "state": r.state, "cache_hit": r.cache_hit,
+                 "steps": {name: round(seconds, 3) for name, seconds in r.steps}, "error": r.error[:200],
+                 "seconds": _took(self.builds.get(t))} for t, r in self.results.items()]
+
     async def close(self) -> None:
         for waiter in self._finished.values():
             if not waiter.done():
                 waiter.cancel()
         with contextlib.suppress(Exception):
             await self.builds_api.close()
+
+
+def _took(seen: BuildSeen | None) -> float | None:
+    return None if seen is None or seen.finished is None else round(seen.finished - seen.submitted, 3)

@@ -584,6 +584,7 @@ async def run_scenario(scenario: Scenario, spec: RegionSpec, lab: LiveLab, out: 
                              "duplicate_samples": state.duplicate_samples,
                              "published": load.log.published,
                              "samples_from": agents.summary(),
+                             "builds": farm.results_summary() if farm is not None else [],
                              "served_after_ready_seconds": [round(v, 6) for v in served_after_ready],
                              "served_after_ready_p50": percentile(sorted(served_after_ready), 0.5, 3),
                              "ready_pods_not_seen_by_clients": sorted(n for n, p in pods.items()

@@ -43,6 +43,8 @@ duration: 70
 leak_check_every: 10
 leak_grace: 10
 cooldown: 5
+costs:  # the lab's tiny repository builds in seconds (the sim's defaults are a real app's minutes)
+  builder: {clone_seconds: 0.1, compile_cold: 3, compile_warm: 3, image_seconds: 2, image_mb: 1}
 topology:
   build_hosts: 1
   cells:
