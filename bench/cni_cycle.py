@@ -17,8 +17,9 @@ Reference: ``bridge`` with ``host-local`` IPAM (a Linux bridge, a veth pair, an 
 a file-backed range): per ADD libcni execs bridge and host-local for VERSION, then bridge,
 which execs host-local.
 
-Both run in the root network namespace, each against a pod namespace of its own, alternating cycle by
-cycle (and which goes first) so machine noise hits both alike. Each round reports median
+Both run in the root network namespace against pod namespaces of their own (four per side,
+in turn), alternating cycle by cycle (and which goes first) so machine noise hits both
+alike. Each round reports median
 ADD, DEL and cycle per side, the ratio of median cycles and the 1-minute load average (on
 a shared 2-core machine a Python start-up suffers more from other work than a Go one's);
 the summary is the range of each over the rounds (target: ratio <= 1.0).
@@ -52,9 +53,10 @@ from leengine.cni_install import install_plugin
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = Path("/usr/lib/cni")
 BRIDGE, REF_BRIDGE = "lebnch0", "lebnchref0"
-# One pod netns per side: our DEL leaves the veth to a background reaper, whose eth0 a reference ADD in the same
-# netns would collide with under load (and the other way round).
-NETNS = {"ours": "lebnch-pod", "reference": "lebnch-ref"}
+# Pod netns per side, used in turn: a runtime gives each pod a netns of its own, and our DEL leaves the veth to a
+# background reaper, so a reused netns's eth0 could still be there for the next ADD (a collision no runtime makes).
+PODS_PER_SIDE = 4
+NETNS = {side: [f"lebnch-{side[:3]}{i}" for i in range(PODS_PER_SIDE)] for side in ("ours", "reference")}
 WARMUP = 3  # cycles per side before the first round: caches, the agent's first etcd and OVSDB round trips
 
 
@@ -121,7 +123,7 @@ def main() -> None:
     (work / "bin").mkdir()
     plugin = install_plugin(work / "bin", python=args.python)
     shebang_line = plugin.read_bytes().split(b"\n", 1)[0]
-    for netns in NETNS.values():
+    for netns in [n for names in NETNS.values() for n in names]:
         subprocess.run(["ip", "netns", "add", netns], check=True)
     agent = None
     rounds: list[dict[str, dict[str, float]]] = []
@@ -147,8 +149,9 @@ def main() -> None:
                 nonlocal serial
                 serial += 1
                 env = {**base_env, "CNI_CONTAINERID": f"{side}-{serial}"}
-                add = cnitool(tool, "add", sides[side], NETNS[side], env)
-                delete = cnitool(tool, "del", sides[side], NETNS[side], env)
+                netns = NETNS[side][serial % PODS_PER_SIDE]
+                add = cnitool(tool, "add", sides[side], netns, env)
+                delete = cnitool(tool, "del", sides[side], netns, env)
                 if samples is not None:
                     samples[side]["ADD"].append(add)
                     samples[side]["DEL"].append(delete)
@@ -172,7 +175,7 @@ def main() -> None:
         if agent is not None:
             agent.terminate()
             agent.wait(10)
-        for netns in NETNS.values():
+        for netns in [n for names in NETNS.values() for n in names]:
             subprocess.run(["ip", "netns", "del", netns], check=False)
         subprocess.run(["ip", "link", "del", REF_BRIDGE], check=False, capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
