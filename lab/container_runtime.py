@@ -21,7 +21,9 @@ request and one JSON line per answer, in order, on as many connections as caller
 * ``{"op": "stop", "pod": NAME}`` → CNI DEL, httpd killed, netns deleted, Pod deleted from the
   API. A failed DEL keeps the pod (as a sandbox whose teardown failed) for a retry.
 * ``{"op": "list"}`` → the pods this runtime holds. ``{"op": "samples"}`` → the seconds of
-  every CNI ADD exec (``cni_add_seconds``) and DEL (``cni_del_seconds``), in order.
+  every CNI ADD exec (``cni_add_seconds``) and DEL (``cni_del_seconds``), in order, and of each
+  RunPod's phases (``queue_seconds`` waiting for a slot, ``netns_seconds``, ``httpd_seconds`` from
+  spawn to listening, ``api_seconds`` for the API writes, ``run_seconds`` the whole request).
 * ``{"op": "kill_all"}`` → SIGKILL every httpd and delete every netns, with NO CNI DEL and no
   API call: what a dead host leaves (addresses held in etcd, pods still in the API).
 
@@ -62,11 +64,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from lab.kube_objects import is_dns_label
+from lab.pod_netns import delete_netns, make_netns, netns_dir_is_mount, spawn_in_netns
 
 log = logging.getLogger("leengine.lab.runtime")
 
 MAX_LINE = 64 * 1024
 MAX_SAMPLES = 200_000
+PHASES = ("queue_seconds", "netns_seconds", "httpd_seconds", "api_seconds", "run_seconds")
 HTTP_TIMEOUT = 10.0
 CNI_TIMEOUT = 60.0
 LISTEN_WAIT = 10.0  # seconds for httpd to listen
@@ -219,6 +223,10 @@ class ContainerRuntime:
         self.slots = asyncio.Semaphore(args.max_concurrent)
         self.add_seconds: list[float] = []
         self.del_seconds: list[float] = []
+        # Where a RunPod's seconds go (the ``samples`` op, for bench/lab_scale.py): waiting for a slot, the
+        # netns, httpd from spawn to listening, the API writes, and the whole request.
+        self.phases: dict[str, list[float]] = {name: [] for name in PHASES}
+        self.inproc_netns = False  # set once the netns directory is a shared mount point
 
     # ---- helpers
     def _lock(self, pod: str) -> asyncio.Lock:
@@ -252,10 +260,29 @@ class ContainerRuntime:
             raise cni_error(out, code)
         return out
 
-    async def _netns(self, *argv: str) -> None:
+    async def _ip(self, *argv: str) -> None:
         code, _, err = await self._exec("ip", *argv)
         if code != 0:
             raise RuntimeError_(f"ip {' '.join(argv)}: {err.decode(errors='replace').strip()[:300]}")
+
+    async def _make_netns(self, name: str) -> None:
+        """The pod's netns with loopback up: in-process (lab/pod_netns.py) once the netns directory is a shared
+        mount point; before that with ``ip``, which makes it one."""
+        if self.inproc_netns or netns_dir_is_mount(NETNS_DIR):
+            self.inproc_netns = True
+            try:
+                await make_netns(NETNS_DIR / name)
+            except OSError as exc:
+                raise RuntimeError_(f"netns {name}: {exc}") from None
+            return
+        await self._ip("netns", "add", name)
+        await self._ip("-n", name, "link", "set", "lo", "up")
+
+    async def _delete_netns(self, name: str) -> None:
+        try:
+            await delete_netns(NETNS_DIR / name)
+        except OSError as exc:
+            raise RuntimeError_(f"netns {name}: {exc}") from None
 
     def _state_file(self, pod: str) -> Path:
         return self.state / f"{pod}.json"
@@ -279,18 +306,19 @@ class ContainerRuntime:
             docroot.rmdir()
         self.pods.pop(pod, None)
 
-    def _start_httpd(self, pod: Pod) -> int:
+    async def _start_httpd(self, pod: Pod) -> int:
         docroot = self.state / pod.name
         docroot.mkdir(mode=0o755, exist_ok=True)
         (docroot / "index.html").write_text(pod.name)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LEENGINE_LAB": self.lab_id,
                "LEENGINE_POD": pod.name}
-        # nsenter: setns only (ip netns exec would also unshare a mount namespace: slower, nothing gained)
-        proc = subprocess.Popen(
-            ["nsenter", f"--net={NETNS_DIR / pod.netns}", self.busybox, "httpd", "-f", "-p", str(pod.port), "-h",
-             str(docroot)], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True)
-        self.children[pod.name] = proc  # nsenter execs httpd: this is httpd's pid, reaped by _kill
+        # Started from a thread that entered the pod's netns (lab/pod_netns.py): one exec, no nsenter.
+        try:
+            proc = await spawn_in_netns(NETNS_DIR / pod.netns, [self.busybox, "httpd", "-f", "-p", str(pod.port),
+                                                                "-h", str(docroot)], env)
+        except OSError as exc:
+            raise RuntimeError_(f"httpd of pod {pod.name}: {exc}") from None
+        self.children[pod.name] = proc  # httpd's own pid, reaped by _kill
         return int(proc.pid)
 
     @staticmethod
@@ -332,7 +360,9 @@ class ContainerRuntime:
         if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
             raise RuntimeError_(f"port: {str(port)[:20]!r} is not a TCP port (1-65535)")
         assert isinstance(name, str) and isinstance(app, str) and isinstance(namespace, str)  # DNS labels
+        asked = time.monotonic()
         async with self._lock(name), self.slots:
+            self._phase("queue_seconds", asked)
             if name in self.pods:
                 pod = self.pods[name]
                 if pod.app != app or pod.namespace != namespace:
@@ -346,27 +376,39 @@ class ContainerRuntime:
             self.pods[name] = pod
             added = False
             try:
-                await self._netns("netns", "add", pod.netns)
-                await self._netns("-n", pod.netns, "link", "set", "lo", "up")
-                started = time.monotonic()
+                phase = time.monotonic()
+                await self._make_netns(pod.netns)
+                started = self._phase("netns_seconds", phase)
                 result = json.loads(await self._cni("ADD", pod))
                 add_seconds = time.monotonic() - started
                 added = True
                 pod.ip = _first_ip(result)
-                pod.pid = self._start_httpd(pod)
+                phase = time.monotonic()
+                pod.pid = await self._start_httpd(pod)
                 self._save(pod)
                 deadline = time.monotonic() + LISTEN_WAIT
                 while not self._listening(pod.pid, pod.port):
                     if time.monotonic() > deadline:
                         raise RuntimeError_(f"httpd of pod {name} did not listen within {LISTEN_WAIT:.0f} s")
                     await asyncio.sleep(0.005)
+                phase = self._phase("httpd_seconds", phase)
                 await self._report(pod)
+                self._phase("api_seconds", phase)
+                self._phase("run_seconds", asked)
             except BaseException as exc:
                 await self._undo(pod, added)
                 if isinstance(exc, ValueError | KeyError):
                     raise RuntimeError_(f"unreadable CNI result: {exc}") from None
                 raise
             return {"ok": True, "ip": pod.ip, "add_seconds": round(add_seconds, 6)}
+
+    def _phase(self, name: str, since: float) -> float:
+        """Record the seconds of phase ``name`` since ``since``; returns now (the next phase's start)."""
+        now = time.monotonic()
+        samples = self.phases[name]
+        if len(samples) < MAX_SAMPLES:
+            samples.append(round(now - since, 6))
+        return now
 
     async def _report(self, pod: Pod) -> None:
         """Create the Pod (or take over a stale one of that name on this node) and patch it Running + Ready."""
@@ -393,7 +435,7 @@ class ContainerRuntime:
         self._kill(pod)
         with contextlib.suppress(RuntimeError_, OSError):
             if (NETNS_DIR / pod.netns).exists():
-                await self._netns("netns", "delete", pod.netns)
+                await self._delete_netns(pod.netns)
         self._forget(pod.name)
 
     async def stop(self, name: object) -> dict[str, Any]:
@@ -407,7 +449,7 @@ class ContainerRuntime:
             await self._cni("DEL", pod)  # a failure keeps the pod: the caller retries, as a kubelet does
             self._kill(pod)
             if (NETNS_DIR / pod.netns).exists():
-                await self._netns("netns", "delete", pod.netns)
+                await self._delete_netns(pod.netns)
             self._forget(name)
             await self.kube.expect("DELETE", f"/api/v1/namespaces/{pod.namespace}/pods/{name}", ok=(200, 404))
             return {"ok": True}
@@ -419,7 +461,7 @@ class ContainerRuntime:
             self._kill(pod)
         for pod in list(self.pods.values()):
             with contextlib.suppress(RuntimeError_, OSError):
-                await self._netns("netns", "delete", pod.netns)
+                await self._delete_netns(pod.netns)
             self._forget(pod.name)
         return {"ok": True, "killed": killed}
 
@@ -467,7 +509,7 @@ class ContainerRuntime:
                 self._kill(pod)
                 if (NETNS_DIR / pod.netns).exists():
                     with contextlib.suppress(RuntimeError_):
-                        await self._netns("netns", "delete", pod.netns)
+                        await self._delete_netns(pod.netns)
                 self._forget(name)
 
     # ---- the socket
@@ -509,7 +551,8 @@ class ContainerRuntime:
                 return await self.kill_all()
             if op == "samples":
                 return {"ok": True, "cni_add_seconds": list(self.add_seconds),
-                        "cni_del_seconds": list(self.del_seconds)}
+                        "cni_del_seconds": list(self.del_seconds),
+                        **{name: list(values) for name, values in self.phases.items()}}
             return {"ok": False, "error": f"unknown op {op!r}"}
         except RuntimeError_ as exc:
             answer: dict[str, Any] = {"ok": False, "error": str(exc)}
