@@ -97,10 +97,10 @@ def test_a_lab_left_up_heals_a_host_crashed_by_hand_and_deploys_build_on_the_far
     spec = lab_scaled(scenario.spec)
     directory = Path(tempfile.mkdtemp(prefix="le-ctl-"))  # short: unix socket paths live under it
     out = tmp_path / "out"
-    lab, made = open_lab(scenario, directory)
-    lab_id = lab.id
-    nginx = lab.plan.hosts["web-nginx-1"].mgmt_ip
-    try:
+    try:  # the directory goes even when lab up fails
+        lab, made = open_lab(scenario, directory)
+        lab_id = lab.id
+        nginx = lab.plan.hosts["web-nginx-1"].mgmt_ip
         assert made
 
         async def by_hand():

@@ -79,9 +79,9 @@ def test_a_host_crash_scenario_runs_on_the_lab_with_the_sims_verdicts_and_leaves
     # Short: the Nginx hosts' admin sockets live under it (a unix socket path has 107 bytes).
     directory = Path(tempfile.mkdtemp(prefix="le-run-"))
     out = tmp_path / "out"
-    lab, made = open_lab(scenario, directory)
-    lab_id = lab.id
-    try:
+    try:  # the directory goes even when lab up fails
+        lab, made = open_lab(scenario, directory)
+        lab_id = lab.id
         assert made
         report = asyncio.run(asyncio.wait_for(run_lab(scenario, spec, lab, out, code_version={}), 300))
     finally:
