@@ -136,6 +136,30 @@ RIGHTS: Mapping[Action, tuple[Role, tuple[Kind, ...]]] = {
     Action.ACTIVITY_READ: (Role.GUEST, KINDS),
 }
 
+#: What each action lets a member do, in a few words (docs/roles.md).
+MEANING: Mapping[Action, str] = {
+    Action.APP_READ: "see the app, its versions, Cells, releases",
+    Action.APP_CREATE: "create an app (any user; the creator becomes its Owner)",
+    Action.APP_DELETE: "delete the app (when it has no versions)",
+    Action.APP_SCALE: "change a version's replicas",
+    Action.VERSION_DEPLOY: "deploy a version to non-production Cells",
+    Action.VERSION_DEPLOY_PRODUCTION: "deploy a version to production Cells",
+    Action.RELEASE_START: "start a gray release",
+    Action.RELEASE_REVERT: "revert a release",
+    Action.IMAGE_GROUP_CREATE: "create an image group (any user; the creator becomes its Owner)",
+    Action.IMAGE_GROUP_DELETE: "delete the image group",
+    Action.IMAGE_READ: "list images and tags",
+    Action.IMAGE_PULL: "pull an image",
+    Action.IMAGE_PUSH: "push an image",
+    Action.IMAGE_DELETE: "delete an image or a tag",
+    Action.BUILD_TRIGGER: "start a build",
+    Action.BUILD_READ: "see builds and their logs",
+    Action.MEMBER_READ: "list the members",
+    Action.MEMBER_MANAGE: "add, change, remove any member (Owners too)",
+    Action.MEMBER_MANAGE_DEVELOPERS: "add, change, remove members of role Developer and below",
+    Action.ACTIVITY_READ: "read the activity log",
+}
+
 #: Actions any ``user`` may take on a resource that does not exist yet (it becomes its Owner).
 CREATE_ACTIONS = frozenset({Action.APP_CREATE, Action.IMAGE_GROUP_CREATE})
 
@@ -355,6 +379,16 @@ def authorize(principal: Principal, action: Action, resource: Resource, membersh
         raise NotFound(str(resource))
     if role < least:
         raise PermissionDenied(f"{principal.name} is {role} of {resource}; {action} needs {least} or above")
+
+
+def render_matrix() -> str:
+    """The role matrix as a Markdown table: docs/roles.md holds exactly this (a test compares)."""
+    head = ["action", "on", "what it allows", *(str(r) for r in Role), "admin"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for action, (least, kinds) in RIGHTS.items():
+        marks = ["any user" if action in CREATE_ACTIONS else ("✓" if role >= least else "–") for role in Role]
+        rows.append("| " + " | ".join([f"`{action}`", ", ".join(kinds), MEANING[action], *marks, "✓"]) + " |")
+    return "\n".join(rows) + "\n"
 
 
 def member_action(old: Role | None, new: Role | None) -> Action:
