@@ -7,17 +7,23 @@ There is no kube-apiserver on the one-machine lab (and none can be installed); P
 validated). So the real ``kubernetes`` client is served by this: pods, nodes and Endpoints
 held in memory, one resource version counter for every change (as etcd's revision is).
 
-* **Reads**: ``GET /api/v1/{pods,nodes,endpoints}``, the namespaced collections
-  ``/api/v1/namespaces/NS/{pods,endpoints}`` and single objects, as PodList / NodeList /
+* **Reads**: ``GET /api/v1/{pods,nodes,endpoints,namespaces,replicationcontrollers}``, the
+  namespaced collections ``/api/v1/namespaces/NS/{pods,endpoints,replicationcontrollers}``
+  and single objects, as PodList / NodeList /
   EndpointsList JSON with the list's ``resourceVersion``; ``labelSelector`` (``k=v``,
   ``k!=v``, ``k``) and ``fieldSelector`` (``spec.nodeName``, ``metadata.name``,
   ``metadata.namespace``) as a kubelet uses them. Unknown paths answer 404.
-* **Writes** (``lab/kube_objects.py`` validates them; a bad one is a Status 400/422 and
-  changes nothing): ``POST`` pods and nodes (409 when the name exists), ``PUT``/``PATCH``
+* **Writes** (``lab/kube_objects.py`` and ``lab/kube_workloads.py`` validate them; a bad one
+  is a Status 400/422 and changes nothing): ``POST`` pods, nodes, namespaces and replication
+  controllers (409 when the name exists; a controller's namespace must exist, else 404),
+  ``PUT``/``PATCH``
   (JSON merge patch; a strategic merge patch is read as one) of an object or of its
   ``/status`` subresource, with the real split: a create and the main resource never set
-  status, ``/status`` sets only status; a pod's spec is immutable. ``DELETE`` removes at
-  once (grace period 0) and answers the object. Bodies are bounded (413) and need a
+  status, ``/status`` sets only status; a pod's spec is immutable (a controller's is not: a
+  scale is a merge patch of ``spec.replicas``). ``DELETE`` removes at once (grace period 0)
+  and answers the object; deleting a namespace first deletes its controllers, pods and
+  Endpoints (no Terminating phase). Nothing here runs a controller's pods: the lab
+  kubelet and controller do. Bodies are bounded (413) and need a
   ``Content-Length`` (411).
 * **The endpoints controller**: every pod or node change recomputes the Endpoints
   ``NS/APP`` of the pods labelled ``app=APP`` (Ready pods on Ready nodes under
@@ -75,15 +81,28 @@ from lab.kube_objects import (
     pod_app,
     pod_from,
 )
+from lab.kube_workloads import controller_from, namespace_from
 
 DEFAULT_WATCH_TIMEOUT = 1800  # seconds; a real API server picks 30-60 min when the client sets none
 MAX_BODY = 256 * 1024  # bytes of a write's body; a Pod of the lab is well under 2 KiB
-KINDS = {"pods": "Pod", "nodes": "Node", "endpoints": "Endpoints"}
-NAMESPACED = ("pods", "endpoints")
-WRITABLE = ("pods", "nodes")  # Endpoints are the controller's (or a test's, from Python)
+KINDS = {"pods": "Pod", "nodes": "Node", "endpoints": "Endpoints", "namespaces": "Namespace",
+         "replicationcontrollers": "ReplicationController"}
+NAMESPACED = ("pods", "endpoints", "replicationcontrollers")
+WRITABLE = ("pods", "nodes", "namespaces", "replicationcontrollers")  # Endpoints are the controller's
 MERGE_PATCHES = ("application/merge-patch+json", "application/strategic-merge-patch+json")
 
-Key = tuple[str, str]  # (namespace, name); "" is the namespace of a node
+Key = tuple[str, str]  # (namespace, name); "" is the namespace of a node or a namespace
+
+
+def _validated(resource: str, body: Any, namespace: str, name: str | None) -> dict[str, Any]:
+    """The object a write of ``body`` stores (kube_objects, kube_workloads); ``Invalid`` if it is none."""
+    if resource == "pods":
+        return pod_from(body, namespace=namespace, name=name)
+    if resource == "replicationcontrollers":
+        return controller_from(body, namespace=namespace, name=name)
+    if resource == "namespaces":
+        return namespace_from(body, name=name)
+    return node_from(body, name=name)
 
 
 def _status(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -430,15 +449,20 @@ class KubeApiMock:
         name = body.get("metadata", {}).get("name") if isinstance(body, dict) and isinstance(
             body.get("metadata"), dict) else None
         try:
-            obj = pod_from(body, namespace=route.namespace or "") if route.resource == "pods" else node_from(body)
+            obj = _validated(route.resource, body, route.namespace or "", None)
         except Invalid as exc:
             raise _invalid(exc, kind, str(name)) from None
         obj["metadata"]["uid"] = str(uuid.uuid4())
         obj["metadata"]["creationTimestamp"] = _now()
         if route.resource == "pods":
             obj["status"] = {"phase": "Pending", "conditions": []}  # a create never sets status
+        elif route.resource == "replicationcontrollers":
+            obj["status"] = {"replicas": 0, "readyReplicas": 0}
         key = (route.namespace or "", obj["metadata"]["name"])
         with self._lock:
+            if route.resource == "replicationcontrollers" and ("", key[0]) not in self._objects["namespaces"]:
+                raise _Refused(404, "NotFound", f'namespaces "{key[0]}" not found',
+                               {"name": key[0], "kind": "namespaces"})
             if key in self._objects[route.resource]:
                 raise _Refused(409, "AlreadyExists", f'{route.resource} "{key[1]}" already exists',
                                {"name": key[1], "kind": route.resource})
@@ -460,10 +484,7 @@ class KubeApiMock:
             if patch and isinstance(meta, dict):  # a patch need not repeat the name; a replacement must
                 wanted = {**wanted, "metadata": {**meta, "name": route.name}}
             try:
-                if route.resource == "pods":
-                    new = pod_from(wanted, namespace=key[0], name=route.name)
-                else:
-                    new = node_from(wanted, name=route.name)
+                new = _validated(route.resource, wanted, key[0], route.name)
             except Invalid as exc:
                 raise _invalid(exc, kind, route.name) from None
             if route.status:  # only the status changes
@@ -489,11 +510,21 @@ class KubeApiMock:
         assert route.name is not None
         key = (route.namespace or "", route.name)
         with self._lock:
+            if route.resource == "namespaces" and key in self._objects["namespaces"]:
+                self._empty_namespace(route.name)
             gone = self._commit(route.resource, key, None)
         if gone is None:
             raise _Refused(404, "NotFound", f'{route.resource} "{route.name}" not found',
                            {"name": route.name, "kind": route.resource})
         return gone
+
+    def _empty_namespace(self, namespace: str) -> None:
+        """Delete what a namespace holds, each object its own change (lock held): pods first, so the
+        endpoints controller is done with the namespace before its Endpoints go."""
+        for resource in ("replicationcontrollers", "pods", "endpoints"):
+            for key in sorted(k for k in self._objects[resource] if k[0] == namespace):
+                self._commit(resource, key, None)
+                self._managed.discard(key)
 
     # ---- watch
     def _watch(self, route: _Route, selector: _Selector, query: dict[str, list[str]],

@@ -61,6 +61,7 @@ class Kubernetes:
         self._dirty: set[Key] = set(self.pods)  # (app, Cell) the controller must reconcile
         self._dead: dict[Key, float] = {}  # (app, pod) -> when it died: the only leak suspects
         self._pod_counter = 0
+        self._leaving: set[str] = set()  # pods a scale-down (set_workload) is deleting
         self._apps_in_cell: dict[str, list[str]] = {}
         for app in apps.values():
             for cell in app.cells:
@@ -70,6 +71,31 @@ class Kubernetes:
     def mark_dirty(self, key: Key) -> None:
         """The replica count of (app, Cell) changed: the controller reconciles it at its next tick."""
         self._dirty.add(key)
+
+    def set_workload(self, key: Key, replicas: int, image: str) -> None:
+        """What the app's replication controllers in the Cell add up to (the ``on_change`` of the Cell's
+        ``sim.adapters.workloads.SimWorkloads``): the replica count, and the image new pods run ("": keep).
+
+        More replicas: the controller starts them at its next tick. Fewer: the surplus pods,
+        not-ready ones first, are drained and deleted (as an RC scale-down does). An app the
+        Region was not given (no ``AppSpec``) has no pods here: nothing happens.
+        """
+        if key not in self.pods:
+            return
+        if image:
+            self.images[key[0]] = image
+        self.replicas[key] = replicas
+        self.mark_dirty(key)
+        staying = [p for p in self.pods[key] if p.in_api and p.name not in self._leaving]
+        for pod in sorted(staying, key=lambda p: p.ready)[:max(0, len(staying) - replicas)]:
+            self._leaving.add(pod.name)
+            self.runtime.spawn(self._scale_down(pod), name=f"scale-down/{pod.name}")
+
+    async def _scale_down(self, pod: Pod) -> None:
+        try:
+            await self.delete_pod(pod)
+        finally:
+            self._leaving.discard(pod.name)
 
     async def controller(self) -> None:
         """Replication controllers of every app in every reachable Cell (one loop, every tick).
