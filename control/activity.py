@@ -68,7 +68,7 @@ class InvalidActivity(ValueError):
 
 
 class InvalidArgument(port.InvalidArgument):
-    pass
+    """A field of a call is invalid; ``field`` names it (the port's ``__init__``)."""
 
 
 class Conflict(port.Conflict):
@@ -119,6 +119,13 @@ class ActivityRecord:
         return json.dumps({"id": self.request_id, "at": self.at, "who": self.who, "role": self.role,
                            "action": self.action, "kind": self.kind, "name": self.name, "result": self.result},
                           sort_keys=True, separators=(",", ":")).encode()
+
+
+def check_request_id(request_id: Any) -> str:
+    """``request_id`` if it is 1-64 characters of ``[A-Za-z0-9._-]``; else ``InvalidArgument``."""
+    if not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id):
+        raise InvalidArgument("request_id", f"{str(request_id)[:64]!r} is not 1-64 characters of [A-Za-z0-9._-]")
+    return request_id
 
 
 def _check(record: ActivityRecord) -> ActivityRecord:
@@ -191,7 +198,7 @@ def activity_ops(principal: Principal, action: Action | str, resource: Resource,
     done. Raises ``InvalidArgument`` when a field is out of bounds (nothing is written then).
     A transaction records at most one change (a second one would put the same count key).
     """
-    record = ActivityRecord(request_id if isinstance(request_id, str) else "", now, principal.name,
+    record = ActivityRecord(check_request_id(request_id), now, principal.name,
                             principal.role, str(action), resource.kind, resource.name, result)
     try:
         _check(record)

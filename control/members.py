@@ -49,7 +49,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from control.activity import activity_ops
+from control.activity import activity_ops, check_request_id
 from control.auth import Principal
 from foundation.logic.slb_domain import OWNER, load_json
 from foundation.ports import Compare, DeleteOp, GetOp, KeyValue, PutOp, RangeResult, Runtime, Store
@@ -454,6 +454,7 @@ class Members:
 
     async def _write(self, who: Principal, resource: Resource, user: str, role: Role | None, request_id: str,
                      verb: Literal["add", "change", "remove"]) -> MemberChange:
+        check_request_id(request_id)
         for _ in range(self.max_attempts):
             found = await load_memberships(self.store, resource)
             authorize(who, Action.MEMBER_READ, resource, found)  # outsiders: NotFound before anything else
