@@ -18,6 +18,7 @@ from foundation.adapters.buildah_builder import BuildahBuilder, BuildahConfig
 from foundation.adapters.etcd_store import EtcdStore
 from foundation.adapters.grpc_control import GrpcControlClient
 from foundation.adapters.k8s_cluster import KubeCluster
+from foundation.adapters.k8s_workloads import KubeWorkloads
 from foundation.adapters.nginx_proxy import NginxProxy
 from foundation.adapters.ovs_dataplane import OvsDataplane
 from foundation.adapters.prom_metrics import PromMetrics
@@ -29,6 +30,7 @@ from foundation.ports.metrics import Metrics, NoMetrics
 from foundation.ports.proxy import Proxy
 from foundation.ports.runtime import Event, Queue, Runtime, Task
 from foundation.ports.store import Store
+from foundation.ports.workloads import Workloads
 from sim.adapters.builder import SimBuilder, SimRegistry
 from sim.adapters.cluster import RegionCluster, SimCluster
 from sim.adapters.control import SimControlClient
@@ -37,6 +39,7 @@ from sim.adapters.metrics import SimMetrics
 from sim.adapters.proxy import SimProxy
 from sim.adapters.runtime import SimRuntime
 from sim.adapters.store import MemoryStore, SimStoreClient
+from sim.adapters.workloads import SimWorkloads
 
 
 def _every_adapter_is_its_port(
@@ -48,6 +51,7 @@ def _every_adapter_is_its_port(
     buildah: BuildahBuilder, sim_builder: SimBuilder,
     grpc_control: GrpcControlClient, sim_control: SimControlClient,
     prom_metrics: PromMetrics, sim_metrics: SimMetrics, no_metrics: NoMetrics,
+    kube_workloads: KubeWorkloads, sim_workloads: SimWorkloads,
 ) -> None:
     """Checked by mypy, never run: an adapter that stops fitting its port fails ./test.sh."""
     runtimes: list[Runtime] = [asyncio_runtime, sim_runtime]
@@ -59,12 +63,13 @@ def _every_adapter_is_its_port(
     builders: list[Builder] = [buildah, sim_builder]
     controls: list[ControlClient] = [grpc_control, sim_control]
     metrics: list[Metrics] = [prom_metrics, sim_metrics, no_metrics]
+    workloads: list[Workloads] = [kube_workloads, sim_workloads]
     for runtime in runtimes:  # what a runtime hands out fits the port's smaller protocols too
         task: Task[object] = runtime.spawn(runtime.sleep(0), name="t")
         queue: Queue[int] = runtime.queue()
         event: Event = runtime.event()
         del task, queue, event
-    del stores, inventories, dataplanes, proxies, builders, controls, metrics
+    del stores, inventories, dataplanes, proxies, builders, controls, metrics, workloads
 
 
 def test_runtimes_fit_the_runtime_port() -> None:
@@ -126,3 +131,8 @@ def test_metrics_fit_the_metrics_port() -> None:
 
     assert isinstance(PromMetrics(), Metrics) and isinstance(SimMetrics(SimRuntime(seed=1)), Metrics)
     assert isinstance(NO_METRICS, Metrics)
+
+
+def test_workloads_fit_the_workloads_port() -> None:
+    assert isinstance(SimWorkloads(SimCluster("cell")), Workloads)
+    assert isinstance(KubeWorkloads(host="http://127.0.0.1:1", token="t"), Workloads)  # nothing dialled
