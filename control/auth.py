@@ -2,6 +2,10 @@
 
 A **principal** is a name and one role: ``admin``, ``discovery`` or ``user`` (what
 each may do is the business of the service that checks it, e.g. ``control.slb_core``).
+On the platform's resources (apps, image groups, images) a ``user``'s rights are its
+memberships: its name is the ``user`` of the membership table (``control.members``,
+docs/roles.md), where ``members.authorize`` turns principal + memberships into a
+decision; an ``admin`` may do everything there, ``discovery`` nothing.
 Callers prove who they are with a bearer token; the table of tokens is a text file,
 one principal per line::
 
