@@ -498,11 +498,12 @@ class Members:
 
     @staticmethod
     def _keep_an_owner(found: Memberships, leaving: str) -> None:
-        rest = [u for u in found.owners() if u != leaving or (
-            found.inherited.get(u) is not None and found.inherited[u].role == Role.OWNER)]
-        if found.resource.kind != "image":
-            rest = [u for u, m in found.direct.items() if m.role == Role.OWNER and u != leaving]
-        if not rest:
+        """FailedPrecondition unless an Owner remains once ``leaving``'s direct Ownership goes: a direct
+        one for an app or a group; for an image, a direct one or one through its group."""
+        remaining = [u for u, m in found.direct.items() if m.role == Role.OWNER and u != leaving]
+        if found.resource.kind == "image":
+            remaining += [u for u, m in found.inherited.items() if m.role == Role.OWNER]
+        if not remaining:
             raise FailedPrecondition(f"{leaving} is the last Owner of {found.resource}: make another member "
                                      "Owner first")
 
