@@ -20,11 +20,13 @@ which execs host-local.
 Both run in the root network namespace against pod namespaces of their own (four per side,
 in turn), alternating cycle by cycle (and which goes first) so machine noise hits both
 alike. Each round reports median
-ADD, DEL and cycle per side, the ratio of median cycles and the 1-minute load average (on
-a shared 2-core machine a Python start-up suffers more from other work than a Go one's);
-the summary is the range of each over the rounds (target: ratio <= 1.0).
+ADD, DEL and cycle per side, the ratio of median cycles, the CPU a cycle costs (cnitool and
+the plugins it ran, from ``getrusage``; for ours also the agent, etcd, ovsdb-server and
+ovs-vswitchd, from ``/proc``: less sensitive to other work than wall time) and the 1-minute
+load average (on a shared 2-core machine a Python start-up suffers more from other work
+than a Go one's); the summary is the range of each over the rounds (target: ratio <= 1.0).
 
-Run (root): .venv/bin/python -m bench.cni_cycle [--rounds 5] [--cycles 30] [--python /usr/bin/python3]
+Run (root): .venv/bin/python -m bench.cni_cycle [--rounds 5] [--cycles 30] [--python /usr/bin/python3] [--python-only]
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -48,7 +51,7 @@ from foundation.adapters.etcd_store import EtcdStore
 from foundation.adapters.ovs_dataplane import OvsDataplane
 from lab.etcd import running_etcd
 from lab.ovs import running_ovs
-from leengine.cni_install import install_plugin
+from leengine.cni_install import install_plugin, installed_interpreter
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = Path("/usr/lib/cni")
@@ -56,19 +59,28 @@ BRIDGE, REF_BRIDGE = "lebnch0", "lebnchref0"
 # Pod netns per side, used in turn: a runtime gives each pod a netns of its own, and our DEL leaves the veth to a
 # background reaper, so a reused netns's eth0 could still be there for the next ADD (a collision no runtime makes).
 PODS_PER_SIDE = 4
-NETNS = {side: [f"lebnch-{side[:3]}{i}" for i in range(PODS_PER_SIDE)] for side in ("ours", "reference")}
+NETNS = {side: [f"lebnch-{side[:3]}{i}" for i in range(PODS_PER_SIDE)] for side in ("ours", "reference", "python-only")}
 WARMUP = 3  # cycles per side before the first round: caches, the agent's first etcd and OVSDB round trips
 
 
-def cnitool(tool: str, command: str, network: str, netns: str, env: dict[str, str]) -> float:
-    """Seconds one ``cnitool COMMAND NETWORK`` takes (it fails the bench if libcni reports an error)."""
+def cnitool(tool: str, command: str, network: str, netns: str, env: dict[str, str]) -> tuple[float, float]:
+    """Wall and CPU seconds of one ``cnitool COMMAND NETWORK`` (CPU: cnitool and every plugin it waited for, kernel
+    work in their system calls included); it fails the bench if libcni reports an error."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     result = subprocess.run([tool, command, network, f"/var/run/netns/{netns}"], env=env, capture_output=True,
                             timeout=60, check=False)
     elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
         raise SystemExit(f"cnitool {command} {network} failed: {result.stdout.decode()} {result.stderr.decode()}")
-    return elapsed
+    return elapsed, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process ``pid`` (all its threads) has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_agent(etcd: str, ovsdb: str, socket_path: str) -> subprocess.Popen[bytes]:
@@ -95,16 +107,20 @@ def write_conflists(confdir: Path, socket_path: str, work: Path) -> None:
         (confdir / f"10-{conflist['name']}.conflist").write_text(json.dumps(conflist))
 
 
-def summary(samples: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, float]]:
-    """Median ADD, DEL and cycle (ADD + DEL of one pod) in ms per side, and the ratio of median cycles."""
+def summary(samples: dict[str, dict[str, list[float]]], daemon_cpu: float) -> dict[str, dict[str, float]]:
+    """Median ADD, DEL and cycle (ADD + DEL of one pod) in ms per side, the ratio of median cycles, and CPU ms per
+    cycle: median of cnitool + plugins, plus (ours) the mean of what the agent, etcd, ovsdb-server and ovs-vswitchd
+    used over the round (``daemon_cpu`` seconds per cycle)."""
     out: dict[str, dict[str, float]] = {}
     for side, times in samples.items():
         cycles = [a + d for a, d in zip(times["ADD"], times["DEL"], strict=True)]
+        plugins = statistics.median(times["CPU"]) * 1000
         out[side] = {"add": statistics.median(times["ADD"]) * 1000, "del": statistics.median(times["DEL"]) * 1000,
-                     "cycle": statistics.median(cycles) * 1000}
-    out["ratio"] = {"cycle": out["ours"]["cycle"] / out["reference"]["cycle"],
-                    "add": out["ours"]["add"] / out["reference"]["add"],
-                    "del": out["ours"]["del"] / out["reference"]["del"]}
+                     "cycle": statistics.median(cycles) * 1000, "cpu_plugins": plugins,
+                     "cpu": plugins + (daemon_cpu * 1000 if side != "reference" else 0.0)}
+    for side, ratio in (("ours", "ratio"), ("python-only", "ratio_python_only")):
+        if side in out:
+            out[ratio] = {what: out[side][what] / out["reference"][what] for what in ("cycle", "add", "del", "cpu")}
     return out
 
 
@@ -113,7 +129,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--cycles", type=int, default=30, help="ADD+DEL cycles per side per round")
     parser.add_argument("--python", default=None,
-                        help="interpreter in the installed plugin's shebang (default: leengine install-cni's)")
+                        help="interpreter the installed plugin execs (default: leengine install-cni's)")
+    parser.add_argument("--python-only", action="store_true",
+                        help="a third side: the same plugin as one Python file behind #!<python> -IS (VERSION "
+                             "by Python too, as installed before the sh part), against the same agent")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench.cni_cycle needs root (network namespaces, OVS)")
@@ -122,7 +141,13 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="lebench-", dir="/tmp"))
     (work / "bin").mkdir()
     plugin = install_plugin(work / "bin", python=args.python)
-    shebang_line = plugin.read_bytes().split(b"\n", 1)[0]
+    interpreter = installed_interpreter(plugin.read_bytes())
+    if args.python_only:  # the Python part alone, behind the shebang the plugin had before its sh part
+        (work / "bin-python-only").mkdir()
+        data = plugin.read_bytes()
+        python_only = work / "bin-python-only" / plugin.name
+        python_only.write_bytes(f"#!{interpreter} -IS\n".encode() + data[data.index(b"\n# The plugin compiled") + 1:])
+        python_only.chmod(0o755)
     for netns in [n for names in NETNS.values() for n in names]:
         subprocess.run(["ip", "netns", "add", netns], check=True)
     agent = None
@@ -143,34 +168,51 @@ def main() -> None:
             base_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "NETCONFPATH": str(work / "net.d"),
                         "CNI_PATH": f"{plugin.parent}:{REFERENCE}", "CNI_CACHE_DIR": str(work / "cache")}
             sides = {"ours": "bench", "reference": "bench-ref"}
+            cni_path = {"ours": base_env["CNI_PATH"], "reference": base_env["CNI_PATH"]}
+            if args.python_only:
+                sides["python-only"] = "bench"
+                cni_path["python-only"] = f"{work / 'bin-python-only'}:{REFERENCE}"
             serial = 0
+
+            # Daemons that work for our side only (the reference's work is all in its plugins' processes).
+            daemons = [agent.pid, etcd.pid, ovs.pid("ovsdb-server"), ovs.pid("ovs-vswitchd")]
 
             def cycle(side: str, samples: dict[str, dict[str, list[float]]] | None) -> None:
                 nonlocal serial
                 serial += 1
-                env = {**base_env, "CNI_CONTAINERID": f"{side}-{serial}"}
+                env = {**base_env, "CNI_CONTAINERID": f"{side}-{serial}", "CNI_PATH": cni_path[side]}
                 netns = NETNS[side][serial % PODS_PER_SIDE]
-                add = cnitool(tool, "add", sides[side], netns, env)
-                delete = cnitool(tool, "del", sides[side], netns, env)
+                add, add_cpu = cnitool(tool, "add", sides[side], netns, env)
+                delete, del_cpu = cnitool(tool, "del", sides[side], netns, env)
                 if samples is not None:
                     samples[side]["ADD"].append(add)
                     samples[side]["DEL"].append(delete)
+                    samples[side]["CPU"].append(add_cpu + del_cpu)
 
             for _ in range(WARMUP):
                 for side in sides:
                     cycle(side, None)
             for number in range(args.rounds):
-                samples: dict[str, dict[str, list[float]]] = {s: {"ADD": [], "DEL": []} for s in sides}
+                samples: dict[str, dict[str, list[float]]] = {s: {"ADD": [], "DEL": [], "CPU": []} for s in sides}
+                daemon_cpu = sum(cpu_seconds(pid) for pid in daemons)
                 for i in range(args.cycles):
-                    order = list(sides) if i % 2 == 0 else list(reversed(sides))  # neither side always goes first
+                    order = list(sides)[i % len(sides):] + list(sides)[:i % len(sides)]  # each side goes first in turn
                     for side in order:
                         cycle(side, samples)
-                rounds.append({**summary(samples), "loadavg_1min": {"value": os.getloadavg()[0]}})
+                daemon_cpu = sum(cpu_seconds(pid) for pid in daemons) - daemon_cpu
+                ours_sides = len(sides) - 1  # the daemons work for ours (and python-only), never the reference
+                rounds.append({**summary(samples, daemon_cpu / args.cycles / ours_sides),
+                               "loadavg_1min": {"value": os.getloadavg()[0]}})
                 r = rounds[-1]
                 print(f"round {number + 1}: ours {r['ours']['cycle']:.1f} ms (ADD {r['ours']['add']:.1f} + DEL "
                       f"{r['ours']['del']:.1f}), reference {r['reference']['cycle']:.1f} ms (ADD "
-                      f"{r['reference']['add']:.1f} + DEL {r['reference']['del']:.1f}): {r['ratio']['cycle']:.2f}x "
-                      f"(load {r['loadavg_1min']['value']:.1f})", flush=True)
+                      f"{r['reference']['add']:.1f} + DEL {r['reference']['del']:.1f}): {r['ratio']['cycle']:.2f}x; "
+                      f"CPU per cycle {r['ours']['cpu']:.1f} (plugins {r['ours']['cpu_plugins']:.1f}) vs "
+                      f"{r['reference']['cpu']:.1f} ms: {r['ratio']['cpu']:.2f}x "
+                      f"(load {r['loadavg_1min']['value']:.1f})" + (
+                          f"; python-only {r['python-only']['cycle']:.1f} ms (ADD {r['python-only']['add']:.1f} + "
+                          f"DEL {r['python-only']['del']:.1f}): {r['ratio_python_only']['cycle']:.2f}x"
+                          if args.python_only else ""), flush=True)
     finally:
         if agent is not None:
             agent.terminate()
@@ -189,15 +231,20 @@ def main() -> None:
         return f"{low:.{digits}f}–{high:.{digits}f}"
 
     show(f"CNI ADD / DEL through libcni (cnitool), per-round medians of {args.cycles} interleaved cycles, range "
-         f"over {args.rounds} rounds (ms)", ["", "ADD", "DEL", "cycle"], [
-             ["leengine-cni → agent → etcd + OVS", fmt("ours", "add"), fmt("ours", "del"), fmt("ours", "cycle")],
+         f"over {args.rounds} rounds (ms)", ["", "ADD", "DEL", "cycle", "CPU per cycle"], [
+             ["leengine-cni → agent → etcd + OVS", fmt("ours", "add"), fmt("ours", "del"), fmt("ours", "cycle"),
+              fmt("ours", "cpu")],
              ["bridge + host-local (Debian)", fmt("reference", "add"), fmt("reference", "del"),
-              fmt("reference", "cycle")],
-             ["ratio ours/reference", fmt("ratio", "add", 2), fmt("ratio", "del", 2), fmt("ratio", "cycle", 2)],
-         ])
-    shebang = shebang_line.decode()
+              fmt("reference", "cycle"), fmt("reference", "cpu")],
+             ["ratio ours/reference", fmt("ratio", "add", 2), fmt("ratio", "del", 2), fmt("ratio", "cycle", 2),
+              fmt("ratio", "cpu", 2)],
+         ] + ([["python-only (VERSION by Python)", fmt("python-only", "add"), fmt("python-only", "del"),
+                fmt("python-only", "cycle"), fmt("python-only", "cpu")],
+               ["ratio python-only/reference", fmt("ratio_python_only", "add", 2),
+                fmt("ratio_python_only", "del", 2), fmt("ratio_python_only", "cycle", 2),
+                fmt("ratio_python_only", "cpu", 2)]] if args.python_only else []))
     saved = save("cni_cycle", {"driver": "libcni 1.1.2 (build/cnitool)", "cycles": args.cycles,
-                               "plugin_shebang": shebang, "rounds": rounds})
+                               "plugin": f"sh (VERSION) + {interpreter} -IS", "rounds": rounds})
     print(f"saved {saved}")
 
 
