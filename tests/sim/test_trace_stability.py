@@ -31,6 +31,8 @@ SHIPPED = {
     "pool-exhaustion": "ef2aceb6021251192d41de8a68566b219ab3fb359ce6e62107bbc554de870abd",
     "builder-crash": "543c4ffd89be5e684e453d8f56a22f80014a87c936f284423ce9757f184c65d5",
     "steady-state": "e3a270d476f9050573374acde7d529c89dc8d345c135a33603fdde70bbaaee3d",  # issue 11: churn, no fault
+    "lab-scale": "b320b19621890a05d39b264d6bc3e28206841c4368bef2182f0c0b684c3a2376",  # issue 12: the lab bench's Region
+    "lab-burst-1000": "04e8402973d91a55e92526fbed48667147139ab6a7fbdbdf9714dd9f5fbdb7c2",  # issue 12: 1,000-pod lab burst
 }
 # every_fault_kind() below, seed 3; its verdicts (two fail on purpose) end the trace too. Moved once on
 # purpose (issue 10, discovery a client of the control service): its one failed push during the
