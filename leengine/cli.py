@@ -9,6 +9,7 @@ Subcommands:
                              (leengine/etcd_options.py; the old --endpoint/--timeout still work, hidden)
   leengine compare SIM LAB   hold a sim run against a lab run (leengine/compare_cmd.py)
   leengine install-cni DIR   install the leengine-cni plugin into a CNI bin directory (e.g. /opt/cni/bin)
+  leengine app ...           apps, versions, members, activity on the control service (leengine/app_cmd.py)
 
 Every error a user can cause or meet (bad option, etcd unreachable) ends as one
 readable line on stderr, never a traceback; exit 1 for a failure, 2 for bad input
@@ -31,6 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from foundation.ports import StoreError
+from leengine.app_cmd import app_app
 from leengine.command import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
@@ -59,6 +61,7 @@ app.add_typer(store_app, name="store")
 sim_app = typer.Typer(no_args_is_help=True, help="Replay scenario files on the simulated Region.")
 app.add_typer(sim_app, name="sim")
 app.add_typer(lab_app, name="lab")
+app.add_typer(app_app, name="app")  # leengine/app_cmd.py: the platform's apps, members, activity
 app.command("compare")(compare_command)  # leengine/compare_cmd.py: sim report vs lab report
 console = Console()
 DEFAULT_SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "default.yaml"

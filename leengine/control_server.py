@@ -1,13 +1,17 @@
-"""``leengine-control``: the control service's gRPC server (slb-core for now).
+"""``leengine-control``: the control service's gRPC server (slb-core, builds, the platform).
 
     leengine-control --tokens /etc/leengine/tokens [--listen 127.0.0.1:50051] [--etcd 127.0.0.1:2379] \\
         [--tls-cert server.crt --tls-key server.key [--tls-client-ca clients-ca.crt]] \\
-        [--etcd-ca etcd-ca.crt --etcd-cert control.crt --etcd-key control.key]
+        [--etcd-ca etcd-ca.crt --etcd-cert control.crt --etcd-key control.key] \\
+        [--cells cells.yaml [--api-timeout 10] [--reconcile-seconds 30]]
 
 It wires the real adapters (etcd Store, asyncio Runtime) to the service logic
 (``control/slb_core.py``) and serves ``leengine.control.v1.SlbCore``
 (control/protos/leengine/control/v1/slb.proto) on a ``grpc.aio`` server, together
-with ``grpc.health.v1.Health`` (SERVING once it listens) and server reflection.
+with ``grpc.health.v1.Health`` (SERVING once it listens) and server reflection; also
+``leengine.control.v1.Builds`` and ``leengine.control.v1.Platform`` (apps, versions, members,
+activity, daily counts: ``leengine/platform_service.py``; its apps calls need ``--cells FILE``,
+each Cell's Kubernetes API in discovery's config shape, and answer FAILED_PRECONDITION without it).
 
 * Authentication: every SlbCore call needs metadata ``authorization: Bearer <token>``;
   a missing, malformed or unknown token is UNAUTHENTICATED. Health and reflection are
@@ -51,7 +55,7 @@ import ipaddress
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -76,6 +80,7 @@ from foundation.ports.metrics import (
     MetricDef,
     Metrics,
 )
+from foundation.ports.workloads import Workloads
 from leengine.command import BadInput, Failed, LogLevelOpt, configure_logging, run_app
 from leengine.daemon import connect_until_stopped, run_daemon, stop_on_signals
 from leengine.etcd_options import (
@@ -94,6 +99,16 @@ from leengine.etcd_options import (
     read_pem,
 )
 from leengine.metrics_option import MetricsAddressOpt, metrics_served, record_daemon_info
+from leengine.platform_service import (
+    DEFAULT_RECONCILE_PERIOD,
+    PLATFORM_SERVICE,
+    CellsFileError,
+    add_to_server,
+    cell_workloads,
+    close_workloads,
+    load_cells,
+    reconcile_forever,
+)
 from leengine.secret_files import SecretFileError, read_secret_file
 
 try:
@@ -395,13 +410,15 @@ class ControlServer:
     port: int
     health: Any  # grpc_health's aio HealthServicer
     reassigner: asyncio.Task[None] | None = None  # moves build tasks off dead build hosts
+    reconciler: asyncio.Task[None] | None = None  # brings every Cell to the apps' records (with Cells)
 
     async def stop(self, grace: float | None = 1.0) -> None:
         await self.health.enter_graceful_shutdown()  # probes see NOT_SERVING while calls drain
-        if self.reassigner is not None:
-            self.reassigner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.reassigner
+        for task in (self.reassigner, self.reconciler):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.server.stop(grace)
 
     async def wait(self) -> None:
@@ -467,9 +484,13 @@ def load_server_tls(cert: Path | None, key: Path | None, client_ca: Path | None)
 
 async def start(store: Store, tokens: TokenTable, *, listen: str = "127.0.0.1:0",
                 runtime: Runtime | None = None, tls: ServerTls | None = None,
-                limits: ServerLimits | None = None, metrics: Metrics = NO_METRICS) -> ControlServer:
+                limits: ServerLimits | None = None, metrics: Metrics = NO_METRICS,
+                cells: Mapping[str, Workloads] | None = None,
+                reconcile_period: float | None = DEFAULT_RECONCILE_PERIOD) -> ControlServer:
     """Serve slb-core on ``listen`` over ``store`` (which the caller owns and closes); TLS with ``tls``;
-    RPCs and the build queue recorded in ``metrics``."""
+    RPCs and the build queue recorded in ``metrics``; the platform's apps over ``cells`` (the Workloads
+    of each Cell, owned by the caller; None: apps calls answer FAILED_PRECONDITION), reconciled every
+    ``reconcile_period`` seconds (None: only by the calls themselves, for tests that count writes)."""
     from foundation.adapters.asyncio_runtime import AsyncioRuntime
 
     host, _ = check_listen(listen)
@@ -484,10 +505,11 @@ async def start(store: Store, tokens: TokenTable, *, listen: str = "127.0.0.1:0"
     slb_pb2_grpc.add_SlbCoreServicer_to_server(slb_service, server)
     scheduler = builds.BuildScheduler(store, runtime, metrics=metrics)
     builds_pb2_grpc.add_BuildsServicer_to_server(BuildsService(builds.BuildService(scheduler), slb_service), server)
+    platform = add_to_server(server, store, runtime, slb_service._call, cells)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE, BUILDS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
-                                        server)
+    reflection.enable_server_reflection((SERVICE, BUILDS_SERVICE, PLATFORM_SERVICE, health.SERVICE_NAME,
+                                         reflection.SERVICE_NAME), server)
     try:
         port = server.add_insecure_port(listen) if tls is None else server.add_secure_port(listen, tls.credentials())
     except RuntimeError as exc:
@@ -495,31 +517,42 @@ async def start(store: Store, tokens: TokenTable, *, listen: str = "127.0.0.1:0"
     if port == 0:
         raise OSError(f"cannot listen on {listen} (address in use or not local?)")
     await server.start()
-    for name in ("", SERVICE, BUILDS_SERVICE):
+    for name in ("", SERVICE, BUILDS_SERVICE, PLATFORM_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving %s and %s on %s:%d (%s, %d principals)", SERVICE, BUILDS_SERVICE, host, port,
              "plaintext" if tls is None else "TLS" + (" with client certificates" if tls.client_ca else ""),
              len(tokens))
+    log.info("serving %s (%s)", PLATFORM_SERVICE,
+             f"Cells {', '.join(sorted(cells))}" if cells else "no Cells: apps calls refused, see --cells")
     reassigner = asyncio.create_task(scheduler.reassign_forever(), name="build-reassigner")
-    return ControlServer(server, port, health_servicer, reassigner)
+    reconciler = None
+    if platform.apps is not None and reconcile_period is not None:
+        reconciler = asyncio.create_task(reconcile_forever(platform.apps, reconcile_period), name="apps-reconciler")
+    return ControlServer(server, port, health_servicer, reassigner, reconciler)
 
 
 async def serve(*, listen: str, etcd: str, tokens: TokenTable, etcd_timeout: float = 5.0,
                 stop: asyncio.Event | None = None, tls: ServerTls | None = None,
                 etcd_tls: EtcdClientTls | None = None, limits: ServerLimits | None = None,
-                metrics: Metrics = NO_METRICS) -> None:
-    """Open etcd (retrying while it is down), serve until SIGINT/SIGTERM or ``stop``, shut down cleanly."""
+                metrics: Metrics = NO_METRICS, cells: Mapping[str, Mapping[str, str]] | None = None,
+                api_timeout: float = 10.0, reconcile_period: float = DEFAULT_RECONCILE_PERIOD) -> None:
+    """Open etcd (retrying while it is down), serve until SIGINT/SIGTERM or ``stop``, shut down cleanly;
+    ``cells`` (``load_cells``' answer) get a Kubernetes client each."""
     stop = stop or stop_on_signals()
     store = new_store(etcd, etcd_tls, timeout=etcd_timeout)
+    workloads = cell_workloads(cells, timeout=api_timeout) if cells else None
     try:
         if not await connect_until_stopped(store, stop, log):
             return
-        server = await start(store, tokens, listen=listen, tls=tls, limits=limits, metrics=metrics)
+        server = await start(store, tokens, listen=listen, tls=tls, limits=limits, metrics=metrics,
+                             cells=workloads, reconcile_period=reconcile_period)
         try:
             await stop.wait()
         finally:
             await server.stop()
     finally:
+        if workloads:
+            await close_workloads(workloads)
         await store.close()
 
 
@@ -551,9 +584,15 @@ def main(
     admin_quota: Annotated[str, typer.Option(
         help="quotas of admins and discovery, same form")] = str(slb_core.Quotas().admin),
     metrics_address: MetricsAddressOpt = "",
+    cells: Annotated[Path | None, typer.Option(
+        help="YAML file of the Region's Cells (cells: {name: {api: URL} | {kubeconfig: PATH}}, discovery's "
+             "shape): serve apps")] = None,
+    api_timeout: Annotated[float, typer.Option(help="deadline of each Kubernetes API call, seconds")] = 10.0,
+    reconcile_seconds: Annotated[float, typer.Option(
+        help="how often every app's Cells are brought to its records, seconds")] = DEFAULT_RECONCILE_PERIOD,
     log_level: LogLevelOpt = "info",
 ) -> None:
-    """Serve the control service's gRPC API (slb-core) over etcd."""
+    """Serve the control service's gRPC API (slb-core, builds, the platform) over etcd."""
     try:
         host, _ = check_listen(listen)
         tls = load_server_tls(tls_cert, tls_key, tls_client_ca)
@@ -567,6 +606,12 @@ def main(
             raise ValueError(f"--user-quota/--admin-quota: {exc}") from None
         limits = ServerLimits(max_receive_bytes, max_send_bytes, max_concurrent_rpcs, quotas)
         table = load_tokens(tokens)
+        cells_config = load_cells(cells) if cells is not None else None
+        for flag, seconds in (("--api-timeout", api_timeout), ("--reconcile-seconds", reconcile_seconds)):
+            if not 0 < seconds <= 86_400:
+                raise ValueError(f"{flag} must be more than 0 and at most 86400 seconds, got {seconds}")
+    except CellsFileError as exc:
+        raise BadInput(f"--cells: {exc}") from None
     except ValueError as exc:
         raise BadInput(str(exc)) from None
     configure_logging(log_level)
@@ -577,7 +622,8 @@ def main(
         try:
             run_daemon(lambda stop: serve(listen=listen, etcd=etcd_settings.endpoint, tokens=table,
                                           etcd_timeout=etcd_settings.timeout, tls=tls, etcd_tls=etcd_settings.tls,
-                                          limits=limits, stop=stop, metrics=metrics))
+                                          limits=limits, stop=stop, metrics=metrics, cells=cells_config,
+                                          api_timeout=api_timeout, reconcile_period=reconcile_seconds))
         except OSError as exc:  # cannot listen
             raise Failed(str(exc)) from None
 
