@@ -15,7 +15,7 @@ Measured (issue 12, "Scale and speed"), each run on a fresh lab:
   GETs per app, started as soon as the app's 10 addresses are served). Afterwards: each pod's
   OVS port on its node's bridge with its pool's VLAN tag, 1,000 distinct addresses inside their
   Cells' pools, and the runtimes' per-phase timings (where the seconds go);
-* **memory**: sampled every 2 s during the burst: PSS and RSS summed over the lab's processes
+* **memory**: sampled every 3 s during the burst: PSS and RSS summed over the lab's processes
   (tagged ``LEENGINE_LAB=<id>``, inside the lab's namespaces, the lab's OVS), and the machine's
   ``MemTotal - MemAvailable`` and ``Slab`` above their level before ``lab up`` (the kernel's share:
   namespaces, veths, sockets; other users of the machine add noise to these two).
@@ -58,7 +58,7 @@ SCALE_SCENARIO = ROOT / "scenarios" / "lab-scale.yaml"
 BURST_SCENARIO = ROOT / "scenarios" / "lab-burst-1000.yaml"
 LEENGINE = str(Path(sys.executable).parent / "leengine")
 UP_TIMEOUT = 240.0
-BURST_TIMEOUT = 400.0
+BURST_TIMEOUT = 480.0
 GETS_PER_APP = 60  # bounded: 10 replicas behind a round-robin balancer answer in ~10-20 GETs
 INSIDE = "--inside-private-netns"
 
@@ -164,11 +164,12 @@ def served_upstreams(admin_socket: Path) -> dict[str, list[str]]:
         conn.close()
 
 
-def api_pods(url: str) -> list[dict[str, Any]]:
-    with contextlib.suppress(OSError, ValueError), urllib.request.urlopen(f"{url}/api/v1/pods", timeout=5) as resp:
+def api_pods(url: str) -> list[dict[str, Any]] | None:
+    """Every pod of a Cell's API; None when it does not answer (within 20 s: it is busy during a burst)."""
+    with contextlib.suppress(OSError, ValueError), urllib.request.urlopen(f"{url}/api/v1/pods", timeout=20) as resp:
         items = json.loads(resp.read()).get("items", [])
         return items if isinstance(items, list) else []
-    return []
+    return None
 
 
 def ready_pods(pods: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
@@ -434,16 +435,24 @@ def burst_run(workdir: Path, i: int) -> dict[str, Any]:
         checking: dict[str, concurrent.futures.Future[bool]] = {}
         last_memory = 0.0
         ready: list[tuple[str, str, str]] = []
+        ready_by_cell: dict[str, list[tuple[str, str, str]]] = {}
+        last_api = 0.0
         while True:
             now = time.monotonic()
-            if now - last_memory >= 2.0:
+            if now - last_memory >= 3.0:
                 memory.sample()
                 last_memory = now
             if proc.poll() not in (None, 0):
                 raise RuntimeError(f"lab up exited {proc.returncode} during the burst")
             if "up_command" not in timeline and proc.poll() == 0:
                 timeline["up_command"] = now
-            ready = [p for url in layout.apis.values() for p in ready_pods(api_pods(url))]
+            if now - last_api >= 2.0:  # the Cells' APIs are the busiest processes of a burst: asked every 2 s
+                for cell, url in layout.apis.items():
+                    pods = api_pods(url)
+                    if pods is not None:  # else: its last answer stands
+                        ready_by_cell[cell] = ready_pods(pods)
+                last_api = time.monotonic()
+            ready = [p for cell_ready in ready_by_cell.values() for p in cell_ready]
             if len(ready) >= total and "api_all_ready" not in timeline:
                 timeline["api_all_ready"] = time.monotonic()
             served = [served_upstreams(layout.admin_socket(h)) for h in layout.nginx]
@@ -452,14 +461,14 @@ def burst_run(workdir: Path, i: int) -> dict[str, Any]:
                 by_app.setdefault(app, {})[name] = ip
             complete = 0
             for app, domain in layout.domains.items():
-                pods = by_app.get(app, {})
-                ips = {f"{ip}" for ip in pods.values()}
-                in_all = len(pods) == layout.replicas[app] and all(
+                replicas = by_app.get(app, {})
+                ips = set(replicas.values())
+                in_all = len(replicas) == layout.replicas[app] and all(
                     ips == {s.rsplit(":", 1)[0] for s in up_.get(domain, [])} for up_ in served)
                 if in_all:
                     complete += 1
                     if app not in verified and app not in checking:
-                        expected = set(pods)
+                        expected = set(replicas)
                         checking[app] = pool.submit(names_through_every_host, layout, domain, expected)
             if served and "first_served" not in timeline and any(any(u.values()) for u in served):
                 timeline["first_served"] = time.monotonic()
@@ -473,14 +482,15 @@ def burst_run(workdir: Path, i: int) -> dict[str, Any]:
             if len(verified) == len(layout.domains):
                 timeline["all_names_seen"] = time.monotonic()
                 break
-            if time.monotonic() - t0 > BURST_TIMEOUT:
-                raise RuntimeError(f"burst not served within {BURST_TIMEOUT:.0f} s: {len(ready)} ready, "
-                                   f"{complete} apps' upstreams complete, {len(verified)} apps' names seen")
-            time.sleep(0.25)
+            if time.monotonic() - t0 > BURST_TIMEOUT:  # recorded as not served, with how far it got
+                result["timed_out"] = {"after_seconds": BURST_TIMEOUT, "ready_in_api": len(ready),
+                                       "apps_upstreams_complete": complete, "apps_names_seen": len(verified)}
+                break
+            time.sleep(0.5)
         memory.sample()
         result["cpu_seconds"] = {"machine": round(machine_busy() - busy_before, 1),
                                  **cpu_delta(cpu_before, cpu_snapshot(directory))}
-        result["burst_seconds"] = round(timeline["all_names_seen"] - t0, 2)
+        result["burst_seconds"] = round(timeline["all_names_seen"] - t0, 2) if "all_names_seen" in timeline else None
         result["timeline"] = {k: round(v - t0, 2) for k, v in sorted(timeline.items(), key=lambda kv: kv[1])}
         result["checks"] = verify_burst(layout, ready)
         result["runtime_phases"] = runtime_phases(layout)
@@ -502,7 +512,7 @@ def verify_burst(layout: Layout, ready: list[tuple[str, str, str]]) -> dict[str,
     lab_id = _lab_id_of(layout.dir)
     cell_of = {}
     for url_cell, url in layout.apis.items():
-        for p in api_pods(url):
+        for p in api_pods(url) or []:
             cell_of[p["metadata"]["name"]] = url_cell
     ips = [ip for _, _, ip in ready]
     in_pool = sum(1 for _, name, ip in ready
@@ -586,7 +596,7 @@ def inside(args: argparse.Namespace) -> int:
     ns_rates = [r["netns_veth_per_second"] for r in refs]
     first = [u["first_served_seconds"] for u in ups]
     downs = [u["down"]["seconds"] for u in ups]
-    burst = [b["burst_seconds"] for b in bursts]
+    burst = [b["burst_seconds"] for b in bursts if b["burst_seconds"] is not None]
     burst_downs = [b["down"]["seconds"] for b in bursts]
     pss = [b["memory"]["pss_mib"] for b in bursts]
     summary = {
@@ -597,6 +607,7 @@ def inside(args: argparse.Namespace) -> int:
         "reference_exec_per_second": exec_rates, "reference_netns_veth_per_second": ns_rates,
         "targets": {"up_first_served_seconds": 60, "down_seconds": 15, "burst_seconds": 30},
         "all_clean": all(u["down"]["clean"] for u in ups + bursts),
+        "bursts_not_served": [b["timed_out"] for b in bursts if "timed_out" in b],
     }
     if args.label:
         summary["label"] = args.label
@@ -611,7 +622,7 @@ def inside(args: argparse.Namespace) -> int:
         ["netns + veth made and deleted per s (reference)", span(ns_rates), "—"],
     ])
     print(f"results: {path}")
-    return 0 if summary["all_clean"] else 1
+    return 0 if summary["all_clean"] and not summary["bursts_not_served"] else 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,19 +5,19 @@ the Cell's Kubernetes API.
 --lab-id ID --netns-prefix le-<id>-p-`` serves a unix socket (mode 0600), one JSON line per
 request and one JSON line per answer, in order, on as many connections as callers like:
 
-* ``{"op": "run", "pod": NAME, "app": APP, "namespace": "default", "port": 80}`` → the pod's network
+* ``{"op": "run", "pod": NAME, "app": APP, "namespace": "default", "port": 80}`` → the Pod created in
+  the API (``spec.nodeName``, label ``app``; Pending), as a kubelet finds it there, then its network
   namespace ``<prefix><pod>`` (loopback up); the CNI plugin executed as containerd/libcni
   execute it (the conf's ``type`` looked up in the ``--cni-bin`` directories; env
   ``CNI_COMMAND=ADD``, ``CNI_CONTAINERID``, ``CNI_NETNS=/var/run/netns/<ns>``,
   ``CNI_IFNAME=eth0``, ``CNI_PATH``, ``CNI_ARGS`` with ``IgnoreUnknown``,
-  ``K8S_POD_NAMESPACE``, ``K8S_POD_NAME``, ``K8S_POD_INFRA_CONTAINER_ID``, ``K8S_POD_UID``;
+  ``K8S_POD_NAMESPACE``, ``K8S_POD_NAME``, ``K8S_POD_INFRA_CONTAINER_ID``, ``K8S_POD_UID`` (the API's uid);
   the network configuration on stdin with ``cniVersion`` and ``name`` injected from a
   ``.conflist`` as libcni does); then ``busybox httpd -f -p PORT`` in the netns (``port``: the app's
   container port, 1-65535, default 80; discovery binds the same port) serving the pod's
-  name at ``/``; once it listens, the Pod is created in the API (``spec.nodeName``, label
-  ``app``) and its status patched to Running + Ready with its ``podIP``. Answer ``{"ok": true,
-  "ip": ..., "add_seconds": ...}``. A failed ADD is undone (CNI DEL, netns deleted) and answered
-  ``{"ok": false, "error": ..., "cni_code": N}`` with the plugin's own code.
+  name at ``/``; once it listens, the Pod's status is patched to Running + Ready with its ``podIP``.
+  Answer ``{"ok": true, "ip": ..., "add_seconds": ...}``. A failed ADD is undone (CNI DEL, netns deleted) and answered
+  ``{"ok": false, "error": ..., "cni_code": N}`` with the plugin's own code (the Pod deleted from the API).
 * ``{"op": "stop", "pod": NAME}`` → CNI DEL, httpd killed, netns deleted, Pod deleted from the
   API. A failed DEL keeps the pod (as a sandbox whose teardown failed) for a retry.
 * ``{"op": "list"}`` → the pods this runtime holds. ``{"op": "samples"}`` → the seconds of
@@ -28,7 +28,7 @@ request and one JSON line per answer, in order, on as many connections as caller
   API call: what a dead host leaves (addresses held in etcd, pods still in the API).
 
 State: one JSON file per pod under ``--state-dir`` (default ``<socket dir>/<node>.pods``),
-written before the API hears of the pod, plus the pod's docroot. On start the runtime
+written before its sandbox is made, plus the pod's docroot. On start the runtime
 registers its Node (Ready), then looks at the API's pods on this node: a pod whose state
 file, netns and httpd (the pid's cmdline is busybox httpd and its environment carries
 ``LEENGINE_LAB=<id>``) are all still there is adopted; any other is patched ``Failed``, not
@@ -372,10 +372,14 @@ class ContainerRuntime:
             pod = Pod(name, app, namespace, f"{self.prefix}{name}", container, str(uuid.uuid4()), port=port)
             if (NETNS_DIR / pod.netns).exists():
                 raise RuntimeError_(f"netns {pod.netns} exists and is not this runtime's pod")
-            self._save(pod)
             self.pods[name] = pod
             added = False
             try:
+                # As a kubelet: the Pod is in the API first and its sandbox is set up under the API's uid
+                # (K8S_POD_UID), so the handle's uid is the API's (cnictl judges a pod whose uid differs
+                # from its handle's as recreated, and released live pods' addresses).
+                pod.uid = await self._create(pod)
+                self._save(pod)
                 phase = time.monotonic()
                 await self._make_netns(pod.netns)
                 started = self._phase("netns_seconds", phase)
@@ -410,8 +414,8 @@ class ContainerRuntime:
             samples.append(round(now - since, 6))
         return now
 
-    async def _report(self, pod: Pod) -> None:
-        """Create the Pod (or take over a stale one of that name on this node) and patch it Running + Ready."""
+    async def _create(self, pod: Pod) -> str:
+        """Create the Pod (or take over a stale one of that name on this node); returns the uid the API gave it."""
         base = f"/api/v1/namespaces/{pod.namespace}/pods"
         body = {"apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": pod.name, "namespace": pod.namespace, "labels": {"app": pod.app}},
@@ -419,10 +423,18 @@ class ContainerRuntime:
         status, answer = await self.kube.call("POST", base, body)
         if status == 409:  # a pod of that name from a previous run: replace it
             await self.kube.expect("DELETE", f"{base}/{pod.name}", ok=(200, 404))
-            await self.kube.expect("POST", base, body)
+            answer = await self.kube.expect("POST", base, body)
         elif status not in (200, 201):
             message = answer.get("message") if isinstance(answer, dict) else answer
             raise RuntimeError_(f"Kubernetes API: creating pod {pod.name}: HTTP {status}: {message}")
+        uid = answer.get("metadata", {}).get("uid") if isinstance(answer, dict) else None
+        if not isinstance(uid, str) or not uid:
+            raise RuntimeError_(f"Kubernetes API: pod {pod.name} created without a uid")
+        return uid
+
+    async def _report(self, pod: Pod) -> None:
+        """Patch the Pod (created by ``_create``) Running + Ready with its address."""
+        base = f"/api/v1/namespaces/{pod.namespace}/pods"
         await self.kube.expect("PATCH", f"{base}/{pod.name}/status", {"status": {
             "phase": "Running", "podIP": pod.ip,
             "conditions": [{"type": "Ready", "status": "True"}, {"type": "ContainersReady", "status": "True"}]}},
@@ -436,6 +448,8 @@ class ContainerRuntime:
         with contextlib.suppress(RuntimeError_, OSError):
             if (NETNS_DIR / pod.netns).exists():
                 await self._delete_netns(pod.netns)
+        with contextlib.suppress(RuntimeError_, OSError):  # created in the API before its sandbox (run)
+            await self.kube.expect("DELETE", f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}", ok=(200, 404))
         self._forget(pod.name)
 
     async def stop(self, name: object) -> dict[str, Any]:
@@ -580,7 +594,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lab-id", required=True, help="the lab's id (4 lowercase hex digits)")
     p.add_argument("--netns-prefix", required=True, help="pods' netns are named PREFIX<pod>")
     p.add_argument("--state-dir", default="", help="pod state and docroots (default: <socket dir>/<node>.pods)")
-    p.add_argument("--max-concurrent", type=int, default=64, help="pod operations at a time (default 64)")
+    p.add_argument("--max-concurrent", type=int, default=2, help="pod operations at a time (default 2)")
     p.add_argument("--busybox", default="busybox", help="the busybox binary (default: busybox on PATH)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
