@@ -684,7 +684,7 @@ class SlbCore:
         _require(who, "admin", "discovery", "user", action="set upstreams")
         group, name = _names(group, name, name_field="domain")
         if not isinstance(servers, list | tuple):
-            raise InvalidArgument("servers", "must be a list of IPv4:port")
+            raise InvalidArgument("servers", "must be a list of IPv4:port (each optionally ' weight=N version=V')")
         if len(servers) > MAX_SERVERS_ASKED:
             raise InvalidArgument("servers", f"{len(servers)} servers: at most {MAX_SERVERS_ASKED}")
         try:
@@ -707,8 +707,8 @@ class SlbCore:
                                            f"owner set them (upstreams_by: owner)")
             _check_pools(self._pools.update(pools.kvs if isinstance(pools, RangeResult) else (), read.revision),
                          upstreams, "servers")
-            new = old.with_upstreams(upstreams)
             try:
+                new = old.with_upstreams(upstreams)  # refuses one address twice with two weights or versions
                 Domain.parse(new.to_json())  # the record's own limits (e.g. at most 4096 servers)
             except DomainError as exc:
                 raise InvalidArgument.of(exc, {"upstreams": "servers"}) from None

@@ -9,9 +9,10 @@ to import. Each Nginx host's agent writes what it applied at
 "has every host applied this domain?", one short prefix read).
 
 ``changed_config`` is the rule the agents apply: when two versions of a domain
-differ only in their upstream servers (or in who may set them), the change is
-applied in place (no reload); any other difference needs a render, a test and a
-reload.
+differ only in their upstream servers (which servers, their weights or version
+tags: a gray release's traffic shift is one of these), or in who may set them, the
+change is applied in place (no reload); any other difference needs a render, a test
+and a reload.
 
 Upstream addresses must lie in a registered pod pool (``cni.pod_pools``) and never
 be loopback, link-local, multicast or reserved (``check_routable``): checked by
@@ -36,6 +37,7 @@ from foundation.ports.proxy_domain import (
     MAX_DOMAIN_NAME,
     MAX_SHOWN,
     MAX_UPSTREAMS,
+    MAX_WEIGHT,
     OWNER,
     PATH,
     PORT,
@@ -58,6 +60,7 @@ from foundation.ports.proxy_domain import (
 
 __all__ = [  # the domain record's names are re-exported (see the docstring)
     "GROUP_NAME", "HEADER_NAME", "HEADER_VALUE", "HOST_NAME", "MAX_DOMAIN_NAME", "MAX_SHOWN", "MAX_UPSTREAMS",
+    "MAX_WEIGHT",
     "OWNER", "PATH", "PORT", "SETTINGS", "SIZE", "SLB", "UPSTREAMS_BY", "Domain", "DomainError", "DomainStatus",
     "Location", "Upstream", "changed_config", "check", "check_domain_name", "check_group", "check_routable",
     "domain_key", "domain_status_prefix", "domains_prefix", "host_key", "hosts_prefix", "load_json", "show",
@@ -87,7 +90,8 @@ def changed_config(old: Domain | None, new: Domain | None) -> bool:
     """True when going from ``old`` to ``new`` needs a render + test + reload (not just upstreams)."""
     if old is None or new is None:
         return old is not new
-    # upstreams_by is a rule of slb-core's, nothing Nginx renders.
+    # upstreams_by is a rule of slb-core's, nothing Nginx renders; upstreams (weights included) live in the
+    # shared dict, never in a file.
     return replace(old, upstreams=(), upstreams_by="") != replace(new, upstreams=(), upstreams_by="")
 
 def hosts_prefix(group: str) -> str:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import itertools
 import json
 import re
 from dataclasses import dataclass, field, replace
@@ -48,6 +49,10 @@ SIZE = re.compile(r"^[0-9]{1,6}[km]?$")
 PORT = re.compile(r"^[0-9]{1,5}$")  # ASCII only: [0-9] is a code point range, unlike \d or isdigit()
 UPSTREAMS_BY = ("discovery", "owner")  # who besides admins may set a domain's upstreams
 MAX_UPSTREAMS = 4096
+MAX_WEIGHT = 1000  # an upstream's traffic weight: 0 (no new requests) .. MAX_WEIGHT
+WEIGHT = re.compile(r"^(0|[1-9][0-9]{0,3})$")  # ASCII digits, no leading zero: one spelling per weight
+VERSION = re.compile(r"^[a-z0-9][a-z0-9.-]{0,31}$")  # an upstream's version tag (e.g. "v12")
+MAX_UPSTREAM_TEXT = len("255.255.255.255:65535 weight=1000 version=") + 32
 MAX_SHOWN = 80  # characters of an offending value echoed in an error
 
 # Admin-only settings: a closed list, each with the grammar of its value.
@@ -118,22 +123,32 @@ def check_group(group: Any) -> str:
 
 @dataclass(frozen=True, order=True)
 class Upstream:
-    """One back-end server: a pod address (IPv4) and port."""
+    """One back-end server: a pod address (IPv4) and port, its traffic weight and its version tag.
+
+    Text form (the record's, the API's and the shared dict's): ``a.b.c.d:port``, then
+    optionally `` weight=N`` (0..1000, default 1; 0: no new requests) and `` version=V``
+    (``VERSION``: the app version it serves, so request metrics can be told apart).
+    A server at the defaults is written as ``a.b.c.d:port`` alone, so records and
+    traces made before weights existed keep their bytes.
+    """
 
     host: str
     port: int
+    weight: int = 1
+    version: str = ""
 
     @staticmethod
     def parse(text: Any) -> Upstream:
-        if isinstance(text, str) and len(text) <= 21:  # "255.255.255.255:65535"
+        if isinstance(text, str) and len(text) <= MAX_UPSTREAM_TEXT:
             return _parse_upstream(text)  # cached: the same servers are parsed again on every domain change
         raise DomainError("upstreams", f"{show(text)} is not an IPv4 address:port")
 
     @staticmethod
     def _parse(text: str) -> Upstream:
-        if text.count(":") != 1:
+        address_port, *options = text.split(" ")
+        if address_port.count(":") != 1:
             raise DomainError("upstreams", f"{show(text)} is not an IPv4 address:port")
-        host, _, port = text.partition(":")
+        host, _, port = address_port.partition(":")
         try:
             address = ipaddress.IPv4Address(host)
         except ValueError:
@@ -142,18 +157,56 @@ class Upstream:
             raise DomainError("upstreams", f"{show(text)} is not an IPv4 address:port")
         if not PORT.fullmatch(port) or not 0 < int(port) < 65536:
             raise DomainError("upstreams", f"{show(text)} has no valid port (1-65535, ASCII digits)")
-        return Upstream(host, int(port))
+        weight, version = 1, ""
+        names = [option.partition("=")[0] for option in options]
+        if names not in ([], ["weight"], ["version"], ["weight", "version"]):
+            raise DomainError("upstreams", f"{show(text)}: after address:port only ' weight=N' then "
+                                           f"' version=V' may follow")
+        for option in options:
+            name, _, value = option.partition("=")
+            if name == "weight":
+                if not WEIGHT.fullmatch(value) or int(value) > MAX_WEIGHT:
+                    raise DomainError("upstreams", f"{show(text)}: weight is not an integer in 0..{MAX_WEIGHT}")
+                weight = int(value)
+            else:
+                version = check("upstreams", value, VERSION, "a version tag ([a-z0-9][a-z0-9.-], at most 32)")
+        return Upstream(host, int(port), weight, version)
+
+    @staticmethod
+    def of(host: str, port: int, weight: int = 1, version: str = "") -> Upstream:
+        """A validated Upstream from its parts (``Upstream(...)`` itself checks nothing)."""
+        return Upstream.parse(str(Upstream(host, port, weight, version)))
+
+    @property
+    def address(self) -> str:
+        """``a.b.c.d:port``: the server, whatever its weight and version."""
+        return f"{self.host}:{self.port}"
 
     def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
+        text = f"{self.host}:{self.port}"
+        if self.weight != 1:
+            text += f" weight={self.weight}"
+        if self.version:
+            text += f" version={self.version}"
+        return text
+
+    def __repr__(self) -> str:  # the defaults left out: traces hash reprs, and weight 1 must not move them
+        extra = (f", weight={self.weight}" if self.weight != 1 else "") + \
+            (f", version={self.version!r}" if self.version else "")
+        return f"Upstream(host={self.host!r}, port={self.port!r}{extra})"
 
 
 _parse_upstream = functools.lru_cache(maxsize=1 << 17)(Upstream._parse)  # errors are not cached
 
 
 def _sorted_upstreams(upstreams: set[Upstream]) -> tuple[Upstream, ...]:
+    """By address; one entry per address (the same server twice with two weights or versions is refused)."""
     # The dataclass order, by a key: comparing tuples is several times cheaper than generated __lt__.
-    return tuple(sorted(upstreams, key=lambda u: (u.host, u.port)))
+    ordered = tuple(sorted(upstreams, key=lambda u: (u.host, u.port, u.weight, u.version)))
+    for before, after in itertools.pairwise(ordered):
+        if before.host == after.host and before.port == after.port:
+            raise DomainError("upstreams", f"{before.address} is listed twice with different weights or versions")
+    return ordered
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,14 @@ bench/nginx_reload_curve.py and docs/slb.md):
   (the scenario decides what its Nginx refuses, e.g. a port another process holds;
   by default nothing: records reaching the agent are already validated).
 State survives "agent restarts" in ``saved`` as files on a real host would.
+
+Weights (a gray release's traffic split): ``serving`` leaves out servers of weight 0
+(they get no new requests), and ``pick`` chooses the server of one request by the real
+balancer's rule, smooth weighted round robin, deterministic (no draw from the run's
+random source): over any ``sum(weights)`` consecutive picks each server gets exactly
+its weight. With weight 1 everywhere ``serving`` is the upstreams as set, the very
+tuple (the traffic model caches by identity), so nothing changes for runs without
+weights.
 It must not know the agent or the Store.
 """
 
@@ -59,6 +67,9 @@ class SimProxy:
     # Told the names of domains whose ``serving`` answer may have changed (an observer, e.g.
     # the world's client accounting, so that it looks again only at what changed).
     on_change: Callable[[str], None] | None = None
+    # domain -> (its upstreams as set, those of weight > 0, their smooth-weighted-round-robin scores)
+    _rotation: dict[str, tuple[tuple[Upstream, ...], tuple[Upstream, ...], list[int]]] = field(
+        default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if not self.generations:
@@ -69,8 +80,30 @@ class SimProxy:
         return self.generations[-1].number
 
     def serving(self, domain: str) -> tuple[Upstream, ...]:
-        """What a request for ``domain`` would be sent to right now (empty: 502)."""
-        return self.upstreams.get(domain, ()) if domain in self.live else ()
+        """What a request for ``domain`` may be sent to right now: weight > 0 (empty: 502)."""
+        if domain not in self.live:
+            return ()
+        upstreams = self.upstreams.get(domain, ())
+        cached = self._rotation.get(domain)
+        if cached is None or cached[0] is not upstreams:
+            in_rotation = upstreams if all(u.weight for u in upstreams) else tuple(u for u in upstreams if u.weight)
+            cached = self._rotation[domain] = (upstreams, in_rotation, [0] * len(in_rotation))
+        return cached[1]
+
+    def pick(self, domain: str) -> Upstream | None:
+        """The server one request for ``domain`` goes to now (None: no server, 502): smooth weighted round robin."""
+        servers = self.serving(domain)
+        if not servers:
+            return None
+        scores = self._rotation[domain][2]
+        total, best = 0, 0
+        for i, server in enumerate(servers):
+            scores[i] += server.weight
+            total += server.weight
+            if scores[i] > scores[best]:
+                best = i
+        scores[best] -= total
+        return servers[best]
 
     def lingering(self) -> int:
         """Old worker generations still finishing requests at this instant."""
