@@ -5,7 +5,9 @@ into its prefix; the main config loads it once per configuration cycle
 (``init_by_lua_block { leengine = require "leengine" }``).
 
 The shared dict ``leengine_upstreams`` maps a domain name to its servers, one
-string ``"a.b.c.d:port,a.b.c.d:port"`` (``""``: the domain has no servers). Every
+string ``"a.b.c.d:port,a.b.c.d:port weight=3 version=v2"`` (``""``: the domain has no
+servers); each server is ``Upstream``'s text form (``foundation.ports.proxy_domain``:
+weight 0..1000, default 1, version tag optional). Every
 worker of every generation reads the same dict, and it survives reloads (same
 zone name and size), so an upstream change needs one write and no reload.
 
@@ -13,7 +15,8 @@ Admin protocol (HTTP on the unix socket ``PREFIX/admin/admin.sock``, never TCP, 
 
 * ``PUT|POST /upstreams/<domain>`` body ``["10.0.0.1:8080", …]`` → 200
   ``{"domain": …, "servers": n}``; 400 with ``{"error": …}`` when the body is not
-  a JSON list of IPv4 ``address:port`` strings (at most 4096) or the name is not
+  a JSON list of IPv4 ``address:port[ weight=N][ version=V]`` strings (at most 4096, one
+  per address) or the name is not
   a DNS name; 507 when the dict is full (``safe_set``: never evicts another domain).
 * ``PUT|POST /upstreams`` body ``{"<domain>": [...], …}`` → the same for many domains
   in one request (validated in full before any is written).
@@ -23,11 +26,15 @@ Admin protocol (HTTP on the unix socket ``PREFIX/admin/admin.sock``, never TCP, 
   ``{"generation": N, "pid": <worker pid>}`` from a ``return`` directive.
 
 The JSON reader accepts only what the protocol needs (a list of strings, or an
-object of such lists; strings of ``[A-Za-z0-9.:-]`` without escapes): no general
+object of such lists; strings of ``[A-Za-z0-9.:= -]`` without escapes): no general
 JSON library is installed with Debian's lua module, and a narrow grammar is the
-point. The balancer picks servers round-robin per worker and, when a domain has
-more than one, allows up to two more tries on other servers; a domain without
-servers goes to the sink server (``M.sink``, a unix socket of this Nginx) that
+point. The balancer picks servers per worker by **smooth weighted round robin**
+(nginx's own algorithm: every pick adds each server's weight to its score, takes the
+highest score and subtracts the total; over any window of ``total`` picks each server
+gets exactly its weight, interleaved), plain round robin when all weights are equal;
+a server of weight 0 gets no new requests. When a domain has more than one server of
+non-zero weight, it allows up to two more tries on other servers; a domain without
+servers (or with weight 0 everywhere) goes to the sink server (``M.sink``, a unix socket of this Nginx) that
 answers 503 at once: ``ngx.exit`` in a balancer can only produce a 500, and a
 per-domain ``error_page`` location would cost a config merge per domain.
 
@@ -35,7 +42,7 @@ Every domain shares one ``upstream`` block; the balancer gets the domain from
 ``$server_name`` (each server block has exactly one name, set by the adapter, never
 the client's Host header).
 
-It must not know domains' locations, settings or files: only names and servers.
+It must not know domains' locations, settings or files: only names and servers (weights included).
 """
 
 from __future__ import annotations
@@ -48,22 +55,59 @@ local dict = ngx.shared.leengine_upstreams
 
 local M = {}
 local MAX_SERVERS = 4096
-local cache = {}   -- per worker: domain -> {raw = <dict value>, peers = {{host, port}, ...}}
-local turn = {}    -- per worker: domain -> index of the last server picked
+-- per worker: domain -> {raw = <dict value>, peers = {{host, port, weight, version}, ...} (weight > 0 only),
+-- equal = all weights equal, total = sum of weights, score = {...} (smooth weighted round robin)}
+local cache = {}
+local turn = {}    -- per worker: domain -> index of the last server picked (equal weights)
 
 local function parse_peers(raw)
-  local peers = {}
-  for host, port in raw:gmatch("([%d%.]+):(%d+)") do
-    peers[#peers + 1] = {host, tonumber(port)}
+  local peers, total, equal = {}, 0, true
+  for server in raw:gmatch("[^,]+") do
+    local host, port = server:match("^([%d%.]+):(%d+)")
+    local weight = tonumber(server:match(" weight=(%d+)") or "1")
+    if host and weight > 0 then
+      peers[#peers + 1] = {host, tonumber(port), weight, server:match(" version=([%w%.%-]+)") or ""}
+      if weight ~= peers[1][3] then
+        equal = false
+      end
+      total = total + weight
+    end
   end
-  return peers
+  local score = {}
+  for i = 1, #peers do
+    score[i] = 0
+  end
+  return {raw = raw, peers = peers, equal = equal, total = total, score = score}
+end
+
+local function pick(domain, entry)
+  local peers = entry.peers
+  if entry.equal then
+    local i = (turn[domain] or 0) % #peers + 1
+    turn[domain] = i
+    return peers[i]
+  end
+  local score, best = entry.score, 1
+  for i = 1, #peers do
+    score[i] = score[i] + peers[i][3]
+    if score[i] > score[best] then
+      best = i
+    end
+  end
+  score[best] = score[best] - entry.total
+  return peers[best]
 end
 
 M.sink = nil  -- "unix:PREFIX/logs/no-upstream.sock", set by the main config: answers 503
 
 function M.balance(domain)
   local raw = dict:get(domain)
-  if raw == nil or raw == "" then
+  local entry = cache[domain]
+  if raw ~= nil and raw ~= "" and (entry == nil or entry.raw ~= raw) then
+    entry = parse_peers(raw)
+    cache[domain] = entry
+  end
+  if raw == nil or raw == "" or #entry.peers == 0 then
     local ok, err = balancer.set_current_peer(M.sink)
     if not ok then
       ngx.log(ngx.ERR, "leengine: no servers for ", domain, " and no sink: ", err)
@@ -71,21 +115,14 @@ function M.balance(domain)
     end
     return
   end
-  local entry = cache[domain]
-  if entry == nil or entry.raw ~= raw then
-    entry = {raw = raw, peers = parse_peers(raw)}
-    cache[domain] = entry
-  end
-  local peers = entry.peers
-  local n = #peers
-  local i = (turn[domain] or 0) % n + 1
-  turn[domain] = i
+  local n = #entry.peers
+  local peer = pick(domain, entry)
   if n > 1 and balancer.get_last_failure() == nil then
     balancer.set_more_tries(n > 2 and 2 or 1)
   end
-  local ok, err = balancer.set_current_peer(peers[i][1], peers[i][2])
+  local ok, err = balancer.set_current_peer(peer[1], peer[2])
   if not ok then
-    ngx.log(ngx.ERR, "leengine: set_current_peer ", peers[i][1], ":", peers[i][2], ": ", err)
+    ngx.log(ngx.ERR, "leengine: set_current_peer ", peer[1], ":", peer[2], ": ", err)
     return ngx.exit(500)
   end
 end
@@ -100,10 +137,28 @@ local function check_domain(name)
   return name
 end
 
+-- " weight=N version=V", " weight=N", " version=V" or "" (Upstream's text form); the weight 0..1000
+local function check_options(rest)
+  local weight, version = rest:match("^ weight=(%d+)(.*)$")
+  if weight == nil then
+    version = rest
+  elseif #weight > 4 or tonumber(weight) > 1000 or (#weight > 1 and weight:sub(1, 1) == "0") then
+    return false
+  end
+  if version == "" then
+    return true
+  end
+  local tag = version:match("^ version=([a-z0-9][a-z0-9%.%-]*)$")
+  return tag ~= nil and #tag <= 32
+end
+
 local function check_server(text)
-  local a, b, c, d, port = text:match("^(%d+)%.(%d+)%.(%d+)%.(%d+):(%d+)$")
+  local a, b, c, d, port, rest = text:match("^(%d+)%.(%d+)%.(%d+)%.(%d+):(%d+)(.*)$")
   if not a then
     return nil, "not an IPv4 address:port: " .. text
+  end
+  if not check_options(rest) then
+    return nil, "not address:port[ weight=0..1000][ version=tag]: " .. text
   end
   for _, octet in ipairs({a, b, c, d}) do
     if #octet > 3 or tonumber(octet) > 255 then
@@ -133,7 +188,7 @@ local function read_string(s, i)
     return nil, "unterminated string at byte " .. i
   end
   local value = s:sub(i + 1, j - 1)
-  if value:find("[^%w%.:%-]") then
+  if value:find("[^%w%.:%-= ]") then
     return nil, "unexpected character in string at byte " .. i
   end
   return value, j + 1
@@ -143,7 +198,7 @@ local function read_servers(s, i)
   if s:sub(i, i) ~= "[" then
     return nil, "expected '[' at byte " .. i
   end
-  local out, seen = {}, {}
+  local out, seen = {}, {}  -- seen: by address, so one server never appears twice with two weights
   i = skip(s, i + 1)
   if s:sub(i, i) == "]" then
     return out, i + 1
@@ -157,8 +212,9 @@ local function read_servers(s, i)
     if not ok then
       return nil, err
     end
-    if not seen[value] then
-      seen[value] = true
+    local address = value:match("^[^ ]+")
+    if not seen[address] then
+      seen[address] = true
       out[#out + 1] = value
       if #out > MAX_SERVERS then
         return nil, "more than " .. MAX_SERVERS .. " servers"

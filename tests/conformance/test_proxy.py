@@ -5,22 +5,25 @@ or on asyncio with an ``NginxProxy`` started by ``lab.nginx.running_nginx``
 on loopback, with back-ends that are tiny HTTP servers answering their own port.
 ``h.serves(domain)`` is what a request for the domain reaches right now, as a set of
 ``host:port`` upstreams: for the sim its ``serving()``, for Nginx the answers of a few
-requests through it. ``h.held_port()`` gives a port this Proxy refuses to listen on: a
-socket the test holds (real) or the sim's ``rejects``. Only what the port promises is
-asserted: e.g. a refused ``apply`` raises ``ProxyError`` (the real adapter's is a
-``ReloadFailed`` after a rollback, which counts reloads; the sim refuses before one).
+requests through it. ``h.split(domain, n)`` counts where ``n`` requests went (sim: its
+``pick()``; Nginx: ``n`` requests through it), for the weights. ``h.held_port()`` gives
+a port this Proxy refuses to listen on: a socket the test holds (real) or the sim's
+``rejects``. Only what the port promises is asserted: e.g. a refused ``apply`` raises
+``ProxyError`` (the real adapter's is a ``ReloadFailed`` after a rollback, which counts
+reloads; the sim refuses before one).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import http.client
 import http.server
 import itertools
 import socket
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -31,6 +34,9 @@ from sim.adapters.proxy import SimProxy
 from sim.adapters.runtime import SimRuntime
 
 REQUESTS = 8  # per serves(): enough for round-robin over three back-ends to show each
+# How far a back-end's share of requests may be from its weight's share: each Nginx worker splits
+# exactly (smooth weighted round robin), but requests reach the workers unevenly.
+SHARE_SLACK = 0.06
 
 
 @dataclass
@@ -43,6 +49,7 @@ class ProxyHarness:
     new_port: Callable[[], int]
     _serves: Callable[[str, int], Awaitable[set[str]]]
     held_port: Callable[[], contextlib.AbstractContextManager[int]]
+    _split: Callable[[str, int, int], Awaitable[collections.Counter[str]]]
     listen: dict[str, int] = field(default_factory=dict)
 
     def domain(self, name: str, *servers: Upstream, port: int | None = None) -> Domain:
@@ -53,6 +60,10 @@ class ProxyHarness:
 
     async def serves(self, name: str) -> set[str]:
         return await self._serves(name, self.listen[name])
+
+    async def split(self, name: str, requests: int) -> collections.Counter[str]:
+        """``host:port`` -> how many of ``requests`` requests for ``name`` it answered."""
+        return await self._split(name, self.listen[name], requests)
 
 
 # --------------------------------------------------------------------------- sim
@@ -68,6 +79,10 @@ class _SimRunner:
 
         async def serves(name: str, port: int) -> set[str]:
             return {str(u) for u in proxy.serving(name)}
+
+        async def split(name: str, port: int, requests: int) -> collections.Counter[str]:
+            picks = (proxy.pick(name) for _ in range(requests))
+            return collections.Counter(u.address for u in picks if u is not None)
 
         @contextlib.contextmanager
         def held_port() -> Iterator[int]:
@@ -85,7 +100,7 @@ class _SimRunner:
                 proxy.rejects = before
 
         backends = [Upstream("127.0.0.1", 19000 + i) for i in range(3)]
-        harness = ProxyHarness("sim", proxy, backends, lambda: next(ports), serves, held_port)
+        harness = ProxyHarness("sim", proxy, backends, lambda: next(ports), serves, held_port, split)
         runtime.run_until_complete(body(harness), limit=3600)
 
 
@@ -95,21 +110,21 @@ class _SimRunner:
 _Backend = LoopbackBackend
 
 
-def _ask(port: int, name: str) -> set[str]:
-    """Send REQUESTS requests for ``name`` through Nginx; the back-ends that answered."""
-    seen: set[str] = set()
-    for _ in range(REQUESTS):
+def _ask(port: int, name: str, requests: int = REQUESTS) -> collections.Counter[str]:
+    """Send ``requests`` requests for ``name`` through Nginx; how many each back-end answered."""
+    seen: collections.Counter[str] = collections.Counter()
+    for _ in range(requests):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         try:
             conn.request("GET", "/", headers={"Host": name})
             resp = conn.getresponse()
             text = resp.read().decode()
         except ConnectionRefusedError:
-            return set()  # nothing listens there: the domain is not served
+            return collections.Counter()  # nothing listens there: the domain is not served
         finally:
             conn.close()
         if resp.status == 200:
-            seen.add(f"127.0.0.1:{text}")
+            seen[f"127.0.0.1:{text}"] += 1
     return seen
 
 
@@ -118,7 +133,10 @@ class _NginxRunner:
 
     def run(self, body: Callable[[ProxyHarness], Awaitable[None]]) -> None:
         async def serves(name: str, port: int) -> set[str]:
-            return await asyncio.to_thread(_ask, port, name)
+            return set(await asyncio.to_thread(_ask, port, name))
+
+        async def split(name: str, port: int, requests: int) -> collections.Counter[str]:
+            return await asyncio.to_thread(_ask, port, name, requests)
 
         @contextlib.contextmanager
         def held_port() -> Iterator[int]:
@@ -132,7 +150,7 @@ class _NginxRunner:
             try:
                 async with running_nginx(confirm_timeout=8.0) as proxy:  # nginx retries a failed bind ~2.5 s
                     harness = ProxyHarness("nginx", proxy, [b.upstream for b in backends], free_port, serves,
-                                           held_port)
+                                           held_port, split)
                     await asyncio.wait_for(body(harness), 60)
             finally:
                 for backend in backends:
@@ -229,5 +247,31 @@ def test_apply_none_removes_a_domain(proxy_harness):
         assert await p.reloads() == reloads + 1 and outcome.domains == 1
         assert await h.serves("api.example.com") == set()
         assert await h.serves("shop.example.com") == {str(b1)}
+
+    proxy_harness.run(body)
+
+
+def test_weights_split_the_requests_in_place_and_weight_zero_gets_none(proxy_harness):
+    async def body(h):
+        p, (b1, b2, b3) = h.proxy, h.backends
+        await p.apply({"shop.example.com": h.domain("shop.example.com", b1, b2, b3)})
+        reloads = await p.reloads()
+        requests = 200
+        even = await h.split("shop.example.com", requests)
+        assert set(even) == {b.address for b in (b1, b2, b3)}
+        assert all(abs(n - requests / 3) <= SHARE_SLACK * requests for n in even.values()), even
+        weights = {b1: 6, b2: 3, b3: 1}
+        await p.set_upstreams("shop.example.com", tuple(replace(b, weight=w, version=f"v{w}")
+                                                       for b, w in weights.items()))
+        split = await h.split("shop.example.com", requests)
+        for backend, weight in weights.items():  # each share within SHARE_SLACK of weight / sum(weights)
+            assert abs(split[backend.address] / requests - weight / 10) <= SHARE_SLACK, split
+        await p.set_upstreams("shop.example.com", (replace(b1, weight=0), replace(b2, weight=1000), b3))
+        split = await h.split("shop.example.com", requests)
+        assert split[b1.address] == 0 and split[b2.address] + split[b3.address] == requests, split
+        assert abs(split[b3.address] - requests / 1001) <= SHARE_SLACK * requests, split
+        await p.set_upstreams("shop.example.com", (replace(b1, weight=0),))
+        assert await h.serves("shop.example.com") == set()  # weight 0 everywhere: nothing takes new requests
+        assert await p.reloads() == reloads  # every weight change was in place
 
     proxy_harness.run(body)
