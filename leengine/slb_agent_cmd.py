@@ -40,6 +40,8 @@ from foundation.ports.metrics import (
     SLB_PROPAGATION_SECONDS,
     SLB_RELOAD_SECONDS,
     SLB_RELOADS,
+    SLB_REQUEST_SECONDS,
+    SLB_REQUESTS,
     SLB_UPSTREAM_UPDATES,
     MetricDef,
     Metrics,
@@ -71,7 +73,8 @@ log = logging.getLogger("leengine.slb_agent")
 # The families a scrape lists from the start (labelled ones get their series with the first event).
 FAMILIES: tuple[MetricDef, ...] = (SLB_UPSTREAM_UPDATES, SLB_RELOADS, SLB_RELOAD_SECONDS, SLB_LAST_RELOAD_SUCCESSFUL,
                                    SLB_LAST_RELOAD_TIMESTAMP, SLB_DOMAINS_SET_ASIDE, SLB_PROPAGATION_SECONDS,
-                                   ETCD_ERRORS)
+                                   ETCD_ERRORS, SLB_REQUESTS, SLB_REQUEST_SECONDS)
+REQUEST_METRICS_EVERY = 5.0  # seconds between copies of Nginx's request counts (per domain and version) to /metrics
 
 
 async def run_agent(config: SlbAgentConfig, *, etcd: EtcdSettings, prefix: Path, listen_address: str,
@@ -131,7 +134,8 @@ def main(
     if problems or settings is None:
         raise BadInput("; ".join(problems))
     configure_logging(log_level)
-    config = SlbAgentConfig(group, host, debounce=debounce, max_wait=max_wait)
+    config = SlbAgentConfig(group, host, debounce=debounce, max_wait=max_wait,
+                            request_metrics_every=REQUEST_METRICS_EVERY if metrics_address else 0.0)
     with metrics_served(metrics_address, FAMILIES) as metrics:  # bound now: a bad address stops us before nginx
         record_daemon_info(metrics, "leengine-slb-agent")
         metrics.inc(ETCD_ERRORS, 0.0, component=COMPONENT)  # the series exists at 0: increase() sees the first error

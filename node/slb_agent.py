@@ -40,6 +40,11 @@ record carries no write time (stamping one would change every record's bytes), s
 propagation is the **agent's share**: from the moment the agent received the change (its
 watch event, or the read of a resync) to the moment that revision is the domain's revision
 in force here; a change superseded before it took effect is not observed, its successor is.
+With ``request_metrics_every`` > 0 (the daemon's default when it serves metrics; 0 in the
+sim) it also copies the proxy's request counts per domain and upstream version
+(``Proxy.request_counts``, cumulative since Nginx started) into ``slb_requests_total``
+and ``slb_request_seconds_total`` every that many seconds, as increments (a count that
+went down means Nginx restarted: it counts from zero again).
 
 Invariants: one reload at a time (a single loop does every apply); the saved
 revision never runs ahead of what is in force, so a restart replays, never skips.
@@ -86,10 +91,12 @@ from foundation.ports.metrics import (
     SLB_PROPAGATION_SECONDS,
     SLB_RELOAD_SECONDS,
     SLB_RELOADS,
+    SLB_REQUEST_SECONDS,
+    SLB_REQUESTS,
     SLB_UPSTREAM_UPDATES,
     Metrics,
 )
-from foundation.ports.proxy import Proxy, ProxyError, ReloadFailed, SavedState
+from foundation.ports.proxy import Proxy, ProxyError, ReloadFailed, RequestCounts, SavedState
 
 COMPONENT = "slb-agent"  # the etcd errors' component label
 
@@ -104,6 +111,7 @@ class SlbAgentConfig:
     min_reload_interval: float = 1.0  # a sustained storm costs at most one reload per this many seconds
     save_every: float = 1.0  # in-place upstream changes are saved at most this often
     resync_page: int = 100  # domains per read of a resync: a huge group never needs one huge answer
+    request_metrics_every: float = 0.0  # seconds between copies of Nginx's request counts to metrics (0: never)
 
 
 @dataclass
@@ -167,6 +175,7 @@ class SlbAgent:
         self.pools = PoolCache()  # the registered pod pools: where upstreams may point
         self.dropped: dict[str, _Desired] = {}  # latest record of a domain that had upstreams outside the pools
         self.notes: dict[str, str] = {}  # which upstreams were dropped (the status error of an applied record)
+        self._requests_seen: dict[tuple[str, str], RequestCounts] = {}  # the proxy's counts at the last copy
 
     @property
     def prefix(self) -> str:
@@ -183,6 +192,8 @@ class SlbAgent:
             stay_registered(self.store, self.runtime, host_key(self.config.group, self.config.host), b"up",
                             ttl=10, retry=self.config.retry, on_store_error=self._etcd_error),
             name=f"slb-member/{self.config.host}")
+        reporter = self.runtime.spawn(self._report_requests(), name=f"slb-requests/{self.config.host}") \
+            if self.config.request_metrics_every > 0 else None
         try:
             while True:
                 try:
@@ -205,6 +216,35 @@ class SlbAgent:
                     await self.runtime.sleep(self.config.retry)
         finally:
             membership.cancel()
+            if reporter is not None:
+                reporter.cancel()
+
+    async def _report_requests(self) -> None:
+        while True:
+            await self.runtime.sleep(self.config.request_metrics_every)
+            try:
+                await self.copy_request_counts()
+            except ProxyError as exc:  # Nginx away for a moment: the counts wait for the next round
+                self.runtime.trace("slb-requests-unread", host=self.config.host, error=str(exc)[:200])
+
+    async def copy_request_counts(self) -> None:
+        """Add what the proxy answered since the last copy to the request counters (one pass)."""
+        group, host = self.config.group, self.config.host
+        counts = await self.proxy.request_counts()
+        for (domain, version), now in counts.items():
+            before = self._requests_seen.get((domain, version), RequestCounts())
+            restarted = now.seconds < before.seconds or any(now.by_class.get(c, 0) < n
+                                                            for c, n in before.by_class.items())
+            if restarted:
+                before = RequestCounts()
+            for status_class, responses in now.by_class.items():
+                if responses > before.by_class.get(status_class, 0):
+                    self.metrics.inc(SLB_REQUESTS, responses - before.by_class.get(status_class, 0), group=group,
+                                     host=host, domain=domain, version=version, code=status_class)
+            if now.seconds > before.seconds:
+                self.metrics.inc(SLB_REQUEST_SECONDS, now.seconds - before.seconds, group=group, host=host,
+                                 domain=domain, version=version)
+        self._requests_seen = dict(counts)
 
     async def _guard(self, step: Awaitable[None]) -> None:
         try:

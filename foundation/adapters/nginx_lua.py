@@ -22,6 +22,13 @@ Admin protocol (HTTP on the unix socket ``PREFIX/admin/admin.sock``, never TCP, 
   in one request (validated in full before any is written).
 * ``GET /upstreams`` → ``{"<domain>": [...], …}``; ``GET /upstreams/<domain>`` →
   ``[...]`` or 404; ``DELETE /upstreams/<domain>`` → 200.
+* ``GET /requests`` → one line per counter of the shared dict ``leengine_requests``:
+  ``n|<domain>|<version>|<class>|<count>`` (responses by status class ``2xx``…) and
+  ``s|<domain>|<version>|<seconds>`` (the sum of their ``$request_time``), where
+  ``version`` is the version tag of the upstream that answered (``""``: none, or the
+  sink). ``M.log`` adds to them in the log phase of every proxied request; the
+  balancer leaves the domain and version in ``ngx.ctx``. A separate dict, so counters
+  never evict upstreams; like it, it survives reloads and starts empty with Nginx.
 * ``GET /generation`` is not Lua: the main config answers it with
   ``{"generation": N, "pid": <worker pid>}`` from a ``return`` directive.
 
@@ -48,10 +55,12 @@ It must not know domains' locations, settings or files: only names and servers (
 from __future__ import annotations
 
 SHARED_DICT = "leengine_upstreams"
+REQUESTS_DICT = "leengine_requests"  # per (domain, version): responses by status class, seconds
 
 LEENGINE_LUA = r"""-- leengine.lua: written by foundation.adapters.nginx_proxy; do not edit.
 local balancer = require "ngx.balancer"
 local dict = ngx.shared.leengine_upstreams
+local requests = ngx.shared.leengine_requests
 
 local M = {}
 local MAX_SERVERS = 4096
@@ -108,6 +117,7 @@ function M.balance(domain)
     cache[domain] = entry
   end
   if raw == nil or raw == "" or #entry.peers == 0 then
+    ngx.ctx.leengine = {domain, ""}
     local ok, err = balancer.set_current_peer(M.sink)
     if not ok then
       ngx.log(ngx.ERR, "leengine: no servers for ", domain, " and no sink: ", err)
@@ -120,11 +130,38 @@ function M.balance(domain)
   if n > 1 and balancer.get_last_failure() == nil then
     balancer.set_more_tries(n > 2 and 2 or 1)
   end
+  ngx.ctx.leengine = {domain, peer[4]}  -- the last try's: the version that answered
   local ok, err = balancer.set_current_peer(peer[1], peer[2])
   if not ok then
     ngx.log(ngx.ERR, "leengine: set_current_peer ", peer[1], ":", peer[2], ": ", err)
     return ngx.exit(500)
   end
+end
+
+-- log phase of every request: count it under its domain and the version that answered
+function M.log()
+  local ctx = ngx.ctx.leengine
+  if ctx == nil or requests == nil then
+    return  -- not proxied by the balancer (admin, sink, unknown host)
+  end
+  local key = ctx[1] .. "|" .. ctx[2]
+  requests:incr("n|" .. key .. "|" .. math.floor(ngx.status / 100) .. "xx", 1, 0)
+  requests:incr("s|" .. key, tonumber(ngx.var.request_time) or 0, 0)
+end
+
+function M.requests()
+  local lines = {}
+  for _, key in ipairs(requests:get_keys(0)) do
+    local value = requests:get(key)
+    if value ~= nil then
+      lines[#lines + 1] = key .. "|" .. string.format("%.17g", value)
+    end
+  end
+  table.sort(lines)
+  ngx.status = 200
+  ngx.header.content_type = "text/plain"
+  ngx.print(table.concat(lines, "\n"), "\n")
+  return ngx.exit(200)
 end
 
 -- ---------------------------------------------------------------- validation

@@ -109,15 +109,25 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from foundation.adapters.binaries import find_binary, log_tail
-from foundation.adapters.nginx_lua import LEENGINE_LUA, SHARED_DICT
+from foundation.adapters.nginx_lua import LEENGINE_LUA, REQUESTS_DICT, SHARED_DICT
 from foundation.logic.slb_domain import Domain, DomainError, Upstream, check_domain_name, load_json
-from foundation.ports.proxy import ProxyError, ReloadFailed, ReloadOutcome, SavedState, with_changes
+from foundation.ports.proxy import (
+    STATUS_CLASSES,
+    ProxyError,
+    ReloadFailed,
+    ReloadOutcome,
+    RequestCounts,
+    SavedState,
+    with_changes,
+)
+from foundation.ports.proxy_domain import VERSION
 
 MODULE_DIRS = ("/usr/lib/nginx/modules", "/usr/share/nginx/modules")
 MODULES = ("ndk_http_module.so", "ngx_http_lua_module.so")  # the lua module needs NDK loaded first
 START_TIMEOUT = 10.0  # seconds for a fresh master to answer its admin endpoint
 STOP_TIMEOUT = 5.0  # seconds for a graceful SIGQUIT before SIGTERM, then SIGKILL
 ADMIN_TIMEOUT = 2.0  # seconds per admin request
+REQUESTS_DICT_SIZE = "8m"  # ~30,000 counters (domain x version x status class): beyond, the oldest are evicted
 POLL = 0.005  # seconds between confirmation probes
 _INSTALL_HINT = "install Debian's nginx and libnginx-mod-http-lua (apt-get install nginx libnginx-mod-http-lua)"
 _GENERATION_LINE = re.compile(rb"^# leengine-generation (\d+)\n")
@@ -231,6 +241,8 @@ def render_main(generation: int, *, prefix: Path, listen_address: str, ports: It
         "    proxy_http_version 1.1;",
         '    lua_package_path "$prefix/lua/?.lua;;";',
         f"    lua_shared_dict {SHARED_DICT} {shared_dict_size};",
+        f"    lua_shared_dict {REQUESTS_DICT} {REQUESTS_DICT_SIZE};",
+        "    log_by_lua_block { leengine.log() }  # requests per domain and upstream version",
         f'    init_by_lua_block {{ leengine = require "leengine"; leengine.sink = "unix:{prefix / SINK}" }}',
         f"    upstream {UPSTREAM} {{",
         "        server 0.0.0.1:1;  # placeholder: the balancer picks a server from the shared dict",
@@ -250,6 +262,7 @@ def render_main(generation: int, *, prefix: Path, listen_address: str, ports: It
         f"            return 200 '{{\"generation\":{int(generation)},\"pid\":$pid}}\\n';",
         "        }",
         "        location /upstreams { content_by_lua_block { leengine.admin() } }",
+        "        location = /requests { content_by_lua_block { leengine.requests() } }",
         "    }",
     ]
     for port in sorted(set(ports)):
@@ -257,6 +270,31 @@ def render_main(generation: int, *, prefix: Path, listen_address: str, ports: It
                      'default_type text/plain; return 404 "no such domain\\n"; }')
     lines += ["    include ../domains/*.conf;", "}"]
     return "\n".join(lines) + "\n"
+
+
+def parse_request_counts(text: str) -> dict[tuple[str, str], RequestCounts]:
+    """The admin endpoint's ``GET /requests`` lines (``nginx_lua``) as counts per (domain, version)."""
+    classes: dict[tuple[str, str], dict[str, int]] = {}
+    seconds: dict[tuple[str, str], float] = {}
+    for line in text.splitlines():
+        fields = line.split("|")
+        if len(fields) != {"n": 5, "s": 4}.get(fields[0]):
+            continue
+        domain, version, value = fields[1], fields[2], fields[-1]
+        try:
+            check_domain_name(domain)
+            number = float(value)
+        except (DomainError, ValueError):
+            continue
+        if (version and not VERSION.fullmatch(version)) or not 0 <= number < 2 ** 53:  # also NaN and inf
+            continue
+        if fields[0] == "n":
+            if fields[3] in STATUS_CLASSES and number == int(number):
+                classes.setdefault((domain, version), {})[fields[3]] = int(number)
+        else:
+            seconds[(domain, version)] = number
+    return {key: RequestCounts(classes.get(key, {}), seconds.get(key, 0.0))
+            for key in sorted(set(classes) | set(seconds))}
 
 
 def _nginx_errors(output: str, *prefixes: Path) -> str:
@@ -623,6 +661,20 @@ class NginxProxy:
         if status != 200:
             raise ProxyError(f"admin GET /upstreams answered {status}: {payload[:200]!r}")
         return {name: tuple(Upstream.parse(s) for s in servers) for name, servers in json.loads(payload).items()}
+
+    async def request_counts(self) -> dict[tuple[str, str], RequestCounts]:
+        """(domain, version) -> responses by status class and their seconds, since this Nginx started.
+
+        Read from the workers' shared dict; a line that does not parse (nothing but our Lua
+        writes the dict, but a name or a number is never trusted blindly) is skipped.
+        """
+        try:
+            status, payload = await self._admin("GET", "/requests")
+        except (OSError, TimeoutError) as exc:
+            raise ProxyError(f"admin endpoint {self.admin_socket} unreachable: {exc!r}") from None
+        if status != 200:
+            raise ProxyError(f"admin GET /requests answered {status}: {payload[:200]!r}")
+        return parse_request_counts(payload.decode(errors="replace"))
 
     async def _push(self, upstreams: Mapping[str, tuple[Upstream, ...]]) -> None:
         if not upstreams:

@@ -13,7 +13,8 @@ The catalogue is the contract between them, the alert rules and the docs: names 
 Prometheus conventions (one prefix ``leengine_``, base units, ``_total`` counters,
 ``_seconds`` histograms). Every label is listed with its definition; a label's values are
 bounded (pool, node, host, group, domain and app names that their validators already
-checked; command, code, step, method and result from fixed sets), so cardinality is
+checked; an upstream's version tag, validated with it; command, code, step, method and
+result from fixed sets), so cardinality is
 bounded by the platform's size, never by what a caller sends. ``check_labels`` refuses a
 call whose labels are not exactly the definition's.
 
@@ -140,6 +141,13 @@ SLB_PROPAGATION_SECONDS = _m("slb_propagation_seconds", "histogram",
                              "event or resync read) to that revision in force on this host", "group", "host",
                              buckets=LATENCY_BUCKETS)
 
+SLB_REQUESTS = _m("slb_requests_total", "counter",
+                  "Requests the host's Nginx answered for the domain, by the version tag of the upstream that answered "
+                  "('': none, or no upstream) and status class (1xx..5xx): what a gray release compares",
+                  "group", "host", "domain", "version", "code")
+SLB_REQUEST_SECONDS = _m("slb_request_seconds_total", "counter",
+                         "Sum of those requests' times (first byte read to last byte sent); divided by "
+                         "slb_requests_total: the mean latency per version", "group", "host", "domain", "version")
 # --------------------------------------------------------------------------- discovery
 DISCOVERY_PUSHES = _m("discovery_pushes_total", "counter",
                       "Upstream pushes to slb-core, by result (ok, or the control service's gRPC code name)", "result")

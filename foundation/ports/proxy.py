@@ -11,6 +11,10 @@ Two kinds of change, as LeEngine's agents did it:
   confirms that new workers serve the new configuration (a generation number) and
   rolls the files back when they do not; the last good configuration stays in force.
 
+Requests per upstream version (``request_counts``): what the proxy answered for each
+(domain, version tag of the upstream that answered), cumulative since this Nginx
+started, so a gray release's versions can be compared (error share, mean latency).
+
 State that must survive an agent restart (``save_state``/``load_state``): the
 domains in force, their upstreams and the Store revision they correspond to, so a
 restarted agent serves at once and resumes its watch from that revision.
@@ -60,6 +64,21 @@ class SavedState:
     domains: Mapping[str, Domain] = field(default_factory=dict)
 
 
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")  # a response's status, by its first digit
+
+
+@dataclass(frozen=True)
+class RequestCounts:
+    """Requests a proxy answered for one (domain, upstream version), cumulative since it started."""
+
+    by_class: Mapping[str, int] = field(default_factory=dict)  # STATUS_CLASSES -> responses
+    seconds: float = 0.0  # sum of the requests' times (first byte read to last byte sent)
+
+    @property
+    def requests(self) -> int:
+        return sum(self.by_class.values())
+
+
 @runtime_checkable
 class Proxy(Protocol):
     async def set_upstreams(self, domain: str, servers: tuple[Upstream, ...]) -> None:
@@ -80,3 +99,9 @@ class Proxy(Protocol):
 
     async def reloads(self) -> int:
         """Reloads done since this adapter started (for tests and reports)."""
+
+    async def request_counts(self) -> Mapping[tuple[str, str], RequestCounts]:
+        """(domain, version) -> its requests so far ("": an upstream without a version tag, or no upstream).
+
+        Cumulative since the proxy started (a restart starts again from zero; reloads do not).
+        """

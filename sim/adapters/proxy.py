@@ -19,7 +19,8 @@ balancer's rule, smooth weighted round robin, deterministic (no draw from the ru
 random source): over any ``sum(weights)`` consecutive picks each server gets exactly
 its weight. With weight 1 everywhere ``serving`` is the upstreams as set, the very
 tuple (the traffic model caches by identity), so nothing changes for runs without
-weights.
+weights. ``request_counts`` reports what a client model told ``answered`` (per domain
+and the version tag of the upstream that answered), as Nginx's log phase counts them.
 It must not know the agent or the Store.
 """
 
@@ -29,7 +30,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from foundation.logic.slb_domain import Domain, Upstream
-from foundation.ports.proxy import ProxyError, ReloadFailed, ReloadOutcome, SavedState, with_changes
+from foundation.ports.proxy import (
+    ProxyError,
+    ReloadFailed,
+    ReloadOutcome,
+    RequestCounts,
+    SavedState,
+    with_changes,
+)
 from foundation.ports.runtime import Runtime
 
 
@@ -70,6 +78,8 @@ class SimProxy:
     # domain -> (its upstreams as set, those of weight > 0, their smooth-weighted-round-robin scores)
     _rotation: dict[str, tuple[tuple[Upstream, ...], tuple[Upstream, ...], list[int]]] = field(
         default_factory=dict, repr=False)
+    # (domain, version) -> [{status class: responses}, seconds]: what request_counts reports
+    _answered: dict[tuple[str, str], tuple[dict[str, int], list[float]]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if not self.generations:
@@ -165,9 +175,23 @@ class SimProxy:
     async def reloads(self) -> int:
         return self.reload_count
 
+    async def request_counts(self) -> dict[tuple[str, str], RequestCounts]:
+        return {key: RequestCounts(dict(classes), total[0]) for key, (classes, total) in self._answered.items()}
+
+    def answered(self, domain: str, upstream: Upstream | None, status: int, seconds: float, requests: int = 1) -> None:
+        """Count ``requests`` answered with ``status`` for ``domain`` by ``upstream``, taking ``seconds`` in all.
+
+        ``upstream`` None: no server took it (the 503 sink). For a client model; nothing else calls it.
+        """
+        classes, total = self._answered.setdefault((domain, upstream.version if upstream else ""), ({}, [0.0]))
+        status_class = f"{status // 100}xx"
+        classes[status_class] = classes.get(status_class, 0) + requests
+        total[0] += seconds
+
     def restart(self) -> None:
         """The host rebooted (Nginx restarted): it serves its saved files again."""
         before = set(self.live)
         self.live = dict(self.saved.domains)
         self.upstreams = {name: d.upstreams for name, d in self.live.items()}
+        self._answered.clear()  # Nginx's counters start again from zero
         self._changed(*sorted(before | set(self.live)))

@@ -50,6 +50,7 @@ class ProxyHarness:
     _serves: Callable[[str, int], Awaitable[set[str]]]
     held_port: Callable[[], contextlib.AbstractContextManager[int]]
     _split: Callable[[str, int, int], Awaitable[collections.Counter[str]]]
+    pause: Callable[[], Awaitable[None]]  # a short wait on the harness's clock
     listen: dict[str, int] = field(default_factory=dict)
 
     def domain(self, name: str, *servers: Upstream, port: int | None = None) -> Domain:
@@ -81,7 +82,9 @@ class _SimRunner:
             return {str(u) for u in proxy.serving(name)}
 
         async def split(name: str, port: int, requests: int) -> collections.Counter[str]:
-            picks = (proxy.pick(name) for _ in range(requests))
+            picks = [proxy.pick(name) for _ in range(requests)]
+            for upstream in picks:  # the client model's part: each request answered at once
+                proxy.answered(name, upstream, 200 if upstream is not None else 503, 0.001)
             return collections.Counter(u.address for u in picks if u is not None)
 
         @contextlib.contextmanager
@@ -100,7 +103,8 @@ class _SimRunner:
                 proxy.rejects = before
 
         backends = [Upstream("127.0.0.1", 19000 + i) for i in range(3)]
-        harness = ProxyHarness("sim", proxy, backends, lambda: next(ports), serves, held_port, split)
+        harness = ProxyHarness("sim", proxy, backends, lambda: next(ports), serves, held_port, split,
+                               lambda: runtime.sleep(0.01))
         runtime.run_until_complete(body(harness), limit=3600)
 
 
@@ -150,7 +154,7 @@ class _NginxRunner:
             try:
                 async with running_nginx(confirm_timeout=8.0) as proxy:  # nginx retries a failed bind ~2.5 s
                     harness = ProxyHarness("nginx", proxy, [b.upstream for b in backends], free_port, serves,
-                                           held_port, split)
+                                           held_port, split, lambda: asyncio.sleep(0.01))
                     await asyncio.wait_for(body(harness), 60)
             finally:
                 for backend in backends:
@@ -273,5 +277,28 @@ def test_weights_split_the_requests_in_place_and_weight_zero_gets_none(proxy_har
         await p.set_upstreams("shop.example.com", (replace(b1, weight=0),))
         assert await h.serves("shop.example.com") == set()  # weight 0 everywhere: nothing takes new requests
         assert await p.reloads() == reloads  # every weight change was in place
+
+    proxy_harness.run(body)
+
+
+def test_request_counts_are_kept_per_domain_and_upstream_version(proxy_harness):
+    async def body(h):
+        p, (b1, b2, _) = h.proxy, h.backends
+        v1, v2 = replace(b1, version="v1"), replace(b2, weight=3, version="v2")
+        await p.apply({"gray.example.com": h.domain("gray.example.com", v1, v2),
+                       "empty.example.com": h.domain("empty.example.com")})
+        split = await h.split("gray.example.com", 40)
+        assert await h.split("empty.example.com", 2) == {}
+        for _ in range(500):  # Nginx counts in the log phase, after the answer is sent
+            counts = await p.request_counts()
+            if sum(c.requests for c in counts.values()) == 42:
+                break
+            await h.pause()
+        assert set(counts) == {("gray.example.com", "v1"), ("gray.example.com", "v2"), ("empty.example.com", "")}
+        assert counts[("gray.example.com", "v1")].by_class == {"2xx": split[b1.address]}
+        assert counts[("gray.example.com", "v2")].by_class == {"2xx": split[b2.address]}
+        assert split[b1.address] + split[b2.address] == 40 and abs(split[b2.address] - 30) <= 4, split
+        assert counts[("empty.example.com", "")].by_class == {"5xx": 2}
+        assert all(c.seconds >= 0 for c in counts.values())
 
     proxy_harness.run(body)

@@ -27,6 +27,7 @@ import socket
 import stat
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
@@ -514,5 +515,57 @@ def test_the_admin_socket_directory_keeps_other_users_out(prefix, backends):
             return os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
 
         assert as_worker() == 13
+
+    run(body, prefix=prefix)
+
+
+# --------------------------------------------------------------------------- weights (issue 13: gray releases)
+
+
+def test_weights_version_counts_and_the_lua_validation_on_real_nginx(prefix, backends):
+    b1, b2, _ = backends
+    port = free_port()
+    v1, v2 = Upstream(b1.upstream.host, b1.port, 3, "v1"), Upstream(b2.upstream.host, b2.port, 1, "v2")
+
+    async def body(proxy: NginxProxy):
+        await proxy.apply({"shop.example.com": domain("shop.example.com", port, v1, v2),
+                           "empty.example.com": domain("empty.example.com", port)})
+        served = await proxy.served_upstreams()
+        assert set(served["shop.example.com"]) == {v1, v2} and served["empty.example.com"] == ()
+        answers = [await aget(port, "shop.example.com") for _ in range(40)]
+        assert set(answers) == {(200, f"{b1.port} blue"), (200, f"{b2.port} blue")}
+        async def counted(domain_name: str, total: int) -> bool:  # the log phase runs after the answer is sent
+            counts = await proxy.request_counts()
+            return sum(c.requests for (name, _), c in counts.items() if name == domain_name) == total
+
+        await until(lambda: counted("shop.example.com", 40), timeout=5)
+        counts = await proxy.request_counts()
+        v1_count, v2_count = counts[("shop.example.com", "v1")], counts[("shop.example.com", "v2")]
+        assert 24 <= v1_count.requests <= 36, counts
+        assert v1_count.by_class == {"2xx": v1_count.requests} and v1_count.seconds >= 0
+
+        reloads = await proxy.reloads()
+        await proxy.set_upstreams("shop.example.com", (replace(v1, weight=1000), replace(v2, weight=0)))
+        assert [await aget(port, "shop.example.com") for _ in range(10)] == [(200, f"{b1.port} blue")] * 10
+        assert await proxy.reloads() == reloads  # a traffic shift is in place
+
+        assert await aget(port, "empty.example.com") == (503, "no upstream servers\n")
+        await until(lambda: counted("empty.example.com", 1), timeout=5)
+        await until(lambda: counted("shop.example.com", 50), timeout=5)
+        await proxy.apply({"other.example.com": domain("other.example.com", port, b1.upstream)})  # a reload
+        counts = await proxy.request_counts()  # the counters' dict survives reloads, as the upstreams' does
+        assert counts[("shop.example.com", "v1")].requests == v1_count.requests + 10
+        assert counts[("shop.example.com", "v2")].requests == v2_count.requests
+        assert counts[("empty.example.com", "")].by_class == {"5xx": 1}
+
+        # The Lua side validates on its own (the second line of defence behind Upstream.parse).
+        for bad in ('["10.0.0.1:80 weight=1001"]', '["10.0.0.1:80 version=v2 weight=3"]', '["10.0.0.1:80 weight=01"]',
+                    '["10.0.0.1:80 version=V2"]', '["10.0.0.1:80 weight=2 "]', '["10.0.0.1:80 backup"]'):
+            status, _ = await proxy._admin("PUT", "/upstreams/shop.example.com", bad.encode())
+            assert status == 400, bad
+        status, _ = await proxy._admin("PUT", "/upstreams/shop.example.com",
+                                       b'["10.0.0.1:80 weight=2 version=v3", "10.0.0.1:80 weight=5"]')
+        assert status == 200  # one server per address: the first spelling stays
+        assert (await proxy.served_upstreams())["shop.example.com"] == (Upstream("10.0.0.1", 80, 2, "v3"),)
 
     run(body, prefix=prefix)

@@ -15,7 +15,11 @@ from hypothesis import strategies as st
 from cni.pools import Pool
 from control.auth import Principal
 from control.slb_core import InvalidArgument, SlbCore
+from foundation.adapters.nginx_proxy import parse_request_counts
 from foundation.logic.slb_domain import MAX_WEIGHT, Domain, DomainError, Upstream, changed_config, domain_key
+from foundation.ports.metrics import SLB_REQUEST_SECONDS, SLB_REQUESTS
+from foundation.ports.proxy import RequestCounts
+from node.slb_agent import SlbAgent, SlbAgentConfig
 from sim.adapters.proxy import SimProxy
 from sim.adapters.runtime import SimRuntime
 from sim.adapters.store import MemoryStore
@@ -190,3 +194,68 @@ def test_the_sim_serves_the_very_tuple_set_when_no_weight_is_zero():
     assert proxy.serving("shop.example.com") is proxy.upstreams["shop.example.com"]  # sim/traffic caches by identity
     picks = [proxy.pick("shop.example.com") for _ in range(4)]
     assert [str(u) for u in picks] == ["10.0.0.1:80", "10.0.0.2:80"] * 2
+
+
+# --------------------------------------------------------------------------- request counts per version
+
+
+def test_the_admin_endpoints_request_lines_parse_and_hostile_ones_are_skipped():
+    text = "\n".join([
+        "n|shop.example.com|v1|2xx|30", "n|shop.example.com|v1|5xx|2", "s|shop.example.com|v1|1.25",
+        "n|shop.example.com||5xx|4", "s|shop.example.com||0",
+        "n|SHOP|v1|2xx|1", "n|shop.example.com|V1|2xx|1", "n|shop.example.com|v1|6xx|1",
+        "n|shop.example.com|v1|2xx|1.5",
+        "n|shop.example.com|v1|2xx|nan", "s|shop.example.com|v2|inf", "s|shop.example.com|v2|-1", "x|a|b|c",
+        "n|shop.example.com|v1|2xx", "", "n|shop.example.com|v1|2xx|1|2", "n|a..b|v1|2xx|1",
+    ])
+    assert parse_request_counts(text) == {
+        ("shop.example.com", ""): RequestCounts({"5xx": 4}, 0.0),
+        ("shop.example.com", "v1"): RequestCounts({"2xx": 30, "5xx": 2}, 1.25),
+    }
+
+
+class Recorder:
+    """A Metrics that keeps counter totals by (name, labels)."""
+
+    def __init__(self) -> None:
+        self.totals: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+
+    def inc(self, metric, amount=1.0, **labels):
+        metric.check_labels(labels)
+        key = (metric.name, tuple(sorted(labels.items())))
+        self.totals[key] = self.totals.get(key, 0.0) + amount
+
+    def set(self, metric, value, **labels):
+        return None
+
+    def observe(self, metric, value, **labels):
+        return None
+
+    def of(self, metric, **labels) -> float:
+        return self.totals.get((metric.name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_the_agent_copies_request_counts_as_increments_and_survives_an_nginx_restart():
+    runtime = SimRuntime(seed=1)
+    proxy = SimProxy(runtime, "nginx-1")
+    metrics = Recorder()
+    agent = SlbAgent(MemoryStore(runtime).client("nginx-1"), proxy, runtime, SlbAgentConfig("web", "nginx-1"),
+                     metrics=metrics)
+    v1, v2 = Upstream("10.0.0.1", 80, 9, "v1"), Upstream("10.0.0.2", 80, 1, "v2")
+    labels = {"group": "web", "host": "nginx-1", "domain": "shop.example.com"}
+    proxy.answered("shop.example.com", v1, 200, 0.5, requests=9)
+    proxy.answered("shop.example.com", v2, 502, 0.25)
+    runtime.run_until_complete(agent.copy_request_counts())
+    runtime.run_until_complete(agent.copy_request_counts())  # nothing new: nothing added
+    assert metrics.of(SLB_REQUESTS, **labels, version="v1", code="2xx") == 9
+    assert metrics.of(SLB_REQUESTS, **labels, version="v2", code="5xx") == 1
+    assert metrics.of(SLB_REQUEST_SECONDS, **labels, version="v1") == 0.5
+    proxy.answered("shop.example.com", v1, 200, 0.5, requests=5)
+    runtime.run_until_complete(agent.copy_request_counts())
+    assert metrics.of(SLB_REQUESTS, **labels, version="v1", code="2xx") == 14
+    proxy.restart()  # Nginx restarts: its counters start from zero
+    proxy.answered("shop.example.com", v1, 200, 0.125, requests=2)
+    runtime.run_until_complete(agent.copy_request_counts())
+    assert metrics.of(SLB_REQUESTS, **labels, version="v1", code="2xx") == 16
+    assert metrics.of(SLB_REQUEST_SECONDS, **labels, version="v1") == 1.125
+    assert metrics.of(SLB_REQUESTS, **labels, version="v2", code="5xx") == 1
