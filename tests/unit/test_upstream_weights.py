@@ -259,3 +259,30 @@ def test_the_agent_copies_request_counts_as_increments_and_survives_an_nginx_res
     assert metrics.of(SLB_REQUESTS, **labels, version="v1", code="2xx") == 16
     assert metrics.of(SLB_REQUEST_SECONDS, **labels, version="v1") == 1.125
     assert metrics.of(SLB_REQUESTS, **labels, version="v2", code="5xx") == 1
+
+
+def test_the_slb_agent_passes_a_traffic_shift_to_its_proxy_in_place():
+    runtime = SimRuntime(seed=1)
+    server = MemoryStore(runtime)
+    admin = server.client("slb-core", latency=0.001)
+    pool = Pool.parse("pods", "10.0.0.0/16", 100, "10.0.255.254", [])
+    proxy = SimProxy(runtime, "nginx-1")
+    agent = SlbAgent(server.client("nginx-1", latency=0.001), proxy, runtime, SlbAgentConfig("web", "nginx-1"))
+
+    async def main() -> None:
+        await admin.put(pool.key, pool.to_bytes())
+        record = domain("10.0.0.1:80 version=v1", "10.0.0.2:80 weight=0 version=v2")
+        await admin.put(record.key, record.to_bytes())
+        task = runtime.spawn(agent.run(), name="slb-agent")
+        await runtime.sleep(1)
+        assert proxy.reload_count == 1 and proxy.serving("shop.example.com") == (Upstream("10.0.0.1", 80, 1, "v1"),)
+        for old, new in ((9, 1), (1, 1), (0, 1)):
+            shifted = domain(f"10.0.0.1:80 weight={old} version=v1", f"10.0.0.2:80 weight={new} version=v2")
+            await admin.put(shifted.key, shifted.to_bytes())
+            await runtime.sleep(1)
+            assert proxy.upstreams["shop.example.com"] == shifted.upstreams  # weights and versions unchanged
+        assert proxy.reload_count == 1 and proxy.upstream_changes == 3
+        assert proxy.serving("shop.example.com") == (Upstream("10.0.0.2", 80, 1, "v2"),)
+        task.cancel()
+
+    runtime.run_until_complete(main(), limit=3600)
