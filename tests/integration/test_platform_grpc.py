@@ -41,6 +41,7 @@ from control.generated.leengine.control.v1 import platform_pb2 as pb
 from control.generated.leengine.control.v1 import platform_pb2_grpc
 from foundation.adapters.etcd_store import EtcdStore
 from foundation.adapters.k8s_workloads import KubeWorkloads
+from lab.etcd import running_etcd
 from lab.kube_mock import KubeApiMock
 from leengine.control_server import FIELD_METADATA, load_server_tls, start
 from leengine.etcd_options import open_store
@@ -405,9 +406,11 @@ def _script(name: str, module: str) -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", module]
 
 
-def test_console_scripts_control_with_cells_file_and_the_app_cli(tmp_path, etcd_server):
-    """leengine-control --cells FILE on two Kubernetes API mocks; leengine app drives it as a person would."""
-    certs = etcd_server.certs
+def test_console_scripts_control_with_cells_file_and_the_app_cli(tmp_path, tls_certs):
+    """leengine-control --cells FILE on two Kubernetes API mocks; leengine app drives it as a person would.
+
+    Its own etcd: the service reconciles every app in etcd, and the session's holds the matrix's hundreds."""
+    certs = tls_certs
     tokens = tmp_path / "tokens"
     tokens.write_text("".join(f"{TOKENS[n]} {n} {'admin' if n == 'ops' else 'user'}\n" for n in ("ops", "carol",
                                                                                                   "sam")))
@@ -423,7 +426,7 @@ def test_console_scripts_control_with_cells_file_and_the_app_cli(tmp_path, etcd_
         f"leengine-control: error: --cells: {bad}: cells.cell-a.api: 'ftp://x' is not an http(s) URL"), done.stderr
 
     app = fresh("cli")
-    with KubeApiMock() as cell_a, KubeApiMock() as cell_b:
+    with running_etcd(certs=certs) as etcd_server, KubeApiMock() as cell_a, KubeApiMock() as cell_b:
         cells = tmp_path / "cells.yaml"
         cells.write_text(f"cells:\n  cell-a: {{api: '{cell_a.url}'}}\n  cell-b: {{api: '{cell_b.url}'}}\n")
         port = _free_port()
