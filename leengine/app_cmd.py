@@ -40,10 +40,8 @@ import grpc
 import typer
 from google.protobuf.json_format import MessageToDict
 
-from control.auth import TOKEN
 from leengine.command import EXIT_BAD_INPUT, BadInput, CommandError, Failed
-from leengine.etcd_options import EtcdOptionError, check_certificates, read_pem
-from leengine.secret_files import SecretFileError, read_secret_file
+from leengine.control_options import read_ca, read_token
 
 try:
     from control.generated.leengine.control.v1 import platform_pb2 as pb
@@ -54,7 +52,6 @@ except ImportError as exc:  # pragma: no cover - a set-up error: `leengine app` 
     MISSING = f"the generated gRPC code is missing ({exc}): reinstall the package or run scripts/build-protos.sh"
 
 DEFAULT_CONTROL = "127.0.0.1:50051"
-MAX_TOKEN_FILE = 4096
 MAX_SHOWN = 400  # characters of the service's details printed
 FIELD_METADATA = "leengine-field"
 ROLES = ("guest", "reporter", "developer", "master", "owner")
@@ -110,22 +107,8 @@ class Connection:
             raise BadInput(f"--timeout: {timeout} is not more than 0 and at most 3600 seconds")
         if token_file is None:
             raise BadInput("--token-file: the file holding your bearer token is required (or $LEENGINE_TOKEN_FILE)")
-        try:
-            raw = read_secret_file(token_file, what="token file", secret="the token is a secret",
-                                   runner="the user running leengine", limit=MAX_TOKEN_FILE)
-        except SecretFileError as exc:
-            raise BadInput(f"--token-file: {exc}") from None
-        token = raw.decode("ascii", errors="replace").strip()
-        if not TOKEN.fullmatch(token):
-            raise BadInput(f"--token-file: {token_file}: expected one token of 16-512 characters of "
-                           "[A-Za-z0-9._~+/=-]")
-        pem = None
-        if ca is not None:
-            try:
-                pem = read_pem("--control-ca", ca)
-                check_certificates("--control-ca", ca, pem)
-            except EtcdOptionError as exc:
-                raise BadInput(str(exc)) from None
+        token = read_token("--token-file", token_file, runner="the user running leengine")
+        pem = read_ca(ca)
         return cls(target, token, pem, plaintext, timeout)
 
     def channel(self) -> grpc.aio.Channel:

@@ -56,7 +56,6 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from control.auth import TOKEN
 from control.discovery import (
     COMPONENT,
     MAX_DRAIN_TIMEOUT,
@@ -81,6 +80,7 @@ from foundation.ports.metrics import (
     Metrics,
 )
 from leengine.command import BadInput, Failed, LogLevelOpt, configure_logging, run_app
+from leengine.control_options import read_ca, read_token
 from leengine.daemon import connect_until_stopped, run_daemon, until_stopped
 from leengine.etcd_options import (
     DEFAULT_ETCD,
@@ -89,20 +89,15 @@ from leengine.etcd_options import (
     EtcdCertOpt,
     EtcdKeyOpt,
     EtcdOpt,
-    EtcdOptionError,
     EtcdSettings,
     EtcdTimeoutOpt,
-    check_certificates,
     check_timeout,
-    read_pem,
 )
 from leengine.metrics_option import MetricsAddressOpt, metrics_served, record_daemon_info
-from leengine.secret_files import SecretFileError, read_secret_file
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 log = logging.getLogger("leengine.discovery")
 NAME = GROUP_NAME  # namespaces, services and cells: DNS labels
-MAX_TOKEN_FILE = 4096  # bytes: one bearer token and a newline
 # The families a scrape lists from the start (labelled ones get their series with the first event).
 FAMILIES: tuple[MetricDef, ...] = (DISCOVERY_PUSHES, DISCOVERY_DRAINS, DISCOVERY_DRAIN_SECONDS,
                                    DISCOVERY_CELLS_UNREACHABLE, DISCOVERY_DOMAINS_WITHOUT_UPSTREAM, ETCD_ERRORS)
@@ -175,22 +170,8 @@ class ControlSettings:
             raise BadInput(f"--control: {target[:80]!r} is not host:port")
         if token_file is None:
             raise BadInput("--control-token-file: the file holding discovery's bearer token is required")
-        try:
-            raw = read_secret_file(token_file, what="token file", secret="the token is a secret",
-                                   runner="the user running discovery", limit=MAX_TOKEN_FILE)
-        except SecretFileError as exc:
-            raise BadInput(f"--control-token-file: {exc}") from None
-        token = raw.decode("ascii", errors="replace").strip()
-        if not TOKEN.fullmatch(token):
-            raise BadInput(f"--control-token-file: token file {token_file}: expected one token of 16-512 characters "
-                           "of [A-Za-z0-9._~+/=-]")
-        pem = None
-        if ca is not None:
-            try:
-                pem = read_pem("--control-ca", ca)
-                check_certificates("--control-ca", ca, pem)
-            except EtcdOptionError as exc:
-                raise BadInput(str(exc)) from None
+        token = read_token("--control-token-file", token_file, runner="the user running discovery")
+        pem = read_ca(ca)
         return cls(target, token, pem, timeout)
 
     def client(self) -> Any:
