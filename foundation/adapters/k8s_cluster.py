@@ -112,19 +112,28 @@ def endpoints_of(obj: Any) -> Endpoints:
     return Endpoints(namespace, name, tuple(sorted(ready, key=ip_order)), tuple(sorted(not_ready, key=ip_order)))
 
 
+def api_configuration(host: str | None, token: str | None, kubeconfig: str | None) -> client.Configuration:
+    """The client configuration of one API server: ``host`` (+ bearer ``token``), else a kubeconfig, else in-cluster.
+
+    Shared by every adapter over the Kubernetes API (this one, k8s_workloads.py).
+    """
+    configuration = client.Configuration()
+    if host:
+        configuration.host = host
+        if token:
+            configuration.api_key = {"authorization": f"Bearer {token}"}
+    elif kubeconfig:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    else:
+        config.load_incluster_config(client_configuration=configuration)
+    configuration.retries = 0  # a dead API server must fail within the deadline, not after urllib3's retries
+    return configuration
+
+
 class KubeCluster:
     def __init__(self, *, host: str | None = None, token: str | None = None, kubeconfig: str | None = None,
                  timeout: float = 10.0, watch_timeout: int = 300) -> None:
-        configuration = client.Configuration()
-        if host:
-            configuration.host = host
-            if token:
-                configuration.api_key = {"authorization": f"Bearer {token}"}
-        elif kubeconfig:
-            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-        else:
-            config.load_incluster_config(client_configuration=configuration)
-        configuration.retries = 0  # a dead API server must fail within the deadline, not after urllib3's retries
+        configuration = api_configuration(host, token, kubeconfig)
         self._endpoint = configuration.host
         self._client = client.ApiClient(configuration)
         self._api = client.CoreV1Api(self._client)

@@ -28,10 +28,11 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+from foundation.adapters.k8s_cluster import api_configuration
 from foundation.ports.cluster import ClusterUnavailable
 from foundation.ports.workloads import (
     DNS_LABEL,
@@ -163,16 +164,7 @@ def controller_of(obj: object) -> ControllerInfo | None:
 class KubeWorkloads:
     def __init__(self, *, host: str | None = None, token: str | None = None, kubeconfig: str | None = None,
                  timeout: float = 10.0) -> None:
-        configuration = client.Configuration()
-        if host:
-            configuration.host = host
-            if token:
-                configuration.api_key = {"authorization": f"Bearer {token}"}
-        elif kubeconfig:
-            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-        else:
-            config.load_incluster_config(client_configuration=configuration)
-        configuration.retries = 0  # fail within the deadline, not after urllib3's retries
+        configuration = api_configuration(host, token, kubeconfig)
         self._endpoint = configuration.host
         self._client = client.ApiClient(configuration)
         self._api = client.CoreV1Api(self._client)
