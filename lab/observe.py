@@ -26,7 +26,9 @@ The observers of a lab run (the twin of what sim/world.py records for sim/checks
   is exactly the sim's ``reload_seconds`` (test + reload + confirmation of one batch) and
   ``slb_propagation_seconds`` its ``propagation_seconds`` (the agent's share: the record
   change received to that revision in force), so the lab's samples measure the same spans
-  as the sim's. What was counted before the first scrape (``lab up``) is not a sample.
+  as the sim's. What was counted before the first scrape (``lab up``) is not a sample, except
+  for the kinds given ``from_zero`` when the lab was brought up for this run (``lab run``'s first
+  run on a lab: the boot's reloads are the run's, as the sim's Region boots in its run).
 * ``Observations``: everything the checks judge, filled by the driver (lab/run.py).
 
 It must not change the lab, except cnictl's release, which is the cron's job.
@@ -259,11 +261,16 @@ class HistogramSamples:
     exact: int = 0
     averaged: int = 0
     last: dict[SeriesKey, tuple[float, float]] = field(default_factory=dict)
+    # Sources whose first scrape counts from zero: the lab was brought up for this run, so what the
+    # agents observed since they started (the boot's reloads) is the run's, as the sim's boot is.
+    from_zero: set[str] = field(default_factory=set)
 
     def update(self, source: str, text: str) -> None:
+        zero = source in self.from_zero
+        self.from_zero.discard(source)
         for labels, (count, total) in histogram_totals(text, self.name).items():
             key = (source, labels)
-            before = self.last.get(key)
+            before = self.last.get(key, (0.0, 0.0) if zero else None)
             self.last[key] = (count, total)
             if before is None:
                 continue  # the baseline: what was observed before the run is not a sample
@@ -281,9 +288,12 @@ class HistogramSampler:
     """Scrapes ``urls`` (process -> its /metrics) every ``every`` seconds into one ``HistogramSamples`` per name."""
 
     def __init__(self, urls: dict[str, str], names: dict[str, str], *, every: float = 0.25,
-                 timeout: float = 2.0) -> None:
+                 timeout: float = 2.0, from_zero: Iterable[str] = ()) -> None:
+        """``from_zero``: sample kinds whose counts since the agents started are samples (``HistogramSamples``)."""
         self.urls = urls
-        self.histograms = {key: HistogramSamples(name) for key, name in names.items()}  # sample kind -> histogram
+        zero = set(from_zero)
+        self.histograms = {key: HistogramSamples(name, from_zero=set(urls) if key in zero else set())
+                           for key, name in names.items()}  # sample kind -> histogram
         self.every = every
         self.timeout = timeout
         self.failed_scrapes = 0

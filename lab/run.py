@@ -82,7 +82,7 @@ from sim.checks import Probe
 from sim.faults import last_fault_end
 from sim.metrics import percentile, pool_use
 from sim.scenario import Scenario
-from sim.spec import RegionSpec
+from sim.spec import AppSpec, RegionSpec
 
 log = logging.getLogger("leengine.lab.run")
 
@@ -106,6 +106,7 @@ def build_agent_process(host: str) -> str:
     return f"build-agent-{host}"
 
 
+BOOT_PLAYED = "run-played.{id}"  # in the lab directory: a run was played on lab {id} (its boot was counted)
 CONTROLLER_PROCESS = "kube-controller"  # the persistent controller (python -m lab.controller), if the lab runs one
 
 
@@ -153,7 +154,7 @@ class ControlAdmin:
             with contextlib.suppress(self.grpc.aio.AioRpcError):  # ALREADY_EXISTS: a reused lab
                 await self.stub.CreateGroup(pb.CreateGroupRequest(name=group.name), metadata=self.metadata,
                                             timeout=self.timeout)
-        for app in spec.apps:
+        async def put(app: AppSpec) -> None:
             domain = app.domain or f"{app.name}.example.com"
             self.domains[app.name] = (app.group, domain)
             try:
@@ -163,6 +164,10 @@ class ControlAdmin:
             except self.grpc.aio.AioRpcError as exc:
                 if exc.code() != self.grpc.StatusCode.ALREADY_EXISTS:
                     raise
+
+        # All at once, as the sim's boot puts them before its agents start: one after the other they
+        # spanned more than the SLB agents' batch window and cost each Nginx host two boot reloads.
+        await asyncio.gather(*(put(app) for app in spec.apps))
 
     async def touch_domain(self, app: str, n: int) -> bool:
         """A reload storm's change: a header of the domain's location set to ``n`` (as sim/faults.py's storm)."""
@@ -420,12 +425,18 @@ class RunState:
     duplicate_samples: int = 0
     series: list[dict[str, Any]] = field(default_factory=list)
     probes: dict[float, Probe] = field(default_factory=dict)
+    leaked_at: dict[float, dict[str, int]] = field(default_factory=dict)  # deadline -> leaked pods then
 
 
 def leaked(controller: Controller, audit: EtcdAudit) -> int:
     """Addresses etcd holds for pods that are not alive (the sim's ``Kubernetes.leaked``)."""
+    return sum(leaked_pods(controller, audit).values())
+
+
+def leaked_pods(controller: Controller, audit: EtcdAudit) -> dict[str, int]:
+    """Pod -> addresses etcd holds for it, of the pods that are not alive (what ``leaked`` sums)."""
     held = audit.auditor.pod_handles
-    return sum(held.get(pod, 0) for pod in controller.dead)
+    return {f"{pod[0]}/{pod[1]}": held[pod] for pod in sorted(controller.dead) if held.get(pod, 0)}
 
 
 async def sample_addresses(lab: LiveLab, controller: Controller, state: RunState) -> None:
@@ -466,6 +477,7 @@ async def probe_at(lab: LiveLab, controller: Controller, load: Load, state: RunS
     unfinished = tuple(farm.unfinished(submitted_by=faults_end)) if farm is not None else ()
     not_serving = await load.not_serving()
     state.probes[deadline] = Probe(round(clock(), 3), tuple(not_serving), leaked(controller, lab.audit), unfinished)
+    state.leaked_at[deadline] = leaked_pods(controller, lab.audit)
 
 
 def scrape_metrics(urls: dict[str, str], out: Path, timeout: float = 3.0) -> dict[str, str]:
@@ -486,10 +498,13 @@ def scrape_metrics(urls: dict[str, str], out: Path, timeout: float = 3.0) -> dic
 async def run_scenario(scenario: Scenario, spec: RegionSpec, lab: LiveLab, out: Path, *, code_version: dict[str, Any],
                        metrics_urls: dict[str, str], reload_logs: dict[str, Path], sample_every: float = 10.0,
                        cells_api: Any = None, farm_of: Callable[[Callable[[], float]], LabFarm] | None = None,
-                       ) -> dict[str, Any]:
+                       boot_in_run: bool = False) -> dict[str, Any]:
     """Play the scaled scenario on the running lab (already set up: groups and domains exist) and report.
 
-    ``farm_of(clock)``: the lab's build farm client when the spec has build hosts (deploys build first)."""
+    ``farm_of(clock)``: the lab's build farm client when the spec has build hosts (deploys build first).
+    ``boot_in_run``: the lab was brought up for this run, so its boot (the Nginx hosts' reloads of the
+    first domains) is counted in it, as the sim's run counts its Region's boot; else the reloads and
+    reload durations are counted from the run's start."""
     loop = asyncio.get_running_loop()
     wall = time.monotonic()
     t0 = loop.time()
@@ -512,8 +527,10 @@ async def run_scenario(scenario: Scenario, spec: RegionSpec, lab: LiveLab, out: 
     end = last_fault_end(spec.faults, spec.duration)
     slb_metrics = {proc: url for proc, url in metrics_urls.items() if proc.startswith("slb-")}
     agents = HistogramSampler(slb_metrics, {"reload_seconds": SLB_RELOAD_SECONDS.name,
-                                            "propagation_seconds": SLB_PROPAGATION_SECONDS.name})
-    await agents.once()  # the baseline: what lab up's reloads counted is not this run's
+                                            "propagation_seconds": SLB_PROPAGATION_SECONDS.name},
+                              from_zero=("reload_seconds",) if boot_in_run else ())
+    await agents.once()  # the baseline: what lab up's agents counted is not this run's (but the boot's reloads)
+    reloads_before = {h: 0 if boot_in_run else reloads_in_log(p) for h, p in sorted(reload_logs.items())}
     tasks = [loop.create_task(lab.audit.run(), name="lab/audit"),
              loop.create_task(agents.run(), name="lab/agent-histograms"),
              loop.create_task(controller.run(), name="lab/controller"),
@@ -546,7 +563,7 @@ async def run_scenario(scenario: Scenario, spec: RegionSpec, lab: LiveLab, out: 
                        netns_duplicates=state.netns_duplicates, duplicate_samples=state.duplicate_samples,
                        serving_violations=load.log.serving_violations,
                        serving_examples=load.log.serving_examples, ok=load.log.ok, failed=load.log.failed,
-                       reloads={h: reloads_in_log(p) for h, p in sorted(reload_logs.items())},
+                       reloads={h: reloads_in_log(p) - reloads_before[h] for h, p in sorted(reload_logs.items())},
                        leaks=cron.stats, leaks_gone=dict(lab.audit.auditor.leaks_gone), probes=state.probes,
                        builds_submitted=farm.submitted(by=end) if farm is not None else 0,
                        builds_observed=farm is not None)
@@ -583,6 +600,9 @@ async def run_scenario(scenario: Scenario, spec: RegionSpec, lab: LiveLab, out: 
                              "faults": [vars(e) for e in schedule.events],
                              "duplicate_samples": state.duplicate_samples,
                              "published": load.log.published,
+                             "boot_in_run": boot_in_run,
+                             "leaked_at_deadlines": {f"{d:g}": pods for d, pods in sorted(state.leaked_at.items())},
+                             "leaked_at_end": leaked_pods(controller, lab.audit),
                              "samples_from": agents.summary(),
                              "builds": farm.results_summary() if farm is not None else [],
                              "served_after_ready_seconds": [round(v, 6) for v in served_after_ready],
@@ -649,8 +669,13 @@ async def run_lab(scenario: Scenario, spec: RegionSpec, lab: Any, out: Path, *,
             builds = BuildsAdmin(lab.plan.control_address, services.admin_token(lab), certs.ca_cert.read_bytes())
             return LabFarm(repos, builds, store, clock)
 
+        # The first run on a lab counts the lab's boot (its first reloads) as the sim counts its Region's.
+        played = Path(lab.plan.dir) / BOOT_PLAYED.format(id=lab.plan.id)
+        boot_in_run = not played.exists()
+        played.touch()
         return await run_scenario(scenario, spec, live, out, code_version=code_version, metrics_urls=metrics,
-                                  reload_logs=logs, cells_api=RegionPods(cells), farm_of=farm_of)
+                                  reload_logs=logs, cells_api=RegionPods(cells), farm_of=farm_of,
+                                  boot_in_run=boot_in_run)
     finally:
         if paused:
             await asyncio.to_thread(resume_controller, lab)
