@@ -20,7 +20,9 @@ import asyncio
 import contextlib
 import http.client
 import http.server
+import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -567,5 +569,31 @@ def test_weights_version_counts_and_the_lua_validation_on_real_nginx(prefix, bac
                                        b'["10.0.0.1:80 weight=2 version=v3", "10.0.0.1:80 weight=5"]')
         assert status == 200  # one server per address: the first spelling stays
         assert (await proxy.served_upstreams())["shop.example.com"] == (Upstream("10.0.0.1", 80, 2, "v3"),)
+
+    run(body, prefix=prefix)
+
+
+def test_the_lua_grammar_of_a_weighted_server_is_upstream_parse_s(prefix):
+    """Differential: 400 texts built from near-valid fragments; Lua accepts exactly what Upstream.parse accepts."""
+    fragments = [" weight=", " version=", "weight=", " ", "0", "1", "7", "01", "1000", "1001", "9999", "10000", "-1",
+                 "v1", "V1", "-v", "a.b-c", "x" * 32, "x" * 33, "=", ":", ".", "-", "2 ", "weight", "version"]
+    rng = random.Random(13)
+    texts = ["10.0.0.1:80" + "".join(rng.choice(fragments) for _ in range(rng.randint(0, 5))) for _ in range(400)]
+
+    def python_accepts(text: str) -> bool:
+        try:
+            Upstream.parse(text)
+        except ValueError:
+            return False
+        return True
+
+    async def body(proxy: NginxProxy):
+        disagree = []
+        for text in texts:
+            status, payload = await proxy._admin("PUT", "/upstreams/grammar.example.com", json.dumps([text]).encode())
+            if (status == 200) != python_accepts(text):
+                disagree.append((text, status, payload[:80]))
+        assert not disagree, disagree[:10]
+        assert sum(python_accepts(t) for t in texts) >= 40  # both sides were exercised
 
     run(body, prefix=prefix)
