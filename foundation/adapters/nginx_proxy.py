@@ -85,6 +85,9 @@ Invariants:
   ``reloads()`` counts every SIGHUP sent, rollbacks included.
 * Blocking work (files, ``nginx -t``, /proc scans) runs off the event loop; one
   asyncio lock serialises start/stop/set_upstreams/test/apply.
+* Weights and version tags travel in the upstreams' text form (``Upstream``), so
+  they need nothing here; ``request_counts`` reads the counters ``log_by_lua`` keeps
+  per domain and upstream version (``nginx_lua``), cumulative since Nginx started.
 
 It must not know etcd, the agent, debouncing, statuses or what a revision means.
 """
