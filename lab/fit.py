@@ -18,9 +18,9 @@ so one slow outlier moves nothing. What is fitted, and how:
   confirmation of a batch) is ``test_base + reload_base + (test_per_domain +
   reload_per_domain) * domains``. The per-domain slopes stay (bench/nginx_reload_curve.py
   measures them over 100-5,000 domains; a lab holds a handful), and the bases absorb the
-  difference, in their current proportion: ``base = median - slopes * domains``, where
-  ``domains`` is the largest Nginx group's domain count in the report's ``inputs`` (its
-  count of apps otherwise).
+  difference, in their current proportion: ``base = median(sample - slopes * domains)``, each
+  sample less the per-domain share of its own report, where ``domains`` is that report's
+  largest Nginx group's domain count in its ``inputs`` (its count of apps otherwise).
 * **builder durations** (``lab_costs.builder``: the lab's builds are a tiny repository's,
   not a Region's): every step (clone, compile cold and warm, image, push through the
   registry's bandwidth) is scaled by one factor so that a cold build's modelled time
@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lab.compare import CompareError, load_report
+from lab.compare import CompareError, load_report, samples
 from sim.metrics import percentile
 from sim.scenario_costs import CostsFile, apply_overrides, cost_fields, load_costs, parse_costs
 from sim.spec import BuilderCosts, CostSpec
@@ -117,14 +117,18 @@ def fit(reports: list[dict[str, Any]], names: list[str], base: CostsFile) -> Fit
 
     reloads = _pooled(reports, "reload_seconds")
     if reloads:
-        median = percentile(reloads, 0.5, 6)
-        domains = max(_domains(r) for r in reports)
         p = costs.proxy
-        bases = max(median - (p.test_per_domain + p.reload_per_domain) * domains, 0.002)
+        slopes = p.test_per_domain + p.reload_per_domain
+        # Each sample less its own report's per-domain share: reports of different domain counts pool.
+        based = sorted(v - slopes * _domains(r) for r in reports for v in samples(r, "reload_seconds"))
+        median = percentile(based, 0.5, 6)
+        bases = max(median, 0.002)
         share = p.test_base / (p.test_base + p.reload_base) if p.test_base + p.reload_base > 0 else 0.1
         proxy = replace(p, test_base=round(bases * share, 6), reload_base=round(bases * (1 - share), 6))
         costs = replace(costs, proxy=proxy)
-        out.notes.append(f"proxy bases = median reload {median:.6f} s - slopes x {domains} domains: test_base "
+        domains = sorted({_domains(r) for r in reports if samples(r, "reload_seconds")})
+        out.notes.append(f"proxy bases = median of (reload - slopes x its report's domains per host, "
+                         f"{'/'.join(map(str, domains))}) {median:.6f} s: test_base "
                          f"{proxy.test_base:.6f} s, reload_base {proxy.reload_base:.6f} s (n={len(reloads)})")
 
     builds = _pooled(reports, "build_seconds")
