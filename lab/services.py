@@ -189,6 +189,14 @@ def _etcd_env(lab: Any, client: str) -> dict[str, str]:
             "LEENGINE_ETCD_CERT": str(certs.client_cert), "LEENGINE_ETCD_KEY": str(certs.client_key)}
 
 
+def lab_environment(lab: Any) -> dict[str, str]:
+    """The variables that point the commands at this lab: etcd (as the ``cnictl`` client, through its links)
+    and the control service as the lab admin (``leengine lab env`` prints them as exports)."""
+    f = files(lab)
+    return {**_etcd_env(lab, "cnictl"), "LEENGINE_CONTROL": lab.plan.control_address,
+            "LEENGINE_TOKEN_FILE": str(f.admin_token_file), "LEENGINE_CONTROL_CA": str(f.certs.ca_cert)}
+
+
 def etcd_client_args(lab: Any, client: str) -> list[str]:
     """``--etcd ... --etcd-ca ... --etcd-cert ... --etcd-key ...`` of ``client`` (cnictl, the run driver)."""
     env = _etcd_env(lab, client)

@@ -7,6 +7,8 @@
   leengine lab run SCENARIO [--seed N] [--out OUT] [--dir DIR] [--down]
                                               replay the scenario on the lab (lab/run.py): OUT/report.json
                                               in the sim's shape; exit 1 when a check fails
+  leengine lab env [--dir DIR]                 shell exports pointing the commands at the lab's etcd and
+                                              control service: eval "$(leengine lab env)"
   leengine lab fit LAB_REPORT... [--out FILE]  fit the sim's cost models from lab reports (lab/fit.py)
   leengine lab fault KIND [--target NAME]... [--duration S] [--undo] [--dir DIR]
                                               break the running lab by hand with one fault of a
@@ -123,6 +125,25 @@ def _print_status(status: dict[str, Any]) -> None:
                 continue
             print(f"  {r.get('pool')} {r.get('cidr')} vlan {r.get('vlan')}: {r.get('allocated')}/{r.get('capacity')}"
                   f" addresses allocated, {r.get('blocks_claimed')}/{r.get('blocks_total')} blocks claimed")
+
+
+@lab_app.command("env")
+def lab_env(directory: DirOpt = DEFAULT_DIR) -> None:
+    """Print shell exports that point leengine, cnictl and leengine app at this lab (eval "$(leengine lab env)")."""
+    import shlex
+
+    from lab.lab import Lab, LabError
+    from lab.services import files, lab_environment
+
+    try:
+        lab = Lab.load(directory)
+    except LabError as exc:
+        raise Failed(str(exc)) from None
+    env = lab_environment(lab)
+    if not files(lab).admin_token_file.exists():
+        raise Failed(f"lab {lab.id} in {directory} has no services (lab up --no-services?): nothing to point at")
+    for name, value in env.items():
+        print(f"export {name}={shlex.quote(value)}")
 
 
 @lab_app.command("down")
