@@ -209,8 +209,9 @@ def test_base_loads_with_defaults_hash_and_seed_override(tmp_path):
 def test_every_shipped_scenario_validates(path):
     spec = load_scenario(path).spec
     assert spec.checks and spec.apps
-    # Every shipped scenario injects faults, but steady-state: churn alone, over which no alert may fire.
-    assert bool(spec.faults) == (path.name != "steady-state.yaml")
+    # Every shipped scenario injects faults, but steady-state (churn alone, over which no alert may fire) and
+    # the lab's scale bench Regions (bench/lab_scale.py: how fast it comes up and serves, nothing broken).
+    assert bool(spec.faults) == (path.name not in ("steady-state.yaml", "lab-scale.yaml", "lab-burst-1000.yaml"))
     assert all(c.nodes <= MAX_NODES_PER_CELL for c in spec.cells)
 
 
