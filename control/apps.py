@@ -79,6 +79,7 @@ APPS = "/platform/apps/"
 VERSIONS = "/platform/versions/"
 STATUS = "/platform/version-status/"
 MAX_APP_NAME = 40
+RECONCILE_BATCH = 16  # apps reconciled at once by reconcile_all
 MIN_CELLS = 2
 MAX_CELLS = 16
 MAX_VERSIONS = 32  # live versions of one app (a gray release needs two)
@@ -828,5 +829,19 @@ class Apps:
     async def reconcile_all(self) -> list[Reconciled]:
         """Reconcile every app (at start-up, and on a period): finishes whatever a crash interrupted."""
         listing = await self.store.range(APPS)
-        return [await self.reconcile(kv.key.removeprefix(APPS)) for kv in listing.kvs
-                if DNS_LABEL.fullmatch(kv.key.removeprefix(APPS))]
+        names = [kv.key.removeprefix(APPS) for kv in listing.kvs if DNS_LABEL.fullmatch(kv.key.removeprefix(APPS))]
+        done: list[Reconciled] = []
+        # A few apps at a time: one by one, a Region of hundreds of apps took longer than a reconcile
+        # period (each app is a round trip to every Cell); all at once would flood the API servers.
+        for start in range(0, len(names), RECONCILE_BATCH):
+            tasks = [self.runtime.spawn(self.reconcile(name), name=f"reconcile/{name}")
+                     for name in names[start:start + RECONCILE_BATCH]]
+            failure: Exception | None = None
+            for task in tasks:  # join every task of the batch, then raise the first failure
+                try:
+                    done.append(await task.join())
+                except Exception as exc:
+                    failure = failure or exc
+            if failure is not None:
+                raise failure
+        return done
