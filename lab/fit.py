@@ -1,15 +1,25 @@
 """Fit the sim's cost models from lab reports: ``leengine lab fit LAB_REPORT... --out scenarios/costs.yaml``.
 
-The samples of every report given are pooled (a report is a ``lab run``'s report.json:
-``samples`` as sim/report.py defines them), then each model is fitted from a median,
-so one slow outlier moves nothing. What is fitted, and how:
+A report is a ``lab run``'s report.json (``samples`` as sim/report.py defines them). The
+ADD latency and the reload duration are fitted to the **midrange of the reports' medians**
+(``midrange``: the geometric mean of the smallest and the largest report median), the
+constant that keeps the largest lab/sim ratio of a report's median as small as it can be,
+since ``leengine compare`` judges each scenario's median against the sim's (±25 %), and the
+reports differ in what their samples are made of: pooled, the 201 reloads of a storm
+outweighed the four boot reloads of a quiet scenario, and a scenario whose ADDs are mostly
+its boot's (all pods at once, contending for the machine's 2 cores: 0.33-0.73 s on this
+machine) outweighed nothing of one whose ADDs are mostly churn's (one at a time: 0.12-0.20 s).
+A constant attach time cannot be within ±25 % of both regimes when they differ by more than
+1.67x: the sim's dataplane has no contention term (``compare`` shows which scenario is
+outside). The builder uses the pooled median. A median per report, so one slow outlier moves
+nothing. What is fitted, and how:
 
 * **store latency** (``costs.store.latency``): the median of ``samples.etcd_round_trip_seconds``
   when a report has that list (a client's round trip to etcd through the lab's links
   forwarder); otherwise the current value is kept (the five standard lists say nothing
   about etcd alone).
-* **dataplane attach** (``costs.dataplane.attach_seconds``): the median ADD latency as the
-  runtime sees it (``cni_add_seconds``: plugin exec, agent, IPAM, veth, OVS port) minus
+* **dataplane attach** (``costs.dataplane.attach_seconds``): the ADD latency (midrange of
+  the reports' medians) as the runtime sees it (``cni_add_seconds``: plugin exec, agent, IPAM, veth, OVS port) minus
   the store's share, ``ROUND_TRIPS_PER_ADD`` round trips at the (fitted) store latency: the
   sim's median ADD is one IPAM transaction (its batch commit), and everything else a real
   ADD costs (the plugin's start, the socket hop, netlink, OVSDB) is attach time in the sim.
@@ -18,8 +28,8 @@ so one slow outlier moves nothing. What is fitted, and how:
   confirmation of a batch) is ``test_base + reload_base + (test_per_domain +
   reload_per_domain) * domains``. The per-domain slopes stay (bench/nginx_reload_curve.py
   measures them over 100-5,000 domains; a lab holds a handful), and the bases absorb the
-  difference, in their current proportion: ``base = median(sample - slopes * domains)``, each
-  sample less the per-domain share of its own report, where ``domains`` is that report's
+  difference, in their current proportion: ``base = midrange(report median - slopes * domains)``,
+  each report's median less its own per-domain share, where ``domains`` is that report's
   largest Nginx group's domain count in its ``inputs`` (its count of apps otherwise).
 * **builder durations** (``lab_costs.builder``: the lab's builds are a tiny repository's,
   not a Region's): every step (clone, compile cold and warm, image, push through the
@@ -38,6 +48,7 @@ It must not run a lab or a simulation.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -72,6 +83,12 @@ def _pooled(reports: list[dict[str, Any]], name: str) -> list[float]:
     for report in reports:
         out.extend(samples(report, name))
     return sorted(out)
+
+
+def midrange(medians: list[float]) -> float:
+    """The geometric mean of the smallest and largest (>0): the value whose worst ratio to any of them is least."""
+    low, high = max(min(medians), 1e-9), max(max(medians), 1e-9)
+    return round(math.sqrt(low * high), 6)
 
 
 def _domains(report: dict[str, Any]) -> int:
@@ -109,26 +126,31 @@ def fit(reports: list[dict[str, Any]], names: list[str], base: CostsFile) -> Fit
 
     adds = _pooled(reports, "cni_add_seconds")
     if adds:
-        median = percentile(adds, 0.5, 6)
+        medians = [percentile(list(samples(r, "cni_add_seconds")), 0.5, 6) for r in reports
+                   if samples(r, "cni_add_seconds")]
+        median = midrange(medians)
         attach = round(max(0.0, median - ROUND_TRIPS_PER_ADD * latency), 6)
         costs = replace(costs, dataplane=replace(costs.dataplane, attach_seconds=attach))
-        out.notes.append(f"dataplane.attach_seconds = median ADD {median:.6f} s - {ROUND_TRIPS_PER_ADD} x "
+        out.notes.append(f"dataplane.attach_seconds = midrange of the reports' median ADDs "
+                         f"({', '.join(f'{m:.3f}' for m in medians)}) {median:.6f} s - {ROUND_TRIPS_PER_ADD} x "
                          f"{latency:.6f} s = {attach:.6f} s (n={len(adds)})")
 
     reloads = _pooled(reports, "reload_seconds")
     if reloads:
         p = costs.proxy
         slopes = p.test_per_domain + p.reload_per_domain
-        # Each sample less its own report's per-domain share: reports of different domain counts pool.
-        based = sorted(v - slopes * _domains(r) for r in reports for v in samples(r, "reload_seconds"))
-        median = percentile(based, 0.5, 6)
+        # Each report's median less its own per-domain share: reports of different domain counts compare.
+        based = [percentile(list(samples(r, "reload_seconds")), 0.5, 6) - slopes * _domains(r) for r in reports
+                 if samples(r, "reload_seconds")]
+        median = midrange(based)
         bases = max(median, 0.002)
         share = p.test_base / (p.test_base + p.reload_base) if p.test_base + p.reload_base > 0 else 0.1
         proxy = replace(p, test_base=round(bases * share, 6), reload_base=round(bases * (1 - share), 6))
         costs = replace(costs, proxy=proxy)
         domains = sorted({_domains(r) for r in reports if samples(r, "reload_seconds")})
-        out.notes.append(f"proxy bases = median of (reload - slopes x its report's domains per host, "
-                         f"{'/'.join(map(str, domains))}) {median:.6f} s: test_base "
+        out.notes.append(f"proxy bases = midrange of the reports' (median reload - slopes x domains per host, "
+                         f"{'/'.join(map(str, domains))}: {', '.join(f'{b:.3f}' for b in based)}) "
+                         f"{median:.6f} s: test_base "
                          f"{proxy.test_base:.6f} s, reload_base {proxy.reload_base:.6f} s (n={len(reloads)})")
 
     builds = _pooled(reports, "build_seconds")
@@ -211,4 +233,4 @@ def fit_files(paths: list[Path], out: Path, base: Path | None = None) -> Fit:
     return result
 
 
-__all__ = ["FITTED_SAMPLES", "ROUND_TRIPS_PER_ADD", "Fit", "FitError", "fit", "fit_files", "render"]
+__all__ = ["FITTED_SAMPLES", "ROUND_TRIPS_PER_ADD", "Fit", "FitError", "fit", "fit_files", "midrange", "render"]
