@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lab.observe import Observations
-from sim.checks import CheckResult, Probe
+from sim.checks import CheckResult, Probe, apps_serve_again_verdict, leaks_verdict
 from sim.spec import CheckSpec
 
 
@@ -67,19 +67,12 @@ def _max_reloads(obs: Observations, check: CheckSpec) -> CheckResult:
 
 
 def _leaks_found_and_released(obs: Observations, check: CheckSpec, probe: Probe) -> CheckResult:
-    gone = obs.leaks_gone
-    elsewhere = sorted(gone[h] for h in gone if h not in obs.leaks.released_handles)
-    return CheckResult(check.kind, probe.leaked == 0 and not elsewhere,
-                       f"at t={probe.at:g}: {probe.leaked} address(es) without a live pod; cnictl found "
-                       f"{obs.leaks.found} certain leak(s), released {obs.leaks.released}"
-                       + (f"; {len(elsewhere)} freed by something else: {', '.join(elsewhere[:5])}"
-                          if elsewhere else ""))
+    return leaks_verdict(check, probe, obs.leaks_gone, obs.leaks.released_handles, obs.leaks.found,
+                         obs.leaks.released)
 
 
 def _apps_serve_again(obs: Observations, check: CheckSpec, probe: Probe) -> CheckResult:
-    bad = probe.not_serving
-    return CheckResult(check.kind, not bad, f"at t={probe.at:g}: " + (f"not serving: {', '.join(bad)}" if bad
-                                                                        else "every app serves on every live host"))
+    return apps_serve_again_verdict(check, probe)
 
 
 def _builds_finish(obs: Observations, check: CheckSpec, probe: Probe) -> CheckResult:

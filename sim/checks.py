@@ -12,7 +12,7 @@ It must not change the Region: judging is observation only.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -80,23 +80,36 @@ def _max_reloads(region: Region, check: CheckSpec) -> CheckResult:
 # ------------------------------------------------------------------ liveness
 
 
-def _leaks_found_and_released(region: Region, check: CheckSpec, probe: Probe) -> CheckResult:
-    # Gone, and gone through cnictl: every address a dead pod held was released by
-    # `cnictl release` (no other path frees a leak; a bug that did would show here).
-    gone = region.auditor.leaks_gone
-    elsewhere = sorted(gone[h] for h in gone if h not in region.cron.released_by_cnictl)
-    m = region.metrics
+def leaks_verdict(check: CheckSpec, probe: Probe, gone: Mapping[str, str], released_by_cnictl: Container[str],
+                  found: int, released: int) -> CheckResult:
+    """leaks-found-and-released from what was observed: the sim's and the lab's one verdict (lab/checks.py).
+
+    Gone, and gone through cnictl: every address a dead pod held was released by `cnictl release`
+    (no other path frees a leak; a bug that did would show here). ``gone``: handle -> address.
+    """
+    elsewhere = sorted(gone[h] for h in gone if h not in released_by_cnictl)
     return CheckResult(check.kind, probe.leaked == 0 and not elsewhere,
                        f"at t={probe.at:g}: {probe.leaked} address(es) without a live pod; cnictl found "
-                       f"{m.leaks_found} certain leak(s), released {m.leaks_released}"
+                       f"{found} certain leak(s), released {released}"
                        + (f"; {len(elsewhere)} freed by something else: {', '.join(elsewhere[:5])}"
                           if elsewhere else ""))
 
 
-def _apps_serve_again(region: Region, check: CheckSpec, probe: Probe) -> CheckResult:
+def _leaks_found_and_released(region: Region, check: CheckSpec, probe: Probe) -> CheckResult:
+    m = region.metrics
+    return leaks_verdict(check, probe, region.auditor.leaks_gone, region.cron.released_by_cnictl,
+                         m.leaks_found, m.leaks_released)
+
+
+def apps_serve_again_verdict(check: CheckSpec, probe: Probe) -> CheckResult:
+    """apps-serve-again from the probe at its deadline: the sim's and the lab's one verdict."""
     bad = probe.not_serving
     return CheckResult(check.kind, not bad, f"at t={probe.at:g}: " + (f"not serving: {', '.join(bad)}" if bad
                                                                         else "every app serves on every live host"))
+
+
+def _apps_serve_again(region: Region, check: CheckSpec, probe: Probe) -> CheckResult:
+    return apps_serve_again_verdict(check, probe)
 
 
 def _builds_finish(region: Region, check: CheckSpec, probe: Probe) -> CheckResult:
