@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lab.observe import Observations
-from sim.checks import CheckResult, Probe, apps_serve_again_verdict, leaks_verdict
+from sim.checks import CheckResult, Probe, apps_serve_again_verdict, builds_verdict, leaks_verdict
 from sim.spec import CheckSpec
 
 
@@ -79,11 +79,7 @@ def _builds_finish(obs: Observations, check: CheckSpec, probe: Probe) -> CheckRe
     if not obs.builds_observed:
         return CheckResult(check.kind, False, "the lab run has no build farm (no build hosts): builds-finish "
                                               "cannot be judged")
-    unfinished = probe.unfinished_builds
-    submitted = obs.builds_submitted
-    return CheckResult(check.kind, not unfinished, f"at t={probe.at:g}: {submitted - len(unfinished)} of {submitted} "
-                                                   "build(s) submitted before the faults ended have finished"
-                       + (f"; unfinished: {', '.join(unfinished[:5])}" if unfinished else ""))
+    return builds_verdict(check, probe, obs.builds_submitted)
 
 
 CHECKS: dict[str, LabCheck] = {

@@ -112,12 +112,17 @@ def _apps_serve_again(region: Region, check: CheckSpec, probe: Probe) -> CheckRe
     return apps_serve_again_verdict(check, probe)
 
 
-def _builds_finish(region: Region, check: CheckSpec, probe: Probe) -> CheckResult:
+def builds_verdict(check: CheckSpec, probe: Probe, submitted: int) -> CheckResult:
+    """builds-finish from the probe and the builds submitted before the faults ended: the sim's and the lab's."""
     unfinished = probe.unfinished_builds
-    submitted = region.farm.submitted(by=last_fault_end(region.spec.faults, region.spec.duration))
     return CheckResult(check.kind, not unfinished, f"at t={probe.at:g}: {submitted - len(unfinished)} of {submitted} "
                                                    "build(s) submitted before the faults ended have finished"
                        + (f"; unfinished: {', '.join(unfinished[:5])}" if unfinished else ""))
+
+
+def _builds_finish(region: Region, check: CheckSpec, probe: Probe) -> CheckResult:
+    return builds_verdict(check, probe,
+                          region.farm.submitted(by=last_fault_end(region.spec.faults, region.spec.duration)))
 
 
 CHECKS: dict[str, Check] = {

@@ -130,6 +130,18 @@ def api_configuration(host: str | None, token: str | None, kubeconfig: str | Non
     return configuration
 
 
+def read_json(method: Any, timeout: float, **kwargs: Any) -> Any:
+    """Call the client's ``method`` (blocking: run it in a worker thread) and parse its raw body as JSON.
+
+    Raw JSON, not the client's models: faster, and a hostile field cannot crash their deserializer.
+    """
+    resp = method(_request_timeout=timeout, _preload_content=False, **kwargs)
+    try:
+        return json.loads(resp.data)
+    finally:
+        resp.release_conn()
+
+
 class KubeCluster:
     def __init__(self, *, host: str | None = None, token: str | None = None, kubeconfig: str | None = None,
                  timeout: float = 10.0, watch_timeout: int = 300) -> None:
@@ -161,16 +173,8 @@ class KubeCluster:
 
     async def _call_json(self, method: Any, **kwargs: Any) -> Any:
         """``method``'s response body as plain JSON, read in the worker thread too."""
-
-        def call() -> Any:
-            resp = method(_request_timeout=self.timeout, _preload_content=False, **kwargs)
-            try:
-                return json.loads(resp.data)
-            finally:
-                resp.release_conn()
-
         try:
-            return await asyncio.to_thread(call)
+            return await asyncio.to_thread(read_json, method, self.timeout, **kwargs)
         except (ApiException, HTTPError, OSError) as exc:
             raise self._error(exc) from None
         except (ValueError, RecursionError) as exc:  # not JSON: a proxy's error page, a truncated body

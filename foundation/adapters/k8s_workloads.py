@@ -32,7 +32,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from foundation.adapters.k8s_cluster import api_configuration
+from foundation.adapters.k8s_cluster import api_configuration, read_json
 from foundation.ports.cluster import ClusterUnavailable
 from foundation.ports.workloads import (
     DNS_LABEL,
@@ -181,16 +181,8 @@ class KubeWorkloads:
     async def _json(self, method: Callable[..., Any], what: str, *, missing_ok: bool = False,
                     **kwargs: Any) -> Any:
         """``method``'s answer as JSON; None on 404 when ``missing_ok``; typed errors otherwise."""
-
-        def call() -> Any:
-            resp = method(_request_timeout=self.timeout, _preload_content=False, **kwargs)
-            try:
-                return json.loads(resp.data)
-            finally:
-                resp.release_conn()
-
         try:
-            return await asyncio.to_thread(call)
+            return await asyncio.to_thread(read_json, method, self.timeout, **kwargs)
         except ApiException as exc:
             if exc.status == 404 and missing_ok:
                 return None
