@@ -12,12 +12,21 @@ Keys (docs/slb.md, "Key schema"):
   mod_revision is the domain's revision. Domain names are unique per group (the key).
 * ``/slb/{group}/status/{domain}/{host}``: written by each Nginx host's SLB agent,
   only read here (one domain's records are one short prefix).
+* ``/slb/{group}/shares/{domain}``: the traffic shares of the domain's versions
+  (``foundation.logic.slb_shares``), written by ``set_shares`` only, in the same
+  transaction as the domain's upstreams re-weighted by them; ``set_upstreams`` weighs
+  what discovery sends by the shares it reads in the same snapshot (its CAS compares
+  the shares key too), so the weights in force always follow the shares record.
+  A domain without a shares record keeps the weights it is sent (discovery: 1).
+  Deleting a domain deletes its shares.
 
 Who may change what (principals come from ``control.auth``; reads are open to all):
 
 * ``admin``: everything: create and delete groups, create, replace and delete any
   domain with any owner, any ``settings`` and any ``upstreams_by``, set upstreams.
 * ``discovery``: SetUpstreams on any domain; nothing else is written.
+* ``platform`` (the platform's release controller, in-process: a role no token is
+  meant to carry) and ``admin``: SetShares. Reads of shares are open to all.
 * ``user``: creates domains in existing groups with ``owner`` = itself (an empty
   owner means the caller); replaces and deletes domains it owns only; never touches
   ``settings`` or ``upstreams_by``: a new domain must have none, a replacement must
@@ -53,7 +62,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +84,7 @@ from foundation.logic.slb_domain import (
     load_json,
     show,
 )
+from foundation.logic.slb_shares import SharesError, check_shares, decode_shares, encode_shares, shares_key, weigh
 from foundation.ports import (
     CompactedError,
     Compare,
@@ -101,6 +111,7 @@ MAX_PAGE_SIZE = 1000  # a larger page_size is lowered to this (AIP-158)
 PAGE_BYTES = 1 << 20  # a page stops before its records pass this many bytes (one record always fits)
 PAGE_ITEM_OVERHEAD = 64  # bytes a record costs in a response beyond its JSON (revision, field tags)
 MAX_ECHO = 64  # characters of a caller's value repeated in an error message
+SHARE_SETTERS = ("admin", "platform")  # roles that may set traffic shares (the release controller's is platform)
 
 
 def meta_key(group: str) -> str:
@@ -672,7 +683,9 @@ class SlbCore:
                 _own(who, _decode_domain(current))
             old = _readable_or_none(current)  # its owner's domain count goes down with it
             uncount = [DeleteOp(owned_key(old.owner, group, name))] if old else []
-            result = await self.store.txn([Compare.mod_is(key, current.mod_revision)], [DeleteOp(key), *uncount])
+            # The shares go with the domain (a delete of a missing key writes nothing).
+            result = await self.store.txn([Compare.mod_is(key, current.mod_revision)],
+                                          [DeleteOp(key), DeleteOp(shares_key(group, name)), *uncount])
             if result.succeeded:
                 self.runtime.trace("slb.domain.delete", key=key, by=who.name, revision=result.revision)
                 return result.revision
@@ -692,14 +705,16 @@ class SlbCore:
             check_routable(upstreams)
         except DomainError as exc:
             raise InvalidArgument.of(exc, {"upstreams": "servers"}) from None
-        key = domain_key(group, name)
+        key, share_key = domain_key(group, name), shares_key(group, name)
         for _ in range(self.max_attempts):
-            read = await self.store.txn([], [GetOp(key), GetOp(POOLS, prefix=True)])
-            found, pools = read.responses
+            read = await self.store.txn([], [GetOp(key), GetOp(POOLS, prefix=True), GetOp(share_key)])
+            found, pools, share_read = read.responses
             current = found.first() if isinstance(found, RangeResult) else None
             if current is None:
                 raise NotFound("domain", f"{group}/{name}")
             old = _decode_domain(current)
+            share_kv = share_read.first() if isinstance(share_read, RangeResult) else None
+            shares = _decode_shares(share_kv)
             if who.role == "user":
                 _own(who, old)
                 if old.upstreams_by != "owner":
@@ -708,7 +723,8 @@ class SlbCore:
             _check_pools(self._pools.update(pools.kvs if isinstance(pools, RangeResult) else (), read.revision),
                          upstreams, "servers")
             try:
-                new = old.with_upstreams(upstreams)  # refuses one address twice with two weights or versions
+                # weigh: the shares decide the weights (None: kept as sent); refuses one address twice
+                new = old.with_upstreams(weigh(upstreams, shares))
                 Domain.parse(new.to_json())  # the record's own limits (e.g. at most 4096 servers)
             except DomainError as exc:
                 raise InvalidArgument.of(exc, {"upstreams": "servers"}) from None
@@ -718,12 +734,55 @@ class SlbCore:
             if limit and len(new.upstreams) > limit:
                 raise QuotaExceeded("upstreams_per_domain", f"{len(new.upstreams)} upstreams for {name}; role "
                                     f"{who.role} may set at most {limit}")
-            result = await self.store.txn([Compare.mod_is(key, current.mod_revision)], [PutOp(key, new.to_bytes())])
+            result = await self.store.txn([Compare.mod_is(key, current.mod_revision),
+                                           Compare.mod_is(share_key, share_kv.mod_revision if share_kv else 0)],
+                                          [PutOp(key, new.to_bytes())])
             if result.succeeded:
                 self.runtime.trace("slb.upstreams.set", key=key, by=who.name, servers=len(new.upstreams),
                                    revision=result.revision)
                 return result.revision
         raise Conflict(f"domain {name} kept changing while setting its upstreams; try again")
+
+    # ------------------------------------------------------------------ traffic shares
+
+    async def set_shares(self, who: Principal, group: Any, domain: Any, shares: Mapping[str, int]) -> int:
+        """Set the traffic shares of the domain's versions and re-weigh its upstreams by them, in one CAS.
+
+        Returns the domain's revision after it (unchanged when its weights already were so).
+        A corrupt shares record is overwritten (this is how it is repaired).
+        """
+        _require(who, *SHARE_SETTERS, action="set traffic shares")
+        group, name = _names(group, domain, name_field="domain")
+        try:
+            checked = check_shares(shares)
+        except SharesError as exc:
+            raise InvalidArgument("shares", str(exc)) from None
+        key, share_key = domain_key(group, name), shares_key(group, name)
+        value = encode_shares(checked)
+        for _ in range(self.max_attempts):
+            read = await self.store.txn([], [GetOp(key), GetOp(share_key)])
+            current, share_kv = (r.first() if isinstance(r, RangeResult) else None for r in read.responses)
+            if current is None:
+                raise NotFound("domain", f"{group}/{name}")
+            old = _decode_domain(current)
+            new = old.with_upstreams(weigh(old.upstreams, checked))
+            if new == old and share_kv is not None and share_kv.value == value:
+                return current.mod_revision  # already so: no write
+            ops: list[TxnOp] = [PutOp(share_key, value)]
+            if new != old:
+                ops.append(PutOp(key, new.to_bytes()))
+            result = await self.store.txn([Compare.mod_is(key, current.mod_revision),
+                                           Compare.mod_is(share_key, share_kv.mod_revision if share_kv else 0)], ops)
+            if result.succeeded:
+                self.runtime.trace("slb.shares.set", key=share_key, by=who.name, shares=checked,
+                                   revision=result.revision)
+                return result.revision if new != old else current.mod_revision
+        raise Conflict(f"domain {name} kept changing while setting its shares; try again")
+
+    async def get_shares(self, who: Principal, group: Any, domain: Any) -> dict[str, int] | None:
+        """The domain's traffic shares, or None when it has none (its weights are as discovery sent them)."""
+        group, name = _names(group, domain, name_field="domain")
+        return _decode_shares(await self.store.get(shares_key(group, name)))
 
     # ------------------------------------------------------------------ status
 
@@ -754,6 +813,13 @@ class SlbCore:
             raise NotFound("domain", f"{group}/{name}")
         return StatusReport(current.mod_revision if current else 0, tuple(sorted(hosts, key=lambda h: h.host)),
                             hosts_now)
+
+
+def _decode_shares(kv: KeyValue | None) -> dict[str, int] | None:
+    try:
+        return decode_shares(kv.value) if kv is not None else None
+    except SharesError as exc:
+        raise CorruptRecord(kv.key if kv is not None else "", str(exc)) from None
 
 
 def _require(who: Principal, *roles: str, action: str) -> None:

@@ -614,3 +614,116 @@ def test_a_corrupt_group_meta_is_a_corrupt_record(w, raw):
     err = w.fails(CorruptRecord, w.core.get_group(ALICE, "web"))
     assert err.key == meta_key("web")
     w.fails(CorruptRecord, w.core.list_groups(ALICE))
+
+
+# ------------------------------------------------------------------ traffic shares (issue 13, gray releases)
+
+PLATFORM = Principal("platform", "platform")  # the release controller's service role (control.auth)
+SHOP = ("web", "shop.example.com")
+SHARES_KEY = "/slb/web/shares/shop.example.com"
+TWO_VERSIONS = ["10.0.0.1:80 version=v1", "10.0.0.2:80 version=v1", "10.0.0.3:80 version=v2"]
+
+
+def weights(w: World) -> dict[str, int]:
+    return {u.address: u.weight for u in w.stored(*SHOP).upstreams}
+
+
+@pytest.mark.parametrize("who", [PLATFORM, ADMIN])
+def test_set_shares_writes_the_record_and_the_weights_in_one_transaction(w, who):
+    w.run(w.core.put_domain(ALICE, web()))
+    w.run(w.core.set_upstreams(DISCOVERY, *SHOP, TWO_VERSIONS))
+    before = w.server.revision
+    revision = w.run(w.core.set_shares(who, *SHOP, {"v1": 90, "v2": 10}))
+    assert revision == w.server.revision == before + 1  # one transaction
+    contents = w.contents()
+    assert contents[SHARES_KEY] == (b'{"shares":{"v1":90,"v2":10}}', revision)
+    assert contents[domain_key(*SHOP)][1] == revision
+    # v1: 90 % over 2 servers (45 each), v2: 10 % on 1: 1000 for the largest, 10/45 of it for v2
+    assert weights(w) == {"10.0.0.1:80": 1000, "10.0.0.2:80": 1000, "10.0.0.3:80": 222}
+    assert w.run(w.core.get_shares(ALICE, *SHOP)) == {"v1": 90, "v2": 10}
+    snapshot = w.snapshot()  # the same shares again: nothing written, the same revision
+    assert w.run(w.core.set_shares(who, *SHOP, {"v2": 10, "v1": 90})) == revision
+    assert w.snapshot() == snapshot
+
+
+@pytest.mark.parametrize("who", [ALICE, DISCOVERY, Principal("platform", "user")])
+def test_only_admins_and_the_platform_set_shares(w, who):
+    w.run(w.core.put_domain(ALICE, web()))
+    w.fails(PermissionDenied, w.core.set_shares(who, *SHOP, {"v1": 100}))
+
+
+@pytest.mark.parametrize("shares", [{}, {"v1": 50}, {"v1": 50.5, "v2": 49.5}, {"V1": 100}, {"v1": True},
+                                    {f"v{i}": 5 for i in range(20)}, [["v1", 100]]])
+def test_invalid_shares_are_an_invalid_argument_naming_shares(w, shares):
+    w.run(w.core.put_domain(ALICE, web()))
+    err = w.fails(InvalidArgument, w.core.set_shares(ADMIN, *SHOP, shares))
+    assert err.field == "shares"
+
+
+def test_shares_of_a_missing_domain_are_not_found_and_none_until_set(w):
+    w.fails(NotFound, w.core.set_shares(ADMIN, *SHOP, {"v1": 100}))
+    w.run(w.core.put_domain(ALICE, web()))
+    assert w.run(w.core.get_shares(ALICE, *SHOP)) is None
+    with pytest.raises(InvalidArgument):
+        w.run(w.core.get_shares(ALICE, "web", "../x"))
+
+
+def test_set_upstreams_applies_the_shares_and_without_shares_keeps_weights_as_sent(w):
+    w.run(w.core.put_domain(ALICE, web()))
+    w.run(w.core.set_upstreams(DISCOVERY, *SHOP, TWO_VERSIONS))
+    assert set(weights(w).values()) == {1}  # no shares record: as discovery sent them
+    w.run(w.core.set_shares(PLATFORM, *SHOP, {"v1": 100, "v2": 0}))
+    assert weights(w) == {"10.0.0.1:80": 1000, "10.0.0.2:80": 1000, "10.0.0.3:80": 0}
+    # discovery pushes weight 1 everywhere; what lands is weighed by the shares (a new v2 pod gets 0 too)
+    w.run(w.core.set_upstreams(DISCOVERY, *SHOP, [*TWO_VERSIONS, "10.0.0.4:80 version=v2"]))
+    assert weights(w) == {"10.0.0.1:80": 1000, "10.0.0.2:80": 1000, "10.0.0.3:80": 0, "10.0.0.4:80": 0}
+    before = w.snapshot()  # the same servers again: weighed the same, nothing written
+    w.run(w.core.set_upstreams(DISCOVERY, *SHOP, [*TWO_VERSIONS, "10.0.0.4:80 version=v2"]))
+    assert w.snapshot() == before
+    w.run(w.core.set_shares(PLATFORM, *SHOP, {"v1": 0, "v2": 100}))
+    assert weights(w) == {"10.0.0.1:80": 0, "10.0.0.2:80": 0, "10.0.0.3:80": 1000, "10.0.0.4:80": 1000}
+    # every v2 pod gone: nobody left with a share, so every server gets weight 1 rather than none
+    w.run(w.core.set_upstreams(DISCOVERY, *SHOP, TWO_VERSIONS[:2]))
+    assert weights(w) == {"10.0.0.1:80": 1, "10.0.0.2:80": 1}
+
+
+def test_set_upstreams_racing_set_shares_loses_neither(w):
+    """discovery read the old shares; the shares change before its CAS: it reads again and weighs by the new."""
+    w.run(w.core.put_domain(ALICE, web()))
+    w.run(w.core.set_upstreams(DISCOVERY, *SHOP, TWO_VERSIONS))
+    w.run(w.core.set_shares(PLATFORM, *SHOP, {"v1": 100, "v2": 0}))
+    discovery = SlbCore(w.server.client("discovery", latency=0.010), w.rt)
+    platform = SlbCore(w.server.client("platform", latency=0.001), w.rt)
+
+    async def both():
+        up = w.rt.spawn(discovery.set_upstreams(DISCOVERY, *SHOP, [*TWO_VERSIONS, "10.0.0.4:80 version=v2"]),
+                        name="disc")
+        await w.rt.sleep(0.006)  # discovery's read has happened, its CAS has not
+        await platform.set_shares(PLATFORM, *SHOP, {"v1": 50, "v2": 50})
+        return await up.join()
+
+    w.run(both())
+    assert weights(w) == {"10.0.0.1:80": 1000, "10.0.0.2:80": 1000, "10.0.0.3:80": 1000, "10.0.0.4:80": 1000}
+    w.run(w.core.set_shares(PLATFORM, *SHOP, {"v1": 99, "v2": 1}))
+    assert weights(w) == {"10.0.0.1:80": 1000, "10.0.0.2:80": 1000, "10.0.0.3:80": 10, "10.0.0.4:80": 10}
+
+
+@pytest.mark.parametrize("raw", [b"[" * 100_000, b'{"shares":{"v1":' + b"9" * 5000 + b"}}", b'{"shares":{"v1":99}}',
+                                 b"\xff", b'{"shares":{"v1":true}}', b"null"])
+def test_a_corrupt_shares_record_is_a_corrupt_record_and_set_shares_repairs_it(w, raw):
+    w.run(w.core.put_domain(ALICE, web()))
+    w.run(w.server.client("other").put(SHARES_KEY, raw))
+    err = w.fails(CorruptRecord, w.core.get_shares(ALICE, *SHOP))
+    assert err.key == SHARES_KEY and len(str(err)) < 1000
+    w.fails(CorruptRecord, w.core.set_upstreams(DISCOVERY, *SHOP, TWO_VERSIONS))
+    w.run(w.core.set_shares(ADMIN, *SHOP, {"v1": 100}))
+    assert w.run(w.core.get_shares(ALICE, *SHOP)) == {"v1": 100}
+
+
+def test_deleting_a_domain_deletes_its_shares(w):
+    w.run(w.core.put_domain(ALICE, web()))
+    w.run(w.core.set_shares(ADMIN, *SHOP, {"v1": 100}))
+    w.run(w.core.delete_domain(ALICE, *SHOP))
+    assert SHARES_KEY not in w.contents()
+    w.run(w.core.put_domain(ALICE, web()))
+    assert w.run(w.core.get_shares(ALICE, *SHOP)) is None
