@@ -16,14 +16,17 @@ request and one JSON line per answer, in order, on as many connections as caller
   ``.conflist`` as libcni does); then ``busybox httpd -f -p PORT`` in the netns (``port``: the app's
   container port, 1-65535, default 80; discovery binds the same port) serving the pod's
   name at ``/``; once it listens, the Pod's status is patched to Running + Ready with its ``podIP``.
-  Answer ``{"ok": true, "ip": ..., "add_seconds": ...}``. A failed ADD is undone (CNI DEL, netns deleted) and answered
-  ``{"ok": false, "error": ..., "cni_code": N}`` with the plugin's own code (the Pod deleted from the API).
+  Answer ``{"ok": true, "ip": ..., "add_seconds": ..., "add_in_flight": N}`` (N: the CNI ADDs in flight on
+  the machine when this one began, itself included: see "ADDs in flight" below). A failed ADD is undone
+  (CNI DEL, netns deleted) and answered ``{"ok": false, "error": ..., "cni_code": N}`` with the plugin's own
+  code (the Pod deleted from the API).
 * ``{"op": "stop", "pod": NAME}`` → CNI DEL, httpd killed, netns deleted, Pod deleted from the
   API. A failed DEL keeps the pod (as a sandbox whose teardown failed) for a retry.
 * ``{"op": "list"}`` → the pods this runtime holds. ``{"op": "samples"}`` → the seconds of
   every CNI ADD exec (``cni_add_seconds``) and DEL (``cni_del_seconds``), in order, and of each
   RunPod's phases (``queue_seconds`` waiting for a slot, ``netns_seconds``, ``httpd_seconds`` from
   spawn to listening, ``api_seconds`` for the API writes, ``run_seconds`` the whole request).
+  ``cni_add_in_flight`` lists each ADD's N, in the order of ``cni_add_seconds``.
 * ``{"op": "kill_all"}`` → SIGKILL every httpd and delete every netns, with NO CNI DEL and no
   API call: what a dead host leaves (addresses held in etcd, pods still in the API).
 
@@ -34,6 +37,12 @@ file, netns and httpd (the pid's cmdline is busybox httpd and its environment ca
 ``LEENGINE_LAB=<id>``) are all still there is adopted; any other is patched ``Failed``, not
 Ready (its netns and any state left are removed; its address is NOT released: a runtime
 that lost a pod cannot prove the address free, ``cnictl`` can).
+
+ADDs in flight: every runtime of the lab (one per node, all on this one machine's cores) marks an ADD it
+executes with a file ``<pid>-<n>`` in ``--in-flight-dir`` (default ``<socket dir>/cni-adds-in-flight``, shared
+by the lab's runtimes) for the exec's duration, and counts the marks of live runtimes as it begins: the
+machine's ADDs in flight, which ``leengine lab fit`` relates the ADD's latency to (a SIGKILLed runtime's
+marks are not counted: its pid is dead; they are removed by the next count).
 
 Invariants: pod, app and namespace names are DNS labels (checked before anything is made;
 they become netns names, paths and CNI_ARGS, never shell words: every command is an argv
@@ -76,6 +85,7 @@ CNI_TIMEOUT = 60.0
 LISTEN_WAIT = 10.0  # seconds for httpd to listen
 NETNS_DIR = Path("/var/run/netns")
 IMAGE = "busybox"
+IN_FLIGHT_DIR = "cni-adds-in-flight"  # beside the runtimes' sockets: shared by the lab's runtimes
 
 
 class RuntimeError_(Exception):
@@ -97,6 +107,16 @@ class Pod:
     ip: str = ""
     pid: int = 0
     port: int = 80  # what its httpd listens on (the app's port)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: alive
+    return True
 
 
 # ---- the CNI side
@@ -223,6 +243,11 @@ class ContainerRuntime:
         self.slots = asyncio.Semaphore(args.max_concurrent)
         self.add_seconds: list[float] = []
         self.del_seconds: list[float] = []
+        self.add_in_flight: list[int] = []  # the machine's ADDs in flight as each ADD began (itself included)
+        self.in_flight_dir = Path(args.in_flight_dir or Path(args.socket).parent / IN_FLIGHT_DIR)
+        self.in_flight_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.in_flight_seq = 0
+        self.in_flight_of: dict[str, int] = {}  # container id -> its ADD's in-flight count, until run() answers
         # Where a RunPod's seconds go (the ``samples`` op, for bench/lab_scale.py): waiting for a slot, the
         # netns, httpd from spawn to listening, the API writes, and the whole request.
         self.phases: dict[str, list[float]] = {name: [] for name in PHASES}
@@ -250,15 +275,42 @@ class ContainerRuntime:
         env = {"CNI_COMMAND": command, "CNI_CONTAINERID": pod.container_id,
                "CNI_NETNS": str(NETNS_DIR / pod.netns), "CNI_IFNAME": "eth0", "CNI_PATH": self.cni_path,
                "CNI_ARGS": cni_args(pod), "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
-        started = time.monotonic()
-        code, out, _ = await self._exec(str(self.plugin), stdin=self.stdin, env=env, timeout=CNI_TIMEOUT)
-        took = time.monotonic() - started
+        mark = self._mark_in_flight() if command == "ADD" else None
+        try:
+            started = time.monotonic()
+            code, out, _ = await self._exec(str(self.plugin), stdin=self.stdin, env=env, timeout=CNI_TIMEOUT)
+            took = time.monotonic() - started
+        finally:
+            if mark is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    mark[0].unlink()
         samples = self.add_seconds if command == "ADD" else self.del_seconds
         if len(samples) < MAX_SAMPLES:
             samples.append(round(took, 6))
+            if mark is not None:
+                self.add_in_flight.append(mark[1])
+        if mark is not None:
+            self.in_flight_of[pod.container_id] = mark[1]  # for run()'s answer
         if code != 0:
             raise cni_error(out, code)
         return out
+
+    def _mark_in_flight(self) -> tuple[Path, int]:
+        """Mark an ADD in flight (module docstring); returns the mark and the machine's ADDs in flight, itself
+        included. A mark whose runtime is dead (SIGKILLed mid-ADD) is removed, not counted."""
+        self.in_flight_seq += 1
+        mark = self.in_flight_dir / f"{os.getpid()}-{self.in_flight_seq}"
+        mark.touch()
+        count = 0
+        with os.scandir(self.in_flight_dir) as entries:
+            for entry in entries:
+                pid = entry.name.split("-", 1)[0]
+                if pid.isdigit() and _alive(int(pid)):
+                    count += 1
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+        return mark, max(count, 1)
 
     async def _ip(self, *argv: str) -> None:
         code, _, err = await self._exec("ip", *argv)
@@ -400,11 +452,13 @@ class ContainerRuntime:
                 self._phase("api_seconds", phase)
                 self._phase("run_seconds", asked)
             except BaseException as exc:
+                self.in_flight_of.pop(pod.container_id, None)
                 await self._undo(pod, added)
                 if isinstance(exc, ValueError | KeyError):
                     raise RuntimeError_(f"unreadable CNI result: {exc}") from None
                 raise
-            return {"ok": True, "ip": pod.ip, "add_seconds": round(add_seconds, 6)}
+            return {"ok": True, "ip": pod.ip, "add_seconds": round(add_seconds, 6),
+                    "add_in_flight": self.in_flight_of.pop(pod.container_id, 0)}
 
     def _phase(self, name: str, since: float) -> float:
         """Record the seconds of phase ``name`` since ``since``; returns now (the next phase's start)."""
@@ -565,6 +619,7 @@ class ContainerRuntime:
                 return await self.kill_all()
             if op == "samples":
                 return {"ok": True, "cni_add_seconds": list(self.add_seconds),
+                        "cni_add_in_flight": list(self.add_in_flight),
                         "cni_del_seconds": list(self.del_seconds),
                         **{name: list(values) for name, values in self.phases.items()}}
             return {"ok": False, "error": f"unknown op {op!r}"}
@@ -594,6 +649,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lab-id", required=True, help="the lab's id (4 lowercase hex digits)")
     p.add_argument("--netns-prefix", required=True, help="pods' netns are named PREFIX<pod>")
     p.add_argument("--state-dir", default="", help="pod state and docroots (default: <socket dir>/<node>.pods)")
+    p.add_argument("--in-flight-dir", default="",
+                   help="where the lab's runtimes mark ADDs in flight (default: <socket dir>/cni-adds-in-flight)")
     p.add_argument("--max-concurrent", type=int, default=2, help="pod operations at a time (default 2)")
     p.add_argument("--busybox", default="busybox", help="the busybox binary (default: busybox on PATH)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))

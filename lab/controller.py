@@ -75,6 +75,7 @@ class Started:
 
     ip: str
     add_seconds: float
+    add_in_flight: int = 0  # the machine's CNI ADDs in flight as it began, itself included (0: not told)
 
 
 class PodActions(Protocol):
@@ -109,6 +110,7 @@ class Counts:
     deploys: int = 0
     scale_events: int = 0
     add_seconds: list[float] = field(default_factory=list)
+    add_in_flight: list[int] = field(default_factory=list)  # of each add_seconds, in its order (lab/fit.py)
     drain_seconds: list[float] = field(default_factory=list)
 
 
@@ -237,6 +239,7 @@ class Controller:
                     await asyncio.sleep(self.kubelet_retry)
             pod.ip = started.ip
             self.counts.add_seconds.append(started.add_seconds)
+            self.counts.add_in_flight.append(started.add_in_flight)
             await asyncio.sleep(ready_after)  # the runtime reports Ready after the same delay
             if pod.alive:
                 pod.ready, pod.ready_at = True, self.clock()

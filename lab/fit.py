@@ -1,29 +1,38 @@
 """Fit the sim's cost models from lab reports: ``leengine lab fit LAB_REPORT... --out scenarios/costs.yaml``.
 
-A report is a ``lab run``'s report.json (``samples`` as sim/report.py defines them). The
-ADD latency and the reload duration are fitted to the **midrange of the reports' medians**
-(``midrange``: the geometric mean of the smallest and the largest report median), the
-constant that keeps the largest lab/sim ratio of a report's median as small as it can be,
-since ``leengine compare`` judges each scenario's median against the sim's (±25 %), and the
-reports differ in what their samples are made of: pooled, the 201 reloads of a storm
-outweighed the four boot reloads of a quiet scenario, and a scenario whose ADDs are mostly
-its boot's (all pods at once, contending for the machine's 2 cores: 0.33-0.73 s on this
-machine) outweighed nothing of one whose ADDs are mostly churn's (one at a time: 0.12-0.20 s).
-A constant attach time cannot be within ±25 % of both regimes when they differ by more than
-1.67x: the sim's dataplane has no contention term (``compare`` shows which scenario is
-outside). The builder uses the pooled median. A median per report, so one slow outlier moves
-nothing. What is fitted, and how:
+A report is a ``lab run``'s report.json (``samples`` as sim/report.py defines them). Every
+report weighs the same, since ``leengine compare`` judges each scenario's median against the
+sim's (±25 %) and the reports differ in what their samples are made of (pooled, the 201
+reloads of a storm outweighed the four boot reloads of a quiet scenario, and the many
+one-at-a-time ADDs of churn outweighed a boot's ADDs all at once). The reload duration is
+fitted to the **midrange of the reports' medians** (``midrange``: the geometric mean of the
+smallest and the largest report median, the constant that keeps the largest lab/sim ratio
+as small as it can be); the ADD latency to a line in the ADDs in flight (a boot's ADDs,
+all at once, contend for the machine's 2 cores: a constant attach time could not be within
+±25 % of both a boot and churn when they differ by more than 1.67x). The builder uses the
+pooled median. Medians, so one slow outlier moves nothing. What is fitted, and how:
 
 * **store latency** (``costs.store.latency``): the median of ``samples.etcd_round_trip_seconds``
   when a report has that list (a client's round trip to etcd through the lab's links
   forwarder); otherwise the current value is kept (the five standard lists say nothing
   about etcd alone).
-* **dataplane attach** (``costs.dataplane.attach_seconds``): the ADD latency (midrange of
-  the reports' medians) as the runtime sees it (``cni_add_seconds``: plugin exec, agent, IPAM, veth, OVS port) minus
-  the store's share, ``ROUND_TRIPS_PER_ADD`` round trips at the (fitted) store latency: the
-  sim's median ADD is one IPAM transaction (its batch commit), and everything else a real
-  ADD costs (the plugin's start, the socket hop, netlink, OVSDB) is attach time in the sim.
-  Never below 0.
+* **dataplane attach** (``costs.dataplane.attach_seconds`` and ``lab_costs.dataplane.attach_per_in_flight``):
+  the lab's ADD latency as the runtime sees it (``cni_add_seconds``: plugin exec, agent, IPAM,
+  veth, OVS port) grows with the ADDs in flight on the machine as it begins
+  (``cni_add_in_flight``, itself included, recorded beside each sample by the lab kubelet):
+  the CNI agents, OVS's userspace datapath and etcd share 2 cores. Fitted as
+  ``seconds = a + b x (in flight - 1)`` by weighted least squares (``in_flight_line``) over
+  each report's median latency per in-flight count, each median weighted by its share of its
+  report's ADDs, so every report weighs the same however many ADDs it made (medians, so one
+  slow outlier moves nothing). ``attach_seconds`` is ``a`` (an ADD alone on its machine: what
+  a Region's node, its own machine, pays too) minus the store's share, ``ROUND_TRIPS_PER_ADD``
+  round trips at the (fitted) store latency: the sim's median ADD is one IPAM transaction (its
+  batch commit), and everything else a real ADD costs (the plugin's start, the socket hop,
+  netlink, OVSDB) is attach time in the sim; never below 0. ``b`` is
+  ``lab_costs.dataplane.attach_per_in_flight`` only: the lab's nodes share one machine, and a
+  lab-scaled sim run charges each attach ``b`` per other attach in flight in the Region
+  (sim/adapters/dataplane.py, sim/world.py); never below 0. Reports without in-flight counts
+  (older lab runs) fall back to a constant: the midrange of the reports' medians, slope kept.
 * **reload curve** (``costs.proxy``): the SLB agent's ``reload_seconds`` (test + reload +
   confirmation of a batch) is ``test_base + reload_base + (test_per_domain +
   reload_per_domain) * domains``. The per-domain slopes stay (bench/nginx_reload_curve.py
@@ -61,6 +70,7 @@ from sim.spec import BuilderCosts, CostSpec
 
 ROUND_TRIPS_PER_ADD = 1  # the sim's median ADD: one IPAM transaction (docs above)
 FITTED_SAMPLES = ("cni_add_seconds", "reload_seconds", "build_seconds", "etcd_round_trip_seconds")
+IN_FLIGHT = "cni_add_in_flight"  # beside cni_add_seconds in a lab report's samples, in its order (lab/report.py)
 
 
 class FitError(ValueError):
@@ -89,6 +99,46 @@ def midrange(medians: list[float]) -> float:
     """The geometric mean of the smallest and largest (>0): the value whose worst ratio to any of them is least."""
     low, high = max(min(medians), 1e-9), max(max(medians), 1e-9)
     return round(math.sqrt(low * high), 6)
+
+
+def in_flight_pairs(report: dict[str, Any]) -> list[tuple[int, float]]:
+    """A report's (ADDs in flight, seconds) of each ADD; [] when it has no in-flight counts that pair up."""
+    got = report.get("samples") or {}
+    seconds, counts = got.get("cni_add_seconds"), got.get(IN_FLIGHT)
+    if not isinstance(seconds, list) or not isinstance(counts, list) or len(seconds) != len(counts):
+        return []
+    pairs = []
+    for n, s in zip(counts, seconds, strict=True):
+        if isinstance(n, int) and not isinstance(n, bool) and n >= 1 and isinstance(s, int | float) \
+                and not isinstance(s, bool) and math.isfinite(s) and s >= 0:
+            pairs.append((n, float(s)))
+    return pairs
+
+
+def in_flight_line(reports: list[list[tuple[int, float]]]) -> tuple[float, float]:
+    """``(a, b)`` of ``seconds = a + b x (in flight - 1)``: weighted least squares over each report's median
+    seconds per in-flight count, weighted by that count's share of the report's ADDs (every report weighs 1)."""
+    points: list[tuple[float, float, float]] = []  # (x, median seconds, weight)
+    for pairs in reports:
+        if not pairs:
+            continue
+        by_count: dict[int, list[float]] = {}
+        for n, s in pairs:
+            by_count.setdefault(n, []).append(s)
+        for n, values in sorted(by_count.items()):
+            points.append((n - 1.0, percentile(sorted(values), 0.5, 6), len(values) / len(pairs)))
+    if not points:
+        raise FitError("no ADD has an in-flight count")
+    w = sum(p[2] for p in points)
+    mx = sum(x * wt for x, _, wt in points) / w
+    my = sum(y * wt for _, y, wt in points) / w
+    sxx = sum(wt * (x - mx) ** 2 for x, _, wt in points)
+    b = sum(wt * (x - mx) * (y - my) for x, y, wt in points) / sxx if sxx > 0 else 0.0
+    b = max(b, 0.0)  # contention never makes an ADD faster
+    a = my - b * mx
+    if a < 0:  # the line through 0 at x=0: the least-squares slope through the origin
+        a, b = 0.0, sum(wt * x * y for x, y, wt in points) / max(sum(wt * x * x for x, _, wt in points), 1e-12)
+    return round(a, 6), round(max(b, 0.0), 6)
 
 
 def _domains(report: dict[str, Any]) -> int:
@@ -125,7 +175,18 @@ def fit(reports: list[dict[str, Any]], names: list[str], base: CostsFile) -> Fit
     costs = replace(costs, store=replace(costs.store, latency=latency))
 
     adds = _pooled(reports, "cni_add_seconds")
-    if adds:
+    paired = [in_flight_pairs(r) for r in reports]
+    per_in_flight = (lab_costs or costs).dataplane.attach_per_in_flight
+    if adds and any(paired):
+        a, per_in_flight = in_flight_line(paired)
+        attach = round(max(0.0, a - ROUND_TRIPS_PER_ADD * latency), 6)
+        costs = replace(costs, dataplane=replace(costs.dataplane, attach_seconds=attach))
+        used = sum(len(p) for p in paired)
+        out.notes.append(f"dataplane: ADD = {a:.6f} s + {per_in_flight:.6f} s x (ADDs in flight - 1), weighted "
+                         f"least squares over {sum(1 for p in paired if p)} reports' medians per in-flight count "
+                         f"(n={used}); attach_seconds = {a:.6f} - {ROUND_TRIPS_PER_ADD} x {latency:.6f} s = "
+                         f"{attach:.6f} s; lab_costs attach_per_in_flight = {per_in_flight:.6f} s")
+    elif adds:
         medians = [percentile(list(samples(r, "cni_add_seconds")), 0.5, 6) for r in reports
                    if samples(r, "cni_add_seconds")]
         median = midrange(medians)
@@ -168,8 +229,11 @@ def fit(reports: list[dict[str, Any]], names: list[str], base: CostsFile) -> Fit
         out.notes.append(f"lab_costs.builder x {k:.4f}: a cold build modelled {modelled:.3f} s -> median build "
                          f"{median:.3f} s (n={len(builds)})")
     out.costs = costs
+    if lab_costs is None and per_in_flight != costs.dataplane.attach_per_in_flight:
+        lab_costs = costs  # the lab's shared machine differs from a Region's nodes
     if lab_costs is not None:  # lab_costs holds costs + the lab's overrides: carry the newly fitted fields over
-        lab_costs = replace(lab_costs, store=costs.store, dataplane=costs.dataplane, proxy=costs.proxy)
+        lab_costs = replace(lab_costs, store=costs.store, proxy=costs.proxy,
+                            dataplane=replace(costs.dataplane, attach_per_in_flight=per_in_flight))
     out.lab_costs = lab_costs
     return out
 
@@ -233,4 +297,5 @@ def fit_files(paths: list[Path], out: Path, base: Path | None = None) -> Fit:
     return result
 
 
-__all__ = ["FITTED_SAMPLES", "ROUND_TRIPS_PER_ADD", "Fit", "FitError", "fit", "fit_files", "midrange", "render"]
+__all__ = ["FITTED_SAMPLES", "IN_FLIGHT", "ROUND_TRIPS_PER_ADD", "Fit", "FitError", "fit", "fit_files",
+           "in_flight_line", "in_flight_pairs", "midrange", "render"]

@@ -6,7 +6,9 @@ same check names with the same fields (``name``, ``passed``, ``detail``), the sa
 ``metrics`` and ``counts`` keys where the lab measures the thing (``requests_ok``,
 ``leaks_found``, ``reloads``, ``pods_started``, ...), plus ``scale: "lab"``, ``samples``
 (the distributions ``leengine compare`` holds against the sim's: ``cni_add_seconds``,
-``propagation_seconds``, ``reload_seconds``, ``drain_seconds``, ``build_seconds``) and
+``propagation_seconds``, ``reload_seconds``, ``drain_seconds``, ``build_seconds``; and, beside
+``cni_add_seconds`` and in its order, ``cni_add_in_flight``: the machine's CNI ADDs in flight as each
+began, itself included, which ``leengine lab fit`` relates the latency to) and
 ``lab`` (its id, the faults as applied, the /metrics scraped at the end). A lab run has
 no trace: ``trace_sha256`` is null and ``virtual_seconds`` is the wall time the scenario ran.
 
@@ -28,6 +30,7 @@ from sim.scenario import Scenario
 from sim.spec import RegionSpec
 
 SAMPLE_KINDS = ("cni_add_seconds", "propagation_seconds", "reload_seconds", "drain_seconds", "build_seconds")
+IN_FLIGHT = "cni_add_in_flight"  # paired with cni_add_seconds, unsorted: counts, not a distribution
 
 
 @dataclass
@@ -56,6 +59,7 @@ class LabTotals:
     builds: dict[str, Any] = field(default_factory=dict)  # the sim's builds_* metrics (lab/farm.py), if a farm ran
     series: list[dict[str, Any]] = field(default_factory=list)  # {"t", "ok", "failed", "leaked", ...} per period
     samples: dict[str, list[float]] = field(default_factory=dict)
+    add_in_flight: list[int] = field(default_factory=list)  # of each cni_add_seconds sample, in its order
 
 
 def lab_report(scenario: Scenario, spec: RegionSpec, checks: list[CheckResult], totals: LabTotals, *,
@@ -64,7 +68,10 @@ def lab_report(scenario: Scenario, spec: RegionSpec, checks: list[CheckResult], 
     """The report dict (``json.dumps``-able), shaped as sim/runner.py's ``build_report``."""
     verdicts = [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in checks]
     adds = sorted(totals.samples.get("cni_add_seconds", []))
-    samples = {kind: [round(v, 6) for v in totals.samples.get(kind, [])] for kind in SAMPLE_KINDS}
+    samples: dict[str, list[Any]] = {kind: [round(v, 6) for v in totals.samples.get(kind, [])]
+                                     for kind in SAMPLE_KINDS}
+    if len(totals.add_in_flight) == len(samples["cni_add_seconds"]):  # pairs, or nothing
+        samples[IN_FLIGHT] = list(totals.add_in_flight)
     metrics = {
         "requests_ok": totals.ok, "requests_failed": totals.failed,
         "requests_failed_no_answer": totals.failed_no_answer,

@@ -588,6 +588,7 @@ async def run_scenario(scenario: Scenario, spec: RegionSpec, lab: LiveLab, out: 
                        builds=farm.metrics() if farm is not None else {},
                        registry_images=len({r.image for r in farm.results.values() if r.state == "done"})
                        if farm is not None else 0,
+                       add_in_flight=list(c.add_in_flight),
                        samples={"cni_add_seconds": list(c.add_seconds),
                                 "propagation_seconds": agents.samples("propagation_seconds"),
                                 "reload_seconds": agents.samples("reload_seconds"),

@@ -7,12 +7,13 @@ with, a scenario's ``costs:`` block overrides single fields of it, and a top-lev
 (``sim.spec.CostSpec``) apply. The file's shape::
 
     costs:            # every run: the components' costs (same software in a lab and a Region)
-      dataplane: {attach_seconds: 0.02, detach_seconds: 0.0}
+      dataplane: {attach_seconds: 0.02, detach_seconds: 0.0, attach_per_in_flight: 0.0}
       store: {latency: 0.002, jitter: 0.0}
       builder: {clone_seconds: 5, compile_cold: 180, ...}
       proxy: {upstream_seconds: 0.0006, test_base: 0.009, ...}
-    lab_costs:        # lab-scaled runs only, on top: what the lab's stand-ins cost (its tiny repo's builds)
-      builder: {compile_cold: 1.1, ...}
+    lab_costs:        # lab-scaled runs only, on top: what the lab's stand-ins cost (its tiny repo's builds,
+      builder: {compile_cold: 1.1, ...}               # its nodes sharing one machine's cores)
+      dataplane: {attach_per_in_flight: 0.03}
     fitted:           # provenance, written by `leengine lab fit` (not used by the sim)
       reports: [runs/lab/host-crash-ip-leak/report.json]
       note: free text

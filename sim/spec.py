@@ -175,6 +175,9 @@ class CheckSpec:
 class DataplaneCosts:
     attach_seconds: float = 0.0  # plumbing a pod interface (veth, OVS port, address), on top of IPAM's round trips
     detach_seconds: float = 0.0
+    # + this per other attach in flight on the machine as it begins (the lab's nodes share one machine's cores:
+    # a Region-wide count at lab scale, sim/world.py; each node its own machine at full scale)
+    attach_per_in_flight: float = 0.0
 
 
 @dataclass(frozen=True)

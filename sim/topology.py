@@ -20,7 +20,7 @@ from cni.pools import Pool
 from control.auth import Principal
 from node.cni_agent import CniAgent
 from sim.adapters.cluster import SimCluster
-from sim.adapters.dataplane import SimDataplane
+from sim.adapters.dataplane import Machine, SimDataplane
 from sim.adapters.proxy import SimProxy
 from sim.adapters.runtime import SimRuntime, SimTask
 from sim.adapters.store import SimStoreClient
@@ -68,6 +68,7 @@ class Pod:
     ready_at: float = math.inf
     task: SimTask | None = None  # its kubelet start coroutine while it runs
     image: str = ""  # "" : the app's first image, on every node from the start
+    version: str = ""  # a platform app's version (v<N>) whose controller made the pod; "": not a platform app
 
     @property
     def netns(self) -> str:
@@ -107,9 +108,10 @@ class NginxHost:
 
 def build_cell(spec: CellSpec, runtime: SimRuntime, pools: dict[str, Pool], client: Callable[[str], SimStoreClient],
                agent: Callable[[SimStoreClient, SimDataplane, str], CniAgent],
-               costs: DataplaneCosts | None = None) -> Cell:
+               costs: DataplaneCosts | None = None, machine: Machine | None = None) -> Cell:
     """A Cell of ``spec``: its pools (added to ``pools``), its API server and its nodes, each with its etcd client
-    and a dataplane charging ``costs``."""
+    and a dataplane charging ``costs``; every node on ``machine`` (sharing its attaches in flight: the lab's one
+    machine) if given, else each node its own machine."""
     costs = costs or DataplaneCosts()
     cluster = SimCluster(spec.name, runtime)
     for p in spec.pools:
@@ -121,7 +123,8 @@ def build_cell(spec: CellSpec, runtime: SimRuntime, pools: dict[str, Pool], clie
         name = node_name(spec.name, i + 1)
         node_client = client(name)
         dataplane = SimDataplane(name, runtime, attach_seconds=costs.attach_seconds,
-                                 detach_seconds=costs.detach_seconds)
+                                 detach_seconds=costs.detach_seconds,
+                                 attach_per_in_flight=costs.attach_per_in_flight, machine=machine)
         nodes.append(Node(name, spec.name, dataplane, node_client, agent(node_client, dataplane, name)))
         cluster.add_node(name)
     return Cell(spec, cluster, nodes, network)

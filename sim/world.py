@@ -43,7 +43,7 @@ from node.cni_agent import CniAgent, NodeConfig
 from node.slb_agent import SlbAgent, SlbAgentConfig
 from sim.adapters.cluster import RegionCluster
 from sim.adapters.control import SimControlClient
-from sim.adapters.dataplane import SimDataplane
+from sim.adapters.dataplane import Machine, SimDataplane
 from sim.adapters.proxy import SimProxy
 from sim.adapters.runtime import SimRuntime, seeded_stream
 from sim.adapters.store import MemoryStore, SimStoreClient
@@ -83,8 +83,10 @@ class Region:
         self.pools: dict[str, Pool] = {}
         self.cells: dict[str, Cell] = {}
         self.nodes: dict[str, Node] = {}
+        machine = Machine() if spec.scale == "lab" else None  # the lab's nodes share one machine's cores
         for cell_spec in spec.cells:
-            cell = build_cell(cell_spec, runtime, self.pools, self.client, self._agent, spec.costs.dataplane)
+            cell = build_cell(cell_spec, runtime, self.pools, self.client, self._agent, spec.costs.dataplane,
+                              machine)
             self.cells[cell_spec.name] = cell
             self.nodes.update((node.name, node) for node in cell.nodes)
         self.apps: dict[str, AppSpec] = {app.name: app for app in spec.apps}

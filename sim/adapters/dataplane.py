@@ -6,10 +6,14 @@ GC see the same picture they would see for real, and it keeps the port's
 promises: attach is all or nothing, detach is idempotent. Failures: a netns that
 does not exist (or is the node's own, ``HOST_NETNS``), a step that fails on the
 next attach (``fail_next``; with ``leave_behind`` its undo fails too), a node whose
-runtime died (every interface gone at once). Cost model: ``attach_seconds`` and
-``detach_seconds`` of virtual time (with a ``runtime``; 0, the default, waits for nothing
-and adds no event, so runs without a cost model keep their traces), fitted from the lab's
-CNI ADD latency by ``leengine lab fit`` (lab/fit.py). It must not know IPAM or CNI.
+runtime died (every interface gone at once). Cost model: an attach takes ``attach_seconds +
+attach_per_in_flight x`` (the other attaches in flight on its ``Machine`` as it begins: the
+lab's nodes contend for one machine's cores, and its ADD grows with the ADDs in flight), a
+detach ``detach_seconds``, of virtual time (with a ``runtime``; 0, the default, waits for
+nothing and adds no event, so runs without a cost model keep their traces); fitted from the
+lab's CNI ADD latency and in-flight counts by ``leengine lab fit`` (lab/fit.py). Dataplanes
+given one ``Machine`` share its count; without one each is its own machine. An attach is in
+flight from its start to its end, failed or cancelled included. It must not know IPAM or CNI.
 """
 
 from __future__ import annotations
@@ -32,6 +36,13 @@ HOST_NETNS = ("/proc/self/ns/net", "/proc/1/ns/net", "/proc/thread-self/ns/net")
 STEPS = ("open netns", "create veth", "add OVS port", "configure pod interface", "delete veth")
 
 
+@dataclass(eq=False)
+class Machine:
+    """The cores some dataplanes share: how many attaches are in flight on them now."""
+
+    attaching: int = 0
+
+
 @dataclass
 class _Plumbed:
     attachment: Attachment
@@ -40,10 +51,13 @@ class _Plumbed:
 
 class SimDataplane:
     def __init__(self, node: str, runtime: Runtime | None = None, *, attach_seconds: float = 0.0,
-                 detach_seconds: float = 0.0) -> None:
+                 detach_seconds: float = 0.0, attach_per_in_flight: float = 0.0,
+                 machine: Machine | None = None) -> None:
         self.node = node
         self.runtime = runtime
         self.attach_seconds = attach_seconds if runtime is not None else 0.0
+        self.attach_per_in_flight = attach_per_in_flight if runtime is not None else 0.0
+        self.machine = machine or Machine()
         self.detach_seconds = detach_seconds if runtime is not None else 0.0
         self.netns: set[str] = set()  # namespaces that exist on this node
         self.interfaces: dict[tuple[str, str], _Plumbed] = {}  # (container, ifname) -> what attach made
@@ -89,8 +103,13 @@ class SimDataplane:
     async def attach(self, attachment: Attachment) -> AttachedInterface:
         self._step("open netns")
         self._netns(attachment.netns)
-        if self.attach_seconds and self.runtime is not None:
-            await self.runtime.sleep(self.attach_seconds)
+        if (self.attach_seconds or self.attach_per_in_flight) and self.runtime is not None:
+            others = self.machine.attaching
+            self.machine.attaching += 1
+            try:
+                await self.runtime.sleep(self.attach_seconds + self.attach_per_in_flight * others)
+            finally:
+                self.machine.attaching -= 1
             self._netns(attachment.netns)  # the netns may have gone meanwhile (its runtime died)
         mac = "0a:58:" + ":".join(f"{b:02x}" for b in bytes.fromhex(attachment.host_ifname[2:10]))
         try:

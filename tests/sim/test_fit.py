@@ -12,8 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from lab.compare import compare
-from lab.fit import ROUND_TRIPS_PER_ADD
+from lab.fit import ROUND_TRIPS_PER_ADD, in_flight_line, in_flight_pairs
 from leengine.cli import app
+from sim.adapters.dataplane import Machine, SimDataplane
+from sim.adapters.runtime import SimRuntime
 from sim.runner import build_report, run_scenario
 from sim.scenario import COSTS_FILE, load_scenario
 from sim.scenario_lab import lab_scaled
@@ -56,7 +58,9 @@ def test_fit_writes_the_models_the_samples_give(fitted: Path) -> None:
     b = spec.lab_costs.builder
     assert b.clone_seconds + b.compile_cold + b.image_seconds + b.image_mb / b.registry_mb_per_second == \
         pytest.approx(4.0, rel=1e-4)
-    assert spec.lab_costs.dataplane == costs.dataplane  # the lab's costs carry the fitted components
+    # the lab's costs carry the fitted components (its slope per ADD in flight is the lab's own)
+    assert dataclasses.replace(spec.lab_costs.dataplane, attach_per_in_flight=0.0) == \
+        dataclasses.replace(costs.dataplane, attach_per_in_flight=0.0)
     text = (fitted / COSTS_FILE).read_text()
     assert "lab-report.json" in text and "cni_add_seconds: 5" in text
 
@@ -81,3 +85,71 @@ def test_fit_without_samples_or_of_a_full_scale_report_is_one_line(tmp_path: Pat
         run = CliRunner().invoke(app, ["lab", "fit", str(path), "--out", str(tmp_path / "costs.yaml")])
         assert run.exit_code == 2 and words in run.output and len(run.output.strip().splitlines()) == 1
     assert not (tmp_path / "costs.yaml").exists()
+
+
+# ------------------------------------------------------------------ ADDs in flight
+
+
+def _line_report(a: float, b: float, counts: list[int], name: str) -> dict[str, object]:
+    """A lab report whose ADDs took exactly a + b x (in flight - 1), plus one slow outlier at 1 in flight."""
+    seconds = [round(a + b * (n - 1), 6) for n in counts] + [3.0]
+    return {**LAB_REPORT, "scenario": {"name": name},
+            "samples": {**LAB_REPORT["samples"], "cni_add_seconds": seconds, "cni_add_in_flight": [*counts, 1]}}
+
+
+def test_in_flight_line_recovers_the_lab_line_and_weighs_every_report_alike() -> None:
+    boot = _line_report(0.06, 0.03, [1, 1, 1, 2, 3, 4, 5, 6, 7, 8], "boot")  # ADDs at once
+    churn = _line_report(0.06, 0.03, [1] * 60 + [2] * 4, "churn")  # one at a time, mostly
+    a, b = in_flight_line([in_flight_pairs(boot), in_flight_pairs(churn)])
+    assert a == pytest.approx(0.06, abs=1e-6) and b == pytest.approx(0.03, abs=1e-6)  # the outlier moves nothing
+    # unpaired lists (an older report, or lengths that differ) give no pairs
+    assert in_flight_pairs(LAB_REPORT) == []
+    assert in_flight_pairs({"samples": {"cni_add_seconds": [0.1, 0.2], "cni_add_in_flight": [1]}}) == []
+    # a slope below 0 is none: contention never makes an ADD faster
+    assert in_flight_line([[(1, 0.2), (2, 0.1)]])[1] == 0.0
+
+
+def test_fit_puts_the_slope_in_the_lab_costs_only(tmp_path: Path) -> None:
+    scenarios = tmp_path / "scenarios"
+    shutil.copytree(ROOT / "scenarios", scenarios)
+    paths = []
+    for name, counts in (("boot", [1, 1, 2, 3, 4, 5, 6]), ("churn", [1] * 30 + [2] * 3)):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({**_line_report(0.08, 0.05, counts, name), "samples": {
+            **_line_report(0.08, 0.05, counts, name)["samples"], "etcd_round_trip_seconds": [0.002]}}))
+        paths.append(str(path))
+    run = CliRunner().invoke(app, ["lab", "fit", *paths, "--out", str(scenarios / COSTS_FILE)])
+    assert run.exit_code == 0, run.output
+    spec = load_scenario(scenarios / "host-crash-ip-leak.yaml").spec
+    assert spec.costs.dataplane.attach_seconds == pytest.approx(0.08 - ROUND_TRIPS_PER_ADD * 0.002)
+    assert spec.costs.dataplane.attach_per_in_flight == 0.0  # a Region's node is its own machine
+    assert spec.lab_costs.dataplane.attach_per_in_flight == pytest.approx(0.05)
+    assert spec.lab_costs.dataplane.attach_seconds == spec.costs.dataplane.attach_seconds
+    assert "ADDs in flight" in (scenarios / COSTS_FILE).read_text()
+
+
+def test_an_attach_pays_for_the_attaches_in_flight_on_its_machine() -> None:
+    """Three attaches begun at once on one machine take base, base + 1 x slope, base + 2 x slope; on machines of
+    their own, base each."""
+    from foundation.ports.dataplane import Attachment
+
+    def took(shared: bool) -> list[float]:
+        runtime = SimRuntime()
+        machine = Machine() if shared else None
+        ends: list[float] = []
+
+        async def attach(i: int) -> None:
+            dp = SimDataplane(f"n{i}", runtime, attach_seconds=0.1, attach_per_in_flight=0.05, machine=machine)
+            dp.add_netns(f"/var/run/netns/p{i}")
+            await dp.attach(Attachment(container_id=f"{i + 1:064x}", netns=f"/var/run/netns/p{i}", ifname="eth0",
+                                       bridge="br-int", vlan=10, address="10.0.0.2/24", gateway="10.0.0.1"))
+            ends.append(runtime.now())
+
+        for i in range(3):
+            runtime.spawn(attach(i), name=f"attach-{i}")
+        runtime.run()
+        assert machine is None or machine.attaching == 0
+        return sorted(ends)
+
+    assert took(shared=True) == pytest.approx([0.1, 0.15, 0.2])
+    assert took(shared=False) == pytest.approx([0.1, 0.1, 0.1])
