@@ -13,8 +13,10 @@ validates (``InvalidRecord``; a call that needs the record fails with ``CorruptR
 a reconcile skips it and traces why):
 
 * ``/platform/apps/{app}``: ``{"name","cells","production","created_by","created_at",
-  "next_version","state"}``; ``next_version`` is bumped in the transaction that creates
-  a version, so "delete an app only when it has no versions" is one compare of this key.
+  "next_version","state"}`` plus ``"group","domain"`` when the app has a domain (the Nginx
+  group and domain serving it; records without them decode as an app without one);
+  ``next_version`` is bumped in the transaction that creates a version, so "delete an app
+  only when it has no versions" is one compare of this key.
 * ``/platform/versions/{app}/{version}``: ``{"app","name","image","replicas":{cell: n},
   "cpu_millis","memory_mib","env","port","generation","state","created_by","created_at"}``;
   ``generation`` + 1 on every change of the spec (a scale).
@@ -41,6 +43,19 @@ a number below the app's ``next_version`` (read in the same snapshot) is an orph
 reconcile deletes. The reconciler's own writes (status, completing a recorded deletion)
 carry no activity record: they are not calls.
 
+**Traffic shares** (an app with a domain): only released versions serve. ``reconcile``
+first makes the domain's shares (``TrafficShares``, slb-core's ``/slb/{group}/shares/``
+record, written by the entry point's adapter) agree with the versions: no shares yet -> the
+lowest-numbered active version 100, the others 0; an active version without a share -> 0
+(a new deploy runs but gets no traffic until a gray release, ``control.releases``, moves
+it); versions deleted or being deleted are dropped, and the share they held (if the rest
+no longer sums to 100) goes to the remaining version with the largest share (ties: the
+lowest-numbered). Deploy reaches it after its CAS and before the Cells are touched (every
+call reconciles). A failed shares write is traced, not the call's error: the next reconcile
+repairs it. The shares record has no compare against the release controller's writes: a
+reconcile racing a release step can overwrite that step, and the release's next check writes
+its step's shares again.
+
 Rights (docs/roles.md): ``app.create`` (any user, who becomes Owner), ``app.read``
 (show, list, prefill), ``version.deploy`` or ``version.deploy_production`` (deploy and
 delete a version: by the app's ``production`` flag), ``app.scale``, ``app.delete``.
@@ -54,7 +69,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from control.activity import activity_ops, check_request_id
 from control.auth import Principal
@@ -63,6 +78,7 @@ from foundation.logic.slb_domain import OWNER, load_json
 from foundation.ports import Compare, DeleteOp, GetOp, KeyValue, PutOp, Runtime, Store
 from foundation.ports import control as port
 from foundation.ports.cluster import ClusterUnavailable
+from foundation.ports.proxy_domain import DomainError, check_domain_name, check_group
 from foundation.ports.workloads import (
     DNS_LABEL,
     MAX_ENV,
@@ -216,12 +232,14 @@ def _state(value: Any) -> State:
     return value  # type: ignore[no-any-return]  # one of the two literals, just checked
 
 
-def _object(raw: bytes, keys: set[str]) -> dict[str, Any]:
+def _object(raw: bytes, keys: set[str], optional: set[str] | None = None) -> dict[str, Any]:
+    """The JSON object of ``keys``, plus either all or none of ``optional``."""
     if len(raw) > MAX_RECORD:
         raise ValueError(f"larger than {MAX_RECORD} bytes")
     data = load_json(raw)
-    if not isinstance(data, dict) or set(data) != keys:
-        raise ValueError(f"not an object of {', '.join(sorted(keys))}")
+    if not isinstance(data, dict) or (set(data) != keys and set(data) != keys | (optional or set())):
+        raise ValueError(f"not an object of {', '.join(sorted(keys))}"
+                         + (f" (and optionally {', '.join(sorted(optional))})" if optional else ""))
     return data
 
 
@@ -243,32 +261,52 @@ class App:
     next_version: int = 1  # the number the next deployed version gets
     state: State = "active"
     revision: int = 0  # mod_revision of the record
+    group: str = ""  # the Nginx group of the app's domain ("" = no domain)
+    domain: str = ""  # the domain serving the app ("" = none: no traffic shares)
 
     @property
     def key(self) -> str:
         return app_key(self.name)
 
     def to_bytes(self) -> bytes:
-        return _dumps({"name": self.name, "cells": list(self.cells), "production": self.production,
-                       "created_by": self.created_by, "created_at": self.created_at,
-                       "next_version": self.next_version, "state": self.state})
+        data: dict[str, Any] = {"name": self.name, "cells": list(self.cells), "production": self.production,
+                                "created_by": self.created_by, "created_at": self.created_at,
+                                "next_version": self.next_version, "state": self.state}
+        if self.domain:  # written only when set: records of apps without a domain keep their bytes
+            data.update(group=self.group, domain=self.domain)
+        return _dumps(data)
 
 
 APP_FIELDS = {"name", "cells", "production", "created_by", "created_at", "next_version", "state"}
+DOMAIN_FIELDS = {"group", "domain"}
+
+
+def check_app_domain(group: Any, domain: Any) -> tuple[str, str]:
+    """``(group, domain)`` both given and valid, or both "" (no domain); else ``InvalidArgument``."""
+    if group == "" and domain == "":
+        return "", ""
+    try:
+        return check_group(group), check_domain_name(domain)
+    except DomainError as exc:
+        raise InvalidArgument("domain" if exc.field == "name" else "group", str(exc)) from None
 
 
 def decode_app(kv: KeyValue) -> App:
     """The app stored at ``kv``, checked against its key; ``InvalidRecord`` otherwise."""
     try:
-        data = _object(kv.value, APP_FIELDS)
+        data = _object(kv.value, APP_FIELDS, optional=DOMAIN_FIELDS)
         name = check_app_name(data["name"])
         if kv.key != app_key(name):
             raise ValueError(f"it holds app {name}")
         if not isinstance(data["production"], bool):
             raise ValueError("production is not true or false")
+        group, domain = data.get("group", ""), data.get("domain", "")
+        if "domain" in data and (not group or not domain):
+            raise ValueError("group and domain: both set when present")
+        group, domain = check_app_domain(group, domain)
         return App(name, _cells(data["cells"]), data["production"], _principal(data["created_by"]),
                    _time(data["created_at"]), _number(data, "next_version", 1, 10**9), _state(data["state"]),
-                   kv.mod_revision)
+                   kv.mod_revision, group, domain)
     except (ValueError, TypeError, KeyError, RecursionError, port.ControlError) as exc:
         raise InvalidRecord(f"{kv.key[:200]}: {exc}") from None
 
@@ -410,6 +448,43 @@ class Reconciled:
     orphans: tuple[str, ...] = ()  # controllers deleted that no record asked for
 
 
+# --------------------------------------------------------------------------- traffic shares
+
+
+class TrafficShares(Protocol):
+    """A domain's traffic shares per version (slb-core's record), as the platform writes them.
+
+    The same Protocol as ``control.releases.TrafficShares`` (apps and releases do not import
+    each other); the entry point passes one adapter around slb-core to both.
+    """
+
+    async def set_shares(self, group: str, domain: str, shares: Mapping[str, int]) -> None: ...
+
+    async def get_shares(self, group: str, domain: str) -> dict[str, int] | None: ...
+
+
+def repaired_shares(current: Mapping[str, int] | None, active: Sequence[str]) -> dict[str, int] | None:
+    """The shares ``current`` must become so that they name exactly the ``active`` versions (by number,
+    lowest first) and sum to 100; None when there is no active version (nothing to serve: left alone).
+
+    No shares yet: the lowest-numbered version 100, the others 0. Versions not active are dropped,
+    active ones without a share get 0, and what the dropped ones held goes to the remaining version
+    with the largest share (ties and all-zero: the lowest-numbered).
+    """
+    if not active:
+        return None
+    if current is None:
+        return {v: 100 if i == 0 else 0 for i, v in enumerate(active)}
+    wanted = {v: current.get(v, 0) for v in active}
+    rest = 100 - sum(wanted.values())
+    if rest:
+        heir = max(active, key=lambda v: (wanted[v], -active.index(v)))
+        wanted[heir] = max(0, wanted[heir] + rest)
+        if sum(wanted.values()) != 100:  # hostile shares summing above 100: start again from the rule
+            return {v: 100 if i == 0 else 0 for i, v in enumerate(active)}
+    return wanted
+
+
 # --------------------------------------------------------------------------- the service
 
 
@@ -421,11 +496,12 @@ class Apps:
     """
 
     def __init__(self, store: Store, runtime: Runtime, cells: Mapping[str, Workloads], *,
-                 max_attempts: int = 16) -> None:
+                 max_attempts: int = 16, shares: TrafficShares | None = None) -> None:
         self.store = store
         self.runtime = runtime
         self.cells = dict(cells)
         self.max_attempts = max_attempts
+        self.shares = shares  # None: domains' shares are not kept (apps with a domain serve every version)
 
     # ------------------------------------------------------------------ reads
 
@@ -542,16 +618,20 @@ class Apps:
         return tuple(cells)
 
     async def create_app(self, who: Principal, name: Any, cells: Any, *, production: bool = True,
-                         request_id: str) -> AppView:
-        """Record the app (its creator its Owner) in one CAS transaction, then make its namespaces."""
+                         group: Any = "", domain: Any = "", request_id: str) -> AppView:
+        """Record the app (its creator its Owner) in one CAS transaction, then make its namespaces.
+
+        ``group`` + ``domain``: the Nginx domain serving the app (both or neither); whether the
+        caller may steer that domain's traffic is the entry point's check (it knows slb-core)."""
         check_request_id(request_id)
         name = check_app_name(name, "name")
         chosen = self._check_cells(cells)
         if not isinstance(production, bool):
             raise InvalidArgument("production", "must be true or false")
+        group, domain = check_app_domain(group, domain)
         guard = await self._authorized(who, Action.APP_CREATE, name)
         now = self.runtime.wall_time()
-        record = App(name, chosen, production, who.name, now)
+        record = App(name, chosen, production, who.name, now, group=group, domain=domain)
         owner_compares, owner_puts = owner_ops(app_resource(name), who.name, now)
         revision = await self._commit(
             who, "app.create", name, _summary(f"created in {', '.join(chosen)}"), request_id,
@@ -747,6 +827,8 @@ class Apps:
             self.runtime.trace("apps.reconcile.corrupt", app=app, error=str(exc)[:200])
             return Reconciled(app, {"*": f"corrupt record: {str(exc)[:200]}"})
         versions.sort(key=lambda v: v.number)
+        if record.state == "active":
+            await self._repair_shares(record, versions)
         statuses = self._statuses(status_kvs)
         pending: dict[str, str] = {}
         removed: list[str] = []
@@ -819,6 +901,24 @@ class Apps:
         if orphans:
             self.runtime.trace("apps.orphans.deleted", app=app, controllers=",".join(orphans))
         return Reconciled(app, pending, tuple(removed), tuple(orphans))
+
+    async def _repair_shares(self, record: App, versions: Sequence[Version]) -> None:
+        """Make the domain's shares name the active versions (``repaired_shares``); a failure is traced."""
+        if self.shares is None or not record.domain:
+            return
+        active = [v.name for v in versions if v.state == "active"]
+        try:
+            try:
+                current = await self.shares.get_shares(record.group, record.domain)
+            except ValueError:  # a shares record that does not decode: written again from the rule
+                current = None
+            wanted = repaired_shares(current, active)
+            if wanted is not None and wanted != current:
+                await self.shares.set_shares(record.group, record.domain, wanted)
+                self.runtime.trace("apps.shares", app=record.name, domain=record.domain,
+                                   shares=",".join(f"{v}={s}" for v, s in wanted.items()))
+        except (port.ControlError, ValueError) as exc:
+            self.runtime.trace("apps.shares.failed", app=record.name, domain=record.domain, error=str(exc)[:200])
 
     def _workloads(self, cell: str) -> Workloads:
         workloads = self.cells.get(cell)

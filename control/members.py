@@ -93,8 +93,7 @@ class Action(enum.StrEnum):
     APP_SCALE = "app.scale"
     VERSION_DEPLOY = "version.deploy"  # a version to non-production (staging, canary) Cells
     VERSION_DEPLOY_PRODUCTION = "version.deploy_production"
-    RELEASE_START = "release.start"
-    RELEASE_REVERT = "release.revert"
+    VERSION_RELEASE = "version.release"  # start or revert a gray release of a production app
     IMAGE_GROUP_CREATE = "image_group.create"
     IMAGE_GROUP_DELETE = "image_group.delete"
     IMAGE_READ = "image.read"  # list images and tags
@@ -120,8 +119,7 @@ RIGHTS: Mapping[Action, tuple[Role, tuple[Kind, ...]]] = {
     Action.APP_SCALE: (Role.MASTER, ("app",)),
     Action.VERSION_DEPLOY: (Role.DEVELOPER, ("app",)),
     Action.VERSION_DEPLOY_PRODUCTION: (Role.MASTER, ("app",)),
-    Action.RELEASE_START: (Role.MASTER, ("app",)),
-    Action.RELEASE_REVERT: (Role.MASTER, ("app",)),
+    Action.VERSION_RELEASE: (Role.MASTER, ("app",)),  # non-production apps: version.deploy (control.releases)
     Action.IMAGE_GROUP_CREATE: (Role.OWNER, ("image_group",)),  # any user, on a new group
     Action.IMAGE_GROUP_DELETE: (Role.OWNER, ("image_group",)),
     Action.IMAGE_READ: (Role.GUEST, ("image_group", "image")),
@@ -144,8 +142,7 @@ MEANING: Mapping[Action, str] = {
     Action.APP_SCALE: "change a version's replicas",
     Action.VERSION_DEPLOY: "deploy a version to non-production Cells",
     Action.VERSION_DEPLOY_PRODUCTION: "deploy a version to production Cells",
-    Action.RELEASE_START: "start a gray release",
-    Action.RELEASE_REVERT: "revert a release",
+    Action.VERSION_RELEASE: "start or revert a gray release (of a non-production app: version.deploy suffices)",
     Action.IMAGE_GROUP_CREATE: "create an image group (any user; the creator becomes its Owner)",
     Action.IMAGE_GROUP_DELETE: "delete the image group",
     Action.IMAGE_READ: "list images and tags",

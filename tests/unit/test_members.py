@@ -28,7 +28,7 @@ CAROL = Principal("carol", "user")
 EXPECTED = {
     "app.read": "guest", "app.create": "any", "app.delete": "owner", "app.scale": "master",
     "version.deploy": "developer", "version.deploy_production": "master",
-    "release.start": "master", "release.revert": "master",
+    "version.release": "master",
     "image_group.create": "any", "image_group.delete": "owner",
     "image.read": "guest", "image.pull": "reporter", "image.push": "developer", "image.delete": "owner",
     "build.trigger": "developer", "build.read": "reporter",
