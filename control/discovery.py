@@ -10,6 +10,11 @@ the service's authorisation decides, as for any client). A pod joins only once i
 readiness probe passes: not-ready addresses are never pushed. A refused token
 (``PermissionDenied``, ``Unauthenticated``) is logged as an error and nothing is pushed.
 
+**Versions** (gray releases): each ready address is pushed with the app version its pod
+runs when the Cell says (``Endpoints.ready_versions``): ``a.b.c.d:port version=v2``; an
+address of unknown version is pushed untagged. Discovery always pushes weight 1:
+slb-core weighs the servers by the domain's traffic shares (``foundation.logic.slb_shares``).
+
 **Drain** (scale-down without failed requests): before a pod is deleted, ``drain``
 removes its address from every domain of its app, waits until every Nginx host of
 the group reports the new revision applied (their status records), and only then
@@ -82,6 +87,7 @@ from foundation.ports.metrics import (
     NO_METRICS,
     Metrics,
 )
+from foundation.ports.proxy_domain import VERSION
 from foundation.ports.store import Compare, KeyValue, PutOp
 
 log = logging.getLogger("leengine.discovery")  # the daemon configures it; the sim leaves it quiet
@@ -205,6 +211,8 @@ class Discovery:
         self._listed: set[str] = set()  # Cells listed at least once
         # Indexes, so that a change costs what it touches, not the size of the Region:
         self._by_service: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {}  # (ns, svc) -> cell -> IPs
+        # (ns, svc) -> cell -> ready IP -> its app version (only the IPs whose version is known)
+        self._versions: dict[tuple[str, str], dict[str, dict[str, str]]] = {}
         self._drained_ips: dict[str, set[str]] = {}  # namespace -> IPs draining
         self._lingering: dict[str, dict[str, float]] = {}  # namespace -> forgotten IPs still listed ready -> since
         self._feeds: dict[tuple[str, str], list[Binding]] = {}  # (group, domain) -> bindings feeding it
@@ -226,7 +234,7 @@ class Discovery:
         self._push_locks: dict[tuple[str, str], Mutex] = {}
         # Until every Cell is listed (see the module docstring): the servers recorded in each domain,
         # and the addresses listed Cells reported per (namespace, service) since the start.
-        self._recorded: dict[tuple[str, str], tuple[tuple[str, int], ...]] = {}
+        self._recorded: dict[tuple[str, str], tuple[tuple[str, int, str], ...]] = {}  # (ip, port, version)
         self._claimed: dict[tuple[str, str], set[str]] = {}
         self._reachable: dict[str, bool] = {}  # cell -> reachable at the last attempt (absent: not tried)
         self._down_since: dict[str, float] = {}
@@ -273,7 +281,8 @@ class Discovery:
                     self._set_ready(key, None)  # services deleted while we were not watching
                 for endpoints in listing:
                     self._claim(endpoints)
-                    self._set_ready((cell, endpoints.namespace, endpoints.service), endpoints.ready)
+                    self._set_ready((cell, endpoints.namespace, endpoints.service), endpoints.ready,
+                                    endpoints.versions())
                 self._listed.add(cell)
                 if len(self._listed) == len(self.cells) and not self.synced.is_set():
                     self._all_listed()
@@ -283,7 +292,10 @@ class Discovery:
                     async for event in watch:
                         key = (cell, event.endpoints.namespace, event.endpoints.service)
                         self._claim(event.endpoints)
-                        self._set_ready(key, None if event.type == "DELETED" else event.endpoints.ready)
+                        if event.type == "DELETED":
+                            self._set_ready(key, None)
+                        else:
+                            self._set_ready(key, event.endpoints.ready, event.endpoints.versions())
                         self._wake_pusher()
                 finally:
                     await watch.close()
@@ -365,8 +377,10 @@ class Discovery:
             await self._push_stale()  # before every Cell is listed too: such pushes only keep or add
 
     # ------------------------------------------------------------------ indexes
-    def _set_ready(self, key: tuple[str, str, str], ips: tuple[str, ...] | None) -> None:
-        """Record (or with None forget) the ready IPs of (cell, namespace, service); mark what they feed stale."""
+    def _set_ready(self, key: tuple[str, str, str], ips: tuple[str, ...] | None,
+                   versions: dict[str, str] | None = None) -> None:
+        """Record (or with None forget) the ready IPs of (cell, namespace, service) and the versions known of
+        them; mark what they feed stale. A version that is no valid tag is left out (the server goes untagged)."""
         cell, ns, svc = key
         if ips is not None and not all(is_ipv4(ip) for ip in ips):
             invalid = tuple(ip for ip in ips if not is_ipv4(ip))
@@ -379,11 +393,19 @@ class Discovery:
             if self._ready.pop(key, None) is None:
                 return
             self._by_service.get((ns, svc), {}).pop(cell, None)
+            self._versions.get((ns, svc), {}).pop(cell, None)
         else:
-            if self._ready.get(key) == ips and key in self._ready:
+            tags = {ip: v for ip, v in (versions or {}).items() if ip in ips and VERSION.fullmatch(v)} \
+                if versions else {}
+            if self._ready.get(key) == ips and key in self._ready \
+                    and self._versions.get((ns, svc), {}).get(cell, {}) == tags:
                 return
             self._ready[key] = ips
             self._by_service.setdefault((ns, svc), {})[cell] = ips
+            if tags:
+                self._versions.setdefault((ns, svc), {})[cell] = tags
+            else:
+                self._versions.get((ns, svc), {}).pop(cell, None)
         self._touch_service(ns, svc)
         self._end_lingering(ns)
 
@@ -423,12 +445,15 @@ class Discovery:
         cached = self._servers.get(target)
         if cached is not None:
             return cached
-        servers = set()
+        servers: dict[tuple[str, int], str] = {}  # (ip, port) -> version ("": unknown; a known one wins)
         for other in self._feeds.get(target, [binding]):
-            ips = {ip for ready in self._by_service.get((other.namespace, other.service), {}).values()
-                   for ip in ready}
-            ips -= self._drained_ips.get(other.namespace, set())
-            servers |= {(ip, other.port) for ip in ips}
+            drained_ips = self._drained_ips.get(other.namespace, set())
+            versions = self._versions.get((other.namespace, other.service), {})
+            for cell, ready in self._by_service.get((other.namespace, other.service), {}).items():
+                tags = versions.get(cell, {})
+                for ip in ready:
+                    if ip not in drained_ips and not servers.get((ip, other.port)):
+                        servers[(ip, other.port)] = tags.get(ip, "")
         if not self.synced.is_set():  # not every Cell listed yet: keep what the record has of the others
             feeds = self._feeds.get(target, [binding])
             claimed: set[str] = set()
@@ -436,9 +461,12 @@ class Discovery:
             for other in feeds:
                 claimed |= self._claimed.get((other.namespace, other.service), set())
                 drained |= self._drained_ips.get(other.namespace, set())
-            servers |= {(ip, port) for ip, port in self._recorded.get(target, ())
-                        if ip not in claimed and ip not in drained}
-        result = tuple(f"{ip}:{port}" for ip, port in sorted(servers, key=lambda s: (ip_order(s[0]), s[1])))
+            for ip, port, version in self._recorded.get(target, ()):
+                if ip not in claimed and ip not in drained and not servers.get((ip, port)):
+                    servers[(ip, port)] = version
+        # Weight 1 (left out of the text): slb-core weighs the servers by the domain's traffic shares.
+        result = tuple(f"{ip}:{port}" + (f" version={servers[(ip, port)]}" if servers[(ip, port)] else "")
+                       for ip, port in sorted(servers, key=lambda s: (ip_order(s[0]), s[1])))
         self._servers[target] = result
         return result
 
@@ -470,7 +498,7 @@ class Discovery:
         """Before a domain's first push while some Cell is unlisted: read the servers its record has."""
         try:
             stored = await self.control.get_domain(binding.group, binding.domain)
-            recorded = tuple((u.host, u.port) for u in stored.domain.upstreams)
+            recorded = tuple((u.host, u.port, u.version) for u in stored.domain.upstreams)
         except Unavailable:
             return False  # the service or etcd away: nothing can be pushed now anyway; try again later
         except NotFound:

@@ -25,6 +25,10 @@ answers ``Connection: close`` makes ``http.client`` hand the socket to the respo
 drop it from the connection. Both are looked up; if neither is found (a future urllib3),
 a warning says so once, and idle watches are then reopened every ``timeout`` seconds.
 
+Each ready address's app version (``Endpoints.ready_versions``, gray releases) is read from
+its ``targetRef``: a pod of replication controller ``{app}-{version}`` is named
+``{app}-{version}-{suffix}`` (``version_of_pod``); a pod named otherwise has version "".
+
 Corrupt input is invalid, never a crash: an Endpoints object that is not one (a field of
 the wrong type, an address that is not an IP) is logged and skipped, in a listing and in
 a watch; a body or event line that is not JSON (however deeply nested) is a
@@ -39,6 +43,7 @@ import contextlib
 import ipaddress
 import json
 import logging
+import re
 import threading
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeGuard, cast
@@ -55,12 +60,14 @@ from foundation.ports.cluster import (
     PodInfo,
     ResourceExpired,
     ip_order,
+    sorted_ready,
 )
 
 _END = object()  # queue sentinel: the watch is over
 log = logging.getLogger(__name__)
 _UNREADABLE = (ValueError, TypeError, KeyError, AttributeError, RecursionError)  # what a corrupt JSON body raises
 _widen_warned = False
+POD_OF_VERSION = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?-(?P<version>v[0-9]{1,9})-[a-z0-9]{1,16}")
 
 
 def _valid_ip(ip: object) -> TypeGuard[str]:
@@ -78,8 +85,18 @@ def _short(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def version_of_pod(name: object) -> str:
+    """The app version a pod runs, from its name: a pod of replication controller ``{app}-{version}`` is
+    ``{app}-{version}-{suffix}`` (version ``v<N>``, suffix the controller's random letters); "" otherwise."""
+    match = POD_OF_VERSION.fullmatch(name) if isinstance(name, str) and len(name) <= 253 else None
+    return match.group("version") if match else ""
+
+
 def endpoints_of(obj: Any) -> Endpoints:
     """An Endpoints object (JSON) as the port's record: unique ready and not-ready IPs, sorted.
+
+    Each ready address's version comes from its ``targetRef`` (kind Pod): ``version_of_pod``
+    of its name; an address without one has version "" (``ready_versions`` is () when none has).
 
     ``ValueError`` (naming the field) when it is not a well-formed Endpoints object: the
     caller skips it rather than guess what a half-readable object meant.
@@ -95,12 +112,12 @@ def endpoints_of(obj: Any) -> Endpoints:
     subsets = obj.get("subsets") or []
     if not isinstance(subsets, list):
         raise ValueError(f"{namespace}/{name}: subsets: not a list")
-    ready: set[str] = set()
+    ready: list[tuple[str, str]] = []  # (ip, version)
     not_ready: set[str] = set()
     for subset in subsets:
         if not isinstance(subset, dict):
             raise ValueError(f"{namespace}/{name}: subsets: an item is not an object")
-        for field, into in (("addresses", ready), ("notReadyAddresses", not_ready)):
+        for field in ("addresses", "notReadyAddresses"):
             addresses = subset.get(field) or []
             if not isinstance(addresses, list):
                 raise ValueError(f"{namespace}/{name}: {field}: not a list")
@@ -108,8 +125,14 @@ def endpoints_of(obj: Any) -> Endpoints:
                 ip = address.get("ip") if isinstance(address, dict) else None
                 if not _valid_ip(ip):
                     raise ValueError(f"{namespace}/{name}: {field}: {_short(ip)} is not an IP address")
-                into.add(ip)
-    return Endpoints(namespace, name, tuple(sorted(ready, key=ip_order)), tuple(sorted(not_ready, key=ip_order)))
+                if field == "addresses":
+                    ref = address.get("targetRef")
+                    pod = ref.get("name") if isinstance(ref, dict) and ref.get("kind") == "Pod" else None
+                    ready.append((ip, version_of_pod(pod)))
+                else:
+                    not_ready.add(ip)
+    ready_ips, versions = sorted_ready(ready)
+    return Endpoints(namespace, name, ready_ips, tuple(sorted(not_ready, key=ip_order)), versions)
 
 
 def api_configuration(host: str | None, token: str | None, kubeconfig: str | None) -> client.Configuration:

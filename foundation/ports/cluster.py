@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -52,12 +53,36 @@ class PodInfo:
 
 @dataclass(frozen=True, slots=True)
 class Endpoints:
-    """A Service's endpoints: pods that pass their readiness probe, and those that do not yet."""
+    """A Service's endpoints: pods that pass their readiness probe, and those that do not yet.
+
+    ``ready_versions``: the app version each ready pod runs (its controller ``{app}-{version}``),
+    parallel to ``ready`` (same length; ``""``: not known for that pod), or empty when no
+    version is known for any: what discovery tags each upstream with (gray releases).
+    """
 
     namespace: str
     service: str
     ready: tuple[str, ...] = ()  # pod IPs, sorted by ip_order
     not_ready: tuple[str, ...] = ()
+    ready_versions: tuple[str, ...] = ()  # parallel to ready, or () = unknown for all
+
+    def versions(self) -> dict[str, str]:
+        """Ready IP -> its version, for the ready pods whose version is known ({} when the lengths differ)."""
+        if len(self.ready_versions) != len(self.ready):
+            return {}
+        return {ip: version for ip, version in zip(self.ready, self.ready_versions, strict=True) if version}
+
+
+def sorted_ready(pairs: Iterable[tuple[str, str]]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(ready, ready_versions)`` of (IP, version) pairs: unique IPs sorted by ``ip_order``, each with its
+    version (a known one wins over ``""`` when an IP comes twice); versions ``()`` when none is known."""
+    version_of: dict[str, str] = {}
+    for ip, version in pairs:
+        if version or ip not in version_of:
+            version_of[ip] = version
+    ready = tuple(sorted(version_of, key=ip_order))
+    versions = tuple(version_of[ip] for ip in ready)
+    return ready, versions if any(versions) else ()
 
 
 @functools.lru_cache(maxsize=1 << 18)  # the sim sorts the same pod IPs again at every change

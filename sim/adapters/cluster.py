@@ -11,7 +11,14 @@ It must not know any agent.
 
 from __future__ import annotations
 
-from foundation.ports.cluster import ClusterUnavailable, Endpoints, EndpointsEvent, PodInfo, ip_order
+from foundation.ports.cluster import (
+    ClusterUnavailable,
+    Endpoints,
+    EndpointsEvent,
+    PodInfo,
+    ip_order,
+    sorted_ready,
+)
 from foundation.ports.runtime import Queue, Runtime
 
 
@@ -98,8 +105,12 @@ class SimCluster:
     # ---- endpoints
     def set_endpoints(self, endpoints: Endpoints) -> None:
         key = (endpoints.namespace, endpoints.service)
-        endpoints = Endpoints(endpoints.namespace, endpoints.service, _ips(endpoints.ready),
-                              _ips(endpoints.not_ready))
+        # Sorted and unique as the port promises; each ready IP keeps the version it was given with.
+        given = endpoints.ready_versions
+        pairs = zip(endpoints.ready, given if len(given) == len(endpoints.ready) else ("",) * len(endpoints.ready),
+                    strict=True)
+        ready, versions = sorted_ready(pairs)
+        endpoints = Endpoints(endpoints.namespace, endpoints.service, ready, _ips(endpoints.not_ready), versions)
         if self.endpoints.get(key) == endpoints:
             return  # a no-op update: no new version, no event
         kind = "MODIFIED" if key in self.endpoints else "ADDED"

@@ -39,6 +39,10 @@ class ClusterHarness:
     delete_endpoints: Callable[[str, str], None]
     cut_off: Callable[[], None]
     restore: Callable[[], None]
+    # (namespace, app, [(pod name, ip, version)]): more ready pods of replication controllers {app}-{version}, whose
+    # endpoints the Cell computes (the sim's kube from its pods' versions, the API's endpoints controller with
+    # each address's targetRef); version "" for a pod of no controller
+    run_pods: Callable[[str, str, list[tuple[str, str, str]]], None] = lambda ns, app, pods: None
     timeout: float = TIMEOUT
 
     async def next_event(self, watch, limit: float = 5.0) -> EndpointsEvent:
@@ -58,8 +62,17 @@ class _SimRunner:
         def restore() -> None:
             cell.available = True
 
+        running: dict[tuple[str, str], list[tuple[str, str, str]]] = {}
+
+        def run_pods(namespace: str, app: str, pods: list[tuple[str, str, str]]) -> None:
+            # sim/kube.py knows each pod's version and hands the adapter ready IPs with their versions
+            every = running.setdefault((namespace, app), [])
+            every += pods
+            cell.set_endpoints(Endpoints(namespace, app, tuple(ip for _, ip, _ in every), (),
+                                         tuple(version for _, _, version in every)))
+
         harness = ClusterHarness("sim", cell, runtime, cell.put_pod, cell.add_node, set_endpoints,
-                                 cell.delete_endpoints, cell.cut_off, restore)
+                                 cell.delete_endpoints, cell.cut_off, restore, run_pods)
         runtime.run_until_complete(body(harness), limit=3600)
 
 
@@ -75,10 +88,17 @@ class _KubeRunner:
             def set_endpoints(namespace: str, service: str, *, ready=(), not_ready=()) -> None:
                 mock.set_endpoints(namespace, service, ready=list(ready), not_ready=list(not_ready))
 
+            def run_pods(namespace: str, app: str, pods: list[tuple[str, str, str]]) -> None:
+                # the mock's endpoints controller: Ready pods labelled app, on a Ready node, with their targetRef
+                mock.add_node("node-1")
+                for name, ip, _ in pods:
+                    mock.put_pod(namespace, name, node="node-1", ip=ip, labels={"app": app})
+
             async def main() -> None:
                 cluster = KubeCluster(host=mock.url, timeout=TIMEOUT)
                 harness = ClusterHarness("kube", cluster, AsyncioRuntime(seed=1), put_pod, mock.add_node,
-                                         set_endpoints, mock.delete_endpoints, mock.cut_off, mock.restore)
+                                         set_endpoints, mock.delete_endpoints, mock.cut_off, mock.restore,
+                                         run_pods)
                 try:
                     await asyncio.wait_for(body(harness), 60)
                 finally:
@@ -131,6 +151,29 @@ def test_endpoints_are_listed_sorted_and_unique_with_a_version(cluster_harness):
         assert version != first
         h.set_endpoints("shop", "shop", ready=["10.1.0.10", "10.1.0.9", "10.1.0.10"], not_ready=["10.1.0.7"])
         assert (await c.list_endpoints())[1] == version  # the very same object again: no change, no new version
+
+    cluster_harness.run(body)
+
+
+def test_each_ready_address_carries_the_version_of_its_pod(cluster_harness):
+    async def body(h):
+        c = h.cluster
+        _, version = await c.list_endpoints()
+        watch = c.watch_endpoints(version)
+        try:
+            h.run_pods("shop", "shop", [("shop-v12-x7k2p", "10.1.0.9", "v12"), ("shop-v3-ab12c", "10.1.0.10", "v3")])
+            while (event := await h.next_event(watch)).endpoints.ready != ("10.1.0.9", "10.1.0.10"):
+                pass  # the API's endpoints controller may show the pods one at a time
+        finally:
+            await watch.close()
+        assert event.endpoints.ready_versions == ("v12", "v3")
+        assert event.endpoints.versions() == {"10.1.0.9": "v12", "10.1.0.10": "v3"}
+        h.run_pods("shop", "shop", [("shop-canary", "10.1.0.4", "")])  # no controller's pod: version unknown
+        listed, _ = await c.list_endpoints()
+        assert listed == [Endpoints("shop", "shop", ("10.1.0.4", "10.1.0.9", "10.1.0.10"), (), ("", "v12", "v3"))]
+        h.set_endpoints("blog", "blog", ready=["10.2.0.1"])  # no pods behind them at all: no versions
+        listed, _ = await c.list_endpoints()
+        assert [e.ready_versions for e in sorted(listed, key=lambda e: e.namespace)] == [(), ("", "v12", "v3")]
 
     cluster_harness.run(body)
 

@@ -450,3 +450,68 @@ def test_a_principal_without_the_discovery_role_pushes_nothing_and_says_why(capl
     refused = [r for r in caplog.records if "refused to set its upstreams" in r.getMessage()]
     assert len(refused) == 1 and refused[0].levelno == logging.ERROR
     assert "PERMISSION_DENIED" in refused[0].getMessage() and "role discovery" in refused[0].getMessage()
+
+
+# ------------------------------------------------------------------ versions (issue 13, gray releases)
+
+PLATFORM = Principal("platform", "platform")  # the release controller's service role
+
+
+def test_each_upstream_is_tagged_with_its_pods_version_and_weighed_by_the_shares():
+    w = World()
+
+    async def main():
+        w.cells["cell-a"].set_endpoints(Endpoints("shop", "shop", ready=("10.1.0.6", "10.1.0.5"),
+                                                  ready_versions=("v2", "v1")))
+        w.cells["cell-b"].set_endpoints(Endpoints("shop", "shop", ready=("10.2.0.7", "10.2.0.8"),
+                                                  ready_versions=("v1", "")))  # the second: version unknown
+        await w.start()
+        tagged = w.serving()["nginx-1"]
+        await w.slb.set_shares(PLATFORM, "public", DOMAIN, {"v1": 90, "v2": 10})
+        await w.rt.sleep(1)
+        weighed = {h: p.upstreams[DOMAIN] for h, p in w.proxies.items()}  # in force, weight 0 included
+        # a new v2 pod turns ready: discovery pushes it with weight 1, slb-core weighs it by the shares
+        w.cells["cell-b"].set_endpoints(Endpoints("shop", "shop", ready=("10.2.0.7", "10.2.0.8", "10.2.0.9"),
+                                                  ready_versions=("v1", "", "v2")))
+        await w.rt.sleep(1)
+        return tagged, weighed, {h: p.upstreams[DOMAIN] for h, p in w.proxies.items()}
+
+    tagged, weighed, grown = w.run(main())
+    assert [str(u) for u in tagged] == ["10.1.0.5:8080 version=v1", "10.1.0.6:8080 version=v2",
+                                        "10.2.0.7:8080 version=v1", "10.2.0.8:8080"]
+    assert weighed["nginx-1"] == weighed["nginx-2"]
+    # v1: 90 % over 2 servers, v2: 10 % on 1 (1000 : 222); the untagged server gets no new requests
+    assert {u.address: u.weight for u in weighed["nginx-1"]} == {
+        "10.1.0.5:8080": 1000, "10.1.0.6:8080": 222, "10.2.0.7:8080": 1000, "10.2.0.8:8080": 0}
+    assert {u.address: u.weight for u in grown["nginx-2"]} == {
+        "10.1.0.5:8080": 1000, "10.1.0.6:8080": 111, "10.2.0.7:8080": 1000, "10.2.0.8:8080": 0,
+        "10.2.0.9:8080": 111}
+    assert sum(p.reload_count for p in w.proxies.values()) == 2  # weights change in place: no reload
+
+
+def test_without_versions_nothing_is_tagged_and_invalid_tags_are_left_out():
+    w = World()
+
+    async def main():
+        w.cells["cell-a"].set_endpoints(Endpoints("shop", "shop", ready=("10.1.0.5",)))
+        w.cells["cell-b"].set_endpoints(Endpoints("shop", "shop", ready=("10.2.0.7", "10.2.0.8"),
+                                                  ready_versions=("V1;", "v1")))
+        await w.start()
+        return w.serving()["nginx-1"]
+
+    assert [str(u) for u in w.run(main())] == ["10.1.0.5:8080", "10.2.0.7:8080", "10.2.0.8:8080 version=v1"]
+
+
+def test_a_restart_while_a_cell_is_out_of_reach_keeps_the_recorded_versions():
+    w = World()
+
+    async def main():
+        w.cells["cell-a"].set_endpoints(Endpoints("shop", "shop", ready=("10.1.0.5",), ready_versions=("v1",)))
+        w.cells["cell-b"].set_endpoints(Endpoints("shop", "shop", ready=("10.2.0.7",), ready_versions=("v2",)))
+        await w.start()
+        w.cells["cell-a"].cut_off()
+        await w.restart_discovery()
+        await w.rt.sleep(3)
+        return w.serving()["nginx-1"]
+
+    assert [str(u) for u in w.run(main())] == ["10.1.0.5:8080 version=v1", "10.2.0.7:8080 version=v2"]

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from foundation.adapters.k8s_cluster import KubeCluster, KubeEndpointsWatch, endpoints_of
+from foundation.adapters.k8s_cluster import KubeCluster, KubeEndpointsWatch, endpoints_of, version_of_pod
 from foundation.ports.cluster import ClusterUnavailable, Endpoints, EndpointsEvent
 
 json_values = st.recursive(
@@ -92,3 +92,31 @@ def test_a_bad_object_keeps_the_version_moving():
         "metadata": {"namespace": "a", "name": "b", "resourceVersion": "42"}, "subsets": "x"}})
     assert watch._event(line) is None
     assert watch.resource_version == "42"  # a resumed stream starts after it, not before it again
+
+
+# --------------------------------------------------------------------------- versions from targetRef (issue 13)
+
+
+@pytest.mark.parametrize(("name", "version"), [
+    ("shop-v12-x7k2p", "v12"), ("my-shop-v3-ab12c", "v3"), ("shop-v2-v3-abcde", "v3"),
+    ("shop-canary", ""), ("shop-v12", ""), ("v12-abcde", ""), ("shop-V12-abcde", ""), ("shop-v12-ABCDE", ""),
+    ("shop-v1234567890-abcde", ""), ("shop-v1-" + "a" * 300, ""), (None, ""), (12, ""), (["shop-v1-a"], ""),
+])
+def test_the_version_of_a_pod_comes_from_its_controllers_name(name, version):
+    assert version_of_pod(name) == version
+
+
+def test_ready_addresses_carry_their_pods_version_and_hostile_target_refs_are_no_version():
+    refs = [{"kind": "Pod", "name": "shop-v2-abcde"}, {"kind": "Service", "name": "shop-v9-abcde"}, "x", None,
+            {"kind": "Pod", "name": {"$ne": 1}}, {"kind": "Pod", "name": "shop-v1-zzzzz"}]
+    addresses = [{"ip": f"10.0.0.{i + 1}", "targetRef": ref} for i, ref in enumerate(refs)]
+    obj = {"metadata": {"namespace": "shop", "name": "shop"},
+           "subsets": [{"addresses": [*addresses[3:], {"ip": "10.0.0.1", "targetRef": refs[0]}]},
+                       {"addresses": addresses[1:3],
+                        "notReadyAddresses": [{"ip": "10.0.0.9", "targetRef": {"kind": "Pod",
+                                                                                "name": "shop-v3-aaaaa"}}]}]}
+    endpoints = endpoints_of(obj)
+    assert endpoints.ready == ("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6")
+    assert endpoints.ready_versions == ("v2", "", "", "", "", "v1")
+    assert endpoints.not_ready == ("10.0.0.9",)
+    assert endpoints_of({**obj, "subsets": [{"addresses": [{"ip": "10.0.0.1"}]}]}).ready_versions == ()
