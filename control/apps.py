@@ -910,7 +910,7 @@ class Apps:
         try:
             try:
                 current = await self.shares.get_shares(record.group, record.domain)
-            except ValueError:  # a shares record that does not decode: written again from the rule
+            except (ValueError, port.CorruptRecord):  # a shares record that does not decode: written anew
                 current = None
             wanted = repaired_shares(current, active)
             if wanted is not None and wanted != current:

@@ -5,7 +5,10 @@ each may do is the business of the service that checks it, e.g. ``control.slb_co
 On the platform's resources (apps, image groups, images) a ``user``'s rights are its
 memberships: its name is the ``user`` of the membership table (``control.members``,
 docs/roles.md), where ``members.authorize`` turns principal + memberships into a
-decision; an ``admin`` may do everything there, ``discovery`` nothing.
+decision; an ``admin`` may do everything there, ``discovery`` nothing. The role
+``platform`` is no token's: the control service's own apps and release controller act
+as ``Principal("platform", "platform")`` when they set a domain's traffic shares in
+slb-core (which allows that role, and admins, nothing else).
 Callers prove who they are with a bearer token; the table of tokens is a text file,
 one principal per line::
 
@@ -34,8 +37,9 @@ from typing import Literal
 
 from foundation.logic.slb_domain import OWNER
 
-Role = Literal["admin", "discovery", "user"]
-ROLES: tuple[Role, ...] = ("admin", "discovery", "user")
+Role = Literal["admin", "discovery", "user", "platform"]
+ROLES: tuple[Role, ...] = ("admin", "discovery", "user")  # the roles a token may carry
+PLATFORM = "platform"  # the in-process principal of the platform (apps, releases) towards slb-core
 TOKEN = re.compile(r"^[A-Za-z0-9._~+/=-]{16,512}$")
 MAX_SHOWN = 40
 

@@ -539,7 +539,7 @@ class Releases:
     async def _shares_or_none_raw(self, group: str, domain: str) -> dict[str, int] | None:
         try:
             return await self.shares.get_shares(group, domain)
-        except ValueError:  # a shares record that does not decode: as if none
+        except (ValueError, port.CorruptRecord):  # a shares record that does not decode: as if none
             return None
 
     async def revert(self, who: Principal, app: Any, *, request_id: str) -> ReleaseView:

@@ -1,11 +1,14 @@
 """``leengine app ...``: the platform's command line, a client of ``leengine-control``'s Platform API.
 
-    leengine app create shop --cell cell-a --cell cell-b [--non-production]
+    leengine app create shop --cell cell-a --cell cell-b [--non-production] [--domain GROUP/DOMAIN]
     leengine app list | show shop
     leengine app deploy shop --image registry.local:5000/shop:<commit> --replicas 3 [--env K=V]...
     leengine app deploy shop --image registry.local:5000/shop:<next commit>   # the rest prefilled
     leengine app scale shop v2 5 [--cell cell-b]
     leengine app delete shop v1          # a version;   leengine app delete shop: the app
+    leengine app release shop v2 [--steps 1,10,50,100] [--bake S] [--check S] [--max-error-increase F]
+                                 [--max-latency-ratio F] [--bad-checks N] [--min-requests N]
+    leengine app revert shop             # the running release: back to the old version everywhere
     leengine app members list|add|change|remove shop [USER [ROLE]] [--kind app|image_group|image]
     leengine app activity shop [--page-size N] [--all]
     leengine app counts [--day YYYY-MM-DD]          # admins
@@ -201,6 +204,8 @@ def render_view(view: Any) -> str:
     a = view.app
     lines = [f"app {a.name}: {'production' if a.production else 'non-production'}, {a.state}, Cells "
              f"{', '.join(a.cells)}; created by {a.created_by} at {_when(a.created_at)}"]
+    if a.domain:
+        lines.append(f"domain {a.domain} (Nginx group {a.group})")
     if view.versions:
         rows = [["VERSION", "IMAGE", "REPLICAS", "READY", "STATE", "PENDING"]]
         for v in view.versions:
@@ -213,6 +218,32 @@ def render_view(view: Any) -> str:
     for cell, why in sorted(view.pending.items()):
         lines.append(f"pending in {cell}: {why}")
     return "\n".join(lines)
+
+
+def _rate(counts: Any) -> str:
+    if not counts.requests:
+        return "no requests"
+    return (f"{counts.requests} requests, {counts.errors / counts.requests:.1%} errors, "
+            f"{counts.seconds / counts.requests * 1000:.0f} ms mean")
+
+
+def render_release(view: Any) -> str:
+    r = view.release
+    steps = " ".join(f"[{s}%]" if i == r.step else f"{s}%" for i, s in enumerate(r.steps))
+    lines = [f"release of {r.new} over {r.old}: {r.state}, step {steps}, baked {r.baked:.0f}/{r.bake_seconds:.0f} s,"
+             f" {r.bad}/{r.bad_checks} bad interval(s) in a row, {r.checks} checked",
+             f"  started by {r.started_by} at {_when(r.started_at)}; {r.reason}"]
+    if r.checks:
+        lines.append(f"  last interval: {r.new} {_rate(r.last_new)}; {r.old} {_rate(r.last_old)} "
+                     f"({r.hosts} Nginx host(s))")
+    if view.shares:
+        lines.append("  shares now: " + ", ".join(f"{v} {p}%" for v, p in sorted(view.shares.items(),
+                                                                                    key=lambda i: _number(i[0]))))
+    return "\n".join(lines)
+
+
+def _number(version: str) -> int:
+    return int(version[1:]) if version[1:].isdigit() else 0
 
 
 def _print(message: Any, text: Callable[[Any], str], json_output: bool) -> None:
@@ -244,13 +275,20 @@ def create(
     cell: Annotated[list[str], typer.Option("--cell", help="a Cell of the Region (at least two: repeat)")],
     production: Annotated[bool, typer.Option(
         "--production/--non-production", help="production apps need a Master to deploy")] = True,
+    domain: Annotated[str, typer.Option(
+        "--domain", metavar="GROUP/DOMAIN", help="the Nginx domain serving the app (yours in slb-core); "
+                                               "needed for gray releases")] = "",
     control: ControlOpt = DEFAULT_CONTROL, token_file: TokenFileOpt = None, control_ca: CaOpt = None,
     plaintext: PlaintextOpt = False, timeout: TimeoutOpt = 30.0, json_output: JsonOpt = False,
     request: RequestIdOpt = "",
 ) -> None:
     """Create an app in the given Cells (you become its Owner)."""
     connection = connect(control, token_file, control_ca, plaintext, timeout)
+    group, slash, name_of_domain = domain.partition("/")
+    if domain and (not slash or not group or not name_of_domain):
+        raise BadInput(f"--domain: {domain[:80]!r} is not GROUP/DOMAIN")
     view = call(connection, "CreateApp", pb.CreateAppRequest(name=name, cells=cell, production=production,
+                                                             group=group, domain=name_of_domain,
                                                              request_id=request_id(request)))
     _print(view, render_view, json_output)
 
@@ -281,13 +319,27 @@ def show(
     control: ControlOpt = DEFAULT_CONTROL, token_file: TokenFileOpt = None, control_ca: CaOpt = None,
     plaintext: PlaintextOpt = False, timeout: TimeoutOpt = 10.0, json_output: JsonOpt = False,
 ) -> None:
-    """An app, its versions and where each stands in each Cell."""
+    """An app, its versions and where each stands in each Cell, and its release (if it has a domain)."""
     connection = connect(control, token_file, control_ca, plaintext, timeout)
     if next_version:
         draft = call(connection, "GetPrefill", pb.GetPrefillRequest(app=app))
         _print(draft, lambda d: as_json(d), json_output)
         return
-    _print(call(connection, "GetApp", pb.GetAppRequest(app=app)), render_view, json_output)
+    view = call(connection, "GetApp", pb.GetAppRequest(app=app))
+    release = None
+    if view.app.domain:
+        try:
+            release = call(connection, "GetRelease", pb.GetReleaseRequest(app=app))
+        except Failed as exc:
+            if not str(exc).startswith("NOT_FOUND"):
+                raise
+    if json_output:
+        shown = json.loads(as_json(view))
+        if release is not None:
+            shown["release"] = json.loads(as_json(release))
+        typer.echo(json.dumps(shown, indent=2, sort_keys=True))
+        return
+    typer.echo(render_view(view) + (f"\n{render_release(release)}" if release is not None else ""))
 
 
 @app_app.command("deploy")
@@ -368,6 +420,58 @@ def delete(
         view = call(connection, "DeleteVersion", pb.DeleteVersionRequest(app=app, version=version,
                                                                          request_id=request_id(request)))
     _print(view, render_view, json_output)
+
+
+# --------------------------------------------------------------------------- releases
+
+
+def _steps(text: str) -> list[int]:
+    parts = text.split(",")
+    if not text or len(parts) > 16 or not all(p.strip().isdigit() and len(p.strip()) <= 3 for p in parts):
+        raise BadInput(f"--steps: {text[:80]!r} is not a list of percents such as 1,10,50,100")
+    return [int(p) for p in parts]
+
+
+@app_app.command("release")
+def release(
+    app: Annotated[str, typer.Argument(help="the app (it needs a domain)")],
+    version: Annotated[str, typer.Argument(help="the version to release, v<N> (deployed: it runs with share 0)")],
+    steps: Annotated[str, typer.Option(help="the new version's share per step, %, ending at 100")] = "1,10,50,100",
+    bake: Annotated[float | None, typer.Option(help="seconds each step bakes (default 300)")] = None,
+    check: Annotated[float | None, typer.Option(help="seconds between checks (default 30)")] = None,
+    max_error_increase: Annotated[float | None, typer.Option(
+        help="error rate new - old that makes an interval bad, a fraction (default 0.01)")] = None,
+    max_latency_ratio: Annotated[float | None, typer.Option(
+        help="mean latency new / old that makes an interval bad (default 1.5)")] = None,
+    bad_checks: Annotated[int | None, typer.Option(help="bad intervals in a row that revert (default 3)")] = None,
+    min_requests: Annotated[int | None, typer.Option(
+        help="requests to the new version for an interval to count (default 20)")] = None,
+    control: ControlOpt = DEFAULT_CONTROL, token_file: TokenFileOpt = None, control_ca: CaOpt = None,
+    plaintext: PlaintextOpt = False, timeout: TimeoutOpt = 60.0, json_output: JsonOpt = False,
+    request: RequestIdOpt = "",
+) -> None:
+    """Start a gray release: the version's share of the app's traffic rises step by step, checked."""
+    connection = connect(control, token_file, control_ca, plaintext, timeout)
+    message = pb.StartReleaseRequest(app=app, version=version, steps=_steps(steps), request_id=request_id(request))
+    for name, value in (("bake_seconds", bake), ("check_seconds", check), ("max_error_increase", max_error_increase),
+                        ("max_latency_ratio", max_latency_ratio), ("bad_checks", bad_checks),
+                        ("min_requests", min_requests)):
+        if value is not None:
+            setattr(message, name, value)
+    _print(call(connection, "StartRelease", message), render_release, json_output)
+
+
+@app_app.command("revert")
+def revert(
+    app: Annotated[str, typer.Argument(help="the app")],
+    control: ControlOpt = DEFAULT_CONTROL, token_file: TokenFileOpt = None, control_ca: CaOpt = None,
+    plaintext: PlaintextOpt = False, timeout: TimeoutOpt = 60.0, json_output: JsonOpt = False,
+    request: RequestIdOpt = "",
+) -> None:
+    """Revert the app's release: the old version gets all traffic, the new one is deleted in every Cell."""
+    connection = connect(control, token_file, control_ca, plaintext, timeout)
+    _print(call(connection, "RevertRelease", pb.RevertReleaseRequest(app=app, request_id=request_id(request))),
+           render_release, json_output)
 
 
 # --------------------------------------------------------------------------- members

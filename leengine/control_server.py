@@ -107,7 +107,7 @@ from leengine.platform_service import (
     cell_workloads,
     close_workloads,
     load_cells,
-    reconcile_forever,
+    platform_forever,
 )
 from leengine.secret_files import SecretFileError, read_secret_file
 
@@ -505,7 +505,7 @@ async def start(store: Store, tokens: TokenTable, *, listen: str = "127.0.0.1:0"
     slb_pb2_grpc.add_SlbCoreServicer_to_server(slb_service, server)
     scheduler = builds.BuildScheduler(store, runtime, metrics=metrics)
     builds_pb2_grpc.add_BuildsServicer_to_server(BuildsService(builds.BuildService(scheduler), slb_service), server)
-    platform = add_to_server(server, store, runtime, slb_service._call, cells)
+    platform = add_to_server(server, store, runtime, slb_service._call, cells, core)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE, BUILDS_SERVICE, PLATFORM_SERVICE, health.SERVICE_NAME,
@@ -527,7 +527,7 @@ async def start(store: Store, tokens: TokenTable, *, listen: str = "127.0.0.1:0"
     reassigner = asyncio.create_task(scheduler.reassign_forever(), name="build-reassigner")
     reconciler = None
     if platform.apps is not None and reconcile_period is not None:
-        reconciler = asyncio.create_task(reconcile_forever(platform.apps, reconcile_period), name="apps-reconciler")
+        reconciler = asyncio.create_task(platform_forever(platform, reconcile_period), name="apps-reconciler")
     return ControlServer(server, port, health_servicer, reassigner, reconciler)
 
 

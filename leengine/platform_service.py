@@ -21,7 +21,14 @@ What this module adds, and why it is here and not in ``control/``:
 * **daily counts are the operators'**: admins only (the rights table has no action for
   them: they span every resource).
 * **the reconciler**: ``reconcile_forever`` runs ``Apps.reconcile_all`` at start and every
-  ``period`` seconds, which finishes whatever a crash or an unreachable Cell left behind.
+  ``period`` seconds, which finishes whatever a crash or an unreachable Cell left behind;
+  ``platform_forever`` runs it beside the release controller (``Releases.run``), which picks
+  up at start every release the records say is active (a restarted service continues them).
+* **traffic shares**: ``SlbShares`` is the ``TrafficShares`` port of ``control.apps`` and
+  ``control.releases`` over slb-core in-process, acting as the principal ``platform``
+  (``control.auth``; slb-core lets that role, and admins, set shares). Because the platform
+  will steer a domain's traffic, CreateApp with a domain requires the caller to be the
+  domain's owner in slb-core (or an admin): checked here, where slb-core is known.
 
 Messages are converted field by field; nothing read from a request reaches etcd or a Cell
 unvalidated (the logic validates every field, this module only reshapes). It must not know
@@ -40,8 +47,8 @@ from typing import Any
 import grpc
 import yaml
 
-from control import activity, apps, members
-from control.auth import Principal
+from control import activity, apps, members, releases, slb_core
+from control.auth import PLATFORM, Principal
 from foundation.logic.slb_domain import GROUP_NAME
 from foundation.ports import Runtime, Store, StoreError
 from foundation.ports import control as port
@@ -113,6 +120,35 @@ async def close_workloads(cells: Mapping[str, Workloads]) -> None:
             await close()
 
 
+class SlbShares:
+    """The platform's ``TrafficShares`` (control.apps, control.releases): slb-core's shares, as ``platform``."""
+
+    principal = Principal(PLATFORM, "platform")
+
+    def __init__(self, core: slb_core.SlbCore) -> None:
+        self.core = core
+
+    async def set_shares(self, group: str, domain: str, shares: Mapping[str, int]) -> None:
+        await self.core.set_shares(self.principal, group, domain, shares)
+
+    async def get_shares(self, group: str, domain: str) -> dict[str, int] | None:
+        return await self.core.get_shares(self.principal, group, domain)
+
+
+async def platform_forever(service: PlatformService, period: float = DEFAULT_RECONCILE_PERIOD) -> None:
+    """The apps reconciler and the release controller, as one task (cancelling it stops both)."""
+    if service.apps is None:
+        return
+    tasks = [asyncio.create_task(reconcile_forever(service.apps, period), name="apps-reconciler")]
+    if service.releases is not None:
+        tasks.append(asyncio.create_task(service.releases.run(), name="release-controller"))
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
 async def reconcile_forever(service: apps.Apps, period: float = DEFAULT_RECONCILE_PERIOD) -> None:
     """Reconcile every app now and every ``period`` seconds; an error is logged, the loop goes on."""
     while True:
@@ -137,7 +173,37 @@ def new_request_id(given: str) -> str:
 
 def app_to_proto(app: apps.App) -> Any:
     return pb.App(name=app.name, cells=list(app.cells), production=app.production, created_by=app.created_by,
-                  created_at=app.created_at, next_version=app.next_version, state=app.state, revision=app.revision)
+                  created_at=app.created_at, next_version=app.next_version, state=app.state, revision=app.revision,
+                  group=app.group, domain=app.domain)
+
+
+def _counts_to_proto(counts: tuple[int, int, float] | None) -> Any:
+    requests, errors, seconds = counts or (0, 0, 0.0)
+    return pb.ReleaseCounts(requests=requests, errors=errors, seconds=seconds)
+
+
+def release_to_proto(view: releases.ReleaseView) -> Any:
+    r, p = view.release, view.release.policy
+    return pb.ReleaseView(release=pb.Release(
+        app=r.app, old=r.old, new=r.new, group=r.group, domain=r.domain, steps=list(p.steps),
+        bake_seconds=p.bake_seconds, check_seconds=p.check_seconds, max_error_increase=p.max_error_increase,
+        max_latency_ratio=p.max_latency_ratio, bad_checks=p.bad_checks, min_requests=p.min_requests, state=r.state,
+        step=r.step, percent=r.percent, baked=r.baked, bad=r.bad, checks=r.checks, reason=r.reason,
+        started_by=r.started_by, started_at=r.started_at, revision=r.revision,
+        last_old=_counts_to_proto(r.interval.get("old")), last_new=_counts_to_proto(r.interval.get("new")),
+        hosts=len(r.baseline)), shares=dict(view.shares or {}))
+
+
+def release_options(request: Any) -> dict[str, Any]:
+    """The StartRelease fields that were set, as ``Releases.start``'s keyword arguments (unset: its defaults)."""
+    options: dict[str, Any] = {}
+    if request.steps:
+        options["steps"] = tuple(request.steps)
+    for name in ("bake_seconds", "check_seconds", "max_error_increase", "max_latency_ratio", "bad_checks",
+                 "min_requests"):
+        if request.HasField(name):
+            options[name] = getattr(request, name)
+    return options
 
 
 def version_to_proto(view: apps.VersionView) -> Any:
@@ -216,10 +282,15 @@ def record_to_proto(record: activity.ActivityRecord) -> Any:
 class PlatformService(platform_pb2_grpc.PlatformServicer):
     """The Platform RPCs; ``call`` is the server's authenticate-run-map (``SlbCoreService._call``)."""
 
-    def __init__(self, store: Store, runtime: Runtime, call: Call, cells: Mapping[str, Workloads] | None) -> None:
+    def __init__(self, store: Store, runtime: Runtime, call: Call, cells: Mapping[str, Workloads] | None,
+                 slb: slb_core.SlbCore | None = None) -> None:
         self.store = store
         self._call = call
-        self.apps = apps.Apps(store, runtime, cells) if cells else None
+        self.slb = slb
+        shares = SlbShares(slb) if slb is not None else None
+        self.apps = apps.Apps(store, runtime, cells, shares=shares) if cells else None
+        self.releases = releases.Releases(store, runtime, self.apps, shares, cells) \
+            if cells and self.apps is not None and shares is not None else None
         self.members = members.Members(store, runtime, resource_key=apps.resource_key)
 
     def _apps(self) -> apps.Apps:
@@ -227,12 +298,29 @@ class PlatformService(platform_pb2_grpc.PlatformServicer):
             raise port.FailedPrecondition(NO_CELLS)
         return self.apps
 
+    def _releases(self) -> releases.Releases:
+        if self.releases is None:
+            raise port.FailedPrecondition(NO_CELLS)
+        return self.releases
+
+    async def _create_app(self, who: Principal, request: Any) -> apps.AppView:
+        service = self._apps()
+        if request.domain or request.group:
+            group, domain = apps.check_app_domain(request.group, request.domain)
+            if self.slb is None:
+                raise port.FailedPrecondition("this control service has no slb-core to serve the app's domain")
+            stored = await self.slb.get_domain(who, group, domain)  # NotFound when there is no such domain
+            if not who.is_admin and stored.domain.owner != who.name:
+                raise port.PermissionDenied(f"domain {domain} in group {group} belongs to {stored.domain.owner}: "
+                                            f"only its owner or an admin may serve an app on it")
+        production = request.production if request.HasField("production") else True
+        return await service.create_app(who, request.name, list(request.cells), production=production,
+                                        group=request.group, domain=request.domain,
+                                        request_id=new_request_id(request.request_id))
+
     # ---- apps and versions
     async def CreateApp(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        production = request.production if request.HasField("production") else True
-        return view_to_proto(await self._call(context, "CreateApp", lambda who: self._apps().create_app(
-            who, request.name, list(request.cells), production=production,
-            request_id=new_request_id(request.request_id))))
+        return view_to_proto(await self._call(context, "CreateApp", lambda who: self._create_app(who, request)))
 
     async def ListApps(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         found = await self._call(context, "ListApps", lambda who: self._apps().list_apps(who))
@@ -260,6 +348,20 @@ class PlatformService(platform_pb2_grpc.PlatformServicer):
 
     async def DeleteApp(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return view_to_proto(await self._call(context, "DeleteApp", lambda who: self._apps().delete_app(
+            who, request.app, request_id=new_request_id(request.request_id))))
+
+    # ---- releases
+    async def StartRelease(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return release_to_proto(await self._call(context, "StartRelease", lambda who: self._releases().start(
+            who, request.app, request.version, request_id=new_request_id(request.request_id),
+            **release_options(request))))
+
+    async def GetRelease(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return release_to_proto(await self._call(context, "GetRelease",
+                                                 lambda who: self._releases().get(who, request.app)))
+
+    async def RevertRelease(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return release_to_proto(await self._call(context, "RevertRelease", lambda who: self._releases().revert(
             who, request.app, request_id=new_request_id(request.request_id))))
 
     # ---- members
@@ -312,7 +414,7 @@ class PlatformService(platform_pb2_grpc.PlatformServicer):
 
 
 def add_to_server(server: grpc.aio.Server, store: Store, runtime: Runtime, call: Call,
-                  cells: Mapping[str, Workloads] | None) -> PlatformService:
-    service = PlatformService(store, runtime, call, cells)
+                  cells: Mapping[str, Workloads] | None, slb: slb_core.SlbCore | None = None) -> PlatformService:
+    service = PlatformService(store, runtime, call, cells, slb)
     platform_pb2_grpc.add_PlatformServicer_to_server(service, server)
     return service

@@ -239,3 +239,59 @@ def test_the_token_comes_from_the_environment_and_is_never_printed(monkeypatch, 
     assert got == 1 and TOKEN not in out + err and stub.calls[0][2] == (("authorization", f"Bearer {TOKEN}"),)
     connection = app_cmd.Connection.from_options("127.0.0.1:1", token_file, None, True, 1.0)
     assert TOKEN not in repr(connection)
+
+
+# --------------------------------------------------------------------------- releases
+
+
+def release_view(state: str = "running", step: int = 1) -> Any:
+    return pb.ReleaseView(release=pb.Release(
+        app="shop", old="v1", new="v2", group="web", domain="shop.example.com", steps=[1, 10, 50, 100],
+        bake_seconds=60, check_seconds=10, max_error_increase=0.01, max_latency_ratio=1.5, bad_checks=3,
+        min_requests=20, state=state, step=step, percent=[1, 10, 50, 100][step], baked=20, bad=1, checks=8,
+        reason="1% baked 60 s", started_by="carol", started_at=1.7e9, revision=90, hosts=2,
+        last_old=pb.ReleaseCounts(requests=900, errors=9, seconds=9.0),
+        last_new=pb.ReleaseCounts(requests=100, errors=3, seconds=2.0)), shares={"v1": 90, "v2": 10})
+
+
+def test_create_with_a_domain_sends_group_and_domain(monkeypatch, capsys, stub, token_file):
+    stub.replies["CreateApp"] = view(0)
+    code, _, _ = leengine(monkeypatch, capsys, "app", "create", "shop", "--cell", "cell-a", "--cell", "cell-b",
+                          "--domain", "web/shop.example.com", "--token-file", str(token_file))
+    assert code == 0 and (stub.calls[0][1].group, stub.calls[0][1].domain) == ("web", "shop.example.com")
+    code, _, err = leengine(monkeypatch, capsys, "app", "create", "shop", "--cell", "cell-a", "--domain",
+                            "shop.example.com", "--token-file", str(token_file))
+    assert code == 2 and err == "leengine: error: --domain: 'shop.example.com' is not GROUP/DOMAIN\n"
+    assert len(stub.calls) == 1
+
+
+def test_release_sends_only_the_options_given_and_prints_the_steps(monkeypatch, capsys, stub, token_file):
+    stub.replies["StartRelease"] = release_view()
+    code, out, _ = leengine(monkeypatch, capsys, "app", "release", "shop", "v2", "--steps", "5,50,100", "--bake",
+                            "60", "--bad-checks", "2", "--token-file", str(token_file))
+    sent = stub.calls[0][1]
+    assert code == 0 and (sent.app, sent.version, list(sent.steps)) == ("shop", "v2", [5, 50, 100])
+    assert sent.bake_seconds == 60 and sent.bad_checks == 2
+    assert not sent.HasField("check_seconds") and not sent.HasField("max_latency_ratio") and sent.request_id
+    assert "release of v2 over v1: running, step 1% [10%] 50% 100%, baked 20/60 s, 1/3 bad" in out
+    assert "last interval: v2 100 requests, 3.0% errors, 20 ms mean; v1 900 requests, 1.0% errors, 10 ms mean" in out
+    assert "shares now: v1 90%, v2 10%" in out
+    code, _, err = leengine(monkeypatch, capsys, "app", "release", "shop", "v2", "--steps", "1,ten,100",
+                            "--token-file", str(token_file))
+    assert code == 2 and "--steps: '1,ten,100' is not a list of percents" in err and len(stub.calls) == 1
+
+
+def test_revert_and_show_print_the_release(monkeypatch, capsys, stub, token_file):
+    stub.replies["RevertRelease"] = release_view("reverted")
+    code, out, _ = leengine(monkeypatch, capsys, "app", "revert", "shop", "--json", "--token-file", str(token_file))
+    assert code == 0 and json.loads(out)["release"]["state"] == "reverted"
+    with_domain = view(2)
+    with_domain.app.group, with_domain.app.domain = "web", "shop.example.com"
+    stub.replies["GetApp"] = [with_domain, with_domain, with_domain]
+    stub.replies["GetRelease"] = [release_view(), release_view(), status(grpc.StatusCode.NOT_FOUND, "no release")]
+    code, out, _ = leengine(monkeypatch, capsys, "app", "show", "shop", "--token-file", str(token_file))
+    assert code == 0 and "domain shop.example.com (Nginx group web)" in out and "release of v2 over v1" in out
+    code, out, _ = leengine(monkeypatch, capsys, "app", "show", "shop", "--json", "--token-file", str(token_file))
+    assert json.loads(out)["release"]["release"]["percent"] == 10 and json.loads(out)["app"]["domain"]
+    code, out, _ = leengine(monkeypatch, capsys, "app", "show", "shop", "--token-file", str(token_file))
+    assert code == 0 and "release" not in out  # none yet: the app alone
