@@ -20,6 +20,12 @@ request and one JSON line per answer, in order, on as many connections as caller
   the machine when this one began, itself included: see "ADDs in flight" below). A failed ADD is undone
   (CNI DEL, netns deleted) and answered ``{"ok": false, "error": ..., "cni_code": N}`` with the plugin's own
   code (the Pod deleted from the API).
+  Optional ``"version": "v<N>"`` (a platform version's pod, lab/replication.py: label ``version``) and
+  ``"error_rate": 0..1`` (a bad version: the pod answers 500 to that share of its requests, from a CGI
+  run by httpd instead of the static page: ``error_script``).
+* ``{"op": "errors", "app": APP, "version": "v<N>", "error_rate": R}`` → from now on the pods of that app
+  and version answer 500 to ``R`` of their requests (0: good again); the answer names them (lab/faults.py's
+  ``bad-version``).
 * ``{"op": "stop", "pod": NAME}`` → CNI DEL, httpd killed, netns deleted, Pod deleted from the
   API. A failed DEL keeps the pod (as a sandbox whose teardown failed) for a retry.
 * ``{"op": "list"}`` → the pods this runtime holds. ``{"op": "samples"}`` → the seconds of
@@ -61,6 +67,8 @@ import contextlib
 import json
 import logging
 import os
+import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -85,6 +93,9 @@ CNI_TIMEOUT = 60.0
 LISTEN_WAIT = 10.0  # seconds for httpd to listen
 NETNS_DIR = Path("/var/run/netns")
 IMAGE = "busybox"
+VERSION = re.compile(r"v[1-9][0-9]{0,8}")
+ERROR_RATE = re.compile(r"(0|1)(\.[0-9]{1,6})?")
+ERROR_RATE_ENV = "LEENGINE_ERROR_RATE"  # a version's env that makes its pods answer errors (lab only)
 IN_FLIGHT_DIR = "cni-adds-in-flight"  # beside the runtimes' sockets: shared by the lab's runtimes
 
 
@@ -107,6 +118,8 @@ class Pod:
     ip: str = ""
     pid: int = 0
     port: int = 80  # what its httpd listens on (the app's port)
+    version: str = ""  # the platform version it runs (label ``version``; "" = a scenario app's pod)
+    error_rate: float = 0.0  # the share of requests it answers 500 (a bad version: ``errors`` op, ``run``)
 
 
 def _alive(pid: int) -> bool:
@@ -137,6 +150,43 @@ def load_network_config(path: Path) -> dict[str, Any]:
     if "/" in conf["type"] or conf["type"] in (".", ".."):
         raise ValueError(f"{path}: type must be a plugin name, not a path")
     return conf
+
+
+def check_version(value: object) -> str:
+    """A pod's platform version label: "" or ``v<N>`` (the platform's version names); else ``RuntimeError_``."""
+    if value in (None, ""):
+        return ""
+    if not isinstance(value, str) or not VERSION.fullmatch(value):
+        raise RuntimeError_(f"version: {str(value)[:20]!r} is not a version (v<N>)")
+    return value
+
+
+def check_error_rate(value: object) -> float:
+    """A share of requests to fail, 0..1 (a number, or its decimal text as an env value); else ``RuntimeError_``."""
+    if isinstance(value, str) and ERROR_RATE.fullmatch(value):
+        value = float(value)
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise RuntimeError_(f"error_rate: {str(value)[:20]!r} is not a number from 0 to 1")
+    return float(value)
+
+
+def error_script(shell: str, rate: float) -> str:
+    """The CGI ``cgi-bin/index.cgi`` of a pod answering 500 to ``rate`` of its requests, else its name.
+
+    busybox httpd runs ``cgi-bin/index.cgi`` for ``/`` when the docroot has no ``index.html``.
+    Only numbers and the validated absolute path of busybox reach the script; the pod's name comes
+    from httpd's environment (``LEENGINE_POD``), quoted: no request or user string becomes a word.
+    ``$RANDOM`` of busybox's ash is uniform over 0..32767.
+    """
+    threshold = round(check_error_rate(rate) * 32768)
+    return (f"#!{shell} sh\n"
+            f"if [ \"$RANDOM\" -lt {threshold} ]; then\n"
+            "  printf 'HTTP/1.0 500 Internal Server Error\\r\\nContent-Type: text/plain\\r\\n\\r\\nerror\\n'\n"
+            "else\n"
+            "  printf 'Content-Type: text/plain\\r\\n\\r\\n%s' \"$LEENGINE_POD\"\n"
+            "fi\n")
 
 
 def find_plugin(cni_path: str, kind: str) -> Path:
@@ -237,6 +287,10 @@ class ContainerRuntime:
         self.state = Path(args.state_dir or Path(args.socket).parent / f"{self.node}.pods")
         self.state.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.busybox: str = args.busybox
+        # The CGI's interpreter: busybox's ash (it has $RANDOM), by absolute path for the script's #! line.
+        self.shell = shutil.which(args.busybox) or "/bin/busybox"
+        if not self.shell.startswith("/") or any(c.isspace() for c in self.shell):
+            raise ValueError(f"--busybox {args.busybox!r}: no usable absolute path")
         self.pods: dict[str, Pod] = {}
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.locks: dict[str, asyncio.Lock] = {}
@@ -351,17 +405,34 @@ class ContainerRuntime:
     def _forget(self, pod: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._state_file(pod).unlink()
-        docroot = self.state / pod
-        with contextlib.suppress(FileNotFoundError):
-            (docroot / "index.html").unlink()
-        with contextlib.suppress(OSError):
-            docroot.rmdir()
+        shutil.rmtree(self.state / pod, ignore_errors=True)  # a DNS label under the state dir: the docroot
         self.pods.pop(pod, None)
 
-    async def _start_httpd(self, pod: Pod) -> int:
+    def _write_docroot(self, pod: Pod) -> Path:
+        """The pod's docroot: ``index.html`` (its name) for a good pod; for one answering errors, no
+        ``index.html`` and the CGI of ``error_script`` (files swapped by rename: httpd reads them per request)."""
         docroot = self.state / pod.name
-        docroot.mkdir(mode=0o755, exist_ok=True)
-        (docroot / "index.html").write_text(pod.name)
+        cgi = docroot / "cgi-bin"
+        cgi.mkdir(mode=0o755, parents=True, exist_ok=True)
+        os.chmod(docroot, 0o755)
+        index = docroot / "index.html"
+        if pod.error_rate > 0:
+            temp = cgi / ".index.cgi.tmp"
+            temp.write_text(error_script(self.shell, pod.error_rate))
+            os.chmod(temp, 0o755)
+            os.replace(temp, cgi / "index.cgi")
+            with contextlib.suppress(FileNotFoundError):
+                index.unlink()
+        else:
+            temp = docroot / ".index.html.tmp"
+            temp.write_text(pod.name)
+            os.replace(temp, index)
+            with contextlib.suppress(FileNotFoundError):
+                (cgi / "index.cgi").unlink()
+        return docroot
+
+    async def _start_httpd(self, pod: Pod) -> int:
+        docroot = self._write_docroot(pod)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LEENGINE_LAB": self.lab_id,
                "LEENGINE_POD": pod.name}
         # Started from a thread that entered the pod's netns (lab/pod_netns.py): one exec, no nsenter.
@@ -405,13 +476,15 @@ class ContainerRuntime:
                 child.wait(5)
 
     # ---- operations
-    async def run(self, name: object, app: object, namespace: object, port: object = 80) -> dict[str, Any]:
+    async def run(self, name: object, app: object, namespace: object, port: object = 80, version: object = "",
+                  error_rate: object = 0.0) -> dict[str, Any]:
         for field, value in (("pod", name), ("app", app), ("namespace", namespace)):
             if not is_dns_label(value):
                 raise RuntimeError_(f"{field}: {value!r} is not a DNS label")
         if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
             raise RuntimeError_(f"port: {str(port)[:20]!r} is not a TCP port (1-65535)")
         assert isinstance(name, str) and isinstance(app, str) and isinstance(namespace, str)  # DNS labels
+        version, rate = check_version(version), check_error_rate(error_rate)
         asked = time.monotonic()
         async with self._lock(name), self.slots:
             self._phase("queue_seconds", asked)
@@ -421,7 +494,8 @@ class ContainerRuntime:
                     raise RuntimeError_(f"pod {name} already runs here as {pod.namespace}/{pod.app}")
                 return {"ok": True, "ip": pod.ip, "add_seconds": 0.0, "existing": True}
             container = uuid.uuid4().hex + uuid.uuid4().hex  # 64 hex digits, as containerd's sandbox ids
-            pod = Pod(name, app, namespace, f"{self.prefix}{name}", container, str(uuid.uuid4()), port=port)
+            pod = Pod(name, app, namespace, f"{self.prefix}{name}", container, str(uuid.uuid4()), port=port,
+                      version=version, error_rate=rate)
             if (NETNS_DIR / pod.netns).exists():
                 raise RuntimeError_(f"netns {pod.netns} exists and is not this runtime's pod")
             self.pods[name] = pod
@@ -471,8 +545,9 @@ class ContainerRuntime:
     async def _create(self, pod: Pod) -> str:
         """Create the Pod (or take over a stale one of that name on this node); returns the uid the API gave it."""
         base = f"/api/v1/namespaces/{pod.namespace}/pods"
+        labels = {"app": pod.app, **({"version": pod.version} if pod.version else {})}
         body = {"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": pod.name, "namespace": pod.namespace, "labels": {"app": pod.app}},
+                "metadata": {"name": pod.name, "namespace": pod.namespace, "labels": labels},
                 "spec": {"nodeName": self.node, "containers": [{"name": "app", "image": IMAGE}]}}
         status, answer = await self.kube.call("POST", base, body)
         if status == 409:  # a pod of that name from a previous run: replace it
@@ -532,6 +607,21 @@ class ContainerRuntime:
                 await self._delete_netns(pod.netns)
             self._forget(pod.name)
         return {"ok": True, "killed": killed}
+
+    def set_errors(self, app: object, version: object, error_rate: object) -> dict[str, Any]:
+        """Pods of ``app`` at ``version`` answer 500 to ``error_rate`` of their requests from now on (the lab's
+        ``bad-version`` fault; 0 makes them good again); the names of the pods changed."""
+        if not is_dns_label(app):
+            raise RuntimeError_(f"app: {app!r} is not a DNS label")
+        version, rate = check_version(version), check_error_rate(error_rate)
+        changed = []
+        for pod in sorted(self.pods.values(), key=lambda p: p.name):
+            if pod.app == app and pod.version == version and version:
+                pod.error_rate = rate
+                self._write_docroot(pod)
+                self._save(pod)
+                changed.append(pod.name)
+        return {"ok": True, "pods": changed}
 
     def listing(self) -> dict[str, Any]:
         return {"ok": True, "pods": [{**asdict(p), "alive": self._is_our_httpd(p.pid, p.name)}
@@ -610,7 +700,10 @@ class ContainerRuntime:
         try:
             if op == "run":
                 return await self.run(request.get("pod"), request.get("app"), request.get("namespace", "default"),
-                                      request.get("port", 80))
+                                      request.get("port", 80), request.get("version", ""),
+                                      request.get("error_rate", 0.0))
+            if op == "errors":
+                return self.set_errors(request.get("app"), request.get("version"), request.get("error_rate"))
             if op == "stop":
                 return await self.stop(request.get("pod"))
             if op == "list":

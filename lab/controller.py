@@ -15,7 +15,8 @@ both at seeded Poisson times.
 Two ways to run it, one code path: ``leengine lab run`` makes one in-process and tells it of
 each fault (``node_down``, ``runtime_down``, ``cell_out`` ...), as the sim's world does; the lab's
 persistent controller (``python -m lab.controller --dir DIR``, role ``kube-controller``, started
-by ``lab up``) ``adopt``s the pods the runtimes hold, and ``heal`` looks at the runtimes instead
+by ``lab up``) ``adopt``s the pods the runtimes hold (not the platform's: pods labelled ``version`` are
+lab/replication.py's, which it runs beside the scenario's apps), and ``heal`` looks at the runtimes instead
 of being told (see ``heal``), with cnictl's cron beside it, so a lab left up keeps serving while
 someone breaks it by hand (``leengine lab fault``).
 
@@ -150,15 +151,17 @@ class Controller:
         self.deploy_timeout = deploy_timeout
         self.placement = random.Random(seed)
         self.churn = random.Random(seed + 1)
-        self.apps: dict[str, AppSpec] = {a.name: a for a in spec.apps}
+        # A platform app (``platform: true``) is deployed through the control service, its pods made by
+        # lab/replication.py from its versions' replication controllers: not this controller's.
+        self.apps: dict[str, AppSpec] = {a.name: a for a in spec.apps if not getattr(a, "platform", False)}
         self.nodes: dict[str, NodeState] = {}
         self.cell_nodes: dict[str, list[NodeState]] = {}
         for cell in spec.cells:
             states = [NodeState(node_name(cell.name, i), cell.name) for i in range(1, cell.nodes + 1)]
             self.cell_nodes[cell.name] = states
             self.nodes.update((n.name, n) for n in states)
-        self.pods: dict[Key, list[LabPod]] = {(a.name, c): [] for a in spec.apps for c in a.cells}
-        self.replicas: dict[Key, int] = {(a.name, c): a.replicas for a in spec.apps for c in a.cells}
+        self.pods: dict[Key, list[LabPod]] = {(a.name, c): [] for a in self.apps.values() for c in a.cells}
+        self.replicas: dict[Key, int] = {(a.name, c): a.replicas for a in self.apps.values() for c in a.cells}
         self.by_name: dict[str, LabPod] = {}
         self.out: set[str] = set()  # Cells cut off: not reconciled until back
         self.dead: dict[tuple[str, str], float] = {}  # (app, pod) -> when it died: the leak suspects
@@ -173,6 +176,8 @@ class Controller:
 
     # ------------------------------------------------------------------ what it shows
     def ready_pods(self, app: str) -> list[LabPod]:
+        if app not in self.apps:  # a platform app: its pods are lab/replication.py's
+            return []
         return [p for c in self.apps[app].cells for p in self.pods[(app, c)] if p.alive and p.ready]
 
     def ready_elsewhere(self, app: str, now: float, grace: float = 2.0) -> bool:
@@ -407,6 +412,8 @@ class Controller:
             key = (app, state.cell)
             if key not in self.pods or name in self.by_name or not ip or not info.get("alive", True):
                 continue
+            if info.get("version"):  # a platform version's pod: lab/replication.py's, not a scenario replica
+                continue
             self._counter = max(self._counter, _pod_number(name))
             now = self.clock()
             port = info.get("port", self.apps[app].port)
@@ -495,6 +502,7 @@ async def serve(directory: str, *, heal_every: float = 2.0, tick: float = 1.0) -
     from lab.lab import Lab
     from lab.observe import LeakCron, RegionPods
     from lab.pod_actions import RuntimePods
+    from lab.replication import replication_of
     from leengine.etcd_options import EtcdClientTls, open_store
 
     lab = Lab.load(Path(directory))
@@ -527,7 +535,9 @@ async def serve(directory: str, *, heal_every: float = 2.0, tick: float = 1.0) -
             log.info("%s: adopted %d pod(s)", node, len(adopted))
     cron = LeakCron(store, RegionPods(cells), AsyncioRuntime(spec.seed), every=spec.leak_check_every,
                     grace=spec.leak_grace)
+    replication = replication_of(lab.plan, seed=spec.seed, node_grace=controller.node_grace)
     tasks = [loop.create_task(controller.run(), name="controller/replication"),
+             loop.create_task(replication.run(), name="controller/replication-controllers"),
              loop.create_task(controller.heal(actions.list_pods, every=heal_every), name="controller/heal"),
              loop.create_task(cron.run(), name="controller/cnictl-cron")]
     log.info("lab controller of %s: %d apps, %d nodes", lab.plan.id, len(spec.apps), len(controller.nodes))

@@ -56,6 +56,7 @@ from typing import Any
 
 from cni.ipam import Ipam, IpamError
 from cni.pools import Pool
+from control.apps import app_key, decode_app
 from foundation.adapters.asyncio_runtime import AsyncioRuntime
 from foundation.ports import StoreError
 from foundation.ports.metrics import SLB_PROPAGATION_SECONDS, SLB_RELOAD_SECONDS
@@ -77,6 +78,7 @@ from lab.observe import (
     reloads_in_log,
 )
 from lab.pod_actions import RUNTIME_TIMEOUT, RuntimePods, http_json, json_line
+from lab.replication import Replication, replication_of
 from lab.report import LabTotals, lab_report, write_report
 from sim.checks import Probe
 from sim.faults import last_fault_end
@@ -219,6 +221,7 @@ class LiveLab(RuntimePods):
         self.runtime = runtime
         self.audit = audit
         self.controller: Controller | None = None
+        self.replication: Replication | None = None  # the platform's pods (lab/replication.py), set by the run
         self.load: Load | None = None
         self.squatters = 0
         self.runtimes_down: set[str] = set()
@@ -386,6 +389,21 @@ class LiveLab(RuntimePods):
         for start in range(0, len(squatter.taken), 64):
             await asyncio.gather(*(give(c) for c in squatter.taken[start:start + 64]))
 
+    async def break_version(self, app: str, version: str, error_rate: float) -> list[str]:
+        """bad-version: the app's version (or "next": the first numbered at or above the app record's
+        ``next_version`` now) answers errors (lab/replication.py); what ``mend_version`` undoes."""
+        replication = self.replication or replication_of(self.plan)  # by hand: the running pods only
+        if version == "next":
+            kv = await self.store.get(app_key(app))
+            lowest = decode_app(kv).next_version if kv is not None else 1
+            replication.break_next(app, lowest, error_rate)
+        else:
+            await replication.set_errors(app, version, error_rate)
+        return [app, version]
+
+    async def mend_version(self, broken: list[str]) -> None:
+        await (self.replication or replication_of(self.plan)).mend(broken[0], broken[1])
+
     async def kill_builder(self, host: str) -> None:
         await self._kill(build_agent_process(host))
 
@@ -531,7 +549,11 @@ async def run_scenario(scenario: Scenario, spec: RegionSpec, lab: LiveLab, out: 
                               from_zero=("reload_seconds",) if boot_in_run else ())
     await agents.once()  # the baseline: what lab up's agents counted is not this run's (but the boot's reloads)
     reloads_before = {h: 0 if boot_in_run else reloads_in_log(p) for h, p in sorted(reload_logs.items())}
+    # The platform's replication controllers (lab/replication.py): pods of the versions deployed in the run.
+    replication = replication_of(lab.plan, seed=spec.seed, node_grace=controller.node_grace)
+    lab.replication = replication
     tasks = [loop.create_task(lab.audit.run(), name="lab/audit"),
+             loop.create_task(replication.run(), name="lab/replication-controllers"),
              loop.create_task(agents.run(), name="lab/agent-histograms"),
              loop.create_task(controller.run(), name="lab/controller"),
              loop.create_task(load.run(spec.duration), name="lab/load"),

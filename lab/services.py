@@ -7,7 +7,8 @@
    the members' and the control host's addresses as IP SANs) and bearer tokens in ``DIR/tokens``;
 2. the links process (root netns): every etcd client's path to the members (``lab/links.py``);
 3. the 3 etcd members, waited for until all three are members and one leads;
-4. ``leengine-control``, then the pools registered (``cnictl pool add``) and the SLB groups
+4. ``leengine-control`` (``--cells DIR/cells.yaml``: the platform's apps in every Cell's API), then the
+   pools registered (``cnictl pool add``) and the SLB groups
    created (``CreateGroup`` as the lab's admin);
 5. one Kubernetes API per Cell, then discovery (one ``cells`` entry per Cell, one binding per
    app of the spec, as the sim binds them);
@@ -109,6 +110,10 @@ class LabFiles:
     @property
     def links_config(self) -> Path:
         return self.dir / "links.json"
+
+    @property
+    def cells_config(self) -> Path:
+        return self.dir / "cells.yaml"
 
     @property
     def discovery_config(self) -> Path:
@@ -381,7 +386,8 @@ def _launches(lab: Any) -> list[list[Launch]]:
     phases.append([Launch("control", "control", {
         "LISTEN": plan.control_address, "TOKENS_FILE": str(f.tokens_file), "TLS_CERT": str(certs.server_cert),
         "TLS_KEY": str(certs.server_key), "METRICS_ADDRESS": _metrics_listen(lab, "control"),
-        **_etcd_env(lab, "control")}, netns=plan.netns(CONTROL_HOST), host=CONTROL_HOST)])
+        "CELLS_FILE": str(f.cells_config), **_etcd_env(lab, "control")},
+        netns=plan.netns(CONTROL_HOST), host=CONTROL_HOST)])
     apis = [Launch(cell.api_host, "api", {"LISTEN": f"{plan.hosts[cell.api_host].mgmt_ip}:{API_PORT}",
                                           "CELL": cell.name}, netns=plan.netns(cell.api_host), host=cell.api_host)
             for cell in plan.cells.values()]
@@ -478,6 +484,12 @@ def discovery_config(lab: Any) -> dict[str, Any]:
             "resync_seconds": 2}
 
 
+def cells_config(lab: Any) -> dict[str, Any]:
+    """cells.yaml of the control service (``--cells``): each Cell's Kubernetes API, where the platform's
+    Workloads port writes apps' namespaces and replication controllers (lab/replication.py runs them)."""
+    return {"cells": {c.name: {"api": c.api_url} for c in lab.plan.cells.values()}}
+
+
 def cni_network(lab: Any, node: str) -> dict[str, Any]:
     """The node's CNI network configuration (a single-plugin .conf)."""
     plan: LabPlan = lab.plan
@@ -491,6 +503,7 @@ def _write_configs(lab: Any) -> None:
     f = files(lab)
     f.links_config.write_text(json.dumps(links_config(plan), indent=1))
     f.discovery_config.write_text(json.dumps(discovery_config(lab), indent=1))  # JSON is YAML
+    f.cells_config.write_text(json.dumps(cells_config(lab), indent=1))
     for d in (f.cni_bin, f.cni_conf("x").parent, f.repos, plan.dir / "run", plan.dir / "nginx"):
         d.mkdir(parents=True, exist_ok=True)
     os.chmod(plan.dir, 0o755)  # the Nginx workers (www-data) traverse it to their prefix

@@ -8,6 +8,8 @@
 #   TLS_CERT TLS_KEY   the server certificate (an IP SAN for LISTEN's address) and its key
 #   LEENGINE_ETCD LEENGINE_ETCD_CA LEENGINE_ETCD_CERT LEENGINE_ETCD_KEY   etcd (README.md)
 #   METRICS_ADDRESS    IP:port of /metrics (optional)
+#   CELLS_FILE         the Cells' Kubernetes APIs for the platform's apps (optional; without it the apps
+#                      RPCs answer FAILED_PRECONDITION)
 set -eu
 # shellcheck source=common.sh
 . "$(dirname "$0")/common.sh"
@@ -23,5 +25,9 @@ set -- --listen "$LISTEN" --tokens "$TOKENS_FILE" --tls-cert "$TLS_CERT" --tls-k
 if [ -n "${METRICS_ADDRESS:-}" ]; then
   address METRICS_ADDRESS "$METRICS_ADDRESS"
   set -- "$@" --metrics-address "$METRICS_ADDRESS"
+fi
+if [ -n "${CELLS_FILE:-}" ]; then
+  path CELLS_FILE "$CELLS_FILE"
+  set -- "$@" --cells "$CELLS_FILE"
 fi
 exec "$(command_path leengine-control)" "$@"
