@@ -3,7 +3,7 @@
     leengine-slb-agent --group public --host nginx-1 --etcd 10.0.0.10:2379 \\
         --etcd-ca /etc/leengine/etcd-ca.crt --etcd-cert nginx-1.crt --etcd-key nginx-1.key \\
         --prefix /var/lib/leengine/nginx [--listen-address 0.0.0.0] \\
-        [--debounce 0.05] [--max-wait 0.5] [--metrics-address 127.0.0.1:9102]
+        [--debounce 0.05] [--max-wait 0.5] [--traffic-every 5] [--metrics-address 127.0.0.1:9102]
 
 It wires the real adapters (etcd Store, a private Nginx under ``--prefix`` with the
 lua module, asyncio Runtime) to the agent logic (``node/slb_agent.py``). Nginx is
@@ -18,7 +18,9 @@ Start-up, signals, retries and exit codes are every daemon's (``leengine/command
 ``http://HOST:PORT/metrics``: in-place upstream updates, reloads by result and their
 duration, the last reload's success and time, domains set aside, the agent's share of
 propagation, etcd errors (``leengine/metrics_option.py``; a port that cannot be bound stops
-the agent at start in one line).
+the agent at start in one line). ``--traffic-every S`` (default 5, 0: off): every S seconds the
+host's requests per app version go to etcd (``/slb/{group}/traffic/{host}``, under the host's
+lease), where the platform's gray releases compare a new version with the old one.
 """
 
 from __future__ import annotations
@@ -110,6 +112,8 @@ def main(
     listen_address: Annotated[str, typer.Option(help="address the domains listen on")] = "0.0.0.0",
     debounce: Annotated[float, typer.Option(help="quiet seconds that close a batch of config changes")] = 0.05,
     max_wait: Annotated[float, typer.Option(help="longest a batch waits after its first change")] = 0.5,
+    traffic_every: Annotated[float, typer.Option(
+        help="seconds between writes of this host's requests per app version to etcd (0: never)")] = 5.0,
     etcd_timeout: EtcdTimeoutOpt = DEFAULT_TIMEOUT,
     etcd_ca: EtcdCaOpt = None,
     etcd_cert: EtcdCertOpt = None,
@@ -126,6 +130,8 @@ def main(
         problems.append(f"host {host!r} is not a host name")
     if not 0 <= debounce <= max_wait:
         problems.append("need 0 <= debounce <= max-wait")
+    if not 0 <= traffic_every <= 3600:  # NaN fails too
+        problems.append("need 0 <= traffic-every <= 3600 (seconds; 0: off)")
     settings = None
     try:
         settings = EtcdSettings.from_options(etcd, etcd_timeout, etcd_ca, etcd_cert, etcd_key)
@@ -134,7 +140,7 @@ def main(
     if problems or settings is None:
         raise BadInput("; ".join(problems))
     configure_logging(log_level)
-    config = SlbAgentConfig(group, host, debounce=debounce, max_wait=max_wait,
+    config = SlbAgentConfig(group, host, debounce=debounce, max_wait=max_wait, traffic_every=traffic_every,
                             request_metrics_every=REQUEST_METRICS_EVERY if metrics_address else 0.0)
     with metrics_served(metrics_address, FAMILIES) as metrics:  # bound now: a bad address stops us before nginx
         record_daemon_info(metrics, "leengine-slb-agent")

@@ -46,6 +46,15 @@ sim) it also copies the proxy's request counts per domain and upstream version
 and ``slb_request_seconds_total`` every that many seconds, as increments (a count that
 went down means Nginx restarted: it counts from zero again).
 
+**Traffic per version** (gray releases): with ``traffic_every`` > 0 (the daemon's default
+5 s; 0 in the sim unless a scenario sets it) the agent writes, every that many seconds,
+its host's record ``/slb/{group}/traffic/{host}`` (``foundation.logic.slb_traffic``):
+for every domain in force whose upstreams carry a version tag, per version, the requests,
+errors (5xx) and seconds Nginx counted since it started, an ``epoch`` that goes up by one
+each time the agent saw a count go down (Nginx restarted), and ``at`` (``runtime.now()``).
+It is written only when a count or the epoch changed, by a CAS that also compares the host
+key's lease, under that lease: the record goes when the host does.
+
 Invariants: one reload at a time (a single loop does every apply); the saved
 revision never runs ahead of what is in force, so a restart replays, never skips.
 It must not know nginx, etcd, asyncio or Prometheus: only the Store, Proxy, Runtime and
@@ -54,7 +63,7 @@ Metrics ports.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from cni.pod_pools import POOLS, PoolCache
@@ -70,12 +79,17 @@ from foundation.logic.slb_domain import (
     host_key,
     status_key,
 )
+from foundation.logic.slb_traffic import MAX_VERSIONS as TRAFFIC_MAX_VERSIONS
+from foundation.logic.slb_traffic import HostTraffic, TrafficError, VersionCounts, encode_traffic, traffic_key
 from foundation.ports import (
     Cancelled,
     CompactedError,
+    Compare,
     DeleteOp,
+    GetOp,
     PutOp,
     Queue,
+    RangeResult,
     Runtime,
     Store,
     StoreError,
@@ -112,6 +126,7 @@ class SlbAgentConfig:
     save_every: float = 1.0  # in-place upstream changes are saved at most this often
     resync_page: int = 100  # domains per read of a resync: a huge group never needs one huge answer
     request_metrics_every: float = 0.0  # seconds between copies of Nginx's request counts to metrics (0: never)
+    traffic_every: float = 0.0  # seconds between writes of the per-version traffic record (0: never)
 
 
 @dataclass
@@ -176,6 +191,11 @@ class SlbAgent:
         self.dropped: dict[str, _Desired] = {}  # latest record of a domain that had upstreams outside the pools
         self.notes: dict[str, str] = {}  # which upstreams were dropped (the status error of an applied record)
         self._requests_seen: dict[tuple[str, str], RequestCounts] = {}  # the proxy's counts at the last copy
+        self.traffic_epoch = 0  # +1 each time a count of the proxy went down (Nginx restarted)
+        self._traffic_read: dict[tuple[str, str], RequestCounts] = {}  # the proxy's counts at the last read
+        self._traffic_written: tuple[int, dict[str, dict[str, VersionCounts]]] | None = None  # (epoch, domains)
+        self._traffic_lease = 0  # the host key's lease the record is written under (0: not read yet)
+        self._traffic_revision = 0  # mod_revision of our record as last written (0: none)
 
     @property
     def prefix(self) -> str:
@@ -194,6 +214,8 @@ class SlbAgent:
             name=f"slb-member/{self.config.host}")
         reporter = self.runtime.spawn(self._report_requests(), name=f"slb-requests/{self.config.host}") \
             if self.config.request_metrics_every > 0 else None
+        traffic = self.runtime.spawn(self._report_traffic(), name=f"slb-traffic/{self.config.host}") \
+            if self.config.traffic_every > 0 else None
         try:
             while True:
                 try:
@@ -216,8 +238,9 @@ class SlbAgent:
                     await self.runtime.sleep(self.config.retry)
         finally:
             membership.cancel()
-            if reporter is not None:
-                reporter.cancel()
+            for task in (reporter, traffic):
+                if task is not None:
+                    task.cancel()
 
     async def _report_requests(self) -> None:
         while True:
@@ -245,6 +268,66 @@ class SlbAgent:
                 self.metrics.inc(SLB_REQUEST_SECONDS, now.seconds - before.seconds, group=group, host=host,
                                  domain=domain, version=version)
         self._requests_seen = dict(counts)
+
+    async def _report_traffic(self) -> None:
+        while True:
+            await self.runtime.sleep(self.config.traffic_every)
+            try:
+                await self.write_traffic()
+            except ProxyError as exc:  # Nginx away for a moment: the counts wait for the next round
+                self.runtime.trace("slb-traffic-unread", host=self.config.host, error=str(exc)[:200])
+            except StoreError as exc:  # etcd away: written at the next round
+                self.stats.store_errors += 1
+                self._etcd_error()
+                self.runtime.trace("slb-traffic-unwritten", host=self.config.host, error=type(exc).__name__)
+                self._traffic_lease = 0  # read the lease again: it may have been replaced meanwhile
+            except TrafficError as exc:  # e.g. a host name that makes no key: said, never a crash of the agent
+                self.runtime.trace("slb-traffic-invalid", host=self.config.host, error=str(exc)[:200])
+
+    def traffic_now(self, counts: Mapping[tuple[str, str], RequestCounts]) -> dict[str, dict[str, VersionCounts]]:
+        """The record's domains from the proxy's counts; bumps ``traffic_epoch`` when a count went down."""
+        before = self._traffic_read
+        if any(key not in counts or _went_down(counts[key], old) for key, old in before.items()):
+            self.traffic_epoch += 1
+        self._traffic_read = dict(counts)
+        domains: dict[str, dict[str, VersionCounts]] = {}
+        for name in sorted(self.live):
+            tagged = sorted({u.version for u in self.live[name].upstreams if u.version})
+            if not tagged:
+                continue
+            counted = sorted(v for d, v in counts if d == name and v and v not in tagged)
+            versions: dict[str, VersionCounts] = {}
+            for version in (tagged + counted)[:TRAFFIC_MAX_VERSIONS]:  # those serving now first
+                now = counts.get((name, version), RequestCounts())
+                versions[version] = VersionCounts(now.requests, now.by_class.get("5xx", 0), now.seconds)
+            domains[name] = dict(sorted(versions.items()))
+        return domains
+
+    async def write_traffic(self) -> bool:
+        """Read the proxy's counts and write this host's traffic record if it changed; True when written."""
+        domains = self.traffic_now(await self.proxy.request_counts())
+        if self._traffic_written == (self.traffic_epoch, domains):
+            return False
+        group, host = self.config.group, self.config.host
+        key, member = traffic_key(group, host), host_key(group, host)
+        value = encode_traffic(HostTraffic(host, self.traffic_epoch, self.runtime.now(), domains))
+        for _ in range(2):  # a failed compare reads the lease and our record again, then tries once more
+            if not self._traffic_lease:
+                read = await self.store.txn([], [GetOp(member), GetOp(key)])
+                registered, ours = (r.first() if isinstance(r, RangeResult) else None for r in read.responses)
+                if registered is None or not registered.lease:
+                    return False  # not registered (yet): nothing to write it under
+                self._traffic_lease = registered.lease
+                self._traffic_revision = ours.mod_revision if ours else 0
+            result = await self.store.txn(
+                [Compare(member, "lease", "==", self._traffic_lease), Compare.mod_is(key, self._traffic_revision)],
+                [PutOp(key, value, lease=self._traffic_lease)])
+            if result.succeeded:
+                self._traffic_revision = result.revision
+                self._traffic_written = (self.traffic_epoch, domains)
+                return True
+            self._traffic_lease = 0
+        return False
 
     async def _guard(self, step: Awaitable[None]) -> None:
         try:
@@ -638,3 +721,8 @@ def _is_domain_name(name: str) -> bool:
     except DomainError:
         return False
     return True
+
+
+def _went_down(now: RequestCounts, before: RequestCounts) -> bool:
+    """A count is lower than at the last read: Nginx started counting again (a restart)."""
+    return now.seconds < before.seconds or any(now.by_class.get(c, 0) < n for c, n in before.by_class.items())

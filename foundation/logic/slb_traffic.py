@@ -12,8 +12,11 @@ For every domain whose upstreams carry a version tag: per version, the requests 
 servers answered, how many of them were errors (5xx) and the sum of their request
 times in seconds, all **cumulative since this Nginx started** (``Proxy.request_counts``).
 A reader takes differences between two readings; a count that went down means Nginx
-restarted, which the writer also says by adding 1 to ``epoch`` (so a restart between
-two readings that already counted past the old values is still seen). ``at`` is the
+restarted, which the writer also says by adding 1 to ``epoch`` whenever it read a count
+lower than at its previous read (so a reader that missed the writer's low reading, and
+now sees counts past the old values, still knows). A restart the writer did not see
+either (Nginx counted past its old values within one writing interval) is counted as
+the difference: fewer requests than were made, never more. ``at`` is the
 writer's clock (``runtime.now()``) when it read the counts: only comparable with other
 readings of the same host. Requests without a version tag are not recorded.
 

@@ -8,6 +8,7 @@ import pytest
 
 from cni.pools import Pool
 from foundation.logic.slb_domain import Domain, DomainStatus, Upstream, domain_key, status_prefix
+from foundation.logic.slb_traffic import VersionCounts, decode_traffic
 from foundation.ports.proxy import SavedState
 from node.slb_agent import SlbAgent, SlbAgentConfig
 from sim.adapters.proxy import SimProxy
@@ -436,3 +437,110 @@ def test_a_corrupt_pool_record_makes_only_its_addresses_unusable(world):
     world.run(main())
     assert not world.task.done()
     assert world.proxy.serving("shop.example.com") == (Upstream("10.0.0.5", 80),)
+
+
+# ------------------------------------------------------------------ per-version traffic (issue 13, gray releases)
+
+TRAFFIC_KEY = "/slb/public/traffic/nginx-1"
+
+
+def traffic_record(world: World):
+    kv = world.server._keys.get(TRAFFIC_KEY)
+    return (decode_traffic(TRAFFIC_KEY, kv.value), kv) if kv is not None else (None, None)
+
+
+def test_the_traffic_record_holds_cumulative_counts_per_version_of_versioned_domains_under_the_lease(world):
+    shop = domain("shop.example.com", "10.0.0.1:80 weight=1000 version=v1", "10.0.0.2:80 weight=10 version=v2")
+    plain = domain("plain.example.com", "10.0.0.3:80")
+
+    async def main():
+        await world.put(shop)
+        await world.put(plain)
+        world.start_agent(traffic_every=5)
+        await world.rt.sleep(1)
+        v1, v2 = shop.upstreams
+        world.proxy.answered("shop.example.com", v1, 200, 3.0, requests=99)
+        world.proxy.answered("shop.example.com", v1, 503, 0.5, requests=1)
+        world.proxy.answered("shop.example.com", v2, 200, 0.25, requests=1)
+        world.proxy.answered("plain.example.com", plain.upstreams[0], 200, 1.0, requests=50)  # no version
+        await world.rt.sleep(5)
+        first = traffic_record(world)
+        await world.rt.sleep(10)  # nothing new: nothing written
+        same = traffic_record(world)
+        world.proxy.answered("shop.example.com", v2, 500, 1.0, requests=2)
+        await world.rt.sleep(5)
+        return first, same, traffic_record(world)
+
+    (first, first_kv), (_, same_kv), (later, later_kv) = world.run(main())
+    assert first.host == "nginx-1" and first.epoch == 0 and 5 <= first.at <= 7
+    assert first.domains == {"shop.example.com": {"v1": VersionCounts(100, 1, 3.5), "v2": VersionCounts(1, 0, 0.25)}}
+    assert same_kv.mod_revision == first_kv.mod_revision  # written only when something changed
+    assert later.domains["shop.example.com"]["v2"] == VersionCounts(3, 2, 1.25)  # cumulative
+    assert later_kv.mod_revision > first_kv.mod_revision
+    member = world.server._keys["/slb/public/hosts/nginx-1"]
+    assert later_kv.lease == member.lease != 0  # the record goes when the host's lease does
+
+
+def test_a_version_without_requests_yet_is_recorded_at_zero(world):
+    async def main():
+        await world.put(domain("shop.example.com", "10.0.0.1:80 version=v1", "10.0.0.2:80 weight=0 version=v2"))
+        world.start_agent(traffic_every=2)
+        await world.rt.sleep(3)
+        return traffic_record(world)[0]
+
+    assert world.run(main()).domains == {"shop.example.com": {"v1": VersionCounts(0, 0, 0.0),
+                                                              "v2": VersionCounts(0, 0, 0.0)}}
+
+
+def test_an_nginx_restart_bumps_the_epoch_and_counts_start_again(world):
+    shop = domain("shop.example.com", "10.0.0.1:80 version=v1")
+
+    async def main():
+        await world.put(shop)
+        world.start_agent(traffic_every=2)
+        await world.rt.sleep(1)
+        world.proxy.answered("shop.example.com", shop.upstreams[0], 200, 1.0, requests=40)
+        await world.rt.sleep(2)
+        before = traffic_record(world)[0]
+        world.proxy.restart()
+        await world.rt.sleep(2)  # the agent reads the counts lower than before: a restart
+        restarted = traffic_record(world)[0]
+        world.proxy.answered("shop.example.com", shop.upstreams[0], 200, 1.0, requests=70)  # past the old 40
+        await world.rt.sleep(2)
+        return before, restarted, traffic_record(world)[0]
+
+    before, restarted, after = world.run(main())
+    assert (before.epoch, before.domains["shop.example.com"]["v1"].requests) == (0, 40)
+    assert (restarted.epoch, restarted.domains["shop.example.com"]["v1"].requests) == (1, 0)
+    # 70 > 40 would look like 30 more requests without the epoch: a reader seeing the epoch move takes 70 as the delta
+    assert (after.epoch, after.domains["shop.example.com"]["v1"].requests) == (1, 70)
+
+
+def test_without_traffic_every_no_record_is_written(world):
+    async def main():
+        await world.put(domain("shop.example.com", "10.0.0.1:80 version=v1"))
+        world.start_agent()
+        await world.rt.sleep(30)
+
+    world.run(main())
+    assert traffic_record(world) == (None, None)
+
+
+def test_the_record_disappears_with_the_hosts_lease_and_comes_back_under_the_new_one(world):
+    async def main():
+        await world.put(domain("shop.example.com", "10.0.0.1:80 version=v1"))
+        world.start_agent(traffic_every=2)
+        await world.rt.sleep(3)
+        lease = traffic_record(world)[1].lease
+        await world.admin.revoke(lease)  # as if the lease expired while etcd was out of reach
+        await world.rt.sleep(0.1)
+        gone = traffic_record(world)
+        await world.rt.sleep(20)  # the agent joins again under a new lease; the counts moved: written again
+        world.proxy.answered("shop.example.com", Upstream("10.0.0.1", 80, 1, "v1"), 200, 1.0)
+        await world.rt.sleep(3)
+        return lease, gone, traffic_record(world)[1]
+
+    lease, gone, back = world.run(main())
+    assert gone == (None, None)
+    assert back is not None and back.lease not in (0, lease)
+    assert back.lease == world.server._keys["/slb/public/hosts/nginx-1"].lease
