@@ -7,16 +7,27 @@ a deadline: the last fault's declared end + ``within``; a ``Probe`` taken then b
 since the run goes on after it. A liveness deadline past the end of the run is a failed
 verdict that says so. Adding a check is one entry here plus its line in sim/spec.py
 (``CheckKind``); tests/sim/test_world_tables.py holds the table and the spec together.
+The platform's checks (a Region with platform apps, sim/platform.py) judge what its
+observers recorded: the shares and release states over time, the controllers' deletion
+times, the Store's history (``activity_violations``: one verdict for the sim and the lab)
+and the final look at the platform just before the run ends.
 It must not change the Region: judging is observation only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container, Mapping
+from collections import defaultdict
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sim.faults import last_fault_end
+from control.activity import ACTIVITY, COUNTS
+from control.apps import APPS, VERSIONS
+from control.members import MEMBERS
+from control.releases import RELEASES, InvalidRelease, decode_release
+from foundation.ports import WatchEvent
+from foundation.ports.workloads import controller_name
+from sim.faults import last_fault_end, occurrences
 from sim.spec import CheckSpec
 
 if TYPE_CHECKING:
@@ -125,6 +136,170 @@ def _builds_finish(region: Region, check: CheckSpec, probe: Probe) -> CheckResul
                           region.farm.submitted(by=last_fault_end(region.spec.faults, region.spec.duration)))
 
 
+# ------------------------------------------------------------------ the platform
+
+
+def _shares_off(timeline: Iterable[tuple[float, dict[str, int] | None]], version: str, after: float) -> float | None:
+    """When the version's share was first 0 (or the record gone) at or after ``after``."""
+    for at, shares in timeline:
+        if at >= after and (shares is None or shares.get(version, 0) == 0):
+            return at
+    return None
+
+
+def _release_reverted_within(region: Region, check: CheckSpec) -> CheckResult:
+    platform = region.platform
+    if platform is None:
+        return CheckResult(check.kind, False, "no platform app in this Region")
+    if not region.traffic.first_error:
+        return CheckResult(check.kind, False, "no bad version failed a request: nothing to revert")
+    passed, words = True, []
+    for (app, version), first in sorted(region.traffic.first_error.items()):
+        shares_off = _shares_off(platform.observed.shares.get(app, ()), version, first)
+        gone: list[float] = []
+        still = []
+        for cell in region.apps[app].cells:
+            name = controller_name(app, version)
+            workloads = platform.workloads[cell]
+            if (app, name) in workloads.controllers or (app, name) not in workloads.deleted_at:
+                still.append(cell)
+            else:
+                gone.append(workloads.deleted_at[(app, name)])
+        states = " -> ".join(dict.fromkeys(f"{s} {p}%" for _, s, p, new in platform.observed.releases.get(app, ())
+                                           if new == version))
+        if shares_off is None or still:
+            passed = False
+            words.append(f"{app} {version}: first error at t={first:g}, not reverted (share "
+                         + ("0 at t=" + f"{shares_off:g}" if shares_off is not None else "still > 0")
+                         + (f"; controllers still in {', '.join(still)}" if still else "") + f"; release {states})")
+            continue
+        reverted = max([shares_off, *gone])
+        took = reverted - first
+        passed = passed and took <= check.within
+        words.append(f"{app} {version}: first error at t={first:g}, share 0 at t={shares_off:g}, controllers gone "
+                     f"at t={max(gone):g}: {took:.1f} s (limit {check.within:g} s); release {states}")
+    return CheckResult(check.kind, passed, "; ".join(words))
+
+
+def _release_completed(region: Region, check: CheckSpec) -> CheckResult:
+    platform = region.platform
+    if platform is None or not region.spec.releases:
+        return CheckResult(check.kind, False, "no gray release in this Region")
+    outages = [(at, at + (f.duration or region.spec.duration)) for f in region.spec.faults if f.kind == "cell-outage"
+               for at in occurrences(f, region.spec.duration)]
+    final = platform.observed.final
+    passed, words = True, []
+    for release in region.spec.releases:
+        timeline = platform.observed.releases.get(release.app, [])
+        if not timeline:
+            passed = False
+            words.append(f"{release.app}: no release started")
+            continue
+        new = timeline[-1][3]
+        mine = [(at, state, percent) for at, state, percent, v in timeline if v == new]
+        states = [state for _, state, _ in mine]
+        started = mine[0][0]
+        ended = next((at for at, state, _ in mine if state == "completed"), region.spec.duration)
+        overlapped = any(a < ended and b > started for a, b in outages)
+        problems = []
+        if states[-1] != "completed":
+            problems.append(f"ended {states[-1]}")
+        if "reverting" in states or "reverted" in states:
+            problems.append("reverted")
+        if overlapped and "paused" not in states:
+            problems.append("never paused while a Cell was cut off")
+        if final is None:
+            problems.append("no final look at the platform")
+        else:
+            left = sorted(final.active.get(release.app, set()) - {new})
+            if left:
+                problems.append(f"old version(s) {', '.join(left)} still recorded")
+            stale = sorted(f"{cell}/{c}" for (app, cell), names in final.controllers.items() if app == release.app
+                           for c in names if c != controller_name(app, new))
+            if stale:
+                problems.append(f"old controllers left: {', '.join(stale)}")
+        passed = passed and not problems
+        path = " -> ".join(dict.fromkeys(f"{s} {p}%" for _, s, p in mine))
+        words.append(f"{release.app} {new}: {path}" + (f" at t={ended:g}" if "completed" in states else "")
+                     + (f"; {'; '.join(problems)}" if problems else ""))
+    return CheckResult(check.kind, passed, "; ".join(words))
+
+
+def _no_orphan_versions(region: Region, check: CheckSpec) -> CheckResult:
+    platform = region.platform
+    final = platform.observed.final if platform is not None else None
+    if final is None:
+        return CheckResult(check.kind, False, "no final look at the platform (none, or etcd away at the end)")
+    wrong = []
+    for (app, cell), names in sorted(final.controllers.items()):
+        want = {controller_name(app, v) for v in final.active.get(app, set())}
+        if names != want:
+            wrong.append(f"{cell}: {', '.join(sorted(names)) or 'none'} for {', '.join(sorted(want)) or 'none'}")
+    deleting = sorted(f"{app} {v}" for app, vs in final.deleting.items() for v in vs)
+    versions = sum(len(v) for v in final.active.values())
+    return CheckResult(check.kind, not wrong and not deleting,
+                       f"at t={final.at:g}: {versions} active version(s), every Cell's controllers as recorded"
+                       if not wrong and not deleting else
+                       f"at t={final.at:g}: " + "; ".join(wrong + [f"{d} still being deleted" for d in deleting]))
+
+
+def activity_violations(history: Iterable[WatchEvent]) -> tuple[list[str], int]:
+    """Revision by revision: a platform change without exactly one activity record and one count, or a
+    record without a change; and the number of records. A change is a put of an app, version or
+    membership record, or of a release record whose state or step changed; a deletion the reconciler
+    completes (apps, versions, memberships) carries no record and is none, a user's deletion carries
+    its record. The sim's and the lab's one verdict."""
+    by_revision: dict[int, list[WatchEvent]] = defaultdict(list)
+    for event in history:
+        by_revision[event.revision].append(event)
+    releases: dict[str, tuple[str, int] | None] = {}
+    problems, records = [], 0
+    for revision, events in by_revision.items():
+        changed = deleted = 0
+        for e in events:
+            key = e.kv.key
+            if key.startswith((APPS, VERSIONS, MEMBERS)):
+                if e.type == "put":
+                    changed += 1
+                else:
+                    deleted += 1
+            elif key.startswith(RELEASES) and e.type == "put":
+                try:
+                    release = decode_release(e.kv)
+                    mark: tuple[str, int] | None = (release.state, release.step)
+                except InvalidRelease:
+                    mark = None
+                if key not in releases or releases[key] != mark:
+                    changed += 1
+                releases[key] = mark
+        logged = sum(1 for e in events if e.kv.key.startswith(ACTIVITY) and e.type == "put")
+        counted = sum(1 for e in events if e.kv.key.startswith(COUNTS) and e.type == "put")
+        erased = [e.kv.key for e in events if e.kv.key.startswith((ACTIVITY, COUNTS)) and e.type == "delete"]
+        if (changed and logged != 1) or (logged and not (changed or deleted)) or logged > 1 \
+                or counted != logged or erased:
+            problems.append(f"revision {revision}: {', '.join(e.kv.key for e in events)[:300]}")
+        records += logged
+    return problems, records
+
+
+def _activity_consistent(region: Region, check: CheckSpec) -> CheckResult:
+    platform = region.platform
+    final = platform.observed.final if platform is not None else None
+    problems, records = activity_violations(region.store.history())
+    counted = final.recount if final is not None else None
+    passed = not problems and counted is not None and counted.equal and not counted.invalid \
+        and counted.records == records
+    detail = (f"{records} activity record(s); {len(problems)} change(s) without exactly one record or record(s) "
+              "without a change" + (f" (first: {problems[0]})" if problems else ""))
+    if counted is None:
+        detail += "; no recount at the end (etcd away)"
+    else:
+        detail += (f"; daily counts {'==' if counted.equal else '!='} recount ({counted.records} record(s) at "
+                   f"t={final.at:g}" if final is not None else "") + (f", {len(counted.invalid)} invalid"
+                                                                      if counted.invalid else "") + ")"
+    return CheckResult(check.kind, passed, detail)
+
+
 CHECKS: dict[str, Check] = {
     "no-duplicate-address": Check(judge=_no_duplicate_address),
     "domains-keep-serving": Check(judge=_domains_keep_serving),
@@ -133,6 +308,10 @@ CHECKS: dict[str, Check] = {
     "max-failed-requests": Check(judge=_max_failed_requests),
     "max-reloads": Check(judge=_max_reloads),
     "builds-finish": Check(after_faults=_builds_finish),
+    "release-reverted-within": Check(judge=_release_reverted_within),
+    "release-completed": Check(judge=_release_completed),
+    "no-orphan-versions": Check(judge=_no_orphan_versions),
+    "activity-consistent": Check(judge=_activity_consistent),
 }
 
 

@@ -14,6 +14,9 @@ holds the table and the spec to one set of kinds.
 Overlapping faults stack in the adapters (a client reconnects when the last partition
 that cut it ends). ``pool-exhaustion`` brings a squatter: an ``Ipam`` of its own that
 takes every free address of the pool but ``free``, and gives them back at the end.
+``bad-version`` makes a platform app's version (``version``, or "next": the first one
+deployed after the fault begins) answer ``error_rate`` of its requests with 5xx, and
+``latency_factor`` times slower, until its end (``sim.traffic.BadVersion``).
 It must not know the checks or the report, nor import real adapters.
 """
 
@@ -32,6 +35,7 @@ from sim.adapters.store import SimStoreClient
 from sim.spec import FaultSpec, RegionSpec, Selector
 from sim.targets import matches, target_universe
 from sim.topology import ADMIN, Cell, NginxHost, Node
+from sim.traffic import BadVersion
 
 if TYPE_CHECKING:
     from sim.world import Region
@@ -250,6 +254,17 @@ async def _return_builders(region: Region, crashed: list[Any]) -> None:
     region.farm.come_back(crashed)
 
 
+async def _break_version(region: Region, fault: FaultSpec) -> BadVersion:
+    bad = BadVersion(fault.app, fault.version, fault.error_rate, fault.latency_factor)
+    region.traffic.set_bad(bad)
+    region.runtime.trace("bad-version", app=fault.app, version=fault.version, error_rate=fault.error_rate)
+    return bad
+
+
+async def _mend_version(region: Region, bad: BadVersion) -> None:
+    region.traffic.clear_bad(bad)
+
+
 FAULTS: dict[str, Fault] = {
     "host-crash": Fault(_crash_hosts, _return_hosts),
     "runtime-death": Fault(_kill_runtimes, _restore_runtimes),
@@ -260,6 +275,7 @@ FAULTS: dict[str, Fault] = {
     "nginx-host-loss": Fault(_lose_nginx, _return_nginx),
     "pool-exhaustion": Fault(_exhaust_pool, _give_pool_back),
     "builder-crash": Fault(_crash_builders, _return_builders),
+    "bad-version": Fault(_break_version, _mend_version),
 }
 
 

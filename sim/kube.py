@@ -8,6 +8,14 @@ the node's real ``CniAgent`` (ADD; DEL on a graceful deletion), and publishes th
 and the app's endpoints in the Cell's ``SimCluster``; a node controller removes a dead
 host's node and pods ``node_grace`` seconds after it died.
 
+Platform apps (``AppSpec.platform``) run pods **per version**: their replication
+controllers are the platform's (``control.apps`` through the Cell's ``SimWorkloads``, whose
+``on_change`` is ``set_versions``), each pod carries its version (named
+``{app}-{version}-{cell}-{n}``, running its controller's image), the endpoints carry
+``ready_versions``, and every change of a version's ready pods is reported back
+(``on_ready``: the controller's status, as a kubelet's readiness reaches the API).
+Other apps keep one controller per (app, Cell) of the spec's replicas, pods unversioned.
+
 Faults act through symmetric pairs: ``crash_host`` / ``return_host``, ``kill_runtime`` /
 ``restore_runtime``, ``cut_cell`` / ``restore_cell``. Whatever changes whether a pod can
 serve calls ``on_reachability(*apps)`` (the client traffic looks at those apps again).
@@ -21,12 +29,12 @@ It must not know the client traffic, the faults or the checks, nor import real a
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from cni.request import CniError, CniRequest
 from control.discovery import Discovery
 from foundation.ports import Cancelled, StoreError
-from foundation.ports.cluster import Endpoints, PodInfo
+from foundation.ports.cluster import Endpoints, PodInfo, ip_order
 from node.cni_agent import CniAgent
 from sim.adapters.runtime import SimRuntime
 from sim.audit import Auditor
@@ -35,6 +43,7 @@ from sim.spec import AppSpec
 from sim.topology import Cell, Node, Pod
 
 Key = tuple[str, str]  # (app, Cell)
+OnReady = Callable[[str, str, str, int], None]  # (Cell, app, version, ready pods)
 
 
 class Kubernetes:
@@ -55,13 +64,19 @@ class Kubernetes:
         self.node_grace = node_grace
         self.kubelet_retry = kubelet_retry
         self.pods: dict[Key, list[Pod]] = {(a.name, c): [] for a in apps.values() for c in a.cells}
-        self.replicas: dict[Key, int] = {(a.name, c): a.replicas for a in apps.values() for c in a.cells}
+        self.replicas: dict[Key, int] = {(a.name, c): 0 if a.platform else a.replicas
+                                         for a in apps.values() for c in a.cells}
+        # Platform apps: (app, Cell) -> {version: replicas} as its controllers say, and each version's image.
+        self.versions: dict[Key, dict[str, int]] = {(a.name, c): {} for a in apps.values() if a.platform
+                                                    for c in a.cells}
+        self.version_images: dict[tuple[str, str], str] = {}
+        self.on_ready: OnReady | None = None
         self.pod_by_ip: dict[str, Pod] = {}
         self.images: dict[str, str] = {}  # app -> the image its new pods run (the controller's template)
         self._dirty: set[Key] = set(self.pods)  # (app, Cell) the controller must reconcile
         self._dead: dict[Key, float] = {}  # (app, pod) -> when it died: the only leak suspects
         self._pod_counter = 0
-        self._leaving: set[str] = set()  # pods a scale-down (set_workload) is deleting
+        self._leaving: set[str] = set()  # pods a scale-down (set_versions) is deleting
         self._apps_in_cell: dict[str, list[str]] = {}
         for app in apps.values():
             for cell in app.cells:
@@ -72,24 +87,26 @@ class Kubernetes:
         """The replica count of (app, Cell) changed: the controller reconciles it at its next tick."""
         self._dirty.add(key)
 
-    def set_workload(self, key: Key, replicas: int, image: str) -> None:
-        """What the app's replication controllers in the Cell add up to (the ``on_change`` of the Cell's
-        ``sim.adapters.workloads.SimWorkloads``): the replica count, and the image new pods run ("": keep).
+    def set_versions(self, key: Key, versions: Mapping[str, tuple[int, str]]) -> None:
+        """A platform app's replication controllers in the Cell (the ``on_change`` of its ``SimWorkloads``):
+        ``{version: (replicas, image)}``, every controller of the app there.
 
-        More replicas: the controller starts them at its next tick. Fewer: the surplus pods,
-        not-ready ones first, are drained and deleted (as an RC scale-down does). An app the
-        Region was not given (no ``AppSpec``) has no pods here: nothing happens.
+        A version with more replicas gets them at the controller's next tick; with fewer, or
+        whose controller is gone, its surplus pods (not-ready first) are drained and deleted.
         """
-        if key not in self.pods:
+        if key not in self.versions:
             return
-        if image:
-            self.images[key[0]] = image
-        self.replicas[key] = replicas
+        self.versions[key] = {version: replicas for version, (replicas, _) in versions.items()}
+        for version, (_, image) in versions.items():
+            self.version_images[(key[0], version)] = image
+        self.replicas[key] = sum(self.versions[key].values())
         self.mark_dirty(key)
         staying = [p for p in self.pods[key] if p.in_api and p.name not in self._leaving]
-        for pod in sorted(staying, key=lambda p: p.ready)[:max(0, len(staying) - replicas)]:
-            self._leaving.add(pod.name)
-            self.runtime.spawn(self._scale_down(pod), name=f"scale-down/{pod.name}")
+        for version in sorted({p.version for p in staying}):
+            mine = [p for p in staying if p.version == version]
+            for pod in sorted(mine, key=lambda p: p.ready)[:max(0, len(mine) - self.versions[key].get(version, 0))]:
+                self._leaving.add(pod.name)
+                self.runtime.spawn(self._scale_down(pod), name=f"scale-down/{pod.name}")
 
     async def _scale_down(self, pod: Pod) -> None:
         try:
@@ -115,17 +132,29 @@ class Kubernetes:
                         continue
                     pods = self.pods[key]
                     pods[:] = [p for p in pods if p.in_api]
+                    versions = self.versions.get(key)
+                    if versions is not None:  # a platform app: one controller per version
+                        for version, replicas in versions.items():
+                            have = sum(1 for p in pods if p.version == version and p.name not in self._leaving)
+                            for _ in range(replicas - have):
+                                pods.append(self.new_pod(self.apps[app_name], cell, version))
+                        continue
                     for _ in range(self.replicas[key] - len(pods)):
                         pods.append(self.new_pod(self.apps[app_name], cell))
                 self._dirty = keep
             await self.runtime.sleep(self.tick)
 
-    def new_pod(self, app: AppSpec, cell: Cell) -> Pod:
-        """A pod of the app in the Cell, its kubelet start under way (the caller lists it under its key)."""
+    def new_pod(self, app: AppSpec, cell: Cell, version: str = "") -> Pod:
+        """A pod of the app (of ``version``, for a platform app) in the Cell, its kubelet start under way
+        (the caller lists it under its key)."""
         self._pod_counter += 1
         n = self._pod_counter
-        pod = Pod(app.name, cell.spec.name, f"{app.name}-{cell.spec.name}-{n}", f"uid-{n}", f"sandbox-{n:07d}",
-                  image=self.images.get(app.name, ""))
+        if version:
+            pod = Pod(app.name, cell.spec.name, f"{app.name}-{version}-{cell.spec.name}-{n}", f"uid-{n}",
+                      f"sandbox-{n:07d}", image=self.version_images.get((app.name, version), ""), version=version)
+        else:
+            pod = Pod(app.name, cell.spec.name, f"{app.name}-{cell.spec.name}-{n}", f"uid-{n}", f"sandbox-{n:07d}",
+                      image=self.images.get(app.name, ""))
         pod.task = self.runtime.spawn(self._kubelet_start(pod, app, cell), name=f"kubelet/{pod.name}")
         return pod
 
@@ -218,9 +247,26 @@ class Kubernetes:
             node.started = True
 
     def _sync_endpoints(self, app: str, cell: Cell) -> None:
-        pods = [p for p in self.pods.get((app, cell.spec.name), ()) if p.in_api and p.ip]
-        cell.cluster.set_endpoints(Endpoints(app, app, tuple(p.ip for p in pods if p.ready),
-                                             tuple(p.ip for p in pods if not p.ready)))
+        key = (app, cell.spec.name)
+        pods = [p for p in self.pods.get(key, ()) if p.in_api and p.ip]
+        if key not in self.versions:
+            cell.cluster.set_endpoints(Endpoints(app, app, tuple(p.ip for p in pods if p.ready),
+                                                 tuple(p.ip for p in pods if not p.ready)))
+            return
+        # Sorted and unique by address as the port promises, each ready address with its pod's version.
+        ready = {p.ip: p.version for p in sorted(pods, key=lambda p: ip_order(p.ip)) if p.ready}
+        cell.cluster.set_endpoints(Endpoints(app, app, tuple(ready), tuple(p.ip for p in pods if not p.ready),
+                                             ready_versions=tuple(ready.values())))
+        self._report_ready(app, cell.spec.name)
+
+    def _report_ready(self, app: str, cell: str) -> None:
+        """Every version's ready pods in the Cell, to ``on_ready`` (a platform app's controllers' status)."""
+        key = (app, cell)
+        if self.on_ready is None or key not in self.versions:
+            return
+        pods = [p for p in self.pods.get(key, ()) if p.in_api]
+        for version in sorted(set(self.versions[key]) | {p.version for p in pods}):
+            self.on_ready(cell, app, version, sum(1 for p in pods if p.version == version and p.ready and p.alive))
 
     # ------------------------------------------------------------------ pods going away
     def _kill_pod(self, pod: Pod) -> None:
@@ -233,6 +279,7 @@ class Kubernetes:
             self.auditor.killed.add((pod.app, pod.name))
             self.metrics.pods_died += 1
             self.on_reachability(pod.app)
+            self._report_ready(pod.app, pod.cell)
 
     def _remove_from_api(self, pod: Pod) -> None:
         if not pod.in_api:

@@ -15,6 +15,7 @@ from typing import Any
 
 from yaml.nodes import Node
 
+from control.apps import VERSION
 from sim.scenario_errors import MAX_VALUES, field_name, show, some
 from sim.scenario_fields import Fields
 from sim.spec import (
@@ -53,7 +54,8 @@ class FaultFields(Fields):
 
     def fault(self, node: Node, f: str, duration: float, cells: tuple[CellSpec, ...], groups: tuple[GroupSpec, ...],
               apps: tuple[AppSpec, ...], pools: dict[str, PoolSpec]) -> FaultSpec:
-        keys = {"kind", "at", "duration", "target", "every", "factor", "changes", "free", "pool", "group"}
+        keys = {"kind", "at", "duration", "target", "every", "factor", "changes", "free", "pool", "group", "app",
+                "version", "error_rate", "latency_factor"}
         m = self.mapping(node, f, keys, required=("kind", "at"))
         kind = self.string(m["kind"], f"{f}.kind")
         if kind not in FAULT_KINDS:
@@ -99,12 +101,38 @@ class FaultFields(Fields):
             if "target" in m:
                 raise self.error(m["target"], f"{f}.target",
                                  "pool-exhaustion selects its pool with `pool`, not a target")
+        if kind == "bad-version":
+            kwargs.update(self.bad_version(node, m, f, apps))
         if kind == "builder-crash" and not self.build_hosts:
             raise self.error(m["kind"], f"{f}.kind", "builder-crash needs build hosts (topology.build_hosts)")
         if "target" in m:
             kwargs["target"] = self.selector(m["target"], f"{f}.target", kind, kwargs.get("group", ""))
         # kwargs holds the fields this kind takes, each checked above: mypy sees one value type for them all
         return FaultSpec(kind=kind, at=at, line=node.start_mark.line + 1, **kwargs)  # type: ignore[arg-type]
+
+    def bad_version(self, node: Node, m: dict[str, Node], f: str, apps: tuple[AppSpec, ...]) -> dict[str, Any]:
+        """A bad-version fault's own fields: a platform app, its version ("next" or v<N>), the error rate."""
+        if "app" not in m:
+            raise self.error(node, f"{f}.app", "required for bad-version")
+        if "target" in m:
+            raise self.error(m["target"], f"{f}.target", "bad-version selects its app with `app`, not a target")
+        app = self.string(m["app"], f"{f}.app")
+        platform = [a.name for a in apps if a.platform]
+        if app not in platform:
+            raise self.error(m["app"], f"{f}.app", f"{show(app)} is no platform app (platform apps: "
+                                                   f"{some(platform) or 'none: give an app `platform: true`'})")
+        out: dict[str, Any] = {"app": app}
+        if "version" in m:
+            version = self.string(m["version"], f"{f}.version")
+            if version != "next" and not VERSION.fullmatch(version):
+                raise self.error(m["version"], f"{f}.version", f"{show(version)} is not v<N> or next")
+            out["version"] = version
+        if "error_rate" not in m:
+            raise self.error(node, f"{f}.error_rate", "required for bad-version (0 to 1)")
+        out["error_rate"] = self.number(m["error_rate"], f"{f}.error_rate", low=0, high=1)
+        if "latency_factor" in m:
+            out["latency_factor"] = self.number(m["latency_factor"], f"{f}.latency_factor", low=1, high=MAX_FACTOR)
+        return out
 
     def selector(self, node: Node, f: str, kind: str, group: str) -> Selector:
         targets = self.targets

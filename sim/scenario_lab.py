@@ -13,7 +13,8 @@ The block (every field optional)::
       time_scale: 0.25           # 0 < x <= 1: the lab runs in real time
 
 ``time_scale`` multiplies the run's ``duration``, every fault's ``at``, ``duration`` and
-``every``, every check's ``within``, ``leak_check_every``, ``leak_grace`` and ``cooldown``,
+``every``, every check's ``within``, every gray release's ``at``, ``bake_seconds`` and
+``check_seconds`` (the ``platform:`` block), ``leak_check_every``, ``leak_grace`` and ``cooldown``,
 and divides the churn rates (``deploys_per_hour``, ``scale_events_per_hour``), so the run
 keeps its shape: the same faults in the same order, about the same number of deploys.
 It does not touch what a pod or a component really costs (an app's ``start_seconds`` and
@@ -99,10 +100,13 @@ def lab_scaled(spec: RegionSpec) -> RegionSpec:
     faults = tuple(replace(f, at=f.at * s, duration=None if f.duration is None else f.duration * s,
                            every=None if f.every is None else f.every * s) for f in spec.faults)
     checks = tuple(replace(c, within=c.within * s) for c in spec.checks)
+    releases = tuple(replace(r, at=r.at * s, bake_seconds=r.bake_seconds * s, check_seconds=r.check_seconds * s)
+                     for r in spec.releases)
     churn = replace(spec.churn, deploys_per_hour=spec.churn.deploys_per_hour / s,
                     scale_events_per_hour=spec.churn.scale_events_per_hour / s)
     return replace(spec, duration=spec.duration * s, cells=tuple(cells), groups=groups, apps=tuple(apps),
-                   faults=faults, checks=checks, churn=churn, leak_check_every=spec.leak_check_every * s,
+                   faults=faults, checks=checks, releases=releases, churn=churn,
+                   leak_check_every=spec.leak_check_every * s,
                    leak_grace=spec.leak_grace * s, cooldown=spec.cooldown * s,
                    build_hosts=_cap(spec.build_hosts, lab.build_hosts),
                    costs=spec.lab_costs or spec.costs, scale="lab")

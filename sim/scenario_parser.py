@@ -22,6 +22,7 @@ from sim.scenario_costs import CostFields, CostsFile, apply_overrides
 from sim.scenario_errors import MAX_DOMAIN_CHARS, MAX_SCALAR_CHARS, NAME, show, some
 from sim.scenario_faults import FaultFields
 from sim.scenario_lab import LabFields, check_scaled
+from sim.scenario_platform import PlatformFields
 from sim.spec import (
     MAX_APPS,
     MAX_BUILD_HOSTS,
@@ -55,7 +56,7 @@ def default_name(file: str) -> str:
 
 
 
-class Parser(FaultFields, CostFields, LabFields):
+class Parser(FaultFields, CostFields, LabFields, PlatformFields):
     def __init__(self, file: str, costs: CostsFile | None = None) -> None:
         super().__init__(file)
         self.base_costs = costs or CostsFile()  # the cost models this scenario runs with (sim/scenario_costs.py)
@@ -63,7 +64,7 @@ class Parser(FaultFields, CostFields, LabFields):
     # ---- the document
     def region(self, root: Node) -> RegionSpec:
         keys = {"name", "seed", "duration", "topology", "workload", "faults", "checks", "etcd_latency", "cooldown",
-                "leak_check_every", "leak_grace", "description", "costs", "lab"}
+                "leak_check_every", "leak_grace", "description", "costs", "lab", "platform"}
         m = self.mapping(root, "", keys, required=("seed", "duration", "topology"))
         seed = self.integer(m["seed"], "seed", low=0, high=MAX_SEED)
         duration = self.number(m["duration"], "duration", positive=True, high=MAX_SECONDS)
@@ -80,6 +81,8 @@ class Parser(FaultFields, CostFields, LabFields):
         apps, churn = self.workload(m["workload"], cells, groups) if "workload" in m else ((), ChurnSpec())
         faults = self.faults(m["faults"], duration, cells, groups, apps) if "faults" in m else ()
         checks = self.checks(m["checks"]) if "checks" in m else ()
+        releases = self.platform(m["platform"], duration, apps) if "platform" in m else ()
+        self.check_platform(m, apps, churn, checks)
         optional: dict[str, Any] = {}  # the times and latency the file gives (floats)
         for key, positive, high in (("etcd_latency", False, MAX_ETCD_LATENCY), ("cooldown", False, MAX_SECONDS),
                                     ("leak_check_every", True, MAX_SECONDS), ("leak_grace", False, MAX_SECONDS)):
@@ -94,8 +97,8 @@ class Parser(FaultFields, CostFields, LabFields):
         lab_costs = apply_overrides(costs, self.base_costs.lab_overrides) if self.base_costs.lab_overrides else None
         lab = self.lab_block(m["lab"]) if "lab" in m else None
         spec = RegionSpec(name=name, seed=seed, duration=duration, cells=cells, groups=groups, apps=apps,
-                          faults=faults, checks=checks, churn=churn, build_hosts=self.build_hosts, source=self.file,
-                          costs=costs, lab=lab, lab_costs=lab_costs, **optional)
+                          faults=faults, checks=checks, releases=releases, churn=churn, build_hosts=self.build_hosts,
+                          source=self.file, costs=costs, lab=lab, lab_costs=lab_costs, **optional)
         check_scaled(spec)  # a `lab:` block must leave a scenario the world can run as written
         return spec
 
@@ -221,7 +224,7 @@ class Parser(FaultFields, CostFields, LabFields):
     def app(self, node: Node, f: str, cell_names: dict[str, None], group_names: dict[str, None],
             seen: dict[str, Node], before: int) -> list[AppSpec]:
         keys = {"name", "count", "cells", "replicas", "group", "domain", "port", "start_seconds", "readiness_seconds",
-                "requests_per_second"}
+                "requests_per_second", "platform"}
         a = self.mapping(node, f, keys, required=("name", "cells", "replicas", "group"))
         name = self.label(a["name"], f"{f}.name", "app")
         cells = self.names(a["cells"], f"{f}.cells", len(cell_names), "Cells (each at most once)")
@@ -250,6 +253,8 @@ class Parser(FaultFields, CostFields, LabFields):
         if "requests_per_second" in a:
             kwargs["requests_per_second"] = self.number(a["requests_per_second"], f"{f}.requests_per_second", low=0,
                                                         high=MAX_REQUESTS_PER_SECOND)
+        if "platform" in a:
+            kwargs["platform"] = self.platform_app(a, f, name, cells)
         replicas = self.integer(a["replicas"], f"{f}.replicas", low=0, high=MAX_REPLICAS)
         count = self.integer(a["count"], f"{f}.count", low=1, high=MAX_APPS) if "count" in a else 0
         if count and "domain" in kwargs:

@@ -55,6 +55,9 @@ MAX_FACTOR = 1000.0  # etcd-slow
 MAX_CHANGES = 100_000  # reload-storm
 MIN_EVERY = 1.0  # a repeated fault's period, seconds: at most one repetition a second
 MAX_CHECKS = 100
+MAX_RELEASES = 100  # the platform block's gray releases
+MAX_STEPS = 16  # a release's steps
+MAX_PLATFORM_APPS = 64  # apps deployed through the platform (each is a few etcd records and a release loop)
 MAX_LIMIT = 1e12  # the bound of a max-* check
 
 FaultKind = Literal[
@@ -67,6 +70,7 @@ FaultKind = Literal[
     "nginx-host-loss",  # Nginx hosts of a group die (their share of the load fails over)
     "pool-exhaustion",  # a pool is shrunk to `free` remaining addresses (others taken by a squatter)
     "builder-crash",  # build hosts die (mid-build): their leases expire, their tasks move to other hosts
+    "bad-version",  # a platform app's version answers `error_rate` of its requests with 5xx (x latency_factor slower)
 ]
 
 
@@ -118,6 +122,7 @@ class AppSpec:
     readiness_seconds: float = 3.0  # until the readiness probe passes
     requests_per_second: float = 10.0  # client load on its domain
     count_index: int = 0  # k of the copies ``{name}-k`` of an app given ``count`` (1..count); 0: no count
+    platform: bool = False  # deployed through the platform (control/apps.py, versions v1..), not by the world
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,10 @@ class FaultSpec:
     free: int = 0  # pool-exhaustion
     pool: str = ""  # pool-exhaustion
     group: str = ""  # reload-storm, nginx-host-loss
+    app: str = ""  # bad-version: a platform app
+    version: str = "next"  # bad-version: "v<N>", or "next": the first version deployed after the fault begins
+    error_rate: float = 0.0  # bad-version: share of that version's requests answered 5xx (0..1)
+    latency_factor: float = 1.0  # bad-version: its requests take this many times as long
     line: int = 0  # where it stands in the scenario file, for messages
 
 
@@ -152,10 +161,33 @@ CheckKind = Literal[
     "max-failed-requests",  # at most `limit` failed requests over the run
     "max-reloads",  # at most `limit` reloads per Nginx host
     "builds-finish",  # liveness: after faults end, every build submitted has finished within `within` seconds
+    "release-reverted-within",  # a bad version's first error -> its share 0 and its controllers gone: <= `within` s
+    "no-orphan-versions",  # at the end, every Cell's controllers of a platform app == its active version records
+    "activity-consistent",  # platform changes: 0 without an activity record, 0 records without one; counts recount
+    "release-completed",  # every gray release completed (paused, not reverted, while a Cell was cut off); old gone
 ]
 
 
 CHECK_KINDS: tuple[str, ...] = get_args(CheckKind)
+
+
+@dataclass(frozen=True)
+class ReleaseSpec:
+    """A gray release the world makes of a platform app: deploy the next version at ``at``, then release it.
+
+    The fields after ``at`` are ``control.releases.Releases.start``'s own (docs/platform.md).
+    """
+
+    app: str
+    at: float
+    steps: tuple[int, ...] = (1, 10, 50, 100)  # the new version's share, percent, step by step
+    bake_seconds: float = 60.0
+    check_seconds: float = 10.0
+    max_error_increase: float = 0.05
+    max_latency_ratio: float = 2.0
+    bad_checks: int = 2
+    min_requests: int = 10
+    line: int = 0
 
 
 @dataclass(frozen=True)
@@ -245,6 +277,7 @@ class RegionSpec:
     apps: tuple[AppSpec, ...]
     faults: tuple[FaultSpec, ...] = ()
     checks: tuple[CheckSpec, ...] = ()
+    releases: tuple[ReleaseSpec, ...] = ()  # the ``platform:`` block's gray releases, by time
     churn: ChurnSpec = field(default_factory=ChurnSpec)
     etcd_latency: float = 0.002  # round trip, seconds
     cooldown: float = 30.0  # IPAM cool-down of released addresses
@@ -272,6 +305,7 @@ FAULT_TARGETS: dict[str, str] = {
     "reload-storm": "apps",
     "pool-exhaustion": "none",
     "builder-crash": "build hosts",
+    "bad-version": "none",  # its `app` names the platform app
 }
 
 # The kind-specific parameters of a fault, and the kinds that take each (the validator refuses them elsewhere).
@@ -281,6 +315,10 @@ FAULT_PARAMS: dict[str, tuple[str, ...]] = {
     "free": ("pool-exhaustion",),
     "pool": ("pool-exhaustion",),
     "group": ("reload-storm", "nginx-host-loss"),
+    "app": ("bad-version",),
+    "version": ("bad-version",),
+    "error_rate": ("bad-version",),
+    "latency_factor": ("bad-version",),
 }
 
 CONTROL_CLIENTS = ("slb-core", "discovery", "cnictl")  # the control plane's own etcd clients

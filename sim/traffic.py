@@ -17,18 +17,44 @@ serves everywhere again. A quiet Region of 2,000 apps then costs a few operation
 virtual second. As on LeEngine, clients find an app only once its domain serves
 (operators publish it in DNS then): start-up is not an outage.
 
+**Platform apps** (``AppSpec.platform``: versions, traffic shares) are never settled: each
+tick, a host's part of the app's requests is split over the versions of the upstreams it
+serves by their weights in force on that host (``SimProxy`` upstream weights, the gray
+release's shares), exactly in the long run (fractions carry over, per host and domain).
+Each version answers in ``REQUEST_SECONDS`` (times a bad version's ``latency_factor``), and
+a **bad version** (the ``bad-version`` fault: ``set_bad``) answers ``error_rate`` of its
+requests with 500 (fractions carry over: no draw from the run's random source). Every
+answer is counted on the host's ``SimProxy`` (``answered``: per domain and version, what
+``request_counts`` reports to the SLB agent's traffic records) and in ``versions``
+(requests, failed per (app, version)); ``first_error`` keeps when each bad version first
+failed a request. Requests lost to reloads are failed but never answered.
+
 It must not change the Region (no pod, host or Store is touched here), only count.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TypeGuard
 
+from foundation.logic.slb_domain import Upstream
 from sim.adapters.runtime import SimRuntime
 from sim.metrics import Metrics, sleep_to_next
 from sim.spec import AppSpec, GroupSpec
 from sim.topology import Cell, NginxHost, Pod
+
+REQUEST_SECONDS = 0.02  # how long a platform app's good version takes to answer one request (the model's constant)
+
+
+@dataclass
+class BadVersion:
+    """A bad-version fault in force: ``version`` "next" until the app's next version is deployed (``deployed``)."""
+
+    app: str
+    version: str
+    error_rate: float
+    latency_factor: float = 1.0
 
 
 def share(count: int, hosts: int, i: int, turn: int) -> int:
@@ -69,6 +95,11 @@ class Traffic:
         self._apps_in_group: dict[str, list[str]] = {}
         for spec in apps.values():
             self._apps_in_group.setdefault(spec.group, []).append(spec.name)
+        self.bad: list[BadVersion] = []  # bad-version faults in force, oldest first
+        self.versions: dict[tuple[str, str], list[int]] = {}  # (platform app, version) -> [requests, failed]
+        self.first_error: dict[tuple[str, str], float] = {}  # (app, bad version) -> its first failed request
+        self._split_owed: dict[tuple[str, str], dict[str, float]] = {}  # (host, domain) -> version -> owed
+        self._error_owed: dict[tuple[str, str], float] = {}  # (app, version) -> failures owed
 
     # ------------------------------------------------------------------ what serves
     def good(self, pod: Pod | None) -> TypeGuard[Pod]:
@@ -124,6 +155,27 @@ class Traffic:
         for app in self._apps_in_group.get(group, ()):
             self.touch(app)
 
+    # ------------------------------------------------------------------ bad versions
+    def set_bad(self, bad: BadVersion) -> None:
+        self.bad.append(bad)
+
+    def clear_bad(self, bad: BadVersion) -> None:
+        if bad in self.bad:
+            self.bad.remove(bad)
+
+    def deployed(self, app: str, version: str) -> None:
+        """``version`` of ``app`` was just deployed: bad-version faults waiting for the "next" one take it."""
+        for bad in self.bad:
+            if bad.app == app and bad.version == "next":
+                bad.version = version
+
+    def _badness(self, app: str, version: str) -> tuple[float, float]:
+        """(error rate, latency factor) of a version: the newest fault on it, else (0, 1)."""
+        for bad in reversed(self.bad):
+            if bad.app == app and bad.version == version:
+                return bad.error_rate, bad.latency_factor
+        return 0.0, 1.0
+
     # ------------------------------------------------------------------ counting
     def _settled_rates(self) -> dict[str, float]:
         """Requests per second of the settled apps of each group (recomputed only where that set changed)."""
@@ -133,8 +185,9 @@ class Traffic:
         self._settled_dirty.clear()
         return self._settled_rate
 
-    def _served(self, host: NginxHost, reloads: int, count: int) -> None:
-        """``count`` requests reached ``host``, which serves them; keep-alive clients lose some per reload."""
+    def _served(self, host: NginxHost, reloads: int, count: int) -> int:
+        """``count`` requests reached ``host``, which serves them; keep-alive clients lose some per reload.
+        Returns how many were served (not lost)."""
         # Fractions carry over: a small share times a small fraction must not round to zero forever.
         self._owed_loss[host.name] += count * self.reload_failure_fraction * reloads
         lost = min(count, int(self._owed_loss[host.name]))
@@ -142,6 +195,63 @@ class Traffic:
         self.metrics.reload_failed += lost
         self.metrics.failed += lost
         self.metrics.ok += count - lost
+        return count - lost
+
+    def _served_by_versions(self, host: NginxHost, app: str, domain: str, reloads: int, count: int) -> None:
+        """A platform app's ``count`` requests on ``host``: split over versions by weight, bad ones fail some."""
+        served = self._served(host, reloads, count)
+        weights: dict[str, int] = {}
+        sample: dict[str, Upstream] = {}
+        for upstream in host.proxy.serving(domain):
+            pod = self.pod_by_ip.get(upstream.host)
+            if self.good(pod) and pod.app == app:  # Nginx passes a dead server's requests on to a live one
+                weights[upstream.version] = weights.get(upstream.version, 0) + upstream.weight
+                sample.setdefault(upstream.version, upstream)
+        total = sum(weights.values())
+        if served <= 0 or total <= 0:
+            return
+        owed = self._split_owed.setdefault((host.name, domain), {})
+        for gone in [v for v in owed if v not in weights]:
+            del owed[gone]  # a version no longer served here owes nothing
+        parts: dict[str, int] = {}
+        for version, weight in weights.items():
+            owed[version] = owed.get(version, 0.0) + served * weight / total
+            parts[version] = max(0, int(owed[version]))
+            owed[version] -= parts[version]
+        # The remainder to the versions owed most (ties: by name), an excess back from those owed least:
+        # the split is exact over time.
+        extra = served - sum(parts.values())
+        for version in sorted(weights, key=lambda v: (-owed[v], v))[:max(0, extra)]:
+            parts[version] += 1
+            owed[version] -= 1.0
+        for version in sorted(weights, key=lambda v: (owed[v], v))[:max(0, -extra)]:
+            if parts[version]:
+                parts[version] -= 1
+                owed[version] += 1.0
+        now = self.runtime.now()
+        for version in sorted(parts):
+            n = parts[version]
+            if n <= 0:
+                continue
+            rate, slower = self._badness(app, version)
+            failed = 0
+            if rate > 0.0:
+                key = (app, version)
+                self._error_owed[key] = self._error_owed.get(key, 0.0) + n * rate
+                failed = min(n, int(self._error_owed[key]))
+                self._error_owed[key] -= failed
+                if failed:
+                    self.first_error.setdefault(key, now)
+            seconds = REQUEST_SECONDS * slower
+            tally = self.versions.setdefault((app, version), [0, 0])
+            tally[0] += n
+            tally[1] += failed
+            self.metrics.ok -= failed
+            self.metrics.failed += failed
+            if n - failed:
+                host.proxy.answered(domain, sample[version], 200, seconds * (n - failed), n - failed)
+            if failed:
+                host.proxy.answered(domain, sample[version], 500, seconds * failed, failed)
 
     async def run(self) -> None:
         owed = {name: 0.0 for name in self.apps}
@@ -194,8 +304,11 @@ class Traffic:
                             self.metrics.violation(f"t={now:g}: {host.name} has no live upstream for {domain} "
                                                    "while a ready pod exists")
                         continue
-                    self._served(host, reloads[host.name], part)
-                if everywhere:
+                    if app.platform:
+                        self._served_by_versions(host, name, domain, reloads[host.name], part)
+                    else:
+                        self._served(host, reloads[host.name], part)
+                if everywhere and not app.platform:  # a platform app's versions are counted one by one
                     self.watched.discard(name)
                     self.settled.add(name)
                     self._settled_dirty.add(app.group)

@@ -16,7 +16,9 @@ one ``Discovery`` follows every Cell's endpoints. The parts around them, one mod
 * sim/faults.py — the fault table (kind -> apply, undo) and its schedule;
 * sim/checks.py — the check table (name -> verdict) and the liveness probes;
 * sim/report.py — the report;
-* sim/audit.py — the duplicate-address audit; sim/farm.py — the build farm.
+* sim/audit.py — the duplicate-address audit; sim/farm.py — the build farm;
+* sim/platform.py — the platform's apps (``platform: true``), deployed through
+  ``control.apps`` and released by ``control.releases`` (only when the spec has such apps).
 
 ``Region(spec, runtime)`` builds everything and starts nothing; ``boot()`` spawns the
 Region's set-up and its tasks, ``run_until(t)`` advances virtual time, ``run()`` does
@@ -55,6 +57,7 @@ from sim.farm import Farm
 from sim.faults import run_fault
 from sim.kube import Kubernetes
 from sim.metrics import Metrics, SampledMetrics, Sampler, pool_use
+from sim.platform import Platform
 from sim.report import report, report_json
 from sim.spec import AppSpec, RegionSpec, nginx_host_name
 from sim.topology import ADMIN, Cell, IpamFactory, NginxHost, Node, build_cell, default_ipam
@@ -116,6 +119,10 @@ class Region:
                                publish_grace=publish_grace)
         for host in self.hosts.values():
             host.proxy.on_change = self.traffic.touch_domain
+        # Only a Region with platform apps has the platform (its etcd clients, its Cells' Workloads).
+        self.platform = Platform(runtime, self.store, self.client, self.cells, self.kube, self.traffic, self.apps,
+                                 self.domains, spec.releases, spec.duration) if any(a.platform for a in spec.apps) \
+            else None
         self.churn = Churn(runtime, self.kube, self.farm, tick=tick)
         self.cron = LeakCron(runtime, self.cnictl, RegionCluster([c.cluster for c in self.cells.values()]),
                              self.metrics, every=spec.leak_check_every, grace=spec.leak_grace,
@@ -192,6 +199,8 @@ class Region:
             rt.spawn(self.churn.run(churn.deploys_per_hour, self.churn.deploy), name="region/churn-deploys")
         if churn.scale_events_per_hour > 0:
             rt.spawn(self.churn.run(churn.scale_events_per_hour, self.churn.scale), name="region/churn-scale")
+        if self.platform is not None:
+            self.platform.start()
         for i, fault in enumerate(self.spec.faults):
             rt.spawn(run_fault(self, fault), name=f"region/fault-{i}-{fault.kind}")
         for deadline in liveness_deadlines(self):

@@ -7,17 +7,17 @@ bounds, deleting a namespace deletes its controllers, a controller needs its nam
 While the Cell's API server is cut off (``cluster.available`` False, the same switch the
 Cell's ``SimCluster`` answers by) every call raises ``ClusterUnavailable``.
 
-Driving pods: the sim's Kubernetes emulation (``sim/kube.py``) keeps pods per (app,
-Cell), not per version. After every change of a namespace's controllers, ``on_change(
-app, replicas, image)`` is called with the sum of their replicas and the image of the
-newest version (highest ``v<N>``), or ``(app, 0, "")`` when none is left; the world
-passes ``Kubernetes.set_workload`` bound to the Cell. ``set_ready(namespace, name, n)``
-is how the world (or a test) reports ready replicas. It must not know any agent.
+Driving pods: after every change of a namespace's controllers, ``on_change(app,
+versions)`` is called with every controller of the namespace as ``{version: (replicas,
+image)}`` (empty when none is left); the world passes ``Kubernetes.set_versions`` bound to
+the Cell (sim/kube.py runs pods per version). ``set_ready(namespace, name, n)`` is how the
+world (or a test) reports ready replicas. ``deleted_at`` keeps when each controller was
+last deleted (``runtime.now()``; for checks that time a revert). It must not know any agent.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from foundation.ports.cluster import ClusterUnavailable
 from foundation.ports.runtime import Runtime
@@ -31,11 +31,7 @@ from foundation.ports.workloads import (
 )
 from sim.adapters.cluster import SimCluster
 
-OnChange = Callable[[str, int, str], None]  # (app, replicas over its versions, the newest version's image)
-
-
-def _version_number(spec: ControllerSpec) -> int:
-    return int(spec.version[1:])
+OnChange = Callable[[str, Mapping[str, tuple[int, str]]], None]  # (app, {version: (replicas, image)})
 
 
 class SimWorkloads:
@@ -49,6 +45,7 @@ class SimWorkloads:
         self.controllers: dict[tuple[str, str], ControllerInfo] = {}
         self.version = 0
         self.writes = 0  # calls that changed something (a test tells a no-op apply from a write)
+        self.deleted_at: dict[tuple[str, str], float] = {}  # (namespace, controller) -> when last deleted
 
     @property
     def endpoint(self) -> str:
@@ -68,9 +65,13 @@ class SimWorkloads:
     def _changed(self, namespace: str) -> None:
         if self.on_change is None:
             return
-        specs = [c.spec for (ns, _), c in self.controllers.items() if ns == namespace and c.spec is not None]
-        newest = max(specs, key=_version_number, default=None)
-        self.on_change(namespace, sum(s.replicas for s in specs), newest.image if newest else "")
+        self.on_change(namespace, {c.spec.version: (c.spec.replicas, c.spec.image)
+                                   for (ns, _), c in sorted(self.controllers.items())
+                                   if ns == namespace and c.spec is not None})
+
+    def _deleted(self, key: tuple[str, str]) -> None:
+        if self.runtime is not None:
+            self.deleted_at[key] = self.runtime.now()
 
     @staticmethod
     def _label(what: str, name: str) -> None:
@@ -98,6 +99,7 @@ class SimWorkloads:
             return False
         for key in [k for k in self.controllers if k[0] == name]:
             del self.controllers[key]
+            self._deleted(key)
         del self.namespaces[name]
         self._bump()
         self._changed(name)
@@ -153,6 +155,7 @@ class SimWorkloads:
         await self._call()
         if self.controllers.pop((namespace, name), None) is None:
             return False
+        self._deleted((namespace, name))
         self._bump()
         self._changed(namespace)
         return True

@@ -411,16 +411,17 @@ def test_corrupt_records_are_typed_errors_skipped_in_lists_and_left_alone_by_rec
     assert r.controllers("cell-a") == {"shop-v1": spec("v1", 3)}  # nothing deleted on a guess
 
 
-def test_the_sim_cells_report_each_apps_replicas_and_newest_image_to_the_pod_emulation():
+def test_the_sim_cells_report_each_apps_controllers_per_version_to_the_pod_emulation():
     r = Region()
-    seen: list[tuple[str, int, str]] = []
+    seen: list[tuple[str, str, dict[str, tuple[int, str]]]] = []
     for workloads in r.cells.values():
-        workloads.on_change = lambda app, replicas, image, cell=workloads.cluster.name: seen.append(
-            (cell, app, replicas, image))
+        workloads.on_change = lambda app, versions, cell=workloads.cluster.name: seen.append(
+            (cell, app, dict(versions)))
     r.create()
     r.deploy(FIRST)
     r.deploy(a.Draft(image=IMAGE2, replicas=1))
     r.run(r.apps.delete_version(ALICE, "shop", "v1", request_id="d1"))
-    assert seen == [("cell-a", "shop", 3, IMAGE), ("cell-b", "shop", 3, IMAGE),
-                    ("cell-a", "shop", 4, IMAGE2), ("cell-b", "shop", 4, IMAGE2),
-                    ("cell-a", "shop", 1, IMAGE2), ("cell-b", "shop", 1, IMAGE2)]
+    assert seen == [("cell-a", "shop", {"v1": (3, IMAGE)}), ("cell-b", "shop", {"v1": (3, IMAGE)}),
+                    ("cell-a", "shop", {"v1": (3, IMAGE), "v2": (1, IMAGE2)}),
+                    ("cell-b", "shop", {"v1": (3, IMAGE), "v2": (1, IMAGE2)}),
+                    ("cell-a", "shop", {"v2": (1, IMAGE2)}), ("cell-b", "shop", {"v2": (1, IMAGE2)})]
