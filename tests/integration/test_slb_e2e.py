@@ -34,6 +34,7 @@ from control.slb_core import GROUP_INDEX, SLB, InvalidArgument, SlbCore
 from foundation.adapters.asyncio_runtime import AsyncioRuntime
 from foundation.adapters.etcd_store import EtcdStore
 from foundation.logic.slb_domain import Domain, DomainStatus, Upstream, domain_key, status_key
+from foundation.logic.slb_traffic import decode_traffic
 from lab.nginx import free_port
 from lab.slb import AgentProcess, PodBackends, Wrk, WrkResult, get, served_generation
 from leengine.etcd_options import open_store
@@ -409,3 +410,63 @@ def test_an_upstream_at_etcd_is_refused_by_slb_core_and_never_applied_by_the_age
     # admin-looking paths go to its pod.
     assert _nginx_tcp_listen_ports(slb.agent.nginx_pid()) == {slb.port}
     assert get(slb.port, app)[1].startswith(pods.pods[1].name)
+
+
+# --------------------------------------------------------------------------- gray release: shares and traffic
+
+
+def test_shares_99_to_1_send_about_1_percent_to_the_new_version_in_place_and_the_traffic_record_counts_them(
+        slb, pods):
+    """set_shares weighs the upstreams in etcd; the agent applies the weights in place (no reload); of 2,000
+    requests about 1 % reach the new version; the agent's traffic record counts them per version."""
+    app = "gray.example.com"
+    old, new = pods.pods[0], pods.pods[1]
+    v1 = Upstream(old.address, old.upstream.port, 1, "v1")
+    v2 = Upstream(new.address, new.upstream.port, 1, "v2")
+    slb.agent.extra = (*slb.agent.extra, "--traffic-every", "1")
+    slb.setup([slb.domain(app, [v1, v2])])
+    platform = Principal("platform", "platform")  # the release controller's role
+    traffic_key = f"{SLB}{slb.group}/traffic/{HOST}"
+
+    async def counted(store: EtcdStore, at_least: int = 0) -> dict[str, int]:
+        deadline = time.monotonic() + 15
+        while True:
+            kv = await store.get(traffic_key)
+            got = {} if kv is None else {v: c.requests for v, c in
+                                         decode_traffic(traffic_key, kv.value).domains.get(app, {}).items()}
+            if sum(got.values()) >= at_least and got:
+                return got
+            assert time.monotonic() < deadline, f"traffic record {got}\n{slb.agent.log_tail()}"
+            await asyncio.sleep(0.1)
+
+    async def shift(shares: dict[str, int]) -> None:
+        store, core = await slb.open()
+        try:
+            revision = await core.set_shares(platform, slb.group, app, shares)
+            await slb.wait_status(store, app, lambda s: s.revision >= revision)
+        finally:
+            await store.close()
+
+    async def read_counts(at_least: int = 0) -> dict[str, int]:
+        store, _ = await slb.open()
+        try:
+            return await counted(store, at_least)
+        finally:
+            await store.close()
+
+    run(shift({"v1": 99, "v2": 1}))
+    before = slb.reloads()
+    counts_before = run(read_counts())
+    answers = [get(slb.port, app)[1].split()[0] for _ in range(2000)]
+    to_new = answers.count(new.name)
+    assert answers.count(old.name) + to_new == 2000
+    print(f"\n99:1 shares: {to_new} of 2000 requests to the new version ({to_new / 20:.2f} %)")
+    assert 6 <= to_new <= 40  # 0.3 % .. 2 %: weights 1000 and 10 (0.99 %)
+    assert slb.reloads() == before  # the traffic shift was in place
+    counts_after = run(read_counts(at_least=sum(counts_before.values()) + 2000))
+    assert counts_after["v2"] - counts_before.get("v2", 0) == to_new
+    assert counts_after["v1"] - counts_before.get("v1", 0) == 2000 - to_new
+
+    run(shift({"v1": 0, "v2": 100}))  # the old version drained in place: no new request reaches it
+    assert {get(slb.port, app)[1].split()[0] for _ in range(50)} == {new.name}
+    assert slb.reloads() == before
