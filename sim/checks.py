@@ -139,6 +139,16 @@ def _builds_finish(region: Region, check: CheckSpec, probe: Probe) -> CheckResul
 # ------------------------------------------------------------------ the platform
 
 
+def _path(marks: Iterable[tuple[str, int]]) -> str:
+    """A release's states, e.g. "running 1% -> reverting 1% -> reverted 1%" (repeats in a row once)."""
+    shown: list[str] = []
+    for state, percent in marks:
+        mark = f"{state} {percent}%"
+        if not shown or shown[-1] != mark:
+            shown.append(mark)
+    return " -> ".join(shown)
+
+
 def _shares_off(timeline: Iterable[tuple[float, dict[str, int] | None]], version: str, after: float) -> float | None:
     """When the version's share was first 0 (or the record gone) at or after ``after``."""
     for at, shares in timeline:
@@ -165,8 +175,7 @@ def _release_reverted_within(region: Region, check: CheckSpec) -> CheckResult:
                 still.append(cell)
             else:
                 gone.append(workloads.deleted_at[(app, name)])
-        states = " -> ".join(dict.fromkeys(f"{s} {p}%" for _, s, p, new in platform.observed.releases.get(app, ())
-                                           if new == version))
+        states = _path((s, p) for _, s, p, new in platform.observed.releases.get(app, ()) if new == version)
         if shares_off is None or still:
             passed = False
             words.append(f"{app} {version}: first error at t={first:g}, not reverted (share "
@@ -219,7 +228,7 @@ def _release_completed(region: Region, check: CheckSpec) -> CheckResult:
             if stale:
                 problems.append(f"old controllers left: {', '.join(stale)}")
         passed = passed and not problems
-        path = " -> ".join(dict.fromkeys(f"{s} {p}%" for _, s, p in mine))
+        path = _path((s, p) for _, s, p in mine)
         words.append(f"{release.app} {new}: {path}" + (f" at t={ended:g}" if "completed" in states else "")
                      + (f"; {'; '.join(problems)}" if problems else ""))
     return CheckResult(check.kind, passed, "; ".join(words))

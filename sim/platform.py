@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from control.activity import Recount, recount
 from control.apps import Apps, Draft, decode_version, versions_prefix
@@ -240,6 +241,23 @@ class Platform:
             except (StoreError, port.Unavailable):
                 await self.runtime.sleep(RETRY_SECONDS)
         raise RuntimeError(f"app {app} kept failing to read")
+
+    # ------------------------------------------------------------------ what it shows
+    def summary(self) -> dict[str, Any]:
+        """The report's ``platform`` section: requests per version, releases and shares over time, retries."""
+        o, t = self.observed, self.traffic
+        return {
+            "versions": {f"{app} {v}": {"requests": n, "failed": failed, "deployed_at": o.deployed.get((app, v))}
+                         for (app, v), (n, failed) in sorted(t.versions.items())},
+            "requests_failed_by_versions": sum(failed for _, failed in t.versions.values()),
+            "first_error": {f"{app} {v}": at for (app, v), at in sorted(t.first_error.items())},
+            "releases": {app: [{"at": round(at, 3), "state": state, "percent": percent, "version": new}
+                               for at, state, percent, new in timeline]
+                         for app, timeline in sorted(o.releases.items())},
+            "shares": {app: [{"at": round(at, 3), "shares": shares} for at, shares in timeline]
+                       for app, timeline in sorted(o.shares.items())},
+            "calls_retried": o.calls_failed,
+        }
 
     # ------------------------------------------------------------------ observers
     async def _watch_shares(self, client: SimStoreClient, group: str) -> None:

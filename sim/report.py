@@ -51,6 +51,7 @@ def report(region: Region) -> dict[str, Any]:
             "faults": len(region.fault_windows), "store_writes": region.store.writes,
             "store_revision": region.store.revision,
         },
+        **({"platform": region.platform.summary()} if region.platform is not None else {}),
         "series": m.series,
         "samples": samples(region),
         "trace_events": region.runtime.trace_log.count,

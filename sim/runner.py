@@ -174,6 +174,8 @@ def build_report(result: RunResult, *, code_version: dict[str, Any], wall_second
         "metrics": scalar_metrics(result.report),
         "metrics_summary": metrics_summary(metrics),
         "samples": result.report.get("samples", {}),  # the distributions `leengine compare` reads
+        # a Region with platform apps: requests per version, releases and shares over time (sim/platform.py)
+        **({"platform": result.report["platform"]} if "platform" in result.report else {}),
         "scale": spec.scale,  # "lab": the scenario's lab block applied (`sim run --lab`)
         "trace_sha256": result.trace_sha256,
         "trace_events": result.trace_events,

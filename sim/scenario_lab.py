@@ -14,7 +14,8 @@ The block (every field optional)::
 
 ``time_scale`` multiplies the run's ``duration``, every fault's ``at``, ``duration`` and
 ``every``, every check's ``within``, every gray release's ``at``, ``bake_seconds`` and
-``check_seconds`` (the ``platform:`` block), ``leak_check_every``, ``leak_grace`` and ``cooldown``,
+``check_seconds`` and ``traffic_every`` (the ``platform:`` block), ``leak_check_every``,
+``leak_grace`` and ``cooldown``,
 and divides the churn rates (``deploys_per_hour``, ``scale_events_per_hour``), so the run
 keeps its shape: the same faults in the same order, about the same number of deploys.
 It does not touch what a pod or a component really costs (an app's ``start_seconds`` and
@@ -106,7 +107,7 @@ def lab_scaled(spec: RegionSpec) -> RegionSpec:
                     scale_events_per_hour=spec.churn.scale_events_per_hour / s)
     return replace(spec, duration=spec.duration * s, cells=tuple(cells), groups=groups, apps=tuple(apps),
                    faults=faults, checks=checks, releases=releases, churn=churn,
-                   leak_check_every=spec.leak_check_every * s,
+                   leak_check_every=spec.leak_check_every * s, traffic_every=spec.traffic_every * s,
                    leak_grace=spec.leak_grace * s, cooldown=spec.cooldown * s,
                    build_hosts=_cap(spec.build_hosts, lab.build_hosts),
                    costs=spec.lab_costs or spec.costs, scale="lab")

@@ -98,7 +98,8 @@ class Parser(FaultFields, CostFields, LabFields, PlatformFields):
         lab = self.lab_block(m["lab"]) if "lab" in m else None
         spec = RegionSpec(name=name, seed=seed, duration=duration, cells=cells, groups=groups, apps=apps,
                           faults=faults, checks=checks, releases=releases, churn=churn, build_hosts=self.build_hosts,
-                          source=self.file, costs=costs, lab=lab, lab_costs=lab_costs, **optional)
+                          source=self.file, costs=costs, lab=lab, lab_costs=lab_costs,
+                          traffic_every=self.platform_traffic_every(apps), **optional)
         check_scaled(spec)  # a `lab:` block must leave a scenario the world can run as written
         return spec
 

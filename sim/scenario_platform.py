@@ -9,6 +9,7 @@ Region with platform apps has no churn (churn replaces pods behind the platform'
 The top-level block::
 
     platform:
+      traffic_every: 5        # the SLB agents write their per-version traffic records this often (default 5)
       releases:
         - app: shop           # a platform app
           at: 120             # deploy its next version then, and start its gray release
@@ -50,7 +51,12 @@ RELEASE_KEYS = ("app", "at", "steps", "bake_seconds", "check_seconds", "max_erro
                 "bad_checks", "min_requests")
 
 
+DEFAULT_TRAFFIC_EVERY = 5.0  # the SLB agent daemon's default (--traffic-every)
+
+
 class PlatformFields(Fields):
+    traffic_every: float | None = None  # the platform block's, once read
+
     def platform_app(self, a: dict[str, Node], f: str, name: str, cells: list[tuple[str, Node]]) -> bool:
         """An app's ``platform`` field: true or false; a platform app within the platform's bounds."""
         value = self.scalar(a["platform"], f"{f}.platform")
@@ -67,7 +73,10 @@ class PlatformFields(Fields):
         return True
 
     def platform(self, node: Node, duration: float, apps: tuple[AppSpec, ...]) -> tuple[ReleaseSpec, ...]:
-        m = self.mapping(node, "platform", {"releases"})
+        m = self.mapping(node, "platform", {"releases", "traffic_every"})
+        if "traffic_every" in m:
+            self.traffic_every = self.number(m["traffic_every"], "platform.traffic_every", positive=True,
+                                             high=MAX_SECONDS)
         platform_apps = [a.name for a in apps if a.platform]
         out: list[ReleaseSpec] = []
         nodes = self.sequence(m["releases"], "platform.releases", MAX_RELEASES, "releases") if "releases" in m else []
@@ -106,10 +115,18 @@ class PlatformFields(Fields):
             kwargs["min_requests"] = self.integer(m["min_requests"], f"{f}.min_requests", low=0, high=10**9)
         return ReleaseSpec(app=app, at=at, line=node.start_mark.line + 1, **kwargs)
 
+    def platform_traffic_every(self, apps: tuple[AppSpec, ...]) -> float:
+        """How often the SLB agents write traffic records: the block's, the default with platform apps, else never."""
+        if not any(a.platform for a in apps):
+            return 0.0
+        return self.traffic_every if self.traffic_every is not None else DEFAULT_TRAFFIC_EVERY
+
     def check_platform(self, m: dict[str, Node], apps: tuple[AppSpec, ...], churn: ChurnSpec,
                        checks: tuple[CheckSpec, ...]) -> None:
         """What a Region with (or without) platform apps cannot have."""
         platform = [a for a in apps if a.platform]
+        if "platform" in m and not platform:
+            raise self.error(m["platform"], "platform", "no app of workload.apps has `platform: true`")
         if len(platform) > MAX_PLATFORM_APPS:
             raise self.error(m["workload"], "workload.apps", f"{len(platform)} platform apps exceed the "
                                                              f"{MAX_PLATFORM_APPS} of a scenario")

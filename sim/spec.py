@@ -278,6 +278,7 @@ class RegionSpec:
     faults: tuple[FaultSpec, ...] = ()
     checks: tuple[CheckSpec, ...] = ()
     releases: tuple[ReleaseSpec, ...] = ()  # the ``platform:`` block's gray releases, by time
+    traffic_every: float = 0.0  # SLB agents' per-version traffic records, seconds apart (0: none; platform: 5)
     churn: ChurnSpec = field(default_factory=ChurnSpec)
     etcd_latency: float = 0.002  # round trip, seconds
     cooldown: float = 30.0  # IPAM cool-down of released addresses

@@ -154,7 +154,8 @@ class Region:
         self.traffic.reachability_changed(*apps)
 
     def start_slb_agent(self, host: NginxHost) -> None:
-        agent = SlbAgent(host.client, host.proxy, self.runtime, SlbAgentConfig(host.group, host.name),
+        agent = SlbAgent(host.client, host.proxy, self.runtime,
+                         SlbAgentConfig(host.group, host.name, traffic_every=self.spec.traffic_every),
                          metrics=self.agent_metrics)
         host.task = self.runtime.spawn(agent.run(), name=f"slb-agent/{host.name}")
 
