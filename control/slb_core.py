@@ -16,7 +16,8 @@ Keys (docs/slb.md, "Key schema"):
   (``foundation.logic.slb_shares``), written by ``set_shares`` only, in the same
   transaction as the domain's upstreams re-weighted by them; ``set_upstreams`` weighs
   what discovery sends by the shares it reads in the same snapshot (its CAS compares
-  the shares key too), so the weights in force always follow the shares record.
+  the shares key too), and so does ``put_domain`` with the upstreams it writes, so the
+  weights in force always follow the shares record.
   A domain without a shares record keeps the weights it is sent (discovery: 1).
   Deleting a domain deletes its shares.
 
@@ -541,7 +542,8 @@ class SlbCore:
         asked = domain
         for _ in range(self.max_attempts):
             domain = asked
-            read = await self.store.txn([], [GetOp(meta), GetOp(key), GetOp(POOLS, prefix=True)])
+            read = await self.store.txn([], [GetOp(meta), GetOp(key), GetOp(POOLS, prefix=True),
+                                             GetOp(shares_key(domain.group, domain.name))])
             meta_kv, current = (r.first() if isinstance(r, RangeResult) else None for r in read.responses[:2])
             if meta_kv is None:
                 raise NotFound("group", domain.group)
@@ -576,22 +578,27 @@ class SlbCore:
                             raise PermissionDenied(f"the upstreams of {domain.name} are set by discovery: "
                                                    f"{who.name} may send none (kept) or the stored ones")
                         domain = domain.with_upstreams(old.upstreams)  # discovery's servers stay
-            pools = read.responses[2]
+            pools, share_read = read.responses[2:]
             _check_pools(self._pools.update(pools.kvs if isinstance(pools, RangeResult) else (), read.revision),
                          domain.upstreams, "upstreams")
+            # The domain's traffic shares weigh whatever upstreams it gets (None: kept as sent).
+            share_kv = share_read.first() if isinstance(share_read, RangeResult) else None
+            domain = domain.with_upstreams(weigh(domain.upstreams, _decode_shares(share_kv)))
+            shares_unchanged = Compare.mod_is(shares_key(domain.group, domain.name),
+                                              share_kv.mod_revision if share_kv else 0)
             value = domain.to_bytes()
             if current is not None and current.value == value:  # nothing changes: no write, no new revision
                 return StoredDomain(domain, current.mod_revision)
             quota_compares, quota_ops = await self._charge(who, domain, current)
             if current is None:
                 result = await self.store.txn([Compare.mod_is(meta, meta_kv.mod_revision), Compare.missing(key),
-                                               *quota_compares],
+                                               shares_unchanged, *quota_compares],
                                               [PutOp(key, value), PutOp(meta, meta_kv.value), *quota_ops])
             else:
                 # The pools are not compared: a pool is added before pods get its addresses, and a
                 # pool's removal (a drained subnet) racing this write is caught by the agents' check.
-                result = await self.store.txn([Compare.mod_is(key, current.mod_revision), *quota_compares],
-                                              [PutOp(key, value), *quota_ops])
+                result = await self.store.txn([Compare.mod_is(key, current.mod_revision), shares_unchanged,
+                                               *quota_compares], [PutOp(key, value), *quota_ops])
             if result.succeeded:
                 self.runtime.trace("slb.domain.put", key=key, by=who.name, revision=result.revision)
                 return StoredDomain(domain, result.revision)

@@ -727,3 +727,16 @@ def test_deleting_a_domain_deletes_its_shares(w):
     assert SHARES_KEY not in w.contents()
     w.run(w.core.put_domain(ALICE, web()))
     assert w.run(w.core.get_shares(ALICE, *SHOP)) is None
+
+
+def test_put_domain_weighs_the_upstreams_it_writes_by_the_shares(w):
+    w.run(w.core.put_domain(ALICE, web()))
+    w.run(w.core.set_shares(PLATFORM, *SHOP, {"v1": 100, "v2": 0}))
+    w.run(w.core.put_domain(ADMIN, web(owner="alice", upstreams=TWO_VERSIONS)))
+    assert weights(w) == {"10.0.0.1:80": 1000, "10.0.0.2:80": 1000, "10.0.0.3:80": 0}
+    revision = w.contents()[domain_key(*SHOP)][1]
+    w.run(w.core.put_domain(ALICE, web(listen=8080)))  # the owner edits the domain: the weights stay
+    assert weights(w) == {"10.0.0.1:80": 1000, "10.0.0.2:80": 1000, "10.0.0.3:80": 0}
+    assert w.stored(*SHOP).listen == 8080 and w.contents()[domain_key(*SHOP)][1] > revision
+    w.run(w.server.client("other").put(SHARES_KEY, b"{"))
+    w.fails(CorruptRecord, w.core.put_domain(ALICE, web(listen=8081)))
