@@ -34,6 +34,10 @@ SHIPPED = {
     "steady-state": "772e694d8e118610552d0f2d41889c5c475de379d2e480ce3de692b0d3266d9a",  # issue 11: churn, no fault
     "lab-scale": "2bf02b6993870ff73c566ffb597481dd23ec00b9e7ea4e254bed2331a95018c4",  # issue 12: the lab bench's Region
     "lab-burst-1000": "dff01b376e456dd5eacea0fbd6efef2ce9d88c5c0d41b2f2bd324f8ffa8a82b4",  # issue 12: the lab burst
+    # issue 13: the platform in the sim (control/apps.py, control/releases.py, slb-core's shares, the SLB agents'
+    # traffic records): a change to any of them moves these two
+    "gray-release-revert": "24576cfb58f4cb63e15353ce7b86ca3c9a76534f226436022083bcc6ac9f7270",
+    "gray-release-cell-outage": "e898928dc14da4d991ad50fba0fcf7f8b6ab3df442575be913b54dd44c8bfd0b",
 }
 # every_fault_kind() below, seed 3; its verdicts (two fail on purpose) end the trace too. Moved once on
 # purpose (issue 10, discovery a client of the control service): its one failed push during the
