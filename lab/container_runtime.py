@@ -173,7 +173,8 @@ def check_error_rate(value: object) -> float:
 
 
 def error_script(shell: str, rate: float) -> str:
-    """The CGI ``cgi-bin/index.cgi`` of a pod answering 500 to ``rate`` of its requests, else its name.
+    """The CGI ``cgi-bin/index.cgi`` of a pod answering 500 (body ``error <pod>``) to ``rate`` of its requests,
+    else its name (lab/load.py tells the bad version's errors by that pod name).
 
     busybox httpd runs ``cgi-bin/index.cgi`` for ``/`` when the docroot has no ``index.html``.
     Only numbers and the validated absolute path of busybox reach the script; the pod's name comes
@@ -181,11 +182,14 @@ def error_script(shell: str, rate: float) -> str:
     ``$RANDOM`` of busybox's ash is uniform over 0..32767.
     """
     threshold = round(check_error_rate(rate) * 32768)
+    # Content-Length (busybox ash's ${#var}): without it Nginx relays the CGI's answer chunked.
     return (f"#!{shell} sh\n"
             f"if [ \"$RANDOM\" -lt {threshold} ]; then\n"
-            "  printf 'HTTP/1.0 500 Internal Server Error\\r\\nContent-Type: text/plain\\r\\n\\r\\nerror\\n'\n"
+            "  printf 'HTTP/1.0 500 Internal Server Error\\r\\nContent-Type: text/plain\\r\\n"
+            "Content-Length: %d\\r\\n\\r\\nerror %s' \"$((${#LEENGINE_POD} + 6))\" \"$LEENGINE_POD\"\n"
             "else\n"
-            "  printf 'Content-Type: text/plain\\r\\n\\r\\n%s' \"$LEENGINE_POD\"\n"
+            "  printf 'Content-Type: text/plain\\r\\nContent-Length: %d\\r\\n\\r\\n%s' \"${#LEENGINE_POD}\" "
+            "\"$LEENGINE_POD\"\n"
             "fi\n")
 
 

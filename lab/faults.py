@@ -27,6 +27,12 @@ nginx-host-loss    SIGKILL the host's nginx and SLB agent; clients stop using it
 pool-exhaustion    a squatter claims all but ``free`` addresses through ``cni.ipam`` under its
                    own node name / gives them back
 builder-crash      SIGKILL the build agents / restarted
+bad-version        the platform app's version (``v<N>``, or "next": the first one numbered at or above
+                   the app's ``next_version`` when the fault begins) answers 500 to ``error_rate``
+                   of its requests: its pods' busybox httpd runs a CGI instead of the static page,
+                   now and in pods started later (lab/replication.py ``set_errors``) / rate 0.
+                   ``latency_factor`` has no lab counterpart (a lab pod answers in about a
+                   millisecond: nothing to scale)
 =================  ============================================================================
 
 Randomness: ``count``/``percent`` targets are drawn, in schedule order, from the run's
@@ -97,6 +103,8 @@ class LabOps(Protocol):
     async def squat(self, pool: str, free: int) -> Any: ...
     async def unsquat(self, squatter: Any) -> None: ...
     async def kill_builder(self, host: str) -> None: ...
+    async def break_version(self, app: str, version: str, error_rate: float) -> Any: ...  # "next" resolved inside
+    async def mend_version(self, broken: Any) -> None: ...
     async def start_builder(self, host: str) -> None: ...
 
 
@@ -282,6 +290,14 @@ async def _return_builders(ops: LabOps, hosts: list[str]) -> None:
         await ops.start_builder(host)
 
 
+async def _break_version(ops: LabOps, fault: FaultSpec, rnd: random.Random) -> Any:
+    return await ops.break_version(fault.app, fault.version, fault.error_rate)
+
+
+async def _mend_version(ops: LabOps, broken: Any) -> None:
+    await ops.mend_version(broken)
+
+
 FAULTS: dict[str, LabFault] = {
     "host-crash": LabFault(_crash_hosts, _return_hosts),
     "runtime-death": LabFault(_kill_runtimes, _restore_runtimes),
@@ -292,6 +308,7 @@ FAULTS: dict[str, LabFault] = {
     "nginx-host-loss": LabFault(_lose_nginx, _return_nginx),
     "pool-exhaustion": LabFault(_exhaust_pool, _give_pool_back),
     "builder-crash": LabFault(_crash_builders, _return_builders),
+    "bad-version": LabFault(_break_version, _mend_version),
 }
 
 

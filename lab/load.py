@@ -78,6 +78,13 @@ async def get(address: str, port: int, host_header: str, timeout: float) -> Answ
     return Answer(status, body.decode("utf-8", errors="replace").strip())
 
 
+def version_of(app: str, pod: str) -> str:
+    """The version of a platform pod named ``{app}-v<N>-{suffix}`` (lab/replication.py), else ""."""
+    rest = pod.removeprefix(f"{app}-") if pod.startswith(f"{app}-") else ""
+    version, _, suffix = rest.partition("-")
+    return version if len(suffix) == 5 and suffix.isalnum() and version[:1] == "v" and version[1:].isdigit() else ""
+
+
 @dataclass
 class LoadLog:
     """What the clients saw: per second and app [ok, failed], totals, serving violations."""
@@ -90,6 +97,9 @@ class LoadLog:
     serving_examples: list[str] = field(default_factory=list)
     first_served: dict[str, float] = field(default_factory=dict)  # pod name -> first time it answered through Nginx
     published: dict[str, float] = field(default_factory=dict)  # app -> when clients found it
+    # A platform version's pods answer a failed request with "error <pod>" (lab/container_runtime.py):
+    first_error: dict[tuple[str, str], float] = field(default_factory=dict)  # (app, version) -> first 500
+    errors_by_version: dict[tuple[str, str], int] = field(default_factory=dict)  # (app, version) -> 500s
 
     def count(self, second: int, app: str, ok: bool) -> None:
         cell = self.per_second.setdefault(second, {}).setdefault(app, [0, 0])
@@ -190,6 +200,13 @@ class Load:
         answer = await self._request(host, domain)
         ok = answer.status == 200
         self.log.count(second, app, ok)
+        if answer.status == 500:
+            words = answer.body.split()  # "error <pod>" (possibly inside a chunk's framing)
+            version = version_of(app, words[words.index("error") + 1]) if "error" in words[:-1] else ""
+            if version:
+                self.log.first_error.setdefault((app, version), self.clock())
+                key = (app, version)
+                self.log.errors_by_version[key] = self.log.errors_by_version.get(key, 0) + 1
         if not ok and answer.status == 0:
             self.log.failed_no_answer += 1
         if answer.status in NO_UPSTREAM and self.ready_elsewhere(app, self.clock(), self.propagation_grace):

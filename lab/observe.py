@@ -355,3 +355,10 @@ class Observations:
     builds_submitted: int = 0  # before the faults ended
     builds_observed: bool = False  # the lab ran builds (else builds-finish says it could not judge)
     extra: dict[str, Any] = field(default_factory=dict)
+    # the platform (lab/platform.py): what it observed, the bad versions' first failed requests (lab/load.py),
+    # the platform apps' Cells, the gray releases' apps and the Cell outages' windows
+    platform: Any = None  # lab.platform.Observed, or None without platform apps
+    first_error: dict[tuple[str, str], float] = field(default_factory=dict)
+    platform_cells: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    release_apps: list[str] = field(default_factory=list)
+    outages: list[tuple[float, float]] = field(default_factory=list)

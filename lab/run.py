@@ -77,11 +77,12 @@ from lab.observe import (
     netns_addresses,
     reloads_in_log,
 )
+from lab.platform import LabPlatform, platform_summary
 from lab.pod_actions import RUNTIME_TIMEOUT, RuntimePods, http_json, json_line
 from lab.replication import Replication, replication_of
 from lab.report import LabTotals, lab_report, write_report
 from sim.checks import Probe
-from sim.faults import last_fault_end
+from sim.faults import last_fault_end, occurrences
 from sim.metrics import percentile, pool_use
 from sim.scenario import Scenario
 from sim.spec import AppSpec, RegionSpec
@@ -539,6 +540,9 @@ async def run_scenario(scenario: Scenario, spec: RegionSpec, lab: LiveLab, out: 
     domains = {a.name: a.domain or f"{a.name}.example.com" for a in spec.apps}
     load = Load(spec.apps, spec.groups, domains, addresses, clock, controller.ready_elsewhere)
     lab.load = load
+    # Platform apps (lab/platform.py): created, deployed and released through leengine app, observed for the checks.
+    platform = LabPlatform(spec, lab.store, {c.name: c.api_url for c in lab.plan.cells.values()},
+                           {**os.environ, **lab.services.lab_environment(lab.lab)}, clock, domains)
     state = RunState()
     cron = LeakCron(lab.store, cells_api, lab.runtime, every=spec.leak_check_every, grace=spec.leak_grace)
     schedule = Schedule(lab, t0, spec.seed)
@@ -554,6 +558,7 @@ async def run_scenario(scenario: Scenario, spec: RegionSpec, lab: LiveLab, out: 
     lab.replication = replication
     tasks = [loop.create_task(lab.audit.run(), name="lab/audit"),
              loop.create_task(replication.run(), name="lab/replication-controllers"),
+             loop.create_task(platform.run(), name="lab/platform"),
              loop.create_task(agents.run(), name="lab/agent-histograms"),
              loop.create_task(controller.run(), name="lab/controller"),
              loop.create_task(load.run(spec.duration), name="lab/load"),
@@ -575,8 +580,13 @@ async def run_scenario(scenario: Scenario, spec: RegionSpec, lab: LiveLab, out: 
         await schedule.finish()
         for task in tasks:
             task.cancel()
+        for task in tasks:
+            if task.get_name() == "lab/platform" and task.done() and not task.cancelled() and task.exception():
+                log.error("the platform's driver failed: %r", task.exception())
         await asyncio.gather(*tasks, return_exceptions=True)
         await controller.stop()
+        with contextlib.suppress(Exception):
+            await platform.history()
         if farm is not None:
             await farm.close()
     elapsed = clock()
@@ -588,7 +598,13 @@ async def run_scenario(scenario: Scenario, spec: RegionSpec, lab: LiveLab, out: 
                        reloads={h: reloads_in_log(p) - reloads_before[h] for h, p in sorted(reload_logs.items())},
                        leaks=cron.stats, leaks_gone=dict(lab.audit.auditor.leaks_gone), probes=state.probes,
                        builds_submitted=farm.submitted(by=end) if farm is not None else 0,
-                       builds_observed=farm is not None)
+                       builds_observed=farm is not None,
+                       platform=platform.observed if platform.enabled else None,
+                       first_error=dict(load.log.first_error),
+                       platform_cells={name: a.cells for name, a in platform.specs.items()},
+                       release_apps=[r.app for r in platform.release_specs],
+                       outages=[(at, at + (f.duration or spec.duration)) for f in spec.faults
+                                if f.kind == "cell-outage" for at in occurrences(f, spec.duration)])
     verdicts = judge_all(obs, spec.checks)
     c = controller.counts
     pods = {p.name: p for pods_ in controller.pods.values() for p in pods_}
@@ -628,6 +644,7 @@ async def run_scenario(scenario: Scenario, spec: RegionSpec, lab: LiveLab, out: 
                              "leaked_at_end": leaked_pods(controller, lab.audit),
                              "samples_from": agents.summary(),
                              "builds": farm.results_summary() if farm is not None else [],
+                             "platform": platform_summary(platform, load),
                              "served_after_ready_seconds": [round(v, 6) for v in served_after_ready],
                              "served_after_ready_p50": percentile(sorted(served_after_ready), 0.5, 3),
                              "ready_pods_not_seen_by_clients": sorted(n for n, p in pods.items()

@@ -402,7 +402,7 @@ def _launches(lab: Any) -> list[list[Launch]]:
         for host in members:
             hosts.append(Launch(f"slb-{host}", "nginx-host", {
                 "GROUP": group, "SLB_HOST": host, "PREFIX": str(f.nginx_prefix(host)), "LISTEN_ADDRESS": "0.0.0.0",
-                "METRICS_ADDRESS": _metrics_listen(lab, f"slb-{host}"), **_etcd_env(lab, host)},
+                "METRICS_ADDRESS": _metrics_listen(lab, f"slb-{host}"), **_traffic_every(lab), **_etcd_env(lab, host)},
                 netns=plan.netns(host), host=host))
     hosts.append(Launch("registry", "registry", {
         "LISTEN": plan.registry_address, "REGISTRY_ROOT": str(plan.dir / "registry"),
@@ -436,6 +436,14 @@ def lab_spec(lab: Any) -> Any:
         with contextlib.suppress(AttributeError):
             lab.spec = spec
     return spec
+
+
+def _traffic_every(lab: Any) -> dict[str, str]:
+    """TRAFFIC_EVERY of the Nginx hosts: the scenario's (scaled) ``traffic_every`` when it has platform apps."""
+    spec = lab_spec(lab)
+    if spec is None or not any(getattr(a, "platform", False) for a in spec.apps):
+        return {}
+    return {"TRAFFIC_EVERY": f"{float(getattr(spec, 'traffic_every', 5.0)):.3f}"}
 
 
 def _cooldown(lab: Any) -> float:

@@ -9,6 +9,7 @@
 #   LISTEN_ADDRESS     the address domains listen on (default 0.0.0.0: the host's own netns)
 #   LEENGINE_ETCD LEENGINE_ETCD_CA LEENGINE_ETCD_CERT LEENGINE_ETCD_KEY   etcd
 #   METRICS_ADDRESS    IP:port of /metrics (optional)
+#   TRAFFIC_EVERY      seconds between the per-version traffic records (optional; the agent's default 5)
 set -eu
 # shellcheck source=common.sh
 . "$(dirname "$0")/common.sh"
@@ -27,5 +28,11 @@ set -- --group "$GROUP" --host "$SLB_HOST" --prefix "$PREFIX" --listen-address "
 if [ -n "${METRICS_ADDRESS:-}" ]; then
   address METRICS_ADDRESS "$METRICS_ADDRESS"
   set -- "$@" --metrics-address "$METRICS_ADDRESS"
+fi
+if [ -n "${TRAFFIC_EVERY:-}" ]; then
+  case "$TRAFFIC_EVERY" in
+    *[!0-9.]* | .* | *.*.*) die "TRAFFIC_EVERY=$TRAFFIC_EVERY is not a number of seconds" ;;
+  esac
+  set -- "$@" --traffic-every "$TRAFFIC_EVERY"
 fi
 exec "$(command_path leengine-slb-agent)" "$@"
