@@ -33,6 +33,7 @@ from typing import Any
 from yaml.nodes import Node
 
 from control.apps import MAX_APP_NAME, MAX_CELLS, MIN_CELLS
+from foundation.ports.workloads import MAX_REPLICAS as MAX_CONTROLLER_REPLICAS
 from sim.scenario_errors import show, some
 from sim.scenario_fields import Fields
 from sim.spec import (
@@ -130,6 +131,11 @@ class PlatformFields(Fields):
         if len(platform) > MAX_PLATFORM_APPS:
             raise self.error(m["workload"], "workload.apps", f"{len(platform)} platform apps exceed the "
                                                              f"{MAX_PLATFORM_APPS} of a scenario")
+        for app in platform:
+            if app.replicas > MAX_CONTROLLER_REPLICAS:
+                raise self.error(m["workload"], "workload.apps", f"platform app {app.name}: {app.replicas} replicas "
+                                                                 f"per Cell exceed a controller's "
+                                                                 f"{MAX_CONTROLLER_REPLICAS}")
         if platform and churn != ChurnSpec():
             raise self.error(m["workload"], "workload.churn", "a Region with platform apps has no churn (it would "
                                                               "replace pods behind the platform's back)")

@@ -276,6 +276,9 @@ def test_a_platform_app_runs_in_two_cells_and_has_no_churn():
     no_platform = BASE.replace(", platform: true", "")
     with pytest.raises(ScenarioError, match="needs platform apps"):
         parse_scenario(no_platform + "checks: [{kind: no-orphan-versions}]\n", "t.yaml")
+    with pytest.raises(ScenarioError, match="exceed a controller's 1000"):
+        parse_scenario(BASE.replace("replicas: 2, group: edge, platform", "replicas: 1001, group: edge, platform"),
+                       "t.yaml")
     spec = parse_scenario(BASE + "platform:\n  traffic_every: 2\n  releases: [{app: shop, at: 10}]\n", "t.yaml")
     assert spec.traffic_every == 2.0 and spec.releases[0].steps == (1, 10, 50, 100)
     assert parse_scenario(no_platform, "t.yaml").traffic_every == 0.0  # no platform: no traffic records
