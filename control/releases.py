@@ -644,7 +644,8 @@ class Releases:
             return done
         await self._set_shares(release, step_shares(release, active))  # again: a crash or a race may have lost it
         interval = measure(release.baseline, marks) if release.baseline else {}
-        bad_now, words = verdict(release.policy, interval) if interval else (None, "first reading")
+        bad_now, words = verdict(release.policy, interval) if interval else (
+            None, "no Nginx host reports traffic of the domain" if not marks else "first reading of the traffic")
         bad = release.bad + 1 if bad_now else (0 if bad_now is False else release.bad)
         progressed = replace(release, baseline=marks, bad=bad, checks=release.checks + (1 if interval else 0),
                              interval=interval or release.interval, baked=release.baked + elapsed)

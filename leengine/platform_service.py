@@ -139,14 +139,22 @@ async def platform_forever(service: PlatformService, period: float = DEFAULT_REC
     """The apps reconciler and the release controller, as one task (cancelling it stops both)."""
     if service.apps is None:
         return
-    tasks = [asyncio.create_task(reconcile_forever(service.apps, period), name="apps-reconciler")]
+    tasks = [asyncio.create_task(_logged(reconcile_forever(service.apps, period), "apps-reconciler"))]
     if service.releases is not None:
-        tasks.append(asyncio.create_task(service.releases.run(), name="release-controller"))
+        tasks.append(asyncio.create_task(_logged(service.releases.run(), "release-controller")))
     try:
         await asyncio.gather(*tasks)
     finally:
         for task in tasks:
             task.cancel()
+
+
+async def _logged(loop: Awaitable[None], name: str) -> None:
+    """Run one of the service's loops; if it fails, say so at once (the other loop goes on)."""
+    try:
+        await loop
+    except Exception:
+        log.exception("%s stopped by an unexpected error", name)
 
 
 async def reconcile_forever(service: apps.Apps, period: float = DEFAULT_RECONCILE_PERIOD) -> None:
