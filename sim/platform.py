@@ -238,7 +238,9 @@ class Platform:
         for _ in range(MAX_TRIES):
             try:
                 return (await self.apps.show(OWNER, app)).app.next_version
-            except (StoreError, port.Unavailable):
+            except (StoreError, port.Unavailable) as exc:
+                self.observed.calls_failed += 1
+                self.runtime.trace("platform-call-failed", what=f"show {app}", error=type(exc).__name__)
                 await self.runtime.sleep(RETRY_SECONDS)
         raise RuntimeError(f"app {app} kept failing to read")
 

@@ -18,7 +18,7 @@ import pytest
 from control.activity import ACTIVITY, COUNTS
 from foundation.logic.slb_shares import decode_shares, shares_key
 from foundation.logic.slb_traffic import decode_traffic, traffic_prefix
-from foundation.ports import KeyValue, WatchEvent
+from foundation.ports import KeyValue, PutOp, StoreUnavailable, WatchEvent
 from foundation.ports.workloads import ControllerInfo, controller_name
 from sim.adapters.runtime import SimRuntime
 from sim.checks import activity_violations
@@ -183,6 +183,47 @@ def test_bad_version_next_is_the_first_version_deployed_after_the_fault_begins()
     assert region.traffic.versions[("shop", "v1")][1] == 0  # v1 was deployed before the fault began
     assert region.traffic.first_error[("shop", "v2")] > 40.0
     assert verdicts(report)["release-reverted-within"]["passed"], report["checks"]
+
+
+def test_every_platform_change_keeps_its_activity_record_across_etcd_outages():
+    """etcd goes down as the release's deploy is sent and again mid-release: the platform's calls fail or are
+    applied without an answer, and are retried; still 0 changes without a record, 0 records without a change,
+    counts == recount, and the release completes with nothing orphaned."""
+    faults = (FaultSpec("etcd-unavailable", at=40.0, duration=3.0), FaultSpec("etcd-unavailable", at=101.0,
+                                                                             duration=2.0))
+    checks = (*PLATFORM_CHECKS, CheckSpec("release-completed"))
+    report, region = run_region(small(faults=faults, checks=checks))
+    assert report["passed"], report["checks"]
+    assert report["platform"]["calls_retried"] >= 1
+    assert region.platform.observed.final.recount.records >= 5
+
+
+def test_answers_lost_after_the_write_was_applied_are_retried_without_a_second_change():
+    """The transactions that deploy v2 and start its release are applied, but their answers are lost (as one
+    past the client's deadline): the retries find the change applied; one v2, one release, every change with
+    its one record."""
+    spec = small(checks=(*PLATFORM_CHECKS, CheckSpec("release-completed")))
+    region = Region(spec, SimRuntime(7))
+    store = region.platform.apps.store
+    applied = store.txn
+    lost: list[str] = []
+
+    async def txn(compares, ops, *args, **kwargs):
+        result = await applied(compares, ops, *args, **kwargs)
+        for prefix in ("/platform/versions/shop/v2", "/platform/releases/shop"):
+            if prefix not in lost and any(isinstance(op, PutOp) and op.key == prefix for op in ops):
+                lost.append(prefix)
+                raise StoreUnavailable(store.endpoint, "the answer came after the deadline")
+        return result
+
+    store.txn = txn  # the control service's one etcd client: Apps' and Releases'
+    region.boot()
+    region.run_until(spec.duration)
+    assert lost == ["/platform/versions/shop/v2", "/platform/releases/shop"]
+    verdict = {v.name: v for v in region.checks()}
+    assert all(v.passed for v in verdict.values()), verdict
+    assert region.platform.observed.calls_failed == 2
+    assert sorted(region.platform.observed.final.active["shop"]) == ["v2"]  # no v3 from a blind retry
 
 
 def test_the_run_is_deterministic():
