@@ -512,7 +512,13 @@ class Releases:
             active = [v.version.name for v in view.versions if v.version.state == "active"]
             if version not in active:
                 raise NotFound(f"version {version} of app {app} does not exist (or is being deleted)")
-            current = await self._read(app)
+            kv = await self.store.get(release_key(app))
+            current = None
+            if kv is not None:
+                try:
+                    current = decode_release(kv)
+                except InvalidRelease as exc:  # unreadable: a new release replaces it (the loop skips it anyway)
+                    self.runtime.trace("releases.corrupt.replaced", app=app, error=str(exc)[:200])
             if current is not None and current.active:
                 raise FailedPrecondition(f"app {app} is already releasing {current.new} ({current.state}): "
                                          "revert it or wait for it to finish")
@@ -523,7 +529,7 @@ class Releases:
             release = Release(app, old, version, record.group, record.domain, policy, "running", 0, 0.0, 0, 0,
                               await self._snapshot(record.group, record.domain, old, version), {},
                               f"started by {who.name}", who.name, self.runtime.wall_time())
-            compares = [Compare.mod_is(release.key, current.revision) if current else Compare.missing(release.key),
+            compares = [Compare.mod_is(release.key, kv.mod_revision) if kv else Compare.missing(release.key),
                         *guard]
             done = await self._write(release, compares, who, "release.start",
                                      f"release of {version} over {old} in steps {'/'.join(map(str, policy.steps))}",
@@ -741,15 +747,18 @@ class Releases:
             self.runtime.trace("releases.shares.failed", app=release.app, error=str(exc)[:200])
 
     async def _probe(self, cells: Sequence[str], app: str, version: str) -> str | None:
-        """The first Cell of the app that does not answer (None: all do)."""
+        """The first Cell of the app whose API does not answer (None: all do). An answer of any kind counts,
+        a refusal or "no such namespace" included: the Cell is up, the apps reconciler repairs what it lacks."""
         for cell in cells:
             workloads = self.cells.get(cell)
             if workloads is None:
                 return cell
             try:
                 await workloads.get_controller(app, controller_name(app, version))
-            except (ClusterUnavailable, WorkloadRejected, WorkloadNotFound, ValueError):
+            except ClusterUnavailable:
                 return cell
+            except (WorkloadRejected, WorkloadNotFound, ValueError):
+                continue
         return None
 
     async def _snapshot(self, group: str, domain: str, old: str, new: str) -> dict[str, HostMark]:

@@ -338,3 +338,14 @@ def test_the_record_round_trips_and_its_decoder_checks_bounds():
                           kv.lease)
         with pytest.raises(rel.InvalidRelease):
             rel.decode_release(forged)
+
+
+def test_a_corrupt_release_record_is_replaced_by_the_next_start_and_get_reports_it():
+    r = Region()
+    r.run(r.store.put(rel.release_key("shop"), b'{"state": "running"'))
+    with pytest.raises(port.CorruptRecord):
+        r.run(r.releases.get(ALICE, "shop"))
+    assert r.run(r.releases.check("shop")) is None  # the loop leaves it alone
+    view = r.release()
+    assert view.release.state == "running" and r.record().new == "v2"
+    assert r.run(r.releases.get(ALICE, "shop")).release == r.record()
