@@ -17,11 +17,11 @@ It must not change the Region: judging is observation only.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Container, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from control.activity import ACTIVITY, COUNTS
+from control.activity import ACTIVITY, COUNTS, Recount
 from control.apps import APPS, VERSIONS
 from control.members import MEMBERS
 from control.releases import RELEASES, InvalidRelease, decode_release
@@ -149,7 +149,7 @@ def _path(marks: Iterable[tuple[str, int]]) -> str:
     return " -> ".join(shown)
 
 
-def _shares_off(timeline: Iterable[tuple[float, dict[str, int] | None]], version: str, after: float) -> float | None:
+def _shares_off(timeline: Iterable[tuple[float, Mapping[str, int] | None]], version: str, after: float) -> float | None:
     """When the version's share was first 0 (or the record gone) at or after ``after``."""
     for at, shares in timeline:
         if at >= after and (shares is None or shares.get(version, 0) == 0):
@@ -157,86 +157,101 @@ def _shares_off(timeline: Iterable[tuple[float, dict[str, int] | None]], version
     return None
 
 
-def _release_reverted_within(region: Region, check: CheckSpec) -> CheckResult:
-    platform = region.platform
-    if platform is None:
-        return CheckResult(check.kind, False, "no platform app in this Region")
-    if not region.traffic.first_error:
+@dataclass(frozen=True)
+class Final:
+    """The platform at the end of the run (just before it)."""
+
+    at: float
+    active: Mapping[str, set[str]]  # app -> names of its active version records
+    deleting: Mapping[str, set[str]]  # app -> versions recorded as being deleted
+    controllers: Mapping[tuple[str, str], set[str]]  # (app, Cell) -> controllers there
+    recount: Recount | None  # control.activity.recount then (None: etcd away)
+
+
+@dataclass(frozen=True)
+class PlatformSeen:
+    """What a run showed of the platform, for the platform's verdicts: the sim's observers fill it
+    (sim/platform.py ``Platform.seen``); a lab fills it from what it reads (the same verdicts)."""
+
+    cells: Mapping[str, tuple[str, ...]]  # platform app -> its Cells
+    first_error: Mapping[tuple[str, str], float]  # (app, version) -> its first failed request
+    shares: Mapping[str, Sequence[tuple[float, Mapping[str, int] | None]]]  # app -> (t, shares; None: no record)
+    releases: Mapping[str, Sequence[tuple[float, str, int, str]]]  # app -> (t, state, percent, new version)
+    # (app, version, Cell) -> when its controller was deleted there, for controllers absent at the end
+    controllers_gone: Mapping[tuple[str, str, str], float]
+    final: Final | None
+
+
+def reverted_verdict(check: CheckSpec, seen: PlatformSeen) -> CheckResult:
+    """release-reverted-within: each version that failed a request had its share at 0 and its controllers
+    deleted in every Cell of its app within ``check.within`` of its first failure."""
+    if not seen.first_error:
         return CheckResult(check.kind, False, "no bad version failed a request: nothing to revert")
     passed, words = True, []
-    for (app, version), first in sorted(region.traffic.first_error.items()):
-        shares_off = _shares_off(platform.observed.shares.get(app, ()), version, first)
-        gone: list[float] = []
-        still = []
-        for cell in region.apps[app].cells:
-            name = controller_name(app, version)
-            workloads = platform.workloads[cell]
-            if (app, name) in workloads.controllers or (app, name) not in workloads.deleted_at:
-                still.append(cell)
-            else:
-                gone.append(workloads.deleted_at[(app, name)])
-        states = _path((s, p) for _, s, p, new in platform.observed.releases.get(app, ()) if new == version)
+    for (app, version), first in sorted(seen.first_error.items()):
+        shares_off = _shares_off(seen.shares.get(app, ()), version, first)
+        gone = [seen.controllers_gone[(app, version, cell)] for cell in seen.cells[app]
+                if (app, version, cell) in seen.controllers_gone]
+        still = [cell for cell in seen.cells[app] if (app, version, cell) not in seen.controllers_gone]
+        states = _path((s, p) for _, s, p, new in seen.releases.get(app, ()) if new == version)
         if shares_off is None or still:
             passed = False
             words.append(f"{app} {version}: first error at t={first:g}, not reverted (share "
                          + ("0 at t=" + f"{shares_off:g}" if shares_off is not None else "still > 0")
                          + (f"; controllers still in {', '.join(still)}" if still else "") + f"; release {states})")
             continue
-        reverted = max([shares_off, *gone])
-        took = reverted - first
+        took = max([shares_off, *gone]) - first
         passed = passed and took <= check.within
         words.append(f"{app} {version}: first error at t={first:g}, share 0 at t={shares_off:g}, controllers gone "
                      f"at t={max(gone):g}: {took:.1f} s (limit {check.within:g} s); release {states}")
     return CheckResult(check.kind, passed, "; ".join(words))
 
 
-def _release_completed(region: Region, check: CheckSpec) -> CheckResult:
-    platform = region.platform
-    if platform is None or not region.spec.releases:
+def completed_verdict(check: CheckSpec, seen: PlatformSeen, apps: Sequence[str],
+                      outages: Sequence[tuple[float, float]], end: float) -> CheckResult:
+    """release-completed: the release of each of ``apps`` ended completed, never reverted, paused if a Cell
+    outage (start, end) overlapped it, and left only its new version (records and controllers)."""
+    if not apps:
         return CheckResult(check.kind, False, "no gray release in this Region")
-    outages = [(at, at + (f.duration or region.spec.duration)) for f in region.spec.faults if f.kind == "cell-outage"
-               for at in occurrences(f, region.spec.duration)]
-    final = platform.observed.final
+    final = seen.final
     passed, words = True, []
-    for release in region.spec.releases:
-        timeline = platform.observed.releases.get(release.app, [])
+    for app in apps:
+        timeline = seen.releases.get(app, [])
         if not timeline:
             passed = False
-            words.append(f"{release.app}: no release started")
+            words.append(f"{app}: no release started")
             continue
         new = timeline[-1][3]
         mine = [(at, state, percent) for at, state, percent, v in timeline if v == new]
         states = [state for _, state, _ in mine]
         started = mine[0][0]
-        ended = next((at for at, state, _ in mine if state == "completed"), region.spec.duration)
-        overlapped = any(a < ended and b > started for a, b in outages)
+        ended = next((at for at, state, _ in mine if state == "completed"), end)
         problems = []
         if states[-1] != "completed":
             problems.append(f"ended {states[-1]}")
         if "reverting" in states or "reverted" in states:
             problems.append("reverted")
-        if overlapped and "paused" not in states:
+        if any(a < ended and b > started for a, b in outages) and "paused" not in states:
             problems.append("never paused while a Cell was cut off")
         if final is None:
             problems.append("no final look at the platform")
         else:
-            left = sorted(final.active.get(release.app, set()) - {new})
+            left = sorted(final.active.get(app, set()) - {new})
             if left:
                 problems.append(f"old version(s) {', '.join(left)} still recorded")
-            stale = sorted(f"{cell}/{c}" for (app, cell), names in final.controllers.items() if app == release.app
+            stale = sorted(f"{cell}/{c}" for (a, cell), names in final.controllers.items() if a == app
                            for c in names if c != controller_name(app, new))
             if stale:
                 problems.append(f"old controllers left: {', '.join(stale)}")
         passed = passed and not problems
         path = _path((s, p) for _, s, p in mine)
-        words.append(f"{release.app} {new}: {path}" + (f" at t={ended:g}" if "completed" in states else "")
+        words.append(f"{app} {new}: {path}" + (f" at t={ended:g}" if "completed" in states else "")
                      + (f"; {'; '.join(problems)}" if problems else ""))
     return CheckResult(check.kind, passed, "; ".join(words))
 
 
-def _no_orphan_versions(region: Region, check: CheckSpec) -> CheckResult:
-    platform = region.platform
-    final = platform.observed.final if platform is not None else None
+def orphans_verdict(check: CheckSpec, final: Final | None) -> CheckResult:
+    """no-orphan-versions: every Cell's controllers of each platform app are its active version records."""
     if final is None:
         return CheckResult(check.kind, False, "no final look at the platform (none, or etcd away at the end)")
     wrong = []
@@ -250,6 +265,32 @@ def _no_orphan_versions(region: Region, check: CheckSpec) -> CheckResult:
                        f"at t={final.at:g}: {versions} active version(s), every Cell's controllers as recorded"
                        if not wrong and not deleting else
                        f"at t={final.at:g}: " + "; ".join(wrong + [f"{d} still being deleted" for d in deleting]))
+
+
+def _seen(region: Region) -> PlatformSeen | None:
+    return region.platform.seen() if region.platform is not None else None
+
+
+def _release_reverted_within(region: Region, check: CheckSpec) -> CheckResult:
+    seen = _seen(region)
+    if seen is None:
+        return CheckResult(check.kind, False, "no platform app in this Region")
+    return reverted_verdict(check, seen)
+
+
+def _release_completed(region: Region, check: CheckSpec) -> CheckResult:
+    seen = _seen(region)
+    if seen is None:
+        return CheckResult(check.kind, False, "no platform app in this Region")
+    spec = region.spec
+    outages = [(at, at + (f.duration or spec.duration)) for f in spec.faults if f.kind == "cell-outage"
+               for at in occurrences(f, spec.duration)]
+    return completed_verdict(check, seen, list(dict.fromkeys(r.app for r in spec.releases)), outages, spec.duration)
+
+
+def _no_orphan_versions(region: Region, check: CheckSpec) -> CheckResult:
+    seen = _seen(region)
+    return orphans_verdict(check, seen.final if seen is not None else None)
 
 
 def activity_violations(history: Iterable[WatchEvent]) -> tuple[list[str], int]:
@@ -291,22 +332,25 @@ def activity_violations(history: Iterable[WatchEvent]) -> tuple[list[str], int]:
     return problems, records
 
 
-def _activity_consistent(region: Region, check: CheckSpec) -> CheckResult:
-    platform = region.platform
-    final = platform.observed.final if platform is not None else None
-    problems, records = activity_violations(region.store.history())
+def activity_verdict(check: CheckSpec, history: Iterable[WatchEvent], final: Final | None) -> CheckResult:
+    """activity-consistent from the store's history and the recount at the end: the sim's and the lab's."""
+    problems, records = activity_violations(history)
     counted = final.recount if final is not None else None
     passed = not problems and counted is not None and counted.equal and not counted.invalid \
         and counted.records == records
     detail = (f"{records} activity record(s); {len(problems)} change(s) without exactly one record or record(s) "
               "without a change" + (f" (first: {problems[0]})" if problems else ""))
-    if counted is None:
+    if final is None or counted is None:
         detail += "; no recount at the end (etcd away)"
     else:
         detail += (f"; daily counts {'==' if counted.equal else '!='} recount ({counted.records} record(s) at "
-                   f"t={final.at:g}" if final is not None else "") + (f", {len(counted.invalid)} invalid"
-                                                                      if counted.invalid else "") + ")"
+                   f"t={final.at:g}" + (f", {len(counted.invalid)} invalid" if counted.invalid else "") + ")")
     return CheckResult(check.kind, passed, detail)
+
+
+def _activity_consistent(region: Region, check: CheckSpec) -> CheckResult:
+    seen = _seen(region)
+    return activity_verdict(check, region.store.history(), seen.final if seen is not None else None)
 
 
 CHECKS: dict[str, Check] = {

@@ -40,6 +40,7 @@ from foundation.ports.workloads import controller_name
 from sim.adapters.runtime import SimRuntime
 from sim.adapters.store import MemoryStore, SimStoreClient
 from sim.adapters.workloads import SimWorkloads
+from sim.checks import Final, PlatformSeen
 from sim.kube import Kubernetes
 from sim.spec import AppSpec, ReleaseSpec
 from sim.topology import Cell
@@ -71,17 +72,6 @@ class SlbShares:
 def image_of(app: str, number: int) -> str:
     """The image of version ``number`` of ``app``: a registry reference tagged with a commit id (40 hex)."""
     return f"registry.sim:5000/{app}:{hashlib.sha1(f'{app}-{number}'.encode()).hexdigest()}"
-
-
-@dataclass
-class Final:
-    """The platform at the end of the run (``FINAL_MARGIN`` before it)."""
-
-    at: float
-    active: dict[str, set[str]]  # app -> names of its active version records
-    deleting: dict[str, set[str]]  # app -> versions recorded as being deleted
-    controllers: dict[tuple[str, str], set[str]]  # (app, Cell) -> controllers there
-    recount: Recount | None
 
 
 @dataclass
@@ -245,6 +235,18 @@ class Platform:
         raise RuntimeError(f"app {app} kept failing to read")
 
     # ------------------------------------------------------------------ what it shows
+    def seen(self) -> PlatformSeen:
+        """What the run showed, for the platform's checks (sim/checks.py)."""
+        gone = {}
+        for name, spec in self.specs.items():
+            for cell in spec.cells:
+                workloads = self.workloads[cell]
+                for (ns, controller), at in workloads.deleted_at.items():
+                    if ns == name and (ns, controller) not in workloads.controllers:
+                        gone[(name, controller.removeprefix(f"{name}-"), cell)] = at
+        return PlatformSeen({name: spec.cells for name, spec in self.specs.items()}, dict(self.traffic.first_error),
+                            self.observed.shares, self.observed.releases, gone, self.observed.final)
+
     def summary(self) -> dict[str, Any]:
         """The report's ``platform`` section: requests per version, releases and shares over time, retries."""
         o, t = self.observed, self.traffic
