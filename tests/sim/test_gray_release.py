@@ -226,6 +226,24 @@ def test_answers_lost_after_the_write_was_applied_are_retried_without_a_second_c
     assert sorted(region.platform.observed.final.active["shop"]) == ["v2"]  # no v3 from a blind retry
 
 
+def test_a_slow_version_is_reverted_by_its_latency_alone():
+    spec = small(faults=(FaultSpec("bad-version", at=20.0, app="shop", error_rate=0.0, latency_factor=5.0),),
+                 duration=150.0, checks=(CheckSpec("no-orphan-versions"),))
+    report, region = run_region(spec)
+    assert region.traffic.versions[("shop", "v2")][1] == 0  # not one error
+    states = [state for _, state, _, _ in region.platform.observed.releases["shop"]]
+    assert states[-1] == "reverted", states
+    assert report["passed"], report["checks"]
+    seconds = {}
+    for host in region.hosts.values():  # the Nginx hosts measured it: v2's requests took 5 x as long
+        for (domain, version), (classes, total) in host.proxy._answered.items():
+            if domain == "shop.example.com":
+                done = seconds.setdefault(version, [0, 0.0])
+                done[0] += sum(classes.values())
+                done[1] += total[0]
+    assert seconds["v2"][1] / seconds["v2"][0] == pytest.approx(5 * seconds["v1"][1] / seconds["v1"][0])
+
+
 def test_the_run_is_deterministic():
     spec = small(duration=150.0)
     assert run_region(spec)[0]["trace_sha256"] == run_region(spec)[0]["trace_sha256"]
