@@ -133,3 +133,35 @@ def test_the_release_rpcs_role_matrix_every_principal_production_and_not_own_and
         assert seen[("RevertRelease", True, "mara", True)] == "OK"
 
     run(etcd_server, body)
+
+
+def test_an_app_is_served_only_by_a_domain_its_creator_may_steer(etcd_server):
+    async def body(p: Platform) -> None:
+        code = grpc.StatusCode
+        core = SlbCore(p.store, AsyncioRuntime())
+        group = f"{GROUP}d"
+        await core.create_group(Principal("ops", "admin"), group)
+        domain = f"{fresh('dom')}.example.com"
+        await core.put_domain(Principal("ops", "admin"), {"name": domain, "group": group, "owner": "carol",
+                                                          "locations": [{"path": "/"}]})
+        error = await p.refused(code.PERMISSION_DENIED, p.stub.CreateApp(pb.CreateAppRequest(
+            name=fresh(), cells=list(CELLS), group=group, domain=domain), metadata=auth("sam")))
+        assert "belongs to carol" in error.details()
+        await p.refused(code.NOT_FOUND, p.stub.CreateApp(pb.CreateAppRequest(
+            name=fresh(), cells=list(CELLS), group=group, domain="nowhere.example.com"), metadata=auth("carol")))
+        error = await p.refused(code.INVALID_ARGUMENT, p.stub.CreateApp(pb.CreateAppRequest(
+            name=fresh(), cells=list(CELLS), group=group), metadata=auth("carol")))  # a group without a domain
+        app = fresh()
+        view = await p.stub.CreateApp(pb.CreateAppRequest(name=app, cells=list(CELLS), group=group, domain=domain),
+                                      metadata=auth("ops"))  # an admin may serve any domain
+        assert (view.app.group, view.app.domain) == (group, domain)
+        await p.stub.DeployVersion(pb.DeployVersionRequest(app=app, draft=pb.VersionDraft(image=IMAGE, replicas=1)),
+                                   metadata=auth("ops"))
+        assert await core.get_shares(Principal("ops", "admin"), group, domain) == {"v1": 100}
+        # without a domain there is nothing to release
+        plain = fresh()
+        await p.stub.CreateApp(pb.CreateAppRequest(name=plain, cells=list(CELLS)), metadata=auth("carol"))
+        await p.refused(code.FAILED_PRECONDITION, p.stub.StartRelease(pb.StartReleaseRequest(
+            app=plain, version="v1"), metadata=auth("carol")))
+
+    run(etcd_server, body)

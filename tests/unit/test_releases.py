@@ -256,8 +256,10 @@ def test_every_transition_has_its_activity_record_in_the_same_transaction():
         "release.start", "release.step", "release.revert", "release.revert"]
     assert records[sorted(release_writes)[2]].who == "alice" and records[sorted(release_writes)[2]].request_id \
         == "undo-1"
-    # each of those revisions wrote the release record too (the record's history: one version per transition,
-    # plus the check-by-check progress writes that carry no activity)
+    # each of those revisions wrote the release record too: read at that revision, the record was changed by it
+    for rev in release_writes:
+        then = r.run(r.store.range(rel.release_key("shop"), revision=rev)).kvs
+        assert then and then[0].mod_revision == rev, records[rev]
     assert r.record().revision == max(release_writes)
     for cell in CELLS:
         assert r.controllers(cell) == ["shop-v1"]
