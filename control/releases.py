@@ -629,7 +629,10 @@ class Releases:
             return (await self._finish(release)).release
         if not release.active:
             return release
-        view = await self.apps.show(CONTROLLER, app)
+        try:
+            view = await self.apps.show(CONTROLLER, app)
+        except port.NotFound:
+            return await self._end(release, "reverted", f"app {app} was deleted")
         active = [v.version.name for v in view.versions if v.version.state == "active"]
         if release.new not in active:
             return await self._end(release, "reverted", f"{release.new} was deleted")
