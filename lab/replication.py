@@ -118,6 +118,8 @@ class Counts:
     start_failures: int = 0
     stopped: int = 0
     forgotten: int = 0  # pods deleted from the API without a CNI DEL (their node lost, Failed)
+    add_seconds: list[float] = field(default_factory=list)  # each started pod's CNI ADD, as its runtime timed it
+    add_in_flight: list[int] = field(default_factory=list)  # the machine's ADDs in flight as each began
 
 
 @dataclass
@@ -274,6 +276,8 @@ class Replication:
             answer = await json_line(self.runtime_socket(node), request, timeout=RUNTIME_TIMEOUT)
             if answer.get("ok"):
                 self.counts.started += 1
+                self.counts.add_seconds.append(float(answer.get("add_seconds", 0.0)))
+                self.counts.add_in_flight.append(int(answer.get("add_in_flight", 0)))
             else:
                 self.counts.start_failures += 1
                 log.info("pod %s on %s not started: %s", name, node, str(answer.get("error"))[:200])

@@ -4,12 +4,14 @@ One lab (2 Cells x 2 nodes, one Nginx host, one platform app ``shop`` on port 80
 and discovery binding the lab makes), driven as a person would, with ``leengine app`` and the
 environment of ``leengine lab env``:
 
-* ``app create`` + ``app deploy`` (v1, 2 replicas per Cell): the control service (``--cells``)
-  writes a replication controller per Cell, the lab's replication loop (lab/replication.py, in
-  the persistent controller) makes 2 pods per Cell named ``shop-v1-xxxxx`` labelled app/version,
-  started by the lab kubelets through the real CNI plugin; the Cells' Endpoints carry each
-  pod's ``targetRef``; the app answers through Nginx with a v1 pod's name;
-* a v2 with ``LEENGINE_ERROR_RATE=0.5`` in its env: its pods answer 500 to about half of their
+* ``app create --domain web/shop.example.com`` + ``app deploy`` (v1, 2 replicas per Cell): the
+  control service (``--cells``) writes a replication controller per Cell, the lab's replication
+  loop (lab/replication.py, in the persistent controller) makes 2 pods per Cell named
+  ``shop-v1-xxxxx`` labelled app/version, started by the lab kubelets through the real CNI
+  plugin; the Cells' Endpoints carry each pod's ``targetRef``; the app answers through Nginx
+  with a v1 pod's name;
+* a v2 with ``LEENGINE_ERROR_RATE=0.5`` in its env: not released, its share is 0, so Nginx sends
+  it nothing (60 requests, all answered by v1 pods); its pods answer 500 to about half of their
   requests (busybox httpd's CGI); ``set_errors`` (the ``bad-version`` fault's primitive) makes
   v1's pods answer 500 to every request, then none;
 * ``app scale shop v1 1 --cell c1``: one v1 pod of c1 is stopped (CNI DEL: its runtime no longer
@@ -118,6 +120,10 @@ def _answers(lab, pod: str, n: int) -> list[int]:
     return codes
 
 
+async def _bodies(nginx: str, n: int) -> list[str]:
+    return [(await get(nginx, 80, "shop.example.com", 2.0)).body for _ in range(n)]
+
+
 async def _runtime_pods(lab) -> set[str]:
     pods = RuntimePods(lab.plan, None)
     return {p["name"] for n in lab.plan.nodes for p in await pods.list_pods(n) or [] if p.get("version")}
@@ -137,7 +143,8 @@ def test_leengine_app_in_a_lab_runs_versions_as_pods_that_serve_and_answer_error
         env = {**os.environ, **services.lab_environment(lab)}
         nginx = lab.plan.hosts["web-nginx-1"].mgmt_ip
 
-        _app(env, "create", "shop", "--cell", "c1", "--cell", "c2", "--non-production")
+        _app(env, "create", "shop", "--cell", "c1", "--cell", "c2", "--non-production", "--domain",
+             "web/shop.example.com")
         _app(env, "deploy", "shop", "--image", IMAGE, "--replicas", "2", "--port", "8080")
         v1 = {c: _wait(f"2 ready v1 pods in {c}", lambda c=c: _pods(lab, c, "v1"), lambda p: len(p) == 2)
               for c in ("c1", "c2")}
@@ -166,6 +173,10 @@ def test_leengine_app_in_a_lab_runs_versions_as_pods_that_serve_and_answer_error
         _app(env, "deploy", "shop", "--replicas", "1", "--env", "LEENGINE_ERROR_RATE=0.5")
         v2 = _wait("a ready v2 pod in each Cell", lambda: _pods(lab, "c1", "v2") + _pods(lab, "c2", "v2"),
                    lambda p: len(p) == 2)
+        # v2 runs with share 0 (not released): Nginx sends it nothing, though discovery pushed its pods
+        time.sleep(5)
+        through = asyncio.run(_bodies(nginx, 60))
+        assert through and all(b in v1["c1"] + v1["c2"] for b in through), through
         codes = _answers(lab, v2[0], 40)
         assert set(codes) <= {200, 500} and 6 <= codes.count(500) <= 34, codes
         replication = replication_of(lab.plan)
