@@ -4,6 +4,8 @@ Subcommands:
   leengine demo              the spine's simulated demo (no services needed)
   leengine sim run [SCENARIO] replay a scenario file on the simulated Region (default: scenarios/default.yaml)
   leengine sim validate SCENARIO  check a scenario file without running it
+  leengine sim sweep SCENARIO --seeds 1-1000  many seeds on Dask, failures grouped (leengine/sweep_cmd.py)
+  leengine sim shrink SCENARIO --seed N       a failing run shrunk to a smaller scenario file
   leengine store ...         inspect a real etcd through the Store port (status, get, put, ls; --json
                              on the reads); --etcd, --etcd-timeout, TLS with --etcd-ca/--etcd-cert/--etcd-key
                              (leengine/etcd_options.py; the old --endpoint/--timeout still work, hidden)
@@ -53,6 +55,7 @@ from leengine.etcd_options import (
     check_timeout,
 )
 from leengine.lab_cmd import lab_app
+from leengine.sweep_cmd import shrink_command, sweep_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="LeEngine testbed: node agents, control service and a SimPy model of the platform.")
@@ -63,6 +66,8 @@ app.add_typer(sim_app, name="sim")
 app.add_typer(lab_app, name="lab")
 app.add_typer(app_app, name="app")  # leengine/app_cmd.py: the platform's apps, members, activity
 app.command("compare")(compare_command)  # leengine/compare_cmd.py: sim report vs lab report
+sim_app.command("sweep")(sweep_command)  # leengine/sweep_cmd.py: many seeds on Dask, failures grouped
+sim_app.command("shrink")(shrink_command)  # leengine/sweep_cmd.py: a failing run made small
 console = Console()
 DEFAULT_SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "default.yaml"
 

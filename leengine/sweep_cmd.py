@@ -1,0 +1,298 @@
+"""``leengine sim sweep`` and ``leengine sim shrink``: seed sweeps and shrinking on Dask distributed.
+
+``DaskEngine`` is the sweep engine (the ``sim.sweep.Engine`` protocol) on Dask: by default an
+embedded ``LocalCluster`` of worker processes (one thread each: a run is pure Python and holds
+the GIL), or any running ``dask scheduler`` by address (``--scheduler tcp://HOST:8786``): the
+same code either way. The scenario's validated spec is scattered to the workers once; tasks are
+submitted in a bounded window (``--window``, default 4 per worker thread) and topped up as
+results come back, so 100,000 seeds never sit in the scheduler at once. A worker that dies
+takes its tasks with it: the scheduler runs them again elsewhere (up to its
+``allowed-failures``); a task that raises is retried ``--retries`` times; whatever still
+fails is reported as lost, once. ``sim.sweep.Sweep`` keeps one result per seed.
+
+Dask is imported here, in the command layer, never by sim/ (sim.sweep is pure orchestration
+over an engine) nor by agent code. Exit status: 0 every seed passed (shrink: a smaller failing
+scenario was written), 1 a seed failed or was lost (shrink: nothing to shrink or no run
+failed), 2 bad input (nothing ran).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+
+from leengine.command import EXIT_FAILED, BadInput
+
+if TYPE_CHECKING:  # sim.sweep imports the whole world: loaded when a sweep runs, not on every `leengine`
+    from sim.sweep import Result, SweepJob, Task
+
+DEFAULT_RETRIES = 2
+WINDOW_PER_THREAD = 4
+
+
+@functools.cache
+def code_version() -> str:
+    """This process's code: ``git describe --always --dirty`` of the checkout it runs from, else the
+    package version (a worker on another machine may run other code: each result says which)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        described = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=root, capture_output=True,
+                                   text=True, timeout=10, check=True).stdout.strip()
+        if described:
+            return f"git {described}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"package {version('leengine-testbed')}"
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def timed_run(job: SweepJob, seed: int) -> Result:
+    """The task every engine runs: ``sim.sweep.run_seed`` plus its wall seconds, the worker and its code."""
+    from sim.sweep import run_seed
+
+    code = code_version()  # before the clock starts: the first call of a process runs git
+    started = time.perf_counter()
+    result = run_seed(job, seed)
+    return {**result, "wall_seconds": round(time.perf_counter() - started, 4),
+            "worker": f"{socket.gethostname()}:{os.getpid()}", "code": code}
+
+
+class SerialEngine:
+    """Every task in this process, in order: the reference the parallel engines are held to."""
+
+    def run(self, tasks: Iterable[Task]) -> Iterator[tuple[int, Result]]:
+        for index, (job, seed) in enumerate(tasks):
+            yield index, timed_run(job, seed)
+
+
+class DaskEngine:
+    """Runs ``sim.sweep.run_seed`` tasks on a Dask cluster; use as a context manager."""
+
+    def __init__(self, *, scheduler: str | None = None, workers: int = 2, window: int | None = None,
+                 retries: int = DEFAULT_RETRIES, connect_timeout: float = 30.0) -> None:
+        self.scheduler = scheduler
+        self.workers = workers
+        self.window = window
+        self.retries = retries
+        self.connect_timeout = connect_timeout
+        self.client: Any = None
+        self.cluster: Any = None
+        self._scattered: dict[int, tuple[SweepJob, Any]] = {}
+
+    def __enter__(self) -> DaskEngine:
+        from distributed import Client, LocalCluster
+
+        if logging.getLogger().getEffectiveLevel() > logging.INFO:  # Dask's INFO lines are not the sweep's news
+            logging.getLogger("distributed").setLevel(logging.ERROR)
+
+        if self.scheduler:  # its workers were started by their own commands: see docs/sim.md for their profiler
+            self.client = Client(self.scheduler, timeout=self.connect_timeout, set_as_default=False)
+        else:
+            import dask
+
+            # The workers' statistical profiler samples every thread's stack each 10 ms, for a dashboard a
+            # sweep does not show; the scheduler's HTTP server takes a free port, not 8787 (two sweeps, or
+            # tests, run side by side).
+            with dask.config.set({"distributed.worker.profile.enabled": False}):
+                self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
+                                            dashboard_address=":0", silence_logs=logging.ERROR)
+            self.client = Client(self.cluster, set_as_default=False)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close()
+        if self.cluster is not None:
+            with contextlib.suppress(Exception):
+                self.cluster.close()
+
+    def threads(self) -> int:
+        """Worker threads the scheduler knows now."""
+        info = self.client.scheduler_info()
+        return sum(int(w.get("nthreads", 1)) for w in info.get("workers", {}).values())
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "scheduler" if self.scheduler else "local-cluster",
+                "address": self.client.scheduler.address, "workers": len(self.client.scheduler_info()["workers"]),
+                "threads": self.threads(), "window": self._window(), "retries": self.retries}
+
+    def _window(self) -> int:
+        return self.window or max(WINDOW_PER_THREAD * max(self.threads(), 1), 4)
+
+    def _job_future(self, job: SweepJob) -> Any:
+        # Scattered once per job (a sweep has one; shrink a few candidates at a time), to every worker:
+        # a worker that dies leaves the copies on the others.
+        known = self._scattered.get(id(job))
+        if known is None or known[0] is not job:
+            known = (job, self.client.scatter(job, broadcast=True, hash=False))
+            self._scattered[id(job)] = known
+        return known[1]
+
+    def run(self, tasks: Iterable[Task]) -> Iterator[tuple[int, Result]]:
+        from distributed import as_completed
+
+        from sim.sweep import lost_result
+
+        batch = uuid.uuid4().hex[:8]
+        pending = enumerate(tasks)
+        in_flight: dict[str, tuple[int, int]] = {}
+        done = as_completed([], with_results=False, loop=self.client.loop)
+        window = self._window()
+
+        def top_up() -> None:
+            while len(in_flight) < window:
+                nxt = next(pending, None)
+                if nxt is None:
+                    return
+                index, (job, seed) = nxt
+                future = self.client.submit(timed_run, self._job_future(job), seed, key=f"seed-{batch}-{index}",
+                                            retries=self.retries, pure=False)
+                in_flight[future.key] = (index, seed)
+                done.add(future)
+
+        top_up()
+        try:
+            while in_flight:
+                future = next(done)
+                index, seed = in_flight.pop(future.key)
+                try:
+                    result = future.result()
+                except Exception as exc:  # KilledWorker after allowed-failures, a lost dependency, ...
+                    result = lost_result(seed, f"{type(exc).__name__}: {exc}")
+                future.release()
+                top_up()
+                yield index, result
+        finally:
+            for key in list(in_flight):
+                in_flight.pop(key)
+            self._scattered.clear()
+
+
+# ------------------------------------------------------------------ the commands
+
+
+ScenarioArg = Annotated[Path, typer.Argument(metavar="SCENARIO", help="a scenario YAML file (see docs/sim.md)")]
+SchedulerOpt = Annotated[str | None, typer.Option(
+    help="a running `dask scheduler`, e.g. tcp://127.0.0.1:8786 (default: an embedded LocalCluster)")]
+WorkersOpt = Annotated[int, typer.Option(min=1, max=256, help="worker processes of the embedded LocalCluster")]
+RetriesOpt = Annotated[int, typer.Option(min=0, max=10, help="retries of a task that raised")]
+
+
+def _load(path: Path, seed: int | None = None) -> Any:
+    from sim.scenario import ScenarioError, load_scenario
+
+    try:
+        return load_scenario(path, seed=seed)
+    except ScenarioError as exc:
+        raise BadInput(str(exc)) from None
+
+
+def _code() -> dict[str, Any]:
+    return {"describe": code_version()}
+
+
+def _default_workers() -> int:
+    return max(len(os.sched_getaffinity(0)), 1)
+
+
+def sweep_command(
+    scenario: ScenarioArg,
+    seeds: Annotated[str, typer.Option(help="seeds to run: 1-1000, 7, 1,5,10-20")] = "1-100",
+    scheduler: SchedulerOpt = None,
+    workers: Annotated[int | None, typer.Option(min=1, max=256, help="worker processes of the embedded "
+                                                                     "LocalCluster (default: the CPUs)")] = None,
+    out: Annotated[Path | None, typer.Option(help="write sweep.json, summary.txt and plots here "
+                                                  "(default: runs/sweeps/NAME-seedsA-B)")] = None,
+    window: Annotated[int | None, typer.Option(min=1, max=100_000, help="tasks in flight (default: 4 per "
+                                                                         "worker thread)")] = None,
+    retries: RetriesOpt = DEFAULT_RETRIES,
+    plots: Annotated[bool, typer.Option(help="draw failures-by-check.png and wall-time.png")] = True,
+) -> None:
+    """Run a scenario on many seeds on Dask (a LocalCluster, or --scheduler); group the failures; exit 1 if any
+    seed failed."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from sim.sweep import SweepJob, parse_seeds, run_sweep, summarize, summary_text, write_sweep
+
+    loaded = _load(scenario)
+    try:
+        seed_list = parse_seeds(seeds)
+    except ValueError as exc:
+        raise BadInput(f"--seeds: {exc}") from None
+    spec = loaded.spec
+    out_dir = out or Path("runs") / "sweeps" / f"{spec.name}-seeds{seed_list[0]}-{seed_list[-1]}"
+    err = Console(stderr=True)
+    started = time.perf_counter()
+    with DaskEngine(scheduler=scheduler, workers=workers or _default_workers(), window=window,
+                    retries=retries) as engine:
+        engine_info = engine.describe()
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("[green]{task.fields[passed]} passed[/] [red]{task.fields[failed]} failed[/]"),
+                      TextColumn("{task.fields[rate]} seeds/min"), TimeElapsedColumn(), console=err,
+                      disable=not err.is_terminal) as progress:
+            bar = progress.add_task(f"{spec.name}", total=len(seed_list), passed=0, failed=0, rate="-")
+
+            def on_result(_result: Result, sweep: Any) -> None:
+                elapsed = time.perf_counter() - started
+                progress.update(bar, completed=len(sweep.results), passed=sweep.passed, failed=sweep.failed,
+                                rate=f"{len(sweep.results) / elapsed * 60:,.0f}" if elapsed > 0 else "-")
+
+            sweep = run_sweep(engine, SweepJob(spec), seed_list, on_result)
+    wall = time.perf_counter() - started
+    report = summarize(sweep, scenario={"file": str(scenario), "name": spec.name, "sha256": loaded.sha256},
+                       code=_code(), engine=engine_info, seeds_text=seeds, wall_seconds=wall)
+    write_sweep(report, out_dir, plots=plots)
+    print(summary_text(report), end="")
+    print(f"sweep.json: {out_dir / 'sweep.json'}")
+    if report["totals"]["failed"] or report["totals"]["missing"]:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def shrink_command(
+    scenario: ScenarioArg,
+    seed: Annotated[int, typer.Option(min=0, help="the failing seed")],
+    check: Annotated[str | None, typer.Option(help="the check that must keep failing (default: the first that "
+                                                   "failed)")] = None,
+    out: Annotated[Path | None, typer.Option(help="the smaller scenario file (default: "
+                                                  "runs/shrink/NAME-seedN.yaml)")] = None,
+    scheduler: SchedulerOpt = None,
+    workers: Annotated[int | None, typer.Option(min=1, max=256, help="worker processes of the embedded "
+                                                                     "LocalCluster (default: the CPUs)")] = None,
+    max_runs: Annotated[int, typer.Option(min=1, max=100_000, help="stop after this many candidate runs")] = 300,
+    loose: Annotated[bool, typer.Option(help="any failure of the check will do (default: the same signature)")]
+    = False,
+) -> None:
+    """Shrink a failing seed's scenario (faults, apps, Cells, nodes, duration, ...) to a smaller scenario file that
+    still fails the same check."""
+    from sim.shrink import ShrinkError, shrink
+
+    loaded = _load(scenario, seed)
+    out_file = out or Path("runs") / "shrink" / f"{loaded.spec.name}-seed{seed}.yaml"
+    with DaskEngine(scheduler=scheduler, workers=workers or _default_workers()) as engine:
+        try:
+            outcome = shrink(engine, loaded, seed=seed, check=check, max_runs=max_runs, same_signature=not loose,
+                             log=lambda line: print(line, file=sys.stderr))
+        except ShrinkError as exc:
+            print(f"leengine: error: {exc}", file=sys.stderr)
+            raise typer.Exit(EXIT_FAILED) from None
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    out_file.write_text(outcome.yaml_text)
+    print(outcome.summary())
+    print(f"wrote {out_file}; replay: leengine sim run {out_file} --seed {seed}")
