@@ -30,6 +30,7 @@ from typing import Any
 
 from control.activity import Recount, recount
 from control.apps import Apps, Draft, decode_version, versions_prefix
+from control.auth import PLATFORM as PLATFORM_NAME
 from control.auth import Principal
 from control.releases import InvalidRelease, Releases, decode_release
 from control.slb_core import SlbCore
@@ -47,7 +48,7 @@ from sim.topology import Cell
 from sim.traffic import Traffic
 
 OWNER = Principal("sim-owner", "user")  # who creates, deploys and releases the platform apps
-PLATFORM = Principal("platform", "admin")  # who writes traffic shares (slb-core: admin or the platform role)
+PLATFORM = Principal(PLATFORM_NAME, "platform")  # who writes traffic shares: the entry point's principal
 RECONCILE_SECONDS = 30.0  # the control service's reconcile period (leengine-control --reconcile-seconds)
 API_LATENCY = 0.005  # seconds a call to a Cell's API server takes
 RETRY_SECONDS = 5.0  # a failed call is tried again after this (a client's retry)
