@@ -133,7 +133,8 @@ def test_the_command_writes_the_sweep_and_says_which_seeds_failed(scenario_file,
     assert "4 reported: 4 passed, 0 failed" in run.stdout
     bad = subprocess.run([sys.executable, "-m", "leengine.cli", "sim", "sweep", str(scenario_file), "--seeds", "9-3"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and bad.stderr.strip() == "leengine: error: --seeds: '9-3': the range ends before it starts"
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "leengine: error: --seeds: '9-3': the range ends before it starts"
 
 
 def test_seed_lists():
@@ -157,7 +158,7 @@ def test_a_signature_keeps_the_shape_of_a_failure_and_drops_what_varies_by_seed(
 def test_a_result_delivered_twice_is_kept_once():
     class Twice:
         def run(self, tasks):
-            for index, (job, seed) in enumerate(tasks):
+            for index, (_job, seed) in enumerate(tasks):
                 result = {"seed": seed, "passed": True, "failures": []}
                 yield index, result
                 yield index, dict(result)  # a retried task whose first run also came back
