@@ -155,7 +155,9 @@ class Region:
 
     def start_slb_agent(self, host: NginxHost) -> None:
         agent = SlbAgent(host.client, host.proxy, self.runtime,
-                         SlbAgentConfig(host.group, host.name, traffic_every=self.spec.traffic_every),
+                         # a Region with platform apps: per-version traffic records and request metrics
+                         SlbAgentConfig(host.group, host.name, traffic_every=self.spec.traffic_every,
+                                        request_metrics_every=self.spec.traffic_every),
                          metrics=self.agent_metrics)
         host.task = self.runtime.spawn(agent.run(), name=f"slb-agent/{host.name}")
 

@@ -19,6 +19,7 @@ from control.activity import ACTIVITY, COUNTS
 from foundation.logic.slb_shares import decode_shares, shares_key
 from foundation.logic.slb_traffic import decode_traffic, traffic_prefix
 from foundation.ports import KeyValue, PutOp, StoreUnavailable, WatchEvent
+from foundation.ports.metrics import SLB_REQUESTS
 from foundation.ports.workloads import ControllerInfo, controller_name
 from sim.adapters.runtime import SimRuntime
 from sim.checks import activity_violations
@@ -96,6 +97,11 @@ def test_a_bad_version_is_reverted_within_two_bake_intervals_of_its_first_error(
                 if kv.key.startswith(traffic_prefix("web"))]
     assert len(recorded) == 2
     assert sum(t.domains["shop.example.com"]["v2"].errors for t in recorded) == v2[1]
+    # ... and the agents' request metrics (metrics.om) per version and status class
+    exported = sum(region.agent_metrics.value(SLB_REQUESTS, {"group": "web", "host": host, "domain": "shop.example.com",
+                                                             "version": "v2", "code": "5xx"}) or 0
+                   for host in region.hosts)
+    assert exported == v2[1]
 
 
 def test_a_good_release_pauses_while_a_cell_is_cut_off_then_resumes_and_completes(outage):
