@@ -69,7 +69,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from control.activity import activity_ops, check_request_id
 from control.auth import Principal
@@ -79,6 +79,7 @@ from foundation.ports import Compare, DeleteOp, GetOp, KeyValue, PutOp, Runtime,
 from foundation.ports import control as port
 from foundation.ports.cluster import ClusterUnavailable
 from foundation.ports.proxy_domain import DomainError, check_domain_name, check_group
+from foundation.ports.traffic_shares import TrafficShares
 from foundation.ports.workloads import (
     DNS_LABEL,
     MAX_ENV,
@@ -449,18 +450,6 @@ class Reconciled:
 
 
 # --------------------------------------------------------------------------- traffic shares
-
-
-class TrafficShares(Protocol):
-    """A domain's traffic shares per version (slb-core's record), as the platform writes them.
-
-    The same Protocol as ``control.releases.TrafficShares`` (apps and releases do not import
-    each other); the entry point passes one adapter around slb-core to both.
-    """
-
-    async def set_shares(self, group: str, domain: str, shares: Mapping[str, int]) -> None: ...
-
-    async def get_shares(self, group: str, domain: str) -> dict[str, int] | None: ...
 
 
 def repaired_shares(current: Mapping[str, int] | None, active: Sequence[str]) -> dict[str, int] | None:

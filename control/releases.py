@@ -77,6 +77,7 @@ from foundation.ports import Compare, KeyValue, PutOp, Runtime, Store, StoreErro
 from foundation.ports import control as port
 from foundation.ports.cluster import ClusterUnavailable
 from foundation.ports.runtime import Event
+from foundation.ports.traffic_shares import TrafficShares
 from foundation.ports.workloads import DNS_LABEL, WorkloadNotFound, WorkloadRejected, Workloads, controller_name
 
 RELEASES = "/platform/releases/"
@@ -136,14 +137,6 @@ def _clip(value: Any) -> str:
 
 
 # --------------------------------------------------------------------------- the ports it meets
-
-
-class TrafficShares(Protocol):
-    """A domain's traffic shares per version (slb-core's record), as the platform writes them."""
-
-    async def set_shares(self, group: str, domain: str, shares: Mapping[str, int]) -> None: ...
-
-    async def get_shares(self, group: str, domain: str) -> dict[str, int] | None: ...
 
 
 class AppLike(Protocol):

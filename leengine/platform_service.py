@@ -48,7 +48,8 @@ import grpc
 import yaml
 
 from control import activity, apps, members, releases, slb_core
-from control.auth import PLATFORM, Principal
+from control.auth import Principal
+from control.platform_shares import SlbShares
 from foundation.logic.slb_domain import GROUP_NAME
 from foundation.ports import Runtime, Store, StoreError
 from foundation.ports import control as port
@@ -118,21 +119,6 @@ async def close_workloads(cells: Mapping[str, Workloads]) -> None:
         close = getattr(workloads, "close", None)
         if close is not None:
             await close()
-
-
-class SlbShares:
-    """The platform's ``TrafficShares`` (control.apps, control.releases): slb-core's shares, as ``platform``."""
-
-    principal = Principal(PLATFORM, "platform")
-
-    def __init__(self, core: slb_core.SlbCore) -> None:
-        self.core = core
-
-    async def set_shares(self, group: str, domain: str, shares: Mapping[str, int]) -> None:
-        await self.core.set_shares(self.principal, group, domain, shares)
-
-    async def get_shares(self, group: str, domain: str) -> dict[str, int] | None:
-        return await self.core.get_shares(self.principal, group, domain)
 
 
 async def platform_forever(service: PlatformService, period: float = DEFAULT_RECONCILE_PERIOD) -> None:

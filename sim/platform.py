@@ -30,8 +30,8 @@ from typing import Any
 
 from control.activity import Recount, recount
 from control.apps import Apps, Draft, decode_version, versions_prefix
-from control.auth import PLATFORM as PLATFORM_NAME
 from control.auth import Principal
+from control.platform_shares import SlbShares
 from control.releases import InvalidRelease, Releases, decode_release
 from control.slb_core import SlbCore
 from foundation.logic.slb_shares import SharesError, decode_shares, shares_key, shares_prefix
@@ -48,26 +48,11 @@ from sim.topology import Cell
 from sim.traffic import Traffic
 
 OWNER = Principal("sim-owner", "user")  # who creates, deploys and releases the platform apps
-PLATFORM = Principal(PLATFORM_NAME, "platform")  # who writes traffic shares: the entry point's principal
 RECONCILE_SECONDS = 30.0  # the control service's reconcile period (leengine-control --reconcile-seconds)
 API_LATENCY = 0.005  # seconds a call to a Cell's API server takes
 RETRY_SECONDS = 5.0  # a failed call is tried again after this (a client's retry)
 MAX_TRIES = 60
 FINAL_MARGIN = 1.0  # the final look at the Region, this long before the run ends
-
-
-class SlbShares:
-    """``TrafficShares`` (control.apps, control.releases) over slb-core, as the platform principal."""
-
-    def __init__(self, slb: SlbCore, who: Principal = PLATFORM) -> None:
-        self.slb = slb
-        self.who = who
-
-    async def set_shares(self, group: str, domain: str, shares: Mapping[str, int]) -> None:
-        await self.slb.set_shares(self.who, group, domain, shares)
-
-    async def get_shares(self, group: str, domain: str) -> dict[str, int] | None:
-        return await self.slb.get_shares(self.who, group, domain)
 
 
 def image_of(app: str, number: int) -> str:

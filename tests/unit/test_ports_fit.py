@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from control.platform_shares import SlbShares
 from foundation.adapters.asyncio_runtime import AsyncioRuntime
 from foundation.adapters.buildah_builder import BuildahBuilder, BuildahConfig
 from foundation.adapters.etcd_store import EtcdStore
@@ -30,6 +31,7 @@ from foundation.ports.metrics import Metrics, NoMetrics
 from foundation.ports.proxy import Proxy
 from foundation.ports.runtime import Event, Queue, Runtime, Task
 from foundation.ports.store import Store
+from foundation.ports.traffic_shares import TrafficShares
 from foundation.ports.workloads import Workloads
 from sim.adapters.builder import SimBuilder, SimRegistry
 from sim.adapters.cluster import RegionCluster, SimCluster
@@ -52,6 +54,7 @@ def _every_adapter_is_its_port(
     grpc_control: GrpcControlClient, sim_control: SimControlClient,
     prom_metrics: PromMetrics, sim_metrics: SimMetrics, no_metrics: NoMetrics,
     kube_workloads: KubeWorkloads, sim_workloads: SimWorkloads,
+    slb_shares: SlbShares,
 ) -> None:
     """Checked by mypy, never run: an adapter that stops fitting its port fails ./test.sh."""
     runtimes: list[Runtime] = [asyncio_runtime, sim_runtime]
@@ -64,12 +67,13 @@ def _every_adapter_is_its_port(
     controls: list[ControlClient] = [grpc_control, sim_control]
     metrics: list[Metrics] = [prom_metrics, sim_metrics, no_metrics]
     workloads: list[Workloads] = [kube_workloads, sim_workloads]
+    shares: list[TrafficShares] = [slb_shares]  # slb-core in-process: the control service's and the sim's
     for runtime in runtimes:  # what a runtime hands out fits the port's smaller protocols too
         task: Task[object] = runtime.spawn(runtime.sleep(0), name="t")
         queue: Queue[int] = runtime.queue()
         event: Event = runtime.event()
         del task, queue, event
-    del stores, inventories, dataplanes, proxies, builders, controls, metrics, workloads
+    del stores, inventories, dataplanes, proxies, builders, controls, metrics, workloads, shares
 
 
 def test_runtimes_fit_the_runtime_port() -> None:
