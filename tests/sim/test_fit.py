@@ -153,3 +153,25 @@ def test_an_attach_pays_for_the_attaches_in_flight_on_its_machine() -> None:
 
     assert took(shared=True) == pytest.approx([0.1, 0.15, 0.2])
     assert took(shared=False) == pytest.approx([0.1, 0.1, 0.1])
+
+
+def test_the_lab_kubelet_counts_the_adds_in_flight_of_live_runtimes_only(tmp_path: Path) -> None:
+    """What fit reads is what the runtimes count: marks of live runtimes (this process, and pid 1 for another
+    runtime's), not a SIGKILLed runtime's leftover (a pid that is no more), which the count removes."""
+    import os
+    import subprocess
+    import sys
+
+    from lab.container_runtime import ContainerRuntime
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    (tmp_path / f"{dead}-7").touch()  # a killed runtime's mark
+    (tmp_path / "1-3").touch()  # another live runtime's ADD
+    runtime = object.__new__(ContainerRuntime)
+    runtime.in_flight_dir, runtime.in_flight_seq = tmp_path, 0
+    first, n1 = runtime._mark_in_flight()
+    second, n2 = runtime._mark_in_flight()
+    assert (n1, n2) == (2, 3)  # itself included
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["1-3", first.name, second.name])
+    assert first.name == f"{os.getpid()}-1"
