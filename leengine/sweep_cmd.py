@@ -5,7 +5,10 @@ embedded ``LocalCluster`` of worker processes (one thread each: a run is pure Py
 the GIL), or any running ``dask scheduler`` by address (``--scheduler tcp://HOST:8786``): the
 same code either way. The scenario's validated spec is scattered to the workers once; tasks are
 submitted in a bounded window (``--window``, default 4 per worker thread) and topped up as
-results come back, so 100,000 seeds never sit in the scheduler at once. A worker that dies
+results come back, so 100,000 seeds never sit in the scheduler at once. A Dask task runs a chunk
+of consecutive seeds, sized from the runs seen so far to last about ``CHUNK_SECONDS`` (1 seed
+while runs are long): a scheduler round trip per 25 ms run cost more than the run (measured,
+bench/sweep.py). A worker that dies
 takes its tasks with it: the scheduler runs them again elsewhere (up to its
 ``allowed-failures``); a task that raises is retried ``--retries`` times; whatever still
 fails is reported as lost, once. ``sim.sweep.Sweep`` keeps one result per seed.
@@ -41,6 +44,8 @@ if TYPE_CHECKING:  # sim.sweep imports the whole world: loaded when a sweep runs
 
 DEFAULT_RETRIES = 2
 WINDOW_PER_THREAD = 4
+CHUNK_SECONDS = 0.5  # a Dask task runs seeds for about this long (runs of the scenario measured as they come)
+MAX_CHUNK = 64
 
 
 @functools.cache
@@ -61,6 +66,11 @@ def code_version() -> str:
         return f"package {version('leengine-testbed')}"
     except PackageNotFoundError:
         return "unknown"
+
+
+def timed_runs(job: SweepJob, seeds: list[int]) -> list[Result]:
+    """One Dask task: a few seeds of one job (short runs are chunked, see ``DaskEngine``)."""
+    return [timed_run(job, seed) for seed in seeds]
 
 
 def timed_run(job: SweepJob, seed: int) -> Result:
@@ -86,8 +96,9 @@ class DaskEngine:
     """Runs ``sim.sweep.run_seed`` tasks on a Dask cluster; use as a context manager."""
 
     def __init__(self, *, scheduler: str | None = None, workers: int = 2, window: int | None = None,
-                 retries: int = DEFAULT_RETRIES, connect_timeout: float = 30.0) -> None:
+                 retries: int = DEFAULT_RETRIES, connect_timeout: float = 30.0, chunk: int | None = None) -> None:
         self.scheduler = scheduler
+        self.chunk = chunk  # seeds per Dask task; None: adapt to CHUNK_SECONDS
         self.workers = workers
         self.window = window
         self.retries = retries
@@ -131,7 +142,8 @@ class DaskEngine:
     def describe(self) -> dict[str, Any]:
         return {"kind": "scheduler" if self.scheduler else "local-cluster",
                 "address": self.client.scheduler.address, "workers": len(self.client.scheduler_info()["workers"]),
-                "threads": self.threads(), "window": self._window(), "retries": self.retries}
+                "threads": self.threads(), "window": self._window(), "retries": self.retries,
+                "chunk": self.chunk or f"adaptive ({CHUNK_SECONDS} s of runs, <= {MAX_CHUNK} seeds)"}
 
     def _window(self) -> int:
         return self.window or max(WINDOW_PER_THREAD * max(self.threads(), 1), 4)
@@ -151,37 +163,65 @@ class DaskEngine:
         from sim.sweep import lost_result
 
         batch = uuid.uuid4().hex[:8]
-        pending = enumerate(tasks)
-        in_flight: dict[str, tuple[int, int]] = {}
+        pending = iter(enumerate(tasks))
+        lookahead: list[tuple[int, Task]] = []
+        in_flight: dict[str, list[tuple[int, int]]] = {}  # future key -> its (index, seed)s
         done = as_completed([], with_results=False, loop=self.client.loop)
         window = self._window()
+        chunk = 1 if self.chunk is None else self.chunk
+        per_seed: float | None = None  # mean wall seconds of one run, as results come in
+
+        def take() -> tuple[SweepJob, list[tuple[int, int]]] | None:
+            # Up to `chunk` consecutive tasks of one job: one Dask task, so short runs do not pay
+            # a scheduler round trip each.
+            if not lookahead:
+                nxt = next(pending, None)
+                if nxt is None:
+                    return None
+                lookahead.append(nxt)
+            index, (job, seed) = lookahead.pop()
+            items = [(index, seed)]
+            while len(items) < chunk:
+                nxt = next(pending, None)
+                if nxt is None:
+                    break
+                if nxt[1][0] is not job:
+                    lookahead.append(nxt)
+                    break
+                items.append((nxt[0], nxt[1][1]))
+            return job, items
 
         def top_up() -> None:
             while len(in_flight) < window:
-                nxt = next(pending, None)
-                if nxt is None:
+                taken = take()
+                if taken is None:
                     return
-                index, (job, seed) = nxt
-                future = self.client.submit(timed_run, self._job_future(job), seed, key=f"seed-{batch}-{index}",
-                                            retries=self.retries, pure=False)
-                in_flight[future.key] = (index, seed)
+                job, items = taken
+                future = self.client.submit(timed_runs, self._job_future(job), [seed for _, seed in items],
+                                            key=f"seeds-{batch}-{items[0][0]}", retries=self.retries, pure=False)
+                in_flight[future.key] = items
                 done.add(future)
 
         top_up()
         try:
             while in_flight:
                 future = next(done)
-                index, seed = in_flight.pop(future.key)
+                items = in_flight.pop(future.key)
                 try:
-                    result = future.result()
+                    results = list(future.result())
                 except Exception as exc:  # KilledWorker after allowed-failures, a lost dependency, ...
-                    result = lost_result(seed, f"{type(exc).__name__}: {exc}")
+                    results = [lost_result(seed, f"{type(exc).__name__}: {exc}") for _, seed in items]
                 future.release()
+                walls = [r["wall_seconds"] for r in results if r.get("wall_seconds")]
+                if walls and self.chunk is None:
+                    mean = sum(walls) / len(walls)
+                    per_seed = mean if per_seed is None else 0.8 * per_seed + 0.2 * mean
+                    chunk = max(1, min(MAX_CHUNK, int(CHUNK_SECONDS / per_seed)))
                 top_up()
-                yield index, result
+                for (index, _seed), result in zip(items, results, strict=True):
+                    yield index, result
         finally:
-            for key in list(in_flight):
-                in_flight.pop(key)
+            in_flight.clear()
             self._scattered.clear()
 
 

@@ -1,0 +1,256 @@
+"""Seed sweeps: seeds per minute serial vs Dask (embedded LocalCluster, and a `dask scheduler` + workers), the
+overhead per task vs a bare multiprocessing pool, and 10,000 seeds of a small scenario (wall, scheduler memory).
+
+Issue 15's targets: the local Dask cluster on this machine's 2 cores >= 1.8x serial; overhead per task
+vs a bare ``multiprocessing.Pool`` <= 10 %. Every variant runs the same task (``leengine.sweep_cmd.
+timed_run``: one seeded run of the Region) on the same seeds, in interleaved rounds; clusters are
+started before the rounds (their start-up is reported apart: a long sweep pays it once). The
+machine is shared, so each figure carries the 1-minute load average read before and after it.
+
+    .venv/bin/python -m bench.sweep --part speedup --rounds 3                  # scenarios/host-crash-ip-leak.yaml
+    .venv/bin/python -m bench.sweep --part overhead --rounds 3                 # a tiny scenario: overhead shows
+    .venv/bin/python -m bench.sweep --part scale --seeds 10000                 # 10,000 tiny seeds, scheduler memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.common import save, show
+from leengine.sweep_cmd import DaskEngine, SerialEngine, timed_run
+from sim.scenario import load_scenario
+from sim.sweep import SweepJob, run_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+DASK = Path(sys.executable).parent / "dask"
+TINY = """\
+name: sweep-tiny
+seed: 1
+duration: 60
+topology:
+  cells:
+    - {name: c1, nodes: 2, pools: [{name: p1, cidr: 10.1.0.0/26, vlan: 101}]}
+  groups: [{name: public, hosts: 1}]
+workload:
+  apps:
+    - {name: shop, cells: [c1], replicas: 2, group: public, requests_per_second: 10}
+checks:
+  - kind: no-duplicate-address
+"""
+
+_POOL_JOB: SweepJob | None = None
+
+
+def _pool_init(job: SweepJob) -> None:
+    global _POOL_JOB
+    _POOL_JOB = job
+
+
+def _pool_task(seed: int) -> dict[str, Any]:
+    assert _POOL_JOB is not None
+    return timed_run(_POOL_JOB, seed)
+
+
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ExternalCluster:
+    """`dask scheduler` + N `dask worker` processes, each started as its own command, as a user runs them."""
+
+    def __init__(self, workers: int, logs: Path) -> None:
+        self.address = f"tcp://127.0.0.1:{_free_port()}"
+        self.logs = logs
+        self.procs: list[subprocess.Popen[bytes]] = []
+        port = self.address.rsplit(":", 1)[1]
+        self.procs.append(self._start(["scheduler", "--host", "127.0.0.1", "--port", port, "--no-dashboard"],
+                                      "scheduler"))
+        for i in range(workers):
+            self.procs.append(self._start(["worker", self.address, "--name", f"w{i + 1}", "--nthreads", "1",
+                                           "--nworkers", "1", "--no-dashboard", "--host", "127.0.0.1",
+                                           "--local-directory", str(logs / f"w{i + 1}")], f"w{i + 1}"))
+
+    def _start(self, args: list[str], name: str) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False"}
+        with (self.logs / f"{name}.log").open("wb") as out:
+            return subprocess.Popen([str(DASK), *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+
+    @property
+    def scheduler_pid(self) -> int:
+        return self.procs[0].pid
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=10)
+
+
+class PeakRss:
+    """Samples a process's resident memory every 0.2 s in a thread; ``peak`` in MiB."""
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        self.process = psutil.Process(pid)
+        self.peak = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.peak = max(self.peak, self.process.memory_info().rss)
+            except Exception:
+                return
+            self.stop.wait(0.2)
+
+    def done(self) -> float:
+        self.stop.set()
+        self.thread.join()
+        return round(self.peak / 2**20, 1)
+
+
+def _timed(run: Callable[[], Any], seeds: int) -> dict[str, float]:
+    before = load()
+    started = time.perf_counter()
+    run()
+    wall = time.perf_counter() - started
+    return {"seeds_per_minute": round(seeds / wall * 60, 1), "wall": round(wall, 2), "load": before,
+            "load_after": load()}
+
+
+def compare(scenario: Path, seeds: list[int], rounds: int, workers: int) -> dict[str, Any]:
+    job = SweepJob(load_scenario(scenario).spec)
+    logs = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
+    t0 = time.perf_counter()
+    local = DaskEngine(workers=workers).__enter__()
+    local_start = time.perf_counter() - t0
+    external = ExternalCluster(workers, logs)
+    remote = DaskEngine(scheduler=external.address)
+    t0 = time.perf_counter()
+    remote.__enter__()
+    remote.client.wait_for_workers(workers, timeout=120)
+    remote_start = time.perf_counter() - t0
+    pool = multiprocessing.get_context("forkserver").Pool(workers, initializer=_pool_init, initargs=(job,))
+    list(pool.imap_unordered(_pool_task, seeds[:workers]))  # warm: imports done in each pool process
+    run_sweep(local, job, seeds[:workers * 2])  # the same warm-up for the clusters
+    run_sweep(remote, job, seeds[:workers * 2])
+    variants: dict[str, Callable[[], Any]] = {
+        "serial": lambda: run_sweep(SerialEngine(), job, seeds),
+        "multiprocessing pool": lambda: list(pool.imap_unordered(_pool_task, seeds)),
+        "dask local cluster": lambda: run_sweep(local, job, seeds),
+        "dask scheduler + workers": lambda: run_sweep(remote, job, seeds),
+    }
+    figures: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
+    try:
+        for r in range(rounds):
+            for name, run in variants.items():
+                figures[name].append(_timed(run, len(seeds)))
+                print(f"round {r + 1} {name}: {figures[name][-1]}", flush=True)
+    finally:
+        pool.close()
+        pool.join()
+        local.__exit__(None, None, None)
+        remote.__exit__(None, None, None)
+        external.close()
+    return {"scenario": str(scenario), "seeds": len(seeds), "workers": workers, "rounds": rounds,
+            "startup_seconds": {"local cluster": round(local_start, 2), "scheduler client + workers": round(
+                remote_start, 2)}, "runs": figures}
+
+
+def ratios(result: dict[str, Any]) -> dict[str, list[float]]:
+    runs = result["runs"]
+
+    def per_round(a: str, b: str, invert: bool = False) -> list[float]:
+        return [round((y["wall"] / x["wall"]) if invert else (x["seeds_per_minute"] / y["seeds_per_minute"]), 3)
+                for x, y in zip(runs[a], runs[b], strict=True)]
+
+    return {"local vs serial (x)": per_round("dask local cluster", "serial"),
+            "scheduler vs serial (x)": per_round("dask scheduler + workers", "serial"),
+            "pool vs serial (x)": per_round("multiprocessing pool", "serial"),
+            "local wall / pool wall": per_round("multiprocessing pool", "dask local cluster", invert=True),
+            "scheduler wall / pool wall": per_round("multiprocessing pool", "dask scheduler + workers", invert=True)}
+
+
+def scale(seeds: int, workers: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
+        path = Path(tmp) / "tiny.yaml"
+        path.write_text(TINY)
+        job = SweepJob(load_scenario(path).spec)
+        logs = Path(tmp)
+        external = ExternalCluster(workers, logs)
+        try:
+            with DaskEngine(scheduler=external.address) as engine:
+                engine.client.wait_for_workers(workers, timeout=120)
+                scheduler = PeakRss(external.scheduler_pid)
+                client = PeakRss(os.getpid())
+                before = load()
+                started = time.perf_counter()
+                sweep = run_sweep(engine, job, list(range(1, seeds + 1)))
+                wall = time.perf_counter() - started
+                window = engine.describe()["window"]
+            return {"seeds": seeds, "workers": workers, "window": window, "wall_seconds": round(wall, 1),
+                    "seeds_per_minute": round(seeds / wall * 60, 1), "reported": len(sweep.results),
+                    "passed": sweep.passed, "duplicates": sweep.duplicates, "scheduler_peak_rss_mib": scheduler.done(),
+                    "client_peak_rss_mib": client.done(), "load": before, "load_after": load()}
+        finally:
+            external.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", choices=("speedup", "overhead", "scale"), required=True)
+    parser.add_argument("--scenario", type=Path, default=ROOT / "scenarios" / "host-crash-ip-leak.yaml")
+    parser.add_argument("--seeds", type=int, default=0, help="default: 40 (speedup), 400 (overhead), 10000 (scale)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    if args.part == "scale":
+        result = scale(args.seeds or 10_000, args.workers)
+        show("10,000 seeds of a tiny scenario through a dask scheduler", list(result), [list(result.values())])
+        print(save(f"sweep-scale-{result['seeds']}", result))
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
+        scenario = args.scenario
+        if args.part == "overhead":
+            scenario = Path(tmp) / "tiny.yaml"
+            scenario.write_text(TINY)
+        n = args.seeds or (40 if args.part == "speedup" else 400)
+        result = compare(scenario, list(range(1, n + 1)), args.rounds, args.workers)
+    result["ratios"] = ratios(result)
+    rows = [[name, *(f"{r['seeds_per_minute']:,.0f} (load {r['load']}-{r['load_after']})" for r in runs)]
+            for name, runs in result["runs"].items()]
+    show(f"seeds per minute, {result['seeds']} seeds of {Path(result['scenario']).name}",
+         ["variant", *(f"round {i + 1}" for i in range(args.rounds))], rows)
+    for name, values in result["ratios"].items():
+        print(f"{name}: {values}")
+    print(save(f"sweep-{args.part}", result))
+
+
+if __name__ == "__main__":
+    main()
