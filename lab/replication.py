@@ -151,6 +151,7 @@ class Replication:
         self.starting: dict[str, _Starting] = {}
         self.stopping: set[tuple[str, str, str]] = set()  # (cell, namespace, pod)
         self.not_ready_since: dict[tuple[str, str], float] = {}
+        self.ready_since: dict[tuple[str, str], dict[str, float]] = {}  # (Cell, app) -> ready pod -> since when
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ the loop
@@ -209,6 +210,17 @@ class Replication:
                 self._forget(cell, namespace, name)
                 continue
             live.append(pod)
+        ready: dict[str, dict[str, float]] = {}
+        for pod in live:
+            app = (pod["metadata"].get("labels") or {}).get("app")
+            node = (pod.get("spec") or {}).get("nodeName", "")
+            if isinstance(app, str) and _ready(pod) and node in ready_nodes:
+                before = self.ready_since.get((cell, app), {})
+                ready.setdefault(app, {})[pod["metadata"]["name"]] = before.get(pod["metadata"]["name"], now)
+        for key in [k for k in self.ready_since if k[0] == cell and k[1] not in ready]:
+            del self.ready_since[key]
+        for app, pods_ready in ready.items():
+            self.ready_since[(cell, app)] = pods_ready
         for rc in sorted(rcs, key=lambda r: (r["metadata"]["namespace"], r["metadata"]["name"])):
             template = template_of(rc)
             if template is None:
@@ -251,6 +263,13 @@ class Replication:
                 await self.kube[cell].expect(
                     "PATCH", f"/api/v1/namespaces/{namespace}/replicationcontrollers/{name}/status",
                     {"status": {"replicas": len(kept), "readyReplicas": ready}}, ok=(200, 404), content_type=PATCH)
+
+    def ready_elsewhere(self, app: str, grace: float, out: set[str] | frozenset[str] = frozenset()) -> bool:
+        """A pod of the app Ready on a Ready node for ``grace`` seconds in a Cell not cut off (``out``), as
+        the last look at each Cell's API saw it (the serving check of lab/load.py)."""
+        now = time.monotonic()
+        return any(now - since >= grace for (cell, a), pods in self.ready_since.items()
+                   if a == app and cell not in out for since in pods.values())
 
     # ------------------------------------------------------------------ pods
     def _pod_name(self, controller: str) -> str:

@@ -538,7 +538,14 @@ async def run_scenario(scenario: Scenario, spec: RegionSpec, lab: LiveLab, out: 
         controller.release = farm.release
     addresses = {h: lab.plan.hosts[h].mgmt_ip for hosts in lab.plan.groups.values() for h in hosts}
     domains = {a.name: a.domain or f"{a.name}.example.com" for a in spec.apps}
-    load = Load(spec.apps, spec.groups, domains, addresses, clock, controller.ready_elsewhere)
+    # The platform's replication controllers (lab/replication.py): pods of the versions deployed in the run.
+    replication = replication_of(lab.plan, seed=spec.seed, node_grace=controller.node_grace)
+    lab.replication = replication
+
+    def ready_elsewhere(app: str, now: float, grace: float) -> bool:
+        return controller.ready_elsewhere(app, now, grace) or replication.ready_elsewhere(app, grace, controller.out)
+
+    load = Load(spec.apps, spec.groups, domains, addresses, clock, ready_elsewhere)
     lab.load = load
     # Platform apps (lab/platform.py): created, deployed and released through leengine app, observed for the checks.
     platform = LabPlatform(spec, lab.store, {c.name: c.api_url for c in lab.plan.cells.values()},
@@ -553,9 +560,6 @@ async def run_scenario(scenario: Scenario, spec: RegionSpec, lab: LiveLab, out: 
                               from_zero=("reload_seconds",) if boot_in_run else ())
     await agents.once()  # the baseline: what lab up's agents counted is not this run's (but the boot's reloads)
     reloads_before = {h: 0 if boot_in_run else reloads_in_log(p) for h, p in sorted(reload_logs.items())}
-    # The platform's replication controllers (lab/replication.py): pods of the versions deployed in the run.
-    replication = replication_of(lab.plan, seed=spec.seed, node_grace=controller.node_grace)
-    lab.replication = replication
     tasks = [loop.create_task(lab.audit.run(), name="lab/audit"),
              loop.create_task(replication.run(), name="lab/replication-controllers"),
              loop.create_task(platform.run(), name="lab/platform"),

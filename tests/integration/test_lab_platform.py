@@ -71,9 +71,13 @@ IMAGE = "registry.local:5000/shop:" + "0123456789abcdef" * 2 + "01234567"
 POD_NAME = re.compile(r"shop-(v[0-9]+)-[bcdfghjklmnpqrstvwxz2456789]{5}")
 
 
-def _app(env: dict[str, str], *argv: str) -> str:
-    done = subprocess.run([str(Path(sys.executable).parent / "leengine"), "app", *argv], env=env,
+def _run_app(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(Path(sys.executable).parent / "leengine"), "app", *argv], env=env,
                           capture_output=True, text=True, timeout=60, check=False)
+
+
+def _app(env: dict[str, str], *argv: str) -> str:
+    done = _run_app(env, *argv)
     assert done.returncode == 0, (argv, done.stdout, done.stderr)
     return done.stdout
 
@@ -143,8 +147,11 @@ def test_leengine_app_in_a_lab_runs_versions_as_pods_that_serve_and_answer_error
         env = {**os.environ, **services.lab_environment(lab)}
         nginx = lab.plan.hosts["web-nginx-1"].mgmt_ip
 
-        _app(env, "create", "shop", "--cell", "c1", "--cell", "c2", "--non-production", "--domain",
-             "web/shop.example.com")
+        # the lab's controller makes the scenario apps' domains right after lab up: until then NOT_FOUND
+        created = _wait("the app created with its domain", lambda: _run_app(
+            env, "create", "shop", "--cell", "c1", "--cell", "c2", "--non-production", "--domain",
+            "web/shop.example.com"), lambda done: done.returncode == 0 or "NOT_FOUND" not in done.stderr, 30)
+        assert created.returncode == 0, created.stderr
         _app(env, "deploy", "shop", "--image", IMAGE, "--replicas", "2", "--port", "8080")
         v1 = {c: _wait(f"2 ready v1 pods in {c}", lambda c=c: _pods(lab, c, "v1"), lambda p: len(p) == 2)
               for c in ("c1", "c2")}
