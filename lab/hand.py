@@ -134,6 +134,9 @@ def fault_spec(spec: RegionSpec, kind: str, targets: list[str], *, duration: flo
     """The ``FaultSpec`` of the command line, its targets checked against the scenario's universe."""
     if kind not in FAULT_KINDS:
         raise HandFaultInput(f"unknown fault kind {kind[:40]!r} (one of: {', '.join(FAULT_KINDS)})")
+    if kind == "bad-version":  # its app, version and rate have no options here
+        raise HandFaultInput("bad-version is not applied by hand: deploy the version with "
+                             "`leengine app deploy APP --env LEENGINE_ERROR_RATE=0.2` (docs/lab.md)")
     if kind in ("reload-storm", "nginx-host-loss") and not group:
         group = spec.groups[0].name if len(spec.groups) == 1 else ""
         if not group:
