@@ -87,7 +87,9 @@ HOST = re.compile(r"^[a-z0-9][a-z0-9.-]{0,252}$")
 DEFAULT_STEPS = (1, 10, 50, 100)
 MAX_STEPS = 16
 MAX_HOSTS = 1024  # Nginx hosts kept in a record's baseline
-MAX_RECORD = 256 * 1024
+MAX_RECORD = 1024 * 1024  # a baseline of MAX_HOSTS hosts of 253-character names and 2**53 counts takes ~400 KiB
+MAX_COUNT = 2**53  # requests and errors in a record (slb_traffic's bound)
+MAX_SECONDS = 1e15  # request seconds in a record (slb_traffic has no bound: larger ones are cut to this)
 MAX_REASON = 300
 MAX_ECHO = 64
 IDLE_SECONDS = 5.0  # how often the loop looks for releases when none is active
@@ -200,9 +202,9 @@ def _number(value: Any, name: str, low: float, high: float, *, whole: bool = Tru
 def _counts(value: Any, where: str) -> Counts:
     if not isinstance(value, list) or len(value) != 3:
         raise ValueError(f"{where}: not [requests, errors, seconds]")
-    requests = _number(value[0], f"{where} requests", 0, 2**53)
+    requests = _number(value[0], f"{where} requests", 0, MAX_COUNT)
     errors = _number(value[1], f"{where} errors", 0, requests)
-    return requests, errors, _number(value[2], f"{where} seconds", 0, 1e15, whole=False)
+    return requests, errors, _number(value[2], f"{where} seconds", 0, MAX_SECONDS, whole=False)
 
 
 @dataclass(frozen=True)
@@ -377,19 +379,32 @@ def _plus(a: Counts, b: Counts) -> Counts:
     return a[0] + b[0], a[1] + b[1], a[2] + b[2]
 
 
+def _consistent(delta: Counts) -> bool:
+    """No count went down and no more errors than requests were added."""
+    return delta[0] >= 0 and delta[2] >= 0 and 0 <= delta[1] <= delta[0]
+
+
+def _bounded(counts: Counts) -> Counts:
+    """``counts`` within what a record holds (sums over many hosts may pass ``MAX_COUNT``)."""
+    requests = min(counts[0], MAX_COUNT)
+    return requests, min(counts[1], requests), min(counts[2], MAX_SECONDS)
+
+
 def measure(baseline: Mapping[str, HostMark], now: Mapping[str, HostMark]) -> dict[str, Counts]:
     """The interval's counts per side ("old", "new"), summed over the hosts of ``now``: per host the
     difference with ``baseline``; a host new to the baseline, or whose epoch changed or a count went
-    down (Nginx restarted), contributes its whole new value."""
+    down (Nginx restarted), or whose errors rose by more than its requests (a record that contradicts
+    the last one: trusted no more than a restart), contributes its whole new value. The sums are
+    bounded as a release record's counts are (``_bounded``), so what is measured is always recordable."""
     old, new = ZERO, ZERO
     for host, mark in now.items():
         before = baseline.get(host)
-        if before is None or before.epoch != mark.epoch or any(
-                a < b for a, b in zip(mark.old + mark.new, before.old + before.new, strict=True)):
+        deltas = (_minus(mark.old, before.old), _minus(mark.new, before.new)) if before is not None else None
+        if before is None or before.epoch != mark.epoch or deltas is None or not all(map(_consistent, deltas)):
             old, new = _plus(old, mark.old), _plus(new, mark.new)
         else:
-            old, new = _plus(old, _minus(mark.old, before.old)), _plus(new, _minus(mark.new, before.new))
-    return {"old": old, "new": new}
+            old, new = _plus(old, deltas[0]), _plus(new, deltas[1])
+    return {"old": _bounded(old), "new": _bounded(new)}
 
 
 def verdict(policy: Policy, interval: Mapping[str, Counts]) -> tuple[bool | None, str]:
@@ -777,7 +792,8 @@ class Releases:
 
 
 def _as_counts(counts: VersionCounts | None) -> Counts:
-    return (counts.requests, counts.errors, counts.seconds) if counts is not None else ZERO
+    """A traffic record's counts as a release records them (its seconds, unbounded there, bounded here)."""
+    return _bounded((counts.requests, counts.errors, counts.seconds)) if counts is not None else ZERO
 
 
 def _serving(shares: Mapping[str, int] | None, active: Sequence[str], new: str) -> str | None:

@@ -19,6 +19,7 @@ from control.activity import ACTIVITY, decode
 from control.auth import Principal
 from control.members import Membership, Resource, Role
 from foundation.logic.slb_traffic import HostTraffic, VersionCounts, encode_traffic, traffic_key
+from foundation.ports import KeyValue
 from foundation.ports import control as port
 from sim.adapters.cluster import SimCluster
 from sim.adapters.runtime import SimRuntime
@@ -323,6 +324,42 @@ def test_hostile_release_and_traffic_records_never_crash_the_loop(value):
     assert not r.loop.done()
     with pytest.raises(rel.InvalidRelease):
         rel.decode_release(r.server._range(rel.release_key("other"), False).kvs[0])
+
+
+@pytest.mark.parametrize("before, after", [
+    (VersionCounts(5000, 0, 0.0), VersionCounts(5001, 5001, 0.0)),  # errors rose by more than the requests
+    (VersionCounts(0, 0, 0.0), VersionCounts(2**53, 2**53, 1e300)),  # counts and seconds at their bounds
+])
+def test_decodable_but_hostile_traffic_records_never_make_the_release_record_unreadable(before, after):
+    # Each traffic record decodes, but the interval measured from them (errors above requests, sums over
+    # hosts past 2**53, seconds past the record's bound) once made a release record its own decoder
+    # refused: the loop skipped it for good and a revert failed with CorruptRecord.
+    r = Region()
+    r.start_loop()
+    r.release(steps=(50, 100), bake_seconds=4.0)
+    for host in ("nginx-8", "nginx-9"):
+        r.run(r.store.put(traffic_key(GROUP, host), encode_traffic(HostTraffic(host, 0, 0.0, {DOMAIN: {
+            "v1": before, "v2": before}}))))
+    r.rt.run(until=r.rt.now() + 3)
+    for host in ("nginx-8", "nginx-9"):
+        r.run(r.store.put(traffic_key(GROUP, host), encode_traffic(HostTraffic(host, 0, 0.0, {DOMAIN: {
+            "v1": after, "v2": after}}))))
+    r.rt.run(until=r.rt.now() + 3)
+    record = r.record()  # decodes
+    for side in ("old", "new"):
+        requests, errors, _ = record.interval[side]
+        assert errors <= requests <= 2**53
+    view = r.run(r.releases.revert(ALICE, "shop", request_id=r.rid()))
+    assert view.release.state in ("reverted", "completed")
+
+
+def test_a_baseline_of_the_most_hosts_with_the_longest_names_fits_the_record():
+    mark = rel.HostMark(2**53, (2**53, 2**53, 1e15 / 3), (2**53, 2**53, 1e15 / 3))
+    hosts = {f"h{i:04d}" + "a" * 248: mark for i in range(rel.MAX_HOSTS)}
+    release = rel.Release("a" * 40, "v1", "v2", GROUP, DOMAIN, rel.Policy().check(), "running", 0, 0.0, 0, 0, hosts,
+                          {}, "started by alice", "alice", 1.0)
+    kv = KeyValue(release.key, release.to_bytes(), 1, 1, 1, 0)
+    assert rel.decode_release(kv).baseline == hosts
 
 
 def test_the_record_round_trips_and_its_decoder_checks_bounds():
