@@ -657,7 +657,8 @@ class Releases:
             resumed = replace(release, state="running", baked=0.0, bad=0, baseline=marks,
                               reason=f"every Cell answers again: step {release.percent}% bakes again")
             done = await self._transition(release, resumed, "release.resume")
-            await self._set_shares(done, step_shares(done, active))
+            if done.state == "running":  # a lost race: a revert's shares are not undone
+                await self._set_shares(done, step_shares(done, active))
             return done
         await self._set_shares(release, step_shares(release, active))  # again: a crash or a race may have lost it
         interval = measure(release.baseline, marks) if release.baseline else {}
@@ -678,7 +679,8 @@ class Releases:
                 stepped = replace(progressed, step=release.step + 1, baked=0.0,
                                   reason=f"{release.percent}% baked {progressed.baked:.0f} s: {words}"[:MAX_REASON])
                 done = await self._transition(release, stepped, "release.step")
-                await self._set_shares(done, step_shares(done, active))
+                if done.state == "running":  # lost to a revert (or a completion): its shares stand
+                    await self._set_shares(done, step_shares(done, active))
                 return done
             completing = replace(progressed, state="completing",
                                  reason=f"100% baked {progressed.baked:.0f} s: {words}"[:MAX_REASON])

@@ -224,6 +224,27 @@ def test_a_dark_cell_pauses_the_release_and_it_resumes_and_completes():
     assert [x for x, _, _ in r.activity()].count("release.resume") == 1
 
 
+def test_a_step_that_loses_its_race_to_a_revert_does_not_send_traffic_back_to_the_reverted_version():
+    r = Region()
+    r.start_loop()
+    r.release()
+    other = rel.Releases(r.store, r.rt, r.apps, r.shares, r.cells)  # a user's call served beside the loop
+    write, raced = r.releases._write, []
+
+    async def racing(release, compares, who, action, result, request_id):
+        if action == "release.step" and not raced:  # the revert lands just before the step's CAS
+            raced.append((await other.revert(ALICE, "shop", request_id="undo-race")).release.state)
+        return await write(release, compares, who, action, result, request_id)
+
+    r.releases._write = racing
+    r.until(lambda: bool(raced))
+    r.rt.run(until=r.rt.now() + 5)
+    assert raced == ["reverted"] and r.record().state == "reverted"
+    assert r.shares.records[(GROUP, DOMAIN)] == {"v1": 100}  # not the lost step's {v1: 90, v2: 10}
+    for cell in CELLS:
+        assert r.controllers(cell) == ["shop-v1"]
+
+
 def test_a_restarted_controller_picks_the_release_up_at_its_recorded_step():
     r = Region()
     r.start_loop()
