@@ -25,6 +25,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -233,6 +234,27 @@ SchedulerOpt = Annotated[str | None, typer.Option(
     help="a running `dask scheduler`, e.g. tcp://127.0.0.1:8786 (default: an embedded LocalCluster)")]
 WorkersOpt = Annotated[int, typer.Option(min=1, max=256, help="worker processes of the embedded LocalCluster")]
 RetriesOpt = Annotated[int, typer.Option(min=0, max=10, help="retries of a task that raised")]
+HOOK = re.compile(r"[A-Za-z_][\w.]{0,200}:[A-Za-z_]\w{0,100}")
+HookOpt = Annotated[str | None, typer.Option(
+    "--ipam-hook", metavar="MODULE:ATTR",
+    help="build every node's IPAM with this factory instead of cni.ipam's: a deliberately broken agent to prove "
+         "the checks bite (e.g. tests.sim.test_world:NoCasIpam, run from the repository root)")]
+
+
+def _hook(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not HOOK.fullmatch(value):
+        raise BadInput(f"--ipam-hook: {value[:60]!r} is not MODULE:ATTR")
+    if os.getcwd() not in sys.path:  # MODULE from the current directory, as `python -m` finds it (and the
+        sys.path.insert(0, os.getcwd())  # LocalCluster's workers, started with this sys.path)
+    from sim.sweep import resolve_hook
+
+    try:
+        resolve_hook(value)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise BadInput(f"--ipam-hook: {value}: {type(exc).__name__}: {exc}") from None
+    return value
 
 
 def _load(path: Path, seed: int | None = None) -> Any:
@@ -264,6 +286,7 @@ def sweep_command(
                                                                          "worker thread)")] = None,
     retries: RetriesOpt = DEFAULT_RETRIES,
     plots: Annotated[bool, typer.Option(help="draw failures-by-check.png and wall-time.png")] = True,
+    ipam_hook: HookOpt = None,
 ) -> None:
     """Run a scenario on many seeds on Dask (a LocalCluster, or --scheduler); group the failures; exit 1 if any
     seed failed."""
@@ -271,6 +294,7 @@ def sweep_command(
 
     from sim.sweep import SweepJob, parse_seeds, run_sweep, summarize, summary_text, write_sweep
 
+    hook = _hook(ipam_hook)
     loaded = _load(scenario)
     try:
         seed_list = parse_seeds(seeds)
@@ -294,10 +318,10 @@ def sweep_command(
                 progress.update(bar, completed=len(sweep.results), passed=sweep.passed, failed=sweep.failed,
                                 rate=f"{len(sweep.results) / elapsed * 60:,.0f}" if elapsed > 0 else "-")
 
-            sweep = run_sweep(engine, SweepJob(spec), seed_list, on_result)
+            sweep = run_sweep(engine, SweepJob(spec, hook), seed_list, on_result)
     wall = time.perf_counter() - started
     report = summarize(sweep, scenario={"file": str(scenario), "name": spec.name, "sha256": loaded.sha256},
-                       code=_code(), engine=engine_info, seeds_text=seeds, wall_seconds=wall)
+                       code=_code(), engine=engine_info, seeds_text=seeds, wall_seconds=wall, hook=hook)
     write_sweep(report, out_dir, plots=plots)
     print(summary_text(report), end="")
     print(f"sweep.json: {out_dir / 'sweep.json'}")
@@ -318,16 +342,19 @@ def shrink_command(
     max_runs: Annotated[int, typer.Option(min=1, max=100_000, help="stop after this many candidate runs")] = 300,
     loose: Annotated[bool, typer.Option(help="any failure of the check will do (default: the same signature)")]
     = False,
+    ipam_hook: HookOpt = None,
 ) -> None:
     """Shrink a failing seed's scenario (faults, apps, Cells, nodes, duration, ...) to a smaller scenario file that
     still fails the same check."""
     from sim.shrink import ShrinkError, shrink
 
+    hook = _hook(ipam_hook)
     loaded = _load(scenario, seed)
     out_file = out or Path("runs") / "shrink" / f"{loaded.spec.name}-seed{seed}.yaml"
     with DaskEngine(scheduler=scheduler, workers=workers or _default_workers()) as engine:
         try:
-            outcome = shrink(engine, loaded, seed=seed, check=check, max_runs=max_runs, same_signature=not loose,
+            outcome = shrink(engine, loaded, seed=seed, check=check, hook=hook, max_runs=max_runs,
+                             same_signature=not loose,
                              log=lambda line: print(line, file=sys.stderr))
         except ShrinkError as exc:
             print(f"leengine: error: {exc}", file=sys.stderr)
@@ -335,4 +362,6 @@ def shrink_command(
     out_file.parent.mkdir(parents=True, exist_ok=True)
     out_file.write_text(outcome.yaml_text)
     print(outcome.summary())
-    print(f"wrote {out_file}; replay: leengine sim run {out_file} --seed {seed}")
+    from sim.sweep import replay_command
+
+    print(f"wrote {out_file}; replay: {replay_command(str(out_file), seed, hook)}")

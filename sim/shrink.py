@@ -32,7 +32,7 @@ import yaml
 
 from sim.scenario import Scenario, ScenarioError, parse_scenario, read_scenario_file
 from sim.spec import RegionSpec
-from sim.sweep import ERROR_CHECK, Engine, Result, SweepJob
+from sim.sweep import ERROR_CHECK, Engine, Result, SweepJob, replay_command
 
 Doc = dict[str, Any]
 
@@ -250,8 +250,7 @@ def shrink(engine: Engine, scenario: Scenario, *, seed: int, check: str | None =
     assert final is not None  # every kept document validated
     header = (f"# Shrunk by `leengine sim shrink` from {scenario.path} (sha256 {scenario.sha256[:16]}) seed {seed}:\n"
               f"# still fails {shrinker.check}: {chosen['detail'][:200]}\n"
-              + (f"# (with the agent hook {hook}: the replay below needs it too)\n" if hook else "")
-              + f"# replay: leengine sim run FILE --seed {seed}\n"
+              + f"# replay: {replay_command('FILE', seed, hook)}\n"
               + "".join(f"#   {s}\n" for s in steps))
     return Outcome(scenario_file=scenario.path, seed=seed, check=shrinker.check, signature=chosen["signature"],
                    detail=chosen["detail"], before=before, after=size(final), yaml_text=header + dump(doc),

@@ -194,11 +194,15 @@ def run_sweep(engine: Engine, job: SweepJob, seeds: list[int], on_result: Any = 
     return sweep
 
 
-def replay_command(scenario_file: str, seed: int) -> str:
+def replay_command(scenario_file: str, seed: int, hook: str | None = None) -> str:
+    """The command that replays one seed: ``sim run``, or with a hook (which ``sim run`` does not take) a sweep
+    of that one seed."""
+    if hook:
+        return f"leengine sim sweep {shlex.quote(scenario_file)} --seeds {seed} --ipam-hook {shlex.quote(hook)}"
     return f"leengine sim run {shlex.quote(scenario_file)} --seed {seed}"
 
 
-def failure_groups(results: Iterable[Result], scenario_file: str) -> list[dict[str, Any]]:
+def failure_groups(results: Iterable[Result], scenario_file: str, hook: str | None = None) -> list[dict[str, Any]]:
     """Failing seeds grouped by (check, signature), biggest group first; each with its seeds (ascending)
     and the replay command of its smallest seed. A seed failing two checks is in two groups."""
     groups: dict[tuple[str, str], list[int]] = {}
@@ -213,13 +217,13 @@ def failure_groups(results: Iterable[Result], scenario_file: str) -> list[dict[s
         seeds.sort()
         examples_seed = seeds[0]
         out.append({"check": check, "signature": sig, "count": len(seeds), "seeds": seeds,
-                    "example": examples[(check, sig)], "replay": replay_command(scenario_file, examples_seed)})
+                    "example": examples[(check, sig)], "replay": replay_command(scenario_file, examples_seed, hook)})
     out.sort(key=lambda g: (-len(g["seeds"]), g["check"], g["signature"]))
     return out
 
 
 def summarize(sweep: Sweep, *, scenario: dict[str, Any], code: dict[str, Any], engine: dict[str, Any],
-              seeds_text: str, wall_seconds: float) -> dict[str, Any]:
+              seeds_text: str, wall_seconds: float, hook: str | None = None) -> dict[str, Any]:
     """The content of sweep.json."""
     results = [sweep.results[s] for s in sorted(sweep.results)]
     walls = [r["wall_seconds"] for r in results if r.get("wall_seconds") is not None]
@@ -232,6 +236,7 @@ def summarize(sweep: Sweep, *, scenario: dict[str, Any], code: dict[str, Any], e
         "worker_code_versions": dict(codes),
         "seeds": {"spec": seeds_text, "count": len(sweep.seeds)},
         "engine": engine,
+        "ipam_hook": hook,
         "wall_seconds": round(wall_seconds, 3),
         "seeds_per_minute": round(len(results) / wall_seconds * 60, 1) if wall_seconds > 0 else None,
         "totals": {"reported": len(results), "passed": sweep.passed, "failed": sweep.failed,
@@ -240,7 +245,7 @@ def summarize(sweep: Sweep, *, scenario: dict[str, Any], code: dict[str, Any], e
                    "missing": len(sweep.missing()), "duplicates_dropped": sweep.duplicates},
         "run_wall_seconds": _spread(walls),
         "failures_by_check": dict(sorted(by_check.items())),
-        "groups": failure_groups(results, scenario.get("file") or "SCENARIO"),
+        "groups": failure_groups(results, scenario.get("file") or "SCENARIO", hook),
         "results": results,
     }
 
@@ -265,7 +270,8 @@ def summary_text(report: dict[str, Any], *, max_seeds: int = 20) -> str:
              f"{report['wall_seconds']:.1f} s wall, {report['seeds_per_minute']} seeds/min; one run "
              f"{report['run_wall_seconds']['min']}-{report['run_wall_seconds']['max']} s "
              f"(median {report['run_wall_seconds']['median']})",
-             f"code {report['code_version'].get('describe')}"]
+             f"code {report['code_version'].get('describe')}"
+             + (f"; IPAM hook {report['ipam_hook']}" if report.get("ipam_hook") else "")]
     if report["failures_by_check"]:
         lines.append("failures by check: " + ", ".join(f"{k} {v}" for k, v in report["failures_by_check"].items()))
     for group in report["groups"]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -131,6 +132,13 @@ def test_the_command_writes_the_sweep_and_says_which_seeds_failed(scenario_file,
     assert [r["seed"] for r in report["results"]] == [3, 4, 5, 9] and report["totals"]["passed"] == 4
     assert report["engine"]["kind"] == "local-cluster" and report["seeds"] == {"spec": "3-5,9", "count": 4}
     assert "4 reported: 4 passed, 0 failed" in run.stdout
+    hooked = subprocess.run(["leengine", "sim", "sweep", str(scenario_file), "--seeds", "1-2", "--workers", "1",
+                             "--out", str(tmp_path / "hooked"), "--no-plots", "--ipam-hook", BROKEN_IPAM],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    assert hooked.returncode == 1, hooked.stderr  # the broken IPAM: both seeds fail (seen in the sweep above)
+    assert "2 reported: 0 passed, 2 failed" in hooked.stdout
+    assert f"replay: leengine sim sweep {scenario_file} --seeds 1 --ipam-hook {BROKEN_IPAM}" in hooked.stdout
     bad = subprocess.run([sys.executable, "-m", "leengine.cli", "sim", "sweep", str(scenario_file), "--seeds", "9-3"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2
