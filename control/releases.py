@@ -25,8 +25,10 @@ Each step bakes ``bake_seconds``; every ``check_seconds`` the controller:
    then the new version deleted in every Cell (``delete_version`` as the principal
    ``release-controller``);
 5. otherwise adds the time since the last check to ``baked``; a step baked long enough
-   moves to the next; after the 100 % step's bake, **completes**: the old version (which
-   got no new requests since the 100 % step began: drained in place) is deleted.
+   moves to the next, unless the streak of bad intervals is not 0 (the last evaluated
+   interval was bad: the step holds until a good one or the revert); after the 100 % step's
+   bake, likewise, **completes**: the old version (which got no new requests since the
+   100 % step began: drained in place) is deleted.
 
 States (``state``): ``running`` -> ``paused`` <-> ``running``; ``running``/``paused`` ->
 ``reverting`` -> ``reverted``; ``running`` -> ``completing`` -> ``completed``. ``reverting``
@@ -674,7 +676,7 @@ class Releases:
                                 reason=f"{bad} bad intervals at {release.percent}%: {words}"[:MAX_REASON])
             done = await self._transition(release, reverting, "release.revert")
             return (await self._finish(done)).release
-        if progressed.baked + 1e-9 >= release.policy.bake_seconds:
+        if bad == 0 and progressed.baked + 1e-9 >= release.policy.bake_seconds:  # never on from a bad interval
             if release.step + 1 < len(release.policy.steps):
                 stepped = replace(progressed, step=release.step + 1, baked=0.0,
                                   reason=f"{release.percent}% baked {progressed.baked:.0f} s: {words}"[:MAX_REASON])

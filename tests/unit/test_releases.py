@@ -188,6 +188,23 @@ def test_a_bad_version_is_reverted_after_bad_checks_intervals_in_every_cell():
         r.run(r.apps.delete_version(ALICE, "shop", "v2", request_id=r.rid()))
 
 
+def test_a_step_whose_last_interval_was_bad_does_not_move_on_and_a_failing_version_never_completes():
+    # v2 starts failing two checks before the 100 % step's bake ends: the bake ends with 2 bad
+    # intervals in a row (of 3). Completing then deleted v1 (no way back); the step now holds
+    # until a good interval or the third bad one, which reverts.
+    r = Region()
+    r.start_loop()
+    r.release(steps=(50, 100))
+    r.until(lambda: r.record().percent == 100 and r.record().baked >= FAST["bake_seconds"] - 2 * FAST[
+        "check_seconds"] - 1e-9)
+    r.error_rate["v2"] = 0.5
+    r.until(lambda: r.record().state in ("reverted", "completed"))
+    assert r.record().state == "reverted" and r.record().reason.startswith("3 bad intervals at 100%")
+    assert r.shares.records[(GROUP, DOMAIN)] == {"v1": 100}
+    for cell in CELLS:
+        assert r.controllers(cell) == ["shop-v1"]
+
+
 def test_slow_is_bad_too_and_too_few_requests_decide_nothing():
     policy = rel.Policy(**FAST).check()
     assert rel.verdict(policy, {"old": (100, 0, 1.0), "new": (10, 0, 0.3)})[0] is True  # 30 ms vs 10 ms
