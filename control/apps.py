@@ -22,6 +22,10 @@ a reconcile skips it and traces why):
   ``generation`` + 1 on every change of the spec (a scale).
 * ``/platform/version-status/{app}/{version}``: ``{"applied":{cell: generation},
   "ready":{cell: n},"errors":{cell: text}}``, the reconciler's, advisory only.
+* ``/platform/domains/{group}/{domain}``: the app's name (bytes), the claim of an app with a
+  domain: put with the app record (compared missing: one app per domain, since two apps'
+  reconciles and releases would fight over its one shares record and their version tags
+  would mix), deleted with it when the app's record goes (only a claim naming that app).
 
 **Order, and why nothing is half-written.** A call (create, deploy, scale, delete)
 authorizes (``control.members``), validates, reads, and writes **one** compare-and-swap
@@ -95,6 +99,7 @@ from foundation.ports.workloads import (
 APPS = "/platform/apps/"
 VERSIONS = "/platform/versions/"
 STATUS = "/platform/version-status/"
+DOMAINS = "/platform/domains/"  # group/domain -> the one app served by it
 MAX_APP_NAME = 40
 RECONCILE_BATCH = 16  # apps reconciled at once by reconcile_all
 MIN_CELLS = 2
@@ -280,6 +285,11 @@ class App:
 
 APP_FIELDS = {"name", "cells", "production", "created_by", "created_at", "next_version", "state"}
 DOMAIN_FIELDS = {"group", "domain"}
+
+
+def domain_claim_key(group: str, domain: str) -> str:
+    """The claim of a (validated) domain by the one app it serves."""
+    return f"{DOMAINS}{group}/{domain}"
 
 
 def check_app_domain(group: Any, domain: Any) -> tuple[str, str]:
@@ -622,14 +632,20 @@ class Apps:
         now = self.runtime.wall_time()
         record = App(name, chosen, production, who.name, now, group=group, domain=domain)
         owner_compares, owner_puts = owner_ops(app_resource(name), who.name, now)
+        claim = domain_claim_key(group, domain) if domain else ""
+        claim_compares, claim_puts = ([Compare.missing(claim)], [PutOp(claim, name.encode())]) if claim else ([], [])
         revision = await self._commit(
             who, "app.create", name, _summary(f"created in {', '.join(chosen)}"), request_id,
-            [Compare.missing(record.key), *guard, *owner_compares], [PutOp(record.key, record.to_bytes()),
-                                                                     *owner_puts])
+            [Compare.missing(record.key), *guard, *owner_compares, *claim_compares],
+            [PutOp(record.key, record.to_bytes()), *owner_puts, *claim_puts])
         if revision is None:
             existing = await self.store.get(record.key)
             if existing is not None:
                 raise AlreadyExists(f"app {name} already exists")
+            claimed = await self.store.get(claim) if claim else None
+            if claimed is not None:
+                raise AlreadyExists(f"domain {domain} in group {group} already serves app "
+                                    f"{_clip(claimed.value.decode('utf-8', 'replace'))}: one app per domain")
             raise Conflict(f"the members of app {name} changed while creating it; try again")
         return await self._after_write(who, name)
 
@@ -830,9 +846,15 @@ class Apps:
                     pending[cell] = str(exc)[:300]
             if not pending and not versions:
                 # No version can appear meanwhile: creating one rewrites the app record (next_version).
+                # The domain's claim goes too, if it is this app's (apps made before claims have none).
+                claimed = await self.store.get(domain_claim_key(record.group, record.domain)) \
+                    if record.domain else None
+                unclaim = ([Compare.mod_is(claimed.key, claimed.mod_revision)], [DeleteOp(claimed.key)]) \
+                    if claimed is not None and claimed.value == app.encode() else ([], [])
                 result = await self.store.txn(
-                    [Compare.mod_is(record.key, record.revision)],
-                    [DeleteOp(record.key), DeleteOp(f"{STATUS}{app}/", prefix=True), *delete_ops(app_resource(app))])
+                    [Compare.mod_is(record.key, record.revision), *unclaim[0]],
+                    [DeleteOp(record.key), DeleteOp(f"{STATUS}{app}/", prefix=True), *delete_ops(app_resource(app)),
+                     *unclaim[1]])
                 if result.succeeded:
                     removed.append("app")
                     self.runtime.trace("apps.app.removed", app=app, revision=result.revision)

@@ -36,8 +36,8 @@ SHIPPED = {
     "lab-burst-1000": "dff01b376e456dd5eacea0fbd6efef2ce9d88c5c0d41b2f2bd324f8ffa8a82b4",  # issue 12: the lab burst
     # issue 13: the platform in the sim (control/apps.py, control/releases.py, slb-core's shares, the SLB agents'
     # traffic records): a change to any of them moves these two
-    "gray-release-revert": "24576cfb58f4cb63e15353ce7b86ca3c9a76534f226436022083bcc6ac9f7270",
-    "gray-release-cell-outage": "e898928dc14da4d991ad50fba0fcf7f8b6ab3df442575be913b54dd44c8bfd0b",
+    "gray-release-revert": "dd5a55b89f6dd2826e7a955f6a7bc74b01fb456c53b2852c476ca7f5fbd65624",
+    "gray-release-cell-outage": "9c5ff0c389f1ba9ffbbaa87499e06821d8bf232050642105dac3282a2e5f9909",
 }
 # every_fault_kind() below, seed 3; its verdicts (two fail on purpose) end the trace too. Moved once on
 # purpose (issue 10, discovery a client of the control service): its one failed push during the

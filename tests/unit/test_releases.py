@@ -147,6 +147,23 @@ def test_apps_with_a_domain_serve_released_versions_only():
     assert r.shares.records[(GROUP, DOMAIN)] == {"v2": 100, "v3": 0}
 
 
+def test_one_app_per_domain_and_the_domain_is_free_again_once_its_app_is_gone():
+    # Two apps on one domain rewrote each other's shares at every reconcile (each dropped the other's
+    # versions) and a release of one was undone by the other's reconcile.
+    r = Region()
+    before = len(r.server._range("/platform/", True).kvs)
+    with pytest.raises(port.AlreadyExists, match="already serves app shop"):
+        r.run(r.apps.create_app(ALICE, "shop2", list(CELLS), group=GROUP, domain=DOMAIN, request_id=r.rid()))
+    assert len(r.server._range("/platform/", True).kvs) == before  # nothing written, no activity record
+    for version in ("v1", "v2"):
+        r.run(r.apps.delete_version(ALICE, "shop", version, request_id=r.rid()))
+    r.run(r.apps.delete_app(ALICE, "shop", request_id=r.rid()))
+    assert not r.server._range(a.domain_claim_key(GROUP, DOMAIN), False).kvs
+    view = r.run(r.apps.create_app(ALICE, "shop2", list(CELLS), group=GROUP, domain=DOMAIN, request_id=r.rid()))
+    assert view.app.domain == DOMAIN
+    assert r.server._range(a.domain_claim_key(GROUP, DOMAIN), False).kvs[0].value == b"shop2"
+
+
 def test_a_good_version_steps_up_after_each_bake_and_completion_deletes_the_old_one():
     r = Region()
     r.start_loop()
