@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
-from leengine.command import EXIT_FAILED, BadInput
+from leengine.command import EXIT_FAILED, BadInput, Failed
 
 if TYPE_CHECKING:  # sim.sweep imports the whole world: loaded when a sweep runs, not on every `leengine`
     from sim.sweep import Result, SweepJob, Task
@@ -97,7 +97,7 @@ class DaskEngine:
     """Runs ``sim.sweep.run_seed`` tasks on a Dask cluster; use as a context manager."""
 
     def __init__(self, *, scheduler: str | None = None, workers: int = 2, window: int | None = None,
-                 retries: int = DEFAULT_RETRIES, connect_timeout: float = 30.0, chunk: int | None = None) -> None:
+                 retries: int = DEFAULT_RETRIES, connect_timeout: float = 10.0, chunk: int | None = None) -> None:
         self.scheduler = scheduler
         self.chunk = chunk  # seeds per Dask task; None: adapt to CHUNK_SECONDS
         self.workers = workers
@@ -115,7 +115,10 @@ class DaskEngine:
             logging.getLogger("distributed").setLevel(logging.ERROR)
 
         if self.scheduler:  # its workers were started by their own commands: see docs/sim.md for their profiler
-            self.client = Client(self.scheduler, timeout=self.connect_timeout, set_as_default=False)
+            try:
+                self.client = Client(self.scheduler, timeout=self.connect_timeout, set_as_default=False)
+            except (OSError, ValueError, TypeError) as exc:  # refused, timed out, not an address
+                raise Failed(f"dask scheduler at {self.scheduler[:80]}: {type(exc).__name__}: {exc}") from None
         else:
             import dask
 
