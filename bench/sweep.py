@@ -4,12 +4,14 @@ overhead per task vs a bare multiprocessing pool, and 10,000 seeds of a small sc
 Issue 15's targets: the local Dask cluster on this machine's 2 cores >= 1.8x serial; overhead per task
 vs a bare ``multiprocessing.Pool`` <= 10 %. Every variant runs the same task (``leengine.sweep_cmd.
 timed_run``: one seeded run of the Region) on the same seeds, in interleaved rounds; clusters are
-started before the rounds (their start-up is reported apart: a long sweep pays it once). The
+started before each timed run and stopped after it (their start-up is reported apart: a long sweep
+pays it once; an idle Dask process still ticks, so only the measured variant is alive). The
 machine is shared, so each figure carries the 1-minute load average read before and after it.
 
     .venv/bin/python -m bench.sweep --part speedup --rounds 3                  # scenarios/host-crash-ip-leak.yaml
     .venv/bin/python -m bench.sweep --part overhead --rounds 3                 # a tiny scenario: overhead shows
     .venv/bin/python -m bench.sweep --part scale --seeds 10000                 # 10,000 tiny seeds, scheduler memory
+    .venv/bin/python -m bench.sweep --part scale --seeds 10000 --chunk 1       # the same, one Dask task per seed
 """
 
 from __future__ import annotations
@@ -144,43 +146,71 @@ def _timed(run: Callable[[], Any], seeds: int) -> dict[str, float]:
             "load_after": load()}
 
 
+class Variant:
+    """One way to run the seeds: ``open`` (untimed: start-up and a warm-up of 2 seeds per worker), ``run``
+    (timed), ``close``. Only the variant being measured is alive: an idle Dask process still ticks."""
+
+    def __init__(self, name: str, job: SweepJob, workers: int, logs: Path) -> None:
+        self.name, self.job, self.workers, self.logs = name, job, workers, logs
+        self.startup = 0.0
+        self._pool: Any = None
+        self._engine: Any = None
+        self._external: ExternalCluster | None = None
+
+    def open(self, warm: list[int]) -> None:
+        started = time.perf_counter()
+        if self.name == "multiprocessing pool":
+            self._pool = multiprocessing.get_context("forkserver").Pool(self.workers, initializer=_pool_init,
+                                                                        initargs=(self.job,))
+            list(self._pool.imap_unordered(_pool_task, warm))
+        elif self.name == "dask local cluster":
+            self._engine = DaskEngine(workers=self.workers).__enter__()
+        elif self.name == "dask scheduler + workers":
+            self._external = ExternalCluster(self.workers, self.logs)
+            self._engine = DaskEngine(scheduler=self._external.address).__enter__()
+            self._engine.client.wait_for_workers(self.workers, timeout=120)
+        if self._engine is not None:
+            run_sweep(self._engine, self.job, warm)
+        self.startup = time.perf_counter() - started
+
+    def run(self, seeds: list[int]) -> None:
+        if self._pool is not None:
+            list(self._pool.imap_unordered(_pool_task, seeds))
+        elif self._engine is not None:
+            run_sweep(self._engine, self.job, seeds)
+        else:
+            run_sweep(SerialEngine(), self.job, seeds)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool.join()
+        if self._engine is not None:
+            self._engine.__exit__(None, None, None)
+        if self._external is not None:
+            self._external.close()
+        self._pool = self._engine = self._external = None
+
+
+VARIANTS = ("serial", "multiprocessing pool", "dask local cluster", "dask scheduler + workers")
+
+
 def compare(scenario: Path, seeds: list[int], rounds: int, workers: int) -> dict[str, Any]:
     job = SweepJob(load_scenario(scenario).spec)
     logs = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
-    t0 = time.perf_counter()
-    local = DaskEngine(workers=workers).__enter__()
-    local_start = time.perf_counter() - t0
-    external = ExternalCluster(workers, logs)
-    remote = DaskEngine(scheduler=external.address)
-    t0 = time.perf_counter()
-    remote.__enter__()
-    remote.client.wait_for_workers(workers, timeout=120)
-    remote_start = time.perf_counter() - t0
-    pool = multiprocessing.get_context("forkserver").Pool(workers, initializer=_pool_init, initargs=(job,))
-    list(pool.imap_unordered(_pool_task, seeds[:workers]))  # warm: imports done in each pool process
-    run_sweep(local, job, seeds[:workers * 2])  # the same warm-up for the clusters
-    run_sweep(remote, job, seeds[:workers * 2])
-    variants: dict[str, Callable[[], Any]] = {
-        "serial": lambda: run_sweep(SerialEngine(), job, seeds),
-        "multiprocessing pool": lambda: list(pool.imap_unordered(_pool_task, seeds)),
-        "dask local cluster": lambda: run_sweep(local, job, seeds),
-        "dask scheduler + workers": lambda: run_sweep(remote, job, seeds),
-    }
-    figures: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
-    try:
-        for r in range(rounds):
-            for name, run in variants.items():
-                figures[name].append(_timed(run, len(seeds)))
-                print(f"round {r + 1} {name}: {figures[name][-1]}", flush=True)
-    finally:
-        pool.close()
-        pool.join()
-        local.__exit__(None, None, None)
-        remote.__exit__(None, None, None)
-        external.close()
-    return {"scenario": str(scenario), "seeds": len(seeds), "workers": workers, "rounds": rounds,
-            "startup_seconds": {"local cluster": round(local_start, 2), "scheduler client + workers": round(
-                remote_start, 2)}, "runs": figures}
+    warm = [10_000 + i for i in range(2 * workers)]  # other seeds than the measured ones
+    figures: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
+    for r in range(rounds):
+        for name in VARIANTS:
+            variant = Variant(name, job, workers, logs)
+            try:
+                variant.open(warm)
+                figure = _timed(lambda v=variant: v.run(seeds), len(seeds))  # type: ignore[misc]
+            finally:
+                variant.close()
+            figures[name].append({**figure, "startup": round(variant.startup, 2)})
+            print(f"round {r + 1} {name}: {figures[name][-1]}", flush=True)
+    return {"scenario": str(scenario), "seeds": len(seeds), "workers": workers, "rounds": rounds, "runs": figures}
 
 
 def ratios(result: dict[str, Any]) -> dict[str, list[float]]:
@@ -197,7 +227,7 @@ def ratios(result: dict[str, Any]) -> dict[str, list[float]]:
             "scheduler wall / pool wall": per_round("multiprocessing pool", "dask scheduler + workers", invert=True)}
 
 
-def scale(seeds: int, workers: int) -> dict[str, Any]:
+def scale(seeds: int, workers: int, chunk: int | None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         path = Path(tmp) / "tiny.yaml"
         path.write_text(TINY)
@@ -205,35 +235,41 @@ def scale(seeds: int, workers: int) -> dict[str, Any]:
         logs = Path(tmp)
         external = ExternalCluster(workers, logs)
         try:
-            with DaskEngine(scheduler=external.address) as engine:
+            with DaskEngine(scheduler=external.address, chunk=chunk) as engine:
                 engine.client.wait_for_workers(workers, timeout=120)
                 scheduler = PeakRss(external.scheduler_pid)
+                idle = round(scheduler.process.memory_info().rss / 2**20, 1)
                 client = PeakRss(os.getpid())
                 before = load()
                 started = time.perf_counter()
                 sweep = run_sweep(engine, job, list(range(1, seeds + 1)))
                 wall = time.perf_counter() - started
                 window = engine.describe()["window"]
-            return {"seeds": seeds, "workers": workers, "window": window, "wall_seconds": round(wall, 1),
+            return {"seeds": seeds, "workers": workers, "window": window, "chunk": chunk or "adaptive",
+                    "wall_seconds": round(wall, 1),
                     "seeds_per_minute": round(seeds / wall * 60, 1), "reported": len(sweep.results),
-                    "passed": sweep.passed, "duplicates": sweep.duplicates, "scheduler_peak_rss_mib": scheduler.done(),
+                    "passed": sweep.passed, "duplicates": sweep.duplicates, "scheduler_idle_rss_mib": idle,
+                    "scheduler_peak_rss_mib": scheduler.done(),
                     "client_peak_rss_mib": client.done(), "load": before, "load_after": load()}
         finally:
             external.close()
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the clusters' finally blocks run
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--part", choices=("speedup", "overhead", "scale"), required=True)
     parser.add_argument("--scenario", type=Path, default=ROOT / "scenarios" / "host-crash-ip-leak.yaml")
     parser.add_argument("--seeds", type=int, default=0, help="default: 40 (speedup), 400 (overhead), 10000 (scale)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--chunk", type=int, default=None, help="scale: seeds per Dask task (default: adaptive)")
     args = parser.parse_args()
     if args.part == "scale":
-        result = scale(args.seeds or 10_000, args.workers)
-        show("10,000 seeds of a tiny scenario through a dask scheduler", list(result), [list(result.values())])
-        print(save(f"sweep-scale-{result['seeds']}", result))
+        result = scale(args.seeds or 10_000, args.workers, args.chunk)
+        show(f"{result['seeds']:,} seeds of a tiny scenario through a dask scheduler", ["measure", "value"],
+             [[k, v] for k, v in result.items()])
+        print(save(f"sweep-scale-{result['seeds']}-chunk-{args.chunk or 'adaptive'}", result))
         return
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         scenario = args.scenario

@@ -288,6 +288,8 @@ def sweep_command(
     window: Annotated[int | None, typer.Option(min=1, max=100_000, help="tasks in flight (default: 4 per "
                                                                          "worker thread)")] = None,
     retries: RetriesOpt = DEFAULT_RETRIES,
+    chunk: Annotated[int | None, typer.Option(min=1, max=MAX_CHUNK, help="seeds per Dask task (default: as many as "
+                                                                         f"run in about {CHUNK_SECONDS} s)")] = None,
     plots: Annotated[bool, typer.Option(help="draw failures-by-check.png and wall-time.png")] = True,
     ipam_hook: HookOpt = None,
 ) -> None:
@@ -306,10 +308,11 @@ def sweep_command(
     spec = loaded.spec
     out_dir = out or Path("runs") / "sweeps" / f"{spec.name}-seeds{seed_list[0]}-{seed_list[-1]}"
     err = Console(stderr=True)
-    started = time.perf_counter()
+    opened = time.perf_counter()
     with DaskEngine(scheduler=scheduler, workers=workers or _default_workers(), window=window,
-                    retries=retries) as engine:
-        engine_info = engine.describe()
+                    retries=retries, chunk=chunk) as engine:
+        engine_info = {**engine.describe(), "startup_seconds": round(time.perf_counter() - opened, 2)}
+        started = time.perf_counter()  # seeds per minute count from here: the cluster's start-up is apart
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("[green]{task.fields[passed]} passed[/] [red]{task.fields[failed]} failed[/]"),
                       TextColumn("{task.fields[rate]} seeds/min"), TimeElapsedColumn(), console=err,
@@ -322,7 +325,7 @@ def sweep_command(
                                 rate=f"{len(sweep.results) / elapsed * 60:,.0f}" if elapsed > 0 else "-")
 
             sweep = run_sweep(engine, SweepJob(spec, hook), seed_list, on_result)
-    wall = time.perf_counter() - started
+        wall = time.perf_counter() - started
     report = summarize(sweep, scenario={"file": str(scenario), "name": spec.name, "sha256": loaded.sha256},
                        code=_code(), engine=engine_info, seeds_text=seeds, wall_seconds=wall, hook=hook)
     write_sweep(report, out_dir, plots=plots)

@@ -267,7 +267,8 @@ def summary_text(report: dict[str, Any], *, max_seeds: int = 20) -> str:
              f"{t['reported']:,} reported: {t['passed']:,} passed, {t['failed']:,} failed "
              f"({t['errors']} simulation errors, {t['lost']} lost), {t['missing']} missing, "
              f"{t['duplicates_dropped']} duplicate results dropped",
-             f"{report['wall_seconds']:.1f} s wall, {report['seeds_per_minute']} seeds/min; one run "
+             f"{report['wall_seconds']:.1f} s wall (and {report['engine'].get('startup_seconds', 0)} s to start the "
+             f"cluster), {report['seeds_per_minute']} seeds/min; one run "
              f"{report['run_wall_seconds']['min']}-{report['run_wall_seconds']['max']} s "
              f"(median {report['run_wall_seconds']['median']})",
              f"code {report['code_version'].get('describe')}"
