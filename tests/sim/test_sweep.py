@@ -6,14 +6,15 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from leengine.sweep_cmd import DaskEngine, SerialEngine
 from sim.runner import run_scenario
-from sim.scenario import load_scenario
-from sim.shrink import ShrinkError, shrink, size
+from sim.scenario import load_scenario, parse_scenario
+from sim.shrink import ShrinkError, _plain, dump, normalised, shrink, size
 from sim.sweep import SweepJob, parse_seeds, run_sweep, signature, summarize, summary_text, write_sweep
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -174,3 +175,13 @@ def test_a_result_delivered_twice_is_kept_once():
     seen = []
     sweep = run_sweep(Twice(), None, [4, 5, 6], lambda r, _s: seen.append(r["seed"]))
     assert seen == [4, 5, 6] and sweep.duplicates == 3 and sweep.passed == 3
+
+
+@pytest.mark.parametrize("path", sorted(p for p in (ROOT / "scenarios").glob("*.yaml") if p.name != "costs.yaml"),
+                         ids=lambda p: p.stem)
+def test_every_shipped_scenario_reads_back_the_same_once_shrink_rewrites_it(path):
+    # What shrink writes is a YAML dump of the document with the costs written in: it must mean the same
+    # spec (less the file's name, its lab block and source lines), or a shrunk scenario would be another one.
+    loaded = load_scenario(path)
+    text = dump(normalised(loaded, 42))
+    assert _plain(parse_scenario(text, "rewritten.yaml")) == _plain(replace(loaded.spec, seed=42))
