@@ -536,6 +536,9 @@ class Releases:
             old = _serving(shares, active, version)
             if old is None:
                 raise FailedPrecondition(f"app {app} has no other active version to release {version} from")
+            if shares and shares.get(old, 0) == 0:  # every other version at 0: nothing to move traffic from
+                raise FailedPrecondition(f"{version} already serves all the traffic of app {app}: no other version "
+                                         "has a share to release it from")
             release = Release(app, old, version, record.group, record.domain, policy, "running", 0, 0.0, 0, 0,
                               await self._snapshot(record.group, record.domain, old, version), {},
                               f"started by {who.name}", who.name, self.runtime.wall_time())

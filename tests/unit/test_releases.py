@@ -185,6 +185,21 @@ def test_a_good_version_steps_up_after_each_bake_and_completion_deletes_the_old_
     assert r.record().checks >= 16 and r.record().bad == 0
 
 
+def test_releasing_the_version_that_serves_everything_is_refused_and_moves_no_traffic():
+    # After v2's release completed (v1 deleted), v3 is deployed at share 0. "Release v2" again took v3,
+    # the other active version, as the one to move traffic from: its 1 % step sent 99 % to unreleased v3.
+    r = Region()
+    r.start_loop()
+    r.release(steps=(100,), bake_seconds=2.0)
+    r.until(lambda: r.record().state == "completed")
+    r.run(r.apps.deploy(ALICE, "shop", a.Draft(image=IMAGE), request_id=r.rid()))
+    assert r.shares.records[(GROUP, DOMAIN)] == {"v2": 100, "v3": 0}
+    with pytest.raises(port.FailedPrecondition, match="v2 already serves"):
+        r.release()
+    assert r.shares.records[(GROUP, DOMAIN)] == {"v2": 100, "v3": 0}
+    assert r.record().state == "completed" and r.record().new == "v2"  # the last release, untouched
+
+
 def test_a_bad_version_is_reverted_after_bad_checks_intervals_in_every_cell():
     r = Region()
     r.error_rate["v2"] = 0.5
