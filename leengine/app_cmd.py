@@ -456,8 +456,12 @@ def release(
     for name, value in (("bake_seconds", bake), ("check_seconds", check), ("max_error_increase", max_error_increase),
                         ("max_latency_ratio", max_latency_ratio), ("bad_checks", bad_checks),
                         ("min_requests", min_requests)):
-        if value is not None:
-            setattr(message, name, value)
+        if value is None:
+            continue
+        if isinstance(value, int) and not -2**31 <= value < 2**31:  # the wire's int32: protobuf would raise
+            raise BadInput(f"--{name.replace('_', '-')} {value} is out of range (the service takes at most 1000 "
+                           f"bad checks and 10^9 requests)")
+        setattr(message, name, value)
     _print(call(connection, "StartRelease", message), render_release, json_output)
 
 

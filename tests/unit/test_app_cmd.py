@@ -279,6 +279,10 @@ def test_release_sends_only_the_options_given_and_prints_the_steps(monkeypatch, 
     code, _, err = leengine(monkeypatch, capsys, "app", "release", "shop", "v2", "--steps", "1,ten,100",
                             "--token-file", str(token_file))
     assert code == 2 and "--steps: '1,ten,100' is not a list of percents" in err and len(stub.calls) == 1
+    code, _, err = leengine(monkeypatch, capsys, "app", "release", "shop", "v2", "--min-requests", str(2**31),
+                            "--token-file", str(token_file))
+    assert code == 2 and err.startswith("leengine: error: --min-requests 2147483648 is out of range")
+    assert err.count("\n") == 1 and len(stub.calls) == 1  # one line, nothing sent
 
 
 def test_revert_and_show_print_the_release(monkeypatch, capsys, stub, token_file):
