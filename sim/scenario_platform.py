@@ -136,6 +136,14 @@ class PlatformFields(Fields):
                 raise self.error(m["workload"], "workload.apps", f"platform app {app.name}: {app.replicas} replicas "
                                                                  f"per Cell exceed a controller's "
                                                                  f"{MAX_CONTROLLER_REPLICAS}")
+        for app in platform:  # the platform claims a platform app's domain (control.apps): no other app may share it
+            domain = app.served_domain
+            other = next((a.name for a in apps if a is not app and a.group == app.group
+                          and a.served_domain == domain), None)
+            if other is not None:
+                raise self.error(m["workload"], "workload.apps", f"platform app {app.name} and app {other} serve one "
+                                                                 f"domain {domain} in group {app.group}: a platform "
+                                                                 f"app's domain is its own")
         if platform and churn != ChurnSpec():
             raise self.error(m["workload"], "workload.churn", "a Region with platform apps has no churn (it would "
                                                               "replace pods behind the platform's back)")

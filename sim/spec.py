@@ -124,6 +124,11 @@ class AppSpec:
     count_index: int = 0  # k of the copies ``{name}-k`` of an app given ``count`` (1..count); 0: no count
     platform: bool = False  # deployed through the platform (control/apps.py, versions v1..), not by the world
 
+    @property
+    def served_domain(self) -> str:
+        """The domain its clients ask for: ``domain``, else ``{name}.example.com``."""
+        return self.domain or f"{self.name}.example.com"
+
 
 @dataclass(frozen=True)
 class FaultSpec:

@@ -93,7 +93,7 @@ class Region:
             self.cells[cell_spec.name] = cell
             self.nodes.update((node.name, node) for node in cell.nodes)
         self.apps: dict[str, AppSpec] = {app.name: app for app in spec.apps}
-        self.domains = {app.name: app.domain or f"{app.name}.example.com" for app in spec.apps}
+        self.domains = {app.name: app.served_domain for app in spec.apps}
         self.hosts: dict[str, NginxHost] = {}
         for group in spec.groups:
             for i in range(group.hosts):

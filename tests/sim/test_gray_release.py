@@ -344,6 +344,10 @@ def test_a_platform_app_runs_in_two_cells_and_has_no_churn():
     with pytest.raises(ScenarioError, match="exceed a controller's 1000"):
         parse_scenario(BASE.replace("replicas: 2, group: edge, platform", "replicas: 1001, group: edge, platform"),
                        "t.yaml")
+    shared = BASE.replace("{name: blog, cells: [a], replicas: 1, group: edge}",
+                          "{name: blog, cells: [a], replicas: 1, group: edge, domain: shop.example.com}")
+    with pytest.raises(ScenarioError, match=r"serve one domain shop\.example\.com in group edge"):
+        parse_scenario(shared, "t.yaml")  # the platform claims its app's domain: a second app there is refused
     spec = parse_scenario(BASE + "platform:\n  traffic_every: 2\n  releases: [{app: shop, at: 10}]\n", "t.yaml")
     assert spec.traffic_every == 2.0 and spec.releases[0].steps == (1, 10, 50, 100)
     assert parse_scenario(no_platform, "t.yaml").traffic_every == 0.0  # no platform: no traffic records
