@@ -244,6 +244,9 @@ def summarize(sweep: Sweep, *, scenario: dict[str, Any], code: dict[str, Any], e
                    "lost": sum(1 for r in results if r["failures"] and r["failures"][0]["check"] == LOST_CHECK),
                    "missing": len(sweep.missing()), "duplicates_dropped": sweep.duplicates},
         "run_wall_seconds": _spread(walls),
+        # The share of the workers' time spent in runs: 1.0 is no dispatch overhead at all (whatever the load).
+        "busy_fraction": (round(sum(walls) / (wall_seconds * engine["threads"]), 3)
+                          if walls and wall_seconds > 0 and engine.get("threads") else None),
         "failures_by_check": dict(sorted(by_check.items())),
         "groups": failure_groups(results, scenario.get("file") or "SCENARIO", hook),
         "results": results,
@@ -268,7 +271,7 @@ def summary_text(report: dict[str, Any], *, max_seeds: int = 20) -> str:
              f"({t['errors']} simulation errors, {t['lost']} lost), {t['missing']} missing, "
              f"{t['duplicates_dropped']} duplicate results dropped",
              f"{report['wall_seconds']:.1f} s wall (and {report['engine'].get('startup_seconds', 0)} s to start the "
-             f"cluster), {report['seeds_per_minute']} seeds/min; one run "
+             f"cluster), {report['seeds_per_minute']} seeds/min, workers busy {report.get('busy_fraction')}; one run "
              f"{report['run_wall_seconds']['min']}-{report['run_wall_seconds']['max']} s "
              f"(median {report['run_wall_seconds']['median']})",
              f"code {report['code_version'].get('describe')}"
