@@ -137,13 +137,17 @@ class PeakRss:
         return round(self.peak / 2**20, 1)
 
 
-def _timed(run: Callable[[], Any], seeds: int) -> dict[str, float]:
+def _timed(run: Callable[[], Any], seeds: int, workers: int = 1) -> dict[str, float]:
+    """Seeds per minute, and the busy fraction: the runs' own wall seconds over (wall x workers), i.e. the
+    share of the workers' time spent running seeds rather than waiting for them (the load slows the runs,
+    it does not lower this)."""
     before = load()
     started = time.perf_counter()
-    run()
+    results = run()
     wall = time.perf_counter() - started
-    return {"seeds_per_minute": round(seeds / wall * 60, 1), "wall": round(wall, 2), "load": before,
-            "load_after": load()}
+    busy = sum(r["wall_seconds"] for r in results or [] if r.get("wall_seconds")) / (wall * workers)
+    return {"seeds_per_minute": round(seeds / wall * 60, 1), "wall": round(wall, 2), "busy": round(busy, 3),
+            "load": before, "load_after": load()}
 
 
 class Variant:
@@ -173,13 +177,11 @@ class Variant:
             run_sweep(self._engine, self.job, warm)
         self.startup = time.perf_counter() - started
 
-    def run(self, seeds: list[int]) -> None:
+    def run(self, seeds: list[int]) -> list[dict[str, Any]]:
         if self._pool is not None:
-            list(self._pool.imap_unordered(_pool_task, seeds))
-        elif self._engine is not None:
-            run_sweep(self._engine, self.job, seeds)
-        else:
-            run_sweep(SerialEngine(), self.job, seeds)
+            return list(self._pool.imap_unordered(_pool_task, seeds))
+        engine = self._engine if self._engine is not None else SerialEngine()
+        return list(run_sweep(engine, self.job, seeds).results.values())
 
     def close(self) -> None:
         if self._pool is not None:
@@ -205,7 +207,8 @@ def compare(scenario: Path, seeds: list[int], rounds: int, workers: int) -> dict
             variant = Variant(name, job, workers, logs)
             try:
                 variant.open(warm)
-                figure = _timed(lambda v=variant: v.run(seeds), len(seeds))  # type: ignore[misc]
+                figure = _timed(lambda v=variant: v.run(seeds), len(seeds),  # type: ignore[misc]
+                                1 if name == "serial" else workers)
             finally:
                 variant.close()
             figures[name].append({**figure, "startup": round(variant.startup, 2)})
@@ -213,14 +216,16 @@ def compare(scenario: Path, seeds: list[int], rounds: int, workers: int) -> dict
     return {"scenario": str(scenario), "seeds": len(seeds), "workers": workers, "rounds": rounds, "runs": figures}
 
 
-def ratios(result: dict[str, Any]) -> dict[str, list[float]]:
+def ratios(result: dict[str, Any]) -> dict[str, Any]:
     runs = result["runs"]
 
     def per_round(a: str, b: str, invert: bool = False) -> list[float]:
         return [round((y["wall"] / x["wall"]) if invert else (x["seeds_per_minute"] / y["seeds_per_minute"]), 3)
                 for x, y in zip(runs[a], runs[b], strict=True)]
 
-    return {"local vs serial (x)": per_round("dask local cluster", "serial"),
+    busy = {name: [r["busy"] for r in figures] for name, figures in runs.items()}
+    return {"busy fraction": busy,
+            "local vs serial (x)": per_round("dask local cluster", "serial"),
             "scheduler vs serial (x)": per_round("dask scheduler + workers", "serial"),
             "pool vs serial (x)": per_round("multiprocessing pool", "serial"),
             "local wall / pool wall": per_round("multiprocessing pool", "dask local cluster", invert=True),
