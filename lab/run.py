@@ -157,20 +157,22 @@ class ControlAdmin:
             with contextlib.suppress(self.grpc.aio.AioRpcError):  # ALREADY_EXISTS: a reused lab
                 await self.stub.CreateGroup(pb.CreateGroupRequest(name=group.name), metadata=self.metadata,
                                             timeout=self.timeout)
-        async def put(app: AppSpec) -> None:
-            domain = app.domain or f"{app.name}.example.com"
-            self.domains[app.name] = (app.group, domain)
-            try:
-                await self.stub.PutDomain(pb.PutDomainRequest(
-                    domain=pb.Domain(name=domain, group=app.group, owner=app.name), expected_revision=0),
-                    metadata=self.metadata, timeout=self.timeout)
-            except self.grpc.aio.AioRpcError as exc:
-                if exc.code() != self.grpc.StatusCode.ALREADY_EXISTS:
-                    raise
-
         # All at once, as the sim's boot puts them before its agents start: one after the other they
         # spanned more than the SLB agents' batch window and cost each Nginx host two boot reloads.
-        await asyncio.gather(*(put(app) for app in spec.apps))
+        await asyncio.gather(*(self.put_domain(app) for app in spec.apps))
+
+    async def put_domain(self, app: AppSpec) -> None:
+        """The app's domain (``{app}.example.com`` unless it names one), owned by the app; an existing one is kept."""
+        pb = self.pb
+        domain = app.domain or f"{app.name}.example.com"
+        self.domains[app.name] = (app.group, domain)
+        try:
+            await self.stub.PutDomain(pb.PutDomainRequest(
+                domain=pb.Domain(name=domain, group=app.group, owner=app.name), expected_revision=0),
+                metadata=self.metadata, timeout=self.timeout)
+        except self.grpc.aio.AioRpcError as exc:
+            if exc.code() != self.grpc.StatusCode.ALREADY_EXISTS:
+                raise
 
     async def touch_domain(self, app: str, n: int) -> bool:
         """A reload storm's change: a header of the domain's location set to ``n`` (as sim/faults.py's storm)."""

@@ -116,6 +116,11 @@ class LabFiles:
         return self.dir / "cells.yaml"
 
     @property
+    def extra_bindings(self) -> Path:
+        """Bindings added to a live lab by ``leengine lab bind`` (apps not in its scenario)."""
+        return self.dir / "bindings.json"
+
+    @property
     def discovery_config(self) -> Path:
         return self.dir / "discovery.yaml"
 
@@ -488,8 +493,79 @@ def discovery_config(lab: Any) -> dict[str, Any]:
     for app in (spec.apps if spec is not None else ()):
         bindings.append({"namespace": app.name, "service": app.name, "port": app.port, "group": app.group,
                          "domain": app.domain or f"{app.name}.example.com"})
+    known = {(b["namespace"], b["group"], b["domain"]) for b in bindings}
+    for extra in _extra_bindings(lab):
+        if (extra["namespace"], extra["group"], extra["domain"]) not in known:
+            bindings.append(extra)
     return {"cells": {c.name: {"api": c.api_url} for c in plan.cells.values()}, "bindings": bindings,
             "resync_seconds": 2}
+
+
+def _extra_bindings(lab: Any) -> list[dict[str, Any]]:
+    """``leengine lab bind``'s bindings, each validated again (the file is ours, but a binding is a config line)."""
+    from foundation.ports.proxy_domain import DomainError, check_domain_name, check_group
+
+    path = files(lab).extra_bindings
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    out = []
+    for b in data if isinstance(data, list) else []:
+        try:
+            out.append(binding(b["namespace"], check_group(b["group"]), check_domain_name(b["domain"]), b["port"]))
+        except (KeyError, TypeError, ValueError, DomainError):
+            continue
+    return out
+
+
+def binding(app: str, group: str, domain: str, port: int) -> dict[str, Any]:
+    """One discovery binding: namespace = service = the app (as the platform names them); ``ValueError`` if bad."""
+    from lab.kube_objects import is_dns_label
+
+    if not is_dns_label(app):
+        raise ValueError(f"app {app!r:.60} is not a DNS label")
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ValueError(f"port {port!r:.20} is not a TCP port")
+    return {"namespace": app, "service": app, "port": port, "group": group, "domain": domain}
+
+
+def bind_app(lab: Any, app: str, group: str, domain: str, port: int) -> bool:
+    """Serve a platform app made by hand through the lab's Nginx: its domain made in slb-core (owner: the app,
+    as the lab's admin; one that exists is kept) and a discovery binding added, discovery restarted with it
+    (its bindings are its configuration). False when the binding was there already (nothing restarted)."""
+    import asyncio
+
+    from foundation.ports.proxy_domain import check_domain_name, check_group
+    from lab.run import ControlAdmin
+    from sim.spec import AppSpec
+
+    new = binding(app, check_group(group), check_domain_name(domain), port)
+    f = files(lab)
+
+    async def put() -> None:  # the channel is made inside the loop that uses it (grpc.aio)
+        admin = ControlAdmin(lab.plan.control_address, admin_token(lab), f.certs.ca_cert.read_bytes())
+        try:
+            await admin.put_domain(AppSpec(app, cells=(), replicas=0, group=group, domain=domain, port=port))
+        finally:
+            await admin.close()
+
+    try:
+        asyncio.run(put())
+    except Exception as exc:  # grpc's errors (the control service away, a refusal): one line
+        details_of = getattr(exc, "details", None)
+        details = details_of() if callable(details_of) else str(exc)
+        raise ServiceError(f"PutDomain {group}/{domain}: {str(details)[:300]}") from None
+    current = _extra_bindings(lab)
+    if any((b["namespace"], b["group"], b["domain"]) == (app, group, domain) for b in current):
+        return False
+    temp = f.extra_bindings.with_suffix(".tmp")
+    temp.write_text(json.dumps([*current, new], indent=1))
+    os.replace(temp, f.extra_bindings)
+    f.discovery_config.write_text(json.dumps(discovery_config(lab), indent=1))
+    _supervisor(lab).stop("discovery")
+    start(lab, "discovery")
+    return True
 
 
 def cells_config(lab: Any) -> dict[str, Any]:

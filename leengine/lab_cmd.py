@@ -9,6 +9,9 @@
                                               in the sim's shape; exit 1 when a check fails
   leengine lab env [--dir DIR]                 shell exports pointing the commands at the lab's etcd and
                                               control service: eval "$(leengine lab env)"
+  leengine lab bind APP --domain GROUP/DOMAIN [--port P] [--dir DIR]
+                                              serve a platform app made by hand (leengine app create) through
+                                              the lab's Nginx: its domain, a discovery binding (lab/services.py)
   leengine lab fit LAB_REPORT... [--out FILE]  fit the sim's cost models from lab reports (lab/fit.py)
   leengine lab fault KIND [--target NAME]... [--duration S] [--undo] [--dir DIR]
                                               break the running lab by hand with one fault of a
@@ -144,6 +147,32 @@ def lab_env(directory: DirOpt = DEFAULT_DIR) -> None:
         raise Failed(f"lab {lab.id} in {directory} has no services (lab up --no-services?): nothing to point at")
     for name, value in env.items():
         print(f"export {name}={shlex.quote(value)}")
+
+
+@lab_app.command("bind")
+def lab_bind(
+    app: Annotated[str, typer.Argument(metavar="APP", help="the platform app (its namespace in every Cell)")],
+    domain: Annotated[str, typer.Option("--domain", metavar="GROUP/DOMAIN", help="the Nginx group and domain")],
+    port: Annotated[int, typer.Option("--port", help="the port its versions serve on")] = 8080,
+    directory: DirOpt = DEFAULT_DIR,
+) -> None:
+    """Serve a platform app made by hand through the lab's Nginx: make its domain, bind it in discovery."""
+    from foundation.ports.proxy_domain import DomainError
+    from lab.lab import Lab, LabError
+    from lab.services import ServiceError, bind_app
+
+    _need_root()
+    group, sep, name = domain.partition("/")
+    if not sep:
+        raise BadInput(f"--domain {domain!r}: expected GROUP/DOMAIN")
+    try:
+        lab = Lab.load(directory)
+        added = bind_app(lab, app, group, name, port)
+    except (ValueError, DomainError) as exc:
+        raise BadInput(str(exc)) from None
+    except (LabError, ServiceError, OSError) as exc:
+        raise Failed(str(exc)) from None
+    print(f"{app}: {group}/{name} " + ("bound; discovery restarted" if added else "was bound already"))
 
 
 @lab_app.command("down")

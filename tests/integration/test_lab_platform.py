@@ -16,6 +16,8 @@ environment of ``leengine lab env``:
   v1's pods answer 500 to every request, then none;
 * ``app scale shop v1 1 --cell c1``: one v1 pod of c1 is stopped (CNI DEL: its runtime no longer
   holds it); ``app delete shop v2``: v2's pods are gone from every Cell and runtime;
+* ``leengine lab bind cart --domain web/cart.example.com``: an app the scenario does not name gets its
+  domain and discovery binding; created and deployed by hand, it serves through Nginx;
 * ``lab down`` leaves nothing.
 
 Root only; a missing component fails the test.
@@ -202,6 +204,26 @@ def test_leengine_app_in_a_lab_runs_versions_as_pods_that_serve_and_answer_error
         held = _wait("v2's pods stopped by their runtimes", lambda: asyncio.run(_runtime_pods(lab)),
                      lambda held: not any(n.startswith("shop-v2-") for n in held))
         assert held == {*kept, *v1["c2"]}, held
+
+        # an app the scenario does not name: `leengine lab bind` makes its domain and discovery's binding
+        bound = subprocess.run([str(Path(sys.executable).parent / "leengine"), "lab", "bind", "cart", "--domain",
+                                "web/cart.example.com", "--dir", str(directory)], capture_output=True, text=True,
+                               timeout=120, check=False)
+        assert bound.returncode == 0 and "bound" in bound.stdout, (bound.stdout, bound.stderr)
+        _app(env, "create", "cart", "--cell", "c1", "--cell", "c2", "--non-production", "--domain",
+             "web/cart.example.com")
+        _app(env, "deploy", "cart", "--image", IMAGE.replace("/shop:", "/cart:"), "--replicas", "1")
+
+        async def cart() -> str:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                answer = await get(nginx, 80, "cart.example.com", 2.0)
+                if answer.status == 200 and answer.body.startswith("cart-v1-"):
+                    return answer.body
+                await asyncio.sleep(0.5)
+            return ""
+
+        assert asyncio.run(cart()), "cart never served through Nginx"
     finally:
         down = down_lab(directory)
         shutil.rmtree(directory, ignore_errors=True)
