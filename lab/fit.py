@@ -32,7 +32,8 @@ pooled median. Medians, so one slow outlier moves nothing. What is fitted, and h
   ``lab_costs.dataplane.attach_per_in_flight`` only: the lab's nodes share one machine, and a
   lab-scaled sim run charges each attach ``b`` per other attach in flight in the Region
   (sim/adapters/dataplane.py, sim/world.py); never below 0. Reports without in-flight counts
-  (older lab runs) fall back to a constant: the midrange of the reports' medians, slope kept.
+  (older lab runs) fall back to a constant: the midrange of the reports' medians, with no slope (the
+  constant holds their contention already).
 * **reload curve** (``costs.proxy``): the SLB agent's ``reload_seconds`` (test + reload +
   confirmation of a batch) is ``test_base + reload_base + (test_per_domain +
   reload_per_domain) * domains``. The per-domain slopes stay (bench/nginx_reload_curve.py
@@ -187,6 +188,7 @@ def fit(reports: list[dict[str, Any]], names: list[str], base: CostsFile) -> Fit
                          f"(n={used}); attach_seconds = {a:.6f} - {ROUND_TRIPS_PER_ADD} x {latency:.6f} s = "
                          f"{attach:.6f} s; lab_costs attach_per_in_flight = {per_in_flight:.6f} s")
     elif adds:
+        per_in_flight = 0.0
         medians = [percentile(list(samples(r, "cni_add_seconds")), 0.5, 6) for r in reports
                    if samples(r, "cni_add_seconds")]
         median = midrange(medians)
