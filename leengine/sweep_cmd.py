@@ -8,10 +8,9 @@ submitted in a bounded window (``--window``, default 4 per worker thread) and to
 results come back, so 100,000 seeds never sit in the scheduler at once. A Dask task runs a chunk
 of consecutive seeds, sized from the runs seen so far to last about ``CHUNK_SECONDS`` (1 seed
 while runs are long): a scheduler round trip per 25 ms run cost more than the run (measured,
-bench/sweep.py). A worker that dies
-takes its tasks with it: the scheduler runs them again elsewhere (up to its
-``allowed-failures``); a task that raises is retried ``--retries`` times; whatever still
-fails is reported as lost, once. ``sim.sweep.Sweep`` keeps one result per seed.
+bench/sweep.py). A worker that dies takes its tasks with it: the scheduler runs them again
+elsewhere (up to its ``allowed-failures``); a task that raises is retried ``--retries`` times;
+whatever still fails is reported as lost, once. ``sim.sweep.Sweep`` keeps one result per seed.
 
 Dask is imported here, in the command layer, never by sim/ (sim.sweep is pure orchestration
 over an engine) nor by agent code. Exit status: 0 every seed passed (shrink: a smaller failing
