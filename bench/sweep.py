@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -213,6 +214,7 @@ def compare(scenario: Path, seeds: list[int], rounds: int, workers: int) -> dict
                 variant.close()
             figures[name].append({**figure, "startup": round(variant.startup, 2)})
             print(f"round {r + 1} {name}: {figures[name][-1]}", flush=True)
+    shutil.rmtree(logs, ignore_errors=True)  # the external workers' logs and scratch
     return {"scenario": str(scenario), "seeds": len(seeds), "workers": workers, "rounds": rounds, "runs": figures}
 
 
