@@ -20,6 +20,7 @@ requests per second of lab/load.py, the release records, the shares and controll
 every 0.5 s). Both take the first error and the revert as ``release-reverted-within`` does.
 
 Run (root for the lab): .venv/bin/python -m bench.release [--sim-runs 3] [--lab-runs 2] [--no-lab]
+    [--first-seed N] [--add]   (--add: these runs join the ones in bench/results/release.json)
 Results: bench/results/release.json and a table (ranges over the runs).
 """
 
@@ -36,10 +37,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import save, show
+from bench.common import RESULTS, save, show
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = "shop"
+RESULT = RESULTS / "release.json"
 
 GOOD = """\
 # bench/release.py: a good v2 released in four steps (no fault)
@@ -278,19 +280,24 @@ def main() -> int:
     parser.add_argument("--lab-runs", type=int, default=2)
     parser.add_argument("--no-lab", action="store_true")
     parser.add_argument("--workdir", default="", help="where lab scenarios and reports go (default: a temp dir)")
+    parser.add_argument("--first-seed", type=int, default=1, help="the runs' seeds start here")
+    parser.add_argument("--add", action="store_true", help="add these runs to bench/results/release.json's")
     args = parser.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-release-"))
     workdir.mkdir(parents=True, exist_ok=True)
     runs: list[dict[str, Any]] = []
+    if args.add and RESULT.exists():
+        runs = json.loads(RESULT.read_text()).get("runs", [])
+    seeds = range(args.first_seed, args.first_seed + max(args.sim_runs, args.lab_runs))
     for kind in ("good", "bad"):
-        for seed in range(1, args.sim_runs + 1):
+        for seed in seeds[:args.sim_runs]:
             runs.append(run_sim(kind, seed))
             print(json.dumps({k: v for k, v in runs[-1].items() if k != "releases"}), flush=True)
     if not args.no_lab:
         if os.geteuid() != 0:
             print("the lab runs need root (network namespaces, OVS)", file=sys.stderr)
             return 2
-        for seed in range(1, args.lab_runs + 1):
+        for seed in seeds[:args.lab_runs]:
             for kind in ("good", "bad"):
                 runs.append(run_lab(kind, seed, workdir))
                 print(json.dumps({k: v for k, v in runs[-1].items() if k != "releases"}), flush=True)
