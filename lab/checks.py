@@ -27,7 +27,11 @@ and fail with the sim's words when the deadline is past the run's end. What each
 * ``no-orphan-versions``: at the end, every Cell's controllers of a platform app are its
   active version records, none being deleted;
 * ``activity-consistent``: the run's etcd history, revision by revision
-  (``sim.checks.activity_violations``, the sim's own verdict), and the daily counts recounted.
+  (``sim.checks.activity_violations``), and the daily counts recounted.
+
+The four platform checks are the sim's own verdicts (``reverted_verdict``, ``completed_verdict``,
+``orphans_verdict``, ``activity_verdict``) over a ``sim.checks.PlatformSeen`` the lab fills from
+what lab/platform.py observed (``Observed.seen``).
 
 It must not change the lab: judging is observation only.
 """
@@ -37,9 +41,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from foundation.ports.workloads import controller_name
 from lab.observe import Observations
-from sim.checks import CheckResult, Probe, activity_violations, apps_serve_again_verdict, builds_verdict, leaks_verdict
+from sim.checks import (
+    CheckResult,
+    PlatformSeen,
+    Probe,
+    activity_verdict,
+    apps_serve_again_verdict,
+    builds_verdict,
+    completed_verdict,
+    leaks_verdict,
+    orphans_verdict,
+    reverted_verdict,
+)
 from sim.spec import CheckSpec
 
 
@@ -92,124 +106,41 @@ def _builds_finish(obs: Observations, check: CheckSpec, probe: Probe) -> CheckRe
     return builds_verdict(check, probe, obs.builds_submitted)
 
 
-def _shares_off(timeline: list[tuple[float, dict[str, int] | None]], version: str, after: float) -> float | None:
-    """When the version's share was first seen 0 (or the record gone) at or after ``after``."""
-    for at, shares in timeline:
-        if at >= after and (shares is None or shares.get(version, 0) == 0):
-            return at
-    return None
-
-
-def _release_path(obs: Observations, app: str, version: str) -> str:
-    marks = obs.platform.releases.get(app, []) if obs.platform is not None else []
-    return " -> ".join(dict.fromkeys(f"{s} {p}%" for _, s, p, new in marks if new == version))
+def _seen(obs: Observations) -> PlatformSeen | None:
+    if obs.platform is None:
+        return None
+    seen: PlatformSeen = obs.platform.seen(obs.platform_cells, obs.first_error)
+    return seen
 
 
 def _release_reverted_within(obs: Observations, check: CheckSpec) -> CheckResult:
-    platform = obs.platform
-    if platform is None:
+    seen = _seen(obs)
+    if seen is None:
         return CheckResult(check.kind, False, "no platform app in this lab run")
-    if not obs.first_error:
-        return CheckResult(check.kind, False, "no bad version failed a request: nothing to revert")
-    passed, words = True, []
-    for (app, version), first in sorted(obs.first_error.items()):
-        shares_off = _shares_off(platform.shares.get(app, []), version, first)
-        name = controller_name(app, version)
-        gone = [platform.controllers_gone[(app, cell, name)] for cell in obs.platform_cells.get(app, ())
-                if (app, cell, name) in platform.controllers_gone]
-        still = [cell for cell in obs.platform_cells.get(app, ()) if (app, cell, name) not in platform.controllers_gone]
-        if shares_off is None or still:
-            passed = False
-            words.append(f"{app} {version}: first error at t={first:g}, not reverted (share "
-                         + ("0 at t=" + f"{shares_off:g}" if shares_off is not None else "still > 0")
-                         + (f"; controllers still in {', '.join(still)}" if still else "")
-                         + f"; release {_release_path(obs, app, version)})")
-            continue
-        took = max([shares_off, *gone]) - first
-        passed = passed and took <= check.within
-        words.append(f"{app} {version}: first error at t={first:g}, share 0 at t={shares_off:g}, controllers gone "
-                     f"at t={max(gone):g}: {took:.1f} s (limit {check.within:g} s); release "
-                     f"{_release_path(obs, app, version)}")
-    return CheckResult(check.kind, passed, "; ".join(words))
+    return reverted_verdict(check, seen)
 
 
 def _release_completed(obs: Observations, check: CheckSpec) -> CheckResult:
-    platform = obs.platform
-    if platform is None or not obs.release_apps:
+    seen = _seen(obs)
+    if seen is None or not obs.release_apps:
         return CheckResult(check.kind, False, "no gray release in this lab run")
-    final = platform.final
-    passed, words = True, []
-    for app in obs.release_apps:
-        timeline = platform.releases.get(app, [])
-        if not timeline:
-            passed = False
-            words.append(f"{app}: no release started")
-            continue
-        new = timeline[-1][3]
-        mine = [(at, state, percent) for at, state, percent, v in timeline if v == new]
-        states = [state for _, state, _ in mine]
-        started = mine[0][0]
-        ended = next((at for at, state, _ in mine if state == "completed"), obs.duration)
-        overlapped = any(a < ended and b > started for a, b in obs.outages)
-        problems = []
-        if states[-1] != "completed":
-            problems.append(f"ended {states[-1]}")
-        if "reverting" in states or "reverted" in states:
-            problems.append("reverted")
-        if overlapped and "paused" not in states:
-            problems.append("never paused while a Cell was cut off")
-        if final is None:
-            problems.append("no final look at the platform")
-        else:
-            left = sorted(final.active.get(app, set()) - {new})
-            if left:
-                problems.append(f"old version(s) {', '.join(left)} still recorded")
-            stale = sorted(f"{cell}/{c}" for (a, cell), names in final.controllers.items() if a == app
-                           for c in names if c != controller_name(app, new))
-            if stale:
-                problems.append(f"old controllers left: {', '.join(stale)}")
-        passed = passed and not problems
-        path = " -> ".join(dict.fromkeys(f"{s} {p}%" for _, s, p in mine))
-        words.append(f"{app} {new}: {path}" + (f" at t={ended:g}" if "completed" in states else "")
-                     + (f"; {'; '.join(problems)}" if problems else ""))
-    return CheckResult(check.kind, passed, "; ".join(words))
+    return completed_verdict(check, seen, list(dict.fromkeys(obs.release_apps)), obs.outages, obs.duration)
 
 
 def _no_orphan_versions(obs: Observations, check: CheckSpec) -> CheckResult:
-    final = obs.platform.final if obs.platform is not None else None
-    if final is None:
-        return CheckResult(check.kind, False, "no final look at the platform (none, or etcd away at the end)")
-    wrong = []
-    for (app, cell), names in sorted(final.controllers.items()):
-        want = {controller_name(app, v) for v in final.active.get(app, set())}
-        if names != want:
-            wrong.append(f"{cell}: {', '.join(sorted(names)) or 'none'} for {', '.join(sorted(want)) or 'none'}")
-    deleting = sorted(f"{app} {v}" for app, vs in final.deleting.items() for v in vs)
-    versions = sum(len(v) for v in final.active.values())
-    return CheckResult(check.kind, not wrong and not deleting,
-                       f"at t={final.at:g}: {versions} active version(s), every Cell's controllers as recorded"
-                       if not wrong and not deleting else
-                       f"at t={final.at:g}: " + "; ".join(wrong + [f"{d} still being deleted" for d in deleting]))
+    seen = _seen(obs)
+    return orphans_verdict(check, seen.final if seen is not None else None)
 
 
 def _activity_consistent(obs: Observations, check: CheckSpec) -> CheckResult:
     platform = obs.platform
     if platform is None:
         return CheckResult(check.kind, False, "no platform app in this lab run")
-    problems, records = activity_violations(platform.history)
-    counted = platform.final.recount if platform.final is not None else None
-    passed = platform.history_complete and not problems and counted is not None and counted.equal \
-        and not counted.invalid
-    detail = (f"{records} activity record(s); {len(problems)} change(s) without exactly one record or record(s) "
-              "without a change" + (f" (first: {problems[0]})" if problems else ""))
-    if not platform.history_complete:
-        detail += f"; etcd's history of the run not read to its end ({len(platform.history)} events)"
-    if counted is None:
-        detail += "; no recount at the end (etcd away)"
-    else:
-        detail += (f"; daily counts {'==' if counted.equal else '!='} recount ({counted.records} record(s))"
-                   + (f", {len(counted.invalid)} invalid" if counted.invalid else ""))
-    return CheckResult(check.kind, passed, detail)
+    verdict = activity_verdict(check, platform.history, platform.final)
+    if platform.history_complete:
+        return verdict
+    return CheckResult(check.kind, False, verdict.detail + f"; etcd's history of the run not read to its end "
+                                                          f"({len(platform.history)} events)")
 
 
 CHECKS: dict[str, LabCheck] = {

@@ -35,7 +35,7 @@ import hashlib
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ from foundation.logic.slb_shares import SharesError, decode_shares, shares_key
 from foundation.ports import StoreError, WatchEvent
 from foundation.ports.store import Store
 from lab.container_runtime import KubeClient, RuntimeError_
+from sim.checks import Final, PlatformSeen
 from sim.spec import AppSpec, ReleaseSpec
 
 log = logging.getLogger("leengine.lab.platform")
@@ -64,17 +65,6 @@ def image_of(app: str, number: int) -> str:
 
 
 @dataclass
-class Final:
-    """The platform at the end of the run (``FINAL_MARGIN`` before it), as sim/platform.py's ``Final``."""
-
-    at: float
-    active: dict[str, set[str]]
-    deleting: dict[str, set[str]]
-    controllers: dict[tuple[str, str], set[str]]  # (app, Cell) -> controllers there
-    recount: Recount | None
-
-
-@dataclass
 class Observed:
     shares: dict[str, list[tuple[float, dict[str, int] | None]]] = field(default_factory=dict)  # app -> timeline
     releases: dict[str, list[tuple[float, str, int, str]]] = field(default_factory=dict)  # app -> (t, state, %, new)
@@ -85,6 +75,14 @@ class Observed:
     final: Final | None = None
     history: list[WatchEvent] = field(default_factory=list)  # every etcd event of the run (activity check)
     history_complete: bool = False
+
+    def seen(self, cells: Mapping[str, tuple[str, ...]], first_error: Mapping[tuple[str, str], float]) -> PlatformSeen:
+        """What the run showed, for the platform's verdicts (sim/checks.py, the sim's own): the controllers
+        gone keyed (app, version, Cell) as the sim's, from (app, Cell, controller) here."""
+        gone = {(app, rc.removeprefix(f"{app}-"), cell): at for (app, cell, rc), at in self.controllers_gone.items()}
+        apps = dict.fromkeys([*cells, *(app for app, _ in first_error)])
+        return PlatformSeen({app: tuple(cells.get(app, ())) for app in apps}, dict(first_error), self.shares,
+                            self.releases, gone, self.final)
 
 
 class CallFailed(RuntimeError):

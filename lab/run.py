@@ -164,7 +164,7 @@ class ControlAdmin:
     async def put_domain(self, app: AppSpec) -> None:
         """The app's domain (``{app}.example.com`` unless it names one), owned by the app; an existing one is kept."""
         pb = self.pb
-        domain = app.domain or f"{app.name}.example.com"
+        domain = app.served_domain
         self.domains[app.name] = (app.group, domain)
         try:
             await self.stub.PutDomain(pb.PutDomainRequest(
@@ -539,7 +539,7 @@ async def run_scenario(scenario: Scenario, spec: RegionSpec, lab: LiveLab, out: 
     if farm is not None:
         controller.release = farm.release
     addresses = {h: lab.plan.hosts[h].mgmt_ip for hosts in lab.plan.groups.values() for h in hosts}
-    domains = {a.name: a.domain or f"{a.name}.example.com" for a in spec.apps}
+    domains = {a.name: a.served_domain for a in spec.apps}
     # The platform's replication controllers (lab/replication.py): pods of the versions deployed in the run.
     replication = replication_of(lab.plan, seed=spec.seed, node_grace=controller.node_grace)
     lab.replication = replication

@@ -492,7 +492,7 @@ def discovery_config(lab: Any) -> dict[str, Any]:
     bindings = []
     for app in (spec.apps if spec is not None else ()):
         bindings.append({"namespace": app.name, "service": app.name, "port": app.port, "group": app.group,
-                         "domain": app.domain or f"{app.name}.example.com"})
+                         "domain": app.served_domain})
     known = {(b["namespace"], b["group"], b["domain"]) for b in bindings}
     for extra in _extra_bindings(lab):
         if (extra["namespace"], extra["group"], extra["domain"]) not in known:

@@ -14,8 +14,9 @@ from lab.checks import judge
 from lab.container_runtime import RuntimeError_, check_error_rate, check_version, error_script
 from lab.load import version_of
 from lab.observe import Observations
-from lab.platform import Final, Observed
+from lab.platform import Observed
 from lab.replication import owns, template_of
+from sim.checks import Final
 from sim.spec import CheckSpec
 
 
@@ -96,6 +97,28 @@ def test_release_completed_and_no_orphans_from_the_final_look():
     assert "never paused" in judge(obs, CheckSpec("release-completed")).detail
     final.controllers[("shop", "c2")] = {"shop-v1", "shop-v2"}
     assert not judge(obs, CheckSpec("no-orphan-versions")).passed
+
+
+def test_the_lab_fills_the_sims_platform_seen_with_controllers_keyed_by_version():
+    obs = _obs(controllers_gone={("shop", "c1", "shop-v2"): 86.0}, shares={"shop": [(70.0, None)]})
+    obs.first_error = {("shop", "v2"): 72.0, ("blog", "v3"): 80.0}
+    seen = obs.platform.seen(obs.platform_cells, obs.first_error)
+    assert seen.controllers_gone == {("shop", "v2", "c1"): 86.0}
+    assert seen.cells == {"shop": ("c1", "c2"), "blog": ()} and seen.first_error == obs.first_error
+
+
+def test_activity_consistent_needs_the_whole_history_and_the_recount():
+    final = Final(295.0, {"shop": {"v1"}}, {"shop": set()}, {}, Recount({}, {}, 0, ()))
+    obs = _obs(final=final, history_complete=True)
+    assert judge(obs, CheckSpec("activity-consistent")).passed
+    obs.platform.history_complete = False
+    verdict = judge(obs, CheckSpec("activity-consistent"))
+    assert not verdict.passed and "not read to its end (0 events)" in verdict.detail
+    obs.platform.history_complete, obs.platform.final = True, None
+    verdict = judge(obs, CheckSpec("activity-consistent"))
+    assert not verdict.passed and "no recount at the end" in verdict.detail
+    obs.platform = None
+    assert judge(obs, CheckSpec("activity-consistent")).detail == "no platform app in this lab run"
 
 
 def test_the_bench_cuts_a_release_into_steps_and_measures_a_revert():
