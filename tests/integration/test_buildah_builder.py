@@ -77,12 +77,15 @@ def test_a_commit_with_a_file_named_out_fails_its_compile_cleanly(lab):
 
 def test_a_cancelled_build_kills_its_script_and_leaves_no_container_or_checkout(lab):
     builder, repos, work = lab
-    request = commit(repos, "shop", "v1", {"build.sh": "sleep 30\n"})
+    # A command line no other process on the machine has (pgrep -f looks at every process: a bare
+    # "sleep 30" of anything else running here once passed for a script left behind).
+    script = f"sleep 29.{os.getpid() % 100000:05d}1"
+    request = commit(repos, "shop", "v1", {"build.sh": script + "\n"})
 
     async def main() -> None:
         task = asyncio.create_task(builder.build(request, lambda _: None))
         for _ in range(200):  # until the script runs
-            if subprocess.run(["pgrep", "-f", "sleep 30"], capture_output=True).returncode == 0:
+            if subprocess.run(["pgrep", "-f", script], capture_output=True).returncode == 0:
                 break
             await asyncio.sleep(0.05)
         else:
@@ -92,7 +95,7 @@ def test_a_cancelled_build_kills_its_script_and_leaves_no_container_or_checkout(
             await task
 
     asyncio.run(main())
-    assert subprocess.run(["pgrep", "-f", "sleep 30"], capture_output=True).returncode == 1  # no script left
+    assert subprocess.run(["pgrep", "-f", script], capture_output=True).returncode == 1  # no script left
     listed = subprocess.run(builder._buildah("containers", "--format", "{{.ContainerName}}"), capture_output=True,
                             text=True, check=True).stdout.split()
     assert not [n for n in listed if n.startswith("leengine-build-1-")]

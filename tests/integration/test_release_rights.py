@@ -34,13 +34,20 @@ from tests.integration.test_platform_grpc import (
     ROLE_USERS,
     Platform,
     auth,
-    fresh,
     run,
 )
+from tests.integration.test_platform_grpc import fresh as platform_fresh
 
 pytestmark = pytest.mark.etcd
 
 GROUP = f"rel{os.getpid() % 100000}"
+
+
+def fresh(prefix: str = "m") -> str:
+    """A name no other test of the session used. pytest imports test_platform_grpc as ``test_platform_grpc``,
+    this module imports it again as ``tests.integration.test_platform_grpc``: two name counters over one etcd,
+    so the names made here carry a prefix of their own (two ``m3931-100`` apps collided once)."""
+    return platform_fresh("r" + prefix)
 
 
 @dataclass(frozen=True)
