@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import sys
@@ -48,6 +47,7 @@ from foundation.ports import StoreError, WatchEvent
 from foundation.ports.store import Store
 from lab.container_runtime import KubeClient, RuntimeError_
 from sim.checks import Final, PlatformSeen
+from sim.platform import image_of
 from sim.spec import AppSpec, ReleaseSpec
 
 log = logging.getLogger("leengine.lab.platform")
@@ -57,11 +57,7 @@ MAX_TRIES = 40
 OBSERVE_EVERY = 0.5
 FINAL_MARGIN = 5.0  # the final look reads etcd and both Cells: done before the run ends and cancels it
 CLI_TIMEOUT = 60.0
-
-
-def image_of(app: str, number: int) -> str:
-    """Version ``number``'s image: the sim's reference (sim/platform.py) on the lab's registry name."""
-    return f"registry.lab:5000/{app}:{hashlib.sha1(f'{app}-{number}'.encode()).hexdigest()}"
+LAB_REGISTRY = "registry.lab:5000"  # the name in a version's image (version N's commit is the sim's: image_of)
 
 
 @dataclass
@@ -179,7 +175,7 @@ class LabPlatform:
         async def applied() -> bool:
             return version in await self._versions(spec.name)
 
-        argv = ["deploy", spec.name, "--image", image_of(spec.name, number)]
+        argv = ["deploy", spec.name, "--image", image_of(spec.name, number, LAB_REGISTRY)]
         if number == 1:
             argv += ["--replicas", str(spec.replicas), "--port", str(spec.port)]
         await self._retry(f"deploy {spec.name} {version}", argv, applied)

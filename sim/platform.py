@@ -55,9 +55,10 @@ MAX_TRIES = 60
 FINAL_MARGIN = 1.0  # the final look at the Region, this long before the run ends
 
 
-def image_of(app: str, number: int) -> str:
-    """The image of version ``number`` of ``app``: a registry reference tagged with a commit id (40 hex)."""
-    return f"registry.sim:5000/{app}:{hashlib.sha1(f'{app}-{number}'.encode()).hexdigest()}"
+def image_of(app: str, number: int, registry: str = "registry.sim:5000") -> str:
+    """The image of version ``number`` of ``app``: a registry reference tagged with a commit id (40 hex), the
+    same commit in the sim and the lab (which passes its own registry's name)."""
+    return f"{registry}/{app}:{hashlib.sha1(f'{app}-{number}'.encode()).hexdigest()}"
 
 
 @dataclass
