@@ -77,6 +77,7 @@ class Started:
     ip: str
     add_seconds: float
     add_in_flight: int = 0  # the machine's CNI ADDs in flight as it began, itself included (0: not told)
+    existing: bool = False  # the runtime already ran it (a retried run after a lost answer): no ADD was made now
 
 
 class PodActions(Protocol):
@@ -243,8 +244,9 @@ class Controller:
                     log.info("pod %s on %s: %s; retrying", pod.name, pod.node, exc)
                     await asyncio.sleep(self.kubelet_retry)
             pod.ip = started.ip
-            self.counts.add_seconds.append(started.add_seconds)
-            self.counts.add_in_flight.append(started.add_in_flight)
+            if not started.existing:  # a retry answered from the running pod made no ADD: not an ADD's latency
+                self.counts.add_seconds.append(started.add_seconds)
+                self.counts.add_in_flight.append(started.add_in_flight)
             await asyncio.sleep(ready_after)  # the runtime reports Ready after the same delay
             if pod.alive:
                 pod.ready, pod.ready_at = True, self.clock()

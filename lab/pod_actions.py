@@ -84,7 +84,8 @@ class RuntimePods:
             raise StartFailed(f"runtime of {node}: {exc}") from None
         if not answer.get("ok"):
             raise StartFailed(str(answer.get("error", "refused"))[:200])
-        return Started(str(answer["ip"]), float(answer.get("add_seconds", 0.0)), int(answer.get("add_in_flight", 0)))
+        return Started(str(answer["ip"]), float(answer.get("add_seconds", 0.0)), int(answer.get("add_in_flight", 0)),
+                       existing=answer.get("existing") is True)
 
     async def stop_pod(self, node: str, pod: LabPod) -> None:
         await json_line(self.plan.runtime_socket(node), {"op": "stop", "pod": pod.name}, timeout=RUNTIME_TIMEOUT)

@@ -295,8 +295,9 @@ class Replication:
             answer = await json_line(self.runtime_socket(node), request, timeout=RUNTIME_TIMEOUT)
             if answer.get("ok"):
                 self.counts.started += 1
-                self.counts.add_seconds.append(float(answer.get("add_seconds", 0.0)))
-                self.counts.add_in_flight.append(int(answer.get("add_in_flight", 0)))
+                if answer.get("existing") is not True:  # a pod already running made no ADD now: no latency sample
+                    self.counts.add_seconds.append(float(answer.get("add_seconds", 0.0)))
+                    self.counts.add_in_flight.append(int(answer.get("add_in_flight", 0)))
             else:
                 self.counts.start_failures += 1
                 log.info("pod %s on %s not started: %s", name, node, str(answer.get("error"))[:200])
