@@ -215,7 +215,16 @@ def compare(scenario: Path, seeds: list[int], rounds: int, workers: int) -> dict
             figures[name].append({**figure, "startup": round(variant.startup, 2)})
             print(f"round {r + 1} {name}: {figures[name][-1]}", flush=True)
     shutil.rmtree(logs, ignore_errors=True)  # the external workers' logs and scratch
-    return {"scenario": str(scenario), "seeds": len(seeds), "workers": workers, "rounds": rounds, "runs": figures}
+    return {"scenario": _shown(scenario), "seeds": len(seeds), "workers": workers, "rounds": rounds, "runs": figures}
+
+
+def _shown(path: Path) -> str:
+    """The scenario as the results file names it: relative to the repository when it is in it (a results file
+    is committed: it must not carry this machine's paths), else its file name."""
+    try:
+        return str(path.resolve().relative_to(ROOT.resolve()))
+    except ValueError:
+        return path.name
 
 
 def ratios(result: dict[str, Any]) -> dict[str, Any]:
