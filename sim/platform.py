@@ -32,7 +32,7 @@ from control.activity import Recount, recount
 from control.apps import Apps, Draft, decode_version, versions_prefix
 from control.auth import Principal
 from control.platform_shares import SlbShares
-from control.releases import InvalidRelease, Releases, decode_release
+from control.releases import RELEASES, InvalidRelease, Releases, decode_release
 from control.slb_core import SlbCore
 from foundation.logic.slb_shares import SharesError, decode_shares, shares_key, shares_prefix
 from foundation.ports import StoreError
@@ -275,7 +275,6 @@ class Platform:
             await self.runtime.sleep(1.0)
 
     async def _watch_releases(self, client: SimStoreClient) -> None:
-        from control.releases import RELEASES
         after = 0
         while True:
             try:
