@@ -10,7 +10,7 @@ VENV="$ROOT/.venv"
 TEST_PACKAGES=(etcd-server openvswitch-switch iproute2 iputils-ping iputils-arping nginx libnginx-mod-http-lua wrk
   containernetworking-plugins golang-go golang-github-appc-cni-dev
   buildah docker-registry busybox-static git
-  openssl prometheus chromium shellcheck)
+  openssl prometheus chromium shellcheck skopeo)
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
