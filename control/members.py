@@ -11,8 +11,10 @@ Rules (a GitLab-like platform's):
 * Roles are ordered: Guest < Reporter < Developer < Master < Owner; a role has every
   right of the roles below it. Guest reads; Reporter also pulls images and reads builds;
   Developer builds, deploys to non-production and pushes; Master deploys to production,
-  scales, releases, reverts and manages Developers (and below); Owner manages every
-  member and deletes.
+  scales, releases, reverts, deletes images, sets an image group's visibility, manages
+  robot accounts and Developers (and below); Owner manages every member and deletes apps
+  and image groups. (The registry's pull/push/delete decision is ``control.registry_policy``,
+  which follows the image.* rows of this table.)
 * Inheritance: a member of an image group has that role on every image of the group
   (an image is named ``group/name``); a direct membership on the image counts too, and
   the higher of the two wins.
@@ -96,12 +98,15 @@ class Action(enum.StrEnum):
     VERSION_RELEASE = "version.release"  # start or revert a gray release of a production app
     IMAGE_GROUP_CREATE = "image_group.create"
     IMAGE_GROUP_DELETE = "image_group.delete"
+    IMAGE_GROUP_VISIBILITY = "image_group.visibility"  # make the group's images public or private
     IMAGE_READ = "image.read"  # list images and tags
     IMAGE_PULL = "image.pull"
     IMAGE_PUSH = "image.push"
     IMAGE_DELETE = "image.delete"
+    ROBOT_MANAGE = "robot.manage"  # create, list and revoke robot accounts of a group or an image
     BUILD_TRIGGER = "build.trigger"
     BUILD_READ = "build.read"  # build status and logs
+    HOOK_MANAGE = "hook.manage"  # bind or unbind the GitLab repository whose pushes build the app
     MEMBER_READ = "member.read"
     MEMBER_MANAGE = "member.manage"  # any membership, Owners included
     MEMBER_MANAGE_DEVELOPERS = "member.manage_developers"  # memberships of Developer and below
@@ -122,12 +127,15 @@ RIGHTS: Mapping[Action, tuple[Role, tuple[Kind, ...]]] = {
     Action.VERSION_RELEASE: (Role.MASTER, ("app",)),  # non-production apps: version.deploy (control.releases)
     Action.IMAGE_GROUP_CREATE: (Role.OWNER, ("image_group",)),  # any user, on a new group
     Action.IMAGE_GROUP_DELETE: (Role.OWNER, ("image_group",)),
+    Action.IMAGE_GROUP_VISIBILITY: (Role.MASTER, ("image_group",)),
     Action.IMAGE_READ: (Role.GUEST, ("image_group", "image")),
     Action.IMAGE_PULL: (Role.REPORTER, ("image_group", "image")),
     Action.IMAGE_PUSH: (Role.DEVELOPER, ("image_group", "image")),
-    Action.IMAGE_DELETE: (Role.OWNER, ("image_group", "image")),
+    Action.IMAGE_DELETE: (Role.MASTER, ("image_group", "image")),  # the registry's delete (control.registry_policy)
+    Action.ROBOT_MANAGE: (Role.MASTER, ("image_group", "image")),
     Action.BUILD_TRIGGER: (Role.DEVELOPER, ("app", "image_group", "image")),
     Action.BUILD_READ: (Role.REPORTER, ("app", "image_group", "image")),
+    Action.HOOK_MANAGE: (Role.MASTER, ("app",)),  # control.webhooks: its secret queues builds
     Action.MEMBER_READ: (Role.GUEST, KINDS),
     Action.MEMBER_MANAGE: (Role.OWNER, KINDS),
     Action.MEMBER_MANAGE_DEVELOPERS: (Role.MASTER, KINDS),
@@ -145,12 +153,15 @@ MEANING: Mapping[Action, str] = {
     Action.VERSION_RELEASE: "start or revert a gray release (of a non-production app: version.deploy suffices)",
     Action.IMAGE_GROUP_CREATE: "create an image group (any user; the creator becomes its Owner)",
     Action.IMAGE_GROUP_DELETE: "delete the image group",
+    Action.IMAGE_GROUP_VISIBILITY: "make the group's images public (anyone pulls) or private",
     Action.IMAGE_READ: "list images and tags",
     Action.IMAGE_PULL: "pull an image",
     Action.IMAGE_PUSH: "push an image",
     Action.IMAGE_DELETE: "delete an image or a tag",
+    Action.ROBOT_MANAGE: "create, list and revoke robot accounts (pull/push tokens for CI)",
     Action.BUILD_TRIGGER: "start a build",
     Action.BUILD_READ: "see builds and their logs",
+    Action.HOOK_MANAGE: "bind or unbind the GitLab repository and branch whose pushes build the app",
     Action.MEMBER_READ: "list the members",
     Action.MEMBER_MANAGE: "add, change, remove any member (Owners too)",
     Action.MEMBER_MANAGE_DEVELOPERS: "add, change, remove members of role Developer and below",

@@ -29,9 +29,10 @@ EXPECTED = {
     "app.read": "guest", "app.create": "any", "app.delete": "owner", "app.scale": "master",
     "version.deploy": "developer", "version.deploy_production": "master",
     "version.release": "master",
-    "image_group.create": "any", "image_group.delete": "owner",
-    "image.read": "guest", "image.pull": "reporter", "image.push": "developer", "image.delete": "owner",
-    "build.trigger": "developer", "build.read": "reporter",
+    "image_group.create": "any", "image_group.delete": "owner", "image_group.visibility": "master",
+    "image.read": "guest", "image.pull": "reporter", "image.push": "developer", "image.delete": "master",
+    "robot.manage": "master",
+    "build.trigger": "developer", "build.read": "reporter", "hook.manage": "master",
     "member.read": "guest", "member.manage": "owner", "member.manage_developers": "master",
     "activity.read": "guest",
 }
