@@ -20,10 +20,12 @@ lab/replication.py's, which it runs beside the scenario's apps), and ``heal`` lo
 of being told (see ``heal``), with cnictl's cron beside it, so a lab left up keeps serving while
 someone breaks it by hand (``leengine lab fault``).
 
-Randomness: ``placement`` and ``churn`` are two ``random.Random`` of the run's seed, each
-used by one concern only, so placement and churn times are reproducible per seed as long
-as the same events happen in the same order (a pod that dies a second later in one run
-can reorder later draws; the sim has one stream for all and no wall clock).
+Randomness: ``placement`` is a ``random.Random`` of the run's seed, used by placement only,
+reproducible per seed as long as the same pods are placed in the same order (a pod that
+dies a second later in one run can reorder later draws). Churn draws from the sim's own
+streams (``sim.churn.ChurnDraws``: one per kind, four draws per event in a fixed order), so
+a lab run and a simulated run of one scenario and seed play the same deploys and scale
+events of the same (app, Cell) pairs at the same times.
 
 It acts only through ``PodActions`` (the driver, lab/run.py: runtime sockets, Cell APIs,
 discovery drains) and must not know the faults, the load or the checks.
@@ -40,6 +42,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from sim.churn import ChurnDraws, ChurnEvent
 from sim.spec import AppSpec, RegionSpec, node_name
 
 log = logging.getLogger("leengine.lab.controller")
@@ -151,7 +154,7 @@ class Controller:
         self.kubelet_retry = kubelet_retry
         self.deploy_timeout = deploy_timeout
         self.placement = random.Random(seed)
-        self.churn = random.Random(seed + 1)
+        self.seed = seed  # churn draws from sim.churn.ChurnDraws(seed, kind): the sim's very streams
         # A platform app (``platform: true``) is deployed through the control service, its pods made by
         # lab/replication.py from its versions' replication controllers: not this controller's.
         self.apps: dict[str, AppSpec] = {a.name: a for a in spec.apps if not getattr(a, "platform", False)}
@@ -345,14 +348,16 @@ class Controller:
         keys = [k for k in sorted(self.pods) if self.apps[k[0]].replicas > 0]
         if not keys or per_hour <= 0:
             return
+        draws = ChurnDraws(self.seed, kind)
         while True:
-            await asyncio.sleep(self.churn.expovariate(per_hour / 3600.0))
-            key = self.churn.choice(keys)
+            event = draws.next(per_hour, len(keys))
+            await asyncio.sleep(event.gap)
+            key = keys[event.pick]
             if key in self.rolling or key[1] in self.out:
                 continue
             self.rolling.add(key)
-            action = self.deploy if kind == "deploy" else self.scale
-            self._spawn(self._one(action(key), key), f"churn/{kind}/{key[0]}/{key[1]}")
+            action = self.deploy(key) if kind == "deploy" else self.scale(key, event)
+            self._spawn(self._one(action, key), f"churn/{kind}/{key[0]}/{key[1]}")
 
     async def _one(self, coro: Coroutine[Any, Any, None], key: Key) -> None:
         try:
@@ -381,12 +386,12 @@ class Controller:
                 return  # the new version does not come up: stop rolling
             await self.delete_pod(victim)
 
-    async def scale(self, key: Key) -> None:
+    async def scale(self, key: Key, event: ChurnEvent) -> None:
         self.counts.scale_events += 1
         base = self.apps[key[0]].replicas
         now = self.replicas[key]
         low, high = max(1, base // 2), max(1, base * 2)
-        up = self.churn.random() < 0.5
+        up = event.up
         if (up and now >= high) or (not up and now <= low):
             up = not up
         self.replicas[key] = now + (1 if up else -1)
@@ -396,7 +401,7 @@ class Controller:
         if len(pods) <= self.replicas[key]:
             return
         ready = [p for p in pods if p.ready] or pods
-        await self.delete_pod(self.churn.choice(ready))
+        await self.delete_pod(event.choose(ready))
 
     # ------------------------------------------------------------------ a persistent controller (lab up)
     def adopt(self, node: str, pods: list[dict[str, Any]]) -> list[LabPod]:

@@ -123,7 +123,7 @@ class Region:
         self.platform = Platform(runtime, self.store, self.client, self.cells, self.kube, self.traffic, self.apps,
                                  self.domains, spec.releases, spec.duration) if any(a.platform for a in spec.apps) \
             else None
-        self.churn = Churn(runtime, self.kube, self.farm, tick=tick)
+        self.churn = Churn(runtime, self.kube, self.farm, tick=tick, seed=spec.seed)
         self.cron = LeakCron(runtime, self.cnictl, RegionCluster([c.cluster for c in self.cells.values()]),
                              self.metrics, every=spec.leak_check_every, grace=spec.leak_grace,
                              series=self.agent_metrics)
@@ -199,9 +199,9 @@ class Region:
         rt.spawn(self.sampler.run(), name="region/metrics")
         churn = self.spec.churn
         if churn.deploys_per_hour > 0:
-            rt.spawn(self.churn.run(churn.deploys_per_hour, self.churn.deploy), name="region/churn-deploys")
+            rt.spawn(self.churn.run(churn.deploys_per_hour, self.churn.deploy, "deploy"), name="region/churn-deploys")
         if churn.scale_events_per_hour > 0:
-            rt.spawn(self.churn.run(churn.scale_events_per_hour, self.churn.scale), name="region/churn-scale")
+            rt.spawn(self.churn.run(churn.scale_events_per_hour, self.churn.scale, "scale"), name="region/churn-scale")
         if self.platform is not None:
             self.platform.start()
         for i, fault in enumerate(self.spec.faults):
