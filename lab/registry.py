@@ -3,7 +3,11 @@
 ``running_registry()`` writes a minimal config (filesystem storage in a fresh
 directory, plain HTTP on a free 127.0.0.1 port, no auth), starts ``docker-registry
 serve``, waits until ``/v2/`` answers, yields a ``Registry`` handle and, on exit, stops
-the process and removes its files. A missing binary is an error, never a skip
+the process and removes its files. ``running_registry(auth=RegistryAuth(...))`` writes
+Distribution's ``auth: token: {realm, service, issuer, rootcertbundle}`` section instead: the
+registry then answers 401 with a Bearer challenge and trusts only tokens signed by the key of
+that certificate bundle (the control service's ``/token``, docs/registry.md); it is ready once
+``/v2/`` answers that 401. A missing binary is an error, never a skip
 (``apt-get install docker-registry``). It knows nothing of builds or the Builder port:
 it runs a process and speaks the registry's HTTP API.
 """
@@ -33,6 +37,22 @@ class RegistryError(RuntimeError):
     pass
 
 
+@dataclass(frozen=True)
+class RegistryAuth:
+    """Distribution's ``auth.token`` settings: where clients get tokens (``realm``, the control service's
+    ``/token`` URL), the ``service`` (the tokens' ``aud``) and ``issuer`` (their ``iss``) it accepts, and the
+    PEM bundle of the certificates whose keys may sign them."""
+
+    realm: str
+    service: str
+    issuer: str
+    rootcertbundle: Path
+
+    def section(self) -> dict[str, dict[str, str]]:
+        return {"token": {"realm": self.realm, "service": self.service, "issuer": self.issuer,
+                          "rootcertbundle": str(self.rootcertbundle)}}
+
+
 @dataclass
 class Registry:
     address: str  # host:port
@@ -51,7 +71,7 @@ class Registry:
 
 
 @contextlib.contextmanager
-def running_registry() -> Iterator[Registry]:
+def running_registry(auth: RegistryAuth | None = None) -> Iterator[Registry]:
     binary = shutil.which(BINARY)
     if binary is None:
         raise RegistryError(f"{BINARY} is not installed (apt-get install docker-registry)")
@@ -59,10 +79,13 @@ def running_registry() -> Iterator[Registry]:
     address = f"127.0.0.1:{free_port()}"
     config = root / "config.yml"
     # JSON is YAML: no YAML writer needed for five settings.
-    config.write_text(json.dumps({"version": 0.1, "log": {"level": "warn"},
-                                  "storage": {"filesystem": {"rootdirectory": str(root / "data")},
-                                              "delete": {"enabled": True}},
-                                  "http": {"addr": address}}))
+    settings: dict[str, object] = {"version": 0.1, "log": {"level": "info" if auth else "warn"},
+                                   "storage": {"filesystem": {"rootdirectory": str(root / "data")},
+                                               "delete": {"enabled": True}},
+                                   "http": {"addr": address}}
+    if auth is not None:
+        settings["auth"] = auth.section()
+    config.write_text(json.dumps(settings))
     log = (root / "registry.log").open("wb")
     process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, start_new_session=True)
@@ -72,6 +95,10 @@ def running_registry() -> Iterator[Registry]:
             try:
                 with urllib.request.urlopen(f"http://{address}/v2/", timeout=1):
                     break
+            except urllib.error.HTTPError as exc:
+                if auth is not None and exc.code == 401:  # token auth: the challenge is the ready answer
+                    break
+                raise RegistryError(f"{BINARY} on {address} answered {exc.code} to /v2/") from None
             except (urllib.error.URLError, ConnectionError, OSError):
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RegistryError(f"{BINARY} did not answer on {address}: "
