@@ -172,3 +172,29 @@ def granted(caller: Caller, scope: Scope, *, visibility: str, role: Role | None)
         mine = set(caller.robot_actions) & set(ACTIONS)
         allowed |= mine - {"delete"} if caller.kind == "build" else mine
     return tuple(a for a in ACTIONS if a in scope.actions and a in allowed)
+
+
+#: The callers of the documented table (docs/roles.md, "Images and the registry"): label, caller, role.
+TABLE_CALLERS: tuple[tuple[str, Caller, Role | None], ...] = (
+    ("anonymous (no credentials; also discovery)", Caller("anonymous"), None),
+    ("user, no member of the image or its group", Caller("user", "someone"), None),
+    *((f"user, {role} (of the image or its group)", Caller("user", "someone"), role) for role in Role),
+    ("admin", Caller("admin", "ops"), None),
+    ("robot (pull,push) inside its scope", Caller("robot", "ci", ("image_group", "grp"), ("pull", "push")), None),
+    ("robot outside its scope", Caller("robot", "ci", ("image_group", "other"), ("pull", "push")), None),
+    ("build, its task's repository", Caller("build", "grp@c0ffee", ("image", "grp/web"), ("pull", "push")), None),
+    ("build, any other repository", Caller("build", "grp@c0ffee", ("image", "grp/api"), ("pull", "push")), None),
+)
+TABLE_REPOSITORY = "grp/web"
+
+
+def render_table() -> str:
+    """The pull/push/delete table as Markdown, rendered from ``granted``: docs/roles.md holds exactly this."""
+    head = ["caller", *(f"{a} ({v})" for v in ("public", "private") for a in ACTIONS)]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    everything = Scope("repository", TABLE_REPOSITORY, ACTIONS)
+    for label, caller, role in TABLE_CALLERS:
+        got = {v: granted(caller, everything, visibility=v, role=role) for v in ("public", "private")}
+        rows.append("| " + " | ".join([label, *("✓" if a in got[v] else "–" for v in ("public", "private")
+                                                for a in ACTIONS)]) + " |")
+    return "\n".join(rows) + "\n"
