@@ -3,7 +3,9 @@
     leengine-control --tokens /etc/leengine/tokens [--listen 127.0.0.1:50051] [--etcd 127.0.0.1:2379] \\
         [--tls-cert server.crt --tls-key server.key [--tls-client-ca clients-ca.crt]] \\
         [--etcd-ca etcd-ca.crt --etcd-cert control.crt --etcd-key control.key] \\
-        [--cells cells.yaml [--api-timeout 10] [--reconcile-seconds 30]]
+        [--cells cells.yaml [--api-timeout 10] [--reconcile-seconds 30]] \\
+        [--http-address 127.0.0.1:5001 [--registry-key token.key --registry-cert token.crt \\
+         --registry-service leengine-registry --registry-issuer leengine-control --registry-token-lifetime 300]]
 
 It wires the real adapters (etcd Store, asyncio Runtime) to the service logic
 (``control/slb_core.py``) and serves ``leengine.control.v1.SlbCore``
@@ -23,6 +25,10 @@ each Cell's Kubernetes API in discovery's config shape, and answer FAILED_PRECON
   status code (``ControlError.code``, one table ``STATUS``);
   INVALID_ARGUMENT's details start with the field and the field is also sent as
   trailing metadata ``leengine-field``; an unreachable etcd is UNAVAILABLE.
+* HTTP: ``--http-address HOST:PORT`` serves ``leengine/control_http.py`` beside gRPC: the registry's
+  token endpoint ``GET /token`` (with ``--registry-key``, made by ``leengine registry-key``; the
+  registry's ``auth.token`` section names the same service, issuer and certificate: docs/registry.md)
+  and GitLab's ``POST /hooks/gitlab``. Plaintext only on loopback; with ``--tls-cert/--tls-key``, HTTPS.
 * Tests embed it with ``await start(store, tokens)`` → a ``ControlServer`` holding the
   bound port; ``await server.stop()``. ``listen`` port 0 picks a free port.
 * Limits (``ServerLimits``, docs/slb.md "Limits and quotas"): gRPC's message sizes and
@@ -82,6 +88,16 @@ from foundation.ports.metrics import (
 )
 from foundation.ports.workloads import Workloads
 from leengine.command import BadInput, Failed, LogLevelOpt, configure_logging, run_app
+from leengine.control_http import (
+    DEFAULT_ISSUER,
+    DEFAULT_SERVICE,
+    HttpServer,
+    HttpSettings,
+    TokenIssuer,
+    make_app,
+    new_hooks,
+    start_http,
+)
 from leengine.daemon import connect_until_stopped, run_daemon, stop_on_signals
 from leengine.etcd_options import (
     DEFAULT_ETCD,
@@ -411,9 +427,12 @@ class ControlServer:
     health: Any  # grpc_health's aio HealthServicer
     reassigner: asyncio.Task[None] | None = None  # moves build tasks off dead build hosts
     reconciler: asyncio.Task[None] | None = None  # brings every Cell to the apps' records (with Cells)
+    http: HttpServer | None = None  # /token and /hooks/gitlab (--http-address; leengine/control_http.py)
 
     async def stop(self, grace: float | None = 1.0) -> None:
         await self.health.enter_graceful_shutdown()  # probes see NOT_SERVING while calls drain
+        if self.http is not None:
+            await self.http.stop()
         for task in (self.reassigner, self.reconciler):
             if task is not None:
                 task.cancel()
@@ -431,6 +450,17 @@ def check_listen(listen: str) -> tuple[str, int]:
     if not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f"--listen must look like host:port (port 0-65535), got {listen!r}")
     return host, int(port)
+
+
+def check_http(http: HttpSettings) -> None:
+    """``--http-address`` is host:port; plaintext only on loopback (Basic credentials carry bearer tokens)."""
+    try:
+        host, _ = check_listen(http.address)
+    except ValueError:
+        raise ValueError(f"--http-address must look like host:port (port 0-65535), got {http.address!r}") from None
+    if http.ssl_context is None and not _is_loopback(host):
+        raise ValueError(f"--http-address {host} is not loopback: serving it needs TLS (--tls-cert and --tls-key), "
+                         "the token requests carry bearer tokens and secrets")
 
 
 def check_plaintext(host: str, tls: ServerTls | None) -> None:
@@ -486,15 +516,19 @@ async def start(store: Store, tokens: TokenTable, *, listen: str = "127.0.0.1:0"
                 runtime: Runtime | None = None, tls: ServerTls | None = None,
                 limits: ServerLimits | None = None, metrics: Metrics = NO_METRICS,
                 cells: Mapping[str, Workloads] | None = None,
-                reconcile_period: float | None = DEFAULT_RECONCILE_PERIOD) -> ControlServer:
+                reconcile_period: float | None = DEFAULT_RECONCILE_PERIOD,
+                http: HttpSettings | None = None) -> ControlServer:
     """Serve slb-core on ``listen`` over ``store`` (which the caller owns and closes); TLS with ``tls``;
     RPCs and the build queue recorded in ``metrics``; the platform's apps over ``cells`` (the Workloads
     of each Cell, owned by the caller; None: apps calls answer FAILED_PRECONDITION), reconciled every
-    ``reconcile_period`` seconds (None: only by the calls themselves, for tests that count writes)."""
+    ``reconcile_period`` seconds (None: only by the calls themselves, for tests that count writes); the
+    HTTP app (registry tokens, GitLab hooks) on ``http.address`` when ``http`` is given."""
     from foundation.adapters.asyncio_runtime import AsyncioRuntime
 
     host, _ = check_listen(listen)
     check_plaintext(host, tls)
+    if http is not None:
+        check_http(http)
     limits = limits or ServerLimits()
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", limits.max_receive_bytes),
                                       ("grpc.max_send_message_length", limits.max_send_bytes)],
@@ -524,18 +558,31 @@ async def start(store: Store, tokens: TokenTable, *, listen: str = "127.0.0.1:0"
              len(tokens))
     log.info("serving %s (%s)", PLATFORM_SERVICE,
              f"Cells {', '.join(sorted(cells))}" if cells else "no Cells: apps calls refused, see --cells")
+    served_http = None
+    if http is not None:
+        try:
+            served_http = await start_http(make_app(store, runtime, tokens, http.issuer,
+                                                    new_hooks(store, runtime, scheduler)),
+                                           http.address, http.ssl_context)
+        except OSError as exc:
+            await server.stop(None)
+            raise OSError(f"--http-address: cannot listen on {http.address}: {exc.strerror or exc}") from None
+        log.info("serving HTTP on %s:%d (%s; %s)", http.address.rpartition(":")[0], served_http.port,
+                 "plaintext" if http.ssl_context is None else "TLS",
+                 "registry tokens for " + repr(http.issuer.service) if http.issuer else "no /token: no --registry-key")
     reassigner = asyncio.create_task(scheduler.reassign_forever(), name="build-reassigner")
     reconciler = None
     if platform.apps is not None and reconcile_period is not None:
         reconciler = asyncio.create_task(platform_forever(platform, reconcile_period), name="apps-reconciler")
-    return ControlServer(server, port, health_servicer, reassigner, reconciler)
+    return ControlServer(server, port, health_servicer, reassigner, reconciler, served_http)
 
 
 async def serve(*, listen: str, etcd: str, tokens: TokenTable, etcd_timeout: float = 5.0,
                 stop: asyncio.Event | None = None, tls: ServerTls | None = None,
                 etcd_tls: EtcdClientTls | None = None, limits: ServerLimits | None = None,
                 metrics: Metrics = NO_METRICS, cells: Mapping[str, Mapping[str, str]] | None = None,
-                api_timeout: float = 10.0, reconcile_period: float = DEFAULT_RECONCILE_PERIOD) -> None:
+                api_timeout: float = 10.0, reconcile_period: float = DEFAULT_RECONCILE_PERIOD,
+                http: HttpSettings | None = None) -> None:
     """Open etcd (retrying while it is down), serve until SIGINT/SIGTERM or ``stop``, shut down cleanly;
     ``cells`` (``load_cells``' answer) get a Kubernetes client each."""
     stop = stop or stop_on_signals()
@@ -545,7 +592,7 @@ async def serve(*, listen: str, etcd: str, tokens: TokenTable, etcd_timeout: flo
         if not await connect_until_stopped(store, stop, log):
             return
         server = await start(store, tokens, listen=listen, tls=tls, limits=limits, metrics=metrics,
-                             cells=workloads, reconcile_period=reconcile_period)
+                             cells=workloads, reconcile_period=reconcile_period, http=http)
         try:
             await stop.wait()
         finally:
@@ -557,6 +604,50 @@ async def serve(*, listen: str, etcd: str, tokens: TokenTable, etcd_timeout: flo
 
 
 # --------------------------------------------------------------------------- the command
+
+
+MAX_KEY_FILE = 64 << 10  # bytes: one PEM private key
+
+
+def http_settings(address: str, key: Path | None, cert: Path | None, service: str, issuer: str, lifetime: int,
+                  tls_cert: Path | None, tls_key: Path | None) -> HttpSettings | None:
+    """``--http-address`` and ``--registry-*`` read and checked; ValueError names the flag."""
+    if not address:
+        if key is not None or cert is not None:
+            raise ValueError("--registry-key/--registry-cert need --http-address: /token is served over HTTP")
+        return None
+    if cert is not None and key is None:
+        raise ValueError("--registry-cert needs --registry-key")
+    issuer_settings = None
+    if key is not None:
+        from control.registry_tokens import SigningKey, TokenKeyError
+
+        try:
+            key_pem = read_secret_file(key, what="registry key file", secret="it signs registry tokens",
+                                       runner="the user running the server", limit=MAX_KEY_FILE)
+        except SecretFileError as exc:
+            raise ValueError(f"--registry-key: {exc}") from None
+        cert_pem = None
+        if cert is not None:
+            cert_pem = read_pem("--registry-cert", cert)
+        try:
+            signing = SigningKey.from_pem(key_pem, cert_pem)
+        except TokenKeyError as exc:
+            raise ValueError(f"--registry-key{'/--registry-cert' if cert else ''}: {exc}") from None
+        try:
+            issuer_settings = TokenIssuer(signing, service, issuer, lifetime)
+        except ValueError as exc:
+            raise ValueError(str(exc) if str(exc).startswith("--") else f"--registry-token-lifetime: {exc}") from None
+    context = None
+    if tls_cert is not None and tls_key is not None:
+        import ssl
+
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(str(tls_cert), str(tls_key))
+    settings = HttpSettings(address, issuer_settings, context)
+    check_http(settings)
+    return settings
+
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -590,6 +681,20 @@ def main(
     api_timeout: Annotated[float, typer.Option(help="deadline of each Kubernetes API call, seconds")] = 10.0,
     reconcile_seconds: Annotated[float, typer.Option(
         help="how often every app's Cells are brought to its records, seconds")] = DEFAULT_RECONCILE_PERIOD,
+    http_address: Annotated[str, typer.Option(
+        help="host:port to serve HTTP on: the registry's GET /token, GitLab's POST /hooks/gitlab (off: '')")] = "",
+    registry_key: Annotated[Path | None, typer.Option(
+        help="EC P-256 private key (PEM, mode 600) that signs registry tokens: serve /token (leengine "
+             "registry-key)")] = None,
+    registry_cert: Annotated[Path | None, typer.Option(
+        help="its certificate, the registry's auth.token.rootcertbundle: checked to match the key")] = None,
+    registry_service: Annotated[str, typer.Option(
+        help="the registry's auth.token.service: the tokens' aud")] = DEFAULT_SERVICE,
+    registry_issuer: Annotated[str, typer.Option(
+        help="the registry's auth.token.issuer: the tokens' iss")] = DEFAULT_ISSUER,
+    registry_token_lifetime: Annotated[int, typer.Option(
+        help="seconds a registry token is valid (a revoked right lasts at most this + the registry's 60 s "
+             "leeway)")] = 300,
     log_level: LogLevelOpt = "info",
 ) -> None:
     """Serve the control service's gRPC API (slb-core, builds, the platform) over etcd."""
@@ -610,6 +715,8 @@ def main(
         for flag, seconds in (("--api-timeout", api_timeout), ("--reconcile-seconds", reconcile_seconds)):
             if not 0 < seconds <= 86_400:
                 raise ValueError(f"{flag} must be more than 0 and at most 86400 seconds, got {seconds}")
+        http = http_settings(http_address, registry_key, registry_cert, registry_service, registry_issuer,
+                             registry_token_lifetime, tls_cert, tls_key)
     except CellsFileError as exc:
         raise BadInput(f"--cells: {exc}") from None
     except ValueError as exc:
@@ -623,7 +730,8 @@ def main(
             run_daemon(lambda stop: serve(listen=listen, etcd=etcd_settings.endpoint, tokens=table,
                                           etcd_timeout=etcd_settings.timeout, tls=tls, etcd_tls=etcd_settings.tls,
                                           limits=limits, stop=stop, metrics=metrics, cells=cells_config,
-                                          api_timeout=api_timeout, reconcile_period=reconcile_seconds))
+                                          api_timeout=api_timeout, reconcile_period=reconcile_seconds,
+                                          http=http))
         except OSError as exc:  # cannot listen
             raise Failed(str(exc)) from None
 
