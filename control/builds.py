@@ -8,7 +8,9 @@ whose build failed stays failed: builds are reproducible, the retry is a new com
 ``wait`` returns the result once an agent wrote it. ``reassign_forever`` runs beside
 the service: every ``every`` seconds it moves each task whose host is no longer
 registered (its lease expired: the host died or lost etcd) to the next live host of
-its repo's order, by compare-and-swap, with ``attempt`` + 1. A task never exists on two
+its repo's order, by compare-and-swap, with ``attempt`` + 1 and a fresh ``push_secret``
+(the Runtime's ``secret_hex``; the old attempt's secret gets no registry token any more:
+``control.build_credentials``, the fence against a zombie agent's push). A task never exists on two
 hosts: the move deletes the old key in the transaction that writes the new one, and an
 agent writes a result only while none exists.
 
@@ -19,9 +21,13 @@ where it is (the agent on its host fails it), an unreadable result or claim is a
 ``CorruptRecord`` (INTERNAL) for that one build, and an agent key whose name is not a
 host name is ignored; none of them stops the reassigner or another build.
 
-Who may do what (principals from ``control.auth``): only an **admin** queues builds
-(the platform's deploy pipeline does, on behalf of an app); every principal may read
-builds and list the agents. ``BuildService`` checks that and answers the gRPC surface.
+Who may do what (the members table, ``control.members``): queueing a build of an app needs
+``build.trigger`` on it (Developer and above), reading one ``build.read`` (Reporter and
+above); admins may do both on every app; every principal may list the agents.
+``BuildService`` checks that and answers the gRPC surface. ``cancel`` (a newer push to the
+same branch supersedes a build: ``control.webhooks``) deletes the task wherever it is queued
+or running and writes its ``cancelled`` result in one transaction; the agent building it
+watches its task and stops the build when the task is gone.
 
 Metrics (the Metrics port): the reassigner's read of every task, done every ``every``
 seconds anyway, sets the tasks queued and running (the scheduler's view, whichever host
@@ -37,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from control.auth import Principal
+from control.members import Action, Resource, authorize, load_memberships
 from foundation.logic.build_task import (
     AGENTS,
     TASKS,
@@ -117,7 +124,8 @@ class BuildScheduler:
 
     async def submit(self, app: str, commit: str, *, repo: str | None = None) -> str:
         """Queue a build of ``commit`` of ``app``; returns the task id (``TaskError`` names a bad field)."""
-        task = Task.parse({"app": app, "repo": repo or app, "commit": commit, "submitted_at": self.runtime.now()})
+        task = Task.parse({"app": app, "repo": repo or app, "commit": commit, "submitted_at": self.runtime.now(),
+                           "push_secret": self.runtime.secret_hex()})
         if await self.store.get(id_key(task.id)) is not None:  # queued or built already (agents or not)
             self.stats.duplicates += 1
             return task.id
@@ -170,6 +178,38 @@ class BuildScheduler:
             except StoreError:
                 await self.runtime.sleep(min(self.every, max(0.0, deadline - self.runtime.now())))
 
+    async def cancel(self, task: str, *, reason: str = "") -> bool:
+        """Cancel a build still queued or running: one transaction deletes its task and writes its ``cancelled``
+        result, compared against the claim, the task and the absence of a result as read. False when there
+        was nothing to cancel (no such build, or it finished: a result stands)."""
+        task = check_task_id(task)
+        for _ in range(8):
+            read = await self.store.txn([], [GetOp(id_key(task)), GetOp(result_key(task))])
+            claim, result = (r.kvs[0] if isinstance(r, RangeResult) and r.kvs else None for r in read.responses)
+            if claim is None or result is not None:
+                return False
+            try:
+                host = check_host(claim.value.decode("utf-8", errors="replace"))
+            except TaskError as exc:
+                raise CorruptRecord(f"the claim of {task} is unreadable: {exc}") from None
+            kv = await self.store.get(task_key(host, task))
+            if kv is None:
+                continue  # it moved or finished between the two reads: read again
+            try:
+                queued = Task.from_bytes(kv.value)
+                attempt, submitted_at = queued.attempt, queued.submitted_at
+            except TaskError:  # an unreadable task is cancelled all the same: its result says so
+                attempt, submitted_at = 1, 0.0
+            cancelled = Result(task, "cancelled", host, attempt, error=(reason or "cancelled")[:1000],
+                               submitted_at=submitted_at, finished_at=self.runtime.now())
+            done = await self.store.txn([Compare.mod_is(id_key(task), claim.mod_revision),
+                                         Compare.mod_is(kv.key, kv.mod_revision), Compare.missing(result_key(task))],
+                                        [DeleteOp(kv.key), PutOp(result_key(task), cancelled.to_bytes())])
+            if done.succeeded:
+                self.runtime.trace("build-cancelled", task=task, host=host, attempt=attempt)
+                return True
+        raise port.Conflict(f"the build of {task} kept changing while being cancelled; try again")
+
     async def reassign_once(self) -> int:
         """Move every task queued on a host that is not registered; returns how many moved."""
         # One read of both: a host that registers between two reads would lose its tasks for nothing.
@@ -190,7 +230,9 @@ class BuildScheduler:
                 self.runtime.trace("build-task-unreadable", key=echo(kv.key), error=str(exc)[:200])
                 continue  # left where it is for an operator (the agent of a live host fails it)
             target = rank_hosts(task.repo, live)[0]
-            moved_task = Task(task.app, task.repo, task.commit, task.submitted_at, task.attempt + 1)
+            # A fresh push secret: the agent that lost the task (frozen, cut off) gets no registry token with the old.
+            moved_task = Task(task.app, task.repo, task.commit, task.submitted_at, task.attempt + 1,
+                              push_secret=self.runtime.secret_hex())
             done = await self.store.txn([Compare.mod_is(kv.key, kv.mod_revision)],
                                         [DeleteOp(kv.key), PutOp(task_key(target, name), moved_task.to_bytes()),
                                          PutOp(id_key(name), target.encode())])
@@ -231,7 +273,7 @@ class BuildState:
     """A build as a caller sees it: queued or running somewhere, or finished (``result``)."""
 
     task: str
-    state: str  # queued | running | done | failed
+    state: str  # queued | running | done | failed | cancelled
     host: str
     attempt: int
     submitted_at: float
@@ -247,14 +289,22 @@ class BuildService:
         self.store = scheduler.store
 
     async def submit(self, who: Principal, app: str, commit: str, repo: str = "") -> BuildState:
-        if not who.is_admin:
-            raise PermissionDenied(f"{who.name} may not queue builds (admins only: the deploy pipeline)")
+        Task.parse({"app": app, "repo": repo or app, "commit": commit})  # TaskError names a bad field first
+        await self._authorize(who, Action.BUILD_TRIGGER, app)
         task = await self.scheduler.submit(app, commit, repo=repo or None)
         return await self._state(task)
 
     async def get(self, who: Principal, app: str, commit: str) -> BuildState:
         Task.parse({"app": app, "commit": commit})  # TaskError names a bad field before any read
+        await self._authorize(who, Action.BUILD_READ, app)
         return await self._state(task_id(app, commit))
+
+    async def _authorize(self, who: Principal, action: Action, app: str) -> None:
+        """Admins always; a user by its role on the app (no member: NotFound, too low: PermissionDenied)."""
+        if who.is_admin:
+            return
+        resource = Resource("app", app)
+        authorize(who, action, resource, await load_memberships(self.store, resource))
 
     async def agents(self, who: Principal) -> list[str]:
         return await self.scheduler.agents()

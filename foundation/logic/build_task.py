@@ -11,6 +11,11 @@ Keys (docs/keys.md):
 * ``/build/ids/{task}``: claimed by the scheduler when the task is first queued (value:
   the host it is queued on, updated by moves), so a commit is queued once.
 
+Each attempt of a task carries a fresh ``push_secret`` (the scheduler mints one on submit and
+on every move): the registry's token endpoint issues push rights to ``build$TASK`` only for the
+secret of the task record as it is now (``control.build_credentials``), so an agent that lost
+its task cannot push. Builds push to ``image_repository(app)`` = ``{app}/{app}``.
+
 A task is one commit of one app: its id is ``{app}@{commit}``, so submitting the same
 commit twice builds it once. **Placement** is a rendezvous hash of the repository over
 the live agents: the same repo lands on the same host while it lives (its dependency
@@ -53,6 +58,8 @@ MAX_RECORD = 256 * 1024  # bytes of one task or result record (a result holds at
 MAX_ATTEMPT = 1_000_000
 MAX_TEXT = 64 * 1024  # characters of a result's error, image or one log line
 REPO = re.compile(r"[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*")  # path-like, no '..', no leading '/'
+RESULT_STATES = ("done", "failed", "cancelled")  # cancelled: written by the scheduler with the task's removal
+PUSH_SECRET = re.compile(r"[0-9a-f]{32}")  # a build attempt's registry password: 16 random bytes in hex
 
 
 class TaskError(ValueError):
@@ -153,6 +160,14 @@ def result_key(task: str) -> str:
     return f"{RESULTS}{task}"
 
 
+def image_repository(app: str) -> str:
+    """The registry repository an app's builds push to: ``{app}/{app}``, in the app's own image group.
+
+    Tags are full commit ids (immutable: the registry gate refuses another digest under one).
+    """
+    return f"{app}/{app}"
+
+
 def rank_hosts(repo: str, hosts: list[str]) -> list[str]:
     """Rendezvous (highest random weight) order of ``hosts`` for ``repo``: the first one builds it."""
     def weight(host: str) -> bytes:
@@ -169,6 +184,9 @@ class Task:
     attempt: int = 1  # 2, 3, … after moves off dead hosts
     state: str = "queued"  # queued | running (on the host whose prefix holds it)
     started_at: float = 0.0
+    # This attempt's registry password (username ``build$TASK``): minted on submit and anew on each move,
+    # so an agent that lost the task holds a secret no token is issued for. Never in a repr, log or trace.
+    push_secret: str = field(default="", repr=False)
 
     @property
     def id(self) -> str:
@@ -188,7 +206,10 @@ class Task:
             raise TaskError("state", f"{echo(state)} is not queued or running")
         attempt = _attempt(data.get("attempt", 1))
         times = [_time(name, data.get(name, 0.0)) for name in ("submitted_at", "started_at")]
-        return Task(app, repo, commit, times[0], attempt, state, times[1])
+        push_secret = data.get("push_secret", "")
+        if not isinstance(push_secret, str) or not (push_secret == "" or PUSH_SECRET.fullmatch(push_secret)):
+            raise TaskError("push_secret", "is not empty or 32 lowercase hex digits")  # never echoed: a credential
+        return Task(app, repo, commit, times[0], attempt, state, times[1], push_secret)
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
@@ -202,7 +223,7 @@ class Task:
 @dataclass(frozen=True)
 class Result:
     task: str
-    state: str  # done | failed
+    state: str  # done | failed | cancelled (superseded by a newer push to its branch: control.webhooks)
     host: str
     attempt: int
     image: str = ""
@@ -225,8 +246,8 @@ class Result:
         data = _decode(raw, "result")
         task = check_task_id(data.get("task"))
         state = data.get("state")
-        if not isinstance(state, str) or state not in ("done", "failed"):
-            raise TaskError("state", f"{echo(state)} is not done or failed")
+        if not isinstance(state, str) or state not in RESULT_STATES:
+            raise TaskError("state", f"{echo(state)} is not done, failed or cancelled")
         host = check_host(data.get("host"))
         attempt = _attempt(data.get("attempt"))
         image = _text("image", data.get("image", ""), 1000)
