@@ -1,0 +1,185 @@
+"""Registry tokens (control/registry_tokens.py): claims, the libtrust kid, and every token decode refuses;
+the key command's files; the token endpoint's Basic parsing (leengine/control_http.py).
+
+The real registry refuses the same bad tokens in tests/integration/test_registry_auth.py; here the
+module's own verification (what tools and tests use) is held to the same rules."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import stat
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from control import registry_tokens as rt
+from leengine.control_http import TokenIssuer, basic_credentials
+from leengine.registry_key_cmd import make_key_files
+
+NOW = 1_800_000_000.0
+ISS, AUD = "leengine-control", "leengine-registry"
+# A fixed P-256 key (that the real registry accepts the kid computed so is proved, for fresh keys on every run,
+# by tests/integration/test_registry_auth.py).
+FIXED_KEY = ec.derive_private_key(0x1F2E3D4C5B6A79880123456789ABCDEF0123456789ABCDEF0123456789ABCDE, ec.SECP256R1())
+
+
+@pytest.fixture(scope="module")
+def key() -> rt.SigningKey:
+    return rt.SigningKey.from_private(ec.generate_private_key(ec.SECP256R1()))
+
+
+def grants() -> list[rt.Grant]:
+    return [rt.Grant("repository", "shop/web", ("pull", "push")), rt.Grant("repository", "shop/db", ())]
+
+
+def token(key: rt.SigningKey, **overrides: object) -> str:
+    args: dict[str, object] = {"issuer": ISS, "audience": AUD, "subject": "alice", "access": grants(), "now": NOW,
+                               "jti": "0123456789abcdef", "lifetime": 300}
+    args.update(overrides)
+    return rt.mint(key, **args).token  # type: ignore[arg-type]
+
+
+def keys_of(key: rt.SigningKey) -> dict[str, ec.EllipticCurvePublicKey]:
+    return {key.kid: key.public}
+
+
+def test_kid_is_libtrust_key_id() -> None:
+    public = FIXED_KEY.public_key()
+    kid = rt.key_id(public)
+    assert rt.KEY_ID.fullmatch(kid), kid  # 12 groups of 4 base32 characters
+    der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    # Independently: the first 240 bits of SHA-256(DER SPKI), base32, no padding, ':' every 4 characters.
+    text = base64.b32encode(hashlib.sha256(der).digest()[:30]).decode()
+    assert "=" not in text and len(text) == 48
+    assert kid.replace(":", "") == text
+    assert rt.SigningKey.from_private(FIXED_KEY).kid == kid
+
+
+def test_claims_and_header(key: rt.SigningKey) -> None:
+    issued = rt.mint(key, issuer=ISS, audience=AUD, subject="alice", access=grants(), now=NOW + 0.9,
+                     jti="0123456789abcdef", lifetime=300)
+    header = jwt.get_unverified_header(issued.token)
+    assert header["alg"] == "ES256" and header["kid"] == key.kid
+    body = json.loads(base64.urlsafe_b64decode(issued.token.split(".")[1] + "=="))
+    assert body == {"iss": ISS, "sub": "alice", "aud": AUD, "exp": int(NOW) + 300, "nbf": int(NOW),
+                    "iat": int(NOW), "jti": "0123456789abcdef",
+                    "access": [{"type": "repository", "name": "shop/web", "actions": ["pull", "push"]},
+                               {"type": "repository", "name": "shop/db", "actions": []}]}
+    assert isinstance(body["aud"], str)  # Distribution 2.8 decodes aud as one string
+    assert issued.answer() == {"token": issued.token, "access_token": issued.token, "expires_in": 300,
+                               "issued_at": "2027-01-15T08:00:00Z"}
+    claims = rt.decode(issued.token, keys_of(key), issuer=ISS, audience=AUD, now=NOW + 10)
+    assert (claims.subject, claims.expires, claims.not_before, claims.issued, claims.jti) == \
+        ("alice", int(NOW) + 300, int(NOW), int(NOW), "0123456789abcdef")
+    assert claims.access == tuple(grants())
+
+
+@pytest.mark.parametrize("case, overrides, now, match", [
+    ("another aud", {"audience": "someone-else"}, NOW, "aud is not"),
+    ("another iss", {"issuer": "mallory"}, NOW, "iss is not"),
+    ("expired", {}, NOW + 301, "expired"),
+    ("not yet valid", {"now": NOW + 120}, NOW, "not valid before"),
+])
+def test_decode_refuses(key: rt.SigningKey, case: str, overrides: dict[str, object], now: float, match: str) -> None:
+    with pytest.raises(rt.TokenError, match=match):
+        rt.decode(token(key, **overrides), keys_of(key), issuer=ISS, audience=AUD, now=now)
+
+
+def test_leeway_is_the_registrys(key: rt.SigningKey) -> None:
+    late = token(key)
+    rt.decode(late, keys_of(key), issuer=ISS, audience=AUD, now=NOW + 300 + 60, leeway=rt.REGISTRY_LEEWAY)
+    with pytest.raises(rt.TokenError, match="expired"):
+        rt.decode(late, keys_of(key), issuer=ISS, audience=AUD, now=NOW + 300 + 61, leeway=rt.REGISTRY_LEEWAY)
+
+
+def test_unknown_key_and_forged_kid(key: rt.SigningKey) -> None:
+    other = rt.SigningKey.from_private(ec.generate_private_key(ec.SECP256R1()))
+    with pytest.raises(rt.TokenError, match="names no trusted key"):
+        rt.decode(token(other), keys_of(key), issuer=ISS, audience=AUD, now=NOW)
+    # Another key that claims our kid: the signature does not verify.
+    forged = rt.SigningKey(other.private, key.kid)
+    with pytest.raises(rt.TokenError, match="signature"):
+        rt.decode(token(forged), keys_of(key), issuer=ISS, audience=AUD, now=NOW)
+
+
+def test_tampered_and_foreign_tokens(key: rt.SigningKey) -> None:
+    head, body, sig = token(key).split(".")
+    claims = json.loads(base64.urlsafe_b64decode(body + "=="))
+    claims["access"][0]["actions"].append("delete")
+    raised = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
+    refusals = {
+        "tampered access": f"{head}.{raised}.{sig}",
+        "HS256": jwt.encode({"iss": ISS}, "s" * 32, algorithm="HS256", headers={"kid": key.kid}),
+        "alg none": jwt.encode({"iss": ISS}, None, algorithm="none", headers={"kid": key.kid}),
+        "garbage": "not.a.token",
+        "empty": "",
+        "huge": "a" * (rt.MAX_TOKEN + 1),
+    }
+    for case, text in refusals.items():
+        with pytest.raises(rt.TokenError):
+            rt.decode(text, keys_of(key), issuer=ISS, audience=AUD, now=NOW)
+            pytest.fail(case)
+
+
+def test_aud_list_is_refused(key: rt.SigningKey) -> None:
+    claims = {"iss": ISS, "sub": "a", "aud": [AUD], "exp": int(NOW) + 60, "nbf": int(NOW), "iat": int(NOW),
+              "jti": "0123456789abcdef", "access": []}
+    text = jwt.encode(claims, key.private, algorithm="ES256", headers={"kid": key.kid})
+    with pytest.raises(rt.TokenError, match="one string"):
+        rt.decode(text, keys_of(key), issuer=ISS, audience=AUD, now=NOW)
+
+
+def test_mint_refuses_bad_input(key: rt.SigningKey) -> None:
+    for overrides in ({"lifetime": 0}, {"lifetime": 3601}, {"lifetime": True}, {"jti": "short"},
+                      {"jti": "has space 0123"}, {"issuer": "two words"}, {"audience": ""},
+                      {"access": [rt.Grant("repository", "a/b", ())] * (rt.MAX_ACCESS + 1)}):
+        with pytest.raises(ValueError):
+            token(key, **overrides)
+
+
+def test_signing_key_checks() -> None:
+    with pytest.raises(rt.TokenKeyError, match="P-256"):
+        rt.SigningKey.from_private(ec.generate_private_key(ec.SECP384R1()))
+    rsa_pem = rsa.generate_private_key(65537, 2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    with pytest.raises(rt.TokenKeyError, match="P-256"):
+        rt.SigningKey.from_pem(rsa_pem)
+    with pytest.raises(rt.TokenKeyError, match="PEM private key"):
+        rt.SigningKey.from_pem(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+    encrypted = FIXED_KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.BestAvailableEncryption(b"pw"))
+    with pytest.raises(rt.TokenKeyError):
+        rt.SigningKey.from_pem(encrypted)
+    assert "PRIVATE" not in repr(rt.SigningKey.from_private(FIXED_KEY))
+
+
+def test_key_files(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    key_path, cert_path, kid = make_key_files(tmp_path / "keys")
+    assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
+    loaded = rt.SigningKey.from_pem(key_path.read_bytes(), cert_path.read_bytes())
+    assert loaded.kid == kid
+    with pytest.raises(FileExistsError):
+        make_key_files(tmp_path / "keys")
+    _, other_cert, _ = make_key_files(tmp_path / "other")
+    with pytest.raises(rt.TokenKeyError, match="certificate does not carry"):
+        rt.SigningKey.from_pem(key_path.read_bytes(), other_cert.read_bytes())
+    with pytest.raises(ValueError, match="--registry-service"):
+        TokenIssuer(loaded, service="has space")
+    with pytest.raises(ValueError):
+        TokenIssuer(loaded, lifetime=0)
+
+
+def test_basic_credentials() -> None:
+    def basic(text: str) -> str:
+        return "Basic " + base64.b64encode(text.encode()).decode()
+
+    assert basic_credentials(basic("alice:tok:en")) == ("alice", "tok:en")
+    assert basic_credentials(basic("robot$ci:s3cret")) == ("robot$ci", "s3cret")
+    assert basic_credentials("basic " + base64.b64encode(b"a:b").decode()) == ("a", "b")
+    for bad in (basic("nopassword"), basic(":pw"), basic("user:"), "Bearer abc", "Basic !!!", "Basic",
+                "Basic " + base64.b64encode(b"\xff:\xfe").decode(), basic("a:" + "b" * 5000)):
+        assert basic_credentials(bad) is None, bad
