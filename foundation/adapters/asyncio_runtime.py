@@ -21,6 +21,7 @@ import asyncio
 import logging
 import os
 import random
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Generic, TypeVar
@@ -111,6 +112,10 @@ class AsyncioRuntime:
 
     def wall_time(self) -> float:
         return time.time()
+
+    def secret_hex(self, nbytes: int = 16) -> str:
+        # The OS's CSPRNG: the seeded Mersenne Twister in ``random`` can be predicted from its outputs.
+        return secrets.token_hex(nbytes)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)

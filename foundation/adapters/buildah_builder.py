@@ -28,8 +28,12 @@ One build, four steps, each a subprocess with an argument list (never a shell li
   races. Modes keep their ``0o755`` bits (no set-id bits), owners become root. Then a
   ``scratch`` image with busybox at ``/bin/busybox`` and the staged copy at ``/app``,
   entry point ``/bin/busybox sh /app/start.sh``, is committed as
-  ``{registry}/{app}:{commit}``;
-* **push**: ``buildah push`` to the registry.
+  ``{registry}/{app}/{app}:{commit}`` (``image_repository``: the app's own image group);
+* **push**: ``buildah push`` to the registry, with the attempt's credentials
+  (``build$TASK`` and its push secret) in a 0600 ``--authfile`` inside a private
+  temporary directory, removed after the push; never on a command line. The registry's
+  token endpoint honours them only while the attempt is current: an agent that lost
+  its task (frozen past its lease, then resumed) is refused the push.
 
 A failing step raises ``BuildFailed`` naming it, with the last lines of its output; so
 does any OS error on the way (a full disk, a file where a directory belongs). A step's
@@ -46,17 +50,20 @@ It must not know etcd, tasks or scheduling.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import os
 import shutil
 import signal
 import stat
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from foundation.logic.build_task import APP_NAME, COMMIT, REPO
+from foundation.logic.build_task import APP_NAME, COMMIT, PUSH_SECRET, REPO, TASK_ID, image_repository
 from foundation.ports.builder import BuildFailed, BuildOutcome, BuildRequest, StepTiming
 
 BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static: one static binary, the whole userland
@@ -129,13 +136,39 @@ class BuildahBuilder:
             raise BuildFailed("clone", f"no repository {request.repo!r} under {self.config.repos}")
         return source
 
+    @contextlib.contextmanager
+    def _authfile(self, request: BuildRequest) -> Iterator[Path | None]:
+        """The attempt's registry credentials as a containers-auth.json, for one push; None without any.
+
+        Never on a command line (``ps`` shows argv to every user): a 0600 file in a fresh 0700
+        directory, made only now (the build script, which ran as nobody, has ended) and removed
+        when the push ends, whatever happens.
+        """
+        if not request.push_user and not request.push_secret:
+            yield None
+            return
+        user = request.push_user.removeprefix("build$")
+        if not request.push_user.startswith("build$") or not TASK_ID.fullmatch(user) \
+                or not PUSH_SECRET.fullmatch(request.push_secret):
+            raise BuildFailed("push", "the push credentials are not build$TASK and a 32-hex secret")
+        token = base64.b64encode(f"{request.push_user}:{request.push_secret}".encode()).decode()
+        private = Path(tempfile.mkdtemp(prefix="leengine-push-"))  # mode 0700, root's
+        try:
+            path = private / "auth.json"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                json.dump({"auths": {self.config.registry: {"auth": token}}}, out)
+            yield path
+        finally:
+            shutil.rmtree(private, ignore_errors=True)
+
     async def build(self, request: BuildRequest, log: Callable[[str], None]) -> BuildOutcome:
         source = self._checked(request)
         work = self.config.workdir / "src" / f"{request.app}@{request.commit}"
         # One cache per repo; the name is escaped so that two repos can never share one.
         cache = self.config.workdir / "cache" / request.repo.replace("%", "%25").replace("/", "%2F")
         stage = self.config.workdir / "stage" / f"{request.app}@{request.commit}"  # root only: what is imaged
-        reference = f"{self.config.registry}/{request.app}:{request.commit}"
+        reference = f"{self.config.registry}/{image_repository(request.app)}:{request.commit}"
         prefix = f"leengine-{self.host}-"
         steps: list[StepTiming] = []
         current = "clone"
@@ -196,9 +229,11 @@ class BuildahBuilder:
             await self._run(current, self._buildah("commit", "--quiet", image, reference))
             done(current, f" ({entries} entries)")
             current = "push"
-            await self._run(current, self._buildah("push", "--quiet",
-                                                   f"--tls-verify={str(self.config.tls_verify).lower()}",
-                                                   reference, f"docker://{reference}"))
+            with self._authfile(request) as authfile:
+                await self._run(current, self._buildah("push", "--quiet",
+                                                       f"--tls-verify={str(self.config.tls_verify).lower()}",
+                                                       *(("--authfile", str(authfile)) if authfile else ()),
+                                                       reference, f"docker://{reference}"))
             done(current)
             return BuildOutcome(reference, tuple(steps), cache_hit)
         except OSError as exc:  # a full disk, an unwritable workdir, no more processes: the build fails, not us

@@ -16,7 +16,7 @@ It must not know etcd, tasks or scheduling: that is the build agent's logic.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 STEPS = ("clone", "compile", "image", "push")
@@ -35,6 +35,10 @@ class BuildRequest:
     app: str
     repo: str  # where to clone from (a name the builder resolves; validated by the task record)
     commit: str  # a full commit id (never a ref): what is built is what the image is tagged with
+    # The registry credentials of this attempt (``build$TASK`` and the task record's push secret): the
+    # token endpoint honours them only while the attempt is current. "" = push without credentials.
+    push_user: str = ""
+    push_secret: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)

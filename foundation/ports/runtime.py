@@ -105,6 +105,15 @@ class Runtime(Protocol):
         In simulation: a fixed epoch plus virtual time, so it is deterministic too.
         """
 
+    def secret_hex(self, nbytes: int = 16) -> str:
+        """``nbytes`` random bytes as lowercase hex: a credential (a build attempt's push secret).
+
+        The asyncio runtime draws them from the OS (``secrets``): its seeded ``random`` is a
+        Mersenne Twister whose outputs predict the next ones. The sim runtime draws them from
+        a seeded stream of their own, so runs stay deterministic and other draws do not move.
+        Never log or trace what it returns.
+        """
+
     async def sleep(self, seconds: float) -> None: ...
 
     def spawn(self, coro: Coroutine[Any, Any, T], *, name: str) -> Task[T]:

@@ -226,6 +226,8 @@ class SimRuntime:
     def __init__(self, seed: int = 0, *, keep_trace_lines: bool = False, env: simpy.Environment | None = None) -> None:
         self.seed = seed
         self.random = random.Random(seed)
+        # Credentials come from a stream of their own: minting one moves no other draw (trace hashes stay).
+        self._secrets = seeded_stream(seed, "secrets")
         self.env = env or simpy.Environment()
         self.trace_log = Trace(keep_trace_lines)
         self.current: SimTask | None = None
@@ -237,6 +239,9 @@ class SimRuntime:
 
     def wall_time(self) -> float:
         return SIM_EPOCH + self.env.now
+
+    def secret_hex(self, nbytes: int = 16) -> str:
+        return self._secrets.getrandbits(8 * nbytes).to_bytes(nbytes, "big").hex()
 
     async def sleep(self, seconds: float) -> None:
         await _Yield(self.env.timeout(seconds))

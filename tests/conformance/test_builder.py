@@ -108,7 +108,7 @@ class _BuildahRunner:
             builder = BuildahBuilder(BuildahConfig("build-1", repos, root / "work", registry.address,
                                                    storage=root / "storage"))
             harness = BuilderHarness("buildah", builder, commit, broken, pushed,
-                                     lambda app, commit: f"{registry.address}/{app}:{commit}")
+                                     lambda app, commit: f"{registry.address}/{app}/{app}:{commit}")
             asyncio.run(asyncio.wait_for(body(harness), 300))
 
 

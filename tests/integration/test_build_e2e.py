@@ -121,11 +121,11 @@ def test_the_agents_build_what_is_queued_and_a_killed_host_hands_its_task_over(f
 
     home, heir, first, second, hostile, moved = asyncio.run(main())
     assert (first.state, first.host, first.attempt) == ("done", home, 1), first
-    assert first.image == f"{registry.address}/shop:{ids['v1']}" and not first.cache_hit
+    assert first.image == f"{registry.address}/shop/shop:{ids['v1']}" and not first.cache_hit
     assert [s for s, _ in first.steps] == ["clone", "compile", "image", "push"]
     assert second is not None and (second.state, second.host, second.attempt) == ("done", heir, 2), second
     assert moved == 1
     # v3's script linked /etc/shadow into out/: the build failed, saying why, and nothing was pushed.
     assert hostile is not None and hostile.state == "failed", hostile
     assert hostile.error.startswith("image: out/passwords is a symbolic link"), hostile.error
-    assert registry.tags("shop") == sorted([ids["v1"], ids["v2"]])
+    assert registry.tags("shop/shop") == sorted([ids["v1"], ids["v2"]])

@@ -130,7 +130,7 @@ def test_a_build_script_that_plants_a_link_to_a_host_file_fails_and_no_image_exi
     with pytest.raises(BuildFailed) as info:
         asyncio.run(builder.build(request, lambda _: None))
     assert info.value.step == "image" and f"{where} is a symbolic link" in str(info.value), info.value
-    assert builder.registry.tags("shop") == []  # nothing pushed ...
+    assert builder.registry.tags("shop/shop") == []  # nothing pushed ...
     assert request.commit not in local_images(builder)  # ... nor committed locally
     listed = subprocess.run(builder._buildah("containers", "--format", "{{.ContainerName}}"), capture_output=True,
                             text=True, check=True).stdout.split()
@@ -143,7 +143,7 @@ def test_a_fifo_or_socket_under_out_fails_the_build(lab):
     with pytest.raises(BuildFailed) as info:
         asyncio.run(builder.build(request, lambda _: None))
     assert info.value.step == "image" and "out/pipe is a FIFO" in str(info.value)
-    assert builder.registry.tags("shop") == []
+    assert builder.registry.tags("shop/shop") == []
 
 
 def test_the_image_holds_the_files_the_build_made_without_set_id_bits(lab):
@@ -152,7 +152,7 @@ def test_the_image_holds_the_files_the_build_made_without_set_id_bits(lab):
               "chmod 4755 out/bin/tool\n")
     request = commit(repos, "shop", "v1", {"build.sh": script})
     outcome = asyncio.run(builder.build(request, lambda _: None))
-    assert builder.registry.tags("shop") == [request.commit]
+    assert builder.registry.tags("shop/shop") == [request.commit]
     # Pull it back and look inside: /app is out/, modes without the set-uid bit.
     name = "leengine-test-inspect"
     subprocess.run(builder._buildah("from", "--quiet", "--tls-verify=false", "--name", name,
@@ -195,7 +195,7 @@ def test_a_ref_is_not_a_commit_and_an_annotated_tag_id_is_not_one_either(lab):
     with pytest.raises(BuildFailed) as info:
         asyncio.run(builder.build(BuildRequest("shop", "shop", tag_object), lambda _: None))
     assert info.value.step == "clone" and "is not a commit" in str(info.value)
-    assert builder.registry.tags("shop") == []
+    assert builder.registry.tags("shop/shop") == []
 
 
 def test_nothing_the_build_script_started_outlives_its_build(lab):
