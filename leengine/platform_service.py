@@ -4,7 +4,8 @@ It serves ``leengine.control.v1.Platform`` (control/protos/leengine/control/v1/p
 over the service logic, which it does not repeat: ``control.apps.Apps`` (apps and versions,
 reconciled into each Cell through the Workloads port), ``control.members.Members`` (the one
 rights table, membership writes), ``control.activity`` (pages of activity records, the daily
-counts). Each RPC is one call of that logic inside the server's ``_call`` (shared with
+counts), ``control.image_groups`` and ``control.robots`` (public/private image groups, robot
+accounts of the registry; a robot's secret leaves only in CreateRobot's answer). Each RPC is one call of that logic inside the server's ``_call`` (shared with
 slb-core's and the build farm's servicers): authentication by bearer token first, then the
 logic, whose typed errors (``foundation/ports/control.py``) become their status codes through
 one table, INVALID_ARGUMENT with the field in trailing metadata ``leengine-field``.
@@ -47,7 +48,7 @@ from typing import Any
 import grpc
 import yaml
 
-from control import activity, apps, members, releases, slb_core
+from control import activity, apps, image_groups, members, releases, robots, slb_core
 from control.auth import Principal
 from control.platform_shares import SlbShares
 from foundation.logic.slb_domain import GROUP_NAME
@@ -270,6 +271,18 @@ def record_to_proto(record: activity.ActivityRecord) -> Any:
                              revision=record.revision)
 
 
+def group_to_proto(view: image_groups.GroupView) -> Any:
+    g = view.group
+    return pb.ImageGroup(name=g.name, visibility=g.visibility, by=g.by, at=g.at, revision=g.revision,
+                         role=str(view.role) if view.role is not None else "")
+
+
+def robot_to_proto(robot: robots.Robot) -> Any:
+    return pb.Robot(name=robot.name, username=robot.username,
+                    scope=pb.Resource(kind=robot.scope.kind, name=robot.scope.name), actions=list(robot.actions),
+                    expires=robot.expires or 0.0, by=robot.by, at=robot.at, revision=robot.revision)
+
+
 # --------------------------------------------------------------------------- the servicer
 
 
@@ -286,6 +299,8 @@ class PlatformService(platform_pb2_grpc.PlatformServicer):
         self.releases = releases.Releases(store, runtime, self.apps, shares, cells) \
             if cells and self.apps is not None and shares is not None else None
         self.members = members.Members(store, runtime, resource_key=apps.resource_key)
+        self.image_groups = image_groups.ImageGroups(store, runtime)
+        self.robots = robots.Robots(store, runtime)
 
     def _apps(self) -> apps.Apps:
         if self.apps is None:
@@ -406,6 +421,46 @@ class PlatformService(platform_pb2_grpc.PlatformServicer):
         return pb.GetDailyCountsResponse(counts=[pb.DailyCount(day=d, kind=k, action=a, count=n)
                                                  for (d, k, a), n in sorted(counts.items())])
 
+
+    # ---- image groups and robots (control/image_groups.py, control/robots.py)
+    async def CreateImageGroup(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return group_to_proto(await self._call(context, "CreateImageGroup", lambda who: self.image_groups.create(
+            who, request.name, public=request.public, request_id=new_request_id(request.request_id))))
+
+    async def GetImageGroup(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return group_to_proto(await self._call(context, "GetImageGroup",
+                                               lambda who: self.image_groups.get(who, request.name)))
+
+    async def SetImageGroupVisibility(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return group_to_proto(await self._call(context, "SetImageGroupVisibility",
+                                               lambda who: self.image_groups.set_visibility(
+                                                   who, request.name, request.visibility,
+                                                   request_id=new_request_id(request.request_id))))
+
+    async def DeleteImageGroup(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        revision = await self._call(context, "DeleteImageGroup", lambda who: self.image_groups.delete(
+            who, request.name, request_id=new_request_id(request.request_id)))
+        return pb.DeleteImageGroupResponse(revision=revision)
+
+    async def CreateRobot(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def create(who: Principal) -> tuple[robots.Robot, str]:
+            scope = resource_from_proto(request.scope)
+            return await self.robots.create(who, request.name, scope, list(request.actions),
+                                            ttl=request.ttl_seconds or None,
+                                            request_id=new_request_id(request.request_id))
+
+        robot, secret = await self._call(context, "CreateRobot", create)
+        return pb.CreateRobotResponse(robot=robot_to_proto(robot), secret=secret)
+
+    async def ListRobots(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        found = await self._call(context, "ListRobots", lambda who: self.robots.list(who))
+        return pb.ListRobotsResponse(robots=[robot_to_proto(r) for r in sorted(found.robots, key=lambda r: r.name)],
+                                     skipped=len(found.invalid))
+
+    async def RevokeRobot(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        revision = await self._call(context, "RevokeRobot", lambda who: self.robots.revoke(
+            who, request.name, request_id=new_request_id(request.request_id)))
+        return pb.RevokeRobotResponse(revision=revision)
 
 def add_to_server(server: grpc.aio.Server, store: Store, runtime: Runtime, call: Call,
                   cells: Mapping[str, Workloads] | None, slb: slb_core.SlbCore | None = None) -> PlatformService:
