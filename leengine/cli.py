@@ -55,6 +55,7 @@ from leengine.etcd_options import (
     check_timeout,
 )
 from leengine.lab_cmd import lab_app
+from leengine.registry_gate import registry_gate_command
 from leengine.sweep_cmd import shrink_command, sweep_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -66,6 +67,7 @@ app.add_typer(sim_app, name="sim")
 app.add_typer(lab_app, name="lab")
 app.add_typer(app_app, name="app")  # leengine/app_cmd.py: the platform's apps, members, activity
 app.command("compare")(compare_command)  # leengine/compare_cmd.py: sim report vs lab report
+app.command("registry-gate")(registry_gate_command)  # leengine/registry_gate.py: immutable tags
 sim_app.command("sweep")(sweep_command)  # leengine/sweep_cmd.py: many seeds on Dask, failures grouped
 sim_app.command("shrink")(shrink_command)  # leengine/sweep_cmd.py: a failing run made small
 console = Console()
