@@ -3,7 +3,8 @@
 Each build host runs ``node.build_agent.BuildAgent`` on a ``SimBuilder`` (durations with
 the cache warm or cold) with its own etcd client; the control plane's
 ``control.builds.BuildScheduler`` places tasks and moves them off dead hosts; the
-``SimRegistry`` holds the pushed images, which nodes pull once. A deploy asks
+``SimRegistry`` holds the pushed images, which nodes pull once; it checks each push's build credentials
+with ``control.build_credentials.build_caller`` over the Region's Store (a zombie's push is refused). A deploy asks
 ``release(app)`` for the image of the app's next commit (release ``n`` of an app is the
 full commit id ``release_commit(app, n)``: the scheduler takes full ids only). An observer
 watches ``/build/results/`` so that the ``builds-finish`` check knows when each build
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from control.build_credentials import build_caller
 from control.builds import BuildError, BuildScheduler
 from foundation.logic.build_task import RESULTS, Result, TaskError
 from foundation.ports import StoreError
@@ -65,8 +67,13 @@ class Farm:
         self.store = store
         self.tick = tick
         costs = costs or BuilderCosts()
+        # The registry's token endpoint reads etcd as the control service does (build_caller: the fence); its
+        # client has no latency (the push's own time covers the token request), so checking adds no event.
+        registry_etcd = store.client("registry-auth", latency=0.0)
         self.registry = SimRegistry(image_mb=costs.image_mb, bandwidth_mb_s=costs.registry_mb_per_second,
-                                    pull_base=costs.pull_base_seconds)
+                                    pull_base=costs.pull_base_seconds,
+                                    authenticate=lambda user, password: build_caller(registry_etcd, user, password),
+                                    revision=lambda: store.revision)
         self.hosts = {name: BuildHost(name, SimBuilder(runtime, name, self.registry, clone_seconds=costs.clone_seconds,
                                                        compile_cold=costs.compile_cold,
                                                        compile_warm=costs.compile_warm,
@@ -171,4 +178,6 @@ class Farm:
                 "build_p50": percentile(took, 0.5, 3), "build_p99": percentile(took, 0.99, 3),
                 "builds_moved": self.scheduler.stats.moved,
                 "builds_dropped": sum(h.dropped + (h.agent.stats.dropped if h.agent else 0)
-                                      for h in self.hosts.values())}
+                                      for h in self.hosts.values()),
+                "registry_pushes_refused": self.registry.pushes_refused,  # zombies fenced off (sim/adapters/builder.py)
+                "registry_pulls_refused": self.registry.pulls_refused}

@@ -58,11 +58,11 @@ def test_same_repo_same_host_warm_cache_and_one_build_per_commit():
     first, again, one, second, duplicate = farm.run(scenario())
     home = rank_hosts("shop", list(HOSTS))[0]
     assert first == again == duplicate == f"shop@{V1}"
-    assert (one.state, one.host, one.image, one.cache_hit) == ("done", home, f"registry.region/shop:{V1}", False)
+    assert (one.state, one.host, one.image, one.cache_hit) == ("done", home, f"registry.region/shop/shop:{V1}", False)
     assert (second.host, second.cache_hit) == (home, True)  # same host: the dependency cache was warm
     assert dict(second.steps)["compile"] < dict(one.steps)["compile"] / 2
     assert [s for s, _ in one.steps] == ["clone", "compile", "image", "push"]
-    assert f"registry.region/shop:{V2}" in farm.registry.images
+    assert f"registry.region/shop/shop:{V2}" in farm.registry.images  # repository {app}/{app}, tag the commit
     assert farm.scheduler.stats.submitted == 2 and farm.scheduler.stats.duplicates == 2
     assert sum(b.builds for b in farm.builders.values()) == 2
     assert farm.keys(TASKS) == [] and farm.keys(RESULTS) == [f"shop@{V1}", f"shop@{V2}"]

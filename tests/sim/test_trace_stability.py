@@ -8,6 +8,9 @@ spawns or store writes) changes them: update the values here, with a note in the
 saying which change moved them and why. The shipped scenarios read scenarios/costs.yaml: a new
 fit (`leengine lab fit`, issue 12: dataplane attach, reload bases, lab builder) moves them all
 (last: the fit from 15 lab runs with ADDs in flight: attach 0.196 s, reload bases 0.325 s).
+Issue 14 moved the three runs with builds (builder-crash, steady-state, every_fault_kind) twice: task
+records carry their attempt's push secret, and the image a build pushes is ``{registry}/{app}/{app}:{commit}``
+(the app's own image group), which its result record names.
 Churn draws from its own streams (sim.churn.ChurnDraws, shared with the lab) since issue 12's
 second round: that moved every scenario with churn.
 """
@@ -33,8 +36,8 @@ SHIPPED = {
     "cell-outage": "750b2a105bdf0a0dda61ea1b473a857c45a4d4e36488c4f7fc604ad8c10a7576",
     "ipam-burst-1000": "9d3b2b0013d568c18e5591a7df38e2be5a3d638ffb4c0ce83619af986e101428",
     "pool-exhaustion": "832d83b379e13ef677cb43b83780917670c76af3820765116ee914cd933c220f",
-    "builder-crash": "b94d9752e65253eab4a080eed7b0482443918ebe13e5d0443857b955a688c49c",
-    "steady-state": "f3be796fdd9341413e52b029c661cda3b6da545e89e5b4862dbf4e9c653b0794",  # issue 11: churn, no fault
+    "builder-crash": "1b0befc9aaf3a281a256fcef940fd0f5aee13d4b323301ead74ae54553377990",
+    "steady-state": "bc6eac2bc4e73c33043a36578268cec9bb77e1e6e9b4ebf971dd703441228ac4",  # issue 11: churn, no fault
     "lab-scale": "63e0f8bdb38d4298f3325fc6b98c428ce60405d461a937acd36cbaea6a65d0d3",  # issue 12: the lab bench's Region
     "lab-burst-1000": "37f44196e82ea443fc199396556f0a7b8f6d2bc6ce7c04ce69e8464eb175c393",  # issue 12: the lab burst
     # issue 13: the platform in the sim (control/apps.py, control/releases.py, slb-core's shares, the SLB agents'
@@ -48,7 +51,7 @@ SHIPPED = {
 # with that name the old value 3a7b7965… comes back, so nothing else in the run changed.
 # Issue 14: every build task record carries its attempt's push secret (the sim runtime's seeded "secrets"
 # stream), so the store-put lines' value_crc of /build/tasks/ moved in every run with builds.
-EVERY_FAULT_KIND = "b09f972f5dd6158fa3dc1588130eead00ea8365dcceed5d92c281671cdd6a044"
+EVERY_FAULT_KIND = "8cd902a8867ec8c6492402a5a6918e85763e1c4d1fd72c40ddc05c7a8a4b8175"
 
 
 def test_every_shipped_scenario_is_pinned():
