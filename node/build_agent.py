@@ -10,6 +10,11 @@ task moved, the late result is dropped and the new host's build counts. A task l
 ``running`` by a previous life of this agent (the host crashed mid-build) is built
 again from the start.
 
+While it builds, the agent watches the running task's key: when the key is deleted (the
+scheduler cancelled the build because a newer push superseded it, or moved the task off
+this host taken for dead), the build is cancelled at once (the Builder kills its
+processes) and nothing of it is written.
+
 Task records are read back from etcd and trusted no more than user input: each is
 decoded and validated again (``Task.from_bytes``: a full commit id, never a ref; any
 decoding failure, however deep or large, is a ``TaskError``), and its id must be the
@@ -30,7 +35,9 @@ It must not know which Store, Builder, runtime or metrics sink is behind the por
 from __future__ import annotations
 
 import json
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from foundation.logic.build_task import (
     MAX_TEXT,
@@ -55,8 +62,15 @@ from foundation.ports.metrics import (
     NO_METRICS,
     Metrics,
 )
+from foundation.ports.runtime import Cancelled, Event
+from foundation.ports.runtime import Task as RuntimeTask
 
 COMPONENT = "build-agent"  # the etcd errors' component label
+T = TypeVar("T")
+
+
+class TaskGone(Exception):
+    """The running task's key was deleted while it built: cancelled, or moved to another host."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +89,7 @@ class BuildAgentStats:
     failed: int = 0
     rejected: int = 0  # task records that failed validation: failed without a build
     dropped: int = 0  # results of tasks that had moved to another host meanwhile
+    cancelled: int = 0  # builds stopped because their task was deleted while they ran (cancelled or moved)
     store_errors: int = 0
     unreadable: list[str] = field(default_factory=list)
 
@@ -164,7 +179,8 @@ class BuildAgent:
             return bool(rejected)
         kv, task = tasks[0]
         rt = self.runtime
-        running = Task(task.app, task.repo, task.commit, task.submitted_at, task.attempt, "running", rt.now())
+        running = Task(task.app, task.repo, task.commit, task.submitted_at, task.attempt, "running", rt.now(),
+                       task.push_secret)
         marked = await self.store.txn([Compare.mod_is(kv.key, kv.mod_revision)],
                                       [PutOp(kv.key, running.to_bytes())])
         if not marked.succeeded:
@@ -172,7 +188,9 @@ class BuildAgent:
         rt.trace("build-start", host=self.config.host, task=task.id, attempt=task.attempt)
         log: list[str] = []
         try:
-            outcome = await self.builder.build(BuildRequest(task.app, task.repo, task.commit), log.append)
+            outcome = await self._watched(kv.key, marked.revision, self.builder.build(BuildRequest(
+                task.app, task.repo, task.commit,
+                f"build${task.id}", task.push_secret), log.append))
             for timing in outcome.steps:
                 if timing.step in STEPS:  # the label's fixed set, whatever a Builder reports
                     self.metrics.observe(BUILD_STEP_SECONDS, timing.seconds, step=timing.step)
@@ -181,6 +199,12 @@ class BuildAgent:
             result = Result(task.id, "done", self.config.host, task.attempt, outcome.image,
                             tuple((s.step, round(s.seconds, 6)) for s in outcome.steps), outcome.cache_hit,
                             submitted_at=task.submitted_at, finished_at=rt.now(), log=_tail(log))
+        except TaskGone:
+            # Cancelled (a newer push superseded it: the scheduler wrote its result) or moved away: the Builder
+            # killed its processes; nothing of this build is written.
+            self.stats.cancelled += 1
+            rt.trace("build-cancelled", host=self.config.host, task=task.id, attempt=task.attempt)
+            return True
         except BuildFailed as exc:
             result = Result(task.id, "failed", self.config.host, task.attempt, error=str(exc)[:MAX_TEXT],
                             submitted_at=task.submitted_at, finished_at=rt.now(), log=_tail(log))
@@ -201,6 +225,48 @@ class BuildAgent:
         rt.trace("build-finished", host=self.config.host, task=task.id, state=result.state,
                  cache_hit=result.cache_hit)
         return True
+
+    async def _watched(self, key: str, revision: int, build: Coroutine[Any, Any, T]) -> T:
+        """Run ``build`` while watching the running task's key; when the key is deleted (the scheduler cancelled
+        the task, or moved it off this host taken for dead), cancel the build and raise ``TaskGone``."""
+        rt = self.runtime
+        work = rt.spawn(build, name=f"build/{self.config.host}")
+        gone = rt.event()
+        watcher = rt.spawn(self._watch_gone(key, revision, work, gone), name=f"build-watch/{self.config.host}")
+        try:
+            return await work.join()
+        except Cancelled:
+            if gone.is_set():
+                raise TaskGone(key) from None
+            raise  # this agent is being stopped
+        finally:
+            work.cancel()  # no-op once it is done; else the Builder kills its processes
+            watcher.cancel()
+
+    async def _watch_gone(self, key: str, revision: int, work: RuntimeTask[Any], gone: Event) -> None:
+        """Cancel ``work`` once ``key`` (marked running at ``revision``) is deleted; through etcd errors and
+        compactions, by reading the key again before watching on."""
+        start = revision + 1
+        while not work.done():
+            try:
+                async with self.store.watch(key, start_revision=start) as watch:
+                    async for event in watch:
+                        start = event.revision + 1
+                        if event.kv.key == key and event.type == "delete":  # a prefix watch: other keys pass by
+                            gone.set()
+                            work.cancel()
+                            return
+            except StoreError:  # etcd away, or the start revision compacted: look at the key itself
+                await self.runtime.sleep(self.config.retry)
+                try:
+                    found = await self.store.range(key)
+                except StoreError:
+                    continue
+                if not any(kv.key == key for kv in found.kvs):
+                    gone.set()
+                    work.cancel()
+                    return
+                start = found.revision + 1
 
     async def _finish(self, key: str, running_revision: int, task: str, result: Result) -> bool:
         """Write the result and remove the task, if the task is still ours; True when written.

@@ -86,7 +86,7 @@ def test_a_host_dying_mid_build_loses_its_lease_and_the_task_moves_to_the_next_h
     assert farm.builders[heir].builds == 1 and not result.cache_hit  # a cold cache on the heir
 
 
-def test_a_host_cut_off_past_its_lease_finishes_late_and_its_result_is_dropped():
+def test_a_host_cut_off_past_its_lease_stops_its_build_once_it_sees_the_task_gone():
     farm = Farm()
     home, heir = rank_hosts("shop", list(HOSTS))[:2]
 
@@ -103,9 +103,31 @@ def test_a_host_cut_off_past_its_lease_finishes_late_and_its_result_is_dropped()
 
     result = farm.run(scenario())
     assert (result.host, result.attempt) == (heir, 2)
-    assert farm.agents[home].stats.dropped == 1 and farm.agents[home].stats.built == 0
+    # Healed, its watch of the running task finds the task gone (moved): the build is cancelled, nothing written.
+    assert farm.agents[home].stats.cancelled == 1 and farm.agents[home].stats.built == 0
+    assert farm.agents[home].stats.dropped == 0
     assert farm.keys(RESULTS) == [f"shop@{V1}"] and farm.keys(TASKS) == []
     assert home in farm.keys(AGENTS)  # it joined again under a new lease
+
+
+def test_a_build_cancelled_while_it_runs_stops_at_once_and_writes_nothing():
+    farm = Farm()
+    home = rank_hosts("shop", list(HOSTS))[0]
+
+    async def scenario():
+        await settle(farm)
+        task = await farm.scheduler.submit("shop", V1)
+        await farm.rt.sleep(5)  # compiling on its home host
+        cancelled = await farm.scheduler.cancel(task, reason="superseded")
+        await farm.rt.sleep(1)
+        after = await farm.scheduler.wait(await farm.scheduler.submit("shop", V2), timeout=3600)
+        return cancelled, await farm.scheduler.result("shop", V1), after
+
+    cancelled, result, after = farm.run(scenario())
+    assert cancelled and (result.state, result.host, result.error) == ("cancelled", home, "superseded")
+    assert farm.agents[home].stats.cancelled == 1 and farm.agents[home].stats.built == 1  # only V2 completed
+    assert not any(V1 in image for image in farm.registry.images)  # the cancelled build pushed nothing
+    assert after.state == "done" and farm.keys(TASKS) == []
 
 
 def test_a_failing_step_is_reported_with_its_name():
