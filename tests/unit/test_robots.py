@@ -8,6 +8,8 @@ import hashlib
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from control import image_groups as ig
 from control import members as m
@@ -15,6 +17,7 @@ from control import robots as rb
 from control.activity import ACTIVITY
 from control.auth import Principal
 from control.registry_policy import Caller, parse_scope
+from foundation.ports import KeyValue
 from foundation.ports import control as port
 from sim.adapters.runtime import SimRuntime
 from sim.adapters.store import MemoryStore
@@ -244,3 +247,39 @@ def test_a_group_deleted_while_a_robot_is_created_takes_the_robot_along():
 def test_secrets_follow_the_runtime_seed_in_the_sim():
     first, second = World(seed=7), World(seed=7)
     assert first.create()[1] == second.create()[1]
+
+
+# --------------------------------------------------------------------------- properties: hostile records
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
+                                                                                         max_size=6), max_leaves=20)
+near_good = st.builds(lambda key, value: {**_good("s" * 64), key: value},
+                      st.sampled_from(["secret_sha256", "scope", "actions", "expires", "by", "at", "extra"]),
+                      json_values)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(json_values, near_good).map(lambda v: json.dumps(v).encode()) | st.binary(max_size=200),
+       st.sampled_from(["/platform/robots/evil", "/platform/robots/EVIL", "/platform/robots/", "/other/evil"]))
+def test_decoding_anything_is_a_robot_or_invalid_robot(value, key):
+    try:
+        robot = rb.decode(KeyValue(key, value, 1, 1, 1))
+    except rb.InvalidRobot:
+        return
+    assert robot.actions and set(robot.actions) <= {"pull", "push"}
+    assert robot.scope.kind in ("image_group", "image") and len(robot.secret_sha256) == 64
+    assert json.loads(robot.to_bytes()) == json.loads(value)  # a record that decodes is exactly a good one
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(json_values, st.builds(lambda k, v: {**{"visibility": "public", "by": "ops", "at": 1}, k: v},
+                                        st.sampled_from(["visibility", "by", "at", "x"]), json_values))
+       .map(lambda v: json.dumps(v).encode()) | st.binary(max_size=200))
+def test_decoding_anything_is_an_image_group_or_invalid(value):
+    try:
+        group = ig.decode(KeyValue("/platform/image_groups/grp", value, 1, 1, 1))
+    except ig.InvalidImageGroup:
+        return
+    assert group.visibility in ("public", "private")
+    assert json.loads(group.to_bytes()) == json.loads(value)
