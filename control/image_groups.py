@@ -201,7 +201,8 @@ class ImageGroups:
 
     async def create(self, who: Principal, group: Any, *, public: bool = False, request_id: str) -> GroupView:
         """A new group, private unless ``public``; its creator becomes its Owner. AlreadyExists when the group
-        has a record (or memberships left over)."""
+        has a record, or has memberships without one (given by an admin) and the caller is neither an admin
+        nor an Owner among them: nobody takes over a name others already hold roles on."""
         check_request_id(request_id)
         group = check_group(group)
         if not isinstance(public, bool):
@@ -209,9 +210,17 @@ class ImageGroups:
         resource = group_resource(group)
         found = await load_memberships(self.store, resource)
         authorize(who, Action.IMAGE_GROUP_CREATE, resource, found)
+        held = found.direct.get(who.name)
+        if found.direct and not who.is_admin and (held is None or held.role != Role.OWNER):
+            raise AlreadyExists(f"image group {group} already exists")
         now = self.runtime.wall_time()
         shown: Visibility = "public" if public else "private"
-        compares, puts = create_ops(group, who.name, now, shown)
+        record = ImageGroup(group, shown, who.name, now)
+        if held is None:
+            compares, puts = create_ops(group, who.name, now, shown)
+        else:  # an Owner (or admin) already holds a membership: it stays as read
+            compares, puts = [Compare.missing(record.key)], [PutOp(record.key, record.to_bytes())]
+        compares += found.guard(who.name)
         logged = activity_ops(who, Action.IMAGE_GROUP_CREATE, resource, f"create {shown}", now,
                               request_id=request_id)
         result = await self.store.txn([*compares, *logged.compares], [*puts, *logged.ops])
@@ -219,7 +228,8 @@ class ImageGroups:
             raise AlreadyExists(f"image group {group} already exists")
         self.runtime.trace("image_groups.create", group=group, visibility=shown, by=who.name,
                            revision=result.revision)
-        return GroupView(ImageGroup(group, shown, who.name, now, result.revision), Role.OWNER)
+        return GroupView(ImageGroup(group, shown, who.name, now, result.revision),
+                         held.role if held is not None else Role.OWNER)
 
     async def get(self, who: Principal, group: Any) -> GroupView:
         """The group: any user may read a public one; a private one only its members (NotFound for others)."""

@@ -251,3 +251,18 @@ def test_a_membership_removed_between_check_and_write_makes_the_write_retry_and_
     with pytest.raises(m.NotFound):
         world.run(world.groups.set_visibility(ALICE, "grp", "public", request_id=world.rid()))
     assert world.run(ig.visibility(world.store, "grp")) == "private"
+
+
+def test_memberships_without_a_record_are_not_taken_over_by_a_creator():
+    world = World()
+    world.give(m.Resource("image_group", "held"), "bob", "developer")  # an admin gave bob a role; no record
+    world.give(m.Resource("image_group", "owned"), "alice", "owner")
+    assert "already exists" in str(world.refused(m.AlreadyExists, world.groups.create(CAROL, "held",
+                                                                                       request_id=world.rid())))
+    world.refused(m.AlreadyExists, world.groups.create(BOB, "held", request_id=world.rid()))  # not its Owner
+    view = world.run(world.groups.create(ALICE, "owned", public=True, request_id=world.rid()))
+    assert (view.group.visibility, view.role) == ("public", m.Role.OWNER)
+    assert world.run(m.load_memberships(world.store, m.Resource("image_group", "owned"))).owners() == ["alice"]
+    world.run(world.groups.create(ADMIN, "held", request_id=world.rid()))  # an admin may; it becomes an Owner
+    found = world.run(m.load_memberships(world.store, m.Resource("image_group", "held")))
+    assert (found.role_of("bob"), found.role_of("ops")) == (m.Role.DEVELOPER, m.Role.OWNER)
