@@ -144,6 +144,13 @@ class Caller:
     def __post_init__(self) -> None:
         if self.kind not in CALLER_KINDS:
             raise ValueError(f"caller kind {_shown(self.kind)} is not one of {', '.join(CALLER_KINDS)}")
+        if not isinstance(self.name, str):
+            raise ValueError(f"caller name {_shown(self.name)} is not a string")
+        if self.robot_scope is not None and (not isinstance(self.robot_scope, tuple) or len(self.robot_scope) != 2
+                                             or not all(isinstance(p, str) for p in self.robot_scope)):
+            raise ValueError(f"robot_scope {_shown(self.robot_scope)} is not (kind, name)")
+        if not isinstance(self.robot_actions, tuple) or not all(isinstance(a, str) for a in self.robot_actions):
+            raise ValueError(f"robot_actions {_shown(self.robot_actions)} is not a tuple of strings")
 
 
 def in_robot_scope(caller: Caller, repository: str) -> bool:

@@ -201,9 +201,14 @@ def test_a_scope_built_by_hand_is_validated_too(kind, name, actions):
         Scope(kind, name, actions)
 
 
-def test_caller_kinds_are_checked():
+def test_callers_are_checked():
     with pytest.raises(ValueError, match="caller kind"):
         Caller("root")  # type: ignore[arg-type]
+    for bad in (dict(robot_scope=("image_group",)), dict(robot_scope=["image", "g/n"]),
+                dict(robot_scope=("image", 3)), dict(robot_actions=["pull"]), dict(robot_actions=("pull", None)),
+                dict(name=None)):
+        with pytest.raises(ValueError):
+            Caller("robot", **bad)  # type: ignore[arg-type]
     assert all(Caller(k).kind == k for k in ("anonymous", "user", "admin", "robot", "build"))  # type: ignore[arg-type]
 
 
