@@ -33,6 +33,9 @@ bad-version        the platform app's version (``v<N>``, or "next": the first on
                    now and in pods started later (lab/replication.py ``set_errors``) / rate 0.
                    ``latency_factor`` has no lab counterpart (a lab pod answers in about a
                    millisecond: nothing to scale)
+webhook-duplicate  none yet: the lab runs no GitLab pushes (a scenario's ``pushes:``); logged and
+webhook-receiver-  skipped. tests/integration/test_webhook_e2e.py drives the real receiver with
+crash              duplicates and a SIGKILL instead
 =================  ============================================================================
 
 Randomness: ``count``/``percent`` targets are drawn, in schedule order, from the run's
@@ -298,6 +301,11 @@ async def _mend_version(ops: LabOps, broken: Any) -> None:
     await ops.mend_version(broken)
 
 
+async def _no_hooks_in_the_lab(ops: LabOps, fault: FaultSpec, rnd: random.Random) -> None:
+    """The lab sends no GitLab hooks yet (a scenario's ``pushes:`` are the sim's only): nothing to break."""
+    log.warning("%s has no lab counterpart yet (the lab runs no GitLab pushes): skipped", fault.kind)
+
+
 FAULTS: dict[str, LabFault] = {
     "host-crash": LabFault(_crash_hosts, _return_hosts),
     "runtime-death": LabFault(_kill_runtimes, _restore_runtimes),
@@ -309,6 +317,8 @@ FAULTS: dict[str, LabFault] = {
     "pool-exhaustion": LabFault(_exhaust_pool, _give_pool_back),
     "builder-crash": LabFault(_crash_builders, _return_builders),
     "bad-version": LabFault(_break_version, _mend_version),
+    "webhook-duplicate": LabFault(_no_hooks_in_the_lab),  # the sim's only, for now (sim/webhooks.py)
+    "webhook-receiver-crash": LabFault(_no_hooks_in_the_lab),
 }
 
 

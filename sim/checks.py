@@ -16,7 +16,8 @@ It must not change the Region: judging is observation only.
 
 from __future__ import annotations
 
-from collections import defaultdict
+import hashlib
+from collections import Counter, defaultdict
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -25,8 +26,10 @@ from control.activity import ACTIVITY, COUNTS, Recount
 from control.apps import APPS, VERSIONS
 from control.members import MEMBERS
 from control.releases import RELEASES, InvalidRelease, decode_release
+from foundation.logic.build_task import RESULTS, TASKS, Task, TaskError
 from foundation.ports import WatchEvent
 from foundation.ports.workloads import controller_name
+from sim.adapters.builder import PushSeen
 from sim.faults import last_fault_end, occurrences
 from sim.spec import CheckSpec
 
@@ -353,6 +356,66 @@ def _activity_consistent(region: Region, check: CheckSpec) -> CheckResult:
     return activity_verdict(check, region.store.history(), seen.final if seen is not None else None)
 
 
+# ------------------------------------------------------------------ builds on push
+
+
+def one_build_verdict(check: CheckSpec, history: Iterable[WatchEvent], pushes: Sequence[PushSeen],
+                      answered: Mapping[str, str]) -> CheckResult:
+    """one-build-per-commit from the Store's history, the registry's pushes and the hook answers.
+
+    Every build task (``{app}@{commit}``: one repository's commit) is queued once: one put of its
+    record as first queued (attempt 1, ``queued``; an agent's ``running`` and a move's attempt + 1
+    are not queueings); each task a hook delivery answered ``queued`` or ``duplicate`` was queued;
+    at most one result per task; and every push the registry accepted came from the attempt
+    current at that revision (the SHA-256 of its secret is the current task record's, and no
+    result exists yet): never from a superseded attempt (a zombie). Pure: the sim's and the lab's."""
+    queued: Counter[str] = Counter()
+    results: Counter[str] = Counter()
+    timeline: dict[str, list[tuple[int, str | None]]] = defaultdict(list)  # task -> (revision, secret's SHA-256)
+    for event in history:
+        key = event.kv.key
+        if key.startswith(TASKS):
+            task = key.rpartition("/")[2]
+            if event.type != "put":
+                timeline[task].append((event.revision, None))  # moved (its new key follows) or finished
+                continue
+            try:
+                record = Task.from_bytes(event.kv.value)
+            except TaskError:
+                continue
+            if record.attempt == 1 and record.state == "queued":
+                queued[task] += 1
+            secret = hashlib.sha256(record.push_secret.encode()).hexdigest() if record.push_secret else None
+            timeline[task].append((event.revision, secret))
+        elif key.startswith(RESULTS) and event.type == "put":
+            task = key.removeprefix(RESULTS)
+            results[task] += 1
+            timeline[task].append((event.revision, None))
+    problems = [f"{task} queued {n} times" for task, n in sorted(queued.items()) if n > 1]
+    problems += [f"{task} answered {outcome} but never queued" for task, outcome in sorted(answered.items())
+                 if not queued[task]]
+    problems += [f"{task} has {n} results" for task, n in sorted(results.items()) if n > 1]
+    accepted = [p for p in pushes if p.accepted]
+    for push in accepted:
+        task = push.user.removeprefix("build$")
+        then = [secret for revision, secret in timeline.get(task, []) if revision <= push.revision]
+        if not then or then[-1] is None or then[-1] != push.secret_sha256:
+            problems.append(f"a push to {push.repository}:{push.tag[:12]} at t={push.at:g} came from a superseded "
+                            f"attempt of {task}")
+    refused = sum(1 for p in pushes if not p.accepted)
+    detail = (f"{len(queued)} build(s) queued, {sum(results.values())} result(s); {len(accepted)} push(es) accepted, "
+              f"{refused} refused (attempts superseded or cancelled: fenced off); {len(answered)} commit(s) "
+              "acknowledged to GitLab")
+    if problems:
+        detail += f"; {len(problems)} violation(s), first: {problems[0]}"
+    return CheckResult(check.kind, not problems, detail)
+
+
+def _one_build_per_commit(region: Region, check: CheckSpec) -> CheckResult:
+    answered = region.webhooks.answered if region.webhooks is not None else {}
+    return one_build_verdict(check, region.store.history(), region.farm.registry.pushes, answered)
+
+
 CHECKS: dict[str, Check] = {
     "no-duplicate-address": Check(judge=_no_duplicate_address),
     "domains-keep-serving": Check(judge=_domains_keep_serving),
@@ -365,6 +428,7 @@ CHECKS: dict[str, Check] = {
     "release-completed": Check(judge=_release_completed),
     "no-orphan-versions": Check(judge=_no_orphan_versions),
     "activity-consistent": Check(judge=_activity_consistent),
+    "one-build-per-commit": Check(judge=_one_build_per_commit),
 }
 
 

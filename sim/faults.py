@@ -17,6 +17,8 @@ takes every free address of the pool but ``free``, and gives them back at the en
 ``bad-version`` makes a platform app's version (``version``, or "next": the first one
 deployed after the fault begins) answer ``error_rate`` of its requests with 5xx, and
 ``latency_factor`` times slower, until its end (``sim.traffic.BadVersion``).
+``webhook-duplicate`` and ``webhook-receiver-crash`` switch GitLab's duplicates and the hook
+receiver's deaths on and off in ``sim.webhooks.Webhooks`` (a Region with pushes).
 It must not know the checks or the report, nor import real adapters.
 """
 
@@ -265,6 +267,26 @@ async def _mend_version(region: Region, bad: BadVersion) -> None:
     region.traffic.clear_bad(bad)
 
 
+async def _duplicate_hooks(region: Region, fault: FaultSpec) -> Any:
+    if region.webhooks is None:  # no pushes: no hook to duplicate (the parser refuses such a scenario)
+        return None
+    return region.webhooks.duplicate(select(region, fault), fault.deliveries)
+
+
+async def _single_hooks(region: Region, dup: Any) -> None:
+    if region.webhooks is not None and dup is not None:
+        region.webhooks.stop_duplicating(dup)
+
+
+async def _crash_receiver(region: Region, fault: FaultSpec) -> Any:
+    return region.webhooks.crash_receiver(fault) if region.webhooks is not None else None
+
+
+async def _restart_receiver(region: Region, crash: Any) -> None:
+    if region.webhooks is not None and crash is not None:
+        region.webhooks.mend_receiver(crash)
+
+
 FAULTS: dict[str, Fault] = {
     "host-crash": Fault(_crash_hosts, _return_hosts),
     "runtime-death": Fault(_kill_runtimes, _restore_runtimes),
@@ -276,6 +298,8 @@ FAULTS: dict[str, Fault] = {
     "pool-exhaustion": Fault(_exhaust_pool, _give_pool_back),
     "builder-crash": Fault(_crash_builders, _return_builders),
     "bad-version": Fault(_break_version, _mend_version),
+    "webhook-duplicate": Fault(_duplicate_hooks, _single_hooks),  # sim/webhooks.py
+    "webhook-receiver-crash": Fault(_crash_receiver, _restart_receiver),
 }
 
 

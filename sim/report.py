@@ -42,6 +42,7 @@ def report(region: Region) -> dict[str, Any]:
             "reloads_max_per_host": max((h.proxy.reload_count for h in hosts), default=0),
             "discovery_pushes": region.discovery.stats.pushes,
             **region.farm.metrics(),
+            **(region.webhooks.metrics() if region.webhooks is not None else {}),
         },
         "counts": {
             "cells": len(region.cells), "nodes": len(region.nodes), "nginx_hosts": len(region.hosts),

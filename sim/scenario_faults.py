@@ -20,11 +20,13 @@ from sim.scenario_errors import MAX_VALUES, field_name, show, some
 from sim.scenario_fields import Fields
 from sim.spec import (
     CHECK_KINDS,
+    CRASH_POINTS,
     FAULT_KINDS,
     FAULT_PARAMS,
     FAULT_TARGETS,
     MAX_CHANGES,
     MAX_CHECKS,
+    MAX_DELIVERIES,
     MAX_FACTOR,
     MAX_FAULTS,
     MAX_LIMIT,
@@ -43,6 +45,8 @@ from sim.targets import TargetIndex
 
 
 class FaultFields(Fields):
+    pushes_given: bool = False  # the file has pushes (sim/scenario_pushes.py, read before the faults)
+
     def faults(self, node: Node, duration: float, cells: tuple[CellSpec, ...], groups: tuple[GroupSpec, ...],
                apps: tuple[AppSpec, ...]) -> tuple[FaultSpec, ...]:
         out = []
@@ -55,7 +59,7 @@ class FaultFields(Fields):
     def fault(self, node: Node, f: str, duration: float, cells: tuple[CellSpec, ...], groups: tuple[GroupSpec, ...],
               apps: tuple[AppSpec, ...], pools: dict[str, PoolSpec]) -> FaultSpec:
         keys = {"kind", "at", "duration", "target", "every", "factor", "changes", "free", "pool", "group", "app",
-                "version", "error_rate", "latency_factor"}
+                "version", "error_rate", "latency_factor", "deliveries", "crash_point", "redeliver_after"}
         m = self.mapping(node, f, keys, required=("kind", "at"))
         kind = self.string(m["kind"], f"{f}.kind")
         if kind not in FAULT_KINDS:
@@ -103,12 +107,37 @@ class FaultFields(Fields):
                                  "pool-exhaustion selects its pool with `pool`, not a target")
         if kind == "bad-version":
             kwargs.update(self.bad_version(node, m, f, apps))
+        if kind in ("webhook-duplicate", "webhook-receiver-crash"):
+            kwargs.update(self.webhook_fault(m, f, kind))
         if kind == "builder-crash" and not self.build_hosts:
             raise self.error(m["kind"], f"{f}.kind", "builder-crash needs build hosts (topology.build_hosts)")
         if "target" in m:
             kwargs["target"] = self.selector(m["target"], f"{f}.target", kind, kwargs.get("group", ""))
         # kwargs holds the fields this kind takes, each checked above: mypy sees one value type for them all
         return FaultSpec(kind=kind, at=at, line=node.start_mark.line + 1, **kwargs)  # type: ignore[arg-type]
+
+    def webhook_fault(self, m: dict[str, Node], f: str, kind: str) -> dict[str, Any]:
+        """A webhook fault's own fields; both kinds need the ``pushes:`` block (there is no hook without a push)."""
+        if not self.pushes_given:
+            raise self.error(m["kind"], f"{f}.kind", f"{kind} needs pushes (the `pushes:` block): no hook is sent "
+                                                     "without one")
+        out: dict[str, Any] = {}
+        if "deliveries" in m:
+            out["deliveries"] = self.integer(m["deliveries"], f"{f}.deliveries", low=2, high=MAX_DELIVERIES)
+        if kind == "webhook-receiver-crash":
+            if "target" in m:
+                raise self.error(m["target"], f"{f}.target", "webhook-receiver-crash crashes the one hook receiver: "
+                                                             "no target")
+            if "crash_point" in m:
+                point = self.string(m["crash_point"], f"{f}.crash_point")
+                if point not in CRASH_POINTS:
+                    raise self.error(m["crash_point"], f"{f}.crash_point",
+                                     f"{show(point)} is not one of {', '.join(CRASH_POINTS)}")
+                out["crash_point"] = point
+            if "redeliver_after" in m:
+                out["redeliver_after"] = self.number(m["redeliver_after"], f"{f}.redeliver_after", positive=True,
+                                                     high=MAX_SECONDS)
+        return out
 
     def bad_version(self, node: Node, m: dict[str, Node], f: str, apps: tuple[AppSpec, ...]) -> dict[str, Any]:
         """A bad-version fault's own fields: a platform app, its version ("next" or v<N>), the error rate."""
@@ -190,8 +219,8 @@ class FaultFields(Fields):
             if kind not in CHECK_KINDS:
                 raise self.error(m["kind"], f"{f}.kind",
                                  f"unknown check kind {show(kind)} (kinds: {', '.join(CHECK_KINDS)})")
-            if kind == "builds-finish" and not self.build_hosts:
-                raise self.error(m["kind"], f"{f}.kind", "builds-finish needs build hosts (topology.build_hosts)")
+            if kind in ("builds-finish", "one-build-per-commit") and not self.build_hosts:
+                raise self.error(m["kind"], f"{f}.kind", f"{kind} needs build hosts (topology.build_hosts)")
             kwargs: dict[str, float] = {}
             if "within" in m:
                 kwargs["within"] = self.number(m["within"], f"{f}.within", low=0, high=MAX_SECONDS)

@@ -103,10 +103,14 @@ def lab_scaled(spec: RegionSpec) -> RegionSpec:
     checks = tuple(replace(c, within=c.within * s) for c in spec.checks)
     releases = tuple(replace(r, at=r.at * s, bake_seconds=r.bake_seconds * s, check_seconds=r.check_seconds * s)
                      for r in spec.releases)
+    kept = {a.name for a in apps}
+    pushes = tuple(replace(p, at=p.at * s, every=None if p.every is None else p.every * s)
+                   for p in spec.pushes if p.app in kept)
+    faults = tuple(replace(f, redeliver_after=f.redeliver_after * s) for f in faults)
     churn = replace(spec.churn, deploys_per_hour=spec.churn.deploys_per_hour / s,
                     scale_events_per_hour=spec.churn.scale_events_per_hour / s)
     return replace(spec, duration=spec.duration * s, cells=tuple(cells), groups=groups, apps=tuple(apps),
-                   faults=faults, checks=checks, releases=releases, churn=churn,
+                   faults=faults, checks=checks, releases=releases, pushes=pushes, churn=churn,
                    leak_check_every=spec.leak_check_every * s, traffic_every=spec.traffic_every * s,
                    leak_grace=spec.leak_grace * s, cooldown=spec.cooldown * s,
                    build_hosts=_cap(spec.build_hosts, lab.build_hosts),
@@ -125,6 +129,12 @@ def check_scaled(spec: RegionSpec) -> None:
 
     if not scaled.apps and spec.apps:
         raise error("lab", "the scaled scenario keeps no app")
+    for push in scaled.pushes:
+        if push.every is not None and push.every < MIN_EVERY:
+            raise error("lab.time_scale", f"scales the period of the push at line {push.line} to {push.every:g} s, "
+                                          f"below the {MIN_EVERY:g} s a repeated push may have")
+    if scaled.pushes and not scaled.build_hosts:
+        raise error("lab.build_hosts", "the scenario pushes commits and the scaled scenario has no build host")
     for i, fault in enumerate(scaled.faults):
         where = f"faults[{i}] (line {fault.line})"
         if fault.every is not None and fault.every < MIN_EVERY:

@@ -23,6 +23,7 @@ from sim.scenario_errors import MAX_DOMAIN_CHARS, MAX_SCALAR_CHARS, NAME, show, 
 from sim.scenario_faults import FaultFields
 from sim.scenario_lab import LabFields, check_scaled
 from sim.scenario_platform import PlatformFields
+from sim.scenario_pushes import PushFields
 from sim.spec import (
     MAX_APPS,
     MAX_BUILD_HOSTS,
@@ -56,7 +57,7 @@ def default_name(file: str) -> str:
 
 
 
-class Parser(FaultFields, CostFields, LabFields, PlatformFields):
+class Parser(FaultFields, CostFields, LabFields, PlatformFields, PushFields):
     def __init__(self, file: str, costs: CostsFile | None = None) -> None:
         super().__init__(file)
         self.base_costs = costs or CostsFile()  # the cost models this scenario runs with (sim/scenario_costs.py)
@@ -64,7 +65,7 @@ class Parser(FaultFields, CostFields, LabFields, PlatformFields):
     # ---- the document
     def region(self, root: Node) -> RegionSpec:
         keys = {"name", "seed", "duration", "topology", "workload", "faults", "checks", "etcd_latency", "cooldown",
-                "leak_check_every", "leak_grace", "description", "costs", "lab", "platform"}
+                "leak_check_every", "leak_grace", "description", "costs", "lab", "platform", "pushes"}
         m = self.mapping(root, "", keys, required=("seed", "duration", "topology"))
         seed = self.integer(m["seed"], "seed", low=0, high=MAX_SEED)
         duration = self.number(m["duration"], "duration", positive=True, high=MAX_SECONDS)
@@ -79,6 +80,7 @@ class Parser(FaultFields, CostFields, LabFields, PlatformFields):
             self.string(m["description"], "description", empty=True, limit=MAX_SCALAR_CHARS, control=True)
         cells, groups = self.topology(m["topology"])
         apps, churn = self.workload(m["workload"], cells, groups) if "workload" in m else ((), ChurnSpec())
+        pushes = self.pushes(m["pushes"], duration, apps) if "pushes" in m else ()  # before faults: webhook kinds
         faults = self.faults(m["faults"], duration, cells, groups, apps) if "faults" in m else ()
         checks = self.checks(m["checks"]) if "checks" in m else ()
         releases = self.platform(m["platform"], duration, apps) if "platform" in m else ()
@@ -97,7 +99,8 @@ class Parser(FaultFields, CostFields, LabFields, PlatformFields):
         lab_costs = apply_overrides(costs, self.base_costs.lab_overrides) if self.base_costs.lab_overrides else None
         lab = self.lab_block(m["lab"]) if "lab" in m else None
         spec = RegionSpec(name=name, seed=seed, duration=duration, cells=cells, groups=groups, apps=apps,
-                          faults=faults, checks=checks, releases=releases, churn=churn, build_hosts=self.build_hosts,
+                          faults=faults, checks=checks, releases=releases, pushes=pushes, churn=churn,
+                          build_hosts=self.build_hosts,
                           source=self.file, costs=costs, lab=lab, lab_costs=lab_costs,
                           traffic_every=self.platform_traffic_every(apps), **optional)
         check_scaled(spec)  # a `lab:` block must leave a scenario the world can run as written

@@ -59,6 +59,9 @@ MAX_RELEASES = 100  # the platform block's gray releases
 MAX_STEPS = 16  # a release's steps
 MAX_PLATFORM_APPS = 64  # apps deployed through the platform (each is a few etcd records and a release loop)
 MAX_LIMIT = 1e12  # the bound of a max-* check
+MAX_PUSHES = 1000  # the `pushes:` block's entries (each may repeat `every` seconds)
+MAX_DELIVERIES = 100  # webhook-duplicate: deliveries of one Push Hook
+CRASH_POINTS = ("before-txn", "after-txn", "either")  # webhook-receiver-crash: where the receiver dies
 
 FaultKind = Literal[
     "host-crash",  # hosts die: their pods die with them, no CNI DEL (leaked addresses); optional return
@@ -71,6 +74,9 @@ FaultKind = Literal[
     "pool-exhaustion",  # a pool is shrunk to `free` remaining addresses (others taken by a squatter)
     "builder-crash",  # build hosts die (mid-build): their leases expire, their tasks move to other hosts
     "bad-version",  # a platform app's version answers `error_rate` of its requests with 5xx (x latency_factor slower)
+    "webhook-duplicate",  # GitLab delivers each Push Hook of the selected apps `deliveries` times (sim/webhooks.py)
+    "webhook-receiver-crash",  # the hook receiver dies before its etcd txn or after it, before answering; GitLab
+    #                            redelivers after `redeliver_after` s
 ]
 
 
@@ -147,6 +153,9 @@ class FaultSpec:
     version: str = "next"  # bad-version: "v<N>", or "next": the first version deployed after the fault begins
     error_rate: float = 0.0  # bad-version: share of that version's requests answered 5xx (0..1)
     latency_factor: float = 1.0  # bad-version: its requests take this many times as long
+    deliveries: int = 2  # webhook-duplicate: how many times each Push Hook is delivered
+    crash_point: str = "either"  # webhook-receiver-crash: "before-txn" | "after-txn" | "either" (drawn per delivery)
+    redeliver_after: float = 10.0  # webhook-receiver-crash: GitLab's delay before it delivers an unanswered hook again
     line: int = 0  # where it stands in the scenario file, for messages
 
 
@@ -170,6 +179,7 @@ CheckKind = Literal[
     "no-orphan-versions",  # at the end, every Cell's controllers of a platform app == its active version records
     "activity-consistent",  # platform changes: 0 without an activity record, 0 records without one; counts recount
     "release-completed",  # every gray release completed (paused, not reverted, while a Cell was cut off); old gone
+    "one-build-per-commit",  # every (repo, commit) queued once, at most one result, no push from a superseded attempt
 ]
 
 
@@ -192,6 +202,18 @@ class ReleaseSpec:
     max_latency_ratio: float = 2.0
     bad_checks: int = 2
     min_requests: int = 10
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class PushSpec:
+    """Commits pushed to an app's branch (the ``pushes:`` block): at ``at`` (and every ``every`` seconds), GitLab
+    sends a Push Hook of a new commit to the control service's receiver, bound to (the app's project, ``branch``)."""
+
+    app: str
+    at: float
+    branch: str = "main"
+    every: float | None = None
     line: int = 0
 
 
@@ -283,6 +305,7 @@ class RegionSpec:
     faults: tuple[FaultSpec, ...] = ()
     checks: tuple[CheckSpec, ...] = ()
     releases: tuple[ReleaseSpec, ...] = ()  # the ``platform:`` block's gray releases, by time
+    pushes: tuple[PushSpec, ...] = ()  # the ``pushes:`` block: commits pushed to apps' branches (GitLab hooks)
     traffic_every: float = 0.0  # SLB agents' per-version traffic records, seconds apart (0: none; platform: 5)
     churn: ChurnSpec = field(default_factory=ChurnSpec)
     etcd_latency: float = 0.002  # round trip, seconds
@@ -312,6 +335,8 @@ FAULT_TARGETS: dict[str, str] = {
     "pool-exhaustion": "none",
     "builder-crash": "build hosts",
     "bad-version": "none",  # its `app` names the platform app
+    "webhook-duplicate": "apps",  # whose Push Hooks are delivered `deliveries` times
+    "webhook-receiver-crash": "none",  # the control service's one hook receiver
 }
 
 # The kind-specific parameters of a fault, and the kinds that take each (the validator refuses them elsewhere).
@@ -325,6 +350,9 @@ FAULT_PARAMS: dict[str, tuple[str, ...]] = {
     "version": ("bad-version",),
     "error_rate": ("bad-version",),
     "latency_factor": ("bad-version",),
+    "deliveries": ("webhook-duplicate",),
+    "crash_point": ("webhook-receiver-crash",),
+    "redeliver_after": ("webhook-receiver-crash",),
 }
 
 CONTROL_CLIENTS = ("slb-core", "discovery", "cnictl")  # the control plane's own etcd clients

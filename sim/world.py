@@ -17,6 +17,8 @@ one ``Discovery`` follows every Cell's endpoints. The parts around them, one mod
 * sim/checks.py — the check table (name -> verdict) and the liveness probes;
 * sim/report.py — the report;
 * sim/audit.py — the duplicate-address audit; sim/farm.py — the build farm;
+* sim/webhooks.py — GitLab's pushes and Push Hooks, the control service's hook receiver
+  (``control.webhooks``) in-process (only when the spec has ``pushes``);
 * sim/platform.py — the platform's apps (``platform: true``), deployed through
   ``control.apps`` and released by ``control.releases`` (only when the spec has such apps).
 
@@ -62,6 +64,7 @@ from sim.report import report, report_json
 from sim.spec import AppSpec, RegionSpec, nginx_host_name
 from sim.topology import ADMIN, Cell, IpamFactory, NginxHost, Node, build_cell, default_ipam
 from sim.traffic import Traffic
+from sim.webhooks import Webhooks
 
 __all__ = ["Region", "report_json", "run_region"]
 
@@ -123,6 +126,9 @@ class Region:
         self.platform = Platform(runtime, self.store, self.client, self.cells, self.kube, self.traffic, self.apps,
                                  self.domains, spec.releases, spec.duration) if any(a.platform for a in spec.apps) \
             else None
+        # Only a Region with pushes has GitLab and the hook receiver (its etcd client, its draws).
+        self.webhooks = Webhooks(runtime, spec.seed, spec.pushes, self.client("webhook-receiver"), self.farm,
+                                 spec.duration) if spec.pushes else None
         self.churn = Churn(runtime, self.kube, self.farm, tick=tick, seed=spec.seed)
         self.cron = LeakCron(runtime, self.cnictl, RegionCluster([c.cluster for c in self.cells.values()]),
                              self.metrics, every=spec.leak_check_every, grace=spec.leak_grace,
@@ -204,6 +210,8 @@ class Region:
             rt.spawn(self.churn.run(churn.scale_events_per_hour, self.churn.scale, "scale"), name="region/churn-scale")
         if self.platform is not None:
             self.platform.start()
+        if self.webhooks is not None:
+            self.webhooks.start()
         for i, fault in enumerate(self.spec.faults):
             rt.spawn(run_fault(self, fault), name=f"region/fault-{i}-{fault.kind}")
         for deadline in liveness_deadlines(self):
