@@ -8,7 +8,8 @@ agent compiling it is frozen past its lease TTL, the scheduler's reassigner move
 (attempt 2, a fresh push secret), which builds and pushes. Then:
 
 * the frozen agent's credentials (attempt 1's secret, read from the task record before the move: exactly what
-  the zombie holds) get 401 from ``/token``, and ``skopeo`` pushing with them is refused by the registry;
+  the zombie holds) get 401 from ``/token``, ``skopeo`` pushing with them is refused by the registry, and so
+  is the agent's own push path (``BuildahBuilder``: the credentials in its authfile, ``buildah push``);
 * the zombie is resumed (SIGCONT): whatever it does (its watch sees the task gone and cancels the build, or it
   reaches its push and is refused), the tag still holds the attempt-2 image, the registry has that one tag,
   and exactly one result exists (attempt 2, the other host). In practice the agent's watch of its running task
@@ -42,8 +43,10 @@ from control.auth import TokenTable
 from control.builds import BuildScheduler
 from control.registry_tokens import SigningKey
 from foundation.adapters.asyncio_runtime import AsyncioRuntime
+from foundation.adapters.buildah_builder import BuildahBuilder, BuildahConfig
 from foundation.logic.build_task import BUILD, RESULTS, Result, Task, image_repository, rank_hosts, task_key
 from foundation.ports import DeleteOp
+from foundation.ports.builder import BuildFailed, BuildRequest
 from lab.nginx import free_port
 from lab.processes import stop_child
 from lab.registry import RegistryAuth, running_registry
@@ -267,6 +270,15 @@ def test_an_agent_frozen_past_its_lease_cannot_push_after_its_task_moved(fenced_
                              f"docker://{gate}/{repository}:{commit}"], capture_output=True, text=True, timeout=120)
     assert pushed.returncode != 0
     assert "401" in pushed.stderr or "unauthorized" in pushed.stderr.lower(), pushed.stderr
+    # The zombie's own push path (BuildahBuilder: the authfile, buildah push) with its credentials: refused.
+    zombie = BuildahBuilder(BuildahConfig("zombie", tmp_path / "repos", tmp_path / "zombie", gate,
+                                          storage=tmp_path / "zombie-storage"))
+    with pytest.raises(BuildFailed) as refused:
+        asyncio.run(zombie.build(BuildRequest("shop", "shop", commit, f"build${task_id}", first.push_secret),
+                                 lambda _: None))
+    assert refused.value.step == "push", refused.value
+    assert "unauthorized" in str(refused.value).lower() or "401" in str(refused.value), refused.value
+    assert not list((tmp_path / "zombie").glob("**/auth.json"))  # the authfile lives outside the workdir, and went
 
     # Resume the zombie: it must not change the tag nor write a second result.
     with_signal(procs[home], signal.SIGCONT)
