@@ -24,8 +24,11 @@ from typing import TYPE_CHECKING
 
 from control.activity import ACTIVITY, COUNTS, Recount
 from control.apps import APPS, VERSIONS
+from control.image_groups import IMAGE_GROUPS
 from control.members import MEMBERS
 from control.releases import RELEASES, InvalidRelease, decode_release
+from control.robots import ROBOTS
+from control.webhooks import HOOKS
 from foundation.logic.build_task import RESULTS, TASKS, Task, TaskError
 from foundation.ports import WatchEvent
 from foundation.ports.workloads import controller_name
@@ -298,10 +301,11 @@ def _no_orphan_versions(region: Region, check: CheckSpec) -> CheckResult:
 
 def activity_violations(history: Iterable[WatchEvent]) -> tuple[list[str], int]:
     """Revision by revision: a platform change without exactly one activity record and one count, or a
-    record without a change; and the number of records. A change is a put of an app, version or
-    membership record, or of a release record whose state or step changed; a deletion the reconciler
-    completes (apps, versions, memberships) carries no record and is none, a user's deletion carries
-    its record. The sim's and the lab's one verdict."""
+    record without a change; and the number of records. A change is a put of an app, version,
+    membership, hook binding, image group or robot record, or of a release record whose state or step
+    changed; a deletion the reconciler completes (apps, versions, memberships) carries no record and is
+    none, a user's deletion (an unbind, a robot revoked too) carries its record. The sim's and the lab's
+    one verdict."""
     by_revision: dict[int, list[WatchEvent]] = defaultdict(list)
     for event in history:
         by_revision[event.revision].append(event)
@@ -311,7 +315,7 @@ def activity_violations(history: Iterable[WatchEvent]) -> tuple[list[str], int]:
         changed = deleted = 0
         for e in events:
             key = e.kv.key
-            if key.startswith((APPS, VERSIONS, MEMBERS)):
+            if key.startswith((APPS, VERSIONS, MEMBERS, HOOKS, IMAGE_GROUPS, ROBOTS)):
                 if e.type == "put":
                     changed += 1
                 else:

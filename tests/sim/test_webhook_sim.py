@@ -39,7 +39,8 @@ def test_the_shipped_storm_builds_every_commit_once():
     spec = load_scenario(SCENARIO).spec
     region = Region(spec, SimRuntime(spec.seed))
     verdicts = run(region)
-    assert verdicts == {"one-build-per-commit": True, "builds-finish": True, "no-duplicate-address": True}
+    assert verdicts == {"one-build-per-commit": True, "builds-finish": True, "no-duplicate-address": True,
+                        "activity-consistent": True}  # the hook bindings carry their activity records
     hooks = region.webhooks
     assert hooks is not None
     metrics = hooks.metrics()
