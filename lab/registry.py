@@ -109,3 +109,25 @@ def running_registry(auth: RegistryAuth | None = None) -> Iterator[Registry]:
         stop_child(process)
         log.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+MATRIX_START = "<!-- registry matrix:"
+MATRIX_END = "<!-- end of the registry matrix -->"
+
+
+def read_matrix(text: str) -> dict[tuple[str, str, str], int]:
+    """docs/registry.md's matrix: (caller, "public" | "private", action) -> the HTTP status the registry answers.
+    The tests read it from the docs so the documented table is the tested one."""
+    start = text.index(MATRIX_START)
+    rows = [line for line in text[start:text.index(MATRIX_END, start)].splitlines() if line.startswith("|")]
+    head = [cell.strip() for cell in rows[0].strip("|").split("|")]
+    columns = []
+    for cell in head[1:]:
+        action, _, rest = cell.partition(" (")
+        columns.append((rest.rstrip(")"), action))
+    matrix: dict[tuple[str, str, str], int] = {}
+    for row in rows[2:]:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        for (visibility, action), status in zip(columns, cells[1:], strict=True):
+            matrix[(cells[0], visibility, action)] = int(status)
+    return matrix

@@ -183,3 +183,23 @@ def test_basic_credentials() -> None:
     for bad in (basic("nopassword"), basic(":pw"), basic("user:"), "Bearer abc", "Basic !!!", "Basic",
                 "Basic " + base64.b64encode(b"\xff:\xfe").decode(), basic("a:" + "b" * 5000)):
         assert basic_credentials(bad) is None, bad
+
+
+def test_documented_matrix_is_the_policy() -> None:
+    """docs/registry.md's HTTP matrix (what the e2e test runs through the real registry) says what
+    control.registry_policy.granted grants: 2xx exactly where the action is granted, 401 elsewhere."""
+    from pathlib import Path
+
+    from control.members import Role
+    from control.registry_policy import Caller, Scope, granted
+    from lab.registry import read_matrix
+
+    matrix = read_matrix((Path(__file__).resolve().parents[2] / "docs" / "registry.md").read_text())
+    success = {"pull": 200, "push": 201, "delete": 202}
+    callers = {"anonymous": (Caller("anonymous"), None), "admin": (Caller("admin", "ops"), None),
+               **{str(r): (Caller("user", "u"), r) for r in Role}}
+    assert {c for c, _, _ in matrix} == set(callers)
+    for (name, visibility, action), status in matrix.items():
+        caller, role = callers[name]
+        allowed = granted(caller, Scope("repository", "grp/web", (action,)), visibility=visibility, role=role)
+        assert status == (success[action] if allowed else 401), (name, visibility, action, status)
