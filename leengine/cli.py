@@ -12,6 +12,7 @@ Subcommands:
   leengine compare SIM LAB   hold a sim run against a lab run (leengine/compare_cmd.py)
   leengine install-cni DIR   install the leengine-cni plugin into a CNI bin directory (e.g. /opt/cni/bin)
   leengine app ...           apps, versions, members, activity on the control service (leengine/app_cmd.py)
+  leengine image-group ...   image groups (public/private); leengine robot ...: robot accounts (leengine/image_cmd.py)
 
 Every error a user can cause or meet (bad option, etcd unreachable) ends as one
 readable line on stderr, never a traceback; exit 1 for a failure, 2 for bad input
@@ -54,6 +55,7 @@ from leengine.etcd_options import (
     EtcdTimeoutOpt,
     check_timeout,
 )
+from leengine.image_cmd import image_group_app, robot_app
 from leengine.lab_cmd import lab_app
 from leengine.registry_gate import registry_gate_command
 from leengine.sweep_cmd import shrink_command, sweep_command
@@ -66,6 +68,8 @@ sim_app = typer.Typer(no_args_is_help=True, help="Replay scenario files on the s
 app.add_typer(sim_app, name="sim")
 app.add_typer(lab_app, name="lab")
 app.add_typer(app_app, name="app")  # leengine/app_cmd.py: the platform's apps, members, activity
+app.add_typer(image_group_app, name="image-group")  # leengine/image_cmd.py: public/private image groups
+app.add_typer(robot_app, name="robot")  # leengine/image_cmd.py: robot accounts of the registry
 app.command("compare")(compare_command)  # leengine/compare_cmd.py: sim report vs lab report
 app.command("registry-gate")(registry_gate_command)  # leengine/registry_gate.py: immutable tags
 sim_app.command("sweep")(sweep_command)  # leengine/sweep_cmd.py: many seeds on Dask, failures grouped
