@@ -22,10 +22,11 @@ Guarantees:
   redelivery of the same push: it finds the head already naming its commit and does the
   remaining steps;
 * **a stale push does not move the head back**: a late delivery of the push the head's own
-  push came after (its commit is the head's ``before``) is ``ignored``; so is a delivery of
-  a commit already queued or built (``duplicate``: the head stays). GitLab does not order
-  deliveries, so a push two or more steps older that was never delivered before would
-  still be queued (and cancel the newer build): documented in docs/webhooks.md;
+  push came after (its commit is the head's ``before``) is queued and cancelled at once
+  (every pushed commit ends with one task claim and one result, ``cancelled`` here), and a
+  delivery of a commit already queued or built is a ``duplicate``: the head stays. GitLab
+  does not order deliveries, so a push two or more steps older that was never delivered
+  before would still be queued (and cancel the newer build): documented in docs/webhooks.md;
 * **bad input writes nothing**: every check (size, content type, JSON shape, project,
   secret, event, branch, commit id) is made before the first write; each refusal is a
   ``DeliveryError`` carrying its HTTP status (400, 401, 404, 413, 415; 503 without build
@@ -512,8 +513,14 @@ class Hooks:
                 outcome: Outcome = "duplicate" if claim is not None else "queued"
                 previous = head.previous
             elif head is not None and head.before == commit:
-                return Delivery("duplicate" if claim else "ignored", task,
-                                reason=f"superseded by {head.commit[:12]}, queued since")
+                # Superseded before it was delivered (or before its delivery finished): queued for the record
+                # and cancelled at once, so that every pushed commit has its one task and its one result.
+                if claim is None:
+                    await self.queue.submit(app, commit, repo=binding.repo)
+                reason = f"superseded by {head.commit} on {binding.branch}"
+                gone = (task,) if await self.queue.cancel(task, reason=reason) else ()
+                self.runtime.trace("hook-superseded", app=app, task=task, cancelled=len(gone))
+                return Delivery("duplicate" if claim is not None else "queued", task, gone, reason)
             elif claim is not None:
                 return Delivery("duplicate", task, reason="this commit was queued or built already")
             else:

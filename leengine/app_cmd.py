@@ -478,6 +478,51 @@ def revert(
            render_release, json_output)
 
 
+# --------------------------------------------------------------------------- builds on push
+
+
+def render_hook(reply: Any) -> str:
+    b = reply.binding
+    return "\n".join([
+        f"bound GitLab project {b.project}, branch {b.branch} to app {b.app} (by {b.by}, revision {b.revision})",
+        "In GitLab: Settings > Webhooks > Add new webhook:",
+        f"  URL:           {reply.url}",
+        f"  Secret token:  {reply.secret}",
+        f"  Trigger:       Push events, branch filter: {b.branch}",
+        "The secret is shown this once (the service keeps only its SHA-256); `leengine app hook` again rotates it.",
+    ])
+
+
+@app_app.command("hook")
+def hook(
+    app: Annotated[str, typer.Argument(help="the app whose builds the pushes start")],
+    project: Annotated[str, typer.Option(help="the GitLab project, path_with_namespace (e.g. team/shop)")],
+    branch: Annotated[str, typer.Option(help="the branch whose pushes build")] = "main",
+    control: ControlOpt = DEFAULT_CONTROL, token_file: TokenFileOpt = None, control_ca: CaOpt = None,
+    plaintext: PlaintextOpt = False, timeout: TimeoutOpt = 60.0, json_output: JsonOpt = False,
+    request: RequestIdOpt = "",
+) -> None:
+    """Bind a GitLab project's branch to the app: prints the webhook's URL and its secret (once)."""
+    connection = connect(control, token_file, control_ca, plaintext, timeout)
+    _print(call(connection, "BindRepository", pb.BindRepositoryRequest(
+        app=app, project=project, branch=branch, request_id=request_id(request))), render_hook, json_output)
+
+
+@app_app.command("unhook")
+def unhook(
+    app: Annotated[str, typer.Argument(help="the app")],
+    project: Annotated[str, typer.Option(help="the GitLab project bound to it")],
+    control: ControlOpt = DEFAULT_CONTROL, token_file: TokenFileOpt = None, control_ca: CaOpt = None,
+    plaintext: PlaintextOpt = False, timeout: TimeoutOpt = 60.0, json_output: JsonOpt = False,
+    request: RequestIdOpt = "",
+) -> None:
+    """Unbind the project: its pushes build nothing any more (GitLab's deliveries get 404)."""
+    connection = connect(control, token_file, control_ca, plaintext, timeout)
+    _print(call(connection, "UnbindRepository", pb.UnbindRepositoryRequest(
+        app=app, project=project, request_id=request_id(request))),
+        lambda reply: f"unbound {project} from {app} (revision {reply.revision})", json_output)
+
+
 # --------------------------------------------------------------------------- members
 
 

@@ -122,6 +122,7 @@ from leengine.platform_service import (
     add_to_server,
     cell_workloads,
     close_workloads,
+    hook_url,
     load_cells,
     platform_forever,
 )
@@ -539,7 +540,8 @@ async def start(store: Store, tokens: TokenTable, *, listen: str = "127.0.0.1:0"
     slb_pb2_grpc.add_SlbCoreServicer_to_server(slb_service, server)
     scheduler = builds.BuildScheduler(store, runtime, metrics=metrics)
     builds_pb2_grpc.add_BuildsServicer_to_server(BuildsService(builds.BuildService(scheduler), slb_service), server)
-    platform = add_to_server(server, store, runtime, slb_service._call, cells, core)
+    platform = add_to_server(server, store, runtime, slb_service._call, cells, core,
+                             hook_url(http.address, http.ssl_context is not None) if http is not None else "")
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE, BUILDS_SERVICE, PLATFORM_SERVICE, health.SERVICE_NAME,

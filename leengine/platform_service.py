@@ -5,10 +5,13 @@ over the service logic, which it does not repeat: ``control.apps.Apps`` (apps an
 reconciled into each Cell through the Workloads port), ``control.members.Members`` (the one
 rights table, membership writes), ``control.activity`` (pages of activity records, the daily
 counts), ``control.image_groups`` and ``control.robots`` (public/private image groups, robot
-accounts of the registry; a robot's secret leaves only in CreateRobot's answer). Each RPC is one call of that logic inside the server's ``_call`` (shared with
-slb-core's and the build farm's servicers): authentication by bearer token first, then the
-logic, whose typed errors (``foundation/ports/control.py``) become their status codes through
-one table, INVALID_ARGUMENT with the field in trailing metadata ``leengine-field``.
+accounts of the registry; a robot's secret leaves only in CreateRobot's answer),
+``control.webhooks`` (GitLab repositories bound to apps: BindRepository's answer holds the hook's
+secret once, and the URL GitLab must POST to when the server was told it). Each RPC is one call of
+that logic inside the server's ``_call`` (shared with slb-core's and the build farm's servicers):
+authentication by bearer token first, then the logic, whose typed errors
+(``foundation/ports/control.py``) become their status codes through one table, INVALID_ARGUMENT
+with the field in trailing metadata ``leengine-field``.
 
 What this module adds, and why it is here and not in ``control/``:
 
@@ -48,7 +51,7 @@ from typing import Any
 import grpc
 import yaml
 
-from control import activity, apps, image_groups, members, releases, robots, slb_core
+from control import activity, apps, image_groups, members, releases, robots, slb_core, webhooks
 from control.auth import Principal
 from control.platform_shares import SlbShares
 from foundation.logic.slb_domain import GROUP_NAME
@@ -290,7 +293,7 @@ class PlatformService(platform_pb2_grpc.PlatformServicer):
     """The Platform RPCs; ``call`` is the server's authenticate-run-map (``SlbCoreService._call``)."""
 
     def __init__(self, store: Store, runtime: Runtime, call: Call, cells: Mapping[str, Workloads] | None,
-                 slb: slb_core.SlbCore | None = None) -> None:
+                 slb: slb_core.SlbCore | None = None, hook_url: str = "") -> None:
         self.store = store
         self._call = call
         self.slb = slb
@@ -301,6 +304,9 @@ class PlatformService(platform_pb2_grpc.PlatformServicer):
         self.members = members.Members(store, runtime, resource_key=apps.resource_key)
         self.image_groups = image_groups.ImageGroups(store, runtime)
         self.robots = robots.Robots(store, runtime)
+        # Bindings only: deliveries come over HTTP (leengine/hook_http.py) through a Hooks with the build queue.
+        self.hooks = webhooks.Hooks(store, runtime, _NoQueue())
+        self.hook_url = hook_url or HOOK_URL_HINT
 
     def _apps(self) -> apps.Apps:
         if self.apps is None:
@@ -462,8 +468,40 @@ class PlatformService(platform_pb2_grpc.PlatformServicer):
             who, request.name, request_id=new_request_id(request.request_id)))
         return pb.RevokeRobotResponse(revision=revision)
 
+    # ---- builds on push
+    async def BindRepository(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        binding, secret = await self._call(context, "BindRepository", lambda who: self.hooks.bind(
+            who, request.app, request.project, request.branch, request_id=new_request_id(request.request_id)))
+        return pb.BindRepositoryResponse(binding=pb.HookBinding(
+            project=binding.project, app=binding.app, branch=binding.branch, by=binding.by, at=binding.at,
+            revision=binding.revision), secret=secret, url=self.hook_url)
+
+    async def UnbindRepository(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        revision = await self._call(context, "UnbindRepository", lambda who: self.hooks.unbind(
+            who, request.app, request.project, request_id=new_request_id(request.request_id)))
+        return pb.UnbindRepositoryResponse(revision=revision)
+
+
+HOOK_URL_HINT = "http(s)://<this control service's --http-address>/hooks/gitlab"
+
+
+def hook_url(address: str, tls: bool) -> str:
+    """The URL GitLab must POST pushes to, for a control service serving HTTP on ``address``."""
+    return f"{'https' if tls else 'http'}://{address}/hooks/gitlab"
+
+
+class _NoQueue:
+    """The PlatformService's Hooks only binds and unbinds: it never queues (deliveries have their own)."""
+
+    async def submit(self, app: str, commit: str, *, repo: str | None = None) -> str:
+        raise port.FailedPrecondition("deliveries are served over HTTP, not by the Platform service")
+
+    async def cancel(self, task: str, *, reason: str = "") -> bool:
+        raise port.FailedPrecondition("deliveries are served over HTTP, not by the Platform service")
+
 def add_to_server(server: grpc.aio.Server, store: Store, runtime: Runtime, call: Call,
-                  cells: Mapping[str, Workloads] | None, slb: slb_core.SlbCore | None = None) -> PlatformService:
-    service = PlatformService(store, runtime, call, cells, slb)
+                  cells: Mapping[str, Workloads] | None, slb: slb_core.SlbCore | None = None,
+                  hook_url: str = "") -> PlatformService:
+    service = PlatformService(store, runtime, call, cells, slb, hook_url)
     platform_pb2_grpc.add_PlatformServicer_to_server(service, server)
     return service

@@ -136,11 +136,16 @@ def test_a_newer_push_cancels_the_older_build(world: World):
     assert world.deliver(push(C2, before=C1)).outcome == "duplicate" and world.snapshot() == before
 
 
-def test_a_push_superseded_before_it_was_delivered_is_ignored(world: World):
+def test_a_push_superseded_before_it_was_delivered_is_queued_and_cancelled_at_once(world: World):
     world.deliver(push(C2, before=C1))  # GitLab delivered the second push first
-    done = world.ignored(push(C1))
-    assert "superseded" in done.reason
-    assert world.claims() == [f"shop@{C2}"]
+    done = world.deliver(push(C1))
+    assert done == w.Delivery("queued", task_id("shop", C1), (task_id("shop", C1),), f"superseded by {C2} on main")
+    assert world.claims() == [f"shop@{C1}", f"shop@{C2}"] and world.tasks() == [f"{TASKS}b1/shop@{C2}"]
+    assert world.result(task_id("shop", C1)).state == "cancelled"
+    before = world.snapshot()
+    assert world.deliver(push(C1)).outcome == "duplicate" and world.snapshot() == before
+    head = w.decode_head(world.server._range(w.branch_key("shop", "main"), False).first())
+    assert head.commit == C2  # the head never moves back
 
 
 def test_a_finished_build_is_not_cancelled(world: World):
