@@ -221,7 +221,7 @@ def setup(tmp_path_factory, etcd_server) -> Iterator[Setup]:  # type: ignore[no-
 
     asyncio.run(prepare())
     layout = tmp / "layout"
-    oci_layout(layout, ["base", *(f"del-{row}" for row in users), *(f"push-{row}" for row in users)])
+    oci_layout(layout, ["base", "del-robot", *(f"del-{row}" for row in users), *(f"push-{row}" for row in users)])
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp), "XDG_RUNTIME_DIR": str(tmp),
            "REGISTRY_AUTH_FILE": str(tmp / "auth.json"), "TMPDIR": str(tmp)}
     (tmp / "auth.json").write_text("{}")
@@ -379,3 +379,41 @@ def test_token_endpoint_refusals(setup: Setup) -> None:
     claims = rt.decode(str(body["token"]), {setup.key.kid: setup.key.public}, issuer=ISSUER, audience=SERVICE,
                        now=time.time())
     assert status == 200 and [g.actions for g in claims.access] == [(), ("pull",)]
+
+
+def test_a_robot_inside_and_outside_its_scope_then_revoked(setup: Setup) -> None:
+    """A robot (pull,push on the private group) pushes and pulls there with skopeo, pulls the public group as
+    anyone, cannot push to the public group nor delete in its own; revoked, its next token request is 401."""
+    from control.robots import Robots
+
+    owner = Principal(setup.users["owner"], "user")
+    name = f"ci-{SUFFIX}"
+
+    async def robots(call: str) -> str:
+        etcd = setup.etcd
+        store = await open_store(etcd.endpoint, etcd.client_tls, timeout=5.0)  # type: ignore[attr-defined]
+        try:
+            bots = Robots(store, AsyncioRuntime())
+            if call == "create":
+                _, secret = await bots.create(owner, name, Resource("image_group", setup.groups["private"]),
+                                              ["pull", "push"], request_id="robot-create")
+                return secret
+            await bots.revoke(owner, name, request_id="robot-revoke")
+            return ""
+        finally:
+            await store.close()
+
+    user = f"robot${name}"
+    setup.tokens[user] = asyncio.run(robots("create"))
+    assert outcome(setup.push(user, "private", "bot", "base"), "push") == 201
+    assert outcome(setup.pull(user, "private", "bot", "base"), "pull") == 200
+    assert outcome(setup.pull(user, "public", "app", "base"), "pull") == 200  # public: anyone
+    assert outcome(setup.push(user, "public", "bot", "base"), "push") == 401  # outside its scope
+    made = setup.push(setup.users["admin"], "private", "bot", "del-robot")
+    assert made.returncode == 0, made.stderr[-1500:]
+    assert outcome(setup.delete(user, "private", "bot", "del-robot"), "delete") == 401  # robots never delete
+    asyncio.run(robots("revoke"))
+    status, _, headers = setup.token(user, f"repository:{setup.groups['private']}/bot:pull")
+    assert status == 401 and headers.get("WWW-Authenticate", "").startswith("Basic")
+    refused = setup.pull(user, "private", "bot", "base")
+    assert refused.returncode != 0 and "401" in refused.stderr, refused.stderr[-1500:]
