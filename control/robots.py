@@ -39,6 +39,7 @@ from control.members import (
     AlreadyExists,
     Conflict,
     CorruptRecord,
+    FailedPrecondition,
     InvalidArgument,
     MembersError,
     NotFound,
@@ -58,6 +59,9 @@ SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 MAX_PASSWORD = 256
 MAX_TTL = 10 * 366 * 86400.0  # ten years
 MAX_ROBOTS = 10_000  # robot records the platform holds (list and group-delete read them all)
+# Robots of one group and its images: the group's delete compares and deletes each in one transaction, which
+# must stay under etcd's --max-txn-ops (128 by default) with the delete's other operations.
+MAX_ROBOTS_PER_GROUP = 100
 MAX_SHOWN = 64
 
 
@@ -245,6 +249,10 @@ class Robots:
                 raise CorruptRecord(group_kv.key, str(exc)) from None
             if await self.store.get(robot_key(name)) is not None:
                 raise AlreadyExists(f"robot {name} already exists")
+            # Creates in one group are serialised by the group record's compare below, so this bound holds.
+            if len(await scoped_robot_keys(self.store, group)) >= MAX_ROBOTS_PER_GROUP:
+                raise FailedPrecondition(f"image group {group} already has {MAX_ROBOTS_PER_GROUP} robots: revoke "
+                                         "one first")
             secret = self.runtime.secret_hex(SECRET_BYTES)
             now = self.runtime.wall_time()
             robot = Robot(name, _digest(secret), scope, actions, None if ttl is None else now + float(ttl),

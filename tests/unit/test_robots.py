@@ -283,3 +283,15 @@ def test_decoding_anything_is_an_image_group_or_invalid(value):
         return
     assert group.visibility in ("public", "private")
     assert json.loads(group.to_bytes()) == json.loads(value)
+
+
+def test_a_group_holds_a_bounded_number_of_robots_so_its_delete_stays_one_transaction(monkeypatch):
+    monkeypatch.setattr(rb, "MAX_ROBOTS_PER_GROUP", 3)
+    world = World()
+    world.create(name="a")
+    world.create(name="b", scope=IMAGE)
+    world.create(name="c")
+    error = world.refused(m.FailedPrecondition, world.robots.create(ALICE, "d", IMAGE, "pull", request_id=world.rid()))
+    assert "already has 3 robots" in str(error)
+    world.run(world.robots.revoke(ALICE, "a", request_id=world.rid()))
+    world.create(name="d")
