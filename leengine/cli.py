@@ -58,6 +58,7 @@ from leengine.etcd_options import (
 from leengine.image_cmd import image_group_app, robot_app
 from leengine.lab_cmd import lab_app
 from leengine.registry_gate import registry_gate_command
+from leengine.registry_key_cmd import registry_key_command
 from leengine.sweep_cmd import shrink_command, sweep_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -71,6 +72,7 @@ app.add_typer(app_app, name="app")  # leengine/app_cmd.py: the platform's apps, 
 app.add_typer(image_group_app, name="image-group")  # leengine/image_cmd.py: public/private image groups
 app.add_typer(robot_app, name="robot")  # leengine/image_cmd.py: robot accounts of the registry
 app.command("compare")(compare_command)  # leengine/compare_cmd.py: sim report vs lab report
+app.command("registry-key")(registry_key_command)  # leengine/registry_key_cmd.py: the registry tokens' key
 app.command("registry-gate")(registry_gate_command)  # leengine/registry_gate.py: immutable tags
 sim_app.command("sweep")(sweep_command)  # leengine/sweep_cmd.py: many seeds on Dask, failures grouped
 sim_app.command("shrink")(shrink_command)  # leengine/sweep_cmd.py: a failing run made small
