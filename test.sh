@@ -7,8 +7,9 @@ apt_install "${TEST_PACKAGES[@]}"
 ensure_venv
 cd "$ROOT"
 echo "test: build cnitool"; "$ROOT/scripts/build-cnitool.sh"
+echo "test: build the Go CNI plugin"; PYTHON="$VENV/bin/python" "$ROOT/scripts/build-cni-plugin.sh"
 echo "test: ruff"; "$VENV/bin/ruff" check .
-echo "test: shellcheck"; shellcheck -x lab/roles/*.sh
+echo "test: shellcheck"; shellcheck -x lab/roles/*.sh scripts/build-cni-plugin.sh
 echo "test: import-linter"; "$VENV/bin/lint-imports" --no-cache
 echo "test: mypy"; "$VENV/bin/mypy"
 echo "test: alert rules"; promtool check rules alerts/leengine.rules.yml && promtool test rules alerts/tests/*.yml

@@ -1,6 +1,16 @@
 """``leengine install-cni DIR``: put the ``leengine-cni`` plugin into a runtime's CNI bin directory.
 
-The installed file is both a POSIX ``sh`` script (its shebang: ``#!/bin/sh``) and a
+Two plugins behave alike (the same tests run both); ``install`` picks one:
+
+* **Go** (the default where it can be built): ``build/leengine-cni``, a static binary
+  built offline from ``scripts/cni-plugin/main.go`` by ``scripts/build-cni-plugin.sh``
+  (run here; it skips itself when up to date). An exec costs a Go start, ~1 ms of CPU
+  instead of Python's ~12, on every ADD and DEL (docs/cni.md, "What an invocation costs").
+  Its supported versions come from ``cni_plugin.SUPPORTED_VERSIONS`` at build time.
+* **Python**, the fallback where no Go toolchain (or no source checkout) exists, or when
+  an interpreter is named (``--python``): the file described below.
+
+The Python plugin's installed file is both a POSIX ``sh`` script (its shebang: ``#!/bin/sh``) and a
 Python script:
 
 * ``sh`` runs first (dash starts in ~1 ms, Python in ~12). It answers VERSION
@@ -43,11 +53,17 @@ import re
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from leengine import cni_plugin
 
 PLUGIN_NAME = "leengine-cni"
+PLUGIN_KINDS = ("auto", "go", "python")
+_CHECKOUT = Path(__file__).resolve().parents[1]
+GO_BUILD_SCRIPT = _CHECKOUT / "scripts" / "build-cni-plugin.sh"
+GO_BINARY = _CHECKOUT / "build" / PLUGIN_NAME
+GO_BUILD_TIMEOUT = 600  # seconds: a first build compiles the standard library's packages it uses
 MAX_INTERPRETER = 1024  # bytes of the interpreter's path: a sane bound, far below PATH_MAX
 _SAFE_PATH = re.compile(r"/[A-Za-z0-9/._+-]*")  # single-quoted in the shell part: no quote, space or newline
 _VERSION = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+")
@@ -166,14 +182,79 @@ def installed_source(data: bytes) -> str:
     raise InstallError("not a leengine-cni written by leengine install-cni")
 
 
-def install_plugin(directory: str | os.PathLike[str], python: str | None = None) -> Path:
-    """Write ``directory/leengine-cni`` atomically (mode 0755) and return its path."""
+@dataclass(frozen=True)
+class Installed:
+    """What ``install`` wrote: the path, which plugin ("go" or "python") and, for a person, how it runs."""
+
+    path: Path
+    kind: str
+    how: str
+
+
+def install(directory: str | os.PathLike[str], python: str | None = None, plugin: str = "auto") -> Installed:
+    """Install the Go plugin (``plugin="go"``, or ``"auto"`` without ``python`` where it can be built), else the
+    Python one; ``"go"`` refuses when the Go plugin cannot be built, ``"auto"`` falls back and says why."""
+    if plugin not in PLUGIN_KINDS:
+        raise InstallError(f"plugin {plugin!r}: expected one of {', '.join(PLUGIN_KINDS)}")
+    if plugin == "go" and python is not None:
+        raise InstallError("--python names the Python plugin's interpreter; the Go plugin needs none")
+    _check_directory(Path(directory))
+    why_not_go = ""
+    if plugin == "go" or (plugin == "auto" and python is None):
+        try:
+            binary = build_go_plugin()
+        except InstallError as exc:
+            if plugin == "go":
+                raise
+            why_not_go = f"; no Go plugin: {exc}"
+        else:
+            return Installed(install_go_plugin(directory, binary), "go", f"compiled Go plugin, built from {binary}")
+    path = install_plugin(directory, python)
+    return Installed(path, "python", f"Python plugin: VERSION in sh, the rest by {python or sys.executable} -IS"
+                                     f"{why_not_go}")
+
+
+def build_go_plugin() -> Path:
+    """``build/leengine-cni``, (re)built by ``scripts/build-cni-plugin.sh`` when its inputs changed (offline)."""
+    if not GO_BUILD_SCRIPT.is_file():
+        raise InstallError(f"{GO_BUILD_SCRIPT} not found (not a source checkout)")
+    env = {**os.environ, "PYTHON": sys.executable}
+    try:
+        run = subprocess.run([str(GO_BUILD_SCRIPT), str(GO_BINARY)], env=env, capture_output=True,
+                             timeout=GO_BUILD_TIMEOUT, check=False)
+    except OSError as exc:
+        raise InstallError(f"cannot run {GO_BUILD_SCRIPT}: {exc.strerror or exc}") from None
+    except subprocess.TimeoutExpired:
+        raise InstallError(f"{GO_BUILD_SCRIPT} did not finish within {GO_BUILD_TIMEOUT} s") from None
+    if run.returncode != 0 or not GO_BINARY.is_file():
+        reason = (run.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+        raise InstallError(f"{GO_BUILD_SCRIPT.name} failed: {reason}")
+    return GO_BINARY
+
+
+def install_go_plugin(directory: str | os.PathLike[str], binary: Path | None = None) -> Path:
+    """Copy the Go plugin (``build_go_plugin()`` unless given) to ``directory/leengine-cni`` atomically, mode 0755."""
     target_dir = Path(directory)
+    _check_directory(target_dir)
+    return _write_atomically(target_dir / PLUGIN_NAME, (binary or build_go_plugin()).read_bytes())
+
+
+def _check_directory(target_dir: Path) -> None:
     if not target_dir.is_dir():
         what = "does not exist" if not target_dir.exists() else "is not a directory"
         raise InstallError(f"{target_dir} {what}; give the runtime's existing CNI bin directory")
-    target = target_dir / PLUGIN_NAME
-    data = plugin_text(python)
+
+
+def install_plugin(directory: str | os.PathLike[str], python: str | None = None) -> Path:
+    """Write the Python plugin to ``directory/leengine-cni`` atomically (mode 0755) and return its path."""
+    target_dir = Path(directory)
+    _check_directory(target_dir)
+    return _write_atomically(target_dir / PLUGIN_NAME, plugin_text(python))
+
+
+def _write_atomically(target: Path, data: bytes) -> Path:
+    """Written under a temporary name in the same directory, then renamed: a runtime never execs half a plugin."""
+    target_dir = target.parent
     fd, temp = tempfile.mkstemp(dir=target_dir, prefix=f".{PLUGIN_NAME}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

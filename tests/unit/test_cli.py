@@ -74,9 +74,9 @@ def test_install_cni_writes_the_plugin_atomically_and_replaces_an_old_one(tmp_pa
     target = tmp_path / "leengine-cni"
     target.write_text("#!/bin/sh\nexit 1\n")
     old_inode = target.stat().st_ino
-    run = leengine("install-cni", str(tmp_path))
+    run = leengine("install-cni", str(tmp_path), "--plugin", "python")
     assert run.returncode == 0, run.stderr
-    assert str(target) in run.stdout
+    assert str(target) in run.stdout and "Python plugin" in run.stdout
     assert os.listdir(tmp_path) == ["leengine-cni"]  # no temporary file left behind
     assert target.stat().st_ino != old_inode  # renamed into place, not rewritten in place
     assert stat.S_IMODE(target.stat().st_mode) == 0o755
@@ -86,6 +86,24 @@ def test_install_cni_writes_the_plugin_atomically_and_replaces_an_old_one(tmp_pa
     version = subprocess.run([str(target)], input=b'{"cniVersion":"1.0.0"}', env={"CNI_COMMAND": "VERSION"},
                              capture_output=True, timeout=60, check=False)
     assert version.returncode == 0 and json.loads(version.stdout)["cniVersion"] == "1.0.0"
+
+
+def test_install_cni_installs_the_compiled_go_plugin_by_default_and_says_so(tmp_path):
+    from leengine.cni_install import GO_BINARY
+
+    target = tmp_path / "leengine-cni"
+    target.write_text("#!/bin/sh\nexit 1\n")
+    old_inode = target.stat().st_ino
+    run = leengine("install-cni", str(tmp_path))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == f"installed {target} (compiled Go plugin, built from {GO_BINARY})"
+    assert os.listdir(tmp_path) == ["leengine-cni"] and target.stat().st_ino != old_inode
+    assert stat.S_IMODE(target.stat().st_mode) == 0o755 and target.read_bytes() == GO_BINARY.read_bytes()
+    version = subprocess.run([str(target)], input=b'{"cniVersion":"1.0.0"}', env={"CNI_COMMAND": "VERSION"},
+                             capture_output=True, timeout=60, check=False)
+    assert version.returncode == 0 and json.loads(version.stdout)["cniVersion"] == "1.0.0"
+    refused = leengine("install-cni", str(tmp_path), "--plugin", "go", "--python", sys.executable)
+    assert refused.returncode == 2 and "needs none" in refused.stderr
 
 
 def test_install_cni_python_names_the_interpreter_the_plugin_execs(tmp_path):

@@ -1,9 +1,12 @@
 """The real ``leengine-cni`` executable against no agent, a broken agent and a test agent; the agent server.
 
 The plugin is run as the runtime runs it: the copy ``leengine install-cni`` writes into a
-(temporary) CNI bin directory, exec-ed through its ``#!python -IS`` shebang with CNI_*
-variables and the configuration on stdin; the tests assert its exit code and the JSON
-on stdout. One test runs the venv's console script ``leengine-cni`` too.
+(temporary) CNI bin directory, exec-ed with CNI_* variables and the configuration on stdin;
+the tests assert its exit code and the JSON on stdout. Every test that execs the plugin
+runs both plugins (``both_plugins``): the compiled Go one (``scripts/cni-plugin/main.go``,
+built by ``scripts/build-cni-plugin.sh``) and the Python one (``leengine/cni_plugin.py``
+behind its ``#!/bin/sh`` part, run as ``python -IS``); property tests compare the two byte
+for byte. One test runs the venv's console script ``leengine-cni`` too.
 The agent is ``leengine.cni_agent_server.Server`` on its own event loop in a
 thread, with a small recording handler written here.
 """
@@ -30,14 +33,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from cni import request as codes
 from cni.request import CniError, CniRequest
 from leengine import cni_plugin
 from leengine.cni_agent_server import AgentAlreadyRunning, Server, serve
-from leengine.cni_install import InstallError, install_plugin, installed_interpreter, installed_source, shell_part
+from leengine.cni_install import (
+    GO_BINARY,
+    InstallError,
+    install,
+    install_go_plugin,
+    install_plugin,
+    installed_interpreter,
+    installed_source,
+    shell_part,
+)
 
 CONSOLE_SCRIPT = str(Path(sys.executable).parent / "leengine-cni")
 CONF = {"cniVersion": "1.0.0", "name": "lenet", "type": "leengine-cni", "pools": ["web-a"]}
@@ -47,19 +59,36 @@ ENV = {"CNI_CONTAINERID": "c0ffee01", "CNI_NETNS": "/var/run/netns/pod1", "CNI_I
 
 # --- helpers (also used by tests/integration/test_libcni.py) --------------------------------------------------------
 
-_installed: list[str] = []
+PLUGIN_KINDS = ("python", "go")
+_installed: dict[str, str] = {}
 _install_lock = threading.Lock()
+_current_kind = ["python"]  # which plugin installed_plugin() and run_plugin() run: set by the plugin_kind fixture
 
 
-def installed_plugin() -> str:
-    """The plugin as operators install it (``install_plugin``, i.e. ``leengine install-cni``), once per session."""
+def installed_plugin(kind: str | None = None) -> str:
+    """The plugin as operators install it (``leengine install-cni``: ``install_go_plugin`` or ``install_plugin``),
+    once per session and kind; by default the kind the running test is parametrized with (else Python)."""
+    kind = kind or _current_kind[0]
     with _install_lock:
-        if not _installed:
-            directory = tempfile.mkdtemp(prefix="lecni-bin-", dir="/tmp")
+        if kind not in _installed:
+            directory = tempfile.mkdtemp(prefix=f"lecni-{kind}-", dir="/tmp")
             atexit.register(shutil.rmtree, directory, True)
-            _installed.append(str(install_plugin(directory)))
-        return _installed[0]
+            install = install_go_plugin if kind == "go" else install_plugin
+            _installed[kind] = str(install(directory))
+        return _installed[kind]
 
+
+@pytest.fixture(params=PLUGIN_KINDS)
+def plugin_kind(request):
+    """Runs the test once per plugin: what installed_plugin()/run_plugin() exec follows the parameter."""
+    _current_kind[0] = request.param
+    try:
+        yield request.param
+    finally:
+        _current_kind[0] = "python"
+
+
+both_plugins = pytest.mark.usefixtures("plugin_kind")
 
 
 class RecordingHandler:
@@ -250,6 +279,7 @@ def test_plugin_codes_match_the_request_module():
                                                  codes.TRY_AGAIN_LATER, codes.PLUGIN_NOT_AVAILABLE)
 
 
+@both_plugins
 @pytest.mark.parametrize("command", ["ADD", "DEL", "CHECK", "GC"])
 def test_no_agent_means_try_again_later(sock_dir, command):
     missing = os.path.join(sock_dir, "absent.sock")
@@ -260,11 +290,13 @@ def test_no_agent_means_try_again_later(sock_dir, command):
     assert "not available" in err
 
 
+@both_plugins
 def test_no_agent_status_means_plugin_not_available(sock_dir):
     code, out, _ = run_plugin("STATUS", {**CONF, "cniVersion": "1.1.0"}, socket_path=os.path.join(sock_dir, "x.sock"))
     assert code == 1 and out["code"] == codes.PLUGIN_NOT_AVAILABLE and out["cniVersion"] == "1.1.0"
 
 
+@both_plugins
 def test_socket_from_config_then_default(sock_dir):
     from_conf = os.path.join(sock_dir, "from-conf.sock")
     _, out, _ = run_plugin("ADD", {**CONF, "agentSocket": from_conf})
@@ -276,6 +308,7 @@ def test_socket_from_config_then_default(sock_dir):
     assert out["code"] == codes.TRY_AGAIN_LATER and "/run/leengine/cni.sock" in out["details"]
 
 
+@both_plugins
 def test_stale_socket_nobody_listening_means_try_again_later(sock_dir):
     path = os.path.join(sock_dir, "stale.sock")
     s = socket.socket(socket.AF_UNIX)
@@ -285,6 +318,7 @@ def test_stale_socket_nobody_listening_means_try_again_later(sock_dir):
     assert code == 1 and out["code"] == codes.TRY_AGAIN_LATER and "refused" in out["details"].lower()
 
 
+@both_plugins
 def test_agent_that_hangs_up_without_answering_means_try_again_later(sock_dir):
     path = os.path.join(sock_dir, "rude.sock")
     with raw_listener(path, lambda conn, _: read_line(conn)):
@@ -292,6 +326,7 @@ def test_agent_that_hangs_up_without_answering_means_try_again_later(sock_dir):
     assert code == 1 and out["code"] == codes.TRY_AGAIN_LATER and "without answering" in out["details"]
 
 
+@both_plugins
 def test_agent_too_slow_means_try_again_later_within_the_deadline(sock_dir):
     path = os.path.join(sock_dir, "slow.sock")
     with raw_listener(path, lambda conn, stopping: (read_line(conn), stopping.wait(3))):
@@ -302,6 +337,7 @@ def test_agent_too_slow_means_try_again_later_within_the_deadline(sock_dir):
     assert elapsed < 2.5
 
 
+@both_plugins
 def test_timeout_from_config(sock_dir):
     path = os.path.join(sock_dir, "slow.sock")
     with raw_listener(path, lambda conn, stopping: (read_line(conn), stopping.wait(3))):
@@ -309,6 +345,7 @@ def test_timeout_from_config(sock_dir):
     assert out["code"] == codes.TRY_AGAIN_LATER and "0.3s" in out["details"]
 
 
+@both_plugins
 @pytest.mark.parametrize("answer", [
     b"HTTP/1.1 400 Bad Request\n",
     b"0",  # no newline: the code never ended
@@ -323,6 +360,7 @@ def test_agent_answering_garbage_is_an_io_failure(sock_dir, answer):
     assert code == 1 and out["code"] == codes.IO_FAILURE and out["msg"] == "the leengine CNI agent answered garbage"
 
 
+@both_plugins
 def test_plugin_sends_one_line_with_only_cni_variables_and_stdin_verbatim(sock_dir):
     path = os.path.join(sock_dir, "spy.sock")
     seen: list[bytes] = []
@@ -344,6 +382,7 @@ def test_plugin_sends_one_line_with_only_cni_variables_and_stdin_verbatim(sock_d
     assert seen[0] == json.dumps(request, separators=(",", ":")).encode() + b"\n"  # what json.dumps would send
 
 
+@both_plugins
 @pytest.mark.parametrize(("answer", "code", "stdout"), [
     (b'3\n{"code": 123}', 3, b'{"code": 123}\n'),  # a newline is added when missing
     (b'0\n{"msg": "caf\xc3\xa9"}\n', 0, b'{"msg": "caf\xc3\xa9"}\n'),  # UTF-8 passed as it came
@@ -360,6 +399,7 @@ def test_exit_code_and_stdout_are_passed_through(sock_dir, answer, code, stdout)
     assert (run.returncode, run.stdout) == (code, stdout)
 
 
+@both_plugins
 def test_a_large_answer_arrives_whole(sock_dir):
     path = os.path.join(sock_dir, "big.sock")
     big = {"cniVersion": "1.0.0", "dns": {"search": [f"d{i}.example.org" for i in range(20000)]}}
@@ -370,17 +410,20 @@ def test_a_large_answer_arrives_whole(sock_dir):
     assert code == 0 and out == big
 
 
+@both_plugins
 def test_invalid_utf8_stdin_is_a_decode_failure(sock_dir):
     code, out, _ = run_plugin("ADD", b'{"cniVersion": "1.0.0", "name": "\xff"}', socket_path=sock_dir + "/x.sock")
     assert code == 1 and out["code"] == codes.DECODE_FAILURE
 
 
+@both_plugins
 @pytest.mark.parametrize("command", [None, "", "INIT"])
 def test_missing_or_unknown_command_is_answered_locally(sock_dir, command):
     code, out, _ = run_plugin("ADD", CNI_COMMAND=command, socket_path=sock_dir + "/x.sock")
     assert code == 1 and out["code"] == codes.INVALID_ENV and "CNI_COMMAND" in out["msg"] + out["details"]
 
 
+@both_plugins
 @pytest.mark.parametrize(("stdin", "version"), [
     ('{"cniVersion": "1.0.0"}', "1.0.0"), ('{"cniVersion": "1.1.0"}', "1.1.0"), ("", "1.1.0"), ("{}", "1.1.0"),
     ('{"cniVersion":"1.0.0"}', "1.0.0"), (' {\n "cniVersion"\t:  "1.0.0" }\r\n', "1.0.0"), (" { } ", "1.1.0"),
@@ -393,6 +436,7 @@ def test_version_needs_no_agent(stdin, version):
     assert out == {"cniVersion": version, "supportedVersions": ["1.0.0", "1.1.0"]}
 
 
+@both_plugins
 @pytest.mark.parametrize("stdin", ["{nope", "[]", '"1.0.0"', '{"cniVersion": "1.0.0"} x', '{"cniVersion": "1.0.0"}}',
                                    '{"cniVersion": "1.0.0",}', '{"cniVersion" "1.0.0"}', "\ufeff{}"])
 def test_version_with_garbage_stdin_is_a_decode_failure(stdin):
@@ -584,9 +628,140 @@ def test_console_script_still_works(agent):
     assert code == 1 and out["code"] == codes.TRY_AGAIN_LATER
 
 
+# --- the Go plugin: one static binary that behaves as the Python plugin does ----------------------------------------
+
+
+def _has_program_interpreter(elf: bytes) -> bool:
+    """Does the ELF file name a dynamic loader (PT_INTERP)? A static binary does not."""
+    assert elf[:4] == b"\x7fELF" and elf[4] == 2 and elf[5] == 1, "a little-endian 64-bit ELF file"
+    phoff = int.from_bytes(elf[0x20:0x28], "little")
+    phentsize = int.from_bytes(elf[0x36:0x38], "little")
+    phnum = int.from_bytes(elf[0x38:0x3A], "little")
+    return any(int.from_bytes(elf[phoff + i * phentsize:phoff + i * phentsize + 4], "little") == 3  # PT_INTERP
+               for i in range(phnum))
+
+
+def test_go_plugin_is_a_static_binary_with_the_python_plugins_supported_versions():
+    go = installed_plugin("go")
+    assert not _has_program_interpreter(Path(go).read_bytes())  # runs on a node without Go or a libc of its own
+    assert stat.S_IMODE(os.stat(go).st_mode) == 0o755
+    assert Path(go).read_bytes() == GO_BINARY.read_bytes()
+    # One place for the versions: the build passes cni_plugin.SUPPORTED_VERSIONS, the Go source names none.
+    source = (Path(__file__).resolve().parents[2] / "scripts" / "cni-plugin" / "main.go").read_text()
+    assert not any(f'"{v}"' in source or f"{v}," in source for v in cni_plugin.SUPPORTED_VERSIONS)
+    code, out, _ = run_plugin("VERSION", "", plugin=go)
+    assert code == 0 and out["supportedVersions"] == list(cni_plugin.SUPPORTED_VERSIONS)
+
+
+def test_the_go_build_is_offline_idempotent_and_stamped_with_the_versions(tmp_path):
+    script = Path(__file__).resolve().parents[2] / "scripts" / "build-cni-plugin.sh"
+    out = tmp_path / "leengine-cni"
+    env = {**os.environ, "GOPROXY": "off", "PYTHON": sys.executable}
+    first = subprocess.run([str(script), str(out)], env=env, capture_output=True, timeout=600, check=False)
+    assert first.returncode == 0, first.stderr.decode()
+    built = out.stat().st_mtime_ns
+    again = subprocess.run([str(script), str(out)], env=env, capture_output=True, timeout=600, check=False)
+    assert again.returncode == 0 and again.stderr == b"" and out.stat().st_mtime_ns == built  # up to date: skipped
+    stamp = (tmp_path / ".leengine-cni.inputs").read_text()
+    assert "versions " + ",".join(cni_plugin.SUPPORTED_VERSIONS) in stamp
+    assert sorted(os.listdir(tmp_path)) == [".leengine-cni.inputs", "leengine-cni"]  # no temporary file left
+
+
+def test_install_picks_go_where_it_builds_else_python_and_says_which(tmp_path, monkeypatch):
+    from leengine import cni_install
+
+    auto = install(tmp_path)
+    assert auto.kind == "go" and "Go" in auto.how and auto.path.read_bytes() == GO_BINARY.read_bytes()
+    python = install(tmp_path, python=sys.executable)  # naming an interpreter asks for the Python plugin
+    assert python.kind == "python" and installed_interpreter(python.path.read_bytes()) == sys.executable
+    monkeypatch.setattr(cni_install, "GO_BUILD_SCRIPT", tmp_path / "absent.sh")
+    fallback = install(tmp_path)
+    assert fallback.kind == "python" and "no Go plugin" in fallback.how and "absent.sh" in fallback.how
+    with pytest.raises(InstallError, match=r"absent\.sh"):
+        install(tmp_path, plugin="go")
+    with pytest.raises(InstallError, match="expected one of"):
+        install(tmp_path, plugin="rust")
+    assert sorted(os.listdir(tmp_path)) == ["leengine-cni"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(stdin=_VERSION_STDIN)
+def test_property_the_go_and_the_python_plugin_give_one_version_answer(stdin):
+    env = plugin_env("VERSION")
+    runs = [subprocess.run([installed_plugin(kind)], input=stdin, env=env, capture_output=True, timeout=30,
+                           check=False) for kind in PLUGIN_KINDS]
+    assert [(r.returncode, r.stdout) for r in runs] == [(runs[0].returncode, runs[0].stdout)] * 2
+
+
+_PY_FLOAT_TEXT = st.text(st.sampled_from("0123456789.eE+-_ \t\x1c\xa0\u2003\u0668\u0660\uff11infatyINFAN/x"),
+                         max_size=10)
+_ANY_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**30), 10**30) | st.floats() | st.text(max_size=12)
+    | st.sampled_from([300, 300.0, 2.5, 0, -0.0, 1e-320, "/tmp/lecni-none.sock", "relative.sock", "/" + "p" * 120,
+                       "/" + "é" * 53, "/tmp/\udcff", "/tmp/é😀", "it's", 'say "hi"', "\x00", "\ud800"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=6)
+
+
+@st.composite
+def _forwarded(draw: Any) -> tuple[dict[str, bytes], bytes]:
+    conf: dict[str, Any] = {"cniVersion": draw(st.sampled_from(["1.0.0", "1.1.0", "", "é\u2028", 1])),
+                            "name": "lenet", "type": "leengine-cni"}
+    for key in draw(st.lists(st.sampled_from(["agentSocket", "agentTimeout", "x", "cniVersion"]), max_size=3)):
+        conf[key] = draw(_ANY_JSON)
+    text = json.dumps(conf, ensure_ascii=draw(st.booleans()))
+    text = draw(st.sampled_from([text, text[: len(text) // 2], text + " x", text.replace('"agent', '"\\u0061gent'),
+                                 "[" * 995 + "]" * 995, text[:-1] + ', "d": ' + "[" * 991 + "]" * 991 + "}",
+                                 *(text[:-1] + ', "d": ' + "[" * n + "]" * n + "}" for n in (992, 993)),
+                                 text[:-1] + ', "agentTimeout": ' + "9" * draw(st.sampled_from([4300, 4301])) + "}"]))
+    command = draw(st.sampled_from(["ADD", "DEL", "STATUS", "BOGUS"]))
+    env = {k.encode(): v.encode() for k, v in plugin_env(command).items()}
+    env[b"CNI_ARGS"] = draw(st.binary(max_size=12).filter(lambda b: b"\0" not in b))
+    timeout = draw(st.none() | _PY_FLOAT_TEXT)
+    if timeout:
+        with contextlib.suppress(ValueError):
+            assume(not 0 < float(timeout) < 1)  # a deadline this short makes the answer a race, not a behaviour
+        env[b"LEENGINE_CNI_TIMEOUT"] = os.fsencode(timeout)
+    return env, text.encode("utf-8", "surrogatepass")
+
+
+def test_property_the_go_and_the_python_plugin_send_and_print_the_same_bytes(sock_dir):
+    """Any configuration (agentSocket/agentTimeout of any JSON, \\u-spelt keys, nesting at the interpreter's limit),
+    any $LEENGINE_CNI_TIMEOUT text, any CNI_ARGS bytes: the two plugins send the agent the same request (or none:
+    one ASCII line of JSON each, equal once parsed) and print the same stdout with the same exit status."""
+    path = os.path.join(sock_dir, "spy.sock")
+    seen: list[bytes] = []
+
+    def answer(conn: socket.socket, _: threading.Event) -> None:
+        seen.append(read_line(conn))
+        conn.sendall(b'0\n{"cniVersion": "1.0.0"}')
+
+    with raw_listener(path, answer):
+        @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+        @given(case=_forwarded(), via_env=st.booleans())
+        def check(case: tuple[dict[str, bytes], bytes], via_env: bool) -> None:
+            env, stdin = case
+            if via_env:
+                env = {**env, b"LEENGINE_CNI_SOCKET": path.encode()}
+            results = []
+            for kind in PLUGIN_KINDS:
+                before = len(seen)
+                run = subprocess.run([installed_plugin(kind)], input=stdin, env=env, capture_output=True, timeout=60,
+                                     check=False)
+                assert b"Traceback" not in run.stderr or kind == "python", run.stderr
+                sent = seen[before:]
+                assert all(line.isascii() and line.endswith(b"\n") and line.count(b"\n") == 1 for line in sent)
+                # Parsed: the Python plugin's environment went through sh, which exports it in an order of its own.
+                results.append((run.returncode, run.stdout, [json.loads(line) for line in sent]))
+            assert results[1] == results[0]
+
+        check()
+
+
 # --- (b) against the test agent ------------------------------------------------------------------------------------
 
 
+@both_plugins
 def test_add_prints_the_result_as_the_runtime_expects(agent):
     code, out, _ = run_plugin("ADD", socket_path=agent.path, CNI_ARGS="K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0")
     assert code == 0
@@ -599,11 +774,13 @@ def test_add_prints_the_result_as_the_runtime_expects(agent):
     assert req.args == {"K8S_POD_NAMESPACE": "shop", "K8S_POD_NAME": "web-0"} and req.network == CONF
 
 
+@both_plugins
 def test_add_in_1_1_keeps_1_1_fields(agent):
     _, out, _ = run_plugin("ADD", {**CONF, "cniVersion": "1.1.0"}, socket_path=agent.path)
     assert out["cniVersion"] == "1.1.0" and out["interfaces"][0]["mtu"] == 1450
 
 
+@both_plugins
 def test_handler_cni_error_is_passed_through(agent):
     code, out, _ = run_plugin("ADD", socket_path=agent.path, CNI_CONTAINERID="full")
     assert code == 1
@@ -611,6 +788,7 @@ def test_handler_cni_error_is_passed_through(agent):
                    "details": "pool web-a is full"}
 
 
+@both_plugins
 def test_handler_bug_is_an_io_failure_and_the_agent_keeps_serving(agent):
     code, out, _ = run_plugin("ADD", socket_path=agent.path, CNI_CONTAINERID="boom")
     assert code == 1 and out["code"] == codes.IO_FAILURE and "RuntimeError: handler bug" in out["details"]
@@ -618,6 +796,7 @@ def test_handler_bug_is_an_io_failure_and_the_agent_keeps_serving(agent):
     assert code == 0 and out["ips"][0]["address"] == "10.1.0.5/24"
 
 
+@both_plugins
 @pytest.mark.parametrize(("conf", "env", "expected"), [
     ({**CONF, "mtu": "big"}, {}, codes.INVALID_CONFIG),
     ({**CONF, "cniVersion": "0.4.0"}, {}, codes.INCOMPATIBLE_VERSION),
@@ -631,6 +810,7 @@ def test_bad_invocations_are_refused_by_the_agent_before_the_handler(agent, conf
     assert agent.handler.requests == []
 
 
+@both_plugins
 def test_del_check_gc_status_succeed_with_empty_stdout(agent):
     prev = {"cniVersion": "1.0.0", "ips": [{"address": "10.1.0.5/24"}]}
     assert run_plugin("CHECK", {**CONF, "prevResult": prev}, socket_path=agent.path)[:2] == (0, None)
@@ -648,12 +828,14 @@ def test_del_check_gc_status_succeed_with_empty_stdout(agent):
     assert status.command == "STATUS"
 
 
+@both_plugins
 def test_status_error_from_the_handler(agent):
     agent.handler.status_error = CniError(codes.PLUGIN_NOT_AVAILABLE, "etcd unreachable", "10.0.0.1:2379")
     code, out, _ = run_plugin("STATUS", {**CONF, "cniVersion": "1.1.0"}, socket_path=agent.path)
     assert code == 1 and out["code"] == codes.PLUGIN_NOT_AVAILABLE and out["msg"] == "etcd unreachable"
 
 
+@both_plugins
 def test_one_log_line_per_request(agent, caplog):
     with caplog.at_level(logging.INFO, logger="leengine.cni_agent"):
         run_plugin("ADD", socket_path=agent.path)
@@ -677,6 +859,7 @@ def test_socket_is_0600_in_a_0700_dir_it_created(sock_dir):
     assert not os.path.exists(path)  # removed on close
 
 
+@both_plugins
 def test_stale_socket_is_replaced(sock_dir):
     path = os.path.join(sock_dir, "cni.sock")
     s = socket.socket(socket.AF_UNIX)
@@ -686,6 +869,7 @@ def test_stale_socket_is_replaced(sock_dir):
         assert run_plugin("ADD", socket_path=path)[0] == 0
 
 
+@both_plugins
 def test_live_socket_is_never_stolen(agent):
     with pytest.raises(AgentAlreadyRunning), AgentThread(agent.path, RecordingHandler()):
         pass
@@ -748,6 +932,7 @@ def test_malformed_envelope_is_refused(agent, payload):
     assert agent.handler.requests == []
 
 
+@both_plugins
 def test_concurrency_is_bounded(sock_dir):
     path = os.path.join(sock_dir, "cni.sock")
     handler = RecordingHandler(slow_seconds=0.3)
@@ -758,6 +943,7 @@ def test_concurrency_is_bounded(sock_dir):
     assert handler.max_in_flight == 2 and len(handler.requests) == 6
 
 
+@both_plugins
 def test_graceful_close_finishes_requests_in_flight_and_refuses_new_ones(sock_dir):
     path = os.path.join(sock_dir, "cni.sock")
     handler = RecordingHandler(slow_seconds=1.0)
@@ -776,6 +962,7 @@ def test_graceful_close_finishes_requests_in_flight_and_refuses_new_ones(sock_di
     assert not os.path.exists(path)
 
 
+@both_plugins
 def test_serve_runs_until_stopped(sock_dir):
     path = os.path.join(sock_dir, "cni.sock")
 
@@ -796,6 +983,7 @@ def test_serve_runs_until_stopped(sock_dir):
     assert not os.path.exists(path)
 
 
+@both_plugins
 def test_serve_stops_on_sigterm(sock_dir):
     # In a child process, as the daemon runs: SIGTERM ⇒ clean exit, socket removed.
     path = os.path.join(sock_dir, "cni.sock")
