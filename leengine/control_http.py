@@ -257,9 +257,9 @@ class HttpServer:
 async def start_http(app: web.Application, address: str, ssl_context: ssl.SSLContext | None = None) -> HttpServer:
     """Serve ``app`` on ``address`` (HOST:PORT, port 0 = a free one); OSError when it cannot bind."""
     host, _, port = address.rpartition(":")
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=ssl_context, shutdown_timeout=1.0)
+    site = web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=ssl_context)
     try:
         await site.start()
     except OSError:

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import json
 import stat
+import time
 
 import jwt
 import pytest
@@ -203,3 +204,90 @@ def test_documented_matrix_is_the_policy() -> None:
         caller, role = callers[name]
         allowed = granted(caller, Scope("repository", "grp/web", (action,)), visibility=visibility, role=role)
         assert status == (success[action] if allowed else 401), (name, visibility, action, status)
+
+
+def test_control_options(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """leengine-control's --http-address/--registry-* checks (leengine.control_server.http_settings)."""
+    from leengine.control_server import http_settings
+
+    key_path, cert_path, kid = make_key_files(tmp_path / "keys")
+    _, other_cert, _ = make_key_files(tmp_path / "other")
+
+    def settings(address: str = "127.0.0.1:0", key=key_path, cert=cert_path, lifetime: int = 300,  # type: ignore[no-untyped-def]
+                 service: str = "leengine-registry"):
+        return http_settings(address, key, cert, service, "leengine-control", lifetime, None, None)
+
+    made = settings()
+    assert made is not None and made.issuer is not None and made.issuer.key.kid == kid
+    assert made.issuer.lifetime == 300 and made.ssl_context is None
+    assert http_settings("", None, None, "s", "i", 300, None, None) is None
+    refusals = {
+        "--registry-key/--registry-cert need --http-address": lambda: settings(address=""),
+        "--http-address 10.0.0.1 is not loopback": lambda: settings(address="10.0.0.1:5001"),
+        "--http-address must look like": lambda: settings(address="nowhere"),
+        "--registry-cert needs --registry-key": lambda: settings(key=None),
+        "certificate does not carry": lambda: settings(cert=other_cert),
+        "--registry-token-lifetime": lambda: settings(lifetime=0),
+        "--registry-service": lambda: settings(service="two words"),
+    }
+    for message, call in refusals.items():
+        with pytest.raises(ValueError, match=message):
+            call()
+    key_path.chmod(0o644)  # a signing key others may read is refused, as the tokens file is
+    with pytest.raises(ValueError, match="--registry-key"):
+        settings()
+    key_path.chmod(0o600)
+    assert settings(cert=None) is not None  # the certificate is an optional cross-check
+
+
+def test_https_token_endpoint_with_tls(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """With --tls-cert/--tls-key the HTTP listener speaks only HTTPS (and may then leave loopback); an anonymous
+    request with no scope (what `docker login` sends first) gets a signed token without reading the store."""
+    import asyncio
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    from control.auth import TokenTable
+    from lab.certs import make_certs
+    from leengine.control_http import make_app, start_http
+    from leengine.control_server import http_settings
+
+    certs = make_certs(tmp_path / "certs")
+    key_path, cert_path, kid = make_key_files(tmp_path / "keys")
+    settings = http_settings("0.0.0.0:0", key_path, cert_path, "leengine-registry", "leengine-control", 60,
+                             certs.server_cert, certs.server_key)
+    assert settings is not None and settings.ssl_context is not None and settings.issuer is not None
+    assert settings.issuer.key.kid == kid
+    tokens = TokenTable.from_entries([("0123456789abcdef0123", "ops", "admin")])
+    client = ssl.create_default_context(cafile=str(certs.ca_cert))
+
+    def get(url: str, context: ssl.SSLContext | None) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(url, timeout=5, context=context) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    async def main() -> None:
+        app = make_app(None, None, tokens, settings.issuer)  # type: ignore[arg-type]  # no scope: no store read
+        server = await start_http(app, "127.0.0.1:0", settings.ssl_context)
+        try:
+            loop = asyncio.get_running_loop()
+            base = f"https://127.0.0.1:{server.port}/token"
+            status, body = await loop.run_in_executor(None, get, base + "?service=leengine-registry", client)
+            assert status == 200
+            answer = json.loads(body)
+            claims = rt.decode(answer["token"], {settings.issuer.key.kid: settings.issuer.key.public},
+                               issuer="leengine-control", audience="leengine-registry", now=time.time())
+            assert claims.subject == "" and claims.access == () and answer["expires_in"] == 60
+            status, body = await loop.run_in_executor(None, get, base + "?service=another", client)
+            assert status == 400 and b"service" in body
+            status, _ = await loop.run_in_executor(None, get, base + "?service=leengine-registry&scope=x:y", client)
+            assert status == 400
+            with pytest.raises((urllib.error.URLError, ConnectionError)):  # plaintext to the TLS port
+                await loop.run_in_executor(None, get, f"http://127.0.0.1:{server.port}/token", None)
+        finally:
+            await server.stop()
+
+    asyncio.run(main())
