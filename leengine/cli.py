@@ -292,20 +292,23 @@ def _print_sim_summary(report: dict[str, Any], out_dir: Path) -> None:
 def install_cni(
     directory: Annotated[Path, typer.Argument(metavar="DIR", help="the runtime's CNI bin dir, e.g. /opt/cni/bin")],
     python: Annotated[str | None, typer.Option(
-        help="interpreter the plugin runs with (absolute path, Python >= 3.10; default: this one). The plugin "
-             "needs only the standard library: a statically linked system python3 starts faster (docs/cni.md)")] = None,
+        help="install the Python plugin, run by this interpreter (absolute path, Python >= 3.10). It needs only the "
+             "standard library: a statically linked system python3 starts faster (docs/cni.md)")] = None,
+    plugin: Annotated[str, typer.Option(
+        help="auto: the compiled Go plugin (built offline by scripts/build-cni-plugin.sh) unless --python is given "
+             "or Go is missing, then the Python one; go: Go or fail; python: the Python one")] = "auto",
 ) -> None:
-    """Install the leengine-cni plugin (a sh script answering VERSION, precompiled Python run as `python -IS` for the
-    rest) into DIR, atomically."""
-    from leengine.cni_install import InstallError, install_plugin
+    """Install the leengine-cni plugin into DIR, atomically: the compiled Go forwarder where it can be built, else
+    the Python one (a sh script answering VERSION, precompiled Python run as `python -IS` for the rest)."""
+    from leengine.cni_install import InstallError, install
 
     try:
-        target = install_plugin(directory, python=python)
-    except InstallError as exc:  # no such directory, an interpreter the exec line cannot name or that cannot compile
+        installed = install(directory, python=python, plugin=plugin)
+    except InstallError as exc:  # no such directory, an interpreter the exec line cannot name, no Go plugin (go)
         fail(str(exc), EXIT_BAD_INPUT)
     except OSError as exc:
         fail(str(exc))
-    print(f"installed {target} (VERSION in sh, the rest by {python or sys.executable} -IS)")
+    print(f"installed {installed.path} ({installed.how})")
 
 
 # ------------------------------------------------------------------ store
