@@ -77,7 +77,9 @@ from typing import Any, Literal
 
 from control.activity import activity_ops, check_request_id
 from control.auth import Principal
-from control.members import Action, Resource, authorize, delete_ops, load_memberships, owner_ops
+from control.image_groups import create_ops as image_group_create_ops
+from control.image_groups import group_resource, image_group_key
+from control.members import Action, Resource, Role, authorize, delete_ops, load_memberships, owner_ops
 from foundation.logic.slb_domain import OWNER, load_json
 from foundation.ports import Compare, DeleteOp, GetOp, KeyValue, PutOp, Runtime, Store
 from foundation.ports import control as port
@@ -634,10 +636,11 @@ class Apps:
         owner_compares, owner_puts = owner_ops(app_resource(name), who.name, now)
         claim = domain_claim_key(group, domain) if domain else ""
         claim_compares, claim_puts = ([Compare.missing(claim)], [PutOp(claim, name.encode())]) if claim else ([], [])
+        images_compares, images_puts = await self._image_group_ops(who, name, now)
         revision = await self._commit(
             who, "app.create", name, _summary(f"created in {', '.join(chosen)}"), request_id,
-            [Compare.missing(record.key), *guard, *owner_compares, *claim_compares],
-            [PutOp(record.key, record.to_bytes()), *owner_puts, *claim_puts])
+            [Compare.missing(record.key), *guard, *owner_compares, *claim_compares, *images_compares],
+            [PutOp(record.key, record.to_bytes()), *owner_puts, *claim_puts, *images_puts])
         if revision is None:
             existing = await self.store.get(record.key)
             if existing is not None:
@@ -648,6 +651,21 @@ class Apps:
                                     f"{_clip(claimed.value.decode('utf-8', 'replace'))}: one app per domain")
             raise Conflict(f"the members of app {name} changed while creating it; try again")
         return await self._after_write(who, name)
+
+    async def _image_group_ops(self, who: Principal, name: str, now: float) -> tuple[list[Compare], list[PutOp]]:
+        """The app's builds push to the image group named after it (``{app}/{app}``): created with the app, its
+        creator its Owner, in the same transaction; or, when it exists, compared as it is if the creator is its
+        Owner (or an admin) -- anyone else's group refuses the app, or its owner could push or delete the app's
+        images (docs/registry.md)."""
+        kv = await self.store.get(image_group_key(name))
+        if kv is None:
+            return image_group_create_ops(name, who.name, now)
+        if who.role != "admin":
+            role = (await load_memberships(self.store, group_resource(name))).role_of(who.name)
+            if role is None or role < Role.OWNER:
+                raise AlreadyExists(f"image group {name} exists and {who.name} is not its Owner: an app's builds "
+                                    f"push to the image group named after it")
+        return [Compare.mod_is(kv.key, kv.mod_revision)], []
 
     async def deploy(self, who: Principal, app: Any, draft: Draft, *, request_id: str) -> AppView:
         """A new version v<N> from ``draft`` over the latest version (prefill), in every Cell of the app."""
