@@ -15,6 +15,7 @@ import pytest
 from control.auth import TokenTable
 from control.generated.leengine.control.v1 import builds_pb2 as pb
 from control.generated.leengine.control.v1 import builds_pb2_grpc
+from control.members import Membership, Resource, Role
 from foundation.adapters.asyncio_runtime import AsyncioRuntime
 from foundation.logic.build_task import BUILD, agent_key, id_key, rank_hosts, result_key
 from foundation.ports import DeleteOp
@@ -26,6 +27,7 @@ from node.build_agent import BuildAgent, BuildAgentConfig
 C1 = "5d41402abc4b2a76b9719d911017c592aabbccdd"  # builds name full commit ids, never refs
 CORRUPT = "7f2a9c0d1e4b5a6978877665544332211009988a"
 TOKENS = {"ops": "admin-0123456789abcdef", "alice": "alice-0123456789abcdef"}
+READER = Membership(Resource("app", "shop"), "alice", Role.REPORTER, "ops", 1.7e9)
 TABLE = TokenTable.from_entries([(TOKENS["ops"], "ops", "admin"), (TOKENS["alice"], "alice", "user")])
 
 
@@ -71,6 +73,8 @@ def test_submit_get_and_list_builds_with_every_refusal_writing_nothing(etcd_serv
             lease = await store.grant(2)
             await store.put(agent_key(home), b"{}", lease=lease.id)
             await store.put(agent_key(heir), b"{}")
+            # alice reads the app's builds (Reporter: build.read) but may not queue one (build.trigger: Developer).
+            await store.put(READER.key, READER.to_bytes())
             await refused(grpc.StatusCode.PERMISSION_DENIED,
                           stub.SubmitBuild(pb.SubmitBuildRequest(app="shop", commit=C1), metadata=auth("alice")))
             await refused(grpc.StatusCode.INVALID_ARGUMENT,
@@ -132,7 +136,7 @@ def test_submit_get_and_list_builds_with_every_refusal_writing_nothing(etcd_serv
         finally:
             await channel.close()
             await server.stop(0)
-            await store.txn([], [DeleteOp(BUILD, prefix=True)])
+            await store.txn([], [DeleteOp(BUILD, prefix=True), DeleteOp(READER.key)])
             await store.close()
 
     asyncio.run(asyncio.wait_for(main(), 90))
