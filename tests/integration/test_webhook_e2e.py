@@ -39,7 +39,7 @@ from tests.integration.test_platform_grpc import _free_port, _script
 
 pytestmark = pytest.mark.etcd
 
-TOKENS = {"ops": "ops-token-0123456789", "mia": "mia-token-0123456789abcdef"}
+TOKENS = {"ops": "ops-token-0123456789", "mia": "mia-token-0123456789abcdef", "dev": "dev-token-0123456789abcd"}
 PROJECT, APP, BRANCH = "team/shop", "shop", "main"
 COMMITS = [f"{n:x}" * 40 for n in range(1, 6)]  # 1111…, 2222…, …
 BUILD_SECONDS = 3.0
@@ -90,7 +90,7 @@ class SlowBuilder:
 
 def test_push_hooks_build_each_commit_once_through_duplicates_and_a_killed_receiver(tmp_path: Path) -> None:
     tokens = tmp_path / "tokens"
-    tokens.write_text(f"{TOKENS['ops']} ops admin\n{TOKENS['mia']} mia user\n")
+    tokens.write_text(f"{TOKENS['ops']} ops admin\n{TOKENS['mia']} mia user\n{TOKENS['dev']} dev user\n")
     tokens.chmod(0o600)
     for name, token in TOKENS.items():
         (tmp_path / f"{name}.token").write_text(token + "\n")
@@ -111,12 +111,12 @@ def test_push_hooks_build_each_commit_once_through_duplicates_and_a_killed_recei
             procs.append(proc)
             return proc
 
-        def leengine(user: str, *args: str) -> str:
+        def leengine(user: str, *args: str, code: int = 0) -> str:
             done = subprocess.run([*_script("leengine", "leengine.cli"), "app", *args, "--control",
                                    f"127.0.0.1:{grpc_port}", "--token-file", str(tmp_path / f"{user}.token"),
                                    "--plaintext"], capture_output=True, text=True, timeout=120, check=False)
-            assert done.returncode == 0, (args, done.stdout, done.stderr)
-            return done.stdout
+            assert done.returncode == code, (args, done.stdout, done.stderr)
+            return done.stdout + done.stderr
 
         async def main() -> None:
             store = await open_store(etcd_server.endpoint, etcd_server.client_tls, timeout=5.0)
@@ -160,6 +160,9 @@ def test_push_hooks_build_each_commit_once_through_duplicates_and_a_killed_recei
             control()
             await http_up()
             await asyncio.to_thread(leengine, "mia", "create", APP, "--cell", "cell-a", "--cell", "cell-b")
+            await asyncio.to_thread(leengine, "mia", "members", "add", APP, "dev", "developer")
+            refused = await asyncio.to_thread(leengine, "dev", "hook", APP, "--project", PROJECT, code=1)
+            assert "PERMISSION_DENIED" in refused and "hook.manage needs master" in refused, refused
             bound = json.loads(await asyncio.to_thread(leengine, "mia", "hook", APP, "--project", PROJECT,
                                                        "--branch", BRANCH, "--json"))
             secret = bound["secret"]
