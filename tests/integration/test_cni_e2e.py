@@ -30,7 +30,7 @@ from foundation.adapters.ovs_dataplane import OvsDataplane
 from foundation.ports.dataplane import host_ifname
 from lab.kube_mock import KubeApiMock
 from lab.processes import stop_child
-from leengine.cni_install import install_plugin
+from leengine.cni_install import install_go_plugin, install_plugin
 from leengine.etcd_options import open_store
 
 TOKEN = f"{(os.getpid() + 7) % 0x10000:04x}"
@@ -84,7 +84,7 @@ class Agent:
 
 
 class Lab:
-    def __init__(self, etcd_server, ovs_server, workdir: Path) -> None:
+    def __init__(self, etcd_server, ovs_server, workdir: Path, plugin_kind: str) -> None:
         self.etcd = etcd_server
         self.ovs = ovs_server
         self.workdir = workdir
@@ -92,7 +92,8 @@ class Lab:
         self.netns: list[str] = []
         self.kube = KubeApiMock()
         (workdir / "bin").mkdir()
-        self.plugin = install_plugin(workdir / "bin")  # what an operator installs into the runtime's CNI dir
+        # What an operator installs into the runtime's CNI dir: the Go plugin where it builds, else the Python one.
+        self.plugin = (install_go_plugin if plugin_kind == "go" else install_plugin)(workdir / "bin")
 
     def pod(self) -> str:
         name = f"le{TOKEN}p{next(_ids)}"
@@ -175,10 +176,11 @@ def bridges(ovs_server):
     run(teardown())
 
 
-@pytest.fixture
-def lab(etcd_server, ovs_server, bridges):
+@pytest.fixture(params=["python", "go"])
+def lab(request, etcd_server, ovs_server, bridges):
+    """Two agents, etcd, OVS; once with each plugin (the compiled Go one, the Python one)."""
     workdir = Path(tempfile.mkdtemp(prefix="lee2e-", dir="/tmp"))
-    lab = Lab(etcd_server, ovs_server, workdir)
+    lab = Lab(etcd_server, ovs_server, workdir, request.param)
 
     async def reset(store):
         await store.delete("/ipam/", prefix=True)

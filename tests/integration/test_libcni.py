@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 
 from cni.request import POOL_EXHAUSTED, TRY_AGAIN_LATER, CniRequest
-from leengine.cni_install import install_plugin
-from tests.unit.test_cni_plugin import AgentThread, RecordingHandler
+from leengine.cni_install import install_go_plugin, install_plugin
+from tests.unit.test_cni_plugin import PLUGIN_KINDS, AgentThread, RecordingHandler
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE_PLUGINS = "/usr/lib/cni"
@@ -185,16 +185,18 @@ async def ip(*args: str, check: bool = True) -> str:
     return out.decode()
 
 
-@pytest.fixture
-def chained(cnitool, netns, workdir):
-    """Factory: a conflist leengine-cni → tuning (→ portmap), a test agent behind the socket, two namespaces."""
+@pytest.fixture(params=PLUGIN_KINDS)
+def chained(request, cnitool, netns, workdir):
+    """Factory: a conflist leengine-cni → tuning (→ portmap), a test agent behind the socket, two namespaces; once
+    with each plugin (the compiled Go one, the Python one)."""
     agents: list[AgentThread] = []
 
     def make(portmap: bool) -> SimpleNamespace:
         host, pod = netns("host"), netns("pod")
         bindir = workdir / "bin"
         bindir.mkdir(exist_ok=True)
-        install_plugin(bindir)  # what `leengine install-cni` writes: libcni execs it through its shebang
+        # What `leengine install-cni` writes (Go where it builds, else Python): libcni execs it.
+        (install_go_plugin if request.param == "go" else install_plugin)(bindir)
         sock = str(workdir / "cni.sock")
         plugins: list[dict[str, Any]] = [
             {"type": "leengine-cni", "agentSocket": sock, "pools": ["web-a"], "bridge": "br-pods"},

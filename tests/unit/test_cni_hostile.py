@@ -4,7 +4,8 @@ Regression tests for what an adversarial review broke (deep nesting, unbounded
 timeouts, malformed ``prevResult``, ``CNI_IFNAME`` counted in characters, an
 oversized configuration answered "try again later", stdin read without a bound),
 then hypothesis property tests that drive the agent's parser (``cni/spec.py``), the
-agent server's envelope decoding and the installed plugin with generated input.
+agent server's envelope decoding and the installed plugin with generated input. Every test
+that execs the plugin runs both, the compiled Go one and the Python one (``both_plugins``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,16 @@ from cni import request as codes
 from cni.request import CniError, CniRequest
 from cni.spec import error_version, format_error, parse_invocation
 from leengine import cni_agent_server
-from tests.unit.test_cni_plugin import CONF, AgentThread, RecordingHandler, installed_plugin, plugin_env, run_plugin
+from tests.unit.test_cni_plugin import (  # plugin_kind: the fixture both_plugins runs each test with (Go, Python)
+    CONF,
+    AgentThread,
+    RecordingHandler,
+    both_plugins,
+    installed_plugin,
+    plugin_env,
+    plugin_kind,  # noqa: F401
+    run_plugin,
+)
 
 # What an invocation's own fault may earn: version, env, decoding, configuration.
 PARSE_CODES = {codes.INCOMPATIBLE_VERSION, codes.INVALID_ENV, codes.DECODE_FAILURE, codes.INVALID_CONFIG}
@@ -75,6 +85,7 @@ def test_deeply_nested_config_is_a_decode_failure_in_the_parser(depth):
     assert error_version(stdin) in ("1.0.0", "1.1.0")  # never raises
 
 
+@both_plugins
 @pytest.mark.parametrize("key", ["x", "agentTimeout"])  # agentTimeout: the plugin parses the text itself
 def test_deeply_nested_config_gets_an_error_object_through_plugin_and_agent(agent, key):
     stdin = '{"cniVersion": "1.0.0", "name": "n", "type": "t", "' + key + '": ' + nested(100_000) + "}"
@@ -93,6 +104,7 @@ def test_deeply_nested_envelope_is_answered_not_dropped(agent):
 # --- timeouts --------------------------------------------------------------------------------------------------------
 
 
+@both_plugins
 @pytest.mark.parametrize("value", ["inf", "1e10", "nan", "-1", "0", "abc", "301"])
 def test_out_of_range_timeout_variable_is_refused_naming_it(sock_dir, value):
     started = time.monotonic()
@@ -101,6 +113,7 @@ def test_out_of_range_timeout_variable_is_refused_naming_it(sock_dir, value):
     assert "Traceback" not in err and time.monotonic() - started < 10
 
 
+@both_plugins
 @pytest.mark.parametrize("value", [1e10, 1e300, 301, "30", 0, -5, True])
 def test_out_of_range_agent_timeout_is_refused_naming_the_field(agent, value):
     code, out, err = run_plugin("ADD", {**CONF, "agentTimeout": value}, socket_path=agent.path)
@@ -108,6 +121,7 @@ def test_out_of_range_agent_timeout_is_refused_naming_the_field(agent, value):
     assert "Traceback" not in err
 
 
+@both_plugins
 def test_agent_timeout_at_the_bound_is_used(agent):
     code, out, _err = run_plugin("ADD", {**CONF, "agentTimeout": 300}, socket_path=agent.path)
     assert code == 0 and out["ips"][0]["address"] == "10.1.0.5/24"
@@ -163,6 +177,7 @@ def test_non_utf8_variables_are_invalid_env(variable):
     assert err.code == codes.INVALID_ENV and variable in err.msg
 
 
+@both_plugins
 def test_non_utf8_ifname_from_the_runtime_gets_an_error_object(agent):
     env = plugin_env("ADD")
     env["LEENGINE_CNI_SOCKET"] = agent.path
@@ -178,6 +193,7 @@ def test_non_utf8_ifname_from_the_runtime_gets_an_error_object(agent):
 # --- size of stdin ---------------------------------------------------------------------------------------------------
 
 
+@both_plugins
 def test_config_over_1_mib_is_a_permanent_invalid_config(agent):
     conf = json.dumps({**CONF, "pad": "x" * (MIB + 10)})
     code, out, err = run_plugin("ADD", conf, socket_path=agent.path)
@@ -185,6 +201,7 @@ def test_config_over_1_mib_is_a_permanent_invalid_config(agent):
     assert agent.handler.requests == []
 
 
+@both_plugins
 def test_config_just_under_1_mib_reaches_the_agent_even_when_escaping_grows_it(agent):
     # Raw control characters are escaped 6x on the wire (~6 MiB): the agent must read it and judge it itself.
     head = '{"cniVersion": "1.0.0", "name": "lenet", "type": "leengine-cni", "pad": "'
@@ -199,6 +216,7 @@ def test_parser_refuses_a_config_over_1_mib():
     assert err.code == codes.INVALID_CONFIG and "too large" in err.msg
 
 
+@both_plugins
 def test_plugin_reads_at_most_1_mib_of_stdin(sock_dir):
     """A runtime that keeps writing: the plugin stops reading after 1 MiB + 1 and refuses, it does not slurp 64 MiB."""
     proc = subprocess.Popen([installed_plugin()], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -308,6 +326,7 @@ _PLUGIN_ENV_TEXT = st.one_of(
 )
 
 
+@both_plugins
 def test_property_the_installed_plugin_prints_a_spec_error_object_never_a_traceback(sock_dir, caplog):
     handler = RecordingHandler()
     with AgentThread(os.path.join(sock_dir, "cni.sock"), handler) as running, caplog.at_level(logging.ERROR):
