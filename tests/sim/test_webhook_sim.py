@@ -215,4 +215,45 @@ def test_the_lab_scaling_scales_the_pushes():
     spec = parse_scenario(BASE + PUSHES + "lab: {time_scale: 0.5}\n", "lab.yaml")
     scaled = lab_scaled(spec)
     assert [(p.at, p.every) for p in scaled.pushes] == [(5.0, 30.0)]
-    assert replace(spec, pushes=()).pushes == ()
+
+
+# ------------------------------------------------------------------ the fence, on the farm itself
+
+
+def test_a_zombie_agents_push_is_refused_and_the_check_would_catch_it_accepted():
+    """A build host cut off mid-build keeps building (its Builder does not need etcd) past its lease; the task
+    moves (attempt 2, a new secret); the zombie's push asks for a token with attempt 1's secret and is refused.
+    Had the registry accepted it, one-build-per-commit would fail on the very same history."""
+    from foundation.logic.build_task import IDS
+    from sim.adapters.store import MemoryStore
+    from sim.farm import Farm
+    from sim.spec import BuilderCosts
+
+    rt = SimRuntime(seed=3)
+    store = MemoryStore(rt)
+    farm = Farm(rt, store, 2, lambda name: store.client(name, latency=0.002), costs=BuilderCosts(jitter=0.0))
+    farm.start()
+    assert farm.scheduler is not None
+
+    async def scenario():
+        await rt.sleep(1)
+        task = await farm.scheduler.submit("shop", COMMIT)
+        home = store._range(f"{IDS}{task}", False).kvs[0].value.decode()
+        await rt.sleep(30)  # compiling, cold: 180 s
+        farm.hosts[home].client.partition()  # cut off: its lease expires, the task moves to the other host
+        result = await farm.scheduler.wait(task, timeout=3600)
+        await rt.sleep(60)  # the zombie reaches its push meanwhile (at about 205 s)
+        return home, result
+
+    home, result = rt.run_until_complete(scenario(), limit=7200)
+    assert result is not None and (result.state, result.attempt) == ("done", 2) and result.host != home
+    registry = farm.registry
+    refused = [p for p in registry.pushes if not p.accepted]
+    accepted = [p for p in registry.pushes if p.accepted]
+    assert len(refused) == 1 and len(accepted) == 1 and refused[0].at < accepted[0].at
+    assert registry.images == {f"registry.region/shop/shop:{COMMIT}": registry.image_mb}  # attempt 2's image
+    history = store.history()
+    assert one_build_verdict(CHECK, history, registry.pushes, {}).passed
+    broken = [replace(refused[0], accepted=True), *accepted]  # a registry that let the zombie push
+    verdict = one_build_verdict(CHECK, history, broken, {})
+    assert not verdict.passed and "superseded attempt" in verdict.detail
