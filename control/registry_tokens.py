@@ -12,9 +12,12 @@ signature, then for each request an ``access`` entry ``{type, name, actions}`` t
 the action.
 
 Tokens carry ``iss``, ``sub``, ``aud``, ``exp``, ``nbf``, ``iat``, ``jti`` and ``access``;
-their lifetime defaults to ``DEFAULT_LIFETIME`` (300 s). A token cannot be withdrawn:
-what a revoked membership or robot loses is the next token, so a token already issued
-works until ``exp`` + the registry's leeway (docs/registry.md "Revocation").
+their **lifetime** (default ``DEFAULT_LIFETIME``, 300 s) is the longest the registry honours
+a token: Distribution accepts a token ``REGISTRY_LEEWAY`` seconds past its ``exp`` (clock skew),
+so ``exp`` is the lifetime less that leeway (and ``expires_in`` says so to the client); a
+lifetime is therefore at least ``MIN_LIFETIME``. A token cannot be withdrawn: what a revoked
+membership or robot loses is the next token, and a token already issued works until
+``exp`` + the leeway = its issue + the lifetime, never longer (docs/registry.md "Revocation").
 
 ``SigningKey.from_pem`` loads the P-256 private key (and checks it against the certificate
 given to the registry, when given); ``mint`` signs; ``decode`` verifies a token the way the
@@ -39,8 +42,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 ALGORITHM = "ES256"
-DEFAULT_LIFETIME = 300  # seconds a token is valid
-MIN_LIFETIME, MAX_LIFETIME = 1, 3600
+DEFAULT_LIFETIME = 300  # seconds the registry honours a token: exp + its leeway
+MIN_LIFETIME, MAX_LIFETIME = 70, 3600  # at least 10 s before exp, beside the registry's 60 s of leeway
 REGISTRY_LEEWAY = 60  # seconds Distribution 2.8 adds after exp and before nbf (token.Leeway)
 KEY_ID = re.compile(r"^[A-Z2-7]{4}(:[A-Z2-7]{4}){11}$")
 JTI = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
@@ -168,7 +171,8 @@ def rfc3339(now: float) -> str:
 def mint(key: SigningKey, *, issuer: str, audience: str, subject: str, access: Sequence[Grant], now: float,
          jti: str, lifetime: int = DEFAULT_LIFETIME) -> Issued:
     """A token for ``subject`` ("" for an anonymous caller) granting ``access`` at ``audience`` (the
-    registry's service), valid from ``now`` for ``lifetime`` seconds; ``jti`` unique (the caller draws it)."""
+    registry's service), honoured by the registry from ``now`` for ``lifetime`` seconds (``exp`` is ``lifetime``
+    less the registry's leeway); ``jti`` unique (the caller draws it)."""
     check_name("issuer", issuer)
     check_name("audience", audience)
     check_lifetime(lifetime)
@@ -177,10 +181,11 @@ def mint(key: SigningKey, *, issuer: str, audience: str, subject: str, access: S
     if len(access) > MAX_ACCESS:
         raise ValueError(f"at most {MAX_ACCESS} access entries in one token")
     issued = int(now)
-    claims = {"iss": issuer, "sub": subject, "aud": audience, "exp": issued + lifetime, "nbf": issued,
+    valid_for = lifetime - REGISTRY_LEEWAY  # the registry adds its leeway after exp: exp + leeway = the lifetime
+    claims = {"iss": issuer, "sub": subject, "aud": audience, "exp": issued + valid_for, "nbf": issued,
               "iat": issued, "jti": jti, "access": [grant.to_json() for grant in access]}
     token = jwt.encode(claims, key.private, algorithm=ALGORITHM, headers={"kid": key.kid})
-    return Issued(token, lifetime, rfc3339(issued), jti)
+    return Issued(token, valid_for, rfc3339(issued), jti)
 
 
 def _access(raw: Any) -> tuple[Grant, ...]:

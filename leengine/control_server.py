@@ -695,8 +695,8 @@ def main(
     registry_issuer: Annotated[str, typer.Option(
         help="the registry's auth.token.issuer: the tokens' iss")] = DEFAULT_ISSUER,
     registry_token_lifetime: Annotated[int, typer.Option(
-        help="seconds a registry token is valid (a revoked right lasts at most this + the registry's 60 s "
-             "leeway)")] = 300,
+        help="seconds the registry honours a token, its 60 s leeway after exp included (70-3600): a revoked "
+             "right lasts at most this")] = 300,
     log_level: LogLevelOpt = "info",
 ) -> None:
     """Serve the control service's gRPC API (slb-core, builds, the platform) over etcd."""

@@ -66,16 +66,17 @@ def test_claims_and_header(key: rt.SigningKey) -> None:
     header = jwt.get_unverified_header(issued.token)
     assert header["alg"] == "ES256" and header["kid"] == key.kid
     body = json.loads(base64.urlsafe_b64decode(issued.token.split(".")[1] + "=="))
-    assert body == {"iss": ISS, "sub": "alice", "aud": AUD, "exp": int(NOW) + 300, "nbf": int(NOW),
+    # exp + the registry's 60 s leeway = the lifetime: the registry never honours a token longer than that
+    assert body == {"iss": ISS, "sub": "alice", "aud": AUD, "exp": int(NOW) + 300 - rt.REGISTRY_LEEWAY, "nbf": int(NOW),
                     "iat": int(NOW), "jti": "0123456789abcdef",
                     "access": [{"type": "repository", "name": "shop/web", "actions": ["pull", "push"]},
                                {"type": "repository", "name": "shop/db", "actions": []}]}
     assert isinstance(body["aud"], str)  # Distribution 2.8 decodes aud as one string
-    assert issued.answer() == {"token": issued.token, "access_token": issued.token, "expires_in": 300,
+    assert issued.answer() == {"token": issued.token, "access_token": issued.token, "expires_in": 240,
                                "issued_at": "2027-01-15T08:00:00Z"}
     claims = rt.decode(issued.token, keys_of(key), issuer=ISS, audience=AUD, now=NOW + 10)
     assert (claims.subject, claims.expires, claims.not_before, claims.issued, claims.jti) == \
-        ("alice", int(NOW) + 300, int(NOW), int(NOW), "0123456789abcdef")
+        ("alice", int(NOW) + 240, int(NOW), int(NOW), "0123456789abcdef")
     assert claims.access == tuple(grants())
 
 
@@ -90,11 +91,11 @@ def test_decode_refuses(key: rt.SigningKey, case: str, overrides: dict[str, obje
         rt.decode(token(key, **overrides), keys_of(key), issuer=ISS, audience=AUD, now=now)
 
 
-def test_leeway_is_the_registrys(key: rt.SigningKey) -> None:
-    late = token(key)
-    rt.decode(late, keys_of(key), issuer=ISS, audience=AUD, now=NOW + 300 + 60, leeway=rt.REGISTRY_LEEWAY)
+def test_leeway_is_the_registrys_and_inside_the_lifetime(key: rt.SigningKey) -> None:
+    late = token(key)  # lifetime 300: honoured with the registry's leeway up to its issue + 300 s, never after
+    rt.decode(late, keys_of(key), issuer=ISS, audience=AUD, now=NOW + 300, leeway=rt.REGISTRY_LEEWAY)
     with pytest.raises(rt.TokenError, match="expired"):
-        rt.decode(late, keys_of(key), issuer=ISS, audience=AUD, now=NOW + 300 + 61, leeway=rt.REGISTRY_LEEWAY)
+        rt.decode(late, keys_of(key), issuer=ISS, audience=AUD, now=NOW + 301, leeway=rt.REGISTRY_LEEWAY)
 
 
 def test_unknown_key_and_forged_kid(key: rt.SigningKey) -> None:
@@ -135,7 +136,7 @@ def test_aud_list_is_refused(key: rt.SigningKey) -> None:
 
 
 def test_mint_refuses_bad_input(key: rt.SigningKey) -> None:
-    for overrides in ({"lifetime": 0}, {"lifetime": 3601}, {"lifetime": True}, {"jti": "short"},
+    for overrides in ({"lifetime": 0}, {"lifetime": 69}, {"lifetime": 3601}, {"lifetime": True}, {"jti": "short"},
                       {"jti": "has space 0123"}, {"issuer": "two words"}, {"audience": ""},
                       {"access": [rt.Grant("repository", "a/b", ())] * (rt.MAX_ACCESS + 1)}):
         with pytest.raises(ValueError):
@@ -255,7 +256,7 @@ def test_https_token_endpoint_with_tls(tmp_path) -> None:  # type: ignore[no-unt
 
     certs = make_certs(tmp_path / "certs")
     key_path, cert_path, kid = make_key_files(tmp_path / "keys")
-    settings = http_settings("0.0.0.0:0", key_path, cert_path, "leengine-registry", "leengine-control", 60,
+    settings = http_settings("0.0.0.0:0", key_path, cert_path, "leengine-registry", "leengine-control", 70,
                              certs.server_cert, certs.server_key)
     assert settings is not None and settings.ssl_context is not None and settings.issuer is not None
     assert settings.issuer.key.kid == kid
@@ -280,7 +281,7 @@ def test_https_token_endpoint_with_tls(tmp_path) -> None:  # type: ignore[no-unt
             answer = json.loads(body)
             claims = rt.decode(answer["token"], {settings.issuer.key.kid: settings.issuer.key.public},
                                issuer="leengine-control", audience="leengine-registry", now=time.time())
-            assert claims.subject == "" and claims.access == () and answer["expires_in"] == 60
+            assert claims.subject == "" and claims.access == () and answer["expires_in"] == 10
             status, body = await loop.run_in_executor(None, get, base + "?service=another", client)
             assert status == 400 and b"service" in body
             status, _ = await loop.run_in_executor(None, get, base + "?service=leengine-registry&scope=x:y", client)
