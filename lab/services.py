@@ -601,8 +601,9 @@ def _leengine_command(name: str) -> str:
 
 
 def _install_cni(lab: Any) -> None:
+    # Up to 11 min: the first install on a machine builds the Go plugin (a cold Go cache: ~1 min on 2 busy cores).
     done = subprocess.run([_leengine_command("leengine"), "install-cni", str(files(lab).cni_bin)],
-                          capture_output=True, text=True, timeout=60, check=False)
+                          capture_output=True, text=True, timeout=660, check=False)
     if done.returncode != 0:
         raise ServiceError(f"leengine install-cni {files(lab).cni_bin} failed: {done.stderr.strip()[-500:]}")
 
