@@ -42,12 +42,12 @@ SHIPPED = {
     "lab-burst-1000": "37f44196e82ea443fc199396556f0a7b8f6d2bc6ce7c04ce69e8464eb175c393",  # issue 12: the lab burst
     # issue 13: the platform in the sim (control/apps.py, control/releases.py, slb-core's shares, the SLB agents'
     # traffic records): a change to any of them moves these two
-    "gray-release-revert": "b373e9d549146c8679eddd953c6a4d2f2a6840b7af1e0da6545c86096458938d",
-    "gray-release-cell-outage": "259ad226d2dcbc2ace35379e7e2e2ed38576949e31b3063a1ee58d0901ab1a31",
+    "gray-release-revert": "8eeb74502c6d49216ea9f26d432d0c652bd09f34f8b450475701716300ae3651",
+    "gray-release-cell-outage": "c46814badf19dbc15a46e39272e7c8080de5bce4b1030df613e0852cc954f09a",
     # issue 14: builds on push (sim/webhooks.py, control/webhooks.py in-process, the fenced registry). Moved once:
     # a late delivery of a push already superseded by the branch head is now queued and cancelled at once (every
     # pushed commit ends with one claim and one result) instead of ignored; the earlier webhooks.py gives 2cf2fe01….
-    "webhook-storm": "5f86603d70a361edbff148c47f918fb7427b08a067dcaaad86828a5402674890",
+    "webhook-storm": "61f9fe3919be366b7ccbdfe7ce50f0c16d16016ad7648411d11a704b18086b2d",
 }
 # every_fault_kind() below, seed 3; its verdicts (two fail on purpose) end the trace too. Moved once on
 # purpose (issue 10, discovery a client of the control service): its one failed push during the
