@@ -58,8 +58,10 @@ MGMT_VLAN = 4000
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
 CONTROL_PORT = 50051  # leengine-control's gRPC
+CONTROL_HTTP_PORT = 5001  # leengine-control's --http-address (HTTPS: the registry's /token, GitLab's hooks)
 API_PORT = 8080  # a Cell's Kubernetes API (plain HTTP inside the lab)
-REGISTRY_PORT = 5000
+REGISTRY_PORT = 5000  # the registry gate (leengine registry-gate): the address every client uses
+REGISTRY_UPSTREAM = "127.0.0.1:5000"  # docker-registry itself, on the registry host's loopback: only the gate calls it
 NGINX_PORT = 80  # the Nginx hosts' client-facing port
 
 # Port ranges on the management addresses. Metrics ports are unique over the whole lab (several
@@ -301,7 +303,18 @@ class LabPlan:
 
     @property
     def registry_address(self) -> str:
+        """The registry as its clients call it: the gate in front of docker-registry."""
         return f"{self.hosts[REGISTRY_HOST].mgmt_ip}:{REGISTRY_PORT}"
+
+    @property
+    def control_http_address(self) -> str:
+        """leengine-control's ``--http-address`` (TLS, the lab's server certificate)."""
+        return f"{self.hosts[CONTROL_HOST].mgmt_ip}:{CONTROL_HTTP_PORT}"
+
+    @property
+    def token_realm(self) -> str:
+        """The registry's ``auth.token.realm``: where clients get registry tokens (docs/registry.md)."""
+        return f"https://{self.control_http_address}/token"
 
     def etcd_client_link(self, sim_client: str) -> str:
         """The links client that carries a sim etcd-client target's traffic (``slb-core`` -> ``control``)."""

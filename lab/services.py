@@ -7,12 +7,16 @@
    the members' and the control host's addresses as IP SANs) and bearer tokens in ``DIR/tokens``;
 2. the links process (root netns): every etcd client's path to the members (``lab/links.py``);
 3. the 3 etcd members, waited for until all three are members and one leads;
-4. ``leengine-control`` (``--cells DIR/cells.yaml``: the platform's apps in every Cell's API), then the
-   pools registered (``cnictl pool add``) and the SLB groups
-   created (``CreateGroup`` as the lab's admin);
+4. ``leengine-control`` (``--cells DIR/cells.yaml``: the platform's apps in every Cell's API; ``--http-address``
+   on the control host's management address, HTTPS with the lab's server certificate, serving the registry's
+   ``/token`` with the key ``leengine registry-key`` makes in ``DIR/certs/registry`` on its first start), then
+   the pools registered (``cnictl pool add``) and the SLB groups created (``CreateGroup`` as the lab's admin);
 5. one Kubernetes API per Cell, then discovery (one ``cells`` entry per Cell, one binding per
    app of the spec, as the sim binds them);
-6. the Nginx hosts' SLB agents (each starts its private Nginx), the registry, the build agents;
+6. the Nginx hosts' SLB agents (each starts its private Nginx), the registry (``docker-registry`` on the
+   registry host's loopback with token auth: realm = the control service's ``/token``) and
+   ``leengine registry-gate`` in front of it on the registry host's address (what every client calls), the
+   build agents (they push through the gate as ``build$TASK``, docs/registry.md);
 7. ``leengine install-cni`` into ``DIR/cni/bin`` and, per node, a network configuration, the
    CNI agent (root netns, on the node's bridge) and the lab container runtime;
 8. the lab's Kubernetes controllers (``python -m lab.controller``, root netns): the domains, the
@@ -60,6 +64,8 @@ from lab.plan import (
     CONTROL_HOST,
     ETCD_CLIENT_PORT,
     NGINX_PORT,
+    REGISTRY_HOST,
+    REGISTRY_UPSTREAM,
     LabPlan,
 )
 from lab.record import LabRecord, ProcessEntry, read_pidfile, stop_pids
@@ -70,6 +76,10 @@ ETCD_TIMEOUT = 45.0  # the cluster: 3 members electing a leader
 ADMIN_TOKEN_NAME = "lab-admin"
 DISCOVERY_TOKEN_NAME = "discovery"
 NODE_COOLDOWN = 30.0
+# The registry tokens' aud and iss: leengine-control's defaults (--registry-service/--registry-issuer), written
+# into the registry's auth.token section (the four values must match, docs/registry.md).
+REGISTRY_SERVICE = "leengine-registry"
+REGISTRY_ISSUER = "leengine-control"
 
 
 class ServiceError(RuntimeError):
@@ -146,6 +156,15 @@ class LabFiles:
     @property
     def repos(self) -> Path:
         return self.dir / "repos"
+
+    @property
+    def registry_key_dir(self) -> Path:
+        """``leengine registry-key``'s directory: token.key (the control service's only) and token.crt."""
+        return self.certs_dir / "registry"
+
+    @property
+    def registry_root(self) -> Path:
+        return self.dir / "registry"
 
 
 def files(lab: Any) -> LabFiles:
@@ -326,6 +345,47 @@ def _control_ready(lab: Any) -> bool:
         return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
 
 
+def _launch_env(lab: Any, name: str) -> dict[str, str]:
+    """The environment ``name`` was (last) started with: what this lab runs, even if made by an older checkout."""
+    try:
+        return dict(_supervisor(lab).launch(name).env)
+    except (SupervisorError, OSError, ValueError):
+        return {}
+
+
+def _control_http_ready(lab: Any) -> bool:
+    """The control service's HTTPS listener answers (when it was started with one): GET /token without
+    credentials is an anonymous token request, 200 (or 400 when the service name is not its own)."""
+    address = _launch_env(lab, "control").get("HTTP_ADDRESS")
+    if not address:
+        return True
+    context = ssl.create_default_context(cafile=str(files(lab).certs.ca_cert))
+    try:
+        with urllib.request.urlopen(f"https://{address}/token?service={REGISTRY_SERVICE}", timeout=1.0,
+                                    context=context) as resp:
+            resp.read(1 << 16)
+            return True
+    except urllib.error.HTTPError as exc:
+        return exc.code < 500
+    except (OSError, ValueError):
+        return False
+
+
+def registry_challenge(lab: Any, timeout: float = 1.0) -> str | None:
+    """The registry's answer to an anonymous ``GET /v2/`` through the gate: its ``WWW-Authenticate`` challenge
+    (``Bearer realm=...``) when it runs with token auth, "" when it lets anyone in (200), None when it does
+    not answer either way (the gate or the registry behind it down: the gate answers 503)."""
+    try:
+        with urllib.request.urlopen(f"http://{lab.plan.registry_address}/v2/", timeout=timeout) as resp:
+            resp.read(1 << 16)
+            return ""
+    except urllib.error.HTTPError as exc:
+        challenge = exc.headers.get("WWW-Authenticate", "")
+        return challenge if exc.code == 401 and challenge.startswith("Bearer ") else None
+    except (OSError, ValueError):
+        return None
+
+
 def _nginx_serving(lab: Any, host: str) -> int | None:
     from lab.slb import served_generation
 
@@ -351,7 +411,7 @@ def probe(lab: Any, name: str) -> Callable[[], bool]:
     if name in plan.etcd_members:
         return lambda: _etcd_member_ready(lab, name)
     if name == "control":
-        return lambda: _control_ready(lab)
+        return lambda: _control_ready(lab) and _control_http_ready(lab)
     if name == "discovery" or name.startswith("build-agent-"):
         url = _metrics_url(lab, name)
         return (lambda: _http_ok(url)) if url else (lambda: True)
@@ -360,8 +420,11 @@ def probe(lab: Any, name: str) -> Callable[[], bool]:
         return lambda: _http_ok(f"{plan.cells[str(cell)].api_url}/api/v1/nodes")
     if name.startswith("slb-"):
         return lambda: _nginx_serving(lab, name.removeprefix("slb-")) is not None
-    if name == "registry":
-        return lambda: _http_ok(f"http://{plan.registry_address}/v2/")
+    if name == "registry":  # its own listener is on the registry host's loopback: its debug server says it runs
+        debug = _metrics_url(lab, name)
+        return (lambda: _http_ok(debug)) if debug else (lambda: True)
+    if name == "registry-gate":
+        return lambda: registry_challenge(lab) is not None
     if name.startswith("cni-"):
         return lambda: _unix_answers(f.cni_socket(name.removeprefix("cni-")))
     if name.startswith("runtime-"):
@@ -391,7 +454,8 @@ def _launches(lab: Any) -> list[list[Launch]]:
     phases.append([Launch("control", "control", {
         "LISTEN": plan.control_address, "TOKENS_FILE": str(f.tokens_file), "TLS_CERT": str(certs.server_cert),
         "TLS_KEY": str(certs.server_key), "METRICS_ADDRESS": _metrics_listen(lab, "control"),
-        "CELLS_FILE": str(f.cells_config), **_etcd_env(lab, "control")},
+        "CELLS_FILE": str(f.cells_config), "HTTP_ADDRESS": plan.control_http_address,
+        "REGISTRY_KEY_DIR": str(f.registry_key_dir), **_etcd_env(lab, "control")},
         netns=plan.netns(CONTROL_HOST), host=CONTROL_HOST)])
     apis = [Launch(cell.api_host, "api", {"LISTEN": f"{plan.hosts[cell.api_host].mgmt_ip}:{API_PORT}",
                                           "CELL": cell.name}, netns=plan.netns(cell.api_host), host=cell.api_host)
@@ -409,9 +473,15 @@ def _launches(lab: Any) -> list[list[Launch]]:
                 "GROUP": group, "SLB_HOST": host, "PREFIX": str(f.nginx_prefix(host)), "LISTEN_ADDRESS": "0.0.0.0",
                 "METRICS_ADDRESS": _metrics_listen(lab, f"slb-{host}"), **_traffic_every(lab), **_etcd_env(lab, host)},
                 netns=plan.netns(host), host=host))
+    # docker-registry on the registry host's loopback, token auth; the gate on its address is what clients call.
     hosts.append(Launch("registry", "registry", {
-        "LISTEN": plan.registry_address, "REGISTRY_ROOT": str(plan.dir / "registry"),
-        "METRICS_ADDRESS": _metrics_listen(lab, "registry")}, netns=plan.netns("registry"), host="registry"))
+        "LISTEN": REGISTRY_UPSTREAM, "REGISTRY_ROOT": str(f.registry_root),
+        "METRICS_ADDRESS": _metrics_listen(lab, "registry"), "TOKEN_REALM": plan.token_realm,
+        "TOKEN_CERT": str(f.registry_key_dir / "token.crt"), "TOKEN_SERVICE": REGISTRY_SERVICE,
+        "TOKEN_ISSUER": REGISTRY_ISSUER}, netns=plan.netns(REGISTRY_HOST), host=REGISTRY_HOST))
+    hosts.append(Launch("registry-gate", "registry-gate", {"LISTEN": plan.registry_address,
+                                                           "UPSTREAM": REGISTRY_UPSTREAM},
+                        netns=plan.netns(REGISTRY_HOST), host=REGISTRY_HOST))
     for host in plan.build_hosts:
         hosts.append(Launch(f"build-agent-{host}", "build-host", {
             "BUILD_HOST": host, "REPOS": str(f.repos), "WORKDIR": str(plan.dir / "build" / host),

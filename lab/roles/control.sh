@@ -1,6 +1,6 @@
 #!/bin/sh
 # shellcheck source-path=SCRIPTDIR
-# Role control: the control service (slb-core, builds) over gRPC with TLS.
+# Role control: the control service (slb-core, builds) over gRPC with TLS, and the registry's /token over HTTPS.
 # Debian packages: none beyond python3 (the leengine package installed: pip install .).
 # Variables:
 #   LISTEN             IP:port to serve gRPC on (the control host's management address)
@@ -10,6 +10,10 @@
 #   METRICS_ADDRESS    IP:port of /metrics (optional)
 #   CELLS_FILE         the Cells' Kubernetes APIs for the platform's apps (optional; without it the apps
 #                      RPCs answer FAILED_PRECONDITION)
+#   HTTP_ADDRESS       IP:port of the HTTP listener, HTTPS with TLS_CERT (its IP must be one of the certificate's
+#                      SANs): the registry's GET /token, GitLab's POST /hooks/gitlab (optional)
+#   REGISTRY_KEY_DIR   the registry tokens' signing key and certificate (token.key, token.crt), made here by
+#                      `leengine registry-key` when neither exists yet (optional; needs HTTP_ADDRESS)
 set -eu
 # shellcheck source=common.sh
 . "$(dirname "$0")/common.sh"
@@ -29,5 +33,18 @@ fi
 if [ -n "${CELLS_FILE:-}" ]; then
   path CELLS_FILE "$CELLS_FILE"
   set -- "$@" --cells "$CELLS_FILE"
+fi
+if [ -n "${HTTP_ADDRESS:-}" ]; then
+  address HTTP_ADDRESS "$HTTP_ADDRESS"
+  set -- "$@" --http-address "$HTTP_ADDRESS"
+fi
+if [ -n "${REGISTRY_KEY_DIR:-}" ]; then
+  path REGISTRY_KEY_DIR "$REGISTRY_KEY_DIR"
+  [ -n "${HTTP_ADDRESS:-}" ] || die "REGISTRY_KEY_DIR needs HTTP_ADDRESS: /token is served over HTTP"
+  # Made once: a new key would make every token in flight invalid (leengine-control names a half-made pair).
+  if [ ! -e "$REGISTRY_KEY_DIR/token.key" ] && [ ! -e "$REGISTRY_KEY_DIR/token.crt" ]; then
+    "$(command_path leengine)" registry-key "$REGISTRY_KEY_DIR" || die "leengine registry-key $REGISTRY_KEY_DIR failed"
+  fi
+  set -- "$@" --registry-key "$REGISTRY_KEY_DIR/token.key" --registry-cert "$REGISTRY_KEY_DIR/token.crt"
 fi
 exec "$(command_path leengine-control)" "$@"

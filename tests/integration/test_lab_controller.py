@@ -9,7 +9,11 @@ One lab (1 Cell x 3 nodes, one Nginx host, one build host, one app of 2 replicas
   on the other nodes, which serve; ``--undo`` brings the node back;
 * then ``lab run`` of a scenario whose deploys build on the real farm (git + buildah + the lab's
   registry) while the build host crashes: builds are submitted, finish, their times are the
-  ``build_seconds`` samples, and the verdicts equal the sim's; ``lab down`` leaves nothing.
+  ``build_seconds`` samples, and the verdicts equal the sim's; ``lab down`` leaves nothing;
+* the lab's registry runs with token auth behind the registry gate (docs/registry.md): an anonymous
+  push through the gate is refused 401 with the Bearer challenge of the control service's ``/token``,
+  and every build done landed as ``shop/shop:{commit}`` (read with a token of the lab's admin), its
+  tags all commits of the app's repository.
 
 Root only; a missing component fails the test.
 """
@@ -17,10 +21,17 @@ Root only; a missing component fails the test.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import shutil
+import ssl
+import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -32,6 +43,7 @@ from lab.load import get
 from lab.pod_actions import RuntimePods
 from lab.record import tagged_pids
 from lab.run import open_lab, run_lab
+from lab.services import REGISTRY_SERVICE, admin_token, files
 from sim.runner import run_scenario
 from sim.scenario import Scenario, load_scenario
 from sim.scenario_lab import lab_scaled
@@ -88,6 +100,31 @@ async def _pods_by_node(lab, store=None) -> dict[str, list[str]]:
     return {n: [p["name"] for p in await pods.list_pods(n) or [] if p.get("alive")] for n in lab.plan.nodes}
 
 
+def _anonymous_push(lab) -> tuple[int, str]:
+    """A blob upload started through the registry gate without credentials: (status, WWW-Authenticate)."""
+    request = urllib.request.Request(f"http://{lab.plan.registry_address}/v2/shop/shop/blobs/uploads/", data=b"",
+                                     method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.status, ""
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get("WWW-Authenticate", "")
+
+
+def _registry_tags(lab, repository: str) -> list[str]:
+    """The repository's tags, read through the gate with a pull token the lab's admin got from /token."""
+    query = urllib.parse.urlencode({"service": REGISTRY_SERVICE, "scope": f"repository:{repository}:pull"})
+    basic = base64.b64encode(f"lab-admin:{admin_token(lab)}".encode()).decode()
+    context = ssl.create_default_context(cafile=str(files(lab).certs.ca_cert))
+    request = urllib.request.Request(f"{lab.plan.token_realm}?{query}", headers={"Authorization": f"Basic {basic}"})
+    with urllib.request.urlopen(request, timeout=10, context=context) as resp:
+        token = json.load(resp)["token"]
+    request = urllib.request.Request(f"http://{lab.plan.registry_address}/v2/{repository}/tags/list",
+                                     headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return sorted(json.load(resp).get("tags") or [])
+
+
 def test_a_lab_left_up_heals_a_host_crashed_by_hand_and_deploys_build_on_the_farm(tmp_path):
     if os.geteuid() != 0:
         pytest.fail("the lab makes network namespaces and OVS bridges: run the integration tier as root")
@@ -126,6 +163,10 @@ def test_a_lab_left_up_heals_a_host_crashed_by_hand_and_deploys_build_on_the_far
         assert not (directory / "faults" / "host-crash.json").exists()
 
         report = asyncio.run(asyncio.wait_for(run_lab(scenario, spec, lab, out, code_version={}), 400))
+        anonymous = _anonymous_push(lab)
+        tags = _registry_tags(lab, "shop/shop")
+        commits = subprocess.run(["git", "-C", str(directory / "repos" / "shop"), "rev-list", "--all"],
+                                 capture_output=True, text=True, check=True, timeout=30).stdout.split()
     finally:
         down = down_lab(directory)
         shutil.rmtree(directory, ignore_errors=True)
@@ -138,6 +179,13 @@ def test_a_lab_left_up_heals_a_host_crashed_by_hand_and_deploys_build_on_the_far
     assert len(report["samples"]["build_seconds"]) == m["builds_done"]
     assert all(0 < s < 60 for s in report["samples"]["build_seconds"]), report["samples"]["build_seconds"]
     assert report["counts"]["registry_images"] >= 1
+    status, challenge = anonymous
+    assert status == 401, anonymous
+    assert challenge.startswith(f'Bearer realm="{lab.plan.token_realm}",service="{REGISTRY_SERVICE}"'), challenge
+    assert "repository:shop/shop:" in challenge and "push" in challenge, challenge
+    built = {r["task"].partition("@")[2] for r in report["lab"]["builds"] if r["state"] == "done"}
+    assert built and built <= set(tags), (built, tags)  # every build done landed under {app}/{app}:{commit}
+    assert set(tags) <= set(commits), (tags, commits)
     sim = run_scenario(Scenario(spec, scenario.sha256, str(path)))
     verdicts = {c["name"]: c["passed"] for c in report["checks"]}
     assert verdicts == {c["name"]: c["passed"] for c in sim.checks}, (report["checks"], sim.checks)

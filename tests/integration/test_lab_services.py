@@ -177,7 +177,7 @@ def test_kill_and_start_again_and_status(lab):
 
     rows = services.services_status(lab)
     processes = {r["name"]: r for r in rows if r["kind"] == "process"}
-    expected = {"links", "etcd1", "etcd2", "etcd3", "control", "discovery", "api-c1", "registry",
+    expected = {"links", "etcd1", "etcd2", "etcd3", "control", "discovery", "api-c1", "registry", "registry-gate",
                 *(f"slb-{h}" for hs in lab.plan.groups.values() for h in hs),
                 *(f"build-agent-{h}" for h in lab.plan.build_hosts),
                 *(f"cni-{n}" for n in lab.plan.nodes), *(f"runtime-{n}" for n in lab.plan.nodes), "kube-controller"}
