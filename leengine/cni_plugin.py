@@ -329,10 +329,19 @@ def _socket_path(env_value: str | None, conf_value: object) -> str:
     if conf_value is None:
         return DEFAULT_SOCKET
     if (not isinstance(conf_value, str) or not conf_value.startswith("/") or "\0" in conf_value
-            or len(conf_value.encode("utf-8", "surrogatepass")) > SUN_PATH_MAX):
+            or len(conf_value.encode("utf-8", "surrogatepass")) > SUN_PATH_MAX or not _encodable(conf_value)):
         raise _Refused(INVALID_CONFIG, "invalid network configuration field agentSocket",
                        f"agentSocket={_short(conf_value)}: expected an absolute path of at most {SUN_PATH_MAX} bytes")
     return conf_value
+
+
+def _encodable(path: str) -> bool:
+    """Can connect() name it? A lone surrogate from a JSON \\u escape (other than one os.fsdecode makes) cannot."""
+    try:
+        path.encode(_FS_ENCODING, _FS_ERRORS)
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _timeout(env_value: str | None, conf_value: object) -> float:

@@ -309,6 +309,16 @@ def test_socket_from_config_then_default(sock_dir):
 
 
 @both_plugins
+@pytest.mark.parametrize("socket_text", ['"relative.sock"', '""', "7", '"/' + "p" * 107 + '"', '"/tmp/\\ud800"',
+                                         '"/tmp/a\\u0000b"', '["/tmp/x.sock"]'])
+def test_an_unusable_agent_socket_in_the_configuration_is_invalid_config(socket_text):
+    stdin = '{"cniVersion": "1.0.0", "name": "n", "type": "t", "agentSocket": ' + socket_text + "}"
+    code, out, err = run_plugin("ADD", stdin)
+    assert code == 1 and out["code"] == codes.INVALID_CONFIG and out["msg"].endswith("field agentSocket"), out
+    assert out["details"].startswith("agentSocket=") and "Traceback" not in err
+
+
+@both_plugins
 def test_stale_socket_nobody_listening_means_try_again_later(sock_dir):
     path = os.path.join(sock_dir, "stale.sock")
     s = socket.socket(socket.AF_UNIX)
@@ -698,7 +708,7 @@ _PY_FLOAT_TEXT = st.text(st.sampled_from("0123456789.eE+-_ \t\x1c\xa0\u2003\u066
 _ANY_JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-(10**30), 10**30) | st.floats() | st.text(max_size=12)
     | st.sampled_from([300, 300.0, 2.5, 0, -0.0, 1e-320, "/tmp/lecni-none.sock", "relative.sock", "/" + "p" * 120,
-                       "/" + "é" * 53, "/tmp/\udcff", "/tmp/é😀", "it's", 'say "hi"', "\x00", "\ud800"]),
+                       "/" + "é" * 53, "/tmp/\udcff", "/tmp/\ud800", "/tmp/é😀", "it's", 'say "hi"', "\x00", "\ud800"]),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
     max_leaves=6)
 
