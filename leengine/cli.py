@@ -280,6 +280,10 @@ def _print_sim_summary(report: dict[str, Any], out_dir: Path) -> None:
         for name, s in report["metrics_summary"].items():
             metrics.add_row(name, *("-" if s[k] is None else f"{s[k]:,.4g}" for k in ("min", "max", "mean", "last")))
         console.print(metrics)
+    for t in report.get("fault_times", []):  # faults whose times this seed drew (sim/fault_times.py)
+        drawn = [f"{key} {t[key]:g} s (drawn from {t[key + '_range'][0]:g}-{t[key + '_range'][1]:g})"
+                 for key in ("at", "duration") if key + "_range" in t]
+        console.print(f"faults[{t['fault']}] {t['kind']} (line {t['line']}): {', '.join(drawn)}")
     failed = sum(1 for c in report["checks"] if not c.get("passed"))
     status = "[green]all checks passed[/green]" if not failed else f"[red]{failed} check(s) failed[/red]"
     console.print(f"{status}; trace_sha256 {report['trace_sha256']}; report {out_dir / 'report.json'}")

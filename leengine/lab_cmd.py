@@ -216,6 +216,7 @@ def lab_run(
     from lab.lab import LabError, LabInputError, down_lab
     from lab.run import LabRunError, open_lab, run_lab
     from leengine.cli import _code_version
+    from sim.fault_times import draw_fault_times
     from sim.scenario import ScenarioError, load_scenario
     from sim.scenario_lab import lab_scaled
 
@@ -223,7 +224,7 @@ def lab_run(
         loaded = load_scenario(scenario, seed=seed)
     except ScenarioError as exc:
         raise BadInput(str(exc)) from None
-    spec = lab_scaled(loaded.spec)
+    spec = draw_fault_times(lab_scaled(loaded.spec))  # fault times drawn for the seed as the sim's Region draws them
     _need_root()
     target = out or Path("runs") / "lab" / f"{spec.name}-seed{spec.seed}"
     try:

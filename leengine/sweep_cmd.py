@@ -77,6 +77,9 @@ def timed_run(job: SweepJob, seed: int) -> Result:
     """The task every engine runs: ``sim.sweep.run_seed`` plus its wall seconds, the worker and its code."""
     from sim.sweep import run_seed
 
+    # The agents' warnings in a run (discovery retrying during an etcd outage) are the simulated Region's, as
+    # quiet as in `sim run`: a worker process has no logging set up, and Python would print each to stderr.
+    logging.getLogger("leengine").setLevel(logging.ERROR)
     code = code_version()  # before the clock starts: the first call of a process runs git
     started = time.perf_counter()
     result = run_seed(job, seed)

@@ -231,6 +231,17 @@ class Platform:
                 for (ns, controller), at in workloads.deleted_at.items():
                     if ns == name and (ns, controller) not in workloads.controllers:
                         gone[(name, controller.removeprefix(f"{name}-"), cell)] = at
+        # A bad version that never reached a Cell (cut off while it was deployed, and reverted before the next
+        # reconcile brought it there: sweep-release-cell-cut) has nothing to delete there: gone from its first
+        # error, not "still there" (a false release-reverted-within failure found by that sweep).
+        for (name, version), first in self.traffic.first_error.items():
+            if name not in self.specs:
+                continue
+            for cell in self.specs[name].cells:
+                key = (name, controller_name(name, version))
+                workloads = self.workloads[cell]
+                if key not in workloads.controllers and key not in workloads.deleted_at:
+                    gone.setdefault((name, version, cell), first)
         return PlatformSeen({name: spec.cells for name, spec in self.specs.items()}, dict(self.traffic.first_error),
                             self.observed.shares, self.observed.releases, gone, self.observed.final)
 

@@ -33,6 +33,7 @@ from sim import report_html
 from sim.adapters.metrics import SimMetrics
 from sim.adapters.runtime import SIM_EPOCH, SimRuntime
 from sim.agent_series import agent_series
+from sim.fault_times import drawn_times, has_drawn_times
 from sim.plots import KEY_METRICS, fault_windows, write_plots
 from sim.scenario import NAME, Scenario
 from sim.spec import RegionSpec
@@ -119,7 +120,7 @@ def run_scenario(scenario: Scenario, *, on_progress: Callable[[float], None] | N
     region.run()
     report = region.report()
     checks = [dict(c) for c in report.get("checks", [])]
-    return RunResult(scenario=scenario, spec=spec, report=report, trace_sha256=runtime.trace_log.sha256,
+    return RunResult(scenario=scenario, spec=region.spec, report=report, trace_sha256=runtime.trace_log.sha256,
                      trace_events=runtime.trace_log.count, virtual_seconds=runtime.now(), checks=checks,
                      agent_metrics=region.agent_metrics, scrape_interval=region.sampler.every)
 
@@ -170,6 +171,8 @@ def build_report(result: RunResult, *, code_version: dict[str, Any], wall_second
         "inputs": asdict(spec),
         "passed": result.passed,
         "checks": result.checks,
+        # faults whose `at`/`duration` are ranges: the times this seed drew (also in inputs.faults)
+        **({"fault_times": drawn_times(spec)} if has_drawn_times(spec) else {}),
         "counts": result.report.get("counts", {}),
         "metrics": scalar_metrics(result.report),
         "metrics_summary": metrics_summary(metrics),

@@ -5,6 +5,9 @@ accepted only for the kinds ``sim.spec.FAULT_PARAMS`` names; its selector is che
 against ``sim.targets.TargetIndex`` (names parsed, labels counted per Cell), never by
 listing every target, and must match something. A check's kind must be one of
 ``sim.spec.CHECK_KINDS``. A kind that needs build hosts needs ``topology.build_hosts``.
+A fault's ``at`` and ``duration`` may be ranges drawn per seed, ``{uniform: [low, high]}``
+(sim/fault_times.py draws them): both ends within the field's bounds, low below high, and
+the high end of ``at`` before the end of the run.
 It must not run anything.
 """
 
@@ -13,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from yaml.nodes import Node
+from yaml.nodes import MappingNode, Node
 
 from control.apps import VERSION
 from sim.scenario_errors import MAX_VALUES, field_name, show, some
@@ -65,17 +68,29 @@ class FaultFields(Fields):
         if kind not in FAULT_KINDS:
             raise self.error(m["kind"], f"{f}.kind",
                              f"unknown fault kind {show(kind)} (kinds: {', '.join(FAULT_KINDS)})")
-        at = self.number(m["at"], f"{f}.at", low=0)
-        if at >= duration:
-            raise self.error(m["at"], f"{f}.at", f"at {at:g} s is not before the end of the run ({duration:g} s)")
+        at, at_range = self.time(m["at"], f"{f}.at", low=0)
+        if at_range is not None:
+            at = at_range[0]  # until a seed draws it (sim/fault_times.py)
+        latest = at if at_range is None else at_range[1]
+        if latest >= duration:
+            what = "at" if at_range is None else "the range's high end"
+            raise self.error(m["at"], f"{f}.at", f"{what} {latest:g} s is not before the end of the run "
+                                                 f"({duration:g} s)")
         kwargs: dict[str, Any] = {}
+        if at_range is not None:
+            kwargs["at_range"] = at_range
         if "duration" in m:
-            kwargs["duration"] = self.number(m["duration"], f"{f}.duration", positive=True, high=MAX_SECONDS)
+            kwargs["duration"], duration_range = self.time(m["duration"], f"{f}.duration", positive=True,
+                                                           high=MAX_SECONDS)
+            if duration_range is not None:
+                kwargs["duration"] = duration_range[1]  # the longest, until a seed draws it
+                kwargs["duration_range"] = duration_range
         if "every" in m:
             kwargs["every"] = self.number(m["every"], f"{f}.every", low=MIN_EVERY, high=MAX_SECONDS)
             if "duration" in kwargs and kwargs["duration"] >= kwargs["every"]:
                 raise self.error(m["every"], f"{f}.every",
-                                 f"a repeated fault must end before it repeats (duration {kwargs['duration']:g} s)")
+                                 f"a repeated fault must end before it repeats (duration "
+                                 f"{'up to ' if 'duration_range' in kwargs else ''}{kwargs['duration']:g} s)")
         for key, kinds in FAULT_PARAMS.items():
             if key in m and kind not in kinds:
                 raise self.error(m[key], f"{f}.{key}", f"only for fault kinds {', '.join(kinds)}, not {kind}")
@@ -115,6 +130,24 @@ class FaultFields(Fields):
             kwargs["target"] = self.selector(m["target"], f"{f}.target", kind, kwargs.get("group", ""))
         # kwargs holds the fields this kind takes, each checked above: mypy sees one value type for them all
         return FaultSpec(kind=kind, at=at, line=node.start_mark.line + 1, **kwargs)  # type: ignore[arg-type]
+
+    def time(self, node: Node, field: str, *, low: float | None = None, high: float | None = None,
+             positive: bool = False) -> tuple[float, tuple[float, float] | None]:
+        """A fault's ``at`` or ``duration``: a number (``(value, None)``), or ``{uniform: [low, high]}``, a range
+        drawn per seed (``(low, (low, high))``; sim/fault_times.py): both ends within the bounds, low < high."""
+        if not isinstance(node, MappingNode):
+            return self.number(node, field, low=low, high=high, positive=positive), None
+        m = self.mapping(node, field, {"uniform"}, required=("uniform",))
+        sub = f"{field}.uniform"
+        ends = self.sequence(m["uniform"], sub)
+        if len(ends) != 2:
+            raise self.error(m["uniform"], sub, f"must be [low, high]: two numbers, got {len(ends)} value(s)")
+        first = self.number(ends[0], f"{sub}[0]", low=low, high=high, positive=positive)
+        last = self.number(ends[1], f"{sub}[1]", low=low, high=high, positive=positive)
+        if first >= last:
+            raise self.error(m["uniform"], sub, f"the low end {first:g} must be below the high end {last:g} "
+                                                "(a fixed time is a plain number)")
+        return first, (first, last)
 
     def webhook_fault(self, m: dict[str, Node], f: str, kind: str) -> dict[str, Any]:
         """A webhook fault's own fields; both kinds need the ``pushes:`` block (there is no hook without a push)."""

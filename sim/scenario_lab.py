@@ -99,7 +99,10 @@ def lab_scaled(spec: RegionSpec) -> RegionSpec:
             min(app.requests_per_second, lab.max_requests_per_second)
         apps.append(replace(app, replicas=_cap(app.replicas, lab.max_replicas), requests_per_second=rps))
     faults = tuple(replace(f, at=f.at * s, duration=None if f.duration is None else f.duration * s,
-                           every=None if f.every is None else f.every * s) for f in spec.faults)
+                           every=None if f.every is None else f.every * s,
+                           at_range=None if f.at_range is None else (f.at_range[0] * s, f.at_range[1] * s),
+                           duration_range=None if f.duration_range is None else
+                           (f.duration_range[0] * s, f.duration_range[1] * s)) for f in spec.faults)
     checks = tuple(replace(c, within=c.within * s) for c in spec.checks)
     releases = tuple(replace(r, at=r.at * s, bake_seconds=r.bake_seconds * s, check_seconds=r.check_seconds * s)
                      for r in spec.releases)

@@ -4,11 +4,13 @@
 scenario's parts by delta debugging (Zeller's ddmin over the lists: faults, apps, Cells;
 halving for the numbers: an app's ``count`` and ``replicas``, a Cell's nodes, a group's
 hosts, build hosts, the duration; and dropping what the failure does not need: the other
-checks, churn). Each candidate is a scenario *document*: it is written as YAML, validated by
-the scenario parser exactly as a file would be (an invalid candidate, e.g. a fault on an app
-that is gone, is skipped, never run), and run on the sweep engine (``sim.sweep.Engine``:
-candidates of one step run side by side). A candidate is kept when its run fails the same
-check, with the same signature unless ``same_signature=False``.
+checks, churn). Fault times given as ranges are first pinned to what the seed draws (the same
+run; from then on removing a fault moves no other's time). Each candidate is a scenario
+*document*: it is written as YAML, validated by the scenario parser exactly as a file would
+be (an invalid candidate, e.g. a fault on an app that is gone, is skipped, never run), and
+run on the sweep engine (``sim.sweep.Engine``: candidates of one step run side by side). A
+candidate is kept when its run fails the same check, with the same signature unless
+``same_signature=False``.
 
 The result is a scenario file a person can read and rerun with ``leengine sim run FILE
 --seed N`` from anywhere: the cost models it ran with (``costs.yaml`` beside the original and
@@ -30,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from sim.fault_times import draw_fault_times
 from sim.scenario import Scenario, ScenarioError, parse_scenario, read_scenario_file
 from sim.spec import RegionSpec
 from sim.sweep import ERROR_CHECK, Engine, Result, SweepJob, replay_command
@@ -220,6 +223,20 @@ def normalised(scenario: Scenario, seed: int) -> Doc:
     return doc
 
 
+def pin_fault_times(doc: Doc, spec: RegionSpec) -> list[str]:
+    """Replace in ``doc`` every fault time given as a range by the time ``spec``'s seed draws for it; returns what
+    was pinned (``faults[0].at 47.317``). The run does not change: the trace holds times, never ranges, and the
+    draws come from their own stream (sim/fault_times.py); from then on removing a fault moves no other's time."""
+    drawn = draw_fault_times(spec)
+    pins = []
+    for i, (entry, fault) in enumerate(zip(doc.get("faults") or [], drawn.faults, strict=True)):
+        for key, value in (("at", fault.at), ("duration", fault.duration)):
+            if isinstance(entry.get(key), dict):
+                entry[key] = value
+                pins.append(f"faults[{i}].{key} {value:g}")
+    return pins
+
+
 def shrink(engine: Engine, scenario: Scenario, *, seed: int, check: str | None = None, hook: str | None = None,
            max_runs: int = 300, same_signature: bool = True, log: Callable[[str], None] | None = None) -> Outcome:
     """Shrink ``scenario`` run on ``seed`` to a smaller document failing the same check (see the module doc)."""
@@ -229,6 +246,12 @@ def shrink(engine: Engine, scenario: Scenario, *, seed: int, check: str | None =
     if spec is None or _plain(spec) != _plain(replace(scenario.spec, seed=seed)):
         raise ShrinkError(f"{scenario.path}: the scenario does not read back the same once rewritten as YAML "
                           "(a bug of sim/shrink.py: please report)")
+    pins = pin_fault_times(doc, spec)
+    if pins:
+        spec = shrinker.spec_of(doc)
+        if spec is None:
+            raise ShrinkError(f"{scenario.path}: the fault times drawn for seed {seed} do not validate once pinned "
+                              "(a bug of sim/shrink.py: please report)")
     (result,) = shrinker.run_specs([spec])
     failures = result["failures"]
     if not failures:
@@ -243,6 +266,8 @@ def shrink(engine: Engine, scenario: Scenario, *, seed: int, check: str | None =
     before = size(spec)
     steps: list[str] = []
     shrinker.log = _tee(shrinker.log, steps)
+    if pins:
+        shrinker.log(f"fault times drawn for seed {seed}, pinned: {', '.join(pins)}")
     try:
         doc = _reduce(shrinker, doc)
     except _Budget:

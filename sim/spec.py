@@ -157,6 +157,10 @@ class FaultSpec:
     crash_point: str = "either"  # webhook-receiver-crash: "before-txn" | "after-txn" | "either" (drawn per delivery)
     redeliver_after: float = 10.0  # webhook-receiver-crash: GitLab's delay before it delivers an unanswered hook again
     line: int = 0  # where it stands in the scenario file, for messages
+    # ``at: {uniform: [low, high]}`` / ``duration: {uniform: [...]}``: drawn per seed (sim/fault_times.py);
+    # until drawn, ``at`` is the low end and ``duration`` the high end. Once drawn they stay, for the report.
+    at_range: tuple[float, float] | None = None
+    duration_range: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)

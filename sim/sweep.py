@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sim.adapters.runtime import SimRuntime
+from sim.fault_times import draw_fault_times, drawn_times, has_drawn_times
 from sim.spec import MAX_SEED, RegionSpec
 from sim.topology import IpamFactory, default_ipam
 from sim.world import Region
@@ -114,7 +115,7 @@ def run_seed(job: SweepJob, seed: int) -> Result:
     (it becomes the result's ``error``, grouped under ``(simulation)``). The engine adds what this
     module may not measure: ``wall_seconds``, ``worker`` and ``code`` (leengine/sweep_cmd.py)."""
     spec = replace(job.spec, seed=seed)
-    base: Result = {"seed": seed}
+    base: Result = {"seed": seed, **_fault_times(draw_fault_times(spec))}  # known even if the run raises
     try:
         factory = resolve_hook(job.hook) if job.hook else default_ipam
         runtime = SimRuntime(seed)
@@ -131,6 +132,11 @@ def run_seed(job: SweepJob, seed: int) -> Result:
     return {**base, "passed": not failures, "checks": {str(c.get("name")): bool(c.get("passed")) for c in checks},
             "trace_sha256": runtime.trace_log.sha256, "trace_events": runtime.trace_log.count,
             "error": None, "failures": failures}
+
+
+def _fault_times(spec: RegionSpec) -> Result:
+    """``{"fault_times": [...]}``: when the faults whose times are ranges hit on this seed (none: nothing)."""
+    return {"fault_times": drawn_times(spec)} if has_drawn_times(spec) else {}
 
 
 def lost_result(seed: int, reason: str) -> Result:
@@ -208,18 +214,39 @@ def failure_groups(results: Iterable[Result], scenario_file: str, hook: str | No
     groups: dict[tuple[str, str], list[int]] = {}
     out: list[dict[str, Any]] = []
     examples: dict[tuple[str, str], str] = {}
+    times: dict[tuple[str, str], list[list[dict[str, Any]]]] = {}
     for result in results:
         for failure in result["failures"]:
             key = (failure["check"], failure["signature"])
             groups.setdefault(key, []).append(int(result["seed"]))
             examples.setdefault(key, failure["detail"])
+            if result.get("fault_times"):
+                times.setdefault(key, []).append(result["fault_times"])
     for (check, sig), seeds in groups.items():
         seeds.sort()
         examples_seed = seeds[0]
-        out.append({"check": check, "signature": sig, "count": len(seeds), "seeds": seeds,
-                    "example": examples[(check, sig)], "replay": replay_command(scenario_file, examples_seed, hook)})
+        group = {"check": check, "signature": sig, "count": len(seeds), "seeds": seeds,
+                 "example": examples[(check, sig)], "replay": replay_command(scenario_file, examples_seed, hook)}
+        if (check, sig) in times:
+            group["fault_times"] = time_spans(times[(check, sig)])
+        out.append(group)
     out.sort(key=lambda g: (-len(g["seeds"]), g["check"], g["signature"]))
     return out
+
+
+def time_spans(per_seed: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Over some seeds' ``fault_times``: each drawn fault's kind, line and the span (min, max) of the times its
+    seeds drew (where in its range a group of failing seeds was hit)."""
+    spans: dict[int, dict[str, Any]] = {}
+    for drawn in per_seed:
+        for t in drawn:
+            span = spans.setdefault(int(t["fault"]), {"fault": t["fault"], "kind": t["kind"], "line": t["line"]})
+            for key in ("at", "duration"):
+                if f"{key}_range" in t and t[key] is not None:
+                    low, high = span.get(key, [t[key], t[key]])
+                    span[key] = [min(low, t[key]), max(high, t[key])]
+                    span[f"{key}_range"] = t[f"{key}_range"]
+    return [spans[k] for k in sorted(spans)]
 
 
 def summarize(sweep: Sweep, *, scenario: dict[str, Any], code: dict[str, Any], engine: dict[str, Any],
@@ -281,8 +308,18 @@ def summary_text(report: dict[str, Any], *, max_seeds: int = 20) -> str:
     for group in report["groups"]:
         seeds = ", ".join(map(str, group["seeds"][:max_seeds])) + (" ..." if group["count"] > max_seeds else "")
         lines += [f"- {group['check']}: {group['count']} seed(s): {group['signature']}",
-                  f"    seeds {seeds}", f"    replay: {group['replay']}"]
+                  f"    seeds {seeds}", *_span_lines(group.get("fault_times", [])), f"    replay: {group['replay']}"]
     return "\n".join(lines) + "\n"
+
+
+def _span_lines(spans: list[dict[str, Any]]) -> list[str]:
+    """``    faults[0] (host-crash, line 30): at 41.2-47.9 s of 40-60 s`` per drawn fault of a group."""
+    out = []
+    for span in spans:
+        parts = [f"{key} {span[key][0]:g}-{span[key][1]:g} s of {span[f'{key}_range'][0]:g}-"
+                 f"{span[f'{key}_range'][1]:g} s" for key in ("at", "duration") if key in span]
+        out.append(f"    faults[{span['fault']}] ({span['kind']}, line {span['line']}): drawn {', '.join(parts)}")
+    return out
 
 
 def write_sweep(report: dict[str, Any], out: Path, *, plots: bool = True) -> list[str]:
@@ -323,4 +360,30 @@ def _plots(report: dict[str, Any], out: Path) -> list[str]:
     fig.savefig(out / "wall-time.png", dpi=100)
     plt.close(fig)
     written.append("wall-time.png")
+    if any(r.get("fault_times") for r in report["results"]):
+        written.append(_fault_time_plot(report, out, plt))
     return written
+
+
+def _fault_time_plot(report: dict[str, Any], out: Path, plt: Any) -> str:
+    """fault-times.png: for each fault whose time is drawn, the seeds that passed and failed by the time drawn."""
+    first = next(r["fault_times"] for r in report["results"] if r.get("fault_times"))
+    panels = [(t["fault"], key, t["kind"]) for t in first for key in ("at", "duration") if f"{key}_range" in t]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.6 * len(panels)), squeeze=False)
+    for ax, (index, key, kind) in zip(axes[:, 0], panels, strict=True):
+        passed: list[float] = []
+        failed: list[float] = []
+        for r in report["results"]:
+            t = next((t for t in r.get("fault_times") or [] if t["fault"] == index), None)
+            if t is not None and t.get(key) is not None:
+                (passed if r["passed"] else failed).append(t[key])
+        ax.hist([passed, failed], bins=40, stacked=True, color=["#2c7fb8", "#c0392b"],
+                label=[f"passed ({len(passed)})", f"failed ({len(failed)})"])
+        ax.set_xlabel(f"faults[{index}] ({kind}) {key}, virtual s (drawn per seed)")
+        ax.set_ylabel("seeds")
+        ax.legend(fontsize=8)
+    axes[0, 0].set_title(f"{report['scenario'].get('name')}: seeds by the fault time drawn")
+    fig.tight_layout()
+    fig.savefig(out / "fault-times.png", dpi=100)
+    plt.close(fig)
+    return "fault-times.png"

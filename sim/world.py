@@ -56,6 +56,7 @@ from sim.checks import CheckResult, Probe, judge, liveness_deadlines, probe_at
 from sim.churn import Churn
 from sim.cnictl_cron import LeakCron
 from sim.farm import Farm
+from sim.fault_times import draw_fault_times
 from sim.faults import run_fault
 from sim.kube import Kubernetes
 from sim.metrics import Metrics, SampledMetrics, Sampler, pool_use
@@ -74,7 +75,8 @@ class Region:
                  tick: float = 1.0, metrics_every: float = 10.0, node_grace: float = 40.0,
                  kubelet_retry: float = 2.0, reload_failure_fraction: float = 0.02,
                  propagation_grace: float = 2.0, publish_grace: float = 60.0) -> None:
-        self.spec = spec
+        # Fault times given as ranges are drawn for this seed (their own stream): every part sees the drawn spec
+        self.spec = spec = draw_fault_times(spec)
         self.runtime = runtime
         self.fault_targets = seeded_stream(spec.seed, "fault-targets")  # the lab draws the same (sim/faults.py)
         self.ipam_factory = ipam_factory
