@@ -48,6 +48,9 @@ SHIPPED = {
     # a late delivery of a push already superseded by the branch head is now queued and cancelled at once (every
     # pushed commit ends with one claim and one result) instead of ignored; the earlier webhooks.py gives 2cf2fe01….
     "webhook-storm": "61f9fe3919be366b7ccbdfe7ce50f0c16d16016ad7648411d11a704b18086b2d",
+    # issue 15: the sweep scenarios, whose fault times are drawn per seed (sim/fault_times.py): seed 1's draws
+    "sweep-etcd-outage-burst": "8aacf524b20b09bab9a2734d7ce6cde1f34258086bf96ff73cb60f8fce934564",
+    "sweep-release-cell-cut": "5a302a3ae394cecc90f144db4d31dc69d3ec3815e506493b8213ee58909be6fe",
 }
 # every_fault_kind() below, seed 3; its verdicts (two fail on purpose) end the trace too. Moved once on
 # purpose (issue 10, discovery a client of the control service): its one failed push during the
