@@ -4,12 +4,13 @@
 ``lab/supervisor.py`` inside its host's netns, tagged ``LEENGINE_LAB=<id>``):
 
 1. TLS material in ``DIR/certs`` (one CA; the server certificate carries the links address,
-   the members' and the control host's addresses as IP SANs) and bearer tokens in ``DIR/tokens``;
+   the members' and the control host's addresses as IP SANs), the registry tokens' signing key and its
+   certificate (``leengine registry-key DIR/certs/registry``, once) and bearer tokens in ``DIR/tokens``;
 2. the links process (root netns): every etcd client's path to the members (``lab/links.py``);
 3. the 3 etcd members, waited for until all three are members and one leads;
 4. ``leengine-control`` (``--cells DIR/cells.yaml``: the platform's apps in every Cell's API; ``--http-address``
    on the control host's management address, HTTPS with the lab's server certificate, serving the registry's
-   ``/token`` with the key ``leengine registry-key`` makes in ``DIR/certs/registry`` on its first start), then
+   ``/token`` with the key step 1 made with ``leengine registry-key DIR/certs/registry``), then
    the pools registered (``cnictl pool add``) and the SLB groups created (``CreateGroup`` as the lab's admin);
 5. one Kubernetes API per Cell, then discovery (one ``cells`` entry per Cell, one binding per
    app of the spec, as the sim binds them);
@@ -455,7 +456,8 @@ def _launches(lab: Any) -> list[list[Launch]]:
         "LISTEN": plan.control_address, "TOKENS_FILE": str(f.tokens_file), "TLS_CERT": str(certs.server_cert),
         "TLS_KEY": str(certs.server_key), "METRICS_ADDRESS": _metrics_listen(lab, "control"),
         "CELLS_FILE": str(f.cells_config), "HTTP_ADDRESS": plan.control_http_address,
-        "REGISTRY_KEY_DIR": str(f.registry_key_dir), **_etcd_env(lab, "control")},
+        "REGISTRY_KEY": str(f.registry_key_dir / "token.key"), "REGISTRY_CERT": str(f.registry_key_dir / "token.crt"),
+        **_etcd_env(lab, "control")},
         netns=plan.netns(CONTROL_HOST), host=CONTROL_HOST)])
     apis = [Launch(cell.api_host, "api", {"LISTEN": f"{plan.hosts[cell.api_host].mgmt_ip}:{API_PORT}",
                                           "CELL": cell.name}, netns=plan.netns(cell.api_host), host=cell.api_host)
@@ -544,6 +546,8 @@ def _make_credentials(lab: Any) -> None:
         ips = [plan.root_mgmt_ip, *(plan.hosts[m].mgmt_ip for m in plan.etcd_members),
                plan.hosts[CONTROL_HOST].mgmt_ip]
         make_certs(f.certs_dir, name=f"leengine-lab-{plan.id}", server_ips=ips, server_is_client=True)
+    if not (f.registry_key_dir / "token.key").exists():  # kept while the lab lives: a new key voids every token
+        _registry_key(f.registry_key_dir)
     if not f.tokens_file.exists():
         admin, discovery = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         _write_secret(f.admin_token_file, admin + "\n")
@@ -668,6 +672,14 @@ def _write_configs(lab: Any) -> None:
 
 def _leengine_command(name: str) -> str:
     return str(Path(sys.executable).parent / name)
+
+
+def _registry_key(directory: Path) -> None:
+    """``leengine registry-key DIR``, the documented command (docs/registry.md): token.key (0600) and token.crt."""
+    done = subprocess.run([_leengine_command("leengine"), "registry-key", str(directory)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    if done.returncode != 0:
+        raise ServiceError(f"leengine registry-key {directory} failed: {done.stderr.strip()[-500:]}")
 
 
 def _install_cni(lab: Any) -> None:

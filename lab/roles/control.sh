@@ -12,8 +12,9 @@
 #                      RPCs answer FAILED_PRECONDITION)
 #   HTTP_ADDRESS       IP:port of the HTTP listener, HTTPS with TLS_CERT (its IP must be one of the certificate's
 #                      SANs): the registry's GET /token, GitLab's POST /hooks/gitlab (optional)
-#   REGISTRY_KEY_DIR   the registry tokens' signing key and certificate (token.key, token.crt), made here by
-#                      `leengine registry-key` when neither exists yet (optional; needs HTTP_ADDRESS)
+#   REGISTRY_KEY       the registry tokens' signing key (`leengine registry-key DIR`'s DIR/token.key, mode 600):
+#                      serve GET /token (optional; needs HTTP_ADDRESS)
+#   REGISTRY_CERT      its certificate (DIR/token.crt; the registry's rootcertbundle), with REGISTRY_KEY
 set -eu
 # shellcheck source=common.sh
 . "$(dirname "$0")/common.sh"
@@ -38,13 +39,10 @@ if [ -n "${HTTP_ADDRESS:-}" ]; then
   address HTTP_ADDRESS "$HTTP_ADDRESS"
   set -- "$@" --http-address "$HTTP_ADDRESS"
 fi
-if [ -n "${REGISTRY_KEY_DIR:-}" ]; then
-  path REGISTRY_KEY_DIR "$REGISTRY_KEY_DIR"
-  [ -n "${HTTP_ADDRESS:-}" ] || die "REGISTRY_KEY_DIR needs HTTP_ADDRESS: /token is served over HTTP"
-  # Made once: a new key would make every token in flight invalid (leengine-control names a half-made pair).
-  if [ ! -e "$REGISTRY_KEY_DIR/token.key" ] && [ ! -e "$REGISTRY_KEY_DIR/token.crt" ]; then
-    "$(command_path leengine)" registry-key "$REGISTRY_KEY_DIR" || die "leengine registry-key $REGISTRY_KEY_DIR failed"
-  fi
-  set -- "$@" --registry-key "$REGISTRY_KEY_DIR/token.key" --registry-cert "$REGISTRY_KEY_DIR/token.crt"
+if [ -n "${REGISTRY_KEY:-}" ]; then
+  [ -n "${HTTP_ADDRESS:-}" ] || die "REGISTRY_KEY needs HTTP_ADDRESS: /token is served over HTTP"
+  path REGISTRY_KEY "$REGISTRY_KEY"
+  path REGISTRY_CERT "${REGISTRY_CERT:-}"
+  set -- "$@" --registry-key "$REGISTRY_KEY" --registry-cert "$REGISTRY_CERT"
 fi
 exec "$(command_path leengine-control)" "$@"

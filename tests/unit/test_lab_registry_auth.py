@@ -4,9 +4,10 @@
   ``DIR/certs/registry``; docker-registry listens on the registry host's loopback with the
   ``auth.token`` section (realm = that ``/token``, the control service's default service and issuer);
   the gate listens on the registry's address, which the build agents push to;
-* the role scripts: control.sh runs ``leengine registry-key`` only when neither file exists and passes
-  ``--http-address --registry-key --registry-cert``; registry.sh writes the auth section and copies
-  the certificate it trusts; registry-gate.sh execs ``leengine registry-gate``; hostile values stop them.
+* ``leengine registry-key`` makes the pair in the credentials step, once (a second call keeps it);
+* the role scripts: control.sh passes ``--http-address --registry-key --registry-cert``; registry.sh
+  writes the auth section and copies the certificate it trusts; registry-gate.sh execs
+  ``leengine registry-gate``; hostile values stop them.
 
 The commands are stubs here (``LEENGINE_BIN``, ``REGISTRY_BINARY``): the real ones run in
 tests/integration/test_lab_controller.py and test_lab_services.py.
@@ -19,6 +20,8 @@ import os
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
+
+import pytest
 
 from lab import services
 from lab.plan import REGISTRY_UPSTREAM, plan_lab
@@ -44,7 +47,8 @@ def test_the_lab_wires_token_auth_and_the_gate(tmp_path: Path) -> None:
     key_dir = tmp_path / "certs" / "registry"
     control = _launch(lab, "control").env
     assert control["HTTP_ADDRESS"] == f"{plan.hosts['control'].mgmt_ip}:5001" == plan.control_http_address
-    assert control["REGISTRY_KEY_DIR"] == str(key_dir)
+    assert (control["REGISTRY_KEY"], control["REGISTRY_CERT"]) == (str(key_dir / "token.key"),
+                                                                   str(key_dir / "token.crt"))
     assert plan.token_realm == f"https://{plan.control_http_address}/token"
 
     registry = _launch(lab, "registry")
@@ -65,11 +69,21 @@ def test_the_lab_wires_token_auth_and_the_gate(tmp_path: Path) -> None:
     assert names.index("control") < names.index("registry")  # the key exists before the registry copies its cert
 
 
+def test_the_credentials_step_makes_the_signing_key_once(tmp_path: Path) -> None:
+    key_dir = tmp_path / "certs" / "registry"
+    services._registry_key(key_dir)
+    key = (key_dir / "token.key").read_bytes()
+    assert (key_dir / "token.key").stat().st_mode & 0o777 == 0o600 and b"PRIVATE KEY" in key
+    assert b"CERTIFICATE" in (key_dir / "token.crt").read_bytes()
+    with pytest.raises(services.ServiceError, match="exists"):  # never replaced: tokens in flight stay valid
+        services._registry_key(key_dir)
+    assert (key_dir / "token.key").read_bytes() == key
+
+
 def _stub(directory: Path, name: str) -> None:
-    """A command that prints its name and arguments as one JSON line (and, as registry-key, makes the files)."""
+    """A command that appends its name and arguments to $STUB_LOG, one line a call."""
     path = directory / name
-    path.write_text('#!/bin/sh\nprintf \'%s\\n\' "$(basename "$0") $*" >> "$STUB_LOG"\n'
-                    'if [ "$1" = registry-key ]; then mkdir -p "$2" && : > "$2/token.key" && : > "$2/token.crt"; fi\n')
+    path.write_text('#!/bin/sh\nprintf \'%s\\n\' "$(basename "$0") $*" >> "$STUB_LOG"\n')
     path.chmod(0o755)
 
 
@@ -78,30 +92,27 @@ def _run(role: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=20, check=False)
 
 
-def test_control_role_makes_the_key_once_and_serves_token(tmp_path: Path) -> None:
+def test_control_role_serves_token(tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name in ("leengine", "leengine-control"):
-        _stub(bin_dir, name)
+    _stub(bin_dir, "leengine-control")
     log = tmp_path / "calls"
     env = {"LEENGINE_BIN": str(bin_dir), "STUB_LOG": str(log), "LISTEN": "198.18.1.21:50051",
            "TOKENS_FILE": "/x/tokens", "TLS_CERT": "/x/server.crt", "TLS_KEY": "/x/server.key",
            "LEENGINE_ETCD": "198.18.0.1:21000", "LEENGINE_ETCD_CA": "/x/ca", "LEENGINE_ETCD_CERT": "/x/c",
            "LEENGINE_ETCD_KEY": "/x/k", "HTTP_ADDRESS": "198.18.1.21:5001",
-           "REGISTRY_KEY_DIR": str(tmp_path / "certs" / "registry")}
-    for _ in range(2):  # started again (a fault, a restart): the key is kept
-        done = _run("control", env)
-        assert done.returncode == 0, done.stderr
+           "REGISTRY_KEY": "/lab/certs/registry/token.key", "REGISTRY_CERT": "/lab/certs/registry/token.crt"}
+    done = _run("control", env)
+    assert done.returncode == 0, done.stderr
     calls = log.read_text().splitlines()
-    key_dir = tmp_path / "certs" / "registry"
-    assert calls[0] == f"leengine registry-key {key_dir}"
-    assert len(calls) == 3 and calls[1] == calls[2], calls
-    assert calls[1].startswith("leengine-control --listen 198.18.1.21:50051 ")
-    assert calls[1].endswith(f" --http-address 198.18.1.21:5001 --registry-key {key_dir}/token.key "
-                             f"--registry-cert {key_dir}/token.crt")
+    assert len(calls) == 1 and calls[0].startswith("leengine-control --listen 198.18.1.21:50051 "), calls
+    assert calls[0].endswith(" --http-address 198.18.1.21:5001 --registry-key /lab/certs/registry/token.key "
+                             "--registry-cert /lab/certs/registry/token.crt")
 
     done = _run("control", {**env, "HTTP_ADDRESS": ""})
-    assert done.returncode == 2 and "REGISTRY_KEY_DIR needs HTTP_ADDRESS" in done.stderr
+    assert done.returncode == 2 and "REGISTRY_KEY needs HTTP_ADDRESS" in done.stderr
+    done = _run("control", {**env, "REGISTRY_CERT": ""})
+    assert done.returncode == 2 and "REGISTRY_CERT" in done.stderr
     done = _run("control", {**env, "HTTP_ADDRESS": "1.2.3.4:5001 --tokens /etc/passwd"})
     assert done.returncode == 2 and "HTTP_ADDRESS" in done.stderr and "not IPv4:port" in done.stderr
 
