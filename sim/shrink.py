@@ -1,7 +1,8 @@
 """Shrinking a failing run: the smallest scenario (found greedily) whose run on the seed still fails the same way.
 
 ``shrink`` takes a loaded scenario and a seed whose run fails a check, and reduces the
-scenario's parts by delta debugging (Zeller's ddmin over the lists: faults, apps, Cells;
+scenario's parts by delta debugging (Zeller's ddmin over the lists: faults, apps, Cells, each
+Cell's pools, the platform's releases; each platform app tried as an app the world deploys;
 halving for the numbers: an app's ``count`` and ``replicas``, a Cell's nodes, a group's
 hosts, build hosts, the duration; and dropping what the failure does not need: the other
 checks, churn). Fault times given as ranges are first pinned to what the seed draws (the same
@@ -51,6 +52,8 @@ class _Budget(Exception):
 def size(spec: RegionSpec) -> dict[str, float]:
     """What "smaller" means, part by part."""
     return {"faults": len(spec.faults), "apps": len(spec.apps), "cells": len(spec.cells),
+            "pools": sum(len(c.pools) for c in spec.cells), "platform_apps": sum(1 for a in spec.apps if a.platform),
+            "releases": len(spec.releases),
             "nodes": sum(c.nodes for c in spec.cells), "pods": sum(a.replicas * len(a.cells) for a in spec.apps),
             "nginx_hosts": sum(g.hosts for g in spec.groups), "build_hosts": spec.build_hosts,
             "duration": spec.duration, "checks": len(spec.checks)}
@@ -210,6 +213,8 @@ def _drop_cells(doc: Doc, kept: list[Any]) -> None:
 def _cut_duration(doc: Doc, duration: float) -> None:
     doc["duration"] = duration
     doc["faults"] = [f for f in doc.get("faults") or [] if float(f.get("at", 0)) < duration]
+    if (doc.get("platform") or {}).get("releases"):  # releases past the new end go too
+        doc["platform"]["releases"] = [r for r in doc["platform"]["releases"] if float(r.get("at", 0)) < duration]
 
 
 def normalised(scenario: Scenario, seed: int) -> Doc:
@@ -322,6 +327,17 @@ def _reduce(s: Shrinker, doc: Doc) -> Doc:
                 doc = candidate
         doc = s.ddmin(doc, _apps, _put_apps, "apps")
         doc = s.ddmin(doc, lambda d: list(d["topology"]["cells"]), _drop_cells, "cells")
+        for i, cell in enumerate(doc["topology"]["cells"]):  # a Cell keeps at least one pool (else invalid)
+            pools = ("topology", "cells", i, "pools")
+            doc = s.ddmin(doc, _at_list(pools), _put_list(pools), f"cell {cell.get('name')} pools")
+        if (doc.get("platform") or {}).get("releases"):
+            doc = s.ddmin(doc, _at_list(("platform", "releases")), _put_list(("platform", "releases")), "releases")
+        for i, app in enumerate(_apps(doc)):
+            if app.get("platform") is True:
+                candidate = _without_platform(doc, i)
+                if s.first_failing([candidate]) == 0:
+                    s.log(f"app {app.get('name')}: deployed by the world, not the platform")
+                    doc = candidate
         for i, app in enumerate(_apps(doc)):
             for key in ("count", "replicas"):
                 if isinstance(app.get(key), int) and app[key] > 1:
@@ -339,6 +355,36 @@ def _reduce(s: Shrinker, doc: Doc) -> Doc:
         doc = s.lower(doc, lambda d: int(float(d["duration"])), _cut_duration, 1, "duration")
         if dump(doc) == start:
             return doc
+
+
+def _without_platform(doc: Doc, index: int) -> Doc:
+    """The document with app ``index`` deployed by the world (no ``platform: true``); the ``platform:`` block
+    goes with the last platform app (an invalid candidate, e.g. a release or a check of it left, is skipped)."""
+    candidate = copy.deepcopy(doc)
+    candidate["workload"]["apps"][index].pop("platform")
+    if not any(a.get("platform") is True for a in _apps(candidate)):
+        candidate.pop("platform", None)
+    return candidate
+
+
+def _at_list(path: tuple[str | int, ...]) -> Callable[[Doc], list[Any]]:
+    def get(doc: Doc) -> list[Any]:
+        node: Any = doc
+        for key in path:
+            node = node[key]
+        return list(node or [])
+
+    return get
+
+
+def _put_list(path: tuple[str | int, ...]) -> Callable[[Doc, list[Any]], None]:
+    def put(doc: Doc, items: list[Any]) -> None:
+        node: Any = doc
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = items
+
+    return put
 
 
 def _at(path: tuple[str | int, ...]) -> Callable[[Doc], float]:
