@@ -6,11 +6,14 @@ vs a bare ``multiprocessing.Pool`` <= 10 %. Every variant runs the same task (``
 timed_run``: one seeded run of the Region) on the same seeds, in interleaved rounds; clusters are
 started before each timed run and stopped after it (their start-up is reported apart: a long sweep
 pays it once; an idle Dask process still ticks, so only the measured variant is alive). The
-machine is shared, so each figure carries the 1-minute load average read before and after it.
+machine is shared, so each figure carries the 1-minute load average read before and after it and
+the machine's reference rate measured just before and after it (raw SimPy events per second,
+``bench.sim_scale.raw_simpy_rate``: the rate one core gave a plain SimPy loop then), so a reader can
+scale the figures to another machine or to a quieter moment.
 
     .venv/bin/python -m bench.sweep --part speedup --rounds 3                  # scenarios/host-crash-ip-leak.yaml
     .venv/bin/python -m bench.sweep --part overhead --rounds 3                 # a tiny scenario: overhead shows
-    .venv/bin/python -m bench.sweep --part scale --seeds 10000                 # 10,000 tiny seeds, scheduler memory
+    .venv/bin/python -m bench.sweep --part scale --seeds 10000 --runs 3        # 10,000 tiny seeds, scheduler memory
     .venv/bin/python -m bench.sweep --part scale --seeds 10000 --chunk 1       # the same, one Dask task per seed
 """
 
@@ -32,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import save, show
+from bench.sim_scale import raw_simpy_rate
 from leengine.sweep_cmd import DaskEngine, SerialEngine, timed_run
 from sim.scenario import load_scenario
 from sim.sweep import SweepJob, run_sweep
@@ -68,6 +72,11 @@ def _pool_task(seed: int) -> dict[str, Any]:
 
 def load() -> float:
     return round(os.getloadavg()[0], 2)
+
+
+def reference() -> int:
+    """The machine's reference rate now: raw SimPy events per second (about 0.3-1 s of one core)."""
+    return round(raw_simpy_rate())
 
 
 def _free_port() -> int:
@@ -142,13 +151,15 @@ def _timed(run: Callable[[], Any], seeds: int, workers: int = 1) -> dict[str, fl
     """Seeds per minute, and the busy fraction: the runs' own wall seconds over (wall x workers), i.e. the
     share of the workers' time spent running seeds rather than waiting for them (the load slows the runs,
     it does not lower this)."""
+    ref_before = reference()
     before = load()
     started = time.perf_counter()
     results = run()
     wall = time.perf_counter() - started
     busy = sum(r["wall_seconds"] for r in results or [] if r.get("wall_seconds")) / (wall * workers)
+    after = load()
     return {"seeds_per_minute": round(seeds / wall * 60, 1), "wall": round(wall, 2), "busy": round(busy, 3),
-            "load": before, "load_after": load()}
+            "load": before, "load_after": after, "reference_events_per_second": [ref_before, reference()]}
 
 
 class Variant:
@@ -235,12 +246,38 @@ def ratios(result: dict[str, Any]) -> dict[str, Any]:
                 for x, y in zip(runs[a], runs[b], strict=True)]
 
     busy = {name: [r["busy"] for r in figures] for name, figures in runs.items()}
-    return {"busy fraction": busy,
+    references = [x for figures in runs.values() for r in figures for x in r.get("reference_events_per_second", [])]
+    return {"reference events/s (min, max)": [min(references), max(references)] if references else None,
+            "busy fraction": busy,
             "local vs serial (x)": per_round("dask local cluster", "serial"),
             "scheduler vs serial (x)": per_round("dask scheduler + workers", "serial"),
             "pool vs serial (x)": per_round("multiprocessing pool", "serial"),
             "local wall / pool wall": per_round("multiprocessing pool", "dask local cluster", invert=True),
             "scheduler wall / pool wall": per_round("multiprocessing pool", "dask scheduler + workers", invert=True)}
+
+
+def scale_runs(seeds: int, workers: int, chunk: int | None, runs: int) -> dict[str, Any]:
+    """``scale`` ``runs`` times (a fresh scheduler and workers each), each with the reference rate around it;
+    the ranges of wall time, seeds per minute and the scheduler's peak memory over the runs."""
+    figures = []
+    for i in range(runs):
+        ref_before = reference()
+        figure = scale(seeds, workers, chunk)
+        figure["reference_events_per_second"] = [ref_before, reference()]
+        figures.append(figure)
+        print(f"run {i + 1}: {figure}", flush=True)
+
+    def span(key: str) -> list[float]:
+        values = [f[key] for f in figures]
+        return [min(values), max(values)]
+
+    return {"seeds": seeds, "workers": workers, "chunk": chunk or "adaptive", "runs": figures,
+            "ranges": {key: span(key) for key in ("wall_seconds", "seeds_per_minute", "scheduler_idle_rss_mib",
+                                                  "scheduler_peak_rss_mib", "client_peak_rss_mib", "load",
+                                                  "load_after")},
+            "reference_events_per_second": [min(min(f["reference_events_per_second"]) for f in figures),
+                                            max(max(f["reference_events_per_second"]) for f in figures)],
+            "every_seed_once": all(f["reported"] == seeds and f["duplicates"] == 0 for f in figures)}
 
 
 def scale(seeds: int, workers: int, chunk: int | None) -> dict[str, Any]:
@@ -280,12 +317,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--chunk", type=int, default=None, help="scale: seeds per Dask task (default: adaptive)")
+    parser.add_argument("--runs", type=int, default=3, help="scale: how many sweeps of the seeds (default 3)")
+    parser.add_argument("--save-as", default="", help="the results file's name (default: sweep-PART...)")
     args = parser.parse_args()
     if args.part == "scale":
-        result = scale(args.seeds or 10_000, args.workers, args.chunk)
-        show(f"{result['seeds']:,} seeds of a tiny scenario through a dask scheduler", ["measure", "value"],
-             [[k, v] for k, v in result.items()])
-        print(save(f"sweep-scale-{result['seeds']}-chunk-{args.chunk or 'adaptive'}", result))
+        result = scale_runs(args.seeds or 10_000, args.workers, args.chunk, args.runs)
+        show(f"{result['seeds']:,} seeds of a tiny scenario through a dask scheduler, {args.runs} runs",
+             ["measure", "min-max"], [[k, v] for k, v in result["ranges"].items()]
+             + [["reference events/s", result["reference_events_per_second"]],
+                ["every seed once", result["every_seed_once"]]])
+        print(save(args.save_as or f"sweep-scale-{result['seeds']}-chunk-{args.chunk or 'adaptive'}", result))
         return
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         scenario = args.scenario
@@ -301,7 +342,7 @@ def main() -> None:
          ["variant", *(f"round {i + 1}" for i in range(args.rounds))], rows)
     for name, values in result["ratios"].items():
         print(f"{name}: {values}")
-    print(save(f"sweep-{args.part}", result))
+    print(save(args.save_as or f"sweep-{args.part}", result))
 
 
 if __name__ == "__main__":
