@@ -156,14 +156,14 @@ func run() int {
 		var gone *unreachable
 		if errors.As(err, &gone) {
 			if command == "STATUS" {
-				return fail(pluginNotAvailable, "the leengine CNI agent is not available", []rune(gone.reason),
+				return fail(pluginNotAvailable, "the leengine CNI agent is not available", surrogateEscape(gone.reason),
 					errorVersion(stdin, newest))
 			}
 			return fail(tryAgainLater, "the leengine CNI agent is not available; try again later",
-				[]rune(gone.reason), errorVersion(stdin, newest))
+				surrogateEscape(gone.reason), errorVersion(stdin, newest))
 		}
 		// e.g. permission denied on the socket: retrying will not help
-		return fail(ioFailure, "cannot talk to the leengine CNI agent", []rune(path+": "+pyOSError(err)),
+		return fail(ioFailure, "cannot talk to the leengine CNI agent", surrogateEscape(path+": "+pyOSError(err)),
 			errorVersion(stdin, newest))
 	}
 
@@ -963,12 +963,40 @@ func pyStrip(r []rune) []rune {
 	return r[start:end]
 }
 
-// pyPrintable: str.isprintable() of one character (Go's tables stand in for Python's Unicode database).
+// unicode14 holds what CPython 3.11's Unicode database (14.0) has and Go 1.19's (13.0) lacks: the characters
+// added in 14.0, all printable (pyPrintable), among them the Tangsa digits 0x16ac0-0x16ac9 (pyDecimal). Generated
+// by comparing str.isprintable()/isdecimal() with unicode.IsPrint/Nd over every code point; the property tests in
+// tests/unit/test_cni_plugin.py find any other difference a newer Go or Python brings.
+var unicode14 = &unicode.RangeTable{R32: []unicode.Range32{
+	{0x61d, 0x61d, 1}, {0x870, 0x88e, 1}, {0x898, 0x89f, 1}, {0x8b5, 0x8b5, 1}, {0x8c8, 0x8d2, 1}, {0xc3c, 0xc3c, 1},
+	{0xc5d, 0xc5d, 1}, {0xcdd, 0xcdd, 1}, {0x170d, 0x170d, 1}, {0x1715, 0x1715, 1}, {0x171f, 0x171f, 1},
+	{0x180f, 0x180f, 1}, {0x1ac1, 0x1ace, 1}, {0x1b4c, 0x1b4c, 1}, {0x1b7d, 0x1b7e, 1}, {0x1dfa, 0x1dfa, 1},
+	{0x20c0, 0x20c0, 1}, {0x2c2f, 0x2c2f, 1}, {0x2c5f, 0x2c5f, 1}, {0x2e53, 0x2e5d, 1}, {0x9ffd, 0x9fff, 1},
+	{0xa7c0, 0xa7c1, 1}, {0xa7d0, 0xa7d1, 1}, {0xa7d3, 0xa7d3, 1}, {0xa7d5, 0xa7d9, 1}, {0xa7f2, 0xa7f4, 1},
+	{0xfbc2, 0xfbc2, 1}, {0xfd40, 0xfd4f, 1}, {0xfdcf, 0xfdcf, 1}, {0xfdfe, 0xfdff, 1}, {0x10570, 0x1057a, 1},
+	{0x1057c, 0x1058a, 1}, {0x1058c, 0x10592, 1}, {0x10594, 0x10595, 1}, {0x10597, 0x105a1, 1}, {0x105a3, 0x105b1, 1},
+	{0x105b3, 0x105b9, 1}, {0x105bb, 0x105bc, 1}, {0x10780, 0x10785, 1}, {0x10787, 0x107b0, 1}, {0x107b2, 0x107ba, 1},
+	{0x10f70, 0x10f89, 1}, {0x11070, 0x11075, 1}, {0x110c2, 0x110c2, 1}, {0x116b9, 0x116b9, 1}, {0x11740, 0x11746, 1},
+	{0x11ab0, 0x11abf, 1}, {0x12f90, 0x12ff2, 1}, {0x16a70, 0x16abe, 1}, {0x16ac0, 0x16ac9, 1}, {0x1aff0, 0x1aff3, 1},
+	{0x1aff5, 0x1affb, 1}, {0x1affd, 0x1affe, 1}, {0x1b11f, 0x1b122, 1}, {0x1cf00, 0x1cf2d, 1}, {0x1cf30, 0x1cf46, 1},
+	{0x1cf50, 0x1cfc3, 1}, {0x1d1e9, 0x1d1ea, 1}, {0x1df00, 0x1df1e, 1}, {0x1e290, 0x1e2ae, 1}, {0x1e7e0, 0x1e7e6, 1},
+	{0x1e7e8, 0x1e7eb, 1}, {0x1e7ed, 0x1e7ee, 1}, {0x1e7f0, 0x1e7fe, 1}, {0x1f6dd, 0x1f6df, 1}, {0x1f7f0, 0x1f7f0, 1},
+	{0x1f979, 0x1f979, 1}, {0x1f9cc, 0x1f9cc, 1}, {0x1fa7b, 0x1fa7c, 1}, {0x1faa9, 0x1faac, 1}, {0x1fab7, 0x1faba, 1},
+	{0x1fac3, 0x1fac5, 1}, {0x1fad7, 0x1fad9, 1}, {0x1fae0, 0x1fae7, 1}, {0x1faf0, 0x1faf6, 1}, {0x2a6de, 0x2a6df, 1},
+	{0x2b735, 0x2b738, 1},
+}}
+
+// pyPrintable: str.isprintable() of one character (Go's tables and unicode14 stand in for Python's database).
 func pyPrintable(r rune) bool {
 	if r >= 0xd800 && r <= 0xdfff {
 		return false
 	}
-	return unicode.IsPrint(r)
+	return unicode.IsPrint(r) || unicode.Is(unicode14, r)
+}
+
+// pyDecimal: str.isdecimal() of one character; its value is digitValue's.
+func pyDecimal(r rune) bool {
+	return unicode.Is(unicode.Nd, r) || (r >= 0x16ac0 && r <= 0x16ac9)
 }
 
 // pyReprStr: repr() of a str.
@@ -1105,19 +1133,23 @@ func short(text []rune) []rune {
 }
 
 // pyFloat: float(text) in Python: surrounding whitespace, Unicode decimal digits, "_" between digits, inf/nan.
+// As CPython does it: non-ASCII whitespace becomes " " and decimal digits their ASCII digit, any other non-ASCII
+// character refuses, then ASCII whitespace (" \t\n\v\f\r", not \x1c-\x1f) is stripped from both ends.
 func pyFloat(text []rune) (float64, bool) {
 	var ascii []byte
-	for _, c := range pyStrip(text) {
+	for _, c := range text {
 		switch {
 		case c < 0x80:
 			ascii = append(ascii, byte(c))
-		case unicode.Is(unicode.Nd, c):
+		case pyIsSpace(c):
+			ascii = append(ascii, ' ')
+		case pyDecimal(c):
 			ascii = append(ascii, byte('0'+digitValue(c)))
 		default:
 			return 0, false
 		}
 	}
-	s := string(ascii)
+	s := strings.Trim(string(ascii), " \t\n\v\f\r")
 	for i := 0; i < len(s); i++ {
 		if s[i] == '_' && (i == 0 || i == len(s)-1 || !isDigit(s[i-1]) || !isDigit(s[i+1])) {
 			return 0, false
@@ -1156,11 +1188,9 @@ func pyFloat(text []rune) (float64, bool) {
 
 // digitValue: the value of a Unicode decimal digit (Nd comes in runs of ten, each starting at its zero).
 func digitValue(c rune) int {
-	for _, table := range [][]unicode.Range16{unicode.Nd.R16} {
-		for _, r := range table {
-			if rune(r.Lo) <= c && c <= rune(r.Hi) {
-				return int(c-rune(r.Lo)) % 10
-			}
+	for _, r := range unicode.Nd.R16 {
+		if rune(r.Lo) <= c && c <= rune(r.Hi) {
+			return int(c-rune(r.Lo)) % 10
 		}
 	}
 	for _, r := range unicode.Nd.R32 {
@@ -1168,7 +1198,7 @@ func digitValue(c rune) int {
 			return int(c-rune(r.Lo)) % 10
 		}
 	}
-	return 0
+	return int(c-0x16ac0) % 10 // Tangsa (Unicode 14)
 }
 
 func isDigit(c byte) bool { return c >= '0' && c <= '9' }

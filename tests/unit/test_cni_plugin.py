@@ -348,6 +348,22 @@ def test_agent_too_slow_means_try_again_later_within_the_deadline(sock_dir):
 
 
 @both_plugins
+@pytest.mark.parametrize(("value", "accepted"), [
+    (" 2_0 ", True), ("\u0662\u0660", True), ("\u20031e1\u3000", True), ("\U00016ac5", True), ("+inf", False),
+    ("1\x1c", False), ("1__0", False), ("_1", False), ("0x10", False), ("1e", False), ("\u0661\u0660x", False),
+    ("\x0b3.5\x0c", True), ("NaN", False), ("1e-400", False), ("300.0000000000001", False), ("3e2", True),
+])
+def test_the_timeout_variable_is_read_as_pythons_float_reads_it(sock_dir, value, accepted):
+    path = os.path.join(sock_dir, "quick.sock")
+    with raw_listener(path, lambda conn, _: (read_line(conn), conn.sendall(b"0\n"))):
+        code, out, _ = run_plugin("DEL", socket_path=path, LEENGINE_CNI_TIMEOUT=value)
+    if accepted:
+        assert (code, out) == (0, None)
+    else:
+        assert code == 1 and out["code"] == codes.INVALID_ENV and out["msg"] == "invalid LEENGINE_CNI_TIMEOUT"
+
+
+@both_plugins
 def test_timeout_from_config(sock_dir):
     path = os.path.join(sock_dir, "slow.sock")
     with raw_listener(path, lambda conn, stopping: (read_line(conn), stopping.wait(3))):
@@ -703,12 +719,13 @@ def test_property_the_go_and_the_python_plugin_give_one_version_answer(stdin):
     assert [(r.returncode, r.stdout) for r in runs] == [(runs[0].returncode, runs[0].stdout)] * 2
 
 
-_PY_FLOAT_TEXT = st.text(st.sampled_from("0123456789.eE+-_ \t\x1c\xa0\u2003\u0668\u0660\uff11infatyINFAN/x"),
-                         max_size=10)
+_PY_FLOAT_TEXT = st.text(st.sampled_from("0123456789.eE+-_ \t\x0b\x1c\xa0\u2003\u0668\u0660\uff11\U00016ac1"
+                                         "infatyINFAN/x"), max_size=10)
 _ANY_JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-(10**30), 10**30) | st.floats() | st.text(max_size=12)
     | st.sampled_from([300, 300.0, 2.5, 0, -0.0, 1e-320, "/tmp/lecni-none.sock", "relative.sock", "/" + "p" * 120,
-                       "/" + "é" * 53, "/tmp/\udcff", "/tmp/\ud800", "/tmp/é😀", "it's", 'say "hi"', "\x00", "\ud800"]),
+                       "/" + "é" * 53, "/tmp/\udcff", "/tmp/\ud800", "/tmp/é😀",
+                       "\U0001cf50\u0378", "it's", 'say "hi"', "\x00", "\ud800"]),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
     max_leaves=6)
 
@@ -747,12 +764,15 @@ def test_property_the_go_and_the_python_plugin_send_and_print_the_same_bytes(soc
         conn.sendall(b'0\n{"cniVersion": "1.0.0"}')
 
     with raw_listener(path, answer):
+        sockets = [None, path.encode(), b"/tmp/lecni-\xff\xfe.sock", b"/tmp/" + b"s" * 103, b"/tmp/" + b"s" * 102,
+                   b"rel\xc3\xa9"]  # None: the configuration's or the default; 107 bytes fit, 108 do not
+
         @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-        @given(case=_forwarded(), via_env=st.booleans())
-        def check(case: tuple[dict[str, bytes], bytes], via_env: bool) -> None:
+        @given(case=_forwarded(), via_env=st.sampled_from(sockets))
+        def check(case: tuple[dict[str, bytes], bytes], via_env: bytes | None) -> None:
             env, stdin = case
-            if via_env:
-                env = {**env, b"LEENGINE_CNI_SOCKET": path.encode()}
+            if via_env is not None:
+                env = {**env, b"LEENGINE_CNI_SOCKET": via_env}
             results = []
             for kind in PLUGIN_KINDS:
                 before = len(seen)
