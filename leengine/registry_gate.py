@@ -34,6 +34,7 @@ import aiohttp
 import typer
 from aiohttp import web
 from multidict import CIMultiDict
+from yarl import URL
 
 from control.tag_guard import MANIFEST_TYPES, Target, body_digest, decide, denied_body, manifest_target
 from leengine.command import BadInput, Failed
@@ -114,12 +115,17 @@ class RegistryGate:
         return application
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        target = manifest_target(request.method, request.path)
+        # Decide on the very URL sent upstream: yarl resolves dot segments ("/v2/g/./n/manifests/T",
+        # "/v2/g/x/../n/...", "%2e%2e") that ``request.path`` keeps, so a check of ``request.path`` would let
+        # such a PUT through unguarded to the tag it resolves to.
+        url = URL(f"{self.upstream}{request.path_qs}")
+        target = manifest_target(request.method, url.path)
         if target is None:
-            return await self._forward(request, request.content.iter_chunked(CHUNK) if request.body_exists else None)
+            return await self._forward(request, url,
+                                       request.content.iter_chunked(CHUNK) if request.body_exists else None)
         self.stats.guarded += 1
         try:
-            body = await request.content.read(MAX_MANIFEST + 1)
+            body = await _read_at_most(request, MAX_MANIFEST + 1)  # all of it: read() answers what has arrived
         except aiohttp.ClientPayloadError:
             return _error(400, "MANIFEST_INVALID", "the manifest was cut off")
         if len(body) > MAX_MANIFEST:
@@ -137,7 +143,7 @@ class RegistryGate:
                 self.stats.refused += verdict.action == "refuse"
                 log.warning("manifest PUT refused: %s", verdict.message)
                 return web.Response(status=verdict.status, body=denied_body(verdict), content_type="application/json")
-            return await self._forward(request, body)
+            return await self._forward(request, url, body)
 
     async def _head(self, request: web.Request, target: Target) -> tuple[int, str | None, dict[str, str]]:
         """The upstream HEAD of the tag, as the caller: (status, its digest, its WWW-Authenticate headers)."""
@@ -150,15 +156,16 @@ class RegistryGate:
             challenge = {k: v for k, v in answer.headers.items() if k.lower() == "www-authenticate"}
             return answer.status, answer.headers.get("Docker-Content-Digest"), challenge
 
-    async def _forward(self, request: web.Request, body: bytes | AsyncIterator[bytes] | None) -> web.StreamResponse:
-        """Send the request upstream and stream the answer back (status, headers and body as they are)."""
+    async def _forward(self, request: web.Request, url: URL, body: bytes | AsyncIterator[bytes] | None,
+                       ) -> web.StreamResponse:
+        """Send the request upstream (to ``url``) and stream the answer back (status, headers and body as they are)."""
         self.stats.forwarded += 1
         headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP)
         if isinstance(body, bytes):  # repeated headers (a client's several Accept lines) all go on
             headers["Content-Length"] = str(len(body))
         try:
             upstream = await self.session.request(
-                request.method, f"{self.upstream}{request.path_qs}", headers=headers, data=body,
+                request.method, url, headers=headers, data=body,
                 allow_redirects=False, skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"))
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("%s %s upstream failed: %s", request.method, request.path, exc)
@@ -176,6 +183,20 @@ class RegistryGate:
                     await response.write(chunk)
             await response.write_eof()
             return response
+
+
+async def _read_at_most(request: web.Request, limit: int) -> bytes:
+    """The request body up to ``limit`` bytes (to its end when shorter): ``StreamReader.read(n)`` returns as soon as
+    some bytes are there, which for a manifest sent in two segments would be only its first part."""
+    parts: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await request.content.read(min(CHUNK, limit - size))
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:

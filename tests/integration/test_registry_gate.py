@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import io
 import json
 import shutil
@@ -134,6 +135,18 @@ def test_a_tag_holds_its_first_image_and_pushes_of_another_are_refused(gate, tmp
     # Another tag takes the second image; pulls (manifest and blobs) go through the gate.
     other = skopeo("copy", "--dest-tls-verify=false", f"oci:{second}:latest", f"docker://{listen}/shop/shop:{'d' * 40}")
     assert other.returncode == 0, other.stderr
+    # The second image's manifest (its blobs are in the registry now) PUT under the first tag by a path that reaches
+    # the tag only once its dot segments are resolved: refused like the plain path, the tag keeps its image.
+    second_manifest = json.loads((second / "index.json").read_text())["manifests"][0]["digest"]
+    manifest_body = (second / "blobs" / "sha256" / second_manifest.removeprefix("sha256:")).read_bytes()
+    host, _, port = listen.rpartition(":")
+    for path in (f"/v2/shop/./shop/manifests/{tag}", f"/v2/shop/x/../shop/manifests/{tag}"):
+        connection = http.client.HTTPConnection(host, int(port), timeout=5)
+        connection.request("PUT", path, body=manifest_body, headers={"Content-Type": MANIFEST})
+        answer = connection.getresponse()
+        assert answer.status == 403, (path, answer.status, answer.read()[:300])
+        connection.close()
+    assert digest_of(registry.address, "shop/shop", tag) == held
     pulled = skopeo("copy", "--src-tls-verify=false", dest, f"oci:{tmp_path / 'pulled'}:latest")
     assert pulled.returncode == 0, pulled.stderr
     assert sorted(registry.tags("shop/shop")) == ["c" * 40, "d" * 40]
