@@ -83,6 +83,7 @@ def hook_routes(hooks: Hooks, *, answer_within: float = ANSWER_WITHIN) -> list[w
 
 
 async def _deliver(hooks: Hooks, request: web.Request, answer_within: float) -> tuple[web.Response, str]:
+    deadline = time.monotonic() + answer_within  # one deadline for reading the body and delivering it
     try:
         body = await asyncio.wait_for(read_body(request), answer_within)
     except _TooLarge:
@@ -91,7 +92,7 @@ async def _deliver(hooks: Hooks, request: web.Request, answer_within: float) -> 
         return _error(503, "the payload did not arrive in time"), "503 slow body"
     headers = {name: value for name, value in request.headers.items()}
     try:
-        done = await asyncio.wait_for(hooks.deliver(headers, body), answer_within)
+        done = await asyncio.wait_for(hooks.deliver(headers, body), max(0.0, deadline - time.monotonic()))
     except DeliveryError as exc:
         return _error(exc.status, str(exc)), f"{exc.status} {str(exc)[:120]}"
     except TimeoutError:

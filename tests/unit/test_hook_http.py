@@ -83,3 +83,17 @@ def test_a_slow_delivery_is_answered_503_within_the_deadline():
     status, answer, took = post(FakeHooks(delay=5.0), b"{}", answer_within=0.3)
     assert status == 503 and "deliver it again" in answer["errors"][0]["message"]
     assert took < 1.0
+
+
+def test_a_slow_body_and_a_slow_delivery_share_one_deadline():
+    """The body trickling in for most of the deadline leaves the delivery only what is left of it: the answer still
+    comes within ``answer_within`` of the request (not once for the body and once more for the delivery)."""
+    async def trickle() -> AsyncIterator[bytes]:
+        yield b"{"
+        await asyncio.sleep(0.6)
+        yield b"}"
+
+    hooks = FakeHooks(delay=0.6)
+    status, answer, took = post(hooks, trickle(), answer_within=0.9)
+    assert status == 503 and "deliver it again" in answer["errors"][0]["message"]
+    assert took < 1.1, took
