@@ -40,7 +40,16 @@ import pytest
 from control.builds import BuildScheduler
 from foundation.adapters.asyncio_runtime import AsyncioRuntime
 from foundation.adapters.buildah_builder import BuildahBuilder, BuildahConfig
-from foundation.logic.build_task import BUILD, RESULTS, Result, Task, image_repository, rank_hosts, task_key
+from foundation.logic.build_task import (
+    BUILD,
+    RESULTS,
+    Result,
+    Task,
+    image_repository,
+    rank_hosts,
+    result_key,
+    task_key,
+)
 from foundation.ports import DeleteOp
 from foundation.ports.builder import BuildFailed, BuildRequest
 from lab.nginx import free_port
@@ -229,6 +238,13 @@ def test_an_agent_frozen_past_its_lease_cannot_push_after_its_task_moved(fenced_
                         break
                     assert time.monotonic() < deadline, f"the task never moved to {heir}\n{tails()}"
                     await asyncio.sleep(0.1)
+                # The fence itself, while attempt 2 builds (no result yet, which would refuse every secret): the
+                # zombie's secret gets no token, the heir's current one does.
+                scope = f"repository:{image_repository('shop')}:pull,push"
+                fenced = await asyncio.to_thread(tokens.token, f"build${task_id}", first.push_secret, scope)
+                current = await asyncio.to_thread(tokens.token, f"build${task_id}", second.push_secret, scope)
+                assert await store.get(result_key(task_id)) is None, "attempt 2 finished before the fence was asked"
+                assert (fenced[0], current[0]) == (401, 200), (fenced, current)
                 result = await scheduler.wait(task_id, timeout=180)
             finally:
                 reassigner.cancel()
