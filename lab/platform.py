@@ -45,6 +45,7 @@ from control.releases import RELEASES, InvalidRelease, decode_release
 from foundation.logic.slb_shares import SharesError, decode_shares, shares_key
 from foundation.ports import StoreError, WatchEvent
 from foundation.ports.store import Store
+from foundation.ports.workloads import controller_name
 from lab.container_runtime import KubeClient, RuntimeError_
 from sim.checks import Final, PlatformSeen
 from sim.platform import image_of
@@ -76,6 +77,12 @@ class Observed:
         """What the run showed, for the platform's verdicts (sim/checks.py, the sim's own): the controllers
         gone keyed (app, version, Cell) as the sim's, from (app, Cell, controller) here."""
         gone = {(app, rc.removeprefix(f"{app}-"), cell): at for (app, cell, rc), at in self.controllers_gone.items()}
+        # A bad version never seen in a Cell (cut off across its deploy, reverted before a reconcile brought it
+        # there) has nothing to delete there: gone from its first error, as sim/platform.py's seen() says.
+        for (app, version), first in first_error.items():
+            for cell in cells.get(app, ()):
+                if controller_name(app, version) not in self.controllers_seen.get((app, cell), set()):
+                    gone.setdefault((app, version, cell), first)
         apps = dict.fromkeys([*cells, *(app for app, _ in first_error)])
         return PlatformSeen({app: tuple(cells.get(app, ())) for app in apps}, dict(first_error), self.shares,
                             self.releases, gone, self.final)

@@ -219,3 +219,15 @@ def test_a_bad_version_that_never_reached_a_cut_off_cell_counts_as_gone_there():
     assert reverted["passed"], reverted["detail"]
     assert "controllers gone at t=80." in reverted["detail"] and "reverted" in reverted["detail"]
     assert all(c["passed"] for c in report["checks"]), report["checks"]
+
+
+def test_the_labs_verdict_counts_a_version_never_seen_in_a_cell_as_gone_there_too():
+    from lab.platform import Observed
+
+    observed = Observed()
+    observed.controllers_seen = {("shop", "c1"): {"shop-v1"}, ("shop", "c2"): {"shop-v1"}}
+    observed.controllers_gone = {("shop", "c1", "shop-v2"): 80.14}  # seen in c1, deleted; never seen in c2
+    seen = observed.seen({"shop": ("c1", "c2")}, {("shop", "v2"): 70.0})
+    assert seen.controllers_gone == {("shop", "v2", "c1"): 80.14, ("shop", "v2", "c2"): 70.0}
+    observed.controllers_seen[("shop", "c2")] = {"shop-v1", "shop-v2"}  # still there at the end: not gone
+    assert ("shop", "v2", "c2") not in observed.seen({"shop": ("c1", "c2")}, {("shop", "v2"): 70.0}).controllers_gone
