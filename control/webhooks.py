@@ -512,6 +512,17 @@ class Hooks:
                 # This push is the head already: a redelivery, or its receiver died after writing the head.
                 outcome: Outcome = "duplicate" if claim is not None else "queued"
                 previous = head.previous
+            elif claim is not None and head is not None and head_kv is not None and before == head.commit:
+                # A newer push (it follows the head) back to a commit queued before: a force-push back, a
+                # rollback. The branch's tip is this commit again, so the head moves to it and the build of
+                # the commit it replaces is cancelled; nothing is built again (one build per commit, ever: its
+                # image is in the registry if its build finished, and none will come if it was cancelled).
+                new = BranchHead(app, binding.branch, commit, before, head.commit, self.runtime.wall_time())
+                written = await self.store.txn([Compare.mod_is(head_key, head_kv.mod_revision)],
+                                               [PutOp(head_key, new.to_bytes())])
+                if not written.succeeded:
+                    continue  # another delivery of this branch moved the head: read again
+                outcome, previous = "duplicate", head.commit
             elif head is not None and head.before == commit:
                 # Superseded before it was delivered (or before its delivery finished): queued for the record
                 # and cancelled at once, so that every pushed commit has its one task and its one result.

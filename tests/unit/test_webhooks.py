@@ -136,6 +136,19 @@ def test_a_newer_push_cancels_the_older_build(world: World):
     assert world.deliver(push(C2, before=C1)).outcome == "duplicate" and world.snapshot() == before
 
 
+def test_a_force_push_back_to_an_older_commit_moves_the_head_and_cancels_the_newer_build(world: World):
+    world.deliver(push(C1))
+    world.deliver(push(C2, before=C1))  # C1's build cancelled
+    back = world.deliver(push(C1, before=C2))  # force-pushed back: it follows the head, so it is newer
+    assert back == w.Delivery("duplicate", task_id("shop", C1), (task_id("shop", C2),))
+    head = w.decode_head(world.server._range(w.branch_key("shop", "main"), False).first())
+    assert (head.commit, head.before, head.previous) == (C1, C2, C2)
+    assert world.tasks() == [] and world.result(task_id("shop", C2)).state == "cancelled"
+    assert world.claims() == [f"shop@{C1}", f"shop@{C2}"]  # nothing built again: one build per commit, ever
+    before = world.snapshot()
+    assert world.deliver(push(C1, before=C2)).outcome == "duplicate" and world.snapshot() == before
+
+
 def test_a_push_superseded_before_it_was_delivered_is_queued_and_cancelled_at_once(world: World):
     world.deliver(push(C2, before=C1))  # GitLab delivered the second push first
     done = world.deliver(push(C1))
