@@ -77,11 +77,13 @@ class Observed:
         """What the run showed, for the platform's verdicts (sim/checks.py, the sim's own): the controllers
         gone keyed (app, version, Cell) as the sim's, from (app, Cell, controller) here."""
         gone = {(app, rc.removeprefix(f"{app}-"), cell): at for (app, cell, rc), at in self.controllers_gone.items()}
-        # A bad version never seen in a Cell (cut off across its deploy, reverted before a reconcile brought it
-        # there) has nothing to delete there: gone from its first error, as sim/platform.py's seen() says.
+        # A bad version never seen in a Cell whose controllers were listed (cut off across its deploy, reverted
+        # before a reconcile brought it there) has nothing to delete there: gone from its first error, as
+        # sim/platform.py's seen() says. A Cell never listed tells nothing: not gone.
         for (app, version), first in first_error.items():
             for cell in cells.get(app, ()):
-                if controller_name(app, version) not in self.controllers_seen.get((app, cell), set()):
+                listed = self.controllers_seen.get((app, cell))
+                if listed is not None and controller_name(app, version) not in listed:
                     gone.setdefault((app, version, cell), first)
         apps = dict.fromkeys([*cells, *(app for app, _ in first_error)])
         return PlatformSeen({app: tuple(cells.get(app, ())) for app in apps}, dict(first_error), self.shares,
