@@ -106,7 +106,7 @@ def run(coro, timeout: float = 120):
 def cni_lab(etcd_server, ovs_server, bridges):  # noqa: F811  (the imported fixture, by name)
     """test_cni_e2e's lab with one node agent, node-1, serving its metrics."""
     workdir = Path(tempfile.mkdtemp(prefix="lemetrics-", dir="/tmp"))
-    lab = Lab(etcd_server, ovs_server, workdir)
+    lab = Lab(etcd_server, ovs_server, workdir, "go")  # the plugin an operator installs (test_cni_e2e runs both)
     address = metrics_address()
     lab.agents = {"node-1": Agent("node-1", etcd_server, ovs_server.db, workdir,
                                   extra=("--metrics-address", address))}
