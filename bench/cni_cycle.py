@@ -267,10 +267,12 @@ def main() -> None:
     show(f"CNI ADD / DEL through libcni (cnitool), per-round medians of {args.cycles} interleaved cycles, range "
          f"over {args.rounds} rounds (ms); 1-min load {min(loads):.1f}–{max(loads):.1f}, fork+exec of /bin/true "
          f"{min(exec_rates):.0f}–{max(exec_rates):.0f}/s", ["", "ADD", "DEL", "cycle", "CPU per cycle"], rows)
+    # Results name the interpreter as the reader's checkout would (.venv/bin/python), not by this machine's path.
+    shown = interpreter.replace(f"{ROOT}/", "")
     saved = save("cni_cycle", {"driver": "libcni 1.1.2 (build/cnitool)", "cycles": args.cycles,
                                "plugins": {"go": f"static Go binary ({go_binary.name}, scripts/cni-plugin/main.go)",
-                                           "python": f"sh (VERSION) + {interpreter} -IS",
-                                           **({"python-only": f"#!{interpreter} -IS"} if args.python_only else {})},
+                                           "python": f"sh (VERSION) + {shown} -IS",
+                                           **({"python-only": f"#!{shown} -IS"} if args.python_only else {})},
                                "rounds": rounds})
     print(f"saved {saved}")
 
