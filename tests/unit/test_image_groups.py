@@ -16,8 +16,7 @@ from control.registry_policy import Caller, parse_scope
 from control.robots import Robots, robot_key
 from foundation.ports import PutOp
 from foundation.ports import control as port
-from sim.adapters.runtime import SimRuntime
-from sim.adapters.store import MemoryStore
+from tests.unit.test_members import World as MembersWorld
 
 ADMIN = Principal("ops", "admin")
 DISCOVERY = Principal("discovery", "discovery")
@@ -27,11 +26,9 @@ CAROL = Principal("carol", "user")
 ROLES = ["guest", "reporter", "developer", "master", "owner"]
 
 
-class World:
+class World(MembersWorld):
     def __init__(self) -> None:
-        self.rt = SimRuntime(seed=1)
-        self.server = MemoryStore(self.rt)
-        self.store = self.server.client("control", latency=0.001)
+        super().__init__()
         self.groups = ig.ImageGroups(self.store, self.rt)
         self.robots = Robots(self.store, self.rt)
         self.ids = 0
@@ -39,23 +36,6 @@ class World:
     def rid(self) -> str:
         self.ids += 1
         return f"r{self.ids}"
-
-    def run(self, coro):
-        return self.rt.run_until_complete(coro)
-
-    def give(self, resource: m.Resource, user: str, role: str) -> None:
-        record = m.Membership(resource, user, m.Role.parse(role), "ops", 1.7e9)
-        self.run(self.store.put(record.key, record.to_bytes()))
-
-    def snapshot(self):
-        return self.server.revision, [(kv.key, kv.value, kv.mod_revision) for kv in self.server._range("/", True).kvs]
-
-    def refused(self, error: type[Exception], coro) -> Exception:
-        before = self.snapshot()
-        with pytest.raises(error) as caught:
-            self.run(coro)
-        assert self.snapshot() == before, "a refused call must write nothing"
-        return caught.value
 
     def keys(self, prefix: str) -> list[str]:
         return [kv.key for kv in self.server._range(prefix, True).kvs]

@@ -40,8 +40,11 @@ ORDER = ["guest", "reporter", "developer", "master", "owner"]
 
 
 class World:
-    def __init__(self) -> None:
-        self.rt = SimRuntime(seed=1)
+    """A control-service store on the sim: run calls, seed memberships, and check a refusal writes nothing
+    (tests/unit/test_image_groups.py and test_robots.py build on it)."""
+
+    def __init__(self, seed: int = 1) -> None:
+        self.rt = SimRuntime(seed=seed)
         self.server = MemoryStore(self.rt)
         self.store = self.server.client("control", latency=0.001)
         self.members = m.Members(self.store, self.rt)

@@ -19,8 +19,7 @@ from control.auth import Principal
 from control.registry_policy import Caller, parse_scope
 from foundation.ports import KeyValue
 from foundation.ports import control as port
-from sim.adapters.runtime import SimRuntime
-from sim.adapters.store import MemoryStore
+from tests.unit.test_members import World as MembersWorld
 
 ADMIN = Principal("ops", "admin")
 DISCOVERY = Principal("discovery", "discovery")
@@ -31,11 +30,9 @@ GROUP = m.Resource("image_group", "grp")
 IMAGE = m.Resource("image", "grp/web")
 
 
-class World:
+class World(MembersWorld):
     def __init__(self, seed: int = 1) -> None:
-        self.rt = SimRuntime(seed=seed)
-        self.server = MemoryStore(self.rt)
-        self.store = self.server.client("control", latency=0.001)
+        super().__init__(seed)
         self.groups = ig.ImageGroups(self.store, self.rt)
         self.robots = rb.Robots(self.store, self.rt)
         self.ids = 0
@@ -44,23 +41,6 @@ class World:
     def rid(self) -> str:
         self.ids += 1
         return f"r{self.ids}"
-
-    def run(self, coro):
-        return self.rt.run_until_complete(coro)
-
-    def give(self, resource: m.Resource, user: str, role: str) -> None:
-        record = m.Membership(resource, user, m.Role.parse(role), "ops", 1.7e9)
-        self.run(self.store.put(record.key, record.to_bytes()))
-
-    def snapshot(self):
-        return self.server.revision, [(kv.key, kv.value, kv.mod_revision) for kv in self.server._range("/", True).kvs]
-
-    def refused(self, error: type[Exception], coro) -> Exception:
-        before = self.snapshot()
-        with pytest.raises(error) as caught:
-            self.run(coro)
-        assert self.snapshot() == before, "a refused call must write nothing"
-        return caught.value
 
     def create(self, who=ALICE, name="ci", scope=GROUP, actions="pull,push", ttl=None):
         return self.run(self.robots.create(who, name, scope, actions, ttl=ttl, request_id=self.rid()))
