@@ -43,7 +43,7 @@ from pathlib import Path
 
 from foundation.adapters.binaries import find_binary, log_tail
 from lab.certs import CertBundle
-from lab.processes import running_service, stop_child
+from lab.processes import freeze, running_service, stop_child
 from leengine.etcd_options import EtcdClientTls
 
 START_TIMEOUT = 15.0  # seconds for etcd to answer /health before we give up
@@ -236,8 +236,8 @@ class EtcdServer:
         """SIGSTOP etcd: connections stay open but nothing answers (a hung server)."""
         if not self.running:
             raise RuntimeError("etcd is not running")
-        os.kill(self.pid, signal.SIGSTOP)
-        self._paused = True
+        self._paused = True  # set first: resume() must undo even a freeze that timed out
+        freeze(self.pid)
 
     def resume(self) -> None:
         """SIGCONT etcd after ``pause()``."""
