@@ -43,7 +43,7 @@ from foundation.ports import DeleteOp
 from foundation.ports.control import NotFound, PermissionDenied, Unauthenticated
 from lab.kube_mock import KubeApiMock
 from lab.nginx import free_port
-from lab.processes import stop_child
+from lab.processes import freeze, stop_child
 from lab.prometheus import PrometheusServer, running_prometheus
 from lab.registry import running_registry
 from lab.slb import PodBackends, get
@@ -238,7 +238,7 @@ def test_slb_agent_counts_in_place_updates_sets_aside_a_bad_domain_and_reports_a
         async def needs_reload(core, store) -> None:  # new headers: a reload, not an in-place change
             await core.put_domain(ADMIN, slb.domain(good, [p[0]], gen="new"))
 
-        os.kill(master, signal.SIGSTOP)
+        freeze(master)
         try:
             run(change(needs_reload))
             wait_value(prom, f"leengine_slb_config_last_reload_successful{{{group}}}", 0, timeout=40)

@@ -37,6 +37,7 @@ from foundation.adapters.nginx_proxy import NginxProxy
 from foundation.logic.slb_domain import Domain, Location, Upstream
 from foundation.ports.proxy import ProxyError, ReloadFailed, SavedState
 from lab.nginx import LoopbackBackend, free_port, make_prefix
+from lab.processes import freeze
 
 
 class Backend(LoopbackBackend):
@@ -317,7 +318,7 @@ def test_reload_that_never_takes_effect_is_rolled_back(prefix, backends):
         await proxy.apply({"shop.example.com": domain("shop.example.com", port, b1.upstream)})
         generation = proxy.generation
         master = proxy.master_pid
-        os.kill(master, signal.SIGSTOP)  # the HUP stays pending: new workers never come
+        freeze(master)  # the HUP stays pending: new workers never come
         try:
             started = time.monotonic()
             with pytest.raises(ReloadFailed, match="not confirmed within 1s") as info:

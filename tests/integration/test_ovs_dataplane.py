@@ -24,6 +24,7 @@ import pytest
 
 from foundation.adapters.ovs_dataplane import EXT_CONTAINER_ID, EXT_IFNAME, EXT_NETNS, OvsDataplane
 from foundation.ports.dataplane import Attachment, DataplaneError, InvalidNetns, NetnsNotFound, host_ifname
+from lab.processes import freeze
 
 TOKEN = f"{os.getpid() % 0x10000:04x}"  # keeps names unique between concurrent runs; bridge names <= 15 bytes
 NODE0, NODE1, TRUNK = f"lz{TOKEN}n0", f"lz{TOKEN}n1", f"lz{TOKEN}tr"
@@ -511,7 +512,7 @@ def test_hung_vswitchd_times_out_and_attach_leaves_no_port_row(lab):
         async with OvsDataplane(lab.ovs.db, timeout=1) as dp:
             await dp.attach(att)
 
-    os.kill(vswitchd, signal.SIGSTOP)
+    freeze(vswitchd)
     try:
         started = time.monotonic()
         with pytest.raises(DataplaneError) as err:

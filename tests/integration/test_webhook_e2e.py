@@ -33,6 +33,7 @@ from foundation.logic.build_task import IDS, RESULTS, TASKS, Result
 from foundation.ports.builder import BuildOutcome, BuildRequest, StepTiming
 from lab.etcd import running_etcd
 from lab.kube_mock import KubeApiMock
+from lab.processes import freeze
 from leengine.etcd_options import open_store
 from node.build_agent import BuildAgent, BuildAgentConfig
 from tests.integration.test_platform_grpc import _free_port, _script
@@ -215,7 +216,7 @@ def test_push_hooks_build_each_commit_once_through_duplicates_and_a_killed_recei
             async def killed_mid_delivery(body: bytes, delay: float | None) -> None:
                 victim = procs[-1]
                 if delay is None:
-                    victim.send_signal(signal.SIGSTOP)
+                    freeze(victim.pid)
                 async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
                     flight = asyncio.create_task(session.post(hook_url, data=body, headers={
                         "Content-Type": "application/json", "X-Gitlab-Event": "Push Hook",
