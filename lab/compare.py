@@ -109,6 +109,7 @@ class Comparison:
     distributions: list[DistributionRow] = field(default_factory=list)
     sim_name: str = ""
     lab_name: str = ""
+    lab_load: MachineLoad | None = None
 
     @property
     def verdicts_equal(self) -> bool:
@@ -125,6 +126,7 @@ class Comparison:
     def as_dict(self) -> dict[str, Any]:
         return {"verdicts_equal": self.verdicts_equal, "counts_equal": self.counts_equal,
                 "within_bands": self.within_bands,
+                "lab_machine_load": vars(self.lab_load) if self.lab_load is not None else None,
                 "checks": [{"name": r.name, "sim": r.sim, "lab": r.lab, "equal": r.equal} for r in self.checks],
                 "counts": [{"name": r.name, "sim": r.sim, "lab": r.lab, "equal": r.equal} for r in self.counts],
                 "distributions": [{"name": r.name, "sim_n": len(r.sim), "lab_n": len(r.lab),
@@ -175,6 +177,40 @@ def samples(report: dict[str, Any], name: str) -> tuple[float, ...]:
                         if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)))
 
 
+@dataclass(frozen=True)
+class MachineLoad:
+    """The machine's 1-minute load average over a lab run (``lab run`` samples it with the series)."""
+
+    cpus: int
+    low: float
+    median: float
+    high: float
+
+    @property
+    def per_cpu(self) -> float:
+        return self.median / self.cpus
+
+    def __str__(self) -> str:
+        return f"1-minute load {self.low:g}-{self.high:g} (median {self.median:g}) on {self.cpus} CPUs"
+
+
+def machine_load(report: dict[str, Any]) -> MachineLoad | None:
+    """A lab report's machine load, or None (a sim report, an older lab report, or values that are not numbers)."""
+    lab = report.get("lab")
+    got = lab.get("machine_load") if isinstance(lab, dict) else None
+    if not isinstance(got, dict):
+        return None
+    cpus = got.get("cpus")
+    values = [got.get(k) for k in ("load1_min", "load1_median", "load1_max")]
+    if not isinstance(cpus, int) or isinstance(cpus, bool) or not 1 <= cpus <= 4096:
+        return None
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+               for v in values):
+        return None
+    low, median, high = (float(v) for v in values)
+    return MachineLoad(cpus, low, median, high) if low <= median <= high else None
+
+
 def _number(report: dict[str, Any], section: str, name: str) -> float | None:
     value = (report.get(section) or {}).get(name)
     return value if isinstance(value, int | float) and not isinstance(value, bool) else None
@@ -188,7 +224,7 @@ def _name(report: dict[str, Any], path: str) -> str:
 
 def compare(sim: dict[str, Any], lab: dict[str, Any], bands: dict[str, float] | None = None) -> Comparison:
     bands = {**BANDS, **(bands or {})}
-    out = Comparison(sim_name=_name(sim, "sim"), lab_name=_name(lab, "lab"))
+    out = Comparison(sim_name=_name(sim, "sim"), lab_name=_name(lab, "lab"), lab_load=machine_load(lab))
     sim_checks = {c["name"]: c["passed"] for c in sim["checks"]}
     lab_checks = {c["name"]: c["passed"] for c in lab["checks"]}
     for name in [*sim_checks, *(n for n in lab_checks if n not in sim_checks)]:
@@ -284,4 +320,4 @@ def write_outputs(comparison: Comparison, out: Path) -> dict[str, Path]:
 
 
 __all__ = ["BANDS", "EXACT", "SAMPLES", "CheckRow", "CompareError", "Comparison", "CountRow", "DistributionRow",
-           "compare", "load_report", "samples", "write_outputs"]
+           "MachineLoad", "compare", "load_report", "machine_load", "samples", "write_outputs"]

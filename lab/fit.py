@@ -47,6 +47,12 @@ pooled median. Medians, so one slow outlier moves nothing. What is fitted, and h
   equals the median ``build_seconds`` (submit to result, queueing included: an upper
   bound on the steps).
 
+**The machine's load.** The lab's timings move with what else runs on its machine (ADDs alone
+took 0.06 s on a quiet machine, 0.24 s at a 1-minute load of 7-13 on 2 CPUs), so costs fitted
+from loaded runs make the sim 2-3x slower than a quiet lab. ``lab run`` records the load
+over the run (``lab.machine_load``); a report whose median load per CPU is above
+``max_load`` (default 1.0) is refused, naming it; older reports without it are noted.
+
 ``propagation_seconds`` and ``drain_seconds`` fit nothing: they are made of the agents'
 own code and timers, which the sim runs as they are; ``leengine compare`` judges them.
 The output is a complete costs file (sim/scenario_costs.py) with a ``fitted:`` block
@@ -64,7 +70,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lab.compare import CompareError, load_report, samples
+from lab.compare import CompareError, load_report, machine_load, samples
 from sim.metrics import percentile
 from sim.scenario_costs import CostsFile, apply_overrides, cost_fields, load_costs, parse_costs
 from sim.spec import BuilderCosts, CostSpec
@@ -277,8 +283,25 @@ def render(result: Fit) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fit_files(paths: list[Path], out: Path, base: Path | None = None) -> Fit:
-    """Read the reports, fit on top of ``base`` (default: ``out`` if it exists), write ``out`` atomically."""
+def load_notes(paths: list[Path], reports: list[dict[str, Any]], max_load: float | None) -> list[str]:
+    """One note per report on its machine's load; ``FitError`` naming a report loaded above ``max_load`` per CPU."""
+    notes = []
+    for path, report in zip(paths, reports, strict=True):
+        load = machine_load(report)
+        if load is None:
+            notes.append(f"{path}: machine load not recorded")
+            continue
+        if max_load is not None and load.per_cpu > max_load:
+            raise FitError(f"{path}: its machine was loaded ({load}: {load.per_cpu:.2f} per CPU > --max-load "
+                           f"{max_load:g}); its timings are not the lab's: run it again on a quiet machine")
+        notes.append(f"{path}: {load}")
+    return notes
+
+
+def fit_files(paths: list[Path], out: Path, base: Path | None = None, *, max_load: float | None = 1.0) -> Fit:
+    """Read the reports, fit on top of ``base`` (default: ``out`` if it exists), write ``out`` atomically.
+
+    ``max_load``: refuse a report whose run's median 1-minute load per CPU was above it (None: take any)."""
     if not paths:
         raise FitError("give at least one lab report")
     try:
@@ -288,8 +311,10 @@ def fit_files(paths: list[Path], out: Path, base: Path | None = None) -> Fit:
     for path, report in zip(paths, reports, strict=True):
         if report.get("scale") == "full":
             raise FitError(f"{path}: a full-scale sim report, not a lab report")
+    loads = load_notes(paths, reports, max_load)
     base_costs = load_costs(base if base is not None else out)
     result = fit(reports, [str(p) for p in paths], base_costs)
+    result.notes.extend(loads)
     text = render(result)
     parse_costs(text.encode(), str(out))  # what is written must read back
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -300,4 +325,4 @@ def fit_files(paths: list[Path], out: Path, base: Path | None = None) -> Fit:
 
 
 __all__ = ["FITTED_SAMPLES", "IN_FLIGHT", "ROUND_TRIPS_PER_ADD", "Fit", "FitError", "fit", "fit_files",
-           "in_flight_line", "in_flight_pairs", "midrange", "render"]
+           "in_flight_line", "in_flight_pairs", "load_notes", "midrange", "render"]

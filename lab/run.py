@@ -447,6 +447,16 @@ class RunState:
     series: list[dict[str, Any]] = field(default_factory=list)
     probes: dict[float, Probe] = field(default_factory=dict)
     leaked_at: dict[float, dict[str, int]] = field(default_factory=dict)  # deadline -> leaked pods then
+    machine_load: list[float] = field(default_factory=list)  # the machine's 1-minute load, every sample
+
+
+def machine_load_summary(loads: list[float]) -> dict[str, Any]:
+    """What ``lab fit`` and ``compare`` read (lab.compare.machine_load): the lab's timings move with it."""
+    ordered = sorted(loads)
+    return {"cpus": os.cpu_count() or 1, "samples": len(ordered),
+            "load1_min": ordered[0] if ordered else None,
+            "load1_median": percentile(ordered, 0.5, 2) if ordered else None,
+            "load1_max": ordered[-1] if ordered else None}
 
 
 def leaked(controller: Controller, audit: EtcdAudit) -> int:
@@ -482,6 +492,7 @@ async def observe(lab: LiveLab, controller: Controller, load: Load, state: RunSt
              for c in lab.spec.cells for p in c.pools}
     while True:
         await asyncio.sleep(every)
+        state.machine_load.append(round(os.getloadavg()[0], 2))
         now = leaked(controller, lab.audit)
         state.leaked_max = max(state.leaked_max, now)
         with contextlib.suppress(Exception):
@@ -647,6 +658,7 @@ async def run_scenario(scenario: Scenario, spec: RegionSpec, lab: LiveLab, out: 
                              "duplicate_samples": state.duplicate_samples,
                              "published": load.log.published,
                              "boot_in_run": boot_in_run,
+                             "machine_load": machine_load_summary(state.machine_load),
                              "leaked_at_deadlines": {f"{d:g}": pods for d, pods in sorted(state.leaked_at.items())},
                              "leaked_at_end": leaked_pods(controller, lab.audit),
                              "samples_from": agents.summary(),

@@ -85,6 +85,8 @@ def compare(
             dists.add_row(d.name, str(len(d.sim)), str(len(d.lab)), _fmt(d.median("sim")), _fmt(d.p90("sim")),
                           _fmt(d.median("lab")), _fmt(d.p90("lab")), _fmt(d.ratio, 3), f"±{d.band:.0%}", verdict)
         console.print(dists)
+        if result.lab_load is not None:  # the lab's timings move with it; the shipped costs are a quiet machine's
+            console.print(f"lab run's machine: {result.lab_load}", markup=False, highlight=False)
     if out is not None:
         try:
             files = write_outputs(result, out)
@@ -100,13 +102,16 @@ def lab_fit(
     out: Annotated[Path, typer.Option("--out", metavar="FILE", help="the costs file to write")] = DEFAULT_COSTS,
     base: Annotated[Path | None, typer.Option("--base", metavar="FILE",
                                               help="costs to start from (default: --out, if it exists)")] = None,
+    max_load: Annotated[float, typer.Option("--max-load", metavar="PER_CPU", min=0.0,
+                                            help="refuse a report whose run's median 1-minute load per CPU was "
+                                                 "above this: a loaded machine's timings are not the lab's")] = 1.0,
 ) -> None:
     """Fit the sim's cost models (attach, store latency, reload curve, lab builds) from lab reports."""
     from lab.fit import FitError, fit_files
     from sim.scenario import ScenarioError
 
     try:
-        result = fit_files(reports, out, base)
+        result = fit_files(reports, out, base, max_load=max_load)
     except (FitError, ScenarioError) as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
     except OSError as exc:

@@ -87,6 +87,40 @@ def test_fit_without_samples_or_of_a_full_scale_report_is_one_line(tmp_path: Pat
     assert not (tmp_path / "costs.yaml").exists()
 
 
+def _loaded(median: float, cpus: int = 2) -> dict[str, object]:
+    return {**LAB_REPORT, "lab": {"machine_load": {"cpus": cpus, "samples": 30, "load1_min": 0.1,
+                                                   "load1_median": median, "load1_max": median + 3}}}
+
+
+def test_fit_refuses_a_report_of_a_loaded_machine_and_names_it(tmp_path: Path) -> None:
+    quiet, loaded = tmp_path / "quiet.json", tmp_path / "loaded.json"
+    quiet.write_text(json.dumps(_loaded(1.2)))
+    loaded.write_text(json.dumps(_loaded(6.5)))
+    costs = tmp_path / "costs.yaml"
+    shutil.copy(ROOT / "scenarios" / COSTS_FILE, costs)
+    before = costs.read_bytes()
+    run = CliRunner().invoke(app, ["lab", "fit", str(quiet), str(loaded), "--out", str(costs)])
+    assert run.exit_code == 2 and len(run.output.strip().splitlines()) == 1
+    assert "loaded.json" in run.output and "3.25 per CPU > --max-load 1" in run.output
+    assert costs.read_bytes() == before  # nothing half-written
+    run = CliRunner().invoke(app, ["lab", "fit", str(quiet), str(loaded), "--out", str(costs), "--max-load", "4"])
+    assert run.exit_code == 0, run.output
+    assert "1-minute load 0.1-9.5 (median 6.5) on 2 CPUs" in costs.read_text()  # each report's load, in the file
+
+
+@pytest.mark.parametrize("record", [{"cpus": "2", "load1_min": 0, "load1_median": 1, "load1_max": 2},
+                                    {"cpus": 2, "load1_min": 3, "load1_median": 1, "load1_max": 2},
+                                    {"cpus": 2, "load1_min": 0, "load1_median": float("nan"), "load1_max": 2},
+                                    {"cpus": True, "load1_min": 0, "load1_median": 1, "load1_max": 2}, "high"])
+def test_a_corrupt_load_record_counts_as_not_recorded(tmp_path: Path, record: object) -> None:
+    report = tmp_path / "r.json"
+    report.write_text(json.dumps({**LAB_REPORT, "lab": {"machine_load": record}}))
+    run = CliRunner().invoke(app, ["lab", "fit", str(report), "--out", str(tmp_path / "costs.yaml"),
+                                   "--base", str(ROOT / "scenarios" / COSTS_FILE)])
+    assert run.exit_code == 0, run.output
+    assert "machine load not recorded" in (tmp_path / "costs.yaml").read_text()
+
+
 # ------------------------------------------------------------------ ADDs in flight
 
 

@@ -84,3 +84,15 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, content: str | None, w
     assert run.exit_code == 2
     lines = run.output.strip().splitlines()
     assert len(lines) == 1 and words in lines[0] and "Traceback" not in run.output
+
+
+def test_the_lab_runs_machine_load_is_printed_beside_the_bands(tmp_path: Path) -> None:
+    lab = {**report(CHECKS, [0.02] * 5, [0.13]),
+           "lab": {"machine_load": {"cpus": 2, "samples": 30, "load1_min": 0.4, "load1_median": 1.5,
+                                    "load1_max": 4.8}}}
+    run = CliRunner().invoke(app, ["compare", str(write(tmp_path, "sim.json", SIM)),
+                                   str(write(tmp_path, "lab.json", lab)), "--json"])
+    assert json.loads(run.stdout)["lab_machine_load"] == {"cpus": 2, "low": 0.4, "median": 1.5, "high": 4.8}
+    run = CliRunner().invoke(app, ["compare", str(tmp_path / "sim.json"), str(tmp_path / "lab.json")])
+    assert "lab run's machine: 1-minute load 0.4-4.8 (median 1.5) on 2 CPUs" in run.output
+    assert compare(SIM, SIM).lab_load is None  # a sim report has none
