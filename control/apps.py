@@ -77,6 +77,7 @@ from typing import Any, Literal
 
 from control.activity import activity_ops, check_request_id
 from control.auth import Principal
+from control.echo import clip
 from control.image_groups import create_ops as image_group_create_ops
 from control.image_groups import group_resource, image_group_key
 from control.members import Action, Resource, Role, authorize, delete_ops, load_memberships, owner_ops
@@ -113,7 +114,6 @@ DEFAULT_MEMORY_MIB = 512
 DEFAULT_PORT = 8080
 VERSION = re.compile(r"v([1-9][0-9]{0,8})")
 State = Literal["active", "deleting"]
-MAX_ECHO = 64
 
 
 # --------------------------------------------------------------------------- errors
@@ -158,24 +158,19 @@ def _summary(text: str) -> str:
     return text if len(text) <= 200 else text[:199] + "…"
 
 
-def _clip(value: Any) -> str:
-    text = value if isinstance(value, str) else repr(value)[:MAX_ECHO * 2]
-    return text if len(text) <= MAX_ECHO else f"{text[:MAX_ECHO]}…({len(text)} characters)"
-
-
 # --------------------------------------------------------------------------- names and keys
 
 
 def check_app_name(name: Any, field_name: str = "app") -> str:
     if not isinstance(name, str) or len(name) > MAX_APP_NAME or not DNS_LABEL.fullmatch(name):
-        raise InvalidArgument(field_name, f"{_clip(name)} is not an app name (a DNS label of at most "
+        raise InvalidArgument(field_name, f"{clip(name)} is not an app name (a DNS label of at most "
                                           f"{MAX_APP_NAME} characters: a-z, 0-9, '-')")
     return name
 
 
 def check_version_name(name: Any, field_name: str = "version") -> str:
     if not isinstance(name, str) or not VERSION.fullmatch(name):
-        raise InvalidArgument(field_name, f"{_clip(name)} is not a version name (v<N>)")
+        raise InvalidArgument(field_name, f"{clip(name)} is not a version name (v<N>)")
     return name
 
 
@@ -218,25 +213,25 @@ def _dumps(data: dict[str, Any]) -> bytes:
 def _number(data: Mapping[str, Any], name: str, low: int, high: int) -> int:
     value = data.get(name)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f"{name} {_clip(value)} is not a whole number from {low} to {high}")
+        raise ValueError(f"{name} {clip(value)} is not a whole number from {low} to {high}")
     return value
 
 
 def _time(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e11:
-        raise ValueError(f"{_clip(value)} is not a time")
+        raise ValueError(f"{clip(value)} is not a time")
     return float(value)
 
 
 def _principal(value: Any) -> str:
     if not isinstance(value, str) or not OWNER.fullmatch(value):
-        raise ValueError(f"{_clip(value)} is not a principal name")
+        raise ValueError(f"{clip(value)} is not a principal name")
     return value
 
 
 def _state(value: Any) -> State:
     if value not in ("active", "deleting"):
-        raise ValueError(f"state {_clip(value)} is not active or deleting")
+        raise ValueError(f"state {clip(value)} is not active or deleting")
     return value  # type: ignore[no-any-return]  # one of the two literals, just checked
 
 
@@ -614,7 +609,7 @@ class Apps:
                                            f"fail), got {len(cells)}")
         unknown = [c for c in cells if c not in self.cells]
         if unknown:
-            raise InvalidArgument("cells", f"{_clip(unknown[0])} is not a Cell of this Region (known: "
+            raise InvalidArgument("cells", f"{clip(unknown[0])} is not a Cell of this Region (known: "
                                            f"{', '.join(sorted(self.cells))})")
         return tuple(cells)
 
@@ -648,7 +643,7 @@ class Apps:
             claimed = await self.store.get(claim) if claim else None
             if claimed is not None:
                 raise AlreadyExists(f"domain {domain} in group {group} already serves app "
-                                    f"{_clip(claimed.value.decode('utf-8', 'replace'))}: one app per domain")
+                                    f"{clip(claimed.value.decode('utf-8', 'replace'))}: one app per domain")
             raise Conflict(f"the members of app {name} changed while creating it; try again")
         return await self._after_write(who, name)
 
@@ -733,7 +728,7 @@ class Apps:
     def _replicas(app: App, replicas: Any, cell: str | None = None) -> dict[str, int]:
         def count(value: Any) -> int:
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_REPLICAS:
-                raise InvalidArgument("replicas", f"{_clip(value)} is not a whole number from 0 to {MAX_REPLICAS}")
+                raise InvalidArgument("replicas", f"{clip(value)} is not a whole number from 0 to {MAX_REPLICAS}")
             return value
 
         if isinstance(replicas, Mapping):
@@ -748,7 +743,7 @@ class Apps:
         check_request_id(request_id)
         app, version = check_app_name(app), check_version_name(version)
         if cell is not None and (not isinstance(cell, str) or not DNS_LABEL.fullmatch(cell)):
-            raise InvalidArgument("cell", f"{_clip(cell)} is not a Cell name")
+            raise InvalidArgument("cell", f"{clip(cell)} is not a Cell name")
         for _ in range(self.max_attempts):
             guard = await self._authorized(who, Action.APP_SCALE, app)
             app_kv, version_kvs, _, _ = await self._read(app)

@@ -35,6 +35,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from control.echo import quoted
 from foundation.logic.slb_domain import OWNER
 
 Role = Literal["admin", "discovery", "user", "platform"]
@@ -42,11 +43,6 @@ ROLES: tuple[Role, ...] = ("admin", "discovery", "user")  # the roles a token ma
 PLATFORM = "platform"  # the in-process principal of the platform (apps, releases) towards slb-core
 TOKEN = re.compile(r"^[A-Za-z0-9._~+/=-]{16,512}$")
 MAX_SHOWN = 40
-
-
-def _shown(value: str) -> str:
-    """``repr`` of a field of the file, cut: one line, bounded, whatever the file holds."""
-    return repr(value[:MAX_SHOWN]) + (f"…({len(value)} characters)" if len(value) > MAX_SHOWN else "")
 
 
 class TokenTableError(ValueError):
@@ -102,9 +98,11 @@ class TokenTable:
             if not TOKEN.fullmatch(token):
                 raise TokenTableError(f"{where}: a token must be 16-512 characters of [A-Za-z0-9._~+/=-]")
             if not OWNER.fullmatch(name):
-                raise TokenTableError(f"{where}: {_shown(name)} is not a principal name ([a-z0-9][a-z0-9._-]{{0,62}})")
+                raise TokenTableError(f"{where}: {quoted(name, MAX_SHOWN)} is not a principal name "
+                                      "([a-z0-9][a-z0-9._-]{0,62})")
             if role not in ROLES:
-                raise TokenTableError(f"{where}: role {_shown(role)} is not one of {', '.join(ROLES)}")
+                raise TokenTableError(f"{where}: role {quoted(role, MAX_SHOWN)} is not one of "
+                                      f"{', '.join(ROLES)}")
             if roles.setdefault(name, role) != role:
                 raise TokenTableError(f"{where}: {name} already has role {roles[name]}; a name has one role")
             digest = _digest(token)

@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from control.activity import activity_ops, check_request_id
 from control.auth import Principal
+from control.echo import clip
 from control.members import (
     NAME,
     Action,
@@ -55,12 +56,6 @@ IMAGE_GROUPS = "/platform/image_groups/"
 MEMBERS_OF_IMAGES = "/platform/members/image/"
 Visibility = Literal["public", "private"]
 VISIBILITIES: tuple[Visibility, ...] = ("public", "private")
-MAX_SHOWN = 64
-
-
-def _clip(value: Any) -> str:
-    text = value if isinstance(value, str) else repr(value)[: MAX_SHOWN * 2]
-    return text if len(text) <= MAX_SHOWN else f"{text[:MAX_SHOWN]}…({len(text)} characters)"
 
 
 class InvalidImageGroup(ValueError):
@@ -73,7 +68,7 @@ def image_group_key(group: str) -> str:
 
 def check_group(group: Any, field_name: str = "group") -> str:
     if not isinstance(group, str) or not NAME.fullmatch(group):
-        raise InvalidArgument(field_name, f"{_clip(group)} is not an image group name (a DNS label)")
+        raise InvalidArgument(field_name, f"{clip(group)} is not an image group name (a DNS label)")
     return group
 
 
@@ -82,7 +77,7 @@ def check_visibility(visibility: Any, field_name: str = "visibility") -> Visibil
         return "public"
     if visibility == "private":
         return "private"
-    raise InvalidArgument(field_name, f"{_clip(visibility)} is not public or private")
+    raise InvalidArgument(field_name, f"{clip(visibility)} is not public or private")
 
 
 def group_resource(group: str) -> Resource:
@@ -118,12 +113,12 @@ def decode(kv: KeyValue) -> ImageGroup:
         visibility = check_visibility(data["visibility"])
         by, at = data["by"], data["at"]
         if not isinstance(by, str) or not OWNER.fullmatch(by):
-            raise ValueError(f"by {_clip(by)} is not a principal name")
+            raise ValueError(f"by {clip(by)} is not a principal name")
         if isinstance(at, bool) or not isinstance(at, int | float) or not 0 <= at < 1e11:
-            raise ValueError(f"at {_clip(at)} is not a time")
+            raise ValueError(f"at {clip(at)} is not a time")
         return ImageGroup(name, visibility, by, float(at), kv.mod_revision)
     except (ValueError, TypeError, RecursionError, MembersError) as exc:
-        raise InvalidImageGroup(f"{_clip(kv.key)}: {exc}") from None
+        raise InvalidImageGroup(f"{clip(kv.key)}: {exc}") from None
 
 
 def create_ops(group: str, who: str, now: float, visibility: Visibility = "private",

@@ -53,13 +53,13 @@ from typing import Any, Literal
 
 from control.activity import activity_ops, check_request_id
 from control.auth import Principal
+from control.echo import clip
 from foundation.logic.slb_domain import OWNER, load_json
 from foundation.ports import Compare, DeleteOp, GetOp, KeyValue, PutOp, RangeResult, Runtime, Store
 from foundation.ports import control as port
 
 MEMBERS = "/platform/members/"
 MAX_MEMBERS = 1000  # memberships one resource may hold (its reads stay one short prefix)
-MAX_ECHO = 64
 
 # --------------------------------------------------------------------------- roles, actions, resources
 
@@ -82,7 +82,7 @@ class Role(enum.IntEnum):
             return text
         if isinstance(text, str) and text.upper() in Role.__members__ and text == text.lower():
             return Role[text.upper()]
-        raise InvalidArgument(field_name, f"{_clip(text)} is not a role (one of "
+        raise InvalidArgument(field_name, f"{clip(text)} is not a role (one of "
                                           f"{', '.join(str(r) for r in Role)})")
 
 
@@ -184,16 +184,16 @@ class Resource:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise InvalidArgument("resource", f"kind {_clip(self.kind)} is not one of {', '.join(KINDS)}")
+            raise InvalidArgument("resource", f"kind {clip(self.kind)} is not one of {', '.join(KINDS)}")
         if not isinstance(self.name, str):
-            raise InvalidArgument("resource", f"name {_clip(self.name)} is not a string")
+            raise InvalidArgument("resource", f"name {clip(self.name)} is not a string")
         if self.kind == "image":
             group, _, image = self.name.partition("/")
             if not NAME.fullmatch(group) or not IMAGE_NAME.fullmatch(image):
-                raise InvalidArgument("resource", f"image {_clip(self.name)} is not group/name (group a DNS label,"
+                raise InvalidArgument("resource", f"image {clip(self.name)} is not group/name (group a DNS label,"
                                                   " name [a-z0-9._-], at most 128 characters)")
         elif not NAME.fullmatch(self.name):
-            raise InvalidArgument("resource", f"{self.kind} name {_clip(self.name)} is not a DNS label")
+            raise InvalidArgument("resource", f"{self.kind} name {clip(self.name)} is not a DNS label")
 
     @property
     def parent(self) -> Resource | None:
@@ -239,17 +239,12 @@ class Conflict(MembersError, port.Conflict):
 
 class CorruptRecord(MembersError, port.CorruptRecord):
     def __init__(self, key: str, reason: str) -> None:
-        super().__init__(f"the record at {_clip(key, 200)} is unreadable: {reason}")
+        super().__init__(f"the record at {clip(key, 200)} is unreadable: {reason}")
         self.key = key
 
 
 class InvalidMembership(ValueError):
     """A membership record read from the store does not decode (what ``decode`` raises)."""
-
-
-def _clip(value: Any, limit: int = MAX_ECHO) -> str:
-    text = value if isinstance(value, str) else repr(value)[: limit * 2]
-    return text if len(text) <= limit else f"{text[:limit]}…({len(text)} characters)"
 
 
 # --------------------------------------------------------------------------- records and keys
@@ -265,7 +260,7 @@ def member_key(resource: Resource, user: str) -> str:
 
 def check_user(user: Any, field_name: str = "user") -> str:
     if not isinstance(user, str) or not OWNER.fullmatch(user):
-        raise InvalidArgument(field_name, f"{_clip(user)} is not a user name ([a-z0-9][a-z0-9._-]{{0,62}})")
+        raise InvalidArgument(field_name, f"{clip(user)} is not a user name ([a-z0-9][a-z0-9._-]{{0,62}})")
     return user
 
 
@@ -302,12 +297,12 @@ def decode(kv: KeyValue) -> Membership:
         role = Role.parse(data["role"])
         by, at = data["by"], data["at"]
         if not isinstance(by, str) or not OWNER.fullmatch(by):
-            raise ValueError(f"by {_clip(by)} is not a principal name")
+            raise ValueError(f"by {clip(by)} is not a principal name")
         if isinstance(at, bool) or not isinstance(at, int | float) or not 0 <= at < 1e11:
-            raise ValueError(f"at {_clip(at)} is not a time")
+            raise ValueError(f"at {clip(at)} is not a time")
         return Membership(resource, user, role, by, float(at), kv.mod_revision)
     except (ValueError, TypeError, RecursionError, port.ControlError) as exc:
-        raise InvalidMembership(f"{_clip(kv.key, 200)}: {exc}") from None
+        raise InvalidMembership(f"{clip(kv.key, 200)}: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -32,12 +32,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from control.echo import quoted
 from control.members import MembersError, Resource, Role
 
 ACTIONS: tuple[str, ...] = ("pull", "push", "delete")
 CATALOG = "catalog"
 MAX_SCOPE = 512  # characters of one scope parameter (a repository name is at most 192)
-MAX_SHOWN = 64
 
 #: The least effective role for each action on a private group's image (a public one's pulls need none).
 LEAST_ROLE: dict[str, Role] = {"pull": Role.REPORTER, "push": Role.DEVELOPER, "delete": Role.MASTER}
@@ -45,11 +45,6 @@ LEAST_ROLE: dict[str, Role] = {"pull": Role.REPORTER, "push": Role.DEVELOPER, "d
 CallerKind = Literal["anonymous", "user", "admin", "robot", "build"]
 CALLER_KINDS: tuple[str, ...] = ("anonymous", "user", "admin", "robot", "build")
 ScopeKind = Literal["image_group", "image"]
-
-
-def _shown(value: object) -> str:
-    text = value if isinstance(value, str) else repr(value)[: MAX_SHOWN * 2]
-    return repr(text[:MAX_SHOWN]) + (f"…({len(text)} characters)" if len(text) > MAX_SHOWN else "")
 
 
 class ScopeError(ValueError):
@@ -75,15 +70,15 @@ class Scope:
             _check_repository(self.name)
             if not self.actions or any(a not in ACTIONS for a in self.actions) \
                     or self.actions != tuple(a for a in ACTIONS if a in self.actions):
-                raise ScopeError("action", f"{_shown(self.actions)} is not distinct actions of "
+                raise ScopeError("action", f"{quoted(self.actions)} is not distinct actions of "
                                            f"{', '.join(ACTIONS)} in that order")
         elif self.type == "registry":
             if self.name != CATALOG:
-                raise ScopeError("name", f"registry resource {_shown(self.name)} is not {CATALOG!r}")
+                raise ScopeError("name", f"registry resource {quoted(self.name)} is not {CATALOG!r}")
             if self.actions != ("*",):
-                raise ScopeError("action", f"registry:catalog takes only '*', not {_shown(self.actions)}")
+                raise ScopeError("action", f"registry:catalog takes only '*', not {quoted(self.actions)}")
         else:
-            raise ScopeError("type", f"{_shown(self.type)} is not 'repository' or 'registry'")
+            raise ScopeError("type", f"{quoted(self.type)} is not 'repository' or 'registry'")
 
     def __str__(self) -> str:
         """Distribution's text of the scope (``parse_scope(str(s)) == s``)."""
@@ -92,11 +87,11 @@ class Scope:
 
 def _check_repository(name: object) -> str:
     if not isinstance(name, str):
-        raise ScopeError("name", f"{_shown(name)} is not a string")
+        raise ScopeError("name", f"{quoted(name)} is not a string")
     try:
         Resource("image", name)
     except MembersError:
-        raise ScopeError("name", f"{_shown(name)} is not an image group/name (group a DNS label, name "
+        raise ScopeError("name", f"{quoted(name)} is not an image group/name (group a DNS label, name "
                                  "[a-z0-9._-], at most 128 characters)") from None
     return name
 
@@ -104,28 +99,28 @@ def _check_repository(name: object) -> str:
 def parse_scope(text: str) -> Scope:
     """The scope ``text`` asks for (Distribution's ``type:name:actions``); ``ScopeError`` otherwise."""
     if not isinstance(text, str):
-        raise ScopeError("type", f"{_shown(text)} is not a string")
+        raise ScopeError("type", f"{quoted(text)} is not a string")
     if len(text) > MAX_SCOPE:
-        raise ScopeError("name", f"{_shown(text)} is longer than {MAX_SCOPE} characters")
+        raise ScopeError("name", f"{quoted(text)} is longer than {MAX_SCOPE} characters")
     kind, sep, rest = text.partition(":")
     if not sep:
-        raise ScopeError("type", f"{_shown(text)} is not type:name:actions")
+        raise ScopeError("type", f"{quoted(text)} is not type:name:actions")
     if kind not in ("repository", "registry"):
-        raise ScopeError("type", f"{_shown(kind)} is not 'repository' or 'registry'")
+        raise ScopeError("type", f"{quoted(kind)} is not 'repository' or 'registry'")
     name, sep, listed = rest.rpartition(":")
     if not sep:
-        raise ScopeError("action", f"{_shown(text)} names no actions (type:name:actions)")
+        raise ScopeError("action", f"{quoted(text)} names no actions (type:name:actions)")
     words = listed.split(",")
     if kind == "registry":
         if name != CATALOG:
-            raise ScopeError("name", f"registry resource {_shown(name)} is not {CATALOG!r}")
+            raise ScopeError("name", f"registry resource {quoted(name)} is not {CATALOG!r}")
         if words != ["*"]:
-            raise ScopeError("action", f"registry:catalog takes only '*', not {_shown(listed)}")
+            raise ScopeError("action", f"registry:catalog takes only '*', not {quoted(listed)}")
         return Scope("registry", CATALOG, ("*",))
     _check_repository(name)
     for word in words:
         if word != "*" and word not in ACTIONS:
-            raise ScopeError("action", f"{_shown(word)} is not one of {', '.join(ACTIONS)} or '*'")
+            raise ScopeError("action", f"{quoted(word)} is not one of {', '.join(ACTIONS)} or '*'")
     wanted = set(ACTIONS) if "*" in words else set(words)
     return Scope("repository", name, tuple(a for a in ACTIONS if a in wanted))
 
@@ -143,14 +138,14 @@ class Caller:
 
     def __post_init__(self) -> None:
         if self.kind not in CALLER_KINDS:
-            raise ValueError(f"caller kind {_shown(self.kind)} is not one of {', '.join(CALLER_KINDS)}")
+            raise ValueError(f"caller kind {quoted(self.kind)} is not one of {', '.join(CALLER_KINDS)}")
         if not isinstance(self.name, str):
-            raise ValueError(f"caller name {_shown(self.name)} is not a string")
+            raise ValueError(f"caller name {quoted(self.name)} is not a string")
         if self.robot_scope is not None and (not isinstance(self.robot_scope, tuple) or len(self.robot_scope) != 2
                                              or not all(isinstance(p, str) for p in self.robot_scope)):
-            raise ValueError(f"robot_scope {_shown(self.robot_scope)} is not (kind, name)")
+            raise ValueError(f"robot_scope {quoted(self.robot_scope)} is not (kind, name)")
         if not isinstance(self.robot_actions, tuple) or not all(isinstance(a, str) for a in self.robot_actions):
-            raise ValueError(f"robot_actions {_shown(self.robot_actions)} is not a tuple of strings")
+            raise ValueError(f"robot_actions {quoted(self.robot_actions)} is not a tuple of strings")
 
 
 def in_robot_scope(caller: Caller, repository: str) -> bool:

@@ -72,6 +72,7 @@ from typing import Any, Literal, Protocol
 
 from control.activity import activity_ops, check_request_id
 from control.auth import Principal
+from control.echo import clip
 from control.members import Action, Resource, authorize, load_memberships
 from foundation.logic.slb_domain import OWNER, load_json
 from foundation.logic.slb_traffic import TrafficError, VersionCounts, decode_traffic, traffic_prefix
@@ -93,7 +94,6 @@ MAX_RECORD = 1024 * 1024  # a baseline of MAX_HOSTS hosts of 253-character names
 MAX_COUNT = 2**53  # requests and errors in a record (slb_traffic's bound)
 MAX_SECONDS = 1e15  # request seconds in a record (slb_traffic has no bound: larger ones are cut to this)
 MAX_REASON = 300
-MAX_ECHO = 64
 IDLE_SECONDS = 5.0  # how often the loop looks for releases when none is active
 State = Literal["running", "paused", "reverting", "reverted", "completing", "completed"]
 STATES: tuple[State, ...] = ("running", "paused", "reverting", "reverted", "completing", "completed")
@@ -133,11 +133,6 @@ class CorruptRecord(ReleasesError, port.CorruptRecord):
 
 class InvalidRelease(ValueError):
     """A release record read from the store does not decode (what ``decode_release`` raises)."""
-
-
-def _clip(value: Any) -> str:
-    text = value if isinstance(value, str) else repr(value)[:MAX_ECHO * 2]
-    return text if len(text) <= MAX_ECHO else f"{text[:MAX_ECHO]}…({len(text)} characters)"
 
 
 # --------------------------------------------------------------------------- the ports it meets
@@ -196,7 +191,7 @@ def _number(value: Any, name: str, low: float, high: float, *, whole: bool = Tru
     kinds = (int,) if whole else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) \
             or not low <= value <= high:
-        raise ValueError(f"{name} {_clip(value)} is not a {'whole ' if whole else ''}number from {low:g} to "
+        raise ValueError(f"{name} {clip(value)} is not a {'whole ' if whole else ''}number from {low:g} to "
                          f"{high:g}")
     return value if whole else float(value)
 
@@ -229,7 +224,7 @@ class Policy:
                 isinstance(s, bool) or not isinstance(s, int) for s in steps):
             raise ValueError(f"steps: 1 to {MAX_STEPS} whole percents")
         if any(not 1 <= s <= 100 for s in steps) or list(steps) != sorted(set(steps)) or steps[-1] != 100:
-            raise ValueError(f"steps: {_clip(list(steps))} must rise strictly from 1..100 and end at 100")
+            raise ValueError(f"steps: {clip(list(steps))} must rise strictly from 1..100 and end at 100")
         return Policy(steps, _number(self.bake_seconds, "bake_seconds", 0, 7 * 86400, whole=False),
                       _number(self.check_seconds, "check_seconds", 0.01, 3600, whole=False),
                       _number(self.max_error_increase, "max_error_increase", 0, 1, whole=False),
@@ -312,7 +307,7 @@ def decode_release(kv: KeyValue) -> Release:
             raise ValueError(f"not an object of {', '.join(sorted(FIELDS))}")
         app = data["app"]
         if not isinstance(app, str) or len(app) > 40 or not DNS_LABEL.fullmatch(app) or kv.key != release_key(app):
-            raise ValueError(f"it holds app {_clip(app)}")
+            raise ValueError(f"it holds app {clip(app)}")
         old, new = data["old"], data["new"]
         if not all(isinstance(v, str) and VERSION.fullmatch(v) for v in (old, new)) or old == new:
             raise ValueError("old and new are not two version names (v<N>)")
@@ -331,7 +326,7 @@ def decode_release(kv: KeyValue) -> Release:
                         raw_policy["min_requests"]).check()
         state = data["state"]
         if state not in STATES:
-            raise ValueError(f"state {_clip(state)} is not one of {', '.join(STATES)}")
+            raise ValueError(f"state {clip(state)} is not one of {', '.join(STATES)}")
         step = _number(data["step"], "step", 0, len(policy.steps) - 1)
         baseline_data = data["baseline"]
         if not isinstance(baseline_data, dict) or len(baseline_data) > MAX_HOSTS:
@@ -339,7 +334,7 @@ def decode_release(kv: KeyValue) -> Release:
         baseline = {}
         for host, mark in sorted(baseline_data.items()):
             if not HOST.fullmatch(host) or not isinstance(mark, list) or len(mark) != 3:
-                raise ValueError(f"baseline: {_clip(host)} is not host: [epoch, old, new]")
+                raise ValueError(f"baseline: {clip(host)} is not host: [epoch, old, new]")
             baseline[host] = HostMark(_number(mark[0], "epoch", 0, 2**53), _counts(mark[1], f"baseline {host} old"),
                                       _counts(mark[2], f"baseline {host} new"))
         interval_data = data["interval"]
@@ -351,7 +346,7 @@ def decode_release(kv: KeyValue) -> Release:
             raise ValueError(f"reason: at most {MAX_REASON} printable characters")
         started_by = data["started_by"]
         if not isinstance(started_by, str) or not OWNER.fullmatch(started_by):
-            raise ValueError(f"started_by {_clip(started_by)} is not a principal name")
+            raise ValueError(f"started_by {clip(started_by)} is not a principal name")
         return Release(app, old, new, group, domain, policy, state, step,
                        _number(data["baked"], "baked", 0, 1e9, whole=False), _number(data["bad"], "bad", 0, 10**9),
                        _number(data["checks"], "checks", 0, 10**12), baseline, interval, reason, started_by,
@@ -501,7 +496,7 @@ class Releases:
         check_request_id(request_id)
         app = _app_name(app)
         if not isinstance(version, str) or not VERSION.fullmatch(version):
-            raise InvalidArgument("version", f"{_clip(version)} is not a version name (v<N>)")
+            raise InvalidArgument("version", f"{clip(version)} is not a version name (v<N>)")
         if isinstance(steps, str | bytes) or not isinstance(steps, Sequence):
             raise InvalidArgument("steps", "a list of percents")
         try:
@@ -816,7 +811,7 @@ def _serving(shares: Mapping[str, int] | None, active: Sequence[str], new: str) 
 
 def _app_name(app: Any) -> str:
     if not isinstance(app, str) or len(app) > 40 or not DNS_LABEL.fullmatch(app):
-        raise InvalidArgument("app", f"{_clip(app)} is not an app name")
+        raise InvalidArgument("app", f"{clip(app)} is not an app name")
     return app
 
 

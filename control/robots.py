@@ -31,6 +31,7 @@ from typing import Any
 
 from control.activity import activity_ops, check_request_id
 from control.auth import Principal
+from control.echo import clip
 from control.image_groups import InvalidImageGroup, image_group_key
 from control.image_groups import decode as decode_group
 from control.members import (
@@ -62,12 +63,6 @@ MAX_ROBOTS = 10_000  # robot records the platform holds (list and group-delete r
 # Robots of one group and its images: the group's delete compares and deletes each in one transaction, which
 # must stay under etcd's --max-txn-ops (128 by default) with the delete's other operations.
 MAX_ROBOTS_PER_GROUP = 100
-MAX_SHOWN = 64
-
-
-def _clip(value: Any) -> str:
-    text = value if isinstance(value, str) else repr(value)[: MAX_SHOWN * 2]
-    return text if len(text) <= MAX_SHOWN else f"{text[:MAX_SHOWN]}…({len(text)} characters)"
 
 
 class InvalidRobot(ValueError):
@@ -80,7 +75,7 @@ def robot_key(name: str) -> str:
 
 def check_name(name: Any, field_name: str = "name") -> str:
     if not isinstance(name, str) or not NAME.fullmatch(name):
-        raise InvalidArgument(field_name, f"{_clip(name)} is not a robot name (a DNS label)")
+        raise InvalidArgument(field_name, f"{clip(name)} is not a robot name (a DNS label)")
     return name
 
 
@@ -90,13 +85,13 @@ def check_actions(actions: Any, field_name: str = "actions") -> tuple[str, ...]:
     if not isinstance(words, Sequence) or isinstance(words, bytes | bytearray) or not words \
             or len(words) > len(ROBOT_ACTIONS) or any(w not in ROBOT_ACTIONS for w in words) \
             or len(set(words)) != len(words):
-        raise InvalidArgument(field_name, f"{_clip(actions)} is not distinct actions of {', '.join(ROBOT_ACTIONS)}")
+        raise InvalidArgument(field_name, f"{clip(actions)} is not distinct actions of {', '.join(ROBOT_ACTIONS)}")
     return tuple(a for a in ROBOT_ACTIONS if a in words)
 
 
 def check_scope(scope: Any, field_name: str = "scope") -> Resource:
     if not isinstance(scope, Resource) or scope.kind not in ("image_group", "image"):
-        raise InvalidArgument(field_name, f"{_clip(scope)} is not an image group or an image")
+        raise InvalidArgument(field_name, f"{clip(scope)} is not an image group or an image")
     return scope
 
 
@@ -138,7 +133,7 @@ class Robot:
 
 def _time(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e11:
-        raise ValueError(f"{what} {_clip(value)} is not a time")
+        raise ValueError(f"{what} {clip(value)} is not a time")
     return float(value)
 
 
@@ -160,15 +155,15 @@ def decode(kv: KeyValue) -> Robot:
         resource = check_scope(Resource(scope["kind"], scope["name"]))
         actions = data["actions"]
         if not isinstance(actions, list):
-            raise ValueError(f"actions {_clip(actions)} is not a list")
+            raise ValueError(f"actions {clip(actions)} is not a list")
         by = data["by"]
         if not isinstance(by, str) or not OWNER.fullmatch(by):
-            raise ValueError(f"by {_clip(by)} is not a principal name")
+            raise ValueError(f"by {clip(by)} is not a principal name")
         expires = None if data["expires"] is None else _time(data["expires"], "expires")
         return Robot(name, secret, resource, check_actions(actions), expires, by, _time(data["at"], "at"),
                      kv.mod_revision)
     except (ValueError, TypeError, RecursionError, MembersError) as exc:
-        raise InvalidRobot(f"{_clip(kv.key)}: {exc}") from None
+        raise InvalidRobot(f"{clip(kv.key)}: {exc}") from None
 
 
 async def robot_caller(store: Store, runtime: Runtime, username: str, password: str) -> Caller | None:
@@ -235,7 +230,7 @@ class Robots:
         actions = check_actions(actions)
         if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)
                                 or not 0 < ttl <= MAX_TTL):
-            raise InvalidArgument("ttl", f"{_clip(ttl)} is not a number of seconds in (0, {MAX_TTL:.0f}]")
+            raise InvalidArgument("ttl", f"{clip(ttl)} is not a number of seconds in (0, {MAX_TTL:.0f}]")
         group = scope.name.partition("/")[0]
         for _ in range(self.max_attempts):
             found = await load_memberships(self.store, scope)

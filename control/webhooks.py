@@ -59,6 +59,7 @@ from typing import Any, Literal, Protocol
 from control.activity import activity_ops, check_request_id
 from control.apps import app_key
 from control.auth import Principal
+from control.echo import quoted
 from control.members import Action, Resource, authorize, load_memberships
 from foundation.logic.build_task import AGENTS, APP_NAME, COMMIT, REPO, id_key, task_id
 from foundation.ports import Compare, DeleteOp, GetOp, KeyValue, PutOp, RangeResult, Runtime, Store
@@ -158,11 +159,6 @@ class CorruptRecord(HookCallError, port.CorruptRecord):
     pass
 
 
-def _clip(value: Any, limit: int = 60) -> str:
-    text = value if isinstance(value, str) else repr(value)[: limit * 2]
-    return repr(text if len(text) <= limit else f"{text[:limit]}…")
-
-
 # --------------------------------------------------------------------------- names and keys
 
 
@@ -171,7 +167,7 @@ def check_project(project: Any) -> str:
     lowercased (the build hosts clone ``{repos}/{project}``); ``InvalidArgument`` otherwise."""
     if not isinstance(project, str) or len(project) > MAX_PROJECT or not PROJECT.fullmatch(project) \
             or not REPO.fullmatch(project.lower()) or ".." in project.split("/"):
-        raise InvalidArgument("project", f"{_clip(project)} is not a GitLab project path (group/project, "
+        raise InvalidArgument("project", f"{quoted(project)} is not a GitLab project path (group/project, "
                                          f"[A-Za-z0-9_.-] segments, at most {MAX_PROJECT} characters)")
     return project
 
@@ -179,14 +175,14 @@ def check_project(project: Any) -> str:
 def check_branch(branch: Any) -> str:
     if not isinstance(branch, str) or len(branch) > MAX_BRANCH or not BRANCH.fullmatch(branch) \
             or ".." in branch or branch.endswith((".lock", ".")) or "/." in branch:
-        raise InvalidArgument("branch", f"{_clip(branch)} is not a branch name ([A-Za-z0-9._-] segments joined "
+        raise InvalidArgument("branch", f"{quoted(branch)} is not a branch name ([A-Za-z0-9._-] segments joined "
                                         f"by '/', at most {MAX_BRANCH} characters)")
     return branch
 
 
 def check_app(app: Any) -> str:
     if not isinstance(app, str) or not APP_NAME.fullmatch(app):
-        raise InvalidArgument("app", f"{_clip(app)} is not an app name (a DNS label)")
+        raise InvalidArgument("app", f"{quoted(app)} is not an app name (a DNS label)")
     return app
 
 
@@ -217,7 +213,7 @@ def _load(kv: KeyValue, fields: set[str]) -> dict[str, Any]:
 
 def _time(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e11:
-        raise ValueError(f"{_clip(value)} is not a time")
+        raise ValueError(f"{quoted(value)} is not a time")
     return float(value)
 
 
@@ -257,15 +253,15 @@ def decode_binding(kv: KeyValue) -> HookBinding:
         data = _load(kv, {"project", "app", "branch", "secret_sha256", "by", "at"})
         project, app, branch = check_project(data["project"]), check_app(data["app"]), check_branch(data["branch"])
         if project_key(project) != kv.key:
-            raise ValueError(f"the record is for project {_clip(project)}, its key says otherwise")
+            raise ValueError(f"the record is for project {quoted(project)}, its key says otherwise")
         digest, by = data["secret_sha256"], data["by"]
         if not isinstance(digest, str) or not SHA256_HEX.fullmatch(digest):
             raise ValueError("secret_sha256 is not 64 lowercase hex digits")
         if not isinstance(by, str) or not OWNER.fullmatch(by):
-            raise ValueError(f"by {_clip(by)} is not a principal name")
+            raise ValueError(f"by {quoted(by)} is not a principal name")
         return HookBinding(project, app, branch, digest, by, _time(data["at"]), kv.mod_revision)
     except (ValueError, TypeError, port.ControlError) as exc:
-        raise InvalidHookRecord(f"{_clip(kv.key, 200)}: {exc}") from None
+        raise InvalidHookRecord(f"{quoted(kv.key, 200)}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -304,7 +300,7 @@ def decode_head(kv: KeyValue) -> BranchHead:
                 raise ValueError(f"{name} is not empty or a full commit id")
         return BranchHead(app, branch, commit, before, previous, _time(data["at"]), kv.mod_revision)
     except (ValueError, TypeError, port.ControlError) as exc:
-        raise InvalidHookRecord(f"{_clip(kv.key, 200)}: {exc}") from None
+        raise InvalidHookRecord(f"{quoted(kv.key, 200)}: {exc}") from None
 
 
 # --------------------------------------------------------------------------- the push
@@ -332,7 +328,7 @@ def parse_push(headers: Mapping[str, str], body: bytes) -> tuple[str, Push]:
     lowered = {k.lower(): v for k, v in headers.items()}
     content_type = lowered.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/json":
-        raise NotJson(f"the payload must be application/json, not {_clip(content_type)}")
+        raise NotJson(f"the payload must be application/json, not {quoted(content_type)}")
     try:
         data = load_json(body)
     except ValueError as exc:
@@ -483,7 +479,7 @@ class Hooks:
         if push.checkout_sha is None or ZERO_COMMIT.fullmatch(push.after):
             return self._ignored(binding, "the branch was deleted")
         if not COMMIT.fullmatch(push.checkout_sha):
-            raise Malformed(f"checkout_sha {_clip(push.checkout_sha)} is not a full commit id (40 or 64 "
+            raise Malformed(f"checkout_sha {quoted(push.checkout_sha)} is not a full commit id (40 or 64 "
                             "lowercase hex digits)")
         before = push.before if COMMIT.fullmatch(push.before) and not ZERO_COMMIT.fullmatch(push.before) else ""
         return await self._queue(binding, push.checkout_sha, before)
