@@ -173,8 +173,18 @@ def samples(report: dict[str, Any], name: str) -> tuple[float, ...]:
     values = (report.get("samples") or {}).get(name) or []
     if not isinstance(values, list):
         return ()
-    return tuple(sorted(float(v) for v in values
-                        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)))
+    return tuple(sorted(v for v in map(_finite, values) if v is not None))
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` as a finite float; None for anything else (a bool, text, NaN, an integer too large for a float)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 @dataclass(frozen=True)
@@ -201,14 +211,13 @@ def machine_load(report: dict[str, Any]) -> MachineLoad | None:
     if not isinstance(got, dict):
         return None
     cpus = got.get("cpus")
-    values = [got.get(k) for k in ("load1_min", "load1_median", "load1_max")]
+    values = [_finite(got.get(k)) for k in ("load1_min", "load1_median", "load1_max")]
     if not isinstance(cpus, int) or isinstance(cpus, bool) or not 1 <= cpus <= 4096:
         return None
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
-               for v in values):
+    low, median, high = values
+    if low is None or median is None or high is None or not 0 <= low <= median <= high:
         return None
-    low, median, high = (float(v) for v in values)
-    return MachineLoad(cpus, low, median, high) if low <= median <= high else None
+    return MachineLoad(cpus, low, median, high)
 
 
 def _number(report: dict[str, Any], section: str, name: str) -> float | None:

@@ -311,6 +311,8 @@ def fit_files(paths: list[Path], out: Path, base: Path | None = None, *, max_loa
     for path, report in zip(paths, reports, strict=True):
         if report.get("scale") == "full":
             raise FitError(f"{path}: a full-scale sim report, not a lab report")
+    if max_load is not None and not (math.isfinite(max_load) and max_load >= 0):
+        raise FitError(f"--max-load {max_load} is not a load per CPU (a finite number >= 0)")
     loads = load_notes(paths, reports, max_load)
     base_costs = load_costs(base if base is not None else out)
     result = fit(reports, [str(p) for p in paths], base_costs)

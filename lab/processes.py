@@ -59,35 +59,44 @@ def stop_child(proc: subprocess.Popen, timeout: float = 5.0) -> None:
 
 
 def freeze(pid: int, timeout: float = 5.0) -> None:
-    """SIGSTOP ``pid`` and wait until all its threads are stopped (state ``T``).
+    """SIGSTOP ``pid`` and return once it is stopped: no thread of it can run its own code.
 
     ``kill`` returns once the signal is queued: the kernel wakes one thread, and only
     when that thread is scheduled does it stop the others. On a busy machine that
     takes milliseconds, long enough for a server to answer one more request; a
     caller that freezes a server to test what clients see must not race that.
+    Stopped means: some thread is in state ``T`` and every other one is ``T`` too, or
+    in uninterruptible sleep (``D``: it stops on leaving it, before any code of its
+    own), or gone. A process whose threads are all gone or zombies is not frozen but
+    dead: ``RuntimeError``, as for a timeout, naming a thread that still runs.
     """
     try:
         os.kill(pid, signal.SIGSTOP)
     except ProcessLookupError:
         raise RuntimeError(f"process {pid} is gone") from None
     deadline = time.monotonic() + timeout
-    while not _all_threads_stopped(pid):
+    while (running := _running_thread(pid)) is not None:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"process {pid} did not stop within {timeout:g}s of SIGSTOP")
+            raise RuntimeError(f"process {pid} did not stop within {timeout:g}s of SIGSTOP "
+                               f"(thread {running[0]} in state {running[1]})")
         time.sleep(0.001)
 
 
-def _all_threads_stopped(pid: int) -> bool:
+def _running_thread(pid: int) -> tuple[str, str] | None:
+    """A thread of ``pid`` that may still run its own code, as (tid, state); None once the process is stopped."""
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
+    except OSError:
         raise RuntimeError(f"process {pid} is gone") from None
+    states: dict[str, str] = {}
     for tid in tasks:
         try:
             stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-        except FileNotFoundError:
-            continue  # a thread that exited is not running either
-        state = stat.rsplit(")", 1)[1].split()[0]  # the command name may contain spaces and ")"
-        if state not in ("T", "t", "Z", "X"):
-            return False
-    return True
+        except OSError:
+            continue  # a thread that exited runs nothing
+        states[tid] = stat.rsplit(")", 1)[1].split()[0]  # the command name may contain spaces and ")"
+    if "T" not in states.values():
+        if all(state in ("Z", "X") for state in states.values()):
+            raise RuntimeError(f"process {pid} is gone (exited, not reaped)")
+        return next((tid, state) for tid, state in states.items() if state not in ("Z", "X"))
+    return next(((tid, state) for tid, state in states.items() if state not in ("T", "D", "Z", "X")), None)

@@ -238,8 +238,8 @@ def test_slb_agent_counts_in_place_updates_sets_aside_a_bad_domain_and_reports_a
         async def needs_reload(core, store) -> None:  # new headers: a reload, not an in-place change
             await core.put_domain(ADMIN, slb.domain(good, [p[0]], gen="new"))
 
-        freeze(master)
         try:
+            freeze(master)  # inside the try: SIGSTOP is sent even if freeze raises
             run(change(needs_reload))
             wait_value(prom, f"leengine_slb_config_last_reload_successful{{{group}}}", 0, timeout=40)
             failures = value(prom, f'leengine_slb_reloads_total{{{group},result="failure"}}')

@@ -318,8 +318,8 @@ def test_reload_that_never_takes_effect_is_rolled_back(prefix, backends):
         await proxy.apply({"shop.example.com": domain("shop.example.com", port, b1.upstream)})
         generation = proxy.generation
         master = proxy.master_pid
-        freeze(master)  # the HUP stays pending: new workers never come
         try:
+            freeze(master)  # the HUP stays pending (inside the try: SIGSTOP is sent even if freeze raises)
             started = time.monotonic()
             with pytest.raises(ReloadFailed, match="not confirmed within 1s") as info:
                 await proxy.apply({"api.example.com": domain("api.example.com", other, b2.upstream)})

@@ -512,8 +512,8 @@ def test_hung_vswitchd_times_out_and_attach_leaves_no_port_row(lab):
         async with OvsDataplane(lab.ovs.db, timeout=1) as dp:
             await dp.attach(att)
 
-    freeze(vswitchd)
     try:
+        freeze(vswitchd)  # inside the try: SIGSTOP is sent even if freeze raises
         started = time.monotonic()
         with pytest.raises(DataplaneError) as err:
             run(body())

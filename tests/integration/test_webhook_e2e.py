@@ -216,6 +216,7 @@ def test_push_hooks_build_each_commit_once_through_duplicates_and_a_killed_recei
             async def killed_mid_delivery(body: bytes, delay: float | None) -> None:
                 victim = procs[-1]
                 if delay is None:
+                    assert victim.poll() is None  # alive and not reaped: its pid is still its own
                     freeze(victim.pid)
                 async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
                     flight = asyncio.create_task(session.post(hook_url, data=body, headers={

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lab.compare import compare
-from lab.fit import ROUND_TRIPS_PER_ADD, in_flight_line, in_flight_pairs
+from lab.fit import ROUND_TRIPS_PER_ADD, FitError, fit_files, in_flight_line, in_flight_pairs
 from leengine.cli import app
 from sim.adapters.dataplane import Machine, SimDataplane
 from sim.adapters.runtime import SimRuntime
@@ -106,12 +106,17 @@ def test_fit_refuses_a_report_of_a_loaded_machine_and_names_it(tmp_path: Path) -
     run = CliRunner().invoke(app, ["lab", "fit", str(quiet), str(loaded), "--out", str(costs), "--max-load", "4"])
     assert run.exit_code == 0, run.output
     assert "1-minute load 0.1-9.5 (median 6.5) on 2 CPUs" in costs.read_text()  # each report's load, in the file
+    run = CliRunner().invoke(app, ["lab", "fit", str(quiet), "--out", str(costs), "--max-load", "nan"])
+    assert run.exit_code == 2 and "max-load" in run.output
+    with pytest.raises(FitError, match="--max-load nan is not a load per CPU"):
+        fit_files([quiet], costs, max_load=float("nan"))
 
 
 @pytest.mark.parametrize("record", [{"cpus": "2", "load1_min": 0, "load1_median": 1, "load1_max": 2},
                                     {"cpus": 2, "load1_min": 3, "load1_median": 1, "load1_max": 2},
                                     {"cpus": 2, "load1_min": 0, "load1_median": float("nan"), "load1_max": 2},
-                                    {"cpus": True, "load1_min": 0, "load1_median": 1, "load1_max": 2}, "high"])
+                                    {"cpus": True, "load1_min": 0, "load1_median": 1, "load1_max": 2},
+                                    {"cpus": 2, "load1_min": 0, "load1_median": 1, "load1_max": 10 ** 400}, "high"])
 def test_a_corrupt_load_record_counts_as_not_recorded(tmp_path: Path, record: object) -> None:
     report = tmp_path / "r.json"
     report.write_text(json.dumps({**LAB_REPORT, "lab": {"machine_load": record}}))

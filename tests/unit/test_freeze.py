@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,16 @@ def test_freezing_a_process_that_is_gone_names_it():
     child.wait()
     with pytest.raises(RuntimeError, match=f"process {child.pid} is gone"):
         freeze(child.pid)
+
+
+def test_freezing_a_child_that_exited_but_was_not_reaped_says_it_is_gone():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        for _ in range(500):  # until it is a zombie: exited, its parent (we) not yet told
+            if (Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) == "Z":
+                break
+            time.sleep(0.01)
+        with pytest.raises(RuntimeError, match=f"process {child.pid} is gone"):
+            freeze(child.pid)
+    finally:
+        child.wait()
