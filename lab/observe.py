@@ -26,7 +26,9 @@ The observers of a lab run (the twin of what sim/world.py records for sim/checks
   is exactly the sim's ``reload_seconds`` (test + reload + confirmation of one batch) and
   ``slb_propagation_seconds`` its ``propagation_seconds`` (the agent's share: the record
   change received to that revision in force), so the lab's samples measure the same spans
-  as the sim's. What was counted before the first scrape (``lab up``) is not a sample, except
+  as the sim's. A series that first shows after a source's first scrape counts from zero (a
+  labelled histogram is exposed from its first observation on: the boot's first reload may
+  come after the first scrape). What was counted before the first scrape (``lab up``) is not a sample, except
   for the kinds given ``from_zero`` when the lab was brought up for this run (``lab run``'s first
   run on a lab: the boot's reloads are the run's, as the sim's Region boots in its run).
 * ``Observations``: everything the checks judge, filled by the driver (lab/run.py).
@@ -264,10 +266,14 @@ class HistogramSamples:
     # Sources whose first scrape counts from zero: the lab was brought up for this run, so what the
     # agents observed since they started (the boot's reloads) is the run's, as the sim's boot is.
     from_zero: set[str] = field(default_factory=set)
+    # Sources whose baseline scrape was taken: a series they show for the first time after it was born
+    # after it (a labelled histogram is exposed from its first observation on), so it counts from zero.
+    baselined: set[str] = field(default_factory=set)
 
     def update(self, source: str, text: str) -> None:
-        zero = source in self.from_zero
+        zero = source in self.from_zero or source in self.baselined
         self.from_zero.discard(source)
+        self.baselined.add(source)
         for labels, (count, total) in histogram_totals(text, self.name).items():
             key = (source, labels)
             before = self.last.get(key, (0.0, 0.0) if zero else None)
@@ -282,6 +288,12 @@ class HistogramSamples:
             else:
                 self.averaged += grew
             self.samples.extend([max(0.0, added / grew)] * grew)
+
+    def forget(self, source: str) -> None:
+        """``source`` did not answer: its next answer is a new baseline (it may have restarted, or not)."""
+        self.baselined.discard(source)
+        for key in [k for k in self.last if k[0] == source]:
+            del self.last[key]
 
 
 class HistogramSampler:
@@ -313,8 +325,7 @@ class HistogramSampler:
             if text is None:
                 self.failed_scrapes += 1  # a host down (nginx-host-loss): its next answer starts a new baseline
                 for h in self.histograms.values():
-                    for key in [k for k in h.last if k[0] == source]:
-                        del h.last[key]
+                    h.forget(source)
                 continue
             for h in self.histograms.values():
                 h.update(source, text)

@@ -154,6 +154,19 @@ def test_histogram_increases_become_samples_exact_when_one_and_averaged_when_sev
     assert (h.exact, h.averaged) == (2, 2)
 
 
+def test_a_series_born_after_the_baseline_counts_from_zero_unless_its_source_went_quiet():
+    h = HistogramSamples("slb_reload_seconds")
+    empty = "# TYPE slb_reload_seconds histogram\n"  # a labelled histogram before its first observation
+    h.update("slb-web-nginx-1", empty)  # the baseline: no reload yet
+    h.update("slb-web-nginx-1", EXPOSITION % (1, "0.25"))  # the boot's first reload, after the first scrape
+    assert h.samples == [0.25] and h.exact == 1
+    h.forget("slb-web-nginx-1")  # a scrape failed: the next answer is a baseline, whatever it shows
+    h.update("slb-web-nginx-1", EXPOSITION % (4, "0.95"))
+    assert h.samples == [0.25]
+    h.update("slb-web-nginx-1", EXPOSITION % (5, "1.15"))
+    assert [round(v, 6) for v in h.samples] == [0.25, 0.2]
+
+
 # ------------------------------------------------------------------ the persistent controller's adoption and healing
 
 
