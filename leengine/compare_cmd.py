@@ -104,7 +104,7 @@ def lab_fit(
                                               help="costs to start from (default: --out, if it exists)")] = None,
     max_load: Annotated[float, typer.Option("--max-load", metavar="PER_CPU", min=0.0,
                                             help="refuse a report whose run's median 1-minute load per CPU was "
-                                                 "above this: a loaded machine's timings are not the lab's")] = 1.0,
+                                                 "above this: a loaded machine's timings are not the lab's")] = 2.0,
 ) -> None:
     """Fit the sim's cost models (attach, store latency, reload curve, lab builds) from lab reports."""
     from lab.fit import FitError, fit_files

@@ -101,7 +101,7 @@ def test_fit_refuses_a_report_of_a_loaded_machine_and_names_it(tmp_path: Path) -
     before = costs.read_bytes()
     run = CliRunner().invoke(app, ["lab", "fit", str(quiet), str(loaded), "--out", str(costs)])
     assert run.exit_code == 2 and len(run.output.strip().splitlines()) == 1
-    assert "loaded.json" in run.output and "3.25 per CPU > --max-load 1" in run.output
+    assert "loaded.json" in run.output and "3.25 per CPU > --max-load 2" in run.output
     assert costs.read_bytes() == before  # nothing half-written
     run = CliRunner().invoke(app, ["lab", "fit", str(quiet), str(loaded), "--out", str(costs), "--max-load", "4"])
     assert run.exit_code == 0, run.output
