@@ -30,27 +30,27 @@ SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 
 # seed 1 (the files' own), default options: `leengine sim run scenarios/NAME.yaml`, report.json's trace_sha256
 SHIPPED = {
-    "default": "b881e138c44738cf51548d914cb2b6c9c883aa6595e22a82ab495d51bb607a46",
-    "host-crash-ip-leak": "222743e19cb7263245eae44b77ae2d640424dd8592a39ac9ff6e9eccc77eae8d",
-    "nginx-reload-storm": "f121903de287ab33aa99daec8051f2ef870324d953b85a8bc1cbde40957eed78",
-    "cell-outage": "750b2a105bdf0a0dda61ea1b473a857c45a4d4e36488c4f7fc604ad8c10a7576",
-    "ipam-burst-1000": "9d3b2b0013d568c18e5591a7df38e2be5a3d638ffb4c0ce83619af986e101428",
-    "pool-exhaustion": "832d83b379e13ef677cb43b83780917670c76af3820765116ee914cd933c220f",
-    "builder-crash": "1b0befc9aaf3a281a256fcef940fd0f5aee13d4b323301ead74ae54553377990",
-    "steady-state": "bc6eac2bc4e73c33043a36578268cec9bb77e1e6e9b4ebf971dd703441228ac4",  # issue 11: churn, no fault
-    "lab-scale": "63e0f8bdb38d4298f3325fc6b98c428ce60405d461a937acd36cbaea6a65d0d3",  # issue 12: the lab bench's Region
-    "lab-burst-1000": "37f44196e82ea443fc199396556f0a7b8f6d2bc6ce7c04ce69e8464eb175c393",  # issue 12: the lab burst
+    "default": "907f2bc00673dc8542e44c0bf123f359ab6ec1889fc30597d7818e5fc6d8fe42",
+    "host-crash-ip-leak": "a8840cbe4b33a49ecd2e56ac26394adb888428a8415179c15dad82f564203e53",
+    "nginx-reload-storm": "9cc95deb60100d09571fe7ddcca173d0fb833d472562c1a36441b263a9fed152",
+    "cell-outage": "49f8fb2b0fe3d337ed7bca4482814312cb0d198554d2e208feec917acbdfe12e",
+    "ipam-burst-1000": "4ce364339028c2998a71da3f7dbe544cd03b9a6cd680ed766ca9ffef340b30da",
+    "pool-exhaustion": "020d68fae0883aafe4355b2a56e9c4313b6fd5174dd26d7dd69e3f6fe4e664a9",
+    "builder-crash": "b1a2af9186e38fa61b0451fd92cdb2e44ff3ed653930462484c50be060388886",
+    "steady-state": "544be660f8811a5f2ebd64ab7268df61aa78c6d8dd3c4ef663ee223f58929e15",  # issue 11: churn, no fault
+    "lab-scale": "238be998a5123965662ea15b09019aac4e12fe7d0a0bfc1b7131b5715eda08d0",  # issue 12: the lab bench's Region
+    "lab-burst-1000": "eb5e7cb8c376f3b6a372f5cc9bc6bbbe80a4d104b6bc56c2971e79174092b93a",  # issue 12: the lab burst
     # issue 13: the platform in the sim (control/apps.py, control/releases.py, slb-core's shares, the SLB agents'
     # traffic records): a change to any of them moves these two
-    "gray-release-revert": "8eeb74502c6d49216ea9f26d432d0c652bd09f34f8b450475701716300ae3651",
-    "gray-release-cell-outage": "c46814badf19dbc15a46e39272e7c8080de5bce4b1030df613e0852cc954f09a",
+    "gray-release-revert": "fc18ed9afae1f67a09fe5e95db8c6b48c2cdfefa615e12b7e51a05895c0e961f",
+    "gray-release-cell-outage": "7542ed240566c081a38cf1337c1cfab29ff0f80d7f05a05bd280db4165661d58",
     # issue 14: builds on push (sim/webhooks.py, control/webhooks.py in-process, the fenced registry). Moved once:
     # a late delivery of a push already superseded by the branch head is now queued and cancelled at once (every
     # pushed commit ends with one claim and one result) instead of ignored; the earlier webhooks.py gives 2cf2fe01….
-    "webhook-storm": "61f9fe3919be366b7ccbdfe7ce50f0c16d16016ad7648411d11a704b18086b2d",
+    "webhook-storm": "c3722698eec9796700f92056d06d305776d7269094ec766180157143fc9a328a",
     # issue 15: the sweep scenarios, whose fault times are drawn per seed (sim/fault_times.py): seed 1's draws
-    "sweep-etcd-outage-burst": "8aacf524b20b09bab9a2734d7ce6cde1f34258086bf96ff73cb60f8fce934564",
-    "sweep-release-cell-cut": "5a302a3ae394cecc90f144db4d31dc69d3ec3815e506493b8213ee58909be6fe",
+    "sweep-etcd-outage-burst": "d102a7c0fd93432695f88d79af0702f0edb87ab48a6daf354cfbc53924227b6e",
+    "sweep-release-cell-cut": "7665113acfeb84cdc8e0f173915b08ae43967f250e1a494d738d1336fc832fd0",
 }
 # every_fault_kind() below, seed 3; its verdicts (two fail on purpose) end the trace too. Moved once on
 # purpose (issue 10, discovery a client of the control service): its one failed push during the
