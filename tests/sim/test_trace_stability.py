@@ -7,7 +7,8 @@ refactoring of the world that moves code without changing what it does keeps eac
 spawns or store writes) changes them: update the values here, with a note in the commit
 saying which change moved them and why. The shipped scenarios read scenarios/costs.yaml: a new
 fit (`leengine lab fit`, issue 12: dataplane attach, reload bases, lab builder) moves them all
-(last: the fit from 15 lab runs with ADDs in flight: attach 0.196 s, reload bases 0.325 s).
+(last: the fit from the two quiet lab rounds s2 and s3, 10 runs: attach 0.066 s + 0.027 s per other ADD
+in flight in lab-scaled runs, reload bases 0.231 s).
 Issue 14 moved the three runs with builds (builder-crash, steady-state, every_fault_kind) twice: task
 records carry their attempt's push secret, and the image a build pushes is ``{registry}/{app}/{app}:{commit}``
 (the app's own image group), which its result record names.
