@@ -50,22 +50,24 @@ class CompareError(ValueError):
 class CheckRow:
     name: str
     sim: bool | None  # None: the report has no such check
-    lab: bool | None
+    lab: bool | None  # several lab runs: their common verdict, None when they differ
+    lab_runs: tuple[bool | None, ...] = ()  # each lab run's, when there are several
 
     @property
     def equal(self) -> bool:
-        return self.sim is not None and self.sim == self.lab
+        return self.sim is not None and all(v == self.sim for v in self.lab_runs or (self.lab,))
 
 
 @dataclass(frozen=True)
 class CountRow:
     name: str
     sim: float | None
-    lab: float | None
+    lab: float | None  # several lab runs: their common count, None when they differ
+    lab_runs: tuple[float | None, ...] = ()
 
     @property
     def equal(self) -> bool:
-        return self.sim is not None and self.sim == self.lab
+        return self.sim is not None and all(v == self.sim for v in self.lab_runs or (self.lab,))
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,8 @@ class Comparison:
     distributions: list[DistributionRow] = field(default_factory=list)
     sim_name: str = ""
     lab_name: str = ""
-    lab_load: MachineLoad | None = None
+    lab_load: MachineLoad | None = None  # one lab run's; lab_loads has each run's
+    lab_loads: tuple[MachineLoad | None, ...] = ()
 
     @property
     def verdicts_equal(self) -> bool:
@@ -127,8 +130,11 @@ class Comparison:
         return {"verdicts_equal": self.verdicts_equal, "counts_equal": self.counts_equal,
                 "within_bands": self.within_bands,
                 "lab_machine_load": vars(self.lab_load) if self.lab_load is not None else None,
-                "checks": [{"name": r.name, "sim": r.sim, "lab": r.lab, "equal": r.equal} for r in self.checks],
-                "counts": [{"name": r.name, "sim": r.sim, "lab": r.lab, "equal": r.equal} for r in self.counts],
+                "lab_runs": max(1, len(self.lab_loads)),
+                "checks": [{"name": r.name, "sim": r.sim, "lab": r.lab, "equal": r.equal}
+                           | ({"lab_runs": list(r.lab_runs)} if r.lab_runs else {}) for r in self.checks],
+                "counts": [{"name": r.name, "sim": r.sim, "lab": r.lab, "equal": r.equal}
+                           | ({"lab_runs": list(r.lab_runs)} if r.lab_runs else {}) for r in self.counts],
                 "distributions": [{"name": r.name, "sim_n": len(r.sim), "lab_n": len(r.lab),
                                    "sim_median": r.median("sim"), "sim_p90": r.p90("sim"),
                                    "lab_median": r.median("lab"), "lab_p90": r.p90("lab"), "ratio": r.ratio,
@@ -231,17 +237,43 @@ def _name(report: dict[str, Any], path: str) -> str:
     return f"{name} seed {report.get('seed')}" if isinstance(name, str) else path
 
 
-def compare(sim: dict[str, Any], lab: dict[str, Any], bands: dict[str, float] | None = None) -> Comparison:
+def _common(values: list[Any]) -> Any:
+    return values[0] if all(v == values[0] for v in values) else None
+
+
+def compare(sim: dict[str, Any], lab: dict[str, Any] | list[dict[str, Any]],
+            bands: dict[str, float] | None = None) -> Comparison:
+    """``lab``: one lab run's report, or several runs' of the same scenario and seed.
+
+    Several runs: each verdict and count must equal the sim's in every run; the distributions
+    pool the runs' samples (the lab's distribution, of which one run's few samples are a noisy
+    draw: a boot's 2 reloads make a median of 2). ``CompareError`` when the runs are not of one
+    scenario and seed."""
+    labs = lab if isinstance(lab, list) else [lab]
+    if not labs:
+        raise CompareError("give at least one lab report")
+    runs_of = {(_name(r, "lab"), repr(r.get("seed"))[:40]) for r in labs}  # repr: a hostile seed may be a list
+    if len(runs_of) > 1:
+        raise CompareError("the lab reports are not runs of one scenario and seed: "
+                           + ", ".join(sorted(name for name, _ in runs_of))[:300])
     bands = {**BANDS, **(bands or {})}
-    out = Comparison(sim_name=_name(sim, "sim"), lab_name=_name(lab, "lab"), lab_load=machine_load(lab))
+    several = len(labs) > 1
+    out = Comparison(sim_name=_name(sim, "sim"),
+                     lab_name=_name(labs[0], "lab") + (f" ({len(labs)} runs)" if several else ""),
+                     lab_load=machine_load(labs[0]) if not several else None,
+                     lab_loads=tuple(machine_load(r) for r in labs) if several else ())
     sim_checks = {c["name"]: c["passed"] for c in sim["checks"]}
-    lab_checks = {c["name"]: c["passed"] for c in lab["checks"]}
-    for name in [*sim_checks, *(n for n in lab_checks if n not in sim_checks)]:
-        out.checks.append(CheckRow(name, sim_checks.get(name), lab_checks.get(name)))
+    lab_checks = [{c["name"]: c["passed"] for c in r["checks"]} for r in labs]
+    order = [*sim_checks, *(n for checks in lab_checks for n in checks if n not in sim_checks)]
+    for name in dict.fromkeys(order):
+        runs = [checks.get(name) for checks in lab_checks]
+        out.checks.append(CheckRow(name, sim_checks.get(name), _common(runs), tuple(runs) if several else ()))
     for section, name in EXACT:
-        out.counts.append(CountRow(name, _number(sim, section, name), _number(lab, section, name)))
+        runs = [_number(r, section, name) for r in labs]
+        out.counts.append(CountRow(name, _number(sim, section, name), _common(runs), tuple(runs) if several else ()))
     for name in SAMPLES:
-        out.distributions.append(DistributionRow(name, samples(sim, name), samples(lab, name), bands[name]))
+        pooled = tuple(sorted(v for r in labs for v in samples(r, name)))
+        out.distributions.append(DistributionRow(name, samples(sim, name), pooled, bands[name]))
     return out
 
 
@@ -287,6 +319,11 @@ def _fmt(value: float | bool | None, digits: int = 4) -> str:
     return f"{value:.{digits}g}"
 
 
+def lab_value(row: CheckRow | CountRow, digits: int = 4) -> str:
+    """The lab's side of a verdict or count: one run's value, or each run's (``;``-separated)."""
+    return "; ".join(_fmt(v, digits) for v in row.lab_runs) if row.lab_runs else _fmt(row.lab, digits)
+
+
 def _html(comparison: Comparison, png: bytes) -> str:
     e = html.escape
 
@@ -295,8 +332,8 @@ def _html(comparison: Comparison, png: bytes) -> str:
         body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
         return f"<h2>{e(title)}</h2><table><tr>{th}</tr>{body}</table>"
 
-    checks = [[r.name, _fmt(r.sim), _fmt(r.lab), "equal" if r.equal else "DIFFERENT"] for r in comparison.checks]
-    counts = [[r.name, _fmt(r.sim, 9), _fmt(r.lab, 9), "equal" if r.equal else "different"]
+    checks = [[r.name, _fmt(r.sim), lab_value(r), "equal" if r.equal else "DIFFERENT"] for r in comparison.checks]
+    counts = [[r.name, _fmt(r.sim, 9), lab_value(r, 9), "equal" if r.equal else "different"]
               for r in comparison.counts]
     dists = [[r.name, str(len(r.sim)), str(len(r.lab)), _fmt(r.median("sim")), _fmt(r.p90("sim")),
               _fmt(r.median("lab")), _fmt(r.p90("lab")), _fmt(r.ratio, 3), f"±{r.band:.0%}",
@@ -329,4 +366,4 @@ def write_outputs(comparison: Comparison, out: Path) -> dict[str, Path]:
 
 
 __all__ = ["BANDS", "EXACT", "SAMPLES", "CheckRow", "CompareError", "Comparison", "CountRow", "DistributionRow",
-           "MachineLoad", "compare", "load_report", "machine_load", "samples", "write_outputs"]
+           "MachineLoad", "compare", "lab_value", "load_report", "machine_load", "samples", "write_outputs"]

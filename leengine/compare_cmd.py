@@ -1,7 +1,8 @@
 """``leengine compare SIM_REPORT LAB_REPORT`` and ``leengine lab fit LAB_REPORT... --out FILE``.
 
-  leengine compare SIM LAB [--out DIR] [--strict] [--json]
-      check verdicts side by side, exact counts, distributions (median, p90, lab/sim, band)
+  leengine compare SIM LAB... [--out DIR] [--strict] [--json]
+      check verdicts side by side, exact counts, distributions (median, p90, lab/sim, band);
+      several lab runs of the scenario and seed: every run's verdicts and counts, samples pooled
       (lab/compare.py); --out DIR writes compare.png (CDF overlay), compare.html, compare.json.
       Exit 1 when a verdict differs (with --strict also when a count differs or a distribution
       is outside its band); 2 on bad input (a missing file, not a report): one line.
@@ -42,22 +43,23 @@ def _fmt(value: float | bool | None, digits: int = 4) -> str:
 
 def compare(
     sim_report: Annotated[Path, typer.Argument(metavar="SIM_REPORT", help="report.json of `leengine sim run --lab`")],
-    lab_report: Annotated[Path, typer.Argument(metavar="LAB_REPORT", help="report.json of `leengine lab run`")],
+    lab_reports: Annotated[list[Path], typer.Argument(metavar="LAB_REPORT...",
+                                                      help="report.json of `leengine lab run` (several runs: pooled)")],
     out: Annotated[Path | None, typer.Option("--out", metavar="DIR",
                                              help="write compare.png, compare.html and compare.json here")] = None,
     strict: Annotated[bool, typer.Option(help="also exit 1 on a different count or a distribution out of band")]
     = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the comparison as JSON")] = False,
 ) -> None:
-    """Hold a simulated run against a lab run of the same scenario and seed; exit 1 if a verdict differs."""
-    from lab.compare import CompareError, load_report, write_outputs
+    """Hold a simulated run against lab runs of the same scenario and seed; exit 1 if a verdict differs."""
+    from lab.compare import CompareError, lab_value, load_report, write_outputs
     from lab.compare import compare as compare_reports
 
     try:
-        sim, lab = load_report(sim_report), load_report(lab_report)
+        sim, labs = load_report(sim_report), [load_report(p) for p in lab_reports]
+        result = compare_reports(sim, labs)
     except CompareError as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
-    result = compare_reports(sim, lab)
     if as_json:
         print(json.dumps(result.as_dict(), indent=2, default=str))
     else:
@@ -68,13 +70,14 @@ def compare(
         for column in ("check", "sim", "lab", ""):
             checks.add_column(column)
         for c in result.checks:
-            checks.add_row(c.name, _fmt(c.sim), _fmt(c.lab), "equal" if c.equal else "[red]DIFFERENT[/red]")
+            checks.add_row(c.name, _fmt(c.sim), lab_value(c), "equal" if c.equal else "[red]DIFFERENT[/red]")
         console.print(checks)
         counts = Table(title="exact counts")
         for column in ("count", "sim", "lab", ""):
             counts.add_column(column, justify="left" if column == "count" else "right")
         for n in result.counts:
-            counts.add_row(n.name, _fmt(n.sim, 9), _fmt(n.lab, 9), "equal" if n.equal else "[yellow]different[/yellow]")
+            counts.add_row(n.name, _fmt(n.sim, 9), lab_value(n, 9),
+                           "equal" if n.equal else "[yellow]different[/yellow]")
         console.print(counts)
         dists = Table(title="distributions (seconds)")
         for column in ("samples", "sim n", "lab n", "sim median", "sim p90", "lab median", "lab p90", "lab/sim",
@@ -85,8 +88,10 @@ def compare(
             dists.add_row(d.name, str(len(d.sim)), str(len(d.lab)), _fmt(d.median("sim")), _fmt(d.p90("sim")),
                           _fmt(d.median("lab")), _fmt(d.p90("lab")), _fmt(d.ratio, 3), f"±{d.band:.0%}", verdict)
         console.print(dists)
-        if result.lab_load is not None:  # the lab's timings move with it; the shipped costs are a quiet machine's
-            console.print(f"lab run's machine: {result.lab_load}", markup=False, highlight=False)
+        for i, load in enumerate(result.lab_loads or (result.lab_load,), 1):  # the lab's timings move with it
+            if load is not None:
+                run = f" {i}" if result.lab_loads else ""
+                console.print(f"lab run{run}'s machine: {load}", markup=False, highlight=False)
     if out is not None:
         try:
             files = write_outputs(result, out)

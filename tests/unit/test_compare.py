@@ -96,3 +96,29 @@ def test_the_lab_runs_machine_load_is_printed_beside_the_bands(tmp_path: Path) -
     run = CliRunner().invoke(app, ["compare", str(tmp_path / "sim.json"), str(tmp_path / "lab.json")])
     assert "lab run's machine: 1-minute load 0.4-4.8 (median 1.5) on 2 CPUs" in run.output
     assert compare(SIM, SIM).lab_load is None  # a sim report has none
+
+
+def test_several_lab_runs_pool_their_samples_and_each_verdict_and_count_must_equal(tmp_path: Path) -> None:
+    sim = report(CHECKS, [0.020] * 10, [0.20, 0.20])
+    runs = [report(CHECKS, [0.021] * 5, [0.13, 0.14], reloads=2),  # alone: 0.14 / 0.2 = 0.7, outside
+            report(CHECKS, [0.019] * 5, [0.22, 0.24], reloads=3),
+            report(CHECKS, [0.020] * 5, [0.20, 0.21], reloads=2)]
+    alone = compare(sim, runs[0])
+    assert next(r for r in alone.distributions if r.name == "reload_seconds").within is False
+    pooled = compare(sim, runs)
+    reload = next(r for r in pooled.distributions if r.name == "reload_seconds")
+    assert reload.lab == (0.13, 0.14, 0.2, 0.21, 0.22, 0.24) and reload.within is True  # median 0.21
+    assert len(next(r for r in pooled.distributions if r.name == "cni_add_seconds").lab) == 15
+    reloads = next(r for r in pooled.counts if r.name == "reloads")
+    assert reloads.lab_runs == (2, 3, 2) and reloads.lab is None and not reloads.equal
+    assert pooled.verdicts_equal and pooled.lab_name == "host-crash-ip-leak seed 7 (3 runs)"
+    one_failed = compare(sim, [*runs, report({**CHECKS, "no-duplicate-address": False}, [0.02], [0.2])])
+    assert not one_failed.verdicts_equal  # a verdict must be the sim's in every run
+    paths = [str(write(tmp_path, f"lab{i}.json", r)) for i, r in enumerate(runs)]
+    run = CliRunner().invoke(app, ["compare", str(write(tmp_path, "sim.json", sim)), *paths])
+    assert run.exit_code == 0, run.output
+    assert "2; 3; 2" in run.output and "(3 runs)" in run.output
+    other = write(tmp_path, "other.json", {**runs[0], "seed": [1, 2]})
+    run = CliRunner().invoke(app, ["compare", str(tmp_path / "sim.json"), paths[0], str(other)])
+    assert run.exit_code == 2 and "not runs of one scenario and seed" in run.output
+    assert len(run.output.strip().splitlines()) == 1
