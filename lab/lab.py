@@ -290,6 +290,30 @@ def _pids_in_netns(namespaces: list[str]) -> list[int]:
     return pids
 
 
+def _kill_in_netns(namespaces: list[str], rounds: int = 50) -> list[int]:
+    """SIGKILL every process in the namespaces, and again until none is left (at most ``rounds`` scans).
+
+    One scan is not enough: a process killed after the scan may have forked before it died (an
+    Nginx master in the middle of a reload forks new workers, which outlive it and would keep
+    the netns, untagged: Nginx workers get an empty environment)."""
+    killed: list[int] = []
+    for _ in range(rounds):
+        found = [p for p in _pids_in_netns(namespaces) if p not in killed or _alive(p)]
+        if not found:
+            break
+        killed += [p for p in _kill(found) if p not in killed]
+        time.sleep(0.02)
+    return killed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _is_ovs(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip() in OVS_PROCESSES
@@ -330,7 +354,7 @@ def down_lab(directory: Path) -> DownReport:
                 candidates.add(pid)
     candidates |= set(tagged_pids(lab_id))
     report.processes += stop_pids(sorted(p for p in candidates if not _is_ovs(p)), lab_id)
-    report.processes += _kill(_pids_in_netns(lab_netns(lab_id)))
+    report.processes += _kill_in_netns(lab_netns(lab_id))
 
     # 2. bridges while the lab's OVS still answers, then OVS itself (and any tagged process left)
     try:
@@ -339,7 +363,8 @@ def down_lab(directory: Path) -> DownReport:
         log.warning("lab %s: bridges not removed through OVS (%s); their devices go by name below", lab_id, exc)
     report.processes += stop_pids(tagged_pids(lab_id), lab_id)
 
-    # 3. namespaces and interfaces
+    # 3. namespaces and interfaces (what a dying process forked meanwhile goes first)
+    report.processes += [p for p in _kill_in_netns(lab_netns(lab_id)) if p not in report.processes]
     removed = remove_kernel(lab_id)
     report.netns, report.interfaces = removed["netns"], removed["interfaces"]
 

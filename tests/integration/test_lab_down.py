@@ -7,6 +7,7 @@ Each test runs in a network namespace of its own (see test_lab_fabric.machine_ne
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -110,3 +111,42 @@ def test_up_refuses_a_directory_holding_a_live_lab(tmp_path: Path) -> None:
         finally:
             _down(lab_dir)
         _assert_nothing_left(lab_id, lab_dir)
+
+
+def test_processes_forked_in_a_lab_netns_while_it_is_swept_are_killed_too(monkeypatch) -> None:
+    """An Nginx master killed mid-reload forks workers after the scan that found it: they must go as well."""
+    import lab.lab as lab_module
+
+    name = f"le-t{os.getpid() % 10000:04d}-fork"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    started: list[subprocess.Popen] = []
+
+    def sleeper() -> subprocess.Popen:
+        started.append(subprocess.Popen(["ip", "netns", "exec", name, "sleep", "60"]))
+        return started[-1]
+
+    real_kill = lab_module._kill
+
+    def kill_after_a_fork(pids: list[int]) -> list[int]:
+        if len(started) == 1:  # between the first scan and its kills, one more process is born in the netns
+            born = sleeper()
+            deadline = time.monotonic() + 5
+            while born.pid not in lab_module._pids_in_netns([name]) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return real_kill(pids)
+
+    monkeypatch.setattr(lab_module, "_kill", kill_after_a_fork)
+    try:
+        first = sleeper()
+        deadline = time.monotonic() + 5
+        while first.pid not in lab_module._pids_in_netns([name]) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        killed = lab_module._kill_in_netns([name])
+        assert {p.pid for p in started} <= set(killed) and len(started) == 2
+        for p in started:
+            assert p.wait(timeout=10) == -signal.SIGKILL
+        assert lab_module._pids_in_netns([name]) == []  # nothing left that would keep the namespace
+    finally:
+        for p in started:
+            p.kill()
+        subprocess.run(["ip", "netns", "del", name], check=False)
