@@ -13,9 +13,9 @@ all at once, contend for the machine's 2 cores: a constant attach time could not
 pooled median. Medians, so one slow outlier moves nothing. What is fitted, and how:
 
 * **store latency** (``costs.store.latency``): the median of ``samples.etcd_round_trip_seconds``
-  when a report has that list (a client's round trip to etcd through the lab's links
-  forwarder); otherwise the current value is kept (the five standard lists say nothing
-  about etcd alone).
+  when a report has that list (``lab run`` times one put a second through a client's link
+  to the lab's 3-member etcd, as the agents reach it: a write, as IPAM's transactions are);
+  otherwise the current value is kept (the five standard lists say nothing about etcd alone).
 * **dataplane attach** (``costs.dataplane.attach_seconds`` and ``lab_costs.dataplane.attach_per_in_flight``):
   the lab's ADD latency as the runtime sees it (``cni_add_seconds``: plugin exec, agent, IPAM,
   veth, OVS port) grows with the ADDs in flight on the machine as it begins

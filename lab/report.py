@@ -30,6 +30,8 @@ from sim.scenario import Scenario
 from sim.spec import RegionSpec
 
 SAMPLE_KINDS = ("cni_add_seconds", "propagation_seconds", "reload_seconds", "drain_seconds", "build_seconds")
+# The lab's own measurements beside them, for ``lab fit`` (the sim's report has none: nothing to compare).
+LAB_SAMPLE_KINDS = ("etcd_round_trip_seconds",)
 IN_FLIGHT = "cni_add_in_flight"  # paired with cni_add_seconds, unsorted: counts, not a distribution
 
 
@@ -70,6 +72,8 @@ def lab_report(scenario: Scenario, spec: RegionSpec, checks: list[CheckResult], 
     adds = sorted(totals.samples.get("cni_add_seconds", []))
     samples: dict[str, list[Any]] = {kind: [round(v, 6) for v in totals.samples.get(kind, [])]
                                      for kind in SAMPLE_KINDS}
+    samples |= {kind: [round(v, 6) for v in totals.samples[kind]] for kind in LAB_SAMPLE_KINDS
+                if totals.samples.get(kind)}
     if len(totals.add_in_flight) == len(samples["cni_add_seconds"]):  # pairs, or nothing
         samples[IN_FLIGHT] = list(totals.add_in_flight)
     metrics = {

@@ -448,6 +448,25 @@ class RunState:
     probes: dict[float, Probe] = field(default_factory=dict)
     leaked_at: dict[float, dict[str, int]] = field(default_factory=dict)  # deadline -> leaked pods then
     machine_load: list[float] = field(default_factory=list)  # the machine's 1-minute load, every sample
+    etcd_round_trips: list[float] = field(default_factory=list)  # seconds of one put, through a client's link
+
+
+ROUND_TRIP_KEY = "/lab/round-trip"  # written once a second by the run (what the sim's store latency is fitted to)
+
+
+async def time_etcd(store: Store, state: RunState, *, every: float = 1.0) -> None:
+    """Once a second, the seconds of one put through the same kind of link the agents use.
+
+    A put, as an IPAM transaction is a write (a raft round and a WAL fsync on the members);
+    a failed one (an etcd fault of the scenario) is not a sample."""
+    while True:
+        await asyncio.sleep(every)
+        started = time.monotonic()
+        try:
+            await store.put(ROUND_TRIP_KEY, b"1")
+        except StoreError:
+            continue
+        state.etcd_round_trips.append(time.monotonic() - started)
 
 
 def machine_load_summary(loads: list[float]) -> dict[str, Any]:
@@ -581,6 +600,7 @@ async def run_scenario(scenario: Scenario, spec: RegionSpec, lab: LiveLab, out: 
              loop.create_task(load.run(spec.duration), name="lab/load"),
              loop.create_task(cron.run(), name="lab/cnictl-cron"),
              loop.create_task(observe(lab, controller, load, state, clock, every=sample_every), name="lab/observe"),
+             loop.create_task(time_etcd(lab.store, state), name="lab/etcd-round-trips"),
              loop.create_task(schedule.run(), name="lab/faults")]
     if farm is not None:
         tasks.append(loop.create_task(farm.observe(), name="lab/build-observer"))
@@ -649,7 +669,8 @@ async def run_scenario(scenario: Scenario, spec: RegionSpec, lab: LiveLab, out: 
                                 "propagation_seconds": agents.samples("propagation_seconds"),
                                 "reload_seconds": agents.samples("reload_seconds"),
                                 "drain_seconds": list(c.drain_seconds),
-                                "build_seconds": farm.seconds() if farm is not None else []})
+                                "build_seconds": farm.seconds() if farm is not None else [],
+                                "etcd_round_trip_seconds": list(state.etcd_round_trips)})
     files = await asyncio.to_thread(scrape_metrics, metrics_urls, out)
     report = lab_report(scenario, spec, verdicts, totals, code_version=code_version, elapsed=elapsed,
                         wall_seconds=time.monotonic() - wall,
