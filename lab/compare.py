@@ -111,8 +111,12 @@ class Comparison:
     distributions: list[DistributionRow] = field(default_factory=list)
     sim_name: str = ""
     lab_name: str = ""
-    lab_load: MachineLoad | None = None  # one lab run's; lab_loads has each run's
-    lab_loads: tuple[MachineLoad | None, ...] = ()
+    lab_loads: tuple[MachineLoad | None, ...] = ()  # each lab run's machine load (None: not recorded)
+
+    @property
+    def lab_load(self) -> MachineLoad | None:
+        """The one lab run's machine load (None when not recorded, or with several runs)."""
+        return self.lab_loads[0] if len(self.lab_loads) == 1 else None
 
     @property
     def verdicts_equal(self) -> bool:
@@ -130,7 +134,7 @@ class Comparison:
         return {"verdicts_equal": self.verdicts_equal, "counts_equal": self.counts_equal,
                 "within_bands": self.within_bands,
                 "lab_machine_load": vars(self.lab_load) if self.lab_load is not None else None,
-                "lab_runs": max(1, len(self.lab_loads)),
+                "lab_runs": len(self.lab_loads),
                 "checks": [{"name": r.name, "sim": r.sim, "lab": r.lab, "equal": r.equal}
                            | ({"lab_runs": list(r.lab_runs)} if r.lab_runs else {}) for r in self.checks],
                 "counts": [{"name": r.name, "sim": r.sim, "lab": r.lab, "equal": r.equal}
@@ -260,8 +264,7 @@ def compare(sim: dict[str, Any], lab: dict[str, Any] | list[dict[str, Any]],
     several = len(labs) > 1
     out = Comparison(sim_name=_name(sim, "sim"),
                      lab_name=_name(labs[0], "lab") + (f" ({len(labs)} runs)" if several else ""),
-                     lab_load=machine_load(labs[0]) if not several else None,
-                     lab_loads=tuple(machine_load(r) for r in labs) if several else ())
+                     lab_loads=tuple(machine_load(r) for r in labs))
     sim_checks = {c["name"]: c["passed"] for c in sim["checks"]}
     lab_checks = [{c["name"]: c["passed"] for c in r["checks"]} for r in labs]
     order = [*sim_checks, *(n for checks in lab_checks for n in checks if n not in sim_checks)]

@@ -45,6 +45,7 @@ from lab.fabric import (
     start_ovs,
 )
 from lab.plan import DEFAULT_MGMT_CIDR, LabPlan, LabPlanError, plan_lab
+from lab.processes import process_state
 from lab.record import (
     LabInfo,
     LabRecord,
@@ -298,20 +299,12 @@ def _kill_in_netns(namespaces: list[str], rounds: int = 50) -> list[int]:
     the netns, untagged: Nginx workers get an empty environment)."""
     killed: list[int] = []
     for _ in range(rounds):
-        found = [p for p in _pids_in_netns(namespaces) if p not in killed or _alive(p)]
+        found = [p for p in _pids_in_netns(namespaces) if p not in killed or process_state(p) not in (None, "Z")]
         if not found:
             break
         killed += [p for p in _kill(found) if p not in killed]
         time.sleep(0.02)
     return killed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _is_ovs(pid: int) -> bool:

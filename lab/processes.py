@@ -1,7 +1,8 @@
 """What every launcher of a private service needs: stopping a child, and one shape of ``running_*``.
 
 ``stop_child``: SIGTERM, then SIGKILL. ``freeze``: SIGSTOP that returns only once every
-thread has stopped. ``running_service(make, prefix=…)``: a fresh scratch
+thread has stopped. ``process_state``: a process's (or thread's) state letter from /proc.
+``running_service(make, prefix=…)``: a fresh scratch
 directory, the service made in it and started; on exit (also when the start fails) the
 service stopped and the directory removed with everything in it. ``running_etcd``,
 ``running_ovs`` and ``running_prometheus`` are this plus their own ``make``.
@@ -82,6 +83,17 @@ def freeze(pid: int, timeout: float = 5.0) -> None:
         time.sleep(0.001)
 
 
+def process_state(pid: int, tid: int | str | None = None) -> str | None:
+    """The state letter (``R``, ``S``, ``D``, ``T``, ``Z`` ...) of ``pid``, or of its thread ``tid``; None when gone."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    try:
+        with open(path, "rb") as f:
+            # the command name, in parentheses, may contain spaces and ")": the state follows the last ")"
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, IndexError, UnicodeDecodeError):
+        return None
+
+
 def _running_thread(pid: int) -> tuple[str, str] | None:
     """A thread of ``pid`` that may still run its own code, as (tid, state); None once the process is stopped."""
     try:
@@ -90,11 +102,9 @@ def _running_thread(pid: int) -> tuple[str, str] | None:
         raise RuntimeError(f"process {pid} is gone") from None
     states: dict[str, str] = {}
     for tid in tasks:
-        try:
-            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-        except OSError:
-            continue  # a thread that exited runs nothing
-        states[tid] = stat.rsplit(")", 1)[1].split()[0]  # the command name may contain spaces and ")"
+        state = process_state(pid, tid)
+        if state is not None:  # a thread that exited runs nothing
+            states[tid] = state
     if "T" not in states.values():
         if all(state in ("Z", "X") for state in states.values()):
             raise RuntimeError(f"process {pid} is gone (exited, not reaped)")

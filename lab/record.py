@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.plan import LabPlanError, check_lab_id, ifname_prefix, netns_prefix
+from lab.processes import process_state
 
 KINDS = ("lab", "netns", "bridge", "veth", "process", "dir")
 MAX_RECORD_BYTES = 16 * 1024 * 1024  # a record larger than this is not ours
@@ -296,11 +297,9 @@ def process_lab(pid: int) -> str | None:
     """The ``LEENGINE_LAB`` of a running process, or None (gone, a zombie, untagged, unreadable)."""
     try:
         environ = Path(f"/proc/{pid}/environ").read_bytes()
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
+    except OSError:
         return None
-    if state == b"Z":
+    if process_state(pid) in (None, "Z"):
         return None
     for var in environ.split(b"\0"):
         if var.startswith(LAB_ENV.encode() + b"="):

@@ -69,6 +69,7 @@ from lab.plan import (
     REGISTRY_UPSTREAM,
     LabPlan,
 )
+from lab.processes import process_state
 from lab.record import LabRecord, ProcessEntry, read_pidfile, stop_pids
 from lab.supervisor import Launch, Supervisor, SupervisorError
 
@@ -834,11 +835,9 @@ def _nginx_master(lab: Any, host: str) -> int | None:
         return None
     try:
         same = os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(f"/run/netns/{lab.plan.netns(host)}").st_ino
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            zombie = f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-    except (OSError, IndexError):
+    except OSError:
         return None
-    return pid if same and not zombie else None
+    return pid if same and process_state(pid) not in (None, "Z") else None
 
 
 def _stop_pid(pid: int, timeout: float) -> None:

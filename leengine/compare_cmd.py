@@ -88,9 +88,9 @@ def compare(
             dists.add_row(d.name, str(len(d.sim)), str(len(d.lab)), _fmt(d.median("sim")), _fmt(d.p90("sim")),
                           _fmt(d.median("lab")), _fmt(d.p90("lab")), _fmt(d.ratio, 3), f"±{d.band:.0%}", verdict)
         console.print(dists)
-        for i, load in enumerate(result.lab_loads or (result.lab_load,), 1):  # the lab's timings move with it
+        for i, load in enumerate(result.lab_loads, 1):  # the lab's timings move with it
             if load is not None:
-                run = f" {i}" if result.lab_loads else ""
+                run = f" {i}" if len(result.lab_loads) > 1 else ""
                 console.print(f"lab run{run}'s machine: {load}", markup=False, highlight=False)
     if out is not None:
         try:
