@@ -54,6 +54,7 @@ from foundation.adapters.etcd_store import EtcdStore
 from foundation.adapters.ovs_dataplane import OvsDataplane
 from lab.etcd import running_etcd
 from lab.ovs import running_ovs
+from lab.reference import exec_rate
 from leengine.cni_install import build_go_plugin, install_go_plugin, install_plugin, installed_interpreter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,14 +82,6 @@ def cnitool(tool: str, command: str, network: str, netns: str, env: dict[str, st
     if result.returncode != 0:
         raise SystemExit(f"cnitool {command} {network} failed: {result.stdout.decode()} {result.stderr.decode()}")
     return elapsed, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-
-
-def exec_rate(n: int = EXEC_SAMPLES) -> float:
-    """fork+exec of /bin/true, one after the other, per second: the machine's process start-up rate right now."""
-    started = time.perf_counter()
-    for _ in range(n):
-        subprocess.run(["/bin/true"], check=True)
-    return n / (time.perf_counter() - started)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -215,7 +208,7 @@ def main() -> None:
             for number in range(args.rounds):
                 samples: dict[str, dict[str, list[float]]] = {s: {"ADD": [], "DEL": [], "CPU": []} for s in sides}
                 load = os.getloadavg()[0]
-                execs = exec_rate()
+                execs = exec_rate(EXEC_SAMPLES)
                 daemon_cpu = sum(cpu_seconds(pid) for pid in daemons)
                 for i in range(args.cycles):
                     order = sides[i % len(sides):] + sides[:i % len(sides)]  # each side goes first in turn

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import save, show
+from lab.reference import exec_rate
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALE_SCENARIO = ROOT / "scenarios" / "lab-scale.yaml"
@@ -64,14 +65,6 @@ INSIDE = "--inside-private-netns"
 
 
 # --------------------------------------------------------------------------- reference rates
-
-
-def exec_rate(n: int = 300) -> float:
-    """fork+exec of /bin/true, one after the other, per second."""
-    started = time.perf_counter()
-    for _ in range(n):
-        subprocess.run(["/bin/true"], check=True)
-    return n / (time.perf_counter() - started)
 
 
 def netns_veth_rate(n: int = 60) -> float:

@@ -15,6 +15,9 @@ lab's run driver writes the same) and answers three questions:
   timers and queueing (the SLB agent's batching, discovery's 50 ms drain polls, the
   scheduler's placement) that the sim reproduces as code rather than as a fitted number.
   A list empty in both is "no samples" (not judged); empty in one only is outside.
+* **what the lab's seconds are of**: each run's machine load and raw reference rates
+  (``lab.machine_load``, ``lab.reference_rates``), read back validated: a value that is not
+  a finite positive number makes the whole record "not recorded".
 
 ``write_outputs(comparison, sim, lab, out)`` writes ``compare.png`` (the CDFs overlaid, one
 panel per distribution) and ``compare.html`` (the tables and the figure, one page).
@@ -32,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab.reference import RATES
 from sim.metrics import percentile
 
 SAMPLES = ("cni_add_seconds", "propagation_seconds", "reload_seconds", "drain_seconds", "build_seconds")
@@ -112,6 +116,7 @@ class Comparison:
     sim_name: str = ""
     lab_name: str = ""
     lab_loads: tuple[MachineLoad | None, ...] = ()  # each lab run's machine load (None: not recorded)
+    lab_rates: tuple[ReferenceRates | None, ...] = ()  # each lab run's reference rates (None: not recorded)
 
     @property
     def lab_load(self) -> MachineLoad | None:
@@ -135,6 +140,7 @@ class Comparison:
                 "within_bands": self.within_bands,
                 "lab_machine_load": vars(self.lab_load) if self.lab_load is not None else None,
                 "lab_runs": len(self.lab_loads),
+                "lab_reference_rates": [vars(r) if r is not None else None for r in self.lab_rates],
                 "checks": [{"name": r.name, "sim": r.sim, "lab": r.lab, "equal": r.equal}
                            | ({"lab_runs": list(r.lab_runs)} if r.lab_runs else {}) for r in self.checks],
                 "counts": [{"name": r.name, "sim": r.sim, "lab": r.lab, "equal": r.equal}
@@ -230,6 +236,37 @@ def machine_load(report: dict[str, Any]) -> MachineLoad | None:
     return MachineLoad(cpus, low, median, high)
 
 
+@dataclass(frozen=True)
+class ReferenceRates:
+    """The machine's raw rates just before and after a lab run (lab/reference.py): what its seconds are of."""
+
+    before: dict[str, float]
+    after: dict[str, float]
+
+    def __str__(self) -> str:
+        return ", ".join(f"{label} {self.before[name]:,.0f} -> {self.after[name]:,.0f}{unit}"
+                         for name, (label, unit) in RATES.items()) + " (just before -> after the run)"
+
+
+def _rates(value: Any) -> dict[str, float] | None:
+    if not isinstance(value, dict):
+        return None
+    rates = {name: _finite(value.get(name)) for name in RATES}
+    if any(rate is None or not 0 < rate < 1e12 for rate in rates.values()):
+        return None
+    return rates  # type: ignore[return-value]
+
+
+def reference_rates(report: dict[str, Any]) -> ReferenceRates | None:
+    """A lab report's reference rates, or None (a sim report, an older lab report, values that are not rates)."""
+    lab = report.get("lab")
+    got = lab.get("reference_rates") if isinstance(lab, dict) else None
+    if not isinstance(got, dict):
+        return None
+    before, after = _rates(got.get("before")), _rates(got.get("after"))
+    return ReferenceRates(before, after) if before is not None and after is not None else None
+
+
 def _number(report: dict[str, Any], section: str, name: str) -> float | None:
     value = (report.get(section) or {}).get(name)
     return value if isinstance(value, int | float) and not isinstance(value, bool) else None
@@ -264,7 +301,8 @@ def compare(sim: dict[str, Any], lab: dict[str, Any] | list[dict[str, Any]],
     several = len(labs) > 1
     out = Comparison(sim_name=_name(sim, "sim"),
                      lab_name=_name(labs[0], "lab") + (f" ({len(labs)} runs)" if several else ""),
-                     lab_loads=tuple(machine_load(r) for r in labs))
+                     lab_loads=tuple(machine_load(r) for r in labs),
+                     lab_rates=tuple(reference_rates(r) for r in labs))
     sim_checks = {c["name"]: c["passed"] for c in sim["checks"]}
     lab_checks = [{c["name"]: c["passed"] for c in r["checks"]} for r in labs]
     order = [*sim_checks, *(n for checks in lab_checks for n in checks if n not in sim_checks)]

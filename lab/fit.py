@@ -12,10 +12,15 @@ all at once, contend for the machine's 2 cores: a constant attach time could not
 ±25 % of both a boot and churn when they differ by more than 1.67x). The builder uses the
 pooled median. Medians, so one slow outlier moves nothing. What is fitted, and how:
 
-* **store latency** (``costs.store.latency``): the median of ``samples.etcd_round_trip_seconds``
-  when a report has that list (``lab run`` times one put a second through a client's link
-  to the lab's 3-member etcd, as the agents reach it: a write, as IPAM's transactions are);
-  otherwise the current value is kept (the five standard lists say nothing about etcd alone).
+* **store latency** (``costs.store.latency`` and ``costs.store.commit_seconds``): ``lab run``
+  times one get and one put a second through a client's link to the lab's 3-member etcd, as
+  the agents reach it (``samples.etcd_get_seconds``, ``etcd_put_seconds``). The round trip is
+  the median of the reports' median gets (a linearizable read: the leader confirms it is
+  still the leader, no disk); the commit is the median of their median puts less it (the
+  raft round and the members' WAL fsync every write waits for: IPAM's transactions, leases,
+  the SLB records), never below 0. Why two numbers: one latency for everything, set to a
+  put's 7-9 ms, also slowed the sim's reads and watch deliveries, and its reload storm made
+  106 reloads against the lab's 84-86. Reports without both lists keep the current values.
 * **dataplane attach** (``costs.dataplane.attach_seconds`` and ``lab_costs.dataplane.attach_per_in_flight``):
   the lab's ADD latency as the runtime sees it (``cni_add_seconds``: plugin exec, agent, IPAM,
   veth, OVS port) grows with the ADDs in flight on the machine as it begins
@@ -26,8 +31,8 @@ pooled median. Medians, so one slow outlier moves nothing. What is fitted, and h
   report's ADDs, so every report weighs the same however many ADDs it made (medians, so one
   slow outlier moves nothing). ``attach_seconds`` is ``a`` (an ADD alone on its machine: what
   a Region's node, its own machine, pays too) minus the store's share, ``ROUND_TRIPS_PER_ADD``
-  round trips at the (fitted) store latency: the sim's median ADD is one IPAM transaction (its
-  batch commit), and everything else a real ADD costs (the plugin's start, the socket hop,
+  writes at the (fitted) store costs, round trip + commit: the sim's median ADD is one IPAM
+  transaction (its batch commit), and everything else a real ADD costs (the plugin's start, the socket hop,
   netlink, OVSDB) is attach time in the sim; never below 0. ``b`` is
   ``lab_costs.dataplane.attach_per_in_flight`` only: the lab's nodes share one machine, and a
   lab-scaled sim run charges each attach ``b`` per other attach in flight in the Region
@@ -72,13 +77,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lab.compare import CompareError, load_report, machine_load, samples
+from lab.compare import CompareError, load_report, machine_load, reference_rates, samples
 from sim.metrics import percentile
 from sim.scenario_costs import CostsFile, apply_overrides, cost_fields, load_costs, parse_costs
 from sim.spec import BuilderCosts, CostSpec
 
 ROUND_TRIPS_PER_ADD = 1  # the sim's median ADD: one IPAM transaction (docs above)
-FITTED_SAMPLES = ("cni_add_seconds", "reload_seconds", "build_seconds", "etcd_round_trip_seconds")
+STORE_SAMPLES = ("etcd_get_seconds", "etcd_put_seconds")  # the lab's own (lab/report.py LAB_SAMPLE_KINDS)
+FITTED_SAMPLES = ("cni_add_seconds", "reload_seconds", "build_seconds", *STORE_SAMPLES)
 IN_FLIGHT = "cni_add_in_flight"  # beside cni_add_seconds in a lab report's samples, in its order (lab/report.py)
 
 
@@ -174,37 +180,43 @@ def fit(reports: list[dict[str, Any]], names: list[str], base: CostsFile) -> Fit
     if not any(counts.values()):
         raise FitError("the reports hold no samples to fit from (cni_add_seconds, reload_seconds, build_seconds)")
 
-    rtt = _pooled(reports, "etcd_round_trip_seconds")
-    latency = costs.store.latency
-    if rtt:
-        latency = percentile(rtt, 0.5, 6)
-        out.notes.append(f"store.latency = median etcd round trip {latency:.6f} s (n={len(rtt)})")
+    timed = [r for r in reports if all(samples(r, kind) for kind in STORE_SAMPLES)]
+    latency, commit = costs.store.latency, costs.store.commit_seconds
+    if timed:
+        gets = [percentile(list(samples(r, "etcd_get_seconds")), 0.5, 6) for r in timed]
+        puts = [percentile(list(samples(r, "etcd_put_seconds")), 0.5, 6) for r in timed]
+        latency = percentile(sorted(gets), 0.5, 6)
+        commit = round(max(0.0, percentile(sorted(puts), 0.5, 6) - latency), 6)
+        out.notes.append(f"store.latency = median of {len(timed)} reports' median get {latency:.6f} s; "
+                         f"commit_seconds = their median put {percentile(sorted(puts), 0.5, 6):.6f} s - it = "
+                         f"{commit:.6f} s (n={sum(len(samples(r, k)) for r in timed for k in STORE_SAMPLES)})")
     else:
-        out.notes.append(f"store.latency kept at {latency:.6f} s (no etcd_round_trip_seconds samples)")
-    costs = replace(costs, store=replace(costs.store, latency=latency))
+        out.notes.append(f"store.latency kept at {latency:.6f} s, commit_seconds at {commit:.6f} s "
+                         f"(no report has both etcd_get_seconds and etcd_put_seconds)")
+    costs = replace(costs, store=replace(costs.store, latency=latency, commit_seconds=commit))
 
     adds = _pooled(reports, "cni_add_seconds")
     paired = [in_flight_pairs(r) for r in reports]
     per_in_flight = (lab_costs or costs).dataplane.attach_per_in_flight
     if adds and any(paired):
         a, per_in_flight = in_flight_line(paired)
-        attach = round(max(0.0, a - ROUND_TRIPS_PER_ADD * latency), 6)
+        attach = round(max(0.0, a - ROUND_TRIPS_PER_ADD * (latency + commit)), 6)
         costs = replace(costs, dataplane=replace(costs.dataplane, attach_seconds=attach))
         used = sum(len(p) for p in paired)
         out.notes.append(f"dataplane: ADD = {a:.6f} s + {per_in_flight:.6f} s x (ADDs in flight - 1), weighted "
                          f"least squares over {sum(1 for p in paired if p)} reports' medians per in-flight count "
-                         f"(n={used}); attach_seconds = {a:.6f} - {ROUND_TRIPS_PER_ADD} x {latency:.6f} s = "
+                         f"(n={used}); attach_seconds = {a:.6f} - {ROUND_TRIPS_PER_ADD} x {latency + commit:.6f} s = "
                          f"{attach:.6f} s; lab_costs attach_per_in_flight = {per_in_flight:.6f} s")
     elif adds:
         per_in_flight = 0.0
         medians = [percentile(list(samples(r, "cni_add_seconds")), 0.5, 6) for r in reports
                    if samples(r, "cni_add_seconds")]
         median = midrange(medians)
-        attach = round(max(0.0, median - ROUND_TRIPS_PER_ADD * latency), 6)
+        attach = round(max(0.0, median - ROUND_TRIPS_PER_ADD * (latency + commit)), 6)
         costs = replace(costs, dataplane=replace(costs.dataplane, attach_seconds=attach))
         out.notes.append(f"dataplane.attach_seconds = midrange of the reports' median ADDs "
                          f"({', '.join(f'{m:.3f}' for m in medians)}) {median:.6f} s - {ROUND_TRIPS_PER_ADD} x "
-                         f"{latency:.6f} s = {attach:.6f} s (n={len(adds)})")
+                         f"{latency + commit:.6f} s = {attach:.6f} s (n={len(adds)})")
 
     reloads = _pooled(reports, "reload_seconds")
     if reloads:
@@ -281,22 +293,24 @@ def render(result: Fit) -> str:
     lines.append("  reports:")
     lines.extend(f"    - {_quote(name)}" for name in result.reports)
     lines.append("  samples:")
-    lines.extend(f"    {name}: {n}" for name, n in result.samples.items() if name != "etcd_round_trip_seconds")
+    lines.extend(f"    {name}: {n}" for name, n in result.samples.items() if name not in STORE_SAMPLES)
     return "\n".join(lines) + "\n"
 
 
 def load_notes(paths: list[Path], reports: list[dict[str, Any]], max_load: float | None) -> list[str]:
-    """One note per report on its machine's load; ``FitError`` naming a report loaded above ``max_load`` per CPU."""
+    """One note per report on its machine's load and reference rates (what the fitted seconds are of);
+    ``FitError`` naming a report loaded above ``max_load`` per CPU."""
     notes = []
     for path, report in zip(paths, reports, strict=True):
-        load = machine_load(report)
+        load, rates = machine_load(report), reference_rates(report)
+        shown = f"; {rates}" if rates is not None else ""
         if load is None:
-            notes.append(f"{path}: machine load not recorded")
+            notes.append(f"{path}: machine load not recorded{shown}")
             continue
         if max_load is not None and load.per_cpu > max_load:
             raise FitError(f"{path}: its machine was loaded ({load}: {load.per_cpu:.2f} per CPU > --max-load "
                            f"{max_load:g}); its timings are not the lab's: run it again on a quiet machine")
-        notes.append(f"{path}: {load}")
+        notes.append(f"{path}: {load}{shown}")
     return notes
 
 

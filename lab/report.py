@@ -31,7 +31,7 @@ from sim.spec import RegionSpec
 
 SAMPLE_KINDS = ("cni_add_seconds", "propagation_seconds", "reload_seconds", "drain_seconds", "build_seconds")
 # The lab's own measurements beside them, for ``lab fit`` (the sim's report has none: nothing to compare).
-LAB_SAMPLE_KINDS = ("etcd_round_trip_seconds",)
+LAB_SAMPLE_KINDS = ("etcd_put_seconds", "etcd_get_seconds")
 IN_FLIGHT = "cni_add_in_flight"  # paired with cni_add_seconds, unsorted: counts, not a distribution
 
 

@@ -30,6 +30,8 @@ observation from their ``/metrics`` scraped every 0.25 s: lab/observe.py ``Histo
 the same spans the sim samples), ``drain_seconds`` (a drain record to its outcome),
 ``build_seconds`` (submit to result, builds done). ``lab.served_after_ready_seconds`` is the end
 to end check of propagation: a pod turning ready to its name first answered through Nginx.
+Beside them, what the seconds are of: ``lab.machine_load`` (the 1-minute load over the run)
+and ``lab.reference_rates`` (the machine's raw rates just before and after it: lab/reference.py).
 
 ``LiveLab`` is the one place that turns the faults' and the controller's primitives into
 the other lab modules' calls (lab/plan.py names, lab/supervisor.py processes, lab/fabric.py
@@ -79,6 +81,7 @@ from lab.observe import (
 )
 from lab.platform import LabPlatform, platform_summary
 from lab.pod_actions import RUNTIME_TIMEOUT, RuntimePods, http_json, json_line
+from lab.reference import reference_rates
 from lab.replication import Replication, replication_of
 from lab.report import LabTotals, lab_report, write_report
 from sim.checks import Probe
@@ -448,25 +451,29 @@ class RunState:
     probes: dict[float, Probe] = field(default_factory=dict)
     leaked_at: dict[float, dict[str, int]] = field(default_factory=dict)  # deadline -> leaked pods then
     machine_load: list[float] = field(default_factory=list)  # the machine's 1-minute load, every sample
-    etcd_round_trips: list[float] = field(default_factory=list)  # seconds of one put, through a client's link
+    etcd_puts: list[float] = field(default_factory=list)  # seconds of one put, through a client's link
+    etcd_gets: list[float] = field(default_factory=list)  # seconds of one get of that key, through the same link
 
 
 ROUND_TRIP_KEY = "/lab/round-trip"  # written once a second by the run (what the sim's store latency is fitted to)
 
 
 async def time_etcd(store: Store, state: RunState, *, every: float = 1.0) -> None:
-    """Once a second, the seconds of one put through the same kind of link the agents use.
+    """Once a second, the seconds of one put and one get through the same kind of link the agents use.
 
-    A put, as an IPAM transaction is a write (a raft round and a WAL fsync on the members);
-    a failed one (an etcd fault of the scenario) is not a sample."""
+    What the sim's store costs are fitted to: a get is a round trip (``store.latency``), a put
+    that plus a raft round and the members' WAL fsync (``store.commit_seconds``), as an IPAM
+    transaction is. A failed request (an etcd fault of the scenario) is not a sample."""
     while True:
         await asyncio.sleep(every)
-        started = time.monotonic()
-        try:
-            await store.put(ROUND_TRIP_KEY, b"1")
-        except StoreError:
-            continue
-        state.etcd_round_trips.append(time.monotonic() - started)
+        for request, seconds in ((lambda: store.put(ROUND_TRIP_KEY, b"1"), state.etcd_puts),
+                                 (lambda: store.get(ROUND_TRIP_KEY), state.etcd_gets)):
+            started = time.monotonic()
+            try:
+                await request()
+            except StoreError:
+                continue
+            seconds.append(time.monotonic() - started)
 
 
 def machine_load_summary(loads: list[float]) -> dict[str, Any]:
@@ -557,6 +564,8 @@ async def run_scenario(scenario: Scenario, spec: RegionSpec, lab: LiveLab, out: 
     first domains) is counted in it, as the sim's run counts its Region's boot; else the reloads and
     reload durations are counted from the run's start."""
     loop = asyncio.get_running_loop()
+    # The machine's speed just before and after the run (lab/reference.py): its seconds are read with them.
+    rates_before = await asyncio.to_thread(reference_rates)
     wall = time.monotonic()
     t0 = loop.time()
 
@@ -627,6 +636,7 @@ async def run_scenario(scenario: Scenario, spec: RegionSpec, lab: LiveLab, out: 
         if farm is not None:
             await farm.close()
     elapsed = clock()
+    rates_after = await asyncio.to_thread(reference_rates)
     obs = Observations(duration=spec.duration, faults_end=end,
                        audit_violations=list(lab.audit.auditor.violations),
                        netns_duplicates=state.netns_duplicates, duplicate_samples=state.duplicate_samples,
@@ -670,7 +680,8 @@ async def run_scenario(scenario: Scenario, spec: RegionSpec, lab: LiveLab, out: 
                                 "reload_seconds": agents.samples("reload_seconds"),
                                 "drain_seconds": list(c.drain_seconds),
                                 "build_seconds": farm.seconds() if farm is not None else [],
-                                "etcd_round_trip_seconds": list(state.etcd_round_trips)})
+                                "etcd_put_seconds": list(state.etcd_puts),
+                                "etcd_get_seconds": list(state.etcd_gets)})
     files = await asyncio.to_thread(scrape_metrics, metrics_urls, out)
     report = lab_report(scenario, spec, verdicts, totals, code_version=code_version, elapsed=elapsed,
                         wall_seconds=time.monotonic() - wall,
@@ -680,6 +691,7 @@ async def run_scenario(scenario: Scenario, spec: RegionSpec, lab: LiveLab, out: 
                              "published": load.log.published,
                              "boot_in_run": boot_in_run,
                              "machine_load": machine_load_summary(state.machine_load),
+                             "reference_rates": {"before": rates_before, "after": rates_after},
                              "leaked_at_deadlines": {f"{d:g}": pods for d, pods in sorted(state.leaked_at.items())},
                              "leaked_at_end": leaked_pods(controller, lab.audit),
                              "samples_from": agents.summary(),

@@ -88,10 +88,12 @@ def compare(
             dists.add_row(d.name, str(len(d.sim)), str(len(d.lab)), _fmt(d.median("sim")), _fmt(d.p90("sim")),
                           _fmt(d.median("lab")), _fmt(d.p90("lab")), _fmt(d.ratio, 3), f"±{d.band:.0%}", verdict)
         console.print(dists)
-        for i, load in enumerate(result.lab_loads, 1):  # the lab's timings move with it
-            if load is not None:
-                run = f" {i}" if len(result.lab_loads) > 1 else ""
+        for i, (load, rates) in enumerate(zip(result.lab_loads, result.lab_rates, strict=True), 1):
+            run = f" {i}" if len(result.lab_loads) > 1 else ""
+            if load is not None:  # the lab's timings move with it
                 console.print(f"lab run{run}'s machine: {load}", markup=False, highlight=False)
+            if rates is not None:
+                console.print(f"lab run{run}'s reference rates: {rates}", markup=False, highlight=False)
     if out is not None:
         try:
             files = write_outputs(result, out)

@@ -8,7 +8,7 @@ with, a scenario's ``costs:`` block overrides single fields of it, and a top-lev
 
     costs:            # every run: the components' costs (same software in a lab and a Region)
       dataplane: {attach_seconds: 0.02, detach_seconds: 0.0, attach_per_in_flight: 0.0}
-      store: {latency: 0.002, jitter: 0.0}
+      store: {latency: 0.002, jitter: 0.0, commit_seconds: 0.0}
       builder: {clone_seconds: 5, compile_cold: 180, ...}
       proxy: {upstream_seconds: 0.0006, test_base: 0.009, ...}
     lab_costs:        # lab-scaled runs only, on top: what the lab's stand-ins cost (its tiny repo's builds,
@@ -44,6 +44,7 @@ _SECTIONS: dict[str, type] = {"dataplane": DataplaneCosts, "store": StoreCosts, 
 _BOUNDS: dict[tuple[str, str], tuple[float, float, bool]] = {
     ("store", "latency"): (0.0, MAX_ETCD_LATENCY, False),
     ("store", "jitter"): (0.0, MAX_ETCD_LATENCY, False),
+    ("store", "commit_seconds"): (0.0, MAX_ETCD_LATENCY, False),
     ("builder", "jitter"): (0.0, 0.9, False),  # relative: a step never takes <= 0 s
     ("builder", "image_mb"): (0.0, 1e6, False),
     ("builder", "registry_mb_per_second"): (0.0, 1e6, True),

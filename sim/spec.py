@@ -247,6 +247,9 @@ class DataplaneCosts:
 class StoreCosts:
     latency: float = 0.002  # etcd round trip, seconds (a scenario's top-level ``etcd_latency`` wins)
     jitter: float = 0.0  # extra round trip, uniform in [0, jitter)
+    # + this for a write (a put, delete, txn with a write, lease grant or revoke, compaction): the raft
+    # round and the members' WAL fsync a read does not wait for (lab: a put took ~4x a get)
+    commit_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -146,7 +146,7 @@ class Region:
     def client(self, name: str) -> SimStoreClient:
         """A new etcd client of the Region (the spec's latency), listed in ``clients`` for etcd faults."""
         client = self.store.client(name, latency=self.spec.etcd_latency, jitter=self.spec.costs.store.jitter,
-                                   timeout=5.0)
+                                   commit=self.spec.costs.store.commit_seconds, timeout=5.0)
         self.clients[name] = client
         return client
 

@@ -116,8 +116,9 @@ class MemoryStore:
         self.writes = 0  # write transactions committed, for reports
 
     # ------------------------------------------------------------------ clients
-    def client(self, name: str, *, latency: float = 0.0, jitter: float = 0.0, timeout: float = 5.0) -> SimStoreClient:
-        return SimStoreClient(self, name, latency=latency, jitter=jitter, timeout=timeout)
+    def client(self, name: str, *, latency: float = 0.0, jitter: float = 0.0, commit: float = 0.0,
+               timeout: float = 5.0) -> SimStoreClient:
+        return SimStoreClient(self, name, latency=latency, jitter=jitter, commit=commit, timeout=timeout)
 
     def set_available(self, available: bool) -> None:
         """Take the whole server down (every client times out) or bring it back."""

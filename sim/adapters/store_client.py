@@ -3,9 +3,11 @@
 ``MemoryStore.client(name)`` (sim/adapters/store.py, the server) returns a
 ``SimStoreClient``, the object agents get as their ``Store``. A request travels for
 half its round trip, is applied atomically at the server at that instant, and travels
-back; one whose answer comes after the deadline raises ``StoreUnavailable`` but may
-have been applied, as with a real server. ``_SimWatch`` is a watch's client side: it
-delivers the server's events with the client's latency.
+back; a write is applied ``commit`` seconds after it arrives (etcd's raft round and the
+members' WAL fsync, which a read does not wait for). One whose answer comes after the
+deadline raises ``StoreUnavailable`` but may have been applied, as with a real server.
+``_SimWatch`` is a watch's client side: it delivers the server's events with the client's
+latency.
 
 Faults come in symmetric pairs that stack, because faults overlap in a scenario (a
 Cell outage and an etcd-unavailable fault on the same node): ``partition()`` /
@@ -98,12 +100,14 @@ class _SimWatch:
 class SimStoreClient:
     """One agent's connection to the simulated etcd, with its own faults."""
 
-    def __init__(self, server: MemoryStore, name: str, *, latency: float, jitter: float, timeout: float) -> None:
+    def __init__(self, server: MemoryStore, name: str, *, latency: float, jitter: float, timeout: float,
+                 commit: float = 0.0) -> None:
         self._server = server
         self._runtime = server._runtime
         self.name = name
         self.latency = latency  # round-trip seconds
         self.jitter = jitter  # extra round-trip seconds, uniform in [0, jitter)
+        self.commit = commit  # a write's extra seconds at the server before it is applied
         self.timeout = timeout  # the client's deadline per request
         self.slowness = 1.0  # multiplies the round trip: a slow disk or a loaded server
         self.partitioned = False
@@ -150,14 +154,18 @@ class SimStoreClient:
         extra = self._runtime.random.random() * self.jitter if self.jitter else 0.0
         return (self.latency + extra) * self.slowness / 2
 
-    async def _call(self, apply: Callable[[], T]) -> T:
-        """One request: travel there, apply atomically, travel back, within the deadline."""
+    async def _call(self, apply: Callable[[], T], *, write: bool = False) -> T:
+        """One request: travel there (a write: and commit), apply atomically, travel back, within the deadline."""
         if self.closed:
             raise StoreError(f"store for {self.endpoint} is closed")
         if self._cut_off():
             await self._runtime.sleep(self.timeout)
             raise StoreUnavailable(self.endpoint, f"no answer within {self.timeout} s ({self._cut_off_reason()})")
         there, back = self._one_way_delay(), self._one_way_delay()
+        if write:
+            # The commit is the members' (raft, fsync): a slowdown is the client's link's, as the lab's
+            # etcd-slow fault is a delaying proxy on the link (lab/faults.py), so it does not stretch it.
+            there += self.commit
         if there >= self.timeout:
             await self._runtime.sleep(self.timeout)
             raise StoreUnavailable(self.endpoint, f"deadline of {self.timeout} s exceeded")
@@ -182,31 +190,33 @@ class SimStoreClient:
         return await self._call(lambda: self._server._range(prefix, True, limit, start_after, revision))
 
     async def put(self, key: str, value: bytes, *, lease: int = 0, prev_kv: bool = False) -> PutResult:
-        result = await self._call(lambda: self._server.txn([], [PutOp(key, value, lease, prev_kv)], []))
+        result = await self._call(lambda: self._server.txn([], [PutOp(key, value, lease, prev_kv)], []), write=True)
         return result.responses[0]  # type: ignore[return-value]  # a lone PutOp answers with a PutResult
 
     async def delete(self, key: str, *, prefix: bool = False, prev_kv: bool = False) -> DeleteResult:
-        result = await self._call(lambda: self._server.txn([], [DeleteOp(key, prefix, prev_kv)], []))
+        result = await self._call(lambda: self._server.txn([], [DeleteOp(key, prefix, prev_kv)], []), write=True)
         return result.responses[0]  # type: ignore[return-value]  # a lone DeleteOp answers with a DeleteResult
 
     async def txn(self, compares: Sequence[Compare], success: Sequence[TxnOp],
                   failure: Sequence[TxnOp] | None = None) -> TxnResult:
-        return await self._call(lambda: self._server.txn(compares, success, failure or []))
+        # etcd serves a txn of reads only without a raft round (a read-only txn); any write commits
+        writes = any(isinstance(op, PutOp | DeleteOp) for op in (*success, *(failure or ())))
+        return await self._call(lambda: self._server.txn(compares, success, failure or []), write=writes)
 
     def watch(self, prefix: str, *, start_revision: int = 0) -> _SimWatch:
         return _SimWatch(self, prefix, start_revision)
 
     async def grant(self, ttl: int) -> Lease:
-        return await self._call(lambda: self._server.grant(ttl))
+        return await self._call(lambda: self._server.grant(ttl), write=True)
 
     async def keepalive(self, lease_id: int) -> int:
         return await self._call(lambda: self._server.keepalive(lease_id))
 
     async def revoke(self, lease_id: int) -> None:
-        await self._call(lambda: self._server.revoke(lease_id))
+        await self._call(lambda: self._server.revoke(lease_id), write=True)
 
     async def compact(self, revision: int) -> None:
-        await self._call(lambda: self._server.compact(revision))
+        await self._call(lambda: self._server.compact(revision), write=True)
 
     async def revision(self) -> int:
         return await self._call(lambda: self._server.revision)

@@ -113,8 +113,11 @@ def test_a_host_crash_scenario_runs_on_the_lab_with_the_sims_verdicts_and_leaves
     assert report["samples"]["propagation_seconds"], report["lab"]["samples_from"]
     assert all(0 <= v < 30 for v in report["samples"]["propagation_seconds"] + report["samples"]["reload_seconds"])
     assert report["lab"]["served_after_ready_seconds"]
-    trips = report["samples"]["etcd_round_trip_seconds"]  # one put a second: what lab fit sets store latency to
-    assert len(trips) >= 40 and all(0 < t < 5 for t in trips)
+    puts, gets = report["samples"]["etcd_put_seconds"], report["samples"]["etcd_get_seconds"]  # what lab fit
+    assert len(puts) >= 40 and len(gets) >= 40 and all(0 < t < 5 for t in puts + gets)  # sets the store to
+    rates = report["lab"]["reference_rates"]  # the machine's speed just before and after: what the seconds are of
+    assert all(rates[when][name] > 0 for when in ("before", "after")
+               for name in ("fork_exec_per_second", "sha256_mib_per_second"))
     load = report["lab"]["machine_load"]  # what lab fit and compare weigh the run's timings by
     assert load["cpus"] == os.cpu_count() and load["samples"] >= 3
     assert 0 <= load["load1_min"] <= load["load1_median"] <= load["load1_max"]

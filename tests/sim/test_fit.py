@@ -23,7 +23,7 @@ from sim.scenario_lab import lab_scaled
 ROOT = Path(__file__).resolve().parents[2]
 
 # A lab report as `leengine lab run` writes it (only what fit reads): ADDs through the real plugin
-# ~31 ms, reloads of the lab's Nginx ~0.2 s, tiny-repo builds ~4 s, an etcd round trip of 1.5 ms.
+# ~31 ms, reloads of the lab's Nginx ~0.2 s, tiny-repo builds ~4 s, an etcd get of 1.5 ms and a put of 6 ms.
 LAB_REPORT = {
     "scenario": {"name": "host-crash-ip-leak"}, "seed": 7, "scale": "lab",
     "checks": [{"name": "no-duplicate-address", "passed": True, "detail": ""}],
@@ -31,7 +31,7 @@ LAB_REPORT = {
     "samples": {"cni_add_seconds": [0.028, 0.030, 0.031, 0.033, 0.045],
                 "reload_seconds": [0.18, 0.2, 0.21],
                 "build_seconds": [3.5, 4.0, 4.4],
-                "etcd_round_trip_seconds": [0.0014, 0.0015, 0.0016]},
+                "etcd_get_seconds": [0.0014, 0.0015, 0.0016], "etcd_put_seconds": [0.005, 0.006, 0.007]},
 }
 
 
@@ -51,7 +51,8 @@ def test_fit_writes_the_models_the_samples_give(fitted: Path) -> None:
     spec = load_scenario(fitted / "host-crash-ip-leak.yaml").spec
     costs = spec.costs
     assert costs.store.latency == spec.etcd_latency == 0.0015
-    assert costs.dataplane.attach_seconds == pytest.approx(0.031 - ROUND_TRIPS_PER_ADD * 0.0015)
+    assert costs.store.commit_seconds == pytest.approx(0.006 - 0.0015)  # what a put waits for beyond a get
+    assert costs.dataplane.attach_seconds == pytest.approx(0.031 - ROUND_TRIPS_PER_ADD * 0.006)
     p = costs.proxy  # test + reload of a batch on a host of the 5 domains: the lab's median
     assert p.test_base + p.reload_base + 5 * (p.test_per_domain + p.reload_per_domain) == pytest.approx(0.2, abs=1e-5)
     assert costs.builder.compile_cold == 180  # a Region's builds keep theirs: the lab builds a tiny repo
@@ -106,6 +107,12 @@ def test_fit_refuses_a_report_of_a_loaded_machine_and_names_it(tmp_path: Path) -
     run = CliRunner().invoke(app, ["lab", "fit", str(quiet), str(loaded), "--out", str(costs), "--max-load", "4"])
     assert run.exit_code == 0, run.output
     assert "1-minute load 0.1-9.5 (median 6.5) on 2 CPUs" in costs.read_text()  # each report's load, in the file
+    rates = {"fork_exec_per_second": 1000.0, "sha256_mib_per_second": 1500.0}
+    quiet.write_text(json.dumps({**_loaded(1.2), "lab": {**_loaded(1.2)["lab"],  # type: ignore[dict-item]
+                                                         "reference_rates": {"before": rates, "after": rates}}}))
+    run = CliRunner().invoke(app, ["lab", "fit", str(quiet), "--out", str(costs)])
+    assert run.exit_code == 0, run.output
+    assert "on 2 CPUs; fork+exec 1,000 -> 1,000/s, sha256 1,500 -> 1,500 MiB/s" in costs.read_text()
     run = CliRunner().invoke(app, ["lab", "fit", str(quiet), "--out", str(costs), "--max-load", "nan"])
     assert run.exit_code == 2 and "max-load" in run.output
     with pytest.raises(FitError, match="--max-load nan is not a load per CPU"):
@@ -155,7 +162,8 @@ def test_fit_puts_the_slope_in_the_lab_costs_only(tmp_path: Path) -> None:
     for name, counts in (("boot", [1, 1, 2, 3, 4, 5, 6]), ("churn", [1] * 30 + [2] * 3)):
         path = tmp_path / f"{name}.json"
         path.write_text(json.dumps({**_line_report(0.08, 0.05, counts, name), "samples": {
-            **_line_report(0.08, 0.05, counts, name)["samples"], "etcd_round_trip_seconds": [0.002]}}))
+            **_line_report(0.08, 0.05, counts, name)["samples"],
+            "etcd_get_seconds": [0.002], "etcd_put_seconds": [0.002]}}))
         paths.append(str(path))
     run = CliRunner().invoke(app, ["lab", "fit", *paths, "--out", str(scenarios / COSTS_FILE)])
     assert run.exit_code == 0, run.output

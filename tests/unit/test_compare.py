@@ -98,6 +98,28 @@ def test_the_lab_runs_machine_load_is_printed_beside_the_bands(tmp_path: Path) -
     assert compare(SIM, SIM).lab_load is None  # a sim report has none
 
 
+RATES = {"before": {"fork_exec_per_second": 1210.4, "sha256_mib_per_second": 1480.0},
+         "after": {"fork_exec_per_second": 980.0, "sha256_mib_per_second": 1502.5}}
+
+
+def test_the_lab_runs_reference_rates_are_printed_and_a_hostile_record_is_not_recorded(tmp_path: Path) -> None:
+    lab = {**report(CHECKS, [0.02] * 5, [0.13]), "lab": {"reference_rates": RATES}}
+    run = CliRunner().invoke(app, ["compare", str(write(tmp_path, "sim.json", SIM)),
+                                   str(write(tmp_path, "lab.json", lab))])
+    assert run.exit_code == 0, run.output
+    assert "lab run's reference rates: fork+exec 1,210 -> 980/s, sha256 1,480 -> 1,502 MiB/s" in run.output
+    run = CliRunner().invoke(app, ["compare", str(tmp_path / "sim.json"), str(tmp_path / "lab.json"), "--json"])
+    assert json.loads(run.stdout)["lab_reference_rates"] == [RATES]
+    for hostile in ({"before": RATES["before"]}, {**RATES, "after": {"fork_exec_per_second": -1.0,
+                                                                      "sha256_mib_per_second": 1.0}},
+                    {**RATES, "before": {"fork_exec_per_second": "1e3", "sha256_mib_per_second": 1.0}},
+                    {**RATES, "before": {"fork_exec_per_second": 10 ** 400, "sha256_mib_per_second": 1.0}},
+                    {**RATES, "before": {"fork_exec_per_second": True, "sha256_mib_per_second": 1.0}}, [1, 2]):
+        got = compare(SIM, {**lab, "lab": {"reference_rates": hostile}})
+        assert got.lab_rates == (None,)
+    assert compare(SIM, SIM).lab_rates == (None,)  # a sim report has none
+
+
 def test_several_lab_runs_pool_their_samples_and_each_verdict_and_count_must_equal(tmp_path: Path) -> None:
     sim = report(CHECKS, [0.020] * 10, [0.20, 0.20])
     runs = [report(CHECKS, [0.021] * 5, [0.13, 0.14], reloads=2),  # alone: 0.14 / 0.2 = 0.7, outside

@@ -433,7 +433,7 @@ def test_lab_report_has_the_sim_reports_fields_checks_and_samples():
     assert report["metrics"]["alloc_p50"] == 0.03 and report["metrics"]["reloads"] == 2
     assert report["metrics_summary"]["pool_use:c1-pool"]["last"] == 5.0
     timed = lab_report(scenario, s, checks, replace(totals, samples={**totals.samples,
-                                                                      "etcd_round_trip_seconds": [0.0041234567]}),
+                                                                      "etcd_put_seconds": [0.0041234567]}),
                        code_version={}, elapsed=60.2)
-    assert timed["samples"]["etcd_round_trip_seconds"] == [0.004123]  # the lab's own list, for lab fit
+    assert timed["samples"]["etcd_put_seconds"] == [0.004123]  # the lab's own list, for lab fit
     assert report["replay"] == "leengine lab run lab-unit.yaml --seed 11"
