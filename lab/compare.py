@@ -251,10 +251,13 @@ class ReferenceRates:
 def _rates(value: Any) -> dict[str, float] | None:
     if not isinstance(value, dict):
         return None
-    rates = {name: _finite(value.get(name)) for name in RATES}
-    if any(rate is None or not 0 < rate < 1e12 for rate in rates.values()):
-        return None
-    return rates  # type: ignore[return-value]
+    rates = {}
+    for name in RATES:
+        rate = _finite(value.get(name))
+        if rate is None or not 0 < rate < 1e12:
+            return None
+        rates[name] = rate
+    return rates
 
 
 def reference_rates(report: dict[str, Any]) -> ReferenceRates | None:

@@ -80,7 +80,7 @@ from typing import Any
 from lab.compare import CompareError, load_report, machine_load, reference_rates, samples
 from sim.metrics import percentile
 from sim.scenario_costs import CostsFile, apply_overrides, cost_fields, load_costs, parse_costs
-from sim.spec import BuilderCosts, CostSpec
+from sim.spec import MAX_ETCD_LATENCY, BuilderCosts, CostSpec
 
 ROUND_TRIPS_PER_ADD = 1  # the sim's median ADD: one IPAM transaction (docs above)
 STORE_SAMPLES = ("etcd_get_seconds", "etcd_put_seconds")  # the lab's own (lab/report.py LAB_SAMPLE_KINDS)
@@ -156,6 +156,11 @@ def in_flight_line(reports: list[list[tuple[int, float]]]) -> tuple[float, float
     return round(a, 6), round(max(b, 0.0), 6)
 
 
+def _store_samples(report: dict[str, Any], kind: str) -> list[float]:
+    """A report's etcd timings a store cost can be: a hostile or corrupt one (<= 0, beyond the costs' bound) is not."""
+    return [v for v in samples(report, kind) if 0 < v < MAX_ETCD_LATENCY]
+
+
 def _domains(report: dict[str, Any]) -> int:
     """Domains on one Nginx host of the report's largest group (apps per group), else its app count."""
     inputs = report.get("inputs")
@@ -180,16 +185,16 @@ def fit(reports: list[dict[str, Any]], names: list[str], base: CostsFile) -> Fit
     if not any(counts.values()):
         raise FitError("the reports hold no samples to fit from (cni_add_seconds, reload_seconds, build_seconds)")
 
-    timed = [r for r in reports if all(samples(r, kind) for kind in STORE_SAMPLES)]
+    timed = [r for r in reports if all(_store_samples(r, kind) for kind in STORE_SAMPLES)]
     latency, commit = costs.store.latency, costs.store.commit_seconds
     if timed:
-        gets = [percentile(list(samples(r, "etcd_get_seconds")), 0.5, 6) for r in timed]
-        puts = [percentile(list(samples(r, "etcd_put_seconds")), 0.5, 6) for r in timed]
-        latency = percentile(sorted(gets), 0.5, 6)
-        commit = round(max(0.0, percentile(sorted(puts), 0.5, 6) - latency), 6)
+        gets = sorted(percentile(_store_samples(r, "etcd_get_seconds"), 0.5, 6) for r in timed)
+        puts = sorted(percentile(_store_samples(r, "etcd_put_seconds"), 0.5, 6) for r in timed)
+        latency, put = percentile(gets, 0.5, 6), percentile(puts, 0.5, 6)
+        commit = round(max(0.0, put - latency), 6)
         out.notes.append(f"store.latency = median of {len(timed)} reports' median get {latency:.6f} s; "
-                         f"commit_seconds = their median put {percentile(sorted(puts), 0.5, 6):.6f} s - it = "
-                         f"{commit:.6f} s (n={sum(len(samples(r, k)) for r in timed for k in STORE_SAMPLES)})")
+                         f"commit_seconds = their median put {put:.6f} s - it = {commit:.6f} s "
+                         f"(n={sum(len(_store_samples(r, k)) for r in timed for k in STORE_SAMPLES)})")
     else:
         out.notes.append(f"store.latency kept at {latency:.6f} s, commit_seconds at {commit:.6f} s "
                          f"(no report has both etcd_get_seconds and etcd_put_seconds)")

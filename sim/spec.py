@@ -67,7 +67,7 @@ FaultKind = Literal[
     "host-crash",  # hosts die: their pods die with them, no CNI DEL (leaked addresses); optional return
     "runtime-death",  # the container runtime of hosts dies: pods and their netns gone, the host stays
     "cell-outage",  # a whole Cell (machine room) is cut off: its nodes and API server unreachable
-    "etcd-slow",  # etcd answers `factor` times slower for the selected clients
+    "etcd-slow",  # the selected clients' round trips to etcd take `factor` times longer (their link)
     "etcd-unavailable",  # the selected clients (or everyone) cannot reach etcd
     "reload-storm",  # `changes` config changes to domains of a group within the duration
     "nginx-host-loss",  # Nginx hosts of a group die (their share of the load fails over)

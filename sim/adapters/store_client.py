@@ -4,8 +4,9 @@
 ``SimStoreClient``, the object agents get as their ``Store``. A request travels for
 half its round trip, is applied atomically at the server at that instant, and travels
 back; a write is applied ``commit`` seconds after it arrives (etcd's raft round and the
-members' WAL fsync, which a read does not wait for). One whose answer comes after the
-deadline raises ``StoreUnavailable`` but may have been applied, as with a real server.
+members' WAL fsync, which a read does not wait for), whatever becomes of its client then.
+One whose answer comes after the deadline raises ``StoreUnavailable`` but may have been
+applied, as with a real server.
 ``_SimWatch`` is a watch's client side: it delivers the server's events with the client's
 latency.
 
@@ -20,6 +21,7 @@ It must not know any agent or scenario; it uses only the Runtime port for time.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar, cast
 
@@ -109,7 +111,7 @@ class SimStoreClient:
         self.jitter = jitter  # extra round-trip seconds, uniform in [0, jitter)
         self.commit = commit  # a write's extra seconds at the server before it is applied
         self.timeout = timeout  # the client's deadline per request
-        self.slowness = 1.0  # multiplies the round trip: a slow disk or a loaded server
+        self.slowness = 1.0  # multiplies the round trip (not the commit): a slow link to etcd
         self.partitioned = False
         self.closed = False
         self._partitions = 0  # partitions in force (they stack: see heal)
@@ -162,10 +164,6 @@ class SimStoreClient:
             await self._runtime.sleep(self.timeout)
             raise StoreUnavailable(self.endpoint, f"no answer within {self.timeout} s ({self._cut_off_reason()})")
         there, back = self._one_way_delay(), self._one_way_delay()
-        if write:
-            # The commit is the members' (raft, fsync): a slowdown is the client's link's, as the lab's
-            # etcd-slow fault is a delaying proxy on the link (lab/faults.py), so it does not stretch it.
-            there += self.commit
         if there >= self.timeout:
             await self._runtime.sleep(self.timeout)
             raise StoreUnavailable(self.endpoint, f"deadline of {self.timeout} s exceeded")
@@ -174,6 +172,20 @@ class SimStoreClient:
         if self._cut_off():  # the partition began while the request was in flight
             await self._runtime.sleep(self.timeout - there)
             raise StoreUnavailable(self.endpoint, f"no answer within {self.timeout} s ({self._cut_off_reason()})")
+        commit = self.commit if write else 0.0
+        if commit:
+            # Arrived: the members commit the write whatever becomes of its client (only etcd going
+            # down first loses it). The commit is theirs (raft, fsync): a slowdown is the client's
+            # link's, as the lab's etcd-slow fault is a delaying proxy on the link, so it is not stretched.
+            if there + commit >= self.timeout:  # committed after the deadline: applied then, never answered
+                self._runtime.spawn(self._apply_later(apply, commit), name=f"etcd-commit/{self.name}")
+                await self._runtime.sleep(self.timeout - there)
+                raise StoreUnavailable(self.endpoint, f"deadline of {self.timeout} s exceeded")
+            await self._runtime.sleep(commit)
+            if not self._server.available:  # etcd went down before the commit: lost, and no answer
+                await self._runtime.sleep(self.timeout - there - commit)
+                raise StoreUnavailable(self.endpoint, f"no answer within {self.timeout} s (server down)")
+            there += commit
         result = apply()
         if there + back >= self.timeout:  # applied, but the answer comes too late: as ambiguous as in life
             await self._runtime.sleep(self.timeout - there)
@@ -181,6 +193,13 @@ class SimStoreClient:
         if back:
             await self._runtime.sleep(back)
         return result
+
+    async def _apply_later(self, apply: Callable[[], object], commit: float) -> None:
+        """A write whose commit ends after its client gave up: applied then, unless etcd went down."""
+        await self._runtime.sleep(commit)
+        if self._server.available:
+            with contextlib.suppress(StoreError):  # what the client would have been told: nobody listens
+                apply()
 
     # ---- the Store port
     async def get(self, key: str) -> KeyValue | None:

@@ -18,6 +18,7 @@ from sim.adapters.dataplane import Machine, SimDataplane
 from sim.adapters.runtime import SimRuntime
 from sim.runner import build_report, run_scenario
 from sim.scenario import COSTS_FILE, load_scenario
+from sim.scenario_costs import load_costs
 from sim.scenario_lab import lab_scaled
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,6 +87,24 @@ def test_fit_without_samples_or_of_a_full_scale_report_is_one_line(tmp_path: Pat
         run = CliRunner().invoke(app, ["lab", "fit", str(path), "--out", str(tmp_path / "costs.yaml")])
         assert run.exit_code == 2 and words in run.output and len(run.output.strip().splitlines()) == 1
     assert not (tmp_path / "costs.yaml").exists()
+
+
+@pytest.mark.parametrize(("gets", "puts", "latency", "commit"), [
+    ([0.004, 0.005, 0.006], [0.003, 0.004], 0.005, 0.0),  # puts faster than gets: no commit below 0
+    ([0.004, -1.0, 0.0, 1e300, 0.004], [0.007, float("inf"), 0.007], 0.004, 0.003),  # hostile values: not samples
+    ([], [0.007], 0.002, 0.0),  # only one of the two lists: the store keeps its costs
+])
+def test_store_costs_from_gets_and_puts(tmp_path: Path, gets: list[float], puts: list[float], latency: float,
+                                        commit: float) -> None:
+    report = tmp_path / "r.json"
+    report.write_text(json.dumps({**LAB_REPORT, "samples": {**LAB_REPORT["samples"], "etcd_get_seconds": gets,
+                                                            "etcd_put_seconds": puts}}).replace("Infinity", "1e999"))
+    out = tmp_path / "costs.yaml"
+    shipped = ROOT / "scenarios" / COSTS_FILE  # store latency 0.002 s, no commit
+    run = CliRunner().invoke(app, ["lab", "fit", str(report), "--out", str(out), "--base", str(shipped)])
+    assert run.exit_code == 0, run.output
+    costs = load_costs(out).costs
+    assert costs.store.latency == pytest.approx(latency) and costs.store.commit_seconds == pytest.approx(commit)
 
 
 def _loaded(median: float, cpus: int = 2) -> dict[str, object]:

@@ -3,14 +3,15 @@
 What `lab fit` sets from the lab's timed gets and puts (costs.store.latency, commit_seconds):
 a get takes the round trip, a put, delete, writing txn, lease grant or revoke the round trip
 plus the commit, a txn of reads only the round trip; watchers see a write once it is committed;
-an etcd-slow fault (a slow link) slows the round trip, not the members' commit; and a write whose answer comes after the deadline may have
-been applied, as in life."""
+an etcd-slow fault (a slow link) slows the round trip, not the members' commit; a write whose
+answer comes after the deadline may have been applied, as in life, and one etcd loses
+while committing is not."""
 
 from __future__ import annotations
 
 import pytest
 
-from foundation.ports import Compare, PutOp, StoreUnavailable
+from foundation.ports import Compare, DeleteOp, PutOp, StoreUnavailable
 from foundation.ports.store import GetOp
 from sim.adapters.runtime import SimRuntime
 from sim.adapters.store import MemoryStore
@@ -36,9 +37,14 @@ def test_a_write_takes_the_round_trip_plus_the_commit_and_a_read_the_round_trip(
         pytest.approx(LATENCY + COMMIT)  # it may write: it goes through raft
     assert timed(rt, store.txn([], [GetOp("/k")], [])) == pytest.approx(LATENCY)  # a read-only txn does not
     assert timed(rt, store.delete("/k")) == pytest.approx(LATENCY + COMMIT)
+    assert timed(rt, store.txn([Compare.mod_is("/k", 99)], [], [DeleteOp("/k")])) == \
+        pytest.approx(LATENCY + COMMIT)  # a write in either branch makes it a write
     lease = rt.run_until_complete(store.grant(10))
+    assert rt.now() == pytest.approx(8 * LATENCY + 5 * COMMIT)  # the grant too: everything above, summed
     assert timed(rt, store.keepalive(lease.id)) == pytest.approx(LATENCY)  # the leader answers, no raft round
     assert timed(rt, store.revoke(lease.id)) == pytest.approx(LATENCY + COMMIT)
+    rt.run_until_complete(store.put("/k", b"3"))
+    assert timed(rt, store.compact(1)) == pytest.approx(LATENCY + COMMIT)
 
 
 def test_watchers_see_a_write_when_it_is_committed_and_a_slow_link_slows_the_round_trip_only() -> None:
@@ -61,15 +67,28 @@ def test_watchers_see_a_write_when_it_is_committed_and_a_slow_link_slows_the_rou
     assert timed(rt, writer.put("/k", b"2")) == pytest.approx(10 * LATENCY + COMMIT)
 
 
-def test_a_commit_past_the_deadline_is_not_applied_and_one_ending_before_it_is_applied_but_unanswered() -> None:
+def test_a_write_past_the_deadline_commits_unanswered_unless_etcd_goes_down_first() -> None:
     rt = SimRuntime(seed=1)
     server = MemoryStore(rt, trace=False)
-    never = server.client("never", latency=LATENCY, commit=6.0, timeout=5.0)
+    slow = server.client("slow", latency=LATENCY, commit=6.0, timeout=5.0)  # committed at 6.001 s, client gone at 5
     with pytest.raises(StoreUnavailable, match="deadline"):
-        rt.run_until_complete(never.put("/never", b"1"))
+        rt.run_until_complete(slow.put("/slow", b"1"))
     late = server.client("late", latency=0.01, commit=4.993, timeout=5.0)  # committed at 4.998 s, answer at 5.003
     with pytest.raises(StoreUnavailable, match="deadline"):
         rt.run_until_complete(late.put("/late", b"1"))
     reader = server.client("reader")
-    assert rt.run_until_complete(reader.get("/never")) is None
-    assert rt.run_until_complete(reader.get("/late")).value == b"1"  # as ambiguous as in life
+    rt.run_until_complete(rt.sleep(2.0))
+    assert rt.run_until_complete(reader.get("/slow")).value == b"1"  # as ambiguous as in life
+    assert rt.run_until_complete(reader.get("/late")).value == b"1"
+
+    lost = server.client("lost", latency=LATENCY, commit=COMMIT)
+
+    async def down_while_committing() -> None:
+        await rt.sleep(LATENCY / 2 + COMMIT / 2)
+        server.set_available(False)
+
+    rt.spawn(down_while_committing(), name="etcd-down")
+    with pytest.raises(StoreUnavailable, match="server down"):
+        rt.run_until_complete(lost.put("/lost", b"1"))
+    server.set_available(True)
+    assert rt.run_until_complete(reader.get("/lost")) is None  # etcd went down before it committed
