@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sim.adapters.runtime import seeded_stream
-from sim.faults import occurrences, select_targets
+from sim.faults import STORM_IN_FLIGHT, occurrences, select_targets
 from sim.spec import FaultSpec, RegionSpec, Selector
 
 log = logging.getLogger("leengine.lab.faults")
@@ -223,13 +223,12 @@ async def _reload_storm(ops: LabOps, fault: FaultSpec, rnd: random.Random) -> as
     return asyncio.get_running_loop().create_task(storm(ops, fault, apps), name="lab/reload-storm")
 
 
-STORM_IN_FLIGHT = 16  # a storm's changes in flight at once (each a GetDomain + PutDomain of the control service)
-
 
 async def storm(ops: LabOps, fault: FaultSpec, apps: list[str]) -> int:
     """``changes`` changes to the apps' domains spread evenly over the fault's duration; returns those made.
 
-    Change ``i`` starts at ``i x gap`` whether or not the one before has finished: one after the other,
+    Change ``i`` starts at ``i x gap`` whether or not the one before has finished (at most
+    ``STORM_IN_FLIGHT``, each a GetDomain + PutDomain of the control service, as in the sim): one after the other,
     a change's two gRPC calls (~0.1 s on a loaded machine, above the 0.06 s gap of 500 changes in
     30 s) stretched the storm to twice its declared duration, and the Nginx hosts, reloading at
     most once a second, twice as many reloads as the sim's storm cost them.

@@ -736,6 +736,9 @@ def _forwarded(draw: Any) -> tuple[dict[str, bytes], bytes]:
                             "name": "lenet", "type": "leengine-cni"}
     for key in draw(st.lists(st.sampled_from(["agentSocket", "agentTimeout", "x", "cniVersion"]), max_size=3)):
         conf[key] = draw(_ANY_JSON)
+    timeout_in_conf = conf.get("agentTimeout")
+    if isinstance(timeout_in_conf, int | float) and not isinstance(timeout_in_conf, bool):
+        assume(not 0 < timeout_in_conf < 1)  # as for $LEENGINE_CNI_TIMEOUT below: a race, not a behaviour
     text = json.dumps(conf, ensure_ascii=draw(st.booleans()))
     text = draw(st.sampled_from([text, text[: len(text) // 2], text + " x", text.replace('"agent', '"\\u0061gent'),
                                  "[" * 995 + "]" * 995, text[:-1] + ', "d": ' + "[" * 991 + "]" * 991 + "}",
