@@ -223,15 +223,15 @@ async def _reload_storm(ops: LabOps, fault: FaultSpec, rnd: random.Random) -> as
     return asyncio.get_running_loop().create_task(storm(ops, fault, apps), name="lab/reload-storm")
 
 
-
 async def storm(ops: LabOps, fault: FaultSpec, apps: list[str]) -> int:
     """``changes`` changes to the apps' domains spread evenly over the fault's duration; returns those made.
 
     Change ``i`` starts at ``i x gap`` whether or not the one before has finished (at most
-    ``STORM_IN_FLIGHT``, each a GetDomain + PutDomain of the control service, as in the sim): one after the other,
-    a change's two gRPC calls (~0.1 s on a loaded machine, above the 0.06 s gap of 500 changes in
-    30 s) stretched the storm to twice its declared duration, and the Nginx hosts, reloading at
-    most once a second, twice as many reloads as the sim's storm cost them.
+    ``STORM_IN_FLIGHT`` at once, each a GetDomain + PutDomain of the control service; the sim's
+    storm keeps the same schedule). Before, one after the other, a change's two gRPC calls (~0.1 s
+    on a loaded machine, above the 0.06 s gap of 500 changes in 30 s) stretched the storm to twice
+    its declared duration, and the Nginx hosts, reloading at most once a second, reloaded twice as
+    often as the sim's hosts. The header value is ``i + 1`` (the sim counts on across storms).
     """
     if not apps or fault.changes <= 0:
         return 0
