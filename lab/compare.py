@@ -245,7 +245,7 @@ class ReferenceRates:
 
     def __str__(self) -> str:
         return ", ".join(f"{label} {self.before[name]:,.0f} -> {self.after[name]:,.0f}{unit}"
-                         for name, (label, unit) in RATES.items()) + " (just before -> after the run)"
+                         for name, (label, unit, _) in RATES.items()) + " (just before -> after the run)"
 
 
 def _rates(value: Any) -> dict[str, float] | None:

@@ -156,9 +156,9 @@ def in_flight_line(reports: list[list[tuple[int, float]]]) -> tuple[float, float
     return round(a, 6), round(max(b, 0.0), 6)
 
 
-def _store_samples(report: dict[str, Any], kind: str) -> list[float]:
-    """A report's etcd timings a store cost can be: a hostile or corrupt one (<= 0, beyond the costs' bound) is not."""
-    return [v for v in samples(report, kind) if 0 < v < MAX_ETCD_LATENCY]
+def _store_samples(report: dict[str, Any]) -> tuple[list[float], ...]:
+    """A report's etcd (gets, puts) a store cost can be: a hostile or corrupt one (<= 0, beyond the bound) is not."""
+    return tuple([v for v in samples(report, kind) if 0 < v < MAX_ETCD_LATENCY] for kind in STORE_SAMPLES)
 
 
 def _domains(report: dict[str, Any]) -> int:
@@ -185,16 +185,15 @@ def fit(reports: list[dict[str, Any]], names: list[str], base: CostsFile) -> Fit
     if not any(counts.values()):
         raise FitError("the reports hold no samples to fit from (cni_add_seconds, reload_seconds, build_seconds)")
 
-    timed = [r for r in reports if all(_store_samples(r, kind) for kind in STORE_SAMPLES)]
+    timed = [(gets, puts) for gets, puts in (_store_samples(r) for r in reports) if gets and puts]
     latency, commit = costs.store.latency, costs.store.commit_seconds
     if timed:
-        gets = sorted(percentile(_store_samples(r, "etcd_get_seconds"), 0.5, 6) for r in timed)
-        puts = sorted(percentile(_store_samples(r, "etcd_put_seconds"), 0.5, 6) for r in timed)
-        latency, put = percentile(gets, 0.5, 6), percentile(puts, 0.5, 6)
+        latency = percentile(sorted(percentile(gets, 0.5, 6) for gets, _ in timed), 0.5, 6)
+        put = percentile(sorted(percentile(puts, 0.5, 6) for _, puts in timed), 0.5, 6)
         commit = round(max(0.0, put - latency), 6)
         out.notes.append(f"store.latency = median of {len(timed)} reports' median get {latency:.6f} s; "
                          f"commit_seconds = their median put {put:.6f} s - it = {commit:.6f} s "
-                         f"(n={sum(len(_store_samples(r, k)) for r in timed for k in STORE_SAMPLES)})")
+                         f"(n={sum(len(gets) + len(puts) for gets, puts in timed)})")
     else:
         out.notes.append(f"store.latency kept at {latency:.6f} s, commit_seconds at {commit:.6f} s "
                          f"(no report has both etcd_get_seconds and etcd_put_seconds)")

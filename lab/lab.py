@@ -45,7 +45,7 @@ from lab.fabric import (
     start_ovs,
 )
 from lab.plan import DEFAULT_MGMT_CIDR, LabPlan, LabPlanError, plan_lab
-from lab.processes import process_state
+from lab.processes import is_running
 from lab.record import (
     LabInfo,
     LabRecord,
@@ -299,7 +299,7 @@ def _kill_in_netns(namespaces: list[str], rounds: int = 50) -> list[int]:
     the netns, untagged: Nginx workers get an empty environment)."""
     killed: list[int] = []
     for _ in range(rounds):
-        found = [p for p in _pids_in_netns(namespaces) if p not in killed or process_state(p) not in (None, "Z")]
+        found = [p for p in _pids_in_netns(namespaces) if p not in killed or is_running(p)]
         if not found:
             break
         killed += [p for p in _kill(found) if p not in killed]

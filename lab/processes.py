@@ -1,7 +1,8 @@
 """What every launcher of a private service needs: stopping a child, and one shape of ``running_*``.
 
 ``stop_child``: SIGTERM, then SIGKILL. ``freeze``: SIGSTOP that returns only once every
-thread has stopped. ``process_state``: a process's (or thread's) state letter from /proc.
+thread has stopped. ``process_state``: a process's (or thread's) state letter from /proc;
+``is_running``: a process that has not exited (not gone, not a zombie).
 ``running_service(make, prefix=…)``: a fresh scratch
 directory, the service made in it and started; on exit (also when the start fails) the
 service stopped and the directory removed with everything in it. ``running_etcd``,
@@ -92,6 +93,11 @@ def process_state(pid: int, tid: int | str | None = None) -> str | None:
             return f.read().rsplit(b")", 1)[1].split()[0].decode()
     except (OSError, IndexError, UnicodeDecodeError):
         return None
+
+
+def is_running(pid: int) -> bool:
+    """``pid`` is a process that has not exited (gone or a zombie is not)."""
+    return process_state(pid) not in (None, "Z")
 
 
 def _running_thread(pid: int) -> tuple[str, str] | None:

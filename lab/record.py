@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.plan import LabPlanError, check_lab_id, ifname_prefix, netns_prefix
-from lab.processes import process_state
+from lab.processes import is_running
 
 KINDS = ("lab", "netns", "bridge", "veth", "process", "dir")
 MAX_RECORD_BYTES = 16 * 1024 * 1024  # a record larger than this is not ours
@@ -299,7 +299,7 @@ def process_lab(pid: int) -> str | None:
         environ = Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
         return None
-    if process_state(pid) in (None, "Z"):
+    if not is_running(pid):
         return None
     for var in environ.split(b"\0"):
         if var.startswith(LAB_ENV.encode() + b"="):

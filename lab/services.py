@@ -69,7 +69,7 @@ from lab.plan import (
     REGISTRY_UPSTREAM,
     LabPlan,
 )
-from lab.processes import process_state
+from lab.processes import is_running
 from lab.record import LabRecord, ProcessEntry, read_pidfile, stop_pids
 from lab.supervisor import Launch, Supervisor, SupervisorError
 
@@ -837,7 +837,7 @@ def _nginx_master(lab: Any, host: str) -> int | None:
         same = os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(f"/run/netns/{lab.plan.netns(host)}").st_ino
     except OSError:
         return None
-    return pid if same and process_state(pid) not in (None, "Z") else None
+    return pid if same and is_running(pid) else None
 
 
 def _stop_pid(pid: int, timeout: float) -> None:
